@@ -1,0 +1,278 @@
+//! Types shared by the XDP program and the daemon.
+//!
+//! Everything here is `#[repr(C)]` with explicit padding, so the kernel and userspace agree on
+//! layout byte for byte; sizes are asserted at compile time. No `bool` or `Option` crosses the
+//! boundary: flags are `u32`, "nothing" is [`NO_MATCH`].
+//!
+//! The classifier these maps implement is described in `firewall-daemon/src/compile.md`.
+#![no_std]
+
+/// Map names, shared so the loader and the kernel program cannot drift apart.
+pub mod maps {
+    /// LPM trie (key: prefix length + 4 address bytes), IPv4 remote address -> [`super::AddrValue`].
+    pub const ADDR4: &str = "ADDR4";
+    /// LPM trie, IPv6 remote address -> [`super::AddrValue`].
+    pub const ADDR6: &str = "ADDR6";
+    /// Array indexed by [`super::port_slot`] -> [`super::PortValue`].
+    pub const PORTS: &str = "PORTS";
+    /// Hash ([`super::PairKey`]) -> verdict word, for rules naming both an address and a port.
+    pub const PAIRS: &str = "PAIRS";
+    /// Per-CPU array of `u64`, indexed by [`super::Counter`].
+    pub const COUNTERS: &str = "COUNTERS";
+    /// Per-CPU array of `u64`, indexed by rule index: packets decided by each rule.
+    pub const RULE_HITS: &str = "RULE_HITS";
+    /// LRU hash ([`super::RateKey`]) -> [`super::RateBucket`]: reject replies per source.
+    pub const REJECT_RATE: &str = "REJECT_RATE";
+}
+
+/// Names of the load-time constants (`Global<u32>`) in the XDP program.
+pub mod globals {
+    /// Verdict word for inbound packets no rule matches (rule index [`super::DEFAULT_RULE`]).
+    pub const DEFAULT_INBOUND: &str = "DEFAULT_INBOUND";
+    /// [`super::FRAG_ALLOW`] or [`super::FRAG_STEALTH`]: non-first fragments.
+    pub const FRAGMENTS: &str = "FRAGMENTS";
+    /// Reject replies a source may receive per second (token refill rate).
+    pub const REJECT_RATE_PER_SEC: &str = "REJECT_RATE_PER_SEC";
+    /// Reject replies a source may receive in a burst (bucket size).
+    pub const REJECT_BURST: &str = "REJECT_BURST";
+    /// Non-zero when [`super::maps::PAIRS`] holds entries (lets the verifier prune the lookup).
+    pub const HAS_PAIRS: &str = "HAS_PAIRS";
+}
+
+/// Name of the firewall's XDP program in the object file.
+pub const XDP_PROGRAM: &str = "firewall_xdp";
+/// Name of a program that only returns `XDP_PASS` (veth peers in tests, the benchmark floor).
+pub const XDP_PASS_PROGRAM: &str = "xdp_pass";
+
+pub const ACTION_ALLOW: u32 = 0;
+pub const ACTION_REJECT: u32 = 1;
+pub const ACTION_STEALTH: u32 = 2;
+const ACTION_BITS: u32 = 2;
+const ACTION_MASK: u32 = (1 << ACTION_BITS) - 1;
+
+/// "No rule of this kind matches." Larger than every verdict word, so `min` ignores it.
+pub const NO_MATCH: u32 = u32::MAX;
+/// Rule index recorded for packets decided by `[defaults]`.
+pub const DEFAULT_RULE: u32 = (1 << (32 - ACTION_BITS)) - 2;
+/// Most rules a rule set may hold (indices below [`DEFAULT_RULE`]).
+pub const MAX_RULES: u32 = DEFAULT_RULE;
+
+/// A verdict word packs `rule index << 2 | action`. Because the rule index is in the high bits,
+/// the numerically smallest word among several candidates is the first rule in file order: the
+/// kernel resolves first-match precedence with `min`, no rule scan.
+#[inline(always)]
+pub const fn verdict(rule: u32, action: u32) -> u32 {
+    (rule << ACTION_BITS) | (action & ACTION_MASK)
+}
+
+#[inline(always)]
+pub const fn verdict_rule(word: u32) -> u32 {
+    word >> ACTION_BITS
+}
+
+#[inline(always)]
+pub const fn verdict_action(word: u32) -> u32 {
+    word & ACTION_MASK
+}
+
+/// Protocol classes the classifier distinguishes.
+pub const PROTO_TCP: u32 = 0;
+pub const PROTO_UDP: u32 = 1;
+/// ICMP (IPv4) and ICMPv6 both: `proto = "icmp"`.
+pub const PROTO_ICMP: u32 = 2;
+pub const PROTO_OTHER: u32 = 3;
+pub const PROTO_CLASSES: usize = 4;
+
+/// Number of entries in [`maps::PORTS`]: every TCP port, every UDP port, then one slot each for
+/// ICMP and other protocols (they have no ports).
+pub const PORT_SLOTS: u32 = 2 * 65536 + 2;
+
+/// Index into [`maps::PORTS`] for a protocol class and local (service) port.
+#[inline(always)]
+pub const fn port_slot(proto: u32, port: u16) -> u32 {
+    match proto {
+        PROTO_TCP => port as u32,
+        PROTO_UDP => 65536 + port as u32,
+        PROTO_ICMP => 2 * 65536,
+        _ => 2 * 65536 + 1,
+    }
+}
+
+/// Value of the address tries: what the longest matching prefix tells about a remote address.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AddrValue {
+    /// Address class for [`maps::PAIRS`], or [`NO_MATCH`] when no rule naming both an address
+    /// and a port covers this address.
+    pub class: u32,
+    /// First rule (verdict word) that names this address and matches every protocol and port.
+    pub any_proto: u32,
+    /// Per protocol class: first rule naming this address and the protocol, with no port.
+    pub proto: [u32; PROTO_CLASSES],
+}
+
+/// Value of [`maps::PORTS`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PortValue {
+    /// Port class for [`maps::PAIRS`], or [`NO_MATCH`].
+    pub class: u32,
+    /// First rule (verdict word) that matches this protocol/port from any remote address.
+    pub any_addr: u32,
+}
+
+impl PortValue {
+    pub const EMPTY: Self = Self {
+        class: NO_MATCH,
+        any_addr: NO_MATCH,
+    };
+}
+
+/// Key of [`maps::PAIRS`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct PairKey {
+    pub addr_class: u32,
+    pub port_class: u32,
+}
+
+/// Source of a rejected packet (IPv4 as `::ffff:a.b.c.d`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RateKey {
+    pub addr: [u8; 16],
+}
+
+/// Token bucket for reject replies. Tokens are kept in millitokens so refill is integer math.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RateBucket {
+    pub millitokens: u64,
+    pub last_ns: u64,
+}
+
+pub const FRAG_ALLOW: u32 = 0;
+pub const FRAG_STEALTH: u32 = 1;
+
+/// Every verdict and every reason the XDP program counts. The order is the map layout; append
+/// only. `fwctl status` prints these by [`Counter::name`].
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Counter {
+    /// Packets seen by the program.
+    Packets = 0,
+    /// Passed: a rule or the default said allow.
+    Allowed,
+    /// Dropped: a rule or the default said stealth.
+    Stealthed,
+    /// Reject verdicts (answered or degraded; see the reject counters).
+    Rejected,
+    /// Decided by `[defaults] inbound` (included in the three verdicts above).
+    DefaultVerdict,
+    /// Passed without judging: not IPv4/IPv6 (ARP and other link protocols).
+    PassNonIp,
+    /// Passed without judging: ICMPv6 neighbour discovery, MLD, packet-too-big, and ICMPv4
+    /// fragmentation-needed, without which IPv6 and path MTU discovery break.
+    PassIcmpEssential,
+    /// Non-first fragment passed under `fragments = "allow"`.
+    PassFragment,
+    /// Non-first fragment dropped under `fragments = "stealth"`.
+    DropFragment,
+    /// Dropped: frame shorter than its Ethernet or VLAN headers.
+    DropMalformedL2,
+    /// Dropped: more than two VLAN tags.
+    DropTooManyVlans,
+    /// Dropped: IPv4 header truncated, version != 4, IHL < 5 or total length too short.
+    DropMalformedIpv4,
+    /// Dropped: IPv6 header truncated or version != 6.
+    DropMalformedIpv6,
+    /// Dropped: IPv6 extension header truncated, or more of them than the parser follows.
+    DropIpv6ExtHeaders,
+    /// Dropped: TCP/UDP/ICMP header truncated (or TCP data offset < 5).
+    DropMalformedL4,
+    /// Reject answered with a TCP RST.
+    RejectTcpRst,
+    /// Reject answered with ICMP/ICMPv6 port unreachable.
+    RejectIcmpUnreachable,
+    /// Reject degraded to a silent drop: the source exceeded its reply budget.
+    RejectRateLimited,
+    /// Reject degraded to a silent drop: no answer is defined (ICMP, other protocols, TCP RST).
+    RejectNoReply,
+    /// Reject degraded to a silent drop: building the reply failed (no headroom, oversized
+    /// headers).
+    RejectBuildFailed,
+}
+
+impl Counter {
+    pub const COUNT: u32 = Counter::RejectBuildFailed as u32 + 1;
+
+    pub const ALL: [Counter; Counter::COUNT as usize] = [
+        Counter::Packets,
+        Counter::Allowed,
+        Counter::Stealthed,
+        Counter::Rejected,
+        Counter::DefaultVerdict,
+        Counter::PassNonIp,
+        Counter::PassIcmpEssential,
+        Counter::PassFragment,
+        Counter::DropFragment,
+        Counter::DropMalformedL2,
+        Counter::DropTooManyVlans,
+        Counter::DropMalformedIpv4,
+        Counter::DropMalformedIpv6,
+        Counter::DropIpv6ExtHeaders,
+        Counter::DropMalformedL4,
+        Counter::RejectTcpRst,
+        Counter::RejectIcmpUnreachable,
+        Counter::RejectRateLimited,
+        Counter::RejectNoReply,
+        Counter::RejectBuildFailed,
+    ];
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            Counter::Packets => "packets",
+            Counter::Allowed => "allowed",
+            Counter::Stealthed => "stealthed",
+            Counter::Rejected => "rejected",
+            Counter::DefaultVerdict => "default_verdict",
+            Counter::PassNonIp => "pass_non_ip",
+            Counter::PassIcmpEssential => "pass_icmp_essential",
+            Counter::PassFragment => "pass_fragment",
+            Counter::DropFragment => "drop_fragment",
+            Counter::DropMalformedL2 => "drop_malformed_l2",
+            Counter::DropTooManyVlans => "drop_too_many_vlans",
+            Counter::DropMalformedIpv4 => "drop_malformed_ipv4",
+            Counter::DropMalformedIpv6 => "drop_malformed_ipv6",
+            Counter::DropIpv6ExtHeaders => "drop_ipv6_ext_headers",
+            Counter::DropMalformedL4 => "drop_malformed_l4",
+            Counter::RejectTcpRst => "reject_tcp_rst",
+            Counter::RejectIcmpUnreachable => "reject_icmp_unreachable",
+            Counter::RejectRateLimited => "reject_rate_limited",
+            Counter::RejectNoReply => "reject_no_reply",
+            Counter::RejectBuildFailed => "reject_build_failed",
+        }
+    }
+}
+
+const _: () = {
+    assert!(core::mem::size_of::<AddrValue>() == 24);
+    assert!(core::mem::size_of::<PortValue>() == 8);
+    assert!(core::mem::size_of::<PairKey>() == 8);
+    assert!(core::mem::size_of::<RateKey>() == 16);
+    assert!(core::mem::size_of::<RateBucket>() == 16);
+    assert!(verdict_rule(verdict(DEFAULT_RULE, ACTION_STEALTH)) == DEFAULT_RULE);
+    assert!(verdict(DEFAULT_RULE, ACTION_STEALTH) < NO_MATCH);
+};
+
+#[cfg(feature = "user")]
+mod user {
+    use super::*;
+    // SAFETY: all of these are repr(C), padding-free (sizes asserted above), and valid for
+    // every bit pattern.
+    unsafe impl aya::Pod for AddrValue {}
+    unsafe impl aya::Pod for PortValue {}
+    unsafe impl aya::Pod for PairKey {}
+    unsafe impl aya::Pod for RateKey {}
+    unsafe impl aya::Pod for RateBucket {}
+}

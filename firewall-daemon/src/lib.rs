@@ -1,0 +1,5 @@
+//! The firewall's userspace: rules, compiler, reference evaluator, loader, daemon and client.
+pub mod model;
+
+/// The compiled XDP object, built by build.rs from `firewall-ebpf`.
+pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/firewall"));

@@ -1,0 +1,279 @@
+//! The validated rule set: what `rules.toml` means once every name, set and port is resolved.
+//!
+//! `config` turns text into this; `compile` turns this into kernel maps; `policy` evaluates it
+//! directly (the oracle the kernel is tested against). Nothing here can be invalid: every
+//! constructor lives in `config`, which reports errors with file, line and column.
+
+use std::{collections::BTreeMap, fmt, net::IpAddr, path::PathBuf};
+
+use ipnet::IpNet;
+use serde::Serialize;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    Allow,
+    Reject,
+    Stealth,
+}
+
+impl Action {
+    pub const fn to_kernel(self) -> u32 {
+        match self {
+            Action::Allow => firewall_common::ACTION_ALLOW,
+            Action::Reject => firewall_common::ACTION_REJECT,
+            Action::Stealth => firewall_common::ACTION_STEALTH,
+        }
+    }
+
+    pub const fn from_kernel(action: u32) -> Option<Self> {
+        match action {
+            firewall_common::ACTION_ALLOW => Some(Action::Allow),
+            firewall_common::ACTION_REJECT => Some(Action::Reject),
+            firewall_common::ACTION_STEALTH => Some(Action::Stealth),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Action {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Action::Allow => "allow",
+            Action::Reject => "reject",
+            Action::Stealth => "stealth",
+        })
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Direction {
+    In,
+    Out,
+}
+
+impl fmt::Display for Direction {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Direction::In => "in",
+            Direction::Out => "out",
+        })
+    }
+}
+
+/// `proto` of a rule. `Any` with ports means TCP and UDP.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Proto {
+    Any,
+    Tcp,
+    Udp,
+    /// ICMP and ICMPv6.
+    Icmp,
+}
+
+impl fmt::Display for Proto {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Proto::Any => "any",
+            Proto::Tcp => "tcp",
+            Proto::Udp => "udp",
+            Proto::Icmp => "icmp",
+        })
+    }
+}
+
+/// Inclusive port range, `lo <= hi`, both in 1..=65535.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub struct PortRange {
+    pub lo: u16,
+    pub hi: u16,
+}
+
+impl PortRange {
+    pub fn contains(&self, port: u16) -> bool {
+        self.lo <= port && port <= self.hi
+    }
+}
+
+impl fmt::Display for PortRange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.lo == self.hi {
+            write!(f, "{}", self.lo)
+        } else {
+            write!(f, "{}-{}", self.lo, self.hi)
+        }
+    }
+}
+
+/// Where a rule came from in the file, for messages and `fwctl list`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Origin {
+    pub line: usize,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Rule {
+    /// Position in file order among all rules (both directions), starting at 0. First match by
+    /// this index decides.
+    pub index: u32,
+    pub name: String,
+    pub direction: Direction,
+    pub proto: Proto,
+    /// Empty: every port. Sorted and merged (no overlaps, no adjacency).
+    pub ports: Vec<PortRange>,
+    /// `None`: every remote address. `Some`: the union of these networks (sets expanded).
+    /// Host bits are cleared and the list is sorted and deduplicated.
+    #[serde(skip)]
+    pub remote: Option<Vec<IpNet>>,
+    /// The `remote` entries as written (`"@trusted"`, `"203.0.113.7"`), for display.
+    pub remote_spec: Vec<String>,
+    pub action: Action,
+    pub origin: Origin,
+}
+
+impl Rule {
+    pub fn matches_proto(&self, proto: PacketProto) -> bool {
+        match self.proto {
+            Proto::Any => self.ports.is_empty() || matches!(proto, PacketProto::Tcp | PacketProto::Udp),
+            Proto::Tcp => proto == PacketProto::Tcp,
+            Proto::Udp => proto == PacketProto::Udp,
+            Proto::Icmp => proto == PacketProto::Icmp,
+        }
+    }
+}
+
+/// Protocol of a packet, as the classifier sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum PacketProto {
+    Tcp,
+    Udp,
+    Icmp,
+    Other,
+}
+
+impl PacketProto {
+    pub const fn class(self) -> u32 {
+        match self {
+            PacketProto::Tcp => firewall_common::PROTO_TCP,
+            PacketProto::Udp => firewall_common::PROTO_UDP,
+            PacketProto::Icmp => firewall_common::PROTO_ICMP,
+            PacketProto::Other => firewall_common::PROTO_OTHER,
+        }
+    }
+}
+
+/// `[daemon] interfaces`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Interfaces {
+    /// Every non-loopback interface that is up when the daemon starts.
+    Auto,
+    List(Vec<String>),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum XdpMode {
+    /// Native (driver) mode, falling back to generic where the driver has none.
+    Auto,
+    Native,
+    Generic,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FragmentPolicy {
+    Allow,
+    Stealth,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct DaemonConfig {
+    pub interfaces: Interfaces,
+    pub xdp_mode: XdpMode,
+    pub control_socket: PathBuf,
+    /// Group (besides root) allowed to use the control socket.
+    pub control_group: Option<String>,
+    pub pin_dir: PathBuf,
+}
+
+impl Default for DaemonConfig {
+    fn default() -> Self {
+        Self {
+            interfaces: Interfaces::Auto,
+            xdp_mode: XdpMode::Auto,
+            control_socket: PathBuf::from("/run/firewall/control.sock"),
+            control_group: None,
+            pin_dir: PathBuf::from("/sys/fs/bpf/firewall"),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Defaults {
+    pub inbound: Action,
+    pub outbound: Action,
+    /// Non-first IPv4 fragments and IPv6 fragments with a non-zero offset.
+    pub fragments: FragmentPolicy,
+}
+
+impl Default for Defaults {
+    fn default() -> Self {
+        Self {
+            inbound: Action::Stealth,
+            outbound: Action::Allow,
+            fragments: FragmentPolicy::Allow,
+        }
+    }
+}
+
+/// `[reject]`: budget of reject replies per source address.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct RejectLimits {
+    pub rate_per_sec: u32,
+    pub burst: u32,
+}
+
+impl Default for RejectLimits {
+    fn default() -> Self {
+        Self {
+            rate_per_sec: 100,
+            burst: 200,
+        }
+    }
+}
+
+/// A parsed, validated `rules.toml`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Ruleset {
+    /// The file it came from, for messages.
+    pub source: PathBuf,
+    pub daemon: DaemonConfig,
+    pub defaults: Defaults,
+    pub reject: RejectLimits,
+    /// Named sets, expanded (files read), for `fwctl list`.
+    #[serde(skip)]
+    pub sets: BTreeMap<String, Vec<IpNet>>,
+    /// All rules in file order (`rules[i].index == i`).
+    pub rules: Vec<Rule>,
+    /// Things worth telling the user that do not stop the file from loading (for instance an
+    /// empty set file), each already prefixed with file and line.
+    pub warnings: Vec<String>,
+}
+
+impl Ruleset {
+    pub fn inbound(&self) -> impl Iterator<Item = &Rule> {
+        self.rules.iter().filter(|r| r.direction == Direction::In)
+    }
+}
+
+/// What the classifier needs to know about an inbound packet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct PacketMeta {
+    pub remote: IpAddr,
+    pub proto: PacketProto,
+    /// Local (destination) port for TCP and UDP; 0 otherwise.
+    pub local_port: u16,
+}

@@ -1,0 +1,262 @@
+//! The inbound datapath: one XDP program that parses a frame, classifies it against the compiled
+//! rule maps with a constant number of lookups, and allows, rejects (answers with RST or ICMP
+//! port unreachable via XDP_TX) or drops it.
+//!
+//! Every outcome, including every malformed-packet drop, is counted in `COUNTERS`; the verdict
+//! of each malformed case is listed on [`firewall_common::Counter`] and in the README.
+#![no_std]
+#![no_main]
+
+mod csum;
+mod parse;
+mod reply;
+
+use aya_ebpf::{
+    Global,
+    bindings::xdp_action::{XDP_DROP, XDP_PASS, XDP_TX},
+    helpers::bpf_ktime_get_ns,
+    macros::{map, xdp},
+    maps::{HashMap, LpmTrie, LruHashMap, PerCpuArray, lpm_trie::Key},
+    programs::XdpContext,
+};
+use firewall_common::{
+    ACTION_ALLOW, ACTION_REJECT, AddrValue, Counter, DEFAULT_RULE, FRAG_STEALTH, NO_MATCH,
+    PROTO_TCP, PROTO_UDP, PairKey, PortValue, RateBucket, RateKey, port_slot, verdict,
+    verdict_action, verdict_rule,
+};
+
+use crate::parse::{Addr, Packet, Parsed};
+
+// Load-time constants, set by the daemon for each rule-set generation (a reload loads a new
+// program), so the verifier sees them as constants and prunes what a rule set does not use.
+#[unsafe(no_mangle)]
+static DEFAULT_INBOUND: Global<u32> = Global::new(verdict(DEFAULT_RULE, 2));
+#[unsafe(no_mangle)]
+static FRAGMENTS: Global<u32> = Global::new(0);
+#[unsafe(no_mangle)]
+static REJECT_RATE_PER_SEC: Global<u32> = Global::new(100);
+#[unsafe(no_mangle)]
+static REJECT_BURST: Global<u32> = Global::new(200);
+#[unsafe(no_mangle)]
+static HAS_PAIRS: Global<u32> = Global::new(1);
+
+// Rule maps: created per generation, sized by the daemon (`map_max_entries`).
+#[map]
+static ADDR4: LpmTrie<[u8; 4], AddrValue> = LpmTrie::with_max_entries(1, 0);
+#[map]
+static ADDR6: LpmTrie<[u8; 16], AddrValue> = LpmTrie::with_max_entries(1, 0);
+#[map]
+static PORTS: aya_ebpf::maps::Array<PortValue> =
+    aya_ebpf::maps::Array::with_max_entries(firewall_common::PORT_SLOTS, 0);
+#[map]
+static PAIRS: HashMap<PairKey, u32> = HashMap::with_max_entries(1, 0);
+#[map]
+static RULE_HITS: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+// State that outlives a generation: pinned by name, so every generation shares one copy.
+#[map]
+static COUNTERS: PerCpuArray<u64> = PerCpuArray::pinned(Counter::COUNT, 0);
+#[map]
+static REJECT_RATE: LruHashMap<RateKey, RateBucket> = LruHashMap::pinned(65536, 0);
+
+#[inline(always)]
+fn count(counter: Counter) {
+    if let Some(slot) = COUNTERS.get_ptr_mut(counter as u32) {
+        // SAFETY: per-CPU slot, the program is not re-entered on this CPU.
+        unsafe { *slot += 1 };
+    }
+}
+
+#[xdp]
+pub fn firewall_xdp(ctx: XdpContext) -> u32 {
+    count(Counter::Packets);
+    match parse::parse(&ctx) {
+        Ok(Parsed::NonIp) => {
+            count(Counter::PassNonIp);
+            XDP_PASS
+        }
+        Ok(Parsed::IcmpEssential) => {
+            count(Counter::PassIcmpEssential);
+            XDP_PASS
+        }
+        Ok(Parsed::LaterFragment) => {
+            if FRAGMENTS.load() == FRAG_STEALTH {
+                count(Counter::DropFragment);
+                XDP_DROP
+            } else {
+                count(Counter::PassFragment);
+                XDP_PASS
+            }
+        }
+        Ok(Parsed::Packet(pkt)) => judge(&ctx, &pkt),
+        Err(reason) => {
+            count(reason);
+            XDP_DROP
+        }
+    }
+}
+
+/// First-match classification with a fixed number of lookups (see
+/// `firewall-daemon/src/compile.md`): the longest-prefix match of the remote address and the
+/// (protocol, port) slot each carry the first rule that needs only that field; rules that need
+/// both meet in `PAIRS`. The smallest verdict word is the first rule in file order.
+#[inline(always)]
+fn classify(pkt: &Packet) -> u32 {
+    let proto = pkt.proto & 3;
+    let addr = match pkt.remote {
+        Addr::V4(a) => ADDR4.get(&Key::new(32, a)),
+        Addr::V6(a) => ADDR6.get(&Key::new(128, a)),
+    };
+    let (addr_class, mut best) = match addr {
+        Some(v) => (v.class, min(v.any_proto, v.proto[proto as usize])),
+        None => (NO_MATCH, NO_MATCH),
+    };
+    let port_class = match PORTS.get(port_slot(proto, pkt.local_port)) {
+        Some(v) => {
+            best = min(best, v.any_addr);
+            v.class
+        }
+        None => NO_MATCH,
+    };
+    if HAS_PAIRS.load() != 0 && addr_class != NO_MATCH && port_class != NO_MATCH {
+        let key = PairKey {
+            addr_class,
+            port_class,
+        };
+        // SAFETY: the value is a plain u32 copied out immediately.
+        if let Some(word) = unsafe { PAIRS.get(&key) } {
+            best = min(best, *word);
+        }
+    }
+    best
+}
+
+#[inline(always)]
+fn min(a: u32, b: u32) -> u32 {
+    if a < b { a } else { b }
+}
+
+#[inline(always)]
+fn judge(ctx: &XdpContext, pkt: &Packet) -> u32 {
+    let mut word = classify(pkt);
+    if word == NO_MATCH {
+        word = DEFAULT_INBOUND.load();
+        count(Counter::DefaultVerdict);
+    } else if let Some(hits) = RULE_HITS.get_ptr_mut(verdict_rule(word)) {
+        // SAFETY: per-CPU slot.
+        unsafe { *hits += 1 };
+    }
+    match verdict_action(word) {
+        ACTION_ALLOW => {
+            count(Counter::Allowed);
+            XDP_PASS
+        }
+        ACTION_REJECT => {
+            count(Counter::Rejected);
+            reject(ctx, pkt)
+        }
+        _ => {
+            count(Counter::Stealthed);
+            XDP_DROP
+        }
+    }
+}
+
+/// Answers the way a closed port does, or degrades to a silent drop (counted) where no answer
+/// is defined or the source has used up its reply budget.
+#[inline(always)]
+fn reject(ctx: &XdpContext, pkt: &Packet) -> u32 {
+    let answerable = match pkt.proto {
+        // Never answer a RST (RFC 9293 3.10.7.1).
+        PROTO_TCP => pkt.tcp_flags & reply::TCP_RST == 0,
+        PROTO_UDP => true,
+        // ICMP errors are never sent about ICMP (RFC 1122 3.2.2); other protocols are dropped.
+        _ => false,
+    };
+    // No reply to link-layer broadcast/multicast or to sources that cannot be answered
+    // (RFC 1122 3.2.2, 4.2.3.10): the host must not become an amplifier.
+    if !answerable || pkt.l2_multicast || !pkt.remote_unicast {
+        count(Counter::RejectNoReply);
+        return XDP_DROP;
+    }
+    if !take_reply_token(&pkt.remote) {
+        count(Counter::RejectRateLimited);
+        return XDP_DROP;
+    }
+    let built = if pkt.proto == PROTO_TCP {
+        reply::tcp_rst(ctx, pkt).map(|()| Counter::RejectTcpRst)
+    } else {
+        reply::port_unreachable(ctx, pkt).map(|()| Counter::RejectIcmpUnreachable)
+    };
+    match built {
+        Ok(counter) => {
+            count(counter);
+            XDP_TX
+        }
+        Err(()) => {
+            count(Counter::RejectBuildFailed);
+            XDP_DROP
+        }
+    }
+}
+
+const MILLI: u64 = 1000;
+
+/// Token bucket per source address. Concurrent CPUs may race on one bucket; the worst case is a
+/// few extra replies, which is acceptable for a reflection limit and keeps the path lock-free.
+#[inline(always)]
+fn take_reply_token(remote: &Addr) -> bool {
+    let key = RateKey {
+        addr: remote.mapped(),
+    };
+    let now = unsafe { bpf_ktime_get_ns() };
+    let burst = REJECT_BURST.load() as u64 * MILLI;
+    match REJECT_RATE.get_ptr_mut(&key) {
+        Some(bucket) => {
+            // SAFETY: a map value pointer, valid for this program run.
+            let bucket = unsafe { &mut *bucket };
+            let elapsed_us = min64(now.saturating_sub(bucket.last_ns) / 1000, 1 << 40);
+            // millitokens gained = elapsed_us * rate / 1000; bounded above by the cap on elapsed.
+            let refill = elapsed_us * REJECT_RATE_PER_SEC.load() as u64 / 1000;
+            let tokens = min64(bucket.millitokens + refill, burst);
+            bucket.last_ns = now;
+            if tokens >= MILLI {
+                bucket.millitokens = tokens - MILLI;
+                true
+            } else {
+                bucket.millitokens = tokens;
+                false
+            }
+        }
+        None => {
+            let bucket = RateBucket {
+                millitokens: burst.saturating_sub(MILLI),
+                last_ns: now,
+            };
+            // A full LRU evicts the oldest source; if even that fails, err on not answering.
+            REJECT_RATE.insert(&key, &bucket, 0).is_ok() && burst >= MILLI
+        }
+    }
+}
+
+#[inline(always)]
+fn min64(a: u64, b: u64) -> u64 {
+    if a < b { a } else { b }
+}
+
+/// Passes everything: attached to veth peers in tests (native XDP_TX on veth is only delivered
+/// when the peer has an XDP program) and measured as the floor of the benchmarks.
+#[xdp]
+pub fn xdp_pass(_ctx: XdpContext) -> u32 {
+    XDP_PASS
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 4] = *b"GPL\0";

@@ -1,0 +1,332 @@
+//! Bounds-checked header parsing. Every read goes through [`ptr_at`], which checks the whole
+//! object against `data_end`; offsets follow the headers (VLAN tags, IPv4 IHL, IPv6 extension
+//! headers), never fixed positions.
+//!
+//! Verdicts for malformed input (all drops, each counted under its own reason):
+//! - shorter than Ethernet (+ VLAN tags): `DropMalformedL2`; a third VLAN tag: `DropTooManyVlans`;
+//! - IPv4 header truncated, version != 4, IHL < 5, options past the frame or total length below
+//!   the header: `DropMalformedIpv4`;
+//! - IPv6 header truncated or version != 6: `DropMalformedIpv6`;
+//! - an extension header truncated, or more than [`MAX_EXT_HEADERS`] of them: `DropIpv6ExtHeaders`;
+//! - TCP (or data offset < 5), UDP or ICMP header truncated: `DropMalformedL4`.
+
+use core::mem;
+
+use aya_ebpf::programs::XdpContext;
+use firewall_common::{Counter, PROTO_ICMP, PROTO_OTHER, PROTO_TCP, PROTO_UDP};
+use network_types::{
+    eth::EthHdr,
+    ip::{Ipv4Hdr, Ipv6Hdr},
+    udp::UdpHdr,
+};
+
+const ETH_P_IP: u16 = 0x0800;
+const ETH_P_IPV6: u16 = 0x86dd;
+const ETH_P_8021Q: u16 = 0x8100;
+const ETH_P_8021AD: u16 = 0x88a8;
+const VLAN_HDR_LEN: usize = 4;
+/// VLAN tags followed (QinQ); a frame with more is dropped.
+const MAX_VLAN_TAGS: usize = 2;
+/// IPv6 extension headers followed before the upper-layer header; more are dropped. Real
+/// traffic carries at most a few (hop-by-hop, routing, fragment, destination options).
+pub const MAX_EXT_HEADERS: usize = 8;
+
+const IPPROTO_HOPOPTS: u8 = 0;
+const IPPROTO_ICMP: u8 = 1;
+const IPPROTO_TCP: u8 = 6;
+const IPPROTO_UDP: u8 = 17;
+const IPPROTO_ROUTING: u8 = 43;
+const IPPROTO_FRAGMENT: u8 = 44;
+const IPPROTO_AH: u8 = 51;
+const IPPROTO_ICMPV6: u8 = 58;
+const IPPROTO_DSTOPTS: u8 = 60;
+
+pub const TCP_HDR_LEN: usize = 20;
+
+#[derive(Clone, Copy)]
+pub enum Addr {
+    V4([u8; 4]),
+    V6([u8; 16]),
+}
+
+impl Addr {
+    /// IPv4 as `::ffff:a.b.c.d`, for keys that hold either family.
+    #[inline(always)]
+    pub fn mapped(&self) -> [u8; 16] {
+        match self {
+            Addr::V4(a) => [
+                0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, a[0], a[1], a[2], a[3],
+            ],
+            Addr::V6(a) => *a,
+        }
+    }
+}
+
+/// What the classifier and the reply builders need, copied out of the frame so replies can
+/// overwrite the headers they were read from.
+pub struct Packet {
+    pub l3_off: usize,
+    pub l4_off: usize,
+    pub remote: Addr,
+    pub local: Addr,
+    /// `PROTO_*` class.
+    pub proto: u32,
+    pub local_port: u16,
+    pub remote_port: u16,
+    pub tcp_flags: u8,
+    pub tcp_seq: u32,
+    pub tcp_ack: u32,
+    /// Bytes of TCP payload (from the IP length fields).
+    pub tcp_payload: u32,
+    /// Destination MAC is a group address (broadcast/multicast).
+    pub l2_multicast: bool,
+    /// Source is a unicast address that may be answered and the destination is not a group
+    /// address (RFC 1122: no errors to or about broadcast/multicast).
+    pub remote_unicast: bool,
+}
+
+pub enum Parsed {
+    /// Not IPv4/IPv6: ARP and other link protocols.
+    NonIp,
+    /// ICMP that IPv6 or path MTU discovery cannot do without.
+    IcmpEssential,
+    /// A fragment with a non-zero offset: it carries no transport header to judge.
+    LaterFragment,
+    Packet(Packet),
+}
+
+#[inline(always)]
+pub fn ptr_at<T>(ctx: &XdpContext, off: usize) -> Option<*const T> {
+    let start = ctx.data();
+    let end = ctx.data_end();
+    if start + off + mem::size_of::<T>() > end {
+        return None;
+    }
+    Some((start + off) as *const T)
+}
+
+#[inline(always)]
+pub fn ptr_at_mut<T>(ctx: &XdpContext, off: usize) -> Option<*mut T> {
+    ptr_at::<T>(ctx, off).map(|p| p as *mut T)
+}
+
+#[inline(always)]
+fn be16(b: [u8; 2]) -> u16 {
+    u16::from_be_bytes(b)
+}
+
+#[inline(always)]
+fn is_vlan(ether_type: u16) -> bool {
+    ether_type == ETH_P_8021Q || ether_type == ETH_P_8021AD
+}
+
+#[inline(always)]
+pub fn parse(ctx: &XdpContext) -> Result<Parsed, Counter> {
+    let eth: *const EthHdr = ptr_at(ctx, 0).ok_or(Counter::DropMalformedL2)?;
+    // SAFETY: bounds checked by ptr_at.
+    let (dst_mac0, mut ether_type) = unsafe { ((*eth).dst_addr[0], u16::from_be((*eth).ether_type)) };
+    let mut off = EthHdr::LEN;
+    for _ in 0..MAX_VLAN_TAGS {
+        if !is_vlan(ether_type) {
+            break;
+        }
+        let tag: *const [u8; 4] = ptr_at(ctx, off).ok_or(Counter::DropMalformedL2)?;
+        // SAFETY: bounds checked by ptr_at.
+        let tag = unsafe { *tag };
+        ether_type = be16([tag[2], tag[3]]);
+        off += VLAN_HDR_LEN;
+    }
+    if is_vlan(ether_type) {
+        return Err(Counter::DropTooManyVlans);
+    }
+    let l2_multicast = dst_mac0 & 1 != 0;
+    match ether_type {
+        ETH_P_IP => parse_v4(ctx, off, l2_multicast),
+        ETH_P_IPV6 => parse_v6(ctx, off, l2_multicast),
+        _ => Ok(Parsed::NonIp),
+    }
+}
+
+#[inline(always)]
+fn v4_unicast(a: [u8; 4]) -> bool {
+    a != [0, 0, 0, 0] && a != [255, 255, 255, 255] && a[0] & 0xf0 != 0xe0
+}
+
+#[inline(always)]
+fn parse_v4(ctx: &XdpContext, off: usize, l2_multicast: bool) -> Result<Parsed, Counter> {
+    let ip: *const Ipv4Hdr = ptr_at(ctx, off).ok_or(Counter::DropMalformedIpv4)?;
+    // SAFETY: bounds checked by ptr_at.
+    let ip = unsafe { *ip };
+    if ip.vihl >> 4 != 4 {
+        return Err(Counter::DropMalformedIpv4);
+    }
+    let hdr_len = ((ip.vihl & 0x0f) as usize) * 4;
+    let total = be16(ip.tot_len) as usize;
+    if hdr_len < Ipv4Hdr::LEN || total < hdr_len || ctx.data() + off + hdr_len > ctx.data_end() {
+        return Err(Counter::DropMalformedIpv4);
+    }
+    if be16(ip.frags) & 0x1fff != 0 {
+        return Ok(Parsed::LaterFragment);
+    }
+    let unicast = v4_unicast(ip.src_addr) && v4_unicast(ip.dst_addr) && ip.src_addr[0] != 127;
+    transport(
+        ctx,
+        off,
+        off + hdr_len,
+        (total - hdr_len) as u32,
+        ip.proto,
+        Addr::V4(ip.src_addr),
+        Addr::V4(ip.dst_addr),
+        l2_multicast,
+        unicast,
+    )
+}
+
+#[inline(always)]
+fn parse_v6(ctx: &XdpContext, off: usize, l2_multicast: bool) -> Result<Parsed, Counter> {
+    let ip: *const Ipv6Hdr = ptr_at(ctx, off).ok_or(Counter::DropMalformedIpv6)?;
+    // SAFETY: bounds checked by ptr_at.
+    let ip = unsafe { *ip };
+    if ip.vcf[0] >> 4 != 6 {
+        return Err(Counter::DropMalformedIpv6);
+    }
+    let mut next = ip.next_hdr;
+    let mut l4 = off + Ipv6Hdr::LEN;
+    for _ in 0..MAX_EXT_HEADERS {
+        match next {
+            IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS => {
+                let h: *const [u8; 2] = ptr_at(ctx, l4).ok_or(Counter::DropIpv6ExtHeaders)?;
+                // SAFETY: bounds checked by ptr_at.
+                let h = unsafe { *h };
+                next = h[0];
+                l4 += (h[1] as usize + 1) * 8;
+            }
+            IPPROTO_AH => {
+                let h: *const [u8; 2] = ptr_at(ctx, l4).ok_or(Counter::DropIpv6ExtHeaders)?;
+                // SAFETY: bounds checked by ptr_at.
+                let h = unsafe { *h };
+                next = h[0];
+                l4 += (h[1] as usize + 2) * 4;
+            }
+            IPPROTO_FRAGMENT => {
+                let h: *const [u8; 4] = ptr_at(ctx, l4).ok_or(Counter::DropIpv6ExtHeaders)?;
+                // SAFETY: bounds checked by ptr_at.
+                let h = unsafe { *h };
+                if be16([h[2], h[3]]) >> 3 != 0 {
+                    return Ok(Parsed::LaterFragment);
+                }
+                next = h[0];
+                l4 += 8;
+            }
+            _ => break,
+        }
+    }
+    if matches!(
+        next,
+        IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS | IPPROTO_AH | IPPROTO_FRAGMENT
+    ) {
+        return Err(Counter::DropIpv6ExtHeaders);
+    }
+    let ext_len = l4 - off - Ipv6Hdr::LEN;
+    let payload = (be16(ip.payload_len) as usize).saturating_sub(ext_len) as u32;
+    let unicast = ip.src_addr[0] != 0xff
+        && ip.dst_addr[0] != 0xff
+        && ip.src_addr != [0; 16]
+        && ip.src_addr != [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+    transport(
+        ctx,
+        off,
+        l4,
+        payload,
+        next,
+        Addr::V6(ip.src_addr),
+        Addr::V6(ip.dst_addr),
+        l2_multicast,
+        unicast,
+    )
+}
+
+/// ICMPv6 types IPv6 does not work without: packet too big (2), MLD (130-132, 143), router
+/// and neighbour discovery (133-137).
+#[inline(always)]
+fn icmp6_essential(icmp_type: u8) -> bool {
+    matches!(icmp_type, 2 | 130..=137 | 143)
+}
+
+#[expect(clippy::too_many_arguments, reason = "one call site per family, inlined")]
+#[inline(always)]
+fn transport(
+    ctx: &XdpContext,
+    l3_off: usize,
+    l4_off: usize,
+    l4_len: u32,
+    ip_proto: u8,
+    remote: Addr,
+    local: Addr,
+    l2_multicast: bool,
+    remote_unicast: bool,
+) -> Result<Parsed, Counter> {
+    let is_v6 = matches!(remote, Addr::V6(_));
+    let mut pkt = Packet {
+        l3_off,
+        l4_off,
+        remote,
+        local,
+        proto: PROTO_OTHER,
+        local_port: 0,
+        remote_port: 0,
+        tcp_flags: 0,
+        tcp_seq: 0,
+        tcp_ack: 0,
+        tcp_payload: 0,
+        l2_multicast,
+        remote_unicast,
+    };
+    match ip_proto {
+        IPPROTO_TCP => {
+            let t: *const [u8; TCP_HDR_LEN] = ptr_at(ctx, l4_off).ok_or(Counter::DropMalformedL4)?;
+            // SAFETY: bounds checked by ptr_at.
+            let t = unsafe { *t };
+            let data_off = ((t[12] >> 4) as u32) * 4;
+            if data_off < TCP_HDR_LEN as u32 {
+                return Err(Counter::DropMalformedL4);
+            }
+            pkt.proto = PROTO_TCP;
+            pkt.remote_port = be16([t[0], t[1]]);
+            pkt.local_port = be16([t[2], t[3]]);
+            pkt.tcp_seq = u32::from_be_bytes([t[4], t[5], t[6], t[7]]);
+            pkt.tcp_ack = u32::from_be_bytes([t[8], t[9], t[10], t[11]]);
+            pkt.tcp_flags = t[13];
+            pkt.tcp_payload = l4_len.saturating_sub(data_off);
+        }
+        IPPROTO_UDP => {
+            let u: *const UdpHdr = ptr_at(ctx, l4_off).ok_or(Counter::DropMalformedL4)?;
+            // SAFETY: bounds checked by ptr_at.
+            let u = unsafe { *u };
+            pkt.proto = PROTO_UDP;
+            pkt.remote_port = be16(u.src);
+            pkt.local_port = be16(u.dst);
+        }
+        IPPROTO_ICMP if !is_v6 => {
+            let h: *const [u8; 4] = ptr_at(ctx, l4_off).ok_or(Counter::DropMalformedL4)?;
+            // SAFETY: bounds checked by ptr_at.
+            let h = unsafe { *h };
+            // Destination unreachable / fragmentation needed: path MTU discovery.
+            if h[0] == 3 && h[1] == 4 {
+                return Ok(Parsed::IcmpEssential);
+            }
+            pkt.proto = PROTO_ICMP;
+        }
+        IPPROTO_ICMPV6 if is_v6 => {
+            let h: *const [u8; 4] = ptr_at(ctx, l4_off).ok_or(Counter::DropMalformedL4)?;
+            // SAFETY: bounds checked by ptr_at.
+            let h = unsafe { *h };
+            if icmp6_essential(h[0]) {
+                return Ok(Parsed::IcmpEssential);
+            }
+            pkt.proto = PROTO_ICMP;
+        }
+        _ => {}
+    }
+    Ok(Parsed::Packet(pkt))
+}

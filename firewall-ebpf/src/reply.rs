@@ -1,0 +1,237 @@
+//! Reject replies, built in place and sent back out of the receiving interface with XDP_TX.
+//!
+//! Everything needed from the offending packet is already copied into [`Packet`], so the builders
+//! can overwrite its headers. Checksums are computed from scratch ([`crate::csum`]).
+
+use aya_ebpf::{
+    helpers::{bpf_xdp_adjust_head, bpf_xdp_adjust_tail},
+    programs::XdpContext,
+};
+
+use crate::{
+    csum,
+    parse::{Addr, Packet, TCP_HDR_LEN, ptr_at, ptr_at_mut},
+};
+
+pub const TCP_FIN: u8 = 0x01;
+pub const TCP_SYN: u8 = 0x02;
+pub const TCP_RST: u8 = 0x04;
+pub const TCP_ACK: u8 = 0x10;
+
+const TTL: u8 = 64;
+const IPV4_HDR_LEN: usize = 20;
+const IPV6_HDR_LEN: usize = 40;
+const ICMP_HDR_LEN: usize = 8;
+/// Bytes of the offending datagram's transport header quoted in ICMP errors (RFC 792).
+const QUOTED_L4: usize = 8;
+/// Most IPv6 extension-header bytes quoted back; a longer chain degrades the reject to a drop.
+const MAX_QUOTED_EXT: usize = 64;
+/// 32-bit words of quoted datagram: IPv6 header + extension headers + 8 bytes, the larger case.
+const MAX_QUOTED_WORDS: usize = (IPV6_HDR_LEN + MAX_QUOTED_EXT + QUOTED_L4) / 4;
+
+/// Swaps the MAC addresses so the frame goes back where it came from.
+#[inline(always)]
+fn swap_macs(ctx: &XdpContext) -> Result<(), ()> {
+    let eth: *mut [u8; 12] = ptr_at_mut(ctx, 0).ok_or(())?;
+    // SAFETY: bounds checked by ptr_at_mut.
+    let old = unsafe { *eth };
+    let mut new = [0u8; 12];
+    new[..6].copy_from_slice(&old[6..]);
+    new[6..].copy_from_slice(&old[..6]);
+    // SAFETY: as above.
+    unsafe { *eth = new };
+    Ok(())
+}
+
+#[inline(always)]
+fn trim_to(ctx: &XdpContext, len: usize) -> Result<(), ()> {
+    let cur = ctx.data_end() - ctx.data();
+    if len > cur {
+        return Err(());
+    }
+    let delta = (cur - len) as i32;
+    if delta != 0 {
+        // SAFETY: helper call on our own context.
+        if unsafe { bpf_xdp_adjust_tail(ctx.ctx, -delta) } != 0 {
+            return Err(());
+        }
+    }
+    Ok(())
+}
+
+#[inline(always)]
+fn ipv4_header(total_len: u16, proto: u8, src: [u8; 4], dst: [u8; 4]) -> [u8; IPV4_HDR_LEN] {
+    let len = total_len.to_be_bytes();
+    let mut h = [
+        0x45, 0, len[0], len[1], 0, 0, 0x40, 0, TTL, proto, 0, 0, src[0], src[1], src[2], src[3],
+        dst[0], dst[1], dst[2], dst[3],
+    ];
+    let c = csum::finish(csum::sum(&h));
+    h[10] = c[0];
+    h[11] = c[1];
+    h
+}
+
+#[inline(always)]
+fn ipv6_header(payload_len: u16, next: u8, src: [u8; 16], dst: [u8; 16]) -> [u8; IPV6_HDR_LEN] {
+    let len = payload_len.to_be_bytes();
+    let mut h = [0u8; IPV6_HDR_LEN];
+    h[0] = 0x60;
+    h[4] = len[0];
+    h[5] = len[1];
+    h[6] = next;
+    h[7] = TTL;
+    h[8..24].copy_from_slice(&src);
+    h[24..40].copy_from_slice(&dst);
+    h
+}
+
+#[inline(always)]
+fn write<const N: usize>(ctx: &XdpContext, off: usize, bytes: &[u8; N]) -> Result<(), ()> {
+    let p: *mut [u8; N] = ptr_at_mut(ctx, off).ok_or(())?;
+    // SAFETY: bounds checked by ptr_at_mut.
+    unsafe { *p = *bytes };
+    Ok(())
+}
+
+/// RST for a segment arriving at a closed port, RFC 9293 3.10.7.1: if the segment has ACK,
+/// `<SEQ=SEG.ACK><CTL=RST>`; otherwise `<SEQ=0><ACK=SEG.SEQ+SEG.LEN><CTL=RST,ACK>`, where
+/// SEG.LEN counts SYN and FIN. Options and payload are dropped; VLAN tags are kept.
+#[inline(always)]
+pub fn tcp_rst(ctx: &XdpContext, pkt: &Packet) -> Result<(), ()> {
+    let (seq, ack, flags) = if pkt.tcp_flags & TCP_ACK != 0 {
+        (pkt.tcp_ack, 0u32, TCP_RST)
+    } else {
+        let mut seg_len = pkt.tcp_payload;
+        if pkt.tcp_flags & TCP_SYN != 0 {
+            seg_len += 1;
+        }
+        if pkt.tcp_flags & TCP_FIN != 0 {
+            seg_len += 1;
+        }
+        (0u32, pkt.tcp_seq.wrapping_add(seg_len), TCP_RST | TCP_ACK)
+    };
+    let sp = pkt.local_port.to_be_bytes();
+    let dp = pkt.remote_port.to_be_bytes();
+    let s = seq.to_be_bytes();
+    let a = ack.to_be_bytes();
+    let mut tcp: [u8; TCP_HDR_LEN] = [
+        sp[0], sp[1], dp[0], dp[1], s[0], s[1], s[2], s[3], a[0], a[1], a[2], a[3], 5 << 4, flags,
+        0, 0, 0, 0, 0, 0,
+    ];
+    swap_macs(ctx)?;
+    let l3 = pkt.l3_off;
+    match (pkt.local, pkt.remote) {
+        (Addr::V4(src), Addr::V4(dst)) => {
+            let c = csum::finish(csum::pseudo(&src, &dst, 6, TCP_HDR_LEN as u32) + csum::sum(&tcp));
+            tcp[16] = c[0];
+            tcp[17] = c[1];
+            let ip = ipv4_header((IPV4_HDR_LEN + TCP_HDR_LEN) as u16, 6, src, dst);
+            write(ctx, l3, &ip)?;
+            write(ctx, l3 + IPV4_HDR_LEN, &tcp)?;
+            trim_to(ctx, l3 + IPV4_HDR_LEN + TCP_HDR_LEN)
+        }
+        (Addr::V6(src), Addr::V6(dst)) => {
+            let c = csum::finish(csum::pseudo(&src, &dst, 6, TCP_HDR_LEN as u32) + csum::sum(&tcp));
+            tcp[16] = c[0];
+            tcp[17] = c[1];
+            let ip = ipv6_header(TCP_HDR_LEN as u16, 6, src, dst);
+            write(ctx, l3, &ip)?;
+            write(ctx, l3 + IPV6_HDR_LEN, &tcp)?;
+            trim_to(ctx, l3 + IPV6_HDR_LEN + TCP_HDR_LEN)
+        }
+        _ => Err(()),
+    }
+}
+
+/// ICMP destination unreachable / port unreachable (type 3 code 3, RFC 792/1812) or ICMPv6
+/// destination unreachable / port unreachable (type 1 code 4, RFC 4443), quoting the offending
+/// IP header (with options or extension headers) and the first 8 bytes of its UDP header, which
+/// is what the sender's stack needs to find the socket and report ECONNREFUSED.
+#[inline(always)]
+pub fn port_unreachable(ctx: &XdpContext, pkt: &Packet) -> Result<(), ()> {
+    let l3 = pkt.l3_off;
+    let quoted = pkt.l4_off - l3 + QUOTED_L4;
+    let v6 = matches!(pkt.remote, Addr::V6(_));
+    let new_hdrs = if v6 {
+        IPV6_HDR_LEN + ICMP_HDR_LEN
+    } else {
+        IPV4_HDR_LEN + ICMP_HDR_LEN
+    };
+    if quoted % 4 != 0 || quoted > MAX_QUOTED_WORDS * 4 {
+        return Err(());
+    }
+
+    // Keep the link-layer header (Ethernet + up to two VLAN tags) to put back in front.
+    let eth: *const [u8; 14] = ptr_at(ctx, 0).ok_or(())?;
+    // SAFETY: bounds checked by ptr_at.
+    let eth = unsafe { *eth };
+    let tag1: [u8; 4] = read_tag(ctx, l3, 14)?;
+    let tag2: [u8; 4] = read_tag(ctx, l3, 18)?;
+
+    // Make room in front of the quoted datagram for new IP + ICMP headers.
+    // SAFETY: helper call on our own context; all packet pointers are re-derived below.
+    if unsafe { bpf_xdp_adjust_head(ctx.ctx, -(new_hdrs as i32)) } != 0 {
+        return Err(());
+    }
+    trim_to(ctx, l3 + new_hdrs + quoted)?;
+
+    let mut l2 = [0u8; 14];
+    l2[..6].copy_from_slice(&eth[6..12]);
+    l2[6..12].copy_from_slice(&eth[..6]);
+    l2[12..].copy_from_slice(&eth[12..]);
+    write(ctx, 0, &l2)?;
+    if l3 >= 18 {
+        write(ctx, 14, &tag1)?;
+    }
+    if l3 >= 22 {
+        write(ctx, 18, &tag2)?;
+    }
+
+    // Sum of the quoted datagram, word by word with a fixed upper bound.
+    let quoted_off = l3 + new_hdrs;
+    let words = quoted / 4;
+    let mut acc = 0u64;
+    for i in 0..MAX_QUOTED_WORDS {
+        if i >= words {
+            break;
+        }
+        let w: *const [u8; 4] = ptr_at(ctx, quoted_off + i * 4).ok_or(())?;
+        // SAFETY: bounds checked by ptr_at.
+        acc += csum::sum(unsafe { &*w });
+    }
+
+    match (pkt.local, pkt.remote) {
+        (Addr::V4(src), Addr::V4(dst)) => {
+            let mut icmp = [3u8, 3, 0, 0, 0, 0, 0, 0];
+            let c = csum::finish(acc + csum::sum(&icmp));
+            icmp[2] = c[0];
+            icmp[3] = c[1];
+            let ip = ipv4_header((new_hdrs + quoted) as u16, 1, src, dst);
+            write(ctx, l3, &ip)?;
+            write(ctx, l3 + IPV4_HDR_LEN, &icmp)
+        }
+        (Addr::V6(src), Addr::V6(dst)) => {
+            let len = (ICMP_HDR_LEN + quoted) as u32;
+            let mut icmp = [1u8, 4, 0, 0, 0, 0, 0, 0];
+            let c = csum::finish(acc + csum::sum(&icmp) + csum::pseudo(&src, &dst, 58, len));
+            icmp[2] = c[0];
+            icmp[3] = c[1];
+            let ip = ipv6_header(len as u16, 58, src, dst);
+            write(ctx, l3, &ip)?;
+            write(ctx, l3 + IPV6_HDR_LEN, &icmp)
+        }
+        _ => Err(()),
+    }
+}
+
+/// The VLAN tag at `off` if the link-layer header (`l3` bytes) reaches that far.
+#[inline(always)]
+fn read_tag(ctx: &XdpContext, l3: usize, off: usize) -> Result<[u8; 4], ()> {
+    if l3 < off + 4 {
+        return Ok([0; 4]);
+    }
+    let t: *const [u8; 4] = ptr_at(ctx, off).ok_or(())?;
+    // SAFETY: bounds checked by ptr_at.
+    Ok(unsafe { *t })
+}
