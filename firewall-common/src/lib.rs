@@ -111,21 +111,38 @@ pub struct AddrValue {
     pub proto: [u32; PROTO_CLASSES],
 }
 
-/// Value of [`maps::PORTS`].
+/// Value of [`maps::PORTS`]. Both fields hold their value **plus one** (wrapping), so the
+/// all-zero entry a new array starts with means "nothing matches" and the daemon only writes
+/// the slots rules use. Read them with [`PortValue::class`] and [`PortValue::any_addr`].
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PortValue {
-    /// Port class for [`maps::PAIRS`], or [`NO_MATCH`].
-    pub class: u32,
-    /// First rule (verdict word) that matches this protocol/port from any remote address.
-    pub any_addr: u32,
+    class_plus_one: u32,
+    any_addr_plus_one: u32,
 }
 
 impl PortValue {
-    pub const EMPTY: Self = Self {
-        class: NO_MATCH,
-        any_addr: NO_MATCH,
-    };
+    pub const EMPTY: Self = Self::new(NO_MATCH, NO_MATCH);
+
+    /// `class`: port class for [`maps::PAIRS`] or [`NO_MATCH`]; `any_addr`: first rule
+    /// (verdict word) that matches this protocol/port from any remote address, or [`NO_MATCH`].
+    #[inline(always)]
+    pub const fn new(class: u32, any_addr: u32) -> Self {
+        Self {
+            class_plus_one: class.wrapping_add(1),
+            any_addr_plus_one: any_addr.wrapping_add(1),
+        }
+    }
+
+    #[inline(always)]
+    pub const fn class(&self) -> u32 {
+        self.class_plus_one.wrapping_sub(1)
+    }
+
+    #[inline(always)]
+    pub const fn any_addr(&self) -> u32 {
+        self.any_addr_plus_one.wrapping_sub(1)
+    }
 }
 
 /// Key of [`maps::PAIRS`].
@@ -263,6 +280,7 @@ const _: () = {
     assert!(core::mem::size_of::<RateBucket>() == 16);
     assert!(verdict_rule(verdict(DEFAULT_RULE, ACTION_STEALTH)) == DEFAULT_RULE);
     assert!(verdict(DEFAULT_RULE, ACTION_STEALTH) < NO_MATCH);
+    assert!(PortValue::EMPTY.class_plus_one == 0 && PortValue::EMPTY.any_addr_plus_one == 0);
 };
 
 #[cfg(feature = "user")]

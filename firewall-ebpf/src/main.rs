@@ -113,8 +113,8 @@ fn classify(pkt: &Packet) -> u32 {
     };
     let port_class = match PORTS.get(port_slot(proto, pkt.local_port)) {
         Some(v) => {
-            best = min(best, v.any_addr);
-            v.class
+            best = min(best, v.any_addr());
+            v.class()
         }
         None => NO_MATCH,
     };

@@ -1,0 +1,457 @@
+//! Rules -> map contents. The structure and its limits are explained in `compile.md`.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    net::IpAddr,
+};
+
+use firewall_common::{
+    AddrValue, NO_MATCH, PORT_SLOTS, PROTO_CLASSES, PROTO_ICMP, PROTO_OTHER, PROTO_TCP, PROTO_UDP,
+    PairKey, PortValue, port_slot, verdict,
+};
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
+
+use crate::model::{PacketMeta, Proto, Rule, Ruleset};
+
+/// Most (address class, port class) entries a rule set may need (see compile.md).
+pub const MAX_PAIRS: usize = 1_000_000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CompileError {
+    #[error(
+        "the rules that name both a remote address and ports need {needed} address/port \
+         combinations; the limit is {limit}. Put addresses that share the same ports into one \
+         [sets] entry and use one rule for them"
+    )]
+    TooManyPairs { needed: usize, limit: usize },
+}
+
+/// Everything the kernel program needs for one rule set.
+#[derive(Debug, Clone)]
+pub struct Compiled {
+    pub addr4: Vec<(Ipv4Net, AddrValue)>,
+    pub addr6: Vec<(Ipv6Net, AddrValue)>,
+    /// Only the slots that differ from "no match", by slot index.
+    pub ports: BTreeMap<u32, PortValue>,
+    pub pairs: HashMap<PairKey, u32>,
+    /// Verdict word for packets no rule matches.
+    pub default_inbound: u32,
+    /// Number of rules in the file (both directions): the size of the per-rule counters.
+    pub rule_count: u32,
+    pub addr_classes: usize,
+    pub port_classes: usize,
+}
+
+/// Which of the three service groups a rule belongs to (compile.md).
+enum Service<'a> {
+    /// (a): every protocol, every port.
+    All,
+    /// (b): these protocol classes, every port.
+    Protos(&'a [u32]),
+    /// (c): TCP and/or UDP, these ports.
+    Ports(&'a [u32]),
+}
+
+fn proto_classes(proto: Proto) -> &'static [u32] {
+    match proto {
+        Proto::Any => &[PROTO_TCP, PROTO_UDP, PROTO_ICMP, PROTO_OTHER],
+        Proto::Tcp => &[PROTO_TCP],
+        Proto::Udp => &[PROTO_UDP],
+        Proto::Icmp => &[PROTO_ICMP],
+    }
+}
+
+fn service(rule: &Rule) -> Service<'static> {
+    if !rule.ports.is_empty() {
+        // Ports are only valid with tcp, udp or any (= tcp + udp); config rejects the rest.
+        Service::Ports(match rule.proto {
+            Proto::Tcp => &[PROTO_TCP],
+            Proto::Udp => &[PROTO_UDP],
+            _ => &[PROTO_TCP, PROTO_UDP],
+        })
+    } else if rule.proto == Proto::Any {
+        Service::All
+    } else {
+        Service::Protos(proto_classes(rule.proto))
+    }
+}
+
+fn word(rule: &Rule) -> u32 {
+    verdict(rule.index, rule.action.to_kernel())
+}
+
+/// Interns rule-index sets as dense class ids.
+#[derive(Default)]
+struct Classes {
+    ids: HashMap<Vec<u32>, u32>,
+    sets: Vec<Vec<u32>>,
+}
+
+impl Classes {
+    fn intern(&mut self, set: Vec<u32>) -> u32 {
+        if set.is_empty() {
+            return NO_MATCH;
+        }
+        if let Some(&id) = self.ids.get(&set) {
+            return id;
+        }
+        let id = self.sets.len() as u32;
+        self.sets.push(set.clone());
+        self.ids.insert(set, id);
+        id
+    }
+}
+
+pub fn compile(ruleset: &Ruleset) -> Result<Compiled, CompileError> {
+    let inbound: Vec<&Rule> = ruleset.inbound().collect();
+
+    // --- service side: PORTS.any_addr from (x,*) rules, port classes from (y,c) rules.
+    let mut any_addr = vec![NO_MATCH; PORT_SLOTS as usize];
+    // Rules are in ascending index order, so the first word written to a slot is its minimum:
+    // `paint` skips slots already written using a next-unwritten pointer (union-find), which
+    // keeps wide port ranges linear overall.
+    let mut next_free: Vec<u32> = (0..=PORT_SLOTS).collect();
+    for rule in inbound.iter().filter(|r| r.remote.is_none()) {
+        let w = word(rule);
+        match service(rule) {
+            Service::All => paint(&mut any_addr, &mut next_free, 0, PORT_SLOTS - 1, w),
+            Service::Protos(protos) => {
+                for &p in protos {
+                    let (lo, hi) = slot_range(p, 0, 65535);
+                    paint(&mut any_addr, &mut next_free, lo, hi, w);
+                }
+            }
+            Service::Ports(protos) => {
+                for &p in protos {
+                    for range in &rule.ports {
+                        let (lo, hi) = slot_range(p, range.lo, range.hi);
+                        paint(&mut any_addr, &mut next_free, lo, hi, w);
+                    }
+                }
+            }
+        }
+    }
+
+    let yc: Vec<&Rule> = inbound
+        .iter()
+        .copied()
+        .filter(|r| r.remote.is_some() && !r.ports.is_empty())
+        .collect();
+    let mut port_classes = Classes::default();
+    let mut port_class = vec![NO_MATCH; PORT_SLOTS as usize];
+    for proto in [PROTO_TCP, PROTO_UDP] {
+        // Sweep the port line: the set of (y,c) rules is constant between range boundaries.
+        let mut edges: BTreeMap<u32, (Vec<u32>, Vec<u32>)> = BTreeMap::new();
+        for rule in &yc {
+            let Service::Ports(protos) = service(rule) else {
+                continue;
+            };
+            if !protos.contains(&proto) {
+                continue;
+            }
+            for range in &rule.ports {
+                edges.entry(range.lo as u32).or_default().0.push(rule.index);
+                edges.entry(range.hi as u32 + 1).or_default().1.push(rule.index);
+            }
+        }
+        let mut active: BTreeMap<u32, usize> = BTreeMap::new();
+        let points: Vec<u32> = edges.keys().copied().collect();
+        for (i, &start) in points.iter().enumerate() {
+            let (opens, closes) = &edges[&start];
+            for r in closes {
+                if let Some(n) = active.get_mut(r) {
+                    *n -= 1;
+                    if *n == 0 {
+                        active.remove(r);
+                    }
+                }
+            }
+            for r in opens {
+                *active.entry(*r).or_default() += 1;
+            }
+            let end = points.get(i + 1).copied().unwrap_or(65536).min(65536);
+            if start >= 65536 || active.is_empty() {
+                continue;
+            }
+            let class = port_classes.intern(active.keys().copied().collect());
+            for port in start..end {
+                port_class[port_slot(proto, port as u16) as usize] = class;
+            }
+        }
+    }
+
+    let mut ports = BTreeMap::new();
+    for slot in 0..PORT_SLOTS {
+        let v = PortValue::new(port_class[slot as usize], any_addr[slot as usize]);
+        if v != PortValue::EMPTY {
+            ports.insert(slot, v);
+        }
+    }
+
+    // --- address side.
+    let mut addr_classes = Classes::default();
+    let (addr4, addr6) = address_tries(&inbound, &mut addr_classes);
+
+    // --- pairs: for each (y,c) rule in order, every (address class, port class) it covers
+    // that has no earlier rule yet.
+    let mut addr_classes_of: HashMap<u32, Vec<u32>> = HashMap::new();
+    for (id, set) in addr_classes.sets.iter().enumerate() {
+        for r in set {
+            addr_classes_of.entry(*r).or_default().push(id as u32);
+        }
+    }
+    let mut port_classes_of: HashMap<u32, Vec<u32>> = HashMap::new();
+    for (id, set) in port_classes.sets.iter().enumerate() {
+        for r in set {
+            port_classes_of.entry(*r).or_default().push(id as u32);
+        }
+    }
+    let mut pairs = HashMap::new();
+    for rule in &yc {
+        let (Some(acs), Some(pcs)) = (
+            addr_classes_of.get(&rule.index),
+            port_classes_of.get(&rule.index),
+        ) else {
+            continue;
+        };
+        let needed = pairs.len().saturating_add(acs.len().saturating_mul(pcs.len()));
+        if needed > MAX_PAIRS {
+            // Count what the whole rule set would need, for an honest message.
+            return Err(CompileError::TooManyPairs {
+                needed: count_pairs(&yc, &addr_classes_of, &port_classes_of),
+                limit: MAX_PAIRS,
+            });
+        }
+        let w = word(rule);
+        for &a in acs {
+            for &p in pcs {
+                pairs
+                    .entry(PairKey {
+                        addr_class: a,
+                        port_class: p,
+                    })
+                    .or_insert(w);
+            }
+        }
+    }
+
+    Ok(Compiled {
+        addr4,
+        addr6,
+        ports,
+        pairs,
+        default_inbound: verdict(
+            firewall_common::DEFAULT_RULE,
+            ruleset.defaults.inbound.to_kernel(),
+        ),
+        rule_count: ruleset.rules.len() as u32,
+        addr_classes: addr_classes.sets.len(),
+        port_classes: port_classes.sets.len(),
+    })
+}
+
+fn count_pairs(
+    yc: &[&Rule],
+    addr_classes_of: &HashMap<u32, Vec<u32>>,
+    port_classes_of: &HashMap<u32, Vec<u32>>,
+) -> usize {
+    let mut seen = std::collections::HashSet::new();
+    for rule in yc {
+        if let (Some(acs), Some(pcs)) = (
+            addr_classes_of.get(&rule.index),
+            port_classes_of.get(&rule.index),
+        ) {
+            for &a in acs {
+                for &p in pcs {
+                    seen.insert((a, p));
+                }
+            }
+        }
+    }
+    seen.len()
+}
+
+fn slot_range(proto: u32, lo: u16, hi: u16) -> (u32, u32) {
+    (port_slot(proto, lo), port_slot(proto, hi))
+}
+
+fn find(next_free: &mut [u32], mut i: u32) -> u32 {
+    let mut root = i;
+    while next_free[root as usize] != root {
+        root = next_free[root as usize];
+    }
+    while next_free[i as usize] != root {
+        let n = next_free[i as usize];
+        next_free[i as usize] = root;
+        i = n;
+    }
+    root
+}
+
+fn paint(values: &mut [u32], next_free: &mut [u32], lo: u32, hi: u32, w: u32) {
+    let mut i = find(next_free, lo);
+    while i <= hi {
+        values[i as usize] = w;
+        next_free[i as usize] = i + 1;
+        i = find(next_free, i + 1);
+    }
+}
+
+/// Per-prefix accumulation of what the rules naming that prefix (not its ancestors) say.
+#[derive(Clone)]
+struct Own {
+    any_proto: u32,
+    proto: [u32; PROTO_CLASSES],
+    ports: Vec<u32>,
+}
+
+impl Own {
+    fn new() -> Self {
+        Self {
+            any_proto: NO_MATCH,
+            proto: [NO_MATCH; PROTO_CLASSES],
+            ports: Vec::new(),
+        }
+    }
+}
+
+/// A resolved trie node: own values folded with every enclosing prefix.
+struct Folded {
+    net: IpNet,
+    any_proto: u32,
+    proto: [u32; PROTO_CLASSES],
+    ports: Vec<u32>,
+}
+
+type Tries = (Vec<(Ipv4Net, AddrValue)>, Vec<(Ipv6Net, AddrValue)>);
+
+fn address_tries(inbound: &[&Rule], classes: &mut Classes) -> Tries {
+    let mut own: BTreeMap<IpNet, Own> = BTreeMap::new();
+    for rule in inbound {
+        let Some(nets) = &rule.remote else { continue };
+        let w = word(rule);
+        for net in nets {
+            let o = own.entry(*net).or_insert_with(Own::new);
+            match service(rule) {
+                Service::All => o.any_proto = o.any_proto.min(w),
+                Service::Protos(ps) => {
+                    for &p in ps {
+                        o.proto[p as usize] = o.proto[p as usize].min(w);
+                    }
+                }
+                Service::Ports(_) => {
+                    if o.ports.last() != Some(&rule.index) {
+                        o.ports.push(rule.index);
+                    }
+                }
+            }
+        }
+    }
+
+    // IpNet orders by address then prefix length, so a prefix comes right before everything it
+    // contains: a stack of open ancestors gives each prefix its closest enclosing one.
+    let mut stack: Vec<Folded> = Vec::new();
+    let mut addr4 = Vec::new();
+    let mut addr6 = Vec::new();
+    for (net, o) in own {
+        while let Some(top) = stack.last() {
+            if top.net.contains(&net) && same_family(&top.net, &net) {
+                break;
+            }
+            stack.pop();
+        }
+        let folded = match stack.last() {
+            Some(parent) => {
+                let mut proto = o.proto;
+                for (p, parent_p) in proto.iter_mut().zip(parent.proto) {
+                    *p = (*p).min(parent_p);
+                }
+                let ports = if o.ports.is_empty() {
+                    parent.ports.clone()
+                } else {
+                    merge_sorted(&parent.ports, &o.ports)
+                };
+                Folded {
+                    net,
+                    any_proto: o.any_proto.min(parent.any_proto),
+                    proto,
+                    ports,
+                }
+            }
+            None => Folded {
+                net,
+                any_proto: o.any_proto,
+                proto: o.proto,
+                ports: o.ports,
+            },
+        };
+        let value = AddrValue {
+            class: classes.intern(folded.ports.clone()),
+            any_proto: folded.any_proto,
+            proto: folded.proto,
+        };
+        match net {
+            IpNet::V4(n) => addr4.push((n, value)),
+            IpNet::V6(n) => addr6.push((n, value)),
+        }
+        stack.push(folded);
+    }
+    (addr4, addr6)
+}
+
+fn same_family(a: &IpNet, b: &IpNet) -> bool {
+    matches!((a, b), (IpNet::V4(_), IpNet::V4(_)) | (IpNet::V6(_), IpNet::V6(_)))
+}
+
+fn merge_sorted(a: &[u32], b: &[u32]) -> Vec<u32> {
+    let mut out: Vec<u32> = a.iter().chain(b).copied().collect();
+    out.sort_unstable();
+    out.dedup();
+    out
+}
+
+impl Compiled {
+    /// The compiled tables evaluated in userspace exactly as the XDP program does: used by tests
+    /// to check the compiler against the oracle independently of the kernel.
+    pub fn lookup(&self, pkt: &PacketMeta) -> u32 {
+        let proto = pkt.proto.class();
+        let addr = match pkt.remote {
+            IpAddr::V4(a) => self
+                .addr4
+                .iter()
+                .filter(|(n, _)| n.contains(&a))
+                .max_by_key(|(n, _)| n.prefix_len())
+                .map(|(_, v)| *v),
+            IpAddr::V6(a) => self
+                .addr6
+                .iter()
+                .filter(|(n, _)| n.contains(&a))
+                .max_by_key(|(n, _)| n.prefix_len())
+                .map(|(_, v)| *v),
+        };
+        let (addr_class, mut best) = match addr {
+            Some(v) => (v.class, v.any_proto.min(v.proto[proto as usize])),
+            None => (NO_MATCH, NO_MATCH),
+        };
+        let port = self
+            .ports
+            .get(&port_slot(proto, pkt.local_port))
+            .copied()
+            .unwrap_or(PortValue::EMPTY);
+        best = best.min(port.any_addr());
+        if addr_class != NO_MATCH && port.class() != NO_MATCH {
+            let key = PairKey {
+                addr_class,
+                port_class: port.class(),
+            };
+            if let Some(w) = self.pairs.get(&key) {
+                best = best.min(*w);
+            }
+        }
+        if best == NO_MATCH {
+            self.default_inbound
+        } else {
+            best
+        }
+    }
+}

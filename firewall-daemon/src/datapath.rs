@@ -1,0 +1,301 @@
+//! Loading compiled rule sets into the kernel, one *generation* at a time.
+//!
+//! A generation is a freshly loaded copy of the XDP program with its own rule maps, sized for and
+//! filled with one compiled rule set before anything points at it. Switching generations is a
+//! single `bpf_link_update` per interface (see compile.md, "Atomic replacement"). Counters and
+//! reject buckets are pinned by name under the pin directory and shared by all generations.
+
+use std::{
+    collections::BTreeMap,
+    path::Path,
+};
+
+use anyhow::{Context as _, anyhow, bail};
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{Array, HashMap, LpmTrie, MapData, PerCpuArray, lpm_trie::Key},
+    programs::{
+        NetworkInterface, ProgramError, TestRun as _, TestRunOptions, Xdp,
+        XdpMode as AyaXdpMode,
+        xdp::{XdpLink, XdpLinkId},
+    },
+};
+use firewall_common::{AddrValue, Counter, PairKey, PortValue, globals, maps};
+
+use crate::{
+    EBPF_OBJECT,
+    compile::Compiled,
+    model::{FragmentPolicy, Ruleset, XdpMode},
+};
+
+/// statfs magic of a bpf filesystem.
+const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+
+/// Creates `pin_dir` if needed and checks that it lives on a bpf filesystem (pins elsewhere fail
+/// with an obscure EPERM otherwise).
+pub fn prepare_pin_dir(pin_dir: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(pin_dir)
+        .with_context(|| format!("creating pin directory {}", pin_dir.display()))?;
+    let st = nix::sys::statfs::statfs(pin_dir)
+        .with_context(|| format!("statfs {}", pin_dir.display()))?;
+    if st.filesystem_type().0 as i64 != BPF_FS_MAGIC {
+        bail!(
+            "pin_dir {} is not on a bpf filesystem; mount one first \
+             (`mount -t bpf bpf /sys/fs/bpf`, which systemd does at boot) or set [daemon] pin_dir",
+            pin_dir.display()
+        );
+    }
+    Ok(())
+}
+
+pub struct Generation {
+    ebpf: Ebpf,
+    pub rule_count: u32,
+}
+
+impl Generation {
+    /// Loads a new program + maps for `compiled` and fills the maps. Nothing is attached.
+    pub fn load(compiled: &Compiled, ruleset: &Ruleset, pin_dir: &Path) -> anyhow::Result<Self> {
+        prepare_pin_dir(pin_dir)?;
+        let frag = match ruleset.defaults.fragments {
+            FragmentPolicy::Allow => firewall_common::FRAG_ALLOW,
+            FragmentPolicy::Stealth => firewall_common::FRAG_STEALTH,
+        };
+        let has_pairs = u32::from(!compiled.pairs.is_empty());
+        let rules = compiled.rule_count.max(1);
+        let n4 = (compiled.addr4.len() as u32).max(1);
+        let n6 = (compiled.addr6.len() as u32).max(1);
+        let np = (compiled.pairs.len() as u32).max(1);
+        let mut ebpf = EbpfLoader::new()
+            .default_map_pin_directory(pin_dir)
+            .map_max_entries(maps::ADDR4, n4)
+            .map_max_entries(maps::ADDR6, n6)
+            .map_max_entries(maps::PAIRS, np)
+            .map_max_entries(maps::RULE_HITS, rules)
+            .override_global(globals::DEFAULT_INBOUND, &compiled.default_inbound, true)
+            .override_global(globals::FRAGMENTS, &frag, true)
+            .override_global(
+                globals::REJECT_RATE_PER_SEC,
+                &ruleset.reject.rate_per_sec,
+                true,
+            )
+            .override_global(globals::REJECT_BURST, &ruleset.reject.burst, true)
+            .override_global(globals::HAS_PAIRS, &has_pairs, true)
+            .load(EBPF_OBJECT)
+            .context("loading the eBPF object")?;
+
+        fill(&mut ebpf, compiled).context("writing the rule maps")?;
+        let prog = xdp_program(&mut ebpf, firewall_common::XDP_PROGRAM)?;
+        prog.load().map_err(verifier_context)?;
+        Ok(Self {
+            ebpf,
+            rule_count: compiled.rule_count,
+        })
+    }
+
+    pub fn program(&mut self) -> anyhow::Result<&mut Xdp> {
+        xdp_program(&mut self.ebpf, firewall_common::XDP_PROGRAM)
+    }
+
+    /// Runs the program once on `frame` (BPF_PROG_TEST_RUN); returns the XDP action and the
+    /// frame as the program left it.
+    pub fn test_run(&mut self, frame: &[u8]) -> anyhow::Result<(u32, Vec<u8>)> {
+        let prog = self.program()?;
+        // Room for replies that grow the frame (ICMP errors prepend up to 48 bytes).
+        let mut out = vec![0u8; frame.len() + 256];
+        let res = prog
+            .test_run(TestRunOptions {
+                data_in: Some(frame),
+                data_out: Some(&mut out),
+                ..Default::default()
+            })
+            .context("BPF_PROG_TEST_RUN")?;
+        out.truncate(res.data_size_out as usize);
+        Ok((res.return_value, out))
+    }
+
+    /// Runs the program `repeat` times on `frame` in the kernel; returns ns per run as the
+    /// kernel measured it.
+    pub fn time_run(&mut self, frame: &[u8], repeat: u32) -> anyhow::Result<f64> {
+        time_program(self.program()?, frame, repeat)
+    }
+
+    /// Sum over CPUs of every counter.
+    pub fn counters(&self) -> anyhow::Result<BTreeMap<&'static str, u64>> {
+        let map = self
+            .ebpf
+            .map(maps::COUNTERS)
+            .ok_or_else(|| anyhow!("map {} missing", maps::COUNTERS))?;
+        let arr: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(map)?;
+        let mut out = BTreeMap::new();
+        for c in Counter::ALL {
+            let v = arr.get(&(c as u32), 0)?;
+            out.insert(c.name(), v.iter().sum());
+        }
+        Ok(out)
+    }
+
+    /// Packets decided by each rule (index = rule index), summed over CPUs.
+    pub fn rule_hits(&self) -> anyhow::Result<Vec<u64>> {
+        let map = self
+            .ebpf
+            .map(maps::RULE_HITS)
+            .ok_or_else(|| anyhow!("map {} missing", maps::RULE_HITS))?;
+        let arr: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(map)?;
+        (0..self.rule_count)
+            .map(|i| Ok(arr.get(&i, 0)?.iter().sum()))
+            .collect()
+    }
+
+    /// Attaches to `ifname` for the first time. Returns the link (which owns the attachment:
+    /// dropping it detaches) and the mode actually used.
+    pub fn attach(
+        &mut self,
+        ifname: &str,
+        mode: XdpMode,
+    ) -> anyhow::Result<(XdpLink, &'static str)> {
+        let prog = self.program()?;
+        let tries: &[(AyaXdpMode, &'static str)] = match mode {
+            XdpMode::Native => &[(AyaXdpMode::Driver, "native")],
+            XdpMode::Generic => &[(AyaXdpMode::Skb, "generic")],
+            XdpMode::Auto => &[
+                (AyaXdpMode::Driver, "native"),
+                (AyaXdpMode::Skb, "generic"),
+            ],
+        };
+        let cname = std::ffi::CString::new(ifname)
+            .with_context(|| format!("interface name {ifname:?}"))?;
+        let mut last = None;
+        for (flags, name) in tries {
+            match prog.attach(NetworkInterface::Name(&cname), *flags) {
+                Ok(id) => return Ok((take(prog, id)?, name)),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(anyhow!(
+            "attaching XDP to {ifname}: {}",
+            last.map(|e| format!("{e:#}"))
+                .unwrap_or_else(|| "no mode".into())
+        ))
+    }
+
+    /// Atomically replaces whatever program `link` runs with this generation's.
+    pub fn replace(&mut self, link: XdpLink) -> anyhow::Result<XdpLink> {
+        let prog = self.program()?;
+        let id = prog
+            .attach_to_link(link)
+            .context("replacing the attached program (bpf_link_update)")?;
+        take(prog, id)
+    }
+}
+
+fn take(prog: &mut Xdp, id: XdpLinkId) -> anyhow::Result<XdpLink> {
+    prog.take_link(id).context("taking ownership of the XDP link")
+}
+
+fn xdp_program<'a>(ebpf: &'a mut Ebpf, name: &str) -> anyhow::Result<&'a mut Xdp> {
+    ebpf.program_mut(name)
+        .ok_or_else(|| anyhow!("program {name} missing from the object"))?
+        .try_into()
+        .with_context(|| format!("{name} is not an XDP program"))
+}
+
+fn verifier_context(e: ProgramError) -> anyhow::Error {
+    match e {
+        ProgramError::LoadError { io_error, verifier_log } => anyhow!(
+            "the kernel refused the XDP program: {io_error}\nverifier log (tail):\n{}",
+            tail(&verifier_log.to_string(), 40)
+        ),
+        other => anyhow::Error::new(other).context("loading the XDP program"),
+    }
+}
+
+fn tail(s: &str, lines: usize) -> String {
+    let all: Vec<&str> = s.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+fn fill(ebpf: &mut Ebpf, c: &Compiled) -> anyhow::Result<()> {
+    {
+        let mut t: LpmTrie<&mut MapData, [u8; 4], AddrValue> =
+            LpmTrie::try_from(map_mut(ebpf, maps::ADDR4)?)?;
+        for (net, v) in &c.addr4 {
+            t.insert(
+                &Key::new(u32::from(net.prefix_len()), net.network().octets()),
+                v,
+                0,
+            )?;
+        }
+    }
+    {
+        let mut t: LpmTrie<&mut MapData, [u8; 16], AddrValue> =
+            LpmTrie::try_from(map_mut(ebpf, maps::ADDR6)?)?;
+        for (net, v) in &c.addr6 {
+            t.insert(
+                &Key::new(u32::from(net.prefix_len()), net.network().octets()),
+                v,
+                0,
+            )?;
+        }
+    }
+    {
+        let mut a: Array<&mut MapData, PortValue> = Array::try_from(map_mut(ebpf, maps::PORTS)?)?;
+        for (slot, v) in &c.ports {
+            a.set(*slot, v, 0)?;
+        }
+    }
+    {
+        let mut h: HashMap<&mut MapData, PairKey, u32> =
+            HashMap::try_from(map_mut(ebpf, maps::PAIRS)?)?;
+        for (k, v) in &c.pairs {
+            h.insert(k, v, 0)?;
+        }
+    }
+    Ok(())
+}
+
+fn map_mut<'a>(ebpf: &'a mut Ebpf, name: &str) -> anyhow::Result<&'a mut aya::maps::Map> {
+    ebpf.map_mut(name)
+        .ok_or_else(|| anyhow!("map {name} missing from the object"))
+}
+
+fn time_program(prog: &Xdp, frame: &[u8], repeat: u32) -> anyhow::Result<f64> {
+    let mut out = vec![0u8; frame.len() + 256];
+    let res = prog
+        .test_run(TestRunOptions {
+            data_in: Some(frame),
+            data_out: Some(&mut out),
+            repeat,
+            ..Default::default()
+        })
+        .context("BPF_PROG_TEST_RUN")?;
+    Ok(res.duration.as_nanos() as f64)
+}
+
+/// The object's pass-everything program, loaded on its own: for veth peers in tests (native
+/// XDP_TX on veth is only delivered when the peer has an XDP program) and as the benchmark floor.
+pub struct PassProgram {
+    ebpf: Ebpf,
+}
+
+impl PassProgram {
+    pub fn load(pin_dir: &Path) -> anyhow::Result<Self> {
+        prepare_pin_dir(pin_dir)?;
+        let mut ebpf = EbpfLoader::new()
+            .default_map_pin_directory(pin_dir)
+            .load(EBPF_OBJECT)
+            .context("loading the eBPF object")?;
+        xdp_program(&mut ebpf, firewall_common::XDP_PASS_PROGRAM)?
+            .load()
+            .map_err(verifier_context)?;
+        Ok(Self { ebpf })
+    }
+
+    pub fn program(&mut self) -> anyhow::Result<&mut Xdp> {
+        xdp_program(&mut self.ebpf, firewall_common::XDP_PASS_PROGRAM)
+    }
+
+    pub fn time_run(&mut self, frame: &[u8], repeat: u32) -> anyhow::Result<f64> {
+        time_program(self.program()?, frame, repeat)
+    }
+}
