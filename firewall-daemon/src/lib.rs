@@ -1,5 +1,8 @@
 //! The firewall's userspace: rules, compiler, reference evaluator, loader, daemon and client.
 pub mod compile;
+pub mod config;
+pub mod control;
+pub mod daemon;
 pub mod datapath;
 pub mod model;
 pub mod policy;

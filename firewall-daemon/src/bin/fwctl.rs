@@ -1,1 +1,274 @@
-fn main() {}
+//! `fwctl`: list, check and reload the firewall's rules; show its status.
+//!
+//! Exit codes: 0 success; 1 the rules file is invalid (`check`) or the daemon refused the
+//! request (for instance a reload of an invalid file); 2 usage error; 3 the daemon cannot be
+//! reached; 4 permission denied.
+use std::{path::PathBuf, process::ExitCode, time::Duration};
+
+use clap::{Parser, Subcommand};
+use firewall_daemon::{
+    compile, config,
+    control::{self, ClientError, ListData, ReloadData, Request, StatusData},
+    model::Direction,
+};
+
+const DEFAULT_SOCKET: &str = "/run/firewall/control.sock";
+
+#[derive(Debug, Parser)]
+#[command(version, about = "Control the host firewall daemon", after_help = "Examples:\n  \
+    fwctl status\n  fwctl list --json\n  fwctl check /etc/firewall/rules.toml\n  fwctl reload\n\n\
+    Exit codes: 0 ok, 1 invalid rules or request refused, 2 usage, 3 daemon unreachable, \
+    4 permission denied.")]
+struct Args {
+    /// Control socket of the daemon (default: [daemon] control_socket of --config, else
+    /// /run/firewall/control.sock).
+    #[arg(long, global = true)]
+    socket: Option<PathBuf>,
+    /// Rules file whose [daemon] control_socket to use.
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Rules in force, in order, with how many packets each decided.
+    #[command(after_help = "Example:\n  fwctl list\n  fwctl list --json | jq '.rules[0]'")]
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Interfaces and XDP mode, rule counts, defaults and datapath counters.
+    #[command(after_help = "Example:\n  fwctl status --json | jq .counters")]
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Re-read the daemon's rules file and switch to it atomically; an invalid file changes
+    /// nothing and its error is printed.
+    #[command(after_help = "Example:\n  fwctl reload")]
+    Reload {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Validate a rules file without touching the running firewall (exit 1 if invalid).
+    #[command(after_help = "Example:\n  fwctl check /etc/firewall/rules.toml")]
+    Check { file: PathBuf },
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    match run(&args) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("fwctl: {e}");
+            let code = match e {
+                Failure::Client(ClientError::Permission { .. }) => 4,
+                Failure::Client(
+                    ClientError::NoSocket { .. } | ClientError::Refused { .. } | ClientError::Io { .. },
+                ) => 3,
+                _ => 1,
+            };
+            ExitCode::from(code)
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+enum Failure {
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    #[error("{0}")]
+    Refused(String),
+    #[error("{0}")]
+    Other(String),
+}
+
+fn socket_path(args: &Args) -> Result<PathBuf, Failure> {
+    if let Some(s) = &args.socket {
+        return Ok(s.clone());
+    }
+    if let Some(c) = &args.config {
+        let rs = config::load(c).map_err(|e| Failure::Other(e.to_string()))?;
+        return Ok(rs.daemon.control_socket);
+    }
+    Ok(PathBuf::from(DEFAULT_SOCKET))
+}
+
+fn request(args: &Args, req: Request) -> Result<serde_json::Value, Failure> {
+    let resp = control::call(&socket_path(args)?, &req, Duration::from_secs(30))?;
+    if !resp.ok {
+        let msg = resp.error.unwrap_or_else(|| "request refused".into());
+        if msg.starts_with("permission denied") {
+            return Err(Failure::Client(ClientError::Permission {
+                path: socket_path(args)?.display().to_string(),
+            }));
+        }
+        return Err(Failure::Refused(msg));
+    }
+    Ok(resp.data.unwrap_or(serde_json::Value::Null))
+}
+
+fn decode<T: serde::de::DeserializeOwned>(v: serde_json::Value) -> Result<T, Failure> {
+    serde_json::from_value(v).map_err(|e| Failure::Other(format!("unexpected response: {e}")))
+}
+
+fn run(args: &Args) -> Result<ExitCode, Failure> {
+    match &args.cmd {
+        Cmd::Check { file } => Ok(check(file)),
+        Cmd::List { json } => {
+            let v = request(args, Request::List)?;
+            if *json {
+                println!("{v:#}");
+            } else {
+                print_list(&decode(v)?);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Status { json } => {
+            let v = request(args, Request::Status)?;
+            if *json {
+                println!("{v:#}");
+            } else {
+                print_status(&decode(v)?);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Reload { json } => {
+            let v = request(args, Request::Reload)?;
+            if *json {
+                println!("{v:#}");
+            } else {
+                print_reload(&decode(v)?);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn check(file: &std::path::Path) -> ExitCode {
+    let rs = match config::load(file) {
+        Ok(rs) => rs,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if let Err(e) = compile::compile(&rs) {
+        eprintln!("{}: {e}", file.display());
+        return ExitCode::FAILURE;
+    }
+    for w in &rs.warnings {
+        println!("warning: {w}");
+    }
+    let out: Vec<_> = rs
+        .rules
+        .iter()
+        .filter(|r| r.direction == Direction::Out)
+        .collect();
+    println!(
+        "{}: OK, {} rules ({} inbound, {} outbound); default inbound {}",
+        file.display(),
+        rs.rules.len(),
+        rs.rules.len() - out.len(),
+        out.len(),
+        rs.defaults.inbound
+    );
+    for r in out {
+        println!(
+            "note: rule {} ({:?}, line {}) is outbound: parsed, but not enforced by this version",
+            r.index + 1,
+            r.name,
+            r.origin.line
+        );
+    }
+    ExitCode::SUCCESS
+}
+
+fn dash(v: &[String]) -> String {
+    if v.is_empty() {
+        "any".into()
+    } else {
+        v.join(",")
+    }
+}
+
+fn print_list(l: &ListData) {
+    println!("rules from {}", l.source);
+    println!(
+        "{:>4}  {:<28} {:<4} {:<5} {:<14} {:<28} {:<8} {:>10}",
+        "#", "NAME", "DIR", "PROTO", "PORTS", "REMOTE", "ACTION", "PACKETS"
+    );
+    for r in &l.rules {
+        let note = if r.enforced { "" } else { "  (not enforced yet)" };
+        println!(
+            "{:>4}  {:<28} {:<4} {:<5} {:<14} {:<28} {:<8} {:>10}{note}",
+            r.number,
+            r.name,
+            r.direction.to_string(),
+            r.proto.to_string(),
+            dash(&r.ports),
+            dash(&r.remote),
+            r.action.to_string(),
+            r.hits
+        );
+    }
+    println!(
+        "default: inbound {}, outbound {} (not enforced yet); non-first fragments: {}",
+        l.defaults.inbound, l.defaults.outbound, l.defaults.fragments
+    );
+}
+
+fn print_status(s: &StatusData) {
+    println!("firewall-daemon {} (pid {}), up {}s", s.version, s.pid, s.uptime_secs);
+    println!("rules file:  {}", s.config);
+    println!("pin dir:     {}", s.pin_dir);
+    for i in &s.interfaces {
+        println!("interface:   {} (XDP {} mode)", i.name, i.mode);
+    }
+    println!(
+        "rules:       {} ({} inbound enforced, {} outbound not enforced yet), generation {}",
+        s.rules, s.inbound_rules, s.outbound_rules_not_enforced, s.generation
+    );
+    println!(
+        "defaults:    inbound {}, outbound {}, fragments {}",
+        s.defaults.inbound, s.defaults.outbound, s.defaults.fragments
+    );
+    if let Some(r) = &s.last_reload {
+        println!("last reload: {r}");
+    }
+    println!("counters:");
+    for (k, v) in &s.counters {
+        println!("  {k:<26} {v}");
+    }
+    for w in &s.warnings {
+        println!("warning: {w}");
+    }
+}
+
+fn print_reload(d: &ReloadData) {
+    if d.unchanged() {
+        println!("reloaded: no changes ({} rules, generation {})", d.rules, d.generation);
+    } else {
+        println!(
+            "reloaded in {} ms: {} rules in force, generation {}",
+            d.took_ms, d.rules, d.generation
+        );
+        for a in &d.added {
+            println!("  + {a}");
+        }
+        for r in &d.removed {
+            println!("  - {r}");
+        }
+        if d.reordered {
+            println!("  ~ rules reordered");
+        }
+        for s in &d.settings {
+            println!("  * {s}");
+        }
+    }
+    for w in &d.warnings {
+        println!("warning: {w}");
+    }
+}

@@ -1,0 +1,296 @@
+//! The control protocol between `fwctl` and the daemon: one JSON request line, one JSON response
+//! line, over a Unix stream socket. Both sides use these types, so they cannot disagree.
+
+use std::{
+    collections::BTreeMap,
+    io::{BufRead as _, BufReader, Write as _},
+    os::unix::net::UnixStream,
+    path::Path,
+    time::Duration,
+};
+
+use serde::{Deserialize, Serialize};
+
+use crate::model::{Action, Defaults, Direction, Proto, Rule, Ruleset};
+
+/// Longest request line the daemon reads; anything longer is refused.
+pub const MAX_REQUEST: usize = 64 * 1024;
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "cmd", rename_all = "lowercase")]
+pub enum Request {
+    List,
+    Status,
+    Reload,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Response {
+    pub ok: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<serde_json::Value>,
+}
+
+impl Response {
+    pub fn ok(data: impl Serialize) -> Self {
+        match serde_json::to_value(data) {
+            Ok(v) => Self {
+                ok: true,
+                error: None,
+                data: Some(v),
+            },
+            Err(e) => Self::err(format!("encoding the response: {e}")),
+        }
+    }
+
+    pub fn err(msg: impl Into<String>) -> Self {
+        Self {
+            ok: false,
+            error: Some(msg.into()),
+            data: None,
+        }
+    }
+}
+
+/// A rule as `fwctl list` shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RuleView {
+    /// 1-based position in the file.
+    pub number: u32,
+    pub name: String,
+    pub direction: Direction,
+    pub proto: Proto,
+    /// Empty: every port.
+    pub ports: Vec<String>,
+    /// Empty: any remote address.
+    pub remote: Vec<String>,
+    pub action: Action,
+    /// False for rules this version cannot enforce yet (outbound).
+    pub enforced: bool,
+    /// Packets this rule decided (inbound, since the current rules were loaded).
+    pub hits: u64,
+    pub line: usize,
+}
+
+impl RuleView {
+    pub fn new(rule: &Rule, hits: u64) -> Self {
+        Self {
+            number: rule.index + 1,
+            name: rule.name.clone(),
+            direction: rule.direction,
+            proto: rule.proto,
+            ports: rule.ports.iter().map(ToString::to_string).collect(),
+            remote: rule.remote_spec.clone(),
+            action: rule.action,
+            enforced: rule.direction == Direction::In,
+            hits,
+            line: rule.origin.line,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ListData {
+    pub source: String,
+    pub defaults: DefaultsView,
+    pub rules: Vec<RuleView>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DefaultsView {
+    pub inbound: Action,
+    pub outbound: Action,
+    pub fragments: String,
+}
+
+impl From<&Defaults> for DefaultsView {
+    fn from(d: &Defaults) -> Self {
+        Self {
+            inbound: d.inbound,
+            outbound: d.outbound,
+            fragments: format!("{:?}", d.fragments).to_lowercase(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct InterfaceStatus {
+    pub name: String,
+    /// "native" or "generic".
+    pub mode: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct StatusData {
+    pub version: String,
+    pub pid: u32,
+    pub config: String,
+    pub pin_dir: String,
+    pub interfaces: Vec<InterfaceStatus>,
+    pub rules: usize,
+    pub inbound_rules: usize,
+    /// Outbound rules are parsed and listed but not enforced by this version.
+    pub outbound_rules_not_enforced: usize,
+    pub defaults: DefaultsView,
+    /// Rule-set generation: 1 at start, +1 per successful reload.
+    pub generation: u64,
+    pub uptime_secs: u64,
+    pub last_reload: Option<String>,
+    /// Every datapath counter, summed over CPUs, since the pin directory was created.
+    pub counters: BTreeMap<String, u64>,
+    pub warnings: Vec<String>,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct ReloadData {
+    /// Rules (shown as `name`) that are new or changed.
+    pub added: Vec<String>,
+    /// Rules no longer present (or changed).
+    pub removed: Vec<String>,
+    /// Settings that changed, as `key: old -> new`.
+    pub settings: Vec<String>,
+    /// True when the same rules are now in a different order.
+    pub reordered: bool,
+    pub rules: usize,
+    pub generation: u64,
+    pub took_ms: u64,
+    pub warnings: Vec<String>,
+}
+
+impl ReloadData {
+    pub fn unchanged(&self) -> bool {
+        self.added.is_empty()
+            && self.removed.is_empty()
+            && self.settings.is_empty()
+            && !self.reordered
+    }
+}
+
+/// What changed between two rule sets, for `fwctl reload`.
+pub fn diff(old: &Ruleset, new: &Ruleset) -> ReloadData {
+    // A rule's identity is everything but its position: a moved rule is not "changed".
+    let key = |r: &Rule| {
+        format!(
+            "{}|{}|{}|{:?}|{:?}|{}",
+            r.name, r.direction, r.proto, r.ports, r.remote, r.action
+        )
+    };
+    let old_keys: Vec<String> = old.rules.iter().map(key).collect();
+    let new_keys: Vec<String> = new.rules.iter().map(key).collect();
+    let describe = |r: &Rule| format!("{} (line {})", r.name, r.origin.line);
+    let added = new
+        .rules
+        .iter()
+        .filter(|r| !old_keys.contains(&key(r)))
+        .map(describe)
+        .collect();
+    let removed = old
+        .rules
+        .iter()
+        .filter(|r| !new_keys.contains(&key(r)))
+        .map(describe)
+        .collect();
+    let common_old: Vec<&String> = old_keys.iter().filter(|k| new_keys.contains(k)).collect();
+    let common_new: Vec<&String> = new_keys.iter().filter(|k| old_keys.contains(k)).collect();
+    let mut settings = Vec::new();
+    let mut setting = |name: &str, a: String, b: String| {
+        if a != b {
+            settings.push(format!("{name}: {a} -> {b}"));
+        }
+    };
+    setting(
+        "defaults.inbound",
+        old.defaults.inbound.to_string(),
+        new.defaults.inbound.to_string(),
+    );
+    setting(
+        "defaults.outbound",
+        old.defaults.outbound.to_string(),
+        new.defaults.outbound.to_string(),
+    );
+    setting(
+        "defaults.fragments",
+        format!("{:?}", old.defaults.fragments),
+        format!("{:?}", new.defaults.fragments),
+    );
+    setting(
+        "reject.rate_per_sec",
+        old.reject.rate_per_sec.to_string(),
+        new.reject.rate_per_sec.to_string(),
+    );
+    setting(
+        "reject.burst",
+        old.reject.burst.to_string(),
+        new.reject.burst.to_string(),
+    );
+    if old.daemon != new.daemon {
+        settings.push("[daemon] changed: takes effect when the daemon restarts".into());
+    }
+    ReloadData {
+        added,
+        removed,
+        settings,
+        reordered: common_old != common_new,
+        rules: new.rules.len(),
+        ..Default::default()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error(
+        "no control socket at {path}: the daemon is not running, or uses another socket \
+         (see --socket / [daemon] control_socket)"
+    )]
+    NoSocket { path: String },
+    #[error("the daemon is not accepting connections on {path} (stale socket?): {source}")]
+    Refused {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error(
+        "permission denied on {path}: run as root, or as a member of the [daemon] \
+         control_group"
+    )]
+    Permission { path: String },
+    #[error("talking to the daemon on {path}: {source}")]
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("the daemon sent a response that is not valid: {0}")]
+    BadResponse(String),
+}
+
+/// Sends one request and waits for the response.
+pub fn call(socket: &Path, req: &Request, timeout: Duration) -> Result<Response, ClientError> {
+    let path = socket.display().to_string();
+    let io = |source| ClientError::Io {
+        path: path.clone(),
+        source,
+    };
+    let stream = UnixStream::connect(socket).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => ClientError::NoSocket { path: path.clone() },
+        std::io::ErrorKind::PermissionDenied => ClientError::Permission { path: path.clone() },
+        _ => ClientError::Refused {
+            path: path.clone(),
+            source: e,
+        },
+    })?;
+    stream.set_read_timeout(Some(timeout)).map_err(io)?;
+    stream.set_write_timeout(Some(timeout)).map_err(io)?;
+    let mut line = serde_json::to_string(req).map_err(|e| ClientError::BadResponse(e.to_string()))?;
+    line.push('\n');
+    (&stream).write_all(line.as_bytes()).map_err(io)?;
+    let mut reader = BufReader::new(&stream);
+    let mut buf = String::new();
+    reader.read_line(&mut buf).map_err(io)?;
+    if buf.is_empty() {
+        return Err(ClientError::BadResponse(
+            "the daemon closed the connection without answering".into(),
+        ));
+    }
+    serde_json::from_str(&buf).map_err(|e| ClientError::BadResponse(e.to_string()))
+}
