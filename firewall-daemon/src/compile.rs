@@ -151,7 +151,11 @@ pub fn compile(ruleset: &Ruleset) -> Result<Compiled, CompileError> {
             }
             for range in &rule.ports {
                 edges.entry(range.lo as u32).or_default().0.push(rule.index);
-                edges.entry(range.hi as u32 + 1).or_default().1.push(rule.index);
+                edges
+                    .entry(range.hi as u32 + 1)
+                    .or_default()
+                    .1
+                    .push(rule.index);
             }
         }
         let mut active: BTreeMap<u32, usize> = BTreeMap::new();
@@ -214,7 +218,9 @@ pub fn compile(ruleset: &Ruleset) -> Result<Compiled, CompileError> {
         ) else {
             continue;
         };
-        let needed = pairs.len().saturating_add(acs.len().saturating_mul(pcs.len()));
+        let needed = pairs
+            .len()
+            .saturating_add(acs.len().saturating_mul(pcs.len()));
         if needed > MAX_PAIRS {
             // Count what the whole rule set would need, for an honest message.
             return Err(CompileError::TooManyPairs {
@@ -400,7 +406,10 @@ fn address_tries(inbound: &[&Rule], classes: &mut Classes) -> Tries {
 }
 
 fn same_family(a: &IpNet, b: &IpNet) -> bool {
-    matches!((a, b), (IpNet::V4(_), IpNet::V4(_)) | (IpNet::V6(_), IpNet::V6(_)))
+    matches!(
+        (a, b),
+        (IpNet::V4(_), IpNet::V4(_)) | (IpNet::V6(_), IpNet::V6(_))
+    )
 }
 
 fn merge_sorted(a: &[u32], b: &[u32]) -> Vec<u32> {

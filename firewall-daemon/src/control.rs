@@ -281,7 +281,8 @@ pub fn call(socket: &Path, req: &Request, timeout: Duration) -> Result<Response,
     })?;
     stream.set_read_timeout(Some(timeout)).map_err(io)?;
     stream.set_write_timeout(Some(timeout)).map_err(io)?;
-    let mut line = serde_json::to_string(req).map_err(|e| ClientError::BadResponse(e.to_string()))?;
+    let mut line =
+        serde_json::to_string(req).map_err(|e| ClientError::BadResponse(e.to_string()))?;
     line.push('\n');
     (&stream).write_all(line.as_bytes()).map_err(io)?;
     let mut reader = BufReader::new(&stream);

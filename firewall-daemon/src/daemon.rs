@@ -185,7 +185,10 @@ pub async fn run(config_path: PathBuf, overrides: Overrides) -> anyhow::Result<(
             },
         }
     }
-    info!("stopping: detaching from {} interface(s)", state.attached.len());
+    info!(
+        "stopping: detaching from {} interface(s)",
+        state.attached.len()
+    );
     let _ = std::fs::remove_file(&socket_path);
     // Links detach when dropped; the shared pinned maps are removed so nothing is left behind.
     drop(state.attached);
@@ -223,8 +226,7 @@ fn summarize(d: &ReloadData) -> String {
 /// the firewall.
 fn bind_control_socket(path: &Path, group: Option<&str>) -> anyhow::Result<UnixListener> {
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)
-            .with_context(|| format!("creating {}", dir.display()))?;
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
     if path.exists() {
         if std::os::unix::net::UnixStream::connect(path).is_ok() {
@@ -285,9 +287,11 @@ fn supplementary_groups(pid: Option<i32>) -> Vec<u32> {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("Groups:"))
-                .map(|g| g.split_whitespace().filter_map(|x| x.parse().ok()).collect())
+            s.lines().find_map(|l| l.strip_prefix("Groups:")).map(|g| {
+                g.split_whitespace()
+                    .filter_map(|x| x.parse().ok())
+                    .collect()
+            })
         })
         .unwrap_or_default()
 }
@@ -297,26 +301,26 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 async fn serve(state: &mut State, stream: UnixStream, group: Option<&str>) -> anyhow::Result<()> {
     let auth = authorize(&stream, group);
     let (read, mut write) = stream.into_split();
-    let response = match auth {
-        Err(msg) => Response::err(msg),
-        Ok(()) => {
-            let mut reader = BufReader::new(read).take(control::MAX_REQUEST as u64 + 1);
-            let mut line = String::new();
-            match tokio::time::timeout(REQUEST_TIMEOUT, reader.read_line(&mut line)).await {
-                Err(_) => Response::err("timed out waiting for the request"),
-                Ok(Err(e)) => Response::err(format!("reading the request: {e}")),
-                Ok(Ok(_)) if line.len() > control::MAX_REQUEST => Response::err(format!(
-                    "request longer than {} bytes",
-                    control::MAX_REQUEST
+    // The request is read before answering even a refusal, so the client sees the refusal
+    // rather than a broken pipe.
+    let mut reader = BufReader::new(read).take(control::MAX_REQUEST as u64 + 1);
+    let mut line = String::new();
+    let response = match tokio::time::timeout(REQUEST_TIMEOUT, reader.read_line(&mut line)).await {
+        Err(_) => Response::err("timed out waiting for the request"),
+        Ok(Err(e)) => Response::err(format!("reading the request: {e}")),
+        Ok(Ok(_)) => match auth {
+            Err(msg) => Response::err(msg),
+            Ok(()) if line.len() > control::MAX_REQUEST => Response::err(format!(
+                "request longer than {} bytes",
+                control::MAX_REQUEST
+            )),
+            Ok(()) => match serde_json::from_str::<Request>(line.trim()) {
+                Err(e) => Response::err(format!(
+                    "malformed request ({e}); expected one JSON line like {{\"cmd\":\"status\"}}"
                 )),
-                Ok(Ok(_)) => match serde_json::from_str::<Request>(line.trim()) {
-                    Err(e) => Response::err(format!(
-                        "malformed request ({e}); expected one JSON line like {{\"cmd\":\"status\"}}"
-                    )),
-                    Ok(req) => state.handle(req),
-                },
-            }
-        }
+                Ok(req) => state.handle(req),
+            },
+        },
     };
     let mut out = serde_json::to_vec(&response)?;
     out.push(b'\n');
@@ -363,7 +367,11 @@ impl State {
 
     fn status(&self) -> anyhow::Result<StatusData> {
         let rs = &self.ruleset;
-        let outbound = rs.rules.iter().filter(|r| r.direction == Direction::Out).count();
+        let outbound = rs
+            .rules
+            .iter()
+            .filter(|r| r.direction == Direction::Out)
+            .count();
         Ok(StatusData {
             version: env!("CARGO_PKG_VERSION").into(),
             pid: std::process::id(),
@@ -419,9 +427,21 @@ impl State {
                 Ok(link) => switched.push((Attached { ifname, mode, link }, true)),
                 Err(e) => {
                     // The link was consumed by the failed update: attach the old program again.
-                    match self.generation.attach(&ifname, self.ruleset.daemon.xdp_mode) {
-                        Ok((link, mode)) => switched.push((Attached { ifname: ifname.clone(), mode, link }, false)),
-                        Err(e2) => error!("{ifname}: re-attaching the previous rules failed: {e2:#}"),
+                    match self
+                        .generation
+                        .attach(&ifname, self.ruleset.daemon.xdp_mode)
+                    {
+                        Ok((link, mode)) => switched.push((
+                            Attached {
+                                ifname: ifname.clone(),
+                                mode,
+                                link,
+                            },
+                            false,
+                        )),
+                        Err(e2) => {
+                            error!("{ifname}: re-attaching the previous rules failed: {e2:#}")
+                        }
                     }
                     failure = Some(e.context(format!("switching {ifname} to the new rules")));
                 }

@@ -5,18 +5,14 @@
 //! single `bpf_link_update` per interface (see compile.md, "Atomic replacement"). Counters and
 //! reject buckets are pinned by name under the pin directory and shared by all generations.
 
-use std::{
-    collections::BTreeMap,
-    path::Path,
-};
+use std::{collections::BTreeMap, path::Path};
 
 use anyhow::{Context as _, anyhow, bail};
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap, LpmTrie, MapData, PerCpuArray, lpm_trie::Key},
     programs::{
-        NetworkInterface, ProgramError, TestRun as _, TestRunOptions, Xdp,
-        XdpMode as AyaXdpMode,
+        NetworkInterface, ProgramError, TestRun as _, TestRunOptions, Xdp, XdpMode as AyaXdpMode,
         xdp::{XdpLink, XdpLinkId},
     },
 };
@@ -154,29 +150,7 @@ impl Generation {
         ifname: &str,
         mode: XdpMode,
     ) -> anyhow::Result<(XdpLink, &'static str)> {
-        let prog = self.program()?;
-        let tries: &[(AyaXdpMode, &'static str)] = match mode {
-            XdpMode::Native => &[(AyaXdpMode::Driver, "native")],
-            XdpMode::Generic => &[(AyaXdpMode::Skb, "generic")],
-            XdpMode::Auto => &[
-                (AyaXdpMode::Driver, "native"),
-                (AyaXdpMode::Skb, "generic"),
-            ],
-        };
-        let cname = std::ffi::CString::new(ifname)
-            .with_context(|| format!("interface name {ifname:?}"))?;
-        let mut last = None;
-        for (flags, name) in tries {
-            match prog.attach(NetworkInterface::Name(&cname), *flags) {
-                Ok(id) => return Ok((take(prog, id)?, name)),
-                Err(e) => last = Some(e),
-            }
-        }
-        Err(anyhow!(
-            "attaching XDP to {ifname}: {}",
-            last.map(|e| format!("{e:#}"))
-                .unwrap_or_else(|| "no mode".into())
-        ))
+        attach_xdp(self.program()?, ifname, mode)
     }
 
     /// Atomically replaces whatever program `link` runs with this generation's.
@@ -189,8 +163,35 @@ impl Generation {
     }
 }
 
+fn attach_xdp(
+    prog: &mut Xdp,
+    ifname: &str,
+    mode: XdpMode,
+) -> anyhow::Result<(XdpLink, &'static str)> {
+    let tries: &[(AyaXdpMode, &'static str)] = match mode {
+        XdpMode::Native => &[(AyaXdpMode::Driver, "native")],
+        XdpMode::Generic => &[(AyaXdpMode::Skb, "generic")],
+        XdpMode::Auto => &[(AyaXdpMode::Driver, "native"), (AyaXdpMode::Skb, "generic")],
+    };
+    let cname =
+        std::ffi::CString::new(ifname).with_context(|| format!("interface name {ifname:?}"))?;
+    let mut last = None;
+    for (flags, name) in tries {
+        match prog.attach(NetworkInterface::Name(&cname), *flags) {
+            Ok(id) => return Ok((take(prog, id)?, name)),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(anyhow!(
+        "attaching XDP to {ifname}: {}",
+        last.map(|e| format!("{e:#}"))
+            .unwrap_or_else(|| "no mode".into())
+    ))
+}
+
 fn take(prog: &mut Xdp, id: XdpLinkId) -> anyhow::Result<XdpLink> {
-    prog.take_link(id).context("taking ownership of the XDP link")
+    prog.take_link(id)
+        .context("taking ownership of the XDP link")
 }
 
 fn xdp_program<'a>(ebpf: &'a mut Ebpf, name: &str) -> anyhow::Result<&'a mut Xdp> {
@@ -202,7 +203,10 @@ fn xdp_program<'a>(ebpf: &'a mut Ebpf, name: &str) -> anyhow::Result<&'a mut Xdp
 
 fn verifier_context(e: ProgramError) -> anyhow::Error {
     match e {
-        ProgramError::LoadError { io_error, verifier_log } => anyhow!(
+        ProgramError::LoadError {
+            io_error,
+            verifier_log,
+        } => anyhow!(
             "the kernel refused the XDP program: {io_error}\nverifier log (tail):\n{}",
             tail(&verifier_log.to_string(), 40)
         ),
@@ -297,5 +301,13 @@ impl PassProgram {
 
     pub fn time_run(&mut self, frame: &[u8], repeat: u32) -> anyhow::Result<f64> {
         time_program(self.program()?, frame, repeat)
+    }
+
+    pub fn attach(
+        &mut self,
+        ifname: &str,
+        mode: XdpMode,
+    ) -> anyhow::Result<(XdpLink, &'static str)> {
+        attach_xdp(self.program()?, ifname, mode)
     }
 }

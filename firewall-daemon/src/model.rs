@@ -136,7 +136,9 @@ pub struct Rule {
 impl Rule {
     pub fn matches_proto(&self, proto: PacketProto) -> bool {
         match self.proto {
-            Proto::Any => self.ports.is_empty() || matches!(proto, PacketProto::Tcp | PacketProto::Udp),
+            Proto::Any => {
+                self.ports.is_empty() || matches!(proto, PacketProto::Tcp | PacketProto::Udp)
+            }
             Proto::Tcp => proto == PacketProto::Tcp,
             Proto::Udp => proto == PacketProto::Udp,
             Proto::Icmp => proto == PacketProto::Icmp,

@@ -13,12 +13,15 @@ enum Mode {
 
 /// Host firewall daemon: compiles rules.toml into an XDP program and keeps it in force.
 #[derive(Debug, Parser)]
-#[command(version, after_help = "Examples:\n  \
+#[command(
+    version,
+    after_help = "Examples:\n  \
     firewall-daemon --config /etc/firewall/rules.toml\n  \
     firewall-daemon --config rules.toml --interface veth0 --xdp-mode generic \\\n    \
     --pin-dir /sys/fs/bpf/fw-test --control-socket /tmp/fw.sock\n\n\
     Signals: SIGHUP reloads the rules (the old ones stay in force if the file is invalid); \
-    SIGTERM/SIGINT detach and exit.")]
+    SIGTERM/SIGINT detach and exit."
+)]
 struct Args {
     /// Rules file.
     #[arg(long, short, default_value = "/etc/firewall/rules.toml")]
@@ -56,7 +59,10 @@ fn main() -> std::process::ExitCode {
         control_socket: args.control_socket,
         pin_dir: args.pin_dir,
     };
-    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("firewall-daemon: starting the runtime: {e}");

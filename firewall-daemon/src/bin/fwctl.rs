@@ -15,10 +15,14 @@ use firewall_daemon::{
 const DEFAULT_SOCKET: &str = "/run/firewall/control.sock";
 
 #[derive(Debug, Parser)]
-#[command(version, about = "Control the host firewall daemon", after_help = "Examples:\n  \
+#[command(
+    version,
+    about = "Control the host firewall daemon",
+    after_help = "Examples:\n  \
     fwctl status\n  fwctl list --json\n  fwctl check /etc/firewall/rules.toml\n  fwctl reload\n\n\
     Exit codes: 0 ok, 1 invalid rules or request refused, 2 usage, 3 daemon unreachable, \
-    4 permission denied.")]
+    4 permission denied."
+)]
 struct Args {
     /// Control socket of the daemon (default: [daemon] control_socket of --config, else
     /// /run/firewall/control.sock).
@@ -66,7 +70,9 @@ fn main() -> ExitCode {
             let code = match e {
                 Failure::Client(ClientError::Permission { .. }) => 4,
                 Failure::Client(
-                    ClientError::NoSocket { .. } | ClientError::Refused { .. } | ClientError::Io { .. },
+                    ClientError::NoSocket { .. }
+                    | ClientError::Refused { .. }
+                    | ClientError::Io { .. },
                 ) => 3,
                 _ => 1,
             };
@@ -201,7 +207,11 @@ fn print_list(l: &ListData) {
         "#", "NAME", "DIR", "PROTO", "PORTS", "REMOTE", "ACTION", "PACKETS"
     );
     for r in &l.rules {
-        let note = if r.enforced { "" } else { "  (not enforced yet)" };
+        let note = if r.enforced {
+            ""
+        } else {
+            "  (not enforced yet)"
+        };
         println!(
             "{:>4}  {:<28} {:<4} {:<5} {:<14} {:<28} {:<8} {:>10}{note}",
             r.number,
@@ -221,7 +231,10 @@ fn print_list(l: &ListData) {
 }
 
 fn print_status(s: &StatusData) {
-    println!("firewall-daemon {} (pid {}), up {}s", s.version, s.pid, s.uptime_secs);
+    println!(
+        "firewall-daemon {} (pid {}), up {}s",
+        s.version, s.pid, s.uptime_secs
+    );
     println!("rules file:  {}", s.config);
     println!("pin dir:     {}", s.pin_dir);
     for i in &s.interfaces {
@@ -249,7 +262,10 @@ fn print_status(s: &StatusData) {
 
 fn print_reload(d: &ReloadData) {
     if d.unchanged() {
-        println!("reloaded: no changes ({} rules, generation {})", d.rules, d.generation);
+        println!(
+            "reloaded: no changes ({} rules, generation {})",
+            d.rules, d.generation
+        );
     } else {
         println!(
             "reloaded in {} ms: {} rules in force, generation {}",
