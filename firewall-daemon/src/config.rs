@@ -167,8 +167,8 @@ struct RawDaemon {
     control_socket: Option<Spanned<String>>,
     /// Name of a group whose members may use the control socket besides root. Default: none.
     control_group: Option<Spanned<String>>,
-    /// Absolute path (on a bpffs mount) where maps and links are pinned, so the firewall stays
-    /// in force while the daemon restarts. Default `"/sys/fs/bpf/firewall"`.
+    /// Absolute path (on a bpffs mount) where the maps shared by every rule-set generation
+    /// (counters, reject budgets) are pinned. Default `"/sys/fs/bpf/firewall"`.
     pin_dir: Option<Spanned<String>>,
 }
 

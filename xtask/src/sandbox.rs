@@ -1,0 +1,124 @@
+//! `cargo xtask run --sandbox`: the real daemon protecting a veth inside a throwaway network
+//! namespace, so anyone can try rules without risking their own connection. Everything it
+//! creates is removed when it exits (Ctrl-C), even if the daemon fails.
+
+use std::{
+    path::PathBuf,
+    process::{Command, Stdio},
+};
+
+use anyhow::{Context as _, bail};
+
+use crate::{target_bin, workspace_root};
+
+const PROTECTED: &str = "fw-sandbox";
+const PEER: &str = "fw-sandbox-peer";
+
+struct Sandbox {
+    bpffs: PathBuf,
+}
+
+fn ip(args: &[&str]) -> anyhow::Result<()> {
+    let status = Command::new("ip").args(args).status().context("running ip")?;
+    if !status.success() {
+        bail!("ip {} failed", args.join(" "));
+    }
+    Ok(())
+}
+
+fn in_ns(ns: &str, args: &[&str]) -> anyhow::Result<()> {
+    let mut full = vec!["-n", ns];
+    full.extend_from_slice(args);
+    ip(&full)
+}
+
+impl Sandbox {
+    fn create(dir: &std::path::Path) -> anyhow::Result<Self> {
+        // Leftovers of an interrupted earlier run.
+        let _ = Command::new("ip").args(["netns", "del", PROTECTED]).stderr(Stdio::null()).status();
+        let _ = Command::new("ip").args(["netns", "del", PEER]).stderr(Stdio::null()).status();
+        let bpffs = dir.join("bpffs");
+        let _ = Command::new("umount").arg(&bpffs).stderr(Stdio::null()).status();
+        std::fs::create_dir_all(&bpffs)?;
+        let sb = Self { bpffs };
+        ip(&["netns", "add", PROTECTED])?;
+        ip(&["netns", "add", PEER])?;
+        ip(&[
+            "link", "add", "fw0", "netns", PROTECTED, "type", "veth", "peer", "name", "peer0",
+            "netns", PEER,
+        ])?;
+        for (ns, dev, v4, v6) in [
+            (PROTECTED, "fw0", "10.99.0.2/24", "fd00:99::2/64"),
+            (PEER, "peer0", "10.99.0.1/24", "fd00:99::1/64"),
+        ] {
+            in_ns(ns, &["link", "set", "lo", "up"])?;
+            in_ns(ns, &["addr", "add", v4, "dev", dev])?;
+            in_ns(ns, &["-6", "addr", "add", v6, "dev", dev, "nodad"])?;
+            in_ns(ns, &["link", "set", dev, "up"])?;
+        }
+        let status = Command::new("mount")
+            .args(["-t", "bpf", "bpf"])
+            .arg(&sb.bpffs)
+            .status()?;
+        if !status.success() {
+            bail!("mounting a private bpffs at {}", sb.bpffs.display());
+        }
+        Ok(sb)
+    }
+}
+
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", PROTECTED]).status();
+        let _ = Command::new("ip").args(["netns", "del", PEER]).status();
+        let _ = Command::new("umount").arg(&self.bpffs).status();
+        eprintln!("xtask: sandbox removed");
+    }
+}
+
+extern "C" fn ignore(_: libc::c_int) {}
+
+pub fn run(config: Option<PathBuf>, extra: &[String]) -> anyhow::Result<()> {
+    let dir = workspace_root().join("target/sandbox");
+    std::fs::create_dir_all(&dir)?;
+    let config = config.unwrap_or_else(|| workspace_root().join("rules/workstation.toml"));
+    let socket = dir.join("control.sock");
+    let sb = Sandbox::create(&dir)?;
+    let fwctl = target_bin("fwctl");
+    eprintln!(
+        "xtask: sandbox ready. The daemon protects fw0 (10.99.0.2, fd00:99::2) in namespace \
+         {PROTECTED}; probe it from {PEER}:\n  \
+         nsenter --net=/run/netns/{PEER} nmap -Pn -sS 10.99.0.2\n  \
+         nsenter --net=/run/netns/{PROTECTED} nc -l 8080   # a server to reach\n  \
+         {} --socket {} status\n  \
+         edit {} and run: {} --socket {} reload\n\
+         Ctrl-C stops the daemon and removes the sandbox.",
+        fwctl.display(),
+        socket.display(),
+        config.display(),
+        fwctl.display(),
+        socket.display()
+    );
+    // Ctrl-C reaches the daemon (same process group); this process only waits and cleans up.
+    // SAFETY: installing a handler that does nothing is async-signal-safe.
+    unsafe { libc::signal(libc::SIGINT, ignore as *const () as libc::sighandler_t) };
+    let status = Command::new("nsenter")
+        .arg(format!("--net=/run/netns/{PROTECTED}"))
+        .arg("--")
+        .arg(target_bin("firewall-daemon"))
+        .arg("--config")
+        .arg(&config)
+        .args(["--interface", "fw0", "--xdp-mode", "generic"])
+        .arg("--pin-dir")
+        .arg(sb.bpffs.join("firewall"))
+        .arg("--control-socket")
+        .arg(&socket)
+        .args(extra)
+        .status()
+        .context("starting the daemon in the sandbox")?;
+    drop(sb);
+    if !status.success() && status.code() != Some(130) {
+        bail!("firewall-daemon exited with {status}");
+    }
+    Ok(())
+}
