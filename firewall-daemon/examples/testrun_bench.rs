@@ -67,7 +67,13 @@ fn repeated(mut run: impl FnMut() -> f64) -> (f64, f64, f64) {
 
 fn main() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    mount(Some("bpf"), dir.path(), Some("bpf"), MsFlags::empty(), None::<&str>)?;
+    mount(
+        Some("bpf"),
+        dir.path(),
+        Some("bpf"),
+        MsFlags::empty(),
+        None::<&str>,
+    )?;
     let result = bench(dir.path());
     let _ = umount2(dir.path(), MntFlags::MNT_DETACH);
     result
@@ -78,9 +84,13 @@ fn bench(bpffs: &Path) -> anyhow::Result<()> {
     let mut empty = PassProgram::load(&pin)?;
     let miss = frame(Ipv4Addr::new(192, 0, 2, 1), 9);
     let (e_med, e_lo, e_hi) = repeated(|| empty.time_run(&miss, REPEAT).unwrap_or(f64::NAN));
-    println!("BPF_PROG_TEST_RUN, 64-byte UDP frames, ns/packet: median of {SAMPLES} x {REPEAT} runs (min-max)");
+    println!(
+        "BPF_PROG_TEST_RUN, 64-byte UDP frames, ns/packet: median of {SAMPLES} x {REPEAT} runs (min-max)"
+    );
     println!("empty XDP program: {e_med:.1} ({e_lo:.1}-{e_hi:.1})\n");
-    println!("| rules | compile+load ms | pass (no rule matches) | drop (last rule, stealth) | reject (last rule, ICMP reply, single-shot median) |");
+    println!(
+        "| rules | compile+load ms | pass (no rule matches) | drop (last rule, stealth) | reject (last rule, ICMP reply, single-shot median) |"
+    );
     println!("|---:|---:|---:|---:|---:|");
     for n in [10u32, 1_000, 10_000, 100_000] {
         let t = Instant::now();
@@ -99,7 +109,10 @@ fn bench(bpffs: &Path) -> anyhow::Result<()> {
         let c = compile::compile(&rs)?;
         let mut reject_gen = Generation::load(&c, &rs, &pin)?;
         let (action, _) = reject_gen.test_run(&hit)?;
-        anyhow::ensure!(action == 3, "reject path returned {action}, expected XDP_TX");
+        anyhow::ensure!(
+            action == 3,
+            "reject path returned {action}, expected XDP_TX"
+        );
         let shots: Vec<f64> = (0..SINGLE_SHOTS)
             .map(|_| reject_gen.time_run(&hit, 1).unwrap_or(f64::NAN))
             .collect();

@@ -19,7 +19,10 @@ struct Sandbox {
 }
 
 fn ip(args: &[&str]) -> anyhow::Result<()> {
-    let status = Command::new("ip").args(args).status().context("running ip")?;
+    let status = Command::new("ip")
+        .args(args)
+        .status()
+        .context("running ip")?;
     if !status.success() {
         bail!("ip {} failed", args.join(" "));
     }
@@ -35,10 +38,19 @@ fn in_ns(ns: &str, args: &[&str]) -> anyhow::Result<()> {
 impl Sandbox {
     fn create(dir: &std::path::Path) -> anyhow::Result<Self> {
         // Leftovers of an interrupted earlier run.
-        let _ = Command::new("ip").args(["netns", "del", PROTECTED]).stderr(Stdio::null()).status();
-        let _ = Command::new("ip").args(["netns", "del", PEER]).stderr(Stdio::null()).status();
+        let _ = Command::new("ip")
+            .args(["netns", "del", PROTECTED])
+            .stderr(Stdio::null())
+            .status();
+        let _ = Command::new("ip")
+            .args(["netns", "del", PEER])
+            .stderr(Stdio::null())
+            .status();
         let bpffs = dir.join("bpffs");
-        let _ = Command::new("umount").arg(&bpffs).stderr(Stdio::null()).status();
+        let _ = Command::new("umount")
+            .arg(&bpffs)
+            .stderr(Stdio::null())
+            .status();
         std::fs::create_dir_all(&bpffs)?;
         let sb = Self { bpffs };
         ip(&["netns", "add", PROTECTED])?;
@@ -69,7 +81,9 @@ impl Sandbox {
 
 impl Drop for Sandbox {
     fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", PROTECTED]).status();
+        let _ = Command::new("ip")
+            .args(["netns", "del", PROTECTED])
+            .status();
         let _ = Command::new("ip").args(["netns", "del", PEER]).status();
         let _ = Command::new("umount").arg(&self.bpffs).status();
         eprintln!("xtask: sandbox removed");

@@ -91,7 +91,11 @@ fn toolchain() -> anyhow::Result<()> {
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
     let has_src = have
         .as_ref()
-        .map(|sysroot| std::path::Path::new(sysroot).join("lib/rustlib/src/rust/library").exists())
+        .map(|sysroot| {
+            std::path::Path::new(sysroot)
+                .join("lib/rustlib/src/rust/library")
+                .exists()
+        })
         .unwrap_or(false);
     if has_src {
         return Ok(());
