@@ -124,7 +124,8 @@ fn is_vlan(ether_type: u16) -> bool {
 pub fn parse(ctx: &XdpContext) -> Result<Parsed, Counter> {
     let eth: *const EthHdr = ptr_at(ctx, 0).ok_or(Counter::DropMalformedL2)?;
     // SAFETY: bounds checked by ptr_at.
-    let (dst_mac0, mut ether_type) = unsafe { ((*eth).dst_addr[0], u16::from_be((*eth).ether_type)) };
+    let (dst_mac0, mut ether_type) =
+        unsafe { ((*eth).dst_addr[0], u16::from_be((*eth).ether_type)) };
     let mut off = EthHdr::LEN;
     for _ in 0..MAX_VLAN_TAGS {
         if !is_vlan(ether_type) {
@@ -253,7 +254,10 @@ fn icmp6_essential(icmp_type: u8) -> bool {
     matches!(icmp_type, 2 | 130..=137 | 143)
 }
 
-#[expect(clippy::too_many_arguments, reason = "one call site per family, inlined")]
+#[expect(
+    clippy::too_many_arguments,
+    reason = "one call site per family, inlined"
+)]
 #[inline(always)]
 fn transport(
     ctx: &XdpContext,
@@ -284,7 +288,8 @@ fn transport(
     };
     match ip_proto {
         IPPROTO_TCP => {
-            let t: *const [u8; TCP_HDR_LEN] = ptr_at(ctx, l4_off).ok_or(Counter::DropMalformedL4)?;
+            let t: *const [u8; TCP_HDR_LEN] =
+                ptr_at(ctx, l4_off).ok_or(Counter::DropMalformedL4)?;
             // SAFETY: bounds checked by ptr_at.
             let t = unsafe { *t };
             let data_off = ((t[12] >> 4) as u32) * 4;

@@ -115,9 +115,13 @@ pub fn tcp_rst(ctx: &XdpContext, pkt: &Packet) -> Result<(), ()> {
     let dp = pkt.remote_port.to_be_bytes();
     let s = seq.to_be_bytes();
     let a = ack.to_be_bytes();
+    #[rustfmt::skip]
     let mut tcp: [u8; TCP_HDR_LEN] = [
-        sp[0], sp[1], dp[0], dp[1], s[0], s[1], s[2], s[3], a[0], a[1], a[2], a[3], 5 << 4, flags,
-        0, 0, 0, 0, 0, 0,
+        sp[0], sp[1], dp[0], dp[1], // ports
+        s[0], s[1], s[2], s[3], // seq
+        a[0], a[1], a[2], a[3], // ack
+        5 << 4, flags, 0, 0, // data offset, flags, window 0
+        0, 0, 0, 0, // checksum (filled below), urgent pointer
     ];
     swap_macs(ctx)?;
     let l3 = pkt.l3_off;
