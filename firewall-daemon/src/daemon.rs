@@ -26,7 +26,7 @@ use crate::{
         self, DefaultsView, InterfaceStatus, ListData, ReloadData, Request, Response, RuleView,
         StatusData,
     },
-    datapath::Generation,
+    datapath::{self, Generation},
     model::{Direction, Interfaces, Ruleset, XdpMode},
 };
 
@@ -121,7 +121,13 @@ pub async fn run(config_path: PathBuf, overrides: Overrides) -> anyhow::Result<(
         );
     }
     let compiled = compile::compile(&ruleset)?;
+    // Before touching anything shared (pins, interfaces): a second daemon must not disturb
+    // the first.
+    ensure_not_running(&ruleset.daemon.control_socket)?;
     let pin_dir = ruleset.daemon.pin_dir.clone();
+    // Declared before everything that pins or attaches, so it is dropped last: whatever way
+    // run() ends, the programs are detached first and then the pins removed.
+    let _pins = PinCleanup(pin_dir.clone());
     let mut generation = Generation::load(&compiled, &ruleset, &pin_dir)?;
 
     let ifnames = resolve_interfaces(&ruleset.daemon.interfaces)?;
@@ -132,6 +138,7 @@ pub async fn run(config_path: PathBuf, overrides: Overrides) -> anyhow::Result<(
         attached.push(Attached { ifname, mode, link });
     }
 
+    generation.pin(&pin_dir)?;
     let socket_path = ruleset.daemon.control_socket.clone();
     let listener = bind_control_socket(&socket_path, ruleset.daemon.control_group.as_deref())?;
     let mut state = State {
@@ -190,17 +197,17 @@ pub async fn run(config_path: PathBuf, overrides: Overrides) -> anyhow::Result<(
         state.attached.len()
     );
     let _ = std::fs::remove_file(&socket_path);
-    // Links detach when dropped; the shared pinned maps are removed so nothing is left behind.
-    drop(state.attached);
-    drop(state.generation);
-    for name in [
-        firewall_common::maps::COUNTERS,
-        firewall_common::maps::REJECT_RATE,
-    ] {
-        let _ = std::fs::remove_file(pin_dir.join(name));
-    }
-    let _ = std::fs::remove_dir(&pin_dir);
     Ok(())
+}
+
+/// Removes the daemon's pins when dropped. This version stops enforcing when the daemon
+/// stops, so pins left behind would only mislead.
+struct PinCleanup(PathBuf);
+
+impl Drop for PinCleanup {
+    fn drop(&mut self) {
+        datapath::remove_pins(&self.0);
+    }
 }
 
 fn summarize(d: &ReloadData) -> String {
@@ -221,6 +228,16 @@ fn summarize(d: &ReloadData) -> String {
     )
 }
 
+fn ensure_not_running(socket: &Path) -> anyhow::Result<()> {
+    if std::os::unix::net::UnixStream::connect(socket).is_ok() {
+        bail!(
+            "another daemon is already answering on {}; stop it first",
+            socket.display()
+        );
+    }
+    Ok(())
+}
+
 /// Creates the socket with mode 0660 (group set to `group` if given). Failing to set
 /// ownership or permissions is fatal: a world-usable control socket would let anyone rewrite
 /// the firewall.
@@ -228,13 +245,8 @@ fn bind_control_socket(path: &Path, group: Option<&str>) -> anyhow::Result<UnixL
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
+    ensure_not_running(path)?;
     if path.exists() {
-        if std::os::unix::net::UnixStream::connect(path).is_ok() {
-            bail!(
-                "another daemon is already answering on {}; stop it first",
-                path.display()
-            );
-        }
         std::fs::remove_file(path)
             .with_context(|| format!("removing stale socket {}", path.display()))?;
     }
@@ -463,6 +475,9 @@ impl State {
             return Err(e);
         }
         self.attached = switched.into_iter().map(|(a, _)| a).collect();
+        if let Err(e) = new_gen.pin(&self.ruleset.daemon.pin_dir) {
+            warn!("the new rules are in force, but pinning them for inspection failed: {e:#}");
+        }
         self.generation = new_gen;
         self.ruleset = new_rules;
         self.generation_no += 1;

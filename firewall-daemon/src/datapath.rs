@@ -44,6 +44,28 @@ pub fn prepare_pin_dir(pin_dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Pin names of the generation in force, for inspection (`bpftool prog show pinned ...`).
+pub const PROGRAM_PIN: &str = "firewall_xdp";
+const GENERATION_MAPS: [&str; 5] = [
+    maps::ADDR4,
+    maps::ADDR6,
+    maps::PORTS,
+    maps::PAIRS,
+    maps::RULE_HITS,
+];
+const SHARED_MAPS: [&str; 2] = [maps::COUNTERS, maps::REJECT_RATE];
+
+/// Removes everything this daemon pins under `pin_dir`, and the directory if it is then empty.
+pub fn remove_pins(pin_dir: &Path) {
+    for name in std::iter::once(PROGRAM_PIN)
+        .chain(GENERATION_MAPS)
+        .chain(SHARED_MAPS)
+    {
+        let _ = std::fs::remove_file(pin_dir.join(name));
+    }
+    let _ = std::fs::remove_dir(pin_dir);
+}
+
 pub struct Generation {
     ebpf: Ebpf,
     pub rule_count: u32,
@@ -91,6 +113,29 @@ impl Generation {
 
     pub fn program(&mut self) -> anyhow::Result<&mut Xdp> {
         xdp_program(&mut self.ebpf, firewall_common::XDP_PROGRAM)
+    }
+
+    /// Pins this generation's program and rule maps under `pin_dir`, replacing the pins of the
+    /// generation before it. The pins are for inspection: enforcement goes through the links.
+    pub fn pin(&mut self, pin_dir: &Path) -> anyhow::Result<()> {
+        for name in std::iter::once(PROGRAM_PIN).chain(GENERATION_MAPS) {
+            let path = pin_dir.join(name);
+            if path.exists() {
+                std::fs::remove_file(&path)
+                    .with_context(|| format!("removing the old pin {}", path.display()))?;
+            }
+        }
+        self.program()?
+            .pin(pin_dir.join(PROGRAM_PIN))
+            .context("pinning the program")?;
+        for name in GENERATION_MAPS {
+            self.ebpf
+                .map(name)
+                .ok_or_else(|| anyhow!("map {name} missing"))?
+                .pin(pin_dir.join(name))
+                .with_context(|| format!("pinning map {name}"))?;
+        }
+        Ok(())
     }
 
     /// Runs the program once on `frame` (BPF_PROG_TEST_RUN); returns the XDP action and the

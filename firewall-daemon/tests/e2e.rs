@@ -613,6 +613,10 @@ fn daemon_refuses_invalid_config_and_cleans_up_on_stop() {
     let socket = d.socket.clone();
     let pin_dir = d.pin_dir.clone();
     assert!(pin_dir.join("COUNTERS").exists());
+    assert!(
+        pin_dir.join("firewall_xdp").exists(),
+        "the program in force is pinned"
+    );
     let status = d.stop();
     assert!(status.success(), "daemon exit: {status}");
     let link = pair.server.exec(&["ip", "link", "show", &pair.server_if]);
