@@ -264,29 +264,33 @@ fn tail(s: &str, lines: usize) -> String {
     all[all.len().saturating_sub(lines)..].join("\n")
 }
 
+fn fill_trie<const N: usize>(
+    ebpf: &mut Ebpf,
+    name: &str,
+    entries: impl Iterator<Item = (u8, [u8; N], AddrValue)>,
+) -> anyhow::Result<()> {
+    let mut t: LpmTrie<&mut MapData, [u8; N], AddrValue> = LpmTrie::try_from(map_mut(ebpf, name)?)?;
+    for (prefix_len, addr, v) in entries {
+        t.insert(&Key::new(u32::from(prefix_len), addr), &v, 0)?;
+    }
+    Ok(())
+}
+
 fn fill(ebpf: &mut Ebpf, c: &Compiled) -> anyhow::Result<()> {
-    {
-        let mut t: LpmTrie<&mut MapData, [u8; 4], AddrValue> =
-            LpmTrie::try_from(map_mut(ebpf, maps::ADDR4)?)?;
-        for (net, v) in &c.addr4 {
-            t.insert(
-                &Key::new(u32::from(net.prefix_len()), net.network().octets()),
-                v,
-                0,
-            )?;
-        }
-    }
-    {
-        let mut t: LpmTrie<&mut MapData, [u8; 16], AddrValue> =
-            LpmTrie::try_from(map_mut(ebpf, maps::ADDR6)?)?;
-        for (net, v) in &c.addr6 {
-            t.insert(
-                &Key::new(u32::from(net.prefix_len()), net.network().octets()),
-                v,
-                0,
-            )?;
-        }
-    }
+    fill_trie(
+        ebpf,
+        maps::ADDR4,
+        c.addr4
+            .iter()
+            .map(|(n, v)| (n.prefix_len(), n.network().octets(), *v)),
+    )?;
+    fill_trie(
+        ebpf,
+        maps::ADDR6,
+        c.addr6
+            .iter()
+            .map(|(n, v)| (n.prefix_len(), n.network().octets(), *v)),
+    )?;
     {
         let mut a: Array<&mut MapData, PortValue> = Array::try_from(map_mut(ebpf, maps::PORTS)?)?;
         for (slot, v) in &c.ports {

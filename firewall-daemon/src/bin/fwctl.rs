@@ -122,35 +122,28 @@ fn decode<T: serde::de::DeserializeOwned>(v: serde_json::Value) -> Result<T, Fai
 
 fn run(args: &Args) -> Result<ExitCode, Failure> {
     match &args.cmd {
-        Cmd::Check { file } => Ok(check(file)),
-        Cmd::List { json } => {
-            let v = request(args, Request::List)?;
-            if *json {
-                println!("{v:#}");
-            } else {
-                print_list(&decode(v)?);
-            }
-            Ok(ExitCode::SUCCESS)
-        }
-        Cmd::Status { json } => {
-            let v = request(args, Request::Status)?;
-            if *json {
-                println!("{v:#}");
-            } else {
-                print_status(&decode(v)?);
-            }
-            Ok(ExitCode::SUCCESS)
-        }
-        Cmd::Reload { json } => {
-            let v = request(args, Request::Reload)?;
-            if *json {
-                println!("{v:#}");
-            } else {
-                print_reload(&decode(v)?);
-            }
-            Ok(ExitCode::SUCCESS)
-        }
+        Cmd::Check { file } => return Ok(check(file)),
+        Cmd::List { json } => show(args, Request::List, *json, print_list)?,
+        Cmd::Status { json } => show(args, Request::Status, *json, print_status)?,
+        Cmd::Reload { json } => show(args, Request::Reload, *json, print_reload)?,
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Sends `req` and prints the answer as JSON or through `print`.
+fn show<T: serde::de::DeserializeOwned>(
+    args: &Args,
+    req: Request,
+    json: bool,
+    print: fn(&T),
+) -> Result<(), Failure> {
+    let v = request(args, req)?;
+    if json {
+        println!("{v:#}");
+    } else {
+        print(&decode(v)?);
+    }
+    Ok(())
 }
 
 fn check(file: &std::path::Path) -> ExitCode {
