@@ -222,10 +222,15 @@ fn parse_v6(ctx: &XdpContext, off: usize, l2_multicast: bool) -> Result<Parsed, 
             _ => break,
         }
     }
-    if matches!(
-        next,
-        IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS | IPPROTO_AH | IPPROTO_FRAGMENT
-    ) {
+    // Each header's first bytes were bounds-checked when read; this checks that the last one
+    // (whatever its declared length) ends inside the frame. Earlier ones end where a later
+    // one was read, so they are covered.
+    if ctx.data() + l4 > ctx.data_end()
+        || matches!(
+            next,
+            IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS | IPPROTO_AH | IPPROTO_FRAGMENT
+        )
+    {
         return Err(Counter::DropIpv6ExtHeaders);
     }
     let ext_len = l4 - off - Ipv6Hdr::LEN;
