@@ -1,5 +1,5 @@
 #![allow(dead_code)]
 pub mod bpffs;
-pub mod frames;
 pub mod daemon;
+pub mod frames;
 pub mod netns;
