@@ -1071,10 +1071,18 @@ fn reject_replies_are_rate_limited_per_source() {
         };
         let syn_a = Spec::new(a, local, L4::SYN, 22).frame();
         let udp_a = Spec::new(a, local, L4::Udp, 53).frame();
+        // The budget is per source, whatever the protocol.
         for i in 0..3 {
-            let frame = if i == 1 { &udp_a } else { &syn_a };
-            let run = fw.run(frame);
-            assert_eq!(run.action, XDP_TX, "{a}: reply {i} within the burst");
+            let (frame, outcome) = if i == 1 {
+                (&udp_a, REJECTED_ICMP)
+            } else {
+                (&syn_a, REJECTED_RST)
+            };
+            fw.run(frame).assert_outcome(
+                &format!("{a}: reply {i} within the burst"),
+                XDP_TX,
+                outcome,
+            );
         }
         for i in 0..3 {
             fw.run(&syn_a).assert_outcome(
