@@ -37,6 +37,10 @@ pub mod globals {
     pub const REJECT_BURST: &str = "REJECT_BURST";
     /// Non-zero when [`super::maps::PAIRS`] holds entries (lets the verifier prune the lookup).
     pub const HAS_PAIRS: &str = "HAS_PAIRS";
+    /// `[u32; PROTO_CLASSES]`: per protocol class, the first rule (verdict word) that matches
+    /// every remote address and every port of that protocol, or [`super::NO_MATCH`]. Kept out
+    /// of [`super::maps::PORTS`] so such rules do not have to be written into every port slot.
+    pub const PROTO_VERDICTS: &str = "PROTO_VERDICTS";
 }
 
 /// Name of the firewall's XDP program in the object file.

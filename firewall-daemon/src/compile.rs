@@ -33,6 +33,9 @@ pub struct Compiled {
     pub addr6: Vec<(Ipv6Net, AddrValue)>,
     /// Only the slots that differ from "no match", by slot index.
     pub ports: BTreeMap<u32, PortValue>,
+    /// Per protocol class: the first rule matching every address and port of it (the
+    /// `PROTO_VERDICTS` load-time constant).
+    pub proto_verdicts: [u32; PROTO_CLASSES],
     pub pairs: HashMap<PairKey, u32>,
     /// Verdict word for packets no rule matches.
     pub default_inbound: u32,
@@ -105,7 +108,9 @@ impl Classes {
 pub fn compile(ruleset: &Ruleset) -> Result<Compiled, CompileError> {
     let inbound: Vec<&Rule> = ruleset.inbound().collect();
 
-    // --- service side: PORTS.any_addr from (x,*) rules, port classes from (y,c) rules.
+    // --- service side: (x,a)/(x,b) rules become per-protocol constants; (x,c) rules are
+    // written into their port slots; port classes come from (y,c) rules.
+    let mut proto_verdicts = [NO_MATCH; PROTO_CLASSES];
     let mut any_addr = vec![NO_MATCH; PORT_SLOTS as usize];
     // Rules are in ascending index order, so the first word written to a slot is its minimum:
     // `paint` skips slots already written using a next-unwritten pointer (union-find), which
@@ -114,11 +119,14 @@ pub fn compile(ruleset: &Ruleset) -> Result<Compiled, CompileError> {
     for rule in inbound.iter().filter(|r| r.remote.is_none()) {
         let w = word(rule);
         match service(rule) {
-            Service::All => paint(&mut any_addr, &mut next_free, 0, PORT_SLOTS - 1, w),
+            Service::All => {
+                for v in &mut proto_verdicts {
+                    *v = (*v).min(w);
+                }
+            }
             Service::Protos(protos) => {
                 for &p in protos {
-                    let (lo, hi) = slot_range(p, 0, 65535);
-                    paint(&mut any_addr, &mut next_free, lo, hi, w);
+                    proto_verdicts[p as usize] = proto_verdicts[p as usize].min(w);
                 }
             }
             Service::Ports(protos) => {
@@ -245,6 +253,7 @@ pub fn compile(ruleset: &Ruleset) -> Result<Compiled, CompileError> {
         addr4,
         addr6,
         ports,
+        proto_verdicts,
         pairs,
         default_inbound: verdict(
             firewall_common::DEFAULT_RULE,
@@ -447,7 +456,9 @@ impl Compiled {
             .get(&port_slot(proto, pkt.local_port))
             .copied()
             .unwrap_or(PortValue::EMPTY);
-        best = best.min(port.any_addr());
+        best = best
+            .min(port.any_addr())
+            .min(self.proto_verdicts[proto as usize]);
         if addr_class != NO_MATCH && port.class() != NO_MATCH {
             let key = PairKey {
                 addr_class,

@@ -99,6 +99,7 @@ impl Generation {
             )
             .override_global(globals::REJECT_BURST, &ruleset.reject.burst, true)
             .override_global(globals::HAS_PAIRS, &has_pairs, true)
+            .override_global(globals::PROTO_VERDICTS, &compiled.proto_verdicts, true)
             .load(EBPF_OBJECT)
             .context("loading the eBPF object")?;
 

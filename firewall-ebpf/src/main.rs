@@ -21,8 +21,8 @@ use aya_ebpf::{
 };
 use firewall_common::{
     ACTION_ALLOW, ACTION_REJECT, AddrValue, Counter, DEFAULT_RULE, FRAG_STEALTH, NO_MATCH,
-    PROTO_TCP, PROTO_UDP, PairKey, PortValue, RateBucket, RateKey, port_slot, verdict,
-    verdict_action, verdict_rule,
+    PROTO_CLASSES, PROTO_ICMP, PROTO_TCP, PROTO_UDP, PairKey, PortValue, RateBucket, RateKey,
+    port_slot, verdict, verdict_action, verdict_rule,
 };
 
 use crate::parse::{Addr, Packet, Parsed};
@@ -39,6 +39,8 @@ static REJECT_RATE_PER_SEC: Global<u32> = Global::new(100);
 static REJECT_BURST: Global<u32> = Global::new(200);
 #[unsafe(no_mangle)]
 static HAS_PAIRS: Global<u32> = Global::new(1);
+#[unsafe(no_mangle)]
+static PROTO_VERDICTS: Global<[u32; PROTO_CLASSES]> = Global::new([NO_MATCH; PROTO_CLASSES]);
 
 // Rule maps: created per generation, sized by the daemon (`map_max_entries`).
 #[map]
@@ -99,7 +101,8 @@ pub fn firewall_xdp(ctx: XdpContext) -> u32 {
 /// First-match classification with a fixed number of lookups (see
 /// `firewall-daemon/src/compile.md`): the longest-prefix match of the remote address and the
 /// (protocol, port) slot each carry the first rule that needs only that field; rules that need
-/// both meet in `PAIRS`. The smallest verdict word is the first rule in file order.
+/// both meet in `PAIRS`; rules that need neither are a load-time constant per protocol. The
+/// smallest verdict word is the first rule in file order.
 #[inline(always)]
 fn classify(pkt: &Packet) -> u32 {
     let proto = pkt.proto & 3;
@@ -111,6 +114,18 @@ fn classify(pkt: &Packet) -> u32 {
         Some(v) => (v.class, min(v.any_proto, v.proto[proto as usize])),
         None => (NO_MATCH, NO_MATCH),
     };
+    // A match rather than an index: indexing a stack array makes LLVM OR an offset into the
+    // frame pointer, which the verifier rejects.
+    let pv = PROTO_VERDICTS.load();
+    best = min(
+        best,
+        match proto {
+            PROTO_TCP => pv[0],
+            PROTO_UDP => pv[1],
+            PROTO_ICMP => pv[2],
+            _ => pv[3],
+        },
+    );
     let port_class = match PORTS.get(port_slot(proto, pkt.local_port)) {
         Some(v) => {
             best = min(best, v.any_addr());
