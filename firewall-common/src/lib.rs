@@ -209,7 +209,7 @@ pub enum Counter {
     DropMalformedIpv6,
     /// Dropped: IPv6 extension header truncated, or more of them than the parser follows.
     DropIpv6ExtHeaders,
-    /// Dropped: TCP/UDP/ICMP header truncated (or TCP data offset < 5).
+    /// Dropped: TCP/UDP/ICMP header truncated, or TCP data offset < 5 or past the frame.
     DropMalformedL4,
     /// Reject answered with a TCP RST.
     RejectTcpRst,

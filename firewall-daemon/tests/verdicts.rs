@@ -1369,6 +1369,16 @@ fn malformed_frames_are_dropped_under_their_reason() {
             "drop_malformed_l4",
         ),
         (
+            "TCP/IPv4 data offset past the frame",
+            patched(tcp4.clone(), 34 + 12, &[15 << 4]),
+            "drop_malformed_l4",
+        ),
+        (
+            "TCP/IPv6 data offset past the frame",
+            patched(tcp6.clone(), 54 + 12, &[6 << 4]),
+            "drop_malformed_l4",
+        ),
+        (
             "UDP/IPv4 header cut short",
             truncated(udp4_frame(), 34 + 7),
             "drop_malformed_l4",
@@ -1380,12 +1390,22 @@ fn malformed_frames_are_dropped_under_their_reason() {
         ),
         (
             "ICMP header cut short",
-            truncated(echo4, 34 + 3),
+            truncated(echo4.clone(), 34 + 3),
+            "drop_malformed_l4",
+        ),
+        (
+            "ICMP header of 7 bytes (the header is 8)",
+            truncated(echo4, 34 + 7),
             "drop_malformed_l4",
         ),
         (
             "ICMPv6 header cut short",
-            truncated(echo6, 54 + 3),
+            truncated(echo6.clone(), 54 + 3),
+            "drop_malformed_l4",
+        ),
+        (
+            "ICMPv6 header of 7 bytes (the header is 8)",
+            truncated(echo6, 54 + 7),
             "drop_malformed_l4",
         ),
         (

@@ -8,7 +8,8 @@
 //!   the header: `DropMalformedIpv4`;
 //! - IPv6 header truncated or version != 6: `DropMalformedIpv6`;
 //! - an extension header truncated, or more than [`MAX_EXT_HEADERS`] of them: `DropIpv6ExtHeaders`;
-//! - TCP (or data offset < 5), UDP or ICMP header truncated: `DropMalformedL4`.
+//! - TCP header truncated, data offset < 5 or past the frame, UDP header truncated, ICMP/ICMPv6
+//!   shorter than its 8-byte header: `DropMalformedL4`.
 
 use core::mem;
 
@@ -42,6 +43,8 @@ const IPPROTO_ICMPV6: u8 = 58;
 const IPPROTO_DSTOPTS: u8 = 60;
 
 pub const TCP_HDR_LEN: usize = 20;
+/// ICMP and ICMPv6 headers: type, code, checksum and 4 bytes that depend on the type.
+const ICMP_HDR_LEN: usize = 8;
 
 #[derive(Clone, Copy)]
 pub enum Addr {
@@ -298,7 +301,10 @@ fn transport(
             // SAFETY: bounds checked by ptr_at.
             let t = unsafe { *t };
             let data_off = ((t[12] >> 4) as u32) * 4;
-            if data_off < TCP_HDR_LEN as u32 {
+            // Options must be in the frame too: the stack drops such a segment, so must we.
+            if data_off < TCP_HDR_LEN as u32
+                || ctx.data() + l4_off + data_off as usize > ctx.data_end()
+            {
                 return Err(Counter::DropMalformedL4);
             }
             pkt.proto = PROTO_TCP;
@@ -318,7 +324,8 @@ fn transport(
             pkt.local_port = be16(u.dst);
         }
         IPPROTO_ICMP if !is_v6 => {
-            let h: *const [u8; 4] = ptr_at(ctx, l4_off).ok_or(Counter::DropMalformedL4)?;
+            let h: *const [u8; ICMP_HDR_LEN] =
+                ptr_at(ctx, l4_off).ok_or(Counter::DropMalformedL4)?;
             // SAFETY: bounds checked by ptr_at.
             let h = unsafe { *h };
             // Destination unreachable / fragmentation needed: path MTU discovery.
@@ -328,7 +335,8 @@ fn transport(
             pkt.proto = PROTO_ICMP;
         }
         IPPROTO_ICMPV6 if is_v6 => {
-            let h: *const [u8; 4] = ptr_at(ctx, l4_off).ok_or(Counter::DropMalformedL4)?;
+            let h: *const [u8; ICMP_HDR_LEN] =
+                ptr_at(ctx, l4_off).ok_or(Counter::DropMalformedL4)?;
             // SAFETY: bounds checked by ptr_at.
             let h = unsafe { *h };
             if icmp6_essential(h[0]) {
