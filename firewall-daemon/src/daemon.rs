@@ -8,7 +8,7 @@ use std::{
     io::Write as _,
     os::unix::fs::PermissionsExt as _,
     path::{Path, PathBuf},
-    time::{Duration, Instant, SystemTime},
+    time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, anyhow, bail};
@@ -486,17 +486,11 @@ impl State {
         data.warnings = self.ruleset.warnings.clone();
         self.last_reload = Some(format!(
             "{} (generation {})",
-            humantime_now(),
+            jiff::Timestamp::now()
+                .round(jiff::Unit::Second)
+                .unwrap_or(jiff::Timestamp::now()),
             self.generation_no
         ));
         Ok(data)
     }
-}
-
-fn humantime_now() -> String {
-    let secs = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    format!("unix time {secs}")
 }

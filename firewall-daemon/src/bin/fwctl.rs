@@ -185,6 +185,17 @@ fn check(file: &std::path::Path) -> ExitCode {
     ExitCode::SUCCESS
 }
 
+/// Fits a cell into `width` columns, marking what was cut.
+fn cell(s: &str, width: usize) -> String {
+    if s.chars().count() <= width {
+        s.to_string()
+    } else {
+        let mut t: String = s.chars().take(width - 1).collect();
+        t.push('…');
+        t
+    }
+}
+
 fn dash(v: &[String]) -> String {
     if v.is_empty() {
         "any".into()
@@ -208,11 +219,11 @@ fn print_list(l: &ListData) {
         println!(
             "{:>4}  {:<28} {:<4} {:<5} {:<14} {:<28} {:<8} {:>10}{note}",
             r.number,
-            r.name,
+            cell(&r.name, 28),
             r.direction.to_string(),
             r.proto.to_string(),
-            dash(&r.ports),
-            dash(&r.remote),
+            cell(&dash(&r.ports), 14),
+            cell(&dash(&r.remote), 28),
             r.action.to_string(),
             r.hits
         );
