@@ -188,9 +188,7 @@ fn reject(ctx: &XdpContext, pkt: &Packet) -> u32 {
         // ICMP errors are never sent about ICMP (RFC 1122 3.2.2); other protocols are dropped.
         _ => false,
     };
-    // No reply to link-layer broadcast/multicast or to sources that cannot be answered
-    // (RFC 1122 3.2.2, 4.2.3.10): the host must not become an amplifier.
-    if !answerable || pkt.l2_multicast || !pkt.remote_unicast {
+    if !answerable || !reply::answerable(pkt) {
         count(Counter::RejectNoReply);
         return XDP_DROP;
     }

@@ -83,9 +83,6 @@ pub struct Packet {
     pub tcp_payload: u32,
     /// Destination MAC is a group address (broadcast/multicast).
     pub l2_multicast: bool,
-    /// Source is a unicast address that may be answered and the destination is not a group
-    /// address (RFC 1122: no errors to or about broadcast/multicast).
-    pub remote_unicast: bool,
 }
 
 pub enum Parsed {
@@ -152,11 +149,6 @@ pub fn parse(ctx: &XdpContext) -> Result<Parsed, Counter> {
 }
 
 #[inline(always)]
-fn v4_unicast(a: [u8; 4]) -> bool {
-    a != [0, 0, 0, 0] && a != [255, 255, 255, 255] && a[0] & 0xf0 != 0xe0
-}
-
-#[inline(always)]
 fn parse_v4(ctx: &XdpContext, off: usize, l2_multicast: bool) -> Result<Parsed, Counter> {
     let ip: *const Ipv4Hdr = ptr_at(ctx, off).ok_or(Counter::DropMalformedIpv4)?;
     // SAFETY: bounds checked by ptr_at.
@@ -172,7 +164,6 @@ fn parse_v4(ctx: &XdpContext, off: usize, l2_multicast: bool) -> Result<Parsed, 
     if be16(ip.frags) & 0x1fff != 0 {
         return Ok(Parsed::LaterFragment);
     }
-    let unicast = v4_unicast(ip.src_addr) && v4_unicast(ip.dst_addr) && ip.src_addr[0] != 127;
     transport(
         ctx,
         off,
@@ -182,7 +173,6 @@ fn parse_v4(ctx: &XdpContext, off: usize, l2_multicast: bool) -> Result<Parsed, 
         Addr::V4(ip.src_addr),
         Addr::V4(ip.dst_addr),
         l2_multicast,
-        unicast,
     )
 }
 
@@ -238,10 +228,6 @@ fn parse_v6(ctx: &XdpContext, off: usize, l2_multicast: bool) -> Result<Parsed, 
     }
     let ext_len = l4 - off - Ipv6Hdr::LEN;
     let payload = (be16(ip.payload_len) as usize).saturating_sub(ext_len) as u32;
-    let unicast = ip.src_addr[0] != 0xff
-        && ip.dst_addr[0] != 0xff
-        && ip.src_addr != [0; 16]
-        && ip.src_addr != [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
     transport(
         ctx,
         off,
@@ -251,7 +237,6 @@ fn parse_v6(ctx: &XdpContext, off: usize, l2_multicast: bool) -> Result<Parsed, 
         Addr::V6(ip.src_addr),
         Addr::V6(ip.dst_addr),
         l2_multicast,
-        unicast,
     )
 }
 
@@ -276,7 +261,6 @@ fn transport(
     remote: Addr,
     local: Addr,
     l2_multicast: bool,
-    remote_unicast: bool,
 ) -> Result<Parsed, Counter> {
     let is_v6 = matches!(remote, Addr::V6(_));
     let mut pkt = Packet {
@@ -292,7 +276,6 @@ fn transport(
         tcp_ack: 0,
         tcp_payload: 0,
         l2_multicast,
-        remote_unicast,
     };
     match ip_proto {
         IPPROTO_TCP => {

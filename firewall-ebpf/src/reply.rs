@@ -29,6 +29,31 @@ const MAX_QUOTED_EXT: usize = 64;
 /// 32-bit words of quoted datagram: IPv6 header + extension headers + 8 bytes, the larger case.
 const MAX_QUOTED_WORDS: usize = (IPV6_HDR_LEN + MAX_QUOTED_EXT + QUOTED_L4) / 4;
 
+#[inline(always)]
+fn v4_unicast(a: [u8; 4]) -> bool {
+    a != [0, 0, 0, 0] && a != [255, 255, 255, 255] && a[0] & 0xf0 != 0xe0
+}
+
+/// Whether a reply may be sent at all (RFC 1122 3.2.2, 4.2.3.10): never to a link-layer or IP
+/// group address, never to a source that cannot be answered (unspecified, broadcast,
+/// multicast, loopback), so the host cannot be made an amplifier. Only the reject path asks.
+#[inline(always)]
+pub fn answerable(pkt: &Packet) -> bool {
+    if pkt.l2_multicast {
+        return false;
+    }
+    match (pkt.remote, pkt.local) {
+        (Addr::V4(src), Addr::V4(dst)) => v4_unicast(src) && v4_unicast(dst) && src[0] != 127,
+        (Addr::V6(src), Addr::V6(dst)) => {
+            src[0] != 0xff
+                && dst[0] != 0xff
+                && src != [0; 16]
+                && src != [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]
+        }
+        _ => false,
+    }
+}
+
 /// Swaps the MAC addresses so the frame goes back where it came from.
 #[inline(always)]
 fn swap_macs(ctx: &XdpContext) -> Result<(), ()> {
