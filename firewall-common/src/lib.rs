@@ -7,6 +7,8 @@
 //! The classifier these maps implement is described in `firewall-daemon/src/compile.md`.
 #![no_std]
 
+pub mod ct;
+
 /// Map names, shared so the loader and the kernel program cannot drift apart.
 pub mod maps {
     /// LPM trie (key: prefix length + 4 address bytes), IPv4 remote address -> [`super::AddrValue`].
@@ -23,6 +25,15 @@ pub mod maps {
     pub const RULE_HITS: &str = "RULE_HITS";
     /// LRU hash ([`super::RateKey`]) -> [`super::RateBucket`]: reject replies per source.
     pub const REJECT_RATE: &str = "REJECT_RATE";
+    /// Hash ([`super::ct::CtKey`]) -> [`super::ct::CtEntry`]: confirmed flows (established TCP,
+    /// replied UDP). Never evicted; when full, new confirmed flows stay in [`CT_NEW`].
+    pub const CT_EST: &str = "CT_EST";
+    /// LRU hash ([`super::ct::CtKey`]) -> [`super::ct::CtEntry`]: unconfirmed flows (TCP
+    /// handshakes, unreplied UDP, ICMP echo). A flood of spoofed SYNs churns only this table.
+    pub const CT_NEW: &str = "CT_NEW";
+    /// Array with one [`super::ct::CtConfig`]: timeouts and the invalid-packet verdict of the
+    /// rule set in force.
+    pub const CT_CONFIG: &str = "CT_CONFIG";
 }
 
 /// Names of the load-time constants (`Global<u32>`) in the XDP program.
@@ -47,6 +58,8 @@ pub mod globals {
 pub const XDP_PROGRAM: &str = "firewall_xdp";
 /// Name of a program that only returns `XDP_PASS` (veth peers in tests, the benchmark floor).
 pub const XDP_PASS_PROGRAM: &str = "xdp_pass";
+/// Name of the TC egress program that records the flows the host opens.
+pub const TC_EGRESS_PROGRAM: &str = "firewall_egress";
 
 pub const ACTION_ALLOW: u32 = 0;
 pub const ACTION_REJECT: u32 = 1;
@@ -222,10 +235,39 @@ pub enum Counter {
     /// Reject degraded to a silent drop: building the reply failed (no headroom, oversized
     /// headers).
     RejectBuildFailed,
+    /// Passed as a packet of a tracked connection, without running the rules.
+    PassTracked,
+    /// Passed: an ICMP/ICMPv6 error about a tracked connection.
+    PassRelated,
+    /// Dropped: a packet of a tracked connection that its state does not allow (for instance a
+    /// SYN-ACK from the opener, or a RST far outside the expected sequence numbers).
+    DropCtInvalid,
+    /// A TCP segment that is not a SYN and belongs to no connection, judged by
+    /// `[conntrack] invalid` (also counted under stealthed or rejected).
+    CtInvalidNoConn,
+    /// Entries added to the unconfirmed (LRU) table.
+    CtNewInserted,
+    /// Entries removed from the unconfirmed table by the datapath (confirmed or reused).
+    CtNewRemoved,
+    /// Flows moved to the confirmed table.
+    CtConfirmed,
+    /// The confirmed table was full: the flow stayed in the unconfirmed table.
+    CtConfirmedFull,
+    /// Inserting into the unconfirmed table failed (the flow is not tracked).
+    CtInsertFailed,
+    /// Flows picked up from a packet the host sent on a connection the table did not know.
+    CtPickedUp,
+    /// Packets seen by the egress program.
+    EgressPackets,
+    /// Expired entries the daemon removed from the unconfirmed table. Written by the daemon
+    /// only; with the counters above it gives the LRU's evictions (see `fwctl status`).
+    CtDaemonRemoved,
+    /// Expired entries the daemon removed from the confirmed table. Written by the daemon only.
+    CtDaemonRemovedConfirmed,
 }
 
 impl Counter {
-    pub const COUNT: u32 = Counter::RejectBuildFailed as u32 + 1;
+    pub const COUNT: u32 = Counter::CtDaemonRemovedConfirmed as u32 + 1;
 
     pub const ALL: [Counter; Counter::COUNT as usize] = [
         Counter::Packets,
@@ -248,6 +290,19 @@ impl Counter {
         Counter::RejectRateLimited,
         Counter::RejectNoReply,
         Counter::RejectBuildFailed,
+        Counter::PassTracked,
+        Counter::PassRelated,
+        Counter::DropCtInvalid,
+        Counter::CtInvalidNoConn,
+        Counter::CtNewInserted,
+        Counter::CtNewRemoved,
+        Counter::CtConfirmed,
+        Counter::CtConfirmedFull,
+        Counter::CtInsertFailed,
+        Counter::CtPickedUp,
+        Counter::EgressPackets,
+        Counter::CtDaemonRemoved,
+        Counter::CtDaemonRemovedConfirmed,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -272,6 +327,19 @@ impl Counter {
             Counter::RejectRateLimited => "reject_rate_limited",
             Counter::RejectNoReply => "reject_no_reply",
             Counter::RejectBuildFailed => "reject_build_failed",
+            Counter::PassTracked => "pass_tracked",
+            Counter::PassRelated => "pass_related",
+            Counter::DropCtInvalid => "drop_ct_invalid",
+            Counter::CtInvalidNoConn => "ct_invalid_no_conn",
+            Counter::CtNewInserted => "ct_new_inserted",
+            Counter::CtNewRemoved => "ct_new_removed",
+            Counter::CtConfirmed => "ct_confirmed",
+            Counter::CtConfirmedFull => "ct_confirmed_full",
+            Counter::CtInsertFailed => "ct_insert_failed",
+            Counter::CtPickedUp => "ct_picked_up",
+            Counter::EgressPackets => "egress_packets",
+            Counter::CtDaemonRemoved => "ct_daemon_removed",
+            Counter::CtDaemonRemovedConfirmed => "ct_daemon_removed_confirmed",
         }
     }
 }
@@ -297,4 +365,7 @@ mod user {
     unsafe impl aya::Pod for PairKey {}
     unsafe impl aya::Pod for RateKey {}
     unsafe impl aya::Pod for RateBucket {}
+    unsafe impl aya::Pod for crate::ct::CtKey {}
+    unsafe impl aya::Pod for crate::ct::CtEntry {}
+    unsafe impl aya::Pod for crate::ct::CtConfig {}
 }

@@ -97,7 +97,7 @@ fn bench(bpffs: &Path) -> anyhow::Result<()> {
         let rs = config::parse(&rules(n, "stealth"), Path::new("bench.toml"))
             .map_err(|e| anyhow::anyhow!("{e}"))?;
         let c = compile::compile(&rs)?;
-        let mut drop_gen = Generation::load(&c, &rs, &pin)?;
+        let mut drop_gen = Generation::load(&c, &rs, &pin, 1)?;
         let load_ms = t.elapsed().as_secs_f64() * 1e3;
         let hit = frame(rule_addr(n - 1), 9);
         let (p, p_lo, p_hi) = repeated(|| drop_gen.time_run(&miss, REPEAT).unwrap_or(f64::NAN));
@@ -107,7 +107,7 @@ fn bench(bpffs: &Path) -> anyhow::Result<()> {
         let rs = config::parse(&rules(n, "reject"), Path::new("bench.toml"))
             .map_err(|e| anyhow::anyhow!("{e}"))?;
         let c = compile::compile(&rs)?;
-        let mut reject_gen = Generation::load(&c, &rs, &pin)?;
+        let mut reject_gen = Generation::load(&c, &rs, &pin, 1)?;
         let (action, _) = reject_gen.test_run(&hit)?;
         anyhow::ensure!(
             action == 3,

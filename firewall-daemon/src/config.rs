@@ -8,7 +8,8 @@
 //! resolved (service names, sets, CIDRs) into [`crate::model`] types.
 //!
 //! Top-level tables: `[daemon]` (`RawDaemon`), `[defaults]` (`RawDefaults`), `[reject]`
-//! (`RawReject`), `[sets]` (see `RawSetFile`) and any number of `[[rule]]` (`RawRule`).
+//! (`RawReject`), `[conntrack]` (`RawConntrack`, with `[conntrack.timeouts]` in
+//! `RawCtTimeouts`), `[sets]` (see `RawSetFile`) and any number of `[[rule]]` (`RawRule`).
 //! Every table and every key is optional except a rule's `action`. Unknown keys are errors:
 //! a firewall must never quietly ignore a line the admin wrote.
 
@@ -33,8 +34,8 @@ use toml::{
 };
 
 use crate::model::{
-    Action, DaemonConfig, Defaults, Direction, FragmentPolicy, Interfaces, Origin, PortRange,
-    Proto, RejectLimits, Rule, Ruleset, XdpMode,
+    Action, Conntrack, CtTimeouts, DaemonConfig, Defaults, Direction, FragmentPolicy, Interfaces,
+    InvalidPolicy, Origin, PortRange, Proto, RejectLimits, Rule, Ruleset, XdpMode,
 };
 
 /// Where service names (`port = "ssh"`) are looked up unless [`Env`] says otherwise.
@@ -42,6 +43,20 @@ pub const DEFAULT_SERVICES_PATH: &str = "/etc/services";
 
 /// Bounds of `[reject] rate_per_sec`.
 const MAX_REJECT_RATE: i64 = 1_000_000;
+/// Bounds of `[conntrack] table_size`, the confirmed-flow map: small enough that the kernel
+/// memory it pins stays reasonable for a host, large enough to be of use at all.
+const CT_TABLE_SIZE: (i64, i64) = (1024, 16_777_216);
+/// Bounds of `[conntrack] unconfirmed_size`, the LRU map of handshakes and unreplied flows.
+const CT_UNCONFIRMED_SIZE: (i64, i64) = (1024, 4_194_304);
+const MINUTE: u32 = 60;
+const HOUR: u32 = 60 * MINUTE;
+const DAY: u32 = 24 * HOUR;
+/// Bounds of `[conntrack] gc_interval`, in seconds.
+const CT_GC_INTERVAL: (u32, u32) = (1, HOUR);
+/// Bounds of every `[conntrack.timeouts]` value but `tcp_established`, in seconds.
+const CT_TIMEOUT: (u32, u32) = (1, DAY);
+/// Bounds of `[conntrack.timeouts] tcp_established`, in seconds.
+const CT_TIMEOUT_ESTABLISHED: (u32, u32) = (1, 365 * DAY);
 /// Linux `IFNAMSIZ` minus the terminating NUL.
 const MAX_IFNAME_LEN: usize = 15;
 /// A broken set file (say, the wrong format altogether) would otherwise bury the other
@@ -199,6 +214,62 @@ struct RawReject {
     burst: Option<Spanned<RawInt>>,
 }
 
+/// `[conntrack]`: connection tracking: the size of the flow tables, the verdict for stray TCP
+/// segments, and (in `[conntrack.timeouts]`) how long idle flows are kept.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConntrack {
+    /// Most confirmed flows (established TCP, replied UDP) tracked at once, 1024 to 16777216.
+    /// A plain hash map: entries leave only by expiring, never by eviction. Default 262144.
+    table_size: Option<Spanned<RawInt>>,
+    /// Most unconfirmed flows (TCP handshakes, unreplied UDP, ICMP echo) tracked at once, 1024 to
+    /// 4194304. An LRU map: when full, the least recently used entry is evicted, so a flood of
+    /// new flows cannot crowd out confirmed ones. Default 65536.
+    unconfirmed_size: Option<Spanned<RawInt>>,
+    /// `"stealth"` | `"reject"`: a TCP segment that is not a SYN and belongs to no tracked
+    /// connection. `stealth` drops it silently; `reject` answers with a RST. Default
+    /// `"stealth"`.
+    invalid: Option<Spanned<String>>,
+    /// How often the daemon removes expired entries: a duration (see [`RawDuration`]) from 1s
+    /// to 1h. Default `"10s"`.
+    gc_interval: Option<Spanned<RawDuration>>,
+    /// `[conntrack.timeouts]`, see [`RawCtTimeouts`]. Named here so that the key is known; the
+    /// table itself is taken out beforehand and checked on its own, so that its unknown keys
+    /// and bad values are reported like any other table's.
+    #[serde(rename = "timeouts")]
+    _timeouts: Option<IgnoredAny>,
+}
+
+/// `[conntrack.timeouts]`: how long an idle flow stays tracked, per protocol state. Each is a
+/// duration (see [`RawDuration`]) from 1s to 1d, except `tcp_established`: 1s to 365d.
+/// Defaults are those of Linux `nf_conntrack`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCtTimeouts {
+    /// SYN seen, no SYN-ACK yet. Default `"2m"`.
+    tcp_syn_sent: Option<Spanned<RawDuration>>,
+    /// SYN-ACK seen, handshake not completed. Default `"1m"`.
+    tcp_syn_recv: Option<Spanned<RawDuration>>,
+    /// Handshake completed. Default `"5d"`.
+    tcp_established: Option<Spanned<RawDuration>>,
+    /// First FIN seen. Default `"2m"`.
+    tcp_fin_wait: Option<Spanned<RawDuration>>,
+    /// FIN acknowledged, the other side has not closed yet. Default `"1m"`.
+    tcp_close_wait: Option<Spanned<RawDuration>>,
+    /// FINs seen both ways, last ACK pending. Default `"30s"`.
+    tcp_last_ack: Option<Spanned<RawDuration>>,
+    /// Closed, lingering for stray segments. Default `"2m"`.
+    tcp_time_wait: Option<Spanned<RawDuration>>,
+    /// Reset. Default `"10s"`.
+    tcp_close: Option<Spanned<RawDuration>>,
+    /// UDP flow seen in one direction only. Default `"30s"`.
+    udp_unreplied: Option<Spanned<RawDuration>>,
+    /// UDP flow that has seen a reply. Default `"2m"`.
+    udp_replied: Option<Spanned<RawDuration>>,
+    /// ICMP and ICMPv6 echo. Default `"30s"`.
+    icmp: Option<Spanned<RawDuration>>,
+}
+
 /// A `[sets]` entry given as a file: `name = { file = "PATH" }`. The other form is an inline,
 /// non-empty list: `name = ["192.168.0.0/16", "fd00::/8", "203.0.113.7"]`.
 ///
@@ -249,7 +320,7 @@ const UNSUPPORTED_RULE_KEYS: &[(&str, &str)] = &[
     ("user", "per-user"),
 ];
 
-const TOP_LEVEL_KEYS: &[&str] = &["daemon", "defaults", "reject", "sets", "rule"];
+const TOP_LEVEL_KEYS: &[&str] = &["daemon", "defaults", "reject", "conntrack", "sets", "rule"];
 
 /// A value that may be written once or as a list: `port = 22` or `port = [22, 80]`.
 #[derive(Debug)]
@@ -413,6 +484,49 @@ impl<'de> Deserialize<'de> for RawInt {
     }
 }
 
+/// A duration: whole seconds as a non-negative integer (`120`), or a string that
+/// [`jiff::Span`] reads, with days as 24 hours: `"30s"`, `"2m"`, `"1h30m"`, `"5d"`, `"5 days"`,
+/// `"1w"`, ISO 8601 `"PT2M"`. Checked later, with its position: the result must be whole
+/// seconds, and months and years (which have no fixed length) are refused.
+#[derive(Debug)]
+enum RawDuration {
+    Seconds(i128),
+    Text(String),
+}
+
+impl RawDuration {
+    const WHAT: &'static str =
+        r#"a duration: seconds (120) or a string such as "30s", "2m", "1h30m" or "5d""#;
+}
+
+impl<'de> Deserialize<'de> for RawDuration {
+    fn deserialize<D: de::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct DurationVisitor;
+
+        impl Visitor<'_> for DurationVisitor {
+            type Value = RawDuration;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(RawDuration::WHAT)
+            }
+
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<RawDuration, E> {
+                Ok(RawDuration::Seconds(v.into()))
+            }
+
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<RawDuration, E> {
+                Ok(RawDuration::Seconds(v.into()))
+            }
+
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<RawDuration, E> {
+                Ok(RawDuration::Text(v.to_owned()))
+            }
+        }
+
+        deserializer.deserialize_any(DurationVisitor)
+    }
+}
+
 /// The field names of a derived struct, as serde's derive lists them: the single source of
 /// truth for the "expected one of" part of unknown-key messages.
 fn fields_of<T: DeserializeOwned>() -> &'static [&'static str] {
@@ -491,6 +605,7 @@ fn parse_limited(
     let daemon = ck.daemon(sections.remove("daemon"));
     let defaults = ck.defaults(sections.remove("defaults"));
     let reject = ck.reject(sections.remove("reject"));
+    let conntrack = ck.conntrack(sections.remove("conntrack"));
     let sets = ck.sets(sections.remove("sets"));
     let (rules, written) = ck.rules(sections.remove("rule"), &sets, max_rules);
 
@@ -514,6 +629,7 @@ fn parse_limited(
         daemon,
         defaults,
         reject,
+        conntrack,
         sets: sets.expanded,
         rules,
         warnings: ck.warnings.into_iter().map(|(_, w)| w).collect(),
@@ -883,6 +999,139 @@ impl<'a> Checker<'a> {
             out.burst = burst;
         }
         out
+    }
+
+    fn conntrack(&mut self, value: Option<Spanned<DeValue<'_>>>) -> Conntrack {
+        let mut out = Conntrack::default();
+        let Some(mut value) = value else {
+            return out;
+        };
+        // The nested table is checked on its own: a problem in one does not hide the other's.
+        if let DeValue::Table(entries) = value.get_mut()
+            && let Some(timeouts) = entries.remove("timeouts")
+        {
+            out.timeouts = self.ct_timeouts(timeouts);
+        }
+        let Some(raw) = self.table::<RawConntrack>(value, "", "[conntrack]", "conntrack.", &[])
+        else {
+            return out;
+        };
+        if let Some(size) = raw.table_size
+            && let Some(size) = self.bounded(
+                &size,
+                "conntrack.table_size",
+                CT_TABLE_SIZE.0,
+                CT_TABLE_SIZE.1,
+            )
+        {
+            out.table_size = size;
+        }
+        if let Some(size) = raw.unconfirmed_size
+            && let Some(size) = self.bounded(
+                &size,
+                "conntrack.unconfirmed_size",
+                CT_UNCONFIRMED_SIZE.0,
+                CT_UNCONFIRMED_SIZE.1,
+            )
+        {
+            out.unconfirmed_size = size;
+        }
+        if let Some(v) = raw.invalid {
+            let options = [
+                ("stealth", InvalidPolicy::Stealth),
+                ("reject", InvalidPolicy::Reject),
+            ];
+            if let Some(policy) = self.choice(&v, "", "conntrack.invalid", &options) {
+                out.invalid = policy;
+            }
+        }
+        if let Some(v) = raw.gc_interval
+            && let Some(secs) = self.duration(&v, "conntrack.gc_interval", CT_GC_INTERVAL)
+        {
+            out.gc_interval_secs = secs;
+        }
+        out
+    }
+
+    fn ct_timeouts(&mut self, value: Spanned<DeValue<'_>>) -> CtTimeouts {
+        let mut out = CtTimeouts::default();
+        let Some(raw) = self.table::<RawCtTimeouts>(
+            value,
+            "",
+            "[conntrack.timeouts]",
+            "conntrack.timeouts.",
+            &[],
+        ) else {
+            return out;
+        };
+        let fields = [
+            (raw.tcp_syn_sent, "tcp_syn_sent", &mut out.tcp_syn_sent),
+            (raw.tcp_syn_recv, "tcp_syn_recv", &mut out.tcp_syn_recv),
+            (
+                raw.tcp_established,
+                "tcp_established",
+                &mut out.tcp_established,
+            ),
+            (raw.tcp_fin_wait, "tcp_fin_wait", &mut out.tcp_fin_wait),
+            (
+                raw.tcp_close_wait,
+                "tcp_close_wait",
+                &mut out.tcp_close_wait,
+            ),
+            (raw.tcp_last_ack, "tcp_last_ack", &mut out.tcp_last_ack),
+            (raw.tcp_time_wait, "tcp_time_wait", &mut out.tcp_time_wait),
+            (raw.tcp_close, "tcp_close", &mut out.tcp_close),
+            (raw.udp_unreplied, "udp_unreplied", &mut out.udp_unreplied),
+            (raw.udp_replied, "udp_replied", &mut out.udp_replied),
+            (raw.icmp, "icmp", &mut out.icmp),
+        ];
+        for (value, name, slot) in fields {
+            let bounds = if name == "tcp_established" {
+                CT_TIMEOUT_ESTABLISHED
+            } else {
+                CT_TIMEOUT
+            };
+            if let Some(value) = value
+                && let Some(secs) =
+                    self.duration(&value, &format!("conntrack.timeouts.{name}"), bounds)
+            {
+                *slot = secs;
+            }
+        }
+        out
+    }
+
+    /// Whole seconds of a duration, within `lo..=hi` seconds.
+    fn duration(
+        &mut self,
+        value: &Spanned<RawDuration>,
+        key: &str,
+        (lo, hi): (u32, u32),
+    ) -> Option<u32> {
+        let (written, secs) = match value.get_ref() {
+            RawDuration::Seconds(n) => (n.to_string(), *n),
+            RawDuration::Text(text) => match duration_secs(text) {
+                Ok(secs) => (format!("{text:?}"), secs.into()),
+                Err(problem) => {
+                    self.error(Some(value.span()), format!("{key} = {text:?} {problem}"));
+                    return None;
+                }
+            },
+        };
+        match u32::try_from(secs) {
+            Ok(n) if (lo..=hi).contains(&n) => Some(n),
+            _ => {
+                self.error(
+                    Some(value.span()),
+                    format!(
+                        "{key} = {written} is out of range ({} to {}, i.e. {lo}-{hi} seconds)",
+                        short_duration(lo),
+                        short_duration(hi)
+                    ),
+                );
+                None
+            }
+        }
     }
 
     fn bounded(&mut self, value: &Spanned<RawInt>, key: &str, lo: i64, hi: i64) -> Option<u32> {
@@ -1523,6 +1772,36 @@ fn valid_set_name(name: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
+/// Seconds in a duration string (see [`RawDuration`]), possibly negative; `Err` completes
+/// the sentence "KEY = "TEXT" ...".
+fn duration_secs(text: &str) -> Result<i64, String> {
+    let span: jiff::Span = text.trim().parse().map_err(|_| {
+        r#"is not a duration; write seconds (120) or a duration such as "30s", "2m", "1h30m" or "5d""#
+            .to_owned()
+    })?;
+    if span.get_years() != 0 || span.get_months() != 0 {
+        return Err(r#"uses months or years, which have no fixed length; use days ("30d")"#.into());
+    }
+    // Only fails on units above weeks, excluded above.
+    let duration = span
+        .to_duration(jiff::SpanRelativeTo::days_are_24_hours())
+        .map_err(|e| format!("is not a usable duration ({e})"))?;
+    if duration.subsec_nanos() != 0 {
+        return Err("is not a whole number of seconds".into());
+    }
+    Ok(duration.as_secs())
+}
+
+/// `86400` as `1d`, `5400` as `90m`: the largest unit that divides exactly.
+fn short_duration(secs: u32) -> String {
+    for (unit, len) in [("d", DAY), ("h", HOUR), ("m", MINUTE)] {
+        if secs != 0 && secs.is_multiple_of(len) {
+            return format!("{}{unit}", secs / len);
+        }
+    }
+    format!("{secs}s")
+}
+
 /// Only called on ASCII digit strings; saturates, which still reads as "out of range".
 fn parse_decimal(digits: &str) -> i128 {
     digits.bytes().fold(0i128, |acc, b| {
@@ -1769,7 +2048,7 @@ mdns            5353/udp                        # Multicast DNS
         let name = "unknown-keys.toml";
         let err = expect(
             name,
-            6,
+            8,
             4,
             &[
                 r#":4:1: unknown key "interfaces2" in [daemon]; expected one of: interfaces, xdp_mode, control_socket, control_group, pin_dir"#,
@@ -1816,12 +2095,28 @@ mdns            5353/udp                        # Multicast DNS
             20,
             &[
                 r#"unknown top-level key "logging""#,
-                "daemon, defaults, reject, sets, rule",
+                "daemon, defaults, reject, conntrack, sets, rule",
+            ],
+        );
+        expect_more(
+            &err,
+            name,
+            24,
+            &[
+                r#":24:1: unknown key "table" in [conntrack]; expected one of: table_size, unconfirmed_size, invalid, gc_interval, timeouts"#,
+            ],
+        );
+        expect_more(
+            &err,
+            name,
+            27,
+            &[
+                r#":27:1: unknown key "tcp_establised" in [conntrack.timeouts]; expected one of: tcp_syn_sent, tcp_syn_recv, tcp_established, tcp_fin_wait, tcp_close_wait, tcp_last_ack, tcp_time_wait, tcp_close, udp_unreplied, udp_replied, icmp"#,
             ],
         );
         // One line per problem, in file order.
         let lines: Vec<usize> = err.diagnostics().iter().map(|d| d.line.unwrap()).collect();
-        assert_eq!(lines, [4, 7, 10, 13, 17, 20]);
+        assert_eq!(lines, [4, 7, 10, 13, 17, 20, 24, 27]);
     }
 
     #[test]
@@ -1829,8 +2124,8 @@ mdns            5353/udp                        # Multicast DNS
         let name = "wrong-types.toml";
         let err = expect(
             name,
-            3,
-            3,
+            4,
+            4,
             &[
                 "reject.rate_per_sec:",
                 "invalid type",
@@ -1841,11 +2136,21 @@ mdns            5353/udp                        # Multicast DNS
         expect_more(
             &err,
             name,
-            7,
+            8,
             &[r#"rule 1 ("web"): port:"#, "boolean", "a port (22)"],
         );
         // The name is the broken value, so the rule is identified by number only.
-        expect_more(&err, name, 11, &["rule 2: name:", "integer", "a string"]);
+        expect_more(&err, name, 12, &["rule 2: name:", "integer", "a string"]);
+        expect_more(
+            &err,
+            name,
+            16,
+            &[
+                ":16:8: conntrack.timeouts.icmp:",
+                "floating point",
+                r#"a duration: seconds (120) or a string such as "30s""#,
+            ],
+        );
     }
 
     #[test]
@@ -2163,6 +2468,264 @@ mdns            5353/udp                        # Multicast DNS
     }
 
     #[test]
+    fn conntrack_values_out_of_range() {
+        let name = "conntrack-invalid.toml";
+        let err = expect(
+            name,
+            12,
+            3,
+            &[":3:14: conntrack.table_size = 1000 is out of range (1024-16777216)"],
+        );
+        expect_more(
+            &err,
+            name,
+            4,
+            &[":4:20: conntrack.unconfirmed_size = 8388608 is out of range (1024-4194304)"],
+        );
+        expect_more(
+            &err,
+            name,
+            5,
+            &[
+                r#":5:11: invalid conntrack.invalid "drop"; expected one of: stealth, reject ("stealth" drops silently, "reject" answers)"#,
+            ],
+        );
+        expect_more(
+            &err,
+            name,
+            6,
+            &[
+                r#":6:15: conntrack.gc_interval = "2h" is out of range (1s to 1h, i.e. 1-3600 seconds)"#,
+            ],
+        );
+        expect_more(
+            &err,
+            name,
+            9,
+            &[
+                ":9:16: conntrack.timeouts.tcp_syn_sent = 0 is out of range (1s to 1d, i.e. 1-86400 seconds)",
+            ],
+        );
+        expect_more(
+            &err,
+            name,
+            10,
+            &[
+                r#":10:19: conntrack.timeouts.tcp_established = "400d" is out of range (1s to 365d, i.e. 1-31536000 seconds)"#,
+            ],
+        );
+        expect_more(
+            &err,
+            name,
+            11,
+            &[
+                r#":11:15: conntrack.timeouts.udp_replied = "2d" is out of range (1s to 1d, i.e. 1-86400 seconds)"#,
+            ],
+        );
+        expect_more(
+            &err,
+            name,
+            12,
+            &[r#":12:8: conntrack.timeouts.icmp = "1.5s" is not a whole number of seconds"#],
+        );
+        expect_more(
+            &err,
+            name,
+            13,
+            &[
+                r#":13:13: conntrack.timeouts.tcp_close = "1 month" uses months or years, which have no fixed length; use days ("30d")"#,
+            ],
+        );
+        expect_more(
+            &err,
+            name,
+            14,
+            &[
+                r#":14:16: conntrack.timeouts.tcp_fin_wait = "soon" is not a duration; write seconds (120) or a duration such as "30s", "2m", "1h30m" or "5d""#,
+            ],
+        );
+        expect_more(
+            &err,
+            name,
+            15,
+            &[r#":15:17: conntrack.timeouts.tcp_time_wait = "-5s" is out of range (1s to 1d"#],
+        );
+        expect_more(
+            &err,
+            name,
+            16,
+            &[":16:16: conntrack.timeouts.tcp_last_ack = 86401 is out of range (1s to 1d"],
+        );
+    }
+
+    #[test]
+    fn conntrack_durations_and_bounds() {
+        let t = test_env();
+        let timeouts = |body: &str| {
+            let text = format!("[conntrack.timeouts]\n{body}\n");
+            parse_with(&text, Path::new("r.toml"), &t.env).map(|rs| rs.conntrack.timeouts)
+        };
+        for (written, secs) in [
+            ("30", 30),
+            (r#""30s""#, 30),
+            (r#"" 2m ""#, 120),
+            (r#""1h30m""#, 5400),
+            (r#""1h 30m""#, 5400),
+            (r#""90 seconds""#, 90),
+            (r#""2 mins""#, 120),
+            (r#""1 day""#, 86_400),
+            (r#""PT2M""#, 120),
+            (r#""1000ms""#, 1),
+            (r#""1.5m""#, 90),
+        ] {
+            let got = timeouts(&format!("icmp = {written}"));
+            assert_eq!(got.map(|t| t.icmp).ok(), Some(secs), "{written}");
+        }
+        // Bounds are inclusive; only tcp_established may exceed a day.
+        assert_eq!(timeouts("icmp = 1").unwrap().icmp, 1);
+        assert_eq!(timeouts("icmp = 86400").unwrap().icmp, 86_400);
+        assert!(timeouts("icmp = 86401").is_err());
+        assert!(timeouts("udp_replied = \"1w\"").is_err());
+        let t365 = timeouts("tcp_established = \"365 days\"").unwrap();
+        assert_eq!(t365.tcp_established, 365 * 86_400);
+        assert_eq!(
+            timeouts("tcp_established = \"52w\"")
+                .unwrap()
+                .tcp_established,
+            364 * 86_400
+        );
+        let err = timeouts("tcp_established = \"366d\"")
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            r#"r.toml:2:19: conntrack.timeouts.tcp_established = "366d" is out of range (1s to 365d, i.e. 1-31536000 seconds)"#
+        );
+        // Far too large for any unit still reads as out of range, not as a wrapped value.
+        let err = timeouts("icmp = 4294967326").unwrap_err().to_string();
+        assert!(err.contains("icmp = 4294967326 is out of range"), "{err}");
+        let err = timeouts(r#"icmp = """#).unwrap_err().to_string();
+        assert!(err.contains(r#"icmp = "" is not a duration"#), "{err}");
+        let err = timeouts(r#"icmp = "1y""#).unwrap_err().to_string();
+        assert!(err.contains("months or years"), "{err}");
+        // Settings left out keep their defaults.
+        let only = timeouts("udp_replied = 180").unwrap();
+        assert_eq!(
+            only,
+            CtTimeouts {
+                udp_replied: 180,
+                ..CtTimeouts::default()
+            }
+        );
+
+        let conntrack = |body: &str| {
+            let text = format!("[conntrack]\n{body}\n");
+            parse_with(&text, Path::new("r.toml"), &t.env).map(|rs| rs.conntrack)
+        };
+        let c =
+            conntrack("table_size = 1024\nunconfirmed_size = 4194304\ngc_interval = 3600").unwrap();
+        assert_eq!(
+            (c.table_size, c.unconfirmed_size, c.gc_interval_secs),
+            (1024, 4_194_304, 3600)
+        );
+        let c = conntrack("table_size = 16777216\nunconfirmed_size = 1024\ngc_interval = \"1s\"")
+            .unwrap();
+        assert_eq!(
+            (c.table_size, c.unconfirmed_size, c.gc_interval_secs),
+            (16_777_216, 1024, 1)
+        );
+        assert_eq!(
+            conntrack("invalid = \"stealth\"").unwrap().invalid,
+            InvalidPolicy::Stealth
+        );
+        assert!(conntrack("table_size = 16777217").is_err());
+        assert!(conntrack("unconfirmed_size = 1023").is_err());
+        assert!(conntrack("gc_interval = 0").is_err());
+        assert!(conntrack("gc_interval = \"61m\"").is_err());
+        // Inline and dotted forms of the nested table work too.
+        let c = conntrack("timeouts = { icmp = \"10s\" }").unwrap();
+        assert_eq!(c.timeouts.icmp, 10);
+        let c = conntrack("timeouts.tcp_close = 3").unwrap();
+        assert_eq!(c.timeouts.tcp_close, 3);
+    }
+
+    #[test]
+    fn conntrack_shape_errors() {
+        let t = test_env();
+        let check = |text: &str| {
+            let err = parse_with(text, Path::new("r.toml"), &t.env).unwrap_err();
+            err.diagnostics()
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            check("conntrack = 5\n"),
+            ["r.toml:1:13: [conntrack] must be a table, not integer"]
+        );
+        assert_eq!(
+            check("[conntrack]\ntimeouts = \"5d\"\n"),
+            ["r.toml:2:12: [conntrack.timeouts] must be a table, not string"]
+        );
+        // A type error in [conntrack] hides neither [conntrack.timeouts] nor a sibling timeout.
+        let text = "\
+[conntrack]
+table_size = \"big\"
+[conntrack.timeouts]
+icmp = 0
+tcp_close = \"x\"
+";
+        assert_eq!(
+            check(text),
+            [
+                r#"r.toml:2:14: conntrack.table_size: invalid type: string "big", expected an integer"#,
+                "r.toml:4:8: conntrack.timeouts.icmp = 0 is out of range (1s to 1d, i.e. 1-86400 seconds)",
+                r#"r.toml:5:13: conntrack.timeouts.tcp_close = "x" is not a duration; write seconds (120) or a duration such as "30s", "2m", "1h30m" or "5d""#,
+            ]
+        );
+    }
+
+    #[test]
+    fn conntrack_defaults_are_linux_nf_conntrack() {
+        let c = Conntrack::default();
+        assert_eq!(c.table_size, 262_144);
+        assert_eq!(c.unconfirmed_size, 65_536);
+        assert_eq!(c.invalid, InvalidPolicy::Stealth);
+        assert_eq!(c.gc_interval_secs, 10);
+        let t = &c.timeouts;
+        assert_eq!(
+            [
+                t.tcp_syn_sent,
+                t.tcp_syn_recv,
+                t.tcp_established,
+                t.tcp_fin_wait,
+                t.tcp_close_wait,
+                t.tcp_last_ack,
+                t.tcp_time_wait,
+                t.tcp_close,
+                t.udp_unreplied,
+                t.udp_replied,
+                t.icmp
+            ],
+            [120, 60, 432_000, 120, 60, 30, 120, 10, 30, 120, 30]
+        );
+        // The defaults are within the bounds the file is held to.
+        let text = "[conntrack]\ntable_size = 262144\nunconfirmed_size = 65536\ninvalid = \"stealth\"\ngc_interval = \"10s\"\n[conntrack.timeouts]\ntcp_syn_sent = \"2m\"\ntcp_syn_recv = \"1m\"\ntcp_established = \"5d\"\ntcp_fin_wait = \"2m\"\ntcp_close_wait = \"1m\"\ntcp_last_ack = \"30s\"\ntcp_time_wait = \"2m\"\ntcp_close = \"10s\"\nudp_unreplied = \"30s\"\nudp_replied = \"2m\"\nicmp = \"30s\"\n";
+        let rs = parse_with(text, Path::new("r.toml"), &test_env().env).unwrap();
+        assert_eq!(rs.conntrack, c);
+    }
+
+    #[test]
+    fn short_durations() {
+        assert_eq!(short_duration(1), "1s");
+        assert_eq!(short_duration(90), "90s");
+        assert_eq!(short_duration(5400), "90m");
+        assert_eq!(short_duration(3600), "1h");
+        assert_eq!(short_duration(365 * 86_400), "365d");
+        assert_eq!(short_duration(0), "0s");
+    }
+
+    #[test]
     fn interfaces_invalid() {
         let name = "interfaces-invalid.toml";
         let err = expect(
@@ -2311,6 +2874,28 @@ mdns            5353/udp                        # Multicast DNS
                 burst: 75
             }
         );
+        assert_eq!(
+            rs.conntrack,
+            Conntrack {
+                table_size: 1_048_576,
+                unconfirmed_size: 131_072,
+                invalid: InvalidPolicy::Reject,
+                gc_interval_secs: 90,
+                timeouts: CtTimeouts {
+                    tcp_syn_sent: 60,
+                    tcp_syn_recv: 45,
+                    tcp_established: 7 * 86_400,
+                    tcp_fin_wait: 90,
+                    tcp_close_wait: 120,
+                    tcp_last_ack: 20,
+                    tcp_time_wait: 5400,
+                    tcp_close: 5,
+                    udp_unreplied: 86_400,
+                    udp_replied: 300,
+                    icmp: 120,
+                },
+            }
+        );
 
         let blocklist = vec![
             net("198.51.100.0/24"),
@@ -2343,7 +2928,7 @@ mdns            5353/udp                        # Multicast DNS
         assert_eq!(ssh.remote.as_ref(), Some(&expected));
         assert_eq!(ssh.remote_spec, ["@trusted", "2001:db8::1"]);
         assert_eq!(ssh.action, Action::Allow);
-        assert_eq!(ssh.origin, Origin { line: 23 });
+        assert_eq!(ssh.origin, Origin { line: 43 });
 
         let web = &rs.rules[1];
         assert_eq!(
@@ -2371,7 +2956,7 @@ mdns            5353/udp                        # Multicast DNS
         let out = &rs.rules[5];
         assert_eq!(out.direction, Direction::Out);
         assert_eq!(out.ports, [range(25, 25)]);
-        assert_eq!(out.origin.line, 54);
+        assert_eq!(out.origin.line, 74);
 
         assert!(rs.warnings.is_empty(), "{:?}", rs.warnings);
         assert_eq!(rs.inbound().count(), 5);
@@ -2383,6 +2968,7 @@ mdns            5353/udp                        # Multicast DNS
         assert_eq!(rs.daemon, DaemonConfig::default());
         assert_eq!(rs.defaults, Defaults::default());
         assert_eq!(rs.reject, RejectLimits::default());
+        assert_eq!(rs.conntrack, Conntrack::default());
         assert!(rs.sets.is_empty());
         assert_eq!(
             rs.rules,
@@ -2586,6 +3172,16 @@ action = "allow"
     fn field_lists_come_from_serde() {
         assert_eq!(fields_of::<RawReject>(), ["rate_per_sec", "burst"]);
         assert_eq!(
+            fields_of::<RawConntrack>(),
+            [
+                "table_size",
+                "unconfirmed_size",
+                "invalid",
+                "gc_interval",
+                "timeouts"
+            ]
+        );
+        assert_eq!(
             fields_of::<RawRule>(),
             [
                 "name",
@@ -2609,6 +3205,8 @@ action = "allow"
         assert!(toml::from_str::<RawDaemon>("bogus = 2").is_err());
         assert!(toml::from_str::<RawDefaults>("bogus = 2").is_err());
         assert!(toml::from_str::<RawSetFile>("file = \"x\"\nbogus = 2").is_err());
+        assert!(toml::from_str::<RawConntrack>("bogus = 2").is_err());
+        assert!(toml::from_str::<RawCtTimeouts>("icmp = 1\nbogus = 2").is_err());
     }
 
     #[test]

@@ -21,7 +21,12 @@ pub const MAX_REQUEST: usize = 64 * 1024;
 pub enum Request {
     List,
     Status,
-    Reload,
+    Reload {
+        /// Also re-judge tracked inbound flows under the new rules and end those now denied.
+        #[serde(default)]
+        recheck: bool,
+    },
+    Conns,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -141,6 +146,56 @@ pub struct StatusData {
     /// Every datapath counter, summed over CPUs, since the pin directory was created.
     pub counters: BTreeMap<String, u64>,
     pub warnings: Vec<String>,
+    #[serde(default)]
+    pub conntrack: ConntrackStatus,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct ConntrackStatus {
+    /// Entries in the confirmed table, and its capacity.
+    pub confirmed: usize,
+    pub confirmed_capacity: u32,
+    /// Entries in the unconfirmed (LRU) table, and its capacity.
+    pub unconfirmed: usize,
+    pub unconfirmed_capacity: u32,
+    /// Unconfirmed entries the LRU dropped to make room (derived from the counters:
+    /// inserted - removed by the datapath - removed by the daemon - present).
+    pub evicted: u64,
+    /// Connections seeded from the host's sockets when this daemon started.
+    pub seeded_at_start: usize,
+    /// True when this daemon adopted the programs and tables a previous one left pinned.
+    pub adopted: bool,
+}
+
+/// A tracked connection, as `fwctl conns` shows it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ConnView {
+    /// tcp, udp, icmp or icmpv6.
+    pub proto: String,
+    /// `address:port` (IPv6 in brackets); for ICMP echo the address and `id=N`.
+    pub local: String,
+    pub remote: String,
+    pub state: String,
+    /// "local" (the host opened it) or "remote".
+    pub origin: String,
+    /// "confirmed" or "unconfirmed".
+    pub table: String,
+    pub age_secs: u64,
+    pub expires_in_secs: u64,
+    pub packets_in: u64,
+    pub packets_out: u64,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    /// What admitted the flow: a rule (`rule 3 "ssh"`), the default, the host itself,
+    /// seeding at start-up, or a pick-up from the host's traffic.
+    pub admitted_by: String,
+    /// Denied by the rules in force after `fwctl reload --recheck`.
+    pub denied: bool,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ConnsData {
+    pub connections: Vec<ConnView>,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -157,6 +212,12 @@ pub struct ReloadData {
     pub generation: u64,
     pub took_ms: u64,
     pub warnings: Vec<String>,
+    /// With `--recheck`: the tracked flows the new rules deny, which were ended.
+    #[serde(default)]
+    pub ended: Vec<String>,
+    /// True when the flows were re-judged (`--recheck`).
+    #[serde(default)]
+    pub rechecked: bool,
 }
 
 impl ReloadData {
@@ -225,6 +286,30 @@ pub fn diff(old: &Ruleset, new: &Ruleset) -> ReloadData {
         old.reject.burst.to_string(),
         new.reject.burst.to_string(),
     );
+    if old.conntrack.invalid != new.conntrack.invalid {
+        settings.push(format!(
+            "conntrack.invalid: {:?} -> {:?}",
+            old.conntrack.invalid, new.conntrack.invalid
+        ));
+    }
+    if old.conntrack.timeouts != new.conntrack.timeouts {
+        settings.push("conntrack.timeouts changed (apply to each flow at its next packet)".into());
+    }
+    if old.conntrack.gc_interval_secs != new.conntrack.gc_interval_secs {
+        settings.push(format!(
+            "conntrack.gc_interval: {}s -> {}s",
+            old.conntrack.gc_interval_secs, new.conntrack.gc_interval_secs
+        ));
+    }
+    if old.conntrack.table_size != new.conntrack.table_size
+        || old.conntrack.unconfirmed_size != new.conntrack.unconfirmed_size
+    {
+        settings.push(
+            "conntrack table sizes changed: take effect when the tables are next created \
+             (after the daemon is stopped with SIGTERM, or a reboot)"
+                .into(),
+        );
+    }
     if old.daemon != new.daemon {
         settings.push("[daemon] changed: takes effect when the daemon restarts".into());
     }

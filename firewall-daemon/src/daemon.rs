@@ -12,8 +12,15 @@ use std::{
 };
 
 use anyhow::{Context as _, anyhow, bail};
-use aya::programs::xdp::XdpLink;
+use aya::programs::{tc::SchedClassifierLink, xdp::XdpLink};
 use log::{error, info, warn};
+use std::{
+    collections::VecDeque,
+    sync::{
+        Arc,
+        atomic::{AtomicU32, Ordering},
+    },
+};
 use tokio::{
     io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader},
     net::{UnixListener, UnixStream},
@@ -22,12 +29,14 @@ use tokio::{
 
 use crate::{
     compile, config,
+    conntrack::{self, Tables},
     control::{
-        self, DefaultsView, InterfaceStatus, ListData, ReloadData, Request, Response, RuleView,
-        StatusData,
+        self, ConnView, ConnsData, ConntrackStatus, DefaultsView, InterfaceStatus, ListData,
+        ReloadData, Request, Response, RuleView, StatusData,
     },
     datapath::{self, Generation},
-    model::{Direction, Interfaces, Ruleset, XdpMode},
+    model::{Action, Direction, Interfaces, PacketMeta, PacketProto, Ruleset, XdpMode},
+    sockets,
 };
 
 /// Command-line settings that take precedence over `[daemon]` in the file.
@@ -60,7 +69,13 @@ struct Attached {
     ifname: String,
     mode: &'static str,
     link: XdpLink,
+    /// None only while a reload is moving it.
+    egress: Option<SchedClassifierLink>,
 }
+
+/// Rule names of recent generations, so `fwctl conns` can name the rule that admitted a flow
+/// after the rules were reloaded.
+const RULE_HISTORY: usize = 16;
 
 struct State {
     config_path: PathBuf,
@@ -71,6 +86,25 @@ struct State {
     generation_no: u64,
     started: Instant,
     last_reload: Option<String>,
+    tables: Tables,
+    history: VecDeque<(u32, Vec<String>)>,
+    gc_interval: Arc<AtomicU32>,
+    seeded: usize,
+    adopted: bool,
+}
+
+/// A generation id for the datapath: seconds since the epoch, kept increasing, so ids stay
+/// distinct across reloads and daemon restarts.
+fn next_generation_id(last: u32) -> u32 {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as u32)
+        .unwrap_or(0);
+    now.max(last.wrapping_add(1)).max(1)
+}
+
+fn rule_names(rs: &Ruleset) -> Vec<String> {
+    rs.rules.iter().map(|r| r.name.clone()).collect()
 }
 
 /// Loads and validates the file, with command-line overrides applied.
@@ -125,22 +159,55 @@ pub async fn run(config_path: PathBuf, overrides: Overrides) -> anyhow::Result<(
     // the first.
     ensure_not_running(&ruleset.daemon.control_socket)?;
     let pin_dir = ruleset.daemon.pin_dir.clone();
-    // Declared before everything that pins or attaches, so it is dropped last: whatever way
-    // run() ends, the programs are detached first and then the pins removed.
-    let _pins = PinCleanup(pin_dir.clone());
-    let mut generation = Generation::load(&compiled, &ruleset, &pin_dir)?;
+    datapath::prepare_pin_dir(&pin_dir)?;
+    // A previous daemon that died (or was killed) leaves its links pinned: they go on
+    // enforcing its rules, and this daemon adopts them, its connection table included.
+    let adopting = std::fs::read_dir(pin_dir.join(datapath::LINK_DIR))
+        .map(|mut d| d.next().is_some())
+        .unwrap_or(false);
+    // Declared before everything that pins or attaches, so it is dropped last. On a fresh
+    // start every failure undoes everything; when adopting, a failed start leaves the previous
+    // daemon's enforcement as it was.
+    let mut cleanup = PinCleanup {
+        dir: pin_dir.clone(),
+        armed: !adopting,
+    };
+    let gen_id = next_generation_id(0);
+    let mut generation = Generation::load(&compiled, &ruleset, &pin_dir, gen_id)?;
+    let mut tables = Tables::open(&pin_dir)?;
+
+    // Seed before attaching, so enforcement never starts without the host's connections.
+    let ct_cfg = datapath::ct_config(&ruleset.conntrack, gen_id);
+    let seeded = match sockets::host_flows() {
+        Ok(flows) => tables.seed(&flows, &ct_cfg, conntrack::monotonic_ns()),
+        Err(e) => {
+            warn!("could not list the host's connections to seed the table: {e:#}");
+            0
+        }
+    };
+    info!("seeded the connection table with {seeded} existing connection(s)");
 
     let ifnames = resolve_interfaces(&ruleset.daemon.interfaces)?;
     let mut attached = Vec::new();
-    for ifname in ifnames {
-        let (link, mode) = generation.attach(&ifname, ruleset.daemon.xdp_mode)?;
-        info!("attached to {ifname} ({mode} mode)");
-        attached.push(Attached { ifname, mode, link });
+    for ifname in &ifnames {
+        attached.push(attach_interface(
+            &mut generation,
+            ifname,
+            ruleset.daemon.xdp_mode,
+            &pin_dir,
+        )?);
     }
+    forget_other_links(&pin_dir, &ifnames);
 
     generation.pin(&pin_dir)?;
+    let gc_interval = Arc::new(AtomicU32::new(ruleset.conntrack.gc_interval_secs));
+    conntrack::spawn_expiry(&pin_dir, gc_interval.clone())?;
     let socket_path = ruleset.daemon.control_socket.clone();
     let listener = bind_control_socket(&socket_path, ruleset.daemon.control_group.as_deref())?;
+    // From here on, stopping the daemon detaches the firewall and removes the pins.
+    cleanup.armed = true;
+    let mut history = VecDeque::new();
+    history.push_back((gen_id, rule_names(&ruleset)));
     let mut state = State {
         config_path,
         overrides,
@@ -150,6 +217,11 @@ pub async fn run(config_path: PathBuf, overrides: Overrides) -> anyhow::Result<(
         generation_no: 1,
         started: Instant::now(),
         last_reload: None,
+        tables,
+        history,
+        gc_interval,
+        seeded,
+        adopted: adopting,
     };
 
     let summary = format!(
@@ -174,7 +246,7 @@ pub async fn run(config_path: PathBuf, overrides: Overrides) -> anyhow::Result<(
     loop {
         tokio::select! {
             _ = hup.recv() => {
-                match state.reload() {
+                match state.reload(false) {
                     Ok(d) => info!("reloaded on SIGHUP: {}", summarize(&d)),
                     Err(e) => error!("reload on SIGHUP failed, previous rules stay in force: {e:#}"),
                 }
@@ -200,13 +272,77 @@ pub async fn run(config_path: PathBuf, overrides: Overrides) -> anyhow::Result<(
     Ok(())
 }
 
-/// Removes the daemon's pins when dropped. This version stops enforcing when the daemon
-/// stops, so pins left behind would only mislead.
-struct PinCleanup(PathBuf);
+/// Removes the daemon's pins (and so detaches the firewall) when dropped, if armed. A daemon
+/// stopped by SIGTERM/SIGINT stops enforcing; one that dies without running this (a crash,
+/// SIGKILL) leaves the links pinned and enforcing, for the next daemon to adopt.
+struct PinCleanup {
+    dir: PathBuf,
+    armed: bool,
+}
 
 impl Drop for PinCleanup {
     fn drop(&mut self) {
-        datapath::remove_pins(&self.0);
+        if self.armed {
+            datapath::remove_pins(&self.dir);
+        }
+    }
+}
+
+/// Attaches (or adopts) the egress and XDP programs on one interface and pins both links.
+/// Egress goes first so the host's new flows are recorded before inbound filtering starts.
+fn attach_interface(
+    generation: &mut Generation,
+    ifname: &str,
+    mode: XdpMode,
+    pin_dir: &Path,
+) -> anyhow::Result<Attached> {
+    let egress_pin = datapath::link_pin(pin_dir, "egress", ifname);
+    let egress = match datapath::adopt_egress_link(&egress_pin) {
+        Ok(Some(link)) => generation.replace_egress(link)?,
+        Ok(None) => generation.attach_egress(ifname)?,
+        Err(e) => {
+            warn!("{ifname}: {e:#}; attaching afresh");
+            let _ = std::fs::remove_file(&egress_pin);
+            generation.attach_egress(ifname)?
+        }
+    };
+    let egress = datapath::pin_egress_link(egress, &egress_pin)?;
+    let xdp_pin = datapath::link_pin(pin_dir, "xdp", ifname);
+    let (link, mode) = match datapath::adopt_xdp_link(&xdp_pin) {
+        Ok(Some(link)) => {
+            info!("{ifname}: adopting the pinned attachment of a previous daemon");
+            (generation.replace(link)?, "adopted")
+        }
+        Ok(None) => generation.attach(ifname, mode)?,
+        Err(e) => {
+            warn!("{ifname}: {e:#}; attaching afresh");
+            let _ = std::fs::remove_file(&xdp_pin);
+            generation.attach(ifname, mode)?
+        }
+    };
+    let link = datapath::pin_xdp_link(link, &xdp_pin)?;
+    info!("attached to {ifname} ({mode} mode)");
+    Ok(Attached {
+        ifname: ifname.to_string(),
+        mode,
+        link,
+        egress: Some(egress),
+    })
+}
+
+/// Unpins links a previous daemon left on interfaces this one does not protect (which
+/// detaches them).
+fn forget_other_links(pin_dir: &Path, ifnames: &[String]) {
+    let Ok(dir) = std::fs::read_dir(pin_dir.join(datapath::LINK_DIR)) else {
+        return;
+    };
+    for e in dir.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let ifname = name.split_once('-').map(|(_, i)| i).unwrap_or("");
+        if !ifnames.iter().any(|i| i == ifname) {
+            info!("detaching from {ifname}, which is no longer configured");
+            let _ = std::fs::remove_file(e.path());
+        }
     }
 }
 
@@ -350,7 +486,11 @@ impl State {
                 Ok(s) => Response::ok(s),
                 Err(e) => Response::err(format!("{e:#}")),
             },
-            Request::Reload => match self.reload() {
+            Request::Conns => match self.conns() {
+                Ok(c) => Response::ok(c),
+                Err(e) => Response::err(format!("{e:#}")),
+            },
+            Request::Reload { recheck } => match self.reload(recheck) {
                 Ok(d) => {
                     info!("reloaded on request: {}", summarize(&d));
                     Response::ok(d)
@@ -411,18 +551,176 @@ impl State {
                 .map(|(k, v)| (k.to_string(), v))
                 .collect(),
             warnings: rs.warnings.clone(),
+            conntrack: self.conntrack_status(),
         })
+    }
+
+    fn conntrack_status(&self) -> ConntrackStatus {
+        let (confirmed, unconfirmed) = self.tables.sizes();
+        let c = self.generation.counters().unwrap_or_default();
+        let get = |name: &str| c.get(name).copied().unwrap_or(0);
+        let evicted = get("ct_new_inserted")
+            .saturating_sub(get("ct_new_removed"))
+            .saturating_sub(get("ct_daemon_removed"))
+            .saturating_sub(unconfirmed as u64);
+        ConntrackStatus {
+            confirmed,
+            confirmed_capacity: self.tables.capacity(true),
+            unconfirmed,
+            unconfirmed_capacity: self.tables.capacity(false),
+            evicted,
+            seeded_at_start: self.seeded,
+            adopted: self.adopted,
+        }
+    }
+
+    /// What admitted a flow, in words.
+    fn admitted_by(&self, rule: u32, generation: u32) -> String {
+        use firewall_common::{DEFAULT_RULE, ct, verdict_rule};
+        match rule {
+            ct::RULE_LOCAL => "host (outbound)".into(),
+            ct::RULE_SEEDED => "host socket at start-up".into(),
+            ct::RULE_PICKUP => "host traffic (picked up)".into(),
+            word => {
+                let idx = verdict_rule(word);
+                if idx == DEFAULT_RULE {
+                    return "[defaults] inbound".into();
+                }
+                let name = self
+                    .history
+                    .iter()
+                    .find(|(id, _)| *id == generation)
+                    .and_then(|(_, names)| names.get(idx as usize));
+                match name {
+                    Some(n) if generation == self.generation.id => {
+                        format!("rule {} \"{n}\"", idx + 1)
+                    }
+                    Some(n) => format!("rule {} \"{n}\" (earlier rules)", idx + 1),
+                    None => format!("rule {} (earlier rules)", idx + 1),
+                }
+            }
+        }
+    }
+
+    fn conns(&self) -> anyhow::Result<ConnsData> {
+        use firewall_common::ct::{self, FLAG_DENIED, ORIGIN_LOCAL, state};
+        let now = conntrack::monotonic_ns();
+        let mut connections: Vec<ConnView> = self
+            .tables
+            .flows()
+            .into_iter()
+            .filter(|f| f.entry.expires_ns > now)
+            .map(|f| {
+                let e = &f.entry;
+                let icmp = matches!(f.key.proto, ct::IPPROTO_ICMP | ct::IPPROTO_ICMPV6);
+                let endpoint = |ip: std::net::IpAddr, port: u16| {
+                    if icmp {
+                        ip.to_string()
+                    } else {
+                        std::net::SocketAddr::new(ip, port).to_string()
+                    }
+                };
+                let local = if icmp {
+                    format!("{} id={}", f.local(), f.key.local_port)
+                } else {
+                    endpoint(f.local(), f.key.local_port)
+                };
+                ConnView {
+                    proto: conntrack::proto_name(f.key.proto).into(),
+                    local,
+                    remote: endpoint(f.remote(), f.key.remote_port),
+                    state: state::name(e.state).into(),
+                    origin: if e.origin == ORIGIN_LOCAL {
+                        "local"
+                    } else {
+                        "remote"
+                    }
+                    .into(),
+                    table: if f.confirmed {
+                        "confirmed"
+                    } else {
+                        "unconfirmed"
+                    }
+                    .into(),
+                    age_secs: now.saturating_sub(e.created_ns) / 1_000_000_000,
+                    expires_in_secs: e.expires_ns.saturating_sub(now) / 1_000_000_000,
+                    packets_in: e.packets_in,
+                    packets_out: e.packets_out,
+                    bytes_in: e.bytes_in,
+                    bytes_out: e.bytes_out,
+                    admitted_by: self.admitted_by(e.rule, e.generation),
+                    denied: e.flags & FLAG_DENIED != 0,
+                }
+            })
+            .collect();
+        connections
+            .sort_by(|a, b| (&a.proto, &a.local, &a.remote).cmp(&(&b.proto, &b.local, &b.remote)));
+        Ok(ConnsData { connections })
+    }
+
+    /// Re-judges every tracked flow a remote host opened under the rules now in force; marks
+    /// those they deny. Returns their descriptions.
+    fn recheck(&mut self) -> Vec<String> {
+        use firewall_common::{
+            ACTION_ALLOW, ACTION_REJECT, ACTION_STEALTH, DEFAULT_RULE, ct, verdict,
+        };
+        let now = conntrack::monotonic_ns();
+        let cfg = datapath::ct_config(&self.ruleset.conntrack, self.generation.id);
+        let policy = crate::policy::Policy::new(&self.ruleset);
+        let mut ended = Vec::new();
+        for f in self.tables.flows() {
+            if f.entry.origin != ct::ORIGIN_REMOTE || f.entry.expires_ns <= now {
+                continue;
+            }
+            let proto = match f.key.proto {
+                ct::IPPROTO_TCP => PacketProto::Tcp,
+                ct::IPPROTO_UDP => PacketProto::Udp,
+                _ => continue,
+            };
+            let d = policy.decide(&PacketMeta {
+                remote: f.remote(),
+                proto,
+                local_port: f.key.local_port,
+            });
+            let action = match d.action {
+                Action::Allow => ACTION_ALLOW,
+                Action::Reject => ACTION_REJECT,
+                Action::Stealth => ACTION_STEALTH,
+            };
+            if action == ACTION_ALLOW {
+                continue;
+            }
+            let word = verdict(d.rule.unwrap_or(DEFAULT_RULE), action);
+            if self.tables.deny(&f, word, &cfg, now) {
+                let by = d
+                    .rule
+                    .and_then(|i| self.ruleset.rules.get(i as usize))
+                    .map(|r| format!("rule {} \"{}\"", r.index + 1, r.name))
+                    .unwrap_or_else(|| "[defaults] inbound".into());
+                ended.push(format!(
+                    "{} {} <- {} ({}): {} by {by}",
+                    conntrack::proto_name(f.key.proto),
+                    std::net::SocketAddr::new(f.local(), f.key.local_port),
+                    std::net::SocketAddr::new(f.remote(), f.key.remote_port),
+                    firewall_common::ct::state::name(f.entry.state),
+                    d.action,
+                ));
+            }
+        }
+        ended
     }
 
     /// Builds the new generation completely beside the old one, then switches every interface
     /// to it. Any failure before the switch leaves the old rules untouched.
-    fn reload(&mut self) -> anyhow::Result<ReloadData> {
+    fn reload(&mut self, recheck: bool) -> anyhow::Result<ReloadData> {
         let t0 = Instant::now();
         let new_rules = load_rules(&self.config_path, &self.overrides)?;
         let compiled = compile::compile(&new_rules)
             .with_context(|| format!("{}", self.config_path.display()))?;
         // Pins stay where the running generation has them even if the file moved pin_dir.
-        let mut new_gen = Generation::load(&compiled, &new_rules, &self.ruleset.daemon.pin_dir)?;
+        let pin_dir = self.ruleset.daemon.pin_dir.clone();
+        let new_id = next_generation_id(self.generation.id);
+        let mut new_gen = Generation::load(&compiled, &new_rules, &pin_dir, new_id)?;
         let mut data = control::diff(&self.ruleset, &new_rules);
 
         let old_attached = std::mem::take(&mut self.attached);
@@ -434,23 +732,47 @@ impl State {
                 switched.push((a, false));
                 continue;
             }
-            let Attached { ifname, mode, link } = a;
+            let Attached {
+                ifname,
+                mode,
+                link,
+                egress,
+            } = a;
             match new_gen.replace(link) {
-                Ok(link) => switched.push((Attached { ifname, mode, link }, true)),
+                Ok(link) => switched.push((
+                    Attached {
+                        ifname,
+                        mode,
+                        link,
+                        egress,
+                    },
+                    true,
+                )),
                 Err(e) => {
                     // The link was consumed by the failed update: attach the old program again.
                     match self
                         .generation
                         .attach(&ifname, self.ruleset.daemon.xdp_mode)
                     {
-                        Ok((link, mode)) => switched.push((
-                            Attached {
-                                ifname: ifname.clone(),
-                                mode,
-                                link,
-                            },
-                            false,
-                        )),
+                        Ok((link, mode)) => {
+                            let pin = datapath::link_pin(&pin_dir, "xdp", &ifname);
+                            let link = match datapath::pin_xdp_link(link, &pin) {
+                                Ok(l) => l,
+                                Err(e3) => {
+                                    error!("{ifname}: pinning the re-attached link: {e3:#}");
+                                    continue;
+                                }
+                            };
+                            switched.push((
+                                Attached {
+                                    ifname: ifname.clone(),
+                                    mode,
+                                    link,
+                                    egress,
+                                },
+                                false,
+                            ))
+                        }
                         Err(e2) => {
                             error!("{ifname}: re-attaching the previous rules failed: {e2:#}")
                         }
@@ -463,9 +785,19 @@ impl State {
             // Roll the interfaces already switched back to the old generation.
             for (a, on_new) in switched {
                 if on_new {
-                    let Attached { ifname, mode, link } = a;
+                    let Attached {
+                        ifname,
+                        mode,
+                        link,
+                        egress,
+                    } = a;
                     match self.generation.replace(link) {
-                        Ok(link) => self.attached.push(Attached { ifname, mode, link }),
+                        Ok(link) => self.attached.push(Attached {
+                            ifname,
+                            mode,
+                            link,
+                            egress,
+                        }),
                         Err(e2) => error!("{ifname}: rolling back failed: {e2:#}"),
                     }
                 } else {
@@ -475,12 +807,35 @@ impl State {
             return Err(e);
         }
         self.attached = switched.into_iter().map(|(a, _)| a).collect();
+        // The egress programs only record flows; one that cannot be switched keeps running
+        // the previous generation's copy, which shares the tables.
+        for a in &mut self.attached {
+            if let Some(link) = a.egress.take() {
+                match new_gen.replace_egress(link) {
+                    Ok(link) => a.egress = Some(link),
+                    Err(e) => error!("{}: switching the egress program: {e:#}", a.ifname),
+                }
+            }
+        }
         if let Err(e) = new_gen.pin(&self.ruleset.daemon.pin_dir) {
             warn!("the new rules are in force, but pinning them for inspection failed: {e:#}");
         }
         self.generation = new_gen;
         self.ruleset = new_rules;
         self.generation_no += 1;
+        self.history.push_back((new_id, rule_names(&self.ruleset)));
+        while self.history.len() > RULE_HISTORY {
+            self.history.pop_front();
+        }
+        self.gc_interval
+            .store(self.ruleset.conntrack.gc_interval_secs, Ordering::Relaxed);
+        if recheck {
+            data.rechecked = true;
+            data.ended = self.recheck();
+            for f in &data.ended {
+                info!("recheck ended {f}");
+            }
+        }
         data.generation = self.generation_no;
         data.took_ms = t0.elapsed().as_millis() as u64;
         data.warnings = self.ruleset.warnings.clone();

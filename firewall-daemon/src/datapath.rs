@@ -10,18 +10,26 @@ use std::{collections::BTreeMap, path::Path};
 use anyhow::{Context as _, anyhow, bail};
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap, LpmTrie, MapData, PerCpuArray, lpm_trie::Key},
+    maps::{Array, HashMap, LpmTrie, MapData, MapInfo, PerCpuArray, lpm_trie::Key},
     programs::{
-        NetworkInterface, ProgramError, TestRun as _, TestRunOptions, Xdp, XdpMode as AyaXdpMode,
+        NetworkInterface, ProgramError, SchedClassifier, TcAttachType, TestRun as _,
+        TestRunOptions, Xdp, XdpMode as AyaXdpMode,
+        links::{FdLink, PinnedLink},
+        tc::SchedClassifierLink,
         xdp::{XdpLink, XdpLinkId},
     },
 };
-use firewall_common::{AddrValue, Counter, PairKey, PortValue, globals, maps};
+use firewall_common::{
+    AddrValue, Counter, DEFAULT_RULE, PairKey, PortValue,
+    ct::{CtConfig, state},
+    globals, maps, verdict,
+};
+use log::warn;
 
 use crate::{
     EBPF_OBJECT,
     compile::Compiled,
-    model::{FragmentPolicy, Ruleset, XdpMode},
+    model::{Conntrack, FragmentPolicy, InvalidPolicy, Ruleset, XdpMode},
 };
 
 /// statfs magic of a bpf filesystem.
@@ -53,9 +61,19 @@ const GENERATION_MAPS: [&str; 5] = [
     maps::PAIRS,
     maps::RULE_HITS,
 ];
-const SHARED_MAPS: [&str; 2] = [maps::COUNTERS, maps::REJECT_RATE];
+/// Maps shared by every generation (and kept across daemon restarts while pinned).
+pub const SHARED_MAPS: [&str; 4] = [
+    maps::COUNTERS,
+    maps::REJECT_RATE,
+    maps::CT_EST,
+    maps::CT_NEW,
+];
+/// Directory under the pin directory holding the attachments (bpf links), one per interface
+/// and hook: while pinned they keep enforcing after the daemon is gone.
+pub const LINK_DIR: &str = "links";
 
 /// Removes everything this daemon pins under `pin_dir`, and the directory if it is then empty.
+/// Removing a link's pin detaches it once the daemon's own handle is closed.
 pub fn remove_pins(pin_dir: &Path) {
     for name in std::iter::once(PROGRAM_PIN)
         .chain(GENERATION_MAPS)
@@ -63,17 +81,81 @@ pub fn remove_pins(pin_dir: &Path) {
     {
         let _ = std::fs::remove_file(pin_dir.join(name));
     }
+    let links = pin_dir.join(LINK_DIR);
+    if let Ok(dir) = std::fs::read_dir(&links) {
+        for e in dir.flatten() {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+    let _ = std::fs::remove_dir(&links);
     let _ = std::fs::remove_dir(pin_dir);
+}
+
+/// Capacity of a connection table: the pinned table's if one exists (it is adopted with its
+/// connections; a new size applies once the table is gone), else the configured one.
+fn table_capacity(pin_dir: &Path, name: &str, configured: u32) -> u32 {
+    match MapInfo::from_pin(pin_dir.join(name)) {
+        Ok(info) => {
+            let pinned = info.max_entries();
+            if pinned != configured {
+                warn!(
+                    "{name}: keeping the existing table of {pinned} entries with its connections; \
+                     the configured size {configured} applies after the pinned tables are removed \
+                     (daemon stopped with SIGTERM, or a reboot)"
+                );
+            }
+            pinned
+        }
+        Err(_) => configured,
+    }
+}
+
+/// The tracker's settings as the datapath reads them.
+pub fn ct_config(ct: &Conntrack, generation: u32) -> CtConfig {
+    let t = &ct.timeouts;
+    let mut timeout_ns = [0u64; state::SLOTS];
+    for (s, secs) in [
+        (state::SYN_SENT, t.tcp_syn_sent),
+        (state::SYN_RECV, t.tcp_syn_recv),
+        (state::ESTABLISHED, t.tcp_established),
+        (state::FIN_WAIT, t.tcp_fin_wait),
+        (state::CLOSE_WAIT, t.tcp_close_wait),
+        (state::LAST_ACK, t.tcp_last_ack),
+        (state::TIME_WAIT, t.tcp_time_wait),
+        (state::CLOSE, t.tcp_close),
+        (state::UDP_UNREPLIED, t.udp_unreplied),
+        (state::UDP_REPLIED, t.udp_replied),
+        (state::ICMP_ECHO, t.icmp),
+    ] {
+        timeout_ns[s as usize] = u64::from(secs) * 1_000_000_000;
+    }
+    let action = match ct.invalid {
+        InvalidPolicy::Stealth => firewall_common::ACTION_STEALTH,
+        InvalidPolicy::Reject => firewall_common::ACTION_REJECT,
+    };
+    CtConfig {
+        timeout_ns,
+        invalid_verdict: verdict(DEFAULT_RULE, action),
+        generation,
+    }
 }
 
 pub struct Generation {
     ebpf: Ebpf,
     pub rule_count: u32,
+    /// Identifies this rule set in connection entries ([`firewall_common::ct::CtEntry::generation`]).
+    pub id: u32,
 }
 
 impl Generation {
-    /// Loads a new program + maps for `compiled` and fills the maps. Nothing is attached.
-    pub fn load(compiled: &Compiled, ruleset: &Ruleset, pin_dir: &Path) -> anyhow::Result<Self> {
+    /// Loads new programs + maps for `compiled` and fills the maps. Nothing is attached. `id`
+    /// must differ from the ids of earlier generations whose connections may still be listed.
+    pub fn load(
+        compiled: &Compiled,
+        ruleset: &Ruleset,
+        pin_dir: &Path,
+        id: u32,
+    ) -> anyhow::Result<Self> {
         prepare_pin_dir(pin_dir)?;
         let frag = match ruleset.defaults.fragments {
             FragmentPolicy::Allow => firewall_common::FRAG_ALLOW,
@@ -90,6 +172,14 @@ impl Generation {
             .map_max_entries(maps::ADDR6, n6)
             .map_max_entries(maps::PAIRS, np)
             .map_max_entries(maps::RULE_HITS, rules)
+            .map_max_entries(
+                maps::CT_EST,
+                table_capacity(pin_dir, maps::CT_EST, ruleset.conntrack.table_size),
+            )
+            .map_max_entries(
+                maps::CT_NEW,
+                table_capacity(pin_dir, maps::CT_NEW, ruleset.conntrack.unconfirmed_size),
+            )
             .override_global(globals::DEFAULT_INBOUND, &compiled.default_inbound, true)
             .override_global(globals::FRAGMENTS, &frag, true)
             .override_global(
@@ -104,12 +194,72 @@ impl Generation {
             .context("loading the eBPF object")?;
 
         fill(&mut ebpf, compiled).context("writing the rule maps")?;
+        {
+            let mut cfg: Array<&mut MapData, CtConfig> =
+                Array::try_from(map_mut(&mut ebpf, maps::CT_CONFIG)?)?;
+            cfg.set(0, &ct_config(&ruleset.conntrack, id), 0)
+                .context("writing the conntrack settings")?;
+        }
         let prog = xdp_program(&mut ebpf, firewall_common::XDP_PROGRAM)?;
         prog.load().map_err(verifier_context)?;
+        tc_program(&mut ebpf)?.load().map_err(verifier_context)?;
         Ok(Self {
             ebpf,
             rule_count: compiled.rule_count,
+            id,
         })
+    }
+
+    fn egress(&mut self) -> anyhow::Result<&mut SchedClassifier> {
+        tc_program(&mut self.ebpf)
+    }
+
+    /// Attaches the egress program to `ifname` (TCX where the kernel has it, else a clsact
+    /// qdisc and cls_bpf).
+    pub fn attach_egress(&mut self, ifname: &str) -> anyhow::Result<SchedClassifierLink> {
+        let prog = self.egress()?;
+        let cname =
+            std::ffi::CString::new(ifname).with_context(|| format!("interface name {ifname:?}"))?;
+        let iface = || NetworkInterface::Name(&cname);
+        let id = match prog.attach(iface(), TcAttachType::Egress) {
+            Ok(id) => id,
+            Err(first) => {
+                // Before TCX (Linux 6.6) cls_bpf needs a clsact qdisc; it may already exist.
+                let _ = aya::programs::tc::qdisc_add_clsact(iface());
+                prog.attach(iface(), TcAttachType::Egress).map_err(|e| {
+                    anyhow!("attaching the egress program to {ifname}: {e} (first try: {first})")
+                })?
+            }
+        };
+        prog.take_link(id)
+            .context("taking ownership of the egress link")
+    }
+
+    /// Atomically replaces the program an egress link runs with this generation's.
+    pub fn replace_egress(
+        &mut self,
+        link: SchedClassifierLink,
+    ) -> anyhow::Result<SchedClassifierLink> {
+        let prog = self.egress()?;
+        let id = prog
+            .attach_to_link(link)
+            .context("replacing the egress program (bpf_link_update)")?;
+        prog.take_link(id)
+            .context("taking ownership of the egress link")
+    }
+
+    /// Runs the egress program once on `frame` (BPF_PROG_TEST_RUN); returns its TC action.
+    pub fn test_run_egress(&mut self, frame: &[u8]) -> anyhow::Result<i32> {
+        let prog = self.egress()?;
+        let mut out = vec![0u8; frame.len() + 256];
+        let res = prog
+            .test_run(TestRunOptions {
+                data_in: Some(frame),
+                data_out: Some(&mut out),
+                ..Default::default()
+            })
+            .context("BPF_PROG_TEST_RUN (egress)")?;
+        Ok(res.return_value as i32)
     }
 
     pub fn program(&mut self) -> anyhow::Result<&mut Xdp> {
@@ -240,6 +390,74 @@ fn take(prog: &mut Xdp, id: XdpLinkId) -> anyhow::Result<XdpLink> {
         .context("taking ownership of the XDP link")
 }
 
+fn tc_program(ebpf: &mut Ebpf) -> anyhow::Result<&mut SchedClassifier> {
+    let name = firewall_common::TC_EGRESS_PROGRAM;
+    ebpf.program_mut(name)
+        .ok_or_else(|| anyhow!("program {name} missing from the object"))?
+        .try_into()
+        .with_context(|| format!("{name} is not a TC program"))
+}
+
+/// Where the link of `kind` ("xdp" or "egress") on `ifname` is pinned.
+pub fn link_pin(pin_dir: &Path, kind: &str, ifname: &str) -> std::path::PathBuf {
+    pin_dir.join(LINK_DIR).join(format!("{kind}-{ifname}"))
+}
+
+/// Pins `link` so the attachment outlives the daemon; returns it, still usable.
+pub fn pin_xdp_link(link: XdpLink, path: &Path) -> anyhow::Result<XdpLink> {
+    let fd = FdLink::try_from(link).context("an XDP attachment without a bpf link")?;
+    let pinned = pin_fd_link(fd, path)?;
+    XdpLink::try_from(FdLink::from(pinned)).context("re-opening the pinned XDP link")
+}
+
+/// As [`pin_xdp_link`]; netlink (pre-TCX) attachments cannot be pinned and are returned as
+/// they are.
+pub fn pin_egress_link(
+    link: SchedClassifierLink,
+    path: &Path,
+) -> anyhow::Result<SchedClassifierLink> {
+    if <&FdLink>::try_from(&link).is_err() {
+        return Ok(link);
+    }
+    let fd = FdLink::try_from(link).context("an egress attachment without a bpf link")?;
+    let pinned = pin_fd_link(fd, path)?;
+    SchedClassifierLink::try_from(FdLink::from(pinned)).context("re-opening the pinned egress link")
+}
+
+fn pin_fd_link(fd: FdLink, path: &Path) -> anyhow::Result<PinnedLink> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let _ = std::fs::remove_file(path);
+    fd.pin(path)
+        .with_context(|| format!("pinning the link at {}", path.display()))
+}
+
+/// The XDP link a previous daemon left pinned at `path`, if any.
+pub fn adopt_xdp_link(path: &Path) -> anyhow::Result<Option<XdpLink>> {
+    if !path.exists() {
+        return Ok(None);
+    }
+    let pinned = PinnedLink::from_pin(path)
+        .with_context(|| format!("opening the pinned link {}", path.display()))?;
+    Ok(Some(XdpLink::try_from(FdLink::from(pinned)).with_context(
+        || format!("{} is not an XDP link", path.display()),
+    )?))
+}
+
+/// The egress link a previous daemon left pinned at `path`, if any.
+pub fn adopt_egress_link(path: &Path) -> anyhow::Result<Option<SchedClassifierLink>> {
+    if !path.exists() {
+        return Ok(None);
+    }
+    let pinned = PinnedLink::from_pin(path)
+        .with_context(|| format!("opening the pinned link {}", path.display()))?;
+    Ok(Some(
+        SchedClassifierLink::try_from(FdLink::from(pinned))
+            .with_context(|| format!("{} is not a TCX link", path.display()))?,
+    ))
+}
+
 fn xdp_program<'a>(ebpf: &'a mut Ebpf, name: &str) -> anyhow::Result<&'a mut Xdp> {
     ebpf.program_mut(name)
         .ok_or_else(|| anyhow!("program {name} missing from the object"))?
@@ -253,10 +471,10 @@ fn verifier_context(e: ProgramError) -> anyhow::Error {
             io_error,
             verifier_log,
         } => anyhow!(
-            "the kernel refused the XDP program: {io_error}\nverifier log (tail):\n{}",
+            "the kernel refused an eBPF program: {io_error}\nverifier log (tail):\n{}",
             tail(&verifier_log.to_string(), 40)
         ),
-        other => anyhow::Error::new(other).context("loading the XDP program"),
+        other => anyhow::Error::new(other).context("loading the eBPF program"),
     }
 }
 

@@ -247,6 +247,91 @@ impl Default for RejectLimits {
     }
 }
 
+/// `[conntrack] invalid`: what happens to a TCP segment that is not a SYN and belongs to no
+/// tracked connection (a stray ACK, a late RST, a scan).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum InvalidPolicy {
+    /// Dropped silently.
+    #[default]
+    Stealth,
+    /// Answered with a RST (subject to `[reject]`).
+    Reject,
+}
+
+impl fmt::Display for InvalidPolicy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            InvalidPolicy::Stealth => "stealth",
+            InvalidPolicy::Reject => "reject",
+        })
+    }
+}
+
+/// `[conntrack]`: connection tracking table sizes, policy and timeouts.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Conntrack {
+    /// Most confirmed (established / replied) flows; a plain hash map, never evicted.
+    pub table_size: u32,
+    /// Most unconfirmed flows (TCP handshakes, unreplied UDP, ICMP echo): an LRU map.
+    pub unconfirmed_size: u32,
+    /// Verdict for a TCP segment that is not a SYN and belongs to no tracked connection.
+    pub invalid: InvalidPolicy,
+    /// How often the daemon removes expired entries, in seconds.
+    pub gc_interval_secs: u32,
+    pub timeouts: CtTimeouts,
+}
+
+impl Default for Conntrack {
+    fn default() -> Self {
+        Self {
+            table_size: 262_144,
+            unconfirmed_size: 65_536,
+            invalid: InvalidPolicy::Stealth,
+            gc_interval_secs: 10,
+            timeouts: CtTimeouts::default(),
+        }
+    }
+}
+
+/// `[conntrack.timeouts]`: how long an idle flow stays tracked in each state, in seconds.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct CtTimeouts {
+    pub tcp_syn_sent: u32,
+    pub tcp_syn_recv: u32,
+    pub tcp_established: u32,
+    pub tcp_fin_wait: u32,
+    pub tcp_close_wait: u32,
+    pub tcp_last_ack: u32,
+    pub tcp_time_wait: u32,
+    pub tcp_close: u32,
+    /// UDP flow that has only been seen in one direction.
+    pub udp_unreplied: u32,
+    /// UDP flow that has seen a reply.
+    pub udp_replied: u32,
+    /// ICMP / ICMPv6 echo.
+    pub icmp: u32,
+}
+
+/// Linux `nf_conntrack` defaults.
+impl Default for CtTimeouts {
+    fn default() -> Self {
+        Self {
+            tcp_syn_sent: 120,
+            tcp_syn_recv: 60,
+            tcp_established: 432_000,
+            tcp_fin_wait: 120,
+            tcp_close_wait: 60,
+            tcp_last_ack: 30,
+            tcp_time_wait: 120,
+            tcp_close: 10,
+            udp_unreplied: 30,
+            udp_replied: 120,
+            icmp: 30,
+        }
+    }
+}
+
 /// A parsed, validated `rules.toml`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Ruleset {
@@ -255,6 +340,7 @@ pub struct Ruleset {
     pub daemon: DaemonConfig,
     pub defaults: Defaults,
     pub reject: RejectLimits,
+    pub conntrack: Conntrack,
     /// Named sets, expanded (files read), for `fwctl list`.
     #[serde(skip)]
     pub sets: BTreeMap<String, Vec<IpNet>>,

@@ -51,7 +51,7 @@ fn ten_thousand_distinct_rules() {
     let rs = config::parse(&text, Path::new("many.toml")).expect("parse");
     let c = compile::compile(&rs).expect("compile");
     let fs = BpfFs::new();
-    let mut generation = Generation::load(&c, &rs, &fs.pin_dir("p")).expect("load");
+    let mut generation = Generation::load(&c, &rs, &fs.pin_dir("p"), 1).expect("load");
     eprintln!("10,000 rules: parse+compile+load {:?}", t.elapsed());
     assert_eq!(c.pairs.len(), 10_000);
     for i in [0u32, 1, 4_999, 9_998, 9_999] {
@@ -89,7 +89,7 @@ fn million_address_set() {
     let rs = config::parse(&text, &dir.path().join("rules.toml")).expect("parse");
     let c = compile::compile(&rs).expect("compile");
     let fs = BpfFs::new();
-    let mut generation = Generation::load(&c, &rs, &fs.pin_dir("p")).expect("load");
+    let mut generation = Generation::load(&c, &rs, &fs.pin_dir("p"), 1).expect("load");
     eprintln!(
         "1,000,000-address set: parse+compile+load {:?}",
         t.elapsed()

@@ -18,6 +18,7 @@ use firewall_common::{DEFAULT_RULE, verdict_action, verdict_rule};
 use firewall_daemon::{
     compile::{self, Compiled},
     config::{self, Env},
+    conntrack::Tables,
     datapath::Generation,
     model::{Action, PacketMeta, PacketProto, Ruleset},
     policy::{Decision, Policy},
@@ -112,6 +113,7 @@ struct Fw {
     ruleset: Ruleset,
     compiled: Compiled,
     generation: Generation,
+    tables: Tables,
     text: String,
 }
 
@@ -133,11 +135,12 @@ impl Run {
             .unwrap_or_else(|| panic!("no counter named {name}"))
     }
 
-    /// Counters other than `packets` that moved.
+    /// Counters other than `packets` and the connection table's bookkeeping (`ct_*`) that
+    /// moved.
     fn moved(&self) -> BTreeSet<&'static str> {
         self.counters
             .iter()
-            .filter(|(name, delta)| **name != "packets" && **delta != 0)
+            .filter(|(name, delta)| **name != "packets" && !name.starts_with("ct_") && **delta != 0)
             .map(|(name, _)| *name)
             .collect()
     }
@@ -206,17 +209,22 @@ impl Fw {
     fn load(fs: &BpfFs, text: &str) -> Self {
         let ruleset = parse_rules(text);
         let compiled = compile::compile(&ruleset).expect("compiling the test rules");
-        let generation = Generation::load(&compiled, &ruleset, &fs.pin_dir("fw"))
+        let generation = Generation::load(&compiled, &ruleset, &fs.pin_dir("fw"), 1)
             .unwrap_or_else(|e| panic!("loading a generation: {e:#}\n--- rules ---\n{text}"));
+        let tables = Tables::open(&fs.pin_dir("fw")).expect("opening the connection tables");
         Self {
             ruleset,
             compiled,
             generation,
+            tables,
             text: text.to_owned(),
         }
     }
 
+    /// Runs one frame with an empty connection table, so it is judged by the rules alone
+    /// (tests/conntrack.rs covers the tracked paths).
     fn run(&mut self, frame: &[u8]) -> Run {
+        self.tables.clear();
         let c0 = self.generation.counters().expect("reading counters");
         let h0 = self.generation.rule_hits().expect("reading rule hits");
         let (action, out) = self.generation.test_run(frame).expect("BPF_PROG_TEST_RUN");
@@ -649,16 +657,39 @@ fn table_every_verdict_path() {
 // ---------------------------------------------------------------------------------------------
 // 2. Reject replies.
 
+/// Rejects every new packet by default, and every TCP segment that belongs to no connection
+/// (not a SYN) by `[conntrack] invalid`, which uses the same reply builders.
 fn reject_everything(fs: &BpfFs) -> Fw {
     Fw::load(
         fs,
-        &format!("[defaults]\ninbound = \"reject\"\n{NO_RATE_LIMIT}"),
+        &format!(
+            "[defaults]\ninbound = \"reject\"\n[conntrack]\ninvalid = \"reject\"\n{NO_RATE_LIMIT}"
+        ),
     )
 }
 
 const REJECTED_RST: &[&str] = &["rejected", "default_verdict", "reject_tcp_rst"];
 const REJECTED_ICMP: &[&str] = &["rejected", "default_verdict", "reject_icmp_unreachable"];
 const REJECTED_SILENTLY: &[&str] = &["rejected", "default_verdict", "reject_no_reply"];
+/// The same outcomes for a TCP segment that is not a SYN: decided by `[conntrack] invalid`
+/// (counted under `ct_invalid_no_conn`), not by `[defaults]`.
+const INVALID_REJECTED_RST: &[&str] = &["rejected", "reject_tcp_rst"];
+const INVALID_REJECTED_SILENTLY: &[&str] = &["rejected", "reject_no_reply"];
+
+/// True for a frame the tracker treats as a new connection (a SYN without ACK, FIN or RST),
+/// judged by the rules; other TCP segments without a connection go to `[conntrack] invalid`.
+fn opens_connection(l4: L4) -> bool {
+    matches!(
+        l4,
+        L4::Tcp {
+            syn: true,
+            ack: None,
+            fin: false,
+            rst: false,
+            ..
+        }
+    )
+}
 
 fn tcp(syn: bool, ack: Option<u32>, fin: bool, rst: bool, seq: u32) -> L4 {
     L4::Tcp {
@@ -672,7 +703,12 @@ fn tcp(syn: bool, ack: Option<u32>, fin: bool, rst: bool, seq: u32) -> L4 {
 
 /// Checks a TCP RST built in reply to `request` (from `spec`).
 fn assert_rst(what: &str, spec: &Spec, request: &[u8], run: &Run, seq: u32, ack: u32, flags: u8) {
-    run.assert_outcome(what, XDP_TX, REJECTED_RST);
+    if opens_connection(spec.l4) {
+        run.assert_outcome(what, XDP_TX, REJECTED_RST);
+    } else {
+        run.assert_outcome(what, XDP_TX, INVALID_REJECTED_RST);
+        assert_eq!(run.counter("ct_invalid_no_conn"), 1, "{what}: invalid path");
+    }
     let r = frames::parse_tcp_reply(&run.out);
     let l3 = frames::l3_offset(request);
     assert_eq!(
@@ -824,7 +860,11 @@ fn reject_never_answers_a_rst() {
             let (remote, local) = v4_or_v6(family);
             let spec = Spec::new(remote, local, l4, 22);
             let run = fw.run(&spec.frame());
-            run.assert_outcome(&format!("{family:?} {l4:?}"), XDP_DROP, REJECTED_SILENTLY);
+            run.assert_outcome(
+                &format!("{family:?} {l4:?}"),
+                XDP_DROP,
+                INVALID_REJECTED_SILENTLY,
+            );
         }
     }
 }
@@ -1060,7 +1100,8 @@ fn reject_replies_are_rate_limited_per_source() {
     let fs = BpfFs::new();
     let mut fw = Fw::load(
         &fs,
-        "[defaults]\ninbound = \"reject\"\n[reject]\nrate_per_sec = 1\nburst = 3\n",
+        "[defaults]\ninbound = \"reject\"\n[conntrack]\ninvalid = \"reject\"\n\
+         [reject]\nrate_per_sec = 1\nburst = 3\n",
     );
     const LIMITED: &[&str] = &["rejected", "default_verdict", "reject_rate_limited"];
     for (a, b) in [("10.1.2.3", "10.1.2.4"), ("2001:db8::a", "2001:db8::b")] {
@@ -1096,7 +1137,7 @@ fn reject_replies_are_rate_limited_per_source() {
         // Non-replies do not consume or need tokens: a RST is still a silent no-reply.
         let rst_a = Spec::new(a, local, tcp(false, None, false, true, 1), 22).frame();
         fw.run(&rst_a)
-            .assert_outcome(&format!("{a}: RST"), XDP_DROP, REJECTED_SILENTLY);
+            .assert_outcome(&format!("{a}: RST"), XDP_DROP, INVALID_REJECTED_SILENTLY);
         // Another source has its own budget.
         let syn_b = Spec::new(b, local, L4::SYN, 22).frame();
         fw.run(&syn_b)

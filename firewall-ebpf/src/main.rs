@@ -7,17 +7,21 @@
 #![no_std]
 #![no_main]
 
+mod conntrack;
 mod csum;
 mod parse;
 mod reply;
 
 use aya_ebpf::{
     Global,
-    bindings::xdp_action::{XDP_DROP, XDP_PASS, XDP_TX},
+    bindings::{
+        TC_ACT_OK,
+        xdp_action::{XDP_DROP, XDP_PASS, XDP_TX},
+    },
     helpers::bpf_ktime_get_ns,
-    macros::{map, xdp},
+    macros::{classifier, map, xdp},
     maps::{HashMap, LpmTrie, LruHashMap, PerCpuArray, lpm_trie::Key},
-    programs::XdpContext,
+    programs::{TcContext, XdpContext},
 };
 use firewall_common::{
     ACTION_ALLOW, ACTION_REJECT, AddrValue, Counter, DEFAULT_RULE, FRAG_STEALTH, NO_MATCH,
@@ -62,7 +66,7 @@ static COUNTERS: PerCpuArray<u64> = PerCpuArray::pinned(Counter::COUNT, 0);
 static REJECT_RATE: LruHashMap<RateKey, RateBucket> = LruHashMap::pinned(65536, 0);
 
 #[inline(always)]
-fn count(counter: Counter) {
+pub(crate) fn count(counter: Counter) {
     if let Some(slot) = COUNTERS.get_ptr_mut(counter as u32) {
         // SAFETY: per-CPU slot, the program is not re-entered on this CPU.
         unsafe { *slot += 1 };
@@ -90,7 +94,33 @@ pub fn firewall_xdp(ctx: XdpContext) -> u32 {
                 XDP_PASS
             }
         }
-        Ok(Parsed::Packet(pkt)) => judge(&ctx, &pkt),
+        Ok(Parsed::Packet(pkt)) => {
+            // SAFETY: a helper without preconditions.
+            let now = unsafe { bpf_ktime_get_ns() };
+            match conntrack::inbound(&ctx, &pkt, now) {
+                conntrack::Inbound::Tracked => {
+                    count(Counter::PassTracked);
+                    XDP_PASS
+                }
+                conntrack::Inbound::Related => {
+                    count(Counter::PassRelated);
+                    XDP_PASS
+                }
+                conntrack::Inbound::Invalid => {
+                    count(Counter::DropCtInvalid);
+                    XDP_DROP
+                }
+                conntrack::Inbound::Denied(word) => act(&ctx, &pkt, word),
+                conntrack::Inbound::NoConnection => {
+                    count(Counter::CtInvalidNoConn);
+                    let word = conntrack::config()
+                        .map(|c| c.invalid_verdict)
+                        .unwrap_or(verdict(DEFAULT_RULE, firewall_common::ACTION_STEALTH));
+                    act(&ctx, &pkt, word)
+                }
+                conntrack::Inbound::Unknown => judge(&ctx, &pkt, now),
+            }
+        }
         Err(reason) => {
             count(reason);
             XDP_DROP
@@ -152,7 +182,7 @@ fn min(a: u32, b: u32) -> u32 {
 }
 
 #[inline(always)]
-fn judge(ctx: &XdpContext, pkt: &Packet) -> u32 {
+fn judge(ctx: &XdpContext, pkt: &Packet, now: u64) -> u32 {
     let mut word = classify(pkt);
     if word == NO_MATCH {
         word = DEFAULT_INBOUND.load();
@@ -161,6 +191,15 @@ fn judge(ctx: &XdpContext, pkt: &Packet) -> u32 {
         // SAFETY: per-CPU slot.
         unsafe { *hits += 1 };
     }
+    if verdict_action(word) == ACTION_ALLOW {
+        conntrack::admit(ctx, pkt, word, now);
+    }
+    act(ctx, pkt, word)
+}
+
+/// Carries out a verdict word's action.
+#[inline(always)]
+fn act(ctx: &XdpContext, pkt: &Packet, word: u32) -> u32 {
     match verdict_action(word) {
         ACTION_ALLOW => {
             count(Counter::Allowed);
@@ -256,6 +295,28 @@ fn take_reply_token(remote: &Addr) -> bool {
 fn min64(a: u64, b: u64) -> u64 {
     if a < b { a } else { b }
 }
+
+/// Egress: records the flows the host opens, so their replies pass the XDP program, and
+/// follows the state of every tracked flow. It never drops (outbound rules are not enforced).
+#[classifier]
+pub fn firewall_egress(ctx: TcContext) -> i32 {
+    count(Counter::EgressPackets);
+    let len = ctx.len();
+    // Headers of locally built packets are normally in the linear area; pull them if not.
+    let want = if len < EGRESS_PULL { len } else { EGRESS_PULL };
+    if ctx.data_end() - ctx.data() < want as usize {
+        let _ = ctx.pull_data(want);
+    }
+    if let Ok(Parsed::Packet(pkt)) = parse::parse(&ctx) {
+        // SAFETY: a helper without preconditions.
+        let now = unsafe { bpf_ktime_get_ns() };
+        conntrack::outbound(&pkt, len as u64, now);
+    }
+    TC_ACT_OK
+}
+
+/// Bytes the egress program needs linear: Ethernet + VLANs + IPv6 with extension headers + TCP.
+const EGRESS_PULL: u32 = 192;
 
 /// Passes everything: attached to veth peers in tests (native XDP_TX on veth is only delivered
 /// when the peer has an XDP program) and measured as the floor of the benchmarks.

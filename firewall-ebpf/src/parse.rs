@@ -13,7 +13,7 @@
 
 use core::mem;
 
-use aya_ebpf::programs::XdpContext;
+use aya_ebpf::programs::{TcContext, XdpContext};
 use firewall_common::{Counter, PROTO_ICMP, PROTO_OTHER, PROTO_TCP, PROTO_UDP};
 use network_types::{
     eth::EthHdr,
@@ -63,10 +63,53 @@ impl Addr {
             Addr::V6(a) => *a,
         }
     }
+
+    /// [`Addr::mapped`], written in place.
+    #[inline(always)]
+    pub fn write_mapped(&self, out: &mut [u8; 16]) {
+        match self {
+            Addr::V4(a) => {
+                *out = [0; 16];
+                out[10] = 0xff;
+                out[11] = 0xff;
+                out[12..16].copy_from_slice(a);
+            }
+            Addr::V6(a) => *out = *a,
+        }
+    }
+}
+
+/// A frame the parser can read: XDP frames and (egress) socket buffers.
+pub trait Frame {
+    fn data(&self) -> usize;
+    fn data_end(&self) -> usize;
+}
+
+impl Frame for XdpContext {
+    #[inline(always)]
+    fn data(&self) -> usize {
+        XdpContext::data(self)
+    }
+    #[inline(always)]
+    fn data_end(&self) -> usize {
+        XdpContext::data_end(self)
+    }
+}
+
+impl Frame for TcContext {
+    #[inline(always)]
+    fn data(&self) -> usize {
+        TcContext::data(self)
+    }
+    #[inline(always)]
+    fn data_end(&self) -> usize {
+        TcContext::data_end(self)
+    }
 }
 
 /// What the classifier and the reply builders need, copied out of the frame so replies can
-/// overwrite the headers they were read from.
+/// overwrite the headers they were read from. `remote` is the source address and `local` the
+/// destination, as seen on receive; the egress program swaps them.
 pub struct Packet {
     pub l3_off: usize,
     pub l4_off: usize,
@@ -81,6 +124,9 @@ pub struct Packet {
     pub tcp_ack: u32,
     /// Bytes of TCP payload (from the IP length fields).
     pub tcp_payload: u32,
+    /// ICMP/ICMPv6 type, and the echo identifier (bytes 4-5 of the header).
+    pub icmp_type: u8,
+    pub icmp_id: u16,
     /// Destination MAC is a group address (broadcast/multicast).
     pub l2_multicast: bool,
 }
@@ -96,7 +142,7 @@ pub enum Parsed {
 }
 
 #[inline(always)]
-pub fn ptr_at<T>(ctx: &XdpContext, off: usize) -> Option<*const T> {
+pub fn ptr_at<T, F: Frame>(ctx: &F, off: usize) -> Option<*const T> {
     let start = ctx.data();
     let end = ctx.data_end();
     if start + off + mem::size_of::<T>() > end {
@@ -107,7 +153,7 @@ pub fn ptr_at<T>(ctx: &XdpContext, off: usize) -> Option<*const T> {
 
 #[inline(always)]
 pub fn ptr_at_mut<T>(ctx: &XdpContext, off: usize) -> Option<*mut T> {
-    ptr_at::<T>(ctx, off).map(|p| p as *mut T)
+    ptr_at::<T, XdpContext>(ctx, off).map(|p| p as *mut T)
 }
 
 #[inline(always)]
@@ -121,7 +167,7 @@ fn is_vlan(ether_type: u16) -> bool {
 }
 
 #[inline(always)]
-pub fn parse(ctx: &XdpContext) -> Result<Parsed, Counter> {
+pub fn parse<F: Frame>(ctx: &F) -> Result<Parsed, Counter> {
     let eth: *const EthHdr = ptr_at(ctx, 0).ok_or(Counter::DropMalformedL2)?;
     // SAFETY: bounds checked by ptr_at.
     let (dst_mac0, mut ether_type) =
@@ -149,7 +195,7 @@ pub fn parse(ctx: &XdpContext) -> Result<Parsed, Counter> {
 }
 
 #[inline(always)]
-fn parse_v4(ctx: &XdpContext, off: usize, l2_multicast: bool) -> Result<Parsed, Counter> {
+fn parse_v4<F: Frame>(ctx: &F, off: usize, l2_multicast: bool) -> Result<Parsed, Counter> {
     let ip: *const Ipv4Hdr = ptr_at(ctx, off).ok_or(Counter::DropMalformedIpv4)?;
     // SAFETY: bounds checked by ptr_at.
     let ip = unsafe { *ip };
@@ -177,7 +223,7 @@ fn parse_v4(ctx: &XdpContext, off: usize, l2_multicast: bool) -> Result<Parsed, 
 }
 
 #[inline(always)]
-fn parse_v6(ctx: &XdpContext, off: usize, l2_multicast: bool) -> Result<Parsed, Counter> {
+fn parse_v6<F: Frame>(ctx: &F, off: usize, l2_multicast: bool) -> Result<Parsed, Counter> {
     let ip: *const Ipv6Hdr = ptr_at(ctx, off).ok_or(Counter::DropMalformedIpv6)?;
     // SAFETY: bounds checked by ptr_at.
     let ip = unsafe { *ip };
@@ -252,8 +298,8 @@ fn icmp6_essential(icmp_type: u8) -> bool {
     reason = "one call site per family, inlined"
 )]
 #[inline(always)]
-fn transport(
-    ctx: &XdpContext,
+fn transport<F: Frame>(
+    ctx: &F,
     l3_off: usize,
     l4_off: usize,
     l4_len: u32,
@@ -275,6 +321,8 @@ fn transport(
         tcp_seq: 0,
         tcp_ack: 0,
         tcp_payload: 0,
+        icmp_type: 0,
+        icmp_id: 0,
         l2_multicast,
     };
     match ip_proto {
@@ -316,6 +364,8 @@ fn transport(
                 return Ok(Parsed::IcmpEssential);
             }
             pkt.proto = PROTO_ICMP;
+            pkt.icmp_type = h[0];
+            pkt.icmp_id = be16([h[4], h[5]]);
         }
         IPPROTO_ICMPV6 if is_v6 => {
             let h: *const [u8; ICMP_HDR_LEN] =
@@ -326,6 +376,8 @@ fn transport(
                 return Ok(Parsed::IcmpEssential);
             }
             pkt.proto = PROTO_ICMP;
+            pkt.icmp_type = h[0];
+            pkt.icmp_id = be16([h[4], h[5]]);
         }
         _ => {}
     }

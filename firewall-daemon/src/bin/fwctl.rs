@@ -8,7 +8,7 @@ use std::{path::PathBuf, process::ExitCode, time::Duration};
 use clap::{Parser, Subcommand};
 use firewall_daemon::{
     compile, config,
-    control::{self, ClientError, ListData, ReloadData, Request, StatusData},
+    control::{self, ClientError, ConnsData, ListData, ReloadData, Request, StatusData},
     model::Direction,
 };
 
@@ -19,7 +19,8 @@ const DEFAULT_SOCKET: &str = "/run/firewall/control.sock";
     version,
     about = "Control the host firewall daemon",
     after_help = "Examples:\n  \
-    fwctl status\n  fwctl list --json\n  fwctl check /etc/firewall/rules.toml\n  fwctl reload\n\n\
+    fwctl status\n  fwctl list --json\n  fwctl check /etc/firewall/rules.toml\n  fwctl reload\n  \
+    fwctl conns\n\n\
     Exit codes: 0 ok, 1 invalid rules or request refused, 2 usage, 3 daemon unreachable, \
     4 permission denied."
 )]
@@ -51,8 +52,21 @@ enum Cmd {
     },
     /// Re-read the daemon's rules file and switch to it atomically; an invalid file changes
     /// nothing and its error is printed.
-    #[command(after_help = "Example:\n  fwctl reload")]
+    #[command(after_help = "Example:\n  fwctl reload\n  fwctl reload --recheck")]
     Reload {
+        #[arg(long)]
+        json: bool,
+        /// Also re-judge tracked inbound connections under the new rules, and end those the
+        /// new rules deny (their packets get the denying rule's action from then on).
+        #[arg(long)]
+        recheck: bool,
+    },
+    /// Tracked connections: protocol, both endpoints, state, age, time left, packets and
+    /// bytes each way, and what admitted them (like `conntrack -L`).
+    #[command(
+        after_help = "Example:\n  fwctl conns\n  fwctl conns --json | jq '.connections[] | select(.state == \"ESTABLISHED\")'"
+    )]
+    Conns {
         #[arg(long)]
         json: bool,
     },
@@ -125,7 +139,13 @@ fn run(args: &Args) -> Result<ExitCode, Failure> {
         Cmd::Check { file } => return Ok(check(file)),
         Cmd::List { json } => show(args, Request::List, *json, print_list)?,
         Cmd::Status { json } => show(args, Request::Status, *json, print_status)?,
-        Cmd::Reload { json } => show(args, Request::Reload, *json, print_reload)?,
+        Cmd::Reload { json, recheck } => show(
+            args,
+            Request::Reload { recheck: *recheck },
+            *json,
+            print_reload,
+        )?,
+        Cmd::Conns { json } => show(args, Request::Conns, *json, print_conns)?,
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -255,6 +275,21 @@ fn print_status(s: &StatusData) {
     if let Some(r) = &s.last_reload {
         println!("last reload: {r}");
     }
+    let c = &s.conntrack;
+    println!(
+        "connections: {} confirmed (of {}), {} unconfirmed (of {}), {} evicted; {} seeded at start{}",
+        c.confirmed,
+        c.confirmed_capacity,
+        c.unconfirmed,
+        c.unconfirmed_capacity,
+        c.evicted,
+        c.seeded_at_start,
+        if c.adopted {
+            "; adopted the pinned state of a previous daemon"
+        } else {
+            ""
+        }
+    );
     println!("counters:");
     for (k, v) in &s.counters {
         println!("  {k:<26} {v}");
@@ -291,4 +326,63 @@ fn print_reload(d: &ReloadData) {
     for w in &d.warnings {
         println!("warning: {w}");
     }
+    if d.rechecked {
+        if d.ended.is_empty() {
+            println!("recheck: every tracked connection is still allowed");
+        } else {
+            println!(
+                "recheck: ended {} connection(s) the new rules deny:",
+                d.ended.len()
+            );
+            for e in &d.ended {
+                println!("  x {e}");
+            }
+        }
+    }
+}
+
+fn human_bytes(b: u64) -> String {
+    match b {
+        0..1024 => format!("{b}B"),
+        1024..1_048_576 => format!("{:.1}K", b as f64 / 1024.0),
+        1_048_576..1_073_741_824 => format!("{:.1}M", b as f64 / 1_048_576.0),
+        _ => format!("{:.1}G", b as f64 / 1_073_741_824.0),
+    }
+}
+
+fn print_conns(d: &ConnsData) {
+    if d.connections.is_empty() {
+        println!("no tracked connections");
+        return;
+    }
+    let w = |f: fn(&control::ConnView) -> usize, min: usize| {
+        d.connections.iter().map(f).max().unwrap_or(0).max(min)
+    };
+    let wl = w(|c| c.local.len(), 5);
+    let wr = w(|c| c.remote.len(), 6);
+    println!(
+        "{:<6} {:<wl$} {:<wr$} {:<11} {:>8} {:>9} {:>15} {:>17}  ADMITTED BY",
+        "PROTO", "LOCAL", "REMOTE", "STATE", "AGE", "TIMEOUT", "PKTS IN/OUT", "BYTES IN/OUT"
+    );
+    for c in &d.connections {
+        let state = if c.denied {
+            format!("{}!", c.state)
+        } else {
+            c.state.clone()
+        };
+        println!(
+            "{:<6} {:<wl$} {:<wr$} {:<11} {:>7}s {:>8}s {:>15} {:>17}  {}{}",
+            c.proto,
+            c.local,
+            c.remote,
+            state,
+            c.age_secs,
+            c.expires_in_secs,
+            format!("{}/{}", c.packets_in, c.packets_out),
+            format!("{}/{}", human_bytes(c.bytes_in), human_bytes(c.bytes_out)),
+            c.admitted_by,
+            if c.denied { " (denied by recheck)" } else { "" }
+        );
+    }
+    println!("{} connection(s)", d.connections.len());
 }

@@ -1,0 +1,363 @@
+//! The connection table seen from the daemon: listing (`fwctl conns`), expiry, seeding from the
+//! host's sockets at start-up, and re-judging flows after a reload (`fwctl reload --recheck`).
+//!
+//! The tables are opened from their pins, independently of any program generation, so the
+//! expiry thread has handles of its own. Deleting an entry the datapath is updating at the
+//! same moment is safe (the kernel's hash maps are RCU-protected); at worst a flow that was
+//! just refreshed is forgotten and, for TCP, picked up again by the egress program or judged
+//! as a new packet.
+
+use std::{
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    path::Path,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU32, Ordering},
+    },
+    time::Duration,
+};
+
+use anyhow::{Context as _, anyhow};
+use aya::maps::{HashMap, Map, MapData, PerCpuArray, PerCpuValues};
+use firewall_common::{
+    Counter,
+    ct::{
+        self, CtConfig, CtEntry, CtKey, FLAG_DENIED, FLAG_FIN_LOCAL, FLAG_FIN_REMOTE, ORIGIN_LOCAL,
+        ORIGIN_REMOTE, state,
+    },
+    maps,
+};
+use log::{debug, warn};
+
+use crate::sockets::{HostFlow, SockProto, TcpState};
+
+/// CLOCK_MONOTONIC in nanoseconds: the clock of `bpf_ktime_get_ns`.
+pub fn monotonic_ns() -> u64 {
+    match nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC) {
+        Ok(ts) => ts.tv_sec() as u64 * 1_000_000_000 + ts.tv_nsec() as u64,
+        Err(_) => 0,
+    }
+}
+
+/// One tracked flow.
+#[derive(Clone, Debug)]
+pub struct Flow {
+    pub key: CtKey,
+    pub entry: CtEntry,
+    /// In the confirmed table (else the unconfirmed LRU table).
+    pub confirmed: bool,
+}
+
+impl Flow {
+    pub fn local(&self) -> IpAddr {
+        addr(self.key.local)
+    }
+    pub fn remote(&self) -> IpAddr {
+        addr(self.key.remote)
+    }
+}
+
+/// `::ffff:a.b.c.d` back to IPv4.
+pub fn addr(a: [u8; 16]) -> IpAddr {
+    let v6 = Ipv6Addr::from(a);
+    match v6.to_ipv4_mapped() {
+        Some(v4) => IpAddr::V4(v4),
+        None => IpAddr::V6(v6),
+    }
+}
+
+fn mapped(ip: IpAddr) -> [u8; 16] {
+    match ip {
+        IpAddr::V4(a) => a.to_ipv6_mapped().octets(),
+        IpAddr::V6(a) => a.octets(),
+    }
+}
+
+type Table = HashMap<MapData, CtKey, CtEntry>;
+
+/// Serialises the daemon's read-modify-write of its counter slot (main thread and expiry
+/// thread).
+static COUNTER_LOCK: Mutex<()> = Mutex::new(());
+
+pub struct Tables {
+    est: Table,
+    new: Table,
+    counters: PerCpuArray<MapData, u64>,
+    est_capacity: u32,
+    new_capacity: u32,
+}
+
+fn open_table(pin_dir: &Path, name: &str) -> anyhow::Result<Table> {
+    let data = MapData::from_pin(pin_dir.join(name))
+        .with_context(|| format!("opening the pinned map {name}"))?;
+    let map = Map::from_map_data(data).with_context(|| format!("map {name}"))?;
+    Table::try_from(map).with_context(|| format!("map {name} has an unexpected layout"))
+}
+
+impl Tables {
+    /// Opens the pinned tables (they exist once a generation has been loaded).
+    pub fn open(pin_dir: &Path) -> anyhow::Result<Self> {
+        let counters = MapData::from_pin(pin_dir.join(maps::COUNTERS))
+            .context("opening the pinned counters")?;
+        let counters = PerCpuArray::try_from(Map::from_map_data(counters)?)
+            .context("counters map has an unexpected layout")?;
+        let capacity = |name: &str| {
+            aya::maps::MapInfo::from_pin(pin_dir.join(name))
+                .map(|i| i.max_entries())
+                .unwrap_or(0)
+        };
+        Ok(Self {
+            est: open_table(pin_dir, maps::CT_EST)?,
+            new: open_table(pin_dir, maps::CT_NEW)?,
+            counters,
+            est_capacity: capacity(maps::CT_EST),
+            new_capacity: capacity(maps::CT_NEW),
+        })
+    }
+
+    /// Capacity of the confirmed (`true`) or unconfirmed table.
+    pub fn capacity(&self, confirmed: bool) -> u32 {
+        if confirmed {
+            self.est_capacity
+        } else {
+            self.new_capacity
+        }
+    }
+
+    /// Every entry of both tables (expired ones included; see [`CtEntry::expires_ns`]).
+    pub fn flows(&self) -> Vec<Flow> {
+        let mut out = Vec::new();
+        for (table, confirmed) in [(&self.est, true), (&self.new, false)] {
+            for item in table.iter() {
+                match item {
+                    Ok((key, entry)) => out.push(Flow {
+                        key,
+                        entry,
+                        confirmed,
+                    }),
+                    // An entry deleted while we walk: skip it.
+                    Err(e) => debug!("walking the connection table: {e}"),
+                }
+            }
+        }
+        out
+    }
+
+    /// Number of entries in (confirmed, unconfirmed).
+    pub fn sizes(&self) -> (usize, usize) {
+        (self.est.keys().count(), self.new.keys().count())
+    }
+
+    fn remove(&mut self, key: &CtKey, confirmed: bool) -> bool {
+        let t = if confirmed {
+            &mut self.est
+        } else {
+            &mut self.new
+        };
+        t.remove(key).is_ok()
+    }
+
+    /// Deletes every entry (tests that judge packets one at a time, statelessly).
+    pub fn clear(&mut self) {
+        for f in self.flows() {
+            self.remove(&f.key, f.confirmed);
+        }
+    }
+
+    /// Deletes entries that expired before `now_ns`; returns how many.
+    pub fn expire(&mut self, now_ns: u64) -> u64 {
+        let expired: Vec<(CtKey, bool)> = self
+            .flows()
+            .into_iter()
+            .filter(|f| f.entry.expires_ns <= now_ns)
+            .map(|f| (f.key, f.confirmed))
+            .collect();
+        let (mut confirmed_removed, mut unconfirmed_removed) = (0, 0);
+        for (key, confirmed) in expired {
+            // Re-check: the datapath may have refreshed it since the walk.
+            let t = if confirmed { &self.est } else { &self.new };
+            if let Ok(e) = t.get(&key, 0)
+                && e.expires_ns <= now_ns
+                && self.remove(&key, confirmed)
+            {
+                if confirmed {
+                    confirmed_removed += 1;
+                } else {
+                    unconfirmed_removed += 1;
+                }
+            }
+        }
+        self.add_to_counter(Counter::CtDaemonRemovedConfirmed, confirmed_removed);
+        self.add_to_counter(Counter::CtDaemonRemoved, unconfirmed_removed);
+        confirmed_removed + unconfirmed_removed
+    }
+
+    /// Adds `n` to one of the daemon's counter slots (no datapath program writes them).
+    fn add_to_counter(&mut self, counter: Counter, n: u64) {
+        if n == 0 {
+            return;
+        }
+        let _guard = COUNTER_LOCK.lock();
+        let slot = counter as u32;
+        let res = self.counters.get(&slot, 0).and_then(|values| {
+            let mut v: Vec<u64> = values.iter().copied().collect();
+            if let Some(first) = v.first_mut() {
+                *first += n;
+            }
+            let values = PerCpuValues::try_from(v)?;
+            self.counters.set(slot, values, 0)
+        });
+        if let Err(e) = res {
+            warn!("updating the removed-entries counter: {e}");
+        }
+    }
+
+    /// Inserts the host's existing connections (those the table does not know yet), so that
+    /// enforcement starting or restarting does not cut them. Returns how many were added. They
+    /// go to the confirmed table whatever their state: they are the host's own sockets, and
+    /// must not be evicted by a flood.
+    pub fn seed(&mut self, flows: &[HostFlow], cfg: &CtConfig, now_ns: u64) -> usize {
+        let mut added = 0;
+        for f in flows {
+            let Some((key, entry)) = seed_entry(f, cfg, now_ns) else {
+                continue;
+            };
+            let known = self.est.get(&key, 0).is_ok() || self.new.get(&key, 0).is_ok();
+            if known {
+                continue;
+            }
+            match self.est.insert(&key, &entry, 0) {
+                Ok(()) => added += 1,
+                Err(e) => warn!(
+                    "seeding {} {} -> {}: {e}",
+                    proto_name(key.proto),
+                    f.local,
+                    f.remote
+                ),
+            }
+        }
+        added
+    }
+
+    /// Marks a flow as denied by the rules now in force: the XDP program applies `word`'s
+    /// action to its packets from now on (rather than forgetting the flow, which the egress
+    /// program would pick up again as soon as the host sent on it). The mark lasts while the
+    /// host keeps sending, then expires.
+    pub fn deny(&mut self, flow: &Flow, word: u32, cfg: &CtConfig, now_ns: u64) -> bool {
+        let mut e = flow.entry;
+        if e.flags & FLAG_DENIED != 0 {
+            return false;
+        }
+        e.flags |= FLAG_DENIED;
+        e.rule = word;
+        e.generation = cfg.generation;
+        e.expires_ns = now_ns + cfg.timeout_ns[state::CLOSE as usize];
+        let table = if flow.confirmed {
+            &mut self.est
+        } else {
+            &mut self.new
+        };
+        table.insert(&flow.key, &e, 0).is_ok()
+    }
+}
+
+/// The table entry for one of the host's sockets. Loopback flows never cross the protected
+/// interfaces and are skipped.
+fn seed_entry(f: &HostFlow, cfg: &CtConfig, now_ns: u64) -> Option<(CtKey, CtEntry)> {
+    if f.local.ip().is_loopback() || f.remote.ip().is_loopback() {
+        return None;
+    }
+    let (proto, st, origin, flags) = match f.proto {
+        SockProto::Udp => (ct::IPPROTO_UDP, state::UDP_REPLIED, ORIGIN_LOCAL, 0),
+        SockProto::Tcp => {
+            let (st, origin, flags) = match f.tcp_state? {
+                TcpState::SynSent => (state::SYN_SENT, ORIGIN_LOCAL, 0),
+                TcpState::SynRecv => (state::SYN_RECV, ORIGIN_REMOTE, 0),
+                TcpState::Established => (state::ESTABLISHED, ORIGIN_LOCAL, 0),
+                TcpState::FinWait1 | TcpState::FinWait2 | TcpState::Closing => {
+                    (state::FIN_WAIT, ORIGIN_LOCAL, FLAG_FIN_LOCAL)
+                }
+                TcpState::CloseWait => (state::CLOSE_WAIT, ORIGIN_LOCAL, FLAG_FIN_REMOTE),
+                TcpState::LastAck => (
+                    state::LAST_ACK,
+                    ORIGIN_LOCAL,
+                    FLAG_FIN_LOCAL | FLAG_FIN_REMOTE,
+                ),
+                TcpState::TimeWait => (state::TIME_WAIT, ORIGIN_LOCAL, 0),
+                TcpState::Close => return None,
+            };
+            (ct::IPPROTO_TCP, st, origin, flags)
+        }
+    };
+    let key = CtKey {
+        local: mapped(canonical(f.local.ip())),
+        remote: mapped(canonical(f.remote.ip())),
+        local_port: f.local.port(),
+        remote_port: f.remote.port(),
+        proto,
+        _pad: [0; 3],
+    };
+    let entry = CtEntry {
+        created_ns: now_ns,
+        expires_ns: now_ns + cfg.timeout_ns[st as usize],
+        packets_in: 0,
+        packets_out: 0,
+        bytes_in: 0,
+        bytes_out: 0,
+        rule: ct::RULE_SEEDED,
+        generation: cfg.generation,
+        remote_next: 0,
+        local_next: 0,
+        state: st,
+        origin,
+        flags,
+        _pad: [0; 5],
+    };
+    Some((key, entry))
+}
+
+fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(a) => a.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
+        v4 => v4,
+    }
+}
+
+pub fn proto_name(proto: u8) -> &'static str {
+    match proto {
+        ct::IPPROTO_TCP => "tcp",
+        ct::IPPROTO_UDP => "udp",
+        ct::IPPROTO_ICMP => "icmp",
+        ct::IPPROTO_ICMPV6 => "icmpv6",
+        _ => "other",
+    }
+}
+
+/// The unspecified address of `ip`'s family.
+pub fn unspecified(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+        IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+    }
+}
+
+/// Starts the expiry thread: every `interval_secs` (re-read each round, so a reload can change
+/// it) it deletes expired entries. It has its own handles on the pinned tables, so the daemon's
+/// main loop (control socket, reloads) never waits for it.
+pub fn spawn_expiry(pin_dir: &Path, interval_secs: Arc<AtomicU32>) -> anyhow::Result<()> {
+    let mut tables = Tables::open(pin_dir)?;
+    std::thread::Builder::new()
+        .name("ct-expiry".into())
+        .spawn(move || {
+            loop {
+                let secs = interval_secs.load(Ordering::Relaxed).max(1);
+                std::thread::sleep(Duration::from_secs(u64::from(secs)));
+                let n = tables.expire(monotonic_ns());
+                if n > 0 {
+                    debug!("removed {n} expired connection(s)");
+                }
+            }
+        })
+        .map(|_| ())
+        .map_err(|e| anyhow!("starting the expiry thread: {e}"))
+}

@@ -1,0 +1,520 @@
+//! The connection table, as the datapath uses it.
+//!
+//! Two tables hold flows, keyed from the host's point of view:
+//! - `CT_NEW`, an LRU hash, holds unconfirmed flows (TCP handshakes, unreplied UDP, ICMP echo).
+//!   Anyone can create entries here by sending SYNs to an allowed port, so it is the table
+//!   that churns under a flood.
+//! - `CT_EST`, a plain hash, holds confirmed flows (a completed handshake, a replied UDP
+//!   flow). Creating one takes a real two-way exchange, so a spoofed flood cannot reach it,
+//!   and it never evicts: when it is full, a newly confirmed flow stays in `CT_NEW` (counted).
+//!
+//! Both are pinned by name and shared by every generation of the programs, so reloads and
+//! daemon restarts keep the connections. Entries expire by time (`expires_ns`); the datapath
+//! ignores expired entries and the daemon deletes them.
+
+use aya_ebpf::{
+    bindings::{BPF_EXIST, BPF_NOEXIST},
+    macros::map,
+    maps::{Array, HashMap, LruHashMap, PerCpuArray},
+};
+use firewall_common::{
+    Counter,
+    ct::{
+        self, CtConfig, CtEntry, CtKey, FLAG_LOCAL_SEQ, FLAG_REMOTE_SEQ, IPPROTO_ICMP,
+        IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, ORIGIN_LOCAL, ORIGIN_REMOTE, outcome, state,
+    },
+};
+
+use crate::{
+    count,
+    parse::{Addr, Packet},
+};
+
+#[map]
+static CT_EST: HashMap<CtKey, CtEntry> = HashMap::pinned(1, 0);
+#[map]
+static CT_NEW: LruHashMap<CtKey, CtEntry> = LruHashMap::pinned(1, 0);
+#[map]
+static CT_CONFIG: Array<CtConfig> = Array::with_max_entries(1, 0);
+
+/// Per-CPU room for the key and entry being built: the XDP program's stack (512 bytes) is
+/// already used by parsing and replies.
+#[repr(C)]
+pub struct Scratch {
+    key: CtKey,
+    entry: CtEntry,
+}
+
+#[map]
+static CT_SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
+
+#[inline(always)]
+fn scratch() -> Option<&'static mut Scratch> {
+    // SAFETY: per-CPU value; the program is not re-entered on this CPU while it runs.
+    CT_SCRATCH.get_ptr_mut(0).map(|p| unsafe { &mut *p })
+}
+
+/// ICMP echo request / reply types, IPv4 and IPv6.
+const ICMP_ECHO_REQUEST: u8 = 8;
+const ICMP_ECHO_REPLY: u8 = 0;
+const ICMPV6_ECHO_REQUEST: u8 = 128;
+const ICMPV6_ECHO_REPLY: u8 = 129;
+
+/// What the table says about an inbound packet.
+pub enum Inbound {
+    /// A packet of a tracked flow: pass without the rules.
+    Tracked,
+    /// An ICMP error about a tracked flow: pass.
+    Related,
+    /// A packet of a tracked flow that its state does not allow: drop.
+    Invalid,
+    /// A flow the rules in force deny (`fwctl reload --recheck`): apply this verdict word.
+    Denied(u32),
+    /// TCP, not a SYN, no flow: judged by `[conntrack] invalid`.
+    NoConnection,
+    /// Not tracked: judge by the rules (and [`admit`] if they allow).
+    Unknown,
+}
+
+/// The settings of the rule set in force; `None` until the daemon has written them
+/// (generation ids start at 1), in which case nothing is tracked.
+#[inline(always)]
+pub fn config() -> Option<&'static CtConfig> {
+    CT_CONFIG.get(0).filter(|c| c.generation != 0)
+}
+
+#[inline(always)]
+fn proto_number(pkt: &Packet) -> u8 {
+    match pkt.proto {
+        firewall_common::PROTO_TCP => IPPROTO_TCP,
+        firewall_common::PROTO_UDP => IPPROTO_UDP,
+        _ => match pkt.remote {
+            Addr::V4(_) => IPPROTO_ICMP,
+            Addr::V6(_) => IPPROTO_ICMPV6,
+        },
+    }
+}
+
+/// The key of `pkt`'s flow; `from_local` when the host sent it (egress), which swaps the
+/// parser's source/destination naming.
+#[inline(always)]
+fn key_of(pkt: &Packet, from_local: bool, key: &mut CtKey) {
+    let (local, remote, local_port, remote_port) = if from_local {
+        (&pkt.remote, &pkt.local, pkt.remote_port, pkt.local_port)
+    } else {
+        (&pkt.local, &pkt.remote, pkt.local_port, pkt.remote_port)
+    };
+    let (local_port, remote_port) = if pkt.proto == firewall_common::PROTO_ICMP {
+        (pkt.icmp_id, 0)
+    } else {
+        (local_port, remote_port)
+    };
+    local.write_mapped(&mut key.local);
+    remote.write_mapped(&mut key.remote);
+    key.local_port = local_port;
+    key.remote_port = remote_port;
+    key.proto = proto_number(pkt);
+    key._pad = [0; 3];
+}
+
+/// Finds the live entry of `key`: confirmed table first. Returns the entry and whether it is
+/// in the confirmed table.
+#[inline(always)]
+fn lookup(key: &CtKey, now: u64) -> Option<(*mut CtEntry, bool)> {
+    if let Some(e) = CT_EST.get_ptr_mut(key)
+        // SAFETY: a map value pointer, valid for this program run.
+        && unsafe { (*e).expires_ns } > now
+    {
+        return Some((e, true));
+    }
+    if let Some(e) = CT_NEW.get_ptr_mut(key)
+        // SAFETY: as above.
+        && unsafe { (*e).expires_ns } > now
+    {
+        return Some((e, false));
+    }
+    None
+}
+
+#[inline(always)]
+fn timeout(cfg: &CtConfig, s: u8) -> u64 {
+    cfg.timeout_ns[s as usize & (state::SLOTS - 1)]
+}
+
+/// Moves a newly confirmed flow from the unconfirmed table to the confirmed one. If the
+/// confirmed table is full, the flow stays where it is.
+#[inline(always)]
+fn confirm(key: &CtKey, e: &CtEntry) {
+    // An expired entry of an earlier flow with this tuple may still be there until the daemon
+    // collects it: overwrite it.
+    let stored = CT_EST.insert(key, e, BPF_NOEXIST as u64).is_ok()
+        || (CT_EST.get_ptr(key).is_some() && CT_EST.insert(key, e, BPF_EXIST as u64).is_ok());
+    if stored {
+        count(Counter::CtConfirmed);
+        if CT_NEW.remove(key).is_ok() {
+            count(Counter::CtNewRemoved);
+        }
+    } else {
+        count(Counter::CtConfirmedFull);
+    }
+}
+
+/// Applies a packet to its flow's entry; returns the tracker's outcome.
+#[expect(clippy::too_many_arguments, reason = "inlined")]
+#[inline(always)]
+fn step(
+    key: &CtKey,
+    entry: *mut CtEntry,
+    in_est: bool,
+    pkt: &Packet,
+    from_local: bool,
+    bytes: u64,
+    now: u64,
+    cfg: &CtConfig,
+) -> u8 {
+    // SAFETY: a map value pointer, valid for this program run; concurrent updates from other
+    // CPUs can only make the statistics approximate.
+    let e = unsafe { &mut *entry };
+    if e.flags & ct::FLAG_DENIED != 0 {
+        // Kept while the host goes on sending, so the flow is not picked up again.
+        if from_local {
+            e.expires_ns = now + timeout(cfg, state::CLOSE);
+        }
+        return outcome::DENIED;
+    }
+    let (new_state, new_flags, out) = if key.proto == IPPROTO_TCP {
+        let rst = ct::rst_class(e, from_local, pkt.tcp_flags, pkt.tcp_seq, pkt.tcp_ack);
+        let s = ct::tcp_step(e, from_local, pkt.tcp_flags, rst);
+        (s.state, s.flags, s.outcome)
+    } else {
+        (ct::udp_step(e, from_local), e.flags, outcome::PASS)
+    };
+    if out != outcome::PASS {
+        return out;
+    }
+    let was_confirmed = state::confirmed(e.state);
+    e.state = new_state;
+    e.flags = new_flags;
+    e.expires_ns = now + timeout(cfg, new_state);
+    if from_local {
+        e.packets_out += 1;
+        e.bytes_out += bytes;
+    } else {
+        e.packets_in += 1;
+        e.bytes_in += bytes;
+        if key.proto == IPPROTO_TCP && pkt.tcp_flags & ct::TCP_RST == 0 {
+            let end = pkt
+                .tcp_seq
+                .wrapping_add(ct::seq_len(pkt.tcp_flags, pkt.tcp_payload));
+            if e.flags & FLAG_REMOTE_SEQ == 0 || ct::seq_after(end, e.remote_next) {
+                e.remote_next = end;
+                e.flags |= FLAG_REMOTE_SEQ;
+            }
+        }
+    }
+    if !in_est && !was_confirmed && state::confirmed(new_state) {
+        confirm(key, e);
+    }
+    outcome::PASS
+}
+
+/// Forgets a flow whose tuple a new connection reuses.
+#[inline(always)]
+fn forget(key: &CtKey, in_est: bool) {
+    if in_est {
+        let _ = CT_EST.remove(key);
+    } else if CT_NEW.remove(key).is_ok() {
+        count(Counter::CtNewRemoved);
+    }
+}
+
+#[expect(
+    clippy::too_many_arguments,
+    reason = "inlined; fills a map value in place"
+)]
+#[inline(always)]
+fn new_entry(
+    e: &mut CtEntry,
+    cfg: &CtConfig,
+    now: u64,
+    st: u8,
+    origin: u8,
+    rule: u32,
+    from_local: bool,
+    bytes: u64,
+) {
+    e.created_ns = now;
+    e.expires_ns = now + timeout(cfg, st);
+    e.packets_in = (!from_local) as u64;
+    e.packets_out = from_local as u64;
+    e.bytes_in = if from_local { 0 } else { bytes };
+    e.bytes_out = if from_local { bytes } else { 0 };
+    e.rule = rule;
+    e.generation = cfg.generation;
+    e.remote_next = 0;
+    e.local_next = 0;
+    e.state = st;
+    e.origin = origin;
+    e.flags = 0;
+    e._pad = [0; 5];
+}
+
+/// Stores a new flow. Only a new key counts as inserted (an expired entry with the same tuple
+/// is overwritten), so the daemon can derive the LRU's evictions from the counters.
+#[inline(always)]
+fn insert(key: &CtKey, e: &CtEntry) {
+    let confirmed = state::confirmed(e.state);
+    let fresh = if confirmed {
+        CT_EST.insert(key, e, BPF_NOEXIST as u64).is_ok()
+    } else {
+        CT_NEW.insert(key, e, BPF_NOEXIST as u64).is_ok()
+    };
+    if fresh {
+        if !confirmed {
+            count(Counter::CtNewInserted);
+        }
+        return;
+    }
+    let stored = if confirmed {
+        CT_EST.insert(key, e, BPF_EXIST as u64).is_ok()
+    } else {
+        CT_NEW.insert(key, e, BPF_EXIST as u64).is_ok()
+    };
+    if !stored {
+        count(if confirmed {
+            Counter::CtConfirmedFull
+        } else {
+            Counter::CtInsertFailed
+        });
+    }
+}
+
+/// Inbound (XDP): is this packet part of a tracked flow?
+#[inline(always)]
+pub fn inbound(ctx: &aya_ebpf::programs::XdpContext, pkt: &Packet, now: u64) -> Inbound {
+    let (Some(cfg), Some(sc)) = (config(), scratch()) else {
+        return Inbound::Unknown;
+    };
+    let bytes = (ctx.data_end() - ctx.data()) as u64;
+    let key = &mut sc.key;
+    match pkt.proto {
+        firewall_common::PROTO_TCP | firewall_common::PROTO_UDP => {
+            key_of(pkt, false, key);
+            if let Some((e, in_est)) = lookup(key, now) {
+                match step(key, e, in_est, pkt, false, bytes, now, cfg) {
+                    outcome::PASS => return Inbound::Tracked,
+                    outcome::INVALID => return Inbound::Invalid,
+                    // SAFETY: a map value pointer, valid for this program run.
+                    outcome::DENIED => return Inbound::Denied(unsafe { (*e).rule }),
+                    _ => forget(key, in_est),
+                }
+            }
+            if pkt.proto == firewall_common::PROTO_TCP && !ct::is_initial_syn(pkt.tcp_flags) {
+                Inbound::NoConnection
+            } else {
+                Inbound::Unknown
+            }
+        }
+        firewall_common::PROTO_ICMP => {
+            let is_v6 = matches!(pkt.remote, Addr::V6(_));
+            let t = pkt.icmp_type;
+            let echo_reply = if is_v6 {
+                t == ICMPV6_ECHO_REPLY
+            } else {
+                t == ICMP_ECHO_REPLY
+            };
+            if echo_reply {
+                key_of(pkt, false, key);
+                if let Some((e, _)) = lookup(key, now) {
+                    // SAFETY: a map value pointer, valid for this program run.
+                    let e = unsafe { &mut *e };
+                    e.packets_in += 1;
+                    e.bytes_in += bytes;
+                    return Inbound::Tracked;
+                }
+                return Inbound::Unknown;
+            }
+            let error = if is_v6 {
+                matches!(t, 1 | 3 | 4)
+            } else {
+                matches!(t, 3 | 11 | 12)
+            };
+            if error && related(ctx, pkt, now, key) {
+                return Inbound::Related;
+            }
+            Inbound::Unknown
+        }
+        _ => Inbound::Unknown,
+    }
+}
+
+/// Records an inbound flow a rule (or the default) allowed: TCP SYNs and UDP.
+#[inline(always)]
+pub fn admit(ctx: &aya_ebpf::programs::XdpContext, pkt: &Packet, word: u32, now: u64) {
+    let (Some(cfg), Some(sc)) = (config(), scratch()) else {
+        return;
+    };
+    let bytes = (ctx.data_end() - ctx.data()) as u64;
+    let st = match pkt.proto {
+        firewall_common::PROTO_TCP if ct::is_initial_syn(pkt.tcp_flags) => state::SYN_SENT,
+        firewall_common::PROTO_UDP => state::UDP_UNREPLIED,
+        _ => return,
+    };
+    key_of(pkt, false, &mut sc.key);
+    let e = &mut sc.entry;
+    new_entry(e, cfg, now, st, ORIGIN_REMOTE, word, false, bytes);
+    if st == state::SYN_SENT {
+        e.remote_next = pkt.tcp_seq.wrapping_add(1);
+        e.flags = FLAG_REMOTE_SEQ;
+    }
+    insert(&sc.key, &sc.entry);
+}
+
+/// Egress (TC): records the flows the host opens and follows the state of all tracked flows.
+/// Never drops.
+#[inline(always)]
+pub fn outbound(pkt: &Packet, bytes: u64, now: u64) {
+    let (Some(cfg), Some(sc)) = (config(), scratch()) else {
+        return;
+    };
+    key_of(pkt, true, &mut sc.key);
+    let key = &sc.key;
+    let e = &mut sc.entry;
+    match pkt.proto {
+        firewall_common::PROTO_TCP => {
+            if let Some((found, in_est)) = lookup(key, now) {
+                if step(key, found, in_est, pkt, true, bytes, now, cfg) != outcome::NEW {
+                    return;
+                }
+                forget(key, in_est);
+            }
+            let flags = pkt.tcp_flags;
+            let syn_ack = ct::TCP_SYN | ct::TCP_ACK;
+            let (st, origin, rule) = if ct::is_initial_syn(flags) {
+                (state::SYN_SENT, ORIGIN_LOCAL, ct::RULE_LOCAL)
+            } else if flags & ct::TCP_RST != 0 {
+                // The host resetting something unknown (a closed port): nothing to track.
+                return;
+            } else if flags & syn_ack == syn_ack {
+                (state::SYN_RECV, ORIGIN_REMOTE, ct::RULE_PICKUP)
+            } else if flags & ct::TCP_FIN != 0 {
+                (state::FIN_WAIT, ORIGIN_LOCAL, ct::RULE_PICKUP)
+            } else {
+                (state::ESTABLISHED, ORIGIN_LOCAL, ct::RULE_PICKUP)
+            };
+            new_entry(e, cfg, now, st, origin, rule, true, bytes);
+            if st == state::SYN_SENT {
+                e.local_next = pkt.tcp_seq.wrapping_add(1);
+                e.flags = FLAG_LOCAL_SEQ;
+            } else {
+                if st == state::FIN_WAIT {
+                    e.flags = ct::FLAG_FIN_LOCAL;
+                }
+                count(Counter::CtPickedUp);
+            }
+            insert(key, e);
+        }
+        firewall_common::PROTO_UDP => {
+            if let Some((found, in_est)) = lookup(key, now) {
+                step(key, found, in_est, pkt, true, bytes, now, cfg);
+                return;
+            }
+            new_entry(
+                e,
+                cfg,
+                now,
+                state::UDP_UNREPLIED,
+                ORIGIN_LOCAL,
+                ct::RULE_LOCAL,
+                true,
+                bytes,
+            );
+            insert(key, e);
+        }
+        firewall_common::PROTO_ICMP => {
+            let echo_request = match pkt.remote {
+                Addr::V4(_) => pkt.icmp_type == ICMP_ECHO_REQUEST,
+                Addr::V6(_) => pkt.icmp_type == ICMPV6_ECHO_REQUEST,
+            };
+            if !echo_request {
+                return;
+            }
+            if let Some((found, _)) = lookup(key, now) {
+                // SAFETY: a map value pointer, valid for this program run.
+                let found = unsafe { &mut *found };
+                found.expires_ns = now + timeout(cfg, state::ICMP_ECHO);
+                found.packets_out += 1;
+                found.bytes_out += bytes;
+                return;
+            }
+            new_entry(
+                e,
+                cfg,
+                now,
+                state::ICMP_ECHO,
+                ORIGIN_LOCAL,
+                ct::RULE_LOCAL,
+                true,
+                bytes,
+            );
+            insert(key, e);
+        }
+        _ => {}
+    }
+}
+
+/// An ICMP/ICMPv6 error quotes the header of a packet the host sent: look that packet's flow
+/// up. Only the fixed IPv6 header is followed in the quote (no extension headers).
+#[inline(always)]
+fn related(ctx: &aya_ebpf::programs::XdpContext, pkt: &Packet, now: u64, key: &mut CtKey) -> bool {
+    use crate::parse::ptr_at;
+    let inner = pkt.l4_off + 8;
+    let (proto, l4) = match pkt.remote {
+        Addr::V4(_) => {
+            let Some(h) = ptr_at::<[u8; 20], _>(ctx, inner) else {
+                return false;
+            };
+            // SAFETY: bounds checked by ptr_at.
+            let h = unsafe { &*h };
+            if h[0] >> 4 != 4 {
+                return false;
+            }
+            let ihl = ((h[0] & 0x0f) as usize) * 4;
+            if ihl < 20 {
+                return false;
+            }
+            Addr::V4([h[12], h[13], h[14], h[15]]).write_mapped(&mut key.local);
+            Addr::V4([h[16], h[17], h[18], h[19]]).write_mapped(&mut key.remote);
+            (h[9], inner + ihl)
+        }
+        Addr::V6(_) => {
+            let Some(h) = ptr_at::<[u8; 40], _>(ctx, inner) else {
+                return false;
+            };
+            // SAFETY: bounds checked by ptr_at.
+            let h = unsafe { &*h };
+            key.local.copy_from_slice(&h[8..24]);
+            key.remote.copy_from_slice(&h[24..40]);
+            (h[6], inner + 40)
+        }
+    };
+    let Some(t) = ptr_at::<[u8; 8], _>(ctx, l4) else {
+        return false;
+    };
+    // SAFETY: bounds checked by ptr_at.
+    let t = unsafe { &*t };
+    let (local_port, remote_port) = match proto {
+        IPPROTO_TCP | IPPROTO_UDP => (
+            u16::from_be_bytes([t[0], t[1]]),
+            u16::from_be_bytes([t[2], t[3]]),
+        ),
+        IPPROTO_ICMP if t[0] == ICMP_ECHO_REQUEST => (u16::from_be_bytes([t[4], t[5]]), 0),
+        IPPROTO_ICMPV6 if t[0] == ICMPV6_ECHO_REQUEST => (u16::from_be_bytes([t[4], t[5]]), 0),
+        _ => return false,
+    };
+    key.local_port = local_port;
+    key.remote_port = remote_port;
+    key.proto = proto;
+    key._pad = [0; 3];
+    lookup(key, now).is_some()
+}
