@@ -8,6 +8,7 @@ pub mod datapath;
 pub mod model;
 pub mod policy;
 pub mod sockets;
+pub mod tracker;
 
 /// The compiled XDP object, built by build.rs from `firewall-ebpf`.
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/firewall"));
