@@ -169,8 +169,7 @@ fn bench(bpffs: &Path) -> anyhow::Result<()> {
             out
         })?;
         drop_gen.test_run(&reply)?;
-        let (u, u_lo, u_hi) =
-            repeated(|| drop_gen.time_run(&reply, REPEAT).unwrap_or(f64::NAN));
+        let (u, u_lo, u_hi) = repeated(|| drop_gen.time_run(&reply, REPEAT).unwrap_or(f64::NAN));
         let counters = drop_gen.counters()?;
         anyhow::ensure!(
             counters["pass_tracked"] >= 2 * u64::from(REPEAT),

@@ -8,7 +8,7 @@
 //! as a new packet.
 
 use std::{
-    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     path::Path,
     sync::{
         Arc, Mutex,
@@ -216,10 +216,19 @@ impl Tables {
     /// enforcement starting or restarting does not cut them. Returns how many were added. They
     /// go to the confirmed table whatever their state: they are the host's own sockets, and
     /// must not be evicted by a flood.
-    pub fn seed(&mut self, flows: &[HostFlow], cfg: &CtConfig, now_ns: u64) -> usize {
+    /// `listeners` (the host's listening TCP addresses) tell connections the host accepted
+    /// (opened by the remote side, so rechecked against the rules) from those it opened.
+    pub fn seed(
+        &mut self,
+        flows: &[HostFlow],
+        listeners: &[SocketAddr],
+        cfg: &CtConfig,
+        now_ns: u64,
+    ) -> usize {
         let mut added = 0;
         for f in flows {
-            let Some((key, entry)) = seed_entry(f, cfg, now_ns) else {
+            let accepted = f.proto == SockProto::Tcp && accepted_by(listeners, f.local);
+            let Some((key, entry)) = seed_entry(f, accepted, cfg, now_ns) else {
                 continue;
             };
             let known = self.est.get(&key, 0).is_ok() || self.new.get(&key, 0).is_ok();
@@ -241,8 +250,8 @@ impl Tables {
 
     /// Marks a flow as denied by the rules now in force: the XDP program applies `word`'s
     /// action to its packets from now on (rather than forgetting the flow, which the egress
-    /// program would pick up again as soon as the host sent on it). The mark lasts while the
-    /// host keeps sending, then expires.
+    /// program would pick up again as soon as the host sent on it). The mark lasts the timeout
+    /// of the flow's state after the host's last packet, like the flow itself would have.
     pub fn deny(&mut self, flow: &Flow, word: u32, cfg: &CtConfig, now_ns: u64) -> bool {
         let mut e = flow.entry;
         if e.flags & FLAG_DENIED != 0 {
@@ -251,7 +260,7 @@ impl Tables {
         e.flags |= FLAG_DENIED;
         e.rule = word;
         e.generation = cfg.generation;
-        e.expires_ns = now_ns + cfg.timeout_ns[state::CLOSE as usize];
+        e.expires_ns = now_ns + cfg.timeout_ns[e.state as usize & (state::SLOTS - 1)];
         let table = if flow.confirmed {
             &mut self.est
         } else {
@@ -263,7 +272,12 @@ impl Tables {
 
 /// The table entry for one of the host's sockets. Loopback flows never cross the protected
 /// interfaces and are skipped.
-fn seed_entry(f: &HostFlow, cfg: &CtConfig, now_ns: u64) -> Option<(CtKey, CtEntry)> {
+fn seed_entry(
+    f: &HostFlow,
+    accepted: bool,
+    cfg: &CtConfig,
+    now_ns: u64,
+) -> Option<(CtKey, CtEntry)> {
     if f.local.ip().is_loopback() || f.remote.ip().is_loopback() {
         return None;
     }
@@ -286,6 +300,7 @@ fn seed_entry(f: &HostFlow, cfg: &CtConfig, now_ns: u64) -> Option<(CtKey, CtEnt
                 TcpState::TimeWait => (state::TIME_WAIT, ORIGIN_LOCAL, 0),
                 TcpState::Close => return None,
             };
+            let origin = if accepted { ORIGIN_REMOTE } else { origin };
             (ct::IPPROTO_TCP, st, origin, flags)
         }
     };
@@ -314,6 +329,17 @@ fn seed_entry(f: &HostFlow, cfg: &CtConfig, now_ns: u64) -> Option<(CtKey, CtEnt
         _pad: [0; 5],
     };
     Some((key, entry))
+}
+
+/// True if a listening socket covers `local`: same port, and the same address or the
+/// wildcard of its family (a `::` listener may be dual-stack, so it covers IPv4 too).
+fn accepted_by(listeners: &[SocketAddr], local: SocketAddr) -> bool {
+    let local_ip = canonical(local.ip());
+    listeners.iter().any(|l| {
+        l.port() == local.port()
+            && (canonical(l.ip()) == local_ip
+                || (l.ip().is_unspecified() && (l.is_ipv6() || matches!(local_ip, IpAddr::V4(_)))))
+    })
 }
 
 fn canonical(ip: IpAddr) -> IpAddr {

@@ -172,14 +172,30 @@ pub async fn run(config_path: PathBuf, overrides: Overrides) -> anyhow::Result<(
         dir: pin_dir.clone(),
         armed: !adopting,
     };
-    let gen_id = next_generation_id(0);
+    // Entries adopted from a previous daemon name its generations: start after them.
+    let last_gen = Tables::open(&pin_dir)
+        .map(|t| {
+            t.flows()
+                .iter()
+                .map(|f| f.entry.generation)
+                .max()
+                .unwrap_or(0)
+        })
+        .unwrap_or(0);
+    let gen_id = next_generation_id(last_gen);
     let mut generation = Generation::load(&compiled, &ruleset, &pin_dir, gen_id)?;
     let mut tables = Tables::open(&pin_dir)?;
 
     // Seed before attaching, so enforcement never starts without the host's connections.
     let ct_cfg = datapath::ct_config(&ruleset.conntrack, gen_id);
     let seeded = match sockets::host_flows() {
-        Ok(flows) => tables.seed(&flows, &ct_cfg, conntrack::monotonic_ns()),
+        Ok(flows) => {
+            let listeners = sockets::tcp_listeners().unwrap_or_else(|e| {
+                warn!("could not list listening sockets: {e:#}; seeded connections count as opened by this host");
+                Vec::new()
+            });
+            tables.seed(&flows, &listeners, &ct_cfg, conntrack::monotonic_ns())
+        }
         Err(e) => {
             warn!("could not list the host's connections to seed the table: {e:#}");
             0
@@ -697,11 +713,25 @@ impl State {
                     .and_then(|i| self.ruleset.rules.get(i as usize))
                     .map(|r| format!("rule {} \"{}\"", r.index + 1, r.name))
                     .unwrap_or_else(|| "[defaults] inbound".into());
+                let local = std::net::SocketAddr::new(f.local(), f.key.local_port);
+                let remote = std::net::SocketAddr::new(f.remote(), f.key.remote_port);
+                // Close the host's end too (like `ss -K`), so the application sees the
+                // connection end instead of waiting on a peer it can no longer hear.
+                let closed = if f.key.proto == ct::IPPROTO_TCP {
+                    match sockets::destroy_tcp(local, remote) {
+                        Ok(true) => "; host socket closed",
+                        Ok(false) => "",
+                        Err(e) => {
+                            warn!("closing the host's socket {local} <- {remote}: {e:#}");
+                            "; host socket left open"
+                        }
+                    }
+                } else {
+                    ""
+                };
                 ended.push(format!(
-                    "{} {} <- {} ({}): {} by {by}",
+                    "{} {local} <- {remote} ({}): {} by {by}{closed}",
                     conntrack::proto_name(f.key.proto),
-                    std::net::SocketAddr::new(f.local(), f.key.local_port),
-                    std::net::SocketAddr::new(f.remote(), f.key.remote_port),
                     firewall_common::ct::state::name(f.entry.state),
                     d.action,
                 ));

@@ -176,9 +176,9 @@ fn step(
     // CPUs can only make the statistics approximate.
     let e = unsafe { &mut *entry };
     if e.flags & ct::FLAG_DENIED != 0 {
-        // Kept while the host goes on sending, so the flow is not picked up again.
+        // Kept as long as the host's end may still send, so the flow is not picked up again.
         if from_local {
-            e.expires_ns = now + timeout(cfg, state::CLOSE);
+            e.expires_ns = now + timeout(cfg, e.state);
         }
         return outcome::DENIED;
     }

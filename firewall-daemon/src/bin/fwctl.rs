@@ -57,7 +57,8 @@ enum Cmd {
         #[arg(long)]
         json: bool,
         /// Also re-judge tracked inbound connections under the new rules, and end those the
-        /// new rules deny (their packets get the denying rule's action from then on).
+        /// new rules deny: the host's socket is closed and their packets get the denying
+        /// rule's action from then on.
         #[arg(long)]
         recheck: bool,
     },

@@ -19,32 +19,39 @@ pub struct Daemon {
     pub config: PathBuf,
     pub pin_dir: PathBuf,
     stderr: std::sync::Arc<std::sync::Mutex<String>>,
+    launch: Launch,
+    /// Set by [`Self::kill_hard`] until [`Self::restart`]: the pins are orphaned.
+    killed: bool,
     _dir: tempfile::TempDir,
     _bpffs: BpfFs,
 }
 
-pub const DAEMON: &str = env!("CARGO_BIN_EXE_firewall-daemon");
-pub const FWCTL: &str = env!("CARGO_BIN_EXE_fwctl");
+/// Where and how the daemon runs: kept so that it can be started again.
+struct Launch {
+    ns_path: String,
+    ifname: String,
+    mode: String,
+}
 
-impl Daemon {
-    /// Writes `rules` to a file and starts the daemon on `ifname` inside `ns`, returning once
-    /// it printed its readiness line (programs attached, socket listening).
-    pub fn start(ns: &NetNs, ifname: &str, mode: &str, rules: &str) -> Self {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let config = dir.path().join("rules.toml");
-        std::fs::write(&config, rules).expect("writing rules");
-        let bpffs = BpfFs::new();
-        let pin_dir = bpffs.pin_dir("firewall");
-        let socket = dir.path().join("control.sock");
-        let ns_file = File::open(ns.path()).expect("opening the namespace");
+impl Launch {
+    /// Spawns the daemon inside the namespace; stderr is collected into `stderr`, and the
+    /// receiver gets the readiness line.
+    fn spawn(
+        &self,
+        config: &Path,
+        pin_dir: &Path,
+        socket: &Path,
+        stderr: &std::sync::Arc<std::sync::Mutex<String>>,
+    ) -> (Child, mpsc::Receiver<String>) {
+        let ns_file = File::open(&self.ns_path).expect("opening the namespace");
         let mut cmd = Command::new(DAEMON);
         cmd.arg("--config")
-            .arg(&config)
-            .args(["--interface", ifname, "--xdp-mode", mode])
+            .arg(config)
+            .args(["--interface", &self.ifname, "--xdp-mode", &self.mode])
             .arg("--pin-dir")
-            .arg(&pin_dir)
+            .arg(pin_dir)
             .arg("--control-socket")
-            .arg(&socket)
+            .arg(socket)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         let fd = ns_file.as_raw_fd();
@@ -60,7 +67,6 @@ impl Daemon {
         let mut child = cmd.spawn().expect("starting firewall-daemon");
         drop(ns_file);
 
-        let stderr = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
         let err_pipe = child.stderr.take().expect("stderr");
         let sink = stderr.clone();
         std::thread::spawn(move || {
@@ -80,25 +86,84 @@ impl Daemon {
                 }
             }
         });
+        (child, rx)
+    }
+}
+
+pub const DAEMON: &str = env!("CARGO_BIN_EXE_firewall-daemon");
+pub const FWCTL: &str = env!("CARGO_BIN_EXE_fwctl");
+
+impl Daemon {
+    /// Writes `rules` to a file and starts the daemon on `ifname` inside `ns`, returning once
+    /// it printed its readiness line (programs attached, socket listening).
+    pub fn start(ns: &NetNs, ifname: &str, mode: &str, rules: &str) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = dir.path().join("rules.toml");
+        std::fs::write(&config, rules).expect("writing rules");
+        let bpffs = BpfFs::new();
+        let pin_dir = bpffs.pin_dir("firewall");
+        let socket = dir.path().join("control.sock");
+        let stderr = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let launch = Launch {
+            ns_path: ns.path(),
+            ifname: ifname.to_string(),
+            mode: mode.to_string(),
+        };
+        let (child, ready) = launch.spawn(&config, &pin_dir, &socket, &stderr);
         let mut d = Self {
             child,
             socket,
             config,
             pin_dir,
             stderr,
+            launch,
+            killed: false,
             _dir: dir,
             _bpffs: bpffs,
         };
-        match rx.recv_timeout(Duration::from_secs(20)) {
-            Ok(_) => d,
-            Err(_) => {
-                let status = d.child.try_wait().ok().flatten();
-                panic!(
-                    "firewall-daemon did not become ready (exit: {status:?}); stderr:\n{}",
-                    d.stderr()
-                );
-            }
+        d.wait_ready(&ready);
+        d
+    }
+
+    fn wait_ready(&mut self, ready: &mpsc::Receiver<String>) {
+        if ready.recv_timeout(Duration::from_secs(20)).is_err() {
+            let status = self.child.try_wait().ok().flatten();
+            panic!(
+                "firewall-daemon did not become ready (exit: {status:?}); stderr:\n{}",
+                self.stderr()
+            );
         }
+    }
+
+    /// SIGKILL: the daemon dies without running any cleanup, so its links and tables stay
+    /// pinned (and enforcing) in this guard's bpffs. Returns once the process is gone.
+    pub fn kill_hard(&mut self) {
+        self.signal(nix::sys::signal::Signal::SIGKILL);
+        let status = self.child.wait().expect("waiting for the killed daemon");
+        self.killed = true;
+        assert!(
+            !status.success(),
+            "the daemon should have died of SIGKILL: {status}"
+        );
+    }
+
+    /// Starts the daemon again, after [`Self::kill_hard`], with the same namespace, interface,
+    /// mode, rules file, pin directory (the same bpffs) and control socket; returns once it is
+    /// ready. Its stderr is appended to the earlier one.
+    pub fn restart(&mut self) {
+        assert!(
+            matches!(self.child.try_wait(), Ok(Some(_))),
+            "restart() needs the previous daemon to be gone"
+        );
+        if let Ok(mut s) = self.stderr.lock() {
+            s.push_str("---- restarted ----\n");
+        }
+        let (child, ready) =
+            self.launch
+                .spawn(&self.config, &self.pin_dir, &self.socket, &self.stderr);
+        self.child = child;
+        self.killed = false;
+        self.wait_ready(&ready);
     }
 
     pub fn pid(&self) -> u32 {
@@ -166,6 +231,11 @@ fn wait_timeout(child: &mut Child, t: Duration) -> Option<ExitStatus> {
 
 impl Drop for Daemon {
     fn drop(&mut self) {
+        // A daemon killed by kill_hard() and not restarted left its links pinned: unpinning
+        // detaches them (unmounting the private bpffs afterwards would too).
+        if self.killed {
+            let _ = std::fs::remove_dir_all(&self.pin_dir);
+        }
         if let Ok(None) = self.child.try_wait() {
             let _ = nix::sys::signal::kill(
                 nix::unistd::Pid::from_raw(self.child.id() as i32),

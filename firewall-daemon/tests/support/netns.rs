@@ -80,6 +80,25 @@ impl NetNs {
         );
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
+
+    /// The MAC address of `ifname` in this namespace.
+    pub fn mac(&self, ifname: &str) -> [u8; 6] {
+        let out = self.exec(&["ip", "-o", "link", "show", "dev", ifname]);
+        let text = out
+            .split("link/ether ")
+            .nth(1)
+            .and_then(|s| s.split_whitespace().next())
+            .unwrap_or_else(|| panic!("no MAC address for {ifname} in: {out}"));
+        let mut mac = [0u8; 6];
+        let mut parts = text.split(':');
+        for b in &mut mac {
+            *b = parts
+                .next()
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+                .unwrap_or_else(|| panic!("bad MAC address {text:?}"));
+        }
+        mac
+    }
 }
 
 /// Moves the calling thread into the namespace at `path`.
