@@ -1244,3 +1244,40 @@ fn recheck_judges_inbound_sessions_seeded_at_start() {
         );
     }
 }
+
+/// 8. The daemon's expiry thread removes timed-out entries by itself, every `gc_interval`.
+#[test]
+fn the_daemon_collects_expired_flows() {
+    let _g = shared();
+    let pair = Pair::new();
+    let rules = format!(
+        "{RULES}\n[conntrack]\ngc_interval = \"1s\"\n[conntrack.timeouts]\nudp_unreplied = \"1s\"\n"
+    );
+    let daemon = Daemon::start(&pair.server, &pair.server_if, "generic", &rules);
+    // A datagram nobody answers: an unreplied flow, expired a second later.
+    let sock = udp_bind(&pair.server, sa(pair.server_v4, 0));
+    sock.send_to(b"anyone?", sa(pair.client_v4, 9))
+        .expect("send");
+    let local = sock.local_addr().expect("addr").to_string();
+    let flow = find_flow(&daemon, "udp", &local, &format!("{}:9", pair.client_v4));
+    assert_eq!(flow["state"], "UNREPLIED", "{flow}");
+    let removed_before = counter(&status(&daemon), "ct_daemon_removed");
+    // Polls the daemon's own report; the bound covers the timeout plus two collection rounds.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let st = status(&daemon);
+        if counter(&st, "ct_daemon_removed") > removed_before {
+            let left = conns(&daemon);
+            assert!(
+                !left.iter().any(|c| c["local"] == local.as_str()),
+                "the expired flow is gone: {left:?}"
+            );
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no expired entry was collected within 5 s: {st}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
