@@ -17,7 +17,8 @@ pub const IPPROTO_ICMPV6: u8 = 58;
 
 /// A flow, as the host sees it. IPv4 addresses are stored as `::ffff:a.b.c.d`. For ICMP echo
 /// the local port is the echo identifier and the remote port is 0.
-#[repr(C)]
+/// Aligned to 8 so the datapath can build it with 64-bit stores.
+#[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct CtKey {
     pub local: [u8; 16],
@@ -343,6 +344,11 @@ pub const fn seq_after(a: u32, b: u32) -> bool {
 
 const _: () = {
     assert!(core::mem::size_of::<CtKey>() == 40);
+    // The datapath writes bytes 32..40 (ports, protocol, padding) as one u64.
+    assert!(core::mem::offset_of!(CtKey, local_port) == 32);
+    assert!(core::mem::offset_of!(CtKey, remote_port) == 34);
+    assert!(core::mem::offset_of!(CtKey, proto) == 36);
+    assert!(core::mem::align_of::<CtKey>() == 8);
     assert!(core::mem::size_of::<CtEntry>() == 72);
     assert!(core::mem::size_of::<CtConfig>() == 8 * state::SLOTS + 8);
     assert!(state::COUNT <= state::SLOTS && state::SLOTS.is_power_of_two());

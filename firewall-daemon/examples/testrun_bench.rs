@@ -130,7 +130,11 @@ fn bench(bpffs: &Path) -> anyhow::Result<()> {
         "| rules | compile+load ms | pass, new flow (no rule matches; single-shot median) | drop (last rule, stealth) | reject (last rule, ICMP reply, single-shot median) | established TCP | replied UDP |"
     );
     println!("|---:|---:|---:|---:|---:|---:|---:|");
-    for n in [10u32, 1_000, 10_000, 100_000] {
+    let ns: Vec<u32> = std::env::var("BENCH_N")
+        .ok()
+        .map(|v| v.split(',').filter_map(|x| x.parse().ok()).collect())
+        .unwrap_or(vec![10, 1_000, 10_000, 100_000]);
+    for n in ns {
         let t = Instant::now();
         let rs = config::parse(&rules(n, "stealth"), Path::new("bench.toml"))
             .map_err(|e| anyhow::anyhow!("{e}"))?;

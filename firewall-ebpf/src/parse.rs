@@ -64,17 +64,26 @@ impl Addr {
         }
     }
 
-    /// [`Addr::mapped`], written in place.
+    /// [`Addr::mapped`], written in place with two 64-bit stores (byte-wise copies cost tens of
+    /// nanoseconds per packet). `out` must be 8-byte aligned: the address fields of
+    /// `CtKey` are.
     #[inline(always)]
     pub fn write_mapped(&self, out: &mut [u8; 16]) {
-        match self {
-            Addr::V4(a) => {
-                *out = [0; 16];
-                out[10] = 0xff;
-                out[11] = 0xff;
-                out[12..16].copy_from_slice(a);
+        let p = out.as_mut_ptr() as *mut u64;
+        // SAFETY: `out` is 16 bytes and 8-byte aligned (see above); little-endian target.
+        unsafe {
+            match self {
+                Addr::V4(a) => {
+                    p.write(0);
+                    p.add(1)
+                        .write(0xffff_0000 | (u64::from(u32::from_le_bytes(*a)) << 32));
+                }
+                Addr::V6(a) => {
+                    let q = a.as_ptr() as *const u64;
+                    p.write(q.read_unaligned());
+                    p.add(1).write(q.add(1).read_unaligned());
+                }
             }
-            Addr::V6(a) => *out = *a,
         }
     }
 }
