@@ -35,7 +35,7 @@ use toml::{
 
 use crate::model::{
     Action, Conntrack, CtTimeouts, DaemonConfig, Defaults, Direction, FragmentPolicy, Interfaces,
-    InvalidPolicy, Origin, PortRange, Proto, RejectLimits, Rule, Ruleset, XdpMode,
+    InvalidPolicy, OnStop, Origin, PortRange, Proto, RejectLimits, Rule, Ruleset, XdpMode,
 };
 
 /// Where service names (`port = "ssh"`) are looked up unless [`Env`] says otherwise.
@@ -185,6 +185,10 @@ struct RawDaemon {
     /// Absolute path (on a bpffs mount) where the maps shared by every rule-set generation
     /// (counters, reject budgets) are pinned. Default `"/sys/fs/bpf/firewall"`.
     pin_dir: Option<Spanned<String>>,
+    /// `"keep"` | `"detach"`: whether a daemon stopped by SIGTERM leaves the firewall
+    /// enforcing its last rules (pinned, adopted by the next daemon) or detaches it. Default
+    /// `"keep"`.
+    on_stop: Option<Spanned<String>>,
 }
 
 /// `[defaults]`: what happens when no rule matches.
@@ -848,6 +852,12 @@ impl<'a> Checker<'a> {
             ];
             if let Some(mode) = self.choice(&mode, "", "daemon.xdp_mode", &options) {
                 out.xdp_mode = mode;
+            }
+        }
+        if let Some(on_stop) = raw.on_stop {
+            let options = [("keep", OnStop::Keep), ("detach", OnStop::Detach)];
+            if let Some(v) = self.choice(&on_stop, "", "daemon.on_stop", &options) {
+                out.on_stop = v;
             }
         }
         if let Some(path) = raw.control_socket
@@ -2051,7 +2061,7 @@ mdns            5353/udp                        # Multicast DNS
             8,
             4,
             &[
-                r#":4:1: unknown key "interfaces2" in [daemon]; expected one of: interfaces, xdp_mode, control_socket, control_group, pin_dir"#,
+                r#":4:1: unknown key "interfaces2" in [daemon]; expected one of: interfaces, xdp_mode, control_socket, control_group, pin_dir, on_stop"#,
             ],
         );
         expect_more(
@@ -2857,6 +2867,7 @@ tcp_close = \"x\"
                 control_socket: PathBuf::from("/run/fw/ctl.sock"),
                 control_group: Some("netadmin".into()),
                 pin_dir: PathBuf::from("/sys/fs/bpf/fw"),
+                on_stop: OnStop::Detach,
             }
         );
         assert_eq!(
@@ -2928,7 +2939,7 @@ tcp_close = \"x\"
         assert_eq!(ssh.remote.as_ref(), Some(&expected));
         assert_eq!(ssh.remote_spec, ["@trusted", "2001:db8::1"]);
         assert_eq!(ssh.action, Action::Allow);
-        assert_eq!(ssh.origin, Origin { line: 43 });
+        assert_eq!(ssh.origin, Origin { line: 44 });
 
         let web = &rs.rules[1];
         assert_eq!(
@@ -2956,7 +2967,7 @@ tcp_close = \"x\"
         let out = &rs.rules[5];
         assert_eq!(out.direction, Direction::Out);
         assert_eq!(out.ports, [range(25, 25)]);
-        assert_eq!(out.origin.line, 74);
+        assert_eq!(out.origin.line, 75);
 
         assert!(rs.warnings.is_empty(), "{:?}", rs.warnings);
         assert_eq!(rs.inbound().count(), 5);

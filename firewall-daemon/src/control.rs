@@ -310,7 +310,15 @@ pub fn diff(old: &Ruleset, new: &Ruleset) -> ReloadData {
                 .into(),
         );
     }
-    if old.daemon != new.daemon {
+    if old.daemon.on_stop != new.daemon.on_stop {
+        settings.push(format!(
+            "daemon.on_stop: {:?} -> {:?} (applies when the daemon stops)",
+            old.daemon.on_stop, new.daemon.on_stop
+        ));
+    }
+    let mut old_daemon = old.daemon.clone();
+    old_daemon.on_stop = new.daemon.on_stop;
+    if old_daemon != new.daemon {
         settings.push("[daemon] changed: takes effect when the daemon restarts".into());
     }
     ReloadData {

@@ -1,5 +1,6 @@
 //! The daemon: validates and compiles the rules, attaches the datapath, serves the control
-//! socket, reloads atomically on SIGHUP or `fwctl reload`, and detaches on SIGTERM/SIGINT.
+//! socket, reloads atomically on SIGHUP or `fwctl reload`, and on SIGTERM/SIGINT either leaves
+//! the pinned firewall enforcing (`on_stop = "keep"`) or detaches it.
 //!
 //! Everything runs on one thread: control requests are short and handled one at a time (with a
 //! timeout), which keeps the kernel objects single-owner and reloads strictly ordered.
@@ -35,7 +36,7 @@ use crate::{
         ReloadData, Request, Response, RuleView, StatusData,
     },
     datapath::{self, Generation},
-    model::{Action, Direction, Interfaces, PacketMeta, PacketProto, Ruleset, XdpMode},
+    model::{Action, Direction, Interfaces, OnStop, PacketMeta, PacketProto, Ruleset, XdpMode},
     sockets,
 };
 
@@ -280,17 +281,29 @@ pub async fn run(config_path: PathBuf, overrides: Overrides) -> anyhow::Result<(
             },
         }
     }
-    info!(
-        "stopping: detaching from {} interface(s)",
-        state.attached.len()
-    );
+    match state.ruleset.daemon.on_stop {
+        OnStop::Keep => {
+            cleanup.armed = false;
+            info!(
+                "stopping; the firewall keeps enforcing the last rules on {} interface(s) \
+                 (on_stop = \"keep\"; pinned under {}); the next daemon adopts them",
+                state.attached.len(),
+                state.ruleset.daemon.pin_dir.display()
+            );
+        }
+        OnStop::Detach => info!(
+            "stopping: detaching from {} interface(s) (on_stop = \"detach\")",
+            state.attached.len()
+        ),
+    }
     let _ = std::fs::remove_file(&socket_path);
     Ok(())
 }
 
-/// Removes the daemon's pins (and so detaches the firewall) when dropped, if armed. A daemon
-/// stopped by SIGTERM/SIGINT stops enforcing; one that dies without running this (a crash,
-/// SIGKILL) leaves the links pinned and enforcing, for the next daemon to adopt.
+/// Removes the daemon's pins (and so detaches the firewall) when dropped, if armed: on a failed
+/// fresh start, and on SIGTERM/SIGINT with `on_stop = "detach"`. A daemon that dies without
+/// running this (a crash, SIGKILL), or stops with `on_stop = "keep"`, leaves the links pinned
+/// and enforcing, for the next daemon to adopt.
 struct PinCleanup {
     dir: PathBuf,
     armed: bool,

@@ -199,6 +199,17 @@ pub struct DaemonConfig {
     /// Group (besides root) allowed to use the control socket.
     pub control_group: Option<String>,
     pub pin_dir: PathBuf,
+    pub on_stop: OnStop,
+}
+
+/// `[daemon] on_stop`: what a daemon stopped by SIGTERM/SIGINT leaves behind.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnStop {
+    /// The pinned programs go on enforcing the last rules; the next daemon adopts them.
+    Keep,
+    /// Detach every program and remove the pins: nothing filters until the daemon is started.
+    Detach,
 }
 
 impl Default for DaemonConfig {
@@ -209,6 +220,7 @@ impl Default for DaemonConfig {
             control_socket: PathBuf::from("/run/firewall/control.sock"),
             control_group: None,
             pin_dir: PathBuf::from("/sys/fs/bpf/firewall"),
+            on_stop: OnStop::Keep,
         }
     }
 }

@@ -676,7 +676,18 @@ fn established_connections_survive_reload_kill_and_restart() {
         "every connection was already in the adopted table: {}",
         st["conntrack"]
     );
-    // The adopting daemon owns the attachment now: SIGTERM detaches and unpins everything.
+    // The adopting daemon owns the attachment now: with on_stop = "detach" (set by a reload),
+    // SIGTERM detaches and unpins everything.
+    daemon.write_rules(&format!(
+        "{}\n[daemon]\non_stop = \"detach\"\n",
+        RULES.replace("port = 8080", "port = 8088")
+    ));
+    let out = daemon.fwctl(&["reload"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let pin_dir = daemon.pin_dir.clone();
     let status = daemon.stop();
     assert!(status.success(), "daemon exit: {status}");

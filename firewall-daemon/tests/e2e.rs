@@ -608,8 +608,32 @@ fn daemon_refuses_invalid_config_and_cleans_up_on_stop() {
     let link = pair.server.exec(&["ip", "link", "show", &pair.server_if]);
     assert!(!link.contains("xdp"), "nothing may be attached: {link}");
 
-    // A clean stop detaches and removes the socket and pins.
-    let d = Daemon::start(&pair.server, &pair.server_if, "generic", RULES);
+    // With on_stop = "keep" (the default), a clean stop leaves the firewall enforcing: the
+    // links stay pinned and attached, the socket goes; the next daemon adopts them.
+    let mut d = Daemon::start(&pair.server, &pair.server_if, "generic", RULES);
+    let status = d.terminate();
+    assert!(status.success(), "daemon exit: {status}");
+    let link = pair.server.exec(&["ip", "link", "show", &pair.server_if]);
+    assert!(
+        link.contains("xdp"),
+        "still attached after a keep stop: {link}"
+    );
+    assert!(
+        d.pin_dir
+            .join("links")
+            .read_dir()
+            .map(|mut r| r.next().is_some())
+            .unwrap_or(false)
+    );
+    assert!(!d.socket.exists(), "the control socket is removed");
+    d.restart();
+    let status = d.fwctl_json(&["status"]);
+    assert_eq!(status["conntrack"]["adopted"], true, "{status}");
+    drop(d);
+
+    // With on_stop = "detach", a clean stop detaches and removes the socket and pins.
+    let detach = format!("{RULES}\n[daemon]\non_stop = \"detach\"\n");
+    let d = Daemon::start(&pair.server, &pair.server_if, "generic", &detach);
     let link = pair.server.exec(&["ip", "link", "show", &pair.server_if]);
     assert!(link.contains("xdp"), "attached while running: {link}");
     let socket = d.socket.clone();

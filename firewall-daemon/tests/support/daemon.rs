@@ -206,6 +206,16 @@ impl Daemon {
     }
 
     /// SIGTERM and wait for a clean exit.
+    /// SIGTERM, keeping the guard: with `on_stop = "keep"` the pins stay for [`Self::restart`]
+    /// (or are removed when the guard drops).
+    pub fn terminate(&mut self) -> ExitStatus {
+        self.signal(nix::sys::signal::Signal::SIGTERM);
+        let status =
+            wait_timeout(&mut self.child, Duration::from_secs(10)).expect("daemon did not stop");
+        self.killed = true;
+        status
+    }
+
     pub fn stop(mut self) -> ExitStatus {
         self.signal(nix::sys::signal::Signal::SIGTERM);
         wait_timeout(&mut self.child, Duration::from_secs(10)).expect("daemon did not stop")
