@@ -15,6 +15,7 @@ use std::{
 use anyhow::{Context as _, anyhow, bail};
 use aya::programs::{tc::SchedClassifierLink, xdp::XdpLink};
 use log::{error, info, warn};
+use sd_notify::NotifyState;
 use std::{
     collections::VecDeque,
     sync::{
@@ -253,9 +254,14 @@ pub async fn run(config_path: PathBuf, overrides: Overrides) -> anyhow::Result<(
         socket_path.display()
     );
     info!("{summary}");
-    // The readiness line on stdout is the signal supervisors and tests wait for.
+    // The readiness line on stdout is the signal tests wait for; systemd (Type=notify) gets
+    // READY=1, only now that every program is attached and the socket listens.
     println!("{summary}");
     let _ = std::io::stdout().flush();
+    notify(&[
+        NotifyState::Ready,
+        NotifyState::Status(&state.status_line()),
+    ]);
 
     let mut hup = signal(SignalKind::hangup())?;
     let mut term = signal(SignalKind::terminate())?;
@@ -281,6 +287,7 @@ pub async fn run(config_path: PathBuf, overrides: Overrides) -> anyhow::Result<(
             },
         }
     }
+    notify(&[NotifyState::Stopping]);
     match state.ruleset.daemon.on_stop {
         OnStop::Keep => {
             cleanup.armed = false;
@@ -298,6 +305,14 @@ pub async fn run(config_path: PathBuf, overrides: Overrides) -> anyhow::Result<(
     }
     let _ = std::fs::remove_file(&socket_path);
     Ok(())
+}
+
+/// Tells the service manager (systemd, with `Type=notify`); nothing happens when the daemon
+/// was not started with `NOTIFY_SOCKET`.
+fn notify(states: &[NotifyState]) {
+    if let Err(e) = sd_notify::notify(states) {
+        warn!("sd_notify: {e}");
+    }
 }
 
 /// Removes the daemon's pins (and so detaches the firewall) when dropped, if armed: on a failed
@@ -753,9 +768,45 @@ impl State {
         ended
     }
 
+    /// One line for `systemctl status`.
+    fn status_line(&self) -> String {
+        let (confirmed, unconfirmed) = self.tables.sizes();
+        format!(
+            "{} rules (generation {}) on {}; {} connections tracked",
+            self.ruleset.rules.len(),
+            self.generation_no,
+            self.attached
+                .iter()
+                .map(|a| a.ifname.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
+            confirmed + unconfirmed
+        )
+    }
+
+    /// [`Self::switch_rules`], announced to the service manager (RELOADING=1 ... READY=1).
+    fn reload(&mut self, recheck: bool) -> anyhow::Result<ReloadData> {
+        let mut reloading = vec![NotifyState::Reloading];
+        if let Ok(now) = NotifyState::monotonic_usec_now() {
+            reloading.push(now);
+        }
+        notify(&reloading);
+        let result = self.switch_rules(recheck);
+        let status = match &result {
+            Ok(_) => self.status_line(),
+            Err(e) => format!(
+                "{}; the last reload failed: {}",
+                self.status_line(),
+                format!("{e:#}").replace('\n', " ")
+            ),
+        };
+        notify(&[NotifyState::Ready, NotifyState::Status(&status)]);
+        result
+    }
+
     /// Builds the new generation completely beside the old one, then switches every interface
     /// to it. Any failure before the switch leaves the old rules untouched.
-    fn reload(&mut self, recheck: bool) -> anyhow::Result<ReloadData> {
+    fn switch_rules(&mut self, recheck: bool) -> anyhow::Result<ReloadData> {
         let t0 = Instant::now();
         let new_rules = load_rules(&self.config_path, &self.overrides)?;
         let compiled = compile::compile(&new_rules)

@@ -650,3 +650,66 @@ fn daemon_refuses_invalid_config_and_cleans_up_on_stop() {
     assert!(!socket.exists());
     assert!(!pin_dir.exists());
 }
+
+/// Under systemd (`Type=notify`) the daemon says READY=1 only once the programs are attached,
+/// RELOADING=1 then READY=1 around a reload (also a failed one), and STOPPING=1.
+#[test]
+fn sd_notify_ready_after_attaching_and_around_reloads() {
+    let pair = Pair::new();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("notify.sock");
+    let sock = std::os::unix::net::UnixDatagram::bind(&path).expect("notify socket");
+    sock.set_read_timeout(Some(Duration::from_secs(20)))
+        .expect("timeout");
+    let recv = |what: &str| {
+        let mut buf = [0u8; 4096];
+        let n = sock
+            .recv(&mut buf)
+            .unwrap_or_else(|e| panic!("no notification ({what}): {e}"));
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    };
+    let path_str = path.to_str().expect("utf-8 path").to_owned();
+    let server_if = pair.server_if.clone();
+    let server = &pair.server;
+    // Daemon::start returns after the readiness line, which is printed right before READY=1:
+    // the notification is already queued on our socket.
+    let d = Daemon::start_with_env(
+        server,
+        &server_if,
+        "generic",
+        RULES,
+        &[("NOTIFY_SOCKET", &path_str)],
+    );
+    let ready = recv("start");
+    assert!(ready.lines().any(|l| l == "READY=1"), "{ready}");
+    assert!(ready.contains("STATUS="), "a status line: {ready}");
+    let link = server.exec(&["ip", "link", "show", &server_if]);
+    assert!(
+        link.contains("xdp"),
+        "attached when READY=1 was sent: {link}"
+    );
+
+    let out = d.fwctl(&["reload"]);
+    assert!(out.status.success());
+    let reloading = recv("reload");
+    assert!(
+        reloading.lines().any(|l| l == "RELOADING=1")
+            && reloading.lines().any(|l| l.starts_with("MONOTONIC_USEC=")),
+        "{reloading}"
+    );
+    let ready = recv("after reload");
+    assert!(ready.lines().any(|l| l == "READY=1"), "{ready}");
+
+    d.write_rules("[[rule]]\naction = \"maybe\"\n");
+    let out = d.fwctl(&["reload"]);
+    assert!(!out.status.success(), "an invalid file is refused");
+    assert!(recv("failed reload").contains("RELOADING=1"));
+    let ready = recv("after the failed reload");
+    assert!(
+        ready.lines().any(|l| l == "READY=1") && ready.contains("last reload failed"),
+        "{ready}"
+    );
+    let status = d.stop();
+    assert!(status.success());
+    assert!(recv("stop").lines().any(|l| l == "STOPPING=1"));
+}

@@ -31,6 +31,7 @@ struct Launch {
     ns_path: String,
     ifname: String,
     mode: String,
+    env: Vec<(String, String)>,
 }
 
 impl Launch {
@@ -52,6 +53,7 @@ impl Launch {
             .arg(pin_dir)
             .arg("--control-socket")
             .arg(socket)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         let fd = ns_file.as_raw_fd();
@@ -97,6 +99,17 @@ impl Daemon {
     /// Writes `rules` to a file and starts the daemon on `ifname` inside `ns`, returning once
     /// it printed its readiness line (programs attached, socket listening).
     pub fn start(ns: &NetNs, ifname: &str, mode: &str, rules: &str) -> Self {
+        Self::start_with_env(ns, ifname, mode, rules, &[])
+    }
+
+    /// [`Self::start`] with extra environment variables (for instance `NOTIFY_SOCKET`).
+    pub fn start_with_env(
+        ns: &NetNs,
+        ifname: &str,
+        mode: &str,
+        rules: &str,
+        env: &[(&str, &str)],
+    ) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let config = dir.path().join("rules.toml");
         std::fs::write(&config, rules).expect("writing rules");
@@ -108,6 +121,10 @@ impl Daemon {
             ns_path: ns.path(),
             ifname: ifname.to_string(),
             mode: mode.to_string(),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
         };
         let (child, ready) = launch.spawn(&config, &pin_dir, &socket, &stderr);
         let mut d = Self {
