@@ -123,8 +123,16 @@ impl From<&Defaults> for DefaultsView {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct InterfaceStatus {
     pub name: String,
-    /// "native" or "generic".
+    /// "native", "generic", or "adopted" (from a previous daemon).
     pub mode: String,
+    #[serde(default)]
+    pub index: u32,
+    /// The XDP program the interface's attachment runs (0 if unknown).
+    #[serde(default)]
+    pub program_id: u32,
+    /// "ok", or what is wrong: the attachment runs another program, or its pin was removed.
+    #[serde(default)]
+    pub state: String,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -148,6 +156,9 @@ pub struct StatusData {
     pub warnings: Vec<String>,
     #[serde(default)]
     pub conntrack: ConntrackStatus,
+    /// Configured interfaces that do not exist (yet); attached when they appear.
+    #[serde(default)]
+    pub waiting_for: Vec<String>,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]

@@ -37,6 +37,7 @@ use crate::{
         ReloadData, Request, Response, RuleView, StatusData,
     },
     datapath::{self, Generation},
+    interfaces,
     model::{Action, Direction, Interfaces, OnStop, PacketMeta, PacketProto, Ruleset, XdpMode},
     sockets,
 };
@@ -69,6 +70,8 @@ impl Overrides {
 
 struct Attached {
     ifname: String,
+    /// The interface's index when attached: a new interface with the same name is another one.
+    ifindex: u32,
     mode: &'static str,
     link: XdpLink,
     /// None only while a reload is moving it.
@@ -93,6 +96,10 @@ struct State {
     gc_interval: Arc<AtomicU32>,
     seeded: usize,
     adopted: bool,
+    /// The interfaces setting in force (command line or file at start).
+    interfaces: Interfaces,
+    /// Configured interfaces that do not exist yet.
+    waiting: Vec<String>,
 }
 
 /// A generation id for the datapath: seconds since the epoch, kept increasing, so ids stay
@@ -114,30 +121,6 @@ fn load_rules(path: &Path, overrides: &Overrides) -> anyhow::Result<Ruleset> {
     let mut rs = config::load(path).map_err(|e| anyhow!("{e}"))?;
     overrides.apply(&mut rs);
     Ok(rs)
-}
-
-/// Interfaces to attach to: the configured list, or every non-loopback interface that is up.
-fn resolve_interfaces(interfaces: &Interfaces) -> anyhow::Result<Vec<String>> {
-    match interfaces {
-        Interfaces::List(names) => Ok(names.clone()),
-        Interfaces::Auto => {
-            use nix::net::if_::InterfaceFlags;
-            let mut names: Vec<String> = nix::ifaddrs::getifaddrs()
-                .context("listing interfaces")?
-                .filter(|i| {
-                    i.flags.contains(InterfaceFlags::IFF_UP)
-                        && !i.flags.contains(InterfaceFlags::IFF_LOOPBACK)
-                })
-                .map(|i| i.interface_name)
-                .collect();
-            names.sort();
-            names.dedup();
-            if names.is_empty() {
-                bail!("interfaces = \"auto\" found no interface that is up (besides loopback)");
-            }
-            Ok(names)
-        }
-    }
 }
 
 pub async fn run(config_path: PathBuf, overrides: Overrides) -> anyhow::Result<()> {
@@ -205,17 +188,28 @@ pub async fn run(config_path: PathBuf, overrides: Overrides) -> anyhow::Result<(
     };
     info!("seeded the connection table with {seeded} existing connection(s)");
 
-    let ifnames = resolve_interfaces(&ruleset.daemon.interfaces)?;
-    let mut attached = Vec::new();
-    for ifname in &ifnames {
-        attached.push(attach_interface(
-            &mut generation,
-            ifname,
-            ruleset.daemon.xdp_mode,
-            &pin_dir,
-        )?);
+    // Subscribed before listing, so an interface appearing in between is not missed.
+    let mut link_events = interfaces::LinkEvents::subscribe()?;
+    let all = interfaces::current()?;
+    let (want, waiting) = interfaces::wanted(&ruleset.daemon.interfaces, &all);
+    for name in &waiting {
+        warn!("interface {name} does not exist yet; the firewall attaches when it appears");
     }
-    forget_other_links(&pin_dir, &ifnames);
+    if want.is_empty() && waiting.is_empty() {
+        warn!("no interface to protect yet; the firewall attaches to interfaces as they appear");
+    }
+    let mut attached = Vec::new();
+    for iface in &want {
+        match attach_interface(&mut generation, iface, ruleset.daemon.xdp_mode, &pin_dir) {
+            Ok(a) => attached.push(a),
+            // A named interface that cannot be protected stops the start; with "auto", one
+            // odd interface (a tunnel without XDP support) does not.
+            Err(e) if matches!(ruleset.daemon.interfaces, Interfaces::List(_)) => return Err(e),
+            Err(e) => warn!("{}: not protected: {e:#}", iface.name),
+        }
+    }
+    let names: Vec<String> = want.iter().map(|i| i.name.clone()).collect();
+    forget_other_links(&pin_dir, &names);
 
     generation.pin(&pin_dir)?;
     let gc_interval = Arc::new(AtomicU32::new(ruleset.conntrack.gc_interval_secs));
@@ -224,6 +218,7 @@ pub async fn run(config_path: PathBuf, overrides: Overrides) -> anyhow::Result<(
     let listener = bind_control_socket(&socket_path, ruleset.daemon.control_group.as_deref())?;
     // From here on, stopping the daemon detaches the firewall and removes the pins.
     cleanup.armed = true;
+    let ruleset_interfaces = ruleset.daemon.interfaces.clone();
     let mut history = VecDeque::new();
     history.push_back((gen_id, rule_names(&ruleset)));
     let mut state = State {
@@ -240,6 +235,8 @@ pub async fn run(config_path: PathBuf, overrides: Overrides) -> anyhow::Result<(
         gc_interval,
         seeded,
         adopted: adopting,
+        interfaces: ruleset_interfaces,
+        waiting,
     };
 
     let summary = format!(
@@ -276,6 +273,10 @@ pub async fn run(config_path: PathBuf, overrides: Overrides) -> anyhow::Result<(
             }
             _ = term.recv() => break,
             _ = int.recv() => break,
+            ev = link_events.next() => match ev {
+                Ok(()) => state.reconcile_interfaces(),
+                Err(e) => warn!("{e:#}"),
+            },
             conn = listener.accept() => match conn {
                 Ok((stream, _)) => {
                     let group = state.ruleset.daemon.control_group.clone();
@@ -336,10 +337,11 @@ impl Drop for PinCleanup {
 /// Egress goes first so the host's new flows are recorded before inbound filtering starts.
 fn attach_interface(
     generation: &mut Generation,
-    ifname: &str,
+    iface: &interfaces::IfInfo,
     mode: XdpMode,
     pin_dir: &Path,
 ) -> anyhow::Result<Attached> {
+    let ifname = iface.name.as_str();
     let egress_pin = datapath::link_pin(pin_dir, "egress", ifname);
     let egress = match datapath::adopt_egress_link(&egress_pin) {
         Ok(Some(link)) => generation.replace_egress(link)?,
@@ -368,6 +370,7 @@ fn attach_interface(
     info!("attached to {ifname} ({mode} mode)");
     Ok(Attached {
         ifname: ifname.to_string(),
+        ifindex: iface.index,
         mode,
         link,
         egress: Some(egress),
@@ -561,7 +564,8 @@ impl State {
         }
     }
 
-    fn status(&self) -> anyhow::Result<StatusData> {
+    fn status(&mut self) -> anyhow::Result<StatusData> {
+        let interfaces = self.interface_status();
         let rs = &self.ruleset;
         let outbound = rs
             .rules
@@ -573,14 +577,8 @@ impl State {
             pid: std::process::id(),
             config: self.config_path.display().to_string(),
             pin_dir: rs.daemon.pin_dir.display().to_string(),
-            interfaces: self
-                .attached
-                .iter()
-                .map(|a| InterfaceStatus {
-                    name: a.ifname.clone(),
-                    mode: a.mode.into(),
-                })
-                .collect(),
+            interfaces,
+            waiting_for: self.waiting.clone(),
             rules: rs.rules.len(),
             inbound_rules: rs.rules.len() - outbound,
             outbound_rules_not_enforced: outbound,
@@ -597,6 +595,34 @@ impl State {
             warnings: rs.warnings.clone(),
             conntrack: self.conntrack_status(),
         })
+    }
+
+    /// Each protected interface, checked against its pinned attachment: someone with root can
+    /// point the link at another program or unpin it, and the user should hear of it.
+    fn interface_status(&mut self) -> Vec<InterfaceStatus> {
+        let ours = self.generation.program_id().unwrap_or(0);
+        let pin_dir = self.ruleset.daemon.pin_dir.clone();
+        self.attached
+            .iter()
+            .map(|a| {
+                let running =
+                    datapath::pinned_link_program(&datapath::link_pin(&pin_dir, "xdp", &a.ifname));
+                let state = match running {
+                    None => "the pinned attachment was removed by someone else".to_string(),
+                    Some(id) if id != ours => {
+                        format!("replaced: runs program {id}, not the firewall's {ours}")
+                    }
+                    Some(_) => "ok".to_string(),
+                };
+                InterfaceStatus {
+                    name: a.ifname.clone(),
+                    mode: a.mode.into(),
+                    index: a.ifindex,
+                    program_id: running.unwrap_or(0),
+                    state,
+                }
+            })
+            .collect()
     }
 
     fn conntrack_status(&self) -> ConntrackStatus {
@@ -768,6 +794,48 @@ impl State {
         ended
     }
 
+    /// Follows the interfaces: attaches to wanted ones that appeared, forgets those that went
+    /// away (the kernel detached their programs with them).
+    fn reconcile_interfaces(&mut self) {
+        let all = match interfaces::current() {
+            Ok(all) => all,
+            Err(e) => {
+                warn!("{e:#}");
+                return;
+            }
+        };
+        let pin_dir = self.ruleset.daemon.pin_dir.clone();
+        self.attached.retain(|a| {
+            let present = all.get(&a.ifname).is_some_and(|i| i.index == a.ifindex);
+            if !present {
+                info!("{} went away; no longer protecting it", a.ifname);
+                for kind in ["xdp", "egress"] {
+                    let _ = std::fs::remove_file(datapath::link_pin(&pin_dir, kind, &a.ifname));
+                }
+            }
+            present
+        });
+        let (want, waiting) = interfaces::wanted(&self.interfaces, &all);
+        self.waiting = waiting;
+        for iface in want {
+            if self.attached.iter().any(|a| a.ifname == iface.name) {
+                continue;
+            }
+            match attach_interface(
+                &mut self.generation,
+                &iface,
+                self.ruleset.daemon.xdp_mode,
+                &pin_dir,
+            ) {
+                Ok(a) => {
+                    info!("{} appeared; protecting it", a.ifname);
+                    self.attached.push(a);
+                }
+                Err(e) => warn!("{}: not protected: {e:#}", iface.name),
+            }
+        }
+    }
+
     /// One line for `systemctl status`.
     fn status_line(&self) -> String {
         let (confirmed, unconfirmed) = self.tables.sizes();
@@ -828,6 +896,7 @@ impl State {
             }
             let Attached {
                 ifname,
+                ifindex,
                 mode,
                 link,
                 egress,
@@ -836,6 +905,7 @@ impl State {
                 Ok(link) => switched.push((
                     Attached {
                         ifname,
+                        ifindex,
                         mode,
                         link,
                         egress,
@@ -860,6 +930,7 @@ impl State {
                             switched.push((
                                 Attached {
                                     ifname: ifname.clone(),
+                                    ifindex,
                                     mode,
                                     link,
                                     egress,
@@ -881,6 +952,7 @@ impl State {
                 if on_new {
                     let Attached {
                         ifname,
+                        ifindex,
                         mode,
                         link,
                         egress,
@@ -888,6 +960,7 @@ impl State {
                     match self.generation.replace(link) {
                         Ok(link) => self.attached.push(Attached {
                             ifname,
+                            ifindex,
                             mode,
                             link,
                             egress,

@@ -210,6 +210,11 @@ impl Generation {
         })
     }
 
+    /// The kernel's id of this generation's XDP program.
+    pub fn program_id(&mut self) -> anyhow::Result<u32> {
+        Ok(self.program()?.info().context("program info")?.id())
+    }
+
     fn egress(&mut self) -> anyhow::Result<&mut SchedClassifier> {
         tc_program(&mut self.ebpf)
     }
@@ -431,6 +436,12 @@ fn pin_fd_link(fd: FdLink, path: &Path) -> anyhow::Result<PinnedLink> {
     let _ = std::fs::remove_file(path);
     fd.pin(path)
         .with_context(|| format!("pinning the link at {}", path.display()))
+}
+
+/// The program a pinned link runs now, or `None` if the pin is gone.
+pub fn pinned_link_program(path: &Path) -> Option<u32> {
+    let pinned = PinnedLink::from_pin(path).ok()?;
+    FdLink::from(pinned).info().ok().map(|i| i.program_id())
 }
 
 /// The XDP link a previous daemon left pinned at `path`, if any.

@@ -5,6 +5,7 @@ pub mod conntrack;
 pub mod control;
 pub mod daemon;
 pub mod datapath;
+pub mod interfaces;
 pub mod model;
 pub mod policy;
 pub mod sockets;

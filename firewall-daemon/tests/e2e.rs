@@ -713,3 +713,57 @@ fn sd_notify_ready_after_attaching_and_around_reloads() {
     assert!(status.success());
     assert!(recv("stop").lines().any(|l| l == "STOPPING=1"));
 }
+
+/// Interfaces follow the host: an interface named in the configuration that appears after the
+/// daemon started is protected within a bound, and one that goes away is forgotten.
+#[test]
+fn interfaces_that_appear_later_are_protected() {
+    let pair = Pair::new();
+    const LATE: &str = "fwlate0";
+    let d = Daemon::start(&pair.server, LATE, "generic", RULES);
+    let status = d.fwctl_json(&["status"]);
+    assert_eq!(status["waiting_for"][0], LATE, "{status}");
+    assert_eq!(status["interfaces"].as_array().map(Vec::len), Some(0));
+
+    // A veth pair inside the test namespace (both ends there).
+    pair.server.exec(&[
+        "ip", "link", "add", LATE, "type", "veth", "peer", "name", "fwlate1",
+    ]);
+    let t0 = Instant::now();
+    let bound = Duration::from_secs(2);
+    let attached = loop {
+        let st = d.fwctl_json(&["status"]);
+        let ifs = st["interfaces"].as_array().cloned().unwrap_or_default();
+        if let Some(i) = ifs.iter().find(|i| i["name"] == LATE) {
+            break i.clone();
+        }
+        assert!(
+            t0.elapsed() < bound,
+            "{LATE} not protected within {bound:?}: {st}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let took = t0.elapsed();
+    assert_eq!(attached["state"], "ok", "{attached}");
+    assert!(
+        attached["program_id"].as_u64().unwrap_or(0) > 0,
+        "{attached}"
+    );
+    let link = pair.server.exec(&["ip", "link", "show", LATE]);
+    assert!(link.contains("xdp"), "{link}");
+    eprintln!("{LATE} protected {took:?} after it appeared");
+
+    pair.server.exec(&["ip", "link", "del", LATE]);
+    let t0 = Instant::now();
+    loop {
+        let st = d.fwctl_json(&["status"]);
+        let gone = st["interfaces"]
+            .as_array()
+            .is_some_and(|a| !a.iter().any(|i| i["name"] == LATE));
+        if gone && st["waiting_for"][0] == LATE {
+            break;
+        }
+        assert!(t0.elapsed() < bound, "{LATE} not forgotten: {st}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
