@@ -267,7 +267,7 @@ pub async fn run(config_path: PathBuf, overrides: Overrides) -> anyhow::Result<(
         tokio::select! {
             _ = hup.recv() => {
                 match state.reload(false) {
-                    Ok(d) => info!("reloaded on SIGHUP: {}", summarize(&d)),
+                    Ok(d) => info!(generation = d.generation; "reloaded on SIGHUP: {}", summarize(&d)),
                     Err(e) => error!("reload on SIGHUP failed, previous rules stay in force: {e:#}"),
                 }
             }
@@ -367,7 +367,7 @@ fn attach_interface(
         }
     };
     let link = datapath::pin_xdp_link(link, &xdp_pin)?;
-    info!("attached to {ifname} ({mode} mode)");
+    info!(interface = ifname; "attached to {ifname} ({mode} mode)");
     Ok(Attached {
         ifname: ifname.to_string(),
         ifindex: iface.index,
@@ -539,7 +539,7 @@ impl State {
             },
             Request::Reload { recheck } => match self.reload(recheck) {
                 Ok(d) => {
-                    info!("reloaded on request: {}", summarize(&d));
+                    info!(generation = d.generation; "reloaded on request: {}", summarize(&d));
                     Response::ok(d)
                 }
                 Err(e) => {
@@ -783,12 +783,20 @@ impl State {
                 } else {
                     ""
                 };
-                ended.push(format!(
-                    "{} {local} <- {remote} ({}): {} by {by}{closed}",
-                    conntrack::proto_name(f.key.proto),
+                let proto = conntrack::proto_name(f.key.proto);
+                let line = format!(
+                    "{proto} {local} <- {remote} ({}): {} by {by}{closed}",
                     firewall_common::ct::state::name(f.entry.state),
                     d.action,
-                ));
+                );
+                info!(
+                    rule = by.as_str(), action = d.action.to_string().as_str(), direction = "in",
+                    proto = proto, local_addr = local.ip().to_string().as_str(),
+                    local_port = local.port(), remote_addr = remote.ip().to_string().as_str(),
+                    remote_port = remote.port();
+                    "recheck ended {line}"
+                );
+                ended.push(line);
             }
         }
         ended
@@ -808,7 +816,7 @@ impl State {
         self.attached.retain(|a| {
             let present = all.get(&a.ifname).is_some_and(|i| i.index == a.ifindex);
             if !present {
-                info!("{} went away; no longer protecting it", a.ifname);
+                info!(interface = a.ifname.as_str(); "{} went away; no longer protecting it", a.ifname);
                 for kind in ["xdp", "egress"] {
                     let _ = std::fs::remove_file(datapath::link_pin(&pin_dir, kind, &a.ifname));
                 }
@@ -828,7 +836,7 @@ impl State {
                 &pin_dir,
             ) {
                 Ok(a) => {
-                    info!("{} appeared; protecting it", a.ifname);
+                    info!(interface = a.ifname.as_str(); "{} appeared; protecting it", a.ifname);
                     self.attached.push(a);
                 }
                 Err(e) => warn!("{}: not protected: {e:#}", iface.name),
@@ -999,9 +1007,6 @@ impl State {
         if recheck {
             data.rechecked = true;
             data.ended = self.recheck();
-            for f in &data.ended {
-                info!("recheck ended {f}");
-            }
         }
         data.generation = self.generation_no;
         data.took_ms = t0.elapsed().as_millis() as u64;

@@ -6,6 +6,7 @@ pub mod control;
 pub mod daemon;
 pub mod datapath;
 pub mod interfaces;
+pub mod logging;
 pub mod model;
 pub mod policy;
 pub mod sockets;
