@@ -1,8 +1,9 @@
-//! Project tasks: `cargo xtask setup | test | run | bench`.
+//! Project tasks: `cargo xtask setup | test | run | bench | install | uninstall`.
 //!
 //! `setup` installs every prerequisite idempotently; `test` and `run` call it first, so a fresh
 //! machine needs nothing but rustup and this repository.
 
+mod install;
 mod sandbox;
 mod setup;
 
@@ -49,6 +50,11 @@ enum Cmd {
     /// Measure the datapath with BPF_PROG_TEST_RUN (ns/packet for pass, drop and reject at
     /// 10 and 10,000 rules, against an empty program).
     Bench,
+    /// Build and install the daemon, fwctl, the systemd unit, man pages, completions and (if
+    /// absent) /etc/firewall/rules.toml; see xtask/src/install.rs for where each goes.
+    Install(install::InstallArgs),
+    /// Remove what `install` put there (same options), except /etc/firewall/rules.toml.
+    Uninstall(install::InstallArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -95,6 +101,8 @@ fn main() -> anyhow::Result<()> {
                 Ok(())
             }
         }
+        Cmd::Install(args) => install::install_cmd(&args),
+        Cmd::Uninstall(args) => install::uninstall_cmd(&args),
         Cmd::Bench => {
             setup::run()?;
             cargo(&[

@@ -1,80 +1,19 @@
-//! `fwctl`: list, check and reload the firewall's rules; show its status.
-//!
-//! Exit codes: 0 success; 1 the rules file is invalid (`check`) or the daemon refused the
-//! request (for instance a reload of an invalid file); 2 usage error; 3 the daemon cannot be
-//! reached; 4 permission denied.
-use std::{path::PathBuf, process::ExitCode, time::Duration};
-
-use clap::{Parser, Subcommand};
-use firewall_daemon::{
-    compile, config,
-    control::{self, ClientError, ConnsData, ListData, ReloadData, Request, StatusData},
-    model::Direction,
+//! `fwctl`: list, check and reload the firewall's rules; show its status. The command line
+//! (flags, exit codes, help) is defined in `firewall_daemon::cli`.
+use std::{
+    path::{Path, PathBuf},
+    process::ExitCode,
+    time::Duration,
 };
 
-const DEFAULT_SOCKET: &str = "/run/firewall/control.sock";
-
-#[derive(Debug, Parser)]
-#[command(
-    version,
-    about = "Control the host firewall daemon",
-    after_help = "Examples:\n  \
-    fwctl status\n  fwctl list --json\n  fwctl check /etc/firewall/rules.toml\n  fwctl reload\n  \
-    fwctl conns\n\n\
-    Exit codes: 0 ok, 1 invalid rules or request refused, 2 usage, 3 daemon unreachable, \
-    4 permission denied."
-)]
-struct Args {
-    /// Control socket of the daemon (default: [daemon] control_socket of --config, else
-    /// /run/firewall/control.sock).
-    #[arg(long, global = true)]
-    socket: Option<PathBuf>,
-    /// Rules file whose [daemon] control_socket to use.
-    #[arg(long, global = true)]
-    config: Option<PathBuf>,
-    #[command(subcommand)]
-    cmd: Cmd,
-}
-
-#[derive(Debug, Subcommand)]
-enum Cmd {
-    /// Rules in force, in order, with how many packets each decided.
-    #[command(after_help = "Example:\n  fwctl list\n  fwctl list --json | jq '.rules[0]'")]
-    List {
-        #[arg(long)]
-        json: bool,
-    },
-    /// Interfaces and XDP mode, rule counts, defaults and datapath counters.
-    #[command(after_help = "Example:\n  fwctl status --json | jq .counters")]
-    Status {
-        #[arg(long)]
-        json: bool,
-    },
-    /// Re-read the daemon's rules file and switch to it atomically; an invalid file changes
-    /// nothing and its error is printed.
-    #[command(after_help = "Example:\n  fwctl reload\n  fwctl reload --recheck")]
-    Reload {
-        #[arg(long)]
-        json: bool,
-        /// Also re-judge tracked inbound connections under the new rules, and end those the
-        /// new rules deny: the host's socket is closed and their packets get the denying
-        /// rule's action from then on.
-        #[arg(long)]
-        recheck: bool,
-    },
-    /// Tracked connections: protocol, both endpoints, state, age, time left, packets and
-    /// bytes each way, and what admitted them (like `conntrack -L`).
-    #[command(
-        after_help = "Example:\n  fwctl conns\n  fwctl conns --json | jq '.connections[] | select(.state == \"ESTABLISHED\")'"
-    )]
-    Conns {
-        #[arg(long)]
-        json: bool,
-    },
-    /// Validate a rules file without touching the running firewall (exit 1 if invalid).
-    #[command(after_help = "Example:\n  fwctl check /etc/firewall/rules.toml")]
-    Check { file: PathBuf },
-}
+use clap::Parser as _;
+use firewall_daemon::{
+    cli::{self, FwctlArgs as Args, FwctlCmd as Cmd, exit},
+    compile, config,
+    control::{self, ClientError, ConnsData, ListData, ReloadData, Request, StatusData},
+    datapath,
+    model::Direction,
+};
 
 fn main() -> ExitCode {
     let args = Args::parse();
@@ -82,17 +21,46 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             eprintln!("fwctl: {e}");
-            let code = match e {
-                Failure::Client(ClientError::Permission { .. }) => 4,
-                Failure::Client(
-                    ClientError::NoSocket { .. }
-                    | ClientError::Refused { .. }
-                    | ClientError::Io { .. },
-                ) => 3,
-                _ => 1,
-            };
-            ExitCode::from(code)
+            if let Some(hint) = hint(&e) {
+                eprintln!("fwctl: {hint}");
+            }
+            if let (Cmd::Status { json }, Failure::Client(c)) = (&args.cmd, &e)
+                && !matches!(c, ClientError::Permission { .. })
+            {
+                down_status(&args, &e, *json);
+            }
+            ExitCode::from(exit_code(&e))
         }
+    }
+}
+
+fn exit_code(e: &Failure) -> u8 {
+    match e {
+        Failure::Client(ClientError::Permission { .. }) => exit::PERMISSION,
+        Failure::Client(
+            ClientError::NoSocket { .. } | ClientError::Refused { .. } | ClientError::Io { .. },
+        ) => exit::UNREACHABLE,
+        _ => exit::INVALID,
+    }
+}
+
+/// What to do about an error, when there is something to say beyond the error itself.
+fn hint(e: &Failure) -> Option<String> {
+    let systemd = "`systemctl status firewall-daemon` (or `journalctl -u firewall-daemon`) \
+                   shows whether the service runs and why it stopped";
+    match e {
+        Failure::Client(ClientError::NoSocket { .. } | ClientError::Refused { .. }) => {
+            Some(format!("hint: {systemd}"))
+        }
+        Failure::Client(ClientError::Io { .. }) => {
+            Some(format!("hint: the daemon did not answer; {systemd}"))
+        }
+        Failure::Client(ClientError::Permission { .. }) => Some(
+            "hint: use sudo, or set [daemon] control_group in the rules file and add the user \
+             to that group (usermod -aG GROUP USER; takes effect at the next login)"
+                .into(),
+        ),
+        _ => None,
     }
 }
 
@@ -106,15 +74,24 @@ enum Failure {
     Other(String),
 }
 
+/// The rules file named by `--config`, parsed (only when given).
+fn config_file(args: &Args) -> Result<Option<firewall_daemon::model::Ruleset>, Failure> {
+    match &args.config {
+        Some(c) => config::load(c)
+            .map(Some)
+            .map_err(|e| Failure::Other(e.to_string())),
+        None => Ok(None),
+    }
+}
+
 fn socket_path(args: &Args) -> Result<PathBuf, Failure> {
     if let Some(s) = &args.socket {
         return Ok(s.clone());
     }
-    if let Some(c) = &args.config {
-        let rs = config::load(c).map_err(|e| Failure::Other(e.to_string()))?;
+    if let Some(rs) = config_file(args)? {
         return Ok(rs.daemon.control_socket);
     }
-    Ok(PathBuf::from(DEFAULT_SOCKET))
+    Ok(PathBuf::from(cli::DEFAULT_CONTROL_SOCKET))
 }
 
 fn request(args: &Args, req: Request) -> Result<serde_json::Value, Failure> {
@@ -137,7 +114,7 @@ fn decode<T: serde::de::DeserializeOwned>(v: serde_json::Value) -> Result<T, Fai
 
 fn run(args: &Args) -> Result<ExitCode, Failure> {
     match &args.cmd {
-        Cmd::Check { file } => return Ok(check(file)),
+        Cmd::Check { file, json } => return Ok(check(file, *json)),
         Cmd::List { json } => show(args, Request::List, *json, print_list)?,
         Cmd::Status { json } => show(args, Request::Status, *json, print_status)?,
         Cmd::Reload { json, recheck } => show(
@@ -167,26 +144,192 @@ fn show<T: serde::de::DeserializeOwned>(
     Ok(())
 }
 
-fn check(file: &std::path::Path) -> ExitCode {
-    let rs = match config::load(file) {
+/// What protects the host while the daemon cannot be reached: the attachments a previous daemon
+/// left pinned (they go on enforcing its last rules), or nothing.
+#[derive(Debug, serde::Serialize)]
+struct DownStatus {
+    daemon: &'static str,
+    error: String,
+    pin_dir: PathBuf,
+    /// Interfaces whose XDP attachment is pinned: still enforcing the last rules.
+    enforcing_on: Vec<String>,
+    /// Pinned attachments whose interface no longer exists.
+    stale: Vec<String>,
+    /// Why the pins could not be inspected, if they could not.
+    unknown: Option<String>,
+}
+
+/// `fwctl status` with the daemon unreachable: says whether the firewall still enforces.
+fn down_status(args: &Args, e: &Failure, json: bool) {
+    // The pin directory: --config's, else the installed rules file's, else the default.
+    let pin_dir = config_file(args)
+        .ok()
+        .flatten()
+        .or_else(|| config::load(Path::new(cli::DEFAULT_CONFIG)).ok())
+        .map(|rs| rs.daemon.pin_dir)
+        .unwrap_or_else(|| firewall_daemon::model::DaemonConfig::default().pin_dir);
+    let mut st = DownStatus {
+        daemon: "unreachable",
+        error: e.to_string(),
+        enforcing_on: Vec::new(),
+        stale: Vec::new(),
+        unknown: None,
+        pin_dir,
+    };
+    let links = st.pin_dir.join(datapath::LINK_DIR);
+    match std::fs::read_dir(&links) {
+        Ok(dir) => {
+            let mut names: Vec<String> = dir
+                .flatten()
+                .filter_map(|e| {
+                    let name = e.file_name().to_string_lossy().into_owned();
+                    name.strip_prefix("xdp-").map(str::to_string)
+                })
+                .collect();
+            names.sort();
+            for ifname in names {
+                // In the caller's network namespace (sysfs may show another one's).
+                if nix::net::if_::if_nametoindex(ifname.as_str()).is_ok() {
+                    st.enforcing_on.push(ifname);
+                } else {
+                    st.stale.push(ifname);
+                }
+            }
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => st.unknown = Some(format!("{}: {e}", links.display())),
+    }
+    if json {
+        match serde_json::to_string_pretty(&st) {
+            Ok(s) => println!("{s}"),
+            Err(e) => eprintln!("fwctl: {e}"),
+        }
+        return;
+    }
+    if let Some(why) = &st.unknown {
+        println!(
+            "daemon:      not reachable; cannot tell whether the firewall still enforces \
+             ({why}; run as root)"
+        );
+    } else if st.enforcing_on.is_empty() {
+        println!(
+            "daemon:      not reachable, and no attachment is pinned under {}: \
+             NOTHING PROTECTS THIS HOST",
+            links.display()
+        );
+    } else {
+        println!(
+            "daemon:      not reachable, but the firewall still enforces its last rules on {} \
+             (attachments pinned under {}); start the daemon to manage them again",
+            st.enforcing_on.join(", "),
+            links.display()
+        );
+    }
+    if !st.stale.is_empty() {
+        println!(
+            "stale pins:  {} (the interface is gone)",
+            st.stale.join(", ")
+        );
+    }
+}
+
+#[derive(Debug, serde::Serialize)]
+struct CheckReport<'a> {
+    file: &'a Path,
+    valid: bool,
+    rules: usize,
+    inbound_rules: usize,
+    outbound_rules: usize,
+    default_inbound: Option<String>,
+    warnings: Vec<String>,
+    /// Every problem, located where possible.
+    errors: Vec<CheckError>,
+}
+
+#[derive(Debug, serde::Serialize)]
+struct CheckError {
+    file: PathBuf,
+    line: Option<usize>,
+    column: Option<usize>,
+    message: String,
+}
+
+fn check(file: &Path, json: bool) -> ExitCode {
+    let mut report = CheckReport {
+        file,
+        valid: false,
+        rules: 0,
+        inbound_rules: 0,
+        outbound_rules: 0,
+        default_inbound: None,
+        warnings: Vec::new(),
+        errors: Vec::new(),
+    };
+    let result = config::load(file).map_err(|e| {
+        let located: Vec<CheckError> = e
+            .diagnostics()
+            .iter()
+            .map(|d| CheckError {
+                file: d.file.clone(),
+                line: d.line,
+                column: d.column,
+                message: d.message.clone(),
+            })
+            .collect();
+        let errors = if located.is_empty() {
+            vec![CheckError {
+                file: file.to_path_buf(),
+                line: None,
+                column: None,
+                message: e.to_string(),
+            }]
+        } else {
+            located
+        };
+        (e.to_string(), errors)
+    });
+    let rs = result.and_then(|rs| match compile::compile(&rs) {
+        Ok(_) => Ok(rs),
+        Err(e) => Err((
+            format!("{}: {e}", file.display()),
+            vec![CheckError {
+                file: file.to_path_buf(),
+                line: None,
+                column: None,
+                message: e.to_string(),
+            }],
+        )),
+    });
+    let rs = match rs {
         Ok(rs) => rs,
-        Err(e) => {
-            eprintln!("{e}");
-            return ExitCode::FAILURE;
+        Err((text, errors)) => {
+            if json {
+                report.errors = errors;
+                print_json(&report);
+            } else {
+                eprintln!("{text}");
+            }
+            return ExitCode::from(exit::INVALID);
         }
     };
-    if let Err(e) = compile::compile(&rs) {
-        eprintln!("{}: {e}", file.display());
-        return ExitCode::FAILURE;
-    }
-    for w in &rs.warnings {
-        println!("warning: {w}");
-    }
     let out: Vec<_> = rs
         .rules
         .iter()
         .filter(|r| r.direction == Direction::Out)
         .collect();
+    if json {
+        report.valid = true;
+        report.rules = rs.rules.len();
+        report.outbound_rules = out.len();
+        report.inbound_rules = rs.rules.len() - out.len();
+        report.default_inbound = Some(rs.defaults.inbound.to_string());
+        report.warnings = rs.warnings.clone();
+        print_json(&report);
+        return ExitCode::SUCCESS;
+    }
+    for w in &rs.warnings {
+        println!("warning: {w}");
+    }
     println!(
         "{}: OK, {} rules ({} inbound, {} outbound); default inbound {}",
         file.display(),
@@ -204,6 +347,13 @@ fn check(file: &std::path::Path) -> ExitCode {
         );
     }
     ExitCode::SUCCESS
+}
+
+fn print_json<T: serde::Serialize>(v: &T) {
+    match serde_json::to_string_pretty(v) {
+        Ok(s) => println!("{s}"),
+        Err(e) => eprintln!("fwctl: {e}"),
+    }
 }
 
 /// Fits a cell into `width` columns, marking what was cut.

@@ -1,0 +1,260 @@
+//! The command lines of `firewall-daemon` and `fwctl`, defined once: the binaries parse them,
+//! and `cargo xtask install` renders the same definitions into man pages and shell completions.
+//!
+//! This file uses nothing but `std` and `clap`: xtask compiles it on its own (through
+//! `#[path]`), without the rest of this crate, whose build needs the eBPF toolchain.
+//!
+//! The text shown after the options (`after_help`) follows a small format that the man page
+//! generator reads back: blocks separated by blank lines, each opened by a title line ending in
+//! `:` and followed by items indented by two spaces. In an `Examples:` block each item is a
+//! command line; in any other block an item is `TERM  text` (two or more spaces apart), or text
+//! alone. Each block becomes the man page section of the same title (`Exit status:` becomes
+//! EXIT STATUS).
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+/// The rules file the daemon reads, and the one the systemd unit names.
+pub const DEFAULT_CONFIG: &str = "/etc/firewall/rules.toml";
+/// The daemon's control socket unless `[daemon] control_socket` says otherwise.
+pub const DEFAULT_CONTROL_SOCKET: &str = "/run/firewall/control.sock";
+
+/// `fwctl`'s exit codes (also listed in its `--help` and man page).
+pub mod exit {
+    pub const OK: u8 = 0;
+    /// The rules file is invalid (`check`), or the daemon refused the request.
+    pub const INVALID: u8 = 1;
+    /// Bad command line (clap's own code for usage errors).
+    pub const USAGE: u8 = 2;
+    /// The daemon cannot be reached.
+    pub const UNREACHABLE: u8 = 3;
+    /// The control socket refused the caller.
+    pub const PERMISSION: u8 = 4;
+}
+
+const FWCTL_AFTER_HELP: &str = "\
+Examples:
+  fwctl status
+  fwctl list --json | jq '.rules[0]'
+  fwctl check /etc/firewall/rules.toml
+  fwctl reload
+  fwctl reload --recheck
+  fwctl conns
+
+Exit status:
+  0  Success.
+  1  The rules file is invalid (check), or the daemon refused the request, for instance a \
+reload of an invalid file (the previous rules stay in force).
+  2  Usage error.
+  3  The daemon cannot be reached: it is not running, the socket is missing or stale, or it \
+does not answer.
+  4  Permission denied on the control socket: run as root, or as a member of the [daemon] \
+control_group.
+
+Files:
+  /etc/firewall/rules.toml  The rules file (see rules.toml(5)); --config reads its [daemon] \
+control_socket.
+  /run/firewall/control.sock  The daemon's control socket (default).
+
+See also:
+  firewall-daemon(8), rules.toml(5), systemctl(1)";
+
+const DAEMON_AFTER_HELP: &str = "\
+Examples:
+  firewall-daemon --config /etc/firewall/rules.toml
+  systemctl enable --now firewall-daemon
+  firewall-daemon --config rules.toml --interface veth0 --xdp-mode generic --pin-dir \
+/sys/fs/bpf/fw-test --control-socket /tmp/fw.sock
+
+Signals:
+  SIGHUP  Reload the rules file; if it is invalid, the rules in force stay (fwctl reload does \
+the same and prints what changed).
+  SIGTERM, SIGINT  Stop. With [daemon] on_stop = \"keep\" (the default) the pinned programs go \
+on enforcing the last rules and the next daemon adopts them; with \"detach\" the firewall is \
+detached and its pins removed.
+
+Environment:
+  RUST_LOG  Log filter, overrides --log-level (for instance info,firewall_daemon=debug).
+
+Files:
+  /etc/firewall/rules.toml  The rules file (see rules.toml(5)).
+  /run/firewall/control.sock  Control socket used by fwctl(1) (default).
+  /sys/fs/bpf/firewall  Pinned programs, maps and attachments (default pin_dir).
+
+See also:
+  fwctl(1), rules.toml(5), systemd.service(5), bpftool(8)";
+
+/// XDP attach mode (`--xdp-mode`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum XdpModeArg {
+    /// Native where the driver supports it, generic elsewhere.
+    Auto,
+    /// In the network driver (fastest; not every driver supports it).
+    Native,
+    /// In the kernel's network stack (works with every driver).
+    Generic,
+}
+
+/// Host firewall daemon: compiles rules.toml into an XDP program and keeps it in force.
+#[derive(Debug, Parser)]
+#[command(
+    name = "firewall-daemon",
+    version,
+    long_about = "Host firewall daemon: compiles rules.toml into an XDP program and keeps it in \
+force.\n\nIt loads the XDP program and the TC egress program (connection tracking) onto every \
+protected interface, fills their maps from the rules file, and serves fwctl(1) on a Unix \
+socket. Reloads (SIGHUP, fwctl reload) switch to the new rules atomically; an invalid file \
+changes nothing. It prints \"firewall-daemon: ready (...)\" on stdout once the programs are \
+attached and the control socket listens. Under systemd (firewall-daemon.service, \
+Type=notify) it also reports readiness, reloads and a status line through sd_notify, and logs \
+to the journal with fields. Run it as root, or with CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON \
+(and CAP_CHOWN for [daemon] control_group).",
+    after_help = DAEMON_AFTER_HELP
+)]
+pub struct DaemonArgs {
+    /// Rules file.
+    #[arg(long, short, default_value = DEFAULT_CONFIG, value_name = "FILE", value_hint = clap::ValueHint::FilePath)]
+    pub config: PathBuf,
+    /// Interface to protect (repeatable); overrides [daemon] interfaces.
+    #[arg(long = "interface", short = 'i', value_name = "IFNAME")]
+    pub interfaces: Vec<String>,
+    /// Overrides [daemon] xdp_mode.
+    #[arg(long, value_enum)]
+    pub xdp_mode: Option<XdpModeArg>,
+    /// Overrides [daemon] control_socket.
+    #[arg(long, value_name = "PATH", value_hint = clap::ValueHint::FilePath)]
+    pub control_socket: Option<PathBuf>,
+    /// Overrides [daemon] pin_dir (must be on a bpf filesystem).
+    #[arg(long, value_name = "DIR", value_hint = clap::ValueHint::DirPath)]
+    pub pin_dir: Option<PathBuf>,
+    /// Log level: error, warn, info, debug, trace (RUST_LOG also works).
+    #[arg(long, default_value = "info", value_name = "LEVEL")]
+    pub log_level: String,
+}
+
+/// Control the host firewall daemon.
+#[derive(Debug, Parser)]
+#[command(
+    name = "fwctl",
+    version,
+    long_about = "Control the host firewall daemon.\n\nfwctl shows the rules in force and what \
+the datapath did, lists tracked connections, validates rules files and reloads the daemon's \
+rules, through the daemon's control socket (root, or members of [daemon] control_group). \
+Every command that reads something takes --json for scripts.",
+    after_help = FWCTL_AFTER_HELP
+)]
+pub struct FwctlArgs {
+    /// Control socket of the daemon (default: [daemon] control_socket of --config, else
+    /// /run/firewall/control.sock).
+    #[arg(long, global = true, value_name = "PATH", value_hint = clap::ValueHint::FilePath)]
+    pub socket: Option<PathBuf>,
+    /// Rules file whose [daemon] control_socket (and pin_dir) to use.
+    #[arg(long, global = true, value_name = "FILE", value_hint = clap::ValueHint::FilePath)]
+    pub config: Option<PathBuf>,
+    #[command(subcommand)]
+    pub cmd: FwctlCmd,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum FwctlCmd {
+    /// Rules in force, in order, with how many packets each decided.
+    #[command(after_help = "Examples:\n  fwctl list\n  fwctl list --json | jq '.rules[0]'")]
+    List {
+        /// Print the daemon's answer as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Interfaces and XDP mode, rule counts, defaults and datapath counters.
+    #[command(
+        long_about = "Interfaces and XDP mode, rule counts, defaults and datapath counters.\n\n\
+When the daemon cannot be reached, says whether the firewall is still enforcing (attachments \
+pinned under the pin directory, which a stopped or crashed daemon leaves in force) or whether \
+nothing protects the host (with --json, as a JSON object), and exits with status 3.",
+        after_help = "Examples:\n  fwctl status\n  fwctl status --json | jq .counters"
+    )]
+    Status {
+        /// Print the daemon's answer as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Re-read the daemon's rules file and switch to it atomically; an invalid file changes
+    /// nothing and its error is printed.
+    #[command(after_help = "Examples:\n  fwctl reload\n  fwctl reload --recheck\n  \
+systemctl reload firewall-daemon")]
+    Reload {
+        /// Print the daemon's answer as JSON.
+        #[arg(long)]
+        json: bool,
+        /// Also re-judge tracked inbound connections under the new rules, and end those the
+        /// new rules deny: the host's socket is closed and their packets get the denying
+        /// rule's action from then on.
+        #[arg(long)]
+        recheck: bool,
+    },
+    /// Tracked connections: protocol, both endpoints, state, age, time left, packets and
+    /// bytes each way, and what admitted them (like `conntrack -L`).
+    #[command(
+        after_help = "Examples:\n  fwctl conns\n  fwctl conns --json | jq '.connections[] | select(.state == \"ESTABLISHED\")'"
+    )]
+    Conns {
+        /// Print the daemon's answer as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Validate a rules file without touching the running firewall (exit 1 if invalid).
+    #[command(after_help = "Examples:\n  fwctl check /etc/firewall/rules.toml\n  \
+fwctl check --json rules.toml | jq '.errors[].message'")]
+    Check {
+        /// Print the result as JSON (also when the file is invalid).
+        #[arg(long)]
+        json: bool,
+        /// The rules file to check.
+        #[arg(value_hint = clap::ValueHint::FilePath)]
+        file: PathBuf,
+    },
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory as _;
+
+    use super::*;
+
+    #[test]
+    fn definitions_are_consistent() {
+        FwctlArgs::command().debug_assert();
+        DaemonArgs::command().debug_assert();
+    }
+
+    #[test]
+    fn existing_command_lines_still_parse() {
+        let a = FwctlArgs::try_parse_from(["fwctl", "reload", "--recheck", "--socket", "/s"])
+            .expect("fwctl reload");
+        assert!(matches!(
+            a.cmd,
+            FwctlCmd::Reload {
+                recheck: true,
+                json: false
+            }
+        ));
+        assert_eq!(a.socket, Some(PathBuf::from("/s")));
+        let d = DaemonArgs::try_parse_from([
+            "firewall-daemon",
+            "-c",
+            "r.toml",
+            "-i",
+            "a",
+            "--interface",
+            "b",
+            "--xdp-mode",
+            "generic",
+        ])
+        .expect("daemon args");
+        assert_eq!(d.interfaces, ["a", "b"]);
+        assert_eq!(d.xdp_mode, Some(XdpModeArg::Generic));
+        assert_eq!(d.log_level, "info");
+        let e = FwctlArgs::try_parse_from(["fwctl", "frobnicate"]).expect_err("unknown verb");
+        assert_eq!(e.exit_code(), i32::from(exit::USAGE));
+    }
+}
