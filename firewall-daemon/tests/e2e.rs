@@ -767,3 +767,25 @@ fn interfaces_that_appear_later_are_protected() {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// `on_stop = "keep"` (the default): after the daemon exits, the last rules go on enforcing
+/// (a stealth port stays filtered, an allowed port stays open), and a new daemon adopts them.
+#[test]
+fn on_stop_keep_goes_on_enforcing_until_a_new_daemon_adopts() {
+    let mut lab = Lab::new("generic");
+    let v4 = lab.pair.server_v4;
+    assert_allowed(&lab, v4, 8080);
+    assert_stealthed(&lab, v4, 8082);
+    let status = lab.daemon.terminate();
+    assert!(status.success(), "daemon exit: {status}");
+    assert!(!lab.daemon.socket.exists(), "the control socket is gone");
+    // No daemon now: the pinned programs decide.
+    assert_allowed(&lab, v4, 8080);
+    assert_stealthed(&lab, v4, 8082);
+    assert_rejected(&lab, v4, 8081);
+    lab.daemon.restart();
+    let status = lab.daemon.fwctl_json(&["status"]);
+    assert_eq!(status["conntrack"]["adopted"], true, "{status}");
+    assert_allowed(&lab, v4, 8080);
+    assert_stealthed(&lab, v4, 8082);
+}
