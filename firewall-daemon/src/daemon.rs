@@ -124,6 +124,11 @@ fn load_rules(path: &Path, overrides: &Overrides) -> anyhow::Result<Ruleset> {
 }
 
 pub async fn run(config_path: PathBuf, overrides: Overrides) -> anyhow::Result<()> {
+    // Handlers first: a SIGTERM that arrives as soon as the readiness line is out must stop
+    // the daemon the orderly way (on_stop), not kill it.
+    let mut hup = signal(SignalKind::hangup())?;
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
     let ruleset = load_rules(&config_path, &overrides)?;
     for w in &ruleset.warnings {
         warn!("{w}");
@@ -260,9 +265,6 @@ pub async fn run(config_path: PathBuf, overrides: Overrides) -> anyhow::Result<(
         NotifyState::Status(&state.status_line()),
     ]);
 
-    let mut hup = signal(SignalKind::hangup())?;
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
     loop {
         tokio::select! {
             _ = hup.recv() => {
