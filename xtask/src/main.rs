@@ -4,6 +4,7 @@
 //! machine needs nothing but rustup and this repository.
 
 mod install;
+mod qemu;
 mod sandbox;
 mod setup;
 
@@ -29,6 +30,11 @@ enum Cmd {
         /// Skip `cargo fmt --check` and clippy.
         #[arg(long)]
         no_lint: bool,
+        /// Run the suite on these kernels instead, each booted in QEMU: a comma list of
+        /// `host`, `6.1`, `6.12`, or `all` (= host,6.1,6.12). In the guests, arguments after a
+        /// second `--` go to every test binary.
+        #[arg(long, value_name = "LIST")]
+        kernel: Option<String>,
         /// Extra arguments for `cargo test` (after `--`).
         #[arg(last = true)]
         cargo_args: Vec<String>,
@@ -62,12 +68,16 @@ fn main() -> anyhow::Result<()> {
         Cmd::Setup => setup::run(),
         Cmd::Test {
             no_lint,
+            kernel,
             cargo_args,
         } => {
             setup::run()?;
             if !no_lint {
                 cargo(&["fmt", "--all", "--check"])?;
                 cargo(&["clippy", "--all-targets", "--", "-D", "warnings"])?;
+            }
+            if let Some(kernels) = kernel {
+                return qemu::test(&kernels, &cargo_args);
             }
             let mut args = vec!["test", "--workspace"];
             args.extend(cargo_args.iter().map(String::as_str));

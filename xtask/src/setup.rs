@@ -29,6 +29,9 @@ const PACKAGES: &[&str] = &[
     "systemd",
     "man-db",
     "groff-base",
+    // test --kernel (xtask/src/qemu.rs): the emulator, and depmod for the guests' modules.
+    "qemu-system-x86",
+    "kmod",
 ];
 
 pub fn run() -> anyhow::Result<()> {
