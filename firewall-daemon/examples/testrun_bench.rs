@@ -1,30 +1,69 @@
-//! `cargo xtask bench`: per-packet cost of the XDP program measured in the kernel with
-//! BPF_PROG_TEST_RUN, for pass, drop and reject verdicts at several rule counts, against the
-//! object's empty program measured in the same run.
+//! Benchmark helper for `cargo xtask bench` (which builds and runs it; it needs root).
 //!
-//! Drop and the tracked (established) paths are timed with `repeat` (the kernel averages over
-//! the repetitions). A new flow that the rules allow is recorded in the connection table, so
-//! the repetitions after the first would be tracked packets: it is timed with single-shot runs,
-//! each from another source port, and the median taken. Reject rewrites the frame, and a
-//! repeated run would re-judge the rewritten reply, so it is timed single-shot too.
+//! `testrun_bench [--quick] [--json] [--n 10,1000,100000]`: per-packet cost of the XDP program
+//! measured in the kernel with BPF_PROG_TEST_RUN, for the pass (new flow), drop, reject and
+//! tracked (established TCP, replied and unreplied UDP) paths at several rule counts, against the
+//! object's empty program measured in the same run. Prints a Markdown table, or with `--json` one
+//! JSON document that the xtask turns into BENCHMARKS.md.
+//!
+//! Drop and the tracked paths are timed with `repeat` (the kernel averages over the
+//! repetitions). A new flow that the rules allow is recorded in the connection table, so the
+//! repetitions after the first would be tracked packets: it is timed with single-shot runs, each
+//! from another source address and port, and the median taken. Reject rewrites the frame, and a
+//! repeated run would re-judge the rewritten reply, so it is timed single-shot too. Single-shot
+//! runs include the kernel's per-run setup: compare them with the empty program's single-shot
+//! figure, not with repeated runs.
+//!
+//! `testrun_bench attach-pass NETNS_PATH IFNAME PIN_DIR`: enters the network namespace, attaches
+//! the object's `xdp_pass` program to IFNAME in native mode (the veth XDP floor of the
+//! throughput benchmark), prints `attached` and keeps it attached until its standard input
+//! closes or it is killed (the kernel releases the link when the process exits).
 
-use std::{net::Ipv4Addr, path::Path, time::Instant};
+use std::{
+    io::Read as _,
+    net::Ipv4Addr,
+    os::fd::AsFd as _,
+    path::{Path, PathBuf},
+    time::Instant,
+};
 
+use anyhow::{Context as _, bail};
 use etherparse::PacketBuilder;
 use firewall_daemon::{
     compile, config,
     datapath::{Generation, PassProgram},
+    model::XdpMode,
 };
-use nix::mount::{MntFlags, MsFlags, mount, umount2};
+use nix::{
+    mount::{MntFlags, MsFlags, mount, umount2},
+    sched::{CloneFlags, setns},
+};
+use serde_json::{Value, json};
 
-const REPEAT: u32 = 200_000;
-const SAMPLES: usize = 9;
-const SINGLE_SHOTS: usize = 3_000;
+/// How many samples of each kind: the full run and `--quick`.
+#[derive(Clone, Copy)]
+struct Sizes {
+    repeat: u32,
+    samples: usize,
+    single_shots: usize,
+}
+
+const FULL: Sizes = Sizes {
+    repeat: 200_000,
+    samples: 9,
+    single_shots: 3_000,
+};
+const QUICK: Sizes = Sizes {
+    repeat: 50_000,
+    samples: 3,
+    single_shots: 500,
+};
 
 fn frame(src: Ipv4Addr, dport: u16) -> Vec<u8> {
     frame_from(src, 40000, dport)
 }
 
+/// A 60-byte UDP frame (64 on the wire with the FCS) from `src`:`sport` to 192.168.0.2:`dport`.
 fn frame_from(src: Ipv4Addr, sport: u16, dport: u16) -> Vec<u8> {
     let mut out = Vec::new();
     PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])
@@ -76,25 +115,97 @@ fn rules(n: u32, action: &str) -> String {
     s
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
+/// Median, min and max of a set of samples (NaN samples, failed runs, are left out).
+#[derive(Clone, Copy)]
+struct Stat {
+    median: f64,
+    min: f64,
+    max: f64,
 }
 
-fn spread(v: &[f64]) -> (f64, f64) {
-    let min = v.iter().copied().fold(f64::INFINITY, f64::min);
-    let max = v.iter().copied().fold(0.0, f64::max);
-    (min, max)
+impl Stat {
+    fn of(mut v: Vec<f64>) -> Self {
+        v.retain(|x| x.is_finite());
+        if v.is_empty() {
+            return Self {
+                median: f64::NAN,
+                min: f64::NAN,
+                max: f64::NAN,
+            };
+        }
+        v.sort_by(f64::total_cmp);
+        Self {
+            median: v[v.len() / 2],
+            min: v[0],
+            max: v[v.len() - 1],
+        }
+    }
+
+    fn json(self) -> Value {
+        json!({ "median": self.median, "min": self.min, "max": self.max })
+    }
+
+    fn cell(self, decimals: usize) -> String {
+        format!(
+            "{:.d$} ({:.d$}–{:.d$})",
+            self.median,
+            self.min,
+            self.max,
+            d = decimals
+        )
+    }
 }
 
-fn repeated(mut run: impl FnMut() -> f64) -> (f64, f64, f64) {
-    let v: Vec<f64> = (0..SAMPLES).map(|_| run()).collect();
-    let (lo, hi) = spread(&v);
-    (median(v), lo, hi)
+fn repeated(sizes: Sizes, mut run: impl FnMut() -> f64) -> Stat {
+    Stat::of((0..sizes.samples).map(|_| run()).collect())
+}
+
+struct Opts {
+    json: bool,
+    sizes: Sizes,
+    counts: Vec<u32>,
+}
+
+fn parse_opts(args: &[String]) -> anyhow::Result<Opts> {
+    let mut opts = Opts {
+        json: false,
+        sizes: FULL,
+        counts: vec![10, 1_000, 100_000],
+    };
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--json" => opts.json = true,
+            "--quick" => opts.sizes = QUICK,
+            "--n" => {
+                let list = it.next().context("--n needs a list such as 10,1000")?;
+                opts.counts = list
+                    .split(',')
+                    .map(|s| s.trim().replace('_', "").parse::<u32>())
+                    .collect::<Result<_, _>>()
+                    .with_context(|| format!("--n {list}"))?;
+                if opts.counts.contains(&0) {
+                    bail!("--n: rule counts must be at least 1");
+                }
+            }
+            other => bail!(
+                "unknown argument {other:?}; usage: testrun_bench [--quick] [--json] [--n LIST] \
+                 | testrun_bench attach-pass NETNS_PATH IFNAME PIN_DIR"
+            ),
+        }
+    }
+    Ok(opts)
 }
 
 fn main() -> anyhow::Result<()> {
-    let dir = tempfile::tempdir()?;
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("attach-pass") {
+        return attach_pass(&args[1..]);
+    }
+    let opts = parse_opts(&args)?;
+    let dir = tempfile::Builder::new()
+        .prefix("fw-bench-bpffs-")
+        .tempdir()?;
     mount(
         Some("bpf"),
         dir.path(),
@@ -102,39 +213,74 @@ fn main() -> anyhow::Result<()> {
         MsFlags::empty(),
         None::<&str>,
     )?;
-    let result = bench(dir.path());
+    let result = bench(dir.path(), &opts);
     let _ = umount2(dir.path(), MntFlags::MNT_DETACH);
-    result
+    let doc = result?;
+    if opts.json {
+        println!("{doc}");
+    } else {
+        print_markdown(&doc);
+    }
+    Ok(())
 }
 
-fn bench(bpffs: &Path) -> anyhow::Result<()> {
+fn stat_cell(v: &Value, decimals: usize) -> String {
+    let f = |k: &str| v[k].as_f64().unwrap_or(f64::NAN);
+    Stat {
+        median: f("median"),
+        min: f("min"),
+        max: f("max"),
+    }
+    .cell(decimals)
+}
+
+fn print_markdown(doc: &Value) {
+    println!(
+        "BPF_PROG_TEST_RUN, 60-byte UDP frames (64 on the wire), ns/packet, median (min–max): \
+         repeated paths {} samples x {} runs, single-shot paths {} runs\n",
+        doc["samples"], doc["repeat"], doc["single_shots"]
+    );
+    println!(
+        "empty XDP program: repeated {}, single-shot {}\n",
+        stat_cell(&doc["empty"]["repeated"], 1),
+        stat_cell(&doc["empty"]["single"], 0)
+    );
+    println!(
+        "| rules | compile+load ms | pass, new flow (single-shot) | drop (last rule) | reject \
+         (last rule, single-shot) | established TCP | replied UDP | unreplied UDP (tracked) |"
+    );
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for row in doc["rows"].as_array().into_iter().flatten() {
+        println!(
+            "| {} | {:.0} | {} | {} | {} | {} | {} | {} |",
+            row["n"],
+            row["load_ms"].as_f64().unwrap_or(f64::NAN),
+            stat_cell(&row["pass_new_flow"], 0),
+            stat_cell(&row["drop"], 1),
+            stat_cell(&row["reject"], 0),
+            stat_cell(&row["established_tcp"], 1),
+            stat_cell(&row["replied_udp"], 1),
+            stat_cell(&row["unreplied_udp"], 1),
+        );
+    }
+}
+
+fn bench(bpffs: &Path, opts: &Opts) -> anyhow::Result<Value> {
+    let sizes = opts.sizes;
     let pin = bpffs.join("bench");
     let mut empty = PassProgram::load(&pin)?;
     let miss = frame(Ipv4Addr::new(192, 0, 2, 1), 9);
-    println!(
-        "single-shot runs include the kernel's per-run setup; compare them with each other, \
-         not with repeated runs\n"
+    let e_rep = repeated(sizes, || {
+        empty.time_run(&miss, sizes.repeat).unwrap_or(f64::NAN)
+    });
+    let e_single = Stat::of(
+        (0..sizes.single_shots)
+            .map(|_| empty.time_run(&miss, 1).unwrap_or(f64::NAN))
+            .collect(),
     );
-    let (e_med, e_lo, e_hi) = repeated(|| empty.time_run(&miss, REPEAT).unwrap_or(f64::NAN));
-    println!(
-        "BPF_PROG_TEST_RUN, 64-byte UDP frames, ns/packet: median of {SAMPLES} x {REPEAT} runs (min-max)"
-    );
-    let single: Vec<f64> = (0..SINGLE_SHOTS)
-        .map(|_| empty.time_run(&miss, 1).unwrap_or(f64::NAN))
-        .collect();
-    println!(
-        "empty XDP program: {e_med:.1} ({e_lo:.1}-{e_hi:.1}); single-shot median {:.0}\n",
-        median(single)
-    );
-    println!(
-        "| rules | compile+load ms | pass, new flow (no rule matches; single-shot median) | drop (last rule, stealth) | reject (last rule, ICMP reply, single-shot median) | established TCP | replied UDP |"
-    );
-    println!("|---:|---:|---:|---:|---:|---:|---:|");
-    let ns: Vec<u32> = std::env::var("BENCH_N")
-        .ok()
-        .map(|v| v.split(',').filter_map(|x| x.parse().ok()).collect())
-        .unwrap_or(vec![10, 1_000, 10_000, 100_000]);
-    for n in ns {
+    let mut rows = Vec::new();
+    for &n in &opts.counts {
+        eprintln!("testrun_bench: {n} rules");
         let t = Instant::now();
         let rs = config::parse(&rules(n, "stealth"), Path::new("bench.toml"))
             .map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -143,24 +289,28 @@ fn bench(bpffs: &Path) -> anyhow::Result<()> {
         let load_ms = t.elapsed().as_secs_f64() * 1e3;
         let hit = frame(rule_addr(n - 1), 9);
         // Each shot a new flow (another source address and port), so each meets the rules.
-        let shots: Vec<f64> = (0..SINGLE_SHOTS as u32)
-            .map(|i| {
-                let src = Ipv4Addr::from(0xc000_0000 + (n << 12) + i);
-                drop_gen
-                    .time_run(&frame_from(src, 1024 + i as u16, 9), 1)
-                    .unwrap_or(f64::NAN)
-            })
-            .collect();
-        let (p_lo, p_hi) = spread(&shots);
-        let p = median(shots);
-        let (d, d_lo, d_hi) = repeated(|| drop_gen.time_run(&hit, REPEAT).unwrap_or(f64::NAN));
+        let pass = Stat::of(
+            (0..sizes.single_shots as u32)
+                .map(|i| {
+                    let src = Ipv4Addr::from(0xc000_0000 + (n << 12) + i);
+                    drop_gen
+                        .time_run(&frame_from(src, 1024 + i as u16, 9), 1)
+                        .unwrap_or(f64::NAN)
+                })
+                .collect(),
+        );
+        let dropped = repeated(sizes, || {
+            drop_gen.time_run(&hit, sizes.repeat).unwrap_or(f64::NAN)
+        });
         // Established TCP: a handshake through the programs, then the opener's ACKs.
         let peer = Ipv4Addr::new(198, 51, 100, 7);
         drop_gen.test_run(&tcp_frame(peer, true, true, false))?;
         drop_gen.test_run_egress(&tcp_frame(peer, false, true, true))?;
         let ack = tcp_frame(peer, true, false, true);
         drop_gen.test_run(&ack)?;
-        let (t, t_lo, t_hi) = repeated(|| drop_gen.time_run(&ack, REPEAT).unwrap_or(f64::NAN));
+        let est = repeated(sizes, || {
+            drop_gen.time_run(&ack, sizes.repeat).unwrap_or(f64::NAN)
+        });
         // Replied UDP: the host asked, the answers come back.
         let reply = frame_from(peer, 53, 9);
         drop_gen.test_run_egress(&{
@@ -173,11 +323,23 @@ fn bench(bpffs: &Path) -> anyhow::Result<()> {
             out
         })?;
         drop_gen.test_run(&reply)?;
-        let (u, u_lo, u_hi) = repeated(|| drop_gen.time_run(&reply, REPEAT).unwrap_or(f64::NAN));
+        let replied = repeated(sizes, || {
+            drop_gen.time_run(&reply, sizes.repeat).unwrap_or(f64::NAN)
+        });
+        // Unreplied UDP: a remote host opened the flow (no rule matched, the default allowed
+        // it) and keeps sending without an answer: the path of the veth benchmark's
+        // "accepted, one flow" traffic.
+        let one_way = frame_from(Ipv4Addr::new(203, 0, 113, 9), 40000, 9);
+        drop_gen.test_run(&one_way)?;
+        let unreplied = repeated(sizes, || {
+            drop_gen
+                .time_run(&one_way, sizes.repeat)
+                .unwrap_or(f64::NAN)
+        });
         let counters = drop_gen.counters()?;
         anyhow::ensure!(
-            counters["pass_tracked"] >= 2 * u64::from(REPEAT),
-            "the established paths were not tracked: {counters:?}"
+            counters["pass_tracked"] >= 3 * u64::from(sizes.repeat),
+            "the tracked paths were not tracked: {counters:?}"
         );
         drop(drop_gen);
 
@@ -190,14 +352,56 @@ fn bench(bpffs: &Path) -> anyhow::Result<()> {
             action == 3,
             "reject path returned {action}, expected XDP_TX"
         );
-        let shots: Vec<f64> = (0..SINGLE_SHOTS)
-            .map(|_| reject_gen.time_run(&hit, 1).unwrap_or(f64::NAN))
-            .collect();
-        let (r_lo, r_hi) = spread(&shots);
-        let r = median(shots);
-        println!(
-            "| {n} | {load_ms:.0} | {p:.0} ({p_lo:.0}-{p_hi:.0}) | {d:.1} ({d_lo:.1}-{d_hi:.1}) | {r:.0} ({r_lo:.0}-{r_hi:.0}) | {t:.1} ({t_lo:.1}-{t_hi:.1}) | {u:.1} ({u_lo:.1}-{u_hi:.1}) |"
+        let reject = Stat::of(
+            (0..sizes.single_shots)
+                .map(|_| reject_gen.time_run(&hit, 1).unwrap_or(f64::NAN))
+                .collect(),
         );
+        rows.push(json!({
+            "n": n,
+            "load_ms": load_ms,
+            "pass_new_flow": pass.json(),
+            "drop": dropped.json(),
+            "reject": reject.json(),
+            "established_tcp": est.json(),
+            "replied_udp": replied.json(),
+            "unreplied_udp": unreplied.json(),
+        }));
     }
+    Ok(json!({
+        "repeat": sizes.repeat,
+        "samples": sizes.samples,
+        "single_shots": sizes.single_shots,
+        "empty": { "repeated": e_rep.json(), "single": e_single.json() },
+        "rows": rows,
+    }))
+}
+
+/// Attaches `xdp_pass` to an interface of another namespace and holds it until stdin closes.
+fn attach_pass(args: &[String]) -> anyhow::Result<()> {
+    let [ns_path, ifname, pin_dir] = args else {
+        bail!("usage: testrun_bench attach-pass NETNS_PATH IFNAME PIN_DIR");
+    };
+    // Single-threaded so far: the whole process moves into the namespace, so the interface
+    // name and the attachment are resolved there.
+    let ns = std::fs::File::open(ns_path).with_context(|| format!("opening {ns_path}"))?;
+    setns(ns.as_fd(), CloneFlags::CLONE_NEWNET).context("setns")?;
+    let mut prog = PassProgram::load(&PathBuf::from(pin_dir))?;
+    let (link, mode) = prog.attach(ifname, XdpMode::Native)?;
+    println!("attached {ifname} {mode}");
+    // SIGTERM/SIGINT end the process with the default action; the kernel releases the link
+    // with its file descriptor, which detaches the program.
+    let mut buf = [0u8; 64];
+    let mut stdin = std::io::stdin();
+    loop {
+        match stdin.read(&mut buf) {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    drop(link);
+    drop(prog);
     Ok(())
 }

@@ -3,6 +3,7 @@
 //! `setup` installs every prerequisite idempotently; `test` and `run` call it first, so a fresh
 //! machine needs nothing but rustup and this repository.
 
+mod bench;
 mod install;
 mod qemu;
 mod sandbox;
@@ -53,9 +54,9 @@ enum Cmd {
         #[arg(last = true)]
         daemon_args: Vec<String>,
     },
-    /// Measure the datapath with BPF_PROG_TEST_RUN (ns/packet for pass, drop and reject at
-    /// 10 and 10,000 rules, against an empty program).
-    Bench,
+    /// Benchmark against nftables and iptables side by side (receive rate over veth, reload,
+    /// memory, TCP connection rate) plus BPF_PROG_TEST_RUN figures; writes BENCHMARKS.md.
+    Bench(bench::BenchArgs),
     /// Build and install the daemon, fwctl, the systemd unit, man pages, completions and (if
     /// absent) /etc/firewall/rules.toml; see xtask/src/install.rs for where each goes.
     Install(install::InstallArgs),
@@ -113,16 +114,9 @@ fn main() -> anyhow::Result<()> {
         }
         Cmd::Install(args) => install::install_cmd(&args),
         Cmd::Uninstall(args) => install::uninstall_cmd(&args),
-        Cmd::Bench => {
+        Cmd::Bench(args) => {
             setup::run()?;
-            cargo(&[
-                "run",
-                "--release",
-                "-p",
-                "firewall-daemon",
-                "--example",
-                "testrun_bench",
-            ])
+            bench::run(args)
         }
     }
 }

@@ -1,0 +1,260 @@
+//! Load generation with trafgen (netsniff-ng) and the receive-rate measurement.
+//!
+//! trafgen sends 60-byte UDP frames (64 on the wire with the FCS) from `tx0` through the veth;
+//! on veth the receiver's whole path runs on the sending core, so the rate is one core's
+//! capacity for send + receive + filter. Every trafgen run is bounded twice: by a packet count
+//! (`-n`) and by `timeout`, so it stops by itself even if this process is killed.
+
+use std::{
+    collections::BTreeMap,
+    fs::File,
+    path::{Path, PathBuf},
+    process::{Child, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+
+use super::lab::{self, Pair, RX_ADDR, Snapshot, TX_ADDR, TX_IF};
+
+/// What the test traffic looks like.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Flow {
+    /// From the address of the last rule (the last set element), fixed source port: every
+    /// filter under test drops it.
+    Hit,
+    /// From the sender's own address, fixed source port: no rule matches, accepted. One flow:
+    /// with connection tracking, every packet after the first is a tracked packet.
+    Miss,
+    /// From a random address in 10.202.0.0/16 and a random source port for each packet: no
+    /// rule matches, accepted, and (nearly) every packet is the first of a new flow.
+    NewFlows,
+}
+
+impl Flow {
+    pub const ALL: [Flow; 3] = [Flow::Hit, Flow::Miss, Flow::NewFlows];
+
+    pub fn tag(self) -> &'static str {
+        match self {
+            Flow::Hit => "hit",
+            Flow::Miss => "miss",
+            Flow::NewFlows => "new",
+        }
+    }
+}
+
+/// UDP port the test traffic goes to (the sink listens there, the rules name it).
+pub const PORT: u16 = 9;
+/// Fixed source port of the one-flow traffic.
+const SPORT: u16 = 40000;
+/// Upper bound on any veth packet rate here, for trafgen's packet budget.
+const MAX_PPS: f64 = 4_000_000.0;
+
+fn bytes(b: &[u8]) -> String {
+    b.iter()
+        .map(|x| format!("0x{x:02x}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// trafgen packet configuration: Ethernet, IPv4 (checksum computed by trafgen, per packet when
+/// fields vary), UDP without checksum (allowed for IPv4), 18 bytes of payload: 60 bytes.
+pub fn trafgen_config(pair: &Pair, flow: Flow, hit: [u8; 4], cpu: usize) -> String {
+    let src = match flow {
+        Flow::Hit => bytes(&hit),
+        Flow::Miss => bytes(&TX_ADDR),
+        Flow::NewFlows => "10, 202, drnd(2)".to_string(),
+    };
+    let sport = match flow {
+        Flow::NewFlows => "drnd(2)".to_string(),
+        _ => bytes(&SPORT.to_be_bytes()),
+    };
+    format!(
+        "/* {flow:?} traffic for the {tag} pair */\n\
+         cpu({cpu}): {{\n  {dst},\n  {srcmac},\n  0x08, 0x00,\n  \
+         0x45, 0x00, 0x00, 46, 0x00, 0x00, 0x40, 0x00, 64, 17, csumip(14, 33),\n  \
+         {src},\n  {dstip},\n  {sport}, {dport}, 0x00, 26, 0x00, 0x00,\n  fill(0x00, 18),\n}}\n",
+        tag = pair.tag,
+        dst = bytes(&pair.rx_mac),
+        srcmac = bytes(&pair.tx_mac),
+        dstip = bytes(&RX_ADDR),
+        dport = bytes(&PORT.to_be_bytes()),
+    )
+}
+
+/// A running trafgen, stopped (SIGINT, then SIGKILL) when dropped.
+pub struct Trafgen {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Trafgen {
+    /// Starts trafgen in the pair's sender namespace, sending `flow` from core `cpu` for at
+    /// most `max_secs` seconds.
+    pub fn start(
+        pair: &Pair,
+        dir: &Path,
+        flow: Flow,
+        hit: [u8; 4],
+        cpu: usize,
+        max_secs: f64,
+    ) -> anyhow::Result<Self> {
+        let cfg = dir.join(format!("trafgen-{}-{}.cfg", pair.tag, flow.tag()));
+        std::fs::write(&cfg, trafgen_config(pair, flow, hit, cpu))?;
+        let log = dir.join(format!("trafgen-{}.log", pair.tag));
+        let out = File::create(&log)?;
+        let budget = ((max_secs + 1.0) * MAX_PPS) as u64;
+        // `-P cpu+1` forks one worker per core up to `cpu`; the `cpu(N):` prefix of the
+        // packet gives it to that core's worker only, the others exit at once. trafgen pins each
+        // worker to its core. `timeout` runs it in its own process group and forwards SIGINT.
+        let child = lab::ns_command(pair.tx_ns(), "timeout")
+            .args(["-s", "INT", "-k", "3"])
+            .arg(format!("{}", max_secs.ceil() as u64 + 2))
+            .args(["trafgen", "-o", TX_IF, "-i"])
+            .arg(&cfg)
+            .args(["-P", &(cpu + 1).to_string()])
+            .args(["--no-sock-mem", "--notouch-irq", "-n", &budget.to_string()])
+            .stdin(Stdio::null())
+            .stdout(out.try_clone()?)
+            .stderr(out)
+            .spawn()
+            .context("starting trafgen")?;
+        Ok(Self { child, log })
+    }
+
+    /// PID of the `timeout` process that runs trafgen.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(6)..].join("\n")
+    }
+
+    /// Waits until the receiver sees packets (trafgen sets up its ring first).
+    pub fn wait_flowing(&mut self, pair: &mut Pair) -> anyhow::Result<()> {
+        let first = pair.snapshot()?;
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            lab::sleep(Duration::from_millis(20))?;
+            if pair.snapshot()?.rx_packets > first.rx_packets + 100 {
+                return Ok(());
+            }
+            if !self.running() {
+                bail!("trafgen exited before sending:\n{}", self.log_tail());
+            }
+        }
+        bail!("no packets arrived within 5 s:\n{}", self.log_tail())
+    }
+}
+
+impl Drop for Trafgen {
+    fn drop(&mut self) {
+        if self.running() {
+            // SAFETY: signalling our own child by its PID.
+            unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGINT) };
+            let deadline = Instant::now() + Duration::from_secs(3);
+            while self.running() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            if self.running() {
+                let _ = self.child.kill();
+            }
+        }
+        let _ = self.child.wait();
+    }
+}
+
+/// CPU time of a set of processes, in ns, by PID: the sender's processes and the core's
+/// ksoftirqd. Only the processes present at both readings count.
+pub struct CpuClock {
+    pids: Vec<u32>,
+}
+
+impl CpuClock {
+    /// trafgen's processes (below `root`) and `ksoftirqd/cpu`.
+    pub fn new(root: u32, cpu: usize) -> Self {
+        let mut pids = lab::descendants(root);
+        pids.extend(lab::ksoftirqd(cpu));
+        Self { pids }
+    }
+
+    pub fn read(&self) -> BTreeMap<u32, u64> {
+        self.pids
+            .iter()
+            .filter_map(|&p| Some((p, lab::runtime_ns(p)?)))
+            .collect()
+    }
+
+    pub fn elapsed_ns(a: &BTreeMap<u32, u64>, b: &BTreeMap<u32, u64>) -> u64 {
+        b.iter()
+            .filter_map(|(p, t)| Some(t.saturating_sub(*a.get(p)?)))
+            .sum()
+    }
+}
+
+/// One measurement window.
+#[derive(Clone, Copy, Debug)]
+pub struct Sample {
+    /// Packets received per second of wall-clock time.
+    pub pps: f64,
+    /// Packets received per second of CPU time spent by the sender's processes (whose context
+    /// runs the receiver's path) and the core's ksoftirqd: the rate the core would reach with
+    /// nothing else to run. On a shared machine this is the steadier figure.
+    pub cpu_pps: f64,
+    /// Fraction of the received packets delivered to a transport protocol (`Ip InDelivers`):
+    /// about 1 when accepted, 0 when dropped.
+    pub delivered: f64,
+}
+
+pub fn sample(a: &Snapshot, b: &Snapshot, cpu_ns: u64) -> Sample {
+    let secs = b.at.duration_since(a.at).as_secs_f64();
+    let rx = b.rx_packets.saturating_sub(a.rx_packets);
+    let delivered = b.in_delivers.saturating_sub(a.in_delivers);
+    Sample {
+        pps: if secs > 0.0 { rx as f64 / secs } else { 0.0 },
+        cpu_pps: if cpu_ns > 0 {
+            rx as f64 / (cpu_ns as f64 / 1e9)
+        } else {
+            0.0
+        },
+        delivered: if rx > 0 {
+            delivered as f64 / rx as f64
+        } else {
+            0.0
+        },
+    }
+}
+
+/// Sends `flow` into `pair` and measures the receive rate over `secs` seconds, after a short
+/// warm-up.
+pub fn measure(
+    pair: &mut Pair,
+    dir: &Path,
+    flow: Flow,
+    hit: [u8; 4],
+    cpu: usize,
+    secs: f64,
+) -> anyhow::Result<Sample> {
+    let warmup = Duration::from_millis(300);
+    let mut tg = Trafgen::start(pair, dir, flow, hit, cpu, secs + 5.0)?;
+    tg.wait_flowing(pair)?;
+    lab::sleep(warmup)?;
+    let clock = CpuClock::new(tg.pid(), cpu);
+    let c0 = clock.read();
+    let a = pair.snapshot()?;
+    lab::sleep(Duration::from_secs_f64(secs))?;
+    let b = pair.snapshot()?;
+    let c1 = clock.read();
+    if !tg.running() {
+        bail!("trafgen stopped during the window:\n{}", tg.log_tail());
+    }
+    drop(tg);
+    Ok(sample(&a, &b, CpuClock::elapsed_ns(&c0, &c1)))
+}
