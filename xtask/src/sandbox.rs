@@ -90,7 +90,19 @@ impl Drop for Sandbox {
     }
 }
 
-extern "C" fn ignore(_: libc::c_int) {}
+/// PID of the sandboxed daemon, for the signal handler.
+static DAEMON_PID: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
+
+/// Passes SIGINT/SIGTERM/SIGHUP on to the daemon as SIGTERM, so that whatever stops this
+/// process (Ctrl-C, `timeout`, `kill`, a closed terminal) stops the daemon and lets `run` remove
+/// the sandbox, instead of leaving the namespaces behind.
+extern "C" fn forward(_: libc::c_int) {
+    let pid = DAEMON_PID.load(std::sync::atomic::Ordering::SeqCst);
+    if pid > 0 {
+        // SAFETY: kill is async-signal-safe.
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+    }
+}
 
 pub fn run(config: Option<PathBuf>, extra: &[String]) -> anyhow::Result<()> {
     let dir = workspace_root().join("target/sandbox");
@@ -113,10 +125,15 @@ pub fn run(config: Option<PathBuf>, extra: &[String]) -> anyhow::Result<()> {
         fwctl.display(),
         socket.display()
     );
-    // Ctrl-C reaches the daemon (same process group); this process only waits and cleans up.
-    // SAFETY: installing a handler that does nothing is async-signal-safe.
-    unsafe { libc::signal(libc::SIGINT, ignore as *const () as libc::sighandler_t) };
-    let status = Command::new("nsenter")
+    // This process only passes stop signals on, waits and cleans up. `cargo xtask` runs it
+    // under cargo, which does not pass signals on: when cargo dies, treat it as SIGTERM.
+    // SAFETY: prctl with PR_SET_PDEATHSIG only sets a flag on this process.
+    unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) };
+    for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+        // SAFETY: the handler only loads an atomic and calls kill, both async-signal-safe.
+        unsafe { libc::signal(sig, forward as *const () as libc::sighandler_t) };
+    }
+    let mut child = Command::new("nsenter")
         .arg(format!("--net=/run/netns/{PROTECTED}"))
         .arg("--")
         .arg(target_bin("firewall-daemon"))
@@ -128,8 +145,15 @@ pub fn run(config: Option<PathBuf>, extra: &[String]) -> anyhow::Result<()> {
         .arg("--control-socket")
         .arg(&socket)
         .args(extra)
-        .status()
+        .spawn()
         .context("starting the daemon in the sandbox")?;
+    DAEMON_PID.store(child.id() as i32, std::sync::atomic::Ordering::SeqCst);
+    let status = loop {
+        match child.wait() {
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            other => break other.context("waiting for the daemon")?,
+        }
+    };
     drop(sb);
     if !status.success() && status.code() != Some(130) {
         bail!("firewall-daemon exited with {status}");
