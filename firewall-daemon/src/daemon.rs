@@ -345,7 +345,7 @@ fn attach_interface(
 ) -> anyhow::Result<Attached> {
     let ifname = iface.name.as_str();
     let egress_pin = datapath::link_pin(pin_dir, "egress", ifname);
-    let egress = match datapath::adopt_egress_link(&egress_pin) {
+    let egress = match datapath::adopt_link(&egress_pin) {
         Ok(Some(link)) => generation.replace_egress(link)?,
         Ok(None) => generation.attach_egress(ifname)?,
         Err(e) => {
@@ -356,7 +356,7 @@ fn attach_interface(
     };
     let egress = datapath::pin_egress_link(egress, &egress_pin)?;
     let xdp_pin = datapath::link_pin(pin_dir, "xdp", ifname);
-    let (link, mode) = match datapath::adopt_xdp_link(&xdp_pin) {
+    let (link, mode) = match datapath::adopt_link(&xdp_pin) {
         Ok(Some(link)) => {
             info!("{ifname}: adopting the pinned attachment of a previous daemon");
             (generation.replace(link)?, "adopted")
@@ -904,24 +904,11 @@ impl State {
                 switched.push((a, false));
                 continue;
             }
-            let Attached {
-                ifname,
-                ifindex,
-                mode,
-                link,
-                egress,
-            } = a;
+            let ifname = a.ifname.clone();
+            // Only the link moves; the rest of `a` is rebuilt around whichever link results.
+            let link = a.link;
             match new_gen.replace(link) {
-                Ok(link) => switched.push((
-                    Attached {
-                        ifname,
-                        ifindex,
-                        mode,
-                        link,
-                        egress,
-                    },
-                    true,
-                )),
+                Ok(link) => switched.push((Attached { link, ..a }, true)),
                 Err(e) => {
                     // The link was consumed by the failed update: attach the old program again.
                     match self
@@ -930,23 +917,12 @@ impl State {
                     {
                         Ok((link, mode)) => {
                             let pin = datapath::link_pin(&pin_dir, "xdp", &ifname);
-                            let link = match datapath::pin_xdp_link(link, &pin) {
-                                Ok(l) => l,
+                            match datapath::pin_xdp_link(link, &pin) {
+                                Ok(link) => switched.push((Attached { link, mode, ..a }, false)),
                                 Err(e3) => {
-                                    error!("{ifname}: pinning the re-attached link: {e3:#}");
-                                    continue;
+                                    error!("{ifname}: pinning the re-attached link: {e3:#}")
                                 }
-                            };
-                            switched.push((
-                                Attached {
-                                    ifname: ifname.clone(),
-                                    ifindex,
-                                    mode,
-                                    link,
-                                    egress,
-                                },
-                                false,
-                            ))
+                            }
                         }
                         Err(e2) => {
                             error!("{ifname}: re-attaching the previous rules failed: {e2:#}")
@@ -960,21 +936,10 @@ impl State {
             // Roll the interfaces already switched back to the old generation.
             for (a, on_new) in switched {
                 if on_new {
-                    let Attached {
-                        ifname,
-                        ifindex,
-                        mode,
-                        link,
-                        egress,
-                    } = a;
+                    let ifname = a.ifname.clone();
+                    let link = a.link;
                     match self.generation.replace(link) {
-                        Ok(link) => self.attached.push(Attached {
-                            ifname,
-                            ifindex,
-                            mode,
-                            link,
-                            egress,
-                        }),
+                        Ok(link) => self.attached.push(Attached { link, ..a }),
                         Err(e2) => error!("{ifname}: rolling back failed: {e2:#}"),
                     }
                 } else {

@@ -12,9 +12,9 @@ use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap, LpmTrie, MapData, MapInfo, PerCpuArray, lpm_trie::Key},
     programs::{
-        NetworkInterface, ProgramError, SchedClassifier, TcAttachType, TestRun as _,
-        TestRunOptions, Xdp, XdpMode as AyaXdpMode,
-        links::{FdLink, PinnedLink},
+        NetworkInterface, ProgramError, SchedClassifier, TcAttachType, TestRun, TestRunOptions,
+        Xdp, XdpMode as AyaXdpMode,
+        links::{FdLink, LinkError, PinnedLink},
         tc::SchedClassifierLink,
         xdp::{XdpLink, XdpLinkId},
     },
@@ -255,16 +255,7 @@ impl Generation {
 
     /// Runs the egress program once on `frame` (BPF_PROG_TEST_RUN); returns its TC action.
     pub fn test_run_egress(&mut self, frame: &[u8]) -> anyhow::Result<i32> {
-        let prog = self.egress()?;
-        let mut out = vec![0u8; frame.len() + 256];
-        let res = prog
-            .test_run(TestRunOptions {
-                data_in: Some(frame),
-                data_out: Some(&mut out),
-                ..Default::default()
-            })
-            .context("BPF_PROG_TEST_RUN (egress)")?;
-        Ok(res.return_value as i32)
+        Ok(run_program(self.egress()?, frame, 1)?.0 as i32)
     }
 
     pub fn program(&mut self) -> anyhow::Result<&mut Xdp> {
@@ -297,18 +288,8 @@ impl Generation {
     /// Runs the program once on `frame` (BPF_PROG_TEST_RUN); returns the XDP action and the
     /// frame as the program left it.
     pub fn test_run(&mut self, frame: &[u8]) -> anyhow::Result<(u32, Vec<u8>)> {
-        let prog = self.program()?;
-        // Room for replies that grow the frame (ICMP errors prepend up to 48 bytes).
-        let mut out = vec![0u8; frame.len() + 256];
-        let res = prog
-            .test_run(TestRunOptions {
-                data_in: Some(frame),
-                data_out: Some(&mut out),
-                ..Default::default()
-            })
-            .context("BPF_PROG_TEST_RUN")?;
-        out.truncate(res.data_size_out as usize);
-        Ok((res.return_value, out))
+        let (action, out, _) = run_program(self.program()?, frame, 1)?;
+        Ok((action, out))
     }
 
     /// Runs the program `repeat` times on `frame` in the kernel; returns ns per run as the
@@ -409,10 +390,18 @@ pub fn link_pin(pin_dir: &Path, kind: &str, ifname: &str) -> std::path::PathBuf 
 }
 
 /// Pins `link` so the attachment outlives the daemon; returns it, still usable.
-pub fn pin_xdp_link(link: XdpLink, path: &Path) -> anyhow::Result<XdpLink> {
-    let fd = FdLink::try_from(link).context("an XDP attachment without a bpf link")?;
+fn pin_link<L>(link: L, path: &Path) -> anyhow::Result<L>
+where
+    L: TryFrom<FdLink, Error = LinkError>,
+    FdLink: TryFrom<L, Error = LinkError>,
+{
+    let fd = FdLink::try_from(link).context("an attachment without a bpf link")?;
     let pinned = pin_fd_link(fd, path)?;
-    XdpLink::try_from(FdLink::from(pinned)).context("re-opening the pinned XDP link")
+    L::try_from(FdLink::from(pinned)).context("re-opening the pinned link")
+}
+
+pub fn pin_xdp_link(link: XdpLink, path: &Path) -> anyhow::Result<XdpLink> {
+    pin_link(link, path)
 }
 
 /// As [`pin_xdp_link`]; netlink (pre-TCX) attachments cannot be pinned and are returned as
@@ -424,9 +413,7 @@ pub fn pin_egress_link(
     if <&FdLink>::try_from(&link).is_err() {
         return Ok(link);
     }
-    let fd = FdLink::try_from(link).context("an egress attachment without a bpf link")?;
-    let pinned = pin_fd_link(fd, path)?;
-    SchedClassifierLink::try_from(FdLink::from(pinned)).context("re-opening the pinned egress link")
+    pin_link(link, path)
 }
 
 fn pin_fd_link(fd: FdLink, path: &Path) -> anyhow::Result<PinnedLink> {
@@ -444,29 +431,16 @@ pub fn pinned_link_program(path: &Path) -> Option<u32> {
     FdLink::from(pinned).info().ok().map(|i| i.program_id())
 }
 
-/// The XDP link a previous daemon left pinned at `path`, if any.
-pub fn adopt_xdp_link(path: &Path) -> anyhow::Result<Option<XdpLink>> {
+/// The link (XDP or TCX) a previous daemon left pinned at `path`, if any.
+pub fn adopt_link<L: TryFrom<FdLink, Error = LinkError>>(path: &Path) -> anyhow::Result<Option<L>> {
     if !path.exists() {
         return Ok(None);
     }
     let pinned = PinnedLink::from_pin(path)
         .with_context(|| format!("opening the pinned link {}", path.display()))?;
-    Ok(Some(XdpLink::try_from(FdLink::from(pinned)).with_context(
-        || format!("{} is not an XDP link", path.display()),
-    )?))
-}
-
-/// The egress link a previous daemon left pinned at `path`, if any.
-pub fn adopt_egress_link(path: &Path) -> anyhow::Result<Option<SchedClassifierLink>> {
-    if !path.exists() {
-        return Ok(None);
-    }
-    let pinned = PinnedLink::from_pin(path)
-        .with_context(|| format!("opening the pinned link {}", path.display()))?;
-    Ok(Some(
-        SchedClassifierLink::try_from(FdLink::from(pinned))
-            .with_context(|| format!("{} is not a TCX link", path.display()))?,
-    ))
+    let link = L::try_from(FdLink::from(pinned))
+        .with_context(|| format!("{} is not a link of the expected kind", path.display()))?;
+    Ok(Some(link))
 }
 
 fn xdp_program<'a>(ebpf: &'a mut Ebpf, name: &str) -> anyhow::Result<&'a mut Xdp> {
@@ -542,7 +516,13 @@ fn map_mut<'a>(ebpf: &'a mut Ebpf, name: &str) -> anyhow::Result<&'a mut aya::ma
         .ok_or_else(|| anyhow!("map {name} missing from the object"))
 }
 
-fn time_program(prog: &Xdp, frame: &[u8], repeat: u32) -> anyhow::Result<f64> {
+/// One BPF_PROG_TEST_RUN of `frame`, `repeat` times (XDP or TC): the program's return value,
+/// the frame as the program left it, and the kernel's ns per run.
+fn run_program<P>(prog: &P, frame: &[u8], repeat: u32) -> anyhow::Result<(u32, Vec<u8>, f64)>
+where
+    P: for<'a> TestRun<Opts<'a> = TestRunOptions<'a>, Result = aya::TestRunResult>,
+{
+    // Room for replies that grow the frame (ICMP errors prepend up to 48 bytes).
     let mut out = vec![0u8; frame.len() + 256];
     let res = prog
         .test_run(TestRunOptions {
@@ -552,7 +532,12 @@ fn time_program(prog: &Xdp, frame: &[u8], repeat: u32) -> anyhow::Result<f64> {
             ..Default::default()
         })
         .context("BPF_PROG_TEST_RUN")?;
-    Ok(res.duration.as_nanos() as f64)
+    out.truncate(res.data_size_out as usize);
+    Ok((res.return_value, out, res.duration.as_nanos() as f64))
+}
+
+fn time_program(prog: &Xdp, frame: &[u8], repeat: u32) -> anyhow::Result<f64> {
+    Ok(run_program(prog, frame, repeat)?.2)
 }
 
 /// The object's pass-everything program, loaded on its own: for veth peers in tests (native
