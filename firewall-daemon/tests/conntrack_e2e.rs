@@ -281,6 +281,23 @@ fn find_flow(d: &Daemon, proto: &str, local: &str, remote: &str) -> serde_json::
         })
 }
 
+/// The host's end of a connection ended by `--recheck` (its socket destroyed) reads EOF or an
+/// abort at once.
+#[track_caller]
+fn assert_host_end_closed(s: &mut TcpStream) {
+    s.set_read_timeout(Some(IO_WAIT)).expect("timeout");
+    let mut buf = [0u8; 64];
+    match s.read(&mut buf) {
+        Ok(0) => {}
+        Err(e)
+            if matches!(
+                e.kind(),
+                ErrorKind::ConnectionAborted | ErrorKind::ConnectionReset
+            ) => {}
+        other => panic!("the host's end should be closed: {other:?}"),
+    }
+}
+
 fn endpoints(s: &TcpStream) -> (String, String) {
     (
         s.local_addr().expect("local").to_string(),
@@ -1121,17 +1138,8 @@ fn recheck_ends_connections_the_new_rules_deny() {
         "the host's end is closed too: {ended:?}"
     );
     // The host's application sees the connection end at once...
-    web_s.set_read_timeout(Some(IO_WAIT)).expect("timeout");
+    assert_host_end_closed(&mut web_s);
     let mut buf = [0u8; 64];
-    match web_s.read(&mut buf) {
-        Ok(0) => {}
-        Err(e)
-            if matches!(
-                e.kind(),
-                ErrorKind::ConnectionAborted | ErrorKind::ConnectionReset
-            ) => {}
-        other => panic!("the host's end should be closed: {other:?}"),
-    }
     // ...and the remote side gets a reset (from the host's aborted socket, or the reject rule
     // answering its data); nothing it sends reaches the host any more.
     let _ = web_c.write_all(b"after the recheck");
@@ -1170,17 +1178,7 @@ fn recheck_denial_outlives_the_close_timeout() {
         Some(1),
         "the connection is ended: {reply}"
     );
-    host_end.set_read_timeout(Some(IO_WAIT)).expect("timeout");
-    let mut buf = [0u8; 64];
-    match host_end.read(&mut buf) {
-        Ok(0) => {}
-        Err(e)
-            if matches!(
-                e.kind(),
-                ErrorKind::ConnectionAborted | ErrorKind::ConnectionReset
-            ) => {}
-        other => panic!("the host's end should be closed: {other:?}"),
-    }
+    assert_host_end_closed(&mut host_end);
     let picked_before = counter(&status(&daemon), "ct_picked_up");
     // Past tcp_close (STEALTH_WAIT > 1 s), the denial still stands.
     std::thread::sleep(STEALTH_WAIT);
