@@ -133,6 +133,10 @@ pub struct InterfaceStatus {
     /// "ok", or what is wrong: the attachment runs another program, or its pin was removed.
     #[serde(default)]
     pub state: String,
+    /// How the egress program is attached: "tcx", or "netlink" (cls_bpf under clsact, on
+    /// kernels before 6.6).
+    #[serde(default)]
+    pub egress: String,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -159,6 +163,18 @@ pub struct StatusData {
     /// Configured interfaces that do not exist (yet); attached when they appear.
     #[serde(default)]
     pub waiting_for: Vec<String>,
+    #[serde(default)]
+    pub kernel: KernelStatus,
+}
+
+/// The running kernel and how the firewall uses it.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct KernelStatus {
+    pub release: String,
+    /// Kernel mechanisms in use that differ between supported kernels, one line each.
+    pub features: Vec<String>,
+    /// What does not work as documented on this host, and why, one line each.
+    pub degraded: Vec<String>,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]

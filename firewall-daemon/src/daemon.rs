@@ -13,7 +13,7 @@ use std::{
 };
 
 use anyhow::{Context as _, anyhow, bail};
-use aya::programs::{tc::SchedClassifierLink, xdp::XdpLink};
+use aya::programs::xdp::XdpLink;
 use log::{error, info, warn};
 use sd_notify::NotifyState;
 use std::{
@@ -33,10 +33,10 @@ use crate::{
     compile, config,
     conntrack::{self, Tables},
     control::{
-        self, ConnView, ConnsData, ConntrackStatus, DefaultsView, InterfaceStatus, ListData,
-        ReloadData, Request, Response, RuleView, StatusData,
+        self, ConnView, ConnsData, ConntrackStatus, DefaultsView, InterfaceStatus, KernelStatus,
+        ListData, ReloadData, Request, Response, RuleView, StatusData,
     },
-    datapath::{self, Generation},
+    datapath::{self, EgressLink, Generation},
     interfaces,
     model::{Action, Direction, Interfaces, OnStop, PacketMeta, PacketProto, Ruleset, XdpMode},
     sockets,
@@ -75,7 +75,9 @@ struct Attached {
     mode: &'static str,
     link: XdpLink,
     /// None only while a reload is moving it.
-    egress: Option<SchedClassifierLink>,
+    egress: Option<EgressLink>,
+    /// "tcx" or "netlink", kept for status while `egress` is moving.
+    egress_kind: &'static str,
 }
 
 /// Rule names of recent generations, so `fwctl conns` can name the rule that admitted a flow
@@ -100,6 +102,8 @@ struct State {
     interfaces: Interfaces,
     /// Configured interfaces that do not exist yet.
     waiting: Vec<String>,
+    /// What does not work as documented on this host (see `fwctl status`).
+    degraded: Vec<String>,
 }
 
 /// A generation id for the datapath: seconds since the epoch, kept increasing, so ids stay
@@ -145,6 +149,7 @@ pub async fn run(config_path: PathBuf, overrides: Overrides) -> anyhow::Result<(
         );
     }
     let compiled = compile::compile(&ruleset)?;
+    crate::features::check_required()?;
     // Before touching anything shared (pins, interfaces): a second daemon must not disturb
     // the first.
     ensure_not_running(&ruleset.daemon.control_socket)?;
@@ -178,16 +183,25 @@ pub async fn run(config_path: PathBuf, overrides: Overrides) -> anyhow::Result<(
 
     // Seed before attaching, so enforcement never starts without the host's connections.
     let ct_cfg = datapath::ct_config(&ruleset.conntrack, gen_id);
+    let mut degraded = Vec::new();
     let seeded = match sockets::host_flows() {
         Ok(flows) => {
             let listeners = sockets::tcp_listeners().unwrap_or_else(|e| {
                 warn!("could not list listening sockets: {e:#}; seeded connections count as opened by this host");
+                degraded.push(format!(
+                    "listening sockets could not be listed ({e:#}): connections open at start \
+                     count as opened by this host and `reload --recheck` leaves them alone"
+                ));
                 Vec::new()
             });
             tables.seed(&flows, &listeners, &ct_cfg, conntrack::monotonic_ns())
         }
         Err(e) => {
             warn!("could not list the host's connections to seed the table: {e:#}");
+            degraded.push(format!(
+                "the connection table was not seeded from the host's sockets ({e:#}): \
+                 connections open before the daemon started may be cut"
+            ));
             0
         }
     };
@@ -242,6 +256,7 @@ pub async fn run(config_path: PathBuf, overrides: Overrides) -> anyhow::Result<(
         adopted: adopting,
         interfaces: ruleset_interfaces,
         waiting,
+        degraded,
     };
 
     let summary = format!(
@@ -346,7 +361,7 @@ fn attach_interface(
     let ifname = iface.name.as_str();
     let egress_pin = datapath::link_pin(pin_dir, "egress", ifname);
     let egress = match datapath::adopt_link(&egress_pin) {
-        Ok(Some(link)) => generation.replace_egress(link)?,
+        Ok(Some(link)) => generation.replace_egress(EgressLink::Tcx(link))?,
         Ok(None) => generation.attach_egress(ifname)?,
         Err(e) => {
             warn!("{ifname}: {e:#}; attaching afresh");
@@ -355,6 +370,7 @@ fn attach_interface(
         }
     };
     let egress = datapath::pin_egress_link(egress, &egress_pin)?;
+    let egress_kind = egress.kind();
     let xdp_pin = datapath::link_pin(pin_dir, "xdp", ifname);
     let (link, mode) = match datapath::adopt_link(&xdp_pin) {
         Ok(Some(link)) => {
@@ -369,13 +385,14 @@ fn attach_interface(
         }
     };
     let link = datapath::pin_xdp_link(link, &xdp_pin)?;
-    info!(interface = ifname; "attached to {ifname} ({mode} mode)");
+    info!(interface = ifname; "attached to {ifname} ({mode} mode; egress {egress_kind})");
     Ok(Attached {
         ifname: ifname.to_string(),
         ifindex: iface.index,
         mode,
         link,
         egress: Some(egress),
+        egress_kind,
     })
 }
 
@@ -390,6 +407,9 @@ fn forget_other_links(pin_dir: &Path, ifnames: &[String]) {
         let ifname = name.split_once('-').map(|(_, i)| i).unwrap_or("");
         if !ifnames.iter().any(|i| i == ifname) {
             info!("detaching from {ifname}, which is no longer configured");
+            if name.starts_with("xdp-") {
+                datapath::detach_netlink_egress(ifname);
+            }
             let _ = std::fs::remove_file(e.path());
         }
     }
@@ -581,6 +601,7 @@ impl State {
             pin_dir: rs.daemon.pin_dir.display().to_string(),
             interfaces,
             waiting_for: self.waiting.clone(),
+            kernel: self.kernel_status(),
             rules: rs.rules.len(),
             inbound_rules: rs.rules.len() - outbound,
             outbound_rules_not_enforced: outbound,
@@ -622,9 +643,29 @@ impl State {
                     index: a.ifindex,
                     program_id: running.unwrap_or(0),
                     state,
+                    egress: a.egress_kind.into(),
                 }
             })
             .collect()
+    }
+
+    fn kernel_status(&self) -> KernelStatus {
+        let mut features = vec!["XDP attached through pinned bpf links".to_string()];
+        let kinds: std::collections::BTreeSet<&str> =
+            self.attached.iter().map(|a| a.egress_kind).collect();
+        for kind in kinds {
+            features.push(match kind {
+                "tcx" => "tc egress through TCX links (Linux 6.6 and later)".into(),
+                _ => "tc egress through a cls_bpf filter under clsact (no TCX before Linux 6.6): \
+                      not pinned, found again by its fixed priority and handle"
+                    .into(),
+            });
+        }
+        KernelStatus {
+            release: crate::features::release(),
+            features,
+            degraded: self.degraded.clone(),
+        }
     }
 
     fn conntrack_status(&self) -> ConntrackStatus {

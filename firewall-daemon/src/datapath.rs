@@ -14,8 +14,8 @@ use aya::{
     programs::{
         NetworkInterface, ProgramError, SchedClassifier, TcAttachType, TestRun, TestRunOptions,
         Xdp, XdpMode as AyaXdpMode,
-        links::{FdLink, LinkError, PinnedLink},
-        tc::SchedClassifierLink,
+        links::{FdLink, LinkError, LinkOrder, PinnedLink},
+        tc::{NlOptions, SchedClassifierLink, TcAttach, TcHandle},
         xdp::{XdpLink, XdpLinkId},
     },
 };
@@ -73,7 +73,9 @@ pub const SHARED_MAPS: [&str; 4] = [
 pub const LINK_DIR: &str = "links";
 
 /// Removes everything this daemon pins under `pin_dir`, and the directory if it is then empty.
-/// Removing a link's pin detaches it once the daemon's own handle is closed.
+/// Removing a link's pin detaches it once the daemon's own handle is closed; the egress filters
+/// of kernels without TCX, which have no pin, are detached from every interface with a pinned
+/// link pin.
 pub fn remove_pins(pin_dir: &Path) {
     for name in std::iter::once(PROGRAM_PIN)
         .chain(GENERATION_MAPS)
@@ -84,6 +86,10 @@ pub fn remove_pins(pin_dir: &Path) {
     let links = pin_dir.join(LINK_DIR);
     if let Ok(dir) = std::fs::read_dir(&links) {
         for e in dir.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if let Some((_, ifname)) = name.split_once('-') {
+                detach_netlink_egress(ifname);
+            }
             let _ = std::fs::remove_file(e.path());
         }
     }
@@ -219,38 +225,77 @@ impl Generation {
         tc_program(&mut self.ebpf)
     }
 
-    /// Attaches the egress program to `ifname` (TCX where the kernel has it, else a clsact
-    /// qdisc and cls_bpf).
-    pub fn attach_egress(&mut self, ifname: &str) -> anyhow::Result<SchedClassifierLink> {
-        let prog = self.egress()?;
+    /// Attaches the egress program to `ifname`: a TCX link where the kernel has TCX (Linux
+    /// 6.6), else a cls_bpf filter under a clsact qdisc. A filter a previous daemon left at
+    /// our priority and handle is replaced in place rather than joined by a second one.
+    pub fn attach_egress(&mut self, ifname: &str) -> anyhow::Result<EgressLink> {
         let cname =
             std::ffi::CString::new(ifname).with_context(|| format!("interface name {ifname:?}"))?;
         let iface = || NetworkInterface::Name(&cname);
-        let id = match prog.attach(iface(), TcAttachType::Egress) {
-            Ok(id) => id,
-            Err(first) => {
-                // Before TCX (Linux 6.6) cls_bpf needs a clsact qdisc; it may already exist.
-                let _ = aya::programs::tc::qdisc_add_clsact(iface());
-                prog.attach(iface(), TcAttachType::Egress).map_err(|e| {
-                    anyhow!("attaching the egress program to {ifname}: {e} (first try: {first})")
-                })?
-            }
+        let prog = self.egress()?;
+        let tcx = TcAttach::Tcx {
+            attach_type: TcAttachType::Egress,
+            order: LinkOrder::default(),
         };
-        prog.take_link(id)
-            .context("taking ownership of the egress link")
+        let tcx_err = match prog.attach(iface(), tcx) {
+            Ok(id) => {
+                let link = prog.take_link(id).context("taking the egress link")?;
+                return Ok(EgressLink::Tcx(link));
+            }
+            Err(e) => e,
+        };
+        let ifindex = nix::net::if_::if_nametoindex(cname.as_c_str())
+            .with_context(|| format!("interface {ifname}"))?;
+        // Before TCX, cls_bpf needs a clsact qdisc; it may already exist.
+        let _ = aya::programs::tc::qdisc_add_clsact(iface());
+        if let Ok(link) = (EgressLink::Netlink { ifindex }).netlink_handle()
+            && let Ok(id) = prog.attach_to_link(link)
+        {
+            forget_netlink(prog.take_link(id))?;
+            return Ok(EgressLink::Netlink { ifindex });
+        }
+        let options = NlOptions {
+            priority: EGRESS_NL_PRIORITY,
+            handle: TcHandle::new(0, EGRESS_NL_HANDLE),
+            classid: None,
+        };
+        let id = prog
+            .attach(
+                iface(),
+                TcAttach::Netlink {
+                    parent: TcAttachType::Egress.into(),
+                    options,
+                },
+            )
+            .map_err(|e| {
+                anyhow!("attaching the egress program to {ifname}: {e} (TCX: {tcx_err})")
+            })?;
+        forget_netlink(prog.take_link(id))?;
+        Ok(EgressLink::Netlink { ifindex })
     }
 
-    /// Atomically replaces the program an egress link runs with this generation's.
-    pub fn replace_egress(
-        &mut self,
-        link: SchedClassifierLink,
-    ) -> anyhow::Result<SchedClassifierLink> {
+    /// Atomically replaces the program an egress attachment runs with this generation's
+    /// (`bpf_link_update` for TCX, a cls_bpf replace for netlink).
+    pub fn replace_egress(&mut self, link: EgressLink) -> anyhow::Result<EgressLink> {
         let prog = self.egress()?;
-        let id = prog
-            .attach_to_link(link)
-            .context("replacing the egress program (bpf_link_update)")?;
-        prog.take_link(id)
-            .context("taking ownership of the egress link")
+        match link {
+            EgressLink::Tcx(link) => {
+                let id = prog
+                    .attach_to_link(link)
+                    .context("replacing the egress program (bpf_link_update)")?;
+                Ok(EgressLink::Tcx(
+                    prog.take_link(id).context("taking the egress link")?,
+                ))
+            }
+            EgressLink::Netlink { ifindex } => {
+                let handle = (EgressLink::Netlink { ifindex }).netlink_handle()?;
+                let id = prog
+                    .attach_to_link(handle)
+                    .context("replacing the egress filter (cls_bpf)")?;
+                forget_netlink(prog.take_link(id))?;
+                Ok(EgressLink::Netlink { ifindex })
+            }
+        }
     }
 
     /// Runs the egress program once on `frame` (BPF_PROG_TEST_RUN); returns its TC action.
@@ -404,16 +449,81 @@ pub fn pin_xdp_link(link: XdpLink, path: &Path) -> anyhow::Result<XdpLink> {
     pin_link(link, path)
 }
 
-/// As [`pin_xdp_link`]; netlink (pre-TCX) attachments cannot be pinned and are returned as
-/// they are.
-pub fn pin_egress_link(
-    link: SchedClassifierLink,
-    path: &Path,
-) -> anyhow::Result<SchedClassifierLink> {
-    if <&FdLink>::try_from(&link).is_err() {
-        return Ok(link);
+/// As [`pin_xdp_link`]; a netlink (pre-TCX) filter cannot be pinned and needs not be: it stays
+/// until detached.
+pub fn pin_egress_link(link: EgressLink, path: &Path) -> anyhow::Result<EgressLink> {
+    match link {
+        EgressLink::Tcx(link) => Ok(EgressLink::Tcx(pin_link(link, path)?)),
+        netlink => Ok(netlink),
     }
-    pin_link(link, path)
+}
+
+/// Priority and handle of the egress cls_bpf filter on kernels without TCX. Fixed, so a
+/// daemon finds the filter a killed one left (it cannot be pinned) and replaces it.
+pub const EGRESS_NL_PRIORITY: u16 = 0x4657;
+pub const EGRESS_NL_HANDLE: u16 = 0x4657;
+/// The egress program's name, which cls_bpf records with the filter.
+pub const EGRESS_PROGRAM: &str = firewall_common::TC_EGRESS_PROGRAM;
+
+/// The egress program's attachment to one interface.
+#[derive(Debug)]
+pub enum EgressLink {
+    /// A TCX bpf link (Linux 6.6 and later), pinned like the XDP link.
+    Tcx(SchedClassifierLink),
+    /// A cls_bpf filter under the clsact qdisc at [`EGRESS_NL_PRIORITY`]/[`EGRESS_NL_HANDLE`]
+    /// (older kernels). Nothing detaches it but [`detach_netlink_egress`] or the interface
+    /// going away, so `on_stop = "keep"` and a killed daemon leave it recording flows.
+    Netlink { ifindex: u32 },
+}
+
+impl EgressLink {
+    /// "tcx" or "netlink", for status and logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            EgressLink::Tcx(_) => "tcx",
+            EgressLink::Netlink { .. } => "netlink",
+        }
+    }
+
+    fn netlink_handle(&self) -> anyhow::Result<SchedClassifierLink> {
+        let EgressLink::Netlink { ifindex } = *self else {
+            bail!("not a netlink attachment");
+        };
+        SchedClassifierLink::attached(
+            NetworkInterface::Index(ifindex),
+            TcAttachType::Egress.into(),
+            EGRESS_NL_PRIORITY,
+            TcHandle::new(0, EGRESS_NL_HANDLE),
+            None,
+        )
+        .context("naming the egress filter")
+    }
+}
+
+/// aya detaches a netlink filter when its link handle is dropped; ours must outlive the
+/// handle (reloads replace it in place, `on_stop = "keep"` leaves it), so the handle, which
+/// holds no file descriptor, is forgotten and the filter detached explicitly.
+fn forget_netlink(link: Result<SchedClassifierLink, ProgramError>) -> anyhow::Result<()> {
+    std::mem::forget(link.context("taking the egress filter")?);
+    Ok(())
+}
+
+/// Removes the egress cls_bpf filters (ours, by program name) from `ifname`, if any. On
+/// kernels with TCX there are none and this does nothing.
+pub fn detach_netlink_egress(ifname: &str) {
+    let Ok(cname) = std::ffi::CString::new(ifname) else {
+        return;
+    };
+    match aya::programs::tc::qdisc_detach_program(
+        NetworkInterface::Name(&cname),
+        TcAttachType::Egress.into(),
+        EGRESS_PROGRAM,
+    ) {
+        Ok(()) => {}
+        Err(aya::programs::tc::TcError::IoError(e)) if e.kind() == std::io::ErrorKind::NotFound => {
+        }
+        Err(e) => warn!("{ifname}: removing the egress filter: {e}"),
+    }
 }
 
 fn pin_fd_link(fd: FdLink, path: &Path) -> anyhow::Result<PinnedLink> {

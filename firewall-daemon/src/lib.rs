@@ -6,6 +6,7 @@ pub mod conntrack;
 pub mod control;
 pub mod daemon;
 pub mod datapath;
+pub mod features;
 pub mod interfaces;
 pub mod logging;
 pub mod model;

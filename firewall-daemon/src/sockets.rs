@@ -450,7 +450,15 @@ impl Diag {
                 .send(NLM_F_REQUEST | NLM_F_DUMP, request)
                 .context("sending the dump request")?;
             let answer = self.receive(sequence, true).context("receiving the dump")?;
-            answer.status.context("the kernel failed the dump")?;
+            match answer.status {
+                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
+                    return Err(e).context(
+                        "the kernel has no sock_diag handler for this protocol: \
+                         load the inet_diag, tcp_diag and udp_diag modules",
+                    );
+                }
+                other => other.context("the kernel failed the dump")?,
+            }
             if !answer.interrupted {
                 return Ok(answer.responses);
             }

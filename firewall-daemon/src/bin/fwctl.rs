@@ -412,8 +412,30 @@ fn print_status(s: &StatusData) {
     );
     println!("rules file:  {}", s.config);
     println!("pin dir:     {}", s.pin_dir);
+    if !s.kernel.release.is_empty() {
+        println!("kernel:      {}", s.kernel.release);
+    }
+    for f in &s.kernel.features {
+        println!("feature:     {f}");
+    }
+    for d in &s.kernel.degraded {
+        println!("DEGRADED:    {d}");
+    }
     for i in &s.interfaces {
-        println!("interface:   {} (XDP {} mode)", i.name, i.mode);
+        let egress = if i.egress.is_empty() {
+            String::new()
+        } else {
+            format!(", egress {}", i.egress)
+        };
+        let state = if i.state.is_empty() || i.state == "ok" {
+            String::new()
+        } else {
+            format!(" — {}", i.state)
+        };
+        println!(
+            "interface:   {} (XDP {} mode{egress}){state}",
+            i.name, i.mode
+        );
     }
     println!(
         "rules:       {} ({} inbound enforced, {} outbound not enforced yet), generation {}",
