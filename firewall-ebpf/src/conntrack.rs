@@ -127,17 +127,25 @@ fn write_tail(key: &mut CtKey, local_port: u16, remote_port: u16, proto: u8) {
 /// in the confirmed table.
 #[inline(always)]
 fn lookup(key: &CtKey, now: u64) -> Option<(*mut CtEntry, bool)> {
-    if let Some(e) = CT_EST.get_ptr_mut(key)
-        // SAFETY: a map value pointer, valid for this program run.
-        && unsafe { (*e).expires_ns } > now
-    {
-        return Some((e, true));
+    if let Some(found) = lookup_confirmed(key, now) {
+        return Some(found);
     }
     if let Some(e) = CT_NEW.get_ptr_mut(key)
         // SAFETY: as above.
         && unsafe { (*e).expires_ns } > now
     {
         return Some((e, false));
+    }
+    None
+}
+
+#[inline(always)]
+fn lookup_confirmed(key: &CtKey, now: u64) -> Option<(*mut CtEntry, bool)> {
+    if let Some(e) = CT_EST.get_ptr_mut(key)
+        // SAFETY: a map value pointer, valid for this program run.
+        && unsafe { (*e).expires_ns } > now
+    {
+        return Some((e, true));
     }
     None
 }
@@ -306,7 +314,17 @@ pub fn inbound(ctx: &aya_ebpf::programs::XdpContext, pkt: &Packet, now: u64) -> 
     match pkt.proto {
         firewall_common::PROTO_TCP | firewall_common::PROTO_UDP => {
             key_of(pkt, false, key);
-            if let Some((e, in_est)) = lookup(key, now) {
+            let no_syn =
+                pkt.proto == firewall_common::PROTO_TCP && !ct::is_initial_syn(pkt.tcp_flags);
+            let mut found = lookup(key, now);
+            if found.is_none() && no_syn {
+                // [`confirm`] on another CPU may have moved the flow from the unconfirmed
+                // table to the confirmed one between the two lookups (an ACK and a RST of
+                // one connection, processed at once): look again before calling it invalid.
+                // Only packets about to be dropped pay for it.
+                found = lookup_confirmed(key, now);
+            }
+            if let Some((e, in_est)) = found {
                 match step(key, e, in_est, pkt, false, bytes, now, cfg) {
                     outcome::PASS => return Inbound::Tracked,
                     outcome::INVALID => return Inbound::Invalid,
@@ -315,7 +333,7 @@ pub fn inbound(ctx: &aya_ebpf::programs::XdpContext, pkt: &Packet, now: u64) -> 
                     _ => forget(key, in_est),
                 }
             }
-            if pkt.proto == firewall_common::PROTO_TCP && !ct::is_initial_syn(pkt.tcp_flags) {
+            if no_syn {
                 Inbound::NoConnection
             } else {
                 Inbound::Unknown
