@@ -143,7 +143,10 @@ impl Daemon {
     }
 
     fn wait_ready(&mut self, ready: &mpsc::Receiver<String>) {
-        if ready.recv_timeout(Duration::from_secs(20)).is_err() {
+        if ready
+            .recv_timeout(Duration::from_secs(20) * super::slowdown())
+            .is_err()
+        {
             let status = self.child.try_wait().ok().flatten();
             panic!(
                 "firewall-daemon did not become ready (exit: {status:?}); stderr:\n{}",

@@ -3,3 +3,13 @@ pub mod bpffs;
 pub mod daemon;
 pub mod frames;
 pub mod netns;
+
+/// How much slower than this machine the tests run: 8 in a guest under QEMU's software
+/// emulation (`cargo xtask test --kernel`, which sets XTASK_QEMU_ACCEL), else 1. Only waits
+/// are scaled by it, never what a test asserts about the firewall's behaviour.
+pub fn slowdown() -> u32 {
+    match std::env::var("XTASK_QEMU_ACCEL").as_deref() {
+        Ok("tcg") => 8,
+        _ => 1,
+    }
+}
