@@ -8,6 +8,7 @@
 #![no_std]
 
 pub mod ct;
+pub mod identity;
 
 /// Map names, shared so the loader and the kernel program cannot drift apart.
 pub mod maps {

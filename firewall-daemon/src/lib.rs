@@ -7,6 +7,7 @@ pub mod control;
 pub mod daemon;
 pub mod datapath;
 pub mod features;
+pub mod identity;
 pub mod interfaces;
 pub mod logging;
 pub mod model;

@@ -9,6 +9,7 @@
 
 mod conntrack;
 mod csum;
+mod identity;
 mod parse;
 mod reply;
 
