@@ -22,8 +22,28 @@ pub fn release() -> String {
         .unwrap_or_else(|_| "unknown".into())
 }
 
-/// Fails, naming every missing piece, if the kernel lacks something the datapath needs.
+/// (major, minor) of a release string such as "6.1.0-56-amd64".
+fn version(release: &str) -> Option<(u32, u32)> {
+    let mut parts = release.split(|c: char| !c.is_ascii_digit());
+    Some((parts.next()?.parse().ok()?, parts.next()?.parse().ok()?))
+}
+
+/// Whether `release` is older than [`OLDEST_TESTED`] (unknown: no).
+pub fn older_than_tested(release: &str) -> bool {
+    let oldest = version(OLDEST_TESTED).unwrap_or((0, 0));
+    version(release).is_some_and(|v| v < oldest)
+}
+
+/// Fails, naming every missing piece, if the kernel lacks something the datapath needs;
+/// warns on a kernel older than any the tests run on.
 pub fn check_required() -> anyhow::Result<()> {
+    let release = release();
+    if older_than_tested(&release) {
+        log::warn!(
+            "kernel {release} is older than the oldest tested ({OLDEST_TESTED}); \
+             the firewall may work but this is unverified"
+        );
+    }
     let mut missing = Vec::new();
     for (ty, what) in [
         (ProgramType::Xdp, "XDP programs"),
@@ -57,10 +77,31 @@ pub fn check_required() -> anyhow::Result<()> {
         bail!(
             "this kernel ({}) lacks what the firewall needs: {}; supported kernels are Linux {} \
              and later",
-            release(),
+            release,
             missing.join(", "),
             OLDEST_TESTED
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn releases_compare_by_major_and_minor() {
+        assert!(older_than_tested("5.15.0-91-generic"));
+        assert!(older_than_tested("4.19.0"));
+        assert!(!older_than_tested("6.1.0-56-amd64"));
+        assert!(!older_than_tested("6.12.117+deb12-amd64"));
+        assert!(!older_than_tested("6.18.44-fc-v595"));
+        assert!(!older_than_tested("7.0"));
+        assert!(!older_than_tested("unknown"));
+    }
+
+    #[test]
+    fn this_kernel_has_what_the_firewall_needs() {
+        check_required().expect("the test machine's kernel runs the firewall");
+    }
 }
