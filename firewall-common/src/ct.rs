@@ -295,6 +295,12 @@ pub fn tcp_step(e: &CtEntry, from_local: bool, tcp_flags: u8, rst: u8) -> TcpSte
                 EV_FIN => pass(state::FIN_WAIT, flags | mine),
                 // The opener's final ACK was lost and the SYN-ACK is retransmitted.
                 EV_SYNACK if !from_opener => pass(s, flags),
+                // The opener reusing the tuple while the old connection's RST is still on
+                // its way (a RST and the next SYN sent from different CPUs can swap places):
+                // passed without touching the state, as nf_conntrack ignores it. The host's
+                // stack answers it (a challenge ACK if its socket is still there), and a
+                // spoofed SYN cannot end a live connection.
+                EV_SYN if from_opener => pass(s, flags),
                 _ => invalid,
             },
             state::FIN_WAIT | state::CLOSE_WAIT => {
@@ -306,12 +312,15 @@ pub fn tcp_step(e: &CtEntry, from_local: bool, tcp_flags: u8, rst: u8) -> TcpSte
                         pass(state::CLOSE_WAIT, flags)
                     }
                     EV_ACK => pass(s, flags),
+                    // As in ESTABLISHED.
+                    EV_SYN if from_opener => pass(s, flags),
                     _ => invalid,
                 }
             }
             state::LAST_ACK => match ev {
                 EV_ACK => pass(state::TIME_WAIT, flags),
                 EV_FIN => pass(s, flags),
+                EV_SYN if from_opener => pass(s, flags),
                 _ => invalid,
             },
             state::TIME_WAIT | state::CLOSE => match ev {
@@ -326,6 +335,15 @@ pub fn tcp_step(e: &CtEntry, from_local: bool, tcp_flags: u8, rst: u8) -> TcpSte
             _ => invalid,
         },
     }
+}
+
+/// Whether a segment from the remote end moves the expected sequence number the RST check
+/// uses. RSTs do not, and neither do SYNs: a flow's first SYN sets it when the flow is
+/// created, and a later one is a retransmission or (on a live flow) a reused tuple that
+/// [`tcp_step`] passes without touching the flow.
+#[inline(always)]
+pub const fn moves_remote_seq(tcp_flags: u8) -> bool {
+    tcp_flags & TCP_RST == 0 && !is_initial_syn(tcp_flags)
 }
 
 /// Sequence space a segment occupies: payload, plus one each for SYN and FIN.

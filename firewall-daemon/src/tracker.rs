@@ -171,7 +171,7 @@ impl<'a> Tracker<'a> {
         let was_confirmed = state::confirmed(e.state);
         e.state = st;
         e.flags = flags;
-        if !from_local && k.proto == ct::IPPROTO_TCP && seg.tcp_flags & ct::TCP_RST == 0 {
+        if !from_local && k.proto == ct::IPPROTO_TCP && ct::moves_remote_seq(seg.tcp_flags) {
             let end = seg
                 .seq
                 .wrapping_add(ct::seq_len(seg.tcp_flags, seg.payload));

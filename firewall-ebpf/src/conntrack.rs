@@ -216,7 +216,7 @@ fn step(
     } else {
         e.packets_in += 1;
         e.bytes_in += bytes;
-        if key.proto == IPPROTO_TCP && pkt.tcp_flags & ct::TCP_RST == 0 {
+        if key.proto == IPPROTO_TCP && ct::moves_remote_seq(pkt.tcp_flags) {
             let end = pkt
                 .tcp_seq
                 .wrapping_add(ct::seq_len(pkt.tcp_flags, pkt.tcp_payload));
