@@ -32,8 +32,10 @@ pub mod globals {
 }
 
 /// Prototype `cgroup/connect4` program: records the caller's identity, allows everything.
-pub const CONNECT4_PROGRAM: &str = "firewall_connect4";
-/// Hash, tgid (`u32`) -> [`ExeId`]: what [`CONNECT4_PROGRAM`] observed (tests only).
+/// Tests load it on its own; the firewall's own connect hooks are [`crate::CONNECT4_PROGRAM`]
+/// and its siblings.
+pub const PROBE_PROGRAM: &str = "identity_connect4";
+/// Hash, tgid (`u32`) -> [`ExeId`]: what [`PROBE_PROGRAM`] observed (tests only).
 pub const IDENTITY_PROBE: &str = "IDENTITY_PROBE";
 /// Capacity of [`IDENTITY_PROBE`].
 pub const IDENTITY_PROBE_ENTRIES: u32 = 1024;

@@ -35,6 +35,11 @@ pub mod maps {
     /// Array with one [`super::ct::CtConfig`]: timeouts and the invalid-packet verdict of the
     /// rule set in force.
     pub const CT_CONFIG: &str = "CT_CONFIG";
+    /// LRU hash ([`super::OutStealthKey`]) -> verdict word: sockets an outbound rule (or
+    /// `[defaults] outbound`) said `stealth` for, with the destination the verdict is about.
+    /// Filled by the cgroup hooks, read by the TC egress program, which drops the matching
+    /// packets. Pinned and shared by every generation.
+    pub const OUT_STEALTH: &str = "OUT_STEALTH";
 }
 
 /// Names of the load-time constants (`Global<u32>`) in the XDP program.
@@ -53,14 +58,27 @@ pub mod globals {
     /// every remote address and every port of that protocol, or [`super::NO_MATCH`]. Kept out
     /// of [`super::maps::PORTS`] so such rules do not have to be written into every port slot.
     pub const PROTO_VERDICTS: &str = "PROTO_VERDICTS";
+    /// Verdict word for outbound socket calls no rule matches (rule index
+    /// [`super::DEFAULT_RULE`]): set in the outbound generation, read by the cgroup hooks.
+    pub const DEFAULT_OUTBOUND: &str = "DEFAULT_OUTBOUND";
+    /// Non-zero when some outbound verdict of the rule set in force can be `stealth`: only then
+    /// does the egress program look its packets up in [`super::maps::OUT_STEALTH`].
+    pub const OUT_CAN_STEALTH: &str = "OUT_CAN_STEALTH";
 }
 
 /// Name of the firewall's XDP program in the object file.
 pub const XDP_PROGRAM: &str = "firewall_xdp";
 /// Name of a program that only returns `XDP_PASS` (veth peers in tests, the benchmark floor).
 pub const XDP_PASS_PROGRAM: &str = "xdp_pass";
-/// Name of the TC egress program that records the flows the host opens.
+/// Name of the TC egress program that records the flows the host opens (and drops the packets
+/// of sockets an outbound verdict said `stealth` for).
 pub const TC_EGRESS_PROGRAM: &str = "firewall_egress";
+/// The outbound hooks: `cgroup/connect4`, `cgroup/connect6` (TCP and connected UDP),
+/// `cgroup/sendmsg4`, `cgroup/sendmsg6` (UDP datagrams sent with an address).
+pub const CONNECT4_PROGRAM: &str = "firewall_connect4";
+pub const CONNECT6_PROGRAM: &str = "firewall_connect6";
+pub const SENDMSG4_PROGRAM: &str = "firewall_sendmsg4";
+pub const SENDMSG6_PROGRAM: &str = "firewall_sendmsg6";
 
 pub const ACTION_ALLOW: u32 = 0;
 pub const ACTION_REJECT: u32 = 1;
@@ -186,11 +204,30 @@ pub struct RateBucket {
     pub last_ns: u64,
 }
 
+/// Key of [`maps::OUT_STEALTH`]: one socket (its cookie, `bpf_get_socket_cookie`) and one
+/// destination. IPv4 addresses are stored as `::ffff:a.b.c.d`, as the packets leave. The
+/// destination is part of the key because one unconnected UDP socket may send to several.
+#[repr(C, align(8))]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct OutStealthKey {
+    pub cookie: u64,
+    pub remote: [u8; 16],
+    /// Host byte order.
+    pub remote_port: u16,
+    /// IP protocol number (6 or 17).
+    pub proto: u8,
+    pub _pad: [u8; 5],
+}
+
+/// Capacity of [`maps::OUT_STEALTH`]: sockets held by `stealth` at once. The oldest is
+/// forgotten when it is full (its packets then leave: see the README's limits).
+pub const OUT_STEALTH_ENTRIES: u32 = 65536;
+
 pub const FRAG_ALLOW: u32 = 0;
 pub const FRAG_STEALTH: u32 = 1;
 
-/// Every verdict and every reason the XDP program counts. The order is the map layout; append
-/// only. `fwctl status` prints these by [`Counter::name`].
+/// Every verdict and every reason the XDP, TC egress and cgroup programs count. The order is
+/// the map layout; append only. `fwctl status` prints these by [`Counter::name`].
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Counter {
@@ -265,10 +302,33 @@ pub enum Counter {
     CtDaemonRemoved,
     /// Expired entries the daemon removed from the confirmed table. Written by the daemon only.
     CtDaemonRemovedConfirmed,
+    /// Outbound socket calls (connect of TCP and UDP sockets, sendmsg of UDP datagrams with an
+    /// address) judged by the outbound rules. Each is also counted under exactly one of
+    /// `OutAllowed`, `OutRejected`, `OutStealthed`.
+    OutJudged,
+    /// Outbound calls a rule or `[defaults] outbound` allowed.
+    OutAllowed,
+    /// Outbound calls refused: the call fails with EPERM.
+    OutRejected,
+    /// Outbound calls that proceed but whose packets the egress program drops (`stealth`).
+    OutStealthed,
+    /// Outbound calls decided by `[defaults] outbound` (included in the three above).
+    OutDefaultVerdict,
+    /// Outbound calls to a loopback destination (127.0.0.0/8, ::1, ::ffff:127.0.0.0/104):
+    /// always allowed, never judged.
+    OutLoopback,
+    /// Outbound calls of sockets that are neither TCP nor UDP (ping sockets, SCTP, UDP-Lite):
+    /// allowed, not judged.
+    OutNotJudged,
+    /// Packets the egress program dropped because their socket is held by `stealth`.
+    OutStealthDropped,
+    /// A `stealth` verdict that could not be recorded (the map update failed): the call was
+    /// refused with EPERM instead (also counted under `OutRejected`).
+    OutStealthRecordFailed,
 }
 
 impl Counter {
-    pub const COUNT: u32 = Counter::CtDaemonRemovedConfirmed as u32 + 1;
+    pub const COUNT: u32 = Counter::OutStealthRecordFailed as u32 + 1;
 
     pub const ALL: [Counter; Counter::COUNT as usize] = [
         Counter::Packets,
@@ -304,6 +364,15 @@ impl Counter {
         Counter::EgressPackets,
         Counter::CtDaemonRemoved,
         Counter::CtDaemonRemovedConfirmed,
+        Counter::OutJudged,
+        Counter::OutAllowed,
+        Counter::OutRejected,
+        Counter::OutStealthed,
+        Counter::OutDefaultVerdict,
+        Counter::OutLoopback,
+        Counter::OutNotJudged,
+        Counter::OutStealthDropped,
+        Counter::OutStealthRecordFailed,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -341,6 +410,15 @@ impl Counter {
             Counter::EgressPackets => "egress_packets",
             Counter::CtDaemonRemoved => "ct_daemon_removed",
             Counter::CtDaemonRemovedConfirmed => "ct_daemon_removed_confirmed",
+            Counter::OutJudged => "out_judged",
+            Counter::OutAllowed => "out_allowed",
+            Counter::OutRejected => "out_rejected",
+            Counter::OutStealthed => "out_stealthed",
+            Counter::OutDefaultVerdict => "out_default_verdict",
+            Counter::OutLoopback => "out_loopback",
+            Counter::OutNotJudged => "out_not_judged",
+            Counter::OutStealthDropped => "out_stealth_dropped",
+            Counter::OutStealthRecordFailed => "out_stealth_record_failed",
         }
     }
 }
@@ -351,6 +429,7 @@ const _: () = {
     assert!(core::mem::size_of::<PairKey>() == 8);
     assert!(core::mem::size_of::<RateKey>() == 16);
     assert!(core::mem::size_of::<RateBucket>() == 16);
+    assert!(core::mem::size_of::<OutStealthKey>() == 32);
     assert!(verdict_rule(verdict(DEFAULT_RULE, ACTION_STEALTH)) == DEFAULT_RULE);
     assert!(verdict(DEFAULT_RULE, ACTION_STEALTH) < NO_MATCH);
     assert!(PortValue::EMPTY.class_plus_one == 0 && PortValue::EMPTY.any_addr_plus_one == 0);
@@ -366,6 +445,7 @@ mod user {
     unsafe impl aya::Pod for PairKey {}
     unsafe impl aya::Pod for RateKey {}
     unsafe impl aya::Pod for RateBucket {}
+    unsafe impl aya::Pod for OutStealthKey {}
     unsafe impl aya::Pod for crate::ct::CtKey {}
     unsafe impl aya::Pod for crate::ct::CtEntry {}
     unsafe impl aya::Pod for crate::ct::CtConfig {}

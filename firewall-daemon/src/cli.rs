@@ -65,7 +65,7 @@ Examples:
   firewall-daemon --config /etc/firewall/rules.toml
   systemctl enable --now firewall-daemon
   firewall-daemon --config rules.toml --interface veth0 --xdp-mode generic --pin-dir \
-/sys/fs/bpf/fw-test --control-socket /tmp/fw.sock
+/sys/fs/bpf/fw-test --control-socket /tmp/fw.sock --cgroup /sys/fs/cgroup/fw-test
 
 Signals:
   SIGHUP  Reload the rules file; if it is invalid, the rules in force stay (fwctl reload does \
@@ -81,6 +81,8 @@ Files:
   /etc/firewall/rules.toml  The rules file (see rules.toml(5)).
   /run/firewall/control.sock  Control socket used by fwctl(1) (default).
   /sys/fs/bpf/firewall  Pinned programs, maps and attachments (default pin_dir).
+  /sys/fs/cgroup  The cgroup2 mount (found in /proc/self/mountinfo): its root is the default \
+[daemon] cgroup.
 
 See also:
   fwctl(1), rules.toml(5), systemd.service(5), bpftool(8)";
@@ -103,7 +105,9 @@ pub enum XdpModeArg {
     version,
     long_about = "Host firewall daemon: compiles rules.toml into an XDP program and keeps it in \
 force.\n\nIt loads the XDP program and the TC egress program (connection tracking) onto every \
-protected interface, fills their maps from the rules file, and serves fwctl(1) on a Unix \
+protected interface, attaches the outbound hooks (cgroup connect4, connect6, sendmsg4 and \
+sendmsg6) to the cgroup of [daemon] cgroup (by default the root of the cgroup2 mount, so every \
+process on the host), fills their maps from the rules file, and serves fwctl(1) on a Unix \
 socket. Reloads (SIGHUP, fwctl reload) switch to the new rules atomically; an invalid file \
 changes nothing. It prints \"firewall-daemon: ready (...)\" on stdout once the programs are \
 attached and the control socket listens. Under systemd (firewall-daemon.service, \
@@ -128,6 +132,10 @@ pub struct DaemonArgs {
     /// Overrides [daemon] pin_dir (must be on a bpf filesystem).
     #[arg(long, value_name = "DIR", value_hint = clap::ValueHint::DirPath)]
     pub pin_dir: Option<PathBuf>,
+    /// Overrides [daemon] cgroup: the cgroup v2 directory whose processes the outbound rules
+    /// judge (default: the root of the cgroup2 mount, every process on the host).
+    #[arg(long, value_name = "DIR", value_hint = clap::ValueHint::DirPath)]
+    pub cgroup: Option<PathBuf>,
     /// Log level: error, warn, info, debug, trace (RUST_LOG also works).
     #[arg(long, default_value = "info", value_name = "LEVEL")]
     pub log_level: String,
@@ -249,9 +257,12 @@ mod tests {
             "b",
             "--xdp-mode",
             "generic",
+            "--cgroup",
+            "/sys/fs/cgroup/fw",
         ])
         .expect("daemon args");
         assert_eq!(d.interfaces, ["a", "b"]);
+        assert_eq!(d.cgroup, Some(PathBuf::from("/sys/fs/cgroup/fw")));
         assert_eq!(d.xdp_mode, Some(XdpModeArg::Generic));
         assert_eq!(d.log_level, "info");
         let e = FwctlArgs::try_parse_from(["fwctl", "frobnicate"]).expect_err("unknown verb");

@@ -1,4 +1,9 @@
 //! Rules -> map contents. The structure and its limits are explained in `compile.md`.
+//!
+//! Both directions compile into the same map shapes ([`compile_direction`]): inbound the
+//! rules' `port` is the packet's local port and `remote` its source; outbound (the cgroup
+//! hooks' copy of the program) `port` is the destination port of a connect() or sendmsg() and
+//! `remote` its destination address.
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -11,7 +16,7 @@ use firewall_common::{
 };
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
-use crate::model::{PacketMeta, Proto, Rule, Ruleset};
+use crate::model::{Action, Direction, PacketMeta, Proto, Rule, Ruleset};
 
 /// Most (address class, port class) entries a rule set may need (see compile.md).
 pub const MAX_PAIRS: usize = 1_000_000;
@@ -26,9 +31,11 @@ pub enum CompileError {
     TooManyPairs { needed: usize, limit: usize },
 }
 
-/// Everything the kernel program needs for one rule set.
+/// Everything the kernel program needs for one direction of one rule set.
 #[derive(Debug, Clone)]
 pub struct Compiled {
+    /// Whose rules these are.
+    pub direction: Direction,
     pub addr4: Vec<(Ipv4Net, AddrValue)>,
     pub addr6: Vec<(Ipv6Net, AddrValue)>,
     /// Only the slots that differ from "no match", by slot index.
@@ -37,8 +44,11 @@ pub struct Compiled {
     /// `PROTO_VERDICTS` load-time constant).
     pub proto_verdicts: [u32; PROTO_CLASSES],
     pub pairs: HashMap<PairKey, u32>,
-    /// Verdict word for packets no rule matches.
-    pub default_inbound: u32,
+    /// Verdict word for packets (outbound: calls) no rule matches: `[defaults] inbound` or
+    /// `[defaults] outbound`.
+    pub default_verdict: u32,
+    /// Some verdict of this direction can be `stealth` (a rule or the default).
+    pub can_stealth: bool,
     /// Number of rules in the file (both directions): the size of the per-rule counters.
     pub rule_count: u32,
     pub addr_classes: usize,
@@ -105,8 +115,18 @@ impl Classes {
     }
 }
 
+/// The inbound rules (the XDP program's maps).
 pub fn compile(ruleset: &Ruleset) -> Result<Compiled, CompileError> {
-    let inbound: Vec<&Rule> = ruleset.inbound().collect();
+    compile_direction(ruleset, Direction::In)
+}
+
+/// The rules of one direction. Outbound rules compile exactly like inbound ones, their `port`
+/// standing for the destination port.
+pub fn compile_direction(
+    ruleset: &Ruleset,
+    direction: Direction,
+) -> Result<Compiled, CompileError> {
+    let rules: Vec<&Rule> = ruleset.of(direction).collect();
 
     // --- service side: (x,a)/(x,b) rules become per-protocol constants; (x,c) rules are
     // written into their port slots; port classes come from (y,c) rules.
@@ -116,7 +136,7 @@ pub fn compile(ruleset: &Ruleset) -> Result<Compiled, CompileError> {
     // `paint` skips slots already written using a next-unwritten pointer (union-find), which
     // keeps wide port ranges linear overall.
     let mut next_free: Vec<u32> = (0..=PORT_SLOTS).collect();
-    for rule in inbound.iter().filter(|r| r.remote.is_none()) {
+    for rule in rules.iter().filter(|r| r.remote.is_none()) {
         let w = word(rule);
         match service(rule) {
             Service::All => {
@@ -140,7 +160,7 @@ pub fn compile(ruleset: &Ruleset) -> Result<Compiled, CompileError> {
         }
     }
 
-    let yc: Vec<&Rule> = inbound
+    let yc: Vec<&Rule> = rules
         .iter()
         .copied()
         .filter(|r| r.remote.is_some() && !r.ports.is_empty())
@@ -202,7 +222,7 @@ pub fn compile(ruleset: &Ruleset) -> Result<Compiled, CompileError> {
 
     // --- address side.
     let mut addr_classes = Classes::default();
-    let (addr4, addr6) = address_tries(&inbound, &mut addr_classes);
+    let (addr4, addr6) = address_tries(&rules, &mut addr_classes);
 
     // --- pairs: for each (y,c) rule in order, every (address class, port class) it covers
     // that has no earlier rule yet.
@@ -249,16 +269,17 @@ pub fn compile(ruleset: &Ruleset) -> Result<Compiled, CompileError> {
         }
     }
 
+    let default_action = ruleset.default_action(direction);
     Ok(Compiled {
+        direction,
+        can_stealth: default_action == Action::Stealth
+            || rules.iter().any(|r| r.action == Action::Stealth),
         addr4,
         addr6,
         ports,
         proto_verdicts,
         pairs,
-        default_inbound: verdict(
-            firewall_common::DEFAULT_RULE,
-            ruleset.defaults.inbound.to_kernel(),
-        ),
+        default_verdict: verdict(firewall_common::DEFAULT_RULE, default_action.to_kernel()),
         rule_count: ruleset.rules.len() as u32,
         addr_classes: addr_classes.sets.len(),
         port_classes: port_classes.sets.len(),
@@ -340,9 +361,9 @@ struct Folded {
 
 type Tries = (Vec<(Ipv4Net, AddrValue)>, Vec<(Ipv6Net, AddrValue)>);
 
-fn address_tries(inbound: &[&Rule], classes: &mut Classes) -> Tries {
+fn address_tries(rules: &[&Rule], classes: &mut Classes) -> Tries {
     let mut own: BTreeMap<IpNet, Own> = BTreeMap::new();
-    for rule in inbound {
+    for rule in rules {
         let Some(nets) = &rule.remote else { continue };
         let w = word(rule);
         for net in nets {
@@ -429,7 +450,8 @@ fn merge_sorted(a: &[u32], b: &[u32]) -> Vec<u32> {
 }
 
 impl Compiled {
-    /// The compiled tables evaluated in userspace exactly as the XDP program does: used by tests
+    /// The compiled tables evaluated in userspace exactly as the XDP program (inbound) or the
+    /// cgroup hooks (outbound, with [`crate::model::ConnectMeta::as_packet`]) do: used by tests
     /// to check the compiler against the oracle independently of the kernel.
     pub fn lookup(&self, pkt: &PacketMeta) -> u32 {
         let proto = pkt.proto.class();
@@ -469,7 +491,7 @@ impl Compiled {
             }
         }
         if best == NO_MATCH {
-            self.default_inbound
+            self.default_verdict
         } else {
             best
         }

@@ -189,6 +189,11 @@ struct RawDaemon {
     /// enforcing its last rules (pinned, adopted by the next daemon) or detaches it. Default
     /// `"keep"`.
     on_stop: Option<Spanned<String>>,
+    /// Absolute path of a cgroup v2 directory: the outbound rules judge the sockets of the
+    /// processes in it and in its descendants. Default: the root of the cgroup2 mount (every
+    /// process on the host), found in /proc/self/mountinfo when the daemon starts. The daemon
+    /// checks at start that the path is a directory on a cgroup2 file system.
+    cgroup: Option<Spanned<String>>,
 }
 
 /// `[defaults]`: what happens when no rule matches.
@@ -199,7 +204,10 @@ struct RawDefaults {
     /// drops silently; `reject` answers with a TCP RST or ICMP port unreachable. Default
     /// `"stealth"`.
     inbound: Option<Spanned<String>>,
-    /// `"allow"` | `"reject"` | `"stealth"` for outbound packets. Default `"allow"`.
+    /// `"allow"` | `"reject"` | `"stealth"` for outbound connections no rule matches: a TCP
+    /// connect, a UDP connect, or a UDP datagram sent with an address. `reject` makes the call
+    /// fail at once with EPERM; `stealth` lets it proceed and drops its packets. Default
+    /// `"allow"`.
     outbound: Option<Spanned<String>>,
     /// `"allow"` | `"stealth"`: non-first IP fragments, which carry no port to judge. Default
     /// `"allow"`.
@@ -295,17 +303,21 @@ struct RawRule {
     /// Label for messages, logs and `fwctl list`. Default `"rule N"` (N counts from 1).
     /// Names need not be unique (duplicates get a warning).
     name: Option<Spanned<String>>,
-    /// `"in"` | `"out"`. Default `"in"`. Outbound rules are validated but not enforced yet.
+    /// `"in"` | `"out"`. Default `"in"`. Outbound rules judge the host's own TCP and UDP
+    /// sockets when they connect or send a datagram with an address; `proto = "icmp"` is not
+    /// supported outbound.
     direction: Option<Spanned<String>>,
     /// `"tcp"` | `"udp"` | `"icmp"` (ICMP and ICMPv6) | `"any"`. Default `"any"`; `any` with
     /// `port` means TCP and UDP.
     proto: Option<Spanned<String>>,
-    /// Local port(s): a number (`22`), a service name from `/etc/services` looked up for the
-    /// rule's proto (`"ssh"`; for `any`, for TCP or UDP), a range (`"8000-8100"`), or a list of
-    /// these. Absent: every port. Not allowed with `proto = "icmp"`.
+    /// Local port(s) of an inbound rule, destination port(s) of an outbound one: a number
+    /// (`22`), a service name from `/etc/services` looked up for the rule's proto (`"ssh"`; for
+    /// `any`, for TCP or UDP), a range (`"8000-8100"`), or a list of these. Absent: every port.
+    /// Not allowed with `proto = "icmp"`.
     port: Option<Spanned<OneOrMany<RawPort>>>,
-    /// Remote address(es): a string or a list of CIDRs, plain addresses and `"@set"`
-    /// references. Absent: every address (there is no `"any"` keyword).
+    /// Remote address(es) (the source of an inbound packet, the destination of an outbound
+    /// connection): a string or a list of CIDRs, plain addresses and `"@set"` references.
+    /// Absent: every address (there is no `"any"` keyword).
     remote: Option<Spanned<OneOrMany<RemoteEntry>>>,
     /// `"allow"` | `"reject"` | `"stealth"`. Required.
     action: Option<Spanned<String>>,
@@ -869,6 +881,11 @@ impl<'a> Checker<'a> {
             && let Some(path) = self.absolute_path(&pin_dir, "daemon.pin_dir")
         {
             out.pin_dir = path;
+        }
+        if let Some(cgroup) = raw.cgroup
+            && let Some(path) = self.absolute_path(&cgroup, "daemon.cgroup")
+        {
+            out.cgroup = Some(path);
         }
         if let Some(group) = raw.control_group {
             let name = group.get_ref();
@@ -1566,6 +1583,19 @@ impl<'a> Checker<'a> {
             Some(remote) => self.remote(remote, ctx, sets),
         };
 
+        if direction == Some(Direction::Out) && proto == Some(Proto::Icmp) {
+            let at = key_spans
+                .get("proto")
+                .cloned()
+                .unwrap_or_else(|| header.clone());
+            self.error(
+                Some(at),
+                format!(
+                    r#"{ctx}outbound ICMP rules are not supported yet: outbound rules are enforced where TCP and UDP sockets connect or send, and ICMP (ping, raw sockets) never passes there; remove the rule — the firewall never ignores a rule it cannot enforce"#
+                ),
+            );
+            ok = false;
+        }
         let (Some(direction), Some(proto), Some(action), Some(ports), Some(remote), true) =
             (direction, proto, action, ports, remote, ok)
         else {
@@ -2061,7 +2091,7 @@ mdns            5353/udp                        # Multicast DNS
             8,
             4,
             &[
-                r#":4:1: unknown key "interfaces2" in [daemon]; expected one of: interfaces, xdp_mode, control_socket, control_group, pin_dir, on_stop"#,
+                r#":4:1: unknown key "interfaces2" in [daemon]; expected one of: interfaces, xdp_mode, control_socket, control_group, pin_dir, on_stop, cgroup"#,
             ],
         );
         expect_more(
@@ -2775,11 +2805,17 @@ tcp_close = \"x\"
         let name = "daemon-relative-paths.toml";
         let err = expect(
             name,
-            2,
+            3,
             3,
             &[r#"daemon.control_socket must be an absolute path, not "control.sock""#],
         );
         expect_more(&err, name, 4, &["daemon.pin_dir must be an absolute path"]);
+        expect_more(
+            &err,
+            name,
+            5,
+            &[r#"daemon.cgroup must be an absolute path, not "firewall.slice""#],
+        );
     }
 
     #[test]
@@ -2792,11 +2828,20 @@ tcp_close = \"x\"
         let name = "outbound-rule-invalid.toml";
         let err = expect(
             name,
-            2,
+            3,
             6,
             &[r#"rule 1 ("dns out"): port 0 is out of range"#],
         );
         expect_more(&err, name, 7, &[r#"invalid address "10.0.0.256""#]);
+        expect_more(
+            &err,
+            name,
+            13,
+            &[
+                r#":13:1: rule 2 ("no pings out"): outbound ICMP rules are not supported yet"#,
+                "never ignores a rule it cannot enforce",
+            ],
+        );
     }
 
     #[test]
@@ -2868,6 +2913,7 @@ tcp_close = \"x\"
                 control_group: Some("netadmin".into()),
                 pin_dir: PathBuf::from("/sys/fs/bpf/fw"),
                 on_stop: OnStop::Detach,
+                cgroup: Some(PathBuf::from("/sys/fs/cgroup/firewall")),
             }
         );
         assert_eq!(
@@ -2939,7 +2985,7 @@ tcp_close = \"x\"
         assert_eq!(ssh.remote.as_ref(), Some(&expected));
         assert_eq!(ssh.remote_spec, ["@trusted", "2001:db8::1"]);
         assert_eq!(ssh.action, Action::Allow);
-        assert_eq!(ssh.origin, Origin { line: 44 });
+        assert_eq!(ssh.origin, Origin { line: 45 });
 
         let web = &rs.rules[1];
         assert_eq!(
@@ -2967,7 +3013,7 @@ tcp_close = \"x\"
         let out = &rs.rules[5];
         assert_eq!(out.direction, Direction::Out);
         assert_eq!(out.ports, [range(25, 25)]);
-        assert_eq!(out.origin.line, 75);
+        assert_eq!(out.origin.line, 76);
 
         assert!(rs.warnings.is_empty(), "{:?}", rs.warnings);
         assert_eq!(rs.inbound().count(), 5);

@@ -72,9 +72,11 @@ pub struct RuleView {
     /// Empty: any remote address.
     pub remote: Vec<String>,
     pub action: Action,
-    /// False for rules this version cannot enforce yet (outbound).
+    /// Whether the datapath enforces the rule: always true since outbound rules are enforced
+    /// (kept for clients that read it).
     pub enforced: bool,
-    /// Packets this rule decided (inbound, since the current rules were loaded).
+    /// Inbound: packets this rule decided; outbound: socket calls (connect, UDP sends with an
+    /// address) it decided. Since the current rules were loaded.
     pub hits: u64,
     pub line: usize,
 }
@@ -89,7 +91,7 @@ impl RuleView {
             ports: rule.ports.iter().map(ToString::to_string).collect(),
             remote: rule.remote_spec.clone(),
             action: rule.action,
-            enforced: rule.direction == Direction::In,
+            enforced: true,
             hits,
             line: rule.origin.line,
         }
@@ -148,8 +150,15 @@ pub struct StatusData {
     pub interfaces: Vec<InterfaceStatus>,
     pub rules: usize,
     pub inbound_rules: usize,
-    /// Outbound rules are parsed and listed but not enforced by this version.
+    #[serde(default)]
+    pub outbound_rules: usize,
+    /// Always 0 since outbound rules are enforced; kept so that older clients can read the
+    /// status.
+    #[serde(default)]
     pub outbound_rules_not_enforced: usize,
+    /// Where the outbound rules are enforced.
+    #[serde(default)]
+    pub outbound: OutboundStatus,
     pub defaults: DefaultsView,
     /// Rule-set generation: 1 at start, +1 per successful reload.
     pub generation: u64,
@@ -165,6 +174,27 @@ pub struct StatusData {
     pub waiting_for: Vec<String>,
     #[serde(default)]
     pub kernel: KernelStatus,
+}
+
+/// The outbound hooks: the cgroup they are attached to and each hook's attachment.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct OutboundStatus {
+    /// The cgroup v2 directory whose processes (and their descendants') the outbound rules
+    /// judge.
+    pub cgroup: String,
+    pub cgroup_id: u64,
+    pub hooks: Vec<HookStatus>,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct HookStatus {
+    /// connect4, connect6, sendmsg4 or sendmsg6.
+    pub hook: String,
+    /// The program the hook's pinned link runs (0 if unknown).
+    pub program_id: u32,
+    /// "ok", or what is wrong (the link runs another program, its pin was removed, it is on
+    /// another cgroup).
+    pub state: String,
 }
 
 /// The running kernel and how the firewall uses it.

@@ -1,6 +1,7 @@
-//! The daemon: validates and compiles the rules, attaches the datapath, serves the control
-//! socket, reloads atomically on SIGHUP or `fwctl reload`, and on SIGTERM/SIGINT either leaves
-//! the pinned firewall enforcing (`on_stop = "keep"`) or detaches it.
+//! The daemon: validates and compiles the rules, attaches the datapath (XDP and TC egress on
+//! the interfaces, the outbound hooks on the cgroup), serves the control socket, reloads
+//! atomically on SIGHUP or `fwctl reload`, and on SIGTERM/SIGINT either leaves the pinned
+//! firewall enforcing (`on_stop = "keep"`) or detaches it.
 //!
 //! Everything runs on one thread: control requests are short and handled one at a time (with a
 //! timeout), which keeps the kernel objects single-owner and reloads strictly ordered.
@@ -13,7 +14,7 @@ use std::{
 };
 
 use anyhow::{Context as _, anyhow, bail};
-use aya::programs::xdp::XdpLink;
+use aya::programs::{cgroup_sock_addr::CgroupSockAddrLink, xdp::XdpLink};
 use log::{error, info, warn};
 use sd_notify::NotifyState;
 use std::{
@@ -30,15 +31,21 @@ use tokio::{
 };
 
 use crate::{
+    cgroup::{self, Cgroup},
     compile, config,
     conntrack::{self, Tables},
     control::{
-        self, ConnView, ConnsData, ConntrackStatus, DefaultsView, InterfaceStatus, KernelStatus,
-        ListData, ReloadData, Request, Response, RuleView, StatusData,
+        self, ConnView, ConnsData, ConntrackStatus, DefaultsView, HookStatus, InterfaceStatus,
+        KernelStatus, ListData, OutboundStatus, ReloadData, Request, Response, RuleView,
+        StatusData,
     },
-    datapath::{self, EgressLink, Generation},
+    datapath::{self, EgressLink, Generation, Hook, OutboundGeneration, StealthTable},
     interfaces,
-    model::{Action, Direction, Interfaces, OnStop, PacketMeta, PacketProto, Ruleset, XdpMode},
+    model::{
+        Action, ConnectMeta, Direction, Interfaces, OnStop, PacketMeta, PacketProto, Ruleset,
+        XdpMode,
+    },
+    policy::Policy,
     sockets,
 };
 
@@ -49,6 +56,7 @@ pub struct Overrides {
     pub xdp_mode: Option<XdpMode>,
     pub control_socket: Option<PathBuf>,
     pub pin_dir: Option<PathBuf>,
+    pub cgroup: Option<PathBuf>,
 }
 
 impl Overrides {
@@ -65,6 +73,9 @@ impl Overrides {
         if let Some(p) = &self.pin_dir {
             rs.daemon.pin_dir = p.clone();
         }
+        if let Some(p) = &self.cgroup {
+            rs.daemon.cgroup = Some(p.clone());
+        }
     }
 }
 
@@ -80,6 +91,9 @@ struct Attached {
     egress_kind: &'static str,
 }
 
+/// The outbound hooks' attachments to the cgroup, one pinned link per hook.
+type HookLinks = Vec<(Hook, CgroupSockAddrLink)>;
+
 /// Rule names of recent generations, so `fwctl conns` can name the rule that admitted a flow
 /// after the rules were reloaded.
 const RULE_HISTORY: usize = 16;
@@ -90,6 +104,10 @@ struct State {
     ruleset: Ruleset,
     generation: Generation,
     attached: Vec<Attached>,
+    /// The outbound rules: their generation, the cgroup it judges and the hooks' links.
+    outbound: OutboundGeneration,
+    cgroup: Cgroup,
+    hooks: HookLinks,
     generation_no: u64,
     started: Instant,
     last_reload: Option<String>,
@@ -137,18 +155,15 @@ pub async fn run(config_path: PathBuf, overrides: Overrides) -> anyhow::Result<(
     for w in &ruleset.warnings {
         warn!("{w}");
     }
-    let not_enforced = ruleset
-        .rules
-        .iter()
-        .filter(|r| r.direction == Direction::Out)
-        .count();
-    if not_enforced > 0 {
-        warn!(
-            "{not_enforced} outbound rule(s) are listed but not enforced by this version; \
-             [defaults] outbound does not apply yet either"
-        );
-    }
     let compiled = compile::compile(&ruleset)?;
+    let compiled_out = compile::compile_direction(&ruleset, Direction::Out)?;
+    // The outbound hooks' cgroup: the configured one, else the whole host (the root of the
+    // cgroup2 mount). Checked before anything is touched.
+    let cgroup_path = match &ruleset.daemon.cgroup {
+        Some(p) => p.clone(),
+        None => cgroup::mount()?,
+    };
+    let cgroup = Cgroup::open(&cgroup_path)?;
     crate::features::check_required()?;
     // Before touching anything shared (pins, interfaces): a second daemon must not disturb
     // the first.
@@ -179,6 +194,7 @@ pub async fn run(config_path: PathBuf, overrides: Overrides) -> anyhow::Result<(
         .unwrap_or(0);
     let gen_id = next_generation_id(last_gen);
     let mut generation = Generation::load(&compiled, &ruleset, &pin_dir, gen_id)?;
+    let mut outbound = OutboundGeneration::load(&compiled_out, &ruleset, &pin_dir, gen_id)?;
     let mut tables = Tables::open(&pin_dir)?;
 
     // Seed before attaching, so enforcement never starts without the host's connections.
@@ -229,6 +245,11 @@ pub async fn run(config_path: PathBuf, overrides: Overrides) -> anyhow::Result<(
     }
     let names: Vec<String> = want.iter().map(|i| i.name.clone()).collect();
     forget_other_links(&pin_dir, &names);
+    let hooks = attach_hooks(&mut outbound, &cgroup, &pin_dir)?;
+    let released = rejudge_stealth(&ruleset, &pin_dir);
+    if released > 0 {
+        info!("released {released} socket(s) held by an outbound stealth the rules no longer say");
+    }
 
     generation.pin(&pin_dir)?;
     let gc_interval = Arc::new(AtomicU32::new(ruleset.conntrack.gc_interval_secs));
@@ -246,6 +267,9 @@ pub async fn run(config_path: PathBuf, overrides: Overrides) -> anyhow::Result<(
         ruleset,
         generation,
         attached,
+        outbound,
+        cgroup,
+        hooks,
         generation_no: 1,
         started: Instant::now(),
         last_reload: None,
@@ -260,7 +284,7 @@ pub async fn run(config_path: PathBuf, overrides: Overrides) -> anyhow::Result<(
     };
 
     let summary = format!(
-        "firewall-daemon: ready ({} rules; interfaces: {}; control socket {})",
+        "firewall-daemon: ready ({} rules; interfaces: {}; outbound hooks on cgroup {}; control socket {})",
         state.ruleset.rules.len(),
         state
             .attached
@@ -268,6 +292,7 @@ pub async fn run(config_path: PathBuf, overrides: Overrides) -> anyhow::Result<(
             .map(|a| format!("{} {}", a.ifname, a.mode))
             .collect::<Vec<_>>()
             .join(", "),
+        state.cgroup.path.display(),
         socket_path.display()
     );
     info!("{summary}");
@@ -310,15 +335,17 @@ pub async fn run(config_path: PathBuf, overrides: Overrides) -> anyhow::Result<(
         OnStop::Keep => {
             cleanup.armed = false;
             info!(
-                "stopping; the firewall keeps enforcing the last rules on {} interface(s) \
-                 (on_stop = \"keep\"; pinned under {}); the next daemon adopts them",
+                "stopping; the firewall keeps enforcing the last rules on {} interface(s) and \
+                 the cgroup {} (on_stop = \"keep\"; pinned under {}); the next daemon adopts them",
                 state.attached.len(),
+                state.cgroup.path.display(),
                 state.ruleset.daemon.pin_dir.display()
             );
         }
         OnStop::Detach => info!(
-            "stopping: detaching from {} interface(s) (on_stop = \"detach\")",
-            state.attached.len()
+            "stopping: detaching from {} interface(s) and the cgroup {} (on_stop = \"detach\")",
+            state.attached.len(),
+            state.cgroup.path.display()
         ),
     }
     let _ = std::fs::remove_file(&socket_path);
@@ -396,6 +423,149 @@ fn attach_interface(
     })
 }
 
+/// Attaches (or adopts) the outbound hooks on `cgroup` and pins their links. A link a previous
+/// daemon left on another cgroup is replaced by one on this cgroup (attached first, then the
+/// old pin is removed, which detaches it).
+fn attach_hooks(
+    out: &mut OutboundGeneration,
+    cgroup: &Cgroup,
+    pin_dir: &Path,
+) -> anyhow::Result<HookLinks> {
+    let mut links = Vec::new();
+    for hook in Hook::ALL {
+        let pin = datapath::hook_pin(pin_dir, hook);
+        let adoptable = pin.exists()
+            && match cgroup::link_target(&pin) {
+                Ok(t) if t.cgroup_id == cgroup.id && t.attach_type == hook.attach_type() => true,
+                Ok(t) => {
+                    info!(
+                        "the {} hook a previous daemon left is attached to cgroup id {}; \
+                         moving it to {} (id {})",
+                        hook.name(),
+                        t.cgroup_id,
+                        cgroup.path.display(),
+                        cgroup.id
+                    );
+                    false
+                }
+                Err(e) => {
+                    warn!("{e:#}; attaching the {} hook afresh", hook.name());
+                    false
+                }
+            };
+        let adopted = if adoptable {
+            match datapath::adopt_link::<CgroupSockAddrLink>(&pin) {
+                Ok(link) => link,
+                Err(e) => {
+                    warn!("{e:#}; attaching the {} hook afresh", hook.name());
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        let link = match adopted {
+            Some(link) => {
+                info!(
+                    "{}: adopting the pinned attachment of a previous daemon",
+                    hook.name()
+                );
+                out.replace(hook, link)?
+            }
+            None => out.attach(hook, cgroup)?,
+        };
+        links.push((hook, datapath::pin_hook_link(link, &pin)?));
+    }
+    info!(
+        "outbound hooks (connect4, connect6, sendmsg4, sendmsg6) attached to the cgroup {}",
+        cgroup.path.display()
+    );
+    Ok(links)
+}
+
+/// Moves every hook link to `to`'s programs. If one cannot be moved, every hook is put back on
+/// `from`'s programs (re-opened from its pin: a failed update leaves a pinned link attached)
+/// and the error is returned with the links as they were.
+fn switch_hooks(
+    links: HookLinks,
+    to: &mut OutboundGeneration,
+    from: &mut OutboundGeneration,
+    pin_dir: &Path,
+) -> (HookLinks, Option<anyhow::Error>) {
+    let mut moved = Vec::new();
+    let mut failure = None;
+    for (hook, link) in links {
+        if failure.is_some() {
+            moved.push((hook, link));
+            continue;
+        }
+        match to.replace(hook, link) {
+            Ok(link) => moved.push((hook, link)),
+            Err(e) => failure = Some((hook, e)),
+        }
+    }
+    let Some((failed, e)) = failure else {
+        return (moved, None);
+    };
+    let mut back = Vec::new();
+    for hook in Hook::ALL {
+        let link = match moved.iter().position(|(h, _)| *h == hook) {
+            Some(i) => Some(moved.swap_remove(i).1),
+            None => datapath::adopt_link::<CgroupSockAddrLink>(&datapath::hook_pin(pin_dir, hook))
+                .ok()
+                .flatten(),
+        };
+        let Some(link) = link else {
+            error!("{}: the hook's pinned link is gone", hook.name());
+            continue;
+        };
+        match from.replace(hook, link) {
+            Ok(link) => back.push((hook, link)),
+            Err(e2) => error!(
+                "{}: rolling the outbound hook back failed: {e2:#}",
+                hook.name()
+            ),
+        }
+    }
+    (
+        back,
+        Some(e.context(format!(
+            "switching the {} hook to the new rules",
+            failed.name()
+        ))),
+    )
+}
+
+/// Releases the sockets held by an outbound `stealth` that the rules in force no longer say
+/// `stealth` for (their next packets leave). Returns how many.
+fn rejudge_stealth(ruleset: &Ruleset, pin_dir: &Path) -> usize {
+    let mut table = match StealthTable::open(pin_dir) {
+        Ok(t) => t,
+        Err(e) => {
+            warn!("{e:#}");
+            return 0;
+        }
+    };
+    let policy = Policy::new(ruleset);
+    let mut released = 0;
+    for (key, _) in table.entries() {
+        let proto = match key.proto {
+            firewall_common::ct::IPPROTO_TCP => PacketProto::Tcp,
+            _ => PacketProto::Udp,
+        };
+        let d = policy.decide_out(&ConnectMeta {
+            remote: conntrack::addr(key.remote),
+            proto,
+            remote_port: key.remote_port,
+        });
+        if d.action != Action::Stealth {
+            table.release(&key);
+            released += 1;
+        }
+    }
+    released
+}
+
 /// Unpins links a previous daemon left on interfaces this one does not protect (which
 /// detaches them).
 fn forget_other_links(pin_dir: &Path, ifnames: &[String]) {
@@ -404,7 +574,10 @@ fn forget_other_links(pin_dir: &Path, ifnames: &[String]) {
     };
     for e in dir.flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
-        let ifname = name.split_once('-').map(|(_, i)| i).unwrap_or("");
+        // The outbound hooks' links are not about an interface.
+        let Some(ifname) = datapath::link_interface(&name) else {
+            continue;
+        };
         if !ifnames.iter().any(|i| i == ifname) {
             info!("detaching from {ifname}, which is no longer configured");
             if name.starts_with("xdp-") {
@@ -573,7 +746,8 @@ impl State {
     }
 
     fn list(&self) -> ListData {
-        let hits = self.generation.rule_hits().unwrap_or_default();
+        let hits_in = self.generation.rule_hits().unwrap_or_default();
+        let hits_out = self.outbound.rule_hits().unwrap_or_default();
         ListData {
             source: self.config_path.display().to_string(),
             defaults: DefaultsView::from(&self.ruleset.defaults),
@@ -581,13 +755,20 @@ impl State {
                 .ruleset
                 .rules
                 .iter()
-                .map(|r| RuleView::new(r, hits.get(r.index as usize).copied().unwrap_or(0)))
+                .map(|r| {
+                    let hits = match r.direction {
+                        Direction::In => &hits_in,
+                        Direction::Out => &hits_out,
+                    };
+                    RuleView::new(r, hits.get(r.index as usize).copied().unwrap_or(0))
+                })
                 .collect(),
         }
     }
 
     fn status(&mut self) -> anyhow::Result<StatusData> {
         let interfaces = self.interface_status();
+        let outbound_status = self.outbound_status();
         let rs = &self.ruleset;
         let outbound = rs
             .rules
@@ -604,7 +785,9 @@ impl State {
             kernel: self.kernel_status(),
             rules: rs.rules.len(),
             inbound_rules: rs.rules.len() - outbound,
-            outbound_rules_not_enforced: outbound,
+            outbound_rules: outbound,
+            outbound_rules_not_enforced: 0,
+            outbound: outbound_status,
             defaults: DefaultsView::from(&rs.defaults),
             generation: self.generation_no,
             uptime_secs: self.started.elapsed().as_secs(),
@@ -649,8 +832,50 @@ impl State {
             .collect()
     }
 
+    /// The outbound hooks, each checked against its pinned link like the interfaces.
+    fn outbound_status(&mut self) -> OutboundStatus {
+        let pin_dir = self.ruleset.daemon.pin_dir.clone();
+        let mut hooks = Vec::new();
+        for hook in Hook::ALL {
+            let ours = self.outbound.program_id(hook).unwrap_or(0);
+            let pin = datapath::hook_pin(&pin_dir, hook);
+            let target = cgroup::link_target(&pin).ok();
+            let state = match target {
+                None => "the pinned attachment was removed by someone else".to_string(),
+                Some(t) if t.prog_id != ours => {
+                    format!(
+                        "replaced: runs program {}, not the firewall's {ours}",
+                        t.prog_id
+                    )
+                }
+                Some(t) if t.cgroup_id != self.cgroup.id => format!(
+                    "attached to cgroup id {}, not {} (id {})",
+                    t.cgroup_id,
+                    self.cgroup.path.display(),
+                    self.cgroup.id
+                ),
+                Some(_) => "ok".to_string(),
+            };
+            hooks.push(HookStatus {
+                hook: hook.name().into(),
+                program_id: target.map(|t| t.prog_id).unwrap_or(0),
+                state,
+            });
+        }
+        OutboundStatus {
+            cgroup: self.cgroup.path.display().to_string(),
+            cgroup_id: self.cgroup.id,
+            hooks,
+        }
+    }
+
     fn kernel_status(&self) -> KernelStatus {
-        let mut features = vec!["XDP attached through pinned bpf links".to_string()];
+        let mut features = vec![
+            "XDP attached through pinned bpf links".to_string(),
+            "outbound rules in cgroup connect4/connect6/sendmsg4/sendmsg6 hooks (pinned bpf \
+             links on the cgroup)"
+                .to_string(),
+        ];
         let kinds: std::collections::BTreeSet<&str> =
             self.attached.iter().map(|a| a.egress_kind).collect();
         for kind in kinds {
@@ -891,7 +1116,7 @@ impl State {
     fn status_line(&self) -> String {
         let (confirmed, unconfirmed) = self.tables.sizes();
         format!(
-            "{} rules (generation {}) on {}; {} connections tracked",
+            "{} rules (generation {}) on {}, outbound on cgroup {}; {} connections tracked",
             self.ruleset.rules.len(),
             self.generation_no,
             self.attached
@@ -899,6 +1124,7 @@ impl State {
                 .map(|a| a.ifname.as_str())
                 .collect::<Vec<_>>()
                 .join(", "),
+            self.cgroup.path.display(),
             confirmed + unconfirmed
         )
     }
@@ -930,10 +1156,13 @@ impl State {
         let new_rules = load_rules(&self.config_path, &self.overrides)?;
         let compiled = compile::compile(&new_rules)
             .with_context(|| format!("{}", self.config_path.display()))?;
+        let compiled_out = compile::compile_direction(&new_rules, Direction::Out)
+            .with_context(|| format!("{} (outbound rules)", self.config_path.display()))?;
         // Pins stay where the running generation has them even if the file moved pin_dir.
         let pin_dir = self.ruleset.daemon.pin_dir.clone();
         let new_id = next_generation_id(self.generation.id);
         let mut new_gen = Generation::load(&compiled, &new_rules, &pin_dir, new_id)?;
+        let mut new_out = OutboundGeneration::load(&compiled_out, &new_rules, &pin_dir, new_id)?;
         let mut data = control::diff(&self.ruleset, &new_rules);
 
         let old_attached = std::mem::take(&mut self.attached);
@@ -989,6 +1218,26 @@ impl State {
             }
             return Err(e);
         }
+        // The outbound hooks follow. If one cannot be switched, they are all put back and the
+        // interfaces are switched back too: the old rules stay in force in both directions.
+        let (hooks, failure) = switch_hooks(
+            std::mem::take(&mut self.hooks),
+            &mut new_out,
+            &mut self.outbound,
+            &pin_dir,
+        );
+        self.hooks = hooks;
+        if let Some(e) = failure {
+            for (a, _) in switched {
+                let ifname = a.ifname.clone();
+                let link = a.link;
+                match self.generation.replace(link) {
+                    Ok(link) => self.attached.push(Attached { link, ..a }),
+                    Err(e2) => error!("{ifname}: rolling back failed: {e2:#}"),
+                }
+            }
+            return Err(e);
+        }
         self.attached = switched.into_iter().map(|(a, _)| a).collect();
         // The egress programs only record flows; one that cannot be switched keeps running
         // the previous generation's copy, which shares the tables.
@@ -1004,7 +1253,14 @@ impl State {
             warn!("the new rules are in force, but pinning them for inspection failed: {e:#}");
         }
         self.generation = new_gen;
+        self.outbound = new_out;
         self.ruleset = new_rules;
+        let released = rejudge_stealth(&self.ruleset, &pin_dir);
+        if released > 0 {
+            info!(
+                "released {released} socket(s) held by an outbound stealth the new rules no longer say"
+            );
+        }
         self.generation_no += 1;
         self.history.push_back((new_id, rule_names(&self.ruleset)));
         while self.history.len() > RULE_HISTORY {

@@ -4,6 +4,10 @@
 //! filled with one compiled rule set before anything points at it. Switching generations is a
 //! single `bpf_link_update` per interface (see compile.md, "Atomic replacement"). Counters and
 //! reject buckets are pinned by name under the pin directory and shared by all generations.
+//!
+//! The outbound rules get a generation of their own ([`OutboundGeneration`]): a second copy of
+//! the same object whose rule maps hold the outbound rules, of which only the cgroup hooks are
+//! loaded. Switching it is one `bpf_link_update` per hook (four links on one cgroup).
 
 use std::{collections::BTreeMap, path::Path};
 
@@ -12,15 +16,16 @@ use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap, LpmTrie, MapData, MapInfo, PerCpuArray, lpm_trie::Key},
     programs::{
-        NetworkInterface, ProgramError, SchedClassifier, TcAttachType, TestRun, TestRunOptions,
-        Xdp, XdpMode as AyaXdpMode,
+        CgroupAttachMode, CgroupSockAddr, NetworkInterface, ProgramError, SchedClassifier,
+        TcAttachType, TestRun, TestRunOptions, Xdp, XdpMode as AyaXdpMode,
+        cgroup_sock_addr::CgroupSockAddrLink,
         links::{FdLink, LinkError, LinkOrder, PinnedLink},
         tc::{NlOptions, SchedClassifierLink, TcAttach, TcHandle},
         xdp::{XdpLink, XdpLinkId},
     },
 };
 use firewall_common::{
-    AddrValue, Counter, DEFAULT_RULE, PairKey, PortValue,
+    AddrValue, Counter, DEFAULT_RULE, OutStealthKey, PairKey, PortValue,
     ct::{CtConfig, state},
     globals, maps, verdict,
 };
@@ -28,8 +33,9 @@ use log::warn;
 
 use crate::{
     EBPF_OBJECT,
+    cgroup::Cgroup,
     compile::Compiled,
-    model::{Conntrack, FragmentPolicy, InvalidPolicy, Ruleset, XdpMode},
+    model::{Conntrack, Direction, FragmentPolicy, InvalidPolicy, Ruleset, XdpMode},
 };
 
 /// statfs magic of a bpf filesystem.
@@ -62,11 +68,12 @@ const GENERATION_MAPS: [&str; 5] = [
     maps::RULE_HITS,
 ];
 /// Maps shared by every generation (and kept across daemon restarts while pinned).
-pub const SHARED_MAPS: [&str; 4] = [
+pub const SHARED_MAPS: [&str; 5] = [
     maps::COUNTERS,
     maps::REJECT_RATE,
     maps::CT_EST,
     maps::CT_NEW,
+    maps::OUT_STEALTH,
 ];
 /// Directory under the pin directory holding the attachments (bpf links), one per interface
 /// and hook: while pinned they keep enforcing after the daemon is gone.
@@ -87,7 +94,7 @@ pub fn remove_pins(pin_dir: &Path) {
     if let Ok(dir) = std::fs::read_dir(&links) {
         for e in dir.flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
-            if let Some((_, ifname)) = name.split_once('-') {
+            if let Some(ifname) = link_interface(&name) {
                 detach_netlink_egress(ifname);
             }
             let _ = std::fs::remove_file(e.path());
@@ -153,53 +160,79 @@ pub struct Generation {
     pub id: u32,
 }
 
+/// Loads one copy of the object for `compiled` (one direction of `ruleset`): the rule maps
+/// sized for it and filled, the load-time constants set, the shared maps opened from (or
+/// pinned to) `pin_dir`. No program is loaded into the kernel yet.
+fn load_object(compiled: &Compiled, ruleset: &Ruleset, pin_dir: &Path) -> anyhow::Result<Ebpf> {
+    prepare_pin_dir(pin_dir)?;
+    let frag = match ruleset.defaults.fragments {
+        FragmentPolicy::Allow => firewall_common::FRAG_ALLOW,
+        FragmentPolicy::Stealth => firewall_common::FRAG_STEALTH,
+    };
+    let has_pairs = u32::from(!compiled.pairs.is_empty());
+    let rules = compiled.rule_count.max(1);
+    let n4 = (compiled.addr4.len() as u32).max(1);
+    let n6 = (compiled.addr6.len() as u32).max(1);
+    let np = (compiled.pairs.len() as u32).max(1);
+    // The inbound copy's egress program drops the packets of sockets held by an outbound
+    // `stealth`; the outbound copy's hooks fall back to `[defaults] outbound`.
+    let out_can_stealth = u32::from(ruleset.outbound_can_stealth());
+    let (default_in, default_out) = match compiled.direction {
+        Direction::In => (
+            compiled.default_verdict,
+            verdict(DEFAULT_RULE, ruleset.defaults.outbound.to_kernel()),
+        ),
+        Direction::Out => (
+            verdict(DEFAULT_RULE, ruleset.defaults.inbound.to_kernel()),
+            compiled.default_verdict,
+        ),
+    };
+    let mut ebpf = EbpfLoader::new()
+        .default_map_pin_directory(pin_dir)
+        .map_max_entries(maps::ADDR4, n4)
+        .map_max_entries(maps::ADDR6, n6)
+        .map_max_entries(maps::PAIRS, np)
+        .map_max_entries(maps::RULE_HITS, rules)
+        .map_max_entries(
+            maps::CT_EST,
+            table_capacity(pin_dir, maps::CT_EST, ruleset.conntrack.table_size),
+        )
+        .map_max_entries(
+            maps::CT_NEW,
+            table_capacity(pin_dir, maps::CT_NEW, ruleset.conntrack.unconfirmed_size),
+        )
+        .override_global(globals::DEFAULT_INBOUND, &default_in, true)
+        .override_global(globals::DEFAULT_OUTBOUND, &default_out, true)
+        .override_global(globals::OUT_CAN_STEALTH, &out_can_stealth, true)
+        .override_global(globals::FRAGMENTS, &frag, true)
+        .override_global(
+            globals::REJECT_RATE_PER_SEC,
+            &ruleset.reject.rate_per_sec,
+            true,
+        )
+        .override_global(globals::REJECT_BURST, &ruleset.reject.burst, true)
+        .override_global(globals::HAS_PAIRS, &has_pairs, true)
+        .override_global(globals::PROTO_VERDICTS, &compiled.proto_verdicts, true)
+        .load(EBPF_OBJECT)
+        .context("loading the eBPF object")?;
+    fill(&mut ebpf, compiled).context("writing the rule maps")?;
+    Ok(ebpf)
+}
+
 impl Generation {
-    /// Loads new programs + maps for `compiled` and fills the maps. Nothing is attached. `id`
-    /// must differ from the ids of earlier generations whose connections may still be listed.
+    /// Loads new programs + maps for `compiled` (the inbound rules) and fills the maps. Nothing
+    /// is attached. `id` must differ from the ids of earlier generations whose connections may
+    /// still be listed.
     pub fn load(
         compiled: &Compiled,
         ruleset: &Ruleset,
         pin_dir: &Path,
         id: u32,
     ) -> anyhow::Result<Self> {
-        prepare_pin_dir(pin_dir)?;
-        let frag = match ruleset.defaults.fragments {
-            FragmentPolicy::Allow => firewall_common::FRAG_ALLOW,
-            FragmentPolicy::Stealth => firewall_common::FRAG_STEALTH,
-        };
-        let has_pairs = u32::from(!compiled.pairs.is_empty());
-        let rules = compiled.rule_count.max(1);
-        let n4 = (compiled.addr4.len() as u32).max(1);
-        let n6 = (compiled.addr6.len() as u32).max(1);
-        let np = (compiled.pairs.len() as u32).max(1);
-        let mut ebpf = EbpfLoader::new()
-            .default_map_pin_directory(pin_dir)
-            .map_max_entries(maps::ADDR4, n4)
-            .map_max_entries(maps::ADDR6, n6)
-            .map_max_entries(maps::PAIRS, np)
-            .map_max_entries(maps::RULE_HITS, rules)
-            .map_max_entries(
-                maps::CT_EST,
-                table_capacity(pin_dir, maps::CT_EST, ruleset.conntrack.table_size),
-            )
-            .map_max_entries(
-                maps::CT_NEW,
-                table_capacity(pin_dir, maps::CT_NEW, ruleset.conntrack.unconfirmed_size),
-            )
-            .override_global(globals::DEFAULT_INBOUND, &compiled.default_inbound, true)
-            .override_global(globals::FRAGMENTS, &frag, true)
-            .override_global(
-                globals::REJECT_RATE_PER_SEC,
-                &ruleset.reject.rate_per_sec,
-                true,
-            )
-            .override_global(globals::REJECT_BURST, &ruleset.reject.burst, true)
-            .override_global(globals::HAS_PAIRS, &has_pairs, true)
-            .override_global(globals::PROTO_VERDICTS, &compiled.proto_verdicts, true)
-            .load(EBPF_OBJECT)
-            .context("loading the eBPF object")?;
-
-        fill(&mut ebpf, compiled).context("writing the rule maps")?;
+        if compiled.direction != Direction::In {
+            bail!("the XDP generation takes the inbound rules");
+        }
+        let mut ebpf = load_object(compiled, ruleset, pin_dir)?;
         {
             let mut cfg: Array<&mut MapData, CtConfig> =
                 Array::try_from(map_mut(&mut ebpf, maps::CT_CONFIG)?)?;
@@ -434,6 +467,15 @@ pub fn link_pin(pin_dir: &Path, kind: &str, ifname: &str) -> std::path::PathBuf 
     pin_dir.join(LINK_DIR).join(format!("{kind}-{ifname}"))
 }
 
+/// The interface a pin name under [`LINK_DIR`] is about (`xdp-eth0`, `egress-eth0`), or `None`
+/// for the outbound hooks' pins (`cgroup-connect4`, ...).
+pub fn link_interface(pin_name: &str) -> Option<&str> {
+    match pin_name.split_once('-') {
+        Some(("xdp" | "egress", ifname)) => Some(ifname),
+        _ => None,
+    }
+}
+
 /// Pins `link` so the attachment outlives the daemon; returns it, still usable.
 fn pin_link<L>(link: L, path: &Path) -> anyhow::Result<L>
 where
@@ -446,6 +488,11 @@ where
 }
 
 pub fn pin_xdp_link(link: XdpLink, path: &Path) -> anyhow::Result<XdpLink> {
+    pin_link(link, path)
+}
+
+/// As [`pin_xdp_link`], for an outbound hook's link on the cgroup.
+pub fn pin_hook_link(link: CgroupSockAddrLink, path: &Path) -> anyhow::Result<CgroupSockAddrLink> {
     pin_link(link, path)
 }
 
@@ -683,5 +730,193 @@ impl PassProgram {
         mode: XdpMode,
     ) -> anyhow::Result<(XdpLink, &'static str)> {
         attach_xdp(self.program()?, ifname, mode)
+    }
+}
+
+/// The outbound hooks, each a `cgroup_sock_addr` program attached to the configured cgroup.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Hook {
+    /// connect() of IPv4 TCP and UDP sockets.
+    Connect4,
+    /// connect() of IPv6 sockets (also to IPv4-mapped addresses).
+    Connect6,
+    /// sendto()/sendmsg() with an address on IPv4 UDP sockets.
+    Sendmsg4,
+    /// sendto()/sendmsg() with an address on IPv6 UDP sockets.
+    Sendmsg6,
+}
+
+impl Hook {
+    pub const ALL: [Hook; 4] = [
+        Hook::Connect4,
+        Hook::Connect6,
+        Hook::Sendmsg4,
+        Hook::Sendmsg6,
+    ];
+
+    /// "connect4", ...: the kernel's attach point, for status and logs.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Hook::Connect4 => "connect4",
+            Hook::Connect6 => "connect6",
+            Hook::Sendmsg4 => "sendmsg4",
+            Hook::Sendmsg6 => "sendmsg6",
+        }
+    }
+
+    pub const fn program(self) -> &'static str {
+        match self {
+            Hook::Connect4 => firewall_common::CONNECT4_PROGRAM,
+            Hook::Connect6 => firewall_common::CONNECT6_PROGRAM,
+            Hook::Sendmsg4 => firewall_common::SENDMSG4_PROGRAM,
+            Hook::Sendmsg6 => firewall_common::SENDMSG6_PROGRAM,
+        }
+    }
+
+    /// `enum bpf_attach_type` of the hook, as link info reports it.
+    pub const fn attach_type(self) -> u32 {
+        match self {
+            Hook::Connect4 => 10, // BPF_CGROUP_INET4_CONNECT
+            Hook::Connect6 => 11, // BPF_CGROUP_INET6_CONNECT
+            Hook::Sendmsg4 => 14, // BPF_CGROUP_UDP4_SENDMSG
+            Hook::Sendmsg6 => 15, // BPF_CGROUP_UDP6_SENDMSG
+        }
+    }
+}
+
+/// Where the link of an outbound hook is pinned: `links/cgroup-connect4`, ...
+pub fn hook_pin(pin_dir: &Path, hook: Hook) -> std::path::PathBuf {
+    pin_dir
+        .join(LINK_DIR)
+        .join(format!("cgroup-{}", hook.name()))
+}
+
+/// A copy of the object for the outbound rules: its rule maps hold the outbound rules, its
+/// `DEFAULT_OUTBOUND` is `[defaults] outbound`, and only its four cgroup hooks are loaded.
+pub struct OutboundGeneration {
+    ebpf: Ebpf,
+    pub rule_count: u32,
+    pub id: u32,
+}
+
+impl OutboundGeneration {
+    /// Loads the hooks with maps filled from `compiled` (the outbound rules). Nothing is
+    /// attached.
+    pub fn load(
+        compiled: &Compiled,
+        ruleset: &Ruleset,
+        pin_dir: &Path,
+        id: u32,
+    ) -> anyhow::Result<Self> {
+        if compiled.direction != Direction::Out {
+            bail!("the outbound generation takes the outbound rules");
+        }
+        let mut ebpf = load_object(compiled, ruleset, pin_dir)?;
+        for hook in Hook::ALL {
+            hook_program(&mut ebpf, hook)?
+                .load()
+                .map_err(verifier_context)?;
+        }
+        Ok(Self {
+            ebpf,
+            rule_count: compiled.rule_count,
+            id,
+        })
+    }
+
+    fn program(&mut self, hook: Hook) -> anyhow::Result<&mut CgroupSockAddr> {
+        hook_program(&mut self.ebpf, hook)
+    }
+
+    /// The kernel's id of this generation's program for `hook`.
+    pub fn program_id(&mut self, hook: Hook) -> anyhow::Result<u32> {
+        Ok(self.program(hook)?.info().context("program info")?.id())
+    }
+
+    /// Attaches `hook` to the cgroup (a bpf link, which keeps the program attached while
+    /// pinned). Returns the link.
+    pub fn attach(&mut self, hook: Hook, cgroup: &Cgroup) -> anyhow::Result<CgroupSockAddrLink> {
+        let prog = self.program(hook)?;
+        // A bpf link on a cgroup always combines with the other programs there and above
+        // (the kernel attaches links as BPF_F_ALLOW_MULTI and refuses any flag on
+        // BPF_LINK_CREATE): `Single` passes no flag.
+        let id = prog
+            .attach(&cgroup.file, CgroupAttachMode::Single)
+            .with_context(|| {
+                format!(
+                    "attaching the {} hook to the cgroup {}",
+                    hook.name(),
+                    cgroup.path.display()
+                )
+            })?;
+        prog.take_link(id)
+            .context("taking ownership of the cgroup link")
+    }
+
+    /// Atomically replaces the program `link` runs with this generation's (`bpf_link_update`).
+    /// On failure the link's descriptor is gone, but a pinned link stays attached, running
+    /// what it ran before.
+    pub fn replace(
+        &mut self,
+        hook: Hook,
+        link: CgroupSockAddrLink,
+    ) -> anyhow::Result<CgroupSockAddrLink> {
+        let prog = self.program(hook)?;
+        let id = prog.attach_to_link(link).with_context(|| {
+            format!(
+                "replacing the {} hook's program (bpf_link_update)",
+                hook.name()
+            )
+        })?;
+        prog.take_link(id)
+            .context("taking ownership of the cgroup link")
+    }
+
+    /// Socket calls decided by each rule (index = rule index; only outbound rules move).
+    pub fn rule_hits(&self) -> anyhow::Result<Vec<u64>> {
+        let map = self
+            .ebpf
+            .map(maps::RULE_HITS)
+            .ok_or_else(|| anyhow!("map {} missing", maps::RULE_HITS))?;
+        let arr: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(map)?;
+        (0..self.rule_count)
+            .map(|i| Ok(arr.get(&i, 0)?.iter().sum()))
+            .collect()
+    }
+}
+
+fn hook_program(ebpf: &mut Ebpf, hook: Hook) -> anyhow::Result<&mut CgroupSockAddr> {
+    let name = hook.program();
+    ebpf.program_mut(name)
+        .ok_or_else(|| anyhow!("program {name} missing from the object"))?
+        .try_into()
+        .with_context(|| format!("{name} is not a cgroup_sock_addr program"))
+}
+
+/// The sockets held by an outbound `stealth` ([`maps::OUT_STEALTH`]), opened from its pin.
+pub struct StealthTable {
+    map: HashMap<MapData, OutStealthKey, u32>,
+}
+
+impl StealthTable {
+    pub fn open(pin_dir: &Path) -> anyhow::Result<Self> {
+        let name = maps::OUT_STEALTH;
+        let data = MapData::from_pin(pin_dir.join(name))
+            .with_context(|| format!("opening the pinned map {name}"))?;
+        let map = aya::maps::Map::from_map_data(data).with_context(|| format!("map {name}"))?;
+        Ok(Self {
+            map: HashMap::try_from(map)
+                .with_context(|| format!("map {name} has an unexpected layout"))?,
+        })
+    }
+
+    /// Every held (socket, destination) and the verdict word that holds it.
+    pub fn entries(&self) -> Vec<(OutStealthKey, u32)> {
+        self.map.iter().filter_map(Result::ok).collect()
+    }
+
+    /// Releases a socket: its packets to that destination leave again.
+    pub fn release(&mut self, key: &OutStealthKey) {
+        let _ = self.map.remove(key);
     }
 }

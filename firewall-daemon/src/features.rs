@@ -48,6 +48,10 @@ pub fn check_required() -> anyhow::Result<()> {
     for (ty, what) in [
         (ProgramType::Xdp, "XDP programs"),
         (ProgramType::SchedClassifier, "tc (sched_cls) programs"),
+        (
+            ProgramType::CgroupSockAddr,
+            "cgroup socket-address programs (outbound rules)",
+        ),
     ] {
         if !is_program_supported(ty).unwrap_or(false) {
             missing.push(what);

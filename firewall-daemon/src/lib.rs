@@ -1,4 +1,5 @@
 //! The firewall's userspace: rules, compiler, reference evaluator, loader, daemon and client.
+pub mod cgroup;
 pub mod cli;
 pub mod compile;
 pub mod config;

@@ -200,6 +200,10 @@ pub struct DaemonConfig {
     pub control_group: Option<String>,
     pub pin_dir: PathBuf,
     pub on_stop: OnStop,
+    /// `[daemon] cgroup`: the cgroup v2 directory the outbound hooks are attached to; they
+    /// judge the sockets of every process in it and below. `None`: the root of the cgroup2
+    /// mount (every process on the host), found in /proc/self/mountinfo when the daemon starts.
+    pub cgroup: Option<PathBuf>,
 }
 
 /// `[daemon] on_stop`: what a daemon stopped by SIGTERM/SIGINT leaves behind.
@@ -221,6 +225,7 @@ impl Default for DaemonConfig {
             control_group: None,
             pin_dir: PathBuf::from("/sys/fs/bpf/firewall"),
             on_stop: OnStop::Keep,
+            cgroup: None,
         }
     }
 }
@@ -365,7 +370,75 @@ pub struct Ruleset {
 
 impl Ruleset {
     pub fn inbound(&self) -> impl Iterator<Item = &Rule> {
-        self.rules.iter().filter(|r| r.direction == Direction::In)
+        self.of(Direction::In)
+    }
+
+    pub fn outbound(&self) -> impl Iterator<Item = &Rule> {
+        self.of(Direction::Out)
+    }
+
+    /// The rules of one direction, in file order.
+    pub fn of(&self, direction: Direction) -> impl Iterator<Item = &Rule> {
+        self.rules.iter().filter(move |r| r.direction == direction)
+    }
+
+    /// The default verdict of a direction.
+    pub fn default_action(&self, direction: Direction) -> Action {
+        match direction {
+            Direction::In => self.defaults.inbound,
+            Direction::Out => self.defaults.outbound,
+        }
+    }
+
+    /// Whether some outbound call can be held by `stealth` under these rules.
+    pub fn outbound_can_stealth(&self) -> bool {
+        self.defaults.outbound == Action::Stealth
+            || self.outbound().any(|r| r.action == Action::Stealth)
+    }
+}
+
+/// What the outbound hooks judge: a connect() of a TCP or UDP socket, or a UDP sendmsg() with
+/// an address. The rules' `remote` is the destination address and their `port` the
+/// destination port.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ConnectMeta {
+    /// Destination address. An IPv4-mapped IPv6 address is judged as the IPv4 address it
+    /// maps (that is what the packets carry).
+    pub remote: IpAddr,
+    /// TCP or UDP (other sockets are not judged).
+    pub proto: PacketProto,
+    pub remote_port: u16,
+}
+
+impl ConnectMeta {
+    /// The destination as the classifier sees it: IPv4-mapped addresses as IPv4.
+    pub fn normalised(&self) -> Self {
+        let remote = match self.remote {
+            IpAddr::V6(a) => match a.to_ipv4_mapped() {
+                Some(v4) => IpAddr::V4(v4),
+                None => IpAddr::V6(a),
+            },
+            v4 => v4,
+        };
+        Self { remote, ..*self }
+    }
+
+    /// The same lookup as an inbound packet's: `port` is the port the rules name.
+    pub fn as_packet(&self) -> PacketMeta {
+        let n = self.normalised();
+        PacketMeta {
+            remote: n.remote,
+            proto: n.proto,
+            local_port: n.remote_port,
+        }
+    }
+
+    /// Destinations Linux reaches over loopback, which outbound rules never judge:
+    /// 127.0.0.0/8, ::1, IPv4-mapped 127.0.0.0/8, and the unspecified addresses (a connect to
+    /// 0.0.0.0 or :: reaches the host itself).
+    pub fn on_loopback(&self) -> bool {
+        let n = self.normalised();
+        n.remote.is_loopback() || n.remote.is_unspecified()
     }
 }
 

@@ -502,7 +502,8 @@ fn fwctl_list_status_check_and_errors() {
         "{text}"
     );
 
-    // check: valid file exit 0, invalid exit 1 with file:line, outbound noted as not enforced.
+    // check: valid file exit 0, invalid exit 1 with file:line, outbound rules counted and the
+    // outbound scope noted.
     let dir = tempfile::tempdir().expect("tempdir");
     let good = dir.path().join("good.toml");
     std::fs::write(
@@ -517,7 +518,9 @@ fn fwctl_list_status_check_and_errors() {
         .expect("fwctl");
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{text}");
-    assert!(text.contains("not enforced"), "{text}");
+    assert!(text.contains("(5 inbound, 1 outbound)"), "{text}");
+    assert!(text.contains("outbound allow"), "{text}");
+    assert!(!text.contains("not enforced"), "{text}");
     let bad = dir.path().join("bad.toml");
     std::fs::write(&bad, "[[rule]]\nport = 70000\naction = \"allow\"\n").expect("write");
     let out = Command::new(support::daemon::FWCTL)
@@ -594,12 +597,18 @@ fn daemon_refuses_invalid_config_and_cleans_up_on_stop() {
         "[[rule]]\nprogram = \"/usr/bin/curl\"\naction = \"allow\"\n",
     )
     .expect("write");
+    // It would attach nothing anyway; like every daemon a test starts, it still gets a test
+    // cgroup, never the default (the cgroup2 root).
+    let cgroup = support::cgroup::TestCgroup::new("invalid");
+    support::daemon::assert_daemon_cgroup(cgroup.path());
     let out = pair
         .server
         .command(support::daemon::DAEMON)
         .arg("--config")
         .arg(&cfg)
         .args(["--interface", &pair.server_if, "--pin-dir", "/nonexistent"])
+        .arg("--cgroup")
+        .arg(cgroup.path())
         .output()
         .expect("daemon");
     assert!(!out.status.success());

@@ -24,7 +24,7 @@ use aya::{
     maps::{HashMap, MapData},
     programs::{CgroupAttachMode, CgroupSockAddr, ProgramError},
 };
-use firewall_common::identity::{CONNECT4_PROGRAM, ExeId, IDENTITY_PROBE};
+use firewall_common::identity::{ExeId, IDENTITY_PROBE, PROBE_PROGRAM};
 use firewall_daemon::{
     EBPF_OBJECT,
     identity::{self, KernelOffsets},
@@ -196,7 +196,7 @@ fn load(pin_dir: &Path, offsets: &KernelOffsets) -> Ebpf {
     offsets.set_globals(&mut loader);
     let mut ebpf = loader.load(EBPF_OBJECT).expect("loading the eBPF object");
     let prog: &mut CgroupSockAddr = ebpf
-        .program_mut(CONNECT4_PROGRAM)
+        .program_mut(PROBE_PROGRAM)
         .expect("connect4 program in the object")
         .try_into()
         .expect("a cgroup_sock_addr program");
@@ -205,8 +205,8 @@ fn load(pin_dir: &Path, offsets: &KernelOffsets) -> Ebpf {
         Err(ProgramError::LoadError {
             io_error,
             verifier_log,
-        }) => panic!("verifier refused {CONNECT4_PROGRAM}: {io_error}\n{verifier_log}"),
-        Err(e) => panic!("loading {CONNECT4_PROGRAM}: {e}"),
+        }) => panic!("verifier refused {PROBE_PROGRAM}: {io_error}\n{verifier_log}"),
+        Err(e) => panic!("loading {PROBE_PROGRAM}: {e}"),
     }
     ebpf
 }
@@ -242,7 +242,7 @@ fn connect4_sees_the_executable_the_daemon_computes() {
     let mut ebpf = load(&fs_.pin_dir("identity"), &offsets);
     {
         let prog: &mut CgroupSockAddr = ebpf
-            .program_mut(CONNECT4_PROGRAM)
+            .program_mut(PROBE_PROGRAM)
             .expect("program")
             .try_into()
             .expect("cgroup_sock_addr");

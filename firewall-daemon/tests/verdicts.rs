@@ -2167,7 +2167,12 @@ fn gen_rule(wide: bool) -> impl Strategy<Value = GenRule> {
     )
         .prop_map(|(outbound, proto, ports, remote, action)| GenRule {
             outbound,
-            proto,
+            // Outbound ICMP rules are refused (the outbound hooks see TCP and UDP sockets).
+            proto: if outbound && proto == "icmp" {
+                "any"
+            } else {
+                proto
+            },
             ports: if proto == "icmp" { Vec::new() } else { ports },
             remote,
             action,

@@ -29,7 +29,7 @@ static OFF_INODE_SB: Global<u32> = Global::new(0);
 #[unsafe(no_mangle)]
 static OFF_SB_DEV: Global<u32> = Global::new(0);
 
-/// What [`firewall_connect4`] observed: tgid -> executable. Tests read it back. Not
+/// What [`identity_connect4`] observed: tgid -> executable. Tests read it back. Not
 /// preallocated: every generation of the XDP program creates it, and nothing fills it there.
 #[map]
 static IDENTITY_PROBE: HashMap<u32, ExeId> =
@@ -102,7 +102,7 @@ pub(crate) fn current_exe() -> Result<ExeId, NoExe> {
 
 /// Prototype of the per-program connect hook: records who connects, decides nothing.
 #[cgroup_sock_addr(connect4)]
-pub fn firewall_connect4(_ctx: SockAddrContext) -> i32 {
+pub fn identity_connect4(_ctx: SockAddrContext) -> i32 {
     if let Ok(exe) = current_exe() {
         let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
         // A full map only loses the observation; the connect is allowed either way.

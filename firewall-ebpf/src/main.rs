@@ -2,6 +2,10 @@
 //! rule maps with a constant number of lookups, and allows, rejects (answers with RST or ICMP
 //! port unreachable via XDP_TX) or drops it.
 //!
+//! The same object holds the outbound hooks (`outbound.rs`): the daemon loads a second copy of
+//! it whose rule maps hold the outbound rules, and attaches only its cgroup programs, which
+//! call the same [`classify_parts`].
+//!
 //! Every outcome, including every malformed-packet drop, is counted in `COUNTERS`; the verdict
 //! of each malformed case is listed on [`firewall_common::Counter`] and in the README.
 #![no_std]
@@ -10,13 +14,14 @@
 mod conntrack;
 mod csum;
 mod identity;
+mod outbound;
 mod parse;
 mod reply;
 
 use aya_ebpf::{
     Global,
     bindings::{
-        TC_ACT_OK,
+        TC_ACT_OK, TC_ACT_SHOT,
         xdp_action::{XDP_DROP, XDP_PASS, XDP_TX},
     },
     helpers::bpf_ktime_get_ns,
@@ -136,10 +141,19 @@ pub fn firewall_xdp(ctx: XdpContext) -> u32 {
 /// smallest verdict word is the first rule in file order.
 #[inline(always)]
 fn classify(pkt: &Packet) -> u32 {
-    let proto = pkt.proto & 3;
-    let addr = match pkt.remote {
-        Addr::V4(a) => ADDR4.get(&Key::new(32, a)),
-        Addr::V6(a) => ADDR6.get(&Key::new(128, a)),
+    classify_parts(&pkt.remote, pkt.proto, pkt.local_port)
+}
+
+/// [`classify`] on its parts: the remote address, the `PROTO_*` class and the port the rules
+/// name. Inbound that is the packet's local (destination) port; the outbound copy of the
+/// program (cgroup hooks, `outbound.rs`) passes the destination address and port of a
+/// connect() or sendmsg(), and its maps hold the outbound rules.
+#[inline(always)]
+pub(crate) fn classify_parts(remote: &Addr, proto: u32, port: u16) -> u32 {
+    let proto = proto & 3;
+    let addr = match remote {
+        Addr::V4(a) => ADDR4.get(&Key::new(32, *a)),
+        Addr::V6(a) => ADDR6.get(&Key::new(128, *a)),
     };
     let (addr_class, mut best) = match addr {
         Some(v) => (v.class, min(v.any_proto, v.proto[proto as usize])),
@@ -157,7 +171,7 @@ fn classify(pkt: &Packet) -> u32 {
             _ => pv[3],
         },
     );
-    let port_class = match PORTS.get(port_slot(proto, pkt.local_port)) {
+    let port_class = match PORTS.get(port_slot(proto, port)) {
         Some(v) => {
             best = min(best, v.any_addr());
             v.class()
@@ -177,6 +191,15 @@ fn classify(pkt: &Packet) -> u32 {
     best
 }
 
+/// Counts a decision of rule `word` in `RULE_HITS` (not for `[defaults]`).
+#[inline(always)]
+pub(crate) fn count_rule_hit(word: u32) {
+    if let Some(hits) = RULE_HITS.get_ptr_mut(verdict_rule(word)) {
+        // SAFETY: per-CPU slot.
+        unsafe { *hits += 1 };
+    }
+}
+
 #[inline(always)]
 fn min(a: u32, b: u32) -> u32 {
     if a < b { a } else { b }
@@ -188,9 +211,8 @@ fn judge(ctx: &XdpContext, pkt: &Packet, now: u64) -> u32 {
     if word == NO_MATCH {
         word = DEFAULT_INBOUND.load();
         count(Counter::DefaultVerdict);
-    } else if let Some(hits) = RULE_HITS.get_ptr_mut(verdict_rule(word)) {
-        // SAFETY: per-CPU slot.
-        unsafe { *hits += 1 };
+    } else {
+        count_rule_hit(word);
     }
     if verdict_action(word) == ACTION_ALLOW {
         conntrack::admit(ctx, pkt, word, now);
@@ -298,7 +320,14 @@ fn min64(a: u64, b: u64) -> u64 {
 }
 
 /// Egress: records the flows the host opens, so their replies pass the XDP program, and
-/// follows the state of every tracked flow. It never drops (outbound rules are not enforced).
+/// follows the state of every tracked flow.
+///
+/// It drops exactly one kind of packet: those of a socket an outbound verdict said `stealth`
+/// for, to the destination that verdict was about (recorded by the cgroup hooks in
+/// `OUT_STEALTH`, see `outbound.rs`). The application's connect() or sendmsg() succeeded, and
+/// its packets vanish, as behind a black hole. That lookup is made only when the rule set can
+/// say `stealth` outbound (`OUT_CAN_STEALTH`); every other packet passes (`TC_ACT_OK`). Dropped
+/// packets are not recorded in the connection table.
 #[classifier]
 pub fn firewall_egress(ctx: TcContext) -> i32 {
     count(Counter::EgressPackets);
@@ -309,6 +338,10 @@ pub fn firewall_egress(ctx: TcContext) -> i32 {
         let _ = ctx.pull_data(want);
     }
     if let Ok(Parsed::Packet(pkt)) = parse::parse(&ctx) {
+        if outbound::held(&ctx, &pkt) {
+            count(Counter::OutStealthDropped);
+            return TC_ACT_SHOT;
+        }
         // SAFETY: a helper without preconditions.
         let now = unsafe { bpf_ktime_get_ns() };
         conntrack::outbound(&pkt, len as u64, now);

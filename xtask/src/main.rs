@@ -4,6 +4,7 @@
 //! machine needs nothing but rustup and this repository.
 
 mod bench;
+mod cgroup;
 mod install;
 mod qemu;
 mod sandbox;

@@ -1,6 +1,8 @@
 //! `cargo xtask run --sandbox`: the real daemon protecting a veth inside a throwaway network
-//! namespace, so anyone can try rules without risking their own connection. Everything it
-//! creates is removed when it exits (Ctrl-C), even if the daemon fails.
+//! namespace, so anyone can try rules without risking their own connection. Its outbound hooks
+//! are attached to a cgroup made for the sandbox (never the machine's root cgroup): only
+//! processes put there are judged by the outbound rules. Everything it creates is removed when
+//! it exits (Ctrl-C), even if the daemon fails.
 
 use std::{
     path::PathBuf,
@@ -9,13 +11,15 @@ use std::{
 
 use anyhow::{Context as _, bail};
 
-use crate::{target_bin, workspace_root};
+use crate::{cgroup::DaemonCgroup, target_bin, workspace_root};
 
 const PROTECTED: &str = "fw-sandbox";
 const PEER: &str = "fw-sandbox-peer";
 
 struct Sandbox {
     bpffs: PathBuf,
+    /// The daemon's `--cgroup`; removed after the namespaces (the daemon is gone by then).
+    cgroup: DaemonCgroup,
 }
 
 fn ip(args: &[&str]) -> anyhow::Result<()> {
@@ -52,7 +56,8 @@ impl Sandbox {
             .stderr(Stdio::null())
             .status();
         std::fs::create_dir_all(&bpffs)?;
-        let sb = Self { bpffs };
+        let cgroup = DaemonCgroup::create("fw-sandbox")?;
+        let sb = Self { bpffs, cgroup };
         ip(&["netns", "add", PROTECTED])?;
         ip(&["netns", "add", PEER])?;
         ip(&[
@@ -111,11 +116,14 @@ pub fn run(config: Option<PathBuf>, extra: &[String]) -> anyhow::Result<()> {
     let socket = dir.join("control.sock");
     let sb = Sandbox::create(&dir)?;
     let fwctl = target_bin("fwctl");
+    let cg = sb.cgroup.path().display();
     eprintln!(
         "xtask: sandbox ready. The daemon protects fw0 (10.99.0.2, fd00:99::2) in namespace \
          {PROTECTED}; probe it from {PEER}:\n  \
          nsenter --net=/run/netns/{PEER} nmap -Pn -sS 10.99.0.2\n  \
-         nsenter --net=/run/netns/{PROTECTED} nc -l 8080   # a server to reach\n  \
+         nsenter --net=/run/netns/{PROTECTED} nc -l 8080   # a server to reach\n\
+         Outbound rules judge the processes of the cgroup {cg} only; a shell there:\n  \
+         nsenter --net=/run/netns/{PROTECTED} sh -c 'echo $$ > {cg}/cgroup.procs && exec bash'\n  \
          {} --socket {} status\n  \
          edit {} and run: {} --socket {} reload\n\
          Ctrl-C stops the daemon and removes the sandbox.",
@@ -144,6 +152,8 @@ pub fn run(config: Option<PathBuf>, extra: &[String]) -> anyhow::Result<()> {
         .arg(sb.bpffs.join("firewall"))
         .arg("--control-socket")
         .arg(&socket)
+        .arg("--cgroup")
+        .arg(sb.cgroup.path())
         .args(extra)
         .spawn()
         .context("starting the daemon in the sandbox")?;

@@ -12,7 +12,7 @@ use firewall_daemon::{
     compile, config,
     control::{self, ClientError, ConnsData, ListData, ReloadData, Request, StatusData},
     datapath,
-    model::Direction,
+    model::{Action, Direction},
 };
 
 fn main() -> ExitCode {
@@ -153,6 +153,9 @@ struct DownStatus {
     pin_dir: PathBuf,
     /// Interfaces whose XDP attachment is pinned: still enforcing the last rules.
     enforcing_on: Vec<String>,
+    /// Outbound hooks whose cgroup attachment is pinned: still enforcing the last outbound
+    /// rules (connect4, ...).
+    outbound_hooks: Vec<String>,
     /// Pinned attachments whose interface no longer exists.
     stale: Vec<String>,
     /// Why the pins could not be inspected, if they could not.
@@ -172,6 +175,7 @@ fn down_status(args: &Args, e: &Failure, json: bool) {
         daemon: "unreachable",
         error: e.to_string(),
         enforcing_on: Vec::new(),
+        outbound_hooks: Vec::new(),
         stale: Vec::new(),
         unknown: None,
         pin_dir,
@@ -179,14 +183,20 @@ fn down_status(args: &Args, e: &Failure, json: bool) {
     let links = st.pin_dir.join(datapath::LINK_DIR);
     match std::fs::read_dir(&links) {
         Ok(dir) => {
-            let mut names: Vec<String> = dir
+            let pins: Vec<String> = dir
                 .flatten()
-                .filter_map(|e| {
-                    let name = e.file_name().to_string_lossy().into_owned();
-                    name.strip_prefix("xdp-").map(str::to_string)
-                })
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect();
+            let mut names: Vec<String> = pins
+                .iter()
+                .filter_map(|name| name.strip_prefix("xdp-").map(str::to_string))
                 .collect();
             names.sort();
+            st.outbound_hooks = pins
+                .iter()
+                .filter_map(|name| name.strip_prefix("cgroup-").map(str::to_string))
+                .collect();
+            st.outbound_hooks.sort();
             for ifname in names {
                 // In the caller's network namespace (sysfs may show another one's).
                 if nix::net::if_::if_nametoindex(ifname.as_str()).is_ok() {
@@ -211,17 +221,24 @@ fn down_status(args: &Args, e: &Failure, json: bool) {
             "daemon:      not reachable; cannot tell whether the firewall still enforces \
              ({why}; run as root)"
         );
-    } else if st.enforcing_on.is_empty() {
+    } else if st.enforcing_on.is_empty() && st.outbound_hooks.is_empty() {
         println!(
             "daemon:      not reachable, and no attachment is pinned under {}: \
              NOTHING PROTECTS THIS HOST",
             links.display()
         );
     } else {
+        let mut on = st.enforcing_on.clone();
+        if !st.outbound_hooks.is_empty() {
+            on.push(format!(
+                "the outbound hooks ({})",
+                st.outbound_hooks.join(", ")
+            ));
+        }
         println!(
             "daemon:      not reachable, but the firewall still enforces its last rules on {} \
              (attachments pinned under {}); start the daemon to manage them again",
-            st.enforcing_on.join(", "),
+            on.join(", "),
             links.display()
         );
     }
@@ -241,6 +258,7 @@ struct CheckReport<'a> {
     inbound_rules: usize,
     outbound_rules: usize,
     default_inbound: Option<String>,
+    default_outbound: Option<String>,
     warnings: Vec<String>,
     /// Every problem, located where possible.
     errors: Vec<CheckError>,
@@ -262,6 +280,7 @@ fn check(file: &Path, json: bool) -> ExitCode {
         inbound_rules: 0,
         outbound_rules: 0,
         default_inbound: None,
+        default_outbound: None,
         warnings: Vec::new(),
         errors: Vec::new(),
     };
@@ -288,17 +307,19 @@ fn check(file: &Path, json: bool) -> ExitCode {
         };
         (e.to_string(), errors)
     });
-    let rs = result.and_then(|rs| match compile::compile(&rs) {
-        Ok(_) => Ok(rs),
-        Err(e) => Err((
-            format!("{}: {e}", file.display()),
-            vec![CheckError {
-                file: file.to_path_buf(),
-                line: None,
-                column: None,
-                message: e.to_string(),
-            }],
-        )),
+    let rs = result.and_then(|rs| {
+        match compile::compile(&rs).and_then(|_| compile::compile_direction(&rs, Direction::Out)) {
+            Ok(_) => Ok(rs),
+            Err(e) => Err((
+                format!("{}: {e}", file.display()),
+                vec![CheckError {
+                    file: file.to_path_buf(),
+                    line: None,
+                    column: None,
+                    message: e.to_string(),
+                }],
+            )),
+        }
     });
     let rs = match rs {
         Ok(rs) => rs,
@@ -323,6 +344,7 @@ fn check(file: &Path, json: bool) -> ExitCode {
         report.outbound_rules = out.len();
         report.inbound_rules = rs.rules.len() - out.len();
         report.default_inbound = Some(rs.defaults.inbound.to_string());
+        report.default_outbound = Some(rs.defaults.outbound.to_string());
         report.warnings = rs.warnings.clone();
         print_json(&report);
         return ExitCode::SUCCESS;
@@ -331,19 +353,19 @@ fn check(file: &Path, json: bool) -> ExitCode {
         println!("warning: {w}");
     }
     println!(
-        "{}: OK, {} rules ({} inbound, {} outbound); default inbound {}",
+        "{}: OK, {} rules ({} inbound, {} outbound); default inbound {}, outbound {}",
         file.display(),
         rs.rules.len(),
         rs.rules.len() - out.len(),
         out.len(),
-        rs.defaults.inbound
+        rs.defaults.inbound,
+        rs.defaults.outbound
     );
-    for r in out {
+    if !out.is_empty() || rs.defaults.outbound != Action::Allow {
         println!(
-            "note: rule {} ({:?}, line {}) is outbound: parsed, but not enforced by this version",
-            r.index + 1,
-            r.name,
-            r.origin.line
+            "note: outbound rules judge TCP and UDP sockets when they connect or send a datagram \
+             with an address; ICMP (ping) and raw sockets are not judged outbound, and \
+             destinations on loopback are always allowed"
         );
     }
     ExitCode::SUCCESS
@@ -382,11 +404,7 @@ fn print_list(l: &ListData) {
         "#", "NAME", "DIR", "PROTO", "PORTS", "REMOTE", "ACTION", "PACKETS"
     );
     for r in &l.rules {
-        let note = if r.enforced {
-            ""
-        } else {
-            "  (not enforced yet)"
-        };
+        let note = if r.enforced { "" } else { "  (not enforced)" };
         println!(
             "{:>4}  {:<28} {:<4} {:<5} {:<14} {:<28} {:<8} {:>10}{note}",
             r.number,
@@ -400,9 +418,15 @@ fn print_list(l: &ListData) {
         );
     }
     println!(
-        "default: inbound {}, outbound {} (not enforced yet); non-first fragments: {}",
+        "default: inbound {}, outbound {}; non-first fragments: {}",
         l.defaults.inbound, l.defaults.outbound, l.defaults.fragments
     );
+    if l.rules.iter().any(|r| r.direction == Direction::Out) {
+        println!(
+            "DIR out: PORTS and REMOTE are the destination, PACKETS counts connect() and UDP \
+             sends"
+        );
+    }
 }
 
 fn print_status(s: &StatusData) {
@@ -437,9 +461,28 @@ fn print_status(s: &StatusData) {
             i.name, i.mode
         );
     }
+    if !s.outbound.cgroup.is_empty() {
+        let hooks: Vec<String> = s
+            .outbound
+            .hooks
+            .iter()
+            .map(|h| {
+                if h.state == "ok" {
+                    h.hook.clone()
+                } else {
+                    format!("{} — {}", h.hook, h.state)
+                }
+            })
+            .collect();
+        println!(
+            "outbound:    cgroup {} (hooks {})",
+            s.outbound.cgroup,
+            hooks.join(", ")
+        );
+    }
     println!(
-        "rules:       {} ({} inbound enforced, {} outbound not enforced yet), generation {}",
-        s.rules, s.inbound_rules, s.outbound_rules_not_enforced, s.generation
+        "rules:       {} ({} inbound, {} outbound), generation {}",
+        s.rules, s.inbound_rules, s.outbound_rules, s.generation
     );
     println!(
         "defaults:    inbound {}, outbound {}, fragments {}",

@@ -1,5 +1,10 @@
-//! The real daemon binary, started inside a test namespace with private pins and socket, and
-//! stopped (by PID) when the guard drops.
+//! The real daemon binary, started inside a test namespace with private pins and socket and a
+//! cgroup of its own for the outbound hooks, and stopped (by PID) when the guard drops.
+//!
+//! The daemon attaches its outbound hooks to `[daemon] cgroup`, which defaults to the root of
+//! the cgroup2 mount: every process on the machine. Every daemon a test starts therefore gets
+//! `--cgroup` with a [`TestCgroup`] made for it (and removed after it), and [`Launch::spawn`]
+//! refuses to start one without.
 
 use std::{
     fs::File,
@@ -11,7 +16,7 @@ use std::{
     time::Duration,
 };
 
-use super::{bpffs::BpfFs, netns::NetNs};
+use super::{bpffs::BpfFs, cgroup::TestCgroup, netns::NetNs};
 
 pub struct Daemon {
     child: Child,
@@ -24,6 +29,9 @@ pub struct Daemon {
     killed: bool,
     _dir: tempfile::TempDir,
     _bpffs: BpfFs,
+    /// The outbound hooks' cgroup: processes a test moves here are judged by the outbound
+    /// rules. Dropped last, after the daemon and its pins are gone.
+    pub cgroup: TestCgroup,
 }
 
 /// Where and how the daemon runs: kept so that it can be started again.
@@ -32,6 +40,8 @@ struct Launch {
     ifname: String,
     mode: String,
     env: Vec<(String, String)>,
+    /// Always a test cgroup: never the default (the cgroup2 root).
+    cgroup: PathBuf,
 }
 
 impl Launch {
@@ -44,6 +54,7 @@ impl Launch {
         socket: &Path,
         stderr: &std::sync::Arc<std::sync::Mutex<String>>,
     ) -> (Child, mpsc::Receiver<String>) {
+        assert_daemon_cgroup(&self.cgroup);
         let ns_file = File::open(&self.ns_path).expect("opening the namespace");
         let mut cmd = Command::new(DAEMON);
         cmd.arg("--config")
@@ -53,6 +64,8 @@ impl Launch {
             .arg(pin_dir)
             .arg("--control-socket")
             .arg(socket)
+            .arg("--cgroup")
+            .arg(&self.cgroup)
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
@@ -93,6 +106,22 @@ impl Launch {
 }
 
 pub const DAEMON: &str = env!("CARGO_BIN_EXE_firewall-daemon");
+
+/// Panics unless `path` is a test cgroup: strictly below the cgroup2 mount, made by
+/// [`TestCgroup`], and existing.
+pub fn assert_daemon_cgroup(path: &Path) {
+    let (mount, _) = super::cgroup::cgroup2_mount();
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    assert!(
+        path != mount && path.starts_with(&mount) && name.starts_with("fw-test-") && path.is_dir(),
+        "a test daemon must get a test cgroup of its own, not {} (cgroup2 mount {})",
+        path.display(),
+        mount.display()
+    );
+}
 pub const FWCTL: &str = env!("CARGO_BIN_EXE_fwctl");
 
 impl Daemon {
@@ -117,6 +146,7 @@ impl Daemon {
         let pin_dir = bpffs.pin_dir("firewall");
         let socket = dir.path().join("control.sock");
         let stderr = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let cgroup = TestCgroup::new("daemon");
         let launch = Launch {
             ns_path: ns.path(),
             ifname: ifname.to_string(),
@@ -125,6 +155,7 @@ impl Daemon {
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
+            cgroup: cgroup.path().to_path_buf(),
         };
         let (child, ready) = launch.spawn(&config, &pin_dir, &socket, &stderr);
         let mut d = Self {
@@ -137,6 +168,7 @@ impl Daemon {
             killed: false,
             _dir: dir,
             _bpffs: bpffs,
+            cgroup,
         };
         d.wait_ready(&ready);
         d

@@ -1,5 +1,6 @@
 #![allow(dead_code)]
 pub mod bpffs;
+pub mod cgroup;
 pub mod daemon;
 pub mod frames;
 pub mod netns;

@@ -22,7 +22,7 @@ use super::{
     lab::{self, Pair, RX_IF},
     traffic::PORT,
 };
-use crate::{target_bin, workspace_root};
+use crate::{cgroup::DaemonCgroup, target_bin, workspace_root};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Filter {
@@ -271,6 +271,8 @@ pub struct Daemon {
     reloads: u32,
     /// Spawn to the readiness line: compile, load (verifier), fill the maps, attach.
     pub start_ms: f64,
+    /// The daemon's `--cgroup` (never the machine's root cgroup); removed after the daemon.
+    _cgroup: DaemonCgroup,
 }
 
 /// One `fwctl reload`.
@@ -310,6 +312,11 @@ impl Daemon {
     ) -> anyhow::Result<Self> {
         let socket = dir.join("control.sock");
         let log = dir.join("daemon.log");
+        let cgroup = DaemonCgroup::create(&format!(
+            "fw-bench-{}-{}",
+            std::process::id(),
+            dir.file_name().unwrap_or_default().to_string_lossy()
+        ))?;
         let t = Instant::now();
         let mut child = lab::ns_command(pair.rx_ns(), target_bin("firewall-daemon"))
             .arg("--config")
@@ -323,6 +330,8 @@ impl Daemon {
             )
             .arg("--control-socket")
             .arg(&socket)
+            .arg("--cgroup")
+            .arg(cgroup.path())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(&log)?)
@@ -345,6 +354,7 @@ impl Daemon {
             n,
             reloads: 0,
             start_ms: 0.0,
+            _cgroup: cgroup,
         };
         let deadline = Instant::now() + Duration::from_secs(600);
         loop {

@@ -1,0 +1,235 @@
+//! What the outbound hooks add to connect(): `connect_bench [--calls N] [--runs N]` (needs
+//! root).
+//!
+//! It creates a network namespace of its own (a veth pair in it, with 10.77.0.1/24 and
+//! fd77::1/64, so destinations are routable while nothing is ever sent), a private bpffs and a
+//! cgroup below its own, moves itself into that cgroup, and times connect() on one UDP socket
+//! to 10.77.0.2 and fd77::2 (a UDP connect only looks the route up and sends nothing; each
+//! call runs the connect4/connect6 hook): first with no program attached, then with the
+//! firewall's outbound hooks and 0 / 10 / 1,000 / 10,000 outbound rules. Each rule names a
+//! remote address and a port (the kind that needs all three lookups and the pair table); the
+//! destination matches the last rule, which allows it. Prints ns per connect() call: the
+//! median of `--runs` runs (min-max in brackets) of `--calls` calls each.
+//!
+//! Everything it creates is removed when it exits (the namespace with the process; the cgroup
+//! and the bpffs by guards, the process moved back to its cgroup first).
+
+use std::{
+    net::{Ipv4Addr, SocketAddr, UdpSocket},
+    path::{Path, PathBuf},
+    process::Command,
+    time::Instant,
+};
+
+use anyhow::{Context as _, bail};
+use firewall_daemon::{
+    cgroup::Cgroup,
+    compile, config,
+    datapath::{Hook, OutboundGeneration},
+    model::Direction,
+};
+use nix::{
+    mount::{MntFlags, MsFlags, mount, umount2},
+    sched::{CloneFlags, unshare},
+};
+
+struct BpfFs(tempfile::TempDir);
+
+impl BpfFs {
+    fn new() -> anyhow::Result<Self> {
+        let dir = tempfile::Builder::new()
+            .prefix("fw-connect-bench-")
+            .tempdir()?;
+        mount(
+            Some("bpf"),
+            dir.path(),
+            Some("bpf"),
+            MsFlags::empty(),
+            None::<&str>,
+        )
+        .context("mounting a private bpffs (needs root)")?;
+        Ok(Self(dir))
+    }
+}
+
+impl Drop for BpfFs {
+    fn drop(&mut self) {
+        let _ = umount2(self.0.path(), MntFlags::MNT_DETACH);
+    }
+}
+
+/// A cgroup made for the benchmark below this process's own; this process moves into it and
+/// back out when it drops.
+struct BenchCgroup {
+    dir: PathBuf,
+    parent: PathBuf,
+}
+
+impl BenchCgroup {
+    fn new() -> anyhow::Result<Self> {
+        let mount = firewall_daemon::cgroup::mount()?;
+        let own = std::fs::read_to_string("/proc/self/cgroup")?;
+        let rel = own
+            .lines()
+            .find_map(|l| l.strip_prefix("0::"))
+            .context("no cgroup2 entry in /proc/self/cgroup")?
+            .trim_start_matches('/')
+            .to_string();
+        let parent = mount.join(rel);
+        let dir = parent.join(format!("fw-connect-bench-{}", std::process::id()));
+        if dir == mount {
+            bail!("refusing the cgroup2 root");
+        }
+        std::fs::create_dir(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let cg = Self { dir, parent };
+        std::fs::write(cg.dir.join("cgroup.procs"), std::process::id().to_string())
+            .context("moving the benchmark into its cgroup")?;
+        Ok(cg)
+    }
+}
+
+impl Drop for BenchCgroup {
+    fn drop(&mut self) {
+        let procs = std::fs::read_to_string(self.dir.join("cgroup.procs")).unwrap_or_default();
+        for pid in procs.lines() {
+            let _ = std::fs::write(self.parent.join("cgroup.procs"), pid.trim());
+        }
+        if let Err(e) = std::fs::remove_dir(&self.dir) {
+            eprintln!("removing {}: {e}", self.dir.display());
+        }
+    }
+}
+
+fn ip(args: &[&str]) -> anyhow::Result<()> {
+    let st = Command::new("ip")
+        .args(args)
+        .status()
+        .context("running ip")?;
+    if !st.success() {
+        bail!("ip {} failed", args.join(" "));
+    }
+    Ok(())
+}
+
+/// N outbound rules naming 10.x.y.z and a port each; the last one allows 10.77.0.2 and fd77::2
+/// on port 9000. Outbound default: reject (so a miss would show as an error).
+fn rules(n: u32) -> String {
+    let mut text = String::from("[defaults]\noutbound = \"reject\"\n");
+    for i in 0..n.saturating_sub(1) {
+        let a = Ipv4Addr::from(0x0a00_0000u32 + 0x100 + i);
+        text.push_str(&format!(
+            "[[rule]]\ndirection = \"out\"\nproto = \"udp\"\nport = {}\nremote = \"{a}\"\n\
+             action = \"reject\"\n",
+            1000 + i % 50_000
+        ));
+    }
+    if n > 0 {
+        text.push_str(
+            "[[rule]]\ndirection = \"out\"\nproto = \"udp\"\nport = 9000\n\
+             remote = [\"10.77.0.2\", \"fd77::2\"]\naction = \"allow\"\n",
+        );
+    } else {
+        text = "[defaults]\noutbound = \"allow\"\n".into();
+    }
+    text
+}
+
+/// ns per connect() of one socket to `to`: the median and range of `runs` runs.
+fn time_connects(to: SocketAddr, calls: u32, runs: usize) -> anyhow::Result<(f64, f64, f64)> {
+    let bind: SocketAddr = if to.is_ipv4() {
+        "0.0.0.0:0".parse()?
+    } else {
+        "[::]:0".parse()?
+    };
+    let sock = UdpSocket::bind(bind)?;
+    // Warm-up (route and neighbour caches, the hook's maps).
+    for _ in 0..1000 {
+        sock.connect(to).context("connect")?;
+    }
+    let mut samples = Vec::with_capacity(runs);
+    for _ in 0..runs {
+        let t = Instant::now();
+        for _ in 0..calls {
+            sock.connect(to).context("connect")?;
+        }
+        samples.push(t.elapsed().as_nanos() as f64 / f64::from(calls));
+    }
+    samples.sort_by(f64::total_cmp);
+    Ok((
+        samples[samples.len() / 2],
+        samples[0],
+        samples[samples.len() - 1],
+    ))
+}
+
+fn main() -> anyhow::Result<()> {
+    let mut calls = 200_000u32;
+    let mut runs = 9usize;
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--calls" => calls = args.next().context("--calls N")?.parse()?,
+            "--runs" => runs = args.next().context("--runs N")?.parse()?,
+            other => bail!("unknown argument {other}; usage: connect_bench [--calls N] [--runs N]"),
+        }
+    }
+    // A network namespace of our own: gone with the process.
+    unshare(CloneFlags::CLONE_NEWNET).context("unshare(CLONE_NEWNET) (needs root)")?;
+    ip(&["link", "set", "lo", "up"])?;
+    // A veth pair inside the namespace (dummy is not built on every kernel).
+    ip(&["link", "add", "d0", "type", "veth", "peer", "name", "d1"])?;
+    ip(&["link", "set", "d1", "up"])?;
+    ip(&["addr", "add", "10.77.0.1/24", "dev", "d0"])?;
+    ip(&["-6", "addr", "add", "fd77::1/64", "dev", "d0", "nodad"])?;
+    ip(&["link", "set", "d0", "up"])?;
+    let bpffs = BpfFs::new()?;
+    let cg = BenchCgroup::new()?;
+    let cgroup = Cgroup::open(&cg.dir)?;
+    let to4: SocketAddr = "10.77.0.2:9000".parse()?;
+    let to6: SocketAddr = "[fd77::2]:9000".parse()?;
+
+    println!(
+        "connect() of a UDP socket, ns per call: median of {runs} runs of {calls} calls (min-max)"
+    );
+    println!("| outbound hooks | IPv4 | IPv6 |");
+    println!("|---|---:|---:|");
+    let show = |label: &str, v4: (f64, f64, f64), v6: (f64, f64, f64)| {
+        println!(
+            "| {label} | {:.0} ({:.0}-{:.0}) | {:.0} ({:.0}-{:.0}) |",
+            v4.0, v4.1, v4.2, v6.0, v6.1, v6.2
+        );
+    };
+    show(
+        "none attached",
+        time_connects(to4, calls, runs)?,
+        time_connects(to6, calls, runs)?,
+    );
+    for n in [0u32, 10, 1_000, 10_000] {
+        let text = rules(n);
+        let rs = config::parse(&text, Path::new("connect-bench.toml"))
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let compiled = compile::compile_direction(&rs, Direction::Out)?;
+        let pin_dir = bpffs.0.path().join(format!("gen{n}"));
+        let t = Instant::now();
+        let mut generation = OutboundGeneration::load(&compiled, &rs, &pin_dir, 1)?;
+        let load_ms = t.elapsed().as_secs_f64() * 1e3;
+        // Dropping the links detaches the hooks again.
+        let links: Vec<_> = Hook::ALL
+            .iter()
+            .map(|h| generation.attach(*h, &cgroup))
+            .collect::<anyhow::Result<_>>()?;
+        let label = match n {
+            0 => "attached, no rule (default allow)".to_string(),
+            n => format!("attached, {n} rules (load {load_ms:.0} ms)"),
+        };
+        show(
+            &label,
+            time_connects(to4, calls, runs)?,
+            time_connects(to6, calls, runs)?,
+        );
+        drop(links);
+    }
+    drop(cg);
+    drop(bpffs);
+    Ok(())
+}
