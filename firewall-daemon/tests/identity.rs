@@ -15,7 +15,7 @@ use std::{
     io::Write as _,
     net::{TcpListener, TcpStream},
     os::fd::AsRawFd as _,
-    path::{Path, PathBuf},
+    path::Path,
     process::{Child, ChildStdin, Command, Stdio},
 };
 
@@ -29,108 +29,10 @@ use firewall_daemon::{
     EBPF_OBJECT,
     identity::{self, KernelOffsets},
 };
-use support::bpffs::BpfFs;
+use support::{bpffs::BpfFs, cgroup::TestCgroup};
 
 /// How long a child may take to connect before the test gives up.
 const CONNECT_TIMEOUT_MS: i32 = 10_000;
-
-/// The cgroup2 mount point and its root (for a cgroup namespace), from /proc/self/mountinfo.
-fn cgroup2_mount() -> (PathBuf, String) {
-    let info = fs::read_to_string("/proc/self/mountinfo").expect("reading mountinfo");
-    for line in info.lines() {
-        let Some((left, right)) = line.split_once(" - ") else {
-            continue;
-        };
-        if right.split(' ').next() != Some("cgroup2") {
-            continue;
-        }
-        let fields: Vec<&str> = left.split(' ').collect();
-        if fields.len() < 5 {
-            continue;
-        }
-        return (PathBuf::from(unescape(fields[4])), unescape(fields[3]));
-    }
-    panic!("no cgroup2 filesystem is mounted (see /proc/self/mountinfo)");
-}
-
-/// mountinfo escapes space, tab, newline and backslash as `\ooo`.
-fn unescape(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        let octal = b
-            .get(i + 1..i + 4)
-            .and_then(|t| std::str::from_utf8(t).ok())
-            .and_then(|t| u8::from_str_radix(t, 8).ok());
-        if b[i] == b'\\'
-            && let Some(v) = octal
-        {
-            out.push(v);
-            i += 4;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-/// The cgroup2 directory this process is in.
-fn own_cgroup(mount: &Path, mount_root: &str) -> PathBuf {
-    let cg = fs::read_to_string("/proc/self/cgroup").expect("reading /proc/self/cgroup");
-    let path = cg
-        .lines()
-        .find_map(|l| l.strip_prefix("0::"))
-        .expect("no cgroup2 entry in /proc/self/cgroup");
-    let rel = path
-        .strip_prefix(mount_root.trim_end_matches('/'))
-        .unwrap_or(path)
-        .trim_start_matches('/');
-    mount.join(rel)
-}
-
-/// A cgroup made for one test, under the test's own cgroup. Dropping it moves any process left
-/// in it back to the parent and removes it, even when the test failed.
-struct TestCgroup {
-    dir: PathBuf,
-    parent: PathBuf,
-}
-
-impl TestCgroup {
-    fn new() -> Self {
-        let (mount, root) = cgroup2_mount();
-        let parent = own_cgroup(&mount, &root);
-        let dir = parent.join(format!("fw-identity-test-{}", std::process::id()));
-        fs::create_dir(&dir).unwrap_or_else(|e| panic!("creating {}: {e}", dir.display()));
-        assert_ne!(dir, mount, "never the root cgroup");
-        Self { dir, parent }
-    }
-
-    fn add(&self, pid: u32) {
-        fs::write(self.dir.join("cgroup.procs"), pid.to_string())
-            .unwrap_or_else(|e| panic!("moving {pid} into {}: {e}", self.dir.display()));
-    }
-
-    fn procs(&self) -> Vec<u32> {
-        fs::read_to_string(self.dir.join("cgroup.procs"))
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| l.trim().parse().ok())
-            .collect()
-    }
-}
-
-impl Drop for TestCgroup {
-    fn drop(&mut self) {
-        for pid in self.procs() {
-            let _ = fs::write(self.parent.join("cgroup.procs"), pid.to_string());
-        }
-        if let Err(e) = fs::remove_dir(&self.dir) {
-            eprintln!("removing {}: {e}", self.dir.display());
-        }
-    }
-}
 
 /// A copy of bash that connects to `port` when told to, then waits for its stdin to close.
 /// Killed and reaped on drop.
@@ -237,7 +139,7 @@ fn connect4_sees_the_executable_the_daemon_computes() {
     let port = listener.local_addr().expect("local addr").port();
 
     // Declared before the program, so it is removed after the program is detached.
-    let cgroup = TestCgroup::new();
+    let cgroup = TestCgroup::new("identity");
     let fs_ = BpfFs::new();
     let mut ebpf = load(&fs_.pin_dir("identity"), &offsets);
     {
@@ -246,7 +148,7 @@ fn connect4_sees_the_executable_the_daemon_computes() {
             .expect("program")
             .try_into()
             .expect("cgroup_sock_addr");
-        let dir = fs::File::open(&cgroup.dir).expect("opening the test cgroup");
+        let dir = fs::File::open(cgroup.path()).expect("opening the test cgroup");
         prog.attach(dir, CgroupAttachMode::Single)
             .expect("attaching connect4 to the test cgroup");
     }
