@@ -32,8 +32,9 @@ use self::{
 use crate::workspace_root;
 
 /// Programs the integration tests run (firewall-daemon/tests): namespaces and addresses,
-/// entering a namespace, scanning, reading SNMP counters.
-const TOOLS: &[&str] = &["ip", "nsenter", "nmap", "nstat"];
+/// entering a namespace, scanning, reading SNMP counters, and bash (copied by the identity
+/// test as a client whose executable it knows).
+const TOOLS: &[&str] = &["ip", "nsenter", "nmap", "nstat", "bash"];
 
 /// Guest memory and CPUs: two CPUs like this machine, so the tests' concurrency is the same.
 const MEMORY: &str = "2G";
@@ -213,7 +214,11 @@ fn check_tools() -> anyhow::Result<()> {
         ("objcopy", "binutils"),
         ("ldd", "libc-bin"),
     ];
-    needed.extend(TOOLS.iter().map(|t| (*t, "iproute2, util-linux or nmap")));
+    needed.extend(
+        TOOLS
+            .iter()
+            .map(|t| (*t, "iproute2, util-linux, nmap or bash")),
+    );
     let missing: Vec<String> = needed
         .iter()
         .filter(|(prog, _)| which(prog).is_none())
