@@ -16,89 +16,25 @@
 
 use std::{
     net::{Ipv4Addr, SocketAddr, UdpSocket},
-    path::{Path, PathBuf},
+    path::Path,
     process::Command,
     time::Instant,
 };
 
 use anyhow::{Context as _, bail};
 use firewall_daemon::{
-    cgroup::Cgroup,
+    cgroup::{Cgroup, scratch::ScratchCgroup},
     compile, config,
     datapath::{Hook, OutboundGeneration},
     model::Direction,
 };
-use nix::{
-    mount::{MntFlags, MsFlags, mount, umount2},
-    sched::{CloneFlags, unshare},
-};
+use nix::sched::{CloneFlags, unshare};
 
-struct BpfFs(tempfile::TempDir);
-
-impl BpfFs {
-    fn new() -> anyhow::Result<Self> {
-        let dir = tempfile::Builder::new()
-            .prefix("fw-connect-bench-")
-            .tempdir()?;
-        mount(
-            Some("bpf"),
-            dir.path(),
-            Some("bpf"),
-            MsFlags::empty(),
-            None::<&str>,
-        )
-        .context("mounting a private bpffs (needs root)")?;
-        Ok(Self(dir))
-    }
-}
-
-impl Drop for BpfFs {
-    fn drop(&mut self) {
-        let _ = umount2(self.0.path(), MntFlags::MNT_DETACH);
-    }
-}
-
-/// A cgroup made for the benchmark below this process's own; this process moves into it and
-/// back out when it drops.
-struct BenchCgroup {
-    dir: PathBuf,
-    parent: PathBuf,
-}
-
-impl BenchCgroup {
-    fn new() -> anyhow::Result<Self> {
-        let mount = firewall_daemon::cgroup::mount()?;
-        let own = std::fs::read_to_string("/proc/self/cgroup")?;
-        let rel = own
-            .lines()
-            .find_map(|l| l.strip_prefix("0::"))
-            .context("no cgroup2 entry in /proc/self/cgroup")?
-            .trim_start_matches('/')
-            .to_string();
-        let parent = mount.join(rel);
-        let dir = parent.join(format!("fw-connect-bench-{}", std::process::id()));
-        if dir == mount {
-            bail!("refusing the cgroup2 root");
-        }
-        std::fs::create_dir(&dir).with_context(|| format!("creating {}", dir.display()))?;
-        let cg = Self { dir, parent };
-        std::fs::write(cg.dir.join("cgroup.procs"), std::process::id().to_string())
-            .context("moving the benchmark into its cgroup")?;
-        Ok(cg)
-    }
-}
-
-impl Drop for BenchCgroup {
-    fn drop(&mut self) {
-        let procs = std::fs::read_to_string(self.dir.join("cgroup.procs")).unwrap_or_default();
-        for pid in procs.lines() {
-            let _ = std::fs::write(self.parent.join("cgroup.procs"), pid.trim());
-        }
-        if let Err(e) = std::fs::remove_dir(&self.dir) {
-            eprintln!("removing {}: {e}", self.dir.display());
-        }
-    }
-}
+/// The tests' private bpffs (unmounted on drop).
+#[allow(dead_code)]
+#[path = "../tests/support/bpffs.rs"]
+mod bpffs;
+use bpffs::BpfFs;
 
 fn ip(args: &[&str]) -> anyhow::Result<()> {
     let st = Command::new("ip")
@@ -182,9 +118,12 @@ fn main() -> anyhow::Result<()> {
     ip(&["addr", "add", "10.77.0.1/24", "dev", "d0"])?;
     ip(&["-6", "addr", "add", "fd77::1/64", "dev", "d0", "nodad"])?;
     ip(&["link", "set", "d0", "up"])?;
-    let bpffs = BpfFs::new()?;
-    let cg = BenchCgroup::new()?;
-    let cgroup = Cgroup::open(&cg.dir)?;
+    let bpffs = BpfFs::new();
+    // A cgroup below this process's own, with this process in it (moved back out on drop).
+    let cg = ScratchCgroup::create(&format!("fw-connect-bench-{}", std::process::id()))?;
+    cg.add(std::process::id())
+        .context("moving the benchmark into its cgroup")?;
+    let cgroup = Cgroup::open(cg.path())?;
     let to4: SocketAddr = "10.77.0.2:9000".parse()?;
     let to6: SocketAddr = "[fd77::2]:9000".parse()?;
 
@@ -209,7 +148,7 @@ fn main() -> anyhow::Result<()> {
         let rs = config::parse(&text, Path::new("connect-bench.toml"))
             .map_err(|e| anyhow::anyhow!("{e}"))?;
         let compiled = compile::compile_direction(&rs, Direction::Out)?;
-        let pin_dir = bpffs.0.path().join(format!("gen{n}"));
+        let pin_dir = bpffs.pin_dir(&format!("gen{n}"));
         let t = Instant::now();
         let mut generation = OutboundGeneration::load(&compiled, &rs, &pin_dir, 1)?;
         let load_ms = t.elapsed().as_secs_f64() * 1e3;

@@ -509,8 +509,6 @@ pub fn pin_egress_link(link: EgressLink, path: &Path) -> anyhow::Result<EgressLi
 /// daemon finds the filter a killed one left (it cannot be pinned) and replaces it.
 pub const EGRESS_NL_PRIORITY: u16 = 0x4657;
 pub const EGRESS_NL_HANDLE: u16 = 0x4657;
-/// The egress program's name, which cls_bpf records with the filter.
-pub const EGRESS_PROGRAM: &str = firewall_common::TC_EGRESS_PROGRAM;
 
 /// The egress program's attachment to one interface.
 #[derive(Debug)]
@@ -564,7 +562,8 @@ pub fn detach_netlink_egress(ifname: &str) {
     match aya::programs::tc::qdisc_detach_program(
         NetworkInterface::Name(&cname),
         TcAttachType::Egress.into(),
-        EGRESS_PROGRAM,
+        // cls_bpf records the program's name with the filter.
+        firewall_common::TC_EGRESS_PROGRAM,
     ) {
         Ok(()) => {}
         Err(aya::programs::tc::TcError::IoError(e)) if e.kind() == std::io::ErrorKind::NotFound => {

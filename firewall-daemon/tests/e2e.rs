@@ -496,6 +496,33 @@ fn fwctl_list_status_check_and_errors() {
         "per-rule counter: {list}"
     );
 
+    // The kernel and how the egress program is attached: TCX from Linux 6.6, else cls_bpf.
+    let status = lab.daemon.fwctl_json(&["status"]);
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").expect("osrelease");
+    assert_eq!(status["kernel"]["release"], release.trim(), "{status}");
+    let mut version = release
+        .split(|c: char| !c.is_ascii_digit())
+        .map(|n| n.parse::<u32>().expect("kernel version"));
+    let tcx = (version.next(), version.next()) >= (Some(6), Some(6));
+    let egress = if tcx { "tcx" } else { "netlink" };
+    assert_eq!(status["interfaces"][0]["egress"], egress, "{status}");
+    let features = status["kernel"]["features"].to_string();
+    assert!(
+        features.contains(if tcx { "TCX links" } else { "cls_bpf" }),
+        "{status}"
+    );
+    assert_eq!(
+        status["kernel"]["degraded"],
+        serde_json::json!([]),
+        "{status}"
+    );
+    let text = String::from_utf8_lossy(&lab.daemon.fwctl(&["status"]).stdout).into_owned();
+    assert!(
+        text.contains(&format!("kernel:      {}", release.trim()))
+            && text.contains(&format!("egress {egress}")),
+        "{text}"
+    );
+
     let text = String::from_utf8_lossy(&lab.daemon.fwctl(&["list"]).stdout).into_owned();
     assert!(
         text.contains("closed tcp") && text.contains("reject"),
