@@ -13,6 +13,97 @@ pub struct ExeId {
     pub ino: u64,
 }
 
+/// Deepest cgroup level (below the cgroup2 root, which is level 0) at which a `unit` rule can
+/// match. systemd services sit at level 2 (`system.slice/nginx.service`), a user's apps at
+/// about level 5.
+pub const MAX_UNIT_LEVEL: usize = 8;
+
+/// `uid` of a [`GroupKey`] whose rules name no `user`.
+pub const NO_UID: u32 = u32::MAX;
+
+/// Which selectors a group's rules give, as bits: the kernel tries only the shapes a rule set
+/// uses (`SCOPED_SHAPES`), one hash lookup each.
+pub const SHAPE_PROGRAM: u32 = 1;
+pub const SHAPE_UNIT: u32 = 2;
+pub const SHAPE_USER: u32 = 4;
+/// Shapes are 1..=7 (0 is the unscoped rules, which have maps of their own).
+pub const SHAPES: u32 = 8;
+
+/// Who makes a socket call (cgroup hooks) or owns a bound socket (listener table).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Owner {
+    /// The task's executable; all zero when it has none (kernel thread) or the walk failed.
+    pub exe: ExeId,
+    pub uid: u32,
+    pub _pad: u32,
+    /// The cgroup ids of the task's cgroup and its ancestors by level: `ancestors[l - 1]` is
+    /// the ancestor at level `l` (1..=[`MAX_UNIT_LEVEL`]), 0 below the task's own level.
+    pub ancestors: [u64; MAX_UNIT_LEVEL],
+}
+
+/// Key of `GROUPS`: the resolved selectors of a group of rules (rules whose `program`, `unit`
+/// and `user` resolve to the same values). Parts a rule does not give are zero (`exe`, `unit`)
+/// or [`NO_UID`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct GroupKey {
+    pub exe: ExeId,
+    /// cgroup id of the unit's cgroup.
+    pub unit: u64,
+    pub uid: u32,
+    pub _pad: u32,
+}
+
+impl GroupKey {
+    /// Which parts are given ([`SHAPE_PROGRAM`] | ...).
+    pub const fn shape(&self) -> u32 {
+        let mut s = 0;
+        if self.exe.dev != 0 || self.exe.ino != 0 {
+            s |= SHAPE_PROGRAM;
+        }
+        if self.unit != 0 {
+            s |= SHAPE_UNIT;
+        }
+        if self.uid != NO_UID {
+            s |= SHAPE_USER;
+        }
+        s
+    }
+}
+
+/// Key of `SCOPED_PORTS`: a group's port slot ([`crate::port_slot`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ScopedSlot {
+    pub group: u32,
+    pub slot: u32,
+}
+
+/// Key of `LISTENERS`: a bound local port.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ListenerKey {
+    /// Host byte order.
+    pub port: u16,
+    /// 6 (TCP) or 17 (UDP).
+    pub proto: u8,
+    /// 4 or 6: the socket's family (an IPv6 socket may also receive IPv4).
+    pub family: u8,
+}
+
+/// Value of `LISTENERS`: who bound the port, and which socket (`bpf_get_socket_cookie`), so
+/// that only that socket's release removes the entry.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Listener {
+    pub owner: Owner,
+    pub cookie: u64,
+}
+
+/// Capacity of `LISTENERS`: bound ports tracked at once.
+pub const LISTENER_ENTRIES: u32 = 65536;
+
 /// Names of the load-time constants (`Global<u32>`) holding the kernel structure offsets the
 /// identity walk needs. 0 means "not resolved": the walk then reports nothing (none of these
 /// fields sits at offset 0 in any kernel, and the daemon refuses a resolved 0).
@@ -51,9 +142,22 @@ pub const fn kernel_dev(major: u32, minor: u32) -> u64 {
 
 const _: () = {
     assert!(core::mem::size_of::<ExeId>() == 16);
+    assert!(core::mem::size_of::<Owner>() == 24 + 8 * MAX_UNIT_LEVEL);
+    assert!(core::mem::size_of::<GroupKey>() == 32);
+    assert!(core::mem::size_of::<ScopedSlot>() == 8);
+    assert!(core::mem::size_of::<ListenerKey>() == 4);
+    assert!(core::mem::size_of::<Listener>() == 32 + 8 * MAX_UNIT_LEVEL);
     assert!(kernel_dev(254, 1) == 0x0fe0_0001);
 };
 
 #[cfg(feature = "user")]
-// SAFETY: repr(C), two u64 fields, no padding (size asserted above), every bit pattern valid.
-unsafe impl aya::Pod for ExeId {}
+mod user {
+    // SAFETY: repr(C), integer fields only, explicit padding (sizes asserted above), every bit
+    // pattern valid.
+    unsafe impl aya::Pod for super::ExeId {}
+    unsafe impl aya::Pod for super::Owner {}
+    unsafe impl aya::Pod for super::GroupKey {}
+    unsafe impl aya::Pod for super::ScopedSlot {}
+    unsafe impl aya::Pod for super::ListenerKey {}
+    unsafe impl aya::Pod for super::Listener {}
+}

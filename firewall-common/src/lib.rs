@@ -40,6 +40,23 @@ pub mod maps {
     /// Filled by the cgroup hooks, read by the TC egress program, which drops the matching
     /// packets. Pinned and shared by every generation.
     pub const OUT_STEALTH: &str = "OUT_STEALTH";
+    /// Hash ([`super::identity::GroupKey`]) -> group id: the groups of rules with `program`,
+    /// `unit` or `user` selectors (see compile.md, "Rules about programs").
+    pub const GROUPS: &str = "GROUPS";
+    /// Hash, cgroup id -> 1: the cgroups of the units the rules name.
+    pub const UNITS: &str = "UNITS";
+    /// LPM trie, key = group id (big-endian) + IPv4 address -> [`super::AddrValue`].
+    pub const SCOPED_ADDR4: &str = "SCOPED_ADDR4";
+    /// LPM trie, key = group id (big-endian) + IPv6 address -> [`super::AddrValue`].
+    pub const SCOPED_ADDR6: &str = "SCOPED_ADDR6";
+    /// Hash ([`super::identity::ScopedSlot`]) -> [`super::PortValue`].
+    pub const SCOPED_PORTS: &str = "SCOPED_PORTS";
+    /// Hash, group id -> `[u32; PROTO_CLASSES]`: the group's per-protocol constants.
+    pub const SCOPED_PROTO: &str = "SCOPED_PROTO";
+    /// Hash ([`super::identity::ListenerKey`]) -> [`super::identity::Listener`]: who bound each
+    /// local port. Written by the post_bind hooks, cleared by sock_release, read by the XDP
+    /// program for new inbound connections when inbound rules name programs. Pinned.
+    pub const LISTENERS: &str = "LISTENERS";
 }
 
 /// Names of the load-time constants (`Global<u32>`) in the XDP program.
@@ -64,6 +81,12 @@ pub mod globals {
     /// Non-zero when some outbound verdict of the rule set in force can be `stealth`: only then
     /// does the egress program look its packets up in [`super::maps::OUT_STEALTH`].
     pub const OUT_CAN_STEALTH: &str = "OUT_CAN_STEALTH";
+    /// Bit `s` set when some group of this direction has shape `s`
+    /// ([`super::identity::SHAPE_PROGRAM`] | ...): the shapes whose `GROUPS` lookup is made.
+    /// 0: no rule names a program, unit or user, and nothing beyond the unscoped lookups runs.
+    pub const SCOPED_SHAPES: &str = "SCOPED_SHAPES";
+    /// Bit `l` set when a unit the rules name has its cgroup at level `l`.
+    pub const UNIT_LEVELS: &str = "UNIT_LEVELS";
 }
 
 /// Name of the firewall's XDP program in the object file.
@@ -79,6 +102,11 @@ pub const CONNECT4_PROGRAM: &str = "firewall_connect4";
 pub const CONNECT6_PROGRAM: &str = "firewall_connect6";
 pub const SENDMSG4_PROGRAM: &str = "firewall_sendmsg4";
 pub const SENDMSG6_PROGRAM: &str = "firewall_sendmsg6";
+/// `cgroup/post_bind4`, `cgroup/post_bind6`: record who bound a port (`LISTENERS`).
+pub const POST_BIND4_PROGRAM: &str = "firewall_post_bind4";
+pub const POST_BIND6_PROGRAM: &str = "firewall_post_bind6";
+/// `cgroup/sock_release`: forget a released socket's port.
+pub const SOCK_RELEASE_PROGRAM: &str = "firewall_sock_release";
 
 pub const ACTION_ALLOW: u32 = 0;
 pub const ACTION_REJECT: u32 = 1;
@@ -325,10 +353,25 @@ pub enum Counter {
     /// A `stealth` verdict that could not be recorded (the map update failed): the call was
     /// refused with EPERM instead (also counted under `OutRejected`).
     OutStealthRecordFailed,
+    /// Outbound calls whose caller's executable could not be read (kernel thread, exiting
+    /// task): judged with no program identity.
+    OutNoExe,
+    /// Ports recorded in the listener table by post_bind.
+    ListenerBound,
+    /// Listener entries removed when their socket was released.
+    ListenerReleased,
+    /// Recording a bound port failed (the table is full): its connections are judged as if
+    /// no program listened.
+    ListenerRecordFailed,
+    /// New inbound connections judged with the listening program's identity.
+    InListenerFound,
+    /// New inbound connections to a port no recorded socket listens on, while inbound rules
+    /// name programs: only rules without selectors apply.
+    InNoListener,
 }
 
 impl Counter {
-    pub const COUNT: u32 = Counter::OutStealthRecordFailed as u32 + 1;
+    pub const COUNT: u32 = Counter::InNoListener as u32 + 1;
 
     pub const ALL: [Counter; Counter::COUNT as usize] = [
         Counter::Packets,
@@ -373,6 +416,12 @@ impl Counter {
         Counter::OutNotJudged,
         Counter::OutStealthDropped,
         Counter::OutStealthRecordFailed,
+        Counter::OutNoExe,
+        Counter::ListenerBound,
+        Counter::ListenerReleased,
+        Counter::ListenerRecordFailed,
+        Counter::InListenerFound,
+        Counter::InNoListener,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -419,6 +468,12 @@ impl Counter {
             Counter::OutNotJudged => "out_not_judged",
             Counter::OutStealthDropped => "out_stealth_dropped",
             Counter::OutStealthRecordFailed => "out_stealth_record_failed",
+            Counter::OutNoExe => "out_no_exe",
+            Counter::ListenerBound => "listener_bound",
+            Counter::ListenerReleased => "listener_released",
+            Counter::ListenerRecordFailed => "listener_record_failed",
+            Counter::InListenerFound => "in_listener_found",
+            Counter::InNoListener => "in_no_listener",
         }
     }
 }

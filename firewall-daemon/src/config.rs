@@ -35,7 +35,8 @@ use toml::{
 
 use crate::model::{
     Action, Conntrack, CtTimeouts, DaemonConfig, Defaults, Direction, FragmentPolicy, Interfaces,
-    InvalidPolicy, OnStop, Origin, PortRange, Proto, RejectLimits, Rule, Ruleset, XdpMode,
+    InvalidPolicy, OnStop, Origin, PortRange, Proto, RejectLimits, Rule, Ruleset, Selector,
+    XdpMode,
 };
 
 /// Where service names (`port = "ssh"`) are looked up unless [`Env`] says otherwise.
@@ -1613,6 +1614,7 @@ impl<'a> Checker<'a> {
             ports,
             remote,
             remote_spec,
+            selector: Selector::default(),
             action,
             origin: Origin { line },
         })
@@ -3037,6 +3039,7 @@ tcp_close = \"x\"
                 ports: vec![],
                 remote: None,
                 remote_spec: vec![],
+                selector: Default::default(),
                 action: Action::Allow,
                 origin: Origin { line: 2 },
             }]

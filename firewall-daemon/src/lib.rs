@@ -10,9 +10,11 @@ pub mod datapath;
 pub mod features;
 pub mod identity;
 pub mod interfaces;
+pub mod listeners;
 pub mod logging;
 pub mod model;
 pub mod policy;
+pub mod resolve;
 pub mod sockets;
 pub mod tracker;
 

@@ -129,8 +129,31 @@ pub struct Rule {
     pub remote: Option<Vec<IpNet>>,
     /// The `remote` entries as written (`"@trusted"`, `"203.0.113.7"`), for display.
     pub remote_spec: Vec<String>,
+    /// `program`, `unit`, `user`: whose sockets the rule is about. Empty: everyone's.
+    pub selector: Selector,
     pub action: Action,
     pub origin: Origin,
+}
+
+/// Who a rule is about. Every selector given must match; none given matches every process.
+/// How each is identified in the kernel is described in `identity.rs` and `resolve.rs`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub struct Selector {
+    /// `program`: absolute path of the executable, as written. Matched by the (device,
+    /// inode) the path resolves to, re-resolved when the file is replaced.
+    pub program: Option<PathBuf>,
+    /// `unit`: a systemd unit name (`nginx.service`), matched by the unit's cgroup: processes
+    /// in that cgroup or below it.
+    pub unit: Option<String>,
+    /// `user`: a uid (a user name is resolved to its uid when the file is read).
+    pub user: Option<u32>,
+}
+
+impl Selector {
+    /// No selector: the rule is about every process.
+    pub fn is_everyone(&self) -> bool {
+        self.program.is_none() && self.unit.is_none() && self.user.is_none()
+    }
 }
 
 impl Rule {

@@ -1,0 +1,1 @@
+//! Resolving the rules' `program` and `unit` selectors to what the kernel compares.
