@@ -57,6 +57,9 @@ pub mod maps {
     /// local port. Written by the post_bind hooks, cleared by sock_release, read by the XDP
     /// program for new inbound connections when inbound rules name programs. Pinned.
     pub const LISTENERS: &str = "LISTENERS";
+    /// Hash, socket cookie -> [`super::identity::ListenerKey`]: the port each recorded socket
+    /// holds, for sock_release (which may not read the port). Pinned.
+    pub const LISTENER_OF: &str = "LISTENER_OF";
 }
 
 /// Names of the load-time constants (`Global<u32>`) in the XDP program.

@@ -147,7 +147,7 @@ fn main() -> anyhow::Result<()> {
         let text = rules(n);
         let rs = config::parse(&text, Path::new("connect-bench.toml"))
             .map_err(|e| anyhow::anyhow!("{e}"))?;
-        let compiled = compile::compile_direction(&rs, Direction::Out)?;
+        let compiled = compile::compile_direction(&rs, Direction::Out, &Default::default())?;
         let pin_dir = bpffs.pin_dir(&format!("gen{n}"));
         let t = Instant::now();
         let mut generation = OutboundGeneration::load(&compiled, &rs, &pin_dir, 1)?;

@@ -284,7 +284,7 @@ fn bench(bpffs: &Path, opts: &Opts) -> anyhow::Result<Value> {
         let t = Instant::now();
         let rs = config::parse(&rules(n, "stealth"), Path::new("bench.toml"))
             .map_err(|e| anyhow::anyhow!("{e}"))?;
-        let c = compile::compile(&rs)?;
+        let c = compile::compile(&rs, &Default::default())?;
         let mut drop_gen = Generation::load(&c, &rs, &pin, 1)?;
         let load_ms = t.elapsed().as_secs_f64() * 1e3;
         let hit = frame(rule_addr(n - 1), 9);
@@ -345,7 +345,7 @@ fn bench(bpffs: &Path, opts: &Opts) -> anyhow::Result<Value> {
 
         let rs = config::parse(&rules(n, "reject"), Path::new("bench.toml"))
             .map_err(|e| anyhow::anyhow!("{e}"))?;
-        let c = compile::compile(&rs)?;
+        let c = compile::compile(&rs, &Default::default())?;
         let mut reject_gen = Generation::load(&c, &rs, &pin, 1)?;
         let (action, _) = reject_gen.test_run(&hit)?;
         anyhow::ensure!(

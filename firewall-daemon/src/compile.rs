@@ -16,7 +16,14 @@ use firewall_common::{
 };
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
-use crate::model::{Action, Direction, PacketMeta, Proto, Rule, Ruleset};
+use firewall_common::identity::{
+    GroupKey, MAX_UNIT_LEVEL, NO_UID, Owner, SHAPE_PROGRAM, SHAPE_UNIT, SHAPE_USER, SHAPES,
+};
+
+use crate::{
+    model::{Action, Direction, PacketMeta, Proto, Rule, Ruleset},
+    resolve::Resolved,
+};
 
 /// Most (address class, port class) entries a rule set may need (see compile.md).
 pub const MAX_PAIRS: usize = 1_000_000;
@@ -53,6 +60,72 @@ pub struct Compiled {
     pub rule_count: u32,
     pub addr_classes: usize,
     pub port_classes: usize,
+    /// Rules with `program`, `unit` or `user` selectors, one entry per group of rules whose
+    /// selectors resolve to the same values (compile.md, "Rules about programs").
+    pub groups: Vec<Group>,
+    /// Bit `s` set when a group of shape `s` exists (`SCOPED_SHAPES`).
+    pub scoped_shapes: u32,
+    /// cgroup id -> level of every resolved unit the groups name (`UNITS`, `UNIT_LEVELS`).
+    pub units: BTreeMap<u64, u32>,
+    /// Rules whose selectors resolve to nothing right now (a program path that does not
+    /// exist, a unit that is not running): they match nothing until the daemon resolves them.
+    pub unresolved: Vec<u32>,
+}
+
+/// One group's tables: the same shapes as the unscoped ones, keyed by `id` in the kernel.
+#[derive(Debug, Clone)]
+pub struct Group {
+    pub key: GroupKey,
+    pub id: u32,
+    pub addr4: Vec<(Ipv4Net, AddrValue)>,
+    pub addr6: Vec<(Ipv6Net, AddrValue)>,
+    pub ports: BTreeMap<u32, PortValue>,
+    pub proto_verdicts: [u32; PROTO_CLASSES],
+}
+
+/// The tables of one set of rules (the unscoped ones, or one group's).
+struct Tables {
+    addr4: Vec<(Ipv4Net, AddrValue)>,
+    addr6: Vec<(Ipv6Net, AddrValue)>,
+    ports: BTreeMap<u32, PortValue>,
+    proto_verdicts: [u32; PROTO_CLASSES],
+}
+
+/// What a rule's selectors resolve to.
+enum Scope {
+    /// No selector: every process.
+    Everyone,
+    /// The group these resolved values name.
+    Group(GroupKey),
+    /// A selector resolves to nothing now: the rule matches nothing.
+    Unresolved,
+}
+
+fn scope(rule: &Rule, resolved: &Resolved) -> Scope {
+    let sel = &rule.selector;
+    if sel.is_everyone() {
+        return Scope::Everyone;
+    }
+    let mut key = GroupKey {
+        uid: NO_UID,
+        ..GroupKey::default()
+    };
+    if let Some(path) = &sel.program {
+        match resolved.exe(path) {
+            Some(exe) => key.exe = exe,
+            None => return Scope::Unresolved,
+        }
+    }
+    if let Some(unit) = &sel.unit {
+        match resolved.unit(unit) {
+            Some(u) if (1..=MAX_UNIT_LEVEL as u32).contains(&u.level) => key.unit = u.id,
+            _ => return Scope::Unresolved,
+        }
+    }
+    if let Some(uid) = sel.user {
+        key.uid = uid;
+    }
+    Scope::Group(key)
 }
 
 /// Which of the three service groups a rule belongs to (compile.md).
@@ -116,18 +189,83 @@ impl Classes {
 }
 
 /// The inbound rules (the XDP program's maps).
-pub fn compile(ruleset: &Ruleset) -> Result<Compiled, CompileError> {
-    compile_direction(ruleset, Direction::In)
+pub fn compile(ruleset: &Ruleset, resolved: &Resolved) -> Result<Compiled, CompileError> {
+    compile_direction(ruleset, Direction::In, resolved)
 }
 
 /// The rules of one direction. Outbound rules compile exactly like inbound ones, their `port`
-/// standing for the destination port.
+/// standing for the destination port. Rules with selectors are grouped by what `resolved`
+/// says their selectors are now.
 pub fn compile_direction(
     ruleset: &Ruleset,
     direction: Direction,
+    resolved: &Resolved,
 ) -> Result<Compiled, CompileError> {
-    let rules: Vec<&Rule> = ruleset.of(direction).collect();
+    let mut unscoped: Vec<&Rule> = Vec::new();
+    let mut scoped: BTreeMap<GroupKey, Vec<&Rule>> = BTreeMap::new();
+    let mut unresolved = Vec::new();
+    for rule in ruleset.of(direction) {
+        match scope(rule, resolved) {
+            Scope::Everyone => unscoped.push(rule),
+            Scope::Group(key) => scoped.entry(key).or_default().push(rule),
+            Scope::Unresolved => unresolved.push(rule.index),
+        }
+    }
+    let mut addr_classes = Classes::default();
+    let mut port_classes = Classes::default();
+    let mut pairs = HashMap::new();
+    let base = tables(&unscoped, &mut addr_classes, &mut port_classes, &mut pairs)?;
+    let mut groups = Vec::new();
+    let mut scoped_shapes = 0;
+    let mut units = BTreeMap::new();
+    for (id, (key, rules)) in scoped.into_iter().enumerate() {
+        let t = tables(&rules, &mut addr_classes, &mut port_classes, &mut pairs)?;
+        scoped_shapes |= 1 << key.shape();
+        if key.unit != 0 {
+            if let Some(u) = resolved.units.values().flatten().find(|u| u.id == key.unit) {
+                units.insert(u.id, u.level);
+            }
+        }
+        groups.push(Group {
+            key,
+            id: id as u32,
+            addr4: t.addr4,
+            addr6: t.addr6,
+            ports: t.ports,
+            proto_verdicts: t.proto_verdicts,
+        });
+    }
+    let all: Vec<&Rule> = ruleset.of(direction).collect();
+    let default_action = ruleset.default_action(direction);
+    Ok(Compiled {
+        direction,
+        can_stealth: default_action == Action::Stealth
+            || all.iter().any(|r| r.action == Action::Stealth),
+        addr4: base.addr4,
+        addr6: base.addr6,
+        ports: base.ports,
+        proto_verdicts: base.proto_verdicts,
+        pairs,
+        default_verdict: verdict(firewall_common::DEFAULT_RULE, default_action.to_kernel()),
+        rule_count: ruleset.rules.len() as u32,
+        addr_classes: addr_classes.sets.len(),
+        port_classes: port_classes.sets.len(),
+        groups,
+        scoped_shapes,
+        units,
+        unresolved,
+    })
+}
 
+/// Compiles `rules` (ascending index order) into tables; their address/port classes are
+/// interned into the shared `addr_classes`/`port_classes` (a class is a set of rule indices,
+/// so classes of different groups never coincide) and their pairs added to `pairs`.
+fn tables(
+    rules: &[&Rule],
+    addr_classes: &mut Classes,
+    port_classes: &mut Classes,
+    pairs: &mut HashMap<PairKey, u32>,
+) -> Result<Tables, CompileError> {
     // --- service side: (x,a)/(x,b) rules become per-protocol constants; (x,c) rules are
     // written into their port slots; port classes come from (y,c) rules.
     let mut proto_verdicts = [NO_MATCH; PROTO_CLASSES];
@@ -165,7 +303,6 @@ pub fn compile_direction(
         .copied()
         .filter(|r| r.remote.is_some() && !r.ports.is_empty())
         .collect();
-    let mut port_classes = Classes::default();
     let mut port_class = vec![NO_MATCH; PORT_SLOTS as usize];
     for proto in [PROTO_TCP, PROTO_UDP] {
         // Sweep the port line: the set of (y,c) rules is constant between range boundaries.
@@ -221,8 +358,7 @@ pub fn compile_direction(
     }
 
     // --- address side.
-    let mut addr_classes = Classes::default();
-    let (addr4, addr6) = address_tries(&rules, &mut addr_classes);
+    let (addr4, addr6) = address_tries(rules, addr_classes);
 
     // --- pairs: for each (y,c) rule in order, every (address class, port class) it covers
     // that has no earlier rule yet.
@@ -238,7 +374,6 @@ pub fn compile_direction(
             port_classes_of.entry(*r).or_default().push(id as u32);
         }
     }
-    let mut pairs = HashMap::new();
     for rule in &yc {
         let (Some(acs), Some(pcs)) = (
             addr_classes_of.get(&rule.index),
@@ -269,20 +404,11 @@ pub fn compile_direction(
         }
     }
 
-    let default_action = ruleset.default_action(direction);
-    Ok(Compiled {
-        direction,
-        can_stealth: default_action == Action::Stealth
-            || rules.iter().any(|r| r.action == Action::Stealth),
+    Ok(Tables {
         addr4,
         addr6,
         ports,
         proto_verdicts,
-        pairs,
-        default_verdict: verdict(firewall_common::DEFAULT_RULE, default_action.to_kernel()),
-        rule_count: ruleset.rules.len() as u32,
-        addr_classes: addr_classes.sets.len(),
-        port_classes: port_classes.sets.len(),
     })
 }
 
@@ -451,19 +577,103 @@ fn merge_sorted(a: &[u32], b: &[u32]) -> Vec<u32> {
 
 impl Compiled {
     /// The compiled tables evaluated in userspace exactly as the XDP program (inbound) or the
-    /// cgroup hooks (outbound, with [`crate::model::ConnectMeta::as_packet`]) do: used by tests
-    /// to check the compiler against the oracle independently of the kernel.
+    /// cgroup hooks (outbound, with [`crate::model::ConnectMeta::as_packet`]) do, for a packet
+    /// or call no rule with selectors can match (no owner known): used by tests to check the
+    /// compiler against the oracle independently of the kernel.
     pub fn lookup(&self, pkt: &PacketMeta) -> u32 {
+        self.lookup_as(pkt, None)
+    }
+
+    /// [`Self::lookup`] for a call made by `owner` (outbound), or a new connection to a port
+    /// `owner` listens on (inbound): the unscoped tables, then one `GROUPS` lookup per shape,
+    /// as the kernel does.
+    pub fn lookup_as(&self, pkt: &PacketMeta, owner: Option<&Owner>) -> u32 {
+        let proto = pkt.proto.class();
+        let mut best = self.table_lookup(
+            pkt,
+            &self.addr4,
+            &self.addr6,
+            self.ports.get(&port_slot(proto, pkt.local_port)).copied(),
+            &self.proto_verdicts,
+        );
+        if let Some(owner) = owner {
+            for group in self.groups_of(owner) {
+                let g = &self.groups[group as usize];
+                best = best.min(self.table_lookup(
+                    pkt,
+                    &g.addr4,
+                    &g.addr6,
+                    g.ports.get(&port_slot(proto, pkt.local_port)).copied(),
+                    &g.proto_verdicts,
+                ));
+            }
+        }
+        if best == NO_MATCH {
+            self.default_verdict
+        } else {
+            best
+        }
+    }
+
+    /// The groups `owner` belongs to: at most one per shape.
+    pub fn groups_of(&self, owner: &Owner) -> Vec<u32> {
+        let has_exe = owner.exe != Default::default();
+        // The deepest ancestor cgroup that is a unit the rules name.
+        let unit = (0..MAX_UNIT_LEVEL)
+            .rev()
+            .map(|i| owner.ancestors[i])
+            .find(|id| *id != 0 && self.units.contains_key(id))
+            .unwrap_or(0);
+        let mut out = Vec::new();
+        for shape in 1..SHAPES {
+            if self.scoped_shapes & (1 << shape) == 0
+                || (shape & SHAPE_PROGRAM != 0 && !has_exe)
+                || (shape & SHAPE_UNIT != 0 && unit == 0)
+            {
+                continue;
+            }
+            let key = GroupKey {
+                exe: if shape & SHAPE_PROGRAM != 0 {
+                    owner.exe
+                } else {
+                    Default::default()
+                },
+                unit: if shape & SHAPE_UNIT != 0 { unit } else { 0 },
+                uid: if shape & SHAPE_USER != 0 {
+                    owner.uid
+                } else {
+                    NO_UID
+                },
+                _pad: 0,
+            };
+            if let Some(g) = self.groups.iter().find(|g| g.key == key) {
+                out.push(g.id);
+            }
+        }
+        out
+    }
+
+    /// Bit `l` set for each level a resolved unit's cgroup is at (`UNIT_LEVELS`).
+    pub fn unit_levels(&self) -> u32 {
+        self.units.values().fold(0, |m, l| m | (1 << l))
+    }
+
+    fn table_lookup(
+        &self,
+        pkt: &PacketMeta,
+        addr4: &[(Ipv4Net, AddrValue)],
+        addr6: &[(Ipv6Net, AddrValue)],
+        port: Option<PortValue>,
+        proto_verdicts: &[u32; PROTO_CLASSES],
+    ) -> u32 {
         let proto = pkt.proto.class();
         let addr = match pkt.remote {
-            IpAddr::V4(a) => self
-                .addr4
+            IpAddr::V4(a) => addr4
                 .iter()
                 .filter(|(n, _)| n.contains(&a))
                 .max_by_key(|(n, _)| n.prefix_len())
                 .map(|(_, v)| *v),
-            IpAddr::V6(a) => self
-                .addr6
+            IpAddr::V6(a) => addr6
                 .iter()
                 .filter(|(n, _)| n.contains(&a))
                 .max_by_key(|(n, _)| n.prefix_len())
@@ -473,14 +683,10 @@ impl Compiled {
             Some(v) => (v.class, v.any_proto.min(v.proto[proto as usize])),
             None => (NO_MATCH, NO_MATCH),
         };
-        let port = self
-            .ports
-            .get(&port_slot(proto, pkt.local_port))
-            .copied()
-            .unwrap_or(PortValue::EMPTY);
+        let port = port.unwrap_or(PortValue::EMPTY);
         best = best
             .min(port.any_addr())
-            .min(self.proto_verdicts[proto as usize]);
+            .min(proto_verdicts[proto as usize]);
         if addr_class != NO_MATCH && port.class() != NO_MATCH {
             let key = PairKey {
                 addr_class,
@@ -490,10 +696,6 @@ impl Compiled {
                 best = best.min(*w);
             }
         }
-        if best == NO_MATCH {
-            self.default_verdict
-        } else {
-            best
-        }
+        best
     }
 }

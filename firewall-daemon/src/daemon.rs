@@ -39,7 +39,11 @@ use crate::{
         KernelStatus, ListData, OutboundStatus, ReloadData, Request, Response, RuleView,
         StatusData,
     },
-    datapath::{self, EgressLink, Generation, Hook, OutboundGeneration, StealthTable},
+    datapath::{
+        self, EgressLink, Generation, Hook, ListenerTable, OutboundGeneration, StealthTable,
+    },
+    listeners,
+    resolve::{Resolved, Watcher},
     interfaces,
     model::{
         Action, ConnectMeta, Direction, Interfaces, OnStop, PacketMeta, PacketProto, Ruleset,
@@ -122,7 +126,14 @@ struct State {
     waiting: Vec<String>,
     /// What does not work as documented on this host (see `fwctl status`).
     degraded: Vec<String>,
+    /// What the rules' `program` and `unit` selectors resolve to in the rules in force.
+    resolved: Resolved,
+    resolve_warnings: Vec<String>,
 }
+
+/// How often selectors are resolved again even without a file-system event: a unit's cgroup
+/// appears without notification, and a program's directory may not exist yet.
+const RESOLVE_PERIOD: Duration = Duration::from_secs(2);
 
 /// A generation id for the datapath: seconds since the epoch, kept increasing, so ids stay
 /// distinct across reloads and daemon restarts.
@@ -155,8 +166,6 @@ pub async fn run(config_path: PathBuf, overrides: Overrides) -> anyhow::Result<(
     for w in &ruleset.warnings {
         warn!("{w}");
     }
-    let compiled = compile::compile(&ruleset)?;
-    let compiled_out = compile::compile_direction(&ruleset, Direction::Out)?;
     // The outbound hooks' cgroup: the configured one, else the whole host (the root of the
     // cgroup2 mount). Checked before anything is touched.
     let cgroup_path = match &ruleset.daemon.cgroup {
@@ -164,6 +173,13 @@ pub async fn run(config_path: PathBuf, overrides: Overrides) -> anyhow::Result<(
         None => cgroup::mount()?,
     };
     let cgroup = Cgroup::open(&cgroup_path)?;
+    let resolved = Resolved::resolve(&ruleset, &cgroup.path);
+    let resolve_warnings = resolved.warnings(&ruleset);
+    for w in &resolve_warnings {
+        warn!("{w}");
+    }
+    let compiled = compile::compile(&ruleset, &resolved)?;
+    let compiled_out = compile::compile_direction(&ruleset, Direction::Out, &resolved)?;
     crate::features::check_required()?;
     // Before touching anything shared (pins, interfaces): a second daemon must not disturb
     // the first.
@@ -246,6 +262,8 @@ pub async fn run(config_path: PathBuf, overrides: Overrides) -> anyhow::Result<(
     let names: Vec<String> = want.iter().map(|i| i.name.clone()).collect();
     forget_other_links(&pin_dir, &names);
     let hooks = attach_hooks(&mut outbound, &cgroup, &pin_dir)?;
+    let listened = start_listener_table(&cgroup, &pin_dir, adopting, &mut degraded)?;
+    info!("listener table: {listened} socket(s) bound before the daemon started recorded");
     let released = rejudge_stealth(&ruleset, &pin_dir);
     if released > 0 {
         info!("released {released} socket(s) held by an outbound stealth the rules no longer say");
@@ -281,7 +299,11 @@ pub async fn run(config_path: PathBuf, overrides: Overrides) -> anyhow::Result<(
         interfaces: ruleset_interfaces,
         waiting,
         degraded,
+        resolved,
+        resolve_warnings,
     };
+    let mut watched = state.program_paths();
+    let mut watcher = Watcher::new(&watched, RESOLVE_PERIOD)?;
 
     let summary = format!(
         "firewall-daemon: ready ({} rules; interfaces: {}; outbound hooks on cgroup {}; control socket {})",
@@ -315,6 +337,13 @@ pub async fn run(config_path: PathBuf, overrides: Overrides) -> anyhow::Result<(
             }
             _ = term.recv() => break,
             _ = int.recv() => break,
+            _ = watcher.changed() => {
+                match state.reresolve() {
+                    Ok(Some(d)) => info!(generation = d.generation; "a program or unit the rules name changed; rules recompiled: {}", summarize(&d)),
+                    Ok(None) => {}
+                    Err(e) => error!("recompiling for a changed program or unit failed, the rules in force stay: {e:#}"),
+                }
+            }
             ev = link_events.next() => match ev {
                 Ok(()) => state.reconcile_interfaces(),
                 Err(e) => warn!("{e:#}"),
@@ -328,6 +357,11 @@ pub async fn run(config_path: PathBuf, overrides: Overrides) -> anyhow::Result<(
                 }
                 Err(e) => warn!("accepting a control connection: {e}"),
             },
+        }
+        let paths = state.program_paths();
+        if paths != watched {
+            watched = paths;
+            watcher = Watcher::new(&watched, RESOLVE_PERIOD)?;
         }
     }
     notify(&[NotifyState::Stopping]);
@@ -481,6 +515,43 @@ fn attach_hooks(
         cgroup.path.display()
     );
     Ok(links)
+}
+
+/// Attaches the listener hooks and fills the listener table with the sockets bound before
+/// they ran. A fresh start forgets what the table held (sockets may have closed while no hook
+/// ran); an adopting start keeps it, since the previous daemon's hooks kept it current.
+fn start_listener_table(
+    cgroup: &Cgroup,
+    pin_dir: &Path,
+    adopting: bool,
+    degraded: &mut Vec<String>,
+) -> anyhow::Result<usize> {
+    let mut table = ListenerTable::open(pin_dir)?;
+    if !adopting {
+        table.clear();
+    }
+    datapath::attach_listener_hooks(cgroup, pin_dir)?;
+    let (bound, unowned) = match listeners::bound_sockets_report() {
+        Ok(r) => r,
+        Err(e) => {
+            warn!("could not list bound sockets: {e:#}");
+            degraded.push(format!(
+                "the sockets bound before the daemon started could not be listed ({e:#}): \
+                 inbound rules that name programs do not match them until they bind again"
+            ));
+            return Ok(0);
+        }
+    };
+    if unowned > 0 {
+        info!("{unowned} bound socket(s) have no process this daemon can see; not recorded");
+    }
+    let mut n = 0;
+    for (key, listener) in bound {
+        if table.seed(key, listener)? {
+            n += 1;
+        }
+    }
+    Ok(n)
 }
 
 /// Moves every hook link to `to`'s programs. If one cannot be moved, every hook is put back on
@@ -798,7 +869,12 @@ impl State {
                 .into_iter()
                 .map(|(k, v)| (k.to_string(), v))
                 .collect(),
-            warnings: rs.warnings.clone(),
+            warnings: rs
+                .warnings
+                .iter()
+                .chain(&self.resolve_warnings)
+                .cloned()
+                .collect(),
             conntrack: self.conntrack_status(),
         })
     }
@@ -1154,9 +1230,40 @@ impl State {
     fn switch_rules(&mut self, recheck: bool) -> anyhow::Result<ReloadData> {
         let t0 = Instant::now();
         let new_rules = load_rules(&self.config_path, &self.overrides)?;
-        let compiled = compile::compile(&new_rules)
+        let resolved = Resolved::resolve(&new_rules, &self.cgroup.path);
+        self.switch_to(new_rules, resolved, recheck, t0)
+    }
+
+    /// The executables the rules in force name, for the watcher.
+    fn program_paths(&self) -> Vec<PathBuf> {
+        let mut paths: Vec<PathBuf> = self.resolved.programs.keys().cloned().collect();
+        paths.dedup();
+        paths
+    }
+
+    /// Resolves the selectors of the rules in force again; when a program was replaced or
+    /// appeared, or a unit (re)started, recompiles the same rules for it (`None`: no change).
+    fn reresolve(&mut self) -> anyhow::Result<Option<ReloadData>> {
+        let resolved = Resolved::resolve(&self.ruleset, &self.cgroup.path);
+        if resolved == self.resolved {
+            return Ok(None);
+        }
+        let rules = self.ruleset.clone();
+        self.switch_to(rules, resolved, false, Instant::now()).map(Some)
+    }
+
+    /// Builds the new generation for `new_rules` with their selectors resolved as `resolved`,
+    /// then switches to it (see [`Self::switch_rules`]).
+    fn switch_to(
+        &mut self,
+        new_rules: Ruleset,
+        resolved: Resolved,
+        recheck: bool,
+        t0: Instant,
+    ) -> anyhow::Result<ReloadData> {
+        let compiled = compile::compile(&new_rules, &resolved)
             .with_context(|| format!("{}", self.config_path.display()))?;
-        let compiled_out = compile::compile_direction(&new_rules, Direction::Out)
+        let compiled_out = compile::compile_direction(&new_rules, Direction::Out, &resolved)
             .with_context(|| format!("{} (outbound rules)", self.config_path.display()))?;
         // Pins stay where the running generation has them even if the file moved pin_dir.
         let pin_dir = self.ruleset.daemon.pin_dir.clone();
@@ -1254,6 +1361,11 @@ impl State {
         }
         self.generation = new_gen;
         self.outbound = new_out;
+        self.resolve_warnings = resolved.warnings(&new_rules);
+        for w in &self.resolve_warnings {
+            warn!("{w}");
+        }
+        self.resolved = resolved;
         self.ruleset = new_rules;
         let released = rejudge_stealth(&self.ruleset, &pin_dir);
         if released > 0 {
@@ -1275,6 +1387,7 @@ impl State {
         data.generation = self.generation_no;
         data.took_ms = t0.elapsed().as_millis() as u64;
         data.warnings = self.ruleset.warnings.clone();
+        data.warnings.extend(self.resolve_warnings.iter().cloned());
         self.last_reload = Some(format!(
             "{} (generation {})",
             jiff::Timestamp::now()

@@ -16,7 +16,7 @@ use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap, LpmTrie, MapData, MapInfo, PerCpuArray, lpm_trie::Key},
     programs::{
-        CgroupAttachMode, CgroupSockAddr, NetworkInterface, ProgramError, SchedClassifier,
+        CgroupAttachMode, CgroupSock, CgroupSockAddr, NetworkInterface, ProgramError, SchedClassifier,
         TcAttachType, TestRun, TestRunOptions, Xdp, XdpMode as AyaXdpMode,
         cgroup_sock_addr::CgroupSockAddrLink,
         links::{FdLink, LinkError, LinkOrder, PinnedLink},
@@ -25,7 +25,8 @@ use aya::{
     },
 };
 use firewall_common::{
-    AddrValue, Counter, DEFAULT_RULE, OutStealthKey, PairKey, PortValue,
+    AddrValue, Counter, DEFAULT_RULE, OutStealthKey, PROTO_CLASSES, PairKey, PortValue,
+    identity::{GroupKey, Listener, ListenerKey, ScopedSlot},
     ct::{CtConfig, state},
     globals, maps, verdict,
 };
@@ -187,8 +188,43 @@ fn load_object(compiled: &Compiled, ruleset: &Ruleset, pin_dir: &Path) -> anyhow
             compiled.default_verdict,
         ),
     };
-    let mut ebpf = EbpfLoader::new()
+    let scoped_shapes = compiled.scoped_shapes;
+    let unit_levels = compiled.unit_levels();
+    let g = &compiled.groups;
+    let sized = |n: usize| (n as u32).max(1);
+    let offsets = crate::identity::kernel_offsets();
+    if scoped_shapes != 0 && compiled.direction == Direction::Out {
+        if let Err(why) = offsets {
+            bail!(
+                "the {} rules name programs, units or users, but this kernel's structure \
+                 offsets for program identity could not be resolved: {why}",
+                compiled.direction
+            );
+        }
+    }
+    let mut loader = EbpfLoader::new();
+    if let Ok(offsets) = offsets {
+        offsets.set_globals(&mut loader);
+    }
+    let mut ebpf = loader
         .default_map_pin_directory(pin_dir)
+        .map_max_entries(maps::GROUPS, sized(g.len()))
+        .map_max_entries(maps::UNITS, sized(compiled.units.len()))
+        .map_max_entries(
+            maps::SCOPED_ADDR4,
+            sized(g.iter().map(|g| g.addr4.len()).sum()),
+        )
+        .map_max_entries(
+            maps::SCOPED_ADDR6,
+            sized(g.iter().map(|g| g.addr6.len()).sum()),
+        )
+        .map_max_entries(
+            maps::SCOPED_PORTS,
+            sized(g.iter().map(|g| g.ports.len()).sum()),
+        )
+        .map_max_entries(maps::SCOPED_PROTO, sized(g.len()))
+        .override_global(globals::SCOPED_SHAPES, &scoped_shapes, true)
+        .override_global(globals::UNIT_LEVELS, &unit_levels, true)
         .map_max_entries(maps::ADDR4, n4)
         .map_max_entries(maps::ADDR6, n6)
         .map_max_entries(maps::PAIRS, np)
@@ -611,10 +647,10 @@ fn verifier_context(e: ProgramError) -> anyhow::Error {
         ProgramError::LoadError {
             io_error,
             verifier_log,
-        } => anyhow!(
+        } => { if let Ok(p) = std::env::var("FW_VERIFIER_DUMP") { let _ = std::fs::write(p, verifier_log.to_string()); } anyhow!(
             "the kernel refused an eBPF program: {io_error}\nverifier log (tail):\n{}",
             tail(&verifier_log.to_string(), 40)
-        ),
+        )},
         other => anyhow::Error::new(other).context("loading the eBPF program"),
     }
 }
@@ -663,6 +699,72 @@ fn fill(ebpf: &mut Ebpf, c: &Compiled) -> anyhow::Result<()> {
         for (k, v) in &c.pairs {
             h.insert(k, v, 0)?;
         }
+    }
+    fill_groups(ebpf, c)
+}
+
+/// The tables of the rules with selectors (compile.md, "Rules about programs").
+fn fill_groups(ebpf: &mut Ebpf, c: &Compiled) -> anyhow::Result<()> {
+    if c.groups.is_empty() {
+        return Ok(());
+    }
+    fill_trie(
+        ebpf,
+        maps::SCOPED_ADDR4,
+        c.groups.iter().flat_map(|g| {
+            g.addr4.iter().map(move |(n, v)| {
+                let mut k = [0u8; 8];
+                k[..4].copy_from_slice(&g.id.to_be_bytes());
+                k[4..].copy_from_slice(&n.network().octets());
+                (32 + n.prefix_len(), k, *v)
+            })
+        }),
+    )?;
+    fill_trie(
+        ebpf,
+        maps::SCOPED_ADDR6,
+        c.groups.iter().flat_map(|g| {
+            g.addr6.iter().map(move |(n, v)| {
+                let mut k = [0u8; 20];
+                k[..4].copy_from_slice(&g.id.to_be_bytes());
+                k[4..].copy_from_slice(&n.network().octets());
+                (32 + n.prefix_len(), k, *v)
+            })
+        }),
+    )?;
+    {
+        let mut h: HashMap<&mut MapData, ScopedSlot, PortValue> =
+            HashMap::try_from(map_mut(ebpf, maps::SCOPED_PORTS)?)?;
+        for g in &c.groups {
+            for (slot, v) in &g.ports {
+                h.insert(
+                    &ScopedSlot {
+                        group: g.id,
+                        slot: *slot,
+                    },
+                    v,
+                    0,
+                )?;
+            }
+        }
+    }
+    {
+        let mut h: HashMap<&mut MapData, u32, [u32; PROTO_CLASSES]> =
+            HashMap::try_from(map_mut(ebpf, maps::SCOPED_PROTO)?)?;
+        for g in &c.groups {
+            h.insert(&g.id, &g.proto_verdicts, 0)?;
+        }
+    }
+    {
+        let mut h: HashMap<&mut MapData, GroupKey, u32> =
+            HashMap::try_from(map_mut(ebpf, maps::GROUPS)?)?;
+        for g in &c.groups {
+            h.insert(&g.key, &g.id, 0)?;
+        }
+    }
+    let mut h: HashMap<&mut MapData, u64, u32> = HashMap::try_from(map_mut(ebpf, maps::UNITS)?)?;
+    for id in c.units.keys() {
+        h.insert(id, &1, 0)?;
     }
     Ok(())
 }
@@ -917,5 +1019,148 @@ impl StealthTable {
     /// Releases a socket: its packets to that destination leave again.
     pub fn release(&mut self, key: &OutStealthKey) {
         let _ = self.map.remove(key);
+    }
+}
+
+/// The hooks that keep the listener table (`LISTENERS`): who bound each local port, read by
+/// the XDP program for new inbound connections when inbound rules name programs. They hold no
+/// rules, so a reload leaves them alone; each start attaches fresh ones (the new code) before
+/// removing what a previous daemon pinned, so there is no moment without them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SockHook {
+    PostBind4,
+    PostBind6,
+    Release,
+}
+
+impl SockHook {
+    pub const ALL: [SockHook; 3] = [SockHook::PostBind4, SockHook::PostBind6, SockHook::Release];
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            SockHook::PostBind4 => "post_bind4",
+            SockHook::PostBind6 => "post_bind6",
+            SockHook::Release => "sock_release",
+        }
+    }
+
+    const fn program(self) -> &'static str {
+        match self {
+            SockHook::PostBind4 => firewall_common::POST_BIND4_PROGRAM,
+            SockHook::PostBind6 => firewall_common::POST_BIND6_PROGRAM,
+            SockHook::Release => firewall_common::SOCK_RELEASE_PROGRAM,
+        }
+    }
+}
+
+/// Where a listener hook's link is pinned: `links/cgroup-post_bind4`, ...
+pub fn sock_hook_pin(pin_dir: &Path, hook: SockHook) -> std::path::PathBuf {
+    pin_dir
+        .join(LINK_DIR)
+        .join(format!("cgroup-{}", hook.name()))
+}
+
+/// Loads the listener hooks, attaches them to `cgroup` and pins their links, replacing links a
+/// previous daemon pinned (attached first, then the old pin removed). Without the kernel
+/// offsets for program identity the hooks still record uid and cgroups.
+pub fn attach_listener_hooks(cgroup: &Cgroup, pin_dir: &Path) -> anyhow::Result<Vec<PinnedLink>> {
+    prepare_pin_dir(pin_dir)?;
+    let mut loader = EbpfLoader::new();
+    if let Ok(offsets) = crate::identity::kernel_offsets() {
+        offsets.set_globals(&mut loader);
+    }
+    // The object declares every shared map; these open the ones the generations pinned.
+    let pinned_size = |name: &str| {
+        MapInfo::from_pin(pin_dir.join(name))
+            .map(|i| i.max_entries())
+            .unwrap_or(1)
+    };
+    let mut ebpf = loader
+        .default_map_pin_directory(pin_dir)
+        .map_max_entries(maps::CT_EST, pinned_size(maps::CT_EST))
+        .map_max_entries(maps::CT_NEW, pinned_size(maps::CT_NEW))
+        .load(EBPF_OBJECT)
+        .context("loading the eBPF object")?;
+    let mut pinned = Vec::new();
+    for hook in SockHook::ALL {
+        let name = hook.program();
+        let prog: &mut CgroupSock = ebpf
+            .program_mut(name)
+            .ok_or_else(|| anyhow!("program {name} missing from the object"))?
+            .try_into()
+            .with_context(|| format!("{name} is not a cgroup_sock program"))?;
+        prog.load().map_err(verifier_context)?;
+        let id = prog
+            .attach(&cgroup.file, CgroupAttachMode::Single)
+            .with_context(|| {
+                format!(
+                    "attaching the {} hook to the cgroup {}",
+                    hook.name(),
+                    cgroup.path.display()
+                )
+            })?;
+        let link = prog.take_link(id).context("taking the cgroup link")?;
+        let fd: FdLink = link.try_into().context("the cgroup link is not a bpf link")?;
+        let pin = sock_hook_pin(pin_dir, hook);
+        if pin.exists() {
+            std::fs::remove_file(&pin)
+                .with_context(|| format!("removing the previous pin {}", pin.display()))?;
+        }
+        pinned.push(pin_fd_link(fd, &pin)?);
+    }
+    Ok(pinned)
+}
+
+/// The listener table ([`maps::LISTENERS`]), opened from its pin.
+pub struct ListenerTable {
+    map: HashMap<MapData, ListenerKey, Listener>,
+    owners: HashMap<MapData, u64, ListenerKey>,
+}
+
+impl ListenerTable {
+    pub fn open(pin_dir: &Path) -> anyhow::Result<Self> {
+        let open = |name: &str| -> anyhow::Result<aya::maps::Map> {
+            let data = MapData::from_pin(pin_dir.join(name))
+                .with_context(|| format!("opening the pinned map {name}"))?;
+            aya::maps::Map::from_map_data(data).with_context(|| format!("map {name}"))
+        };
+        Ok(Self {
+            map: HashMap::try_from(open(maps::LISTENERS)?)
+                .context("LISTENERS has an unexpected layout")?,
+            owners: HashMap::try_from(open(maps::LISTENER_OF)?)
+                .context("LISTENER_OF has an unexpected layout")?,
+        })
+    }
+
+    pub fn entries(&self) -> Vec<(ListenerKey, Listener)> {
+        self.map.iter().filter_map(Result::ok).collect()
+    }
+
+    /// Forgets every entry (a fresh start: sockets may have closed while no hook ran).
+    pub fn clear(&mut self) {
+        let keys: Vec<ListenerKey> = self.map.keys().filter_map(Result::ok).collect();
+        for k in keys {
+            let _ = self.map.remove(&k);
+        }
+        let cookies: Vec<u64> = self.owners.keys().filter_map(Result::ok).collect();
+        for c in cookies {
+            let _ = self.owners.remove(&c);
+        }
+    }
+
+    /// Records a socket bound before the hooks ran, unless the hooks recorded the port since.
+    pub fn seed(&mut self, key: ListenerKey, listener: Listener) -> anyhow::Result<bool> {
+        if self.map.get(&key, 0).is_ok() {
+            return Ok(false);
+        }
+        self.map
+            .insert(&key, &listener, 0)
+            .context("recording a listening socket")?;
+        if listener.cookie != 0 {
+            self.owners
+                .insert(&listener.cookie, &key, 0)
+                .context("recording a listening socket's cookie")?;
+        }
+        Ok(true)
     }
 }

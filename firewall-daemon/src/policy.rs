@@ -4,7 +4,12 @@
 
 use serde::Serialize;
 
-use crate::model::{Action, ConnectMeta, Direction, PacketMeta, PacketProto, Rule, Ruleset};
+use firewall_common::identity::{ExeId, MAX_UNIT_LEVEL, Owner};
+
+use crate::{
+    model::{Action, ConnectMeta, Direction, PacketMeta, PacketProto, Rule, Ruleset},
+    resolve::Resolved,
+};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 pub struct Decision {
@@ -15,11 +20,105 @@ pub struct Decision {
 
 pub struct Policy<'a> {
     ruleset: &'a Ruleset,
+    /// What the selectors resolve to; `None`: rules with selectors match nothing.
+    resolved: Option<&'a Resolved>,
 }
 
 impl<'a> Policy<'a> {
     pub fn new(ruleset: &'a Ruleset) -> Self {
-        Self { ruleset }
+        Self {
+            ruleset,
+            resolved: None,
+        }
+    }
+
+    /// A policy whose rules with `program`, `unit` or `user` selectors match the owners
+    /// `resolved` says they name.
+    pub fn with_selectors(ruleset: &'a Ruleset, resolved: &'a Resolved) -> Self {
+        Self {
+            ruleset,
+            resolved: Some(resolved),
+        }
+    }
+
+    /// [`Self::decide`] for a new inbound connection to a port `listener` has bound (`None`:
+    /// no recorded socket listens there).
+    pub fn decide_for(&self, pkt: &PacketMeta, listener: Option<&Owner>) -> Decision {
+        self.first_match_as(Direction::In, pkt, listener)
+    }
+
+    /// [`Self::decide_out`] for a call made by `caller`.
+    pub fn decide_out_as(&self, call: &ConnectMeta, caller: &Owner) -> Decision {
+        if call.on_loopback() {
+            return Decision {
+                action: Action::Allow,
+                rule: None,
+            };
+        }
+        self.first_match_as(Direction::Out, &call.as_packet(), Some(caller))
+    }
+
+    fn first_match_as(
+        &self,
+        direction: Direction,
+        pkt: &PacketMeta,
+        owner: Option<&Owner>,
+    ) -> Decision {
+        self.ruleset
+            .of(direction)
+            .find(|r| matches(r, pkt) && self.about(r, owner))
+            .map(|r| Decision {
+                action: r.action,
+                rule: Some(r.index),
+            })
+            .unwrap_or(Decision {
+                action: self.ruleset.default_action(direction),
+                rule: None,
+            })
+    }
+
+    /// Whether `rule`'s selectors name `owner`: its executable is the file the `program` path
+    /// resolves to, its `unit` is the unit's cgroup (the deepest cgroup of a unit the rules
+    /// name among the owner's ancestors), its uid is `user`.
+    fn about(&self, rule: &Rule, owner: Option<&Owner>) -> bool {
+        let sel = &rule.selector;
+        if sel.is_everyone() {
+            return true;
+        }
+        let (Some(owner), Some(resolved)) = (owner, self.resolved) else {
+            return false;
+        };
+        if let Some(path) = &sel.program {
+            if owner.exe == ExeId::default() || resolved.exe(path) != Some(owner.exe) {
+                return false;
+            }
+        }
+        if let Some(name) = &sel.unit {
+            let Some(unit) = resolved.unit(name) else {
+                return false;
+            };
+            let named: Vec<u64> = resolved
+                .units
+                .values()
+                .flatten()
+                .filter(|u| (1..=MAX_UNIT_LEVEL as u32).contains(&u.level))
+                .map(|u| u.id)
+                .collect();
+            let deepest = owner
+                .ancestors
+                .iter()
+                .rev()
+                .find(|id| **id != 0 && named.contains(id));
+            if deepest != Some(&unit.id) {
+                return false;
+            }
+        }
+        if let Some(uid) = sel.user {
+            if owner.uid != uid {
+                return false;
+            }
+        }
+        true
     }
 
     /// The inbound verdict for a packet.
@@ -41,19 +140,12 @@ impl<'a> Policy<'a> {
         self.first_match(Direction::Out, &call.as_packet())
     }
 
+    /// First match for a packet or call whose owner is unknown: rules with selectors never
+    /// match it.
     fn first_match(&self, direction: Direction, pkt: &PacketMeta) -> Decision {
-        self.ruleset
-            .of(direction)
-            .find(|r| matches(r, pkt))
-            .map(|r| Decision {
-                action: r.action,
-                rule: Some(r.index),
-            })
-            .unwrap_or(Decision {
-                action: self.ruleset.default_action(direction),
-                rule: None,
-            })
+        self.first_match_as(direction, pkt, None)
     }
+
 }
 
 fn matches(rule: &Rule, pkt: &PacketMeta) -> bool {

@@ -253,7 +253,7 @@ struct Lab {
 impl Lab {
     fn new(text: &str) -> Self {
         let ruleset: &'static Ruleset = Box::leak(Box::new(parse_rules(text)));
-        let compiled = compile::compile(ruleset).expect("compiling");
+        let compiled = compile::compile(ruleset, &Default::default()).expect("compiling");
         let fs = BpfFs::new();
         let pin = fs.pin_dir("ct");
         let generation = Generation::load(&compiled, ruleset, &pin, 1)
@@ -842,7 +842,7 @@ fn random_sequences_kernel_agrees_with_the_model() {
         ..ProptestConfig::default()
     });
     let ruleset: &'static Ruleset = Box::leak(Box::new(parse_rules(RULES)));
-    let compiled = compile::compile(ruleset).expect("compiling");
+    let compiled = compile::compile(ruleset, &Default::default()).expect("compiling");
     let fs = BpfFs::new();
     runner
         .run(

@@ -49,7 +49,7 @@ fn ten_thousand_distinct_rules() {
     }
     let t = Instant::now();
     let rs = config::parse(&text, Path::new("many.toml")).expect("parse");
-    let c = compile::compile(&rs).expect("compile");
+    let c = compile::compile(&rs, &Default::default()).expect("compile");
     let fs = BpfFs::new();
     let mut generation = Generation::load(&c, &rs, &fs.pin_dir("p"), 1).expect("load");
     eprintln!("10,000 rules: parse+compile+load {:?}", t.elapsed());
@@ -87,7 +87,7 @@ fn million_address_set() {
     );
     let t = Instant::now();
     let rs = config::parse(&text, &dir.path().join("rules.toml")).expect("parse");
-    let c = compile::compile(&rs).expect("compile");
+    let c = compile::compile(&rs, &Default::default()).expect("compile");
     let fs = BpfFs::new();
     let mut generation = Generation::load(&c, &rs, &fs.pin_dir("p"), 1).expect("load");
     eprintln!(

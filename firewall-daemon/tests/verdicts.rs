@@ -208,7 +208,7 @@ impl Run {
 impl Fw {
     fn load(fs: &BpfFs, text: &str) -> Self {
         let ruleset = parse_rules(text);
-        let compiled = compile::compile(&ruleset).expect("compiling the test rules");
+        let compiled = compile::compile(&ruleset, &Default::default()).expect("compiling the test rules");
         let generation = Generation::load(&compiled, &ruleset, &fs.pin_dir("fw"), 1)
             .unwrap_or_else(|e| panic!("loading a generation: {e:#}\n--- rules ---\n{text}"));
         let tables = Tables::open(&fs.pin_dir("fw")).expect("opening the connection tables");
@@ -2314,7 +2314,7 @@ fn random_rule_sets_compiled_tables_agree_with_the_oracle() {
     let result = runner(96).run(&gen_case(0), |(rules, default_action, _)| {
         let text = render(&rules, default_action);
         let ruleset = parse_rules(&text);
-        let compiled = compile::compile(&ruleset).expect("compiling");
+        let compiled = compile::compile(&ruleset, &Default::default()).expect("compiling");
         let policy = Policy::new(&ruleset);
         for m in &metas {
             let oracle = policy.decide(m);

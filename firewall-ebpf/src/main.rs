@@ -17,6 +17,7 @@ mod identity;
 mod outbound;
 mod parse;
 mod reply;
+mod scoped;
 
 use aya_ebpf::{
     Global,
@@ -178,17 +179,25 @@ pub(crate) fn classify_parts(remote: &Addr, proto: u32, port: u16) -> u32 {
         }
         None => NO_MATCH,
     };
-    if HAS_PAIRS.load() != 0 && addr_class != NO_MATCH && port_class != NO_MATCH {
-        let key = PairKey {
-            addr_class,
-            port_class,
-        };
-        // SAFETY: the value is a plain u32 copied out immediately.
-        if let Some(word) = unsafe { PAIRS.get(&key) } {
-            best = min(best, *word);
-        }
+    min(best, pair_verdict(addr_class, port_class))
+}
+
+/// The `PAIRS` entry of an address class and a port class (unscoped and group classes share
+/// the map: their ids never collide), or [`NO_MATCH`].
+#[inline(always)]
+pub(crate) fn pair_verdict(addr_class: u32, port_class: u32) -> u32 {
+    if HAS_PAIRS.load() == 0 || addr_class == NO_MATCH || port_class == NO_MATCH {
+        return NO_MATCH;
     }
-    best
+    let key = PairKey {
+        addr_class,
+        port_class,
+    };
+    // SAFETY: the value is a plain u32 copied out immediately.
+    match unsafe { PAIRS.get(&key) } {
+        Some(word) => *word,
+        None => NO_MATCH,
+    }
 }
 
 /// Counts a decision of rule `word` in `RULE_HITS` (not for `[defaults]`).
@@ -201,13 +210,26 @@ pub(crate) fn count_rule_hit(word: u32) {
 }
 
 #[inline(always)]
-fn min(a: u32, b: u32) -> u32 {
+pub(crate) fn min(a: u32, b: u32) -> u32 {
     if a < b { a } else { b }
 }
 
 #[inline(always)]
 fn judge(ctx: &XdpContext, pkt: &Packet, now: u64) -> u32 {
     let mut word = classify(pkt);
+    if scoped::active() {
+        // Scalars only: a pointer argument would force the packet onto this frame's stack.
+        let (hi, lo, v4) = match &pkt.remote {
+            Addr::V4(a) => (u64::from(u32::from_ne_bytes(*a)), 0, 1),
+            Addr::V6(a) => (
+                u64::from_ne_bytes([a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7]]),
+                u64::from_ne_bytes([a[8], a[9], a[10], a[11], a[12], a[13], a[14], a[15]]),
+                0,
+            ),
+        };
+        let meta = (v4 << 32) | (u64::from(pkt.proto & 0xff) << 16) | u64::from(pkt.local_port);
+        word = min(word, scoped::classify_inbound(hi, lo, meta));
+    }
     if word == NO_MATCH {
         word = DEFAULT_INBOUND.load();
         count(Counter::DefaultVerdict);

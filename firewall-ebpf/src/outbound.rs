@@ -33,7 +33,7 @@ use firewall_common::{
 };
 
 use crate::{
-    classify_parts, count, count_rule_hit,
+    classify_parts, count, count_rule_hit, min, scoped,
     parse::{Addr, Packet},
 };
 
@@ -162,6 +162,12 @@ fn judge<const FAMILY: u32>(ctx: &SockAddrContext) -> i32 {
     let port = u16::from_be(port as u16);
     count(Counter::OutJudged);
     let mut word = classify_parts(&remote, proto, port);
+    if scoped::active() {
+        word = min(
+            word,
+            scoped::classify_owner(&scoped::current_owner(), &remote, proto, port),
+        );
+    }
     if word == NO_MATCH {
         word = DEFAULT_OUTBOUND.load();
         count(Counter::OutDefaultVerdict);

@@ -13,6 +13,7 @@ use firewall_daemon::{
     control::{self, ClientError, ConnsData, ListData, ReloadData, Request, StatusData},
     datapath,
     model::{Action, Direction},
+    resolve::Resolved,
 };
 
 fn main() -> ExitCode {
@@ -308,7 +309,17 @@ fn check(file: &Path, json: bool) -> ExitCode {
         (e.to_string(), errors)
     });
     let rs = result.and_then(|rs| {
-        match compile::compile(&rs).and_then(|_| compile::compile_direction(&rs, Direction::Out)) {
+        // Selectors resolved as the daemon would (missing programs and units are warnings).
+        let cgroup_root = rs
+            .daemon
+            .cgroup
+            .clone()
+            .or_else(|| firewall_daemon::cgroup::mount().ok())
+            .unwrap_or_else(|| PathBuf::from("/sys/fs/cgroup"));
+        let resolved = Resolved::resolve(&rs, &cgroup_root);
+        match compile::compile(&rs, &resolved)
+            .and_then(|_| compile::compile_direction(&rs, Direction::Out, &resolved))
+        {
             Ok(_) => Ok(rs),
             Err(e) => Err((
                 format!("{}: {e}", file.display()),

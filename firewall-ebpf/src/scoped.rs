@@ -1,0 +1,340 @@
+//! Rules about programs, units and users (`program`, `unit`, `user` selectors).
+//!
+//! The compiler puts rules whose selectors resolve to the same values into one *group* and
+//! compiles each group into tables shaped like the unscoped ones (compile.md, "Rules about
+//! programs"), keyed by group id. Who is asking is an [`Owner`]: the calling task in the cgroup
+//! hooks ([`current_owner`]), the program that bound the port for a new inbound connection
+//! ([`listener`], filled by the post_bind hooks below).
+//!
+//! An owner belongs to at most one group per *shape* (which selectors a group gives: program,
+//! unit, user, or a combination), because each selector has one value per owner: one
+//! executable, one uid, one unit (the deepest cgroup ancestor a rule names). So the kernel
+//! makes one `GROUPS` lookup per shape the rule set uses (at most 7), then the group's four
+//! table lookups; the cost does not grow with the number of rules or groups.
+
+use aya_ebpf::{
+    EbpfContext as _, Global,
+    helpers::{
+        bpf_get_current_ancestor_cgroup_id, bpf_get_current_uid_gid, bpf_get_socket_cookie,
+    },
+    macros::{cgroup_sock, map},
+    maps::{HashMap, LpmTrie, lpm_trie::Key},
+    programs::SockContext,
+};
+use firewall_common::{
+    AddrValue, Counter, NO_MATCH, PROTO_CLASSES, PROTO_ICMP, PROTO_TCP, PROTO_UDP, PortValue,
+    identity::{
+        ExeId, GroupKey, LISTENER_ENTRIES, Listener, ListenerKey, MAX_UNIT_LEVEL, NO_UID, Owner,
+        SHAPE_PROGRAM, SHAPE_UNIT, SHAPE_USER, SHAPES, ScopedSlot,
+    },
+    port_slot,
+};
+
+use crate::{
+    count,
+    identity::current_exe,
+    min, pair_verdict,
+    parse::Addr,
+};
+
+/// Bit `s` set when a group of shape `s` exists in this copy's rules (0: no selectors).
+#[unsafe(no_mangle)]
+static SCOPED_SHAPES: Global<u32> = Global::new(0);
+/// Bit `l` set when a unit the rules name has its cgroup at level `l`.
+#[unsafe(no_mangle)]
+static UNIT_LEVELS: Global<u32> = Global::new(0);
+
+// Per generation, sized by the daemon.
+#[map]
+static GROUPS: HashMap<GroupKey, u32> = HashMap::with_max_entries(1, 0);
+#[map]
+static UNITS: HashMap<u64, u32> = HashMap::with_max_entries(1, 0);
+#[map]
+static SCOPED_ADDR4: LpmTrie<[u8; 8], AddrValue> = LpmTrie::with_max_entries(1, 0);
+#[map]
+static SCOPED_ADDR6: LpmTrie<[u8; 20], AddrValue> = LpmTrie::with_max_entries(1, 0);
+#[map]
+static SCOPED_PORTS: HashMap<ScopedSlot, PortValue> = HashMap::with_max_entries(1, 0);
+#[map]
+static SCOPED_PROTO: HashMap<u32, [u32; PROTO_CLASSES]> = HashMap::with_max_entries(1, 0);
+
+/// Who bound each port: pinned, shared by every generation and both copies.
+#[map]
+static LISTENERS: HashMap<ListenerKey, Listener> = HashMap::pinned(LISTENER_ENTRIES, 0);
+/// Socket cookie -> the port it holds in `LISTENERS`: sock_release may not read the port.
+#[map]
+static LISTENER_OF: HashMap<u64, ListenerKey> = HashMap::pinned(LISTENER_ENTRIES, 0);
+
+/// Whether any rule of this copy names a program, unit or user.
+#[inline(always)]
+pub(crate) fn active() -> bool {
+    SCOPED_SHAPES.load() != 0
+}
+
+/// The calling task: its executable, uid and cgroup ancestors. Only in process context (the
+/// cgroup hooks).
+#[inline(always)]
+pub(crate) fn current_owner() -> Owner {
+    let exe = match current_exe() {
+        Ok(exe) => exe,
+        Err(_) => {
+            count(Counter::OutNoExe);
+            ExeId { dev: 0, ino: 0 }
+        }
+    };
+    let mut owner = Owner {
+        exe,
+        uid: bpf_get_current_uid_gid() as u32,
+        _pad: 0,
+        ancestors: [0; MAX_UNIT_LEVEL],
+    };
+    let mut level = 0;
+    while level < MAX_UNIT_LEVEL {
+        // SAFETY: a helper without pointer arguments; 0 above the task's own level.
+        owner.ancestors[level] =
+            unsafe { bpf_get_current_ancestor_cgroup_id((level + 1) as i32) };
+        level += 1;
+    }
+    owner
+}
+
+/// The owner's unit: its deepest cgroup ancestor that a rule names, or 0.
+#[inline(always)]
+fn unit_of(owner: &Owner) -> u64 {
+    let levels = UNIT_LEVELS.load();
+    if levels == 0 {
+        return 0;
+    }
+    let mut i = MAX_UNIT_LEVEL;
+    while i > 0 {
+        i -= 1;
+        if levels & (1 << (i + 1)) != 0 {
+            let id = owner.ancestors[i];
+            // SAFETY: the value is only tested for presence.
+            if id != 0 && unsafe { UNITS.get(&id) }.is_some() {
+                return id;
+            }
+        }
+    }
+    0
+}
+
+/// The first rule about `owner` that matches, as a verdict word, or [`NO_MATCH`].
+#[inline(always)]
+pub(crate) fn classify_owner(owner: &Owner, remote: &Addr, proto: u32, port: u16) -> u32 {
+    let shapes = SCOPED_SHAPES.load();
+    let has_exe = owner.exe.dev != 0 || owner.exe.ino != 0;
+    let unit = unit_of(owner);
+    let mut best = NO_MATCH;
+    let mut shape = 1;
+    while shape < SHAPES {
+        let wanted = shapes & (1 << shape) != 0
+            && (shape & SHAPE_PROGRAM == 0 || has_exe)
+            && (shape & SHAPE_UNIT == 0 || unit != 0);
+        if wanted {
+            let key = GroupKey {
+                exe: if shape & SHAPE_PROGRAM != 0 {
+                    owner.exe
+                } else {
+                    ExeId { dev: 0, ino: 0 }
+                },
+                unit: if shape & SHAPE_UNIT != 0 { unit } else { 0 },
+                uid: if shape & SHAPE_USER != 0 {
+                    owner.uid
+                } else {
+                    NO_UID
+                },
+                _pad: 0,
+            };
+            // SAFETY: a plain u32 copied out at once.
+            if let Some(group) = unsafe { GROUPS.get(&key) } {
+                best = min(best, classify_group(*group, remote, proto, port));
+            }
+        }
+        shape += 1;
+    }
+    best
+}
+
+/// [`crate::classify_parts`] over one group's tables.
+#[inline(always)]
+fn classify_group(group: u32, remote: &Addr, proto: u32, port: u16) -> u32 {
+    let proto = proto & 3;
+    let g = group.to_be_bytes();
+    let addr = match remote {
+        Addr::V4(a) => SCOPED_ADDR4.get(&Key::new(
+            64,
+            [g[0], g[1], g[2], g[3], a[0], a[1], a[2], a[3]],
+        )),
+        Addr::V6(a) => {
+            let mut k = [0u8; 20];
+            k[..4].copy_from_slice(&g);
+            k[4..].copy_from_slice(a);
+            SCOPED_ADDR6.get(&Key::new(160, k))
+        }
+    };
+    let (addr_class, mut best) = match addr {
+        Some(v) => (v.class, min(v.any_proto, v.proto[proto as usize])),
+        None => (NO_MATCH, NO_MATCH),
+    };
+    // SAFETY: plain integers copied out at once.
+    if let Some(pv) = unsafe { SCOPED_PROTO.get(&group) } {
+        best = min(
+            best,
+            match proto {
+                PROTO_TCP => pv[0],
+                PROTO_UDP => pv[1],
+                PROTO_ICMP => pv[2],
+                _ => pv[3],
+            },
+        );
+    }
+    let slot = ScopedSlot {
+        group,
+        slot: port_slot(proto, port),
+    };
+    // SAFETY: as above.
+    let port_class = match unsafe { SCOPED_PORTS.get(&slot) } {
+        Some(v) => {
+            best = min(best, v.any_addr());
+            v.class()
+        }
+        None => NO_MATCH,
+    };
+    min(best, pair_verdict(addr_class, port_class))
+}
+
+/// Rules about programs for a new inbound connection: judged by who listens on its port
+/// (recorded at bind()). A function of its own (a BPF subprogram), which keeps the XDP
+/// program's packet pointers out of LLVM's reach here.
+///
+/// The remote address comes as two words (IPv4: `hi` only), `meta` packs IPv4-ness (bit 32),
+/// the protocol class (bits 16..24) and the local port.
+#[inline(never)]
+pub(crate) fn classify_inbound(hi: u64, lo: u64, meta: u64) -> u32 {
+    let v4 = meta >> 32 != 0;
+    let proto = ((meta >> 16) & 0xff) as u32;
+    let port = meta as u16;
+    let remote = if v4 {
+        Addr::V4((hi as u32).to_ne_bytes())
+    } else {
+        let (h, l) = (hi.to_ne_bytes(), lo.to_ne_bytes());
+        Addr::V6([
+            h[0], h[1], h[2], h[3], h[4], h[5], h[6], h[7], l[0], l[1], l[2], l[3], l[4], l[5],
+            l[6], l[7],
+        ])
+    };
+    match listener(v4, proto, port) {
+        Some(l) => {
+            count(Counter::InListenerFound);
+            classify_owner(&l.owner, &remote, proto, port)
+        }
+        None => {
+            count(Counter::InNoListener);
+            NO_MATCH
+        }
+    }
+}
+
+/// Who listens on the local `port` a new inbound connection is for: the socket of the
+/// packet's family, else (IPv4) a dual-stack IPv6 socket.
+#[inline(always)]
+pub(crate) fn listener(v4: bool, proto: u32, port: u16) -> Option<&'static Listener> {
+    let proto = match proto {
+        PROTO_TCP => 6,
+        PROTO_UDP => 17,
+        _ => return None,
+    };
+    let mut key = ListenerKey {
+        port,
+        proto,
+        family: if v4 { 4 } else { 6 },
+    };
+    // SAFETY: entries are only ever replaced whole; the reference is used within this run.
+    if let Some(l) = unsafe { LISTENERS.get(&key) } {
+        return Some(l);
+    }
+    if v4 {
+        key.family = 6;
+        // SAFETY: as above.
+        return unsafe { LISTENERS.get(&key) };
+    }
+    None
+}
+
+const AF_INET: u32 = 2;
+const AF_INET6: u32 = 10;
+const PROCEED: i32 = 1;
+
+#[cgroup_sock(post_bind4)]
+pub fn firewall_post_bind4(ctx: SockContext) -> i32 {
+    record_bind(&ctx, 4)
+}
+
+#[cgroup_sock(post_bind6)]
+pub fn firewall_post_bind6(ctx: SockContext) -> i32 {
+    record_bind(&ctx, 6)
+}
+
+/// After a successful bind(): records who holds the port. Never refuses the bind.
+#[inline(always)]
+fn record_bind(ctx: &SockContext, family: u8) -> i32 {
+    let sk = ctx.sock;
+    // SAFETY: the context the kernel passed; the verifier allows post_bind to read these.
+    let (protocol, port) = unsafe {
+        (
+            core::ptr::read_volatile(&(*sk).protocol),
+            core::ptr::read_volatile(&(*sk).src_port),
+        )
+    };
+    let proto = match protocol {
+        6 => 6u8,
+        17 => 17u8,
+        _ => return PROCEED,
+    };
+    if port == 0 || port > 0xffff {
+        return PROCEED;
+    }
+    let key = ListenerKey {
+        port: port as u16,
+        proto,
+        family,
+    };
+    let listener = Listener {
+        owner: current_owner(),
+        // SAFETY: the helper takes this program type's context.
+        cookie: unsafe { bpf_get_socket_cookie(ctx.as_ptr()) },
+    };
+    if LISTENERS.insert(&key, &listener, 0).is_ok()
+        && LISTENER_OF.insert(&listener.cookie, &key, 0).is_ok()
+    {
+        count(Counter::ListenerBound);
+    } else {
+        count(Counter::ListenerRecordFailed);
+    }
+    PROCEED
+}
+
+/// A socket is released: forget its port, unless another socket has bound it since.
+#[cgroup_sock(sock_release)]
+pub fn firewall_sock_release(ctx: SockContext) -> i32 {
+    let sk = ctx.sock;
+    // SAFETY: `family` is readable by every cgroup_sock program.
+    let family = unsafe { core::ptr::read_volatile(&(*sk).family) };
+    if family != AF_INET && family != AF_INET6 {
+        return PROCEED;
+    }
+    // SAFETY: the helper takes this program type's context.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    // SAFETY: a plain key copied out at once.
+    let Some(key) = (unsafe { LISTENER_OF.get(&cookie) }).copied() else {
+        return PROCEED;
+    };
+    let _ = LISTENER_OF.remove(&cookie);
+    // SAFETY: as above.
+    let ours = unsafe { LISTENERS.get(&key) }.is_some_and(|l| l.cookie == cookie);
+    if ours && LISTENERS.remove(&key).is_ok() {
+        count(Counter::ListenerReleased);
+    }
+    PROCEED
+}
