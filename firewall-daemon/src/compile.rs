@@ -221,10 +221,10 @@ pub fn compile_direction(
     for (id, (key, rules)) in scoped.into_iter().enumerate() {
         let t = tables(&rules, &mut addr_classes, &mut port_classes, &mut pairs)?;
         scoped_shapes |= 1 << key.shape();
-        if key.unit != 0 {
-            if let Some(u) = resolved.units.values().flatten().find(|u| u.id == key.unit) {
-                units.insert(u.id, u.level);
-            }
+        if key.unit != 0
+            && let Some(u) = resolved.units.values().flatten().find(|u| u.id == key.unit)
+        {
+            units.insert(u.id, u.level);
         }
         groups.push(Group {
             key,

@@ -309,7 +309,8 @@ struct RawRule {
     /// supported outbound.
     direction: Option<Spanned<String>>,
     /// `"tcp"` | `"udp"` | `"icmp"` (ICMP and ICMPv6) | `"any"`. Default `"any"`; `any` with
-    /// `port` means TCP and UDP.
+    /// `port`, `program`, `unit` or `user` means TCP and UDP. `icmp` does not go with
+    /// `program`, `unit` or `user`.
     proto: Option<Spanned<String>>,
     /// Local port(s) of an inbound rule, destination port(s) of an outbound one: a number
     /// (`22`), a service name from `/etc/services` looked up for the rule's proto (`"ssh"`; for
@@ -322,20 +323,21 @@ struct RawRule {
     remote: Option<Spanned<OneOrMany<RemoteEntry>>>,
     /// `"allow"` | `"reject"` | `"stealth"`. Required.
     action: Option<Spanned<String>>,
-    /// Reserved for per-program rules; rejected until they can be enforced.
-    program: Option<Spanned<IgnoredAny>>,
-    /// Reserved for per-systemd-unit rules; rejected until they can be enforced.
-    unit: Option<Spanned<IgnoredAny>>,
-    /// Reserved for per-user rules; rejected until they can be enforced.
-    user: Option<Spanned<IgnoredAny>>,
+    /// Only sockets of this executable: an absolute path (`"/usr/bin/firefox"`), kept as
+    /// written, without `.` or `..` components. The file need not exist yet: the path is
+    /// resolved (to the file's device and inode) when the rules are loaded and again when the
+    /// file is replaced.
+    program: Option<Spanned<ProgramPath>>,
+    /// Only sockets of processes in this systemd unit (or below it): a unit name with its type
+    /// suffix (`"nginx.service"`, `"session-2.scope"`, `"user.slice"`).
+    unit: Option<Spanned<UnitName>>,
+    /// Only sockets of processes running as this user: a uid (`33`, 0-4294967294) or a user
+    /// name (`"www-data"`), which is resolved to its uid when the file is read.
+    ///
+    /// `program`, `unit` and `user` combine with each other (all must match) and with every
+    /// other key; they are about TCP and UDP sockets, so they do not go with `proto = "icmp"`.
+    user: Option<Spanned<RawUser>>,
 }
-
-/// Rule keys that are recognised but refused, with what they will be for.
-const UNSUPPORTED_RULE_KEYS: &[(&str, &str)] = &[
-    ("program", "per-program"),
-    ("unit", "per-unit"),
-    ("user", "per-user"),
-];
 
 const TOP_LEVEL_KEYS: &[&str] = &["daemon", "defaults", "reject", "conntrack", "sets", "rule"];
 
@@ -472,6 +474,46 @@ string_item!(
     r#"an address, a network ("10.0.0.0/8") or a set ("@trusted")"#
 );
 string_item!(IfName, r#""auto" or an interface name"#);
+string_item!(
+    ProgramPath,
+    r#"an absolute path to an executable ("/usr/bin/firefox")"#
+);
+string_item!(UnitName, r#"a systemd unit name ("nginx.service")"#);
+
+/// A `user`: a uid or a user name, checked later with its position.
+#[derive(Debug)]
+enum RawUser {
+    Uid(i128),
+    Name(String),
+}
+
+impl<'de> Deserialize<'de> for RawUser {
+    fn deserialize<D: de::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct UserVisitor;
+
+        impl Visitor<'_> for UserVisitor {
+            type Value = RawUser;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(r#"a user name ("www-data") or a uid (33)"#)
+            }
+
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<RawUser, E> {
+                Ok(RawUser::Uid(v.into()))
+            }
+
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<RawUser, E> {
+                Ok(RawUser::Uid(v.into()))
+            }
+
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<RawUser, E> {
+                Ok(RawUser::Name(v.to_owned()))
+            }
+        }
+
+        deserializer.deserialize_any(UserVisitor)
+    }
+}
 
 /// An integer, range-checked later with its position.
 #[derive(Debug)]
@@ -1428,7 +1470,6 @@ impl<'a> Checker<'a> {
         }
 
         let written = elements.len();
-        let reserved: Vec<&str> = UNSUPPORTED_RULE_KEYS.iter().map(|(k, _)| *k).collect();
         let mut rules = Vec::with_capacity(elements.len());
         // name -> (1-based rule number, line) of its first use.
         let mut names: HashMap<String, (usize, usize)> = HashMap::new();
@@ -1454,7 +1495,7 @@ impl<'a> Checker<'a> {
                     .collect(),
                 _ => HashMap::new(),
             };
-            let Some(raw) = self.table::<RawRule>(element, &ctx, "[[rule]]", "", &reserved) else {
+            let Some(raw) = self.table::<RawRule>(element, &ctx, "[[rule]]", "", &[]) else {
                 continue;
             };
             let Some(rule) = self.rule(raw, index, &ctx, header.clone(), line, &key_spans, sets)
@@ -1492,23 +1533,6 @@ impl<'a> Checker<'a> {
         sets: &Sets,
     ) -> Option<Rule> {
         let mut ok = true;
-        for ((key, kind), present) in UNSUPPORTED_RULE_KEYS.iter().zip([
-            raw.program.as_ref().map(Spanned::span),
-            raw.unit.as_ref().map(Spanned::span),
-            raw.user.as_ref().map(Spanned::span),
-        ]) {
-            if let Some(value_span) = present {
-                let at = key_spans.get(*key).cloned().unwrap_or(value_span);
-                self.error(
-                    Some(at),
-                    format!(
-                        "{ctx}{key:?} is not supported yet ({kind} rules come with a later release); remove the key — the firewall never ignores a rule it cannot enforce"
-                    ),
-                );
-                ok = false;
-            }
-        }
-
         let name = match &raw.name {
             Some(name) if name.get_ref().trim().is_empty() => {
                 self.error(
@@ -1525,6 +1549,12 @@ impl<'a> Checker<'a> {
             None => format!("rule {}", index + 1),
         };
 
+        let selector = self.selector(
+            raw.program.as_ref(),
+            raw.unit.as_ref(),
+            raw.user.as_ref(),
+            ctx,
+        );
         let direction = match &raw.direction {
             Some(v) => {
                 let options = [("in", Direction::In), ("out", Direction::Out)];
@@ -1584,7 +1614,31 @@ impl<'a> Checker<'a> {
             Some(remote) => self.remote(remote, ctx, sets),
         };
 
-        if direction == Some(Direction::Out) && proto == Some(Proto::Icmp) {
+        let selector_keys: Vec<&str> = [
+            ("\"program\"", raw.program.is_some()),
+            ("\"unit\"", raw.unit.is_some()),
+            ("\"user\"", raw.user.is_some()),
+        ]
+        .into_iter()
+        .filter_map(|(key, given)| given.then_some(key))
+        .collect();
+
+        if proto == Some(Proto::Icmp) && !selector_keys.is_empty() {
+            // Rules about a program, unit or user are enforced on sockets (connect, send,
+            // accept): TCP and UDP only. With proto = "any" they mean TCP and UDP.
+            let at = key_spans
+                .get("proto")
+                .cloned()
+                .unwrap_or_else(|| header.clone());
+            self.error(
+                Some(at),
+                format!(
+                    r#"{ctx}proto = "icmp" does not go with {}: rules about a program, unit or user are enforced on TCP and UDP sockets, and ICMP (ping, raw sockets) never passes there nor has a listening program; use proto = "tcp" or "udp", or leave proto out ("any" then means TCP and UDP) — the firewall never ignores a rule it cannot enforce"#,
+                    selector_keys.join(" and ")
+                ),
+            );
+            ok = false;
+        } else if direction == Some(Direction::Out) && proto == Some(Proto::Icmp) {
             let at = key_spans
                 .get("proto")
                 .cloned()
@@ -1597,8 +1651,15 @@ impl<'a> Checker<'a> {
             );
             ok = false;
         }
-        let (Some(direction), Some(proto), Some(action), Some(ports), Some(remote), true) =
-            (direction, proto, action, ports, remote, ok)
+        let (
+            Some(direction),
+            Some(proto),
+            Some(action),
+            Some(ports),
+            Some(remote),
+            Some(selector),
+            true,
+        ) = (direction, proto, action, ports, remote, selector, ok)
         else {
             return None;
         };
@@ -1614,10 +1675,48 @@ impl<'a> Checker<'a> {
             ports,
             remote,
             remote_spec,
-            selector: Selector::default(),
+            selector,
             action,
             origin: Origin { line },
         })
+    }
+
+    /// `program`, `unit` and `user`, each checked (all problems reported); `None` if any is
+    /// invalid.
+    fn selector(
+        &mut self,
+        program: Option<&Spanned<ProgramPath>>,
+        unit: Option<&Spanned<UnitName>>,
+        user: Option<&Spanned<RawUser>>,
+        ctx: &str,
+    ) -> Option<Selector> {
+        let program = program.map(|v| (v.span(), program_path(&v.get_ref().0)));
+        let program = self.selector_part(program, ctx);
+        let unit = unit.map(|v| (v.span(), unit_name(&v.get_ref().0)));
+        let unit = self.selector_part(unit, ctx);
+        let user = user.map(|v| (v.span(), user_id(v.get_ref())));
+        let user = self.selector_part(user, ctx);
+        Some(Selector {
+            program: program?,
+            unit: unit?,
+            user: user?,
+        })
+    }
+
+    /// One checked selector key: `Some(None)` if absent, `None` (reported) if invalid.
+    fn selector_part<T>(
+        &mut self,
+        checked: Option<(Range<usize>, Result<T, String>)>,
+        ctx: &str,
+    ) -> Option<Option<T>> {
+        match checked {
+            None => Some(None),
+            Some((_, Ok(value))) => Some(Some(value)),
+            Some((span, Err(message))) => {
+                self.error(Some(span), format!("{ctx}{message}"));
+                None
+            }
+        }
     }
 
     fn ports(
@@ -1878,6 +1977,106 @@ fn sorted_unique(mut nets: Vec<IpNet>) -> Vec<IpNet> {
     nets
 }
 
+/// `program`: an absolute path, kept as written (it is resolved when the rules are loaded,
+/// so the file need not exist yet).
+fn program_path(text: &str) -> Result<PathBuf, String> {
+    const EXAMPLE: &str = r#"such as "/usr/bin/firefox""#;
+    if text.is_empty() {
+        return Err(format!(
+            "program is empty; expected an absolute path to an executable, {EXAMPLE}"
+        ));
+    }
+    if text.contains('\0') {
+        return Err(format!("program {text:?} contains a NUL byte"));
+    }
+    if !text.starts_with('/') {
+        return Err(format!(
+            "program must be an absolute path, not {text:?}; expected the full path to the executable, {EXAMPLE}"
+        ));
+    }
+    if text.ends_with('/') {
+        return Err(format!(
+            "program {text:?} ends with '/'; expected the path of an executable file, not of a directory"
+        ));
+    }
+    if text.split('/').any(|c| c == "." || c == "..") {
+        return Err(format!(
+            r#"program {text:?} has a "." or ".." component; write the path without them"#
+        ));
+    }
+    Ok(PathBuf::from(text))
+}
+
+/// `unit`: a systemd unit name, `NAME.TYPE`.
+fn unit_name(text: &str) -> Result<String, String> {
+    const EXAMPLE: &str = r#"such as "nginx.service", "session-2.scope" or "user.slice""#;
+    if text.is_empty() {
+        return Err(format!(
+            "unit is empty; expected a systemd unit name, {EXAMPLE}"
+        ));
+    }
+    if text.contains('\0') {
+        return Err(format!("unit {text:?} contains a NUL byte"));
+    }
+    if text.len() > 255 {
+        return Err(format!(
+            "unit name is {} bytes long; systemd unit names are at most 255 bytes",
+            text.len()
+        ));
+    }
+    if text.contains('/') {
+        return Err(format!(
+            "unit {text:?} contains '/'; expected a systemd unit name, not a path or cgroup, {EXAMPLE}"
+        ));
+    }
+    match text.rsplit_once('.') {
+        None => Err(format!(
+            "unit {text:?} has no type suffix; write the full unit name, such as \"{text}.service\""
+        )),
+        Some((stem, suffix))
+            if !stem.is_empty()
+                && !suffix.is_empty()
+                && suffix.bytes().all(|b| b.is_ascii_alphabetic()) =>
+        {
+            Ok(text.to_owned())
+        }
+        Some(_) => Err(format!(
+            "invalid unit {text:?}: expected a systemd unit name with its type suffix, {EXAMPLE}"
+        )),
+    }
+}
+
+/// `user`: a uid, or a user name resolved to its uid now.
+fn user_id(raw: &RawUser) -> Result<u32, String> {
+    const RANGE: &str = "a uid is 0-4294967294";
+    match raw {
+        RawUser::Uid(uid) if *uid == i128::from(u32::MAX) => Err(format!(
+            "user {uid} is not a valid uid (it is (uid_t) -1, reserved); {RANGE}"
+        )),
+        RawUser::Uid(uid) => {
+            u32::try_from(*uid).map_err(|_| format!("user {uid} is out of range; {RANGE}"))
+        }
+        RawUser::Name(name) if name.is_empty() => {
+            Err(r#"user is empty; expected a user name ("www-data") or a uid (33)"#.to_owned())
+        }
+        RawUser::Name(name) if name.contains('\0') => {
+            Err(format!("user {name:?} contains a NUL byte"))
+        }
+        RawUser::Name(name) => match nix::unistd::User::from_name(name) {
+            Ok(Some(user)) => Ok(user.uid.as_raw()),
+            Ok(None) if name.bytes().all(|b| b.is_ascii_digit()) => Err(format!(
+                "user {name:?} does not exist; to give a uid, write it as a number without quotes: user = {name}"
+            )),
+            Ok(None) => Err(format!(
+                "user {name:?} does not exist on this system; create it first, or give its numeric uid instead (user = 1000)"
+            )),
+            Err(e) => Err(format!(
+                "user {name:?} cannot be looked up: {e}; give its numeric uid instead (user = 1000)"
+            )),
+        },
+    }
+}
+
 fn host_bits_warning(text: &str, trunc: IpNet) -> String {
     format!("{text:?} has host bits set; it is read as {trunc}")
 }
@@ -2121,16 +2320,15 @@ mdns            5353/udp                        # Multicast DNS
                 "expected one of: file",
             ],
         );
-        // Rule keys that are reserved (program, unit, user) are not advertised.
-        let line = expect_more(
+        // The selectors (program, unit, user) are regular keys, advertised like the others.
+        expect_more(
             &err,
             name,
             17,
             &[
-                r#"rule 1 ("ssh"): unknown key "prot" in [[rule]]; expected one of: name, direction, proto, port, remote, action"#,
+                r#"rule 1 ("ssh"): unknown key "prot" in [[rule]]; expected one of: name, direction, proto, port, remote, action, program, unit, user"#,
             ],
         );
-        assert!(!line.contains("program"), "{line}");
         expect_more(
             &err,
             name,
@@ -2446,27 +2644,414 @@ mdns            5353/udp                        # Multicast DNS
     }
 
     #[test]
-    fn program_unit_user_are_not_supported_yet() {
-        let name = "unsupported-keys.toml";
-        let err = expect(
-            name,
-            3,
+    fn program_unit_user_are_parsed_into_the_selector() {
+        let t = test_env();
+        let text = r#"
+[[rule]]
+name = "browser"
+direction = "out"
+program = "/usr/bin/firefox"
+action = "allow"
+
+[[rule]]
+name = "web server unit"
+unit = "nginx.service"
+proto = "tcp"
+port = 443
+remote = "10.0.0.0/8"
+action = "allow"
+
+[[rule]]
+name = "root by name"
+user = "root"
+action = "reject"
+
+[[rule]]
+name = "highest uid"
+direction = "out"
+proto = "udp"
+user = 4294967294
+action = "stealth"
+
+[[rule]]
+name = "all three"
+program = "/opt/not-installed-yet/bin/server"
+unit = "app@1.service"
+user = 33
+action = "allow"
+
+[[rule]]
+name = "everyone"
+action = "allow"
+"#;
+        let rs = match parse_with(text, Path::new("r.toml"), &t.env) {
+            Ok(rs) => rs,
+            Err(e) => panic!("should parse:\n{e}"),
+        };
+        assert!(rs.warnings.is_empty(), "{:?}", rs.warnings);
+        let selectors: Vec<&Selector> = rs.rules.iter().map(|r| &r.selector).collect();
+        assert_eq!(
+            selectors,
+            [
+                &Selector {
+                    program: Some("/usr/bin/firefox".into()),
+                    ..Selector::default()
+                },
+                &Selector {
+                    unit: Some("nginx.service".into()),
+                    ..Selector::default()
+                },
+                &Selector {
+                    user: Some(0),
+                    ..Selector::default()
+                },
+                &Selector {
+                    user: Some(4_294_967_294),
+                    ..Selector::default()
+                },
+                &Selector {
+                    program: Some("/opt/not-installed-yet/bin/server".into()),
+                    unit: Some("app@1.service".into()),
+                    user: Some(33),
+                },
+                &Selector::default(),
+            ]
+        );
+        assert!(rs.rules[5].selector.is_everyone());
+        // The other keys are unaffected by a selector.
+        let web = &rs.rules[1];
+        assert_eq!(web.index, 1);
+        assert_eq!(web.proto, Proto::Tcp);
+        assert_eq!(web.ports, [range(443, 443)]);
+        assert_eq!(web.remote, Some(vec![net("10.0.0.0/8")]));
+        assert_eq!(web.origin.line, 8);
+        assert_eq!(rs.rules[0].direction, Direction::Out);
+        assert_eq!(rs.rules[0].proto, Proto::Any);
+        assert_eq!(rs.rules[3].action, Action::Stealth);
+    }
+
+    /// Parses inline text that must fail, returning the message.
+    fn invalid_text(text: &str) -> ConfigError {
+        let t = test_env();
+        match parse_with(text, Path::new("r.toml"), &t.env) {
+            Ok(rs) => panic!("should not parse, got {rs:#?}"),
+            Err(e) => e,
+        }
+    }
+
+    #[test]
+    fn program_must_be_a_plain_absolute_path() {
+        let text = r#"
+[[rule]]
+name = "relative"
+program = "bin/firefox"
+action = "allow"
+[[rule]]
+program = ""
+action = "allow"
+[[rule]]
+program = "/usr/bin/"
+action = "allow"
+[[rule]]
+program = "/usr/../bin/sh"
+action = "allow"
+[[rule]]
+program = "/usr/./bin/sh"
+action = "allow"
+[[rule]]
+program = "/usr/bin/a\u0000b"
+action = "allow"
+[[rule]]
+program = 5
+action = "allow"
+"#;
+        let err = invalid_text(text);
+        assert_eq!(err.diagnostics().len(), 7, "{err}");
+        expect_line(
+            &err,
+            "r.toml",
             4,
             &[
-                r#":4:1: rule 1 ("browser"): "program" is not supported yet (per-program rules come with a later release); remove the key — the firewall never ignores a rule it cannot enforce"#,
+                r#"r.toml:4:11: rule 1 ("relative"): program must be an absolute path, not "bin/firefox"; expected the full path to the executable, such as "/usr/bin/firefox""#,
             ],
         );
-        expect_more(
+        expect_line(
             &err,
-            name,
-            9,
-            &[r#"rule 2 ("web server unit"): "unit" is not supported yet"#],
+            "r.toml",
+            7,
+            &[
+                r#":7:11: rule 2: program is empty; expected an absolute path to an executable, such as "/usr/bin/firefox""#,
+            ],
         );
-        expect_more(
+        expect_line(
             &err,
-            name,
-            14,
-            &[r#"rule 3 ("alice"): "user" is not supported yet"#],
+            "r.toml",
+            10,
+            &[
+                r#"rule 3: program "/usr/bin/" ends with '/'; expected the path of an executable file, not of a directory"#,
+            ],
+        );
+        expect_line(
+            &err,
+            "r.toml",
+            13,
+            &[
+                r#"rule 4: program "/usr/../bin/sh" has a "." or ".." component; write the path without them"#,
+            ],
+        );
+        expect_line(
+            &err,
+            "r.toml",
+            16,
+            &[r#"rule 5: program "/usr/./bin/sh" has a "." or ".." component"#],
+        );
+        expect_line(
+            &err,
+            "r.toml",
+            19,
+            &[r#"rule 6: program "/usr/bin/a\0b" contains a NUL byte"#],
+        );
+        expect_line(
+            &err,
+            "r.toml",
+            22,
+            &[
+                "rule 7: program: invalid type: integer `5`",
+                r#"expected an absolute path to an executable ("/usr/bin/firefox")"#,
+            ],
+        );
+    }
+
+    #[test]
+    fn unit_must_be_a_unit_name() {
+        let long = format!("{}.service", "a".repeat(248));
+        let text = format!(
+            r#"
+[[rule]]
+name = "no suffix"
+unit = "nginx"
+action = "allow"
+[[rule]]
+unit = "/system.slice/nginx.service"
+action = "allow"
+[[rule]]
+unit = ".."
+action = "allow"
+[[rule]]
+unit = "nginx.service2"
+action = "allow"
+[[rule]]
+unit = ".service"
+action = "allow"
+[[rule]]
+unit = ""
+action = "allow"
+[[rule]]
+unit = "{long}"
+action = "allow"
+[[rule]]
+unit = "{}.service"
+action = "allow"
+"#,
+            "a".repeat(247)
+        );
+        assert_eq!(long.len(), 256);
+        let err = invalid_text(&text);
+        assert_eq!(err.diagnostics().len(), 7, "{err}");
+        expect_line(
+            &err,
+            "r.toml",
+            4,
+            &[
+                r#"r.toml:4:8: rule 1 ("no suffix"): unit "nginx" has no type suffix; write the full unit name, such as "nginx.service""#,
+            ],
+        );
+        expect_line(
+            &err,
+            "r.toml",
+            7,
+            &[
+                r#"rule 2: unit "/system.slice/nginx.service" contains '/'; expected a systemd unit name, not a path or cgroup, such as "nginx.service", "session-2.scope" or "user.slice""#,
+            ],
+        );
+        expect_line(
+            &err,
+            "r.toml",
+            10,
+            &[
+                r#"rule 3: invalid unit "..": expected a systemd unit name with its type suffix, such as "nginx.service""#,
+            ],
+        );
+        expect_line(
+            &err,
+            "r.toml",
+            13,
+            &[r#"rule 4: invalid unit "nginx.service2""#],
+        );
+        expect_line(&err, "r.toml", 16, &[r#"rule 5: invalid unit ".service""#]);
+        expect_line(
+            &err,
+            "r.toml",
+            19,
+            &[r#"rule 6: unit is empty; expected a systemd unit name, such as "nginx.service""#],
+        );
+        expect_line(
+            &err,
+            "r.toml",
+            22,
+            &["rule 7: unit name is 256 bytes long; systemd unit names are at most 255 bytes"],
+        );
+    }
+
+    #[test]
+    fn user_must_exist_or_be_a_valid_uid() {
+        let text = r#"
+[[rule]]
+name = "ghost"
+user = "no-such-user-fw-test"
+action = "allow"
+[[rule]]
+user = 4294967295
+action = "allow"
+[[rule]]
+user = -1
+action = "allow"
+[[rule]]
+user = 4294967296
+action = "allow"
+[[rule]]
+user = "4000000"
+action = "allow"
+[[rule]]
+user = ""
+action = "allow"
+[[rule]]
+user = 1.5
+action = "allow"
+[[rule]]
+user = 0
+action = "allow"
+"#;
+        let err = invalid_text(text);
+        assert_eq!(err.diagnostics().len(), 7, "{err}");
+        expect_line(
+            &err,
+            "r.toml",
+            4,
+            &[
+                r#"r.toml:4:8: rule 1 ("ghost"): user "no-such-user-fw-test" does not exist on this system; create it first, or give its numeric uid instead (user = 1000)"#,
+            ],
+        );
+        expect_line(
+            &err,
+            "r.toml",
+            7,
+            &[
+                "rule 2: user 4294967295 is not a valid uid (it is (uid_t) -1, reserved); a uid is 0-4294967294",
+            ],
+        );
+        expect_line(
+            &err,
+            "r.toml",
+            10,
+            &["rule 3: user -1 is out of range; a uid is 0-4294967294"],
+        );
+        expect_line(
+            &err,
+            "r.toml",
+            13,
+            &["rule 4: user 4294967296 is out of range; a uid is 0-4294967294"],
+        );
+        expect_line(
+            &err,
+            "r.toml",
+            16,
+            &[
+                r#"rule 5: user "4000000" does not exist; to give a uid, write it as a number without quotes: user = 4000000"#,
+            ],
+        );
+        expect_line(
+            &err,
+            "r.toml",
+            19,
+            &[r#"rule 6: user is empty; expected a user name ("www-data") or a uid (33)"#],
+        );
+        expect_line(
+            &err,
+            "r.toml",
+            22,
+            &[
+                "rule 7: user: invalid type: floating point `1.5`",
+                r#"expected a user name ("www-data") or a uid (33)"#,
+            ],
+        );
+    }
+
+    #[test]
+    fn selectors_do_not_go_with_icmp() {
+        let text = r#"
+[[rule]]
+name = "pinger"
+proto = "icmp"
+program = "/usr/bin/ping"
+action = "allow"
+[[rule]]
+direction = "out"
+proto = "icmp"
+unit = "nginx.service"
+user = 33
+action = "allow"
+[[rule]]
+direction = "out"
+proto = "icmp"
+action = "allow"
+[[rule]]
+proto = "icmp"
+port = 22
+user = 0
+action = "allow"
+"#;
+        let err = invalid_text(text);
+        assert_eq!(err.diagnostics().len(), 5, "{err}");
+        expect_line(
+            &err,
+            "r.toml",
+            4,
+            &[
+                r#"r.toml:4:1: rule 1 ("pinger"): proto = "icmp" does not go with "program": rules about a program, unit or user are enforced on TCP and UDP sockets, and ICMP (ping, raw sockets) never passes there nor has a listening program; use proto = "tcp" or "udp", or leave proto out ("any" then means TCP and UDP) — the firewall never ignores a rule it cannot enforce"#,
+            ],
+        );
+        // Outbound: the selector message, not the outbound ICMP one as well.
+        let line = expect_line(
+            &err,
+            "r.toml",
+            9,
+            &[r#":9:1: rule 2: proto = "icmp" does not go with "unit" and "user": "#],
+        );
+        assert!(!line.contains("outbound"), "{line}");
+        assert!(
+            !err.to_string()
+                .contains("r.toml:9:1: rule 2: outbound ICMP"),
+            "{err}"
+        );
+        // Without a selector, outbound ICMP keeps its own message.
+        expect_line(
+            &err,
+            "r.toml",
+            15,
+            &[r#":15:1: rule 3: outbound ICMP rules are not supported yet"#],
+        );
+        expect_line(
+            &err,
+            "r.toml",
+            18,
+            &[r#"rule 4: proto = "icmp" does not go with "user""#],
+        );
+        expect_line(
+            &err,
+            "r.toml",
+            19,
+            &["rule 4: ports only apply to tcp and udp"],
         );
     }
 

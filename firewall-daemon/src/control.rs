@@ -71,6 +71,17 @@ pub struct RuleView {
     pub ports: Vec<String>,
     /// Empty: any remote address.
     pub remote: Vec<String>,
+    /// `program` selector, the path as written. Absent (and left out of the JSON): every
+    /// program.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub program: Option<String>,
+    /// `unit` selector, a systemd unit name. Absent: every unit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unit: Option<String>,
+    /// `user` selector, a uid (names were resolved when the file was read). Absent: every
+    /// user.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<u32>,
     pub action: Action,
     /// Whether the datapath enforces the rule: always true since outbound rules are enforced
     /// (kept for clients that read it).
@@ -90,6 +101,13 @@ impl RuleView {
             proto: rule.proto,
             ports: rule.ports.iter().map(ToString::to_string).collect(),
             remote: rule.remote_spec.clone(),
+            program: rule
+                .selector
+                .program
+                .as_ref()
+                .map(|p| p.to_string_lossy().into_owned()),
+            unit: rule.selector.unit.clone(),
+            user: rule.selector.user,
             action: rule.action,
             enforced: true,
             hits,

@@ -15,6 +15,7 @@ use std::{
 
 use anyhow::{Context as _, anyhow, bail};
 use aya::programs::{cgroup_sock_addr::CgroupSockAddrLink, xdp::XdpLink};
+use firewall_common::identity::Listener;
 use log::{error, info, warn};
 use sd_notify::NotifyState;
 use std::{
@@ -42,14 +43,13 @@ use crate::{
     datapath::{
         self, EgressLink, Generation, Hook, ListenerTable, OutboundGeneration, StealthTable,
     },
-    listeners,
-    resolve::{Resolved, Watcher},
-    interfaces,
+    interfaces, listeners,
     model::{
         Action, ConnectMeta, Direction, Interfaces, OnStop, PacketMeta, PacketProto, Ruleset,
         XdpMode,
     },
     policy::Policy,
+    resolve::{Resolved, Watcher},
     sockets,
 };
 
@@ -531,7 +531,7 @@ fn start_listener_table(
         table.clear();
     }
     datapath::attach_listener_hooks(cgroup, pin_dir)?;
-    let (bound, unowned) = match listeners::bound_sockets_report() {
+    let report = match listeners::bound_sockets_report() {
         Ok(r) => r,
         Err(e) => {
             warn!("could not list bound sockets: {e:#}");
@@ -542,12 +542,19 @@ fn start_listener_table(
             return Ok(0);
         }
     };
-    if unowned > 0 {
-        info!("{unowned} bound socket(s) have no process this daemon can see; not recorded");
+    if report.unowned > 0 {
+        info!(
+            "{} bound socket(s) have no process this daemon can see; not recorded",
+            report.unowned
+        );
     }
     let mut n = 0;
-    for (key, listener) in bound {
-        if table.seed(key, listener)? {
+    for s in report.sockets {
+        let listener = Listener {
+            owner: s.owner,
+            cookie: s.cookie,
+        };
+        if table.seed(s.key, listener)? {
             n += 1;
         }
     }
@@ -1249,7 +1256,8 @@ impl State {
             return Ok(None);
         }
         let rules = self.ruleset.clone();
-        self.switch_to(rules, resolved, false, Instant::now()).map(Some)
+        self.switch_to(rules, resolved, false, Instant::now())
+            .map(Some)
     }
 
     /// Builds the new generation for `new_rules` with their selectors resolved as `resolved`,

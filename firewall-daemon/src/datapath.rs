@@ -16,8 +16,8 @@ use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap, LpmTrie, MapData, MapInfo, PerCpuArray, lpm_trie::Key},
     programs::{
-        CgroupAttachMode, CgroupSock, CgroupSockAddr, NetworkInterface, ProgramError, SchedClassifier,
-        TcAttachType, TestRun, TestRunOptions, Xdp, XdpMode as AyaXdpMode,
+        CgroupAttachMode, CgroupSock, CgroupSockAddr, NetworkInterface, ProgramError,
+        SchedClassifier, TcAttachType, TestRun, TestRunOptions, Xdp, XdpMode as AyaXdpMode,
         cgroup_sock_addr::CgroupSockAddrLink,
         links::{FdLink, LinkError, LinkOrder, PinnedLink},
         tc::{NlOptions, SchedClassifierLink, TcAttach, TcHandle},
@@ -26,9 +26,10 @@ use aya::{
 };
 use firewall_common::{
     AddrValue, Counter, DEFAULT_RULE, OutStealthKey, PROTO_CLASSES, PairKey, PortValue,
-    identity::{GroupKey, Listener, ListenerKey, ScopedSlot},
     ct::{CtConfig, state},
-    globals, maps, verdict,
+    globals,
+    identity::{GroupKey, Listener, ListenerKey, ScopedSlot},
+    maps, verdict,
 };
 use log::warn;
 
@@ -193,14 +194,16 @@ fn load_object(compiled: &Compiled, ruleset: &Ruleset, pin_dir: &Path) -> anyhow
     let g = &compiled.groups;
     let sized = |n: usize| (n as u32).max(1);
     let offsets = crate::identity::kernel_offsets();
-    if scoped_shapes != 0 && compiled.direction == Direction::Out {
-        if let Err(why) = offsets {
-            bail!(
-                "the {} rules name programs, units or users, but this kernel's structure \
-                 offsets for program identity could not be resolved: {why}",
-                compiled.direction
-            );
-        }
+    let names_programs = compiled
+        .groups
+        .iter()
+        .any(|g| g.key.shape() & firewall_common::identity::SHAPE_PROGRAM != 0);
+    if names_programs && let Err(why) = offsets {
+        bail!(
+            "{} rules name programs, but this kernel's structure offsets for program \
+             identity could not be resolved: {why}",
+            compiled.direction
+        );
     }
     let mut loader = EbpfLoader::new();
     if let Ok(offsets) = offsets {
@@ -647,10 +650,15 @@ fn verifier_context(e: ProgramError) -> anyhow::Error {
         ProgramError::LoadError {
             io_error,
             verifier_log,
-        } => { if let Ok(p) = std::env::var("FW_VERIFIER_DUMP") { let _ = std::fs::write(p, verifier_log.to_string()); } anyhow!(
-            "the kernel refused an eBPF program: {io_error}\nverifier log (tail):\n{}",
-            tail(&verifier_log.to_string(), 40)
-        )},
+        } => {
+            if let Ok(p) = std::env::var("FW_VERIFIER_DUMP") {
+                let _ = std::fs::write(p, verifier_log.to_string());
+            }
+            anyhow!(
+                "the kernel refused an eBPF program: {io_error}\nverifier log (tail):\n{}",
+                tail(&verifier_log.to_string(), 40)
+            )
+        }
         other => anyhow::Error::new(other).context("loading the eBPF program"),
     }
 }
@@ -1100,7 +1108,9 @@ pub fn attach_listener_hooks(cgroup: &Cgroup, pin_dir: &Path) -> anyhow::Result<
                 )
             })?;
         let link = prog.take_link(id).context("taking the cgroup link")?;
-        let fd: FdLink = link.try_into().context("the cgroup link is not a bpf link")?;
+        let fd: FdLink = link
+            .try_into()
+            .context("the cgroup link is not a bpf link")?;
         let pin = sock_hook_pin(pin_dir, hook);
         if pin.exists() {
             std::fs::remove_file(&pin)

@@ -86,8 +86,7 @@ const POINTER_SIZE: usize = 8;
 /// The running kernel's offsets, resolved once per process: the error says why program
 /// identity is unavailable (kernel without BTF, unexpected layout).
 pub fn kernel_offsets() -> Result<&'static KernelOffsets, &'static str> {
-    static OFFSETS: std::sync::OnceLock<Result<KernelOffsets, String>> =
-        std::sync::OnceLock::new();
+    static OFFSETS: std::sync::OnceLock<Result<KernelOffsets, String>> = std::sync::OnceLock::new();
     OFFSETS
         .get_or_init(|| KernelOffsets::resolve().map_err(|e| format!("{e:#}")))
         .as_ref()

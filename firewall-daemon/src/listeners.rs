@@ -1,6 +1,555 @@
 //! The sockets that were bound before the daemon started: who owns each bound port.
-use firewall_common::identity::{Listener, ListenerKey};
-/// placeholder
-pub fn bound_sockets_report() -> anyhow::Result<(Vec<(ListenerKey, Listener)>, usize)> {
-    Ok((Vec::new(), 0))
+//!
+//! The kernel records the owner of every port bound while the firewall's cgroup hooks are
+//! attached (the `post_bind` hooks fill `LISTENERS`). Ports bound *before* that — the SSH server,
+//! the resolver, whatever the host ran before the daemon started — are seeded from userspace by
+//! [`bound_sockets`], which reconstructs the [`Owner`] the hook would have recorded:
+//!
+//! * the sockets are the listening TCP sockets and the bound, unconnected UDP sockets that
+//!   NETLINK_SOCK_DIAG lists ([`sockets::bound_inet_sockets`]), in the network namespace of
+//!   the calling thread; the key's family is the socket's own (6 for an AF_INET6 socket, even
+//!   a dual-stack one);
+//! * the socket's process is found by scanning `/proc/[pid]/fd/*` for the link
+//!   `socket:[INODE]` (what `ss -p` does); a socket several processes hold (inherited across
+//!   fork, passed by socket activation) is attributed to the lowest pid, which is usually the
+//!   one that bound it (the parent, systemd);
+//! * `exe` is that process's executable ([`identity::exe_id_of_pid`]), `uid` the socket's own
+//!   uid as inet_diag reports it (the creator's fsuid at `socket()` time: for a daemon that
+//!   binds as root and then drops privileges, root, as at bind time), and `ancestors` the
+//!   cgroup ids (inode numbers of the cgroup2 directories) of the process's cgroup and its
+//!   ancestors, from `/proc/PID/cgroup`.
+//!
+//! Limits:
+//! * The result is a snapshot of the moment it is taken: the owner is the process's *current*
+//!   executable and cgroup, not those at bind time (a process that exec'd or moved since is
+//!   seen as it is now).
+//! * Sockets held by no file descriptor in `/proc/[pid]/fd` are not attributed and left out
+//!   (counted in [`BoundReport::unowned`]): kernel sockets, sockets only in flight in an
+//!   `SCM_RIGHTS` message, sockets of processes whose `/proc` entry cannot be read (no
+//!   privilege, another PID namespace), and sockets held only by a thread with a file table of
+//!   its own (`clone` without `CLONE_FILES`, listed under `/proc/PID/task/TID/fd`).
+//! * A UDP socket that was never bound explicitly but got a port from `sendto` (autobind) is
+//!   listed too; the `post_bind` hook would not have seen it. Userspace cannot tell the two
+//!   apart.
+//! * Several sockets may share one [`ListenerKey`] (different addresses, `SO_REUSEPORT`); all
+//!   are returned. The kernel keeps the last one bound, which userspace cannot tell.
+//! * cgroup paths: `/proc/PID/cgroup` names the cgroup relative to the *reader's* cgroup
+//!   namespace root, while the kernel numbers levels from the root of the whole hierarchy. The
+//!   paths are taken as absolute, which is right when the daemon runs in the initial cgroup
+//!   namespace (a host daemon), also when the cgroup2 mount shows only a subtree (its
+//!   mountinfo root is stripped to find the directories). In a nested cgroup namespace the
+//!   levels would be off by the depth of the namespace root; a path leading outside the
+//!   namespace (`/../..`) yields no ancestors (all zero).
+
+use std::{
+    collections::{HashMap, HashSet},
+    ffi::OsStr,
+    fs,
+    os::unix::{ffi::OsStrExt as _, fs::MetadataExt as _},
+    path::{Component, Path, PathBuf},
+};
+
+use anyhow::{Context as _, bail};
+use firewall_common::identity::{ExeId, ListenerKey, MAX_UNIT_LEVEL, Owner};
+
+use crate::{
+    cgroup::scratch,
+    identity,
+    sockets::{self, SockProto},
+};
+
+/// One bound socket whose owning process was found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BoundSocket {
+    pub key: ListenerKey,
+    pub owner: Owner,
+    /// The socket cookie (`bpf_get_socket_cookie`), for the `LISTENERS` value.
+    pub cookie: u64,
+    /// The process it was attributed to (the lowest pid holding it).
+    pub pid: u32,
+}
+
+/// What [`bound_sockets_report`] found.
+#[derive(Debug, Clone, Default)]
+pub struct BoundReport {
+    /// The bound sockets with an owner, sorted by key, then cookie.
+    pub sockets: Vec<BoundSocket>,
+    /// Bound sockets left out because no process holding them was found (or it exited while
+    /// being looked at).
+    pub unowned: usize,
+}
+
+/// Every bound TCP listening socket and every bound UDP socket of the calling thread's network
+/// namespace, with the owning process's identity, as the post_bind hook would have recorded it.
+///
+/// Sockets whose owner is not found are left out; [`bound_sockets_report`] counts them and
+/// gives each socket's cookie and process too.
+pub fn bound_sockets() -> anyhow::Result<Vec<(ListenerKey, Owner)>> {
+    Ok(bound_sockets_report()?
+        .sockets
+        .into_iter()
+        .map(|s| (s.key, s.owner))
+        .collect())
+}
+
+/// [`bound_sockets`], with each socket's cookie and process, and the number of sockets left out
+/// for want of an owner.
+pub fn bound_sockets_report() -> anyhow::Result<BoundReport> {
+    let bound = sockets::bound_inet_sockets()?;
+    let wanted: HashSet<u32> = bound.iter().map(|s| s.inode).filter(|&i| i != 0).collect();
+    let holders = socket_holders(&wanted)?;
+    let hierarchy = Hierarchy::find()?;
+    // Owner parts (exe, ancestors) per pid; `None` when the process vanished meanwhile.
+    let mut parts: HashMap<u32, Option<(ExeId, [u64; MAX_UNIT_LEVEL])>> = HashMap::new();
+    let mut report = BoundReport::default();
+    for socket in bound {
+        let Some(&pid) = holders.get(&socket.inode) else {
+            log::debug!(
+                "no process holds the bound socket {} {:?} (inode {})",
+                socket.local,
+                socket.proto,
+                socket.inode
+            );
+            report.unowned += 1;
+            continue;
+        };
+        let found = parts.entry(pid).or_insert_with(|| {
+            match (
+                identity::exe_id_of_pid(pid),
+                hierarchy.ancestors_of_pid(pid),
+            ) {
+                (Ok(exe), Ok(ancestors)) => Some((exe, ancestors)),
+                (Err(e), _) | (_, Err(e)) => {
+                    log::debug!("process {pid} holding a bound socket: {e:#}");
+                    None
+                }
+            }
+        });
+        let Some((exe, ancestors)) = *found else {
+            report.unowned += 1;
+            continue;
+        };
+        report.sockets.push(BoundSocket {
+            key: ListenerKey {
+                port: socket.local.port(),
+                proto: match socket.proto {
+                    SockProto::Tcp => libc::IPPROTO_TCP as u8,
+                    SockProto::Udp => libc::IPPROTO_UDP as u8,
+                },
+                family: if socket.ipv6 { 6 } else { 4 },
+            },
+            owner: Owner {
+                exe,
+                uid: socket.uid,
+                _pad: 0,
+                ancestors,
+            },
+            cookie: socket.cookie,
+            pid,
+        });
+    }
+    report.sockets.sort_by_key(|s| (s.key, s.cookie));
+    Ok(report)
+}
+
+/// The identity of process `pid` as the kernel hooks record it for a task of it: its
+/// executable, its real uid (`/proc/PID/status`, what `bpf_get_current_uid_gid` reports) and
+/// its cgroup ancestors (with the limits of the module documentation).
+pub fn owner_of_pid(pid: u32) -> anyhow::Result<Owner> {
+    let exe = identity::exe_id_of_pid(pid)?;
+    let status = fs::read_to_string(format!("/proc/{pid}/status"))
+        .with_context(|| format!("reading /proc/{pid}/status"))?;
+    let uid = real_uid(&status).with_context(|| format!("no Uid line in /proc/{pid}/status"))?;
+    let ancestors = Hierarchy::find()?.ancestors_of_pid(pid)?;
+    Ok(Owner {
+        exe,
+        uid,
+        _pad: 0,
+        ancestors,
+    })
+}
+
+/// The real uid of a `/proc/PID/status` text (`Uid:\treal\teffective\tsaved\tfs`).
+fn real_uid(status: &str) -> Option<u32> {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// The cgroup2 file system as this process sees it.
+struct Hierarchy {
+    /// Its mount point.
+    mount: PathBuf,
+    /// The root of the mounted tree within the hierarchy (`/` unless only a subtree is
+    /// mounted).
+    root: String,
+}
+
+impl Hierarchy {
+    fn find() -> anyhow::Result<Self> {
+        let (mount, root) = scratch::cgroup2()?;
+        Ok(Self { mount, root })
+    }
+
+    /// [`ancestors_of`] the cgroup2 path of process `pid`.
+    fn ancestors_of_pid(&self, pid: u32) -> anyhow::Result<[u64; MAX_UNIT_LEVEL]> {
+        let text = fs::read_to_string(format!("/proc/{pid}/cgroup"))
+            .with_context(|| format!("reading /proc/{pid}/cgroup"))?;
+        let Some(path) = text.lines().find_map(|l| l.strip_prefix("0::")) else {
+            bail!("no cgroup2 entry in /proc/{pid}/cgroup");
+        };
+        Ok(ancestors_of(path, |prefix| {
+            let dir = in_mount(&self.mount, &self.root, prefix)?;
+            fs::metadata(dir).ok().map(|m| m.ino())
+        }))
+    }
+}
+
+/// The cgroup ids of the cgroup at `cgroup_path` (as `/proc/PID/cgroup` gives it, absolute in
+/// the hierarchy: `/a/b/c`) and of its ancestors, by level: element `l - 1` is the id of the
+/// ancestor at level `l` (the prefix of `l` components, `a/b` for level 2), which `stat_ino` is
+/// asked for as a relative path; 0 beyond the cgroup's own level, and where `stat_ino` finds
+/// nothing. Levels deeper than [`MAX_UNIT_LEVEL`] are not looked at. A path with `..` (a cgroup
+/// outside the reader's cgroup namespace) gives all zero.
+fn ancestors_of(
+    cgroup_path: &str,
+    stat_ino: impl Fn(&Path) -> Option<u64>,
+) -> [u64; MAX_UNIT_LEVEL] {
+    let mut ancestors = [0; MAX_UNIT_LEVEL];
+    let components: Vec<&str> = cgroup_path
+        .trim_end_matches('\n')
+        .split('/')
+        .filter(|c| !c.is_empty() && *c != ".")
+        .collect();
+    if components.contains(&"..") {
+        return ancestors;
+    }
+    let mut prefix = PathBuf::new();
+    for (slot, component) in ancestors.iter_mut().zip(&components) {
+        prefix.push(component);
+        *slot = stat_ino(&prefix).unwrap_or(0);
+    }
+    ancestors
+}
+
+/// Where the cgroup at `prefix` (relative to the hierarchy's root) is in a cgroup2 mount of the
+/// tree rooted at `mount_root`; `None` if it lies outside that tree.
+fn in_mount(mount: &Path, mount_root: &str, prefix: &Path) -> Option<PathBuf> {
+    let root = Path::new(mount_root.trim_start_matches('/'));
+    let rest = prefix.strip_prefix(root).ok()?;
+    if rest
+        .components()
+        .any(|c| !matches!(c, Component::Normal(_)))
+    {
+        return None;
+    }
+    Some(mount.join(rest))
+}
+
+/// For each socket inode of `wanted`, the lowest pid that has it open, from `/proc/[pid]/fd`.
+/// Processes and descriptors that vanish or cannot be read are skipped.
+fn socket_holders(wanted: &HashSet<u32>) -> anyhow::Result<HashMap<u32, u32>> {
+    let mut holders = HashMap::with_capacity(wanted.len());
+    if wanted.is_empty() {
+        return Ok(holders);
+    }
+    for entry in fs::read_dir("/proc").context("listing /proc")? {
+        let Ok(entry) = entry else { continue };
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(fds) = fs::read_dir(entry.path().join("fd")) else {
+            continue;
+        };
+        for fd in fds.flatten() {
+            let Ok(target) = fs::read_link(fd.path()) else {
+                continue;
+            };
+            let Some(inode) = socket_inode(target.as_os_str()) else {
+                continue;
+            };
+            if wanted.contains(&inode) {
+                holders
+                    .entry(inode)
+                    .and_modify(|p: &mut u32| *p = (*p).min(pid))
+                    .or_insert(pid);
+            }
+        }
+    }
+    Ok(holders)
+}
+
+/// The inode of a `/proc/PID/fd/N` link target `socket:[INODE]`.
+fn socket_inode(target: &OsStr) -> Option<u32> {
+    let digits = target
+        .as_bytes()
+        .strip_prefix(b"socket:[")?
+        .strip_suffix(b"]")?;
+    std::str::from_utf8(digits).ok()?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::{Ipv4Addr, Ipv6Addr, TcpListener, TcpStream, UdpSocket};
+
+    use super::*;
+
+    fn key(port: u16, proto: i32, family: u8) -> ListenerKey {
+        ListenerKey {
+            port,
+            proto: proto as u8,
+            family,
+        }
+    }
+
+    #[test]
+    fn lists_own_tcp_and_udp_sockets() {
+        let tcp = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind TCP 127.0.0.1");
+        let tcp_key = key(tcp.local_addr().expect("addr").port(), libc::IPPROTO_TCP, 4);
+        let udp = UdpSocket::bind((Ipv6Addr::LOCALHOST, 0)).expect("bind UDP ::1");
+        let udp_key = key(udp.local_addr().expect("addr").port(), libc::IPPROTO_UDP, 6);
+        // Neither a connected UDP socket nor a TCP connection is a bound socket.
+        let connected = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind UDP");
+        connected
+            .connect((Ipv4Addr::LOCALHOST, tcp.local_addr().expect("addr").port()))
+            .expect("connect UDP");
+        let connected_key = key(
+            connected.local_addr().expect("addr").port(),
+            libc::IPPROTO_UDP,
+            4,
+        );
+        let client = TcpStream::connect(tcp.local_addr().expect("addr")).expect("connect");
+        let client_key = key(
+            client.local_addr().expect("addr").port(),
+            libc::IPPROTO_TCP,
+            4,
+        );
+
+        let me = owner_of_pid(std::process::id()).expect("owner_of_pid");
+        let exe = identity::exe_id_of_pid(std::process::id()).expect("exe_id_of_pid");
+        assert_eq!(me.exe, exe);
+        let uid = nix::unistd::getuid().as_raw();
+        assert_eq!(me.uid, uid);
+
+        let bound = bound_sockets().expect("bound_sockets");
+        for wanted in [tcp_key, udp_key] {
+            let owner = bound
+                .iter()
+                .find(|(k, o)| *k == wanted && o.exe == exe)
+                .map(|(_, o)| *o)
+                .unwrap_or_else(|| panic!("{wanted:?} missing from {bound:#?}"));
+            assert_eq!(owner.uid, uid);
+            assert_eq!(owner, me, "the owner of {wanted:?}");
+        }
+        for unwanted in [connected_key, client_key] {
+            assert!(
+                !bound.iter().any(|(k, o)| *k == unwanted && o.exe == exe),
+                "{unwanted:?} is not a bound socket: {bound:#?}"
+            );
+        }
+    }
+
+    /// The cookie and process of the report are the socket's `SO_COOKIE` and this process.
+    #[test]
+    fn report_gives_cookie_and_pid() {
+        use std::os::fd::AsRawFd as _;
+        let udp = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind UDP");
+        let udp_key = key(udp.local_addr().expect("addr").port(), libc::IPPROTO_UDP, 4);
+        let mut cookie = 0u64;
+        let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
+        // SAFETY: `cookie` and `len` are valid for writes of the sizes given.
+        let rc = unsafe {
+            libc::getsockopt(
+                udp.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_COOKIE,
+                (&raw mut cookie).cast(),
+                &raw mut len,
+            )
+        };
+        assert_eq!(rc, 0, "SO_COOKIE: {}", std::io::Error::last_os_error());
+        let report = bound_sockets_report().expect("bound_sockets_report");
+        let found = report
+            .sockets
+            .iter()
+            .find(|s| s.cookie == cookie)
+            .unwrap_or_else(|| panic!("cookie {cookie:#x} missing from {report:#?}"));
+        assert_eq!(found.key, udp_key);
+        assert_eq!(found.pid, std::process::id());
+    }
+
+    /// The inodes of the cgroup2 directory `cgroup` and of those above it, by level.
+    fn directories_by_level(mount: &Path, cgroup: &Path) -> [u64; MAX_UNIT_LEVEL] {
+        let depth = cgroup
+            .strip_prefix(mount)
+            .expect("cgroup under the mount")
+            .components()
+            .count();
+        let mut dir = cgroup.to_path_buf();
+        let mut expected = [0; MAX_UNIT_LEVEL];
+        for level in (1..=depth).rev() {
+            if level <= MAX_UNIT_LEVEL {
+                expected[level - 1] = fs::metadata(&dir).expect("stat").ino();
+            }
+            dir.pop();
+        }
+        expected
+    }
+
+    /// The ancestors of this process are the inodes of its cgroup2 directory and those above.
+    #[test]
+    fn own_ancestors_are_own_cgroup_directories() {
+        let (mount, own) = scratch::own_cgroup().expect("own cgroup");
+        let ancestors = owner_of_pid(std::process::id())
+            .expect("owner_of_pid")
+            .ancestors;
+        assert_eq!(
+            ancestors,
+            directories_by_level(&mount, &own),
+            "cgroup {}",
+            own.display()
+        );
+    }
+
+    /// A child process and the cgroup it was moved to, both gone when dropped.
+    struct Child {
+        process: std::process::Child,
+        cgroup: PathBuf,
+    }
+
+    impl Drop for Child {
+        fn drop(&mut self) {
+            let _ = self.process.kill();
+            let _ = self.process.wait();
+            for _ in 0..50 {
+                if fs::remove_dir(&self.cgroup).is_ok() || !self.cgroup.exists() {
+                    return;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+        }
+    }
+
+    /// A socket held only by another process, in a cgroup two levels below this one's, is
+    /// attributed to that process, its executable and its cgroup.
+    #[test]
+    fn socket_of_another_process_in_a_nested_cgroup() {
+        let scratch = scratch::ScratchCgroup::create("listeners-test").expect("scratch cgroup");
+        let inner = scratch.path().join("inner");
+        fs::create_dir(&inner).expect("creating the inner cgroup");
+        let udp = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind UDP");
+        let udp_key = key(udp.local_addr().expect("addr").port(), libc::IPPROTO_UDP, 4);
+        // The socket becomes the child's stdin; this process's descriptor is closed when the
+        // `Command` is dropped.
+        let process = std::process::Command::new("sleep")
+            .arg("60")
+            .stdin(std::process::Stdio::from(std::os::fd::OwnedFd::from(udp)))
+            .spawn()
+            .expect("spawning sleep");
+        let child = Child {
+            process,
+            cgroup: inner.clone(),
+        };
+        let pid = child.process.id();
+        fs::write(inner.join("cgroup.procs"), pid.to_string()).expect("moving the child");
+
+        let report = bound_sockets_report().expect("bound_sockets_report");
+        let found = report
+            .sockets
+            .iter()
+            .find(|s| s.key == udp_key)
+            .unwrap_or_else(|| panic!("{udp_key:?} missing from {report:#?}"));
+        assert_eq!(found.pid, pid);
+        let exe = identity::exe_id_of_pid(pid).expect("exe_id_of_pid");
+        assert_ne!(
+            exe,
+            identity::exe_id_of_pid(std::process::id()).expect("own exe")
+        );
+        assert_eq!(found.owner.exe, exe);
+        assert_eq!(found.owner.uid, nix::unistd::getuid().as_raw());
+        let (mount, _) = scratch::own_cgroup().expect("own cgroup");
+        let expected = directories_by_level(&mount, &inner);
+        assert!(expected.iter().filter(|&&i| i != 0).count() >= 2);
+        assert_eq!(found.owner.ancestors, expected);
+        assert_eq!(owner_of_pid(pid).expect("owner_of_pid"), found.owner);
+        drop(child);
+    }
+
+    fn fake_ino(path: &Path) -> Option<u64> {
+        // A distinct number per path: its length times 1000 plus its last byte.
+        let s = path.to_str()?;
+        Some(s.len() as u64 * 1000 + u64::from(*s.as_bytes().last()?))
+    }
+
+    #[test]
+    fn ancestors_by_level() {
+        let ino = |p: &str| fake_ino(Path::new(p)).expect("ino");
+        let mut expected = [0; MAX_UNIT_LEVEL];
+        expected[..3].copy_from_slice(&[ino("a"), ino("a/b"), ino("a/b/c")]);
+        assert_eq!(ancestors_of("/a/b/c", fake_ino), expected);
+        assert_eq!(ancestors_of("/a/b/c\n", fake_ino), expected);
+        assert_eq!(ancestors_of("/", fake_ino), [0; MAX_UNIT_LEVEL]);
+        assert_eq!(ancestors_of("", fake_ino), [0; MAX_UNIT_LEVEL]);
+
+        // Deeper than MAX_UNIT_LEVEL: truncated.
+        let deep = "/l1/l2/l3/l4/l5/l6/l7/l8/l9/l10";
+        let got = ancestors_of(deep, fake_ino);
+        let mut prefix = String::new();
+        for (level, part) in deep.trim_start_matches('/').split('/').take(8).enumerate() {
+            if !prefix.is_empty() {
+                prefix.push('/');
+            }
+            prefix.push_str(part);
+            assert_eq!(got[level], ino(&prefix), "level {}", level + 1);
+        }
+
+        // A level that cannot be stat'ed is 0; outside the namespace, nothing is known.
+        let missing = ancestors_of("/a/b", |p| {
+            if p == Path::new("a") {
+                None
+            } else {
+                fake_ino(p)
+            }
+        });
+        assert_eq!(missing[..3], [0, ino("a/b"), 0]);
+        assert_eq!(ancestors_of("/../../a", fake_ino), [0; MAX_UNIT_LEVEL]);
+    }
+
+    #[test]
+    fn cgroup_directories_in_a_subtree_mount() {
+        let mount = Path::new("/sys/fs/cgroup");
+        assert_eq!(
+            in_mount(mount, "/", Path::new("a/b")),
+            Some(PathBuf::from("/sys/fs/cgroup/a/b"))
+        );
+        assert_eq!(
+            in_mount(mount, "/x/y", Path::new("x/y/z")),
+            Some(PathBuf::from("/sys/fs/cgroup/z"))
+        );
+        assert_eq!(
+            in_mount(mount, "/x/y", Path::new("x/y")),
+            Some(PathBuf::from("/sys/fs/cgroup"))
+        );
+        assert_eq!(in_mount(mount, "/x/y", Path::new("x")), None);
+        assert_eq!(in_mount(mount, "/x/y", Path::new("q/y/z")), None);
+    }
+
+    #[test]
+    fn parses_proc_links_and_status() {
+        assert_eq!(socket_inode(OsStr::new("socket:[12345]")), Some(12345));
+        assert_eq!(socket_inode(OsStr::new("pipe:[12345]")), None);
+        assert_eq!(socket_inode(OsStr::new("/dev/null")), None);
+        assert_eq!(socket_inode(OsStr::new("socket:[]")), None);
+        let status = "Name:\tsshd\nUid:\t1000\t0\t0\t0\nGid:\t0\t0\t0\t0\n";
+        assert_eq!(real_uid(status), Some(1000));
+        assert_eq!(real_uid("Name:\tx\n"), None);
+    }
 }

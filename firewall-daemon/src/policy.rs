@@ -66,7 +66,7 @@ impl<'a> Policy<'a> {
     ) -> Decision {
         self.ruleset
             .of(direction)
-            .find(|r| matches(r, pkt) && self.about(r, owner))
+            .find(|r| matches(r, pkt) && self.about(r, pkt, owner))
             .map(|r| Decision {
                 action: r.action,
                 rule: Some(r.index),
@@ -80,18 +80,23 @@ impl<'a> Policy<'a> {
     /// Whether `rule`'s selectors name `owner`: its executable is the file the `program` path
     /// resolves to, its `unit` is the unit's cgroup (the deepest cgroup of a unit the rules
     /// name among the owner's ancestors), its uid is `user`.
-    fn about(&self, rule: &Rule, owner: Option<&Owner>) -> bool {
+    /// Only TCP and UDP have owners (a socket that connects, sends or listens), so a rule
+    /// with selectors never matches other protocols.
+    fn about(&self, rule: &Rule, pkt: &PacketMeta, owner: Option<&Owner>) -> bool {
         let sel = &rule.selector;
         if sel.is_everyone() {
             return true;
         }
+        if !matches!(pkt.proto, PacketProto::Tcp | PacketProto::Udp) {
+            return false;
+        }
         let (Some(owner), Some(resolved)) = (owner, self.resolved) else {
             return false;
         };
-        if let Some(path) = &sel.program {
-            if owner.exe == ExeId::default() || resolved.exe(path) != Some(owner.exe) {
-                return false;
-            }
+        if let Some(path) = &sel.program
+            && (owner.exe == ExeId::default() || resolved.exe(path) != Some(owner.exe))
+        {
+            return false;
         }
         if let Some(name) = &sel.unit {
             let Some(unit) = resolved.unit(name) else {
@@ -113,10 +118,10 @@ impl<'a> Policy<'a> {
                 return false;
             }
         }
-        if let Some(uid) = sel.user {
-            if owner.uid != uid {
-                return false;
-            }
+        if let Some(uid) = sel.user
+            && owner.uid != uid
+        {
+            return false;
         }
         true
     }
@@ -145,7 +150,6 @@ impl<'a> Policy<'a> {
     fn first_match(&self, direction: Direction, pkt: &PacketMeta) -> Decision {
         self.first_match_as(direction, pkt, None)
     }
-
 }
 
 fn matches(rule: &Rule, pkt: &PacketMeta) -> bool {

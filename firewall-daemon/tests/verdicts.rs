@@ -208,7 +208,8 @@ impl Run {
 impl Fw {
     fn load(fs: &BpfFs, text: &str) -> Self {
         let ruleset = parse_rules(text);
-        let compiled = compile::compile(&ruleset, &Default::default()).expect("compiling the test rules");
+        let compiled =
+            compile::compile(&ruleset, &Default::default()).expect("compiling the test rules");
         let generation = Generation::load(&compiled, &ruleset, &fs.pin_dir("fw"), 1)
             .unwrap_or_else(|e| panic!("loading a generation: {e:#}\n--- rules ---\n{text}"));
         let tables = Tables::open(&fs.pin_dir("fw")).expect("opening the connection tables");

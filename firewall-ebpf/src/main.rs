@@ -219,16 +219,11 @@ fn judge(ctx: &XdpContext, pkt: &Packet, now: u64) -> u32 {
     let mut word = classify(pkt);
     if scoped::active() {
         // Scalars only: a pointer argument would force the packet onto this frame's stack.
-        let (hi, lo, v4) = match &pkt.remote {
-            Addr::V4(a) => (u64::from(u32::from_ne_bytes(*a)), 0, 1),
-            Addr::V6(a) => (
-                u64::from_ne_bytes([a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7]]),
-                u64::from_ne_bytes([a[8], a[9], a[10], a[11], a[12], a[13], a[14], a[15]]),
-                0,
-            ),
-        };
-        let meta = (v4 << 32) | (u64::from(pkt.proto & 0xff) << 16) | u64::from(pkt.local_port);
-        word = min(word, scoped::classify_inbound(hi, lo, meta));
+        let r = scoped::Remote::of(&pkt.remote);
+        let meta = (u64::from(r.v4) << 32)
+            | (u64::from(pkt.proto & 0xff) << 16)
+            | u64::from(pkt.local_port);
+        word = min(word, scoped::classify_inbound(r.hi, r.lo, meta));
     }
     if word == NO_MATCH {
         word = DEFAULT_INBOUND.load();

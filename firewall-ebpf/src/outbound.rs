@@ -33,8 +33,9 @@ use firewall_common::{
 };
 
 use crate::{
-    classify_parts, count, count_rule_hit, min, scoped,
+    classify_parts, count, count_rule_hit, min,
     parse::{Addr, Packet},
+    scoped,
 };
 
 /// `[defaults] outbound`, as a verdict word. Set in the outbound copy of the program.
@@ -165,7 +166,12 @@ fn judge<const FAMILY: u32>(ctx: &SockAddrContext) -> i32 {
     if scoped::active() {
         word = min(
             word,
-            scoped::classify_owner(&scoped::current_owner(), &remote, proto, port),
+            scoped::classify_owner(
+                &scoped::current_owner(),
+                scoped::Remote::of(&remote),
+                proto,
+                port,
+            ),
         );
     }
     if word == NO_MATCH {

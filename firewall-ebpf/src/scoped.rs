@@ -14,11 +14,9 @@
 
 use aya_ebpf::{
     EbpfContext as _, Global,
-    helpers::{
-        bpf_get_current_ancestor_cgroup_id, bpf_get_current_uid_gid, bpf_get_socket_cookie,
-    },
+    helpers::{bpf_get_current_ancestor_cgroup_id, bpf_get_current_uid_gid, bpf_get_socket_cookie},
     macros::{cgroup_sock, map},
-    maps::{HashMap, LpmTrie, lpm_trie::Key},
+    maps::{HashMap, LpmTrie, PerCpuArray, lpm_trie::Key},
     programs::SockContext,
 };
 use firewall_common::{
@@ -30,12 +28,7 @@ use firewall_common::{
     port_slot,
 };
 
-use crate::{
-    count,
-    identity::current_exe,
-    min, pair_verdict,
-    parse::Addr,
-};
+use crate::{count, identity::current_exe, min, pair_verdict, parse::Addr};
 
 /// Bit `s` set when a group of shape `s` exists in this copy's rules (0: no selectors).
 #[unsafe(no_mangle)]
@@ -91,8 +84,7 @@ pub(crate) fn current_owner() -> Owner {
     let mut level = 0;
     while level < MAX_UNIT_LEVEL {
         // SAFETY: a helper without pointer arguments; 0 above the task's own level.
-        owner.ancestors[level] =
-            unsafe { bpf_get_current_ancestor_cgroup_id((level + 1) as i32) };
+        owner.ancestors[level] = unsafe { bpf_get_current_ancestor_cgroup_id((level + 1) as i32) };
         level += 1;
     }
     owner
@@ -119,59 +111,134 @@ fn unit_of(owner: &Owner) -> u64 {
     0
 }
 
+/// The lookup's inputs and keys, kept off the stack: the XDP program's frame plus these
+/// subprograms' must stay within the kernel's 512 bytes.
+#[repr(C)]
+struct Scratch {
+    group: GroupKey,
+    slot: ScopedSlot,
+    k4: Key<[u8; 8]>,
+    k6: Key<[u8; 20]>,
+    exe: ExeId,
+    unit: u64,
+    hi: u64,
+    lo: u64,
+    uid: u32,
+    proto: u32,
+    port: u32,
+    v4: u32,
+}
+
+#[map]
+static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
+
+#[inline(always)]
+fn scratch() -> Option<&'static mut Scratch> {
+    // SAFETY: this CPU's slot of a per-CPU array; a program is not re-entered on one CPU.
+    SCRATCH.get_ptr_mut(0).map(|p| unsafe { &mut *p })
+}
+
+/// A remote address as two words: IPv4 in the low 32 bits of `hi` (its bytes in memory order),
+/// IPv6 as its first and last eight bytes.
+#[derive(Clone, Copy)]
+pub(crate) struct Remote {
+    pub v4: bool,
+    pub hi: u64,
+    pub lo: u64,
+}
+
+impl Remote {
+    #[inline(always)]
+    pub(crate) fn of(a: &Addr) -> Self {
+        match a {
+            Addr::V4(a) => Self {
+                v4: true,
+                hi: u64::from(u32::from_ne_bytes(*a)),
+                lo: 0,
+            },
+            Addr::V6(a) => Self {
+                v4: false,
+                hi: u64::from_ne_bytes([a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7]]),
+                lo: u64::from_ne_bytes([a[8], a[9], a[10], a[11], a[12], a[13], a[14], a[15]]),
+            },
+        }
+    }
+}
+
 /// The first rule about `owner` that matches, as a verdict word, or [`NO_MATCH`].
 #[inline(always)]
-pub(crate) fn classify_owner(owner: &Owner, remote: &Addr, proto: u32, port: u16) -> u32 {
+pub(crate) fn classify_owner(owner: &Owner, remote: Remote, proto: u32, port: u16) -> u32 {
+    let Some(s) = scratch() else {
+        return NO_MATCH;
+    };
+    s.exe = owner.exe;
+    s.uid = owner.uid;
+    s.unit = unit_of(owner);
+    s.hi = remote.hi;
+    s.lo = remote.lo;
+    s.v4 = u32::from(remote.v4);
+    s.proto = proto & 3;
+    s.port = u32::from(port);
     let shapes = SCOPED_SHAPES.load();
-    let has_exe = owner.exe.dev != 0 || owner.exe.ino != 0;
-    let unit = unit_of(owner);
     let mut best = NO_MATCH;
     let mut shape = 1;
     while shape < SHAPES {
-        let wanted = shapes & (1 << shape) != 0
-            && (shape & SHAPE_PROGRAM == 0 || has_exe)
-            && (shape & SHAPE_UNIT == 0 || unit != 0);
-        if wanted {
-            let key = GroupKey {
-                exe: if shape & SHAPE_PROGRAM != 0 {
-                    owner.exe
-                } else {
-                    ExeId { dev: 0, ino: 0 }
-                },
-                unit: if shape & SHAPE_UNIT != 0 { unit } else { 0 },
-                uid: if shape & SHAPE_USER != 0 {
-                    owner.uid
-                } else {
-                    NO_UID
-                },
-                _pad: 0,
-            };
-            // SAFETY: a plain u32 copied out at once.
-            if let Some(group) = unsafe { GROUPS.get(&key) } {
-                best = min(best, classify_group(*group, remote, proto, port));
-            }
+        if shapes & (1 << shape) != 0 {
+            best = min(best, classify_shape(shape));
         }
         shape += 1;
     }
     best
 }
 
-/// [`crate::classify_parts`] over one group's tables.
+/// The group of shape `shape` the owner in the scratch belongs to, if any, and its first
+/// matching rule. A subprogram: its locals live in its own small frame, not the caller's.
+#[inline(never)]
+fn classify_shape(shape: u32) -> u32 {
+    let Some(s) = scratch() else {
+        return NO_MATCH;
+    };
+    let has_exe = s.exe.dev != 0 || s.exe.ino != 0;
+    if (shape & SHAPE_PROGRAM != 0 && !has_exe) || (shape & SHAPE_UNIT != 0 && s.unit == 0) {
+        return NO_MATCH;
+    }
+    if shape & SHAPE_PROGRAM != 0 {
+        s.group.exe = s.exe;
+    } else {
+        s.group.exe = ExeId { dev: 0, ino: 0 };
+    }
+    s.group.unit = if shape & SHAPE_UNIT != 0 { s.unit } else { 0 };
+    s.group.uid = if shape & SHAPE_USER != 0 {
+        s.uid
+    } else {
+        NO_UID
+    };
+    s.group._pad = 0;
+    // SAFETY: a plain u32 copied out at once.
+    match unsafe { GROUPS.get(&s.group) }.copied() {
+        Some(group) => classify_group(s, group),
+        None => NO_MATCH,
+    }
+}
+
+/// [`crate::classify_parts`] over one group's tables, for the call in the scratch.
 #[inline(always)]
-fn classify_group(group: u32, remote: &Addr, proto: u32, port: u16) -> u32 {
-    let proto = proto & 3;
-    let g = group.to_be_bytes();
-    let addr = match remote {
-        Addr::V4(a) => SCOPED_ADDR4.get(&Key::new(
-            64,
-            [g[0], g[1], g[2], g[3], a[0], a[1], a[2], a[3]],
-        )),
-        Addr::V6(a) => {
-            let mut k = [0u8; 20];
-            k[..4].copy_from_slice(&g);
-            k[4..].copy_from_slice(a);
-            SCOPED_ADDR6.get(&Key::new(160, k))
-        }
+fn classify_group(s: &mut Scratch, group: u32) -> u32 {
+    let proto = s.proto & 3;
+    let addr = if s.v4 != 0 {
+        s.k4.prefix_len = 64;
+        s.k4.data = (u64::from(group.to_be()) | (s.hi << 32)).to_ne_bytes();
+        SCOPED_ADDR4.get(&s.k4)
+    } else {
+        s.k6.prefix_len = 160;
+        let h = s.hi.to_ne_bytes();
+        let l = s.lo.to_ne_bytes();
+        let gb = group.to_be_bytes();
+        s.k6.data = [
+            gb[0], gb[1], gb[2], gb[3], h[0], h[1], h[2], h[3], h[4], h[5], h[6], h[7], l[0], l[1],
+            l[2], l[3], l[4], l[5], l[6], l[7],
+        ];
+        SCOPED_ADDR6.get(&s.k6)
     };
     let (addr_class, mut best) = match addr {
         Some(v) => (v.class, min(v.any_proto, v.proto[proto as usize])),
@@ -189,12 +256,10 @@ fn classify_group(group: u32, remote: &Addr, proto: u32, port: u16) -> u32 {
             },
         );
     }
-    let slot = ScopedSlot {
-        group,
-        slot: port_slot(proto, port),
-    };
+    s.slot.group = group;
+    s.slot.slot = port_slot(proto, s.port as u16);
     // SAFETY: as above.
-    let port_class = match unsafe { SCOPED_PORTS.get(&slot) } {
+    let port_class = match unsafe { SCOPED_PORTS.get(&s.slot) } {
         Some(v) => {
             best = min(best, v.any_addr());
             v.class()
@@ -205,29 +270,17 @@ fn classify_group(group: u32, remote: &Addr, proto: u32, port: u16) -> u32 {
 }
 
 /// Rules about programs for a new inbound connection: judged by who listens on its port
-/// (recorded at bind()). A function of its own (a BPF subprogram), which keeps the XDP
-/// program's packet pointers out of LLVM's reach here.
-///
-/// The remote address comes as two words (IPv4: `hi` only), `meta` packs IPv4-ness (bit 32),
-/// the protocol class (bits 16..24) and the local port.
+/// (recorded at bind()). A BPF subprogram of its own taking only scalars, so that the XDP
+/// program's frame is not grown by it.
 #[inline(never)]
 pub(crate) fn classify_inbound(hi: u64, lo: u64, meta: u64) -> u32 {
     let v4 = meta >> 32 != 0;
     let proto = ((meta >> 16) & 0xff) as u32;
     let port = meta as u16;
-    let remote = if v4 {
-        Addr::V4((hi as u32).to_ne_bytes())
-    } else {
-        let (h, l) = (hi.to_ne_bytes(), lo.to_ne_bytes());
-        Addr::V6([
-            h[0], h[1], h[2], h[3], h[4], h[5], h[6], h[7], l[0], l[1], l[2], l[3], l[4], l[5],
-            l[6], l[7],
-        ])
-    };
     match listener(v4, proto, port) {
         Some(l) => {
             count(Counter::InListenerFound);
-            classify_owner(&l.owner, &remote, proto, port)
+            classify_owner(&l.owner, Remote { v4, hi, lo }, proto, port)
         }
         None => {
             count(Counter::InNoListener);

@@ -10,7 +10,7 @@ use clap::Parser as _;
 use firewall_daemon::{
     cli::{self, FwctlArgs as Args, FwctlCmd as Cmd, exit},
     compile, config,
-    control::{self, ClientError, ConnsData, ListData, ReloadData, Request, StatusData},
+    control::{self, ClientError, ConnsData, ListData, ReloadData, Request, RuleView, StatusData},
     datapath,
     model::{Action, Direction},
     resolve::Resolved,
@@ -408,6 +408,25 @@ fn dash(v: &[String]) -> String {
     }
 }
 
+/// `  program=/usr/bin/firefox unit=nginx.service user=33` after a rule about a program, unit
+/// or user; empty for a rule about every process, so those lines keep their layout.
+fn selector_note(r: &RuleView) -> String {
+    let mut note = String::new();
+    if let Some(program) = &r.program {
+        note.push_str(&format!(" program={program}"));
+    }
+    if let Some(unit) = &r.unit {
+        note.push_str(&format!(" unit={unit}"));
+    }
+    if let Some(user) = r.user {
+        note.push_str(&format!(" user={user}"));
+    }
+    if !note.is_empty() {
+        note.insert(0, ' ');
+    }
+    note
+}
+
 fn print_list(l: &ListData) {
     println!("rules from {}", l.source);
     println!(
@@ -415,7 +434,10 @@ fn print_list(l: &ListData) {
         "#", "NAME", "DIR", "PROTO", "PORTS", "REMOTE", "ACTION", "PACKETS"
     );
     for r in &l.rules {
-        let note = if r.enforced { "" } else { "  (not enforced)" };
+        let mut note = selector_note(r);
+        if !r.enforced {
+            note.push_str("  (not enforced)");
+        }
         println!(
             "{:>4}  {:<28} {:<4} {:<5} {:<14} {:<28} {:<8} {:>10}{note}",
             r.number,
@@ -612,4 +634,60 @@ fn print_conns(d: &ConnsData) {
         );
     }
     println!("{} connection(s)", d.connections.len());
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use firewall_daemon::model::Proto;
+
+    use super::*;
+
+    fn view() -> RuleView {
+        RuleView {
+            number: 1,
+            name: "web".into(),
+            direction: Direction::In,
+            proto: Proto::Tcp,
+            ports: vec!["443".into()],
+            remote: vec![],
+            program: None,
+            unit: None,
+            user: None,
+            action: Action::Allow,
+            enforced: true,
+            hits: 0,
+            line: 2,
+        }
+    }
+
+    #[test]
+    fn selectors_are_shown_only_when_given() {
+        let mut r = view();
+        assert_eq!(selector_note(&r), "");
+        let json = serde_json::to_string(&r).unwrap();
+        assert!(
+            !json.contains("program") && !json.contains("user"),
+            "{json}"
+        );
+        r.program = Some("/usr/bin/firefox".into());
+        r.unit = Some("nginx.service".into());
+        r.user = Some(33);
+        assert_eq!(
+            selector_note(&r),
+            "  program=/usr/bin/firefox unit=nginx.service user=33"
+        );
+        let json = serde_json::to_string(&r).unwrap();
+        assert_eq!(serde_json::from_str::<RuleView>(&json).unwrap(), r);
+        r.program = None;
+        r.unit = None;
+        assert_eq!(selector_note(&r), "  user=33");
+    }
+
+    #[test]
+    fn rule_views_without_selector_fields_still_parse() {
+        let json = r#"{"number":1,"name":"web","direction":"in","proto":"tcp","ports":[],"remote":[],"action":"allow","enforced":true,"hits":0,"line":2}"#;
+        let r: RuleView = serde_json::from_str(json).unwrap();
+        assert_eq!((r.program, r.unit, r.user), (None, None, None));
+    }
 }

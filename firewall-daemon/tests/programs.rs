@@ -1,0 +1,717 @@
+//! Rules about programs, users and units, end to end, with real processes and sockets.
+//!
+//! The programs are copies of this test binary at different paths (so different inodes, so
+//! different identities), run as helper processes ([`helper_process`]) in the protected
+//! namespace and moved into the daemon's test cgroup. Every outcome is also checked against
+//! the oracle (`Policy::with_selectors`), fed with each helper's identity as the daemon
+//! computes it (`listeners::owner_of_pid`).
+//!
+//! Needs root. Everything is created by the tests and removed afterwards, also on failure:
+//! namespaces, a private bpffs, the test cgroup and the unit cgroup made inside it
+//! ([`UnitCgroup`]), the copies (a tempdir), and the helpers (killed on drop).
+
+mod support;
+
+use std::{
+    io::{BufRead as _, BufReader, Write as _},
+    net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket},
+    os::unix::fs::PermissionsExt as _,
+    path::{Path, PathBuf},
+    process::{Child, ChildStdin, Command, Stdio},
+    sync::mpsc,
+    time::{Duration, Instant},
+};
+
+use firewall_common::identity::Owner;
+use firewall_daemon::{
+    config, listeners,
+    model::{Action, ConnectMeta, PacketMeta, PacketProto},
+    policy::Policy,
+    resolve::Resolved,
+};
+use support::{daemon::Daemon, netns::Pair};
+
+const HELPER_ENV: &str = "FW_PROGRAMS_HELPER_NETNS";
+const UID_ENV: &str = "FW_PROGRAMS_HELPER_UID";
+/// An unprivileged uid for the `user` selector.
+const NOBODY: u32 = 65534;
+/// How long the daemon may take to notice a replaced binary or a new unit. It watches the
+/// directories with inotify and re-resolves every 2 s in any case.
+const RERESOLVE_BOUND: Duration = Duration::from_secs(5);
+
+// ---------------------------------------------------------------------------------------------
+// The helper process.
+
+/// Not a test: with [`HELPER_ENV`] set this binary (or a copy of it) is a helper that enters
+/// the namespace, optionally drops to the uid in [`UID_ENV`], and runs commands from stdin,
+/// each answered by one `@@ ...` line.
+#[test]
+fn helper_process() {
+    let Some(ns) = std::env::var_os(HELPER_ENV) else {
+        return;
+    };
+    support::netns::enter(&ns.to_string_lossy());
+    if let Some(uid) = std::env::var_os(UID_ENV) {
+        let uid: u32 = uid.to_string_lossy().parse().expect("uid");
+        nix::unistd::setgid(nix::unistd::Gid::from_raw(uid)).expect("setgid");
+        nix::unistd::setuid(nix::unistd::Uid::from_raw(uid)).expect("setuid");
+    }
+    let mut _listener: Option<TcpListener> = None;
+    for line in std::io::stdin().lock().lines().map_while(Result::ok) {
+        let w: Vec<&str> = line.split_whitespace().collect();
+        let reply = match w.as_slice() {
+            ["tcp", addr, wait_ms] => tcp(addr, wait_ms.parse().expect("ms")),
+            ["udpt", addr, token] => udp_sendto(addr, token),
+            ["listen", port] => {
+                let sa: SocketAddr = format!("[::]:{port}").parse().expect("addr");
+                match TcpListener::bind(sa) {
+                    // Never accepted: the handshake completes in the kernel's backlog.
+                    Ok(l) => {
+                        _listener = Some(l);
+                        "ok".to_string()
+                    }
+                    Err(e) => format!("err {e}"),
+                }
+            }
+            ["close"] => {
+                _listener = None;
+                "ok".to_string()
+            }
+            _ => format!("err unknown command {line:?}"),
+        };
+        println!("@@ {reply}");
+        let _ = std::io::stdout().flush();
+    }
+    std::process::exit(0);
+}
+
+fn errno_reply(e: std::io::Error) -> String {
+    match e.raw_os_error() {
+        Some(libc::EPERM) => "eperm".into(),
+        _ => format!("err {e}"),
+    }
+}
+
+/// A connect, waited for up to `wait_ms`: `ok`, `eperm`, `pending` or `err ...`.
+fn tcp(addr: &str, wait_ms: u64) -> String {
+    let sa: SocketAddr = addr.parse().expect("addr");
+    match TcpStream::connect_timeout(&sa, Duration::from_millis(wait_ms)) {
+        Ok(_) => "ok".into(),
+        Err(e) if e.kind() == std::io::ErrorKind::TimedOut => "pending".into(),
+        Err(e) => errno_reply(e),
+    }
+}
+
+/// One datagram from an unconnected socket (sendto).
+fn udp_sendto(addr: &str, token: &str) -> String {
+    let sa: SocketAddr = addr.parse().expect("addr");
+    let bind: SocketAddr = if sa.is_ipv4() {
+        "0.0.0.0:0".parse().expect("addr")
+    } else {
+        "[::]:0".parse().expect("addr")
+    };
+    let s = UdpSocket::bind(bind).expect("udp socket");
+    match s.send_to(token.as_bytes(), sa) {
+        Ok(_) => "ok".into(),
+        Err(e) => errno_reply(e),
+    }
+}
+
+/// A helper process run from `exe`, killed and reaped on drop.
+struct Helper {
+    child: Child,
+    stdin: ChildStdin,
+    replies: mpsc::Receiver<String>,
+}
+
+impl Helper {
+    fn spawn(exe: &Path, netns: &str, uid: Option<u32>) -> Self {
+        let mut cmd = Command::new(exe);
+        cmd.args([
+            "--exact",
+            "helper_process",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(HELPER_ENV, netns)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+        if let Some(uid) = uid {
+            cmd.env(UID_ENV, uid.to_string());
+        }
+        let mut child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {}: {e}", exe.display()));
+        let stdin = child.stdin.take().expect("stdin");
+        let out = child.stdout.take().expect("stdout");
+        let (tx, replies) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                if let Some((_, reply)) = line.split_once("@@ ") {
+                    let _ = tx.send(reply.to_string());
+                }
+            }
+        });
+        let mut h = Self {
+            child,
+            stdin,
+            replies,
+        };
+        // The helper has entered the namespace (and dropped privileges) once it answers.
+        assert!(h.call("nothing").starts_with("err unknown"));
+        h
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn call(&mut self, cmd: &str) -> String {
+        writeln!(self.stdin, "{cmd}").expect("writing to the helper");
+        self.stdin.flush().expect("flushing");
+        self.replies
+            .recv_timeout(Duration::from_secs(60))
+            .unwrap_or_else(|e| panic!("the helper did not answer {cmd:?}: {e}"))
+    }
+
+    /// Who this helper is, as the daemon computes it.
+    fn owner(&self) -> Owner {
+        listeners::owner_of_pid(self.pid()).expect("the helper's identity")
+    }
+}
+
+impl Drop for Helper {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A copy of this test binary at `dir/name`: a program with an identity of its own.
+fn copy_program(dir: &Path, name: &str) -> PathBuf {
+    let path = dir.join(name);
+    let tmp = dir.join(format!(".{name}.tmp"));
+    std::fs::copy(std::env::current_exe().expect("test binary"), &tmp).expect("copying");
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    // Replaced the way package managers do: a new file renamed over the old one.
+    std::fs::rename(&tmp, &path).expect("renaming the copy into place");
+    path
+}
+
+/// A child cgroup of the test cgroup standing for a systemd unit. On drop its processes go
+/// back to the parent and it is removed.
+struct UnitCgroup {
+    path: PathBuf,
+}
+
+impl UnitCgroup {
+    fn new(parent: &Path, name: &str) -> Self {
+        let path = parent.join(name);
+        std::fs::create_dir(&path).expect("creating the unit cgroup");
+        Self { path }
+    }
+
+    fn add(&self, pid: u32) {
+        std::fs::write(self.path.join("cgroup.procs"), pid.to_string()).expect("moving into unit");
+    }
+}
+
+impl Drop for UnitCgroup {
+    fn drop(&mut self) {
+        let parent = self.path.parent().expect("parent").join("cgroup.procs");
+        if let Ok(procs) = std::fs::read_to_string(self.path.join("cgroup.procs")) {
+            for pid in procs.lines() {
+                let _ = std::fs::write(&parent, pid);
+            }
+        }
+        let _ = std::fs::remove_dir(&self.path);
+    }
+}
+
+fn outcome_action(reply: &str) -> Option<Action> {
+    match reply.split_whitespace().next() {
+        Some("ok") => Some(Action::Allow),
+        Some("eperm") => Some(Action::Reject),
+        Some("pending") => Some(Action::Stealth),
+        _ => None,
+    }
+}
+
+fn call_meta(addr: &str, proto: PacketProto) -> ConnectMeta {
+    let sa: SocketAddr = addr.parse().expect("addr");
+    ConnectMeta {
+        remote: sa.ip(),
+        proto,
+        remote_port: sa.port(),
+    }
+}
+
+/// Accepts everything waiting on a listener (non-blocking).
+fn accepted(l: &TcpListener) -> usize {
+    let mut n = 0;
+    while l.accept().is_ok() {
+        n += 1;
+    }
+    n
+}
+
+// ---------------------------------------------------------------------------------------------
+// Outbound.
+
+#[test]
+fn outbound_rules_by_program_user_and_unit() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let [a, b, c, d] =
+        ["client-a", "client-b", "client-c", "client-d"].map(|n| copy_program(dir.path(), n));
+    let rules = format!(
+        r#"
+[defaults]
+inbound = "allow"
+outbound = "allow"
+
+[[rule]]
+name = "a may connect"
+direction = "out"
+program = "{a}"
+proto = "tcp"
+port = 7000
+action = "allow"
+
+[[rule]]
+name = "b is refused"
+direction = "out"
+program = "{b}"
+proto = "tcp"
+port = 7000
+action = "reject"
+
+[[rule]]
+name = "c is black-holed"
+direction = "out"
+program = "{c}"
+proto = "tcp"
+port = 7000
+action = "stealth"
+
+[[rule]]
+name = "a may send"
+direction = "out"
+program = "{a}"
+proto = "udp"
+port = 7001
+action = "allow"
+
+[[rule]]
+name = "nobody is refused"
+direction = "out"
+user = {NOBODY}
+proto = "tcp"
+port = 7002
+action = "reject"
+
+[[rule]]
+name = "the unit is refused"
+direction = "out"
+unit = "fwtest-app.service"
+proto = "tcp"
+port = 7003
+action = "reject"
+
+[[rule]]
+name = "d in the unit may connect"
+direction = "out"
+program = "{d}"
+unit = "fwtest-app.service"
+proto = "tcp"
+port = 7004
+action = "allow"
+
+[[rule]]
+name = "nobody else"
+direction = "out"
+proto = "tcp"
+port = [7000, 7004]
+action = "reject"
+
+[[rule]]
+name = "nobody else sends"
+direction = "out"
+proto = "udp"
+port = 7001
+action = "reject"
+"#,
+        a = a.display(),
+        b = b.display(),
+        c = c.display(),
+        d = d.display(),
+    );
+    let pair = Pair::new();
+    let daemon = Daemon::start(&pair.server, &pair.server_if, "generic", &rules);
+    let ruleset = config::parse(&rules, Path::new("rules.toml")).expect("rules");
+    let (tcp_listeners, udp) = pair.client.run(|| {
+        let tcp: Vec<TcpListener> = (7000..=7004)
+            .map(|p| {
+                let l = TcpListener::bind(format!("[::]:{p}")).expect("listener");
+                l.set_nonblocking(true).expect("nonblocking");
+                l
+            })
+            .collect();
+        let u = UdpSocket::bind("[::]:7001").expect("udp");
+        u.set_read_timeout(Some(Duration::from_secs(5) * support::slowdown()))
+            .expect("timeout");
+        (tcp, u)
+    });
+    let ns = pair.server.path();
+    let spawn = |exe: &Path, uid: Option<u32>| {
+        let h = Helper::spawn(exe, &ns, uid);
+        daemon.cgroup.add(h.pid());
+        h
+    };
+    let mut ha = spawn(&a, None);
+    let mut hb = spawn(&b, None);
+    let mut hc = spawn(&c, None);
+    let mut hd = spawn(&d, None);
+    let mut ha_nobody = spawn(&a, Some(NOBODY));
+    let server = |port: u16| format!("{}:{port}", pair.client_v4);
+    let server6 = |port: u16| format!("[{}]:{port}", pair.client_v6);
+
+    // Checks one call against what the kernel did and what the oracle says.
+    let check = |h: &mut Helper, cmd: &str, addr: &str, proto: PacketProto, want: Action| {
+        let resolved = Resolved::resolve(&ruleset, daemon.cgroup.path());
+        let policy = Policy::with_selectors(&ruleset, &resolved);
+        let model = policy
+            .decide_out_as(&call_meta(addr, proto), &h.owner())
+            .action;
+        let t = Instant::now();
+        let reply = h.call(cmd);
+        let got = outcome_action(&reply);
+        assert_eq!(got, Some(want), "{cmd}: kernel said {reply:?}");
+        assert_eq!(model, want, "{cmd}: the oracle disagrees with the kernel");
+        if want == Action::Reject {
+            assert!(
+                t.elapsed() < Duration::from_millis(500) * support::slowdown(),
+                "{cmd}: a refused call fails at once"
+            );
+        }
+    };
+    let wait = 1500 * support::slowdown() as u64;
+    for addr in [server(7000), server6(7000)] {
+        check(
+            &mut ha,
+            &format!("tcp {addr} {wait}"),
+            &addr,
+            PacketProto::Tcp,
+            Action::Allow,
+        );
+        check(
+            &mut hb,
+            &format!("tcp {addr} {wait}"),
+            &addr,
+            PacketProto::Tcp,
+            Action::Reject,
+        );
+        check(
+            &mut hc,
+            &format!("tcp {addr} {wait}"),
+            &addr,
+            PacketProto::Tcp,
+            Action::Stealth,
+        );
+        check(
+            &mut hd,
+            &format!("tcp {addr} {wait}"),
+            &addr,
+            PacketProto::Tcp,
+            Action::Reject,
+        );
+    }
+    assert_eq!(
+        accepted(&tcp_listeners[0]),
+        2,
+        "only a's connections arrived"
+    );
+
+    // Unconnected UDP: sendto() is judged per datagram.
+    let addr = server(7001);
+    check(
+        &mut ha,
+        &format!("udpt {addr} from-a"),
+        &addr,
+        PacketProto::Udp,
+        Action::Allow,
+    );
+    let mut buf = [0u8; 64];
+    let n = udp.recv(&mut buf).expect("a's datagram arrives");
+    assert_eq!(&buf[..n], b"from-a");
+    check(
+        &mut hb,
+        &format!("udpt {addr} from-b"),
+        &addr,
+        PacketProto::Udp,
+        Action::Reject,
+    );
+
+    // `user`: the same program, as another uid.
+    let addr = server(7002);
+    check(
+        &mut ha_nobody,
+        &format!("tcp {addr} {wait}"),
+        &addr,
+        PacketProto::Tcp,
+        Action::Reject,
+    );
+    check(
+        &mut ha,
+        &format!("tcp {addr} {wait}"),
+        &addr,
+        PacketProto::Tcp,
+        Action::Allow,
+    );
+
+    // `unit`: the unit starts after the daemon (its rules matched nothing until then).
+    let unit = UnitCgroup::new(daemon.cgroup.path(), "fwtest-app.service");
+    unit.add(hd.pid());
+    unit.add(hb.pid());
+    let t = Instant::now();
+    let addr = server(7003);
+    loop {
+        if hd.call(&format!("tcp {addr} {wait}")) == "eperm" {
+            break;
+        }
+        assert!(
+            t.elapsed() < RERESOLVE_BOUND * support::slowdown(),
+            "the daemon did not notice the unit start"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    eprintln!("unit noticed after {:?}", t.elapsed());
+    check(
+        &mut hd,
+        &format!("tcp {addr} {wait}"),
+        &addr,
+        PacketProto::Tcp,
+        Action::Reject,
+    );
+    check(
+        &mut ha,
+        &format!("tcp {addr} {wait}"),
+        &addr,
+        PacketProto::Tcp,
+        Action::Allow,
+    );
+    let addr = server(7004);
+    check(
+        &mut hd,
+        &format!("tcp {addr} {wait}"),
+        &addr,
+        PacketProto::Tcp,
+        Action::Allow,
+    );
+    check(
+        &mut hb,
+        &format!("tcp {addr} {wait}"),
+        &addr,
+        PacketProto::Tcp,
+        Action::Reject,
+    );
+
+    // A package upgrade: a new file (new inode) renamed over a's path. The running helper
+    // keeps the old inode; a new process of the new file must stay allowed.
+    let a2 = copy_program(dir.path(), "client-a");
+    assert_eq!(a2, a);
+    let mut ha2 = spawn(&a, None);
+    let t = Instant::now();
+    let addr = server(7000);
+    loop {
+        if ha2.call(&format!("tcp {addr} {wait}")) == "ok" {
+            break;
+        }
+        assert!(
+            t.elapsed() < RERESOLVE_BOUND * support::slowdown(),
+            "the replaced binary was not re-resolved"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    eprintln!("replaced binary allowed again after {:?}", t.elapsed());
+    check(
+        &mut ha2,
+        &format!("tcp {addr} {wait}"),
+        &addr,
+        PacketProto::Tcp,
+        Action::Allow,
+    );
+
+    let status = daemon.fwctl_json(&["status"]);
+    assert!(
+        status["counters"]["out_judged"].as_u64().unwrap_or(0) > 0,
+        "{status}"
+    );
+    drop(unit);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Inbound.
+
+/// What a client in the other namespace sees connecting to `addr`.
+fn connect_from(pair: &Pair, addr: SocketAddr) -> Action {
+    let wait = Duration::from_millis(1500) * support::slowdown();
+    pair.client
+        .run(move || match TcpStream::connect_timeout(&addr, wait) {
+            Ok(_) => Action::Allow,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => Action::Reject,
+            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => Action::Stealth,
+            Err(e) => panic!("connecting to {addr}: {e}"),
+        })
+}
+
+/// nmap's verdict on TCP port `port` of `target` (SYN scan).
+fn nmap_state(pair: &Pair, target: &str, port: u16) -> String {
+    let mut args = vec!["-n", "-Pn", "-sS", "--max-retries", "1", "-oG", "-"];
+    let p = port.to_string();
+    args.extend(["-p", &p]);
+    if target.contains(':') {
+        args.push("-6");
+    }
+    let out = pair
+        .client
+        .command("nmap")
+        .args(&args)
+        .arg(target)
+        .output()
+        .expect("running nmap (cargo xtask setup installs it)");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text
+        .lines()
+        .find(|l| l.contains("Ports:"))
+        .unwrap_or_else(|| panic!("nmap output: {text}"));
+    let field = line.split("Ports: ").nth(1).expect("ports");
+    field.split('/').nth(1).expect("state").to_string()
+}
+
+#[test]
+fn inbound_rules_by_listening_program() {
+    const PORT: u16 = 8080;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let [a, b, c, early] =
+        ["server-a", "server-b", "server-c", "server-early"].map(|n| copy_program(dir.path(), n));
+    let rules = format!(
+        r#"
+[defaults]
+inbound = "stealth"
+
+[[rule]]
+name = "a answers on {PORT}"
+direction = "in"
+program = "{a}"
+proto = "tcp"
+port = {PORT}
+action = "allow"
+
+[[rule]]
+name = "the early server answers on {PORT}"
+direction = "in"
+program = "{early}"
+proto = "tcp"
+port = {PORT}
+action = "allow"
+
+[[rule]]
+name = "b is refused"
+direction = "in"
+program = "{b}"
+proto = "tcp"
+port = {PORT}
+action = "reject"
+"#,
+        a = a.display(),
+        b = b.display(),
+        early = early.display(),
+    );
+    let pair = Pair::new();
+    let ns = pair.server.path();
+    // A server that listens before the daemon starts: the daemon finds it among the host's
+    // sockets, since no hook saw its bind().
+    let mut he = Helper::spawn(&early, &ns, None);
+    assert_eq!(he.call(&format!("listen {PORT}")), "ok");
+    let daemon = Daemon::start(&pair.server, &pair.server_if, "generic", &rules);
+    let ruleset = config::parse(&rules, Path::new("rules.toml")).expect("rules");
+    let resolved = Resolved::resolve(&ruleset, daemon.cgroup.path());
+    let policy = Policy::with_selectors(&ruleset, &resolved);
+    let v4: SocketAddr = format!("{}:{PORT}", pair.server_v4).parse().expect("addr");
+    let v6: SocketAddr = format!("[{}]:{PORT}", pair.server_v6)
+        .parse()
+        .expect("addr");
+    let model = |owner: Option<&Owner>, addr: SocketAddr| {
+        let pkt = PacketMeta {
+            remote: match addr.ip() {
+                IpAddr::V4(_) => pair.client_v4.parse().expect("addr"),
+                IpAddr::V6(_) => pair.client_v6.parse().expect("addr"),
+            },
+            proto: PacketProto::Tcp,
+            local_port: PORT,
+        };
+        policy.decide_for(&pkt, owner).action
+    };
+
+    assert_eq!(
+        connect_from(&pair, v4),
+        Action::Allow,
+        "the server found at start answers"
+    );
+    assert_eq!(model(Some(&he.owner()), v4), Action::Allow);
+    assert_eq!(he.call("close"), "ok");
+
+    let spawn = |exe: &Path| {
+        let h = Helper::spawn(exe, &ns, None);
+        daemon.cgroup.add(h.pid());
+        h
+    };
+    for (exe, want, nmap_says) in [
+        (&a, Action::Allow, "open"),
+        (&b, Action::Reject, "closed"),
+        (&c, Action::Stealth, "filtered"),
+    ] {
+        let mut h = spawn(exe);
+        assert_eq!(h.call(&format!("listen {PORT}")), "ok");
+        let owner = h.owner();
+        for addr in [v4, v6] {
+            assert_eq!(
+                connect_from(&pair, addr),
+                want,
+                "{} on {addr}",
+                exe.display()
+            );
+            assert_eq!(
+                model(Some(&owner), addr),
+                want,
+                "the oracle for {}",
+                exe.display()
+            );
+        }
+        assert_eq!(
+            nmap_state(&pair, pair.server_v4, PORT),
+            nmap_says,
+            "nmap, {}",
+            exe.display()
+        );
+        assert_eq!(
+            nmap_state(&pair, pair.server_v6, PORT),
+            nmap_says,
+            "nmap -6, {}",
+            exe.display()
+        );
+        assert_eq!(h.call("close"), "ok");
+    }
+    // Nobody listens: only rules without selectors apply (the default here).
+    assert_eq!(connect_from(&pair, v4), Action::Stealth);
+    assert_eq!(model(None, v4), Action::Stealth);
+    let status = daemon.fwctl_json(&["status"]);
+    let c = &status["counters"];
+    assert!(c["listener_bound"].as_u64().unwrap_or(0) >= 3, "{status}");
+    assert!(
+        c["listener_released"].as_u64().unwrap_or(0) >= 3,
+        "{status}"
+    );
+    assert!(c["in_listener_found"].as_u64().unwrap_or(0) > 0, "{status}");
+}
