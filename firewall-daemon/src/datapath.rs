@@ -651,6 +651,8 @@ fn verifier_context(e: ProgramError) -> anyhow::Error {
             io_error,
             verifier_log,
         } => {
+            // The message keeps the log's tail; FW_VERIFIER_DUMP=<file> keeps all of it, for
+            // whoever changes the kernel programs.
             if let Ok(p) = std::env::var("FW_VERIFIER_DUMP") {
                 let _ = std::fs::write(p, verifier_log.to_string());
             }
