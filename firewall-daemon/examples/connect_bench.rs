@@ -8,8 +8,12 @@
 //! call runs the connect4/connect6 hook): first with no program attached, then with the
 //! firewall's outbound hooks and 0 / 10 / 1,000 / 10,000 outbound rules. Each rule names a
 //! remote address and a port (the kind that needs all three lookups and the pair table); the
-//! destination matches the last rule, which allows it. Prints ns per connect() call: the
-//! median of `--runs` runs (min-max in brackets) of `--calls` calls each.
+//! destination matches the last rule, which allows it. Then with rules about programs: 10 and
+//! 1,000 rules each naming a different executable (the benchmark's own is the last, allowed),
+//! and the worst case, rules of all seven selector shapes (program, unit, user and their
+//! combinations), each of which the benchmark process matches, so every call makes seven group
+//! lookups. Prints ns per connect() call: the median of `--runs` runs (min-max in brackets) of
+//! `--calls` calls each.
 //!
 //! Everything it creates is removed when it exits (the namespace with the process; the cgroup
 //! and the bpffs by guards, the process moved back to its cgroup first).
@@ -27,6 +31,7 @@ use firewall_daemon::{
     compile, config,
     datapath::{Hook, OutboundGeneration},
     model::Direction,
+    resolve::Resolved,
 };
 use nix::sched::{CloneFlags, unshare};
 
@@ -68,6 +73,59 @@ fn rules(n: u32) -> String {
         text = "[defaults]\noutbound = \"allow\"\n".into();
     }
     text
+}
+
+/// Rules about programs: `n - 1` rules refusing port 9000 to other executables (files made in
+/// `dir`), then one allowing this benchmark's own executable.
+fn program_rules(n: u32, dir: &Path) -> anyhow::Result<String> {
+    let me = std::env::current_exe()?;
+    let mut text = String::from("[defaults]\noutbound = \"reject\"\n");
+    for i in 0..n.saturating_sub(1) {
+        let p = dir.join(format!("prog-{i}"));
+        std::fs::write(&p, b"")?;
+        text.push_str(&format!(
+            "[[rule]]\ndirection = \"out\"\nprogram = \"{}\"\nproto = \"udp\"\nport = 9000\n\
+             action = \"reject\"\n",
+            p.display()
+        ));
+    }
+    text.push_str(&format!(
+        "[[rule]]\ndirection = \"out\"\nprogram = \"{}\"\nproto = \"udp\"\nport = 9000\n\
+         remote = [\"10.77.0.2\", \"fd77::2\"]\naction = \"allow\"\n",
+        me.display()
+    ));
+    Ok(text)
+}
+
+/// One rule of each of the seven selector shapes, all about this process (its executable, its
+/// cgroup as the unit `unit`, its uid), each refusing another port; the last allows port 9000.
+fn all_shapes_rules(unit: &str) -> anyhow::Result<String> {
+    let me = std::env::current_exe()?;
+    let program = format!("program = \"{}\"\n", me.display());
+    let unit = format!("unit = \"{unit}\"\n");
+    let user = format!("user = {}\n", nix::unistd::getuid().as_raw());
+    let mut text = String::from("[defaults]\noutbound = \"reject\"\n");
+    for (i, sel) in [
+        program.clone(),
+        unit.clone(),
+        user.clone(),
+        format!("{program}{unit}"),
+        format!("{program}{user}"),
+        format!("{unit}{user}"),
+    ]
+    .iter()
+    .enumerate()
+    {
+        text.push_str(&format!(
+            "[[rule]]\ndirection = \"out\"\n{sel}proto = \"udp\"\nport = {}\naction = \"reject\"\n",
+            9100 + i
+        ));
+    }
+    text.push_str(&format!(
+        "[[rule]]\ndirection = \"out\"\n{program}{unit}{user}proto = \"udp\"\nport = 9000\n\
+         remote = [\"10.77.0.2\", \"fd77::2\"]\naction = \"allow\"\n"
+    ));
+    Ok(text)
 }
 
 /// ns per connect() of one socket to `to`: the median and range of `runs` runs.
@@ -120,7 +178,9 @@ fn main() -> anyhow::Result<()> {
     ip(&["link", "set", "d0", "up"])?;
     let bpffs = BpfFs::new();
     // A cgroup below this process's own, with this process in it (moved back out on drop).
-    let cg = ScratchCgroup::create(&format!("fw-connect-bench-{}", std::process::id()))?;
+    // Named like a systemd scope, so the rules can name it as a unit.
+    let unit = format!("fw-connect-bench-{}.scope", std::process::id());
+    let cg = ScratchCgroup::create(&unit)?;
     cg.add(std::process::id())
         .context("moving the benchmark into its cgroup")?;
     let cgroup = Cgroup::open(cg.path())?;
@@ -143,12 +203,37 @@ fn main() -> anyhow::Result<()> {
         time_connects(to4, calls, runs)?,
         time_connects(to6, calls, runs)?,
     );
-    for n in [0u32, 10, 1_000, 10_000] {
-        let text = rules(n);
+    let programs = tempfile::tempdir()?;
+    let mut cases: Vec<(String, String)> = [0u32, 10, 1_000, 10_000]
+        .into_iter()
+        .map(|n| {
+            let label = match n {
+                0 => "attached, no rule (default allow)".to_string(),
+                n => format!("attached, {n} rules"),
+            };
+            (label, rules(n))
+        })
+        .collect();
+    for n in [10u32, 1_000] {
+        cases.push((
+            format!("attached, {n} program rules"),
+            program_rules(n, programs.path())?,
+        ));
+    }
+    cases.push((
+        "attached, rules of all 7 selector shapes".into(),
+        all_shapes_rules(&unit)?,
+    ));
+    for (i, (label, text)) in cases.into_iter().enumerate() {
         let rs = config::parse(&text, Path::new("connect-bench.toml"))
             .map_err(|e| anyhow::anyhow!("{e}"))?;
-        let compiled = compile::compile_direction(&rs, Direction::Out, &Default::default())?;
-        let pin_dir = bpffs.pin_dir(&format!("gen{n}"));
+        let resolved = Resolved::resolve(&rs, cg.path());
+        let unresolved = resolved.warnings(&rs);
+        if !unresolved.is_empty() {
+            bail!("selectors did not resolve: {unresolved:?}");
+        }
+        let compiled = compile::compile_direction(&rs, Direction::Out, &resolved)?;
+        let pin_dir = bpffs.pin_dir(&format!("gen{i}"));
         let t = Instant::now();
         let mut generation = OutboundGeneration::load(&compiled, &rs, &pin_dir, 1)?;
         let load_ms = t.elapsed().as_secs_f64() * 1e3;
@@ -157,10 +242,7 @@ fn main() -> anyhow::Result<()> {
             .iter()
             .map(|h| generation.attach(*h, &cgroup))
             .collect::<anyhow::Result<_>>()?;
-        let label = match n {
-            0 => "attached, no rule (default allow)".to_string(),
-            n => format!("attached, {n} rules (load {load_ms:.0} ms)"),
-        };
+        let label = format!("{label} (load {load_ms:.0} ms)");
         show(
             &label,
             time_connects(to4, calls, runs)?,
