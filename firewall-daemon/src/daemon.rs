@@ -969,10 +969,27 @@ impl State {
                     .into(),
             });
         }
+        features.push(format!(
+            "listener table kept by cgroup post_bind4/post_bind6/sock_release hooks on {} \
+             (read by XDP for inbound rules that name programs)",
+            self.cgroup.path.display()
+        ));
+        let mut degraded = self.degraded.clone();
+        match crate::identity::kernel_offsets() {
+            Ok(_) => features.push(format!(
+                "program identity: (device, inode) of task->mm->exe_file, structure offsets \
+                 from {}",
+                crate::identity::VMLINUX_BTF
+            )),
+            Err(why) => degraded.push(format!(
+                "program identity unavailable ({why}): rules that name a program cannot be \
+                 loaded"
+            )),
+        }
         KernelStatus {
             release: crate::features::release(),
             features,
-            degraded: self.degraded.clone(),
+            degraded,
         }
     }
 

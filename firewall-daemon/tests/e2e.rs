@@ -517,6 +517,11 @@ fn fwctl_list_status_check_and_errors() {
         features.contains(if tcx { "TCX links" } else { "cls_bpf" }),
         "{status}"
     );
+    assert!(
+        features.contains("program identity: (device, inode) of task->mm->exe_file")
+            && features.contains("listener table kept by cgroup post_bind4"),
+        "{status}"
+    );
     assert_eq!(
         status["kernel"]["degraded"],
         serde_json::json!([]),

@@ -167,7 +167,7 @@ fn judge<const FAMILY: u32>(ctx: &SockAddrContext) -> i32 {
         word = min(
             word,
             scoped::classify_owner(
-                &scoped::current_owner(),
+                &scoped::current_owner_for_rules(),
                 scoped::Remote::of(&remote),
                 proto,
                 port,

@@ -68,12 +68,32 @@ pub(crate) fn active() -> bool {
 /// cgroup hooks).
 #[inline(always)]
 pub(crate) fn current_owner() -> Owner {
-    let exe = match current_exe() {
-        Ok(exe) => exe,
-        Err(_) => {
-            count(Counter::OutNoExe);
-            ExeId { dev: 0, ino: 0 }
+    owner_of_current(true, true)
+}
+
+/// [`current_owner`] with only what the rules in force can use: the executable walk (five
+/// kernel reads) only if a rule names a program, the ancestors (eight helper calls) only if
+/// one names a unit.
+#[inline(always)]
+pub(crate) fn current_owner_for_rules() -> Owner {
+    let shapes = SCOPED_SHAPES.load();
+    // Shapes 1, 3, 5 and 7 include a program.
+    const WITH_PROGRAM: u32 = (1 << 1) | (1 << 3) | (1 << 5) | (1 << 7);
+    owner_of_current(shapes & WITH_PROGRAM != 0, UNIT_LEVELS.load() != 0)
+}
+
+#[inline(always)]
+fn owner_of_current(exe: bool, ancestors: bool) -> Owner {
+    let exe = if exe {
+        match current_exe() {
+            Ok(exe) => exe,
+            Err(_) => {
+                count(Counter::OutNoExe);
+                ExeId { dev: 0, ino: 0 }
+            }
         }
+    } else {
+        ExeId { dev: 0, ino: 0 }
     };
     let mut owner = Owner {
         exe,
@@ -81,11 +101,14 @@ pub(crate) fn current_owner() -> Owner {
         _pad: 0,
         ancestors: [0; MAX_UNIT_LEVEL],
     };
-    let mut level = 0;
-    while level < MAX_UNIT_LEVEL {
-        // SAFETY: a helper without pointer arguments; 0 above the task's own level.
-        owner.ancestors[level] = unsafe { bpf_get_current_ancestor_cgroup_id((level + 1) as i32) };
-        level += 1;
+    if ancestors {
+        let mut level = 0;
+        while level < MAX_UNIT_LEVEL {
+            // SAFETY: a helper without pointer arguments; 0 above the task's own level.
+            owner.ancestors[level] =
+                unsafe { bpf_get_current_ancestor_cgroup_id((level + 1) as i32) };
+            level += 1;
+        }
     }
     owner
 }
