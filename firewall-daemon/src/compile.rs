@@ -91,6 +91,9 @@ struct Tables {
     proto_verdicts: [u32; PROTO_CLASSES],
 }
 
+/// Shapes that include a unit: 2, 3, 6 and 7.
+const UNIT_SHAPES: u32 = (1 << 2) | (1 << 3) | (1 << 6) | (1 << 7);
+
 /// What a rule's selectors resolve to.
 enum Scope {
     /// No selector: every process.
@@ -221,11 +224,6 @@ pub fn compile_direction(
     for (id, (key, rules)) in scoped.into_iter().enumerate() {
         let t = tables(&rules, &mut addr_classes, &mut port_classes, &mut pairs)?;
         scoped_shapes |= 1 << key.shape();
-        if key.unit != 0
-            && let Some(u) = resolved.units.values().flatten().find(|u| u.id == key.unit)
-        {
-            units.insert(u.id, u.level);
-        }
         groups.push(Group {
             key,
             id: id as u32,
@@ -234,6 +232,17 @@ pub fn compile_direction(
             ports: t.ports,
             proto_verdicts: t.proto_verdicts,
         });
+    }
+    // A process's unit is the deepest of its cgroups that *any* rule names (both directions
+    // agree on it, and so does the oracle).
+    if scoped_shapes & UNIT_SHAPES != 0 {
+        for rule in &ruleset.rules {
+            if let Some(u) = rule.selector.unit.as_deref().and_then(|n| resolved.unit(n))
+                && (1..=MAX_UNIT_LEVEL as u32).contains(&u.level)
+            {
+                units.insert(u.id, u.level);
+            }
+        }
     }
     let all: Vec<&Rule> = ruleset.of(direction).collect();
     let default_action = ruleset.default_action(direction);

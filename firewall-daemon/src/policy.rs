@@ -102,10 +102,13 @@ impl<'a> Policy<'a> {
             let Some(unit) = resolved.unit(name) else {
                 return false;
             };
-            let named: Vec<u64> = resolved
-                .units
-                .values()
-                .flatten()
+            // The units any rule of the file names, resolved.
+            let named: Vec<u64> = self
+                .ruleset
+                .rules
+                .iter()
+                .filter_map(|r| r.selector.unit.as_deref())
+                .filter_map(|n| resolved.unit(n))
                 .filter(|u| (1..=MAX_UNIT_LEVEL as u32).contains(&u.level))
                 .map(|u| u.id)
                 .collect();
