@@ -449,11 +449,17 @@ mod tests {
         let udp_key = key(udp.local_addr().expect("addr").port(), libc::IPPROTO_UDP, 4);
         // The socket becomes the child's stdin; this process's descriptor is closed when the
         // `Command` is dropped.
-        let process = std::process::Command::new("sleep")
-            .arg("60")
+        // bash (which the kernel matrix's guests carry too; coreutils they do not) blocks
+        // reading its stdin, the socket, until it is killed.
+        let bash = ["/bin/bash", "/usr/bin/bash"]
+            .into_iter()
+            .find(|p| Path::new(p).exists())
+            .expect("bash");
+        let process = std::process::Command::new(bash)
+            .args(["-c", "read -r line"])
             .stdin(std::process::Stdio::from(std::os::fd::OwnedFd::from(udp)))
             .spawn()
-            .expect("spawning sleep");
+            .expect("spawning bash");
         let child = Child {
             process,
             cgroup: inner.clone(),
