@@ -1144,10 +1144,6 @@ impl ListenerTable {
         })
     }
 
-    pub fn entries(&self) -> Vec<(ListenerKey, Listener)> {
-        self.map.iter().filter_map(Result::ok).collect()
-    }
-
     /// Forgets every entry (a fresh start: sockets may have closed while no hook ran).
     pub fn clear(&mut self) {
         let keys: Vec<ListenerKey> = self.map.keys().filter_map(Result::ok).collect();

@@ -20,12 +20,10 @@ mod support;
 
 use std::{
     collections::{BTreeMap, HashSet},
-    io::{BufRead as _, BufReader, Write as _},
+    io::{BufRead as _, Write as _},
     net::{SocketAddr, TcpListener, UdpSocket},
     os::fd::{AsFd as _, OwnedFd},
     path::Path,
-    process::{Child, ChildStdin, Command, Stdio},
-    sync::mpsc,
     time::{Duration, Instant},
 };
 
@@ -226,64 +224,25 @@ mod helper {
 }
 
 /// The helper, seen from the test: a child process in the protected namespace, moved into the
-/// daemon's cgroup or not. Killed and reaped when dropped.
-struct Helper {
-    child: Child,
-    stdin: ChildStdin,
-    replies: mpsc::Receiver<String>,
-}
+/// daemon's cgroup or not.
+struct Helper(support::helper::Helper);
 
 impl Helper {
     fn spawn(netns: &str) -> Self {
         let exe = std::env::current_exe().expect("test binary");
-        let mut child = Command::new(exe)
-            .args([
-                "--exact",
-                "helper_process",
-                "--nocapture",
-                "--test-threads=1",
-            ])
-            .env(HELPER_ENV, netns)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("starting the helper");
-        let stdin = child.stdin.take().expect("stdin");
-        let out = child.stdout.take().expect("stdout");
-        let (tx, replies) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(out).lines().map_while(Result::ok) {
-                // libtest may have started the line ("test helper_process ... ").
-                if let Some((_, reply)) = line.split_once("@@ ") {
-                    let _ = tx.send(reply.to_string());
-                }
-            }
-        });
-        Self {
-            child,
-            stdin,
-            replies,
-        }
+        Self(support::helper::Helper::spawn(
+            &exe,
+            "helper_process",
+            &[(HELPER_ENV, netns.to_string())],
+        ))
     }
 
     fn pid(&self) -> u32 {
-        self.child.id()
+        self.0.pid()
     }
 
     fn call(&mut self, cmd: &str) -> String {
-        writeln!(self.stdin, "{cmd}").expect("writing to the helper");
-        self.stdin.flush().expect("flushing");
-        self.replies
-            .recv_timeout(Duration::from_secs(30))
-            .unwrap_or_else(|e| panic!("the helper did not answer {cmd:?}: {e}"))
-    }
-}
-
-impl Drop for Helper {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.0.call_within(cmd, Duration::from_secs(30))
     }
 }
 

@@ -13,12 +13,10 @@
 mod support;
 
 use std::{
-    io::{BufRead as _, BufReader, Write as _},
+    io::{BufRead as _, Write as _},
     net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket},
     os::unix::fs::PermissionsExt as _,
     path::{Path, PathBuf},
-    process::{Child, ChildStdin, Command, Stdio},
-    sync::mpsc,
     time::{Duration, Instant},
 };
 
@@ -117,74 +115,32 @@ fn udp_sendto(addr: &str, token: &str) -> String {
     }
 }
 
-/// A helper process run from `exe`, killed and reaped on drop.
-struct Helper {
-    child: Child,
-    stdin: ChildStdin,
-    replies: mpsc::Receiver<String>,
-}
+/// A helper process run from `exe` (this test binary or a copy of it).
+struct Helper(support::helper::Helper);
 
 impl Helper {
     fn spawn(exe: &Path, netns: &str, uid: Option<u32>) -> Self {
-        let mut cmd = Command::new(exe);
-        cmd.args([
-            "--exact",
-            "helper_process",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(HELPER_ENV, netns)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit());
+        let mut env = vec![(HELPER_ENV, netns.to_string())];
         if let Some(uid) = uid {
-            cmd.env(UID_ENV, uid.to_string());
+            env.push((UID_ENV, uid.to_string()));
         }
-        let mut child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("starting {}: {e}", exe.display()));
-        let stdin = child.stdin.take().expect("stdin");
-        let out = child.stdout.take().expect("stdout");
-        let (tx, replies) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(out).lines().map_while(Result::ok) {
-                if let Some((_, reply)) = line.split_once("@@ ") {
-                    let _ = tx.send(reply.to_string());
-                }
-            }
-        });
-        let mut h = Self {
-            child,
-            stdin,
-            replies,
-        };
+        let mut h = Self(support::helper::Helper::spawn(exe, "helper_process", &env));
         // The helper has entered the namespace (and dropped privileges) once it answers.
         assert!(h.call("nothing").starts_with("err unknown"));
         h
     }
 
     fn pid(&self) -> u32 {
-        self.child.id()
+        self.0.pid()
     }
 
     fn call(&mut self, cmd: &str) -> String {
-        writeln!(self.stdin, "{cmd}").expect("writing to the helper");
-        self.stdin.flush().expect("flushing");
-        self.replies
-            .recv_timeout(Duration::from_secs(60))
-            .unwrap_or_else(|e| panic!("the helper did not answer {cmd:?}: {e}"))
+        self.0.call_within(cmd, Duration::from_secs(60))
     }
 
     /// Who this helper is, as the daemon computes it.
     fn owner(&self) -> Owner {
         listeners::owner_of_pid(self.pid()).expect("the helper's identity")
-    }
-}
-
-impl Drop for Helper {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

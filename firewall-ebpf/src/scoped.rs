@@ -245,6 +245,10 @@ fn classify_shape(shape: u32) -> u32 {
 }
 
 /// [`crate::classify_parts`] over one group's tables, for the call in the scratch.
+///
+/// The combining steps repeat `classify_parts`' on purpose: sharing them as one inline
+/// function changed how LLVM lays out the XDP program's packet parsing, and the verifier
+/// refused it (a bitwise operation on a packet pointer).
 #[inline(always)]
 fn classify_group(s: &mut Scratch, group: u32) -> u32 {
     let proto = s.proto & 3;
