@@ -58,6 +58,30 @@ pub struct CtEntry {
     /// `FLAG_*` bits.
     pub flags: u8,
     pub _pad: [u8; 5],
+    /// Who owns the flow on this host: for a flow the host opened, the process whose
+    /// connect()/sendmsg() created the socket's first verdict (recorded by the outbound hooks,
+    /// copied here by the egress program); for a flow a remote host opened, the owner of the
+    /// listening socket when the first packet arrived. All zero when unknown.
+    pub owner: ConnOwner,
+}
+
+/// The process a connection belongs to (value of [`crate::maps::SOCK_OWNER`] and part of
+/// [`CtEntry`]). `pid` 0 and an all-zero `exe` mean "not known".
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ConnOwner {
+    /// The executable, as (device, inode): see [`crate::identity::ExeId`].
+    pub exe: crate::identity::ExeId,
+    pub uid: u32,
+    /// Thread-group id (the process id userspace sees); 0 for a listener's flow, whose socket
+    /// outlives the process that bound it as often as not.
+    pub pid: u32,
+}
+
+impl ConnOwner {
+    pub const fn is_known(&self) -> bool {
+        self.pid != 0 || self.exe.dev != 0 || self.exe.ino != 0
+    }
 }
 
 /// The host opened the flow.
@@ -367,7 +391,8 @@ const _: () = {
     assert!(core::mem::offset_of!(CtKey, remote_port) == 34);
     assert!(core::mem::offset_of!(CtKey, proto) == 36);
     assert!(core::mem::align_of::<CtKey>() == 8);
-    assert!(core::mem::size_of::<CtEntry>() == 72);
+    assert!(core::mem::size_of::<CtEntry>() == 96);
+    assert!(core::mem::size_of::<ConnOwner>() == 24);
     assert!(core::mem::size_of::<CtConfig>() == 8 * state::SLOTS + 8);
     assert!(state::COUNT <= state::SLOTS && state::SLOTS.is_power_of_two());
 };

@@ -60,6 +60,10 @@ pub mod maps {
     /// Hash, socket cookie -> [`super::identity::ListenerKey`]: the port each recorded socket
     /// holds, for sock_release (which may not read the port). Pinned.
     pub const LISTENER_OF: &str = "LISTENER_OF";
+    /// LRU hash, socket cookie -> [`super::ct::ConnOwner`]: the process that connected (or
+    /// first sent from) each socket the outbound hooks allowed. The egress program copies it
+    /// into the flow it creates. Pinned.
+    pub const SOCK_OWNER: &str = "SOCK_OWNER";
 }
 
 /// Names of the load-time constants (`Global<u32>`) in the XDP program.
@@ -254,6 +258,11 @@ pub struct OutStealthKey {
 /// forgotten when it is full (its packets then leave: see the README's limits).
 pub const OUT_STEALTH_ENTRIES: u32 = 65536;
 
+/// Capacity of [`maps::SOCK_OWNER`]. An entry is needed only between a socket's connect()
+/// (or first sendmsg()) and its first packet, or again when its flow has expired and a later
+/// packet starts a new one; the least recently used socket is forgotten first.
+pub const SOCK_OWNER_ENTRIES: u32 = 65536;
+
 pub const FRAG_ALLOW: u32 = 0;
 pub const FRAG_STEALTH: u32 = 1;
 
@@ -371,10 +380,18 @@ pub enum Counter {
     /// New inbound connections to a port no recorded socket listens on, while inbound rules
     /// name programs: only rules without selectors apply.
     InNoListener,
+    /// Outbound hooks: the owner of an allowed socket could not be recorded (`SOCK_OWNER`).
+    OwnerRecordFailed,
+    /// Egress: a new flow the host opened got its socket's owner from `SOCK_OWNER`.
+    CtOwnerRecorded,
+    /// Egress: a new flow the host opened has no recorded owner (its socket never passed a
+    /// connect/sendmsg hook, e.g. a raw socket, a socket outside the cgroup, or one the LRU
+    /// forgot).
+    CtOwnerUnknown,
 }
 
 impl Counter {
-    pub const COUNT: u32 = Counter::InNoListener as u32 + 1;
+    pub const COUNT: u32 = Counter::CtOwnerUnknown as u32 + 1;
 
     pub const ALL: [Counter; Counter::COUNT as usize] = [
         Counter::Packets,
@@ -425,6 +442,9 @@ impl Counter {
         Counter::ListenerRecordFailed,
         Counter::InListenerFound,
         Counter::InNoListener,
+        Counter::OwnerRecordFailed,
+        Counter::CtOwnerRecorded,
+        Counter::CtOwnerUnknown,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -477,6 +497,9 @@ impl Counter {
             Counter::ListenerRecordFailed => "listener_record_failed",
             Counter::InListenerFound => "in_listener_found",
             Counter::InNoListener => "in_no_listener",
+            Counter::OwnerRecordFailed => "out_owner_record_failed",
+            Counter::CtOwnerRecorded => "ct_owner_recorded",
+            Counter::CtOwnerUnknown => "ct_owner_unknown",
         }
     }
 }
@@ -507,4 +530,5 @@ mod user {
     unsafe impl aya::Pod for crate::ct::CtKey {}
     unsafe impl aya::Pod for crate::ct::CtEntry {}
     unsafe impl aya::Pod for crate::ct::CtConfig {}
+    unsafe impl aya::Pod for crate::ct::ConnOwner {}
 }

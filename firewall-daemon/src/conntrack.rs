@@ -327,6 +327,7 @@ fn seed_entry(
         origin,
         flags,
         _pad: [0; 5],
+        owner: Default::default(),
     };
     Some((key, entry))
 }

@@ -266,6 +266,16 @@ pub struct ConnView {
     pub admitted_by: String,
     /// Denied by the rules in force after `fwctl reload --recheck`.
     pub denied: bool,
+    /// The program that owns the connection on this host (see the README, "Connections and
+    /// their programs"): a path, or `(device M:N, inode I)` for an executable without one.
+    #[serde(default)]
+    pub program: Option<String>,
+    /// The process that opened it (connections the host opened).
+    #[serde(default)]
+    pub pid: Option<u32>,
+    /// The owner's user name (or uid).
+    #[serde(default)]
+    pub user: Option<String>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

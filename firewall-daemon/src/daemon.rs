@@ -48,6 +48,7 @@ use crate::{
         Action, ConnectMeta, Direction, Interfaces, OnStop, PacketMeta, PacketProto, Ruleset,
         XdpMode,
     },
+    owners::OwnerNames,
     policy::Policy,
     resolve::{Resolved, Watcher},
     sockets,
@@ -198,6 +199,7 @@ pub async fn run(config_path: PathBuf, overrides: Overrides) -> anyhow::Result<(
         dir: pin_dir.clone(),
         armed: !adopting,
     };
+    datapath::discard_incompatible_pins(&pin_dir);
     // Entries adopted from a previous daemon name its generations: start after them.
     let last_gen = Tables::open(&pin_dir)
         .map(|t| {
@@ -1043,6 +1045,12 @@ impl State {
     fn conns(&self) -> anyhow::Result<ConnsData> {
         use firewall_common::ct::{self, FLAG_DENIED, ORIGIN_LOCAL, state};
         let now = conntrack::monotonic_ns();
+        let mut names = OwnerNames::new(
+            self.resolved
+                .programs
+                .iter()
+                .filter_map(|(p, id)| Some((p.as_path(), (*id)?))),
+        );
         let mut connections: Vec<ConnView> = self
             .tables
             .flows()
@@ -1088,6 +1096,9 @@ impl State {
                     bytes_out: e.bytes_out,
                     admitted_by: self.admitted_by(e.rule, e.generation),
                     denied: e.flags & FLAG_DENIED != 0,
+                    program: names.program(&e.owner),
+                    pid: (e.owner.pid != 0).then_some(e.owner.pid),
+                    user: e.owner.is_known().then(|| names.user(e.owner.uid)),
                 }
             })
             .collect();

@@ -70,13 +70,73 @@ const GENERATION_MAPS: [&str; 5] = [
     maps::RULE_HITS,
 ];
 /// Maps shared by every generation (and kept across daemon restarts while pinned).
-pub const SHARED_MAPS: [&str; 5] = [
+pub const SHARED_MAPS: [&str; 8] = [
     maps::COUNTERS,
     maps::REJECT_RATE,
     maps::CT_EST,
     maps::CT_NEW,
     maps::OUT_STEALTH,
+    maps::LISTENERS,
+    maps::LISTENER_OF,
+    maps::SOCK_OWNER,
 ];
+
+/// Key size, value size and (where the program indexes it by constant) the number of entries
+/// each shared map must have. A pin left by another version of the daemon with a different
+/// layout would be adopted by the loader as it is, and the verifier or the programs would then
+/// misread it.
+fn shared_layout(name: &str) -> Option<(usize, usize, Option<u32>)> {
+    use core::mem::size_of;
+    use firewall_common::{
+        RateBucket, RateKey,
+        ct::{ConnOwner, CtEntry, CtKey},
+    };
+    Some(match name {
+        maps::COUNTERS => (4, size_of::<u64>(), Some(Counter::COUNT)),
+        maps::REJECT_RATE => (size_of::<RateKey>(), size_of::<RateBucket>(), None),
+        maps::CT_EST | maps::CT_NEW => (size_of::<CtKey>(), size_of::<CtEntry>(), None),
+        maps::OUT_STEALTH => (size_of::<OutStealthKey>(), 4, None),
+        maps::LISTENERS => (size_of::<ListenerKey>(), size_of::<Listener>(), None),
+        maps::LISTENER_OF => (8, size_of::<ListenerKey>(), None),
+        maps::SOCK_OWNER => (8, size_of::<ConnOwner>(), None),
+        _ => return None,
+    })
+}
+
+/// Unpins every shared map whose layout is not this version's (an upgrade that changed it):
+/// the next load creates it afresh. Returns the names of the maps discarded. Connections in a
+/// discarded table are forgotten; the seeding from the host's sockets at start-up brings back
+/// those still open.
+pub fn discard_incompatible_pins(pin_dir: &Path) -> Vec<&'static str> {
+    let mut discarded = Vec::new();
+    for name in SHARED_MAPS {
+        let path = pin_dir.join(name);
+        let Ok(info) = MapInfo::from_pin(&path) else {
+            continue;
+        };
+        let Some((key, value, entries)) = shared_layout(name) else {
+            continue;
+        };
+        let fits = info.key_size() as usize == key
+            && info.value_size() as usize == value
+            && entries.is_none_or(|n| info.max_entries() == n);
+        if !fits {
+            warn!(
+                "{name}: the pinned map has another layout (key {} B, value {} B, {} entries; \
+                 this version needs key {key} B, value {value} B), left by another version of \
+                 the daemon: replacing it",
+                info.key_size(),
+                info.value_size(),
+                info.max_entries()
+            );
+            if let Err(e) = std::fs::remove_file(&path) {
+                warn!("{name}: could not remove the pin {}: {e}", path.display());
+            }
+            discarded.push(name);
+        }
+    }
+    discarded
+}
 /// Directory under the pin directory holding the attachments (bpf links), one per interface
 /// and hook: while pinned they keep enforcing after the daemon is gone.
 pub const LINK_DIR: &str = "links";

@@ -13,6 +13,7 @@ pub mod interfaces;
 pub mod listeners;
 pub mod logging;
 pub mod model;
+pub mod owners;
 pub mod policy;
 pub mod resolve;
 pub mod sockets;

@@ -202,6 +202,7 @@ impl<'a> Tracker<'a> {
             origin,
             flags: 0,
             _pad: [0; 5],
+            owner: Default::default(),
         };
         let t = self.flows.entry(k).insert_entry(Tracked {
             entry,

@@ -720,6 +720,54 @@ fn established_connections_survive_reload_kill_and_restart() {
     assert!(!pin_dir.exists(), "pins removed after stop");
 }
 
+/// 3a'. An upgrade that changes a pinned table's layout: the daemon finds the killed
+///      daemon's connection table in an older shape (entries of 72 bytes, before they
+///      recorded their owner), replaces it instead of failing or misreading it, and the
+///      connection still open is seeded into the new table, so it keeps working.
+#[test]
+fn pinned_tables_of_another_layout_are_replaced() {
+    use aya::maps::{HashMap, MapData, MapInfo};
+    use firewall_common::{ct::CtEntry, maps};
+    let _g = shared();
+    let pair = Pair::new();
+    let mut daemon = Daemon::start(&pair.server, &pair.server_if, "generic", RULES);
+    let web = listen(&pair.server, sa(pair.server_v4, 8080));
+    let (mut remote_end, mut protected_end) = open(&pair.client, &web);
+    both_ways(&mut remote_end, &mut protected_end, "before");
+    daemon.kill_hard();
+
+    let pin = daemon.pin_dir.join(maps::CT_EST);
+    std::fs::remove_file(&pin).expect("unpinning the table");
+    let old: HashMap<MapData, [u8; 40], [u8; 72]> =
+        HashMap::create(1024, 0).expect("creating a table of the old layout");
+    old.pin(&pin).expect("pinning it where the table was");
+    assert_eq!(MapInfo::from_pin(&pin).expect("info").value_size(), 72);
+
+    daemon.restart();
+    assert_eq!(
+        MapInfo::from_pin(&pin).expect("info").value_size() as usize,
+        size_of::<CtEntry>(),
+        "the table was replaced"
+    );
+    assert!(
+        daemon.stderr().contains("another layout"),
+        "the replacement is logged: {}",
+        daemon.stderr()
+    );
+    let st = status(&daemon);
+    assert!(
+        st["conntrack"]["seeded_at_start"].as_u64().unwrap_or(0) >= 1,
+        "the open connection was seeded into the new table: {}",
+        st["conntrack"]
+    );
+    both_ways(&mut remote_end, &mut protected_end, "after the restart");
+    assert_filtered(
+        &pair.client,
+        sa(pair.server_v4, 8081),
+        "8081 after the restart",
+    );
+}
+
 /// 3b. Connections that exist before the daemon starts (an SSH-like session into the host on
 ///     a port no rule allows, and one the host opened) survive its start: the table is seeded
 ///     from the host's sockets before the programs attach. The remote side speaks first after

@@ -408,6 +408,24 @@ action = "reject"
         Action::Reject,
     );
 
+    // The connections a opened (two TCP, one UDP) are listed as a's, with its pid.
+    for remote in [server(7000), server6(7000), server(7001)] {
+        let rows = conns_to(&daemon, &remote);
+        assert!(!rows.is_empty(), "no connection to {remote} listed");
+        for c in rows {
+            assert_eq!(c["origin"], "local", "{c}");
+            assert_eq!(c["program"], a.display().to_string(), "{c}");
+            assert_eq!(c["pid"], ha.pid(), "{c}");
+            assert_eq!(c["user"], "root", "{c}");
+        }
+    }
+    let text = daemon.fwctl(&["conns"]);
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(
+        text.contains(&format!("{} (pid {}, root)", a.display(), ha.pid())),
+        "{text}"
+    );
+
     // `user`: the same program, as another uid.
     let addr = server(7002);
     check(
@@ -504,6 +522,22 @@ action = "reject"
         "{status}"
     );
     drop(unit);
+}
+
+/// The rows of `fwctl conns` whose remote end is `remote`.
+fn conns_to(daemon: &Daemon, remote: &str) -> Vec<serde_json::Value> {
+    conns_where(daemon, "remote", remote)
+}
+
+fn conns_where(daemon: &Daemon, field: &str, value: &str) -> Vec<serde_json::Value> {
+    let all = daemon.fwctl_json(&["conns"]);
+    all["connections"]
+        .as_array()
+        .unwrap_or_else(|| panic!("fwctl conns: {all}"))
+        .iter()
+        .filter(|c| c[field] == value)
+        .cloned()
+        .collect()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -616,6 +650,16 @@ action = "reject"
         "the server found at start answers"
     );
     assert_eq!(model(Some(&he.owner()), v4), Action::Allow);
+    // The connection belongs to the server that listens (found by seeding, so no pid).
+    let local = |addr: SocketAddr| conns_where(&daemon, "local", &addr.to_string());
+    let rows = local(v4);
+    assert!(!rows.is_empty(), "the connection to {v4} is not listed");
+    for c in rows {
+        assert_eq!(c["origin"], "remote", "{c}");
+        assert_eq!(c["program"], early.display().to_string(), "{c}");
+        assert_eq!(c["user"], "root", "{c}");
+        assert!(c["pid"].is_null(), "{c}");
+    }
     assert_eq!(he.call("close"), "ok");
 
     let spawn = |exe: &Path| {
@@ -631,6 +675,8 @@ action = "reject"
         let mut h = spawn(exe);
         assert_eq!(h.call(&format!("listen {PORT}")), "ok");
         let owner = h.owner();
+        let flow = |c: &serde_json::Value| format!("{} {}", c["local"], c["remote"]);
+        let before: Vec<String> = [v4, v6].map(local).concat().iter().map(flow).collect();
         for addr in [v4, v6] {
             assert_eq!(
                 connect_from(&pair, addr),
@@ -644,6 +690,26 @@ action = "reject"
                 "the oracle for {}",
                 exe.display()
             );
+        }
+        // Only the allowed server got connections, and they are listed as its own.
+        let rows: Vec<_> = [v4, v6]
+            .map(local)
+            .concat()
+            .into_iter()
+            .filter(|c| !before.contains(&flow(c)))
+            .collect();
+        let theirs = rows
+            .iter()
+            .filter(|c| c["program"] == exe.display().to_string())
+            .count();
+        assert_eq!(
+            theirs,
+            if want == Action::Allow { rows.len() } else { 0 },
+            "{}: {rows:?}",
+            exe.display()
+        );
+        if want == Action::Allow {
+            assert!(rows.len() >= 2, "{rows:?}");
         }
         assert_eq!(
             nmap_state(&pair, pair.server_v4, PORT),

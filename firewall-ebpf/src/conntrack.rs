@@ -11,23 +11,32 @@
 //! Both are pinned by name and shared by every generation of the programs, so reloads and
 //! daemon restarts keep the connections. Entries expire by time (`expires_ns`); the datapath
 //! ignores expired entries and the daemon deletes them.
+//!
+//! A new entry records its owner ([`ConnOwner`]): for a flow the host opens, what the outbound
+//! hooks recorded for the sending socket (`SOCK_OWNER`, by socket cookie); for a flow a remote
+//! host opens, the owner of the listening socket (`LISTENERS`). Both lookups happen only when
+//! an entry is created, never for packets of known flows.
 
 use aya_ebpf::{
+    EbpfContext as _,
     bindings::{BPF_EXIST, BPF_NOEXIST},
+    helpers::bpf_get_socket_cookie,
     macros::map,
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
+    programs::TcContext,
 };
 use firewall_common::{
     Counter,
     ct::{
-        self, CtConfig, CtEntry, CtKey, FLAG_LOCAL_SEQ, FLAG_REMOTE_SEQ, IPPROTO_ICMP,
+        self, ConnOwner, CtConfig, CtEntry, CtKey, FLAG_LOCAL_SEQ, FLAG_REMOTE_SEQ, IPPROTO_ICMP,
         IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, ORIGIN_LOCAL, ORIGIN_REMOTE, outcome, state,
     },
 };
 
 use crate::{
-    count,
+    count, outbound,
     parse::{Addr, Packet},
+    scoped,
 };
 
 #[map]
@@ -271,6 +280,22 @@ fn new_entry(
     e.origin = origin;
     e.flags = 0;
     e._pad = [0; 5];
+    e.owner = ConnOwner::default();
+}
+
+/// The owner of the socket sending `ctx`, as the outbound hooks recorded it.
+#[inline(always)]
+fn sender(ctx: &TcContext, e: &mut CtEntry) {
+    // SAFETY: the helper takes an skb context; it returns 0 when the packet has no socket.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    // SAFETY: a map value, copied out at once.
+    match unsafe { outbound::SOCK_OWNER.get(&cookie) } {
+        Some(o) if cookie != 0 => {
+            e.owner = *o;
+            count(Counter::CtOwnerRecorded);
+        }
+        _ => count(Counter::CtOwnerUnknown),
+    }
 }
 
 /// Stores a new flow. Only a new key counts as inserted (an expired entry with the same tuple
@@ -391,13 +416,18 @@ pub fn admit(ctx: &aya_ebpf::programs::XdpContext, pkt: &Packet, word: u32, now:
         e.remote_next = pkt.tcp_seq.wrapping_add(1);
         e.flags = FLAG_REMOTE_SEQ;
     }
+    if let Some(l) = scoped::listener(matches!(pkt.remote, Addr::V4(_)), pkt.proto, pkt.local_port)
+    {
+        e.owner.exe = l.owner.exe;
+        e.owner.uid = l.owner.uid;
+    }
     insert(&sc.key, &sc.entry);
 }
 
 /// Egress (TC): records the flows the host opens and follows the state of all tracked flows.
 /// Never drops.
 #[inline(always)]
-pub fn outbound(pkt: &Packet, bytes: u64, now: u64) {
+pub fn outbound(ctx: &TcContext, pkt: &Packet, bytes: u64, now: u64) {
     let (Some(cfg), Some(sc)) = (config(), scratch()) else {
         return;
     };
@@ -427,6 +457,7 @@ pub fn outbound(pkt: &Packet, bytes: u64, now: u64) {
                 (state::ESTABLISHED, ORIGIN_LOCAL, ct::RULE_PICKUP)
             };
             new_entry(e, cfg, now, st, origin, rule, true, bytes);
+            sender(ctx, e);
             if st == state::SYN_SENT {
                 e.local_next = pkt.tcp_seq.wrapping_add(1);
                 e.flags = FLAG_LOCAL_SEQ;
@@ -453,6 +484,7 @@ pub fn outbound(pkt: &Packet, bytes: u64, now: u64) {
                 true,
                 bytes,
             );
+            sender(ctx, e);
             insert(key, e);
         }
         firewall_common::PROTO_ICMP => {

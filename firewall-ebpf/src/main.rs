@@ -361,7 +361,7 @@ pub fn firewall_egress(ctx: TcContext) -> i32 {
         }
         // SAFETY: a helper without preconditions.
         let now = unsafe { bpf_ktime_get_ns() };
-        conntrack::outbound(&pkt, len as u64, now);
+        conntrack::outbound(&ctx, &pkt, len as u64, now);
     }
     TC_ACT_OK
 }

@@ -15,6 +15,11 @@
 //!   egress program drops that socket's packets to that destination ([`held`]), so the
 //!   application waits and times out as behind a black hole.
 //!
+//! An allowed call also records who made it (`SOCK_OWNER`, by socket cookie: executable, uid,
+//! pid), and the egress program copies that into the connection the socket's first packet
+//! creates, so `fwctl conns` can say which program owns each connection. The executable walk
+//! is the same as for `program` rules, and made once per call at most.
+//!
 //! Destinations on loopback (127.0.0.0/8, ::1, IPv4-mapped 127.0.0.0/8, and the unspecified
 //! addresses, which Linux connects over loopback) are always allowed: local services talk over
 //! loopback, and the inbound side does not filter `lo` either. Sockets that are neither TCP
@@ -22,18 +27,20 @@
 
 use aya_ebpf::{
     EbpfContext as _, Global,
-    helpers::bpf_get_socket_cookie,
+    bindings::BPF_NOEXIST,
+    helpers::{bpf_get_current_pid_tgid, bpf_get_current_uid_gid, bpf_get_socket_cookie},
     macros::{cgroup_sock_addr, map},
     maps::LruHashMap,
     programs::{SockAddrContext, TcContext},
 };
 use firewall_common::{
     ACTION_ALLOW, ACTION_REJECT, Counter, DEFAULT_RULE, NO_MATCH, OUT_STEALTH_ENTRIES,
-    OutStealthKey, PROTO_TCP, PROTO_UDP, verdict, verdict_action,
+    OutStealthKey, PROTO_TCP, PROTO_UDP, SOCK_OWNER_ENTRIES, ct::ConnOwner, identity::ExeId,
+    verdict, verdict_action,
 };
 
 use crate::{
-    classify_parts, count, count_rule_hit, min,
+    classify_parts, count, count_rule_hit, identity, min,
     parse::{Addr, Packet},
     scoped,
 };
@@ -51,6 +58,12 @@ static OUT_CAN_STEALTH: Global<u32> = Global::new(0);
 #[map]
 static OUT_STEALTH: LruHashMap<OutStealthKey, u32> = LruHashMap::pinned(OUT_STEALTH_ENTRIES, 0);
 
+/// Who connected (or first sent from) each allowed socket, by socket cookie: written by the
+/// hooks, copied into new flows by the egress program. Pinned, shared like `OUT_STEALTH`.
+#[map]
+pub(crate) static SOCK_OWNER: LruHashMap<u64, ConnOwner> =
+    LruHashMap::pinned(SOCK_OWNER_ENTRIES, 0);
+
 const AF_INET: u32 = 2;
 const AF_INET6: u32 = 10;
 const IPPROTO_TCP: u32 = 6;
@@ -66,22 +79,22 @@ const REFUSE: i32 = 0;
 
 #[cgroup_sock_addr(connect4)]
 pub fn firewall_connect4(ctx: SockAddrContext) -> i32 {
-    judge::<AF_INET>(&ctx)
+    judge::<AF_INET, true>(&ctx)
 }
 
 #[cgroup_sock_addr(connect6)]
 pub fn firewall_connect6(ctx: SockAddrContext) -> i32 {
-    judge::<AF_INET6>(&ctx)
+    judge::<AF_INET6, true>(&ctx)
 }
 
 #[cgroup_sock_addr(sendmsg4)]
 pub fn firewall_sendmsg4(ctx: SockAddrContext) -> i32 {
-    judge::<AF_INET>(&ctx)
+    judge::<AF_INET, false>(&ctx)
 }
 
 #[cgroup_sock_addr(sendmsg6)]
 pub fn firewall_sendmsg6(ctx: SockAddrContext) -> i32 {
-    judge::<AF_INET6>(&ctx)
+    judge::<AF_INET6, false>(&ctx)
 }
 
 /// The destination of the call, as the packets will carry it: an IPv4-mapped IPv6 address
@@ -133,8 +146,37 @@ fn on_loopback(a: &Addr) -> bool {
     }
 }
 
+/// Records the caller as the owner of the socket. A connect() always records (the socket's
+/// flow starts now); a sendmsg() only when the socket has no owner yet, so a busy unconnected
+/// UDP socket pays one lookup per datagram, not the executable walk. `exe` is the caller's
+/// executable when the rules already read it.
 #[inline(always)]
-fn judge<const FAMILY: u32>(ctx: &SockAddrContext) -> i32 {
+fn record_owner<const CONNECT: bool>(ctx: &SockAddrContext, exe: ExeId) {
+    // SAFETY: the helper takes this program type's context.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    // SAFETY: the value is only tested for presence.
+    if !CONNECT && unsafe { SOCK_OWNER.get(&cookie) }.is_some() {
+        return;
+    }
+    let exe = if exe.dev != 0 || exe.ino != 0 {
+        exe
+    } else {
+        identity::current_exe().unwrap_or(ExeId { dev: 0, ino: 0 })
+    };
+    let owner = ConnOwner {
+        exe,
+        uid: bpf_get_current_uid_gid() as u32,
+        pid: (bpf_get_current_pid_tgid() >> 32) as u32,
+    };
+    let flags = if CONNECT { 0 } else { BPF_NOEXIST as u64 };
+    // A racing sendmsg on another CPU may have recorded the socket first: that is fine.
+    if SOCK_OWNER.insert(&cookie, &owner, flags).is_err() && CONNECT {
+        count(Counter::OwnerRecordFailed);
+    }
+}
+
+#[inline(always)]
+fn judge<const FAMILY: u32, const CONNECT: bool>(ctx: &SockAddrContext) -> i32 {
     let sa = ctx.sock_addr;
     // SAFETY: as in `destination`.
     let (protocol, port) = unsafe {
@@ -163,15 +205,13 @@ fn judge<const FAMILY: u32>(ctx: &SockAddrContext) -> i32 {
     let port = u16::from_be(port as u16);
     count(Counter::OutJudged);
     let mut word = classify_parts(&remote, proto, port);
+    let mut exe = ExeId { dev: 0, ino: 0 };
     if scoped::active() {
+        let owner = scoped::current_owner_for_rules();
+        exe = owner.exe;
         word = min(
             word,
-            scoped::classify_owner(
-                &scoped::current_owner_for_rules(),
-                scoped::Remote::of(&remote),
-                proto,
-                port,
-            ),
+            scoped::classify_owner(&owner, scoped::Remote::of(&remote), proto, port),
         );
     }
     if word == NO_MATCH {
@@ -183,6 +223,7 @@ fn judge<const FAMILY: u32>(ctx: &SockAddrContext) -> i32 {
     match verdict_action(word) {
         ACTION_ALLOW => {
             count(Counter::OutAllowed);
+            record_owner::<CONNECT>(ctx, exe);
             PROCEED
         }
         ACTION_REJECT => {

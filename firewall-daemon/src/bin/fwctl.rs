@@ -599,28 +599,51 @@ fn human_bytes(b: u64) -> String {
     }
 }
 
+/// The owner column: `program (pid N, user)`, or `-` when nothing was recorded.
+fn owner(c: &control::ConnView) -> String {
+    let Some(program) = &c.program else {
+        return "-".into();
+    };
+    match (c.pid, &c.user) {
+        (Some(pid), Some(user)) => format!("{program} (pid {pid}, {user})"),
+        (None, Some(user)) => format!("{program} ({user})"),
+        (Some(pid), None) => format!("{program} (pid {pid})"),
+        (None, None) => program.clone(),
+    }
+}
+
 fn print_conns(d: &ConnsData) {
     if d.connections.is_empty() {
         println!("no tracked connections");
         return;
     }
+    let owners: Vec<String> = d.connections.iter().map(owner).collect();
     let w = |f: fn(&control::ConnView) -> usize, min: usize| {
         d.connections.iter().map(f).max().unwrap_or(0).max(min)
     };
     let wl = w(|c| c.local.len(), 5);
     let wr = w(|c| c.remote.len(), 6);
+    let wo = owners.iter().map(String::len).max().unwrap_or(0).max(7);
     println!(
-        "{:<6} {:<wl$} {:<wr$} {:<11} {:>8} {:>9} {:>15} {:>17}  ADMITTED BY",
-        "PROTO", "LOCAL", "REMOTE", "STATE", "AGE", "TIMEOUT", "PKTS IN/OUT", "BYTES IN/OUT"
+        "{:<6} {:<wl$} {:<wr$} {:<11} {:>8} {:>9} {:>15} {:>17}  {:<wo$}  ADMITTED BY",
+        "PROTO",
+        "LOCAL",
+        "REMOTE",
+        "STATE",
+        "AGE",
+        "TIMEOUT",
+        "PKTS IN/OUT",
+        "BYTES IN/OUT",
+        "PROGRAM"
     );
-    for c in &d.connections {
+    for (c, owner) in d.connections.iter().zip(&owners) {
         let state = if c.denied {
             format!("{}!", c.state)
         } else {
             c.state.clone()
         };
         println!(
-            "{:<6} {:<wl$} {:<wr$} {:<11} {:>7}s {:>8}s {:>15} {:>17}  {}{}",
+            "{:<6} {:<wl$} {:<wr$} {:<11} {:>7}s {:>8}s {:>15} {:>17}  {:<wo$}  {}{}",
             c.proto,
             c.local,
             c.remote,
@@ -629,6 +652,7 @@ fn print_conns(d: &ConnsData) {
             c.expires_in_secs,
             format!("{}/{}", c.packets_in, c.packets_out),
             format!("{}/{}", human_bytes(c.bytes_in), human_bytes(c.bytes_out)),
+            owner,
             c.admitted_by,
             if c.denied { " (denied by recheck)" } else { "" }
         );
