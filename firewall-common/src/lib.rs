@@ -88,6 +88,9 @@ pub mod globals {
     /// Non-zero when some outbound verdict of the rule set in force can be `stealth`: only then
     /// does the egress program look its packets up in [`super::maps::OUT_STEALTH`].
     pub const OUT_CAN_STEALTH: &str = "OUT_CAN_STEALTH";
+    /// Non-zero when connections record their owner (`[conntrack] record_owner`): the outbound
+    /// hooks fill [`super::maps::SOCK_OWNER`] and new flows copy the owner.
+    pub const RECORD_OWNER: &str = "RECORD_OWNER";
     /// Bit `s` set when some group of this direction has shape `s`
     /// ([`super::identity::SHAPE_PROGRAM`] | ...): the shapes whose `GROUPS` lookup is made.
     /// 0: no rule names a program, unit or user, and nothing beyond the unscoped lookups runs.

@@ -6,20 +6,24 @@
 //! cgroup below its own, moves itself into that cgroup, and times connect() on one UDP socket
 //! to 10.77.0.2 and fd77::2 (a UDP connect only looks the route up and sends nothing; each
 //! call runs the connect4/connect6 hook): first with no program attached, then with the
-//! firewall's outbound hooks and 0 / 10 / 1,000 / 10,000 outbound rules. Each rule names a
+//! firewall's outbound hooks and 0 / 10 / 1,000 / 10,000 outbound rules, and with no rule
+//! and `[conntrack] record_owner = false` (the hooks judge but record no owner). Each rule names a
 //! remote address and a port (the kind that needs all three lookups and the pair table); the
 //! destination matches the last rule, which allows it. Then with rules about programs: 10 and
 //! 1,000 rules each naming a different executable (the benchmark's own is the last, allowed),
 //! and the worst case, rules of all seven selector shapes (program, unit, user and their
 //! combinations), each of which the benchmark process matches, so every call makes seven group
 //! lookups. Prints ns per connect() call: the median of `--runs` runs (min-max in brackets) of
-//! `--calls` calls each.
+//! `--calls` calls each, for one socket connected again and again (the hooks' judging alone:
+//! the socket's owner is recorded once) and for a new socket per call (socket(), connect(),
+//! close(): every call also records a new owner, as every real connection does).
 //!
 //! Everything it creates is removed when it exits (the namespace with the process; the cgroup
 //! and the bpffs by guards, the process moved back to its cgroup first).
 
 use std::{
     net::{Ipv4Addr, SocketAddr, UdpSocket},
+    os::fd::AsRawFd as _,
     path::Path,
     process::Command,
     time::Instant,
@@ -128,6 +132,41 @@ fn all_shapes_rules(unit: &str) -> anyhow::Result<String> {
     Ok(text)
 }
 
+/// ns per socket() + connect() + close() to `to`, a new socket each time (so the hooks record
+/// a new owner every call): the median and range of `runs` runs. The socket is not bound
+/// first, as clients' are not (an explicit bind() would also run the listener table's hook).
+fn time_new_sockets(to: SocketAddr, calls: u32, runs: usize) -> anyhow::Result<(f64, f64, f64)> {
+    use nix::sys::socket::{AddressFamily, SockFlag, SockType, SockaddrStorage, connect, socket};
+    let family = if to.is_ipv4() {
+        AddressFamily::Inet
+    } else {
+        AddressFamily::Inet6
+    };
+    let addr = SockaddrStorage::from(to);
+    let once = || -> anyhow::Result<()> {
+        let fd = socket(family, SockType::Datagram, SockFlag::SOCK_CLOEXEC, None)?;
+        connect(fd.as_raw_fd(), &addr).context("connect")
+        // The socket is closed when `fd` drops.
+    };
+    for _ in 0..1000 {
+        once()?;
+    }
+    let mut samples = Vec::with_capacity(runs);
+    for _ in 0..runs {
+        let t = Instant::now();
+        for _ in 0..calls {
+            once()?;
+        }
+        samples.push(t.elapsed().as_nanos() as f64 / f64::from(calls));
+    }
+    samples.sort_by(f64::total_cmp);
+    Ok((
+        samples[samples.len() / 2],
+        samples[0],
+        samples[samples.len() - 1],
+    ))
+}
+
 /// ns per connect() of one socket to `to`: the median and range of `runs` runs.
 fn time_connects(to: SocketAddr, calls: u32, runs: usize) -> anyhow::Result<(f64, f64, f64)> {
     let bind: SocketAddr = if to.is_ipv4() {
@@ -188,21 +227,26 @@ fn main() -> anyhow::Result<()> {
     let to6: SocketAddr = "[fd77::2]:9000".parse()?;
 
     println!(
-        "connect() of a UDP socket, ns per call: median of {runs} runs of {calls} calls (min-max)"
+        "connect() of a UDP socket, ns per call: median of {runs} runs of {calls} calls (min-max); \
+         \"new socket\": socket() + connect() + close() per call"
     );
-    println!("| outbound hooks | IPv4 | IPv6 |");
-    println!("|---|---:|---:|");
-    let show = |label: &str, v4: (f64, f64, f64), v6: (f64, f64, f64)| {
-        println!(
-            "| {label} | {:.0} ({:.0}-{:.0}) | {:.0} ({:.0}-{:.0}) |",
-            v4.0, v4.1, v4.2, v6.0, v6.1, v6.2
-        );
+    println!("| outbound hooks | IPv4 | IPv6 | IPv4, new socket | IPv6, new socket |");
+    println!("|---|---:|---:|---:|---:|");
+    let measure = |label: &str| -> anyhow::Result<()> {
+        let cells = [
+            time_connects(to4, calls, runs)?,
+            time_connects(to6, calls, runs)?,
+            time_new_sockets(to4, calls, runs)?,
+            time_new_sockets(to6, calls, runs)?,
+        ];
+        let cells: Vec<String> = cells
+            .iter()
+            .map(|(m, lo, hi)| format!("{m:.0} ({lo:.0}-{hi:.0})"))
+            .collect();
+        println!("| {label} | {} |", cells.join(" | "));
+        Ok(())
     };
-    show(
-        "none attached",
-        time_connects(to4, calls, runs)?,
-        time_connects(to6, calls, runs)?,
-    );
+    measure("none attached")?;
     let programs = tempfile::tempdir()?;
     let mut cases: Vec<(String, String)> = [0u32, 10, 1_000, 10_000]
         .into_iter()
@@ -214,6 +258,13 @@ fn main() -> anyhow::Result<()> {
             (label, rules(n))
         })
         .collect();
+    cases.insert(
+        1,
+        (
+            "attached, no rule, `record_owner = false`".into(),
+            "[defaults]\noutbound = \"allow\"\n[conntrack]\nrecord_owner = false\n".into(),
+        ),
+    );
     for n in [10u32, 1_000] {
         cases.push((
             format!("attached, {n} program rules"),
@@ -242,12 +293,7 @@ fn main() -> anyhow::Result<()> {
             .iter()
             .map(|h| generation.attach(*h, &cgroup))
             .collect::<anyhow::Result<_>>()?;
-        let label = format!("{label} (load {load_ms:.0} ms)");
-        show(
-            &label,
-            time_connects(to4, calls, runs)?,
-            time_connects(to6, calls, runs)?,
-        );
+        measure(&format!("{label} (load {load_ms:.0} ms)"))?;
         drop(links);
     }
     drop(cg);

@@ -246,6 +246,10 @@ struct RawConntrack {
     /// How often the daemon removes expired entries: a duration (see [`RawDuration`]) from 1s
     /// to 1h. Default `"10s"`.
     gc_interval: Option<Spanned<RawDuration>>,
+    /// `true` | `false`: record which program owns each connection, for `fwctl conns`. The
+    /// outbound hooks then note who connects each socket, which costs every new outbound
+    /// connection about a microsecond (see the README). Default `true`.
+    record_owner: Option<Spanned<bool>>,
     /// `[conntrack.timeouts]`, see [`RawCtTimeouts`]. Named here so that the key is known; the
     /// table itself is taken out beforehand and checked on its own, so that its unknown keys
     /// and bad values are reported like any other table's.
@@ -1119,6 +1123,9 @@ impl<'a> Checker<'a> {
             && let Some(secs) = self.duration(&v, "conntrack.gc_interval", CT_GC_INTERVAL)
         {
             out.gc_interval_secs = secs;
+        }
+        if let Some(v) = raw.record_owner {
+            out.record_owner = *v.get_ref();
         }
         out
     }
@@ -2343,7 +2350,7 @@ mdns            5353/udp                        # Multicast DNS
             name,
             24,
             &[
-                r#":24:1: unknown key "table" in [conntrack]; expected one of: table_size, unconfirmed_size, invalid, gc_interval, timeouts"#,
+                r#":24:1: unknown key "table" in [conntrack]; expected one of: table_size, unconfirmed_size, invalid, gc_interval, record_owner, timeouts"#,
             ],
         );
         expect_more(
@@ -3265,6 +3272,10 @@ action = "allow"
             conntrack("invalid = \"stealth\"").unwrap().invalid,
             InvalidPolicy::Stealth
         );
+        assert!(conntrack("").unwrap().record_owner);
+        assert!(!conntrack("record_owner = false").unwrap().record_owner);
+        let err = conntrack("record_owner = \"no\"").unwrap_err().to_string();
+        assert!(err.contains(":2:") && err.contains("bool"), "{err}");
         assert!(conntrack("table_size = 16777217").is_err());
         assert!(conntrack("unconfirmed_size = 1023").is_err());
         assert!(conntrack("gc_interval = 0").is_err());
@@ -3525,6 +3536,7 @@ tcp_close = \"x\"
                 unconfirmed_size: 131_072,
                 invalid: InvalidPolicy::Reject,
                 gc_interval_secs: 90,
+                record_owner: false,
                 timeouts: CtTimeouts {
                     tcp_syn_sent: 60,
                     tcp_syn_recv: 45,
@@ -3823,6 +3835,7 @@ action = "allow"
                 "unconfirmed_size",
                 "invalid",
                 "gc_interval",
+                "record_owner",
                 "timeouts"
             ]
         );

@@ -385,6 +385,12 @@ pub fn diff(old: &Ruleset, new: &Ruleset) -> ReloadData {
     if old.conntrack.timeouts != new.conntrack.timeouts {
         settings.push("conntrack.timeouts changed (apply to each flow at its next packet)".into());
     }
+    if old.conntrack.record_owner != new.conntrack.record_owner {
+        settings.push(format!(
+            "conntrack.record_owner: {} -> {} (for connections opened from now on)",
+            old.conntrack.record_owner, new.conntrack.record_owner
+        ));
+    }
     if old.conntrack.gc_interval_secs != new.conntrack.gc_interval_secs {
         settings.push(format!(
             "conntrack.gc_interval: {}s -> {}s",

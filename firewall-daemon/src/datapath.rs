@@ -239,6 +239,7 @@ fn load_object(compiled: &Compiled, ruleset: &Ruleset, pin_dir: &Path) -> anyhow
     // The inbound copy's egress program drops the packets of sockets held by an outbound
     // `stealth`; the outbound copy's hooks fall back to `[defaults] outbound`.
     let out_can_stealth = u32::from(ruleset.outbound_can_stealth());
+    let record_owner = u32::from(ruleset.conntrack.record_owner);
     let (default_in, default_out) = match compiled.direction {
         Direction::In => (
             compiled.default_verdict,
@@ -303,6 +304,7 @@ fn load_object(compiled: &Compiled, ruleset: &Ruleset, pin_dir: &Path) -> anyhow
         .override_global(globals::DEFAULT_INBOUND, &default_in, true)
         .override_global(globals::DEFAULT_OUTBOUND, &default_out, true)
         .override_global(globals::OUT_CAN_STEALTH, &out_can_stealth, true)
+        .override_global(globals::RECORD_OWNER, &record_owner, true)
         .override_global(globals::FRAGMENTS, &frag, true)
         .override_global(
             globals::REJECT_RATE_PER_SEC,

@@ -320,6 +320,10 @@ pub struct Conntrack {
     /// How often the daemon removes expired entries, in seconds.
     pub gc_interval_secs: u32,
     pub timeouts: CtTimeouts,
+    /// Record each connection's owning program (the outbound hooks note who connects; see
+    /// [`firewall_common::ct::ConnOwner`]). Off saves the recording's cost on every new
+    /// outbound connection; `fwctl conns` then shows no programs.
+    pub record_owner: bool,
 }
 
 impl Default for Conntrack {
@@ -330,6 +334,7 @@ impl Default for Conntrack {
             invalid: InvalidPolicy::Stealth,
             gc_interval_secs: 10,
             timeouts: CtTimeouts::default(),
+            record_owner: true,
         }
     }
 }

@@ -521,6 +521,35 @@ action = "reject"
         status["counters"]["out_judged"].as_u64().unwrap_or(0) > 0,
         "{status}"
     );
+    assert!(
+        status["counters"]["ct_owner_recorded"]
+            .as_u64()
+            .unwrap_or(0)
+            >= 3,
+        "{status}"
+    );
+
+    // `record_owner = false`: new connections are listed without a program.
+    let flow = |c: &serde_json::Value| format!("{} {}", c["local"], c["remote"]);
+    let addr = server(7000);
+    let before: Vec<String> = conns_to(&daemon, &addr).iter().map(flow).collect();
+    daemon.write_rules(&format!("{rules}\n[conntrack]\nrecord_owner = false\n"));
+    let out = daemon.fwctl(&["reload"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(ha2.call(&format!("tcp {addr} {wait}")), "ok");
+    let new: Vec<_> = conns_to(&daemon, &addr)
+        .into_iter()
+        .filter(|c| !before.contains(&flow(c)))
+        .collect();
+    assert_eq!(new.len(), 1, "{new:?}");
+    assert!(
+        new[0]["program"].is_null() && new[0]["pid"].is_null(),
+        "{new:?}"
+    );
     drop(unit);
 }
 

@@ -286,6 +286,9 @@ fn new_entry(
 /// The owner of the socket sending `ctx`, as the outbound hooks recorded it.
 #[inline(always)]
 fn sender(ctx: &TcContext, e: &mut CtEntry) {
+    if outbound::RECORD_OWNER.load() == 0 {
+        return;
+    }
     // SAFETY: the helper takes an skb context; it returns 0 when the packet has no socket.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
     // SAFETY: a map value, copied out at once.
@@ -416,7 +419,9 @@ pub fn admit(ctx: &aya_ebpf::programs::XdpContext, pkt: &Packet, word: u32, now:
         e.remote_next = pkt.tcp_seq.wrapping_add(1);
         e.flags = FLAG_REMOTE_SEQ;
     }
-    if let Some(l) = scoped::listener(matches!(pkt.remote, Addr::V4(_)), pkt.proto, pkt.local_port)
+    if outbound::RECORD_OWNER.load() != 0
+        && let Some(l) =
+            scoped::listener(matches!(pkt.remote, Addr::V4(_)), pkt.proto, pkt.local_port)
     {
         e.owner.exe = l.owner.exe;
         e.owner.uid = l.owner.uid;

@@ -52,6 +52,9 @@ static DEFAULT_OUTBOUND: Global<u32> = Global::new(verdict(DEFAULT_RULE, ACTION_
 /// the inbound copy) only then looks packets up in `OUT_STEALTH`.
 #[unsafe(no_mangle)]
 static OUT_CAN_STEALTH: Global<u32> = Global::new(0);
+/// `[conntrack] record_owner`: non-zero when connections record their owner.
+#[unsafe(no_mangle)]
+pub(crate) static RECORD_OWNER: Global<u32> = Global::new(1);
 
 /// Sockets held by `stealth`: written by the hooks, read by the egress program. Pinned, so both
 /// copies of the program and every generation share it.
@@ -146,16 +149,23 @@ fn on_loopback(a: &Addr) -> bool {
     }
 }
 
-/// Records the caller as the owner of the socket. A connect() always records (the socket's
-/// flow starts now); a sendmsg() only when the socket has no owner yet, so a busy unconnected
-/// UDP socket pays one lookup per datagram, not the executable walk. `exe` is the caller's
+/// Records the caller as the owner of the socket, unless it already is: a socket that
+/// connects again or sends more datagrams pays one lookup, not the executable walk and the
+/// update. A connect() from another process (a socket passed on or inherited) records the new
+/// caller; a sendmsg() records only a socket without an owner. `exe` is the caller's
 /// executable when the rules already read it.
 #[inline(always)]
 fn record_owner<const CONNECT: bool>(ctx: &SockAddrContext, exe: ExeId) {
+    if RECORD_OWNER.load() == 0 {
+        return;
+    }
     // SAFETY: the helper takes this program type's context.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-    // SAFETY: the value is only tested for presence.
-    if !CONNECT && unsafe { SOCK_OWNER.get(&cookie) }.is_some() {
+    let pid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    // SAFETY: a map value, read at once.
+    if let Some(known) = unsafe { SOCK_OWNER.get(&cookie) }
+        && (!CONNECT || known.pid == pid)
+    {
         return;
     }
     let exe = if exe.dev != 0 || exe.ino != 0 {
@@ -166,7 +176,7 @@ fn record_owner<const CONNECT: bool>(ctx: &SockAddrContext, exe: ExeId) {
     let owner = ConnOwner {
         exe,
         uid: bpf_get_current_uid_gid() as u32,
-        pid: (bpf_get_current_pid_tgid() >> 32) as u32,
+        pid,
     };
     let flags = if CONNECT { 0 } else { BPF_NOEXIST as u64 };
     // A racing sendmsg on another CPU may have recorded the socket first: that is fine.

@@ -395,7 +395,9 @@ fn record_bind(ctx: &SockContext, family: u8) -> i32 {
     PROCEED
 }
 
-/// A socket is released: forget its port, unless another socket has bound it since.
+/// A socket is released: forget its owner (`SOCK_OWNER`: its flows have theirs already, and
+/// deleting keeps the LRU from evicting, which costs every later insert) and its port, unless
+/// another socket has bound that port since.
 #[cgroup_sock(sock_release)]
 pub fn firewall_sock_release(ctx: SockContext) -> i32 {
     let sk = ctx.sock;
@@ -406,6 +408,7 @@ pub fn firewall_sock_release(ctx: SockContext) -> i32 {
     }
     // SAFETY: the helper takes this program type's context.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    let _ = crate::outbound::SOCK_OWNER.remove(&cookie);
     // SAFETY: a plain key copied out at once.
     let Some(key) = (unsafe { LISTENER_OF.get(&cookie) }).copied() else {
         return PROCEED;
