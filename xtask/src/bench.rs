@@ -16,6 +16,8 @@
 //!    dropped traffic flows (the receiver must deliver none of it: no window without rules),
 //!    and its peak RSS.
 //! 4. TCP connection setup rate with no filter, nftables conntrack and this firewall.
+//! 5. What the outbound hooks add to connect(), with and without rules about programs
+//!    (`firewall-daemon/examples/connect_bench.rs`).
 //!
 //! Everything runs in namespaces created here (`fwbench-*`) with a private bpffs; the guards
 //! remove them on error and Ctrl-C, and a later run removes what a killed one left.
@@ -65,6 +67,9 @@ pub struct BenchArgs {
     /// Skip the BPF_PROG_TEST_RUN part.
     #[arg(long)]
     no_testrun: bool,
+    /// Skip the connect() part.
+    #[arg(long)]
+    no_connect: bool,
     /// Skip the build (use the release binaries already in target/).
     #[arg(long)]
     no_build: bool,
@@ -163,6 +168,8 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
             "--bins",
             "--example",
             "testrun_bench",
+            "--example",
+            "connect_bench",
         ])?;
     }
 
@@ -178,6 +185,9 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     }
     results.tcp = tcp_block(&plan, &run_dir)?;
     drop(run_dir);
+    if !args.no_connect {
+        results.connect = Some(connect_cost(&plan)?);
+    }
     results.finish(started.elapsed());
 
     let text = report::markdown(&results);
@@ -224,6 +234,26 @@ fn testrun(plan: &Plan) -> anyhow::Result<serde_json::Value> {
         bail!("testrun_bench failed ({})", out.status);
     }
     serde_json::from_slice(&out.stdout).context("testrun_bench --json output")
+}
+
+/// The connect() table printed by the example (markdown), which runs in a namespace, bpffs and
+/// cgroup of its own.
+fn connect_cost(plan: &Plan) -> anyhow::Result<String> {
+    eprintln!("xtask bench: connect() cost");
+    let (runs, calls) = if plan.quick {
+        ("1", "10000")
+    } else {
+        ("5", "100000")
+    };
+    let out = Command::new(workspace_root().join("target/release/examples/connect_bench"))
+        .args(["--runs", runs, "--calls", calls])
+        .stderr(Stdio::inherit())
+        .output()
+        .context("running connect_bench")?;
+    if !out.status.success() {
+        bail!("connect_bench failed ({})", out.status);
+    }
+    String::from_utf8(out.stdout).context("connect_bench output")
 }
 
 /// One filter in its own namespace pair with a UDP sink. Fields drop in order: the filter (and
