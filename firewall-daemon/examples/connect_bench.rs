@@ -6,7 +6,8 @@
 //! cgroup below its own, moves itself into that cgroup, and times connect() on one UDP socket
 //! to 10.77.0.2 and fd77::2 (a UDP connect only looks the route up and sends nothing; each
 //! call runs the connect4/connect6 hook): first with no program attached, then with the
-//! firewall's outbound hooks and 0 / 10 / 1,000 / 10,000 outbound rules, and with no rule
+//! daemon's cgroup hooks (connect, sendmsg, post_bind, sock_release) and 0 / 10 / 1,000 /
+//! 10,000 outbound rules, and with no rule
 //! and `[conntrack] record_owner = false` (the hooks judge but record no owner). Each rule names a
 //! remote address and a port (the kind that needs all three lookups and the pair table); the
 //! destination matches the last rule, which allows it. Then with rules about programs: 10 and
@@ -33,7 +34,7 @@ use anyhow::{Context as _, bail};
 use firewall_daemon::{
     cgroup::{Cgroup, scratch::ScratchCgroup},
     compile, config,
-    datapath::{Hook, OutboundGeneration},
+    datapath::{self, Hook, OutboundGeneration},
     model::Direction,
     resolve::Resolved,
 };
@@ -293,8 +294,14 @@ fn main() -> anyhow::Result<()> {
             .iter()
             .map(|h| generation.attach(*h, &cgroup))
             .collect::<anyhow::Result<_>>()?;
+        // The socket hooks the daemon always attaches too: post_bind (the listener table) and
+        // sock_release, which also forgets each closed socket's recorded owner.
+        let sock_links = datapath::attach_listener_hooks(&cgroup, &pin_dir)?;
         measure(&format!("{label} (load {load_ms:.0} ms)"))?;
         drop(links);
+        for link in sock_links {
+            drop(link.unpin().context("unpinning a socket hook")?);
+        }
     }
     drop(cg);
     drop(bpffs);
