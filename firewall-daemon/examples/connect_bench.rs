@@ -133,22 +133,13 @@ fn all_shapes_rules(unit: &str) -> anyhow::Result<String> {
     Ok(text)
 }
 
-/// ns per socket() + connect() + close() to `to`, a new socket each time (so the hooks record
-/// a new owner every call): the median and range of `runs` runs. The socket is not bound
-/// first, as clients' are not (an explicit bind() would also run the listener table's hook).
-fn time_new_sockets(to: SocketAddr, calls: u32, runs: usize) -> anyhow::Result<(f64, f64, f64)> {
-    use nix::sys::socket::{AddressFamily, SockFlag, SockType, SockaddrStorage, connect, socket};
-    let family = if to.is_ipv4() {
-        AddressFamily::Inet
-    } else {
-        AddressFamily::Inet6
-    };
-    let addr = SockaddrStorage::from(to);
-    let once = || -> anyhow::Result<()> {
-        let fd = socket(family, SockType::Datagram, SockFlag::SOCK_CLOEXEC, None)?;
-        connect(fd.as_raw_fd(), &addr).context("connect")
-        // The socket is closed when `fd` drops.
-    };
+/// ns per call of `once`, after 1,000 calls of warm-up (route and neighbour caches, the hooks'
+/// maps): the median and range of `runs` runs of `calls` calls.
+fn timed(
+    calls: u32,
+    runs: usize,
+    mut once: impl FnMut() -> anyhow::Result<()>,
+) -> anyhow::Result<(f64, f64, f64)> {
     for _ in 0..1000 {
         once()?;
     }
@@ -168,7 +159,25 @@ fn time_new_sockets(to: SocketAddr, calls: u32, runs: usize) -> anyhow::Result<(
     ))
 }
 
-/// ns per connect() of one socket to `to`: the median and range of `runs` runs.
+/// socket() + connect() + close() to `to`, a new socket each time (so the hooks record a new
+/// owner every call). The socket is not bound first, as clients' are not (an explicit bind()
+/// would also run the listener table's hook).
+fn time_new_sockets(to: SocketAddr, calls: u32, runs: usize) -> anyhow::Result<(f64, f64, f64)> {
+    use nix::sys::socket::{AddressFamily, SockFlag, SockType, SockaddrStorage, connect, socket};
+    let family = if to.is_ipv4() {
+        AddressFamily::Inet
+    } else {
+        AddressFamily::Inet6
+    };
+    let addr = SockaddrStorage::from(to);
+    timed(calls, runs, || {
+        let fd = socket(family, SockType::Datagram, SockFlag::SOCK_CLOEXEC, None)?;
+        // The socket is closed when `fd` drops.
+        connect(fd.as_raw_fd(), &addr).context("connect")
+    })
+}
+
+/// connect() of one socket to `to`, again and again.
 fn time_connects(to: SocketAddr, calls: u32, runs: usize) -> anyhow::Result<(f64, f64, f64)> {
     let bind: SocketAddr = if to.is_ipv4() {
         "0.0.0.0:0".parse()?
@@ -176,24 +185,7 @@ fn time_connects(to: SocketAddr, calls: u32, runs: usize) -> anyhow::Result<(f64
         "[::]:0".parse()?
     };
     let sock = UdpSocket::bind(bind)?;
-    // Warm-up (route and neighbour caches, the hook's maps).
-    for _ in 0..1000 {
-        sock.connect(to).context("connect")?;
-    }
-    let mut samples = Vec::with_capacity(runs);
-    for _ in 0..runs {
-        let t = Instant::now();
-        for _ in 0..calls {
-            sock.connect(to).context("connect")?;
-        }
-        samples.push(t.elapsed().as_nanos() as f64 / f64::from(calls));
-    }
-    samples.sort_by(f64::total_cmp);
-    Ok((
-        samples[samples.len() / 2],
-        samples[0],
-        samples[samples.len() - 1],
-    ))
+    timed(calls, runs, || sock.connect(to).context("connect"))
 }
 
 fn main() -> anyhow::Result<()> {

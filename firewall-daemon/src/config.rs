@@ -402,44 +402,56 @@ impl<'de, T: Item> Deserialize<'de> for OneOrMany<T> {
     }
 }
 
-/// One `port` element, checked later (with its position) rather than by serde.
-#[derive(Debug)]
-enum RawPort {
-    Number(i128),
-    Text(String),
-}
-
-impl Item for RawPort {
-    const WHAT: &'static str = r#"a port (22), a service name ("ssh") or a range ("8000-8100")"#;
-}
-
-impl<'de> Deserialize<'de> for RawPort {
-    fn deserialize<D: de::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct PortVisitor;
-
-        impl Visitor<'_> for PortVisitor {
-            type Value = RawPort;
-
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str(RawPort::WHAT)
-            }
-
-            fn visit_i64<E: de::Error>(self, v: i64) -> Result<RawPort, E> {
-                Ok(RawPort::Number(v.into()))
-            }
-
-            fn visit_u64<E: de::Error>(self, v: u64) -> Result<RawPort, E> {
-                Ok(RawPort::Number(v.into()))
-            }
-
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<RawPort, E> {
-                Ok(RawPort::Text(v.to_owned()))
-            }
+/// Deserializes an integer or a string into the two variants of an enum, with `WHAT` in the type
+/// error. Both are checked later, with their position, rather than by serde.
+macro_rules! number_or_text_item {
+    ($(#[$doc:meta])* $name:ident { $number:ident, $text:ident }, $what:expr) => {
+        $(#[$doc])*
+        #[derive(Debug)]
+        enum $name {
+            $number(i128),
+            $text(String),
         }
 
-        deserializer.deserialize_any(PortVisitor)
-    }
+        impl Item for $name {
+            const WHAT: &'static str = $what;
+        }
+
+        impl<'de> Deserialize<'de> for $name {
+            fn deserialize<D: de::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+                struct NumberOrTextVisitor;
+
+                impl Visitor<'_> for NumberOrTextVisitor {
+                    type Value = $name;
+
+                    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                        f.write_str($what)
+                    }
+
+                    fn visit_i64<E: de::Error>(self, v: i64) -> Result<$name, E> {
+                        Ok($name::$number(v.into()))
+                    }
+
+                    fn visit_u64<E: de::Error>(self, v: u64) -> Result<$name, E> {
+                        Ok($name::$number(v.into()))
+                    }
+
+                    fn visit_str<E: de::Error>(self, v: &str) -> Result<$name, E> {
+                        Ok($name::$text(v.to_owned()))
+                    }
+                }
+
+                deserializer.deserialize_any(NumberOrTextVisitor)
+            }
+        }
+    };
 }
+
+number_or_text_item!(
+    /// One `port` element.
+    RawPort { Number, Text },
+    r#"a port (22), a service name ("ssh") or a range ("8000-8100")"#
+);
 
 /// Deserializes a string, with `WHAT` in the type error.
 macro_rules! string_item {
@@ -484,40 +496,11 @@ string_item!(
 );
 string_item!(UnitName, r#"a systemd unit name ("nginx.service")"#);
 
-/// A `user`: a uid or a user name, checked later with its position.
-#[derive(Debug)]
-enum RawUser {
-    Uid(i128),
-    Name(String),
-}
-
-impl<'de> Deserialize<'de> for RawUser {
-    fn deserialize<D: de::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct UserVisitor;
-
-        impl Visitor<'_> for UserVisitor {
-            type Value = RawUser;
-
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str(r#"a user name ("www-data") or a uid (33)"#)
-            }
-
-            fn visit_i64<E: de::Error>(self, v: i64) -> Result<RawUser, E> {
-                Ok(RawUser::Uid(v.into()))
-            }
-
-            fn visit_u64<E: de::Error>(self, v: u64) -> Result<RawUser, E> {
-                Ok(RawUser::Uid(v.into()))
-            }
-
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<RawUser, E> {
-                Ok(RawUser::Name(v.to_owned()))
-            }
-        }
-
-        deserializer.deserialize_any(UserVisitor)
-    }
-}
+number_or_text_item!(
+    /// A `user`: a uid or a user name.
+    RawUser { Uid, Name },
+    r#"a user name ("www-data") or a uid (33)"#
+);
 
 /// An integer, range-checked later with its position.
 #[derive(Debug)]

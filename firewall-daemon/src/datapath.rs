@@ -775,6 +775,15 @@ fn fill(ebpf: &mut Ebpf, c: &Compiled) -> anyhow::Result<()> {
     fill_groups(ebpf, c)
 }
 
+/// A key of the scoped tries: the group id (big-endian, matched whole) before the address, and
+/// the prefix length counting both.
+fn scoped_key<const N: usize>(group: u32, addr: &[u8], prefix_len: u8) -> (u8, [u8; N]) {
+    let mut k = [0u8; N];
+    k[..4].copy_from_slice(&group.to_be_bytes());
+    k[4..].copy_from_slice(addr);
+    (32 + prefix_len, k)
+}
+
 /// The tables of the rules with selectors (compile.md, "Rules about programs").
 fn fill_groups(ebpf: &mut Ebpf, c: &Compiled) -> anyhow::Result<()> {
     if c.groups.is_empty() {
@@ -785,10 +794,8 @@ fn fill_groups(ebpf: &mut Ebpf, c: &Compiled) -> anyhow::Result<()> {
         maps::SCOPED_ADDR4,
         c.groups.iter().flat_map(|g| {
             g.addr4.iter().map(move |(n, v)| {
-                let mut k = [0u8; 8];
-                k[..4].copy_from_slice(&g.id.to_be_bytes());
-                k[4..].copy_from_slice(&n.network().octets());
-                (32 + n.prefix_len(), k, *v)
+                let (len, k) = scoped_key::<8>(g.id, &n.network().octets(), n.prefix_len());
+                (len, k, *v)
             })
         }),
     )?;
@@ -797,10 +804,8 @@ fn fill_groups(ebpf: &mut Ebpf, c: &Compiled) -> anyhow::Result<()> {
         maps::SCOPED_ADDR6,
         c.groups.iter().flat_map(|g| {
             g.addr6.iter().map(move |(n, v)| {
-                let mut k = [0u8; 20];
-                k[..4].copy_from_slice(&g.id.to_be_bytes());
-                k[4..].copy_from_slice(&n.network().octets());
-                (32 + n.prefix_len(), k, *v)
+                let (len, k) = scoped_key::<20>(g.id, &n.network().octets(), n.prefix_len());
+                (len, k, *v)
             })
         }),
     )?;

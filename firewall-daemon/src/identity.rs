@@ -315,6 +315,11 @@ pub fn exe_id(path: &Path) -> anyhow::Result<ExeId> {
     })
 }
 
+/// The pids of the processes running now (the numeric entries of `/proc`).
+pub fn running_pids() -> std::io::Result<impl Iterator<Item = u32>> {
+    Ok(fs::read_dir("/proc")?.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok()))
+}
+
 /// The identity of the executable process `pid` runs (`/proc/PID/exe`, valid even when the
 /// file was deleted or replaced since).
 pub fn exe_id_of_pid(pid: u32) -> anyhow::Result<ExeId> {

@@ -257,16 +257,8 @@ fn socket_holders(wanted: &HashSet<u32>) -> anyhow::Result<HashMap<u32, u32>> {
     if wanted.is_empty() {
         return Ok(holders);
     }
-    for entry in fs::read_dir("/proc").context("listing /proc")? {
-        let Ok(entry) = entry else { continue };
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|n| n.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        let Ok(fds) = fs::read_dir(entry.path().join("fd")) else {
+    for pid in identity::running_pids().context("listing /proc")? {
+        let Ok(fds) = fs::read_dir(format!("/proc/{pid}/fd")) else {
             continue;
         };
         for fd in fds.flatten() {

@@ -11,7 +11,7 @@ use std::{collections::HashMap, fs, path::Path};
 
 use firewall_common::{ct::ConnOwner, identity::ExeId};
 
-use crate::identity::exe_id_of_pid;
+use crate::identity::{exe_id_of_pid, running_pids};
 
 /// One `fwctl conns` request's worth of name lookups: every lookup is cached, and `/proc` is
 /// scanned at most once.
@@ -79,17 +79,10 @@ impl OwnerNames {
     }
 
     fn scan_proc(&mut self) {
-        let Ok(dir) = fs::read_dir("/proc") else {
+        let Ok(pids) = running_pids() else {
             return;
         };
-        for entry in dir.flatten() {
-            let Some(pid) = entry
-                .file_name()
-                .to_str()
-                .and_then(|s| s.parse::<u32>().ok())
-            else {
-                continue;
-            };
+        for pid in pids {
             if let Ok(id) = exe_id_of_pid(pid)
                 && !self.programs.contains_key(&id)
                 && let Some(p) = proc_exe(pid)

@@ -530,9 +530,8 @@ action = "reject"
     );
 
     // `record_owner = false`: new connections are listed without a program.
-    let flow = |c: &serde_json::Value| format!("{} {}", c["local"], c["remote"]);
     let addr = server(7000);
-    let before: Vec<String> = conns_to(&daemon, &addr).iter().map(flow).collect();
+    let before = conns_to(&daemon, &addr);
     daemon.write_rules(&format!("{rules}\n[conntrack]\nrecord_owner = false\n"));
     let out = daemon.fwctl(&["reload"]);
     assert!(
@@ -541,10 +540,7 @@ action = "reject"
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(ha2.call(&format!("tcp {addr} {wait}")), "ok");
-    let new: Vec<_> = conns_to(&daemon, &addr)
-        .into_iter()
-        .filter(|c| !before.contains(&flow(c)))
-        .collect();
+    let new = new_since(&before, conns_to(&daemon, &addr));
     assert_eq!(new.len(), 1, "{new:?}");
     assert!(
         new[0]["program"].is_null() && new[0]["pid"].is_null(),
@@ -566,6 +562,16 @@ fn conns_where(daemon: &Daemon, field: &str, value: &str) -> Vec<serde_json::Val
         .iter()
         .filter(|c| c[field] == value)
         .cloned()
+        .collect()
+}
+
+/// The flows of `rows` (`fwctl conns` rows) that `before` did not list.
+fn new_since(before: &[serde_json::Value], rows: Vec<serde_json::Value>) -> Vec<serde_json::Value> {
+    let same = |a: &serde_json::Value, b: &serde_json::Value| {
+        a["local"] == b["local"] && a["remote"] == b["remote"]
+    };
+    rows.into_iter()
+        .filter(|c| !before.iter().any(|b| same(b, c)))
         .collect()
 }
 
@@ -704,8 +710,7 @@ action = "reject"
         let mut h = spawn(exe);
         assert_eq!(h.call(&format!("listen {PORT}")), "ok");
         let owner = h.owner();
-        let flow = |c: &serde_json::Value| format!("{} {}", c["local"], c["remote"]);
-        let before: Vec<String> = [v4, v6].map(local).concat().iter().map(flow).collect();
+        let before = [v4, v6].map(local).concat();
         for addr in [v4, v6] {
             assert_eq!(
                 connect_from(&pair, addr),
@@ -721,12 +726,7 @@ action = "reject"
             );
         }
         // Only the allowed server got connections, and they are listed as its own.
-        let rows: Vec<_> = [v4, v6]
-            .map(local)
-            .concat()
-            .into_iter()
-            .filter(|c| !before.contains(&flow(c)))
-            .collect();
+        let rows = new_since(&before, [v4, v6].map(local).concat());
         let theirs = rows
             .iter()
             .filter(|c| c["program"] == exe.display().to_string())

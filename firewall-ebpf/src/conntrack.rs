@@ -292,12 +292,13 @@ fn sender(ctx: &TcContext, e: &mut CtEntry) {
     // SAFETY: the helper takes an skb context; it returns 0 when the packet has no socket.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
     // SAFETY: a map value, copied out at once.
-    match unsafe { outbound::SOCK_OWNER.get(&cookie) } {
-        Some(o) if cookie != 0 => {
-            e.owner = *o;
-            count(Counter::CtOwnerRecorded);
-        }
-        _ => count(Counter::CtOwnerUnknown),
+    if cookie != 0
+        && let Some(o) = unsafe { outbound::SOCK_OWNER.get(&cookie) }
+    {
+        e.owner = *o;
+        count(Counter::CtOwnerRecorded);
+    } else {
+        count(Counter::CtOwnerUnknown);
     }
 }
 
