@@ -24,6 +24,12 @@
 //! encoding (`0xfe00` for 254:0 where the kernel has `0x0fe00000`). [`kernel_dev_of`] splits
 //! `st_dev` with `major()`/`minor()` and re-encodes it the kernel's way.
 //!
+//! **Why the device comes from the mount table.** stat(2) reports what the file system's
+//! getattr chooses, not `sb->s_dev`: btrfs gives every subvolume an anonymous device of its own,
+//! overlayfs reports a layer's device when its layers are on different file systems. So
+//! [`exe_id`] takes the superblock's device from `/proc/self/mountinfo` (which prints
+//! `sb->s_dev`), for the mount the file is on, and the inode number from stat.
+//!
 //! # Limits
 //!
 //! - A script is identified by its interpreter (`/usr/bin/python3`), not by the script: the
@@ -34,14 +40,11 @@
 //!   identity. Only root-owned, non-writable binaries make meaningful program rules.
 //! - A replaced binary (package upgrade: new inode) no longer matches until the daemon resolves
 //!   the path again; a running process keeps the old inode.
-//! - Files on filesystems whose stat(2) device differs from their superblock's (btrfs
-//!   subvolumes, overlayfs) do not match the daemon's computation; not handled yet.
 //! - `comm` (the task name) is never used: any process can set it with prctl(PR_SET_NAME).
 //! - Kernel threads (no `mm`) and tasks without an executable have no identity.
 
 use std::{
     fs,
-    os::unix::fs::MetadataExt as _,
     path::{Path, PathBuf},
 };
 
@@ -307,11 +310,68 @@ pub fn kernel_dev_of(st_dev: u64) -> u64 {
 
 /// The identity the kernel program reports for a process executing `path` (symlinks followed,
 /// as execve does).
+///
+/// The kernel reads `inode->i_sb->s_dev`; stat(2) reports whatever the file system's getattr
+/// says, which differs on btrfs (each subvolume reports an anonymous device of its own, the
+/// superblock has another) and on overlayfs whose layers are on different file systems (the
+/// layer's device). The superblock's device is what `/proc/self/mountinfo` prints for the mount
+/// the file is on (`show_mountinfo` prints `sb->s_dev`), found by the file's mount id
+/// (`statx(STATX_MNT_ID)`); the inode number is the one stat reports (btrfs and overlayfs
+/// report `i_ino`). Measured here: a binary on a btrfs subvolume stats as 0:42, its superblock
+/// (and so the kernel program) says 0:40.
 pub fn exe_id(path: &Path) -> anyhow::Result<ExeId> {
-    let md = fs::metadata(path).with_context(|| format!("stat {}", path.display()))?;
+    exe_id_in(path, Path::new("/proc/self/mountinfo"))
+}
+
+/// [`exe_id`] with the mount table of another mount namespace (a process's
+/// `/proc/PID/mountinfo`, for its `/proc/PID/exe`).
+fn exe_id_in(path: &Path, mountinfo: &Path) -> anyhow::Result<ExeId> {
+    let st = statx(path).with_context(|| format!("stat {}", path.display()))?;
+    let dev = fs::read_to_string(mountinfo)
+        .ok()
+        .and_then(|text| superblock_dev(&text, st.stx_mnt_id))
+        .unwrap_or_else(|| kernel_dev(st.stx_dev_major, st.stx_dev_minor));
     Ok(ExeId {
-        dev: kernel_dev_of(md.dev()),
-        ino: md.ino(),
+        dev,
+        ino: st.stx_ino,
+    })
+}
+
+fn statx(path: &Path) -> std::io::Result<libc::statx> {
+    use std::os::unix::ffi::OsStrExt as _;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+    // SAFETY: statx is plain old data; the kernel fills it.
+    let mut st: libc::statx = unsafe { std::mem::zeroed() };
+    // SAFETY: a NUL-terminated path and a valid out pointer.
+    let rc = unsafe {
+        libc::statx(
+            libc::AT_FDCWD,
+            c.as_ptr(),
+            0,
+            libc::STATX_INO | libc::STATX_MNT_ID,
+            &mut st,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    if st.stx_mask & libc::STATX_MNT_ID == 0 {
+        st.stx_mnt_id = u64::MAX; // no mount id (before Linux 5.8): the stat device is used
+    }
+    Ok(st)
+}
+
+/// The kernel `dev_t` of the superblock of mount `mnt_id`: the third field of its line in a
+/// mountinfo text (`ID PARENT MAJOR:MINOR ...`).
+fn superblock_dev(mountinfo: &str, mnt_id: u64) -> Option<u64> {
+    mountinfo.lines().find_map(|line| {
+        let mut f = line.split_whitespace();
+        if f.next()?.parse::<u64>().ok()? != mnt_id {
+            return None;
+        }
+        let (major, minor) = f.nth(1)?.split_once(':')?;
+        Some(kernel_dev(major.parse().ok()?, minor.parse().ok()?))
     })
 }
 
@@ -323,20 +383,75 @@ pub fn running_pids() -> std::io::Result<impl Iterator<Item = u32>> {
 /// The identity of the executable process `pid` runs (`/proc/PID/exe`, valid even when the
 /// file was deleted or replaced since).
 pub fn exe_id_of_pid(pid: u32) -> anyhow::Result<ExeId> {
-    exe_id(&PathBuf::from(format!("/proc/{pid}/exe")))
+    exe_id_in(
+        &PathBuf::from(format!("/proc/{pid}/exe")),
+        &PathBuf::from(format!("/proc/{pid}/mountinfo")),
+    )
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    /// Kernel series whose offsets kernel.md records, and those offsets.
-    const MEASURED_RELEASE: &str = "6.18.";
-
-    fn release() -> String {
-        fs::read_to_string("/proc/sys/kernel/osrelease")
-            .map(|s| s.trim().to_owned())
-            .unwrap_or_default()
+    /// The offset in bytes of `strukt.field` according to bpftool's own reading of the running
+    /// kernel's BTF (`bpftool btf dump file ... format raw`), summed through anonymous members
+    /// the way the kernel lays them out. An independent reader of the same BTF: offsets depend
+    /// on the kernel's configuration, not its version, so no number in this file could be
+    /// right on every build. `None` with a reason when bpftool cannot answer.
+    fn bpftool_offset(raw: &str, strukt: &str, field: &str) -> Option<u32> {
+        // [ID] KIND 'name' ... then one tab-indented line per member: 'name' type_id=N bits_offset=B
+        struct Ty<'a> {
+            kind: &'a str,
+            name: &'a str,
+            members: Vec<(&'a str, u32, u32)>,
+        }
+        let mut types: std::collections::HashMap<u32, Ty> = Default::default();
+        let mut current = None;
+        let kv = |line: &str, key: &str| -> Option<u32> {
+            line.split_whitespace()
+                .find_map(|w| w.strip_prefix(key)?.parse().ok())
+        };
+        for line in raw.lines() {
+            if let Some(rest) = line.strip_prefix('[') {
+                let (id, rest) = rest.split_once("] ")?;
+                let id: u32 = id.parse().ok()?;
+                let (kind, rest) = rest.split_once(' ')?;
+                let name = rest.split('\'').nth(1).unwrap_or("");
+                types.insert(
+                    id,
+                    Ty {
+                        kind,
+                        name,
+                        members: Vec::new(),
+                    },
+                );
+                current = Some(id);
+            } else if let (Some(id), Some(member)) = (current, line.strip_prefix('\t')) {
+                let name = member.split('\'').nth(1).unwrap_or("");
+                if let (Some(ty), Some(bits)) = (kv(member, "type_id="), kv(member, "bits_offset=")) {
+                    types.get_mut(&id)?.members.push((name, ty, bits));
+                }
+            }
+        }
+        fn find(types: &std::collections::HashMap<u32, Ty>, id: u32, field: &str) -> Option<u32> {
+            for &(name, ty, bits) in &types.get(&id)?.members {
+                if name == field {
+                    return Some(bits / 8);
+                }
+                let inner = types.get(&ty)?;
+                if name == "(anon)" && matches!(inner.kind, "STRUCT" | "UNION") {
+                    if let Some(off) = find(types, ty, field) {
+                        return Some(bits / 8 + off);
+                    }
+                }
+            }
+            None
+        }
+        let id = types
+            .iter()
+            .find(|(_, t)| t.kind == "STRUCT" && t.name == strukt)
+            .map(|(id, _)| *id)?;
+        find(&types, id, field)
     }
 
     #[test]
@@ -347,17 +462,52 @@ mod tests {
         for (name, value) in off.globals() {
             assert_ne!(*value, 0, "{name}");
         }
-        if release().starts_with(MEASURED_RELEASE) {
-            assert_eq!(off.task_mm, 1136);
-            assert_eq!(off.mm_exe_file, 1312);
-            assert_eq!(off.file_inode, 32);
-            assert_eq!(off.inode_ino, 64);
-        } else {
-            eprintln!(
-                "kernel {} is not {MEASURED_RELEASE}*: only resolution checked",
-                release()
-            );
+        let raw = match std::process::Command::new("bpftool")
+            .args(["btf", "dump", "file", VMLINUX_BTF, "format", "raw"])
+            .output()
+        {
+            Ok(out) if out.status.success() => String::from_utf8_lossy(&out.stdout).into_owned(),
+            Ok(out) => {
+                eprintln!(
+                    "SKIPPED the cross-check: bpftool failed ({}): {}",
+                    out.status,
+                    String::from_utf8_lossy(&out.stderr).trim()
+                );
+                return;
+            }
+            Err(e) => {
+                eprintln!("SKIPPED the cross-check: bpftool not runnable ({e}); `cargo xtask setup` installs it");
+                return;
+            }
+        };
+        for (strukt, field, ours) in [
+            ("task_struct", "mm", off.task_mm),
+            ("mm_struct", "exe_file", off.mm_exe_file),
+            ("file", "f_inode", off.file_inode),
+            ("inode", "i_ino", off.inode_ino),
+            ("inode", "i_sb", off.inode_sb),
+            ("super_block", "s_dev", off.sb_dev),
+        ] {
+            let theirs = bpftool_offset(&raw, strukt, field)
+                .unwrap_or_else(|| panic!("bpftool's dump has no {strukt}.{field}"));
+            assert_eq!(ours, theirs, "{strukt}.{field}: ours {ours}, bpftool {theirs}");
         }
+    }
+
+    /// The cross-check's reader on a hand-made dump: a member inside an anonymous struct at a
+    /// non-zero offset is found at the sum of both offsets (as `mm_struct.exe_file` is).
+    #[test]
+    fn bpftool_reader_sums_anonymous_members() {
+        let raw = "[1] INT 'long' size=8 bits_offset=0 nr_bits=64 encoding=(none)\n\
+                   [2] STRUCT 'outer' size=64 vlen=2\n\
+                   \t'a' type_id=1 bits_offset=0\n\
+                   \t'(anon)' type_id=3 bits_offset=128\n\
+                   [3] STRUCT '(anon)' size=16 vlen=2\n\
+                   \t'b' type_id=1 bits_offset=0\n\
+                   \t'c' type_id=1 bits_offset=64\n";
+        assert_eq!(bpftool_offset(raw, "outer", "a"), Some(0));
+        assert_eq!(bpftool_offset(raw, "outer", "c"), Some(24));
+        assert_eq!(bpftool_offset(raw, "outer", "missing"), None);
     }
 
     #[test]

@@ -123,20 +123,162 @@ fn observed(ebpf: &Ebpf) -> BTreeMap<u32, ExeId> {
 
 #[test]
 fn connect4_sees_the_executable_the_daemon_computes() {
-    let offsets = KernelOffsets::resolve().expect("resolving kernel offsets");
-
-    // Two copies of one binary: same contents, different files.
     let bins = tempfile::tempdir().expect("temp dir");
-    let one = bins.path().join("client-one");
-    let two = bins.path().join("client-two");
+    sees_the_executable_in(bins.path());
+}
+
+/// On btrfs every subvolume stats with an anonymous device of its own while the superblock
+/// (what the kernel program reads) has another: a rule naming a binary there used to match
+/// nothing. Copies in the top-level subvolume and in a nested one, on a loop-mounted image.
+#[test]
+fn identity_on_btrfs_subvolumes() {
+    let Some(fs_) = Mounted::btrfs() else { return };
+    sees_the_executable_in(&fs_.dir);
+    let sub = fs_.dir.join("subvol");
+    let out = Command::new("btrfs")
+        .args(["subvolume", "create"])
+        .arg(&sub)
+        .output()
+        .expect("btrfs subvolume create");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    sees_the_executable_in(&sub);
+}
+
+/// overlayfs (every container's root): copies in the lower layer (read through the overlay)
+/// and written through the overlay (upper layer), with the layers on different file systems
+/// (lower on the test's tmp directory, upper on a tmpfs), where stat reports a layer's device.
+#[test]
+fn identity_on_overlayfs() {
+    let Some(fs_) = Mounted::overlay() else { return };
+    sees_the_executable_in(&fs_.dir);
+}
+
+/// A file system mounted for one test under a temporary directory, unmounted on drop.
+struct Mounted {
+    dir: std::path::PathBuf,
+    mounts: Vec<std::path::PathBuf>,
+    _tmp: tempfile::TempDir,
+}
+
+impl Mounted {
+    fn mount(args: &[&str], target: &Path) -> bool {
+        let out = Command::new("mount").args(args).arg(target).output();
+        match out {
+            Ok(o) if o.status.success() => true,
+            Ok(o) => {
+                eprintln!(
+                    "SKIPPED: mount {args:?} failed: {}",
+                    String::from_utf8_lossy(&o.stderr).trim()
+                );
+                false
+            }
+            Err(e) => {
+                eprintln!("SKIPPED: mount not runnable: {e}");
+                false
+            }
+        }
+    }
+
+    fn btrfs() -> Option<Self> {
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let image = tmp.path().join("btrfs.img");
+        fs::File::create(&image)
+            .and_then(|f| f.set_len(128 << 20))
+            .expect("image file");
+        match Command::new("mkfs.btrfs").arg("-q").arg(&image).output() {
+            Ok(o) if o.status.success() => {}
+            other => {
+                eprintln!("SKIPPED: mkfs.btrfs unavailable or failed ({other:?}); `cargo xtask setup` installs btrfs-progs");
+                return None;
+            }
+        }
+        let dir = tmp.path().join("mnt");
+        fs::create_dir(&dir).expect("mount point");
+        let image = image.to_str().expect("utf-8 path").to_owned();
+        if !Self::mount(&["-o", "loop", &image], &dir) {
+            return None;
+        }
+        Some(Self {
+            mounts: vec![dir.clone()],
+            dir,
+            _tmp: tmp,
+        })
+    }
+
+    fn overlay() -> Option<Self> {
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let (lower, up, dir) = (
+            tmp.path().join("lower"),
+            tmp.path().join("up"),
+            tmp.path().join("merged"),
+        );
+        for d in [&lower, &up, &dir] {
+            fs::create_dir(d).expect("directory");
+        }
+        // The upper layer on a file system of its own (as the layers of a container often are).
+        if !Self::mount(&["-t", "tmpfs", "tmpfs"], &up) {
+            return None;
+        }
+        let mut m = Self {
+            mounts: vec![up.clone()],
+            dir: dir.clone(),
+            _tmp: tmp,
+        };
+        let (upper, work) = (up.join("upper"), up.join("work"));
+        fs::create_dir(&upper).expect("upper");
+        fs::create_dir(&work).expect("work");
+        // One copy in the lower layer before mounting: read through the overlay.
+        copy_bash(&lower.join("client-lower"));
+        let opts = format!(
+            "lowerdir={},upperdir={},workdir={}",
+            lower.display(),
+            upper.display(),
+            work.display()
+        );
+        if !Self::mount(&["-t", "overlay", "overlay", "-o", &opts], &dir) {
+            return None;
+        }
+        m.mounts.push(dir);
+        Some(m)
+    }
+}
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        for m in self.mounts.iter().rev() {
+            let _ = Command::new("umount").arg(m).status();
+        }
+    }
+}
+
+fn bash() -> &'static Path {
     // Where bash is depends on whether / is merged into /usr (not in the QEMU guests' image).
-    let bash = ["/bin/bash", "/usr/bin/bash"]
+    ["/bin/bash", "/usr/bin/bash"]
         .into_iter()
         .map(Path::new)
         .find(|p| p.exists())
-        .expect("bash is installed");
-    fs::copy(bash, &one).expect("copying bash");
-    fs::copy(bash, &two).expect("copying bash");
+        .expect("bash is installed")
+}
+
+fn copy_bash(to: &Path) {
+    fs::copy(bash(), to).expect("copying bash");
+}
+
+/// Two copies of bash in `dir`, run in a cgroup with the identity probe attached: the kernel
+/// records, for each, exactly the identity the daemon computes from its path.
+fn sees_the_executable_in(dir: &Path) {
+    let offsets = KernelOffsets::resolve().expect("resolving kernel offsets");
+
+    // Two copies of one binary: same contents, different files.
+    let one = dir.join("client-one");
+    let two = dir.join("client-two");
+    copy_bash(&one);
+    // On an overlay, the second copy is the one already in the lower layer.
+    let lower = dir.join("client-lower");
+    let two = if lower.exists() { lower } else { two };
+    if !two.exists() {
+        copy_bash(&two);
+    }
     let id_one = identity::exe_id(&one).expect("identity of copy one");
     let id_two = identity::exe_id(&two).expect("identity of copy two");
     assert_ne!(id_one, id_two, "two copies are two identities");

@@ -32,6 +32,8 @@ const PACKAGES: &[&str] = &[
     // test --kernel (xtask/src/qemu.rs): the emulator, and depmod for the guests' modules.
     "qemu-system-x86",
     "kmod",
+    // tests/identity.rs: program identity on a loop-mounted btrfs.
+    "btrfs-progs",
 ];
 
 pub fn run() -> anyhow::Result<()> {
