@@ -120,11 +120,20 @@ struct Helper(support::helper::Helper);
 
 impl Helper {
     fn spawn(exe: &Path, netns: &str, uid: Option<u32>) -> Self {
+        Self::spawn_through(None, exe, netns, uid)
+    }
+
+    /// [`Self::spawn`], through the dynamic `loader` if one is given.
+    fn spawn_through(loader: Option<&Path>, exe: &Path, netns: &str, uid: Option<u32>) -> Self {
         let mut env = vec![(HELPER_ENV, netns.to_string())];
         if let Some(uid) = uid {
             env.push((UID_ENV, uid.to_string()));
         }
-        let mut h = Self(support::helper::Helper::spawn(exe, "helper_process", &env));
+        let helper = match loader {
+            Some(l) => support::helper::Helper::spawn_through(l, exe, "helper_process", &env),
+            None => support::helper::Helper::spawn(exe, "helper_process", &env),
+        };
+        let mut h = Self(helper);
         // The helper has entered the namespace (and dropped privileges) once it answers.
         assert!(h.call("nothing").starts_with("err unknown"));
         h
@@ -765,4 +774,244 @@ action = "reject"
         "{status}"
     );
     assert!(c["in_listener_found"].as_u64().unwrap_or(0) > 0, "{status}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// What a program's identity does not cover (README "Rules about programs", threat model).
+
+/// The dynamic loader this binary names as its interpreter, where it is installed.
+fn dynamic_loader() -> Option<PathBuf> {
+    ["/lib64/ld-linux-x86-64.so.2", "/lib/ld-linux-aarch64.so.1"]
+        .into_iter()
+        .map(PathBuf::from)
+        .find(|p| p.exists())
+}
+
+/// `ld.so PROGRAM` runs PROGRAM with the loader as the process's executable. An allow-list
+/// holds (the loader is not the allowed program, so it gets the default); a rule refusing a
+/// program does not apply to it run that way, unless the rules name the loader too. The README
+/// says so; this pins it.
+#[test]
+fn a_program_run_through_the_dynamic_loader_is_the_loader() {
+    let Some(loader) = dynamic_loader() else {
+        eprintln!("SKIPPED: no dynamic loader at the usual paths");
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let [allowed, refused] = ["allowed", "refused"].map(|n| copy_program(dir.path(), n));
+    let rules = format!(
+        r#"
+[defaults]
+inbound = "allow"
+outbound = "allow"
+
+[[rule]]
+name = "the allowed program may connect"
+direction = "out"
+program = "{allowed}"
+proto = "tcp"
+port = 7100
+action = "allow"
+
+[[rule]]
+name = "nothing else on 7100"
+direction = "out"
+proto = "tcp"
+port = 7100
+action = "reject"
+
+[[rule]]
+name = "the refused program may not connect"
+direction = "out"
+program = "{refused}"
+proto = "tcp"
+port = 7101
+action = "reject"
+
+[[rule]]
+name = "nor through the loader"
+direction = "out"
+program = "{loader}"
+proto = "tcp"
+port = 7102
+action = "reject"
+
+[[rule]]
+name = "the refused program may not connect here either"
+direction = "out"
+program = "{refused}"
+proto = "tcp"
+port = 7102
+action = "reject"
+"#,
+        allowed = allowed.display(),
+        refused = refused.display(),
+        loader = loader.display(),
+    );
+    let pair = Pair::new();
+    let daemon = Daemon::start(&pair.server, &pair.server_if, "generic", &rules);
+    let _listeners = pair.client.run(|| {
+        (7100..=7102)
+            .map(|p| TcpListener::bind(format!("[::]:{p}")).expect("listener"))
+            .collect::<Vec<_>>()
+    });
+    let ns = pair.server.path();
+    let spawn = |loader: Option<&Path>, exe: &Path| {
+        let h = Helper::spawn_through(loader, exe, &ns, None);
+        daemon.cgroup.add(h.pid());
+        h
+    };
+    let to = |port: u16| format!("tcp [{}]:{port} 2000", pair.client_v6);
+
+    let mut direct = spawn(None, &allowed);
+    let mut through = spawn(Some(&loader), &allowed);
+    assert_eq!(direct.call(&to(7100)), "ok", "the allowed program, run directly");
+    assert_eq!(
+        through.call(&to(7100)),
+        "eperm",
+        "run through the loader it is not the allowed program: the allow-list holds"
+    );
+
+    let mut direct = spawn(None, &refused);
+    let mut through = spawn(Some(&loader), &refused);
+    assert_eq!(direct.call(&to(7101)), "eperm", "the refused program, run directly");
+    assert_eq!(
+        through.call(&to(7101)),
+        "ok",
+        "run through the loader a rule refusing the program does not apply (documented)"
+    );
+    assert_eq!(
+        through.call(&to(7102)),
+        "eperm",
+        "a rule naming the loader closes that way"
+    );
+}
+
+/// Code injected into an allowed program runs with its identity: `LD_PRELOAD` (or ptrace, or
+/// a plugin) is code running as that program, which the threat model leaves out. This pins
+/// the documented limit: a preloaded library's constructor connects where only the allowed
+/// program may, and the same library in another program is refused.
+#[test]
+fn code_preloaded_into_an_allowed_program_has_its_rights() {
+    const LIB: &str = r#"
+#include <arpa/inet.h>
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/socket.h>
+__attribute__((constructor)) static void connect_on_load(void) {
+    const char *to = getenv("FW_PRELOAD_TO"), *port = getenv("FW_PRELOAD_PORT"),
+               *out = getenv("FW_PRELOAD_OUT");
+    if (!to || !port || !out) return;
+    struct sockaddr_in6 a = {0};
+    a.sin6_family = AF_INET6;
+    a.sin6_port = htons(atoi(port));
+    if (inet_pton(AF_INET6, to, &a.sin6_addr) != 1) return;
+    int s = socket(AF_INET6, SOCK_STREAM, 0);
+    int r = connect(s, (struct sockaddr *)&a, sizeof a);
+    FILE *f = fopen(out, "w");
+    if (f) { fputs(r == 0 ? "ok" : errno == EPERM ? "eperm" : "err", f); fclose(f); }
+}
+"#;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let src = dir.path().join("inject.c");
+    let lib = dir.path().join("inject.so");
+    std::fs::write(&src, LIB).expect("writing the library source");
+    match std::process::Command::new("cc")
+        .args(["-shared", "-fPIC", "-o"])
+        .arg(&lib)
+        .arg(&src)
+        .output()
+    {
+        Ok(o) if o.status.success() => {}
+        other => {
+            eprintln!("SKIPPED: no C compiler to build the preloaded library ({other:?})");
+            return;
+        }
+    }
+    let true_bin = ["/bin/true", "/usr/bin/true"]
+        .into_iter()
+        .map(Path::new)
+        .find(|p| p.exists())
+        .expect("true is installed");
+    let [allowed, other] = ["allowed", "other"].map(|n| {
+        let p = dir.path().join(n);
+        std::fs::copy(true_bin, &p).expect("copying true");
+        p
+    });
+    let rules = format!(
+        r#"
+[defaults]
+inbound = "allow"
+outbound = "allow"
+
+[[rule]]
+direction = "out"
+program = "{allowed}"
+proto = "tcp"
+port = 7200
+action = "allow"
+
+[[rule]]
+direction = "out"
+proto = "tcp"
+port = 7200
+action = "reject"
+"#,
+        allowed = allowed.display(),
+    );
+    let pair = Pair::new();
+    let daemon = Daemon::start(&pair.server, &pair.server_if, "generic", &rules);
+    let _listener = pair
+        .client
+        .run(|| TcpListener::bind("[::]:7200").expect("listener"));
+    let run = |exe: &Path| -> String {
+        use std::os::{fd::AsRawFd as _, unix::process::CommandExt as _};
+        let out = dir.path().join("result");
+        let _ = std::fs::remove_file(&out);
+        let ns = std::fs::File::open(pair.server.path()).expect("namespace");
+        let ns_fd = ns.as_raw_fd();
+        let procs = std::ffi::CString::new(
+            daemon
+                .cgroup
+                .path()
+                .join("cgroup.procs")
+                .to_string_lossy()
+                .into_owned(),
+        )
+        .expect("path");
+        let mut cmd = std::process::Command::new(exe);
+        cmd.env("LD_PRELOAD", &lib)
+            .env("FW_PRELOAD_TO", pair.client_v6)
+            .env("FW_PRELOAD_PORT", "7200")
+            .env("FW_PRELOAD_OUT", &out);
+        // SAFETY: only async-signal-safe calls between fork and exec: setns, open, write, close.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::setns(ns_fd, libc::CLONE_NEWNET) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                let fd = libc::open(procs.as_ptr(), libc::O_WRONLY);
+                if fd < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                // "0" moves the writing process itself.
+                let ok = libc::write(fd, b"0".as_ptr().cast(), 1) == 1;
+                libc::close(fd);
+                if !ok {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let status = cmd.status().expect("running the program");
+        assert!(status.success(), "{} failed: {status}", exe.display());
+        std::fs::read_to_string(&out).unwrap_or_else(|e| panic!("no result from the library: {e}"))
+    };
+    assert_eq!(
+        run(&allowed),
+        "ok",
+        "the library's code runs as the allowed program and gets its rights (documented limit)"
+    );
+    assert_eq!(run(&other), "eperm", "the same library in another program is refused");
 }

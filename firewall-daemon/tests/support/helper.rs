@@ -20,7 +20,18 @@ pub struct Helper {
 impl Helper {
     /// Runs `exe` as its test function `test` (exact name), with `env` set.
     pub fn spawn(exe: &Path, test: &str, env: &[(&str, String)]) -> Self {
-        let mut cmd = Command::new(exe);
+        Self::spawn_cmd(Command::new(exe), exe, test, env)
+    }
+
+    /// [`Self::spawn`], started through `loader` (`loader exe ARGS`, as the dynamic loader can
+    /// run a program): the process's executable is then the loader, not `exe`.
+    pub fn spawn_through(loader: &Path, exe: &Path, test: &str, env: &[(&str, String)]) -> Self {
+        let mut cmd = Command::new(loader);
+        cmd.arg(exe);
+        Self::spawn_cmd(cmd, exe, test, env)
+    }
+
+    fn spawn_cmd(mut cmd: Command, exe: &Path, test: &str, env: &[(&str, String)]) -> Self {
         cmd.args(["--exact", test, "--nocapture", "--test-threads=1"])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
