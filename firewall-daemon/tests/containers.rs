@@ -270,3 +270,30 @@ fn published_port_obeys_the_rules_and_container_replies_pass() {
     });
     drop(daemon);
 }
+
+/// With `interfaces = "auto"` the containers' bridge is protected too, and what the containers
+/// send into it is judged as traffic arriving at the host: a container's connection out is
+/// stealthed by `inbound = "stealth"` (the README's limit, with its reason and the remedy:
+/// list the host's outward interfaces on container hosts). The published port still obeys its
+/// rule. This pins the documented behaviour; whoever changes it changes the README.
+#[test]
+fn container_traffic_when_the_bridge_is_protected_too() {
+    let Some(host) = Host::new() else { return };
+    host.container_server();
+    host.outside_server();
+    let ifaces = format!("{},br-ctr", host.pair.server_if);
+    let _daemon = Daemon::start(&host.pair.server, &ifaces, "generic", PUBLISH_ALLOWED);
+    let outside: SocketAddr = format!("{}:{OUTSIDE_PORT}", host.pair.client_v4)
+        .parse()
+        .expect("address");
+    let published: SocketAddr = format!("{}:{PUBLISHED}", host.pair.server_v4)
+        .parse()
+        .expect("address");
+    assert_eq!(
+        fetch(&host.pair.client, published, Duration::ZERO).expect("the allowed published port"),
+        "container"
+    );
+    let err = fetch(&host.container, outside, Duration::ZERO)
+        .expect_err("the container's connection out is judged as inbound at the bridge");
+    assert_eq!(err.kind(), std::io::ErrorKind::TimedOut, "{err}");
+}

@@ -59,7 +59,12 @@ impl Launch {
         let mut cmd = Command::new(DAEMON);
         cmd.arg("--config")
             .arg(config)
-            .args(["--interface", &self.ifname, "--xdp-mode", &self.mode])
+            .args(
+                self.ifname
+                    .split(',')
+                    .flat_map(|i| ["--interface", i]),
+            )
+            .args(["--xdp-mode", &self.mode])
             .arg("--pin-dir")
             .arg(pin_dir)
             .arg("--control-socket")
@@ -125,7 +130,8 @@ pub fn assert_daemon_cgroup(path: &Path) {
 pub const FWCTL: &str = env!("CARGO_BIN_EXE_fwctl");
 
 impl Daemon {
-    /// Writes `rules` to a file and starts the daemon on `ifname` inside `ns`, returning once
+    /// Writes `rules` to a file and starts the daemon on `ifname` (or several, separated by
+    /// commas) inside `ns`, returning once
     /// it printed its readiness line (programs attached, socket listening).
     pub fn start(ns: &NetNs, ifname: &str, mode: &str, rules: &str) -> Self {
         Self::start_with_env(ns, ifname, mode, rules, &[])
