@@ -32,9 +32,9 @@ use self::{
 use crate::workspace_root;
 
 /// Programs the integration tests run (firewall-daemon/tests): namespaces and addresses,
-/// entering a namespace, scanning, reading SNMP counters, and bash (copied by the identity
-/// test as a client whose executable it knows).
-const TOOLS: &[&str] = &["ip", "nsenter", "nmap", "nstat", "bash"];
+/// entering a namespace, scanning, reading SNMP counters, bash (copied by the identity
+/// test as a client whose executable it knows) and mount/umount (identity on overlayfs).
+const TOOLS: &[&str] = &["ip", "nsenter", "nmap", "nstat", "bash", "mount", "umount"];
 
 /// Guest memory and CPUs: two CPUs like this machine, so the tests' concurrency is the same.
 const MEMORY: &str = "2G";
