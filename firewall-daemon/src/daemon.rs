@@ -423,8 +423,17 @@ fn attach_interface(
 ) -> anyhow::Result<Attached> {
     let ifname = iface.name.as_str();
     let egress_pin = datapath::link_pin(pin_dir, "egress", ifname);
-    let egress = match datapath::adopt_link(&egress_pin) {
-        Ok(Some(link)) => generation.replace_egress(EgressLink::Tcx(link))?,
+    // A leftover link that cannot be taken over (its interface went away between the check
+    // and the update) is dropped for a fresh attachment, like one that fails the check.
+    let egress = match datapath::adopt_interface_link(&egress_pin, iface.index) {
+        Ok(Some(link)) => match generation.replace_egress(EgressLink::Tcx(link)) {
+            Ok(link) => link,
+            Err(e) => {
+                warn!("{ifname}: {e:#}; attaching afresh");
+                let _ = std::fs::remove_file(&egress_pin);
+                generation.attach_egress(ifname)?
+            }
+        },
         Ok(None) => generation.attach_egress(ifname)?,
         Err(e) => {
             warn!("{ifname}: {e:#}; attaching afresh");
@@ -435,11 +444,18 @@ fn attach_interface(
     let egress = datapath::pin_egress_link(egress, &egress_pin)?;
     let egress_kind = egress.kind();
     let xdp_pin = datapath::link_pin(pin_dir, "xdp", ifname);
-    let (link, mode) = match datapath::adopt_link(&xdp_pin) {
-        Ok(Some(link)) => {
-            info!("{ifname}: adopting the pinned attachment of a previous daemon");
-            (generation.replace(link)?, "adopted")
-        }
+    let (link, mode) = match datapath::adopt_interface_link(&xdp_pin, iface.index) {
+        Ok(Some(link)) => match generation.replace(link) {
+            Ok(link) => {
+                info!("{ifname}: adopting the pinned attachment of a previous daemon");
+                (link, "adopted")
+            }
+            Err(e) => {
+                warn!("{ifname}: {e:#}; attaching afresh");
+                let _ = std::fs::remove_file(&xdp_pin);
+                generation.attach(ifname, mode)?
+            }
+        },
         Ok(None) => generation.attach(ifname, mode)?,
         Err(e) => {
             warn!("{ifname}: {e:#}; attaching afresh");

@@ -772,6 +772,50 @@ pub fn adopt_link<L: TryFrom<FdLink, Error = LinkError>>(path: &Path) -> anyhow:
     Ok(Some(link))
 }
 
+/// bpf_link_type of an XDP and of a TCX link.
+const BPF_LINK_TYPE_XDP: u32 = 6;
+const BPF_LINK_TYPE_TCX: u32 = 11;
+
+/// As [`adopt_link`], for the XDP or TCX link pinned at `path` for the interface with index
+/// `ifindex`. A link whose interface is gone (deleted, perhaps created again under the same
+/// name with another index) is severed: the kernel reports its interface as 0 and refuses to
+/// update it (ENOLINK). Such a pin is removed and `None` returned, so the caller attaches
+/// afresh instead of failing on the leftover.
+pub fn adopt_interface_link<L: TryFrom<FdLink, Error = LinkError>>(
+    path: &Path,
+    ifindex: u32,
+) -> anyhow::Result<Option<L>> {
+    if !path.exists() {
+        return Ok(None);
+    }
+    let info = crate::cgroup::pinned_link_info(path)?;
+    let link_type = info[0] as u32;
+    if link_type != BPF_LINK_TYPE_XDP && link_type != BPF_LINK_TYPE_TCX {
+        bail!(
+            "{} is not an XDP or TCX link (link type {link_type})",
+            path.display()
+        );
+    }
+    // Both link types start their member with the interface index.
+    let attached_to = info[2] as u32;
+    if attached_to != ifindex {
+        log::info!(
+            "the link a previous daemon pinned at {} belongs to {}; unpinning it and attaching \
+             afresh",
+            path.display(),
+            if attached_to == 0 {
+                "an interface that no longer exists".to_string()
+            } else {
+                format!("interface index {attached_to}, not {ifindex}")
+            }
+        );
+        std::fs::remove_file(path)
+            .with_context(|| format!("unpinning the severed link {}", path.display()))?;
+        return Ok(None);
+    }
+    adopt_link(path)
+}
+
 fn xdp_program<'a>(ebpf: &'a mut Ebpf, name: &str) -> anyhow::Result<&'a mut Xdp> {
     ebpf.program_mut(name)
         .ok_or_else(|| anyhow!("program {name} missing from the object"))?
