@@ -183,8 +183,8 @@ pub async fn run(config_path: PathBuf, overrides: Overrides) -> anyhow::Result<(
     let compiled_out = compile::compile_direction(&ruleset, Direction::Out, &resolved)?;
     crate::features::check_required()?;
     // Before touching anything shared (pins, interfaces): a second daemon must not disturb
-    // the first.
-    ensure_not_running(&ruleset.daemon.control_socket)?;
+    // the first, and a file that is not a stale socket stops the start before anything does.
+    remove_stale_socket(&ruleset.daemon.control_socket)?;
     let pin_dir = ruleset.daemon.pin_dir.clone();
     datapath::prepare_pin_dir(&pin_dir)?;
     // A previous daemon that died (or was killed) leaves its links pinned: they go on
@@ -702,16 +702,6 @@ fn summarize(d: &ReloadData) -> String {
     )
 }
 
-fn ensure_not_running(socket: &Path) -> anyhow::Result<()> {
-    if std::os::unix::net::UnixStream::connect(socket).is_ok() {
-        bail!(
-            "another daemon is already answering on {}; stop it first",
-            socket.display()
-        );
-    }
-    Ok(())
-}
-
 /// Creates the socket with mode 0660 (group set to `group` if given). Failing to set
 /// ownership or permissions is fatal: a world-usable control socket would let anyone rewrite
 /// the firewall.
@@ -719,11 +709,7 @@ fn bind_control_socket(path: &Path, group: Option<&str>) -> anyhow::Result<UnixL
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
-    ensure_not_running(path)?;
-    if path.exists() {
-        std::fs::remove_file(path)
-            .with_context(|| format!("removing stale socket {}", path.display()))?;
-    }
+    remove_stale_socket(path)?;
     let listener =
         UnixListener::bind(path).with_context(|| format!("binding {}", path.display()))?;
     if let Some(g) = group {
@@ -734,6 +720,39 @@ fn bind_control_socket(path: &Path, group: Option<&str>) -> anyhow::Result<UnixL
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))
         .with_context(|| format!("setting mode 0660 on {}", path.display()))?;
     Ok(listener)
+}
+
+/// Removes what a previous daemon left at `path`: only a socket nobody listens on. Anything
+/// else there (a file, a directory, a symbolic link, a live socket) is not the daemon's to
+/// delete, and starting is refused.
+fn remove_stale_socket(path: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::FileTypeExt as _;
+    let meta = match std::fs::symlink_metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e).with_context(|| format!("checking {}", path.display())),
+    };
+    if !meta.file_type().is_socket() {
+        bail!(
+            "control_socket {} exists and is not a socket; the daemon only replaces a stale \
+             socket: move that file away or set [daemon] control_socket to another path",
+            path.display()
+        );
+    }
+    match std::os::unix::net::UnixStream::connect(path) {
+        Ok(_) => bail!(
+            "another daemon is already answering on {}; stop it first",
+            path.display()
+        ),
+        Err(e) if e.raw_os_error() == Some(libc::ECONNREFUSED) => std::fs::remove_file(path)
+            .with_context(|| format!("removing stale socket {}", path.display())),
+        Err(e) => Err(e).with_context(|| {
+            format!(
+                "{} is a socket the daemon cannot tell is stale; remove it if no daemon runs",
+                path.display()
+            )
+        }),
+    }
 }
 
 fn group_id(name: &str) -> anyhow::Result<nix::unistd::Gid> {
