@@ -107,6 +107,24 @@ const BPF_LINK_TYPE_CGROUP: u32 = 3;
 /// The cgroup and program of the cgroup link pinned at `pin` (aya's link info does not expose
 /// the cgroup).
 pub fn link_target(pin: &Path) -> anyhow::Result<LinkTarget> {
+    let info = pinned_link_info(pin)?;
+    let link_type = info[0] as u32;
+    if link_type != BPF_LINK_TYPE_CGROUP {
+        bail!(
+            "{} is not a cgroup link (link type {link_type})",
+            pin.display()
+        );
+    }
+    Ok(LinkTarget {
+        prog_id: info[1] as u32,
+        cgroup_id: info[2],
+        attach_type: info[3] as u32,
+    })
+}
+
+/// The `struct bpf_link_info` of the link pinned at `pin`, as words: type and id, then
+/// prog_id, then (8-aligned) the member of the link's type.
+pub(crate) fn pinned_link_info(pin: &Path) -> anyhow::Result<[u64; 8]> {
     use std::os::unix::ffi::OsStrExt as _;
     let cpath = std::ffi::CString::new(pin.as_os_str().as_bytes())
         .with_context(|| format!("pin path {}", pin.display()))?;
@@ -141,8 +159,6 @@ pub fn link_target(pin: &Path) -> anyhow::Result<LinkTarget> {
     }
     // SAFETY: the kernel just returned this descriptor to us; nothing else owns it.
     let fd = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd as i32) };
-    // struct bpf_link_info: type, id, prog_id, then (8-aligned) the cgroup member:
-    // cgroup_id, attach_type.
     let mut info = [0u64; 8];
     #[repr(C)]
     struct GetInfo {
@@ -168,18 +184,7 @@ pub fn link_target(pin: &Path) -> anyhow::Result<LinkTarget> {
         return Err(std::io::Error::last_os_error())
             .with_context(|| format!("reading the link pinned at {}", pin.display()));
     }
-    let link_type = info[0] as u32;
-    if link_type != BPF_LINK_TYPE_CGROUP {
-        bail!(
-            "{} is not a cgroup link (link type {link_type})",
-            pin.display()
-        );
-    }
-    Ok(LinkTarget {
-        prog_id: info[1] as u32,
-        cgroup_id: info[2],
-        attach_type: info[3] as u32,
-    })
+    Ok(info)
 }
 
 #[cfg(test)]

@@ -42,6 +42,10 @@ use crate::model::{
 /// Where service names (`port = "ssh"`) are looked up unless [`Env`] says otherwise.
 pub const DEFAULT_SERVICES_PATH: &str = "/etc/services";
 
+/// The largest rules or set file read, in bytes: far above any real file (a blocklist of a
+/// million networks is about 20 MiB), far below what would strain the daemon's memory.
+pub const MAX_FILE_BYTES: u64 = 64 << 20;
+
 /// Bounds of `[reject] rate_per_sec`.
 const MAX_REJECT_RATE: i64 = 1_000_000;
 /// Bounds of `[conntrack] table_size`, the confirmed-flow map: small enough that the kernel
@@ -148,11 +152,86 @@ fn join_lines(diagnostics: &[Diagnostic]) -> String {
 /// Reads and parses the rules file at `path` (set files relative to its directory, services
 /// from `/etc/services`).
 pub fn load(path: &Path) -> Result<Ruleset, ConfigError> {
-    let text = fs::read_to_string(path).map_err(|error| ConfigError::Read {
+    let text = read_trusted(path).map_err(|error| ConfigError::Read {
         path: path.to_path_buf(),
         error,
     })?;
     parse(&text, path)
+}
+
+/// Reads a file that decides what the firewall does (the rules file, a set file), refusing one
+/// that could hang or exhaust the reader, or that someone other than root could have written:
+/// it must be a regular file (a FIFO would block the daemon forever, a device like /dev/zero
+/// never end) of at most [`MAX_FILE_BYTES`], owned by root or the reader's own user, and not
+/// writable by others, nor by a group other than root's. Symbolic links are followed (the
+/// checks apply to the file they lead to); the directories on the way are not checked.
+pub fn read_trusted(path: &Path) -> io::Result<String> {
+    use std::{
+        io::Read as _,
+        os::unix::fs::{FileTypeExt as _, MetadataExt as _, OpenOptionsExt as _},
+    };
+    // O_NONBLOCK: opening a FIFO for reading blocks until a writer comes, and the type is
+    // only known once it is open.
+    let file = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)?;
+    let meta = file.metadata()?;
+    let refuse = |why: String| Err(io::Error::other(why));
+    let kind = meta.file_type();
+    if !kind.is_file() {
+        let what = if kind.is_fifo() {
+            "a FIFO"
+        } else if kind.is_char_device() || kind.is_block_device() {
+            "a device"
+        } else if kind.is_socket() {
+            "a socket"
+        } else if kind.is_dir() {
+            "a directory"
+        } else {
+            "not a regular file"
+        };
+        return refuse(format!("{what}, not a regular file"));
+    }
+    if meta.len() > MAX_FILE_BYTES {
+        return refuse(format!(
+            "{} bytes, more than the {} MiB allowed",
+            meta.len(),
+            MAX_FILE_BYTES >> 20
+        ));
+    }
+    let euid = nix::unistd::geteuid().as_raw();
+    if meta.uid() != 0 && meta.uid() != euid {
+        return refuse(format!(
+            "owned by uid {}, not by root{}: whoever owns it could change the firewall",
+            meta.uid(),
+            if euid == 0 {
+                String::new()
+            } else {
+                format!(" or uid {euid}")
+            }
+        ));
+    }
+    let mode = meta.mode() & 0o7777;
+    if mode & 0o002 != 0 || (mode & 0o020 != 0 && meta.gid() != 0) {
+        return refuse(format!(
+            "writable by {} (mode {mode:04o}): they could change the firewall; `chmod go-w` it",
+            if mode & 0o002 != 0 {
+                "everyone".to_string()
+            } else {
+                format!("the group gid {}", meta.gid())
+            }
+        ));
+    }
+    let mut text = String::new();
+    file.take(MAX_FILE_BYTES + 1).read_to_string(&mut text)?;
+    if text.len() as u64 > MAX_FILE_BYTES {
+        return refuse(format!(
+            "grew beyond the {} MiB allowed while being read",
+            MAX_FILE_BYTES >> 20
+        ));
+    }
+    Ok(text)
 }
 
 /// Parses rules text; `source` names the file in messages and anchors relative set files.
@@ -1328,7 +1407,7 @@ impl<'a> Checker<'a> {
             return None;
         }
         let path = self.env.base_dir.join(file.get_ref());
-        let text = match fs::read_to_string(&path) {
+        let text = match read_trusted(&path) {
             Ok(text) => text,
             Err(e) => {
                 self.error(
@@ -1359,13 +1438,18 @@ impl<'a> Checker<'a> {
                 column: Some(column),
                 message,
             };
-            match parse_net(entry) {
+            // Messages about a set file never quote it: they go to control-group members, who
+            // may not be allowed to read the file (a symbolic link can lead anywhere root can
+            // read). The line and column are enough to find the entry.
+            match parse_net_quoting(entry, false) {
                 Ok(net) => {
                     let trunc = net.trunc();
                     if trunc != net {
                         warnings += 1;
                         if warnings <= MAX_REPORTS_PER_SET_FILE {
-                            let warning = here(format!("{ctx}{}", host_bits_warning(entry, trunc)));
+                            let warning = here(format!(
+                                "{ctx}this entry has host bits set; they are ignored"
+                            ));
                             self.warnings.push(((anchor, line_no), warning.to_string()));
                         }
                     }
@@ -2074,13 +2158,38 @@ fn host_bits_warning(text: &str, trunc: IpNet) -> String {
 /// A CIDR or a plain address (which becomes a /32 or /128). Host bits are kept: the caller
 /// clears them and warns.
 fn parse_net(text: &str) -> Result<IpNet, String> {
+    parse_net_quoting(text, true)
+}
+
+/// [`parse_net`]; with `quote` false, messages describe the problem without quoting any of
+/// `text`.
+fn parse_net_quoting(text: &str, quote: bool) -> Result<IpNet, String> {
+    // "invalid network \"TEXT\"" or just "invalid network".
+    let invalid = |noun: &str| {
+        if quote {
+            format!("invalid {noun} {text:?}")
+        } else {
+            format!("invalid {noun}")
+        }
+    };
     let Some((addr, len)) = text.split_once('/') else {
         return text.parse::<IpAddr>().map(IpNet::from).map_err(|_| {
-            format!("invalid address {text:?}: not an IPv4 or IPv6 address or network")
+            format!(
+                "{}: not an IPv4 or IPv6 address or network",
+                invalid("address")
+            )
         });
     };
     let addr: IpAddr = addr.parse().map_err(|_| {
-        format!("invalid network {text:?}: {addr:?} is not an IPv4 or IPv6 address")
+        let part = if quote {
+            format!("{addr:?}")
+        } else {
+            "the part before '/'".to_string()
+        };
+        format!(
+            "{}: {part} is not an IPv4 or IPv6 address",
+            invalid("network")
+        )
     })?;
     let max = match addr {
         IpAddr::V4(_) => 32,
@@ -2090,17 +2199,31 @@ fn parse_net(text: &str) -> Result<IpNet, String> {
     let prefix = if !len.is_empty() && len.bytes().all(|b| b.is_ascii_digit()) {
         parse_decimal(len)
     } else {
+        let len = if quote {
+            format!(" {len:?}")
+        } else {
+            String::new()
+        };
         return Err(format!(
-            "invalid network {text:?}: prefix length {len:?} is not a number"
+            "{}: prefix length{len} is not a number",
+            invalid("network")
         ));
     };
     match u8::try_from(prefix) {
         Ok(prefix) if prefix <= max => {
-            IpNet::new(addr, prefix).map_err(|e| format!("invalid network {text:?}: {e}"))
+            IpNet::new(addr, prefix).map_err(|e| format!("{}: {e}", invalid("network")))
         }
-        _ => Err(format!(
-            "invalid network {text:?}: prefix length {prefix} is out of range for {family} (0-{max})"
-        )),
+        _ => {
+            let shown = if quote {
+                format!(" {prefix}")
+            } else {
+                String::new()
+            };
+            Err(format!(
+                "{}: prefix length{shown} is out of range for {family} (0-{max})",
+                invalid("network")
+            ))
+        }
     }
 }
 
@@ -3758,7 +3881,7 @@ action = "allow"
         assert_eq!(
             err.to_string(),
             format!(
-                r#"{}:4:3: set "bad": invalid network "10.0.0.0/99": prefix length 99 is out of range for IPv4 (0-32)"#,
+                r#"{}:4:3: set "bad": invalid network: prefix length is out of range for IPv4 (0-32)"#,
                 set_file.display()
             )
         );
@@ -3771,10 +3894,89 @@ action = "allow"
         assert_eq!(
             rs.warnings,
             [format!(
-                r#"{}:1:1: set "bad": "192.0.2.1/24" has host bits set; it is read as 192.0.2.0/24"#,
+                r#"{}:1:1: set "bad": this entry has host bits set; they are ignored"#,
                 set_file.display()
             )]
         );
+    }
+
+    /// Issue 14: set files were read with no check. A FIFO hung the daemon, /dev/zero ate its
+    /// memory, a file anyone could write changed the firewall, and errors quoted the lines of
+    /// files only root may read to control-group members.
+    #[test]
+    fn set_files_that_could_hang_exhaust_or_be_forged_are_refused() {
+        use std::os::unix::fs::{PermissionsExt as _, chown};
+        let t = test_env();
+        let refused = |file: &str, why: &str| {
+            let text = format!("[sets]\ns = {{ file = \"{file}\" }}\n");
+            let start = std::time::Instant::now();
+            let err = parse_with(&text, Path::new("rules.toml"), &t.env)
+                .expect_err(file)
+                .to_string();
+            assert!(
+                err.contains("cannot read set file") && err.contains(why),
+                "{file}: {err}"
+            );
+            assert!(
+                start.elapsed() < std::time::Duration::from_secs(2),
+                "{file}"
+            );
+        };
+        let fifo = t.dir.path().join("fifo");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        refused("fifo", "a FIFO, not a regular file");
+        refused("/dev/zero", "a device, not a regular file");
+        let big = t.dir.path().join("big.txt");
+        fs::File::create(&big)
+            .unwrap()
+            .set_len(MAX_FILE_BYTES + 1)
+            .unwrap();
+        refused("big.txt", "more than the 64 MiB allowed");
+        let open = t.dir.path().join("open.txt");
+        fs::write(&open, "192.0.2.1\n").unwrap();
+        fs::set_permissions(&open, fs::Permissions::from_mode(0o666)).unwrap();
+        refused("open.txt", "writable by everyone (mode 0666)");
+        if nix::unistd::geteuid().is_root() {
+            let theirs = t.dir.path().join("theirs.txt");
+            fs::write(&theirs, "192.0.2.1\n").unwrap();
+            chown(&theirs, Some(65534), None).unwrap();
+            refused("theirs.txt", "owned by uid 65534, not by root");
+            fs::set_permissions(&open, fs::Permissions::from_mode(0o664)).unwrap();
+            chown(&open, Some(0), Some(65534)).unwrap();
+            refused("open.txt", "writable by the group gid 65534 (mode 0664)");
+        } else {
+            eprintln!("not root: the ownership checks are not exercised");
+        }
+
+        // A symbolic link is followed; what it leads to is checked, and never quoted.
+        let secret = t.dir.path().join("secret");
+        fs::write(&secret, "hunter2-token\n10.0.0.0/99 also-secret\n").unwrap();
+        fs::set_permissions(&secret, fs::Permissions::from_mode(0o600)).unwrap();
+        std::os::unix::fs::symlink(&secret, t.dir.path().join("link.txt")).unwrap();
+        let text = "[sets]\ns = { file = \"link.txt\" }\n";
+        let err = parse_with(text, Path::new("rules.toml"), &t.env).unwrap_err();
+        let shown = format!("{err}");
+        assert!(
+            shown.contains(":1:1: set \"s\": invalid address: "),
+            "{shown}"
+        );
+        assert!(
+            shown.contains(":2:1: set \"s\": invalid network: "),
+            "{shown}"
+        );
+        for part in ["hunter2", "also-secret"] {
+            assert!(!shown.contains(part), "{part:?} quoted: {shown}");
+        }
+    }
+
+    #[test]
+    fn a_rules_file_that_is_not_a_regular_file_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("rules.toml");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        let err = load(&fifo).unwrap_err().to_string();
+        assert!(err.contains("a FIFO, not a regular file"), "{err}");
+        assert!(load(Path::new("/dev/zero")).is_err());
     }
 
     #[test]

@@ -213,9 +213,10 @@ impl Tables {
     }
 
     /// Inserts the host's existing connections (those the table does not know yet), so that
-    /// enforcement starting or restarting does not cut them. Returns how many were added. They
-    /// go to the confirmed table whatever their state: they are the host's own sockets, and
-    /// must not be evicted by a flood.
+    /// enforcement starting or restarting does not cut them. Returns how many were added. Each
+    /// goes to the table the datapath keeps its state in: established connections (and those
+    /// closing, which were established) to the confirmed table, where no flood evicts them;
+    /// handshakes (SYN_SENT, and SYN_RECV, which a spoofed SYN creates) to the unconfirmed one.
     /// `listeners` (the host's listening TCP addresses) tell connections the host accepted
     /// (opened by the remote side, so rechecked against the rules) from those it opened.
     pub fn seed(
@@ -235,7 +236,16 @@ impl Tables {
             if known {
                 continue;
             }
-            match self.est.insert(&key, &entry, 0) {
+            // The table the datapath would keep the flow in: only a socket whose state proves
+            // a two-way exchange goes to the confirmed one. A half-open SYN_RECV socket (a SYN
+            // that anyone can spoof, answered by the host) or a SYN_SENT one (no answer yet)
+            // is a handshake like any other, in the evictable unconfirmed table.
+            let table = if state::confirmed(entry.state) {
+                &mut self.est
+            } else {
+                &mut self.new
+            };
+            match table.insert(&key, &entry, 0) {
                 Ok(()) => added += 1,
                 Err(e) => warn!(
                     "seeding {} {} -> {}: {e}",

@@ -3,8 +3,10 @@
 //! atomically on SIGHUP or `fwctl reload`, and on SIGTERM/SIGINT either leaves the pinned
 //! firewall enforcing (`on_stop = "keep"`) or detaches it.
 //!
-//! Everything runs on one thread: control requests are short and handled one at a time (with a
-//! timeout), which keeps the kernel objects single-owner and reloads strictly ordered.
+//! Everything that touches the kernel objects runs in one loop, one event at a time, which keeps
+//! them single-owner and reloads strictly ordered. Control connections are read and written by
+//! tasks of their own (with timeouts and a size cap), so a slow or silent client never holds
+//! that loop: only its complete request does, for as long as answering takes.
 
 use std::{
     io::Write as _,
@@ -27,7 +29,7 @@ use std::{
 };
 use tokio::{
     io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader},
-    net::{UnixListener, UnixStream},
+    net::{UnixListener, UnixStream, unix::UCred},
     signal::unix::{SignalKind, signal},
 };
 
@@ -183,8 +185,8 @@ pub async fn run(config_path: PathBuf, overrides: Overrides) -> anyhow::Result<(
     let compiled_out = compile::compile_direction(&ruleset, Direction::Out, &resolved)?;
     crate::features::check_required()?;
     // Before touching anything shared (pins, interfaces): a second daemon must not disturb
-    // the first.
-    ensure_not_running(&ruleset.daemon.control_socket)?;
+    // the first, and a file that is not a stale socket stops the start before anything does.
+    remove_stale_socket(&ruleset.daemon.control_socket)?;
     let pin_dir = ruleset.daemon.pin_dir.clone();
     datapath::prepare_pin_dir(&pin_dir)?;
     // A previous daemon that died (or was killed) leaves its links pinned: they go on
@@ -304,6 +306,11 @@ pub async fn run(config_path: PathBuf, overrides: Overrides) -> anyhow::Result<(
         resolved,
         resolve_warnings,
     };
+    // Each control connection is read and written by a task of its own; only complete
+    // requests reach this loop, so a client that sends nothing (or reads nothing) delays no
+    // interface attach, reload or other client.
+    let (calls_tx, mut calls_rx) = tokio::sync::mpsc::channel::<ControlCall>(16);
+    let connections = Arc::new(tokio::sync::Semaphore::new(MAX_CONTROL_CONNECTIONS));
     let mut watched = state.program_paths();
     let mut watcher = Watcher::new(&watched, RESOLVE_PERIOD)?;
 
@@ -350,11 +357,26 @@ pub async fn run(config_path: PathBuf, overrides: Overrides) -> anyhow::Result<(
                 Ok(()) => state.reconcile_interfaces(),
                 Err(e) => warn!("{e:#}"),
             },
+            Some(call) = calls_rx.recv() => {
+                let response = state.answer(call.cred, &call.line);
+                // The client may have gone; its task then ends with nothing to write.
+                let _ = call.reply.send(response);
+            }
             conn = listener.accept() => match conn {
                 Ok((stream, _)) => {
-                    let group = state.ruleset.daemon.control_group.clone();
-                    if let Err(e) = serve(&mut state, stream, group.as_deref()).await {
-                        warn!("control connection: {e:#}");
+                    // Root's own connections are never turned away: whatever members of the
+                    // control group hold open, the administrator can still reach the daemon.
+                    let privileged = stream.peer_cred().is_ok_and(|c| {
+                        c.uid() == 0 || c.uid() == nix::unistd::geteuid().as_raw()
+                    });
+                    let permit = connections.clone().try_acquire_owned().ok();
+                    if privileged || permit.is_some() {
+                        tokio::spawn(serve(stream, calls_tx.clone(), permit));
+                    } else {
+                        warn!(
+                            "{MAX_CONTROL_CONNECTIONS} control connections of unprivileged \
+                             users are open; closing a new one"
+                        );
                     }
                 }
                 Err(e) => warn!("accepting a control connection: {e}"),
@@ -423,8 +445,17 @@ fn attach_interface(
 ) -> anyhow::Result<Attached> {
     let ifname = iface.name.as_str();
     let egress_pin = datapath::link_pin(pin_dir, "egress", ifname);
-    let egress = match datapath::adopt_link(&egress_pin) {
-        Ok(Some(link)) => generation.replace_egress(EgressLink::Tcx(link))?,
+    // A leftover link that cannot be taken over (its interface went away between the check
+    // and the update) is dropped for a fresh attachment, like one that fails the check.
+    let egress = match datapath::adopt_interface_link(&egress_pin, iface.index) {
+        Ok(Some(link)) => match generation.replace_egress(EgressLink::Tcx(link)) {
+            Ok(link) => link,
+            Err(e) => {
+                warn!("{ifname}: {e:#}; attaching afresh");
+                let _ = std::fs::remove_file(&egress_pin);
+                generation.attach_egress(ifname)?
+            }
+        },
         Ok(None) => generation.attach_egress(ifname)?,
         Err(e) => {
             warn!("{ifname}: {e:#}; attaching afresh");
@@ -435,11 +466,18 @@ fn attach_interface(
     let egress = datapath::pin_egress_link(egress, &egress_pin)?;
     let egress_kind = egress.kind();
     let xdp_pin = datapath::link_pin(pin_dir, "xdp", ifname);
-    let (link, mode) = match datapath::adopt_link(&xdp_pin) {
-        Ok(Some(link)) => {
-            info!("{ifname}: adopting the pinned attachment of a previous daemon");
-            (generation.replace(link)?, "adopted")
-        }
+    let (link, mode) = match datapath::adopt_interface_link(&xdp_pin, iface.index) {
+        Ok(Some(link)) => match generation.replace(link) {
+            Ok(link) => {
+                info!("{ifname}: adopting the pinned attachment of a previous daemon");
+                (link, "adopted")
+            }
+            Err(e) => {
+                warn!("{ifname}: {e:#}; attaching afresh");
+                let _ = std::fs::remove_file(&xdp_pin);
+                generation.attach(ifname, mode)?
+            }
+        },
         Ok(None) => generation.attach(ifname, mode)?,
         Err(e) => {
             warn!("{ifname}: {e:#}; attaching afresh");
@@ -686,16 +724,6 @@ fn summarize(d: &ReloadData) -> String {
     )
 }
 
-fn ensure_not_running(socket: &Path) -> anyhow::Result<()> {
-    if std::os::unix::net::UnixStream::connect(socket).is_ok() {
-        bail!(
-            "another daemon is already answering on {}; stop it first",
-            socket.display()
-        );
-    }
-    Ok(())
-}
-
 /// Creates the socket with mode 0660 (group set to `group` if given). Failing to set
 /// ownership or permissions is fatal: a world-usable control socket would let anyone rewrite
 /// the firewall.
@@ -703,11 +731,7 @@ fn bind_control_socket(path: &Path, group: Option<&str>) -> anyhow::Result<UnixL
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
-    ensure_not_running(path)?;
-    if path.exists() {
-        std::fs::remove_file(path)
-            .with_context(|| format!("removing stale socket {}", path.display()))?;
-    }
+    remove_stale_socket(path)?;
     let listener =
         UnixListener::bind(path).with_context(|| format!("binding {}", path.display()))?;
     if let Some(g) = group {
@@ -720,6 +744,39 @@ fn bind_control_socket(path: &Path, group: Option<&str>) -> anyhow::Result<UnixL
     Ok(listener)
 }
 
+/// Removes what a previous daemon left at `path`: only a socket nobody listens on. Anything
+/// else there (a file, a directory, a symbolic link, a live socket) is not the daemon's to
+/// delete, and starting is refused.
+fn remove_stale_socket(path: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::FileTypeExt as _;
+    let meta = match std::fs::symlink_metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e).with_context(|| format!("checking {}", path.display())),
+    };
+    if !meta.file_type().is_socket() {
+        bail!(
+            "control_socket {} exists and is not a socket; the daemon only replaces a stale \
+             socket: move that file away or set [daemon] control_socket to another path",
+            path.display()
+        );
+    }
+    match std::os::unix::net::UnixStream::connect(path) {
+        Ok(_) => bail!(
+            "another daemon is already answering on {}; stop it first",
+            path.display()
+        ),
+        Err(e) if e.raw_os_error() == Some(libc::ECONNREFUSED) => std::fs::remove_file(path)
+            .with_context(|| format!("removing stale socket {}", path.display())),
+        Err(e) => Err(e).with_context(|| {
+            format!(
+                "{} is a socket the daemon cannot tell is stale; remove it if no daemon runs",
+                path.display()
+            )
+        }),
+    }
+}
+
 fn group_id(name: &str) -> anyhow::Result<nix::unistd::Gid> {
     nix::unistd::Group::from_name(name)
         .with_context(|| format!("looking up group {name}"))?
@@ -728,10 +785,8 @@ fn group_id(name: &str) -> anyhow::Result<nix::unistd::Gid> {
 }
 
 /// Root, the daemon's own user, or a member of the control group may use the socket.
-fn authorize(stream: &UnixStream, group: Option<&str>) -> Result<(), String> {
-    let cred = stream
-        .peer_cred()
-        .map_err(|e| format!("cannot read peer credentials: {e}"))?;
+fn authorize(cred: Result<UCred, String>, group: Option<&str>) -> Result<(), String> {
+    let cred = cred?;
     let uid = cred.uid();
     if uid == 0 || uid == nix::unistd::geteuid().as_raw() {
         return Ok(());
@@ -767,9 +822,37 @@ fn supplementary_groups(pid: Option<i32>) -> Vec<u32> {
 }
 
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// Control connections of users other than root served at once; more are closed at once.
+/// Members of the control group must not be able to exhaust the daemon's descriptors.
+const MAX_CONTROL_CONNECTIONS: usize = 32;
 
-async fn serve(state: &mut State, stream: UnixStream, group: Option<&str>) -> anyhow::Result<()> {
-    let auth = authorize(&stream, group);
+/// A complete request line read from a control connection, for the daemon's loop to answer.
+struct ControlCall {
+    cred: Result<UCred, String>,
+    line: String,
+    reply: tokio::sync::oneshot::Sender<Response>,
+}
+
+/// One control connection's task: reads the request (at most [`control::MAX_REQUEST`] bytes,
+/// within [`REQUEST_TIMEOUT`]), has the loop answer it, writes the answer (within
+/// [`REQUEST_TIMEOUT`]).
+async fn serve(
+    stream: UnixStream,
+    calls: tokio::sync::mpsc::Sender<ControlCall>,
+    _permit: Option<tokio::sync::OwnedSemaphorePermit>,
+) {
+    if let Err(e) = serve_one(stream, calls).await {
+        warn!("control connection: {e:#}");
+    }
+}
+
+async fn serve_one(
+    stream: UnixStream,
+    calls: tokio::sync::mpsc::Sender<ControlCall>,
+) -> anyhow::Result<()> {
+    let cred = stream
+        .peer_cred()
+        .map_err(|e| format!("cannot read peer credentials: {e}"));
     let (read, mut write) = stream.into_split();
     // The request is read before answering even a refusal, so the client sees the refusal
     // rather than a broken pipe.
@@ -778,19 +861,16 @@ async fn serve(state: &mut State, stream: UnixStream, group: Option<&str>) -> an
     let response = match tokio::time::timeout(REQUEST_TIMEOUT, reader.read_line(&mut line)).await {
         Err(_) => Response::err("timed out waiting for the request"),
         Ok(Err(e)) => Response::err(format!("reading the request: {e}")),
-        Ok(Ok(_)) => match auth {
-            Err(msg) => Response::err(msg),
-            Ok(()) if line.len() > control::MAX_REQUEST => Response::err(format!(
-                "request longer than {} bytes",
-                control::MAX_REQUEST
-            )),
-            Ok(()) => match serde_json::from_str::<Request>(line.trim()) {
-                Err(e) => Response::err(format!(
-                    "malformed request ({e}); expected one JSON line like {{\"cmd\":\"status\"}}"
-                )),
-                Ok(req) => state.handle(req),
-            },
-        },
+        Ok(Ok(_)) => {
+            let (reply, answer) = tokio::sync::oneshot::channel();
+            calls
+                .send(ControlCall { cred, line, reply })
+                .await
+                .map_err(|_| anyhow!("the daemon is stopping"))?;
+            answer
+                .await
+                .map_err(|_| anyhow!("the daemon is stopping"))?
+        }
     };
     let mut out = serde_json::to_vec(&response)?;
     out.push(b'\n');
@@ -801,6 +881,24 @@ async fn serve(state: &mut State, stream: UnixStream, group: Option<&str>) -> an
 }
 
 impl State {
+    /// The response to one request line from a client with credentials `cred`.
+    fn answer(&mut self, cred: Result<UCred, String>, line: &str) -> Response {
+        let group = self.ruleset.daemon.control_group.clone();
+        match authorize(cred, group.as_deref()) {
+            Err(msg) => Response::err(msg),
+            Ok(()) if line.len() > control::MAX_REQUEST => Response::err(format!(
+                "request longer than {} bytes",
+                control::MAX_REQUEST
+            )),
+            Ok(()) => match serde_json::from_str::<Request>(line.trim()) {
+                Err(e) => Response::err(format!(
+                    "malformed request ({e}); expected one JSON line like {{\"cmd\":\"status\"}}"
+                )),
+                Ok(req) => self.handle(req),
+            },
+        }
+    }
+
     fn handle(&mut self, req: Request) -> Response {
         match req {
             Request::List => Response::ok(self.list()),

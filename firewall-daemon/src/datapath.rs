@@ -42,18 +42,90 @@ use crate::{
 
 /// statfs magic of a bpf filesystem.
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+/// statfs magic of sysfs: what `/sys/fs/bpf` is when nothing is mounted on it.
+const SYSFS_MAGIC: i64 = 0x6265_6572;
+/// Where bpf filesystems are mounted by convention (systemd mounts one there at boot).
+pub const BPF_FS_ROOT: &str = "/sys/fs/bpf";
+
+/// What [`prepare_pin_dir`] has to do before pinning under a pin directory.
+#[derive(Debug, PartialEq, Eq)]
+enum PinFs {
+    /// The pin directory is (or will be created) on a bpf filesystem.
+    Ready,
+    /// The pin directory is under [`BPF_FS_ROOT`] and nothing is mounted there: mount a bpf
+    /// filesystem there, as systemd and Cilium do.
+    MountRoot,
+    /// Anything else: mounting over another filesystem or in an arbitrary place is the
+    /// administrator's decision, not the daemon's.
+    NotBpf,
+}
+
+/// `existing_fs`: the filesystem type of `pin_dir` or of its nearest existing ancestor;
+/// `root_fs`: that of [`BPF_FS_ROOT`], if it exists.
+fn pin_fs_plan(pin_dir: &Path, existing_fs: i64, root_fs: Option<i64>) -> PinFs {
+    if existing_fs == BPF_FS_MAGIC {
+        PinFs::Ready
+    } else if pin_dir.starts_with(BPF_FS_ROOT) && root_fs == Some(SYSFS_MAGIC) {
+        PinFs::MountRoot
+    } else {
+        PinFs::NotBpf
+    }
+}
+
+fn fs_type(path: &Path) -> anyhow::Result<i64> {
+    let st =
+        nix::sys::statfs::statfs(path).with_context(|| format!("statfs {}", path.display()))?;
+    Ok(st.filesystem_type().0 as i64)
+}
 
 /// Creates `pin_dir` if needed and checks that it lives on a bpf filesystem (pins elsewhere fail
-/// with an obscure EPERM otherwise).
+/// with an obscure EPERM otherwise). When `pin_dir` is under [`BPF_FS_ROOT`] and no bpf
+/// filesystem is mounted there (hosts without systemd, some minimal images), mounts one.
 pub fn prepare_pin_dir(pin_dir: &Path) -> anyhow::Result<()> {
+    let existing = pin_dir
+        .ancestors()
+        .find(|p| p.exists())
+        .unwrap_or(Path::new("/"));
+    let root = Path::new(BPF_FS_ROOT);
+    let root_fs = if root.exists() {
+        Some(fs_type(root)?)
+    } else {
+        None
+    };
+    match pin_fs_plan(pin_dir, fs_type(existing)?, root_fs) {
+        PinFs::Ready => {}
+        PinFs::MountRoot => {
+            use nix::mount::{MsFlags, mount};
+            // The options systemd uses for this mount.
+            mount(
+                Some("bpf"),
+                root,
+                Some("bpf"),
+                MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+                Some("mode=0700"),
+            )
+            .with_context(|| {
+                format!(
+                    "no bpf filesystem is mounted at {BPF_FS_ROOT} and mounting one failed; \
+                     mount it (`mount -t bpf bpf {BPF_FS_ROOT}`) or set [daemon] pin_dir to a \
+                     directory on a bpf filesystem"
+                )
+            })?;
+            log::info!("mounted a bpf filesystem at {BPF_FS_ROOT} (none was mounted)");
+        }
+        PinFs::NotBpf => bail!(
+            "pin_dir {} is not on a bpf filesystem; mount one there first \
+             (`mount -t bpf bpf DIR`), or set [daemon] pin_dir to a directory under \
+             {BPF_FS_ROOT}, where the daemon mounts one when none is",
+            pin_dir.display()
+        ),
+    }
     std::fs::create_dir_all(pin_dir)
         .with_context(|| format!("creating pin directory {}", pin_dir.display()))?;
-    let st = nix::sys::statfs::statfs(pin_dir)
-        .with_context(|| format!("statfs {}", pin_dir.display()))?;
-    if st.filesystem_type().0 as i64 != BPF_FS_MAGIC {
+    if fs_type(pin_dir)? != BPF_FS_MAGIC {
         bail!(
             "pin_dir {} is not on a bpf filesystem; mount one first \
-             (`mount -t bpf bpf /sys/fs/bpf`, which systemd does at boot) or set [daemon] pin_dir",
+             (`mount -t bpf bpf {BPF_FS_ROOT}`, which systemd does at boot) or set [daemon] pin_dir",
             pin_dir.display()
         );
     }
@@ -700,6 +772,50 @@ pub fn adopt_link<L: TryFrom<FdLink, Error = LinkError>>(path: &Path) -> anyhow:
     Ok(Some(link))
 }
 
+/// bpf_link_type of an XDP and of a TCX link.
+const BPF_LINK_TYPE_XDP: u32 = 6;
+const BPF_LINK_TYPE_TCX: u32 = 11;
+
+/// As [`adopt_link`], for the XDP or TCX link pinned at `path` for the interface with index
+/// `ifindex`. A link whose interface is gone (deleted, perhaps created again under the same
+/// name with another index) is severed: the kernel reports its interface as 0 and refuses to
+/// update it (ENOLINK). Such a pin is removed and `None` returned, so the caller attaches
+/// afresh instead of failing on the leftover.
+pub fn adopt_interface_link<L: TryFrom<FdLink, Error = LinkError>>(
+    path: &Path,
+    ifindex: u32,
+) -> anyhow::Result<Option<L>> {
+    if !path.exists() {
+        return Ok(None);
+    }
+    let info = crate::cgroup::pinned_link_info(path)?;
+    let link_type = info[0] as u32;
+    if link_type != BPF_LINK_TYPE_XDP && link_type != BPF_LINK_TYPE_TCX {
+        bail!(
+            "{} is not an XDP or TCX link (link type {link_type})",
+            path.display()
+        );
+    }
+    // Both link types start their member with the interface index.
+    let attached_to = info[2] as u32;
+    if attached_to != ifindex {
+        log::info!(
+            "the link a previous daemon pinned at {} belongs to {}; unpinning it and attaching \
+             afresh",
+            path.display(),
+            if attached_to == 0 {
+                "an interface that no longer exists".to_string()
+            } else {
+                format!("interface index {attached_to}, not {ifindex}")
+            }
+        );
+        std::fs::remove_file(path)
+            .with_context(|| format!("unpinning the severed link {}", path.display()))?;
+        return Ok(None);
+    }
+    adopt_link(path)
+}
+
 fn xdp_program<'a>(ebpf: &'a mut Ebpf, name: &str) -> anyhow::Result<&'a mut Xdp> {
     ebpf.program_mut(name)
         .ok_or_else(|| anyhow!("program {name} missing from the object"))?
@@ -1237,5 +1353,65 @@ impl ListenerTable {
                 .context("recording a listening socket's cookie")?;
         }
         Ok(true)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mounts_a_bpf_filesystem_only_where_none_is_and_only_under_sys_fs_bpf() {
+        let default = Path::new("/sys/fs/bpf/firewall");
+        // Mounted (by systemd): nothing to do, wherever the pin directory is.
+        assert_eq!(
+            pin_fs_plan(default, BPF_FS_MAGIC, Some(BPF_FS_MAGIC)),
+            PinFs::Ready
+        );
+        assert_eq!(
+            pin_fs_plan(Path::new("/run/fw"), BPF_FS_MAGIC, Some(SYSFS_MAGIC)),
+            PinFs::Ready
+        );
+        // Nothing on /sys/fs/bpf (the bare sysfs directory): mount there.
+        assert_eq!(
+            pin_fs_plan(default, SYSFS_MAGIC, Some(SYSFS_MAGIC)),
+            PinFs::MountRoot
+        );
+        assert_eq!(
+            pin_fs_plan(Path::new(BPF_FS_ROOT), SYSFS_MAGIC, Some(SYSFS_MAGIC)),
+            PinFs::MountRoot
+        );
+        // Something else mounted on /sys/fs/bpf is not covered up.
+        const TMPFS_MAGIC: i64 = 0x0102_1994;
+        assert_eq!(
+            pin_fs_plan(default, TMPFS_MAGIC, Some(TMPFS_MAGIC)),
+            PinFs::NotBpf
+        );
+        // A pin directory elsewhere is the administrator's to mount; a name that merely
+        // starts with the same characters is elsewhere.
+        assert_eq!(
+            pin_fs_plan(Path::new("/run/fw"), TMPFS_MAGIC, Some(SYSFS_MAGIC)),
+            PinFs::NotBpf
+        );
+        assert_eq!(
+            pin_fs_plan(Path::new("/sys/fs/bpfx/fw"), SYSFS_MAGIC, Some(SYSFS_MAGIC)),
+            PinFs::NotBpf
+        );
+        // No /sys/fs/bpf at all (a kernel without bpf): nothing to mount on.
+        assert_eq!(pin_fs_plan(default, SYSFS_MAGIC, None), PinFs::NotBpf);
+    }
+
+    #[test]
+    fn a_pin_directory_off_bpffs_fails_saying_what_to_do() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let err = format!(
+            "{:#}",
+            prepare_pin_dir(&dir.path().join("fw")).expect_err("not a bpf filesystem")
+        );
+        assert!(
+            err.contains("not on a bpf filesystem") && err.contains("mount -t bpf"),
+            "{err}"
+        );
+        assert!(!dir.path().join("fw").exists(), "nothing created: {err}");
     }
 }

@@ -16,12 +16,38 @@ use firewall_daemon::{
     resolve::Resolved,
 };
 
+/// Every line fwctl prints goes through [`print_line`]: std's `println!` panics when stdout is
+/// closed (`fwctl conns | head -1`). This one, shadowing it, ends fwctl quietly instead.
+macro_rules! println {
+    ($($arg:tt)*) => {
+        print_line(format_args!($($arg)*))
+    };
+}
+
+/// Writes one line to stdout. A reader that went away (EPIPE; Rust ignores SIGPIPE) ends
+/// fwctl with success, as a pager or `head` that has seen enough expects; another write error
+/// ends it with a message.
+fn print_line(args: std::fmt::Arguments<'_>) {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = out.write_fmt(args).and_then(|()| out.write_all(b"\n")) {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprintln!("fwctl: writing the output: {e}");
+        std::process::exit(i32::from(exit::INVALID));
+    }
+}
+
 fn main() -> ExitCode {
     let args = Args::parse();
     match run(&args) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("fwctl: {e}");
+            // The daemon's messages name files, rules and programs: one escaped line each.
+            for line in e.to_string().lines() {
+                eprintln!("fwctl: {}", esc(line));
+            }
             if let Some(hint) = hint(&e) {
                 eprintln!("fwctl: {hint}");
             }
@@ -220,13 +246,14 @@ fn down_status(args: &Args, e: &Failure, json: bool) {
     if let Some(why) = &st.unknown {
         println!(
             "daemon:      not reachable; cannot tell whether the firewall still enforces \
-             ({why}; run as root)"
+             ({}; run as root)",
+            esc(why)
         );
     } else if st.enforcing_on.is_empty() && st.outbound_hooks.is_empty() {
         println!(
             "daemon:      not reachable, and no attachment is pinned under {}: \
              NOTHING PROTECTS THIS HOST",
-            links.display()
+            esc(&links.display().to_string())
         );
     } else {
         let mut on = st.enforcing_on.clone();
@@ -239,14 +266,14 @@ fn down_status(args: &Args, e: &Failure, json: bool) {
         println!(
             "daemon:      not reachable, but the firewall still enforces its last rules on {} \
              (attachments pinned under {}); start the daemon to manage them again",
-            on.join(", "),
-            links.display()
+            esc(&on.join(", ")),
+            esc(&links.display().to_string())
         );
     }
     if !st.stale.is_empty() {
         println!(
             "stale pins:  {} (the interface is gone)",
-            st.stale.join(", ")
+            esc(&st.stale.join(", "))
         );
     }
 }
@@ -339,7 +366,9 @@ fn check(file: &Path, json: bool) -> ExitCode {
                 report.errors = errors;
                 print_json(&report);
             } else {
-                eprintln!("{text}");
+                for line in text.lines() {
+                    eprintln!("{}", esc(line));
+                }
             }
             return ExitCode::from(exit::INVALID);
         }
@@ -361,11 +390,11 @@ fn check(file: &Path, json: bool) -> ExitCode {
         return ExitCode::SUCCESS;
     }
     for w in &rs.warnings {
-        println!("warning: {w}");
+        println!("warning: {}", esc(w));
     }
     println!(
         "{}: OK, {} rules ({} inbound, {} outbound); default inbound {}, outbound {}",
-        file.display(),
+        esc(&file.display().to_string()),
         rs.rules.len(),
         rs.rules.len() - out.len(),
         out.len(),
@@ -387,6 +416,37 @@ fn print_json<T: serde::Serialize>(v: &T) {
         Ok(s) => println!("{s}"),
         Err(e) => eprintln!("fwctl: {e}"),
     }
+}
+
+/// `s` made safe to print on a terminal, as `ls -b` and systemd do: control characters (a
+/// newline would start a forged row, an escape sequence rewrite the screen), bidirectional and
+/// other invisible formatting characters and the backslash are written as C-style escapes.
+/// Program paths, user, rule, unit and interface names reach fwctl from files and processes
+/// that local users control; `--json` output carries them exactly, with JSON's own escaping.
+/// (Paths that are not UTF-8 already arrive with U+FFFD in place of the invalid bytes.)
+fn esc(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\t' => out.push_str("\\t"),
+            '\r' => out.push_str("\\r"),
+            c if (c as u32) < 0x80 && c.is_control() => {
+                out.push_str(&format!("\\x{:02x}", c as u32));
+            }
+            c if c.is_control() || invisible(c) => out.push_str(&format!("\\u{{{:x}}}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// Formatting characters that reorder or hide text (Unicode "Cf" and the line separators).
+fn invisible(c: char) -> bool {
+    matches!(c as u32,
+        0xad | 0x61c | 0x180e | 0x200b..=0x200f | 0x2028..=0x202e | 0x2060..=0x206f | 0xfeff
+            | 0xfff9..=0xfffb)
 }
 
 /// Fits a cell into `width` columns, marking what was cut.
@@ -413,10 +473,10 @@ fn dash(v: &[String]) -> String {
 fn selector_note(r: &RuleView) -> String {
     let mut note = String::new();
     if let Some(program) = &r.program {
-        note.push_str(&format!(" program={program}"));
+        note.push_str(&format!(" program={}", esc(program)));
     }
     if let Some(unit) = &r.unit {
-        note.push_str(&format!(" unit={unit}"));
+        note.push_str(&format!(" unit={}", esc(unit)));
     }
     if let Some(user) = r.user {
         note.push_str(&format!(" user={user}"));
@@ -428,7 +488,7 @@ fn selector_note(r: &RuleView) -> String {
 }
 
 fn print_list(l: &ListData) {
-    println!("rules from {}", l.source);
+    println!("rules from {}", esc(&l.source));
     println!(
         "{:>4}  {:<28} {:<4} {:<5} {:<14} {:<28} {:<8} {:>10}",
         "#", "NAME", "DIR", "PROTO", "PORTS", "REMOTE", "ACTION", "PACKETS"
@@ -441,11 +501,11 @@ fn print_list(l: &ListData) {
         println!(
             "{:>4}  {:<28} {:<4} {:<5} {:<14} {:<28} {:<8} {:>10}{note}",
             r.number,
-            cell(&r.name, 28),
+            cell(&esc(&r.name), 28),
             r.direction.to_string(),
             r.proto.to_string(),
-            cell(&dash(&r.ports), 14),
-            cell(&dash(&r.remote), 28),
+            cell(&esc(&dash(&r.ports)), 14),
+            cell(&esc(&dash(&r.remote)), 28),
             r.action.to_string(),
             r.hits
         );
@@ -467,31 +527,32 @@ fn print_status(s: &StatusData) {
         "firewall-daemon {} (pid {}), up {}s",
         s.version, s.pid, s.uptime_secs
     );
-    println!("rules file:  {}", s.config);
-    println!("pin dir:     {}", s.pin_dir);
+    println!("rules file:  {}", esc(&s.config));
+    println!("pin dir:     {}", esc(&s.pin_dir));
     if !s.kernel.release.is_empty() {
-        println!("kernel:      {}", s.kernel.release);
+        println!("kernel:      {}", esc(&s.kernel.release));
     }
     for f in &s.kernel.features {
-        println!("feature:     {f}");
+        println!("feature:     {}", esc(f));
     }
     for d in &s.kernel.degraded {
-        println!("DEGRADED:    {d}");
+        println!("DEGRADED:    {}", esc(d));
     }
     for i in &s.interfaces {
         let egress = if i.egress.is_empty() {
             String::new()
         } else {
-            format!(", egress {}", i.egress)
+            format!(", egress {}", esc(&i.egress))
         };
         let state = if i.state.is_empty() || i.state == "ok" {
             String::new()
         } else {
-            format!(" — {}", i.state)
+            format!(" — {}", esc(&i.state))
         };
         println!(
             "interface:   {} (XDP {} mode{egress}){state}",
-            i.name, i.mode
+            esc(&i.name),
+            esc(&i.mode)
         );
     }
     if !s.outbound.cgroup.is_empty() {
@@ -501,15 +562,15 @@ fn print_status(s: &StatusData) {
             .iter()
             .map(|h| {
                 if h.state == "ok" {
-                    h.hook.clone()
+                    esc(&h.hook)
                 } else {
-                    format!("{} — {}", h.hook, h.state)
+                    format!("{} — {}", esc(&h.hook), esc(&h.state))
                 }
             })
             .collect();
         println!(
             "outbound:    cgroup {} (hooks {})",
-            s.outbound.cgroup,
+            esc(&s.outbound.cgroup),
             hooks.join(", ")
         );
     }
@@ -522,7 +583,7 @@ fn print_status(s: &StatusData) {
         s.defaults.inbound, s.defaults.outbound, s.defaults.fragments
     );
     if let Some(r) = &s.last_reload {
-        println!("last reload: {r}");
+        println!("last reload: {}", esc(r));
     }
     let c = &s.conntrack;
     println!(
@@ -541,10 +602,10 @@ fn print_status(s: &StatusData) {
     );
     println!("counters:");
     for (k, v) in &s.counters {
-        println!("  {k:<26} {v}");
+        println!("  {:<26} {v}", esc(k));
     }
     for w in &s.warnings {
-        println!("warning: {w}");
+        println!("warning: {}", esc(w));
     }
 }
 
@@ -560,20 +621,20 @@ fn print_reload(d: &ReloadData) {
             d.took_ms, d.rules, d.generation
         );
         for a in &d.added {
-            println!("  + {a}");
+            println!("  + {}", esc(a));
         }
         for r in &d.removed {
-            println!("  - {r}");
+            println!("  - {}", esc(r));
         }
         if d.reordered {
             println!("  ~ rules reordered");
         }
         for s in &d.settings {
-            println!("  * {s}");
+            println!("  * {}", esc(s));
         }
     }
     for w in &d.warnings {
-        println!("warning: {w}");
+        println!("warning: {}", esc(w));
     }
     if d.rechecked {
         if d.ended.is_empty() {
@@ -584,7 +645,7 @@ fn print_reload(d: &ReloadData) {
                 d.ended.len()
             );
             for e in &d.ended {
-                println!("  x {e}");
+                println!("  x {}", esc(e));
             }
         }
     }
@@ -601,14 +662,14 @@ fn human_bytes(b: u64) -> String {
 
 /// The owner column: `program (pid N, user)`, or `-` when nothing was recorded.
 fn owner(c: &control::ConnView) -> String {
-    let Some(program) = &c.program else {
+    let Some(program) = c.program.as_deref().map(esc) else {
         return "-".into();
     };
-    match (c.pid, &c.user) {
+    match (c.pid, c.user.as_deref().map(esc)) {
         (Some(pid), Some(user)) => format!("{program} (pid {pid}, {user})"),
         (None, Some(user)) => format!("{program} ({user})"),
         (Some(pid), None) => format!("{program} (pid {pid})"),
-        (None, None) => program.clone(),
+        (None, None) => program,
     }
 }
 
@@ -623,7 +684,12 @@ fn print_conns(d: &ConnsData) {
     };
     let wl = w(|c| c.local.len(), 5);
     let wr = w(|c| c.remote.len(), 6);
-    let wo = owners.iter().map(String::len).max().unwrap_or(0).max(7);
+    let wo = owners
+        .iter()
+        .map(|o| o.chars().count())
+        .max()
+        .unwrap_or(0)
+        .max(7);
     println!(
         "{:<6} {:<wl$} {:<wr$} {:<11} {:>8} {:>9} {:>15} {:>17}  {:<wo$}  ADMITTED BY",
         "PROTO",
@@ -644,16 +710,16 @@ fn print_conns(d: &ConnsData) {
         };
         println!(
             "{:<6} {:<wl$} {:<wr$} {:<11} {:>7}s {:>8}s {:>15} {:>17}  {:<wo$}  {}{}",
-            c.proto,
-            c.local,
-            c.remote,
-            state,
+            esc(&c.proto),
+            esc(&c.local),
+            esc(&c.remote),
+            esc(&state),
             c.age_secs,
             c.expires_in_secs,
             format!("{}/{}", c.packets_in, c.packets_out),
             format!("{}/{}", human_bytes(c.bytes_in), human_bytes(c.bytes_out)),
             owner,
-            c.admitted_by,
+            esc(&c.admitted_by),
             if c.denied { " (denied by recheck)" } else { "" }
         );
     }
@@ -706,6 +772,48 @@ mod tests {
         r.program = None;
         r.unit = None;
         assert_eq!(selector_note(&r), "  user=33");
+    }
+
+    /// Issue 14: a program named `x\ntcp 10.0.0.1:22 ...` with escape codes forged a row of
+    /// `fwctl conns`.
+    #[test]
+    fn names_cannot_forge_rows_or_drive_the_terminal() {
+        let forged =
+            "/tmp/a\ntcp    10.0.0.1:22 10.0.0.9:4444 ESTABLISHED\x1b[2K\u{202e}gpj.exe\\x0a";
+        let shown = esc(forged);
+        assert_eq!(
+            shown,
+            "/tmp/a\\ntcp    10.0.0.1:22 10.0.0.9:4444 ESTABLISHED\\x1b[2K\\u{202e}gpj.exe\\\\x0a"
+        );
+        assert!(!shown.chars().any(|c| c.is_control() || invisible(c)));
+        assert_eq!(esc("/usr/sbin/sshd"), "/usr/sbin/sshd");
+        assert_eq!(esc("/opt/café/bin"), "/opt/café/bin");
+        let c = control::ConnView {
+            proto: "tcp".into(),
+            local: "10.0.0.2:22".into(),
+            remote: "10.0.0.1:5000".into(),
+            state: "ESTABLISHED".into(),
+            origin: "remote".into(),
+            table: "confirmed".into(),
+            age_secs: 1,
+            expires_in_secs: 2,
+            packets_in: 0,
+            packets_out: 0,
+            bytes_in: 0,
+            bytes_out: 0,
+            admitted_by: "rule 1 \"ssh\"".into(),
+            denied: false,
+            program: Some(forged.into()),
+            pid: Some(7),
+            user: Some("eve\r".into()),
+        };
+        let row = owner(&c);
+        assert!(!row.chars().any(char::is_control), "{row:?}");
+        assert!(row.ends_with("(pid 7, eve\\r)"), "{row:?}");
+        // JSON carries the name exactly.
+        let json: control::ConnView =
+            serde_json::from_str(&serde_json::to_string(&c).unwrap()).unwrap();
+        assert_eq!(json.program.as_deref(), Some(forged));
     }
 
     #[test]
