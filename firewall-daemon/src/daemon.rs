@@ -306,6 +306,8 @@ pub async fn run(config_path: PathBuf, overrides: Overrides) -> anyhow::Result<(
     };
     let mut watched = state.program_paths();
     let mut watcher = Watcher::new(&watched, RESOLVE_PERIOD)?;
+    // A resolution under way: the generation it started in, and its result.
+    let mut resolving: Option<(u64, tokio::task::JoinHandle<Resolved>)> = None;
 
     let summary = format!(
         "firewall-daemon: ready ({} rules; interfaces: {}; outbound hooks on cgroup {}; control socket {})",
@@ -339,11 +341,24 @@ pub async fn run(config_path: PathBuf, overrides: Overrides) -> anyhow::Result<(
             }
             _ = term.recv() => break,
             _ = int.recv() => break,
-            _ = watcher.changed() => {
-                match state.reresolve() {
-                    Ok(Some(d)) => info!(generation = d.generation; "a program or unit the rules name changed; rules recompiled: {}", summarize(&d)),
-                    Ok(None) => {}
-                    Err(e) => error!("recompiling for a changed program or unit failed, the rules in force stay: {e:#}"),
+            // Resolving may walk the cgroup tree or wait for systemctl: done on a blocking
+            // thread, so that interface events and control requests are served meanwhile.
+            _ = watcher.changed(), if resolving.is_none() => {
+                let (rules, root) = (state.ruleset.clone(), state.cgroup.path.clone());
+                let task = tokio::task::spawn_blocking(move || Resolved::resolve(&rules, &root));
+                resolving = Some((state.generation_no, task));
+            }
+            done = async { (&mut resolving.as_mut().expect("guarded by is_some").1).await }, if resolving.is_some() => {
+                let started_at = resolving.take().map(|(generation, _)| generation);
+                match done {
+                    // Rules loaded meanwhile were resolved on their own; the next wake looks again.
+                    Ok(_) if started_at != Some(state.generation_no) => {}
+                    Ok(resolved) => match state.reresolve(resolved) {
+                        Ok(Some(d)) => info!(generation = d.generation; "a program or unit the rules name changed; rules recompiled: {}", summarize(&d)),
+                        Ok(None) => {}
+                        Err(e) => error!("recompiling for a changed program or unit failed, the rules in force stay: {e:#}"),
+                    },
+                    Err(e) => error!("resolving the rules' programs and units failed: {e}"),
                 }
             }
             ev = link_events.next() => match ev {
@@ -1276,10 +1291,9 @@ impl State {
         paths
     }
 
-    /// Resolves the selectors of the rules in force again; when a program was replaced or
-    /// appeared, or a unit (re)started, recompiles the same rules for it (`None`: no change).
-    fn reresolve(&mut self) -> anyhow::Result<Option<ReloadData>> {
-        let resolved = Resolved::resolve(&self.ruleset, &self.cgroup.path);
+    /// Takes the selectors of the rules in force resolved again; when a program was replaced
+    /// or appeared, or a unit (re)started, recompiles the same rules for it (`None`: no change).
+    fn reresolve(&mut self, resolved: Resolved) -> anyhow::Result<Option<ReloadData>> {
         if resolved == self.resolved {
             return Ok(None);
         }

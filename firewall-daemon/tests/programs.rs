@@ -549,6 +549,102 @@ action = "reject"
     drop(unit);
 }
 
+/// Gives `dir`, its cgroup interface files and everything below it to `uid`, as systemd does
+/// when it delegates a subtree to a user (and as that user's own mkdir would).
+fn chown_tree(dir: &Path, uid: u32) {
+    std::os::unix::fs::chown(dir, Some(uid), Some(uid)).expect("chown");
+    for entry in std::fs::read_dir(dir).expect("listing the cgroup").flatten() {
+        let path = entry.path();
+        if entry.file_type().is_ok_and(|t| t.is_dir()) {
+            chown_tree(&path, uid);
+        } else if let Some("cgroup.procs" | "cgroup.threads" | "cgroup.subtree_control") =
+            path.file_name().and_then(|n| n.to_str())
+        {
+            std::os::unix::fs::chown(&path, Some(uid), Some(uid)).expect("chown");
+        }
+    }
+}
+
+/// Issue 14, item 4: a user made a cgroup named like a unit in a subtree of its own and got
+/// the unit's rights. Only root-owned, undelegated cgroups (or systemd's word) name a unit.
+#[test]
+fn a_users_cgroup_named_like_a_unit_gets_nothing() {
+    const PORT: u16 = 7010;
+    let rules = format!(
+        r#"
+[defaults]
+inbound = "allow"
+outbound = "allow"
+
+[[rule]]
+name = "backup may connect"
+direction = "out"
+unit = "fwtest-backup.service"
+proto = "tcp"
+port = {PORT}
+action = "allow"
+
+[[rule]]
+name = "nobody else"
+direction = "out"
+proto = "tcp"
+port = {PORT}
+action = "reject"
+"#
+    );
+    let pair = Pair::new();
+    let daemon = Daemon::start(&pair.server, &pair.server_if, "generic", &rules);
+    let ruleset = config::parse(&rules, Path::new("rules.toml")).expect("rules");
+    let _listener = pair.client.run(|| TcpListener::bind(format!("[::]:{PORT}")).expect("bind"));
+    let ns = pair.server.path();
+    let me = std::env::current_exe().expect("test binary");
+    let addr = format!("{}:{PORT}", pair.client_v4);
+    let wait = 1500 * support::slowdown() as u64;
+    let cmd = format!("tcp {addr} {wait}");
+    // A reload resolves the units before it answers.
+    let reload = || {
+        let out = daemon.fwctl(&["reload"]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    };
+    let check = |h: &mut Helper, want: Action, who: &str| {
+        let resolved = Resolved::resolve(&ruleset, daemon.cgroup.path());
+        let policy = Policy::with_selectors(&ruleset, &resolved);
+        let model = policy
+            .decide_out_as(&call_meta(&addr, PacketProto::Tcp), &h.owner())
+            .action;
+        let reply = h.call(&cmd);
+        assert_eq!(outcome_action(&reply), Some(want), "{who}: kernel said {reply:?}");
+        assert_eq!(model, want, "{who}: the oracle disagrees with the kernel");
+    };
+
+    // The user's own subtree (as user@UID.service is), with the unit's name inside it; the
+    // real unit is not running.
+    let user = UnitCgroup::new(daemon.cgroup.path(), "fwtest-user");
+    let app = UnitCgroup::new(&user.path, "app.slice");
+    let fake = UnitCgroup::new(&app.path, "fwtest-backup.service");
+    chown_tree(&user.path, NOBODY);
+    let mut attacker = Helper::spawn(&me, &ns, Some(NOBODY));
+    fake.add(attacker.pid());
+    reload();
+    check(&mut attacker, Action::Reject, "the user's look-alike");
+    let status = daemon.fwctl_json(&["status"]);
+    assert!(
+        status.to_string().contains("unit fwtest-backup.service is not running"),
+        "{status}"
+    );
+
+    // The real unit starts: a root-owned cgroup. Its process gets the rule, the look-alike
+    // still does not.
+    let real = UnitCgroup::new(daemon.cgroup.path(), "fwtest-backup.service");
+    let mut backup = Helper::spawn(&me, &ns, None);
+    real.add(backup.pid());
+    reload();
+    check(&mut backup, Action::Allow, "the real unit");
+    check(&mut attacker, Action::Reject, "the user's look-alike");
+    drop((attacker, backup));
+    drop((real, fake, app, user));
+}
+
 /// The rows of `fwctl conns` whose remote end is `remote`.
 fn conns_to(daemon: &Daemon, remote: &str) -> Vec<serde_json::Value> {
     conns_where(daemon, "remote", remote)
