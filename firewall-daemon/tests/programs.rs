@@ -20,7 +20,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use firewall_common::identity::Owner;
+use firewall_common::identity::{ListenerKey, Owner};
 use firewall_daemon::{
     config, listeners,
     model::{Action, ConnectMeta, PacketMeta, PacketProto},
@@ -55,6 +55,7 @@ fn helper_process() {
         nix::unistd::setuid(nix::unistd::Uid::from_raw(uid)).expect("setuid");
     }
     let mut _listener: Option<TcpListener> = None;
+    let mut udp: Option<UdpSocket> = None;
     for line in std::io::stdin().lock().lines().map_while(Result::ok) {
         let w: Vec<&str> = line.split_whitespace().collect();
         let reply = match w.as_slice() {
@@ -71,8 +72,27 @@ fn helper_process() {
                     Err(e) => format!("err {e}"),
                 }
             }
+            ["udpbind", addr] => match udp_bind_shared(addr.parse().expect("IPv4 address")) {
+                Ok(s) => {
+                    udp = Some(s);
+                    "ok".to_string()
+                }
+                Err(e) => format!("err {e}"),
+            },
+            // One datagram received on the `udpbind` socket, or `timeout`.
+            ["udprecv", wait_ms] => {
+                let s = udp.as_ref().expect("udpbind first");
+                let wait = Duration::from_millis(wait_ms.parse().expect("ms"));
+                s.set_read_timeout(Some(wait)).expect("timeout");
+                let mut buf = [0u8; 64];
+                match s.recv(&mut buf) {
+                    Ok(n) => String::from_utf8_lossy(&buf[..n]).into_owned(),
+                    Err(_) => "timeout".to_string(),
+                }
+            }
             ["close"] => {
                 _listener = None;
+                udp = None;
                 "ok".to_string()
             }
             _ => format!("err unknown command {line:?}"),
@@ -112,6 +132,46 @@ fn udp_sendto(addr: &str, token: &str) -> String {
     match s.send_to(token.as_bytes(), sa) {
         Ok(_) => "ok".into(),
         Err(e) => errno_reply(e),
+    }
+}
+
+/// A UDP socket bound to `addr` with `SO_REUSEADDR`, as servers and socat set it (two such
+/// sockets may bind one port on overlapping addresses).
+fn udp_bind_shared(addr: std::net::SocketAddrV4) -> std::io::Result<UdpSocket> {
+    use std::os::fd::{FromRawFd as _, OwnedFd};
+    // SAFETY: plain system calls on a descriptor this function owns from its creation.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let fd = OwnedFd::from_raw_fd(fd);
+        let one: libc::c_int = 1;
+        let sa = libc::sockaddr_in {
+            sin_family: libc::AF_INET as libc::sa_family_t,
+            sin_port: addr.port().to_be(),
+            sin_addr: libc::in_addr {
+                s_addr: u32::from_ne_bytes(addr.ip().octets()),
+            },
+            sin_zero: [0; 8],
+        };
+        use std::os::fd::AsRawFd as _;
+        if libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_REUSEADDR,
+            (&raw const one).cast(),
+            std::mem::size_of_val(&one) as libc::socklen_t,
+        ) != 0
+            || libc::bind(
+                fd.as_raw_fd(),
+                (&raw const sa).cast(),
+                std::mem::size_of_val(&sa) as libc::socklen_t,
+            ) != 0
+        {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(UdpSocket::from(fd))
     }
 }
 
@@ -861,4 +921,89 @@ action = "reject"
         "{status}"
     );
     assert!(c["in_listener_found"].as_u64().unwrap_or(0) > 0, "{status}");
+}
+
+/// Issue 14, item 6: another program (any user) binding the allowed server's port on another
+/// address (`127.0.0.1`) took the port's entry in the listener table: the server became
+/// unreachable, and stayed so after that program closed its socket. Entries are per address
+/// now, and a connection is judged by the socket the kernel will give it to.
+#[test]
+fn a_socket_on_another_address_does_not_take_the_servers_port() {
+    const PORT: u16 = 8090;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let [server, other] = ["server", "other"].map(|n| copy_program(dir.path(), n));
+    let rules = format!(
+        r#"
+[defaults]
+inbound = "stealth"
+
+[[rule]]
+name = "the server answers on {PORT}"
+direction = "in"
+program = "{server}"
+proto = "udp"
+port = {PORT}
+action = "allow"
+"#,
+        server = server.display(),
+    );
+    let pair = Pair::new();
+    let daemon = Daemon::start(&pair.server, &pair.server_if, "generic", &rules);
+    let ruleset = config::parse(&rules, Path::new("rules.toml")).expect("rules");
+    let resolved = Resolved::resolve(&ruleset, daemon.cgroup.path());
+    let policy = Policy::with_selectors(&ruleset, &resolved);
+    let ns = pair.server.path();
+    let spawn = |exe: &Path, uid: Option<u32>| {
+        let h = Helper::spawn(exe, &ns, uid);
+        daemon.cgroup.add(h.pid());
+        h
+    };
+    let target: SocketAddr = format!("{}:{PORT}", pair.server_v4).parse().expect("addr");
+    let wait = 1500 * support::slowdown() as u64;
+    // Each datagram from a new socket: a new flow, judged by the listener table.
+    let delivered = |h: &mut Helper, token: &str| {
+        let datagram = token.to_owned();
+        pair.client.run(move || {
+            let s = UdpSocket::bind("0.0.0.0:0").expect("client socket");
+            s.send_to(datagram.as_bytes(), target).expect("send");
+        });
+        h.call(&format!("udprecv {wait}")) == token
+    };
+
+    let mut hs = spawn(&server, None);
+    assert_eq!(hs.call(&format!("udpbind 0.0.0.0:{PORT}")), "ok");
+    assert!(delivered(&mut hs, "before"), "the allowed server is reachable");
+
+    let mut ho = spawn(&other, Some(NOBODY));
+    assert_eq!(ho.call(&format!("udpbind 127.0.0.1:{PORT}")), "ok");
+    // The oracle, with both sockets bound: the wildcard socket receives from the peer.
+    let bound = std::collections::HashMap::from([
+        (
+            ListenerKey::bound(4, "0.0.0.0".parse().expect("addr"), 17, PORT),
+            hs.owner(),
+        ),
+        (
+            ListenerKey::bound(4, "127.0.0.1".parse().expect("addr"), 17, PORT),
+            ho.owner(),
+        ),
+    ]);
+    let receiver = listeners::receiver(&bound, target.ip(), 17, PORT);
+    let pkt = PacketMeta {
+        remote: pair.client_v4.parse().expect("addr"),
+        proto: PacketProto::Udp,
+        local_port: PORT,
+    };
+    assert_eq!(policy.decide_for(&pkt, receiver).action, Action::Allow);
+    assert!(
+        delivered(&mut hs, "during"),
+        "a socket on 127.0.0.1 took the server's port"
+    );
+
+    // Its release (sock_release runs in close()) removes only its own entry.
+    assert_eq!(ho.call("close"), "ok");
+    drop(ho);
+    assert!(
+        delivered(&mut hs, "after"),
+        "the other socket's release removed the server's entry"
+    );
 }
