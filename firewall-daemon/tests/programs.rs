@@ -613,7 +613,10 @@ action = "reject"
 /// when it delegates a subtree to a user (and as that user's own mkdir would).
 fn chown_tree(dir: &Path, uid: u32) {
     std::os::unix::fs::chown(dir, Some(uid), Some(uid)).expect("chown");
-    for entry in std::fs::read_dir(dir).expect("listing the cgroup").flatten() {
+    for entry in std::fs::read_dir(dir)
+        .expect("listing the cgroup")
+        .flatten()
+    {
         let path = entry.path();
         if entry.file_type().is_ok_and(|t| t.is_dir()) {
             chown_tree(&path, uid);
@@ -655,7 +658,9 @@ action = "reject"
     let pair = Pair::new();
     let daemon = Daemon::start(&pair.server, &pair.server_if, "generic", &rules);
     let ruleset = config::parse(&rules, Path::new("rules.toml")).expect("rules");
-    let _listener = pair.client.run(|| TcpListener::bind(format!("[::]:{PORT}")).expect("bind"));
+    let _listener = pair
+        .client
+        .run(|| TcpListener::bind(format!("[::]:{PORT}")).expect("bind"));
     let ns = pair.server.path();
     let me = std::env::current_exe().expect("test binary");
     let addr = format!("{}:{PORT}", pair.client_v4);
@@ -664,7 +669,11 @@ action = "reject"
     // A reload resolves the units before it answers.
     let reload = || {
         let out = daemon.fwctl(&["reload"]);
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     };
     let check = |h: &mut Helper, want: Action, who: &str| {
         let resolved = Resolved::resolve(&ruleset, daemon.cgroup.path());
@@ -673,7 +682,11 @@ action = "reject"
             .decide_out_as(&call_meta(&addr, PacketProto::Tcp), &h.owner())
             .action;
         let reply = h.call(&cmd);
-        assert_eq!(outcome_action(&reply), Some(want), "{who}: kernel said {reply:?}");
+        assert_eq!(
+            outcome_action(&reply),
+            Some(want),
+            "{who}: kernel said {reply:?}"
+        );
         assert_eq!(model, want, "{who}: the oracle disagrees with the kernel");
     };
 
@@ -689,7 +702,9 @@ action = "reject"
     check(&mut attacker, Action::Reject, "the user's look-alike");
     let status = daemon.fwctl_json(&["status"]);
     assert!(
-        status.to_string().contains("unit fwtest-backup.service is not running"),
+        status
+            .to_string()
+            .contains("unit fwtest-backup.service is not running"),
         "{status}"
     );
 
@@ -972,7 +987,10 @@ action = "allow"
 
     let mut hs = spawn(&server, None);
     assert_eq!(hs.call(&format!("udpbind 0.0.0.0:{PORT}")), "ok");
-    assert!(delivered(&mut hs, "before"), "the allowed server is reachable");
+    assert!(
+        delivered(&mut hs, "before"),
+        "the allowed server is reachable"
+    );
 
     let mut ho = spawn(&other, Some(NOBODY));
     assert_eq!(ho.call(&format!("udpbind 127.0.0.1:{PORT}")), "ok");
@@ -1006,4 +1024,91 @@ action = "allow"
         delivered(&mut hs, "after"),
         "the other socket's release removed the server's entry"
     );
+}
+
+/// Issue 14, item 9: `fwctl reload --recheck` judged flows without their owners, so a
+/// connection admitted only by a rule about the listening program was judged by the default
+/// and its socket closed. Flows are judged again with the owner they recorded.
+#[test]
+fn recheck_judges_a_flow_by_its_program() {
+    use std::io::{ErrorKind, Read as _};
+    const PORT: u16 = 8091;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = copy_program(dir.path(), "sshd");
+    let allow = format!(
+        r#"
+[[rule]]
+name = "the server answers on {PORT}"
+direction = "in"
+program = "{server}"
+proto = "tcp"
+port = {PORT}
+action = "allow"
+"#,
+        server = server.display(),
+    );
+    let base = "[defaults]\ninbound = \"stealth\"\n";
+    let rules = format!("{base}{allow}");
+    let pair = Pair::new();
+    let daemon = Daemon::start(&pair.server, &pair.server_if, "generic", &rules);
+    let mut hs = Helper::spawn(&server, &pair.server.path(), None);
+    daemon.cgroup.add(hs.pid());
+    assert_eq!(hs.call(&format!("listen {PORT}")), "ok");
+    let target: SocketAddr = format!("{}:{PORT}", pair.server_v4).parse().expect("addr");
+    let wait = Duration::from_millis(1500) * support::slowdown();
+    let mut client = pair
+        .client
+        .run(move || TcpStream::connect_timeout(&target, wait))
+        .expect("the program rule admits the connection");
+    let remote = client.local_addr().expect("addr").to_string();
+    let recheck = || {
+        let reply = daemon.fwctl_json(&["reload", "--recheck"]);
+        assert_eq!(reply["rechecked"], true, "{reply}");
+        let ended: Vec<String> = reply["ended"]
+            .as_array()
+            .expect("ended")
+            .iter()
+            .filter_map(|e| e.as_str().map(str::to_owned))
+            .collect();
+        ended
+    };
+    let alive = |client: &mut TcpStream| {
+        if client.write_all(b"still there?").is_err() {
+            return false;
+        }
+        client
+            .set_read_timeout(Some(Duration::from_millis(300) * support::slowdown()))
+            .expect("timeout");
+        // The server never answers: a live connection times out, a closed one is reset.
+        match client.read(&mut [0u8; 16]) {
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => true,
+            _ => false,
+        }
+    };
+    let flow = || {
+        let rows = conns_to(&daemon, &remote);
+        assert_eq!(rows.len(), 1, "{rows:?}");
+        rows[0].clone()
+    };
+    assert_eq!(flow()["program"], server.display().to_string());
+
+    // The same file: the flow's program is still allowed.
+    let ended = recheck();
+    assert!(
+        ended.is_empty(),
+        "an allowed connection was ended: {ended:?}"
+    );
+    assert_eq!(flow()["denied"], false, "{}", flow());
+    assert!(alive(&mut client), "the connection survives the recheck");
+
+    // The rule removed: the default judges it, and the host's socket is closed.
+    daemon.write_rules(base);
+    let ended = recheck();
+    assert_eq!(ended.len(), 1, "{ended:?}");
+    assert!(
+        ended[0].contains(&remote) && ended[0].contains("host socket closed"),
+        "{ended:?}"
+    );
+    assert_eq!(flow()["denied"], true, "{}", flow());
+    assert!(!alive(&mut client), "the connection was ended");
 }
