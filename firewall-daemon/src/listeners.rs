@@ -321,24 +321,54 @@ mod tests {
         bound.insert(key(at("0.0.0.0:8080"), libc::IPPROTO_TCP, 4), "server");
         bound.insert(key(at("127.0.0.1:8080"), libc::IPPROTO_TCP, 4), "loopback");
         let local = |a: &str| a.parse().expect("addr");
-        assert_eq!(receiver(&bound, local("10.0.0.1"), tcp, 8080), Some(&"server"));
-        assert_eq!(receiver(&bound, local("127.0.0.1"), tcp, 8080), Some(&"loopback"));
+        assert_eq!(
+            receiver(&bound, local("10.0.0.1"), tcp, 8080),
+            Some(&"server")
+        );
+        assert_eq!(
+            receiver(&bound, local("127.0.0.1"), tcp, 8080),
+            Some(&"loopback")
+        );
         assert_eq!(receiver(&bound, local("2001:db8::1"), tcp, 8080), None);
         assert_eq!(receiver(&bound, local("10.0.0.1"), tcp, 8081), None);
         assert_eq!(receiver(&bound, local("10.0.0.1"), 17, 8080), None);
         // A dual-stack socket: after the IPv4 ones, for both families.
         bound.insert(key(at("[::]:8080"), libc::IPPROTO_TCP, 6), "dual");
-        assert_eq!(receiver(&bound, local("10.0.0.1"), tcp, 8080), Some(&"server"));
-        assert_eq!(receiver(&bound, local("2001:db8::1"), tcp, 8080), Some(&"dual"));
+        assert_eq!(
+            receiver(&bound, local("10.0.0.1"), tcp, 8080),
+            Some(&"server")
+        );
+        assert_eq!(
+            receiver(&bound, local("2001:db8::1"), tcp, 8080),
+            Some(&"dual")
+        );
         bound.remove(&key(at("0.0.0.0:8080"), libc::IPPROTO_TCP, 4));
-        assert_eq!(receiver(&bound, local("10.0.0.1"), tcp, 8080), Some(&"dual"));
+        assert_eq!(
+            receiver(&bound, local("10.0.0.1"), tcp, 8080),
+            Some(&"dual")
+        );
         // The exact address wins over the wildcard, in either family.
-        bound.insert(key(at("[::ffff:10.0.0.1]:8080"), libc::IPPROTO_TCP, 6), "mapped");
-        assert_eq!(receiver(&bound, local("10.0.0.1"), tcp, 8080), Some(&"mapped"));
+        bound.insert(
+            key(at("[::ffff:10.0.0.1]:8080"), libc::IPPROTO_TCP, 6),
+            "mapped",
+        );
+        assert_eq!(
+            receiver(&bound, local("10.0.0.1"), tcp, 8080),
+            Some(&"mapped")
+        );
         bound.insert(key(at("10.0.0.1:8080"), libc::IPPROTO_TCP, 4), "exact");
-        assert_eq!(receiver(&bound, local("10.0.0.1"), tcp, 8080), Some(&"exact"));
-        bound.insert(key(at("[2001:db8::1]:8080"), libc::IPPROTO_TCP, 6), "exact6");
-        assert_eq!(receiver(&bound, local("2001:db8::1"), tcp, 8080), Some(&"exact6"));
+        assert_eq!(
+            receiver(&bound, local("10.0.0.1"), tcp, 8080),
+            Some(&"exact")
+        );
+        bound.insert(
+            key(at("[2001:db8::1]:8080"), libc::IPPROTO_TCP, 6),
+            "exact6",
+        );
+        assert_eq!(
+            receiver(&bound, local("2001:db8::1"), tcp, 8080),
+            Some(&"exact6")
+        );
     }
 
     #[test]
@@ -352,17 +382,9 @@ mod tests {
         connected
             .connect((Ipv4Addr::LOCALHOST, tcp.local_addr().expect("addr").port()))
             .expect("connect UDP");
-        let connected_key = key(
-            connected.local_addr().expect("addr"),
-            libc::IPPROTO_UDP,
-            4,
-        );
+        let connected_key = key(connected.local_addr().expect("addr"), libc::IPPROTO_UDP, 4);
         let client = TcpStream::connect(tcp.local_addr().expect("addr")).expect("connect");
-        let client_key = key(
-            client.local_addr().expect("addr"),
-            libc::IPPROTO_TCP,
-            4,
-        );
+        let client_key = key(client.local_addr().expect("addr"), libc::IPPROTO_TCP, 4);
 
         let me = owner_of_pid(std::process::id()).expect("owner_of_pid");
         let exe = identity::exe_id_of_pid(std::process::id()).expect("exe_id_of_pid");

@@ -426,7 +426,12 @@ fn trust(dir: &Path, owner: u32) -> Result<(), String> {
     {
         return Err(format!("{} is a user's own subtree", dir.display()));
     }
-    for file in ["", "cgroup.procs", "cgroup.threads", "cgroup.subtree_control"] {
+    for file in [
+        "",
+        "cgroup.procs",
+        "cgroup.threads",
+        "cgroup.subtree_control",
+    ] {
         let path = dir.join(file);
         match fs::symlink_metadata(&path) {
             Ok(md) if md.uid() == owner => {}
@@ -447,9 +452,7 @@ fn trusted_path(root: &Path, mount: &Path, owner: u32) -> Result<(), String> {
     let mut dir = root.as_path();
     loop {
         trust(dir, owner).map_err(|why| {
-            format!(
-                "{why}: units are looked up in root-owned cgroups that are not delegated only"
-            )
+            format!("{why}: units are looked up in root-owned cgroups that are not delegated only")
         })?;
         if dir == mount {
             return Ok(());
@@ -1051,8 +1054,14 @@ mod tests {
     fn units_in_a_users_subtree_are_neither_matched_nor_searched() {
         let mount = tempfile::tempdir().expect("tempdir");
         let m = mount.path();
-        mkdirs(m, "user.slice/user-1000.slice/user@1000.service/app.slice/backup.service");
-        mkdirs(m, "user.slice/user-1000.slice/user@1000.service/app.slice/other.service");
+        mkdirs(
+            m,
+            "user.slice/user-1000.slice/user@1000.service/app.slice/backup.service",
+        );
+        mkdirs(
+            m,
+            "user.slice/user-1000.slice/user@1000.service/app.slice/other.service",
+        );
         let rs = ruleset(vec![unit("backup.service"), unit("other.service")]);
         let r = resolve_here(&rs, m, m, "/");
         assert_eq!(r.unit("backup.service"), None);
