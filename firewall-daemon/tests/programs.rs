@@ -1080,10 +1080,9 @@ action = "allow"
             .set_read_timeout(Some(Duration::from_millis(300) * support::slowdown()))
             .expect("timeout");
         // The server never answers: a live connection times out, a closed one is reset.
-        match client.read(&mut [0u8; 16]) {
-            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => true,
-            _ => false,
-        }
+        client
+            .read(&mut [0u8; 16])
+            .is_err_and(|e| matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut))
     };
     let flow = || {
         let rows = conns_to(&daemon, &remote);
