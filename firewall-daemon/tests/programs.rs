@@ -56,6 +56,7 @@ fn helper_process() {
     }
     let mut _listener: Option<TcpListener> = None;
     let mut udp: Option<UdpSocket> = None;
+    let mut held: Vec<std::os::fd::OwnedFd> = Vec::new();
     for line in std::io::stdin().lock().lines().map_while(Result::ok) {
         let w: Vec<&str> = line.split_whitespace().collect();
         let reply = match w.as_slice() {
@@ -78,6 +79,14 @@ fn helper_process() {
                     "ok".to_string()
                 }
                 Err(e) => format!("err {e}"),
+            },
+            // A connect() left pending (non-blocking); the socket is kept.
+            ["hold", addr] => match connect_pending(addr.parse().expect("IPv4 address")) {
+                Ok(fd) => {
+                    held.push(fd);
+                    "ok".to_string()
+                }
+                Err(e) => errno_reply(e),
             },
             // One datagram received on the `udpbind` socket, or `timeout`.
             ["udprecv", wait_ms] => {
@@ -172,6 +181,41 @@ fn udp_bind_shared(addr: std::net::SocketAddrV4) -> std::io::Result<UdpSocket> {
             return Err(std::io::Error::last_os_error());
         }
         Ok(UdpSocket::from(fd))
+    }
+}
+
+/// A TCP socket whose non-blocking connect() to `addr` was made (and is under way).
+fn connect_pending(addr: std::net::SocketAddrV4) -> std::io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
+    // SAFETY: plain system calls on a descriptor this function owns from its creation.
+    unsafe {
+        let fd = libc::socket(
+            libc::AF_INET,
+            libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+            0,
+        );
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let fd = OwnedFd::from_raw_fd(fd);
+        let sa = libc::sockaddr_in {
+            sin_family: libc::AF_INET as libc::sa_family_t,
+            sin_port: addr.port().to_be(),
+            sin_addr: libc::in_addr {
+                s_addr: u32::from_ne_bytes(addr.ip().octets()),
+            },
+            sin_zero: [0; 8],
+        };
+        let rc = libc::connect(
+            fd.as_raw_fd(),
+            (&raw const sa).cast(),
+            std::mem::size_of_val(&sa) as libc::socklen_t,
+        );
+        let e = std::io::Error::last_os_error();
+        if rc != 0 && e.raw_os_error() != Some(libc::EINPROGRESS) {
+            return Err(e);
+        }
+        Ok(fd)
     }
 }
 
@@ -1110,4 +1154,57 @@ action = "allow"
     );
     assert_eq!(flow()["denied"], true, "{}", flow());
     assert!(!alive(&mut client), "the connection was ended");
+}
+
+/// Issue 14, item 9 (held sockets): a reload released the sockets an outbound `stealth` about a
+/// program holds, because it judged them without their owner. They are judged with it, and
+/// released only when the rules no longer hold that program's calls.
+#[test]
+fn reload_keeps_a_program_s_held_socket_until_its_rule_goes() {
+    const PORT: u16 = 7020;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let client_prog = copy_program(dir.path(), "client");
+    let base = "[defaults]\ninbound = \"allow\"\noutbound = \"allow\"\n";
+    let rules = format!(
+        r#"{base}
+[[rule]]
+name = "the client is black-holed"
+direction = "out"
+program = "{client}"
+proto = "tcp"
+port = {PORT}
+action = "stealth"
+"#,
+        client = client_prog.display(),
+    );
+    let pair = Pair::new();
+    let daemon = Daemon::start(&pair.server, &pair.server_if, "generic", &rules);
+    let mut h = Helper::spawn(&client_prog, &pair.server.path(), None);
+    daemon.cgroup.add(h.pid());
+    let addr = format!("{}:{PORT}", pair.client_v4);
+    assert_eq!(h.call(&format!("hold {addr}")), "ok");
+    let held = || {
+        firewall_daemon::datapath::StealthTable::open(&daemon.pin_dir)
+            .expect("the pinned OUT_STEALTH")
+            .entries()
+            .len()
+    };
+    assert_eq!(held(), 1, "the connect() is held");
+    let reload = || {
+        let out = daemon.fwctl(&["reload"]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    reload();
+    assert_eq!(
+        held(),
+        1,
+        "a reload with the same rules released the socket"
+    );
+    daemon.write_rules(base);
+    reload();
+    assert_eq!(held(), 0, "the rule is gone: the socket is released");
 }
