@@ -1109,10 +1109,10 @@ impl StealthTable {
     }
 }
 
-/// The hooks that keep the listener table (`LISTENERS`): who bound each local port, read by
-/// the XDP program for new inbound connections when inbound rules name programs. They hold no
-/// rules, so a reload leaves them alone; each start attaches fresh ones (the new code) before
-/// removing what a previous daemon pinned, so there is no moment without them.
+/// The hooks that keep the listener table (`LISTENERS`): who bound each local address and
+/// port, read by the XDP program for new inbound connections when inbound rules name programs.
+/// They hold no rules, so a reload leaves them alone; each start attaches fresh ones (the new
+/// code) before removing what a previous daemon pinned, so there is no moment without them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SockHook {
     PostBind4,
@@ -1238,7 +1238,8 @@ impl ListenerTable {
         self.map.iter().filter_map(Result::ok).collect()
     }
 
-    /// Records a socket bound before the hooks ran, unless the hooks recorded the port since.
+    /// Records a socket bound before the hooks ran, unless the hooks recorded that address and
+    /// port since.
     pub fn seed(&mut self, key: ListenerKey, listener: Listener) -> anyhow::Result<bool> {
         if self.map.get(&key, 0).is_ok() {
             return Ok(false);
