@@ -80,16 +80,65 @@ pub struct ScopedSlot {
     pub slot: u32,
 }
 
-/// Key of `LISTENERS`: a bound local port.
-#[repr(C)]
+/// Key of `LISTENERS`: a bound local address and port, as the socket is bound.
+///
+/// Keyed by address, not by port alone: a socket bound to `127.0.0.1:8080` must not stand for
+/// the server on `0.0.0.0:8080` (any user can bind the former while the latter listens). A new
+/// inbound connection is judged by the socket the kernel's own lookup would pick for it, tried
+/// in its order ([`ListenerKey::receivers`]): the exact address before the wildcard, an IPv4
+/// socket before an IPv6 one.
+#[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ListenerKey {
+    /// The bound address: IPv6 as it is, IPv4 as `::ffff:a.b.c.d` (`0.0.0.0` as
+    /// `::ffff:0.0.0.0`); all zero for `::`.
+    pub addr: [u8; 16],
     /// Host byte order.
     pub port: u16,
     /// 6 (TCP) or 17 (UDP).
     pub proto: u8,
     /// 4 or 6: the socket's family (an IPv6 socket may also receive IPv4).
     pub family: u8,
+    pub _pad: u32,
+}
+
+impl ListenerKey {
+    /// The key of a socket of `family` (4 or 6) bound to `addr`.
+    pub fn bound(family: u8, addr: core::net::IpAddr, proto: u8, port: u16) -> Self {
+        let addr = match addr {
+            core::net::IpAddr::V4(a) => a.to_ipv6_mapped().octets(),
+            core::net::IpAddr::V6(a) => a.octets(),
+        };
+        Self {
+            addr,
+            port,
+            proto,
+            family,
+            _pad: 0,
+        }
+    }
+
+    /// The keys of the sockets that may receive a new connection to `local`, best first, as
+    /// the kernel prefers them (the XDP program tries them in this order): bound to the exact
+    /// address by an IPv4 socket, by an IPv6 socket (a mapped address), then bound to the
+    /// wildcard by an IPv4 socket, by an IPv6 socket. IPv6 packets: exact, then `::`.
+    pub fn receivers(local: core::net::IpAddr, proto: u8, port: u16) -> ([Self; 4], usize) {
+        use core::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+        let key = |family, addr| Self::bound(family, addr, proto, port);
+        let any6 = IpAddr::V6(Ipv6Addr::UNSPECIFIED);
+        match local {
+            IpAddr::V4(a) => (
+                [
+                    key(4, local),
+                    key(6, IpAddr::V6(a.to_ipv6_mapped())),
+                    key(4, IpAddr::V4(Ipv4Addr::UNSPECIFIED)),
+                    key(6, any6),
+                ],
+                4,
+            ),
+            IpAddr::V6(_) => ([key(6, local), key(6, any6), key(6, any6), key(6, any6)], 2),
+        }
+    }
 }
 
 /// Value of `LISTENERS`: who bound the port, and which socket (`bpf_get_socket_cookie`), so
@@ -145,7 +194,7 @@ const _: () = {
     assert!(core::mem::size_of::<Owner>() == 24 + 8 * MAX_UNIT_LEVEL);
     assert!(core::mem::size_of::<GroupKey>() == 32);
     assert!(core::mem::size_of::<ScopedSlot>() == 8);
-    assert!(core::mem::size_of::<ListenerKey>() == 4);
+    assert!(core::mem::size_of::<ListenerKey>() == 24);
     assert!(core::mem::size_of::<Listener>() == 32 + 8 * MAX_UNIT_LEVEL);
     assert!(kernel_dev(254, 1) == 0x0fe0_0001);
 };

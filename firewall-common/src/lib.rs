@@ -54,11 +54,11 @@ pub mod maps {
     /// Hash, group id -> `[u32; PROTO_CLASSES]`: the group's per-protocol constants.
     pub const SCOPED_PROTO: &str = "SCOPED_PROTO";
     /// Hash ([`super::identity::ListenerKey`]) -> [`super::identity::Listener`]: who bound each
-    /// local port. Written by the post_bind hooks, cleared by sock_release, read by the XDP
+    /// local address and port. Written by the post_bind hooks, cleared by sock_release, read by the XDP
     /// program for new inbound connections when inbound rules name programs. Pinned.
     pub const LISTENERS: &str = "LISTENERS";
-    /// Hash, socket cookie -> [`super::identity::ListenerKey`]: the port each recorded socket
-    /// holds, for sock_release (which may not read the port). Pinned.
+    /// Hash, socket cookie -> [`super::identity::ListenerKey`]: the address and port each
+    /// recorded socket holds, for sock_release (which may not read them). Pinned.
     pub const LISTENER_OF: &str = "LISTENER_OF";
     /// LRU hash, socket cookie -> [`super::ct::ConnOwner`]: the process that connected (or
     /// first sent from) each socket the outbound hooks allowed. The egress program copies it

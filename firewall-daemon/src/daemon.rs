@@ -17,7 +17,10 @@ use std::{
 
 use anyhow::{Context as _, anyhow, bail};
 use aya::programs::{cgroup_sock_addr::CgroupSockAddrLink, xdp::XdpLink};
-use firewall_common::identity::Listener;
+use firewall_common::{
+    ct::ConnOwner,
+    identity::{Listener, ListenerKey, Owner},
+};
 use log::{error, info, warn};
 use sd_notify::NotifyState;
 use std::{
@@ -268,7 +271,7 @@ pub async fn run(config_path: PathBuf, overrides: Overrides) -> anyhow::Result<(
     let hooks = attach_hooks(&mut outbound, &cgroup, &pin_dir)?;
     let listened = start_listener_table(&cgroup, &pin_dir, adopting, &mut degraded)?;
     info!("listener table: {listened} socket(s) bound before the daemon started recorded");
-    let released = rejudge_stealth(&ruleset, &pin_dir);
+    let released = rejudge_stealth(&ruleset, &resolved, &pin_dir);
     if released > 0 {
         info!("released {released} socket(s) held by an outbound stealth the rules no longer say");
     }
@@ -313,6 +316,8 @@ pub async fn run(config_path: PathBuf, overrides: Overrides) -> anyhow::Result<(
     let connections = Arc::new(tokio::sync::Semaphore::new(MAX_CONTROL_CONNECTIONS));
     let mut watched = state.program_paths();
     let mut watcher = Watcher::new(&watched, RESOLVE_PERIOD)?;
+    // A resolution under way: the generation it started in, and its result.
+    let mut resolving: Option<(u64, tokio::task::JoinHandle<Resolved>)> = None;
 
     let summary = format!(
         "firewall-daemon: ready ({} rules; interfaces: {}; outbound hooks on cgroup {}; control socket {})",
@@ -346,11 +351,24 @@ pub async fn run(config_path: PathBuf, overrides: Overrides) -> anyhow::Result<(
             }
             _ = term.recv() => break,
             _ = int.recv() => break,
-            _ = watcher.changed() => {
-                match state.reresolve() {
-                    Ok(Some(d)) => info!(generation = d.generation; "a program or unit the rules name changed; rules recompiled: {}", summarize(&d)),
-                    Ok(None) => {}
-                    Err(e) => error!("recompiling for a changed program or unit failed, the rules in force stay: {e:#}"),
+            // Resolving may walk the cgroup tree or wait for systemctl: done on a blocking
+            // thread, so that interface events and control requests are served meanwhile.
+            _ = watcher.changed(), if resolving.is_none() => {
+                let (rules, root) = (state.ruleset.clone(), state.cgroup.path.clone());
+                let task = tokio::task::spawn_blocking(move || Resolved::resolve(&rules, &root));
+                resolving = Some((state.generation_no, task));
+            }
+            done = async { (&mut resolving.as_mut().expect("guarded by is_some").1).await }, if resolving.is_some() => {
+                let started_at = resolving.take().map(|(generation, _)| generation);
+                match done {
+                    // Rules loaded meanwhile were resolved on their own; the next wake looks again.
+                    Ok(_) if started_at != Some(state.generation_no) => {}
+                    Ok(resolved) => match state.reresolve(resolved) {
+                        Ok(Some(d)) => info!(generation = d.generation; "a program or unit the rules name changed; rules recompiled: {}", summarize(&d)),
+                        Ok(None) => {}
+                        Err(e) => error!("recompiling for a changed program or unit failed, the rules in force stay: {e:#}"),
+                    },
+                    Err(e) => error!("resolving the rules' programs and units failed: {e}"),
                 }
             }
             ev = link_events.next() => match ev {
@@ -656,7 +674,50 @@ fn switch_hooks(
 
 /// Releases the sockets held by an outbound `stealth` that the rules in force no longer say
 /// `stealth` for (their next packets leave). Returns how many.
-fn rejudge_stealth(ruleset: &Ruleset, pin_dir: &Path) -> usize {
+/// Who a flow a remote host opened belongs to, for judging it again as the XDP program judged
+/// it: the owner the flow recorded (the listening socket's program and uid), with the unit of
+/// the socket listening there now if that is the same program and uid (flows do not record
+/// cgroups); a flow without a recorded owner (`record_owner = false`, seeded at start) belongs
+/// to the socket that would receive it now.
+fn flow_owner(
+    f: &conntrack::Flow,
+    listeners: &std::collections::HashMap<ListenerKey, Listener>,
+) -> Option<Owner> {
+    let listening =
+        listeners::receiver(listeners, f.local(), f.key.proto, f.key.local_port).map(|l| l.owner);
+    let recorded = f.entry.owner;
+    if !recorded.is_known() {
+        return listening;
+    }
+    let ancestors = listening
+        .filter(|l| l.exe == recorded.exe && l.uid == recorded.uid)
+        .map(|l| l.ancestors)
+        .unwrap_or_default();
+    Some(Owner {
+        exe: recorded.exe,
+        uid: recorded.uid,
+        _pad: 0,
+        ancestors,
+    })
+}
+
+/// Who made a socket an outbound rule holds: what the hook recorded, with the cgroup the
+/// process is in now (if it still runs the same executable).
+fn socket_owner(recorded: ConnOwner) -> Owner {
+    let ancestors = listeners::owner_of_pid(recorded.pid)
+        .ok()
+        .filter(|now| now.exe == recorded.exe)
+        .map(|now| now.ancestors)
+        .unwrap_or_default();
+    Owner {
+        exe: recorded.exe,
+        uid: recorded.uid,
+        _pad: 0,
+        ancestors,
+    }
+}
+
+fn rejudge_stealth(ruleset: &Ruleset, resolved: &Resolved, pin_dir: &Path) -> usize {
     let mut table = match StealthTable::open(pin_dir) {
         Ok(t) => t,
         Err(e) => {
@@ -664,18 +725,22 @@ fn rejudge_stealth(ruleset: &Ruleset, pin_dir: &Path) -> usize {
             return 0;
         }
     };
-    let policy = Policy::new(ruleset);
+    let policy = Policy::with_selectors(ruleset, resolved);
     let mut released = 0;
     for (key, _) in table.entries() {
         let proto = match key.proto {
             firewall_common::ct::IPPROTO_TCP => PacketProto::Tcp,
             _ => PacketProto::Udp,
         };
-        let d = policy.decide_out(&ConnectMeta {
+        let call = ConnectMeta {
             remote: conntrack::addr(key.remote),
             proto,
             remote_port: key.remote_port,
-        });
+        };
+        let d = match table.owner(key.cookie) {
+            Some(recorded) => policy.decide_out_as(&call, &socket_owner(recorded)),
+            None => policy.decide_out(&call),
+        };
         if d.action != Action::Stealth {
             table.release(&key);
             released += 1;
@@ -1213,7 +1278,16 @@ impl State {
         };
         let now = conntrack::monotonic_ns();
         let cfg = datapath::ct_config(&self.ruleset.conntrack, self.generation.id);
-        let policy = crate::policy::Policy::new(&self.ruleset);
+        let policy = Policy::with_selectors(&self.ruleset, &self.resolved);
+        let listeners = match ListenerTable::open(&self.ruleset.daemon.pin_dir) {
+            Ok(t) => t.entries(),
+            Err(e) => {
+                warn!(
+                    "recheck: {e:#}; rules about programs are judged by the owners flows recorded only"
+                );
+                std::collections::HashMap::new()
+            }
+        };
         let mut ended = Vec::new();
         for f in self.tables.flows() {
             if f.entry.origin != ct::ORIGIN_REMOTE || f.entry.expires_ns <= now {
@@ -1224,11 +1298,15 @@ impl State {
                 ct::IPPROTO_UDP => PacketProto::Udp,
                 _ => continue,
             };
-            let d = policy.decide(&PacketMeta {
-                remote: f.remote(),
-                proto,
-                local_port: f.key.local_port,
-            });
+            let owner = flow_owner(&f, &listeners);
+            let d = policy.decide_for(
+                &PacketMeta {
+                    remote: f.remote(),
+                    proto,
+                    local_port: f.key.local_port,
+                },
+                owner.as_ref(),
+            );
             let action = match d.action {
                 Action::Allow => ACTION_ALLOW,
                 Action::Reject => ACTION_REJECT,
@@ -1374,10 +1452,9 @@ impl State {
         paths
     }
 
-    /// Resolves the selectors of the rules in force again; when a program was replaced or
-    /// appeared, or a unit (re)started, recompiles the same rules for it (`None`: no change).
-    fn reresolve(&mut self) -> anyhow::Result<Option<ReloadData>> {
-        let resolved = Resolved::resolve(&self.ruleset, &self.cgroup.path);
+    /// Takes the selectors of the rules in force resolved again; when a program was replaced
+    /// or appeared, or a unit (re)started, recompiles the same rules for it (`None`: no change).
+    fn reresolve(&mut self, resolved: Resolved) -> anyhow::Result<Option<ReloadData>> {
         if resolved == self.resolved {
             return Ok(None);
         }
@@ -1501,7 +1578,7 @@ impl State {
         }
         self.resolved = resolved;
         self.ruleset = new_rules;
-        let released = rejudge_stealth(&self.ruleset, &pin_dir);
+        let released = rejudge_stealth(&self.ruleset, &self.resolved, &pin_dir);
         if released > 0 {
             info!(
                 "released {released} socket(s) held by an outbound stealth the new rules no longer say"

@@ -26,7 +26,7 @@ use aya::{
 };
 use firewall_common::{
     AddrValue, Counter, DEFAULT_RULE, OutStealthKey, PROTO_CLASSES, PairKey, PortValue,
-    ct::{CtConfig, state},
+    ct::{ConnOwner, CtConfig, state},
     globals,
     identity::{GroupKey, Listener, ListenerKey, ScopedSlot},
     maps, verdict,
@@ -1187,20 +1187,25 @@ fn hook_program(ebpf: &mut Ebpf, hook: Hook) -> anyhow::Result<&mut CgroupSockAd
         .with_context(|| format!("{name} is not a cgroup_sock_addr program"))
 }
 
-/// The sockets held by an outbound `stealth` ([`maps::OUT_STEALTH`]), opened from its pin.
+/// The sockets held by an outbound `stealth` ([`maps::OUT_STEALTH`]), opened from its pin, with
+/// who made them ([`maps::SOCK_OWNER`]).
 pub struct StealthTable {
     map: HashMap<MapData, OutStealthKey, u32>,
+    owners: HashMap<MapData, u64, ConnOwner>,
 }
 
 impl StealthTable {
     pub fn open(pin_dir: &Path) -> anyhow::Result<Self> {
-        let name = maps::OUT_STEALTH;
-        let data = MapData::from_pin(pin_dir.join(name))
-            .with_context(|| format!("opening the pinned map {name}"))?;
-        let map = aya::maps::Map::from_map_data(data).with_context(|| format!("map {name}"))?;
+        let open = |name: &str| -> anyhow::Result<aya::maps::Map> {
+            let data = MapData::from_pin(pin_dir.join(name))
+                .with_context(|| format!("opening the pinned map {name}"))?;
+            aya::maps::Map::from_map_data(data).with_context(|| format!("map {name}"))
+        };
         Ok(Self {
-            map: HashMap::try_from(map)
-                .with_context(|| format!("map {name} has an unexpected layout"))?,
+            map: HashMap::try_from(open(maps::OUT_STEALTH)?)
+                .context("OUT_STEALTH has an unexpected layout")?,
+            owners: HashMap::try_from(open(maps::SOCK_OWNER)?)
+                .context("SOCK_OWNER has an unexpected layout")?,
         })
     }
 
@@ -1209,16 +1214,21 @@ impl StealthTable {
         self.map.iter().filter_map(Result::ok).collect()
     }
 
+    /// Who made the socket `cookie` (`None`: not recorded, or forgotten).
+    pub fn owner(&self, cookie: u64) -> Option<ConnOwner> {
+        self.owners.get(&cookie, 0).ok().filter(ConnOwner::is_known)
+    }
+
     /// Releases a socket: its packets to that destination leave again.
     pub fn release(&mut self, key: &OutStealthKey) {
         let _ = self.map.remove(key);
     }
 }
 
-/// The hooks that keep the listener table (`LISTENERS`): who bound each local port, read by
-/// the XDP program for new inbound connections when inbound rules name programs. They hold no
-/// rules, so a reload leaves them alone; each start attaches fresh ones (the new code) before
-/// removing what a previous daemon pinned, so there is no moment without them.
+/// The hooks that keep the listener table (`LISTENERS`): who bound each local address and
+/// port, read by the XDP program for new inbound connections when inbound rules name programs.
+/// They hold no rules, so a reload leaves them alone; each start attaches fresh ones (the new
+/// code) before removing what a previous daemon pinned, so there is no moment without them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SockHook {
     PostBind4,
@@ -1339,7 +1349,13 @@ impl ListenerTable {
         }
     }
 
-    /// Records a socket bound before the hooks ran, unless the hooks recorded the port since.
+    /// Every recorded socket.
+    pub fn entries(&self) -> std::collections::HashMap<ListenerKey, Listener> {
+        self.map.iter().filter_map(Result::ok).collect()
+    }
+
+    /// Records a socket bound before the hooks ran, unless the hooks recorded that address and
+    /// port since.
     pub fn seed(&mut self, key: ListenerKey, listener: Listener) -> anyhow::Result<bool> {
         if self.map.get(&key, 0).is_ok() {
             return Ok(false);

@@ -391,6 +391,8 @@ pub fn exe_id_of_pid(pid: u32) -> anyhow::Result<ExeId> {
 
 #[cfg(test)]
 mod tests {
+    use std::os::unix::fs::MetadataExt as _;
+
     use super::*;
 
     /// The offset in bytes of `strukt.field` according to bpftool's own reading of the running

@@ -7,8 +7,8 @@
 //!
 //! * the sockets are the listening TCP sockets and the bound, unconnected UDP sockets that
 //!   NETLINK_SOCK_DIAG lists ([`sockets::bound_inet_sockets`]), in the network namespace of
-//!   the calling thread; the key's family is the socket's own (6 for an AF_INET6 socket, even
-//!   a dual-stack one);
+//!   the calling thread, keyed by the address and port they are bound to; the key's family is
+//!   the socket's own (6 for an AF_INET6 socket, even a dual-stack one);
 //! * the socket's process is found by scanning `/proc/[pid]/fd/*` for the link
 //!   `socket:[INODE]` (what `ss -p` does); a socket several processes hold (inherited across
 //!   fork, passed by socket activation) is attributed to the lowest pid, which is usually the
@@ -31,8 +31,9 @@
 //! * A UDP socket that was never bound explicitly but got a port from `sendto` (autobind) is
 //!   listed too; the `post_bind` hook would not have seen it. Userspace cannot tell the two
 //!   apart.
-//! * Several sockets may share one [`ListenerKey`] (different addresses, `SO_REUSEPORT`); all
-//!   are returned. The kernel keeps the last one bound, which userspace cannot tell.
+//! * Several sockets may share one [`ListenerKey`] (`SO_REUSEPORT`, which Linux allows only
+//!   among sockets of one uid); all are returned. The kernel keeps the last one bound, which
+//!   userspace cannot tell.
 //! * cgroup paths: `/proc/PID/cgroup` names the cgroup relative to the *reader's* cgroup
 //!   namespace root, while the kernel numbers levels from the root of the whole hierarchy. The
 //!   paths are taken as absolute, which is right when the daemon runs in the initial cgroup
@@ -130,14 +131,15 @@ pub fn bound_sockets_report() -> anyhow::Result<BoundReport> {
             continue;
         };
         report.sockets.push(BoundSocket {
-            key: ListenerKey {
-                port: socket.local.port(),
-                proto: match socket.proto {
+            key: ListenerKey::bound(
+                if socket.ipv6 { 6 } else { 4 },
+                socket.local.ip(),
+                match socket.proto {
                     SockProto::Tcp => libc::IPPROTO_TCP as u8,
                     SockProto::Udp => libc::IPPROTO_UDP as u8,
                 },
-                family: if socket.ipv6 { 6 } else { 4 },
-            },
+                socket.local.port(),
+            ),
             owner: Owner {
                 exe,
                 uid: socket.uid,
@@ -150,6 +152,18 @@ pub fn bound_sockets_report() -> anyhow::Result<BoundReport> {
     }
     report.sockets.sort_by_key(|s| (s.key, s.cookie));
     Ok(report)
+}
+
+/// The socket among `bound` that a new connection to `local`:`port` is judged by: the one the
+/// kernel would hand it to, as the XDP program picks it ([`ListenerKey::receivers`]).
+pub fn receiver<T>(
+    bound: &HashMap<ListenerKey, T>,
+    local: std::net::IpAddr,
+    proto: u8,
+    port: u16,
+) -> Option<&T> {
+    let (keys, n) = ListenerKey::receivers(local, proto, port);
+    keys[..n].iter().find_map(|k| bound.get(k))
 }
 
 /// The identity of process `pid` as the kernel hooks record it for a task of it: its
@@ -294,36 +308,83 @@ mod tests {
 
     use super::*;
 
-    fn key(port: u16, proto: i32, family: u8) -> ListenerKey {
-        ListenerKey {
-            port,
-            proto: proto as u8,
-            family,
-        }
+    fn key(addr: std::net::SocketAddr, proto: i32, family: u8) -> ListenerKey {
+        ListenerKey::bound(family, addr.ip(), proto as u8, addr.port())
+    }
+
+    #[test]
+    fn the_exact_address_is_preferred_and_other_addresses_never_stand_in() {
+        let tcp = libc::IPPROTO_TCP as u8;
+        let at = |a: &str| -> std::net::SocketAddr { a.parse().expect("addr") };
+        let mut bound = HashMap::new();
+        // The real server on the wildcard, and a user's socket on loopback.
+        bound.insert(key(at("0.0.0.0:8080"), libc::IPPROTO_TCP, 4), "server");
+        bound.insert(key(at("127.0.0.1:8080"), libc::IPPROTO_TCP, 4), "loopback");
+        let local = |a: &str| a.parse().expect("addr");
+        assert_eq!(
+            receiver(&bound, local("10.0.0.1"), tcp, 8080),
+            Some(&"server")
+        );
+        assert_eq!(
+            receiver(&bound, local("127.0.0.1"), tcp, 8080),
+            Some(&"loopback")
+        );
+        assert_eq!(receiver(&bound, local("2001:db8::1"), tcp, 8080), None);
+        assert_eq!(receiver(&bound, local("10.0.0.1"), tcp, 8081), None);
+        assert_eq!(receiver(&bound, local("10.0.0.1"), 17, 8080), None);
+        // A dual-stack socket: after the IPv4 ones, for both families.
+        bound.insert(key(at("[::]:8080"), libc::IPPROTO_TCP, 6), "dual");
+        assert_eq!(
+            receiver(&bound, local("10.0.0.1"), tcp, 8080),
+            Some(&"server")
+        );
+        assert_eq!(
+            receiver(&bound, local("2001:db8::1"), tcp, 8080),
+            Some(&"dual")
+        );
+        bound.remove(&key(at("0.0.0.0:8080"), libc::IPPROTO_TCP, 4));
+        assert_eq!(
+            receiver(&bound, local("10.0.0.1"), tcp, 8080),
+            Some(&"dual")
+        );
+        // The exact address wins over the wildcard, in either family.
+        bound.insert(
+            key(at("[::ffff:10.0.0.1]:8080"), libc::IPPROTO_TCP, 6),
+            "mapped",
+        );
+        assert_eq!(
+            receiver(&bound, local("10.0.0.1"), tcp, 8080),
+            Some(&"mapped")
+        );
+        bound.insert(key(at("10.0.0.1:8080"), libc::IPPROTO_TCP, 4), "exact");
+        assert_eq!(
+            receiver(&bound, local("10.0.0.1"), tcp, 8080),
+            Some(&"exact")
+        );
+        bound.insert(
+            key(at("[2001:db8::1]:8080"), libc::IPPROTO_TCP, 6),
+            "exact6",
+        );
+        assert_eq!(
+            receiver(&bound, local("2001:db8::1"), tcp, 8080),
+            Some(&"exact6")
+        );
     }
 
     #[test]
     fn lists_own_tcp_and_udp_sockets() {
         let tcp = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind TCP 127.0.0.1");
-        let tcp_key = key(tcp.local_addr().expect("addr").port(), libc::IPPROTO_TCP, 4);
+        let tcp_key = key(tcp.local_addr().expect("addr"), libc::IPPROTO_TCP, 4);
         let udp = UdpSocket::bind((Ipv6Addr::LOCALHOST, 0)).expect("bind UDP ::1");
-        let udp_key = key(udp.local_addr().expect("addr").port(), libc::IPPROTO_UDP, 6);
+        let udp_key = key(udp.local_addr().expect("addr"), libc::IPPROTO_UDP, 6);
         // Neither a connected UDP socket nor a TCP connection is a bound socket.
         let connected = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind UDP");
         connected
             .connect((Ipv4Addr::LOCALHOST, tcp.local_addr().expect("addr").port()))
             .expect("connect UDP");
-        let connected_key = key(
-            connected.local_addr().expect("addr").port(),
-            libc::IPPROTO_UDP,
-            4,
-        );
+        let connected_key = key(connected.local_addr().expect("addr"), libc::IPPROTO_UDP, 4);
         let client = TcpStream::connect(tcp.local_addr().expect("addr")).expect("connect");
-        let client_key = key(
-            client.local_addr().expect("addr").port(),
-            libc::IPPROTO_TCP,
-            4,
-        );
+        let client_key = key(client.local_addr().expect("addr"), libc::IPPROTO_TCP, 4);
 
         let me = owner_of_pid(std::process::id()).expect("owner_of_pid");
         let exe = identity::exe_id_of_pid(std::process::id()).expect("exe_id_of_pid");
@@ -354,7 +415,7 @@ mod tests {
     fn report_gives_cookie_and_pid() {
         use std::os::fd::AsRawFd as _;
         let udp = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind UDP");
-        let udp_key = key(udp.local_addr().expect("addr").port(), libc::IPPROTO_UDP, 4);
+        let udp_key = key(udp.local_addr().expect("addr"), libc::IPPROTO_UDP, 4);
         let mut cookie = 0u64;
         let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
         // SAFETY: `cookie` and `len` are valid for writes of the sizes given.
@@ -438,7 +499,7 @@ mod tests {
         let inner = scratch.path().join("inner");
         fs::create_dir(&inner).expect("creating the inner cgroup");
         let udp = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind UDP");
-        let udp_key = key(udp.local_addr().expect("addr").port(), libc::IPPROTO_UDP, 4);
+        let udp_key = key(udp.local_addr().expect("addr"), libc::IPPROTO_UDP, 4);
         // The socket becomes the child's stdin; this process's descriptor is closed when the
         // `Command` is dropped.
         // bash (which the kernel matrix's guests carry too; coreutils they do not) blocks

@@ -10,11 +10,20 @@
 //!
 //! # Units
 //!
-//! A `unit` (`nginx.service`) is resolved to the cgroup v2 directory systemd made for it: the
-//! first directory named exactly like the unit in a breadth-first search below the daemon's
-//! cgroup (`[daemon] cgroup`, the cgroup2 mount by default), so the shallowest one wins. The
-//! kernel compares the cgroup id (the directory's inode number on cgroup2) with the id of the
-//! calling task's ancestor at the unit's level (`bpf_get_current_ancestor_cgroup_id`), so a
+//! A `unit` (`nginx.service`) is resolved to the cgroup v2 directory systemd made for it. When
+//! systemd runs (`/run/systemd/system` exists), systemd says where: the unit's `ControlGroup`
+//! property (`systemctl show`, bounded by [`SYSTEMCTL_TIMEOUT`]). Otherwise, and for units
+//! systemd does not know, the directory is searched for: the first directory named exactly
+//! like the unit in a breadth-first search below the daemon's cgroup (`[daemon] cgroup`, the
+//! cgroup2 mount by default), so the shallowest one wins, among *trusted* cgroups only
+//! ([`trust`]): owned by root, with `cgroup.procs`, `cgroup.threads` and
+//! `cgroup.subtree_control` owned by root (not delegated), not named `user@*.service`, and
+//! below trusted ancestors only. Any user may create cgroups in a subtree delegated to it
+//! (systemd gives every user `user@UID.service`): a name found there says nothing about which
+//! unit runs there, so delegated subtrees are neither matched nor searched.
+//!
+//! The kernel compares the cgroup id (the directory's inode number on cgroup2) with the id of
+//! the calling task's ancestor at the unit's level (`bpf_get_current_ancestor_cgroup_id`), so a
 //! unit is the pair (id, level). Levels count path components below the root of the cgroup2
 //! hierarchy (level 0), including those above the mount point when the mount is not the
 //! hierarchy's root (inside a cgroup namespace, or a bind mount). Only levels
@@ -53,6 +62,27 @@ use crate::{cgroup::scratch, identity::ExeId, model::Ruleset};
 const SEARCH_LEVELS: u32 = MAX_UNIT_LEVEL as u32 + 8;
 /// Most directories one unit search visits (a host has hundreds to a few thousand cgroups).
 const SEARCH_DIRS: usize = 100_000;
+/// How long asking systemd for one unit's cgroup may take; past it, the cgroups are searched.
+const SYSTEMCTL_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How units are looked up.
+#[derive(Clone, Copy, Debug)]
+struct UnitLookup {
+    /// systemd runs: ask it first.
+    systemd: bool,
+    /// The owner of trusted cgroups: root (the search's own tests use theirs).
+    owner: u32,
+}
+
+impl UnitLookup {
+    fn host() -> Self {
+        Self {
+            // What sd_booted(3) checks.
+            systemd: Path::new("/run/systemd/system").is_dir(),
+            owner: 0,
+        }
+    }
+}
 
 /// The cgroup of a running unit.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -76,7 +106,7 @@ enum ProgramProblem {
 /// Why a unit resolved to nothing.
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum UnitProblem {
-    /// No directory of that name below the root.
+    /// systemd gives it no cgroup, and no trusted directory of that name is below the root.
     NotRunning,
     /// Found, but below [`MAX_UNIT_LEVEL`] (or at level 0).
     Unmatchable { path: PathBuf, level: u32 },
@@ -182,8 +212,9 @@ impl Resolved {
             }
             let msg = match self.unit_problems.get(name) {
                 Some(UnitProblem::NotRunning) => format!(
-                    "unit {name} is not running (no cgroup named {name} under {root}); its \
-                     rules match nothing until it starts"
+                    "unit {name} is not running (no cgroup named {name} under {root} that \
+                     is owned by root and not delegated); its rules match nothing until it \
+                     starts"
                 ),
                 Some(UnitProblem::Unmatchable { path, level }) if *level == 0 => format!(
                     "unit {name}: its cgroup {} is the cgroup2 root, which the firewall cannot \
@@ -234,6 +265,16 @@ pub fn resolve_in(
     mount: &Path,
     mount_root: &str,
 ) -> Resolved {
+    resolve_with(ruleset, cgroup_root, mount, mount_root, UnitLookup::host())
+}
+
+fn resolve_with(
+    ruleset: &Ruleset,
+    cgroup_root: &Path,
+    mount: &Path,
+    mount_root: &str,
+    lookup: UnitLookup,
+) -> Resolved {
     let mut out = Resolved {
         cgroup_root: cgroup_root.to_path_buf(),
         ..Resolved::default()
@@ -261,31 +302,44 @@ pub fn resolve_in(
     if wanted.is_empty() {
         return out;
     }
-    let found = match root_level(cgroup_root, mount, mount_root) {
-        Ok(level) => Ok(search(cgroup_root, level, &wanted)),
-        Err(e) => Err(e),
+    let mut found = if lookup.systemd {
+        from_systemd(&wanted, mount, mount_root)
+    } else {
+        BTreeMap::new()
     };
+    let rest: BTreeSet<&str> = wanted
+        .iter()
+        .copied()
+        .filter(|n| !found.contains_key(*n))
+        .collect();
+    let mut search_error = None;
+    if !rest.is_empty() {
+        match root_level(cgroup_root, mount, mount_root)
+            .and_then(|level| trusted_path(cgroup_root, mount, lookup.owner).map(|()| level))
+        {
+            Ok(level) => found.extend(search(cgroup_root, level, &rest, lookup.owner)),
+            Err(e) => search_error = Some(e),
+        }
+    }
     for name in wanted {
-        let unit = match &found {
-            Err(e) => Err(UnitProblem::Search(e.clone())),
-            Ok(found) => match found.get(name) {
-                None => Err(UnitProblem::NotRunning),
-                Some((path, level)) if *level == 0 || *level > MAX_UNIT_LEVEL as u32 => {
-                    Err(UnitProblem::Unmatchable {
-                        path: path.clone(),
-                        level: *level,
-                    })
-                }
-                Some((path, level)) => match fs::metadata(path) {
-                    Ok(md) => Ok(UnitCgroup {
-                        id: md.ino(),
-                        level: *level,
-                        path: path.clone(),
-                    }),
-                    // It went away between the listing and now.
-                    Err(e) if e.kind() == io::ErrorKind::NotFound => Err(UnitProblem::NotRunning),
-                    Err(e) => Err(UnitProblem::Search(format!("stat {}: {e}", path.display()))),
-                },
+        let unit = match (found.get(name), &search_error) {
+            (None, Some(e)) => Err(UnitProblem::Search(e.clone())),
+            (None, None) => Err(UnitProblem::NotRunning),
+            (Some((path, level)), _) if *level == 0 || *level > MAX_UNIT_LEVEL as u32 => {
+                Err(UnitProblem::Unmatchable {
+                    path: path.clone(),
+                    level: *level,
+                })
+            }
+            (Some((path, level)), _) => match fs::metadata(path) {
+                Ok(md) => Ok(UnitCgroup {
+                    id: md.ino(),
+                    level: *level,
+                    path: path.clone(),
+                }),
+                // It went away between the listing and now.
+                Err(e) if e.kind() == io::ErrorKind::NotFound => Err(UnitProblem::NotRunning),
+                Err(e) => Err(UnitProblem::Search(format!("stat {}: {e}", path.display()))),
             },
         };
         if let Err(problem) = &unit {
@@ -294,6 +348,120 @@ pub fn resolve_in(
         out.units.insert(name.to_owned(), unit.ok());
     }
     out
+}
+
+/// The cgroups systemd gives the `wanted` units that have one (running units), with their
+/// levels. A unit systemd cannot be asked about is left out (and then searched for).
+fn from_systemd(
+    wanted: &BTreeSet<&str>,
+    mount: &Path,
+    mount_root: &str,
+) -> BTreeMap<String, (PathBuf, u32)> {
+    let mut found = BTreeMap::new();
+    for name in wanted {
+        match systemd_cgroup(name) {
+            Ok(Some(cg)) => {
+                let (Some(level), Some(path)) = (
+                    depth(Path::new(&cg)),
+                    scratch::own_cgroup_in(&format!("0::{cg}"), mount, mount_root),
+                ) else {
+                    debug!("systemd gives {name} the cgroup {cg:?}, which is not a cgroup path");
+                    continue;
+                };
+                found.insert((*name).to_owned(), (path, level));
+            }
+            Ok(None) => {}
+            Err(e) => debug!("asking systemd for the cgroup of {name}: {e}; searching instead"),
+        }
+    }
+    found
+}
+
+/// `systemctl show --property=ControlGroup --value UNIT`: the unit's cgroup path in the
+/// hierarchy, `None` when it has none (not running, not loaded).
+fn systemd_cgroup(name: &str) -> Result<Option<String>, String> {
+    use std::{io::Read as _, process::Stdio};
+    let mut child = std::process::Command::new("systemctl")
+        .args(["show", "--property=ControlGroup", "--value", "--", name])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("running systemctl: {e}"))?;
+    let deadline = std::time::Instant::now() + SYSTEMCTL_TIMEOUT;
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break status,
+            Ok(None) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Ok(None) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!("systemctl took more than {SYSTEMCTL_TIMEOUT:?}"));
+            }
+            Err(e) => return Err(format!("waiting for systemctl: {e}")),
+        }
+    };
+    if !status.success() {
+        return Err(format!("systemctl failed ({status})"));
+    }
+    let mut text = String::new();
+    if let Some(mut stdout) = child.stdout.take() {
+        stdout
+            .read_to_string(&mut text)
+            .map_err(|e| format!("reading systemctl's output: {e}"))?;
+    }
+    let cg = text.trim();
+    Ok((!cg.is_empty()).then(|| cg.to_owned()))
+}
+
+/// Whether `dir` is a cgroup whose name says which unit runs there: owned by `owner` (root),
+/// not delegated (the files a delegatee gets write access to are `owner`'s too), and not a
+/// user's manager (`user@UID.service`, whose subtree its user controls). `Err` says why not.
+fn trust(dir: &Path, owner: u32) -> Result<(), String> {
+    if let Some(name) = dir.file_name().and_then(|n| n.to_str())
+        && name.starts_with("user@")
+        && name.ends_with(".service")
+    {
+        return Err(format!("{} is a user's own subtree", dir.display()));
+    }
+    for file in [
+        "",
+        "cgroup.procs",
+        "cgroup.threads",
+        "cgroup.subtree_control",
+    ] {
+        let path = dir.join(file);
+        match fs::symlink_metadata(&path) {
+            Ok(md) if md.uid() == owner => {}
+            Ok(md) => return Err(format!("{} is owned by uid {}", path.display(), md.uid())),
+            // Only directories that are not cgroups (the search's own tests) lack these.
+            Err(e) if !file.is_empty() && e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(format!("stat {}: {e}", path.display())),
+        }
+    }
+    Ok(())
+}
+
+/// [`trust`] for `root` and each of its ancestors up to the mount point `mount`.
+fn trusted_path(root: &Path, mount: &Path, owner: u32) -> Result<(), String> {
+    let canon =
+        |p: &Path| fs::canonicalize(p).map_err(|e| format!("resolving {}: {e}", p.display()));
+    let (root, mount) = (canon(root)?, canon(mount)?);
+    let mut dir = root.as_path();
+    loop {
+        trust(dir, owner).map_err(|why| {
+            format!("{why}: units are looked up in root-owned cgroups that are not delegated only")
+        })?;
+        if dir == mount {
+            return Ok(());
+        }
+        match dir.parent() {
+            Some(parent) if parent.starts_with(&mount) => dir = parent,
+            _ => return Ok(()),
+        }
+    }
 }
 
 fn resolve_program(path: &Path) -> Result<ExeId, ProgramProblem> {
@@ -358,11 +526,12 @@ fn root_level(root: &Path, mount: &Path, mount_root: &str) -> Result<u32, String
 /// Breadth-first search below (and including) `root`, at level `root_level`, for directories
 /// named like the `wanted` units; the shallowest of each name wins. Goes down to
 /// [`SEARCH_LEVELS`] so that a unit too deep to match can be told from one not running.
-/// Unreadable directories are skipped.
+/// Unreadable directories, and those [`trust`] refuses (with all below them), are skipped.
 fn search(
     root: &Path,
     root_level: u32,
     wanted: &BTreeSet<&str>,
+    owner: u32,
 ) -> BTreeMap<String, (PathBuf, u32)> {
     let mut found = BTreeMap::new();
     let mut queue = VecDeque::from([(root.to_path_buf(), root_level)]);
@@ -388,6 +557,10 @@ fn search(
                 continue;
             }
             let path = entry.path();
+            if let Err(why) = trust(&path, owner) {
+                debug!("unit search: skipping {why}");
+                continue;
+            }
             if let Some(name) = entry.file_name().to_str()
                 && wanted.contains(name)
                 && !found.contains_key(name)
@@ -761,6 +934,15 @@ mod tests {
         assert_eq!(r.warnings(&rs).len(), 3);
     }
 
+    /// [`resolve_in`] without systemd, trusting this process's own directories.
+    fn resolve_here(rs: &Ruleset, root: &Path, mount: &Path, mount_root: &str) -> Resolved {
+        let lookup = UnitLookup {
+            systemd: false,
+            owner: nix::unistd::geteuid().as_raw(),
+        };
+        resolve_with(rs, root, mount, mount_root, lookup)
+    }
+
     fn mkdirs(root: &Path, rel: &str) -> PathBuf {
         let p = root.join(rel);
         fs::create_dir_all(&p).expect("create dirs");
@@ -789,7 +971,7 @@ mod tests {
             unit("gone.service"),
         ]);
 
-        let r = resolve_in(&rs, m, m, "/");
+        let r = resolve_here(&rs, m, m, "/");
         assert_eq!(r.units.len(), 4);
         let got = r.unit("x.service").expect("x found");
         assert_eq!(
@@ -810,24 +992,24 @@ mod tests {
         assert_eq!(
             r.warnings(&rs),
             vec![format!(
-                "unit gone.service is not running (no cgroup named gone.service under {}); its \
-                 rules match nothing until it starts",
+                "unit gone.service is not running (no cgroup named gone.service under {} that \
+                 is owned by root and not delegated); its rules match nothing until it starts",
                 m.display()
             )]
         );
 
         // A mount of a sub-tree (cgroup namespace): levels count from the hierarchy's root.
-        let r = resolve_in(&rs, m, m, "/outer/inner");
+        let r = resolve_here(&rs, m, m, "/outer/inner");
         assert_eq!(r.unit("x.service").expect("x").level, 5);
 
         // Searching below a cgroup of our own: levels still count from the mount.
         let a = m.join("a");
-        let r = resolve_in(&rs, &a, m, "/");
+        let r = resolve_here(&rs, &a, m, "/");
         assert_eq!(r.unit("x.service").expect("x").level, 3);
         assert_eq!(r.unit("dup.service").expect("dup").level, 4);
         assert_eq!(r.unit("file.service"), None);
         // Not lexically below the mount, but after resolving `..`.
-        let r = resolve_in(&rs, &m.join("b/../a"), m, "/");
+        let r = resolve_here(&rs, &m.join("b/../a"), m, "/");
         assert_eq!(r.unit("x.service").expect("x").level, 3);
     }
 
@@ -843,7 +1025,7 @@ mod tests {
         let ok = mkdirs(m, &format!("{rel}deepest.service"));
         let deep = mkdirs(m, &format!("{rel}l{MAX_UNIT_LEVEL}/deep.service"));
         let rs = ruleset(vec![unit("deepest.service"), unit("deep.service")]);
-        let r = resolve_in(&rs, m, m, "/");
+        let r = resolve_here(&rs, m, m, "/");
         let u = r.unit("deepest.service").expect("at the deepest level");
         assert_eq!((u.level, &u.path), (MAX_UNIT_LEVEL as u32, &ok));
         assert_eq!(r.unit("deep.service"), None);
@@ -863,31 +1045,96 @@ mod tests {
         );
 
         // The mount root counts: the same tree one level down in the hierarchy.
-        let r = resolve_in(&rs, m, m, "/ns");
+        let r = resolve_here(&rs, m, m, "/ns");
         assert_eq!(r.unit("deepest.service"), None);
         assert!(r.warnings(&rs)[0].contains("deeper than"));
+    }
+
+    #[test]
+    fn units_in_a_users_subtree_are_neither_matched_nor_searched() {
+        let mount = tempfile::tempdir().expect("tempdir");
+        let m = mount.path();
+        mkdirs(
+            m,
+            "user.slice/user-1000.slice/user@1000.service/app.slice/backup.service",
+        );
+        mkdirs(
+            m,
+            "user.slice/user-1000.slice/user@1000.service/app.slice/other.service",
+        );
+        let rs = ruleset(vec![unit("backup.service"), unit("other.service")]);
+        let r = resolve_here(&rs, m, m, "/");
+        assert_eq!(r.unit("backup.service"), None);
+        assert_eq!(r.unit("other.service"), None);
+        // The real one, outside: found, although deeper.
+        let real = mkdirs(m, "a/b/c/system.slice/backup.service");
+        let r = resolve_here(&rs, m, m, "/");
+        assert_eq!(r.unit("backup.service").expect("real unit").path, real);
+        // A daemon cgroup inside a user's subtree: nothing below it is trusted.
+        let user = m.join("user.slice/user-1000.slice/user@1000.service");
+        let r = resolve_here(&rs, &user, m, "/");
+        assert_eq!(r.unit("backup.service"), None);
+        let w = r.warnings(&rs);
+        assert!(w[0].contains("is a user's own subtree"), "{w:?}");
+    }
+
+    #[test]
+    fn units_in_cgroups_owned_or_delegated_to_others_are_refused() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("needs root to chown: skipped");
+            return;
+        }
+        let chown = |p: &Path, uid: u32| {
+            std::os::unix::fs::chown(p, Some(uid), None).expect("chown");
+        };
+        let mount = tempfile::tempdir().expect("tempdir");
+        let m = mount.path();
+        let rs = ruleset(vec![unit("backup.service")]);
+        // A directory a user owns, and the unit's name below it (even root-owned).
+        let owned = mkdirs(m, "owned/backup.service");
+        chown(&m.join("owned"), 1000);
+        // A root-owned directory delegated to a user (its cgroup.procs is the user's).
+        let delegated = mkdirs(m, "delegated/backup.service");
+        write_file(&m.join("delegated/cgroup.procs"), "");
+        chown(&m.join("delegated/cgroup.procs"), 1000);
+        let lookup = UnitLookup {
+            systemd: false,
+            owner: 0,
+        };
+        let r = resolve_with(&rs, m, m, "/", lookup);
+        assert_eq!(r.unit("backup.service"), None, "{r:?}");
+        // The unit's own directory owned by a user.
+        let own = mkdirs(m, "a/backup.service");
+        chown(&own, 1000);
+        let r = resolve_with(&rs, m, m, "/", lookup);
+        assert_eq!(r.unit("backup.service"), None, "{r:?}");
+        // Root-owned and undelegated: found.
+        let real = mkdirs(m, "b/c/backup.service");
+        let r = resolve_with(&rs, m, m, "/", lookup);
+        assert_eq!(r.unit("backup.service").expect("real").path, real);
+        assert!(!owned.starts_with(&real) && !delegated.starts_with(&real));
     }
 
     #[test]
     fn nested_units_are_reported() {
         let mount = tempfile::tempdir().expect("tempdir");
         let m = mount.path();
-        let outer = mkdirs(m, "user.slice/user-1000.slice");
-        let inner = mkdirs(m, "user.slice/user-1000.slice/user@1000.service");
+        let outer = mkdirs(m, "system.slice/outer.service");
+        let inner = mkdirs(m, "system.slice/outer.service/inner.scope");
         mkdirs(m, "system.slice/other.service");
         let rs = ruleset(vec![
-            unit("user@1000.service"),
-            unit("user-1000.slice"),
+            unit("inner.scope"),
+            unit("outer.service"),
             unit("other.service"),
         ]);
-        let r = resolve_in(&rs, m, m, "/");
+        let r = resolve_here(&rs, m, m, "/");
         let w = r.warnings(&rs);
         assert_eq!(
             w,
             vec![format!(
-                "unit user@1000.service ({}) is inside unit user-1000.slice ({}): processes of \
-                 user@1000.service are matched as user@1000.service only, so rules naming \
-                 user-1000.slice do not apply to them",
+                "unit inner.scope ({}) is inside unit outer.service ({}): processes of \
+                 inner.scope are matched as inner.scope only, so rules naming outer.service do \
+                 not apply to them",
                 inner.display(),
                 outer.display()
             )]
@@ -902,7 +1149,7 @@ mod tests {
         let bin = other.path().join("bin");
         write_file(&bin, "");
         let rs = ruleset(vec![unit("x.service"), program(&bin)]);
-        let r = resolve_in(&rs, other.path(), mount.path(), "/");
+        let r = resolve_here(&rs, other.path(), mount.path(), "/");
         assert_eq!(r.unit("x.service"), None);
         assert!(r.exe(&bin).is_some(), "programs still resolve");
         let w = r.warnings(&rs);

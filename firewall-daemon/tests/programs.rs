@@ -20,7 +20,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use firewall_common::identity::Owner;
+use firewall_common::identity::{ListenerKey, Owner};
 use firewall_daemon::{
     config, listeners,
     model::{Action, ConnectMeta, PacketMeta, PacketProto},
@@ -55,6 +55,8 @@ fn helper_process() {
         nix::unistd::setuid(nix::unistd::Uid::from_raw(uid)).expect("setuid");
     }
     let mut _listener: Option<TcpListener> = None;
+    let mut udp: Option<UdpSocket> = None;
+    let mut held: Vec<std::os::fd::OwnedFd> = Vec::new();
     for line in std::io::stdin().lock().lines().map_while(Result::ok) {
         let w: Vec<&str> = line.split_whitespace().collect();
         let reply = match w.as_slice() {
@@ -71,8 +73,35 @@ fn helper_process() {
                     Err(e) => format!("err {e}"),
                 }
             }
+            ["udpbind", addr] => match udp_bind_shared(addr.parse().expect("IPv4 address")) {
+                Ok(s) => {
+                    udp = Some(s);
+                    "ok".to_string()
+                }
+                Err(e) => format!("err {e}"),
+            },
+            // A connect() left pending (non-blocking); the socket is kept.
+            ["hold", addr] => match connect_pending(addr.parse().expect("IPv4 address")) {
+                Ok(fd) => {
+                    held.push(fd);
+                    "ok".to_string()
+                }
+                Err(e) => errno_reply(e),
+            },
+            // One datagram received on the `udpbind` socket, or `timeout`.
+            ["udprecv", wait_ms] => {
+                let s = udp.as_ref().expect("udpbind first");
+                let wait = Duration::from_millis(wait_ms.parse().expect("ms"));
+                s.set_read_timeout(Some(wait)).expect("timeout");
+                let mut buf = [0u8; 64];
+                match s.recv(&mut buf) {
+                    Ok(n) => String::from_utf8_lossy(&buf[..n]).into_owned(),
+                    Err(_) => "timeout".to_string(),
+                }
+            }
             ["close"] => {
                 _listener = None;
+                udp = None;
                 "ok".to_string()
             }
             _ => format!("err unknown command {line:?}"),
@@ -112,6 +141,81 @@ fn udp_sendto(addr: &str, token: &str) -> String {
     match s.send_to(token.as_bytes(), sa) {
         Ok(_) => "ok".into(),
         Err(e) => errno_reply(e),
+    }
+}
+
+/// A UDP socket bound to `addr` with `SO_REUSEADDR`, as servers and socat set it (two such
+/// sockets may bind one port on overlapping addresses).
+fn udp_bind_shared(addr: std::net::SocketAddrV4) -> std::io::Result<UdpSocket> {
+    use std::os::fd::{FromRawFd as _, OwnedFd};
+    // SAFETY: plain system calls on a descriptor this function owns from its creation.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let fd = OwnedFd::from_raw_fd(fd);
+        let one: libc::c_int = 1;
+        let sa = libc::sockaddr_in {
+            sin_family: libc::AF_INET as libc::sa_family_t,
+            sin_port: addr.port().to_be(),
+            sin_addr: libc::in_addr {
+                s_addr: u32::from_ne_bytes(addr.ip().octets()),
+            },
+            sin_zero: [0; 8],
+        };
+        use std::os::fd::AsRawFd as _;
+        if libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_REUSEADDR,
+            (&raw const one).cast(),
+            std::mem::size_of_val(&one) as libc::socklen_t,
+        ) != 0
+            || libc::bind(
+                fd.as_raw_fd(),
+                (&raw const sa).cast(),
+                std::mem::size_of_val(&sa) as libc::socklen_t,
+            ) != 0
+        {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(UdpSocket::from(fd))
+    }
+}
+
+/// A TCP socket whose non-blocking connect() to `addr` was made (and is under way).
+fn connect_pending(addr: std::net::SocketAddrV4) -> std::io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
+    // SAFETY: plain system calls on a descriptor this function owns from its creation.
+    unsafe {
+        let fd = libc::socket(
+            libc::AF_INET,
+            libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+            0,
+        );
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let fd = OwnedFd::from_raw_fd(fd);
+        let sa = libc::sockaddr_in {
+            sin_family: libc::AF_INET as libc::sa_family_t,
+            sin_port: addr.port().to_be(),
+            sin_addr: libc::in_addr {
+                s_addr: u32::from_ne_bytes(addr.ip().octets()),
+            },
+            sin_zero: [0; 8],
+        };
+        let rc = libc::connect(
+            fd.as_raw_fd(),
+            (&raw const sa).cast(),
+            std::mem::size_of_val(&sa) as libc::socklen_t,
+        );
+        let e = std::io::Error::last_os_error();
+        if rc != 0 && e.raw_os_error() != Some(libc::EINPROGRESS) {
+            return Err(e);
+        }
+        Ok(fd)
     }
 }
 
@@ -556,6 +660,117 @@ action = "reject"
         "{new:?}"
     );
     drop(unit);
+}
+
+/// Gives `dir`, its cgroup interface files and everything below it to `uid`, as systemd does
+/// when it delegates a subtree to a user (and as that user's own mkdir would).
+fn chown_tree(dir: &Path, uid: u32) {
+    std::os::unix::fs::chown(dir, Some(uid), Some(uid)).expect("chown");
+    for entry in std::fs::read_dir(dir)
+        .expect("listing the cgroup")
+        .flatten()
+    {
+        let path = entry.path();
+        if entry.file_type().is_ok_and(|t| t.is_dir()) {
+            chown_tree(&path, uid);
+        } else if let Some("cgroup.procs" | "cgroup.threads" | "cgroup.subtree_control") =
+            path.file_name().and_then(|n| n.to_str())
+        {
+            std::os::unix::fs::chown(&path, Some(uid), Some(uid)).expect("chown");
+        }
+    }
+}
+
+/// Issue 14, item 4: a user made a cgroup named like a unit in a subtree of its own and got
+/// the unit's rights. Only root-owned, undelegated cgroups (or systemd's word) name a unit.
+#[test]
+fn a_users_cgroup_named_like_a_unit_gets_nothing() {
+    const PORT: u16 = 7010;
+    let rules = format!(
+        r#"
+[defaults]
+inbound = "allow"
+outbound = "allow"
+
+[[rule]]
+name = "backup may connect"
+direction = "out"
+unit = "fwtest-backup.service"
+proto = "tcp"
+port = {PORT}
+action = "allow"
+
+[[rule]]
+name = "nobody else"
+direction = "out"
+proto = "tcp"
+port = {PORT}
+action = "reject"
+"#
+    );
+    let pair = Pair::new();
+    let daemon = Daemon::start(&pair.server, &pair.server_if, "generic", &rules);
+    let ruleset = config::parse(&rules, Path::new("rules.toml")).expect("rules");
+    let _listener = pair
+        .client
+        .run(|| TcpListener::bind(format!("[::]:{PORT}")).expect("bind"));
+    let ns = pair.server.path();
+    let me = std::env::current_exe().expect("test binary");
+    let addr = format!("{}:{PORT}", pair.client_v4);
+    let wait = 1500 * support::slowdown() as u64;
+    let cmd = format!("tcp {addr} {wait}");
+    // A reload resolves the units before it answers.
+    let reload = || {
+        let out = daemon.fwctl(&["reload"]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let check = |h: &mut Helper, want: Action, who: &str| {
+        let resolved = Resolved::resolve(&ruleset, daemon.cgroup.path());
+        let policy = Policy::with_selectors(&ruleset, &resolved);
+        let model = policy
+            .decide_out_as(&call_meta(&addr, PacketProto::Tcp), &h.owner())
+            .action;
+        let reply = h.call(&cmd);
+        assert_eq!(
+            outcome_action(&reply),
+            Some(want),
+            "{who}: kernel said {reply:?}"
+        );
+        assert_eq!(model, want, "{who}: the oracle disagrees with the kernel");
+    };
+
+    // The user's own subtree (as user@UID.service is), with the unit's name inside it; the
+    // real unit is not running.
+    let user = UnitCgroup::new(daemon.cgroup.path(), "fwtest-user");
+    let app = UnitCgroup::new(&user.path, "app.slice");
+    let fake = UnitCgroup::new(&app.path, "fwtest-backup.service");
+    chown_tree(&user.path, NOBODY);
+    let mut attacker = Helper::spawn(&me, &ns, Some(NOBODY));
+    fake.add(attacker.pid());
+    reload();
+    check(&mut attacker, Action::Reject, "the user's look-alike");
+    let status = daemon.fwctl_json(&["status"]);
+    assert!(
+        status
+            .to_string()
+            .contains("unit fwtest-backup.service is not running"),
+        "{status}"
+    );
+
+    // The real unit starts: a root-owned cgroup. Its process gets the rule, the look-alike
+    // still does not.
+    let real = UnitCgroup::new(daemon.cgroup.path(), "fwtest-backup.service");
+    let mut backup = Helper::spawn(&me, &ns, None);
+    real.add(backup.pid());
+    reload();
+    check(&mut backup, Action::Allow, "the real unit");
+    check(&mut attacker, Action::Reject, "the user's look-alike");
+    drop((attacker, backup));
+    drop((real, fake, app, user));
 }
 
 /// The rows of `fwctl conns` whose remote end is `remote`.
@@ -1014,4 +1229,231 @@ action = "reject"
         "the library's code runs as the allowed program and gets its rights (documented limit)"
     );
     assert_eq!(run(&other), "eperm", "the same library in another program is refused");
+}
+
+/// Issue 14, item 6: another program (any user) binding the allowed server's port on another
+/// address (`127.0.0.1`) took the port's entry in the listener table: the server became
+/// unreachable, and stayed so after that program closed its socket. Entries are per address
+/// now, and a connection is judged by the socket the kernel will give it to.
+#[test]
+fn a_socket_on_another_address_does_not_take_the_servers_port() {
+    const PORT: u16 = 8090;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let [server, other] = ["server", "other"].map(|n| copy_program(dir.path(), n));
+    let rules = format!(
+        r#"
+[defaults]
+inbound = "stealth"
+
+[[rule]]
+name = "the server answers on {PORT}"
+direction = "in"
+program = "{server}"
+proto = "udp"
+port = {PORT}
+action = "allow"
+"#,
+        server = server.display(),
+    );
+    let pair = Pair::new();
+    let daemon = Daemon::start(&pair.server, &pair.server_if, "generic", &rules);
+    let ruleset = config::parse(&rules, Path::new("rules.toml")).expect("rules");
+    let resolved = Resolved::resolve(&ruleset, daemon.cgroup.path());
+    let policy = Policy::with_selectors(&ruleset, &resolved);
+    let ns = pair.server.path();
+    let spawn = |exe: &Path, uid: Option<u32>| {
+        let h = Helper::spawn(exe, &ns, uid);
+        daemon.cgroup.add(h.pid());
+        h
+    };
+    let target: SocketAddr = format!("{}:{PORT}", pair.server_v4).parse().expect("addr");
+    let wait = 1500 * support::slowdown() as u64;
+    // Each datagram from a new socket: a new flow, judged by the listener table.
+    let delivered = |h: &mut Helper, token: &str| {
+        let datagram = token.to_owned();
+        pair.client.run(move || {
+            let s = UdpSocket::bind("0.0.0.0:0").expect("client socket");
+            s.send_to(datagram.as_bytes(), target).expect("send");
+        });
+        h.call(&format!("udprecv {wait}")) == token
+    };
+
+    let mut hs = spawn(&server, None);
+    assert_eq!(hs.call(&format!("udpbind 0.0.0.0:{PORT}")), "ok");
+    assert!(
+        delivered(&mut hs, "before"),
+        "the allowed server is reachable"
+    );
+
+    let mut ho = spawn(&other, Some(NOBODY));
+    assert_eq!(ho.call(&format!("udpbind 127.0.0.1:{PORT}")), "ok");
+    // The oracle, with both sockets bound: the wildcard socket receives from the peer.
+    let bound = std::collections::HashMap::from([
+        (
+            ListenerKey::bound(4, "0.0.0.0".parse().expect("addr"), 17, PORT),
+            hs.owner(),
+        ),
+        (
+            ListenerKey::bound(4, "127.0.0.1".parse().expect("addr"), 17, PORT),
+            ho.owner(),
+        ),
+    ]);
+    let receiver = listeners::receiver(&bound, target.ip(), 17, PORT);
+    let pkt = PacketMeta {
+        remote: pair.client_v4.parse().expect("addr"),
+        proto: PacketProto::Udp,
+        local_port: PORT,
+    };
+    assert_eq!(policy.decide_for(&pkt, receiver).action, Action::Allow);
+    assert!(
+        delivered(&mut hs, "during"),
+        "a socket on 127.0.0.1 took the server's port"
+    );
+
+    // Its release (sock_release runs in close()) removes only its own entry.
+    assert_eq!(ho.call("close"), "ok");
+    drop(ho);
+    assert!(
+        delivered(&mut hs, "after"),
+        "the other socket's release removed the server's entry"
+    );
+}
+
+/// Issue 14, item 9: `fwctl reload --recheck` judged flows without their owners, so a
+/// connection admitted only by a rule about the listening program was judged by the default
+/// and its socket closed. Flows are judged again with the owner they recorded.
+#[test]
+fn recheck_judges_a_flow_by_its_program() {
+    use std::io::{ErrorKind, Read as _};
+    const PORT: u16 = 8091;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = copy_program(dir.path(), "sshd");
+    let allow = format!(
+        r#"
+[[rule]]
+name = "the server answers on {PORT}"
+direction = "in"
+program = "{server}"
+proto = "tcp"
+port = {PORT}
+action = "allow"
+"#,
+        server = server.display(),
+    );
+    let base = "[defaults]\ninbound = \"stealth\"\n";
+    let rules = format!("{base}{allow}");
+    let pair = Pair::new();
+    let daemon = Daemon::start(&pair.server, &pair.server_if, "generic", &rules);
+    let mut hs = Helper::spawn(&server, &pair.server.path(), None);
+    daemon.cgroup.add(hs.pid());
+    assert_eq!(hs.call(&format!("listen {PORT}")), "ok");
+    let target: SocketAddr = format!("{}:{PORT}", pair.server_v4).parse().expect("addr");
+    let wait = Duration::from_millis(1500) * support::slowdown();
+    let mut client = pair
+        .client
+        .run(move || TcpStream::connect_timeout(&target, wait))
+        .expect("the program rule admits the connection");
+    let remote = client.local_addr().expect("addr").to_string();
+    let recheck = || {
+        let reply = daemon.fwctl_json(&["reload", "--recheck"]);
+        assert_eq!(reply["rechecked"], true, "{reply}");
+        let ended: Vec<String> = reply["ended"]
+            .as_array()
+            .expect("ended")
+            .iter()
+            .filter_map(|e| e.as_str().map(str::to_owned))
+            .collect();
+        ended
+    };
+    let alive = |client: &mut TcpStream| {
+        if client.write_all(b"still there?").is_err() {
+            return false;
+        }
+        client
+            .set_read_timeout(Some(Duration::from_millis(300) * support::slowdown()))
+            .expect("timeout");
+        // The server never answers: a live connection times out, a closed one is reset.
+        client
+            .read(&mut [0u8; 16])
+            .is_err_and(|e| matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut))
+    };
+    let flow = || {
+        let rows = conns_to(&daemon, &remote);
+        assert_eq!(rows.len(), 1, "{rows:?}");
+        rows[0].clone()
+    };
+    assert_eq!(flow()["program"], server.display().to_string());
+
+    // The same file: the flow's program is still allowed.
+    let ended = recheck();
+    assert!(
+        ended.is_empty(),
+        "an allowed connection was ended: {ended:?}"
+    );
+    assert_eq!(flow()["denied"], false, "{}", flow());
+    assert!(alive(&mut client), "the connection survives the recheck");
+
+    // The rule removed: the default judges it, and the host's socket is closed.
+    daemon.write_rules(base);
+    let ended = recheck();
+    assert_eq!(ended.len(), 1, "{ended:?}");
+    assert!(
+        ended[0].contains(&remote) && ended[0].contains("host socket closed"),
+        "{ended:?}"
+    );
+    assert_eq!(flow()["denied"], true, "{}", flow());
+    assert!(!alive(&mut client), "the connection was ended");
+}
+
+/// Issue 14, item 9 (held sockets): a reload released the sockets an outbound `stealth` about a
+/// program holds, because it judged them without their owner. They are judged with it, and
+/// released only when the rules no longer hold that program's calls.
+#[test]
+fn reload_keeps_a_program_s_held_socket_until_its_rule_goes() {
+    const PORT: u16 = 7020;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let client_prog = copy_program(dir.path(), "client");
+    let base = "[defaults]\ninbound = \"allow\"\noutbound = \"allow\"\n";
+    let rules = format!(
+        r#"{base}
+[[rule]]
+name = "the client is black-holed"
+direction = "out"
+program = "{client}"
+proto = "tcp"
+port = {PORT}
+action = "stealth"
+"#,
+        client = client_prog.display(),
+    );
+    let pair = Pair::new();
+    let daemon = Daemon::start(&pair.server, &pair.server_if, "generic", &rules);
+    let mut h = Helper::spawn(&client_prog, &pair.server.path(), None);
+    daemon.cgroup.add(h.pid());
+    let addr = format!("{}:{PORT}", pair.client_v4);
+    assert_eq!(h.call(&format!("hold {addr}")), "ok");
+    let held = || {
+        firewall_daemon::datapath::StealthTable::open(&daemon.pin_dir)
+            .expect("the pinned OUT_STEALTH")
+            .entries()
+            .len()
+    };
+    assert_eq!(held(), 1, "the connect() is held");
+    let reload = || {
+        let out = daemon.fwctl(&["reload"]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    reload();
+    assert_eq!(
+        held(),
+        1,
+        "a reload with the same rules released the socket"
+    );
+    daemon.write_rules(base);
+    reload();
+    assert_eq!(held(), 0, "the rule is gone: the socket is released");
 }

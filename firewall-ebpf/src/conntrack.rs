@@ -421,8 +421,7 @@ pub fn admit(ctx: &aya_ebpf::programs::XdpContext, pkt: &Packet, word: u32, now:
         e.flags = FLAG_REMOTE_SEQ;
     }
     if outbound::RECORD_OWNER.load() != 0
-        && let Some(l) =
-            scoped::listener(matches!(pkt.remote, Addr::V4(_)), pkt.proto, pkt.local_port)
+        && let Some(l) = scoped::listener(scoped::Remote::of(&pkt.local), pkt.proto, pkt.local_port)
     {
         e.owner.exe = l.owner.exe;
         e.owner.uid = l.owner.uid;

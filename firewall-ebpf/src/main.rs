@@ -220,10 +220,11 @@ fn judge(ctx: &XdpContext, pkt: &Packet, now: u64) -> u32 {
     if scoped::active() {
         // Scalars only: a pointer argument would force the packet onto this frame's stack.
         let r = scoped::Remote::of(&pkt.remote);
+        let l = scoped::Remote::of(&pkt.local);
         let meta = (u64::from(r.v4) << 32)
             | (u64::from(pkt.proto & 0xff) << 16)
             | u64::from(pkt.local_port);
-        word = min(word, scoped::classify_inbound(r.hi, r.lo, meta));
+        word = min(word, scoped::classify_inbound(r.hi, r.lo, meta, l.hi, l.lo));
     }
     if word == NO_MATCH {
         word = DEFAULT_INBOUND.load();

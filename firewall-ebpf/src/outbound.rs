@@ -159,6 +159,14 @@ fn record_owner<const CONNECT: bool>(ctx: &SockAddrContext, exe: ExeId) {
     if RECORD_OWNER.load() == 0 {
         return;
     }
+    remember_owner::<CONNECT>(ctx, exe);
+}
+
+/// [`record_owner`] whatever `record_owner` says: a socket held by `stealth` is judged again
+/// by its owner when the rules change (the daemon releases it only if the rules no longer
+/// hold *its* calls).
+#[inline(always)]
+fn remember_owner<const CONNECT: bool>(ctx: &SockAddrContext, exe: ExeId) {
     // SAFETY: the helper takes this program type's context.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
     let pid = (bpf_get_current_pid_tgid() >> 32) as u32;
@@ -252,6 +260,7 @@ fn judge<const FAMILY: u32, const CONNECT: bool>(ctx: &SockAddrContext) -> i32 {
             remote.write_mapped(&mut key.remote);
             if OUT_STEALTH.insert(&key, &word, 0).is_ok() {
                 count(Counter::OutStealthed);
+                remember_owner::<CONNECT>(ctx, exe);
                 PROCEED
             } else {
                 // Holding the socket failed: refuse rather than let its packets out.

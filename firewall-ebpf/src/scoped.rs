@@ -51,10 +51,10 @@ static SCOPED_PORTS: HashMap<ScopedSlot, PortValue> = HashMap::with_max_entries(
 #[map]
 static SCOPED_PROTO: HashMap<u32, [u32; PROTO_CLASSES]> = HashMap::with_max_entries(1, 0);
 
-/// Who bound each port: pinned, shared by every generation and both copies.
+/// Who bound each address and port: pinned, shared by every generation and both copies.
 #[map]
 static LISTENERS: HashMap<ListenerKey, Listener> = HashMap::pinned(LISTENER_ENTRIES, 0);
-/// Socket cookie -> the port it holds in `LISTENERS`: sock_release may not read the port.
+/// Socket cookie -> its key in `LISTENERS`: sock_release may not read the address and port.
 #[map]
 static LISTENER_OF: HashMap<u64, ListenerKey> = HashMap::pinned(LISTENER_ENTRIES, 0);
 
@@ -139,6 +139,7 @@ fn unit_of(owner: &Owner) -> u64 {
 #[repr(C)]
 struct Scratch {
     group: GroupKey,
+    listener: ListenerKey,
     slot: ScopedSlot,
     k4: Key<[u8; 8]>,
     k6: Key<[u8; 20]>,
@@ -296,15 +297,21 @@ fn classify_group(s: &mut Scratch, group: u32) -> u32 {
     min(best, pair_verdict(addr_class, port_class))
 }
 
-/// Rules about programs for a new inbound connection: judged by who listens on its port
-/// (recorded at bind()). A BPF subprogram of its own taking only scalars, so that the XDP
-/// program's frame is not grown by it.
+/// Rules about programs for a new inbound connection: judged by who listens on its local
+/// address and port (recorded at bind()). A BPF subprogram of its own taking only scalars, so
+/// that the XDP program's frame is not grown by it. `hi`, `lo`: the remote address, `local_hi`,
+/// `local_lo`: the local one ([`Remote`]).
 #[inline(never)]
-pub(crate) fn classify_inbound(hi: u64, lo: u64, meta: u64) -> u32 {
+pub(crate) fn classify_inbound(hi: u64, lo: u64, meta: u64, local_hi: u64, local_lo: u64) -> u32 {
     let v4 = meta >> 32 != 0;
     let proto = ((meta >> 16) & 0xff) as u32;
     let port = meta as u16;
-    match listener(v4, proto, port) {
+    let local = Remote {
+        v4,
+        hi: local_hi,
+        lo: local_lo,
+    };
+    match listener(local, proto, port) {
         Some(l) => {
             count(Counter::InListenerFound);
             classify_owner(&l.owner, Remote { v4, hi, lo }, proto, port)
@@ -316,28 +323,63 @@ pub(crate) fn classify_inbound(hi: u64, lo: u64, meta: u64) -> u32 {
     }
 }
 
-/// Who listens on the local `port` a new inbound connection is for: the socket of the
-/// packet's family, else (IPv4) a dual-stack IPv6 socket.
+/// Who listens on the `local` address and `port` a new inbound connection is for: the socket
+/// the kernel will hand it to, in its order of preference (`ListenerKey::receivers`): bound to
+/// the exact address (an IPv4 socket, then an IPv6 one bound to the mapped address), else to
+/// the wildcard (`0.0.0.0`, then a dual-stack `::`). The key is built in the per-CPU scratch,
+/// not on the caller's stack.
 #[inline(always)]
-pub(crate) fn listener(v4: bool, proto: u32, port: u16) -> Option<&'static Listener> {
+pub(crate) fn listener(local: Remote, proto: u32, port: u16) -> Option<&'static Listener> {
     let proto = match proto {
         PROTO_TCP => 6,
         PROTO_UDP => 17,
         _ => return None,
     };
-    let mut key = ListenerKey {
-        port,
-        proto,
-        family: if v4 { 4 } else { 6 },
+    let s = scratch()?;
+    let key = &mut s.listener;
+    key.port = port;
+    key.proto = proto;
+    key._pad = 0;
+    // IPv4 as `::ffff:a.b.c.d` (see `Addr::write_mapped`); `hi`/`lo` as `Remote` has them.
+    let (own_family, exact_hi, exact_lo, any_lo) = if local.v4 {
+        (4, 0, 0xffff_0000 | (local.hi << 32), 0xffff_0000)
+    } else {
+        (6, local.hi, local.lo, 0)
     };
+    let words = key.addr.as_mut_ptr() as *mut u64;
+    // SAFETY: `addr` is 16 bytes at the start of an 8-aligned struct.
+    unsafe {
+        words.write(exact_hi);
+        words.add(1).write(exact_lo);
+    }
+    key.family = own_family;
     // SAFETY: entries are only ever replaced whole; the reference is used within this run.
-    if let Some(l) = unsafe { LISTENERS.get(&key) } {
+    if let Some(l) = unsafe { LISTENERS.get(key) } {
         return Some(l);
     }
-    if v4 {
+    if local.v4 {
         key.family = 6;
         // SAFETY: as above.
-        return unsafe { LISTENERS.get(&key) };
+        if let Some(l) = unsafe { LISTENERS.get(key) } {
+            return Some(l);
+        }
+    }
+    // SAFETY: as above.
+    unsafe {
+        words.write(0);
+        words.add(1).write(any_lo);
+    }
+    key.family = own_family;
+    // SAFETY: as above.
+    if let Some(l) = unsafe { LISTENERS.get(key) } {
+        return Some(l);
+    }
+    if local.v4 {
+        // SAFETY: as above.
+        unsafe { words.add(1).write(0) };
+        key.family = 6;
+        // SAFETY: as above.
+        return unsafe { LISTENERS.get(key) };
     }
     None
 }
@@ -367,6 +409,25 @@ fn record_bind(ctx: &SockContext, family: u8) -> i32 {
             core::ptr::read_volatile(&(*sk).src_port),
         )
     };
+    // The bound address, in network order: IPv4 mapped into IPv6 as `ListenerKey` has it.
+    // SAFETY: as above; post_bind4 may read src_ip4, post_bind6 src_ip6.
+    let addr: [u32; 4] = unsafe {
+        if family == 4 {
+            [
+                0,
+                0,
+                0xffff_u32.to_be(),
+                core::ptr::read_volatile(&(*sk).src_ip4),
+            ]
+        } else {
+            [
+                core::ptr::read_volatile(&(*sk).src_ip6[0]),
+                core::ptr::read_volatile(&(*sk).src_ip6[1]),
+                core::ptr::read_volatile(&(*sk).src_ip6[2]),
+                core::ptr::read_volatile(&(*sk).src_ip6[3]),
+            ]
+        }
+    };
     let proto = match protocol {
         6 => 6u8,
         17 => 17u8,
@@ -375,11 +436,21 @@ fn record_bind(ctx: &SockContext, family: u8) -> i32 {
     if port == 0 || port > 0xffff {
         return PROCEED;
     }
-    let key = ListenerKey {
+    let mut key = ListenerKey {
+        addr: [0; 16],
         port: port as u16,
         proto,
         family,
+        _pad: 0,
     };
+    let words = key.addr.as_mut_ptr() as *mut u32;
+    // SAFETY: `addr` is 16 bytes, 8-aligned.
+    unsafe {
+        words.write(addr[0]);
+        words.add(1).write(addr[1]);
+        words.add(2).write(addr[2]);
+        words.add(3).write(addr[3]);
+    }
     let listener = Listener {
         owner: current_owner(),
         // SAFETY: the helper takes this program type's context.
