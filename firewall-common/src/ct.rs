@@ -15,7 +15,9 @@ pub const IPPROTO_TCP: u8 = 6;
 pub const IPPROTO_UDP: u8 = 17;
 pub const IPPROTO_ICMPV6: u8 = 58;
 
-/// A flow, as the host sees it. IPv4 addresses are stored as `::ffff:a.b.c.d`. For ICMP echo
+/// A flow, as the host sees it. IPv4 addresses are stored as `::ffff:a.b.c.d`; `family` tells
+/// them apart from the same bytes in an IPv6 packet, so an IPv6 flow can never stand for an
+/// IPv4 one (the datapath also drops IPv6 packets carrying such addresses). For ICMP echo
 /// the local port is the echo identifier and the remote port is 0.
 /// Aligned to 8 so the datapath can build it with 64-bit stores.
 #[repr(C, align(8))]
@@ -26,8 +28,15 @@ pub struct CtKey {
     pub local_port: u16,
     pub remote_port: u16,
     pub proto: u8,
-    pub _pad: [u8; 3],
+    /// [`FAMILY_V4`] or [`FAMILY_V6`].
+    pub family: u8,
+    pub _pad: [u8; 2],
 }
+
+/// [`CtKey::family`] of an IPv4 flow.
+pub const FAMILY_V4: u8 = 4;
+/// [`CtKey::family`] of an IPv6 flow.
+pub const FAMILY_V6: u8 = 6;
 
 /// A tracked flow. Packet and byte counts are updated without atomics: exact per CPU,
 /// approximate when the packets of one flow are handled on several CPUs at once.
@@ -390,6 +399,7 @@ const _: () = {
     assert!(core::mem::offset_of!(CtKey, local_port) == 32);
     assert!(core::mem::offset_of!(CtKey, remote_port) == 34);
     assert!(core::mem::offset_of!(CtKey, proto) == 36);
+    assert!(core::mem::offset_of!(CtKey, family) == 37);
     assert!(core::mem::align_of::<CtKey>() == 8);
     assert!(core::mem::size_of::<CtEntry>() == 96);
     assert!(core::mem::size_of::<ConnOwner>() == 24);

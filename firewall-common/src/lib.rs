@@ -64,6 +64,17 @@ pub mod maps {
     /// first sent from) each socket the outbound hooks allowed. The egress program copies it
     /// into the flow it creates. Pinned.
     pub const SOCK_OWNER: &str = "SOCK_OWNER";
+    /// Hash, ifindex -> [`super::IfaceMac`]: the MAC address of every interface of the host
+    /// that has one. Reject replies answer only frames sent to the receiving interface's MAC,
+    /// and are sent from it. Written by the daemon (at start and on link changes). Pinned.
+    pub const IFACE_MAC: &str = "IFACE_MAC";
+    /// Hash ([`super::LocalAddrKey`]) -> 1: the host's own addresses, of every interface (Linux
+    /// accepts a packet for any of them on any interface). Reject replies answer only packets
+    /// sent to one of them. Written by the daemon (at start and on address changes). Pinned.
+    pub const LOCAL_ADDRS: &str = "LOCAL_ADDRS";
+    /// Array with one [`super::RateBucket`]: the host-wide reject reply budget
+    /// ([`super::globals::REJECT_GLOBAL_RATE`]). Pinned.
+    pub const REJECT_GLOBAL: &str = "REJECT_GLOBAL";
 }
 
 /// Names of the load-time constants (`Global<u32>`) in the XDP program.
@@ -76,6 +87,9 @@ pub mod globals {
     pub const REJECT_RATE_PER_SEC: &str = "REJECT_RATE_PER_SEC";
     /// Reject replies a source may receive in a burst (bucket size).
     pub const REJECT_BURST: &str = "REJECT_BURST";
+    /// Reject replies the host sends per second, to all sources together (token refill rate;
+    /// the bucket holds one second's worth).
+    pub const REJECT_GLOBAL_RATE: &str = "REJECT_GLOBAL_RATE";
     /// Non-zero when [`super::maps::PAIRS`] holds entries (lets the verifier prune the lookup).
     pub const HAS_PAIRS: &str = "HAS_PAIRS";
     /// `[u32; PROTO_CLASSES]`: per protocol class, the first rule (verdict word) that matches
@@ -234,6 +248,30 @@ pub struct RateKey {
     pub addr: [u8; 16],
 }
 
+/// Value of [`maps::IFACE_MAC`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IfaceMac {
+    pub mac: [u8; 6],
+    pub _pad: [u8; 2],
+}
+
+/// Key of [`maps::LOCAL_ADDRS`]: an address as `CtKey` stores it (IPv4 as `::ffff:a.b.c.d`)
+/// and its family ([`ct::FAMILY_V4`] or [`ct::FAMILY_V6`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct LocalAddrKey {
+    pub addr: [u8; 16],
+    pub family: u8,
+    pub _pad: [u8; 3],
+}
+
+/// Capacity of [`maps::IFACE_MAC`].
+pub const IFACE_MAC_ENTRIES: u32 = 4096;
+/// Capacity of [`maps::LOCAL_ADDRS`]. Addresses beyond it get no reject replies (the daemon
+/// warns).
+pub const LOCAL_ADDRS_ENTRIES: u32 = 4096;
+
 /// Token bucket for reject replies. Tokens are kept in millitokens so refill is integer math.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -391,10 +429,21 @@ pub enum Counter {
     /// connect/sendmsg hook, e.g. a raw socket, a socket outside the cgroup, or one the LRU
     /// forgot).
     CtOwnerUnknown,
+    /// Dropped: an IPv6 packet whose source or destination embeds an IPv4 address
+    /// (IPv4-mapped `::ffff:0:0/96`, or IPv4-compatible `::/96` other than `::` and `::1`).
+    /// No host sends these on the wire (RFC 4291 2.5.5); they exist to be confused with IPv4.
+    DropIpv6EmbeddedIpv4,
+    /// Reject degraded to a silent drop: the frame was not addressed to this host (its
+    /// destination MAC is not the receiving interface's, or its destination IP is not one of
+    /// the host's addresses), so answering would forge a reply for another host.
+    RejectNotForUs,
+    /// Reject degraded to a silent drop: the host-wide reply budget
+    /// (`[reject] global_rate_per_sec`) is used up.
+    RejectGlobalRateLimited,
 }
 
 impl Counter {
-    pub const COUNT: u32 = Counter::CtOwnerUnknown as u32 + 1;
+    pub const COUNT: u32 = Counter::RejectGlobalRateLimited as u32 + 1;
 
     pub const ALL: [Counter; Counter::COUNT as usize] = [
         Counter::Packets,
@@ -448,6 +497,9 @@ impl Counter {
         Counter::OwnerRecordFailed,
         Counter::CtOwnerRecorded,
         Counter::CtOwnerUnknown,
+        Counter::DropIpv6EmbeddedIpv4,
+        Counter::RejectNotForUs,
+        Counter::RejectGlobalRateLimited,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -503,6 +555,9 @@ impl Counter {
             Counter::OwnerRecordFailed => "out_owner_record_failed",
             Counter::CtOwnerRecorded => "ct_owner_recorded",
             Counter::CtOwnerUnknown => "ct_owner_unknown",
+            Counter::DropIpv6EmbeddedIpv4 => "drop_ipv6_embedded_ipv4",
+            Counter::RejectNotForUs => "reject_not_for_us",
+            Counter::RejectGlobalRateLimited => "reject_global_rate_limited",
         }
     }
 }
@@ -513,6 +568,8 @@ const _: () = {
     assert!(core::mem::size_of::<PairKey>() == 8);
     assert!(core::mem::size_of::<RateKey>() == 16);
     assert!(core::mem::size_of::<RateBucket>() == 16);
+    assert!(core::mem::size_of::<IfaceMac>() == 8);
+    assert!(core::mem::size_of::<LocalAddrKey>() == 20);
     assert!(core::mem::size_of::<OutStealthKey>() == 32);
     assert!(verdict_rule(verdict(DEFAULT_RULE, ACTION_STEALTH)) == DEFAULT_RULE);
     assert!(verdict(DEFAULT_RULE, ACTION_STEALTH) < NO_MATCH);
@@ -529,6 +586,8 @@ mod user {
     unsafe impl aya::Pod for PairKey {}
     unsafe impl aya::Pod for RateKey {}
     unsafe impl aya::Pod for RateBucket {}
+    unsafe impl aya::Pod for IfaceMac {}
+    unsafe impl aya::Pod for LocalAddrKey {}
     unsafe impl aya::Pod for OutStealthKey {}
     unsafe impl aya::Pod for crate::ct::CtKey {}
     unsafe impl aya::Pod for crate::ct::CtEntry {}

@@ -104,7 +104,8 @@ fn rule_addr(i: u32) -> Ipv4Addr {
 /// allows everything else.
 fn rules(n: u32, action: &str) -> String {
     let mut s = String::from(
-        "[defaults]\ninbound = \"allow\"\n[reject]\nrate_per_sec = 1000000\nburst = 1000000\n",
+        "[defaults]\ninbound = \"allow\"\n[reject]\nrate_per_sec = 1000000\nburst = 1000000\n\
+         global_rate_per_sec = 1000000\n",
     );
     for i in 0..n {
         s.push_str(&format!(
@@ -347,6 +348,14 @@ fn bench(bpffs: &Path, opts: &Opts) -> anyhow::Result<Value> {
             .map_err(|e| anyhow::anyhow!("{e}"))?;
         let c = compile::compile(&rs, &Default::default())?;
         let mut reject_gen = Generation::load(&c, &rs, &pin, 1)?;
+        // The frames are for this host: loopback (BPF_PROG_TEST_RUN's interface) has their
+        // destination MAC and their destination address is local, so reject answers them.
+        firewall_daemon::hostaddrs::HostMaps::open(&pin)?.set(
+            &firewall_daemon::hostaddrs::HostAddrs {
+                macs: [(nix::net::if_::if_nametoindex("lo")?, [2, 0, 0, 0, 0, 2])].into(),
+                addrs: [std::net::IpAddr::from([192, 168, 0, 2])].into(),
+            },
+        )?;
         let (action, _) = reject_gen.test_run(&hit)?;
         anyhow::ensure!(
             action == 3,

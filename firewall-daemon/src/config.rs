@@ -304,6 +304,9 @@ struct RawReject {
     rate_per_sec: Option<Spanned<RawInt>>,
     /// Replies a source may receive in a burst (the token bucket size), at least 1. Default 200.
     burst: Option<Spanned<RawInt>>,
+    /// Replies per second the host sends to all sources together, 1 to 1000000, with one
+    /// second's worth of burst. Default 1000 (Linux's own cap on its ICMP errors).
+    global_rate_per_sec: Option<Spanned<RawInt>>,
 }
 
 /// `[conntrack]`: connection tracking: the size of the flow tables, the verdict for stray TCP
@@ -1133,6 +1136,12 @@ impl<'a> Checker<'a> {
             && let Some(burst) = self.bounded(&burst, "reject.burst", 1, u32::MAX.into())
         {
             out.burst = burst;
+        }
+        if let Some(rate) = raw.global_rate_per_sec
+            && let Some(rate) =
+                self.bounded(&rate, "reject.global_rate_per_sec", 1, MAX_REJECT_RATE)
+        {
+            out.global_rate_per_sec = rate;
         }
         out
     }
@@ -2421,7 +2430,10 @@ mdns            5353/udp                        # Multicast DNS
             &err,
             name,
             10,
-            &[r#"unknown key "rate" in [reject]"#, "rate_per_sec, burst"],
+            &[
+                r#"unknown key "rate" in [reject]"#,
+                "rate_per_sec, burst, global_rate_per_sec",
+            ],
         );
         expect_more(
             &err,
@@ -3205,6 +3217,12 @@ action = "allow"
             3,
             &["reject.rate_per_sec = 2000000 is out of range"],
         );
+        expect(
+            "reject-global-rate-out-of-range.toml",
+            1,
+            3,
+            &["reject.global_rate_per_sec = 0 is out of range (1-1000000)"],
+        );
     }
 
     #[test]
@@ -3632,7 +3650,8 @@ tcp_close = \"x\"
             rs.reject,
             RejectLimits {
                 rate_per_sec: 50,
-                burst: 75
+                burst: 75,
+                global_rate_per_sec: 500,
             }
         );
         assert_eq!(
@@ -4012,7 +4031,10 @@ action = "allow"
 
     #[test]
     fn field_lists_come_from_serde() {
-        assert_eq!(fields_of::<RawReject>(), ["rate_per_sec", "burst"]);
+        assert_eq!(
+            fields_of::<RawReject>(),
+            ["rate_per_sec", "burst", "global_rate_per_sec"]
+        );
         assert_eq!(
             fields_of::<RawConntrack>(),
             [

@@ -50,10 +50,28 @@ pub struct Flow {
 
 impl Flow {
     pub fn local(&self) -> IpAddr {
-        addr(self.key.local)
+        key_addr(self.key.local, self.key.family)
     }
     pub fn remote(&self) -> IpAddr {
-        addr(self.key.remote)
+        key_addr(self.key.remote, self.key.family)
+    }
+}
+
+/// An address of a [`CtKey`], by the key's family: an IPv6 flow's address stays IPv6 even in
+/// the `::ffff:0:0/96` form (the datapath drops such packets, so none should be tracked).
+fn key_addr(a: [u8; 16], family: u8) -> IpAddr {
+    let v6 = Ipv6Addr::from(a);
+    match (family, v6.to_ipv4_mapped()) {
+        (ct::FAMILY_V4, Some(v4)) => IpAddr::V4(v4),
+        _ => IpAddr::V6(v6),
+    }
+}
+
+/// The [`CtKey::family`] of an address.
+pub fn family(ip: IpAddr) -> u8 {
+    match ip {
+        IpAddr::V4(_) => ct::FAMILY_V4,
+        IpAddr::V6(_) => ct::FAMILY_V6,
     }
 }
 
@@ -314,13 +332,15 @@ fn seed_entry(
             (ct::IPPROTO_TCP, st, origin, flags)
         }
     };
+    let remote = canonical(f.remote.ip());
     let key = CtKey {
         local: mapped(canonical(f.local.ip())),
-        remote: mapped(canonical(f.remote.ip())),
+        remote: mapped(remote),
         local_port: f.local.port(),
         remote_port: f.remote.port(),
         proto,
-        _pad: [0; 3],
+        family: family(remote),
+        _pad: [0; 2],
     };
     let entry = CtEntry {
         created_ns: now_ns,

@@ -376,6 +376,11 @@ pub fn diff(old: &Ruleset, new: &Ruleset) -> ReloadData {
         old.reject.burst.to_string(),
         new.reject.burst.to_string(),
     );
+    setting(
+        "reject.global_rate_per_sec",
+        old.reject.global_rate_per_sec.to_string(),
+        new.reject.global_rate_per_sec.to_string(),
+    );
     if old.conntrack.invalid != new.conntrack.invalid {
         settings.push(format!(
             "conntrack.invalid: {:?} -> {:?}",

@@ -48,6 +48,7 @@ use crate::{
     datapath::{
         self, EgressLink, Generation, Hook, ListenerTable, OutboundGeneration, StealthTable,
     },
+    hostaddrs::HostMaps,
     interfaces, listeners,
     model::{
         Action, ConnectMeta, Direction, Interfaces, OnStop, PacketMeta, PacketProto, Ruleset,
@@ -122,6 +123,8 @@ struct State {
     started: Instant,
     last_reload: Option<String>,
     tables: Tables,
+    /// The interfaces' MACs and the host's addresses, for the reject path.
+    host: HostMaps,
     history: VecDeque<(u32, Vec<String>)>,
     gc_interval: Arc<AtomicU32>,
     seeded: usize,
@@ -219,6 +222,7 @@ pub async fn run(config_path: PathBuf, overrides: Overrides) -> anyhow::Result<(
     let mut generation = Generation::load(&compiled, &ruleset, &pin_dir, gen_id)?;
     let mut outbound = OutboundGeneration::load(&compiled_out, &ruleset, &pin_dir, gen_id)?;
     let mut tables = Tables::open(&pin_dir)?;
+    let mut host = HostMaps::open(&pin_dir)?;
 
     // Seed before attaching, so enforcement never starts without the host's connections.
     let ct_cfg = datapath::ct_config(&ruleset.conntrack, gen_id);
@@ -248,6 +252,7 @@ pub async fn run(config_path: PathBuf, overrides: Overrides) -> anyhow::Result<(
 
     // Subscribed before listing, so an interface appearing in between is not missed.
     let mut link_events = interfaces::LinkEvents::subscribe()?;
+    sync_host_addrs(&mut host);
     let all = interfaces::current()?;
     let (want, waiting) = interfaces::wanted(&ruleset.daemon.interfaces, &all);
     for name in &waiting {
@@ -299,6 +304,7 @@ pub async fn run(config_path: PathBuf, overrides: Overrides) -> anyhow::Result<(
         started: Instant::now(),
         last_reload: None,
         tables,
+        host,
         history,
         gc_interval,
         seeded,
@@ -455,6 +461,19 @@ impl Drop for PinCleanup {
 
 /// Attaches (or adopts) the egress and XDP programs on one interface and pins both links.
 /// Egress goes first so the host's new flows are recorded before inbound filtering starts.
+/// Brings the reject path's view of the host's addresses up to date; a failure only costs
+/// replies (rejects degrade to drops), so it is logged, not fatal.
+fn sync_host_addrs(host: &mut HostMaps) {
+    match host.sync() {
+        Ok(0) => {}
+        Ok(n) => warn!(
+            "{n} interface or address entries did not fit the reject path's maps: rejects to \
+             them are silent drops"
+        ),
+        Err(e) => warn!("updating the host's addresses for reject replies: {e:#}"),
+    }
+}
+
 fn attach_interface(
     generation: &mut Generation,
     iface: &interfaces::IfInfo,
@@ -1360,6 +1379,7 @@ impl State {
     /// Follows the interfaces: attaches to wanted ones that appeared, forgets those that went
     /// away (the kernel detached their programs with them).
     fn reconcile_interfaces(&mut self) {
+        sync_host_addrs(&mut self.host);
         let all = match interfaces::current() {
             Ok(all) => all,
             Err(e) => {

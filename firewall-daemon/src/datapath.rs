@@ -142,9 +142,12 @@ const GENERATION_MAPS: [&str; 5] = [
     maps::RULE_HITS,
 ];
 /// Maps shared by every generation (and kept across daemon restarts while pinned).
-pub const SHARED_MAPS: [&str; 8] = [
+pub const SHARED_MAPS: [&str; 11] = [
     maps::COUNTERS,
     maps::REJECT_RATE,
+    maps::REJECT_GLOBAL,
+    maps::IFACE_MAC,
+    maps::LOCAL_ADDRS,
     maps::CT_EST,
     maps::CT_NEW,
     maps::OUT_STEALTH,
@@ -160,12 +163,15 @@ pub const SHARED_MAPS: [&str; 8] = [
 fn shared_layout(name: &str) -> Option<(usize, usize, Option<u32>)> {
     use core::mem::size_of;
     use firewall_common::{
-        RateBucket, RateKey,
+        IfaceMac, LocalAddrKey, RateBucket, RateKey,
         ct::{ConnOwner, CtEntry, CtKey},
     };
     Some(match name {
         maps::COUNTERS => (4, size_of::<u64>(), Some(Counter::COUNT)),
         maps::REJECT_RATE => (size_of::<RateKey>(), size_of::<RateBucket>(), None),
+        maps::REJECT_GLOBAL => (4, size_of::<RateBucket>(), Some(1)),
+        maps::IFACE_MAC => (4, size_of::<IfaceMac>(), None),
+        maps::LOCAL_ADDRS => (size_of::<LocalAddrKey>(), 4, None),
         maps::CT_EST | maps::CT_NEW => (size_of::<CtKey>(), size_of::<CtEntry>(), None),
         maps::OUT_STEALTH => (size_of::<OutStealthKey>(), 4, None),
         maps::LISTENERS => (size_of::<ListenerKey>(), size_of::<Listener>(), None),
@@ -384,6 +390,11 @@ fn load_object(compiled: &Compiled, ruleset: &Ruleset, pin_dir: &Path) -> anyhow
             true,
         )
         .override_global(globals::REJECT_BURST, &ruleset.reject.burst, true)
+        .override_global(
+            globals::REJECT_GLOBAL_RATE,
+            &ruleset.reject.global_rate_per_sec,
+            true,
+        )
         .override_global(globals::HAS_PAIRS, &has_pairs, true)
         .override_global(globals::PROTO_VERDICTS, &compiled.proto_verdicts, true)
         .load(EBPF_OBJECT)

@@ -73,8 +73,11 @@ pub struct LinkEvents {
     socket: TokioSocket,
 }
 
-/// rtnetlink multicast group of link notifications.
+/// rtnetlink multicast groups: links, and IPv4 and IPv6 addresses (the reject path needs
+/// the host's addresses, `hostaddrs`).
 const RTMGRP_LINK: u32 = 1;
+const RTMGRP_IPV4_IFADDR: u32 = 0x10;
+const RTMGRP_IPV6_IFADDR: u32 = 0x100;
 
 impl LinkEvents {
     pub fn subscribe() -> anyhow::Result<Self> {
@@ -82,8 +85,11 @@ impl LinkEvents {
             TokioSocket::new(protocols::NETLINK_ROUTE).context("opening an rtnetlink socket")?;
         socket
             .socket_mut()
-            .bind(&SocketAddr::new(0, RTMGRP_LINK))
-            .context("subscribing to link notifications")?;
+            .bind(&SocketAddr::new(
+                0,
+                RTMGRP_LINK | RTMGRP_IPV4_IFADDR | RTMGRP_IPV6_IFADDR,
+            ))
+            .context("subscribing to link and address notifications")?;
         Ok(Self { socket })
     }
 

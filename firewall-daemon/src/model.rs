@@ -276,6 +276,8 @@ impl Default for Defaults {
 pub struct RejectLimits {
     pub rate_per_sec: u32,
     pub burst: u32,
+    /// Replies per second of the whole host (all sources together).
+    pub global_rate_per_sec: u32,
 }
 
 impl Default for RejectLimits {
@@ -283,6 +285,7 @@ impl Default for RejectLimits {
         Self {
             rate_per_sec: 100,
             burst: 200,
+            global_rate_per_sec: 1000,
         }
     }
 }
@@ -467,6 +470,22 @@ impl ConnectMeta {
     pub fn on_loopback(&self) -> bool {
         let n = self.normalised();
         n.remote.is_loopback() || n.remote.is_unspecified()
+    }
+}
+
+/// Whether `ip` is an IPv6 address standing for an IPv4 one: IPv4-mapped (`::ffff:0:0/96`)
+/// or IPv4-compatible (`::/96`, except `::` and `::1`). The datapath drops IPv6 packets with
+/// such a source or destination, in both directions, before the connection table and the
+/// rules: no host sends them, and judged by the IPv6 rules they could open a flow for the
+/// IPv4 peer they name. `::` stays (duplicate address detection and MLD send from it).
+pub fn embeds_ipv4(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(_) => false,
+        IpAddr::V6(a) => {
+            let s = a.segments();
+            s[..5] == [0; 5]
+                && (s[5] == 0xffff || (s[5] == 0 && !a.is_unspecified() && !a.is_loopback()))
+        }
     }
 }
 

@@ -16,7 +16,7 @@ use firewall_common::ct::{
 };
 
 use crate::{
-    model::{Action, InvalidPolicy, PacketMeta, PacketProto, Ruleset},
+    model::{Action, InvalidPolicy, PacketMeta, PacketProto, Ruleset, embeds_ipv4},
     policy::{Decision, Policy},
 };
 
@@ -59,6 +59,9 @@ pub enum Inbound {
     Related,
     /// Impossible in its flow's state: dropped.
     Invalid,
+    /// Dropped before the connection table and the rules: an IPv6 packet with an address
+    /// that embeds an IPv4 one ([`crate::model::embeds_ipv4`]).
+    EmbeddedIpv4,
     /// A flow denied by a recheck: this action.
     Denied(Action),
     /// TCP, not a SYN, no flow: `[conntrack] invalid` decides.
@@ -72,7 +75,7 @@ impl Inbound {
     pub fn action(self) -> Action {
         match self {
             Inbound::Tracked | Inbound::Related => Action::Allow,
-            Inbound::Invalid => Action::Stealth,
+            Inbound::Invalid | Inbound::EmbeddedIpv4 => Action::Stealth,
             Inbound::Denied(a) | Inbound::NoConnection(a) => a,
             Inbound::Rules(d) => d.action,
         }
@@ -106,7 +109,8 @@ fn key(seg: &Segment) -> CtKey {
         local_port,
         remote_port,
         proto: ip_proto(seg.proto, seg.remote),
-        _pad: [0; 3],
+        family: crate::conntrack::family(seg.remote),
+        _pad: [0; 2],
     }
 }
 
@@ -213,6 +217,9 @@ impl<'a> Tracker<'a> {
 
     /// A packet from a remote host.
     pub fn inbound(&mut self, seg: &Segment) -> Inbound {
+        if embeds_ipv4(seg.local) || embeds_ipv4(seg.remote) {
+            return Inbound::EmbeddedIpv4;
+        }
         match seg.proto {
             PacketProto::Tcp | PacketProto::Udp => {
                 let k = key(seg);
@@ -279,7 +286,8 @@ impl<'a> Tracker<'a> {
                         local_port,
                         remote_port,
                         proto: ip_proto(q.proto, q.src),
-                        _pad: [0; 3],
+                        family: crate::conntrack::family(q.src),
+                        _pad: [0; 2],
                     };
                     if self.flows.contains_key(&k) {
                         return Inbound::Related;
@@ -304,6 +312,9 @@ impl<'a> Tracker<'a> {
 
     /// A packet the host sends (never dropped here; it only changes the table).
     pub fn outbound(&mut self, seg: &Segment) {
+        if embeds_ipv4(seg.local) || embeds_ipv4(seg.remote) {
+            return;
+        }
         let k = key(seg);
         match seg.proto {
             PacketProto::Tcp => {

@@ -28,7 +28,7 @@ use proptest::{
     sample::select,
     test_runner::{Config as ProptestConfig, TestRunner},
 };
-use support::{bpffs::BpfFs, frames};
+use support::{bpffs::BpfFs, frames, host::Host};
 
 const XDP_DROP: u32 = 1;
 const XDP_PASS: u32 = 2;
@@ -59,6 +59,7 @@ action = "reject"
 [reject]
 rate_per_sec = 1000000
 burst = 1000000
+global_rate_per_sec = 1000000
 "#;
 
 const SYN: u8 = ct::TCP_SYN;
@@ -247,6 +248,7 @@ struct Lab {
     ruleset: &'static Ruleset,
     generation: Generation,
     tables: Tables,
+    host: Host,
     _fs: BpfFs,
 }
 
@@ -259,10 +261,12 @@ impl Lab {
         let generation = Generation::load(&compiled, ruleset, &pin, 1)
             .unwrap_or_else(|e| panic!("loading: {e:#}"));
         let tables = Tables::open(&pin).expect("opening tables");
+        let host = Host::open(&pin);
         Self {
             ruleset,
             generation,
             tables,
+            host,
             _fs: fs,
         }
     }
@@ -274,6 +278,7 @@ impl Lab {
     /// Runs an inbound packet through XDP; returns the XDP action and the tracker outcome the
     /// counters show.
     fn inbound(&mut self, seg: &Segment) -> (u32, Inbound) {
+        self.host.add(seg.local);
         let c0 = self.counters();
         let h0 = self.generation.rule_hits().expect("hits");
         let (action, _) = self
@@ -297,6 +302,8 @@ impl Lab {
             Inbound::Related
         } else if d("drop_ct_invalid") == 1 {
             Inbound::Invalid
+        } else if d("drop_ipv6_embedded_ipv4") == 1 {
+            Inbound::EmbeddedIpv4
         } else if d("ct_invalid_no_conn") == 1 {
             Inbound::NoConnection(verdict)
         } else if d("default_verdict") == 1 || hit.is_some() {

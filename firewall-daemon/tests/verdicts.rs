@@ -31,6 +31,7 @@ use proptest::{
 use support::{
     bpffs::BpfFs,
     frames::{self, Ext, L4, LOCAL_MAC, REMOTE_MAC, Spec},
+    host::Host,
 };
 
 const XDP_DROP: u32 = 1;
@@ -38,7 +39,8 @@ const XDP_PASS: u32 = 2;
 const XDP_TX: u32 = 3;
 
 /// `[reject]` section that never rate-limits within a test.
-const NO_RATE_LIMIT: &str = "[reject]\nrate_per_sec = 1000000\nburst = 1000000\n";
+const NO_RATE_LIMIT: &str =
+    "[reject]\nrate_per_sec = 1000000\nburst = 1000000\nglobal_rate_per_sec = 1000000\n";
 
 // ---------------------------------------------------------------------------------------------
 // Harness
@@ -114,6 +116,8 @@ struct Fw {
     compiled: Compiled,
     generation: Generation,
     tables: Tables,
+    /// Every frame run is taken as addressed to this host (see [`Fw::run`]).
+    host: Host,
     text: String,
 }
 
@@ -213,19 +217,23 @@ impl Fw {
         let generation = Generation::load(&compiled, &ruleset, &fs.pin_dir("fw"), 1)
             .unwrap_or_else(|e| panic!("loading a generation: {e:#}\n--- rules ---\n{text}"));
         let tables = Tables::open(&fs.pin_dir("fw")).expect("opening the connection tables");
+        let host = Host::open(&fs.pin_dir("fw"));
         Self {
             ruleset,
             compiled,
             generation,
             tables,
+            host,
             text: text.to_owned(),
         }
     }
 
     /// Runs one frame with an empty connection table, so it is judged by the rules alone
-    /// (tests/conntrack.rs covers the tracked paths).
+    /// (tests/conntrack.rs covers the tracked paths). The frame's destination counts as one
+    /// of the host's addresses (tests/reply_forging.rs covers frames for other hosts).
     fn run(&mut self, frame: &[u8]) -> Run {
         self.tables.clear();
+        self.host.claim(frame);
         let c0 = self.generation.counters().expect("reading counters");
         let h0 = self.generation.rule_hits().expect("reading rule hits");
         let (action, out) = self.generation.test_run(frame).expect("BPF_PROG_TEST_RUN");

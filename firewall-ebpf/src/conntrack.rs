@@ -120,15 +120,24 @@ fn key_of(pkt: &Packet, from_local: bool, key: &mut CtKey) {
     };
     local.write_mapped(&mut key.local);
     remote.write_mapped(&mut key.remote);
-    write_tail(key, local_port, remote_port, proto_number(pkt));
+    write_tail(
+        key,
+        local_port,
+        remote_port,
+        proto_number(pkt),
+        remote.family(),
+    );
 }
 
-/// Ports, protocol and padding of a key in one 64-bit store.
+/// Ports, protocol, family and padding of a key in one 64-bit store.
 #[inline(always)]
-fn write_tail(key: &mut CtKey, local_port: u16, remote_port: u16, proto: u8) {
-    let v = u64::from(local_port) | u64::from(remote_port) << 16 | u64::from(proto) << 32;
-    // SAFETY: bytes 32..40 of an 8-aligned CtKey: local_port, remote_port, proto, padding,
-    // in that order (little-endian target).
+fn write_tail(key: &mut CtKey, local_port: u16, remote_port: u16, proto: u8, family: u8) {
+    let v = u64::from(local_port)
+        | u64::from(remote_port) << 16
+        | u64::from(proto) << 32
+        | u64::from(family) << 40;
+    // SAFETY: bytes 32..40 of an 8-aligned CtKey: local_port, remote_port, proto, family,
+    // padding, in that order (little-endian target).
     unsafe { (&mut key.local_port as *mut u16 as *mut u64).write(v) };
 }
 
@@ -573,6 +582,6 @@ fn related(ctx: &aya_ebpf::programs::XdpContext, pkt: &Packet, now: u64, key: &m
         IPPROTO_ICMPV6 if t[0] == ICMPV6_ECHO_REQUEST => (u16::from_be_bytes([t[4], t[5]]), 0),
         _ => return false,
     };
-    write_tail(key, local_port, remote_port, proto);
+    write_tail(key, local_port, remote_port, proto, pkt.remote.family());
     lookup(key, now).is_some()
 }

@@ -27,13 +27,13 @@ use aya_ebpf::{
     },
     helpers::bpf_ktime_get_ns,
     macros::{classifier, map, xdp},
-    maps::{HashMap, LpmTrie, LruHashMap, PerCpuArray, lpm_trie::Key},
+    maps::{HashMap, LpmTrie, PerCpuArray, lpm_trie::Key},
     programs::{TcContext, XdpContext},
 };
 use firewall_common::{
     ACTION_ALLOW, ACTION_REJECT, AddrValue, Counter, DEFAULT_RULE, FRAG_STEALTH, NO_MATCH,
-    PROTO_CLASSES, PROTO_ICMP, PROTO_TCP, PROTO_UDP, PairKey, PortValue, RateBucket, RateKey,
-    port_slot, verdict, verdict_action, verdict_rule,
+    PROTO_CLASSES, PROTO_ICMP, PROTO_TCP, PROTO_UDP, PairKey, PortValue, port_slot, verdict,
+    verdict_action, verdict_rule,
 };
 
 use crate::parse::{Addr, Packet, Parsed};
@@ -44,10 +44,6 @@ use crate::parse::{Addr, Packet, Parsed};
 static DEFAULT_INBOUND: Global<u32> = Global::new(verdict(DEFAULT_RULE, 2));
 #[unsafe(no_mangle)]
 static FRAGMENTS: Global<u32> = Global::new(0);
-#[unsafe(no_mangle)]
-static REJECT_RATE_PER_SEC: Global<u32> = Global::new(100);
-#[unsafe(no_mangle)]
-static REJECT_BURST: Global<u32> = Global::new(200);
 #[unsafe(no_mangle)]
 static HAS_PAIRS: Global<u32> = Global::new(1);
 #[unsafe(no_mangle)]
@@ -69,8 +65,6 @@ static RULE_HITS: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 // State that outlives a generation: pinned by name, so every generation shares one copy.
 #[map]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::pinned(Counter::COUNT, 0);
-#[map]
-static REJECT_RATE: LruHashMap<RateKey, RateBucket> = LruHashMap::pinned(65536, 0);
 
 #[inline(always)]
 pub(crate) fn count(counter: Counter) {
@@ -258,7 +252,7 @@ fn act(ctx: &XdpContext, pkt: &Packet, word: u32) -> u32 {
 }
 
 /// Answers the way a closed port does, or degrades to a silent drop (counted) where no answer
-/// is defined or the source has used up its reply budget.
+/// is defined, the frame was not for this host, or a reply budget is used up.
 #[inline(always)]
 fn reject(ctx: &XdpContext, pkt: &Packet) -> u32 {
     let answerable = match pkt.proto {
@@ -272,14 +266,24 @@ fn reject(ctx: &XdpContext, pkt: &Packet) -> u32 {
         count(Counter::RejectNoReply);
         return XDP_DROP;
     }
-    if !take_reply_token(&pkt.remote) {
+    let Some(mac) = reply::our_mac(ctx, pkt) else {
+        count(Counter::RejectNotForUs);
+        return XDP_DROP;
+    };
+    // SAFETY: a helper without preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    if !reply::take_source_token(&pkt.remote, now) {
         count(Counter::RejectRateLimited);
         return XDP_DROP;
     }
+    if !reply::take_global_token(now) {
+        count(Counter::RejectGlobalRateLimited);
+        return XDP_DROP;
+    }
     let built = if pkt.proto == PROTO_TCP {
-        reply::tcp_rst(ctx, pkt).map(|()| Counter::RejectTcpRst)
+        reply::tcp_rst(ctx, pkt, mac).map(|()| Counter::RejectTcpRst)
     } else {
-        reply::port_unreachable(ctx, pkt).map(|()| Counter::RejectIcmpUnreachable)
+        reply::port_unreachable(ctx, pkt, mac).map(|()| Counter::RejectIcmpUnreachable)
     };
     match built {
         Ok(counter) => {
@@ -291,50 +295,6 @@ fn reject(ctx: &XdpContext, pkt: &Packet) -> u32 {
             XDP_DROP
         }
     }
-}
-
-const MILLI: u64 = 1000;
-
-/// Token bucket per source address. Concurrent CPUs may race on one bucket; the worst case is a
-/// few extra replies, which is acceptable for a reflection limit and keeps the path lock-free.
-#[inline(always)]
-fn take_reply_token(remote: &Addr) -> bool {
-    let key = RateKey {
-        addr: remote.mapped(),
-    };
-    let now = unsafe { bpf_ktime_get_ns() };
-    let burst = REJECT_BURST.load() as u64 * MILLI;
-    match REJECT_RATE.get_ptr_mut(&key) {
-        Some(bucket) => {
-            // SAFETY: a map value pointer, valid for this program run.
-            let bucket = unsafe { &mut *bucket };
-            let elapsed_us = min64(now.saturating_sub(bucket.last_ns) / 1000, 1 << 40);
-            // millitokens gained = elapsed_us * rate / 1000; bounded above by the cap on elapsed.
-            let refill = elapsed_us * REJECT_RATE_PER_SEC.load() as u64 / 1000;
-            let tokens = min64(bucket.millitokens + refill, burst);
-            bucket.last_ns = now;
-            if tokens >= MILLI {
-                bucket.millitokens = tokens - MILLI;
-                true
-            } else {
-                bucket.millitokens = tokens;
-                false
-            }
-        }
-        None => {
-            let bucket = RateBucket {
-                millitokens: burst.saturating_sub(MILLI),
-                last_ns: now,
-            };
-            // A full LRU evicts the oldest source; if even that fails, err on not answering.
-            REJECT_RATE.insert(&key, &bucket, 0).is_ok() && burst >= MILLI
-        }
-    }
-}
-
-#[inline(always)]
-fn min64(a: u64, b: u64) -> u64 {
-    if a < b { a } else { b }
 }
 
 /// Egress: records the flows the host opens, so their replies pass the XDP program, and

@@ -7,9 +7,15 @@
 //! - IPv4 header truncated, version != 4, IHL < 5, options past the frame or total length below
 //!   the header: `DropMalformedIpv4`;
 //! - IPv6 header truncated or version != 6: `DropMalformedIpv6`;
-//! - an extension header truncated, or more than [`MAX_EXT_HEADERS`] of them: `DropIpv6ExtHeaders`;
+//! - an IPv6 source or destination that embeds an IPv4 address (see [`embeds_ipv4`]):
+//!   `DropIpv6EmbeddedIpv4`;
+//! - an extension header truncated, past the payload length, or more than
+//!   [`MAX_EXT_HEADERS`] of them: `DropIpv6ExtHeaders`;
 //! - TCP header truncated, data offset < 5 or past the frame, UDP header truncated, ICMP/ICMPv6
-//!   shorter than its 8-byte header: `DropMalformedL4`.
+//!   shorter than its 8-byte header: `DropMalformedL4`. "Truncated" means past the end of
+//!   the frame or past the end of the IP packet (IPv4 total length, IPv6 payload length),
+//!   whichever comes first: Ethernet pads short frames, and a header read from the padding
+//!   (a tiny first fragment) is not the one the receiver reassembles.
 
 use core::mem;
 
@@ -53,20 +59,18 @@ pub enum Addr {
 }
 
 impl Addr {
-    /// IPv4 as `::ffff:a.b.c.d`, for keys that hold either family.
+    /// `CtKey::family` of the address.
     #[inline(always)]
-    pub fn mapped(&self) -> [u8; 16] {
+    pub fn family(&self) -> u8 {
         match self {
-            Addr::V4(a) => [
-                0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, a[0], a[1], a[2], a[3],
-            ],
-            Addr::V6(a) => *a,
+            Addr::V4(_) => firewall_common::ct::FAMILY_V4,
+            Addr::V6(_) => firewall_common::ct::FAMILY_V6,
         }
     }
 
-    /// [`Addr::mapped`], written in place with two 64-bit stores (byte-wise copies cost tens of
-    /// nanoseconds per packet). `out` must be 8-byte aligned: the address fields of
-    /// `CtKey` are.
+    /// IPv4 as `::ffff:a.b.c.d`, for keys that hold either family, written in place with two
+    /// 64-bit stores (byte-wise copies cost tens of nanoseconds per packet). `out` must be
+    /// 8-byte aligned: the address fields of `CtKey` are.
     #[inline(always)]
     pub fn write_mapped(&self, out: &mut [u8; 16]) {
         let p = out.as_mut_ptr() as *mut u64;
@@ -223,6 +227,7 @@ fn parse_v4<F: Frame>(ctx: &F, off: usize, l2_multicast: bool) -> Result<Parsed,
         ctx,
         off,
         off + hdr_len,
+        off + total,
         (total - hdr_len) as u32,
         ip.proto,
         Addr::V4(ip.src_addr),
@@ -239,6 +244,22 @@ fn parse_v6<F: Frame>(ctx: &F, off: usize, l2_multicast: bool) -> Result<Parsed,
     if ip.vcf[0] >> 4 != 6 {
         return Err(Counter::DropMalformedIpv6);
     }
+    // Read again as words from the packet: testing the copy in `ip` makes LLVM spill parts
+    // of the packet pointer where the verifier refuses them.
+    let w: *const [u32; 8] = ptr_at(ctx, off + 8).ok_or(Counter::DropMalformedIpv6)?;
+    // SAFETY: bounds checked by ptr_at.
+    let w = unsafe { *w };
+    if embeds_ipv4(w[0], w[1], w[2], w[3]) || embeds_ipv4(w[4], w[5], w[6], w[7]) {
+        return Err(Counter::DropIpv6EmbeddedIpv4);
+    }
+    // A zero payload length is a jumbogram's (RFC 2675), or a BIG TCP packet's the host sends
+    // (more than 64 KiB, on egress): the frame bounds it.
+    let payload_len = be16(ip.payload_len) as usize;
+    let l3_end = if payload_len == 0 {
+        ctx.data_end() - ctx.data()
+    } else {
+        off + Ipv6Hdr::LEN + payload_len
+    };
     let mut next = ip.next_hdr;
     let mut l4 = off + Ipv6Hdr::LEN;
     for _ in 0..MAX_EXT_HEADERS {
@@ -274,6 +295,7 @@ fn parse_v6<F: Frame>(ctx: &F, off: usize, l2_multicast: bool) -> Result<Parsed,
     // (whatever its declared length) ends inside the frame. Earlier ones end where a later
     // one was read, so they are covered.
     if ctx.data() + l4 > ctx.data_end()
+        || l4 > l3_end
         || matches!(
             next,
             IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS | IPPROTO_AH | IPPROTO_FRAGMENT
@@ -282,17 +304,33 @@ fn parse_v6<F: Frame>(ctx: &F, off: usize, l2_multicast: bool) -> Result<Parsed,
         return Err(Counter::DropIpv6ExtHeaders);
     }
     let ext_len = l4 - off - Ipv6Hdr::LEN;
-    let payload = (be16(ip.payload_len) as usize).saturating_sub(ext_len) as u32;
+    let payload = payload_len.saturating_sub(ext_len) as u32;
     transport(
         ctx,
         off,
         l4,
+        l3_end,
         payload,
         next,
         Addr::V6(ip.src_addr),
         Addr::V6(ip.dst_addr),
         l2_multicast,
     )
+}
+
+/// Whether an IPv6 address (as four words in network order) embeds an IPv4 one:
+/// IPv4-mapped (`::ffff:0:0/96`), which only a host's own dual-stack sockets use and never the
+/// wire (RFC 4291 2.5.5.2; Linux drops such a source on receive), or IPv4-compatible (`::/96`,
+/// deprecated by RFC 4291 2.5.5.1) except the unspecified address `::` and loopback `::1`.
+/// `::` is the source of duplicate address detection and MLD reports, which must pass; `::1`
+/// is no IPv4 address in disguise. Flows keep their family
+/// ([`firewall_common::ct::CtKey::family`]), so these could not share an IPv4 flow's entry
+/// anyway; they are dropped because no legitimate packet carries them, and the rules,
+/// written per family, would judge an IPv4 peer by the IPv6 rules.
+#[inline(always)]
+fn embeds_ipv4(w0: u32, w1: u32, w2: u32, w3: u32) -> bool {
+    let (mid, v4) = (u32::from_be(w2), u32::from_be(w3));
+    w0 | w1 == 0 && (mid == 0xffff || (mid == 0 && v4 > 1))
 }
 
 /// ICMPv6 types IPv6 does not work without: packet too big (2), MLD (130-132, 143), router
@@ -311,6 +349,7 @@ fn transport<F: Frame>(
     ctx: &F,
     l3_off: usize,
     l4_off: usize,
+    l3_end: usize,
     l4_len: u32,
     ip_proto: u8,
     remote: Addr,
@@ -344,6 +383,7 @@ fn transport<F: Frame>(
             // Options must be in the frame too: the stack drops such a segment, so must we.
             if data_off < TCP_HDR_LEN as u32
                 || ctx.data() + l4_off + data_off as usize > ctx.data_end()
+                || l4_off + data_off as usize > l3_end
             {
                 return Err(Counter::DropMalformedL4);
             }
@@ -357,6 +397,9 @@ fn transport<F: Frame>(
         }
         IPPROTO_UDP => {
             let u: *const UdpHdr = ptr_at(ctx, l4_off).ok_or(Counter::DropMalformedL4)?;
+            if l4_off + UdpHdr::LEN > l3_end {
+                return Err(Counter::DropMalformedL4);
+            }
             // SAFETY: bounds checked by ptr_at.
             let u = unsafe { *u };
             pkt.proto = PROTO_UDP;
@@ -366,6 +409,9 @@ fn transport<F: Frame>(
         IPPROTO_ICMP if !is_v6 => {
             let h: *const [u8; ICMP_HDR_LEN] =
                 ptr_at(ctx, l4_off).ok_or(Counter::DropMalformedL4)?;
+            if l4_off + ICMP_HDR_LEN > l3_end {
+                return Err(Counter::DropMalformedL4);
+            }
             // SAFETY: bounds checked by ptr_at.
             let h = unsafe { *h };
             // Destination unreachable / fragmentation needed: path MTU discovery.
@@ -379,6 +425,9 @@ fn transport<F: Frame>(
         IPPROTO_ICMPV6 if is_v6 => {
             let h: *const [u8; ICMP_HDR_LEN] =
                 ptr_at(ctx, l4_off).ok_or(Counter::DropMalformedL4)?;
+            if l4_off + ICMP_HDR_LEN > l3_end {
+                return Err(Counter::DropMalformedL4);
+            }
             // SAFETY: bounds checked by ptr_at.
             let h = unsafe { *h };
             if icmp6_essential(h[0]) {

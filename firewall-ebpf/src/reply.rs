@@ -2,16 +2,48 @@
 //!
 //! Everything needed from the offending packet is already copied into [`Packet`], so the builders
 //! can overwrite its headers. Checksums are computed from scratch ([`crate::csum`]).
+//!
+//! Who gets a reply: only a frame sent to this host, that is to the receiving interface's own
+//! MAC ([`IFACE_MAC`]) and to one of the host's addresses ([`LOCAL_ADDRS`]), both kept by the
+//! daemon; the reply leaves from that MAC. A frame for another host (on a hub, a mirror port,
+//! a bridge in promiscuous mode, or with a forged destination) would otherwise make the host
+//! answer in that host's name. Then two token buckets: one per source address
+//! ([`REJECT_RATE`]) and one for the whole host ([`REJECT_GLOBAL`]), so spoofing many sources
+//! cannot make the host an amplifier (Linux caps its own ICMP errors the same way).
 
 use aya_ebpf::{
+    Global,
+    bindings::xdp_md,
     helpers::{bpf_xdp_adjust_head, bpf_xdp_adjust_tail},
+    macros::map,
+    maps::{Array, HashMap, LruHashMap},
     programs::XdpContext,
+};
+use firewall_common::{
+    IFACE_MAC_ENTRIES, IfaceMac, LOCAL_ADDRS_ENTRIES, LocalAddrKey, RateBucket, RateKey,
 };
 
 use crate::{
     csum,
     parse::{Addr, Packet, TCP_HDR_LEN, ptr_at, ptr_at_mut},
 };
+
+#[unsafe(no_mangle)]
+static REJECT_RATE_PER_SEC: Global<u32> = Global::new(100);
+#[unsafe(no_mangle)]
+static REJECT_BURST: Global<u32> = Global::new(200);
+#[unsafe(no_mangle)]
+static REJECT_GLOBAL_RATE: Global<u32> = Global::new(1000);
+
+// Pinned, shared by every generation.
+#[map]
+static REJECT_RATE: LruHashMap<RateKey, RateBucket> = LruHashMap::pinned(65536, 0);
+#[map]
+static REJECT_GLOBAL: Array<RateBucket> = Array::pinned(1, 0);
+#[map]
+static IFACE_MAC: HashMap<u32, IfaceMac> = HashMap::pinned(IFACE_MAC_ENTRIES, 0);
+#[map]
+static LOCAL_ADDRS: HashMap<LocalAddrKey, u32> = HashMap::pinned(LOCAL_ADDRS_ENTRIES, 0);
 
 pub const TCP_FIN: u8 = 0x01;
 pub const TCP_SYN: u8 = 0x02;
@@ -54,18 +86,161 @@ pub fn answerable(pkt: &Packet) -> bool {
     }
 }
 
-/// Swaps the MAC addresses so the frame goes back where it came from.
 #[inline(always)]
-fn swap_macs(ctx: &XdpContext) -> Result<(), ()> {
+fn mac_bits(m: &[u8; 6]) -> u64 {
+    u64::from_le_bytes([m[0], m[1], m[2], m[3], m[4], m[5], 0, 0])
+}
+
+/// An address as two 64-bit words of its `::ffff:a.b.c.d`-mapped form (native order), so
+/// it can be passed to a subprogram in registers.
+#[inline(always)]
+fn words(a: &Addr) -> (u64, u64) {
+    match a {
+        Addr::V4(a) => (0, 0xffff_0000 | (u64::from(u32::from_le_bytes(*a)) << 32)),
+        Addr::V6(a) => (
+            u64::from_ne_bytes([a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7]]),
+            u64::from_ne_bytes([a[8], a[9], a[10], a[11], a[12], a[13], a[14], a[15]]),
+        ),
+    }
+}
+
+#[inline(always)]
+fn mapped_bytes(hi: u64, lo: u64) -> [u8; 16] {
+    let (h, l) = (hi.to_ne_bytes(), lo.to_ne_bytes());
+    [
+        h[0], h[1], h[2], h[3], h[4], h[5], h[6], h[7], l[0], l[1], l[2], l[3], l[4], l[5], l[6],
+        l[7],
+    ]
+}
+
+/// The receiving interface's MAC, if the frame was sent to it and to one of the host's
+/// addresses; `None` (no reply) otherwise, including when the daemon has not (yet) recorded
+/// the interface.
+#[inline(always)]
+pub fn our_mac(ctx: &XdpContext, pkt: &Packet) -> Option<u64> {
+    let (hi, lo) = words(&pkt.local);
+    match our_mac_bits(ctx.ctx, hi, lo, pkt.local.family()) {
+        0 => None,
+        mac => Some(mac),
+    }
+}
+
+/// [`our_mac`] as a subprogram with scalar arguments, so its keys live in its own frame
+/// rather than the XDP program's (which is close to the 512-byte limit). 0: not ours (the
+/// daemon never records an all-zero MAC).
+#[inline(never)]
+fn our_mac_bits(ctx: *mut xdp_md, hi: u64, lo: u64, family: u8) -> u64 {
+    let ctx = XdpContext::new(ctx);
+    // SAFETY: reading a field of the program's own context.
+    let ifindex = unsafe { (*ctx.ctx).ingress_ifindex };
+    // SAFETY: the value is copied out immediately.
+    let Some(iface) = (unsafe { IFACE_MAC.get(&ifindex) }) else {
+        return 0;
+    };
+    let mac = mac_bits(&iface.mac);
+    let Some(dst) = ptr_at::<[u8; 6], _>(&ctx, 0) else {
+        return 0;
+    };
+    // SAFETY: bounds checked by ptr_at.
+    if mac_bits(unsafe { &*dst }) != mac {
+        return 0;
+    }
+    let key = LocalAddrKey {
+        addr: mapped_bytes(hi, lo),
+        family,
+        _pad: [0; 3],
+    };
+    // SAFETY: only presence is read.
+    match unsafe { LOCAL_ADDRS.get(&key) } {
+        Some(_) => mac,
+        None => 0,
+    }
+}
+
+/// Addresses the reply back to the frame's source, from the interface's own MAC
+/// ([`mac_bits`] form).
+#[inline(always)]
+fn set_macs(ctx: &XdpContext, mac: u64) -> Result<(), ()> {
     let eth: *mut [u8; 12] = ptr_at_mut(ctx, 0).ok_or(())?;
     // SAFETY: bounds checked by ptr_at_mut.
     let old = unsafe { *eth };
     let mut new = [0u8; 12];
     new[..6].copy_from_slice(&old[6..]);
-    new[6..].copy_from_slice(&old[..6]);
+    new[6..].copy_from_slice(&mac.to_le_bytes()[..6]);
     // SAFETY: as above.
     unsafe { *eth = new };
     Ok(())
+}
+
+const MILLI: u64 = 1000;
+
+/// Takes one token from `bucket` (millitokens) refilled at `rate` per second up to `burst`
+/// tokens.
+#[inline(always)]
+fn take_token(bucket: &mut RateBucket, now: u64, rate: u64, burst: u64) -> bool {
+    let burst = burst * MILLI;
+    let elapsed_us = min64(now.saturating_sub(bucket.last_ns) / 1000, 1 << 40);
+    // millitokens gained = elapsed_us * rate / 1000; bounded above by the cap on elapsed.
+    let refill = elapsed_us * rate / 1000;
+    let tokens = min64(bucket.millitokens + refill, burst);
+    bucket.last_ns = now;
+    if tokens >= MILLI {
+        bucket.millitokens = tokens - MILLI;
+        true
+    } else {
+        bucket.millitokens = tokens;
+        false
+    }
+}
+
+/// Token bucket per source address. Concurrent CPUs may race on one bucket; the worst case is a
+/// few extra replies, which is acceptable for a reflection limit and keeps the path lock-free.
+#[inline(always)]
+pub fn take_source_token(remote: &Addr, now: u64) -> bool {
+    let (hi, lo) = words(remote);
+    source_token(hi, lo, now)
+}
+
+/// [`take_source_token`] as a subprogram with scalar arguments (see [`our_mac_bits`]).
+#[inline(never)]
+fn source_token(hi: u64, lo: u64, now: u64) -> bool {
+    let key = RateKey {
+        addr: mapped_bytes(hi, lo),
+    };
+    let rate = REJECT_RATE_PER_SEC.load() as u64;
+    let burst = REJECT_BURST.load() as u64;
+    match REJECT_RATE.get_ptr_mut(&key) {
+        // SAFETY: a map value pointer, valid for this program run.
+        Some(bucket) => take_token(unsafe { &mut *bucket }, now, rate, burst),
+        None => {
+            let bucket = RateBucket {
+                millitokens: (burst * MILLI).saturating_sub(MILLI),
+                last_ns: now,
+            };
+            // A full LRU evicts the oldest source; if even that fails, err on not answering.
+            REJECT_RATE.insert(&key, &bucket, 0).is_ok() && burst >= 1
+        }
+    }
+}
+
+/// The host-wide bucket: `REJECT_GLOBAL_RATE` replies per second, one second's worth of burst.
+/// One bucket for every CPU, updated without atomics: CPUs replying at the same instant can
+/// take the same token, so under a flood spread over several CPUs the cap is exceeded by at
+/// most one reply per racing CPU per update (approximate, as the per-source bucket is). A
+/// never-used bucket (all zero) refills from boot time to full.
+#[inline(always)]
+pub fn take_global_token(now: u64) -> bool {
+    let Some(bucket) = REJECT_GLOBAL.get_ptr_mut(0) else {
+        return false;
+    };
+    let rate = REJECT_GLOBAL_RATE.load() as u64;
+    // SAFETY: a map value pointer, valid for this program run.
+    take_token(unsafe { &mut *bucket }, now, rate, rate)
+}
+
+#[inline(always)]
+fn min64(a: u64, b: u64) -> u64 {
+    if a < b { a } else { b }
 }
 
 #[inline(always)]
@@ -123,7 +298,7 @@ fn write<const N: usize>(ctx: &XdpContext, off: usize, bytes: &[u8; N]) -> Resul
 /// `<SEQ=SEG.ACK><CTL=RST>`; otherwise `<SEQ=0><ACK=SEG.SEQ+SEG.LEN><CTL=RST,ACK>`, where
 /// SEG.LEN counts SYN and FIN. Options and payload are dropped; VLAN tags are kept.
 #[inline(always)]
-pub fn tcp_rst(ctx: &XdpContext, pkt: &Packet) -> Result<(), ()> {
+pub fn tcp_rst(ctx: &XdpContext, pkt: &Packet, mac: u64) -> Result<(), ()> {
     let (seq, ack, flags) = if pkt.tcp_flags & TCP_ACK != 0 {
         (pkt.tcp_ack, 0u32, TCP_RST)
     } else {
@@ -148,7 +323,7 @@ pub fn tcp_rst(ctx: &XdpContext, pkt: &Packet) -> Result<(), ()> {
         5 << 4, flags, 0, 0, // data offset, flags, window 0
         0, 0, 0, 0, // checksum (filled below), urgent pointer
     ];
-    swap_macs(ctx)?;
+    set_macs(ctx, mac)?;
     let l3 = pkt.l3_off;
     match (pkt.local, pkt.remote) {
         (Addr::V4(src), Addr::V4(dst)) => {
@@ -178,7 +353,7 @@ pub fn tcp_rst(ctx: &XdpContext, pkt: &Packet) -> Result<(), ()> {
 /// IP header (with options or extension headers) and the first 8 bytes of its UDP header, which
 /// is what the sender's stack needs to find the socket and report ECONNREFUSED.
 #[inline(always)]
-pub fn port_unreachable(ctx: &XdpContext, pkt: &Packet) -> Result<(), ()> {
+pub fn port_unreachable(ctx: &XdpContext, pkt: &Packet, mac: u64) -> Result<(), ()> {
     let l3 = pkt.l3_off;
     let quoted = pkt.l4_off - l3 + QUOTED_L4;
     let v6 = matches!(pkt.remote, Addr::V6(_));
@@ -207,7 +382,7 @@ pub fn port_unreachable(ctx: &XdpContext, pkt: &Packet) -> Result<(), ()> {
 
     let mut l2 = [0u8; 14];
     l2[..6].copy_from_slice(&eth[6..12]);
-    l2[6..12].copy_from_slice(&eth[..6]);
+    l2[6..12].copy_from_slice(&mac.to_le_bytes()[..6]);
     l2[12..].copy_from_slice(&eth[12..]);
     write(ctx, 0, &l2)?;
     if l3 >= 18 {

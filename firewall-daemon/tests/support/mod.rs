@@ -4,6 +4,7 @@ pub mod cgroup;
 pub mod daemon;
 pub mod frames;
 pub mod helper;
+pub mod host;
 pub mod netns;
 
 /// How much slower than this machine the tests run: 8 in a guest under QEMU's software
