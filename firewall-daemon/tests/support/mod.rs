@@ -5,6 +5,7 @@ pub mod daemon;
 pub mod frames;
 pub mod helper;
 pub mod netns;
+pub mod rules;
 
 /// How much slower than this machine the tests run: 8 in a guest under QEMU's software
 /// emulation (`cargo xtask test --kernel`, which sets XTASK_QEMU_ACCEL), else 1. Only waits
