@@ -1,7 +1,8 @@
 //! The reference datapath: what the XDP program does with a raw frame, written plainly over a
 //! byte slice. [`parse`] restates the kernel parser (`firewall-ebpf/src/parse.rs`) and its drop
 //! reasons; [`inbound`] follows it with the stateful model ([`Tracker`]), the rules
-//! ([`crate::policy`]) and the reject path. The differential fuzzer
+//! ([`crate::policy`]) and the reject path, and [`outbound`] with the tracker as the egress
+//! program does. The differential fuzzer
 //! (`tests/fuzz_datapath.rs`) runs random and mutated frames through both and requires the
 //! same XDP action, the same counters and the same deciding rule.
 //!
@@ -413,6 +414,22 @@ pub fn inbound(tracker: &mut Tracker, ruleset: &Ruleset, frame: &[u8]) -> Outcom
         xdp,
         counters,
         rule,
+    }
+}
+
+/// Runs a frame the host sends through the reference egress path: the same parser, then the
+/// tracker from the host's side. The egress program never drops (it has no outbound `stealth`
+/// to apply here).
+pub fn outbound(tracker: &mut Tracker, frame: &[u8]) {
+    if let Ok(Parsed::Packet(pkt)) = parse(frame) {
+        let s = pkt.segment;
+        tracker.outbound(&Segment {
+            local: s.remote,
+            remote: s.local,
+            local_port: s.remote_port,
+            remote_port: s.local_port,
+            ..s
+        });
     }
 }
 
