@@ -7,11 +7,11 @@
 //!
 //! Frames are built from flows shared by both directions (so the tables see handshakes,
 //! replies, resets and ICMP errors about them) with random layouts (VLAN tags, IPv4 options
-//! and fragment fields, IPv6 extension-header chains, TCP options, payload, Ethernet padding,
-//! IPv4-mapped and special addresses), then mutated (bytes, bits, header fields, truncation,
-//! extension); some are plain random bytes, and one in [`SWEEP_ONE_IN`] is also run truncated at
-//! every length. Rule sets are random (`support::rules`, as in `verdicts.rs`) and change every
-//! [`FRAMES_PER_RULE_SET`] frames.
+//! and fragment fields, IPv6 extension-header chains with authentication headers, TCP
+//! options, payload, Ethernet padding, IPv4-mapped and special addresses), then mutated
+//! (bytes, bits, header fields, truncation, extension); some are plain random bytes, and one
+//! in [`SWEEP_ONE_IN`] is also run truncated at every length. Rule sets are random
+//! (`support::rules`, as in `verdicts.rs`) and change every [`FRAMES_PER_RULE_SET`] frames.
 //!
 //! Environment:
 //! - `FW_FUZZ_FRAMES`: frames to run (default [`DEFAULT_FRAMES`], [`EMULATED_FRAMES`] under
@@ -94,8 +94,9 @@ fn parse_rules(text: &str) -> Ruleset {
 }
 
 /// Rule set `n`: random rules from the strategies `verdicts.rs` uses, drawn with a proptest
-/// runner seeded from `rng`. `[defaults] fragments` alternates and `[conntrack] invalid` changes
-/// every other rule set, so that any two in a row cover both fragment policies.
+/// runner seeded from `rng`. `[defaults] inbound`, `fragments` and `[conntrack] invalid` go
+/// through their values in turn, and rule set 0 has no rules (`inbound = "reject"` decides),
+/// so that the first two rule sets reach every outcome.
 fn random_rules(rng: &mut Rng, n: u64) -> String {
     let seed: [u8; 32] = rng.random();
     let mut runner = TestRunner::new_with_rng(
@@ -103,17 +104,24 @@ fn random_rules(rng: &mut Rng, n: u64) -> String {
         TestRng::from_seed(RngAlgorithm::ChaCha, &seed),
     );
     let wide = rng.random_bool(0.125);
-    let rules = proptest::collection::vec(gen_rule(wide), 1..=24)
+    let mut rules = proptest::collection::vec(gen_rule(wide), 1..=24)
         .new_tree(&mut runner)
         .unwrap_or_else(|e| panic!("drawing a rule set: {e}"))
         .current();
-    let default = [Action::Allow, Action::Reject, Action::Stealth][rng.random_range(0..3)];
+    // A rule matching every inbound packet would leave the default, and every rule after it,
+    // unreached.
+    rules.retain(|r| r.outbound || r.proto != "any" || !r.ports.is_empty() || !r.remote.is_empty());
+    if n == 0 {
+        // The default alone: every kind of reply is reached.
+        rules.clear();
+    }
+    let default = [Action::Reject, Action::Allow, Action::Stealth][(n % 3) as usize];
     let fragments = if n.is_multiple_of(2) {
         "allow"
     } else {
         "stealth"
     };
-    let invalid = if n % 4 < 2 { "reject" } else { "stealth" };
+    let invalid = ["stealth", "reject", "reject", "stealth"][(n % 4) as usize];
     let text = render(&rules, default).replacen(
         "[defaults]\n",
         &format!("[defaults]\nfragments = \"{fragments}\"\n"),
@@ -581,8 +589,17 @@ fn segment_frame(rng: &mut Rng, seg: &Segment, inbound: bool, quote_of: Option<&
     }
     if v6 {
         let exts = if fancy { ext_chain(rng) } else { Vec::new() };
-        let chain = frames::ipv6_ext_chain(&exts, proto);
-        let first = exts.first().map(Ext::kind).unwrap_or(proto);
+        let mut chain = frames::ipv6_ext_chain(&exts, proto);
+        let mut first = exts.first().map(Ext::kind).unwrap_or(proto);
+        if fancy && rng.random_bool(0.05) {
+            // An authentication header in front: its length counts 4-byte words, minus 2.
+            let words = rng.random_range(3..=8usize);
+            let mut ah = vec![first, (words - 2) as u8];
+            ah.extend((2..words * 4).map(|_| rng.random::<u8>()));
+            ah.extend(chain);
+            chain = ah;
+            first = IPPROTO_AH;
+        }
         f.extend(ip_header(
             rng,
             src,
@@ -603,6 +620,8 @@ fn segment_frame(rng: &mut Rng, seg: &Segment, inbound: bool, quote_of: Option<&
     }
     f
 }
+
+const IPPROTO_AH: u8 = 51;
 
 /// Interesting values for a mutated header byte.
 const BYTES: [u8; 10] = [0, 1, 0x40, 0x45, 0x4f, 0x60, 0x7f, 0x80, 0xfe, 0xff];
@@ -638,7 +657,7 @@ fn mutate(rng: &mut Rng, f: &mut Vec<u8>) {
             5 => f.extend((0..rng.random_range(1..16)).map(|_| rng.random::<u8>())),
             _ => {
                 // An IPv6 next-header or IPv4 protocol byte: an extension header or transport.
-                f[at] = pick(rng, &[0, 6, 17, 1, 58, 43, 44, 51, 59, 60]);
+                f[at] = pick(rng, &[0, 6, 17, 1, 58, 43, 44, IPPROTO_AH, 59, 60]);
             }
         }
     }
