@@ -18,8 +18,9 @@
 //!   emulation);
 //! - `FW_FUZZ_SEED`: the seed (default: from the clock); the run prints it, and the same seed
 //!   and frame count replay the same run;
-//! - `FW_FUZZ_CHECK_EVERY`: frames between two comparisons of the counters (default 256); a
-//!   counter mismatch names the frames since the last comparison, 1 pins it to one frame.
+//! - `FW_FUZZ_CHECK_EVERY`: frames between two comparisons of the counters (default 256, and
+//!   at the end of each rule set); a counter mismatch names the frames since the last
+//!   comparison, 1 pins it to one frame.
 //!
 //! Needs root (it loads programs into a private bpffs).
 
@@ -961,7 +962,6 @@ impl Run {
             }
             self.inbound(lab, &mut model, frame);
         }
-        self.compare_counters(lab);
         self.compare_tables(lab, &model);
     }
 }
@@ -1006,6 +1006,7 @@ fn kernel_agrees_with_the_reference_datapath_on_random_and_mutated_frames() {
         while run.done < until {
             run.episode(&mut rng, &mut lab);
         }
+        run.compare_counters(&mut lab);
         if run.done >= next_progress {
             next_progress += PROGRESS_EVERY;
             eprintln!(
