@@ -6,6 +6,7 @@ pub mod frames;
 pub mod helper;
 pub mod host;
 pub mod netns;
+pub mod rules;
 
 /// How much slower than this machine the tests run: 8 in a guest under QEMU's software
 /// emulation (`cargo xtask test --kernel`, which sets XTASK_QEMU_ACCEL), else 1. Only waits
