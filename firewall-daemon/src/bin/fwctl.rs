@@ -479,6 +479,10 @@ fn print_status(s: &StatusData) {
         println!("DEGRADED:    {d}");
     }
     for i in &s.interfaces {
+        if i.mode.is_empty() && i.state.starts_with("NOT protected") {
+            println!("interface:   {} — {}", i.name, i.state);
+            continue;
+        }
         let egress = if i.egress.is_empty() {
             String::new()
         } else {
@@ -489,8 +493,13 @@ fn print_status(s: &StatusData) {
         } else {
             format!(" — {}", i.state)
         };
+        let link = if i.link_layer.is_empty() {
+            String::new()
+        } else {
+            format!(", link layer {}", i.link_layer)
+        };
         println!(
-            "interface:   {} (XDP {} mode{egress}){state}",
+            "interface:   {} (XDP {} mode{link}{egress}){state}",
             i.name, i.mode
         );
     }
