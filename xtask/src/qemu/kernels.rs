@@ -38,8 +38,9 @@ pub const KERNELS: &[Kernel] = &[
 ];
 
 /// Modules the tests need that Debian builds as modules: veth pairs, the clsact qdisc
-/// (`sch_ingress`) and cls_bpf for tc programs where there is no TCX (before 6.6), and the
-/// NETLINK_SOCK_DIAG dumps the daemon seeds and closes connections with. A host loads them
+/// (`sch_ingress`) and cls_bpf for tc programs where there is no TCX (before 6.6), the
+/// NETLINK_SOCK_DIAG dumps the daemon seeds and closes connections with, and the devices
+/// without a link-layer header that tests/l3.rs protects (tun, ip tunnels, wireguard). A host loads them
 /// on demand through modprobe; the guest has none, so they are loaded at boot.
 /// Their dependencies are added from modules.dep.
 pub const MODULES: &[&str] = &[
@@ -49,6 +50,11 @@ pub const MODULES: &[&str] = &[
     "inet_diag",
     "tcp_diag",
     "udp_diag",
+    "tun",
+    "ipip",
+    "ip_gre",
+    "sit",
+    "wireguard",
 ];
 
 impl Kernel {
