@@ -267,7 +267,7 @@ pub async fn run(config_path: PathBuf, overrides: Overrides) -> anyhow::Result<(
         if named {
             bail!("interface {}: {why}", iface.name);
         }
-        warn!("{}: NOT protected: {why}", iface.name);
+        warn!("{}: {why}", iface.name);
         unprotected.push((iface.name.clone(), why));
     }
     let mut attached = Vec::new();

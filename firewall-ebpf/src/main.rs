@@ -283,6 +283,15 @@ fn act(ctx: &XdpContext, pkt: &Packet, word: u32) -> u32 {
 /// is defined or the source has used up its reply budget.
 #[inline(always)]
 fn reject(ctx: &XdpContext, pkt: &Packet) -> u32 {
+    // No link-layer header, so no reply: after XDP_TX, generic XDP (the only mode these
+    // devices attach in) re-derives skb->protocol from the first 14 bytes as if they were an
+    // Ethernet header, and wireguard and the ip tunnels drop a packet whose protocol does not
+    // match its IP version (kernel source, bpf_prog_run_generic_xdp; not measured here). One
+    // behaviour for every such device: a silent drop, counted.
+    if pkt.l3_off == 0 {
+        count(Counter::RejectNoLinkLayer);
+        return XDP_DROP;
+    }
     let answerable = match pkt.proto {
         // Never answer a RST (RFC 9293 3.10.7.1).
         PROTO_TCP => pkt.tcp_flags & reply::TCP_RST == 0,
@@ -292,15 +301,6 @@ fn reject(ctx: &XdpContext, pkt: &Packet) -> u32 {
     };
     if !answerable || !reply::answerable(pkt) {
         count(Counter::RejectNoReply);
-        return XDP_DROP;
-    }
-    // No link-layer header, so no reply: after XDP_TX, generic XDP (the only mode these
-    // devices attach in) re-derives skb->protocol from the first 14 bytes as if they were an
-    // Ethernet header, and wireguard and the ip tunnels drop a packet whose protocol does not
-    // match its IP version (kernel source, bpf_prog_run_generic_xdp; not measured here). One
-    // behaviour for every such device: a silent drop, counted.
-    if pkt.l3_off == 0 {
-        count(Counter::RejectNoLinkLayer);
         return XDP_DROP;
     }
     if !take_reply_token(&pkt.remote) {
