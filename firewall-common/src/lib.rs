@@ -113,13 +113,17 @@ pub mod globals {
     pub const UNIT_LEVELS: &str = "UNIT_LEVELS";
 }
 
-/// Name of the firewall's XDP program in the object file.
+/// Name of the firewall's XDP program in the object file (devices with Ethernet headers).
 pub const XDP_PROGRAM: &str = "firewall_xdp";
+/// The same for devices without a link-layer header, whose frames start at the IP header.
+pub const XDP_L3_PROGRAM: &str = "firewall_xdp_l3";
 /// Name of a program that only returns `XDP_PASS` (veth peers in tests, the benchmark floor).
 pub const XDP_PASS_PROGRAM: &str = "xdp_pass";
 /// Name of the TC egress program that records the flows the host opens (and drops the packets
 /// of sockets an outbound verdict said `stealth` for).
 pub const TC_EGRESS_PROGRAM: &str = "firewall_egress";
+/// The egress program for devices without a link-layer header.
+pub const TC_EGRESS_L3_PROGRAM: &str = "firewall_egress_l3";
 /// The outbound hooks: `cgroup/connect4`, `cgroup/connect6` (TCP and connected UDP),
 /// `cgroup/sendmsg4`, `cgroup/sendmsg6` (UDP datagrams sent with an address).
 pub const CONNECT4_PROGRAM: &str = "firewall_connect4";
@@ -440,10 +444,16 @@ pub enum Counter {
     /// Reject degraded to a silent drop: the host-wide reply budget
     /// (`[reject] global_rate_per_sec`) is used up.
     RejectGlobalRateLimited,
+    /// Dropped: on a device without a link-layer header (tun, wireguard, ppp, ip tunnels), a
+    /// frame that starts with neither an IPv4 nor an IPv6 header.
+    DropL3NotIp,
+    /// Reject degraded to a silent drop: the device has no link-layer header, and a reply sent
+    /// back with XDP_TX would not reach the sender (see the README).
+    RejectNoLinkLayer,
 }
 
 impl Counter {
-    pub const COUNT: u32 = Counter::RejectGlobalRateLimited as u32 + 1;
+    pub const COUNT: u32 = Counter::RejectNoLinkLayer as u32 + 1;
 
     pub const ALL: [Counter; Counter::COUNT as usize] = [
         Counter::Packets,
@@ -500,6 +510,8 @@ impl Counter {
         Counter::DropIpv6EmbeddedIpv4,
         Counter::RejectNotForUs,
         Counter::RejectGlobalRateLimited,
+        Counter::DropL3NotIp,
+        Counter::RejectNoLinkLayer,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -558,6 +570,8 @@ impl Counter {
             Counter::DropIpv6EmbeddedIpv4 => "drop_ipv6_embedded_ipv4",
             Counter::RejectNotForUs => "reject_not_for_us",
             Counter::RejectGlobalRateLimited => "reject_global_rate_limited",
+            Counter::DropL3NotIp => "drop_l3_not_ip",
+            Counter::RejectNoLinkLayer => "reject_no_link_layer",
         }
     }
 }

@@ -150,13 +150,20 @@ pub struct InterfaceStatus {
     /// The XDP program the interface's attachment runs (0 if unknown).
     #[serde(default)]
     pub program_id: u32,
-    /// "ok", or what is wrong: the attachment runs another program, or its pin was removed.
+    /// "ok", or what is wrong: the attachment runs another program, or its pin was removed, or
+    /// "NOT protected: ..." for an interface the setting covers that the firewall could not
+    /// attach to or cannot parse (`interfaces = "auto"` only: a named one stops the start).
     #[serde(default)]
     pub state: String,
     /// How the egress program is attached: "tcx", or "netlink" (cls_bpf under clsact, on
     /// kernels before 6.6).
     #[serde(default)]
     pub egress: String,
+    /// What precedes the IP header in its frames: "ethernet" or "none (IP)" (tun, wireguard,
+    /// ppp, ip tunnels), which decides the programs attached. Empty for an interface that is
+    /// not protected (its `state` says why).
+    #[serde(default)]
+    pub link_layer: String,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

@@ -49,7 +49,8 @@ use crate::{
         self, EgressLink, Generation, Hook, ListenerTable, OutboundGeneration, StealthTable,
     },
     hostaddrs::HostMaps,
-    interfaces, listeners,
+    interfaces::{self, LinkLayer},
+    listeners,
     model::{
         Action, ConnectMeta, Direction, Interfaces, OnStop, PacketMeta, PacketProto, Ruleset,
         XdpMode,
@@ -95,6 +96,8 @@ struct Attached {
     /// The interface's index when attached: a new interface with the same name is another one.
     ifindex: u32,
     mode: &'static str,
+    /// Which entry points it runs (Ethernet or IP frames).
+    layer: LinkLayer,
     link: XdpLink,
     /// None only while a reload is moving it.
     egress: Option<EgressLink>,
@@ -133,6 +136,8 @@ struct State {
     interfaces: Interfaces,
     /// Configured interfaces that do not exist yet.
     waiting: Vec<String>,
+    /// Interfaces the setting covers that are not protected, with the reason.
+    unprotected: Vec<(String, String)>,
     /// What does not work as documented on this host (see `fwctl status`).
     degraded: Vec<String>,
     /// What the rules' `program` and `unit` selectors resolve to in the rules in force.
@@ -254,12 +259,26 @@ pub async fn run(config_path: PathBuf, overrides: Overrides) -> anyhow::Result<(
     let mut link_events = interfaces::LinkEvents::subscribe()?;
     sync_host_addrs(&mut host);
     let all = interfaces::current()?;
-    let (want, waiting) = interfaces::wanted(&ruleset.daemon.interfaces, &all);
+    let interfaces::Wanted {
+        attach: want,
+        missing: waiting,
+        unsupported,
+    } = interfaces::wanted(&ruleset.daemon.interfaces, &all);
     for name in &waiting {
         warn!("interface {name} does not exist yet; the firewall attaches when it appears");
     }
     if want.is_empty() && waiting.is_empty() {
         warn!("no interface to protect yet; the firewall attaches to interfaces as they appear");
+    }
+    let named = matches!(ruleset.daemon.interfaces, Interfaces::List(_));
+    let mut unprotected = Vec::new();
+    for iface in &unsupported {
+        let why = unsupported_reason(iface);
+        if named {
+            bail!("interface {}: {why}", iface.name);
+        }
+        warn!("{}: {why}", iface.name);
+        unprotected.push((iface.name.clone(), why));
     }
     let mut attached = Vec::new();
     for iface in &want {
@@ -267,8 +286,11 @@ pub async fn run(config_path: PathBuf, overrides: Overrides) -> anyhow::Result<(
             Ok(a) => attached.push(a),
             // A named interface that cannot be protected stops the start; with "auto", one
             // odd interface (a tunnel without XDP support) does not.
-            Err(e) if matches!(ruleset.daemon.interfaces, Interfaces::List(_)) => return Err(e),
-            Err(e) => warn!("{}: not protected: {e:#}", iface.name),
+            Err(e) if named => return Err(e),
+            Err(e) => {
+                warn!("{}: NOT protected: {e:#}", iface.name);
+                unprotected.push((iface.name.clone(), format!("NOT protected: {e:#}")));
+            }
         }
     }
     let names: Vec<String> = want.iter().map(|i| i.name.clone()).collect();
@@ -311,6 +333,7 @@ pub async fn run(config_path: PathBuf, overrides: Overrides) -> anyhow::Result<(
         adopted: adopting,
         interfaces: ruleset_interfaces,
         waiting,
+        unprotected,
         degraded,
         resolved,
         resolve_warnings,
@@ -459,6 +482,15 @@ impl Drop for PinCleanup {
     }
 }
 
+/// Why an interface of a link layer the firewall cannot parse is not protected.
+fn unsupported_reason(iface: &interfaces::IfInfo) -> String {
+    format!(
+        "NOT protected: link layer {}: the firewall parses only Ethernet frames and frames \
+         that start at the IP header",
+        iface.link.describe()
+    )
+}
+
 /// Attaches (or adopts) the egress and XDP programs on one interface and pins both links.
 /// Egress goes first so the host's new flows are recorded before inbound filtering starts.
 /// Brings the reject path's view of the host's addresses up to date; a failure only costs
@@ -481,30 +513,31 @@ fn attach_interface(
     pin_dir: &Path,
 ) -> anyhow::Result<Attached> {
     let ifname = iface.name.as_str();
+    let layer = iface.link;
     let egress_pin = datapath::link_pin(pin_dir, "egress", ifname);
     // A leftover link that cannot be taken over (its interface went away between the check
     // and the update) is dropped for a fresh attachment, like one that fails the check.
     let egress = match datapath::adopt_interface_link(&egress_pin, iface.index) {
-        Ok(Some(link)) => match generation.replace_egress(EgressLink::Tcx(link)) {
+        Ok(Some(link)) => match generation.replace_egress(EgressLink::Tcx(link), layer) {
             Ok(link) => link,
             Err(e) => {
                 warn!("{ifname}: {e:#}; attaching afresh");
                 let _ = std::fs::remove_file(&egress_pin);
-                generation.attach_egress(ifname)?
+                generation.attach_egress(ifname, layer)?
             }
         },
-        Ok(None) => generation.attach_egress(ifname)?,
+        Ok(None) => generation.attach_egress(ifname, layer)?,
         Err(e) => {
             warn!("{ifname}: {e:#}; attaching afresh");
             let _ = std::fs::remove_file(&egress_pin);
-            generation.attach_egress(ifname)?
+            generation.attach_egress(ifname, layer)?
         }
     };
     let egress = datapath::pin_egress_link(egress, &egress_pin)?;
     let egress_kind = egress.kind();
     let xdp_pin = datapath::link_pin(pin_dir, "xdp", ifname);
     let (link, mode) = match datapath::adopt_interface_link(&xdp_pin, iface.index) {
-        Ok(Some(link)) => match generation.replace(link) {
+        Ok(Some(link)) => match generation.replace(link, layer) {
             Ok(link) => {
                 info!("{ifname}: adopting the pinned attachment of a previous daemon");
                 (link, "adopted")
@@ -512,22 +545,27 @@ fn attach_interface(
             Err(e) => {
                 warn!("{ifname}: {e:#}; attaching afresh");
                 let _ = std::fs::remove_file(&xdp_pin);
-                generation.attach(ifname, mode)?
+                generation.attach(ifname, mode, layer)?
             }
         },
-        Ok(None) => generation.attach(ifname, mode)?,
+        Ok(None) => generation.attach(ifname, mode, layer)?,
         Err(e) => {
             warn!("{ifname}: {e:#}; attaching afresh");
             let _ = std::fs::remove_file(&xdp_pin);
-            generation.attach(ifname, mode)?
+            generation.attach(ifname, mode, layer)?
         }
     };
     let link = datapath::pin_xdp_link(link, &xdp_pin)?;
-    info!(interface = ifname; "attached to {ifname} ({mode} mode; egress {egress_kind})");
+    info!(
+        interface = ifname;
+        "attached to {ifname} ({mode} mode; link layer {}; egress {egress_kind})",
+        layer.describe()
+    );
     Ok(Attached {
         ifname: ifname.to_string(),
         ifindex: iface.index,
         mode,
+        layer,
         link,
         egress: Some(egress),
         egress_kind,
@@ -1073,11 +1111,12 @@ impl State {
     /// Each protected interface, checked against its pinned attachment: someone with root can
     /// point the link at another program or unpin it, and the user should hear of it.
     fn interface_status(&mut self) -> Vec<InterfaceStatus> {
-        let ours = self.generation.program_id().unwrap_or(0);
         let pin_dir = self.ruleset.daemon.pin_dir.clone();
+        let generation = &mut self.generation;
         self.attached
             .iter()
             .map(|a| {
+                let ours = generation.program_id(a.layer).unwrap_or(0);
                 let running =
                     datapath::pinned_link_program(&datapath::link_pin(&pin_dir, "xdp", &a.ifname));
                 let state = match running {
@@ -1094,8 +1133,18 @@ impl State {
                     program_id: running.unwrap_or(0),
                     state,
                     egress: a.egress_kind.into(),
+                    link_layer: a.layer.describe(),
                 }
             })
+            .chain(self.unprotected.iter().map(|(name, why)| InterfaceStatus {
+                name: name.clone(),
+                mode: String::new(),
+                index: 0,
+                program_id: 0,
+                state: why.clone(),
+                egress: String::new(),
+                link_layer: String::new(),
+            }))
             .collect()
     }
 
@@ -1398,9 +1447,18 @@ impl State {
             }
             present
         });
-        let (want, waiting) = interfaces::wanted(&self.interfaces, &all);
-        self.waiting = waiting;
-        for iface in want {
+        let wanted = interfaces::wanted(&self.interfaces, &all);
+        self.waiting = wanted.missing;
+        let mut unprotected = Vec::new();
+        for iface in &wanted.unsupported {
+            let why = unsupported_reason(iface);
+            if !self.unprotected.iter().any(|(n, _)| *n == iface.name) {
+                // Named or not: it exists now, and the daemon cannot stop over it any more.
+                error!("{}: {why}", iface.name);
+            }
+            unprotected.push((iface.name.clone(), why));
+        }
+        for iface in wanted.attach {
             if self.attached.iter().any(|a| a.ifname == iface.name) {
                 continue;
             }
@@ -1414,9 +1472,15 @@ impl State {
                     info!(interface = a.ifname.as_str(); "{} appeared; protecting it", a.ifname);
                     self.attached.push(a);
                 }
-                Err(e) => warn!("{}: not protected: {e:#}", iface.name),
+                Err(e) => {
+                    if !self.unprotected.iter().any(|(n, _)| *n == iface.name) {
+                        warn!("{}: NOT protected: {e:#}", iface.name);
+                    }
+                    unprotected.push((iface.name.clone(), format!("NOT protected: {e:#}")));
+                }
             }
         }
+        self.unprotected = unprotected;
     }
 
     /// One line for `systemctl status`.
@@ -1515,13 +1579,13 @@ impl State {
             let ifname = a.ifname.clone();
             // Only the link moves; the rest of `a` is rebuilt around whichever link results.
             let link = a.link;
-            match new_gen.replace(link) {
+            match new_gen.replace(link, a.layer) {
                 Ok(link) => switched.push((Attached { link, ..a }, true)),
                 Err(e) => {
                     // The link was consumed by the failed update: attach the old program again.
                     match self
                         .generation
-                        .attach(&ifname, self.ruleset.daemon.xdp_mode)
+                        .attach(&ifname, self.ruleset.daemon.xdp_mode, a.layer)
                     {
                         Ok((link, mode)) => {
                             let pin = datapath::link_pin(&pin_dir, "xdp", &ifname);
@@ -1546,7 +1610,7 @@ impl State {
                 if on_new {
                     let ifname = a.ifname.clone();
                     let link = a.link;
-                    match self.generation.replace(link) {
+                    match self.generation.replace(link, a.layer) {
                         Ok(link) => self.attached.push(Attached { link, ..a }),
                         Err(e2) => error!("{ifname}: rolling back failed: {e2:#}"),
                     }
@@ -1569,7 +1633,7 @@ impl State {
             for (a, _) in switched {
                 let ifname = a.ifname.clone();
                 let link = a.link;
-                match self.generation.replace(link) {
+                match self.generation.replace(link, a.layer) {
                     Ok(link) => self.attached.push(Attached { link, ..a }),
                     Err(e2) => error!("{ifname}: rolling back failed: {e2:#}"),
                 }
@@ -1581,7 +1645,7 @@ impl State {
         // the previous generation's copy, which shares the tables.
         for a in &mut self.attached {
             if let Some(link) = a.egress.take() {
-                match new_gen.replace_egress(link) {
+                match new_gen.replace_egress(link, a.layer) {
                     Ok(link) => a.egress = Some(link),
                     Err(e) => error!("{}: switching the egress program: {e:#}", a.ifname),
                 }

@@ -37,6 +37,7 @@ use crate::{
     EBPF_OBJECT,
     cgroup::Cgroup,
     compile::Compiled,
+    interfaces::LinkLayer,
     model::{Conntrack, Direction, FragmentPolicy, InvalidPolicy, Ruleset, XdpMode},
 };
 
@@ -423,9 +424,15 @@ impl Generation {
             cfg.set(0, &ct_config(&ruleset.conntrack, id), 0)
                 .context("writing the conntrack settings")?;
         }
-        let prog = xdp_program(&mut ebpf, firewall_common::XDP_PROGRAM)?;
-        prog.load().map_err(verifier_context)?;
-        tc_program(&mut ebpf)?.load().map_err(verifier_context)?;
+        for link in [LinkLayer::Ethernet, LinkLayer::Ip] {
+            let (xdp, tc) = entry_points(link)?;
+            xdp_program(&mut ebpf, xdp)?
+                .load()
+                .map_err(verifier_context)?;
+            tc_program(&mut ebpf, tc)?
+                .load()
+                .map_err(verifier_context)?;
+        }
         Ok(Self {
             ebpf,
             rule_count: compiled.rule_count,
@@ -433,23 +440,28 @@ impl Generation {
         })
     }
 
-    /// The kernel's id of this generation's XDP program.
-    pub fn program_id(&mut self) -> anyhow::Result<u32> {
-        Ok(self.program()?.info().context("program info")?.id())
+    /// The kernel's id of this generation's XDP program for interfaces of `link`.
+    pub fn program_id(&mut self, link: LinkLayer) -> anyhow::Result<u32> {
+        Ok(self.program_for(link)?.info().context("program info")?.id())
     }
 
-    fn egress(&mut self) -> anyhow::Result<&mut SchedClassifier> {
-        tc_program(&mut self.ebpf)
+    /// The XDP program for interfaces of `link`.
+    pub fn program_for(&mut self, link: LinkLayer) -> anyhow::Result<&mut Xdp> {
+        xdp_program(&mut self.ebpf, entry_points(link)?.0)
+    }
+
+    fn egress(&mut self, link: LinkLayer) -> anyhow::Result<&mut SchedClassifier> {
+        tc_program(&mut self.ebpf, entry_points(link)?.1)
     }
 
     /// Attaches the egress program to `ifname`: a TCX link where the kernel has TCX (Linux
     /// 6.6), else a cls_bpf filter under a clsact qdisc. A filter a previous daemon left at
     /// our priority and handle is replaced in place rather than joined by a second one.
-    pub fn attach_egress(&mut self, ifname: &str) -> anyhow::Result<EgressLink> {
+    pub fn attach_egress(&mut self, ifname: &str, link: LinkLayer) -> anyhow::Result<EgressLink> {
         let cname =
             std::ffi::CString::new(ifname).with_context(|| format!("interface name {ifname:?}"))?;
         let iface = || NetworkInterface::Name(&cname);
-        let prog = self.egress()?;
+        let prog = self.egress(link)?;
         let tcx = TcAttach::Tcx {
             attach_type: TcAttachType::Egress,
             order: LinkOrder::default(),
@@ -493,8 +505,12 @@ impl Generation {
 
     /// Atomically replaces the program an egress attachment runs with this generation's
     /// (`bpf_link_update` for TCX, a cls_bpf replace for netlink).
-    pub fn replace_egress(&mut self, link: EgressLink) -> anyhow::Result<EgressLink> {
-        let prog = self.egress()?;
+    pub fn replace_egress(
+        &mut self,
+        link: EgressLink,
+        layer: LinkLayer,
+    ) -> anyhow::Result<EgressLink> {
+        let prog = self.egress(layer)?;
         match link {
             EgressLink::Tcx(link) => {
                 let id = prog
@@ -517,7 +533,12 @@ impl Generation {
 
     /// Runs the egress program once on `frame` (BPF_PROG_TEST_RUN); returns its TC action.
     pub fn test_run_egress(&mut self, frame: &[u8]) -> anyhow::Result<i32> {
-        Ok(run_program(self.egress()?, frame, 1)?.0 as i32)
+        self.test_run_egress_on(LinkLayer::Ethernet, frame)
+    }
+
+    /// [`Self::test_run_egress`] with the program for interfaces of `link`.
+    pub fn test_run_egress_on(&mut self, link: LinkLayer, frame: &[u8]) -> anyhow::Result<i32> {
+        Ok(run_program(self.egress(link)?, frame, 1)?.0 as i32)
     }
 
     pub fn program(&mut self) -> anyhow::Result<&mut Xdp> {
@@ -550,7 +571,13 @@ impl Generation {
     /// Runs the program once on `frame` (BPF_PROG_TEST_RUN); returns the XDP action and the
     /// frame as the program left it.
     pub fn test_run(&mut self, frame: &[u8]) -> anyhow::Result<(u32, Vec<u8>)> {
-        let (action, out, _) = run_program(self.program()?, frame, 1)?;
+        self.test_run_on(LinkLayer::Ethernet, frame)
+    }
+
+    /// [`Self::test_run`] with the program for interfaces of `link` (for [`LinkLayer::Ip`],
+    /// `frame` starts at the IP header).
+    pub fn test_run_on(&mut self, link: LinkLayer, frame: &[u8]) -> anyhow::Result<(u32, Vec<u8>)> {
+        let (action, out, _) = run_program(self.program_for(link)?, frame, 1)?;
         Ok((action, out))
     }
 
@@ -593,13 +620,15 @@ impl Generation {
         &mut self,
         ifname: &str,
         mode: XdpMode,
+        link: LinkLayer,
     ) -> anyhow::Result<(XdpLink, &'static str)> {
-        attach_xdp(self.program()?, ifname, mode)
+        attach_xdp(self.program_for(link)?, ifname, mode)
     }
 
-    /// Atomically replaces whatever program `link` runs with this generation's.
-    pub fn replace(&mut self, link: XdpLink) -> anyhow::Result<XdpLink> {
-        let prog = self.program()?;
+    /// Atomically replaces whatever program `link` runs with this generation's for interfaces
+    /// of `layer`.
+    pub fn replace(&mut self, link: XdpLink, layer: LinkLayer) -> anyhow::Result<XdpLink> {
+        let prog = self.program_for(layer)?;
         let id = prog
             .attach_to_link(link)
             .context("replacing the attached program (bpf_link_update)")?;
@@ -638,8 +667,25 @@ fn take(prog: &mut Xdp, id: XdpLinkId) -> anyhow::Result<XdpLink> {
         .context("taking ownership of the XDP link")
 }
 
-fn tc_program(ebpf: &mut Ebpf) -> anyhow::Result<&mut SchedClassifier> {
-    let name = firewall_common::TC_EGRESS_PROGRAM;
+/// The XDP and TC entry points for interfaces of `link` (see `firewall-ebpf/src/main.rs`).
+fn entry_points(link: LinkLayer) -> anyhow::Result<(&'static str, &'static str)> {
+    match link {
+        LinkLayer::Ethernet => Ok((
+            firewall_common::XDP_PROGRAM,
+            firewall_common::TC_EGRESS_PROGRAM,
+        )),
+        LinkLayer::Ip => Ok((
+            firewall_common::XDP_L3_PROGRAM,
+            firewall_common::TC_EGRESS_L3_PROGRAM,
+        )),
+        other => bail!(
+            "the firewall cannot parse frames of this link layer: {}",
+            other.describe()
+        ),
+    }
+}
+
+fn tc_program<'a>(ebpf: &'a mut Ebpf, name: &str) -> anyhow::Result<&'a mut SchedClassifier> {
     ebpf.program_mut(name)
         .ok_or_else(|| anyhow!("program {name} missing from the object"))?
         .try_into()

@@ -387,6 +387,14 @@ pub fn inbound(tracker: &mut Tracker, ruleset: &Ruleset, frame: &[u8]) -> Outcom
                 rule: None,
             };
         }
+        // The parser drops these before the table (the tracker checks again for its own users).
+        Inbound::EmbeddedIpv4 => {
+            return Outcome {
+                xdp: XDP_DROP,
+                counters: vec![Counter::DropIpv6EmbeddedIpv4],
+                rule: None,
+            };
+        }
         Inbound::Denied(action) => (action, vec![], None),
         Inbound::NoConnection(action) => (action, vec![Counter::CtInvalidNoConn], None),
         Inbound::Rules(d) => match d.rule {

@@ -4,6 +4,8 @@
 //!
 //! Verdicts for malformed input (all drops, each counted under its own reason):
 //! - shorter than Ethernet (+ VLAN tags): `DropMalformedL2`; a third VLAN tag: `DropTooManyVlans`;
+//! - on a device without a link-layer header, a frame that does not start with an IPv4 or IPv6
+//!   header: `DropL3NotIp`;
 //! - IPv4 header truncated, version != 4, IHL < 5, options past the frame or total length below
 //!   the header: `DropMalformedIpv4`;
 //! - IPv6 header truncated or version != 6: `DropMalformedIpv6`;
@@ -124,6 +126,7 @@ impl Frame for TcContext {
 /// overwrite the headers they were read from. `remote` is the source address and `local` the
 /// destination, as seen on receive; the egress program swaps them.
 pub struct Packet {
+    /// Where the IP header starts: 0 on devices without a link-layer header ([`parse_l3`]).
     pub l3_off: usize,
     pub l4_off: usize,
     pub remote: Addr,
@@ -204,6 +207,36 @@ pub fn parse<F: Frame>(ctx: &F) -> Result<Parsed, Counter> {
         ETH_P_IP => parse_v4(ctx, off, l2_multicast),
         ETH_P_IPV6 => parse_v6(ctx, off, l2_multicast),
         _ => Ok(Parsed::NonIp),
+    }
+}
+
+/// [`parse`] for devices without a link-layer header (tun, wireguard, ppp, ip tunnels): the
+/// frame starts with the IP header, whose version nibble says which. Anything else is dropped
+/// (`DropL3NotIp`): such a device carries only IP, and a frame the parser cannot place must not
+/// pass unjudged. The egress program passes `ether_type` from `skb->protocol` instead.
+#[inline(always)]
+pub fn parse_l3<F: Frame>(ctx: &F, ether_type: u16) -> Result<Parsed, Counter> {
+    match ether_type {
+        ETH_P_IP => parse_v4(ctx, 0, false),
+        ETH_P_IPV6 => parse_v6(ctx, 0, false),
+        _ => Err(Counter::DropL3NotIp),
+    }
+}
+
+/// The ether type an IP header's version nibble stands for (0 for neither version, or a frame
+/// shorter than 4 bytes, which no IP header is).
+#[inline(always)]
+pub fn l3_ether_type<F: Frame>(ctx: &F) -> u16 {
+    // Four bytes, not one: LLVM turns a one-byte bound check into `data >= data_end`, which
+    // the verifier does not take as a bound.
+    match ptr_at::<[u8; 4], F>(ctx, 0) {
+        // SAFETY: bounds checked by ptr_at.
+        Some(v) => match unsafe { (*v)[0] } >> 4 {
+            4 => ETH_P_IP,
+            6 => ETH_P_IPV6,
+            _ => 0,
+        },
+        None => 0,
     }
 }
 

@@ -539,6 +539,10 @@ fn print_status(s: &StatusData) {
         println!("DEGRADED:    {}", esc(d));
     }
     for i in &s.interfaces {
+        if i.mode.is_empty() && i.state.starts_with("NOT protected") {
+            println!("interface:   {} — {}", i.name, i.state);
+            continue;
+        }
         let egress = if i.egress.is_empty() {
             String::new()
         } else {
@@ -549,8 +553,13 @@ fn print_status(s: &StatusData) {
         } else {
             format!(" — {}", esc(&i.state))
         };
+        let link = if i.link_layer.is_empty() {
+            String::new()
+        } else {
+            format!(", link layer {}", i.link_layer)
+        };
         println!(
-            "interface:   {} (XDP {} mode{egress}){state}",
+            "interface:   {} (XDP {} mode{link}{egress}){state}",
             esc(&i.name),
             esc(&i.mode)
         );

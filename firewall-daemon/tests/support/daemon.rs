@@ -57,14 +57,13 @@ impl Launch {
         assert_daemon_cgroup(&self.cgroup);
         let ns_file = File::open(&self.ns_path).expect("opening the namespace");
         let mut cmd = Command::new(DAEMON);
-        cmd.arg("--config")
-            .arg(config)
-            .args(
-                self.ifname
-                    .split(',')
-                    .flat_map(|i| ["--interface", i]),
-            )
-            .args(["--xdp-mode", &self.mode])
+        cmd.arg("--config").arg(config);
+        // No interface: the rules file's setting (by default "auto": every interface of the
+        // test namespace but loopback). Several: separated by commas.
+        if !self.ifname.is_empty() {
+            cmd.args(self.ifname.split(',').flat_map(|i| ["--interface", i]));
+        }
+        cmd.args(["--xdp-mode", &self.mode])
             .arg("--pin-dir")
             .arg(pin_dir)
             .arg("--control-socket")
@@ -130,9 +129,9 @@ pub fn assert_daemon_cgroup(path: &Path) {
 pub const FWCTL: &str = env!("CARGO_BIN_EXE_fwctl");
 
 impl Daemon {
-    /// Writes `rules` to a file and starts the daemon on `ifname` (or several, separated by
-    /// commas) inside `ns`, returning once
-    /// it printed its readiness line (programs attached, socket listening).
+    /// Writes `rules` to a file and starts the daemon on `ifname` (several separated by commas;
+    /// `""`: as the rules say) inside `ns`, returning once it printed its readiness line
+    /// (programs attached, socket listening).
     pub fn start(ns: &NetNs, ifname: &str, mode: &str, rules: &str) -> Self {
         Self::start_with_env(ns, ifname, mode, rules, &[])
     }

@@ -39,8 +39,10 @@ pub const KERNELS: &[Kernel] = &[
 
 /// Modules the tests need that Debian builds as modules: veth pairs, the clsact qdisc
 /// (`sch_ingress`) and cls_bpf for tc programs where there is no TCX (before 6.6), the
-/// NETLINK_SOCK_DIAG dumps the daemon seeds and closes connections with, and overlayfs. A host loads them
-/// on demand through modprobe; the guest has none, so they are loaded at boot.
+/// NETLINK_SOCK_DIAG dumps the daemon seeds and closes connections with, overlayfs, and the
+/// devices without a link-layer header that tests/l3.rs protects (tun, ip tunnels, wireguard).
+/// A host loads them on demand through modprobe; the guest has none, so they are loaded at
+/// boot.
 /// Their dependencies are added from modules.dep.
 pub const MODULES: &[&str] = &[
     "veth",
@@ -52,6 +54,11 @@ pub const MODULES: &[&str] = &[
     // tests/identity.rs: a program on overlayfs. (tests/containers.rs skips in the guests: the
     // nftables NAT modules need libcrc32c, which the image does not load yet.)
     "overlay",
+    "tun",
+    "ipip",
+    "ip_gre",
+    "sit",
+    "wireguard",
 ];
 
 impl Kernel {
