@@ -29,9 +29,14 @@ pub mod maps {
     /// Hash ([`super::ct::CtKey`]) -> [`super::ct::CtEntry`]: confirmed flows (established TCP,
     /// replied UDP). Never evicted; when full, new confirmed flows stay in [`CT_NEW`].
     pub const CT_EST: &str = "CT_EST";
-    /// LRU hash ([`super::ct::CtKey`]) -> [`super::ct::CtEntry`]: unconfirmed flows (TCP
-    /// handshakes, unreplied UDP, ICMP echo). A flood of spoofed SYNs churns only this table.
+    /// LRU hash ([`super::ct::CtKey`]) -> [`super::ct::CtEntry`]: unconfirmed flows remote
+    /// hosts opened (TCP handshakes, UDP). A flood of spoofed SYNs churns only this table.
     pub const CT_NEW: &str = "CT_NEW";
+    /// LRU hash ([`super::ct::CtKey`]) -> [`super::ct::CtEntry`]: unconfirmed flows the host
+    /// opened (SYN_SENT, unreplied UDP, ICMP echo), and the host's flows that found
+    /// [`CT_EST`] full. Only the host's packets create entries here, so a remote flood
+    /// cannot evict them.
+    pub const CT_LOCAL: &str = "CT_LOCAL";
     /// Array with one [`super::ct::CtConfig`]: timeouts and the invalid-packet verdict of the
     /// rule set in force.
     pub const CT_CONFIG: &str = "CT_CONFIG";
@@ -391,10 +396,17 @@ pub enum Counter {
     /// connect/sendmsg hook, e.g. a raw socket, a socket outside the cgroup, or one the LRU
     /// forgot).
     CtOwnerUnknown,
+    /// Dropped: a segment of a tracked TCP flow outside the windows (its sequence number
+    /// beyond what the host allowed or too far behind, or it acknowledges data the host never
+    /// sent or data too far back). Also counted under `DropCtInvalid`.
+    CtOutOfWindow,
+    /// Entries deleted because a RST ended the handshake (passed to the endpoint; the tuple
+    /// is unknown again).
+    CtHandshakeReset,
 }
 
 impl Counter {
-    pub const COUNT: u32 = Counter::CtOwnerUnknown as u32 + 1;
+    pub const COUNT: u32 = Counter::CtHandshakeReset as u32 + 1;
 
     pub const ALL: [Counter; Counter::COUNT as usize] = [
         Counter::Packets,
@@ -448,6 +460,8 @@ impl Counter {
         Counter::OwnerRecordFailed,
         Counter::CtOwnerRecorded,
         Counter::CtOwnerUnknown,
+        Counter::CtOutOfWindow,
+        Counter::CtHandshakeReset,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -503,6 +517,8 @@ impl Counter {
             Counter::OwnerRecordFailed => "out_owner_record_failed",
             Counter::CtOwnerRecorded => "ct_owner_recorded",
             Counter::CtOwnerUnknown => "ct_owner_unknown",
+            Counter::CtOutOfWindow => "ct_out_of_window",
+            Counter::CtHandshakeReset => "ct_handshake_reset",
         }
     }
 }

@@ -70,11 +70,12 @@ const GENERATION_MAPS: [&str; 5] = [
     maps::RULE_HITS,
 ];
 /// Maps shared by every generation (and kept across daemon restarts while pinned).
-pub const SHARED_MAPS: [&str; 8] = [
+pub const SHARED_MAPS: [&str; 9] = [
     maps::COUNTERS,
     maps::REJECT_RATE,
     maps::CT_EST,
     maps::CT_NEW,
+    maps::CT_LOCAL,
     maps::OUT_STEALTH,
     maps::LISTENERS,
     maps::LISTENER_OF,
@@ -94,7 +95,9 @@ fn shared_layout(name: &str) -> Option<(usize, usize, Option<u32>)> {
     Some(match name {
         maps::COUNTERS => (4, size_of::<u64>(), Some(Counter::COUNT)),
         maps::REJECT_RATE => (size_of::<RateKey>(), size_of::<RateBucket>(), None),
-        maps::CT_EST | maps::CT_NEW => (size_of::<CtKey>(), size_of::<CtEntry>(), None),
+        maps::CT_EST | maps::CT_NEW | maps::CT_LOCAL => {
+            (size_of::<CtKey>(), size_of::<CtEntry>(), None)
+        }
         maps::OUT_STEALTH => (size_of::<OutStealthKey>(), 4, None),
         maps::LISTENERS => (size_of::<ListenerKey>(), size_of::<Listener>(), None),
         maps::LISTENER_OF => (8, size_of::<ListenerKey>(), None),
@@ -300,6 +303,11 @@ fn load_object(compiled: &Compiled, ruleset: &Ruleset, pin_dir: &Path) -> anyhow
         .map_max_entries(
             maps::CT_NEW,
             table_capacity(pin_dir, maps::CT_NEW, ruleset.conntrack.unconfirmed_size),
+        )
+        // The host's own pending flows get as much room as remote hosts' handshakes.
+        .map_max_entries(
+            maps::CT_LOCAL,
+            table_capacity(pin_dir, maps::CT_LOCAL, ruleset.conntrack.unconfirmed_size),
         )
         .override_global(globals::DEFAULT_INBOUND, &default_in, true)
         .override_global(globals::DEFAULT_OUTBOUND, &default_out, true)
@@ -1156,6 +1164,7 @@ pub fn attach_listener_hooks(cgroup: &Cgroup, pin_dir: &Path) -> anyhow::Result<
         .default_map_pin_directory(pin_dir)
         .map_max_entries(maps::CT_EST, pinned_size(maps::CT_EST))
         .map_max_entries(maps::CT_NEW, pinned_size(maps::CT_NEW))
+        .map_max_entries(maps::CT_LOCAL, pinned_size(maps::CT_LOCAL))
         .load(EBPF_OBJECT)
         .context("loading the eBPF object")?;
     let mut pinned = Vec::new();
