@@ -231,6 +231,10 @@ pub mod outcome {
 pub const MAX_WSCALE: u8 = 14;
 /// [`TcpSeg::wscale`] of a segment without the window scale option.
 pub const NO_WSCALE: u8 = 0xff;
+/// [`TcpSeg::wscale`] of a SYN whose option list was too long to read to the end: it may
+/// carry the option, with any shift, so the largest is assumed (any value above
+/// [`MAX_WSCALE`] is read as it).
+pub const WSCALE_UNKNOWN: u8 = 0xfe;
 /// The least distance an acknowledgment may lag behind the data sent (nf_conntrack's
 /// `MAXACKWINDOW` floor): covers the data in flight before the sender's window is known.
 pub const MIN_ACK_WINDOW: u32 = 66000;

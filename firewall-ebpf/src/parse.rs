@@ -405,30 +405,33 @@ fn transport<F: Frame>(
 }
 
 /// The window scale option (kind 3, length 3) among the TCP options in `[start, end)`, or
-/// `ct::NO_WSCALE`. Follows at most [`MAX_TCP_OPTIONS`] options: the SYNs of Linux, Windows
-/// and the BSDs carry the option among their first five.
+/// `ct::NO_WSCALE`. Follows at most [`MAX_TCP_OPTIONS`] options (the SYNs of Linux, Windows
+/// and the BSDs carry the option among their first five); a longer list whose first options
+/// do not include it, or one that cannot be read to its end, gives `ct::WSCALE_UNKNOWN`.
 #[inline(always)]
 fn window_scale<F: Frame>(ctx: &F, start: usize, end: usize) -> u8 {
+    use firewall_common::ct::{NO_WSCALE, WSCALE_UNKNOWN};
     // Options take at most 40 bytes: an offset below that is a bound the verifier can use.
     let len = end.saturating_sub(start);
     let len = if len > 40 { 40 } else { len };
     let mut off = 0usize;
     for _ in 0..MAX_TCP_OPTIONS {
         if off >= len {
-            break;
+            return NO_WSCALE;
         }
         // Opaque to LLVM, which would otherwise turn the bounds check into arithmetic on the
         // packet's end pointer (rejected by the verifier).
         let Some(o) = ptr_at::<u8, F>(ctx, core::hint::black_box(start + off)) else {
-            break;
+            return WSCALE_UNKNOWN;
         };
         // SAFETY: bounds checked by ptr_at.
         match unsafe { *o } {
-            0 => break,
+            // End of the option list.
+            0 => return NO_WSCALE,
             1 => off += 1,
             kind => {
                 let Some(o) = ptr_at::<[u8; 3], F>(ctx, core::hint::black_box(start + off)) else {
-                    break;
+                    return WSCALE_UNKNOWN;
                 };
                 // SAFETY: bounds checked by ptr_at.
                 let o = unsafe { *o };
@@ -436,13 +439,13 @@ fn window_scale<F: Frame>(ctx: &F, start: usize, end: usize) -> u8 {
                     return o[2];
                 }
                 if o[1] < 2 {
-                    break;
+                    return WSCALE_UNKNOWN;
                 }
                 off += o[1] as usize;
             }
         }
     }
-    firewall_common::ct::NO_WSCALE
+    WSCALE_UNKNOWN
 }
 
 /// TCP options [`window_scale`] looks at.
