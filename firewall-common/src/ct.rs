@@ -55,18 +55,35 @@ pub struct CtEntry {
     pub rule: u32,
     /// Rule-set generation `rule` refers to (rule indices change across reloads).
     pub generation: u32,
-    /// TCP: next sequence number expected from the remote side (valid with
-    /// [`FLAG_REMOTE_SEQ`]).
+    /// TCP, per side: the end of what that side has sent (the sequence number after its last
+    /// byte, SYN and FIN counted), i.e. the next sequence number expected from it. Valid with
+    /// [`FLAG_REMOTE_SEQ`] / [`FLAG_LOCAL_SEQ`]; the host's is taken from what it sends.
     pub remote_next: u32,
-    /// TCP: next sequence number expected from the host (valid with [`FLAG_LOCAL_SEQ`]).
     pub local_next: u32,
+    /// TCP, per side: the highest sequence number that side may send, i.e. the largest
+    /// acknowledgment + window the other side advertised (nf_conntrack's `td_maxend`).
+    pub remote_maxend: u32,
+    pub local_maxend: u32,
+    /// TCP, per side: the largest window that side advertised, scaled (`td_maxwin`).
+    pub remote_maxwin: u32,
+    pub local_maxwin: u32,
+    /// TCP, with [`FLAG_REUSE`]: the sequence number, window and window scale option of the
+    /// last SYN the remote opener sent on this tuple while the flow was live (a new connection
+    /// reusing the tuple, whose predecessor's end the tracker missed).
+    pub reuse_seq: u32,
+    pub reuse_win: u16,
     /// One of [`state`].
     pub state: u8,
     /// [`ORIGIN_LOCAL`] or [`ORIGIN_REMOTE`]: which side opened the flow.
     pub origin: u8,
     /// `FLAG_*` bits.
     pub flags: u8,
-    pub _pad: [u8; 5],
+    /// TCP, per side: the window scale shift (RFC 7323) applied to its windows outside SYNs;
+    /// [`MAX_WSCALE`] where the handshake was not seen.
+    pub remote_scale: u8,
+    pub local_scale: u8,
+    pub reuse_wscale: u8,
+    pub _pad: [u8; 4],
     /// Who owns the flow on this host: for a flow the host opened, the process whose
     /// connect()/sendmsg() created the socket's first verdict (recorded by the outbound hooks,
     /// copied here by the egress program); for a flow a remote host opened, the owner of the
@@ -112,6 +129,11 @@ pub const FLAG_LOCAL_SEQ: u8 = 8;
 /// Set by `fwctl reload --recheck` on a flow the new rules deny: its inbound packets get the
 /// action in [`CtEntry::rule`] instead of passing.
 pub const FLAG_DENIED: u8 = 16;
+/// The host's / the remote's SYN carried the window scale option.
+pub const FLAG_LOCAL_WSCALE: u8 = 32;
+pub const FLAG_REMOTE_WSCALE: u8 = 64;
+/// The remote opener sent a SYN on the live flow ([`CtEntry::reuse_seq`]).
+pub const FLAG_REUSE: u8 = 128;
 
 /// Connection states. TCP states follow Linux nf_conntrack's names and meaning (the state of
 /// the connection, not of either endpoint): SYN_SENT after the opener's SYN, SYN_RECV after
@@ -156,12 +178,18 @@ pub mod state {
         }
     }
 
-    /// Confirmed flows live in the table an attacker cannot fill by spoofing.
-    pub const fn confirmed(s: u8) -> bool {
-        matches!(
-            s,
-            ESTABLISHED | FIN_WAIT | CLOSE_WAIT | LAST_ACK | TIME_WAIT | CLOSE | UDP_REPLIED
-        )
+    /// Whether a flow belongs in the confirmed table, which never evicts: one whose packets
+    /// prove a two-way exchange. A TCP connection past its handshake (the tracker moves to
+    /// ESTABLISHED only on an acknowledgment of the host's SYN-ACK, or on the host's ACK of a
+    /// SYN-ACK that acknowledged its SYN), and a UDP flow the host opened that got an answer.
+    /// A UDP flow a remote host opened proves nothing (UDP has no sequence numbers: a blind
+    /// sender can send the "further datagram" too), so it stays in the evicting table.
+    pub const fn confirmed(s: u8, origin: u8) -> bool {
+        match s {
+            ESTABLISHED | FIN_WAIT | CLOSE_WAIT | LAST_ACK | TIME_WAIT | CLOSE => true,
+            UDP_REPLIED => origin == super::ORIGIN_LOCAL,
+            _ => false,
+        }
     }
 }
 
@@ -186,54 +214,329 @@ pub const TCP_ACK: u8 = 0x10;
 pub mod outcome {
     /// Part of the flow: pass.
     pub const PASS: u8 = 0;
-    /// Impossible in the flow's state (or a RST outside the window): drop, counted.
+    /// Impossible in the flow's state: drop, counted.
     pub const INVALID: u8 = 1;
     /// A SYN reusing the tuple of a finished connection: forget the entry and judge the packet
     /// as a new connection.
     pub const NEW: u8 = 2;
     /// The flow was denied by a recheck: apply the verdict recorded in the entry.
     pub const DENIED: u8 = 3;
+    /// A RST ended a handshake: pass it and delete the entry, so the tuple is unknown again
+    /// (an ACK scan of it gets `[conntrack] invalid`) and nothing of it is confirmed.
+    pub const FORGET: u8 = 4;
+    /// Outside the windows (sequence number too far from what the sender may send, or an
+    /// acknowledgment of data the host never sent): drop, counted.
+    pub const WINDOW: u8 = 5;
+    /// The host's SYN-ACK answers the SYN the remote opener sent on the live flow
+    /// ([`super::FLAG_REUSE`]): both ends have started a new connection on the tuple while the
+    /// tracker missed the end of the old one. Pass, and start the flow over from that SYN
+    /// ([`super::restart`]).
+    pub const RESTART: u8 = 6;
 }
 
-/// How far (in sequence space) a RST from the remote may be from the next expected sequence
-/// number and still reach the host. A blind attacker guessing sequence numbers gets through
-/// this check with probability 2^21 / 2^32; what passes meets the host's own RFC 5961 check
-/// (a challenge ACK unless the sequence number is exact). Only an exact RST ends the entry.
-pub const RST_WINDOW: u32 = 1 << 20;
+/// The largest window scale shift (RFC 7323 2.3). Also the assumed shift of a side whose SYN
+/// was not seen (a flow picked up mid-connection or seeded at start-up): overestimating a
+/// window only loosens the checks, underestimating it would drop the flow's packets.
+pub const MAX_WSCALE: u8 = 14;
+/// [`TcpSeg::wscale`] of a segment without the window scale option.
+pub const NO_WSCALE: u8 = 0xff;
+/// [`TcpSeg::wscale`] of a SYN whose option list was too long to read to the end: it may
+/// carry the option, with any shift, so the largest is assumed (any value above
+/// [`MAX_WSCALE`] is read as it).
+pub const WSCALE_UNKNOWN: u8 = 0xfe;
+/// The least distance an acknowledgment may lag behind the data sent (nf_conntrack's
+/// `MAXACKWINDOW` floor): covers the data in flight before the sender's window is known.
+pub const MIN_ACK_WINDOW: u32 = 66000;
+
+/// What the tracker reads from a TCP segment.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TcpSeg {
+    pub flags: u8,
+    pub seq: u32,
+    pub ack: u32,
+    /// The window field, unscaled.
+    pub win: u16,
+    /// The window scale option's shift (SYN segments only), or [`NO_WSCALE`].
+    pub wscale: u8,
+    /// Bytes of payload.
+    pub payload: u32,
+}
+
+impl TcpSeg {
+    /// The sequence number after the segment.
+    #[inline(always)]
+    pub const fn end(&self) -> u32 {
+        self.seq.wrapping_add(seq_len(self.flags, self.payload))
+    }
+}
+
+/// One side's view of the window fields of an entry.
+#[derive(Clone, Copy)]
+struct Side {
+    next: u32,
+    maxend: u32,
+    maxwin: u32,
+    scale: u8,
+    known: bool,
+}
+
+#[inline(always)]
+fn side(e: &CtEntry, local: bool) -> Side {
+    if local {
+        Side {
+            next: e.local_next,
+            maxend: e.local_maxend,
+            maxwin: e.local_maxwin,
+            scale: e.local_scale,
+            known: e.flags & FLAG_LOCAL_SEQ != 0,
+        }
+    } else {
+        Side {
+            next: e.remote_next,
+            maxend: e.remote_maxend,
+            maxwin: e.remote_maxwin,
+            scale: e.remote_scale,
+            known: e.flags & FLAG_REMOTE_SEQ != 0,
+        }
+    }
+}
+
+#[inline(always)]
+fn set_side(e: &mut CtEntry, local: bool, s: &Side) {
+    let (bit, next, maxend, maxwin, scale) = if local {
+        (
+            FLAG_LOCAL_SEQ,
+            &mut e.local_next,
+            &mut e.local_maxend,
+            &mut e.local_maxwin,
+            &mut e.local_scale,
+        )
+    } else {
+        (
+            FLAG_REMOTE_SEQ,
+            &mut e.remote_next,
+            &mut e.remote_maxend,
+            &mut e.remote_maxwin,
+            &mut e.remote_scale,
+        )
+    };
+    *next = s.next;
+    *maxend = s.maxend;
+    *maxwin = s.maxwin;
+    *scale = s.scale;
+    if s.known {
+        e.flags |= bit;
+    }
+}
+
+/// The larger of two sequence numbers.
+#[inline(always)]
+const fn seq_max(a: u32, b: u32) -> u32 {
+    if seq_after(a, b) { a } else { b }
+}
+
+/// nf_conntrack's `tcp_in_window` bounds for a segment from the remote side: its sequence
+/// number at most what the host allowed it to send (`remote_maxend`), its end not more than
+/// the host's largest window behind what it already sent, and its acknowledgment neither of
+/// data the host never sent nor further back than the remote's largest window (at least
+/// [`MIN_ACK_WINDOW`]). A side not seen yet is not checked (a flow picked up from the host's
+/// traffic learns the remote side from the host's acknowledgments first). SACK blocks are not
+/// read: the cumulative acknowledgment is checked, which is never past a SACK block.
+#[inline(always)]
+pub fn in_window(e: &CtEntry, seg: &TcpSeg) -> bool {
+    let local = side(e, true);
+    let remote = side(e, false);
+    if seg.flags & TCP_ACK != 0 && local.known {
+        let maxack = if remote.maxwin > MIN_ACK_WINDOW {
+            remote.maxwin
+        } else {
+            MIN_ACK_WINDOW
+        };
+        if seq_after(seg.ack, local.next) || seq_after(local.next.wrapping_sub(maxack), seg.ack) {
+            return false;
+        }
+    }
+    if !remote.known {
+        return true;
+    }
+    !seq_after(seg.seq, remote.maxend)
+        && !seq_after(remote.next.wrapping_sub(local.maxwin), seg.end())
+}
+
+/// Learns from a segment that passed (either direction): the sender's end, largest window and
+/// window scale, and how far the receiver may send (acknowledgment + window). The host's
+/// acknowledgments also tell where the remote side is: that is how a flow picked up from the
+/// host's traffic learns it. RSTs teach nothing (an in-window but inexact RST must not move
+/// the sequence number the next RST is checked against), and neither does the opener's SYN on
+/// a flow past its handshake (a reused tuple the host will answer, see [`tcp_step`]).
+#[inline(always)]
+pub fn tcp_learn(e: &mut CtEntry, from_local: bool, seg: &TcpSeg) {
+    if seg.flags & TCP_RST != 0 {
+        return;
+    }
+    if is_initial_syn(seg.flags) && e.state != state::SYN_SENT {
+        if !from_local {
+            e.reuse_seq = seg.seq;
+            e.reuse_win = seg.win;
+            e.reuse_wscale = seg.wscale;
+        }
+        return;
+    }
+    let syn = seg.flags & TCP_SYN != 0;
+    let mut me = side(e, from_local);
+    let mut peer = side(e, !from_local);
+    let end = seg.end();
+    if syn && !me.known {
+        // The side's first SYN: its scale counts once the other side's SYN has one too.
+        let (bit, other_bit) = if from_local {
+            (FLAG_LOCAL_WSCALE, FLAG_REMOTE_WSCALE)
+        } else {
+            (FLAG_REMOTE_WSCALE, FLAG_LOCAL_WSCALE)
+        };
+        me.scale = 0;
+        if seg.wscale != NO_WSCALE {
+            e.flags |= bit;
+            me.scale = if seg.wscale > MAX_WSCALE {
+                MAX_WSCALE
+            } else {
+                seg.wscale
+            };
+        }
+        if seg.flags & TCP_ACK != 0 && (e.flags & bit == 0 || e.flags & other_bit == 0) {
+            me.scale = 0;
+            peer.scale = 0;
+        }
+        me.next = end;
+        // The answering side may send what the opener's SYN window allows (a TCP Fast Open
+        // server's data may come before the opener's ACK).
+        me.maxend = if seg.flags & TCP_ACK != 0 && peer.known {
+            end.wrapping_add(peer.maxwin)
+        } else {
+            end
+        };
+        me.maxwin = 0;
+        me.known = true;
+    } else if !me.known {
+        me.next = end;
+        me.maxend = end;
+        me.known = true;
+    }
+    // Windows in SYN segments are never scaled (RFC 7323 2.2).
+    let win = if syn {
+        seg.win as u32
+    } else {
+        (seg.win as u32) << (me.scale & 15)
+    };
+    if win > me.maxwin {
+        me.maxwin = win;
+    }
+    if me.maxwin == 0 {
+        me.maxwin = 1;
+    }
+    me.next = seq_max(me.next, end);
+    me.maxend = seq_max(me.maxend, end);
+    if seg.flags & TCP_ACK != 0 {
+        if from_local && !peer.known {
+            peer.next = seg.ack;
+            peer.maxend = seg.ack;
+            peer.known = true;
+        }
+        if from_local {
+            // The host acknowledges only what it received.
+            peer.next = seq_max(peer.next, seg.ack);
+        }
+        if peer.known {
+            // A zero window still lets the peer probe one byte.
+            let reach = seg.ack.wrapping_add(win).wrapping_add((win == 0) as u32);
+            peer.maxend = seq_max(peer.maxend, reach);
+        }
+    }
+    set_side(e, from_local, &me);
+    set_side(e, !from_local, &peer);
+}
+
+/// Prepares an entry picked up from a segment the host sent on a connection the table did not
+/// know (before [`tcp_learn`] reads the segment): the handshake was not seen, so each side's
+/// window scale is assumed to be the largest, except that a SYN-ACK without the option shows
+/// that neither side scales. The remote side is then learned from the host's acknowledgment.
+#[inline(always)]
+pub fn pickup(e: &mut CtEntry, seg: &TcpSeg) {
+    e.local_scale = MAX_WSCALE;
+    e.remote_scale = MAX_WSCALE;
+    if seg.flags & TCP_SYN != 0 && seg.wscale != NO_WSCALE {
+        // The host answers with the option only when the remote's SYN had it.
+        e.flags |= FLAG_REMOTE_WSCALE;
+    }
+    if seg.flags & TCP_FIN != 0 {
+        e.flags |= FLAG_FIN_LOCAL;
+    }
+}
+
+/// Starts a flow over as the handshake of the remote's reusing SYN ([`CtEntry::reuse_seq`])
+/// and the host's SYN-ACK `synack`, which answers it ([`outcome::RESTART`]).
+#[inline(always)]
+pub fn restart(e: &mut CtEntry, synack: &TcpSeg) {
+    let syn = TcpSeg {
+        flags: TCP_SYN,
+        seq: e.reuse_seq,
+        ack: 0,
+        win: e.reuse_win,
+        wscale: e.reuse_wscale,
+        payload: 0,
+    };
+    e.flags = 0;
+    e.remote_next = 0;
+    e.local_next = 0;
+    e.remote_maxend = 0;
+    e.local_maxend = 0;
+    e.remote_maxwin = 0;
+    e.local_maxwin = 0;
+    e.remote_scale = 0;
+    e.local_scale = 0;
+    e.state = state::SYN_SENT;
+    tcp_learn(e, false, &syn);
+    e.state = state::SYN_RECV;
+    tcp_learn(e, true, synack);
+}
 
 /// What a RST may do to its flow.
 pub mod rst {
     /// Acceptable: the connection is over.
     pub const CLOSE: u8 = 0;
-    /// Plausible but not exact: pass it to the host (which answers with a challenge ACK),
-    /// keep the state.
+    /// In the window but not exact: pass it to the host (which answers with a challenge ACK,
+    /// RFC 5961 3.2), keep the state.
     pub const IN_WINDOW: u8 = 1;
     /// Not from the peer: drop.
     pub const OUTSIDE: u8 = 2;
 }
 
-/// Classifies a RST. The host's own RSTs always close; a RST answering the host's SYN must
-/// acknowledge it (RFC 9293 3.10.7.3); otherwise the sequence number is checked against what
-/// the remote is expected to send next.
+/// Classifies a RST that passed [`in_window`]. The host's own RSTs always close; a RST
+/// answering the host's SYN must acknowledge it (RFC 9293 3.10.7.3); otherwise only a RST at
+/// exactly the next expected sequence number ends the flow (RFC 5961 3.2).
 #[inline(always)]
-pub fn rst_class(e: &CtEntry, from_local: bool, tcp_flags: u8, seq: u32, ack: u32) -> u8 {
+pub fn rst_class(e: &CtEntry, from_local: bool, seg: &TcpSeg) -> u8 {
     if from_local {
         return rst::CLOSE;
     }
     if e.state == state::SYN_SENT && e.origin == ORIGIN_LOCAL {
-        let acks_syn =
-            tcp_flags & TCP_ACK != 0 && (e.flags & FLAG_LOCAL_SEQ == 0 || ack == e.local_next);
-        return if acks_syn { rst::CLOSE } else { rst::OUTSIDE };
+        return if acks_host(e, seg) {
+            rst::CLOSE
+        } else {
+            rst::OUTSIDE
+        };
     }
-    if e.flags & FLAG_REMOTE_SEQ == 0 || seq == e.remote_next {
-        return rst::CLOSE;
-    }
-    let d = seq.wrapping_sub(e.remote_next);
-    if d <= RST_WINDOW || d.wrapping_neg() <= RST_WINDOW {
-        rst::IN_WINDOW
+    if e.flags & FLAG_REMOTE_SEQ == 0 || seg.seq == e.remote_next {
+        rst::CLOSE
     } else {
-        rst::OUTSIDE
+        rst::IN_WINDOW
     }
+}
+
+/// The segment acknowledges everything the host sent (for a handshake: the host's SYN or
+/// SYN-ACK), which a sender that never received the host's packets cannot know.
+#[inline(always)]
+fn acks_host(e: &CtEntry, seg: &TcpSeg) -> bool {
+    seg.flags & TCP_ACK != 0 && (e.flags & FLAG_LOCAL_SEQ == 0 || seg.ack == e.local_next)
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -279,10 +582,11 @@ pub const fn is_initial_syn(tcp_flags: u8) -> bool {
     tcp_flags & (TCP_SYN | TCP_ACK | TCP_FIN | TCP_RST) == TCP_SYN
 }
 
-/// The TCP transition for a segment of a tracked flow. `from_local`: the host sent it.
-/// `rst`: [`rst_class`] of the segment when it carries RST.
+/// The TCP transition for a segment of a tracked flow. `from_local`: the host sent it (the
+/// host's segments are never dropped, only followed). A segment from the remote side must
+/// pass [`in_window`] first, except a SYN, which carries a new initial sequence number.
 #[inline(always)]
-pub fn tcp_step(e: &CtEntry, from_local: bool, tcp_flags: u8, rst: u8) -> TcpStep {
+pub fn tcp_step(e: &CtEntry, from_local: bool, seg: &TcpSeg) -> TcpStep {
     let s = e.state;
     let flags = e.flags;
     let from_opener = from_local == (e.origin == ORIGIN_LOCAL);
@@ -296,45 +600,76 @@ pub fn tcp_step(e: &CtEntry, from_local: bool, tcp_flags: u8, rst: u8) -> TcpSte
         flags,
         outcome: outcome::PASS,
     };
-    let invalid = TcpStep {
+    let fail = |outcome: u8| TcpStep {
         state: s,
         flags,
-        outcome: outcome::INVALID,
+        outcome,
     };
-    match event(tcp_flags) {
-        EV_RST => match rst {
+    let ev = event(seg.flags);
+    if ev == EV_BAD {
+        return fail(outcome::INVALID);
+    }
+    if !from_local && ev != EV_SYN && !in_window(e, seg) {
+        return fail(outcome::WINDOW);
+    }
+    // What proves a two-way exchange: the host's own segment (it answers only what it
+    // received), or an acknowledgment of exactly what the host sent.
+    let proven = from_local || acks_host(e, seg);
+    // SYNs and SYN-ACKs on a flow past its handshake.
+    let live_syn = || match ev {
+        // The host opening the tuple again: its old connection is gone.
+        EV_SYN if from_opener && from_local => fail(outcome::NEW),
+        // The remote opener reusing the tuple while the old connection's RST is still on its
+        // way (a RST and the next SYN sent from different CPUs can swap places), or after the
+        // tracker missed the old connection's end: passed without touching the state, as
+        // nf_conntrack ignores it, and remembered. The host's stack answers it: a challenge
+        // ACK if its socket is still there (a spoofed SYN cannot end a live connection), or a
+        // SYN-ACK acknowledging it, which starts the flow over.
+        EV_SYN if from_opener => pass(s, flags | FLAG_REUSE),
+        EV_SYNACK
+            if from_local
+                && !from_opener
+                && flags & FLAG_REUSE != 0
+                && seg.ack == e.reuse_seq.wrapping_add(1) =>
+        {
+            TcpStep {
+                state: state::SYN_RECV,
+                flags: 0,
+                outcome: outcome::RESTART,
+            }
+        }
+        // The opener's final ACK was lost and the SYN-ACK is retransmitted.
+        EV_SYNACK if !from_opener => pass(s, flags),
+        _ => fail(outcome::INVALID),
+    };
+    match ev {
+        EV_RST => match rst_class(e, from_local, seg) {
+            // A handshake ended by a RST leaves nothing behind.
+            rst::CLOSE if s == state::SYN_SENT || s == state::SYN_RECV => fail(outcome::FORGET),
             rst::CLOSE => pass(state::CLOSE, flags),
             rst::IN_WINDOW => pass(s, flags),
-            _ => invalid,
+            _ => fail(outcome::INVALID),
         },
-        EV_BAD => invalid,
-        ev => match s {
+        _ => match s {
             state::SYN_SENT => match ev {
                 // A retransmitted SYN, or a simultaneous open (rare; left to the endpoints).
                 EV_SYN => pass(s, flags),
-                EV_SYNACK if !from_opener => pass(state::SYN_RECV, flags),
-                _ => invalid,
+                EV_SYNACK if !from_opener && proven => pass(state::SYN_RECV, flags),
+                _ => fail(outcome::INVALID),
             },
             state::SYN_RECV => match ev {
                 EV_SYN if from_opener => pass(s, flags),
                 EV_SYNACK if !from_opener => pass(s, flags),
-                EV_ACK if from_opener => pass(state::ESTABLISHED, flags),
-                EV_ACK => pass(s, flags),
-                EV_FIN => pass(state::FIN_WAIT, flags | mine),
-                _ => invalid,
+                EV_ACK if from_opener && proven => pass(state::ESTABLISHED, flags),
+                EV_FIN if from_opener && proven => pass(state::FIN_WAIT, flags | mine),
+                // In the window but proving nothing: passed, the state stays.
+                EV_ACK | EV_FIN => pass(s, flags),
+                _ => fail(outcome::INVALID),
             },
             state::ESTABLISHED => match ev {
                 EV_ACK => pass(s, flags),
                 EV_FIN => pass(state::FIN_WAIT, flags | mine),
-                // The opener's final ACK was lost and the SYN-ACK is retransmitted.
-                EV_SYNACK if !from_opener => pass(s, flags),
-                // The opener reusing the tuple while the old connection's RST is still on
-                // its way (a RST and the next SYN sent from different CPUs can swap places):
-                // passed without touching the state, as nf_conntrack ignores it. The host's
-                // stack answers it (a challenge ACK if its socket is still there), and a
-                // spoofed SYN cannot end a live connection.
-                EV_SYN if from_opener => pass(s, flags),
-                _ => invalid,
+                _ => live_syn(),
             },
             state::FIN_WAIT | state::CLOSE_WAIT => {
                 let first_fin_mine = flags & mine != 0;
@@ -345,38 +680,23 @@ pub fn tcp_step(e: &CtEntry, from_local: bool, tcp_flags: u8, rst: u8) -> TcpSte
                         pass(state::CLOSE_WAIT, flags)
                     }
                     EV_ACK => pass(s, flags),
-                    // As in ESTABLISHED.
-                    EV_SYN if from_opener => pass(s, flags),
-                    _ => invalid,
+                    _ => live_syn(),
                 }
             }
             state::LAST_ACK => match ev {
                 EV_ACK => pass(state::TIME_WAIT, flags),
                 EV_FIN => pass(s, flags),
-                EV_SYN if from_opener => pass(s, flags),
-                _ => invalid,
+                _ => live_syn(),
             },
             state::TIME_WAIT | state::CLOSE => match ev {
-                EV_SYN => TcpStep {
-                    state: s,
-                    flags,
-                    outcome: outcome::NEW,
-                },
+                EV_SYN => fail(outcome::NEW),
                 EV_ACK | EV_FIN => pass(s, flags),
-                _ => invalid,
+                // The answer to a reusing SYN that overtook the old connection's RST.
+                _ => live_syn(),
             },
-            _ => invalid,
+            _ => fail(outcome::INVALID),
         },
     }
-}
-
-/// Whether a segment from the remote end moves the expected sequence number the RST check
-/// uses. RSTs do not, and neither do SYNs: a flow's first SYN sets it when the flow is
-/// created, and a later one is a retransmission or (on a live flow) a reused tuple that
-/// [`tcp_step`] passes without touching the flow.
-#[inline(always)]
-pub const fn moves_remote_seq(tcp_flags: u8) -> bool {
-    tcp_flags & TCP_RST == 0 && !is_initial_syn(tcp_flags)
 }
 
 /// Sequence space a segment occupies: payload, plus one each for SYN and FIN.
@@ -401,7 +721,7 @@ const _: () = {
     assert!(core::mem::offset_of!(CtKey, proto) == 36);
     assert!(core::mem::offset_of!(CtKey, family) == 37);
     assert!(core::mem::align_of::<CtKey>() == 8);
-    assert!(core::mem::size_of::<CtEntry>() == 96);
+    assert!(core::mem::size_of::<CtEntry>() == 120);
     assert!(core::mem::size_of::<ConnOwner>() == 24);
     assert!(core::mem::size_of::<CtConfig>() == 8 * state::SLOTS + 8);
     assert!(state::COUNT <= state::SLOTS && state::SLOTS.is_power_of_two());

@@ -29,9 +29,14 @@ pub mod maps {
     /// Hash ([`super::ct::CtKey`]) -> [`super::ct::CtEntry`]: confirmed flows (established TCP,
     /// replied UDP). Never evicted; when full, new confirmed flows stay in [`CT_NEW`].
     pub const CT_EST: &str = "CT_EST";
-    /// LRU hash ([`super::ct::CtKey`]) -> [`super::ct::CtEntry`]: unconfirmed flows (TCP
-    /// handshakes, unreplied UDP, ICMP echo). A flood of spoofed SYNs churns only this table.
+    /// LRU hash ([`super::ct::CtKey`]) -> [`super::ct::CtEntry`]: unconfirmed flows remote
+    /// hosts opened (TCP handshakes, UDP). A flood of spoofed SYNs churns only this table.
     pub const CT_NEW: &str = "CT_NEW";
+    /// LRU hash ([`super::ct::CtKey`]) -> [`super::ct::CtEntry`]: unconfirmed flows the host
+    /// opened (SYN_SENT, unreplied UDP, ICMP echo), and the host's flows that found
+    /// [`CT_EST`] full. Only the host's packets create entries here, so a remote flood
+    /// cannot evict them.
+    pub const CT_LOCAL: &str = "CT_LOCAL";
     /// Array with one [`super::ct::CtConfig`]: timeouts and the invalid-packet verdict of the
     /// rule set in force.
     pub const CT_CONFIG: &str = "CT_CONFIG";
@@ -450,10 +455,17 @@ pub enum Counter {
     /// Reject degraded to a silent drop: the device has no link-layer header, and a reply sent
     /// back with XDP_TX would not reach the sender (see the README).
     RejectNoLinkLayer,
+    /// Dropped: a segment of a tracked TCP flow outside the windows (its sequence number
+    /// beyond what the host allowed or too far behind, or it acknowledges data the host never
+    /// sent or data too far back). Also counted under `DropCtInvalid`.
+    CtOutOfWindow,
+    /// Entries deleted because a RST ended the handshake (passed to the endpoint; the tuple
+    /// is unknown again).
+    CtHandshakeReset,
 }
 
 impl Counter {
-    pub const COUNT: u32 = Counter::RejectNoLinkLayer as u32 + 1;
+    pub const COUNT: u32 = Counter::CtHandshakeReset as u32 + 1;
 
     pub const ALL: [Counter; Counter::COUNT as usize] = [
         Counter::Packets,
@@ -512,6 +524,8 @@ impl Counter {
         Counter::RejectGlobalRateLimited,
         Counter::DropL3NotIp,
         Counter::RejectNoLinkLayer,
+        Counter::CtOutOfWindow,
+        Counter::CtHandshakeReset,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -572,6 +586,8 @@ impl Counter {
             Counter::RejectGlobalRateLimited => "reject_global_rate_limited",
             Counter::DropL3NotIp => "drop_l3_not_ip",
             Counter::RejectNoLinkLayer => "reject_no_link_layer",
+            Counter::CtOutOfWindow => "ct_out_of_window",
+            Counter::CtHandshakeReset => "ct_handshake_reset",
         }
     }
 }

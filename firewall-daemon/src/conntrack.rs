@@ -39,16 +39,30 @@ pub fn monotonic_ns() -> u64 {
     }
 }
 
+/// The table a flow is in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Which {
+    /// `CT_EST`: confirmed, never evicted.
+    Confirmed,
+    /// `CT_NEW`: unconfirmed flows remote hosts opened (LRU).
+    Remote,
+    /// `CT_LOCAL`: unconfirmed flows the host opened (LRU).
+    Local,
+}
+
 /// One tracked flow.
 #[derive(Clone, Debug)]
 pub struct Flow {
     pub key: CtKey,
     pub entry: CtEntry,
-    /// In the confirmed table (else the unconfirmed LRU table).
-    pub confirmed: bool,
+    pub table: Which,
 }
 
 impl Flow {
+    /// In the confirmed table (else one of the unconfirmed LRU tables).
+    pub fn confirmed(&self) -> bool {
+        self.table == Which::Confirmed
+    }
     pub fn local(&self) -> IpAddr {
         key_addr(self.key.local, self.key.family)
     }
@@ -100,9 +114,11 @@ static COUNTER_LOCK: Mutex<()> = Mutex::new(());
 pub struct Tables {
     est: Table,
     new: Table,
+    local: Table,
     counters: PerCpuArray<MapData, u64>,
     est_capacity: u32,
     new_capacity: u32,
+    local_capacity: u32,
 }
 
 fn open_table(pin_dir: &Path, name: &str) -> anyhow::Result<Table> {
@@ -127,13 +143,32 @@ impl Tables {
         Ok(Self {
             est: open_table(pin_dir, maps::CT_EST)?,
             new: open_table(pin_dir, maps::CT_NEW)?,
+            local: open_table(pin_dir, maps::CT_LOCAL)?,
             counters,
             est_capacity: capacity(maps::CT_EST),
             new_capacity: capacity(maps::CT_NEW),
+            local_capacity: capacity(maps::CT_LOCAL),
         })
     }
 
-    /// Capacity of the confirmed (`true`) or unconfirmed table.
+    fn table(&self, which: Which) -> &Table {
+        match which {
+            Which::Confirmed => &self.est,
+            Which::Remote => &self.new,
+            Which::Local => &self.local,
+        }
+    }
+
+    fn table_mut(&mut self, which: Which) -> &mut Table {
+        match which {
+            Which::Confirmed => &mut self.est,
+            Which::Remote => &mut self.new,
+            Which::Local => &mut self.local,
+        }
+    }
+
+    /// Capacity of the confirmed table (`true`) or of the unconfirmed table of flows remote
+    /// hosts opened.
     pub fn capacity(&self, confirmed: bool) -> u32 {
         if confirmed {
             self.est_capacity
@@ -142,16 +177,16 @@ impl Tables {
         }
     }
 
-    /// Every entry of both tables (expired ones included; see [`CtEntry::expires_ns`]).
+    /// Every entry of the tables (expired ones included; see [`CtEntry::expires_ns`]).
     pub fn flows(&self) -> Vec<Flow> {
         let mut out = Vec::new();
-        for (table, confirmed) in [(&self.est, true), (&self.new, false)] {
-            for item in table.iter() {
+        for which in [Which::Confirmed, Which::Remote, Which::Local] {
+            for item in self.table(which).iter() {
                 match item {
                     Ok((key, entry)) => out.push(Flow {
                         key,
                         entry,
-                        confirmed,
+                        table: which,
                     }),
                     // An entry deleted while we walk: skip it.
                     Err(e) => debug!("walking the connection table: {e}"),
@@ -161,44 +196,43 @@ impl Tables {
         out
     }
 
-    /// Number of entries in (confirmed, unconfirmed).
+    /// Number of entries in (confirmed, unconfirmed flows remote hosts opened).
     pub fn sizes(&self) -> (usize, usize) {
         (self.est.keys().count(), self.new.keys().count())
     }
 
-    fn remove(&mut self, key: &CtKey, confirmed: bool) -> bool {
-        let t = if confirmed {
-            &mut self.est
-        } else {
-            &mut self.new
-        };
-        t.remove(key).is_ok()
+    /// Number of entries in the table of the host's own unconfirmed flows, and its capacity.
+    pub fn host_pending(&self) -> (usize, u32) {
+        (self.local.keys().count(), self.local_capacity)
+    }
+
+    fn remove(&mut self, key: &CtKey, which: Which) -> bool {
+        self.table_mut(which).remove(key).is_ok()
     }
 
     /// Deletes every entry (tests that judge packets one at a time, statelessly).
     pub fn clear(&mut self) {
         for f in self.flows() {
-            self.remove(&f.key, f.confirmed);
+            self.remove(&f.key, f.table);
         }
     }
 
     /// Deletes entries that expired before `now_ns`; returns how many.
     pub fn expire(&mut self, now_ns: u64) -> u64 {
-        let expired: Vec<(CtKey, bool)> = self
+        let expired: Vec<(CtKey, Which)> = self
             .flows()
             .into_iter()
             .filter(|f| f.entry.expires_ns <= now_ns)
-            .map(|f| (f.key, f.confirmed))
+            .map(|f| (f.key, f.table))
             .collect();
         let (mut confirmed_removed, mut unconfirmed_removed) = (0, 0);
-        for (key, confirmed) in expired {
+        for (key, which) in expired {
             // Re-check: the datapath may have refreshed it since the walk.
-            let t = if confirmed { &self.est } else { &self.new };
-            if let Ok(e) = t.get(&key, 0)
+            if let Ok(e) = self.table(which).get(&key, 0)
                 && e.expires_ns <= now_ns
-                && self.remove(&key, confirmed)
+                && self.remove(&key, which)
             {
-                if confirmed {
+                if which == Which::Confirmed {
                     confirmed_removed += 1;
                 } else {
                     unconfirmed_removed += 1;
@@ -250,16 +284,21 @@ impl Tables {
             let Some((key, entry)) = seed_entry(f, accepted, cfg, now_ns) else {
                 continue;
             };
-            let known = self.est.get(&key, 0).is_ok() || self.new.get(&key, 0).is_ok();
+            let known = [Which::Confirmed, Which::Remote, Which::Local]
+                .into_iter()
+                .any(|w| self.table(w).get(&key, 0).is_ok());
             if known {
                 continue;
             }
             // The table the datapath would keep the flow in: only a socket whose state proves
             // a two-way exchange goes to the confirmed one. A half-open SYN_RECV socket (a SYN
-            // that anyone can spoof, answered by the host) or a SYN_SENT one (no answer yet)
-            // is a handshake like any other, in the evictable unconfirmed table.
-            let table = if state::confirmed(entry.state) {
+            // that anyone can spoof, answered by the host) is a handshake a remote host opened,
+            // in the evictable unconfirmed table; a SYN_SENT one (no answer yet) is the host's
+            // own pending flow, in the table floods cannot reach.
+            let table = if state::confirmed(entry.state, entry.origin) {
                 &mut self.est
+            } else if entry.origin == ORIGIN_LOCAL {
+                &mut self.local
             } else {
                 &mut self.new
             };
@@ -289,12 +328,7 @@ impl Tables {
         e.rule = word;
         e.generation = cfg.generation;
         e.expires_ns = now_ns + cfg.timeout_ns[e.state as usize & (state::SLOTS - 1)];
-        let table = if flow.confirmed {
-            &mut self.est
-        } else {
-            &mut self.new
-        };
-        table.insert(&flow.key, &e, 0).is_ok()
+        self.table_mut(flow.table).insert(&flow.key, &e, 0).is_ok()
     }
 }
 
@@ -353,10 +387,21 @@ fn seed_entry(
         generation: cfg.generation,
         remote_next: 0,
         local_next: 0,
+        remote_maxend: 0,
+        local_maxend: 0,
+        remote_maxwin: 0,
+        local_maxwin: 0,
         state: st,
         origin,
         flags,
-        _pad: [0; 5],
+        // The handshake was not seen: each side's window scale is unknown (the sequence
+        // numbers are learned from the first packets, see `ct::tcp_learn`).
+        reuse_seq: 0,
+        reuse_win: 0,
+        remote_scale: ct::MAX_WSCALE,
+        local_scale: ct::MAX_WSCALE,
+        reuse_wscale: 0,
+        _pad: [0; 4],
         owner: Default::default(),
     };
     Some((key, entry))

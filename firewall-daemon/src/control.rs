@@ -237,11 +237,16 @@ pub struct ConntrackStatus {
     /// Entries in the confirmed table, and its capacity.
     pub confirmed: usize,
     pub confirmed_capacity: u32,
-    /// Entries in the unconfirmed (LRU) table, and its capacity.
+    /// Entries in the unconfirmed (LRU) table of flows remote hosts opened, and its capacity.
     pub unconfirmed: usize,
     pub unconfirmed_capacity: u32,
-    /// Unconfirmed entries the LRU dropped to make room (derived from the counters:
-    /// inserted - removed by the datapath - removed by the daemon - present).
+    /// Entries in the LRU table of the host's own unconfirmed flows, and its capacity.
+    #[serde(default)]
+    pub host_pending: usize,
+    #[serde(default)]
+    pub host_pending_capacity: u32,
+    /// Unconfirmed entries the two LRU tables dropped to make room (derived from the
+    /// counters: inserted - removed by the datapath - removed by the daemon - present).
     pub evicted: u64,
     /// Connections seeded from the host's sockets when this daemon started.
     pub seeded_at_start: usize,

@@ -1228,17 +1228,21 @@ impl State {
 
     fn conntrack_status(&self) -> ConntrackStatus {
         let (confirmed, unconfirmed) = self.tables.sizes();
+        let (host_pending, host_pending_capacity) = self.tables.host_pending();
         let c = self.generation.counters().unwrap_or_default();
         let get = |name: &str| c.get(name).copied().unwrap_or(0);
+        // The counters cover both LRU tables.
         let evicted = get("ct_new_inserted")
             .saturating_sub(get("ct_new_removed"))
             .saturating_sub(get("ct_daemon_removed"))
-            .saturating_sub(unconfirmed as u64);
+            .saturating_sub((unconfirmed + host_pending) as u64);
         ConntrackStatus {
             confirmed,
             confirmed_capacity: self.tables.capacity(true),
             unconfirmed,
             unconfirmed_capacity: self.tables.capacity(false),
+            host_pending,
+            host_pending_capacity,
             evicted,
             seeded_at_start: self.seeded,
             adopted: self.adopted,
@@ -1313,7 +1317,7 @@ impl State {
                         "remote"
                     }
                     .into(),
-                    table: if f.confirmed {
+                    table: if f.confirmed() {
                         "confirmed"
                     } else {
                         "unconfirmed"
@@ -1486,6 +1490,7 @@ impl State {
     /// One line for `systemctl status`.
     fn status_line(&self) -> String {
         let (confirmed, unconfirmed) = self.tables.sizes();
+        let (host_pending, _) = self.tables.host_pending();
         format!(
             "{} rules (generation {}) on {}, outbound on cgroup {}; {} connections tracked",
             self.ruleset.rules.len(),
@@ -1496,7 +1501,7 @@ impl State {
                 .collect::<Vec<_>>()
                 .join(", "),
             self.cgroup.path.display(),
-            confirmed + unconfirmed
+            confirmed + unconfirmed + host_pending
         )
     }
 

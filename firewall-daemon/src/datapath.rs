@@ -143,7 +143,7 @@ const GENERATION_MAPS: [&str; 5] = [
     maps::RULE_HITS,
 ];
 /// Maps shared by every generation (and kept across daemon restarts while pinned).
-pub const SHARED_MAPS: [&str; 11] = [
+pub const SHARED_MAPS: [&str; 12] = [
     maps::COUNTERS,
     maps::REJECT_RATE,
     maps::REJECT_GLOBAL,
@@ -151,6 +151,7 @@ pub const SHARED_MAPS: [&str; 11] = [
     maps::LOCAL_ADDRS,
     maps::CT_EST,
     maps::CT_NEW,
+    maps::CT_LOCAL,
     maps::OUT_STEALTH,
     maps::LISTENERS,
     maps::LISTENER_OF,
@@ -173,7 +174,9 @@ fn shared_layout(name: &str) -> Option<(usize, usize, Option<u32>)> {
         maps::REJECT_GLOBAL => (4, size_of::<RateBucket>(), Some(1)),
         maps::IFACE_MAC => (4, size_of::<IfaceMac>(), None),
         maps::LOCAL_ADDRS => (size_of::<LocalAddrKey>(), 4, None),
-        maps::CT_EST | maps::CT_NEW => (size_of::<CtKey>(), size_of::<CtEntry>(), None),
+        maps::CT_EST | maps::CT_NEW | maps::CT_LOCAL => {
+            (size_of::<CtKey>(), size_of::<CtEntry>(), None)
+        }
         maps::OUT_STEALTH => (size_of::<OutStealthKey>(), 4, None),
         maps::LISTENERS => (size_of::<ListenerKey>(), size_of::<Listener>(), None),
         maps::LISTENER_OF => (8, size_of::<ListenerKey>(), None),
@@ -379,6 +382,11 @@ fn load_object(compiled: &Compiled, ruleset: &Ruleset, pin_dir: &Path) -> anyhow
         .map_max_entries(
             maps::CT_NEW,
             table_capacity(pin_dir, maps::CT_NEW, ruleset.conntrack.unconfirmed_size),
+        )
+        // The host's own pending flows get as much room as remote hosts' handshakes.
+        .map_max_entries(
+            maps::CT_LOCAL,
+            table_capacity(pin_dir, maps::CT_LOCAL, ruleset.conntrack.unconfirmed_size),
         )
         .override_global(globals::DEFAULT_INBOUND, &default_in, true)
         .override_global(globals::DEFAULT_OUTBOUND, &default_out, true)
@@ -1339,6 +1347,7 @@ pub fn attach_listener_hooks(cgroup: &Cgroup, pin_dir: &Path) -> anyhow::Result<
         .default_map_pin_directory(pin_dir)
         .map_max_entries(maps::CT_EST, pinned_size(maps::CT_EST))
         .map_max_entries(maps::CT_NEW, pinned_size(maps::CT_NEW))
+        .map_max_entries(maps::CT_LOCAL, pinned_size(maps::CT_LOCAL))
         .load(EBPF_OBJECT)
         .context("loading the eBPF object")?;
     let mut pinned = Vec::new();

@@ -121,7 +121,12 @@ fn parse_v4(frame: &[u8], off: usize, l2_multicast: bool) -> Result<Parsed, Coun
     let dst = IpAddr::from([ip[16], ip[17], ip[18], ip[19]]);
     transport(
         frame,
-        Addrs { off, src, dst },
+        Addrs {
+            off,
+            end: off + total,
+            src,
+            dst,
+        },
         off + hdr_len,
         (total - hdr_len) as u32,
         ip[9],
@@ -134,6 +139,17 @@ fn parse_v6(frame: &[u8], off: usize, l2_multicast: bool) -> Result<Parsed, Coun
     if ip[0] >> 4 != 6 {
         return Err(Counter::DropMalformedIpv6);
     }
+    let (src, dst) = (v6_at(&ip, 8), v6_at(&ip, 24));
+    if crate::model::embeds_ipv4(src) || crate::model::embeds_ipv4(dst) {
+        return Err(Counter::DropIpv6EmbeddedIpv4);
+    }
+    // A zero payload length (jumbogram, BIG TCP): the frame bounds the packet.
+    let payload_len = usize::from(be16([ip[4], ip[5]]));
+    let end = if payload_len == 0 {
+        frame.len()
+    } else {
+        off + 40 + payload_len
+    };
     let is_ext = |n: u8| {
         matches!(
             n,
@@ -165,15 +181,19 @@ fn parse_v6(frame: &[u8], off: usize, l2_multicast: bool) -> Result<Parsed, Coun
             _ => break,
         }
     }
-    if l4 > frame.len() || is_ext(next) {
+    if l4 > frame.len() || l4 > end || is_ext(next) {
         return Err(Counter::DropIpv6ExtHeaders);
     }
     let ext_len = l4 - off - 40;
-    let payload = usize::from(be16([ip[4], ip[5]])).saturating_sub(ext_len) as u32;
-    let (src, dst) = (v6_at(&ip, 8), v6_at(&ip, 24));
+    let payload = payload_len.saturating_sub(ext_len) as u32;
     transport(
         frame,
-        Addrs { off, src, dst },
+        Addrs {
+            off,
+            end,
+            src,
+            dst,
+        },
         l4,
         payload,
         next,
@@ -181,9 +201,11 @@ fn parse_v6(frame: &[u8], off: usize, l2_multicast: bool) -> Result<Parsed, Coun
     )
 }
 
-/// The IP layer of a packet: where it starts, its source (the remote host) and destination.
+/// The IP layer of a packet: where it starts and ends (its own length: Ethernet padding
+/// follows), its source (the remote host) and destination.
 struct Addrs {
     off: usize,
+    end: usize,
     src: IpAddr,
     dst: IpAddr,
 }
@@ -210,12 +232,15 @@ fn transport(
         icmp_type: 0,
         icmp_id: 0,
         quoted: None,
+        window: 0,
+        wscale: None,
     };
     match (ip_proto, v6) {
         (ct::IPPROTO_TCP, _) => {
             let t: [u8; TCP_HDR_LEN] = get(frame, l4_off).ok_or(Counter::DropMalformedL4)?;
             let data_off = usize::from(t[12] >> 4) * 4;
-            if data_off < TCP_HDR_LEN || l4_off + data_off > frame.len() {
+            if data_off < TCP_HDR_LEN || l4_off + data_off > frame.len() || l4_off + data_off > ip.end
+            {
                 return Err(Counter::DropMalformedL4);
             }
             seg.proto = PacketProto::Tcp;
@@ -225,15 +250,29 @@ fn transport(
             seg.ack = be32(&t[8..12]);
             seg.tcp_flags = t[13];
             seg.payload = l4_len.saturating_sub(data_off as u32);
+            seg.window = be16([t[14], t[15]]);
+            if t[13] & ct::TCP_SYN != 0 {
+                seg.wscale = Some(window_scale(
+                    frame,
+                    l4_off + TCP_HDR_LEN,
+                    l4_off + data_off,
+                ));
+            }
         }
         (ct::IPPROTO_UDP, _) => {
             let u: [u8; 8] = get(frame, l4_off).ok_or(Counter::DropMalformedL4)?;
+            if l4_off + 8 > ip.end {
+                return Err(Counter::DropMalformedL4);
+            }
             seg.proto = PacketProto::Udp;
             seg.remote_port = be16([u[0], u[1]]);
             seg.local_port = be16([u[2], u[3]]);
         }
         (ct::IPPROTO_ICMP, false) | (ct::IPPROTO_ICMPV6, true) => {
             let h: [u8; ICMP_HDR_LEN] = get(frame, l4_off).ok_or(Counter::DropMalformedL4)?;
+            if l4_off + ICMP_HDR_LEN > ip.end {
+                return Err(Counter::DropMalformedL4);
+            }
             let essential = if v6 {
                 // Packet too big, MLD, router and neighbour discovery.
                 matches!(h[0], 2 | 130..=137 | 143)
@@ -257,6 +296,39 @@ fn transport(
         l3_off: ip.off,
         l4_off,
     }))
+}
+
+/// The window scale option among the TCP options in `[start, end)`, as the kernel parser reads
+/// it: at most 8 options; `NO_WSCALE` at the end of the list, `WSCALE_UNKNOWN` for a list it
+/// cannot read to the option or its end.
+fn window_scale(frame: &[u8], start: usize, end: usize) -> u8 {
+    let len = end.saturating_sub(start).min(40);
+    let mut off = 0;
+    for _ in 0..8 {
+        if off >= len {
+            return ct::NO_WSCALE;
+        }
+        let Some(&kind) = frame.get(start + off) else {
+            return ct::WSCALE_UNKNOWN;
+        };
+        match kind {
+            0 => return ct::NO_WSCALE,
+            1 => off += 1,
+            _ => {
+                let Some(o): Option<[u8; 3]> = get(frame, start + off) else {
+                    return ct::WSCALE_UNKNOWN;
+                };
+                if kind == 3 && o[1] == 3 {
+                    return o[2];
+                }
+                if o[1] < 2 {
+                    return ct::WSCALE_UNKNOWN;
+                }
+                off += usize::from(o[1]);
+            }
+        }
+    }
+    ct::WSCALE_UNKNOWN
 }
 
 /// The packet an ICMP error quotes, as the kernel's related-flow lookup reads it: an IPv4

@@ -11,8 +11,7 @@
 use std::{collections::HashMap, net::IpAddr};
 
 use firewall_common::ct::{
-    self, CtEntry, CtKey, FLAG_DENIED, FLAG_FIN_LOCAL, FLAG_LOCAL_SEQ, FLAG_REMOTE_SEQ,
-    ORIGIN_LOCAL, ORIGIN_REMOTE, outcome, state,
+    self, CtEntry, CtKey, FLAG_DENIED, ORIGIN_LOCAL, ORIGIN_REMOTE, TcpSeg, outcome, state,
 };
 
 use crate::{
@@ -28,11 +27,14 @@ pub struct Segment {
     pub proto: PacketProto,
     pub local_port: u16,
     pub remote_port: u16,
-    /// TCP flags byte, sequence and acknowledgment numbers, payload length.
+    /// TCP flags byte, sequence and acknowledgment numbers, payload length, window field and
+    /// window scale option (SYN segments).
     pub tcp_flags: u8,
     pub seq: u32,
     pub ack: u32,
     pub payload: u32,
+    pub window: u16,
+    pub wscale: Option<u8>,
     /// ICMP/ICMPv6 type and echo identifier.
     pub icmp_type: u8,
     pub icmp_id: u16,
@@ -118,7 +120,20 @@ fn is_v6(ip: IpAddr) -> bool {
     matches!(ip, IpAddr::V6(_))
 }
 
-/// A tracked flow and the table it is in.
+fn tcp_seg(seg: &Segment) -> TcpSeg {
+    TcpSeg {
+        flags: seg.tcp_flags,
+        seq: seg.seq,
+        ack: seg.ack,
+        win: seg.window,
+        wscale: seg.wscale.unwrap_or(ct::NO_WSCALE),
+        payload: seg.payload,
+    }
+}
+
+/// A tracked flow and the table it is in (without capacity limits: the confirmed table when
+/// its state is confirmed, else the unconfirmed table of its origin, which `entry.origin`
+/// tells).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Tracked {
     pub entry: CtEntry,
@@ -162,29 +177,31 @@ impl<'a> Tracker<'a> {
         if e.flags & FLAG_DENIED != 0 {
             return outcome::DENIED;
         }
+        let tseg = tcp_seg(seg);
         let (st, flags, out) = if k.proto == ct::IPPROTO_TCP {
-            let rst = ct::rst_class(e, from_local, seg.tcp_flags, seg.seq, seg.ack);
-            let s = ct::tcp_step(e, from_local, seg.tcp_flags, rst);
+            let s = ct::tcp_step(e, from_local, &tseg);
             (s.state, s.flags, s.outcome)
         } else {
             (ct::udp_step(e, from_local), e.flags, outcome::PASS)
         };
-        if out != outcome::PASS {
-            return out;
+        match out {
+            outcome::PASS | outcome::RESTART => {}
+            // Dropped like any packet its flow's state does not allow.
+            outcome::WINDOW => return outcome::INVALID,
+            outcome::FORGET => {
+                self.flows.remove(k);
+                return outcome::FORGET;
+            }
+            _ => return out,
         }
-        let was_confirmed = state::confirmed(e.state);
         e.state = st;
         e.flags = flags;
-        if !from_local && k.proto == ct::IPPROTO_TCP && ct::moves_remote_seq(seg.tcp_flags) {
-            let end = seg
-                .seq
-                .wrapping_add(ct::seq_len(seg.tcp_flags, seg.payload));
-            if e.flags & FLAG_REMOTE_SEQ == 0 || ct::seq_after(end, e.remote_next) {
-                e.remote_next = end;
-                e.flags |= FLAG_REMOTE_SEQ;
-            }
+        if out == outcome::RESTART {
+            ct::restart(e, &tseg);
+        } else if k.proto == ct::IPPROTO_TCP {
+            ct::tcp_learn(e, from_local, &tseg);
         }
-        if !was_confirmed && state::confirmed(st) {
+        if state::confirmed(st, e.origin) {
             t.confirmed = true;
         }
         outcome::PASS
@@ -202,15 +219,24 @@ impl<'a> Tracker<'a> {
             generation: 0,
             remote_next: 0,
             local_next: 0,
+            remote_maxend: 0,
+            local_maxend: 0,
+            remote_maxwin: 0,
+            local_maxwin: 0,
             state: st,
             origin,
             flags: 0,
-            _pad: [0; 5],
+            reuse_seq: 0,
+            reuse_win: 0,
+            remote_scale: 0,
+            local_scale: 0,
+            reuse_wscale: 0,
+            _pad: [0; 4],
             owner: Default::default(),
         };
         let t = self.flows.entry(k).insert_entry(Tracked {
             entry,
-            confirmed: state::confirmed(st),
+            confirmed: state::confirmed(st, origin),
         });
         &mut t.into_mut().entry
     }
@@ -224,7 +250,7 @@ impl<'a> Tracker<'a> {
             PacketProto::Tcp | PacketProto::Udp => {
                 let k = key(seg);
                 match self.step(&k, seg, false) {
-                    outcome::PASS => return Inbound::Tracked,
+                    outcome::PASS | outcome::FORGET => return Inbound::Tracked,
                     outcome::INVALID => return Inbound::Invalid,
                     outcome::DENIED => {
                         let word = self.flows[&k].entry.rule;
@@ -254,8 +280,7 @@ impl<'a> Tracker<'a> {
                     };
                     let e = self.insert(k, st, ORIGIN_REMOTE, word);
                     if syn {
-                        e.remote_next = seg.seq.wrapping_add(1);
-                        e.flags = FLAG_REMOTE_SEQ;
+                        ct::tcp_learn(e, false, &tcp_seg(seg));
                     }
                 }
                 Inbound::Rules(d)
@@ -338,12 +363,10 @@ impl<'a> Tracker<'a> {
                     (state::ESTABLISHED, ORIGIN_LOCAL, ct::RULE_PICKUP)
                 };
                 let e = self.insert(k, st, origin, rule);
-                if st == state::SYN_SENT {
-                    e.local_next = seg.seq.wrapping_add(1);
-                    e.flags = FLAG_LOCAL_SEQ;
-                } else if st == state::FIN_WAIT {
-                    e.flags = FLAG_FIN_LOCAL;
+                if st != state::SYN_SENT {
+                    ct::pickup(e, &tcp_seg(seg));
                 }
+                ct::tcp_learn(e, true, &tcp_seg(seg));
             }
             PacketProto::Udp => {
                 if self.step(&k, seg, true) == outcome::NEW {

@@ -453,7 +453,7 @@ fn seeding_confirms_only_connections_that_exchanged_packets_both_ways() {
             .find(|f| f.key.remote_port == port)
             .unwrap_or_else(|| panic!("{st:?} was not seeded"));
         assert_eq!(
-            flow.confirmed,
+            flow.confirmed(),
             *confirmed,
             "a {st:?} socket belongs in the {} table",
             if *confirmed {

@@ -1,12 +1,18 @@
 //! The connection table, as the datapath uses it.
 //!
-//! Two tables hold flows, keyed from the host's point of view:
-//! - `CT_NEW`, an LRU hash, holds unconfirmed flows (TCP handshakes, unreplied UDP, ICMP echo).
-//!   Anyone can create entries here by sending SYNs to an allowed port, so it is the table
-//!   that churns under a flood.
-//! - `CT_EST`, a plain hash, holds confirmed flows (a completed handshake, a replied UDP
-//!   flow). Creating one takes a real two-way exchange, so a spoofed flood cannot reach it,
-//!   and it never evicts: when it is full, a newly confirmed flow stays in `CT_NEW` (counted).
+//! Three tables hold flows, keyed from the host's point of view:
+//! - `CT_EST`, a plain hash, holds confirmed flows: TCP past a handshake whose packets prove
+//!   a two-way exchange (see [`ct::state::confirmed`]), UDP the host opened and the remote
+//!   answered. A blind sender cannot create one, and it never evicts.
+//! - `CT_NEW`, an LRU hash, holds what remote hosts opened and is not confirmed (handshakes,
+//!   UDP). Anyone can create entries here by sending SYNs or datagrams to an allowed port, so
+//!   it is the table that churns under a flood.
+//! - `CT_LOCAL`, an LRU hash, holds what the host opened and is not confirmed (SYN_SENT, DNS
+//!   queries, echo requests). Only the host's own packets create entries here, so a remote
+//!   flood cannot evict them.
+//!
+//! When `CT_EST` is full, a flow that should move there stays in the LRU table of its origin
+//! (counted): a host-opened or picked-up flow in `CT_LOCAL`, a remote-opened one in `CT_NEW`.
 //!
 //! Both are pinned by name and shared by every generation of the programs, so reloads and
 //! daemon restarts keep the connections. Entries expire by time (`expires_ns`); the datapath
@@ -28,8 +34,8 @@ use aya_ebpf::{
 use firewall_common::{
     Counter,
     ct::{
-        self, ConnOwner, CtConfig, CtEntry, CtKey, FLAG_LOCAL_SEQ, FLAG_REMOTE_SEQ, IPPROTO_ICMP,
-        IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, ORIGIN_LOCAL, ORIGIN_REMOTE, outcome, state,
+        self, ConnOwner, CtConfig, CtEntry, CtKey, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP,
+        IPPROTO_UDP, ORIGIN_LOCAL, ORIGIN_REMOTE, TcpSeg, outcome, state,
     },
 };
 
@@ -43,6 +49,8 @@ use crate::{
 static CT_EST: HashMap<CtKey, CtEntry> = HashMap::pinned(1, 0);
 #[map]
 static CT_NEW: LruHashMap<CtKey, CtEntry> = LruHashMap::pinned(1, 0);
+#[map]
+static CT_LOCAL: LruHashMap<CtKey, CtEntry> = LruHashMap::pinned(1, 0);
 #[map]
 static CT_CONFIG: Array<CtConfig> = Array::with_max_entries(1, 0);
 
@@ -141,29 +149,57 @@ fn write_tail(key: &mut CtKey, local_port: u16, remote_port: u16, proto: u8, fam
     unsafe { (&mut key.local_port as *mut u16 as *mut u64).write(v) };
 }
 
-/// Finds the live entry of `key`: confirmed table first. Returns the entry and whether it is
-/// in the confirmed table.
+/// Which table an entry is in.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Table {
+    Est,
+    New,
+    Local,
+}
+
+/// The unconfirmed table of a flow opened by `origin`.
 #[inline(always)]
-fn lookup(key: &CtKey, now: u64) -> Option<(*mut CtEntry, bool)> {
+fn pending_table(origin: u8) -> Table {
+    if origin == ORIGIN_LOCAL {
+        Table::Local
+    } else {
+        Table::New
+    }
+}
+
+#[inline(always)]
+fn lru(t: Table) -> &'static LruHashMap<CtKey, CtEntry> {
+    if t == Table::Local {
+        &CT_LOCAL
+    } else {
+        &CT_NEW
+    }
+}
+
+/// Finds the live entry of `key`: confirmed table first.
+#[inline(always)]
+fn lookup(key: &CtKey, now: u64) -> Option<(*mut CtEntry, Table)> {
     if let Some(found) = lookup_confirmed(key, now) {
         return Some(found);
     }
-    if let Some(e) = CT_NEW.get_ptr_mut(key)
-        // SAFETY: as above.
-        && unsafe { (*e).expires_ns } > now
-    {
-        return Some((e, false));
+    for t in [Table::Local, Table::New] {
+        if let Some(e) = lru(t).get_ptr_mut(key)
+            // SAFETY: a map value pointer, valid for this program run.
+            && unsafe { (*e).expires_ns } > now
+        {
+            return Some((e, t));
+        }
     }
     None
 }
 
 #[inline(always)]
-fn lookup_confirmed(key: &CtKey, now: u64) -> Option<(*mut CtEntry, bool)> {
+fn lookup_confirmed(key: &CtKey, now: u64) -> Option<(*mut CtEntry, Table)> {
     if let Some(e) = CT_EST.get_ptr_mut(key)
         // SAFETY: a map value pointer, valid for this program run.
         && unsafe { (*e).expires_ns } > now
     {
-        return Some((e, true));
+        return Some((e, Table::Est));
     }
     None
 }
@@ -173,21 +209,34 @@ fn timeout(cfg: &CtConfig, s: u8) -> u64 {
     cfg.timeout_ns[s as usize & (state::SLOTS - 1)]
 }
 
-/// Moves a newly confirmed flow from the unconfirmed table to the confirmed one. If the
+/// Moves a newly confirmed flow from its unconfirmed table to the confirmed one. If the
 /// confirmed table is full, the flow stays where it is.
 #[inline(always)]
-fn confirm(key: &CtKey, e: &CtEntry) {
+fn confirm(key: &CtKey, e: &CtEntry, from: Table) {
     // An expired entry of an earlier flow with this tuple may still be there until the daemon
     // collects it: overwrite it.
     let stored = CT_EST.insert(key, e, BPF_NOEXIST as u64).is_ok()
         || (CT_EST.get_ptr(key).is_some() && CT_EST.insert(key, e, BPF_EXIST as u64).is_ok());
     if stored {
         count(Counter::CtConfirmed);
-        if CT_NEW.remove(key).is_ok() {
+        if lru(from).remove(key).is_ok() {
             count(Counter::CtNewRemoved);
         }
     } else {
         count(Counter::CtConfirmedFull);
+    }
+}
+
+/// The tracker's view of a TCP segment.
+#[inline(always)]
+fn tcp_seg(pkt: &Packet) -> TcpSeg {
+    TcpSeg {
+        flags: pkt.tcp_flags,
+        seq: pkt.tcp_seq,
+        ack: pkt.tcp_ack,
+        win: pkt.tcp_window,
+        wscale: pkt.tcp_wscale,
+        payload: pkt.tcp_payload,
     }
 }
 
@@ -197,7 +246,7 @@ fn confirm(key: &CtKey, e: &CtEntry) {
 fn step(
     key: &CtKey,
     entry: *mut CtEntry,
-    in_est: bool,
+    table: Table,
     pkt: &Packet,
     from_local: bool,
     bytes: u64,
@@ -214,17 +263,22 @@ fn step(
         }
         return outcome::DENIED;
     }
+    let seg = tcp_seg(pkt);
     let (new_state, new_flags, out) = if key.proto == IPPROTO_TCP {
-        let rst = ct::rst_class(e, from_local, pkt.tcp_flags, pkt.tcp_seq, pkt.tcp_ack);
-        let s = ct::tcp_step(e, from_local, pkt.tcp_flags, rst);
+        let s = ct::tcp_step(e, from_local, &seg);
         (s.state, s.flags, s.outcome)
     } else {
         (ct::udp_step(e, from_local), e.flags, outcome::PASS)
     };
-    if out != outcome::PASS {
-        return out;
+    match out {
+        outcome::PASS | outcome::RESTART => {}
+        outcome::WINDOW => {
+            count(Counter::CtOutOfWindow);
+            return outcome::INVALID;
+        }
+        _ => return out,
     }
-    let was_confirmed = state::confirmed(e.state);
+    let was_confirmed = state::confirmed(e.state, e.origin);
     e.state = new_state;
     e.flags = new_flags;
     e.expires_ns = now + timeout(cfg, new_state);
@@ -234,28 +288,26 @@ fn step(
     } else {
         e.packets_in += 1;
         e.bytes_in += bytes;
-        if key.proto == IPPROTO_TCP && ct::moves_remote_seq(pkt.tcp_flags) {
-            let end = pkt
-                .tcp_seq
-                .wrapping_add(ct::seq_len(pkt.tcp_flags, pkt.tcp_payload));
-            if e.flags & FLAG_REMOTE_SEQ == 0 || ct::seq_after(end, e.remote_next) {
-                e.remote_next = end;
-                e.flags |= FLAG_REMOTE_SEQ;
-            }
-        }
     }
-    if !in_est && !was_confirmed && state::confirmed(new_state) {
-        confirm(key, e);
+    if out == outcome::RESTART {
+        // In place, in whichever table the flow is: the entry of a connection that reached
+        // the confirmed table carries the next one on its tuple.
+        ct::restart(e, &seg);
+    } else if key.proto == IPPROTO_TCP {
+        ct::tcp_learn(e, from_local, &seg);
+    }
+    if table != Table::Est && !was_confirmed && state::confirmed(new_state, e.origin) {
+        confirm(key, e, table);
     }
     outcome::PASS
 }
 
-/// Forgets a flow whose tuple a new connection reuses.
+/// Forgets a flow: its tuple is reused by a new connection, or its handshake was reset.
 #[inline(always)]
-fn forget(key: &CtKey, in_est: bool) {
-    if in_est {
+fn forget(key: &CtKey, table: Table) {
+    if table == Table::Est {
         let _ = CT_EST.remove(key);
-    } else if CT_NEW.remove(key).is_ok() {
+    } else if lru(table).remove(key).is_ok() {
         count(Counter::CtNewRemoved);
     }
 }
@@ -285,10 +337,19 @@ fn new_entry(
     e.generation = cfg.generation;
     e.remote_next = 0;
     e.local_next = 0;
+    e.remote_maxend = 0;
+    e.local_maxend = 0;
+    e.remote_maxwin = 0;
+    e.local_maxwin = 0;
     e.state = st;
     e.origin = origin;
     e.flags = 0;
-    e._pad = [0; 5];
+    e.reuse_seq = 0;
+    e.reuse_win = 0;
+    e.remote_scale = 0;
+    e.local_scale = 0;
+    e.reuse_wscale = 0;
+    e._pad = [0; 4];
     e.owner = ConnOwner::default();
 }
 
@@ -311,33 +372,25 @@ fn sender(ctx: &TcContext, e: &mut CtEntry) {
     }
 }
 
-/// Stores a new flow. Only a new key counts as inserted (an expired entry with the same tuple
-/// is overwritten), so the daemon can derive the LRU's evictions from the counters.
+/// Stores a new flow: in the confirmed table if its state is confirmed and there is room,
+/// else in the LRU table of its origin. Only a new key counts as inserted (an expired entry
+/// with the same tuple is overwritten), so the daemon can derive the LRU tables' evictions
+/// from the counters.
 #[inline(always)]
 fn insert(key: &CtKey, e: &CtEntry) {
-    let confirmed = state::confirmed(e.state);
-    let fresh = if confirmed {
-        CT_EST.insert(key, e, BPF_NOEXIST as u64).is_ok()
-    } else {
-        CT_NEW.insert(key, e, BPF_NOEXIST as u64).is_ok()
-    };
-    if fresh {
-        if !confirmed {
-            count(Counter::CtNewInserted);
+    if state::confirmed(e.state, e.origin) {
+        if CT_EST.insert(key, e, BPF_NOEXIST as u64).is_ok()
+            || (CT_EST.get_ptr(key).is_some() && CT_EST.insert(key, e, BPF_EXIST as u64).is_ok())
+        {
+            return;
         }
-        return;
+        count(Counter::CtConfirmedFull);
     }
-    let stored = if confirmed {
-        CT_EST.insert(key, e, BPF_EXIST as u64).is_ok()
-    } else {
-        CT_NEW.insert(key, e, BPF_EXIST as u64).is_ok()
-    };
-    if !stored {
-        count(if confirmed {
-            Counter::CtConfirmedFull
-        } else {
-            Counter::CtInsertFailed
-        });
+    let table = lru(pending_table(e.origin));
+    if table.insert(key, e, BPF_NOEXIST as u64).is_ok() {
+        count(Counter::CtNewInserted);
+    } else if table.insert(key, e, BPF_EXIST as u64).is_err() {
+        count(Counter::CtInsertFailed);
     }
 }
 
@@ -362,13 +415,18 @@ pub fn inbound(ctx: &aya_ebpf::programs::XdpContext, pkt: &Packet, now: u64) -> 
                 // Only packets about to be dropped pay for it.
                 found = lookup_confirmed(key, now);
             }
-            if let Some((e, in_est)) = found {
-                match step(key, e, in_est, pkt, false, bytes, now, cfg) {
+            if let Some((e, table)) = found {
+                match step(key, e, table, pkt, false, bytes, now, cfg) {
                     outcome::PASS => return Inbound::Tracked,
                     outcome::INVALID => return Inbound::Invalid,
                     // SAFETY: a map value pointer, valid for this program run.
                     outcome::DENIED => return Inbound::Denied(unsafe { (*e).rule }),
-                    _ => forget(key, in_est),
+                    outcome::FORGET => {
+                        forget(key, table);
+                        count(Counter::CtHandshakeReset);
+                        return Inbound::Tracked;
+                    }
+                    _ => forget(key, table),
                 }
             }
             if no_syn {
@@ -426,8 +484,7 @@ pub fn admit(ctx: &aya_ebpf::programs::XdpContext, pkt: &Packet, word: u32, now:
     let e = &mut sc.entry;
     new_entry(e, cfg, now, st, ORIGIN_REMOTE, word, false, bytes);
     if st == state::SYN_SENT {
-        e.remote_next = pkt.tcp_seq.wrapping_add(1);
-        e.flags = FLAG_REMOTE_SEQ;
+        ct::tcp_learn(e, false, &tcp_seg(pkt));
     }
     if outbound::RECORD_OWNER.load() != 0
         && let Some(l) = scoped::listener(scoped::Remote::of(&pkt.local), pkt.proto, pkt.local_port)
@@ -450,11 +507,16 @@ pub fn outbound(ctx: &TcContext, pkt: &Packet, bytes: u64, now: u64) {
     let e = &mut sc.entry;
     match pkt.proto {
         firewall_common::PROTO_TCP => {
-            if let Some((found, in_est)) = lookup(key, now) {
-                if step(key, found, in_est, pkt, true, bytes, now, cfg) != outcome::NEW {
-                    return;
+            if let Some((found, table)) = lookup(key, now) {
+                match step(key, found, table, pkt, true, bytes, now, cfg) {
+                    outcome::NEW => forget(key, table),
+                    outcome::FORGET => {
+                        forget(key, table);
+                        count(Counter::CtHandshakeReset);
+                        return;
+                    }
+                    _ => return,
                 }
-                forget(key, in_est);
             }
             let flags = pkt.tcp_flags;
             let syn_ack = ct::TCP_SYN | ct::TCP_ACK;
@@ -472,20 +534,16 @@ pub fn outbound(ctx: &TcContext, pkt: &Packet, bytes: u64, now: u64) {
             };
             new_entry(e, cfg, now, st, origin, rule, true, bytes);
             sender(ctx, e);
-            if st == state::SYN_SENT {
-                e.local_next = pkt.tcp_seq.wrapping_add(1);
-                e.flags = FLAG_LOCAL_SEQ;
-            } else {
-                if st == state::FIN_WAIT {
-                    e.flags = ct::FLAG_FIN_LOCAL;
-                }
+            if st != state::SYN_SENT {
+                ct::pickup(e, &tcp_seg(pkt));
                 count(Counter::CtPickedUp);
             }
+            ct::tcp_learn(e, true, &tcp_seg(pkt));
             insert(key, e);
         }
         firewall_common::PROTO_UDP => {
-            if let Some((found, in_est)) = lookup(key, now) {
-                step(key, found, in_est, pkt, true, bytes, now, cfg);
+            if let Some((found, table)) = lookup(key, now) {
+                step(key, found, table, pkt, true, bytes, now, cfg);
                 return;
             }
             new_entry(

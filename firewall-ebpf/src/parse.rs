@@ -140,6 +140,10 @@ pub struct Packet {
     pub tcp_ack: u32,
     /// Bytes of TCP payload (from the IP length fields).
     pub tcp_payload: u32,
+    /// TCP window field (unscaled), and the window scale option's shift on a SYN segment
+    /// (`ct::NO_WSCALE` when absent or not a SYN).
+    pub tcp_window: u16,
+    pub tcp_wscale: u8,
     /// ICMP/ICMPv6 type, and the echo identifier (bytes 4-5 of the header).
     pub icmp_type: u8,
     pub icmp_id: u16,
@@ -402,6 +406,8 @@ fn transport<F: Frame>(
         tcp_seq: 0,
         tcp_ack: 0,
         tcp_payload: 0,
+        tcp_window: 0,
+        tcp_wscale: firewall_common::ct::NO_WSCALE,
         icmp_type: 0,
         icmp_id: 0,
         l2_multicast,
@@ -427,6 +433,11 @@ fn transport<F: Frame>(
             pkt.tcp_ack = u32::from_be_bytes([t[8], t[9], t[10], t[11]]);
             pkt.tcp_flags = t[13];
             pkt.tcp_payload = l4_len.saturating_sub(data_off);
+            pkt.tcp_window = be16([t[14], t[15]]);
+            if t[13] & firewall_common::ct::TCP_SYN != 0 {
+                pkt.tcp_wscale =
+                    window_scale(ctx, l4_off + TCP_HDR_LEN, l4_off + data_off as usize);
+            }
         }
         IPPROTO_UDP => {
             let u: *const UdpHdr = ptr_at(ctx, l4_off).ok_or(Counter::DropMalformedL4)?;
@@ -474,3 +485,50 @@ fn transport<F: Frame>(
     }
     Ok(Parsed::Packet(pkt))
 }
+
+/// The window scale option (kind 3, length 3) among the TCP options in `[start, end)`, or
+/// `ct::NO_WSCALE`. Follows at most [`MAX_TCP_OPTIONS`] options (the SYNs of Linux, Windows
+/// and the BSDs carry the option among their first five); a longer list whose first options
+/// do not include it, or one that cannot be read to its end, gives `ct::WSCALE_UNKNOWN`.
+#[inline(always)]
+fn window_scale<F: Frame>(ctx: &F, start: usize, end: usize) -> u8 {
+    use firewall_common::ct::{NO_WSCALE, WSCALE_UNKNOWN};
+    // Options take at most 40 bytes: an offset below that is a bound the verifier can use.
+    let len = end.saturating_sub(start);
+    let len = if len > 40 { 40 } else { len };
+    let mut off = 0usize;
+    for _ in 0..MAX_TCP_OPTIONS {
+        if off >= len {
+            return NO_WSCALE;
+        }
+        // Opaque to LLVM, which would otherwise turn the bounds check into arithmetic on the
+        // packet's end pointer (rejected by the verifier).
+        let Some(o) = ptr_at::<u8, F>(ctx, core::hint::black_box(start + off)) else {
+            return WSCALE_UNKNOWN;
+        };
+        // SAFETY: bounds checked by ptr_at.
+        match unsafe { *o } {
+            // End of the option list.
+            0 => return NO_WSCALE,
+            1 => off += 1,
+            kind => {
+                let Some(o) = ptr_at::<[u8; 3], F>(ctx, core::hint::black_box(start + off)) else {
+                    return WSCALE_UNKNOWN;
+                };
+                // SAFETY: bounds checked by ptr_at.
+                let o = unsafe { *o };
+                if kind == 3 && o[1] == 3 {
+                    return o[2];
+                }
+                if o[1] < 2 {
+                    return WSCALE_UNKNOWN;
+                }
+                off += o[1] as usize;
+            }
+        }
+    }
+    WSCALE_UNKNOWN
+}
+
+/// TCP options [`window_scale`] looks at.
+const MAX_TCP_OPTIONS: usize = 8;
