@@ -188,12 +188,7 @@ fn parse_v6(frame: &[u8], off: usize, l2_multicast: bool) -> Result<Parsed, Coun
     let payload = payload_len.saturating_sub(ext_len) as u32;
     transport(
         frame,
-        Addrs {
-            off,
-            end,
-            src,
-            dst,
-        },
+        Addrs { off, end, src, dst },
         l4,
         payload,
         next,
@@ -239,7 +234,9 @@ fn transport(
         (ct::IPPROTO_TCP, _) => {
             let t: [u8; TCP_HDR_LEN] = get(frame, l4_off).ok_or(Counter::DropMalformedL4)?;
             let data_off = usize::from(t[12] >> 4) * 4;
-            if data_off < TCP_HDR_LEN || l4_off + data_off > frame.len() || l4_off + data_off > ip.end
+            if data_off < TCP_HDR_LEN
+                || l4_off + data_off > frame.len()
+                || l4_off + data_off > ip.end
             {
                 return Err(Counter::DropMalformedL4);
             }
@@ -252,11 +249,7 @@ fn transport(
             seg.payload = l4_len.saturating_sub(data_off as u32);
             seg.window = be16([t[14], t[15]]);
             if t[13] & ct::TCP_SYN != 0 {
-                seg.wscale = Some(window_scale(
-                    frame,
-                    l4_off + TCP_HDR_LEN,
-                    l4_off + data_off,
-                ));
+                seg.wscale = Some(window_scale(frame, l4_off + TCP_HDR_LEN, l4_off + data_off));
             }
         }
         (ct::IPPROTO_UDP, _) => {

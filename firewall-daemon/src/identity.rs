@@ -430,7 +430,8 @@ mod tests {
                 current = Some(id);
             } else if let (Some(id), Some(member)) = (current, line.strip_prefix('\t')) {
                 let name = member.split('\'').nth(1).unwrap_or("");
-                if let (Some(ty), Some(bits)) = (kv(member, "type_id="), kv(member, "bits_offset=")) {
+                if let (Some(ty), Some(bits)) = (kv(member, "type_id="), kv(member, "bits_offset="))
+                {
                     types.get_mut(&id)?.members.push((name, ty, bits));
                 }
             }
@@ -478,7 +479,9 @@ mod tests {
                 return;
             }
             Err(e) => {
-                eprintln!("SKIPPED the cross-check: bpftool not runnable ({e}); `cargo xtask setup` installs it");
+                eprintln!(
+                    "SKIPPED the cross-check: bpftool not runnable ({e}); `cargo xtask setup` installs it"
+                );
                 return;
             }
         };
@@ -492,7 +495,10 @@ mod tests {
         ] {
             let theirs = bpftool_offset(&raw, strukt, field)
                 .unwrap_or_else(|| panic!("bpftool's dump has no {strukt}.{field}"));
-            assert_eq!(ours, theirs, "{strukt}.{field}: ours {ours}, bpftool {theirs}");
+            assert_eq!(
+                ours, theirs,
+                "{strukt}.{field}: ours {ours}, bpftool {theirs}"
+            );
         }
     }
 

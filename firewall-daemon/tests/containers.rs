@@ -87,7 +87,14 @@ impl Host {
             &container.name,
         ]);
         host.exec(&["ip", "link", "set", "veth-h", "master", "br-ctr"]);
-        host.exec(&["ip", "addr", "add", &format!("{BRIDGE_V4}/24"), "dev", "br-ctr"]);
+        host.exec(&[
+            "ip",
+            "addr",
+            "add",
+            &format!("{BRIDGE_V4}/24"),
+            "dev",
+            "br-ctr",
+        ]);
         for dev in ["br-ctr", "veth-h"] {
             host.exec(&["ip", "link", "set", dev, "up"]);
         }

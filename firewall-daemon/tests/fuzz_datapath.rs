@@ -355,6 +355,9 @@ fn random_segment(rng: &mut Rng, flow: &Flow, inbound: bool) -> Segment {
         icmp_type,
         icmp_id: flow.local_port,
         quoted: None,
+        window: pick(rng, &[0, 1, 512, 29200, 64240, 65535]),
+        // The options below carry the scale, or junk: the reference reads it from the frame.
+        wscale: None,
     }
 }
 
@@ -380,6 +383,7 @@ fn l4_bytes(
             let mut t = frames::tcp_header(ports.0, ports.1, seg.tcp_flags);
             t[4..8].copy_from_slice(&seg.seq.to_be_bytes());
             t[8..12].copy_from_slice(&seg.ack.to_be_bytes());
+            t[14..16].copy_from_slice(&seg.window.to_be_bytes());
             if rng.random_bool(0.2) {
                 // Options: MSS, SACK permitted, window scale, timestamps, NOPs, or junk.
                 let words = rng.random_range(1..=10usize);
@@ -880,7 +884,7 @@ impl Run {
             .map(|f| {
                 (
                     format!("{:?}", f.key),
-                    (f.entry.state, f.entry.origin, f.entry.flags, f.confirmed),
+                    (f.entry.state, f.entry.origin, f.entry.flags, f.confirmed()),
                 )
             })
             .collect();

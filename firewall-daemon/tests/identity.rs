@@ -140,7 +140,11 @@ fn identity_on_btrfs_subvolumes() {
         .arg(&sub)
         .output()
         .expect("btrfs subvolume create");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     sees_the_executable_in(&sub);
 }
 
@@ -149,7 +153,9 @@ fn identity_on_btrfs_subvolumes() {
 /// (lower on the test's tmp directory, upper on a tmpfs), where stat reports a layer's device.
 #[test]
 fn identity_on_overlayfs() {
-    let Some(fs_) = Mounted::overlay() else { return };
+    let Some(fs_) = Mounted::overlay() else {
+        return;
+    };
     sees_the_executable_in(&fs_.dir);
 }
 
@@ -188,7 +194,9 @@ impl Mounted {
         match Command::new("mkfs.btrfs").arg("-q").arg(&image).output() {
             Ok(o) if o.status.success() => {}
             other => {
-                eprintln!("SKIPPED: mkfs.btrfs unavailable or failed ({other:?}); `cargo xtask setup` installs btrfs-progs");
+                eprintln!(
+                    "SKIPPED: mkfs.btrfs unavailable or failed ({other:?}); `cargo xtask setup` installs btrfs-progs"
+                );
                 return None;
             }
         }

@@ -119,6 +119,8 @@ fn tcp_seg(local: &str, remote: &str, local_port: u16, remote_port: u16, flags: 
         icmp_type: 0,
         icmp_id: 0,
         quoted: None,
+        window: 64240,
+        wscale: None,
     }
 }
 

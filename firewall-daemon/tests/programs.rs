@@ -1080,7 +1080,11 @@ action = "reject"
 
     let mut direct = spawn(None, &allowed);
     let mut through = spawn(Some(&loader), &allowed);
-    assert_eq!(direct.call(&to(7100)), "ok", "the allowed program, run directly");
+    assert_eq!(
+        direct.call(&to(7100)),
+        "ok",
+        "the allowed program, run directly"
+    );
     assert_eq!(
         through.call(&to(7100)),
         "eperm",
@@ -1089,7 +1093,11 @@ action = "reject"
 
     let mut direct = spawn(None, &refused);
     let mut through = spawn(Some(&loader), &refused);
-    assert_eq!(direct.call(&to(7101)), "eperm", "the refused program, run directly");
+    assert_eq!(
+        direct.call(&to(7101)),
+        "eperm",
+        "the refused program, run directly"
+    );
     assert_eq!(
         through.call(&to(7101)),
         "ok",
@@ -1228,7 +1236,11 @@ action = "reject"
         "ok",
         "the library's code runs as the allowed program and gets its rights (documented limit)"
     );
-    assert_eq!(run(&other), "eperm", "the same library in another program is refused");
+    assert_eq!(
+        run(&other),
+        "eperm",
+        "the same library in another program is refused"
+    );
 }
 
 /// Issue 14, item 6: another program (any user) binding the allowed server's port on another
