@@ -729,8 +729,6 @@ fn switch_hooks(
     )
 }
 
-/// Releases the sockets held by an outbound `stealth` that the rules in force no longer say
-/// `stealth` for (their next packets leave). Returns how many.
 /// Who a flow a remote host opened belongs to, for judging it again as the XDP program judged
 /// it: the owner the flow recorded (the listening socket's program and uid), with the unit of
 /// the socket listening there now if that is the same program and uid (flows do not record
@@ -774,6 +772,8 @@ fn socket_owner(recorded: ConnOwner) -> Owner {
     }
 }
 
+/// Releases the sockets held by an outbound `stealth` that the rules in force no longer say
+/// `stealth` for (their next packets leave). Returns how many.
 fn rejudge_stealth(ruleset: &Ruleset, resolved: &Resolved, pin_dir: &Path) -> usize {
     let mut table = match StealthTable::open(pin_dir) {
         Ok(t) => t,
@@ -1343,15 +1343,16 @@ impl State {
     }
 
     /// Re-judges every tracked flow a remote host opened under the rules now in force; marks
-    /// those they deny. Returns their descriptions.
-    fn recheck(&mut self) -> Vec<String> {
+    /// those they deny. Returns their descriptions. `pin_dir`: where the maps are pinned (the
+    /// listener table).
+    fn recheck(&mut self, pin_dir: &Path) -> Vec<String> {
         use firewall_common::{
             ACTION_ALLOW, ACTION_REJECT, ACTION_STEALTH, DEFAULT_RULE, ct, verdict,
         };
         let now = conntrack::monotonic_ns();
         let cfg = datapath::ct_config(&self.ruleset.conntrack, self.generation.id);
         let policy = Policy::with_selectors(&self.ruleset, &self.resolved);
-        let listeners = match ListenerTable::open(&self.ruleset.daemon.pin_dir) {
+        let listeners = match ListenerTable::open(pin_dir) {
             Ok(t) => t.entries(),
             Err(e) => {
                 warn!(
@@ -1682,7 +1683,7 @@ impl State {
             .store(self.ruleset.conntrack.gc_interval_secs, Ordering::Relaxed);
         if recheck {
             data.rechecked = true;
-            data.ended = self.recheck();
+            data.ended = self.recheck(&pin_dir);
         }
         data.generation = self.generation_no;
         data.took_ms = t0.elapsed().as_millis() as u64;
