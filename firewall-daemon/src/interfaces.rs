@@ -44,9 +44,9 @@ impl LinkLayer {
     /// packet at the IP header are [`LinkLayer::Ip`]: they reset the MAC header to the network
     /// header after decapsulation (tun, wireguard, ppp, and since Linux 5.14 ipip, sit,
     /// ip6tnl and GRE without header operations). The type alone is not enough: an xfrm
-    /// interface is `ARPHRD_NONE` like tun, but its receive path rebuilds the outer Ethernet
-    /// header in front of the packet. Every other device is [`LinkLayer::Unsupported`], so an
-    /// interface is never reported protected on a guess.
+    /// interface is `ARPHRD_NONE` like tun, but xfrm's decapsulation moves the outer MAC
+    /// header in front of the inner packet (`skb_mac_header_rebuild`). Every other device is
+    /// [`LinkLayer::Unsupported`], so an interface is never reported protected on a guess.
     pub fn classify(arphrd: u16, flags: u32, kind: &str) -> Self {
         const POINTOPOINT: u32 = libc::IFF_POINTOPOINT as u32;
         const BROADCAST: u32 = libc::IFF_BROADCAST as u32;
