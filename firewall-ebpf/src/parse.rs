@@ -98,6 +98,11 @@ impl Addr {
 pub trait Frame {
     fn data(&self) -> usize;
     fn data_end(&self) -> usize;
+    /// The program's context pointer, to hand to a subprogram ([`Frame::from_raw`]).
+    fn raw(&self) -> *mut core::ffi::c_void;
+    /// # Safety
+    /// `raw` must be this program's own context pointer ([`Frame::raw`]).
+    unsafe fn from_raw(raw: *mut core::ffi::c_void) -> Self;
 }
 
 impl Frame for XdpContext {
@@ -109,6 +114,14 @@ impl Frame for XdpContext {
     fn data_end(&self) -> usize {
         XdpContext::data_end(self)
     }
+    #[inline(always)]
+    fn raw(&self) -> *mut core::ffi::c_void {
+        aya_ebpf::EbpfContext::as_ptr(self)
+    }
+    #[inline(always)]
+    unsafe fn from_raw(raw: *mut core::ffi::c_void) -> Self {
+        XdpContext::new(raw.cast())
+    }
 }
 
 impl Frame for TcContext {
@@ -119,6 +132,15 @@ impl Frame for TcContext {
     #[inline(always)]
     fn data_end(&self) -> usize {
         TcContext::data_end(self)
+    }
+    #[inline(always)]
+    fn raw(&self) -> *mut core::ffi::c_void {
+        aya_ebpf::EbpfContext::as_ptr(self)
+    }
+    #[inline(always)]
+    unsafe fn from_raw(raw: *mut core::ffi::c_void) -> Self {
+        // SAFETY: the caller passes the program's (non-null) context pointer.
+        TcContext::new(unsafe { core::ptr::NonNull::new_unchecked(raw.cast()) })
     }
 }
 
@@ -490,9 +512,21 @@ fn transport<F: Frame>(
 /// `ct::NO_WSCALE`. Follows at most [`MAX_TCP_OPTIONS`] options (the SYNs of Linux, Windows
 /// and the BSDs carry the option among their first five); a longer list whose first options
 /// do not include it, or one that cannot be read to its end, gives `ct::WSCALE_UNKNOWN`.
+///
+/// A subprogram of its own (scalar arguments and the context pointer): inlined, its loop's
+/// states multiplied with every path that reaches it (VLAN tags, IPv4 or IPv6 and their
+/// extension headers) and the XDP program went past the verifier's million instructions.
 #[inline(always)]
 fn window_scale<F: Frame>(ctx: &F, start: usize, end: usize) -> u8 {
+    window_scale_at::<F>(ctx.raw(), start, end)
+}
+
+#[inline(never)]
+fn window_scale_at<F: Frame>(raw: *mut core::ffi::c_void, start: usize, end: usize) -> u8 {
     use firewall_common::ct::{NO_WSCALE, WSCALE_UNKNOWN};
+    // SAFETY: `raw` is the program's context, passed through by `window_scale`.
+    let ctx = unsafe { F::from_raw(raw) };
+    let ctx = &ctx;
     // Options take at most 40 bytes: an offset below that is a bound the verifier can use.
     let len = end.saturating_sub(start);
     let len = if len > 40 { 40 } else { len };
