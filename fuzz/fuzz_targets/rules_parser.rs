@@ -23,7 +23,8 @@ use firewall_daemon::{
 use libfuzzer_sys::fuzz_target;
 
 const SERVICES: &str = "ssh 22/tcp\ndomain 53/tcp\ndomain 53/udp\nhttp 80/tcp www\n";
-const BLOCKLIST: &str = "# blocklist\n\n198.51.100.0/24\n203.0.113.99 # one host\n2001:db8:bad::/48\n";
+const BLOCKLIST: &str =
+    "# blocklist\n\n198.51.100.0/24\n203.0.113.99 # one host\n2001:db8:bad::/48\n";
 
 fn env() -> &'static Env {
     static ENV: OnceLock<Env> = OnceLock::new();
@@ -89,7 +90,9 @@ fuzz_target!(|data: &[u8]| {
     let doc = doc.expect("a rules file the parser accepts is TOML");
     let again = toml::to_string(&doc).expect("re-serialising an accepted file");
     let second = config::parse_with(&again, source(), env()).unwrap_or_else(|e| {
-        panic!("accepted once, refused after re-serialisation:\n{e}\n--- re-serialised ---\n{again}")
+        panic!(
+            "accepted once, refused after re-serialisation:\n{e}\n--- re-serialised ---\n{again}"
+        )
     });
     assert_eq!(
         meaning(first),
