@@ -2,9 +2,9 @@
 //! byte slice. [`parse`] restates the kernel parser (`firewall-ebpf/src/parse.rs`) and its drop
 //! reasons; [`inbound`] follows it with the stateful model ([`Tracker`]), the rules
 //! ([`crate::policy`]) and the reject path, and [`outbound`] with the tracker as the egress
-//! program does. The differential fuzzer
-//! (`tests/fuzz_datapath.rs`) runs random and mutated frames through both and requires the
-//! same XDP action, the same counters and the same deciding rule.
+//! program does. The differential fuzzer (`tests/fuzz_datapath.rs`) runs random and mutated
+//! frames through both and requires the same XDP action, the same counters, the same deciding
+//! rule and the same connection tables.
 //!
 //! Each malformed case is one line returning its [`Counter`]: a new drop reason in the kernel
 //! is a new line here.
