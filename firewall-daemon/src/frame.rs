@@ -9,7 +9,10 @@
 //! Each malformed case is one line returning its [`Counter`]: a new drop reason in the kernel
 //! is a new line here.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::{
+    collections::BTreeSet,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+};
 
 use firewall_common::{Counter, ct};
 
@@ -56,6 +59,7 @@ pub struct Packet {
     pub segment: Segment,
     /// Destination MAC is a group address.
     pub l2_multicast: bool,
+    pub dst_mac: [u8; 6],
     pub l3_off: usize,
     pub l4_off: usize,
 }
@@ -96,15 +100,16 @@ pub fn parse(frame: &[u8]) -> Result<Parsed, Counter> {
     if is_vlan(ether_type) {
         return Err(Counter::DropTooManyVlans);
     }
-    let l2_multicast = eth[0] & 1 != 0;
+    let mut dst_mac = [0u8; 6];
+    dst_mac.copy_from_slice(&eth[..6]);
     match ether_type {
-        ETH_P_IP => parse_v4(frame, off, l2_multicast),
-        ETH_P_IPV6 => parse_v6(frame, off, l2_multicast),
+        ETH_P_IP => parse_v4(frame, off, dst_mac),
+        ETH_P_IPV6 => parse_v6(frame, off, dst_mac),
         _ => Ok(Parsed::NonIp),
     }
 }
 
-fn parse_v4(frame: &[u8], off: usize, l2_multicast: bool) -> Result<Parsed, Counter> {
+fn parse_v4(frame: &[u8], off: usize, dst_mac: [u8; 6]) -> Result<Parsed, Counter> {
     let ip: [u8; 20] = get(frame, off).ok_or(Counter::DropMalformedIpv4)?;
     if ip[0] >> 4 != 4 {
         return Err(Counter::DropMalformedIpv4);
@@ -130,11 +135,11 @@ fn parse_v4(frame: &[u8], off: usize, l2_multicast: bool) -> Result<Parsed, Coun
         off + hdr_len,
         (total - hdr_len) as u32,
         ip[9],
-        l2_multicast,
+        dst_mac,
     )
 }
 
-fn parse_v6(frame: &[u8], off: usize, l2_multicast: bool) -> Result<Parsed, Counter> {
+fn parse_v6(frame: &[u8], off: usize, dst_mac: [u8; 6]) -> Result<Parsed, Counter> {
     let ip: [u8; 40] = get(frame, off).ok_or(Counter::DropMalformedIpv6)?;
     if ip[0] >> 4 != 6 {
         return Err(Counter::DropMalformedIpv6);
@@ -192,7 +197,7 @@ fn parse_v6(frame: &[u8], off: usize, l2_multicast: bool) -> Result<Parsed, Coun
         l4,
         payload,
         next,
-        l2_multicast,
+        dst_mac,
     )
 }
 
@@ -211,7 +216,7 @@ fn transport(
     l4_off: usize,
     l4_len: u32,
     ip_proto: u8,
-    l2_multicast: bool,
+    dst_mac: [u8; 6],
 ) -> Result<Parsed, Counter> {
     let v6 = ip.src.is_ipv6();
     let mut seg = Segment {
@@ -285,7 +290,8 @@ fn transport(
     }
     Ok(Parsed::Packet(Packet {
         segment: seg,
-        l2_multicast,
+        l2_multicast: dst_mac[0] & 1 != 0,
+        dst_mac,
         l3_off: ip.off,
         l4_off,
     }))
@@ -412,9 +418,25 @@ pub fn is_verdict_counter(counter: Counter) -> bool {
         || counter == Counter::CtInvalidNoConn
 }
 
+/// What the reject path takes for this host (the daemon's `IFACE_MAC` entry of the receiving
+/// interface and `LOCAL_ADDRS`, see [`crate::hostaddrs`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct HostView {
+    /// The receiving interface's MAC; `None` before the daemon recorded it.
+    pub mac: Option<[u8; 6]>,
+    pub addrs: BTreeSet<IpAddr>,
+}
+
+impl HostView {
+    /// The frame was sent to this host: to the interface's MAC and one of its addresses.
+    fn is_for_us(&self, pkt: &Packet) -> bool {
+        self.mac == Some(pkt.dst_mac) && self.addrs.contains(&pkt.segment.local)
+    }
+}
+
 /// Runs one inbound frame through the reference datapath, updating `tracker` as the kernel
-/// updates its tables. Assumes the reply budget of `[reject]` is never used up.
-pub fn inbound(tracker: &mut Tracker, ruleset: &Ruleset, frame: &[u8]) -> Outcome {
+/// updates its tables. Assumes the reply budgets of `[reject]` are never used up.
+pub fn inbound(tracker: &mut Tracker, ruleset: &Ruleset, host: &HostView, frame: &[u8]) -> Outcome {
     let pass = |c| Outcome {
         xdp: XDP_PASS,
         counters: vec![c],
@@ -478,7 +500,7 @@ pub fn inbound(tracker: &mut Tracker, ruleset: &Ruleset, frame: &[u8]) -> Outcom
         }
         Action::Reject => {
             counters.push(Counter::Rejected);
-            let (xdp, c) = reject(&pkt);
+            let (xdp, c) = reject(&pkt, host);
             counters.push(c);
             xdp
         }
@@ -506,8 +528,10 @@ pub fn outbound(tracker: &mut Tracker, frame: &[u8]) {
     }
 }
 
-/// The reject path (`firewall-ebpf/src/main.rs`, `reply.rs`), the reply budget aside.
-fn reject(pkt: &Packet) -> (u32, Counter) {
+/// The reject path (`firewall-ebpf/src/main.rs` `reject`, `reply.rs`), in its order: what
+/// may be answered, whether the frame is for this host, then the budgets (never used up here)
+/// and the reply's construction.
+fn reject(pkt: &Packet, host: &HostView) -> (u32, Counter) {
     let seg = &pkt.segment;
     let defined = match seg.proto {
         // Never answer a RST; never an ICMP error about ICMP or other protocols.
@@ -517,6 +541,9 @@ fn reject(pkt: &Packet) -> (u32, Counter) {
     };
     if !defined || !answerable(pkt) {
         return (XDP_DROP, Counter::RejectNoReply);
+    }
+    if !host.is_for_us(pkt) {
+        return (XDP_DROP, Counter::RejectNotForUs);
     }
     match seg.proto {
         PacketProto::Tcp => (XDP_TX, Counter::RejectTcpRst),

@@ -10,7 +10,10 @@
 //! and fragment fields, IPv6 extension-header chains with authentication headers, TCP
 //! options, payload, Ethernet padding, IPv4-mapped and special addresses), then mutated
 //! (bytes, bits, header fields, truncation, extension); some are plain random bytes, and one
-//! in [`SWEEP_ONE_IN`] is also run truncated at every length. Rule sets are random
+//! in [`SWEEP_ONE_IN`] is also run truncated at every length. Each episode draws which
+//! addresses are the host's (the maps the reject path reads, and the reference's
+//! `HostView`), and some frames go to another host's MAC, so replies and rejects of frames
+//! not for this host both occur. Rule sets are random
 //! (`support::rules`, as in `verdicts.rs`) and change every [`FRAMES_PER_RULE_SET`] frames.
 //!
 //! Environment:
@@ -18,6 +21,8 @@
 //!   emulation);
 //! - `FW_FUZZ_SEED`: the seed (default: from the clock); the run prints it, and the same seed
 //!   and frame count replay the same run;
+//! - `FW_FUZZ_RULE_SET_FRAMES`: frames per rule set (default [`FRAMES_PER_RULE_SET`],
+//!   [`EMULATED_FRAMES_PER_RULE_SET`] under emulation); part of what a replay must repeat;
 //! - `FW_FUZZ_CHECK_EVERY`: frames between two comparisons of the counters (default 256, and
 //!   at the end of each rule set); a counter mismatch names the frames since the last
 //!   comparison, 1 pins it to one frame.
@@ -40,7 +45,7 @@ use firewall_daemon::{
     config::{self, Env},
     conntrack::Tables,
     datapath::Generation,
-    frame::{self, XDP_DROP, XDP_PASS, XDP_TX},
+    frame::{self, HostView, XDP_DROP, XDP_PASS, XDP_TX},
     model::{Action, PacketProto, Ruleset},
     tracker::{Segment, Tracker},
 };
@@ -52,16 +57,21 @@ use rand::{RngExt, SeedableRng, rngs::Xoshiro256PlusPlus};
 use support::{
     bpffs::BpfFs,
     frames::{self, Ext, LOCAL_MAC, REMOTE_MAC},
+    host::Host,
     rules::{gen_rule, render},
 };
 
-/// Frames of a run without `FW_FUZZ_FRAMES`: about 25 s on this 2-core machine with other
-/// builds running (8,900 frames/s measured), longer when it is busier.
-const DEFAULT_FRAMES: u64 = 200_000;
-/// Under emulation (the kernel matrix): two rule sets.
+/// Frames of a run without `FW_FUZZ_FRAMES`: about 40 s on this 2-core machine (loading the
+/// rule sets, about 5 s each, takes most of it), depending on what else runs.
+const DEFAULT_FRAMES: u64 = 300_000;
+/// Under emulation (the kernel matrix), a fifteenth of it: two rule sets.
 const EMULATED_FRAMES: u64 = 20_000;
-/// Frames judged under one rule set before the next is loaded.
-const FRAMES_PER_RULE_SET: u64 = 10_000;
+/// Frames judged under one rule set before the next is loaded (without
+/// `FW_FUZZ_RULE_SET_FRAMES`). The verifier takes seconds over the XDP program, far more than
+/// the frames of a rule set take.
+const FRAMES_PER_RULE_SET: u64 = 50_000;
+/// Under emulation: two rule sets in [`EMULATED_FRAMES`].
+const EMULATED_FRAMES_PER_RULE_SET: u64 = 10_000;
 /// Frames between two progress lines of a long run.
 const PROGRESS_EVERY: u64 = 1_000_000;
 /// Packets (both directions) between two clearings of the tables: the model has no capacity
@@ -144,6 +154,9 @@ struct Lab {
     /// Counters and rule hits as last compared.
     counters: BTreeMap<&'static str, u64>,
     hits: Vec<u64>,
+    /// The reject path's view of this host, in the maps and for the reference.
+    host: Host,
+    view: HostView,
     pin: PathBuf,
 }
 
@@ -165,6 +178,11 @@ impl Lab {
         let tables = Tables::open(&pin).expect("opening the connection tables");
         let counters = generation.counters().expect("reading counters");
         let hits = generation.rule_hits().expect("reading rule hits");
+        let host = Host::open(&pin);
+        let view = HostView {
+            mac: Some(LOCAL_MAC),
+            addrs: Default::default(),
+        };
         Self {
             ruleset,
             text,
@@ -172,7 +190,42 @@ impl Lab {
             tables,
             counters,
             hits,
+            host,
+            view,
             pin,
+        }
+    }
+
+    /// Draws which addresses are the host's for an episode (the local side of most frames
+    /// usually is, so that replies are built, and sometimes is not, so that rejects of frames
+    /// for another host are reached), and rarely forgets the interface's MAC (as before the
+    /// daemon's first sync). Frames to other MACs are drawn by [`segment_frame`].
+    fn draw_host(&mut self, rng: &mut Rng) {
+        let mut addrs = std::collections::BTreeSet::new();
+        for (ip, p) in [
+            (IpAddr::from([10, 200, 0, 1]), 0.8),
+            (IpAddr::from([0x2001, 0xdb8, 0xffff, 0, 0, 0, 0, 1]), 0.8),
+            (IpAddr::from([127, 0, 0, 1]), 0.5),
+            ("::1".parse().expect("address"), 0.5),
+            ("fe80::1".parse().expect("address"), 0.5),
+            (IpAddr::from([255, 255, 255, 255]), 0.1),
+            ("ff02::1".parse().expect("address"), 0.1),
+        ] {
+            if rng.random_bool(p) {
+                addrs.insert(ip);
+            }
+        }
+        if addrs != self.view.addrs {
+            self.host.set_addrs(addrs.iter().copied());
+            self.view.addrs = addrs;
+        }
+        let mac = (!rng.random_bool(0.03)).then_some(LOCAL_MAC);
+        if mac != self.view.mac {
+            match mac {
+                Some(m) => self.host.set_mac(m),
+                None => self.host.forget_macs(),
+            }
+            self.view.mac = mac;
         }
     }
 }
@@ -582,13 +635,16 @@ fn segment_frame(rng: &mut Rng, seg: &Segment, inbound: bool, quote_of: Option<&
     if !inbound {
         f[..6].copy_from_slice(&REMOTE_MAC);
         f[6..12].copy_from_slice(&LOCAL_MAC);
-    } else if rng.random_bool(0.05) {
+    } else if rng.random_bool(0.08) {
+        // Group addresses, and another host's MAC (not for us).
         f[..6].copy_from_slice(&pick(
             rng,
             &[
                 [0xff; 6],
                 [0x33, 0x33, 0, 0, 0, 1],
                 [0x01, 0, 0x5e, 0, 0, 1],
+                [0x02, 0, 0, 0, 0, 0x99],
+                [0x02, 0, 0, 0, 0, 0x99],
             ],
         ));
     }
@@ -714,6 +770,7 @@ fn xdp_name(action: u32) -> &'static str {
 struct Run {
     seed: u64,
     frames: u64,
+    rule_set_frames: u64,
     check_every: u64,
     done: u64,
     /// Frames seen per outcome counter, for the coverage report.
@@ -729,8 +786,8 @@ struct Run {
 impl Run {
     fn replay(&self) -> String {
         format!(
-            "replay: FW_FUZZ_SEED={} FW_FUZZ_FRAMES={} FW_FUZZ_CHECK_EVERY={} cargo test -p firewall-daemon --test fuzz_datapath",
-            self.seed, self.frames, self.check_every
+            "replay: FW_FUZZ_SEED={} FW_FUZZ_FRAMES={} FW_FUZZ_RULE_SET_FRAMES={} FW_FUZZ_CHECK_EVERY={} cargo test -p firewall-daemon --test fuzz_datapath",
+            self.seed, self.frames, self.rule_set_frames, self.check_every
         )
     }
 
@@ -750,8 +807,9 @@ impl Run {
 
     fn fail(&self, lab: &Lab, what: String) -> ! {
         panic!(
-            "fuzz_datapath: {what}\n--- rules ---\n{}\n--- this episode's packets so far (oldest first; the tables were empty before) ---\n{}\n{}",
+            "fuzz_datapath: {what}\n--- rules ---\n{}\n--- the host (interface MAC, addresses) ---\n{:?}\n--- this episode's packets so far (oldest first; the tables were empty before) ---\n{}\n{}",
             lab.text,
+            lab.view,
             self.history(&self.episode),
             self.replay()
         )
@@ -779,7 +837,7 @@ impl Run {
         if frame.len() < MIN_FRAME {
             return;
         }
-        let want = frame::inbound(model, lab.ruleset, &frame);
+        let want = frame::inbound(model, lab.ruleset, &lab.view, &frame);
         let (action, out) = lab.generation.test_run(&frame).expect("XDP test run");
         self.done += 1;
         let step = Step {
@@ -911,6 +969,7 @@ impl Run {
     /// One episode: empty tables, a few flows, packets both ways.
     fn episode(&mut self, rng: &mut Rng, lab: &mut Lab) {
         lab.tables.clear();
+        lab.draw_host(rng);
         self.episode.clear();
         let mut model = Tracker::new(lab.ruleset);
         let flows: Vec<Flow> = (0..rng.random_range(1..=4))
@@ -972,11 +1031,19 @@ impl Run {
 
 #[test]
 fn kernel_agrees_with_the_reference_datapath_on_random_and_mutated_frames() {
-    let frames = env_u64("FW_FUZZ_FRAMES").unwrap_or(if support::slowdown() > 1 {
+    let emulated = support::slowdown() > 1;
+    let frames = env_u64("FW_FUZZ_FRAMES").unwrap_or(if emulated {
         EMULATED_FRAMES
     } else {
         DEFAULT_FRAMES
     });
+    let rule_set_frames = env_u64("FW_FUZZ_RULE_SET_FRAMES")
+        .unwrap_or(if emulated {
+            EMULATED_FRAMES_PER_RULE_SET
+        } else {
+            FRAMES_PER_RULE_SET
+        })
+        .max(1);
     let seed = env_u64("FW_FUZZ_SEED").unwrap_or_else(|| {
         SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -985,13 +1052,14 @@ fn kernel_agrees_with_the_reference_datapath_on_random_and_mutated_frames() {
     });
     let check_every = env_u64("FW_FUZZ_CHECK_EVERY").unwrap_or(256).max(1);
     eprintln!(
-        "fuzz_datapath: seed {seed}, {frames} frames (FW_FUZZ_SEED={seed} FW_FUZZ_FRAMES={frames} replays this run)"
+        "fuzz_datapath: seed {seed}, {frames} frames, {rule_set_frames} per rule set (FW_FUZZ_SEED={seed} FW_FUZZ_FRAMES={frames} FW_FUZZ_RULE_SET_FRAMES={rule_set_frames} replays this run)"
     );
     let mut rng = Rng::seed_from_u64(seed);
     let fs = BpfFs::new();
     let mut run = Run {
         seed,
         frames,
+        rule_set_frames,
         check_every,
         done: 0,
         seen: BTreeMap::new(),
@@ -1003,10 +1071,13 @@ fn kernel_agrees_with_the_reference_datapath_on_random_and_mutated_frames() {
     let start = Instant::now();
     let mut rule_sets = 0;
     let mut next_progress = PROGRESS_EVERY;
+    let mut loading = 0.0;
     while run.done < frames {
+        let load_start = Instant::now();
         let mut lab = Lab::load(&fs, rule_sets, random_rules(&mut rng, rule_sets));
+        loading += load_start.elapsed().as_secs_f64();
         rule_sets += 1;
-        let until = (run.done + FRAMES_PER_RULE_SET).min(frames);
+        let until = (run.done + rule_set_frames).min(frames);
         while run.done < until {
             run.episode(&mut rng, &mut lab);
         }
@@ -1022,7 +1093,7 @@ fn kernel_agrees_with_the_reference_datapath_on_random_and_mutated_frames() {
     }
     let secs = start.elapsed().as_secs_f64();
     eprintln!(
-        "fuzz_datapath: {} frames, {rule_sets} rule sets, {secs:.1} s ({:.0} frames/s), no disagreement; outcomes: {:?}",
+        "fuzz_datapath: {} frames, {rule_sets} rule sets, {secs:.1} s ({loading:.1} s loading rule sets; {:.0} frames/s), no disagreement; outcomes: {:?}",
         run.done,
         run.done as f64 / secs,
         run.seen
@@ -1062,6 +1133,7 @@ const OUTCOMES: &[Counter] = &[
     Counter::RejectIcmpUnreachable,
     Counter::RejectNoReply,
     Counter::RejectBuildFailed,
+    Counter::RejectNotForUs,
     Counter::PassTracked,
     Counter::PassRelated,
     Counter::DropCtInvalid,

@@ -47,6 +47,12 @@ impl Host {
         }
     }
 
+    /// Makes exactly `addrs` the host's addresses.
+    pub fn set_addrs(&mut self, addrs: impl IntoIterator<Item = IpAddr>) {
+        self.want.addrs = addrs.into_iter().collect();
+        self.write();
+    }
+
     /// Makes the destination address of `frame` (if it is IP) one of the host's.
     pub fn claim(&mut self, frame: &[u8]) {
         if let Some(ip) = destination(frame) {
