@@ -425,6 +425,10 @@ pub struct HostView {
     /// The receiving interface's MAC; `None` before the daemon recorded it.
     pub mac: Option<[u8; 6]>,
     pub addrs: BTreeSet<IpAddr>,
+    /// Replies left in the host-wide budget (`[reject] global_rate_per_sec`, taken after the
+    /// per-source one); `None`: never used up. The reference has no clock: a caller that sets
+    /// it keeps the kernel's bucket from refilling meanwhile.
+    pub replies_left: Option<u64>,
 }
 
 impl HostView {
@@ -435,8 +439,13 @@ impl HostView {
 }
 
 /// Runs one inbound frame through the reference datapath, updating `tracker` as the kernel
-/// updates its tables. Assumes the reply budgets of `[reject]` are never used up.
-pub fn inbound(tracker: &mut Tracker, ruleset: &Ruleset, host: &HostView, frame: &[u8]) -> Outcome {
+/// updates its tables. Assumes the per-source reply budget of `[reject]` is never used up.
+pub fn inbound(
+    tracker: &mut Tracker,
+    ruleset: &Ruleset,
+    host: &mut HostView,
+    frame: &[u8],
+) -> Outcome {
     let pass = |c| Outcome {
         xdp: XDP_PASS,
         counters: vec![c],
@@ -529,9 +538,10 @@ pub fn outbound(tracker: &mut Tracker, frame: &[u8]) {
 }
 
 /// The reject path (`firewall-ebpf/src/main.rs` `reject`, `reply.rs`), in its order: what
-/// may be answered, whether the frame is for this host, then the budgets (never used up here)
-/// and the reply's construction.
-fn reject(pkt: &Packet, host: &HostView) -> (u32, Counter) {
+/// may be answered, whether the frame is for this host, the per-source budget (never used up
+/// here), the host-wide one, then the reply's construction (whose failure still spent the
+/// tokens).
+fn reject(pkt: &Packet, host: &mut HostView) -> (u32, Counter) {
     let seg = &pkt.segment;
     let defined = match seg.proto {
         // Never answer a RST; never an ICMP error about ICMP or other protocols.
@@ -544,6 +554,12 @@ fn reject(pkt: &Packet, host: &HostView) -> (u32, Counter) {
     }
     if !host.is_for_us(pkt) {
         return (XDP_DROP, Counter::RejectNotForUs);
+    }
+    if let Some(left) = &mut host.replies_left {
+        if *left == 0 {
+            return (XDP_DROP, Counter::RejectGlobalRateLimited);
+        }
+        *left -= 1;
     }
     match seg.proto {
         PacketProto::Tcp => (XDP_TX, Counter::RejectTcpRst),

@@ -39,7 +39,8 @@ use std::{
     time::{Instant, SystemTime, UNIX_EPOCH},
 };
 
-use firewall_common::{Counter, ct};
+use aya::maps::{Array, Map, MapData};
+use firewall_common::{Counter, RateBucket, ct, maps};
 use firewall_daemon::{
     compile,
     config::{self, Env},
@@ -133,7 +134,17 @@ fn random_rules(rng: &mut Rng, n: u64) -> String {
         "stealth"
     };
     let invalid = ["stealth", "reject", "reject", "stealth"][(n % 4) as usize];
-    let text = render(&rules, default).replacen(
+    let mut text = render(&rules, default);
+    if n % 3 == 2 {
+        // The host-wide reply budget at its smallest (one reply a second, one of burst): the
+        // run sets the bucket before each episode (`Lab::draw_host`).
+        text = text.replacen(
+            "global_rate_per_sec = 1000000\n",
+            "global_rate_per_sec = 1\n",
+            1,
+        );
+    }
+    let text = text.replacen(
         "[defaults]\n",
         &format!("[defaults]\nfragments = \"{fragments}\"\n"),
         1,
@@ -157,6 +168,8 @@ struct Lab {
     /// The reject path's view of this host, in the maps and for the reference.
     host: Host,
     view: HostView,
+    /// The host-wide reply budget's bucket, when the rule set limits it.
+    global_budget: Option<Array<MapData, RateBucket>>,
     pin: PathBuf,
 }
 
@@ -182,7 +195,13 @@ impl Lab {
         let view = HostView {
             mac: Some(LOCAL_MAC),
             addrs: Default::default(),
+            replies_left: None,
         };
+        let global_budget = ruleset.reject.global_rate_per_sec.eq(&1).then(|| {
+            let data = MapData::from_pin(pin.join(maps::REJECT_GLOBAL)).expect("REJECT_GLOBAL");
+            Array::try_from(Map::from_map_data(data).expect("REJECT_GLOBAL"))
+                .expect("REJECT_GLOBAL's layout")
+        });
         Self {
             ruleset,
             text,
@@ -192,6 +211,7 @@ impl Lab {
             hits,
             host,
             view,
+            global_budget,
             pin,
         }
     }
@@ -218,6 +238,21 @@ impl Lab {
         if addrs != self.view.addrs {
             self.host.set_addrs(addrs.iter().copied());
             self.view.addrs = addrs;
+        }
+        if let Some(bucket) = &mut self.global_budget {
+            // No token or one, as of now: at one token a second the bucket gains a thousandth
+            // of a token per millisecond, so it stays as set for the episode (unless it takes
+            // a second).
+            let left = rng.random_range(0..=1u64);
+            let now = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
+                .expect("CLOCK_MONOTONIC");
+            let now = now.tv_sec() as u64 * 1_000_000_000 + now.tv_nsec() as u64;
+            let b = RateBucket {
+                millitokens: left * 1000,
+                last_ns: now,
+            };
+            bucket.set(0, &b, 0).expect("writing REJECT_GLOBAL");
+            self.view.replies_left = Some(left);
         }
         let mac = (!rng.random_bool(0.03)).then_some(LOCAL_MAC);
         if mac != self.view.mac {
@@ -837,7 +872,7 @@ impl Run {
         if frame.len() < MIN_FRAME {
             return;
         }
-        let want = frame::inbound(model, lab.ruleset, &lab.view, &frame);
+        let want = frame::inbound(model, lab.ruleset, &mut lab.view, &frame);
         let (action, out) = lab.generation.test_run(&frame).expect("XDP test run");
         self.done += 1;
         let step = Step {
@@ -1098,11 +1133,16 @@ fn kernel_agrees_with_the_reference_datapath_on_random_and_mutated_frames() {
         run.done as f64 / secs,
         run.seen
     );
-    // A run over two rule sets or more must have reached every outcome of the datapath.
+    // A run over two rule sets or more must have reached every outcome of the datapath, and
+    // one over three the host-wide reply budget's.
     if rule_sets >= 2 {
         let missing: Vec<&str> = Counter::ALL
             .iter()
-            .filter(|c| OUTCOMES.contains(c) && !run.seen.contains_key(c.name()))
+            .filter(|c| {
+                (OUTCOMES.contains(c)
+                    || (rule_sets >= 3 && **c == Counter::RejectGlobalRateLimited))
+                    && !run.seen.contains_key(c.name())
+            })
             .map(|c| c.name())
             .collect();
         assert!(
@@ -1113,7 +1153,8 @@ fn kernel_agrees_with_the_reference_datapath_on_random_and_mutated_frames() {
 }
 
 /// Outcomes a run over two rule sets reaches: every verdict and drop reason of the XDP program
-/// but the reply budget's (the rule sets never limit replies).
+/// but the reply budgets' (the per-source one is never used up; rule set 2 limits the
+/// host-wide one).
 const OUTCOMES: &[Counter] = &[
     Counter::Allowed,
     Counter::Stealthed,
