@@ -109,6 +109,17 @@ pub fn parse(frame: &[u8]) -> Result<Parsed, Counter> {
     }
 }
 
+/// Parses a frame that starts at the IP header, as the XDP program for devices without a
+/// link-layer header does (`parse::l3_ether_type`, `parse_l3`): the version nibble decides.
+pub fn parse_l3(frame: &[u8]) -> Result<Parsed, Counter> {
+    let v: [u8; 4] = get(frame, 0).ok_or(Counter::DropL3NotIp)?;
+    match v[0] >> 4 {
+        4 => parse_v4(frame, 0, [0; 6]),
+        6 => parse_v6(frame, 0, [0; 6]),
+        _ => Err(Counter::DropL3NotIp),
+    }
+}
+
 fn parse_v4(frame: &[u8], off: usize, dst_mac: [u8; 6]) -> Result<Parsed, Counter> {
     let ip: [u8; 20] = get(frame, off).ok_or(Counter::DropMalformedIpv4)?;
     if ip[0] >> 4 != 4 {
@@ -446,12 +457,32 @@ pub fn inbound(
     host: &mut HostView,
     frame: &[u8],
 ) -> Outcome {
+    judge(tracker, ruleset, host, parse(frame))
+}
+
+/// [`inbound`] for a frame that starts at the IP header (the XDP program of devices without
+/// a link-layer header, `firewall_xdp_l3`).
+pub fn inbound_l3(
+    tracker: &mut Tracker,
+    ruleset: &Ruleset,
+    host: &mut HostView,
+    frame: &[u8],
+) -> Outcome {
+    judge(tracker, ruleset, host, parse_l3(frame))
+}
+
+fn judge(
+    tracker: &mut Tracker,
+    ruleset: &Ruleset,
+    host: &mut HostView,
+    parsed: Result<Parsed, Counter>,
+) -> Outcome {
     let pass = |c| Outcome {
         xdp: XDP_PASS,
         counters: vec![c],
         rule: None,
     };
-    let pkt = match parse(frame) {
+    let pkt = match parsed {
         Err(reason) => {
             return Outcome {
                 xdp: XDP_DROP,
@@ -542,6 +573,10 @@ pub fn outbound(tracker: &mut Tracker, frame: &[u8]) {
 /// here), the host-wide one, then the reply's construction (whose failure still spent the
 /// tokens).
 fn reject(pkt: &Packet, host: &mut HostView) -> (u32, Counter) {
+    // Without a link-layer header no reply can be sent (see `firewall_xdp_l3`).
+    if pkt.l3_off == 0 {
+        return (XDP_DROP, Counter::RejectNoLinkLayer);
+    }
     let seg = &pkt.segment;
     let defined = match seg.proto {
         // Never answer a RST; never an ICMP error about ICMP or other protocols.

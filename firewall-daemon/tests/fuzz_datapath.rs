@@ -10,7 +10,9 @@
 //! and fragment fields, IPv6 extension-header chains with authentication headers, TCP
 //! options, payload, Ethernet padding, IPv4-mapped and special addresses), then mutated
 //! (bytes, bits, header fields, truncation, extension); some are plain random bytes, and one
-//! in [`SWEEP_ONE_IN`] is also run truncated at every length. Each episode draws which
+//! in [`SWEEP_ONE_IN`] is also run truncated at every length. One inbound frame in ten goes,
+//! without its Ethernet header, through the program of devices without a link-layer header
+//! (`firewall_xdp_l3`; same tables, so flows mix both). Each episode draws which
 //! addresses are the host's (the maps the reject path reads, and the reference's
 //! `HostView`), and some frames go to another host's MAC, so replies and rejects of frames
 //! not for this host both occur. Rule sets are random
@@ -47,6 +49,7 @@ use firewall_daemon::{
     conntrack::Tables,
     datapath::Generation,
     frame::{self, HostView, XDP_DROP, XDP_PASS, XDP_TX},
+    interfaces::LinkLayer,
     model::{Action, PacketProto, Ruleset},
     tracker::{Segment, Tracker},
 };
@@ -776,6 +779,20 @@ fn random_frame(rng: &mut Rng) -> Vec<u8> {
     f
 }
 
+/// Where a frame's IP header would start: after the Ethernet header and its VLAN tags (the
+/// frame's length if it ends before).
+fn ip_offset(f: &[u8]) -> usize {
+    let mut off = 12;
+    while let Some(t) = f.get(off..off + 2) {
+        let et = u16::from_be_bytes([t[0], t[1]]);
+        if et != frames::ETH_P_8021Q && et != frames::ETH_P_8021AD {
+            break;
+        }
+        off += 4;
+    }
+    (off + 2).min(f.len())
+}
+
 // ---------------------------------------------------------------------------------------------
 // The run
 
@@ -783,6 +800,8 @@ fn random_frame(rng: &mut Rng) -> Vec<u8> {
 #[derive(Clone, Debug)]
 struct Step {
     inbound: bool,
+    /// Through the program of devices without a link-layer header.
+    l3: bool,
     frame: Vec<u8>,
 }
 
@@ -832,7 +851,11 @@ impl Run {
             .map(|s| {
                 format!(
                     "  {} {}",
-                    if s.inbound { "in " } else { "out" },
+                    match (s.inbound, s.l3) {
+                        (true, false) => "in   ",
+                        (true, true) => "in l3",
+                        _ => "out  ",
+                    },
                     hex(&s.frame)
                 )
             })
@@ -857,6 +880,7 @@ impl Run {
         };
         self.episode.push(Step {
             inbound: false,
+            l3: false,
             frame,
         });
         if rc != 0 {
@@ -868,15 +892,27 @@ impl Run {
         frame::outbound(model, &self.episode.last().expect("just pushed").frame);
     }
 
-    fn inbound(&mut self, lab: &mut Lab, model: &mut Tracker, frame: Vec<u8>) {
+    fn inbound(&mut self, lab: &mut Lab, model: &mut Tracker, frame: Vec<u8>, l3: bool) {
         if frame.len() < MIN_FRAME {
             return;
         }
-        let want = frame::inbound(model, lab.ruleset, &mut lab.view, &frame);
-        let (action, out) = lab.generation.test_run(&frame).expect("XDP test run");
+        let (want, (action, out)) = if l3 {
+            (
+                frame::inbound_l3(model, lab.ruleset, &mut lab.view, &frame),
+                lab.generation
+                    .test_run_on(LinkLayer::Ip, &frame)
+                    .expect("XDP test run (L3)"),
+            )
+        } else {
+            (
+                frame::inbound(model, lab.ruleset, &mut lab.view, &frame),
+                lab.generation.test_run(&frame).expect("XDP test run"),
+            )
+        };
         self.done += 1;
         let step = Step {
             inbound: true,
+            l3,
             frame,
         };
         self.episode.push(step.clone());
@@ -1052,13 +1088,19 @@ impl Run {
             if rng.random_range(0..SWEEP_ONE_IN) == 0 {
                 // Every truncation of this frame, judged on the tables as they are.
                 for len in MIN_FRAME..frame.len() {
-                    self.inbound(lab, &mut model, frame[..len].to_vec());
+                    self.inbound(lab, &mut model, frame[..len].to_vec(), false);
                 }
             }
             if rng.random_bool(0.5) {
                 mutate(rng, &mut frame);
             }
-            self.inbound(lab, &mut model, frame);
+            if rng.random_bool(0.1) {
+                // As a device without a link-layer header would receive it.
+                let l3 = frame.split_off(ip_offset(&frame));
+                self.inbound(lab, &mut model, l3, true);
+            } else {
+                self.inbound(lab, &mut model, frame, false);
+            }
         }
         self.compare_tables(lab, &model);
     }
@@ -1175,6 +1217,8 @@ const OUTCOMES: &[Counter] = &[
     Counter::RejectNoReply,
     Counter::RejectBuildFailed,
     Counter::RejectNotForUs,
+    Counter::RejectNoLinkLayer,
+    Counter::DropL3NotIp,
     Counter::PassTracked,
     Counter::PassRelated,
     Counter::DropCtInvalid,
