@@ -81,7 +81,7 @@ fn main() -> anyhow::Result<()> {
             if let Some(kernels) = kernel {
                 return qemu::test(&kernels, &cargo_args);
             }
-            let mut args = vec!["test", "--workspace"];
+            let mut args = vec!["test", "--workspace", "--no-fail-fast"];
             args.extend(cargo_args.iter().map(String::as_str));
             cargo(&args)
         }
