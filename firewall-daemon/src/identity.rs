@@ -442,10 +442,11 @@ mod tests {
                     return Some(bits / 8);
                 }
                 let inner = types.get(&ty)?;
-                if name == "(anon)" && matches!(inner.kind, "STRUCT" | "UNION") {
-                    if let Some(off) = find(types, ty, field) {
-                        return Some(bits / 8 + off);
-                    }
+                if name == "(anon)"
+                    && matches!(inner.kind, "STRUCT" | "UNION")
+                    && let Some(off) = find(types, ty, field)
+                {
+                    return Some(bits / 8 + off);
                 }
             }
             None
