@@ -349,7 +349,8 @@ impl Renderer {
     }
 
     /// tbl(1) table, boxed, header in bold. Columns up to 22 characters wide keep their
-    /// width; wider ones wrap at 22, except the widest, which takes what is left of the line.
+    /// width; wider ones wrap at 22 (or their longest word), except the widest, which takes
+    /// what is left of the line.
     fn table(&mut self, t: Table) {
         const NARROW: usize = 22;
         let columns = t.rows.iter().map(Vec::len).max().unwrap_or(0);
@@ -375,19 +376,36 @@ impl Renderer {
             })
             .collect();
         let widest = (0..columns).max_by_key(|&c| widths[c]).unwrap_or(0);
+        // A wrapped column is never narrower than its longest word (a counter name): tbl
+        // cannot break a word, and warns.
+        let longest_word = |c: usize| -> usize {
+            t.rows
+                .iter()
+                .filter_map(|r| r.get(c))
+                .flat_map(|cell| cell.iter())
+                .flat_map(|i| match i {
+                    Inline::Roman(s) | Inline::Bold(s) | Inline::Italic(s) => {
+                        s.split_whitespace().map(|w| w.chars().count()).max()
+                    }
+                    Inline::LineBreak => None,
+                })
+                .max()
+                .unwrap_or(0)
+        };
+        let wrap: Vec<usize> = (0..columns).map(|c| NARROW.max(longest_word(c))).collect();
         // What the other columns, the gaps (3n) and the box take from the line.
         let taken: usize = (0..columns)
             .filter(|&c| c != widest)
-            .map(|c| widths[c].min(NARROW) + 3)
+            .map(|c| widths[c].min(wrap[c]) + 3)
             .sum::<usize>()
             + 10;
         // Text blocks (T{ ... T}) wrap; plain cells do not.
-        let block = |c: usize| c == widest || widths[c] > NARROW;
+        let block = |c: usize| c == widest || widths[c] > wrap[c];
         let spec = |c: usize, font: &str| {
             if c == widest {
                 format!("l{font}w({WIDTH_MARK}{taken}{WIDTH_MARK})")
-            } else if widths[c] > NARROW {
-                format!("l{font}w({NARROW}n)")
+            } else if widths[c] > wrap[c] {
+                format!("l{font}w({}n)", wrap[c])
             } else {
                 format!("l{font}")
             }
