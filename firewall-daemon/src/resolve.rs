@@ -1251,7 +1251,9 @@ mod tests {
             .await
             .expect("woken by the period");
         let took = started.elapsed();
-        assert!(took >= Duration::from_millis(190), "{took:?}");
+        // Half the period: an immediate wake-up fails, and a guest under software emulation,
+        // whose timers were seen firing at 189 ms of a 200 ms period, passes.
+        assert!(took >= Duration::from_millis(100), "{took:?}");
         // And again.
         tokio::time::timeout(Duration::from_secs(2), w.changed())
             .await
