@@ -466,8 +466,22 @@ pub enum ClientError {
         path: String,
         source: std::io::Error,
     },
+    /// The daemon accepted the request and has not answered in time: it may still be working
+    /// on it (a reload verifies programs, which takes seconds, more on a slow machine).
+    #[error("the daemon on {path} did not answer within {secs} s")]
+    NoAnswer { path: String, secs: u64 },
     #[error("the daemon sent a response that is not valid: {0}")]
     BadResponse(String),
+}
+
+/// How long `fwctl` waits for the answer to a request. A reload compiles the rules and has the
+/// kernel verify the programs (about 3 s on the test machine, 16 s in an emulated 6.1 guest,
+/// where 30 s was too short): it gets five minutes; the rest are quick lookups.
+pub fn answer_timeout(req: &Request) -> Duration {
+    match req {
+        Request::Reload { .. } => Duration::from_secs(300),
+        Request::List | Request::Status | Request::Conns => Duration::from_secs(30),
+    }
 }
 
 /// Sends one request and waits for the response.
@@ -493,7 +507,13 @@ pub fn call(socket: &Path, req: &Request, timeout: Duration) -> Result<Response,
     (&stream).write_all(line.as_bytes()).map_err(io)?;
     let mut reader = BufReader::new(&stream);
     let mut buf = String::new();
-    reader.read_line(&mut buf).map_err(io)?;
+    reader.read_line(&mut buf).map_err(|e| match e.kind() {
+        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => ClientError::NoAnswer {
+            path: path.clone(),
+            secs: timeout.as_secs(),
+        },
+        _ => io(e),
+    })?;
     if buf.is_empty() {
         return Err(ClientError::BadResponse(
             "the daemon closed the connection without answering".into(),
@@ -507,6 +527,25 @@ mod tests {
     use std::path::Path;
 
     use super::*;
+
+    /// A daemon that takes the request and does not answer in time is reported as such, with
+    /// the time waited, not as an I/O error; a reload waits longer than a query.
+    #[test]
+    fn a_silent_daemon_is_reported_as_not_answering_in_time() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("control.sock");
+        let listener = std::os::unix::net::UnixListener::bind(&path).expect("bind");
+        let held = std::thread::spawn(move || listener.accept().map(|(s, _)| s));
+        let err = call(&path, &Request::Status, Duration::from_millis(200)).expect_err("no answer");
+        assert!(
+            matches!(err, ClientError::NoAnswer { secs: 0, .. }),
+            "{err:?}"
+        );
+        drop(held.join());
+        assert!(
+            answer_timeout(&Request::Reload { recheck: false }) > answer_timeout(&Request::Status)
+        );
+    }
 
     fn rules(n: usize, first_port: usize) -> Ruleset {
         let mut text = String::new();

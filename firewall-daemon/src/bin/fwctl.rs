@@ -3,7 +3,6 @@
 use std::{
     path::{Path, PathBuf},
     process::ExitCode,
-    time::Duration,
 };
 
 use clap::Parser as _;
@@ -65,7 +64,10 @@ fn exit_code(e: &Failure) -> u8 {
     match e {
         Failure::Client(ClientError::Permission { .. }) => exit::PERMISSION,
         Failure::Client(
-            ClientError::NoSocket { .. } | ClientError::Refused { .. } | ClientError::Io { .. },
+            ClientError::NoSocket { .. }
+            | ClientError::Refused { .. }
+            | ClientError::Io { .. }
+            | ClientError::NoAnswer { .. },
         ) => exit::UNREACHABLE,
         _ => exit::INVALID,
     }
@@ -82,6 +84,9 @@ fn hint(e: &Failure) -> Option<String> {
         Failure::Client(ClientError::Io { .. }) => {
             Some(format!("hint: the daemon did not answer; {systemd}"))
         }
+        Failure::Client(ClientError::NoAnswer { .. }) => Some(format!(
+            "hint: it may still be working on the request (`fwctl status` shows the rules in              force once it is done); {systemd}"
+        )),
         Failure::Client(ClientError::Permission { .. }) => Some(
             "hint: use sudo, or set [daemon] control_group in the rules file and add the user \
              to that group (usermod -aG GROUP USER; takes effect at the next login)"
@@ -122,7 +127,7 @@ fn socket_path(args: &Args) -> Result<PathBuf, Failure> {
 }
 
 fn request(args: &Args, req: Request) -> Result<serde_json::Value, Failure> {
-    let resp = control::call(&socket_path(args)?, &req, Duration::from_secs(30))?;
+    let resp = control::call(&socket_path(args)?, &req, control::answer_timeout(&req))?;
     if !resp.ok {
         let msg = resp.error.unwrap_or_else(|| "request refused".into());
         if msg.starts_with("permission denied") {
