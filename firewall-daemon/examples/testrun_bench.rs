@@ -247,15 +247,17 @@ fn print_markdown(doc: &Value) {
         stat_cell(&doc["empty"]["single"], 0)
     );
     println!(
-        "| rules | compile+load ms | pass, new flow (single-shot) | drop (last rule) | reject \
-         (last rule, single-shot) | established TCP | replied UDP | unreplied UDP (tracked) |"
+        "| rules | compile+load ms | verified insns | pass, new flow (single-shot) | drop (last \
+         rule) | reject (last rule, single-shot) | established TCP | replied UDP | unreplied UDP \
+         (tracked) |"
     );
-    println!("|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for row in doc["rows"].as_array().into_iter().flatten() {
         println!(
-            "| {} | {:.0} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {:.0} | {} | {} | {} | {} | {} | {} | {} |",
             row["n"],
             row["load_ms"].as_f64().unwrap_or(f64::NAN),
+            row["verified_insns"],
             stat_cell(&row["pass_new_flow"], 0),
             stat_cell(&row["drop"], 1),
             stat_cell(&row["reject"], 0),
@@ -288,6 +290,7 @@ fn bench(bpffs: &Path, opts: &Opts) -> anyhow::Result<Value> {
         let c = compile::compile(&rs, &Default::default())?;
         let mut drop_gen = Generation::load(&c, &rs, &pin, 1)?;
         let load_ms = t.elapsed().as_secs_f64() * 1e3;
+        let verified = drop_gen.verified_instructions();
         let hit = frame(rule_addr(n - 1), 9);
         // Each shot a new flow (another source address and port), so each meets the rules.
         let pass = Stat::of(
@@ -369,6 +372,14 @@ fn bench(bpffs: &Path, opts: &Opts) -> anyhow::Result<Value> {
         rows.push(json!({
             "n": n,
             "load_ms": load_ms,
+            // The kernel's count, for every loaded program together and for each: what the
+            // verifier walked, which its time follows (null where the kernel does not say).
+            "verified_insns": (!verified.is_empty())
+                .then(|| verified.iter().map(|(_, c)| u64::from(*c)).sum::<u64>()),
+            "verified_insns_by_program": verified
+                .iter()
+                .map(|(name, c)| (name.clone(), json!(c)))
+                .collect::<serde_json::Map<_, _>>(),
             "pass_new_flow": pass.json(),
             "drop": dropped.json(),
             "reject": reject.json(),

@@ -448,6 +448,19 @@ impl Generation {
         })
     }
 
+    /// How many instructions the verifier walked for each loaded program of this generation
+    /// (program name, count), as the kernel reports it (Linux 5.16 and later; none before).
+    /// Verification time follows it, and the limit is 1,000,000 per program.
+    pub fn verified_instructions(&self) -> Vec<(String, u32)> {
+        self.ebpf
+            .programs()
+            .filter_map(|(name, prog)| {
+                let count = prog.info().ok()?.verified_instruction_count()?;
+                Some((name.to_string(), count))
+            })
+            .collect()
+    }
+
     /// The kernel's id of this generation's XDP program for interfaces of `link`.
     pub fn program_id(&mut self, link: LinkLayer) -> anyhow::Result<u32> {
         Ok(self.program_for(link)?.info().context("program info")?.id())

@@ -283,7 +283,7 @@ fn reject(ctx: &XdpContext, pkt: &Packet) -> u32 {
     // Ethernet header, and wireguard and the ip tunnels drop a packet whose protocol does not
     // match its IP version (kernel source, bpf_prog_run_generic_xdp; not measured here). One
     // behaviour for every such device: a silent drop, counted.
-    if pkt.l3_off == 0 {
+    if pkt.l2 == parse::L2::None {
         count(Counter::RejectNoLinkLayer);
         return XDP_DROP;
     }

@@ -25,7 +25,7 @@ use firewall_common::{
 
 use crate::{
     csum,
-    parse::{Addr, Packet, TCP_HDR_LEN, ptr_at, ptr_at_mut},
+    parse::{Addr, L2, Packet, TCP_HDR_LEN, ptr_at, ptr_at_mut},
 };
 
 #[unsafe(no_mangle)]
@@ -71,7 +71,7 @@ fn v4_unicast(a: [u8; 4]) -> bool {
 /// multicast, loopback), so the host cannot be made an amplifier. Only the reject path asks.
 #[inline(always)]
 pub fn answerable(pkt: &Packet) -> bool {
-    if pkt.l2_multicast {
+    if pkt.l2 == L2::Group {
         return false;
     }
     match (pkt.remote, pkt.local) {

@@ -764,7 +764,10 @@ fn testrun(s: &mut String, r: &Results) {
          reject rewrites the frame, so both are timed one packet at a time, which includes the \
          kernel's per-run setup; compare them with the empty program's single-shot figure. \
          Rules are N `remote + port` rules; drop and reject hit the last one. The empty XDP \
-         program measures {} repeated and {} single-shot in the same run.\n",
+         program measures {} repeated and {} single-shot in the same run. Verified instructions: \
+         the kernel's count of what its verifier walked for all four programs of a generation \
+         (XDP and TC, Ethernet and without a link layer), which the load time follows; the limit \
+         is 1,000,000 per program.\n",
         t["samples"],
         num(t["repeat"].as_f64().unwrap_or(0.0), 0),
         num(t["single_shots"].as_f64().unwrap_or(0.0), 0),
@@ -773,15 +776,19 @@ fn testrun(s: &mut String, r: &Results) {
     );
     let _ = writeln!(
         s,
-        "| rules | compile + load | pass, new flow (single-shot) | drop | reject (single-shot) | \
-         established TCP | replied UDP | unreplied UDP |\n|---:|---:|---:|---:|---:|---:|---:|---:|"
+        "| rules | compile + load | verified instructions | pass, new flow (single-shot) | drop | \
+         reject (single-shot) | established TCP | replied UDP | unreplied UDP \
+         |\n|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     );
     for row in t["rows"].as_array().into_iter().flatten() {
         let _ = write!(
             s,
-            "| {} | {} ms |",
+            "| {} | {} ms | {} |",
             num(row["n"].as_f64().unwrap_or(f64::NAN), 0),
-            num(row["load_ms"].as_f64().unwrap_or(f64::NAN), 0)
+            num(row["load_ms"].as_f64().unwrap_or(f64::NAN), 0),
+            row["verified_insns"]
+                .as_f64()
+                .map_or("—".into(), |v| num(v, 0))
         );
         for (key, _) in TESTRUN_PATHS {
             let _ = write!(s, " {} |", cell(&row[key]));
