@@ -33,8 +33,20 @@ use crate::workspace_root;
 
 /// Programs the integration tests run (firewall-daemon/tests): namespaces and addresses,
 /// entering a namespace, scanning, reading SNMP counters, bash (copied by the identity
-/// test as a client whose executable it knows) and mount/umount (identity on overlayfs).
-const TOOLS: &[&str] = &["ip", "nsenter", "nmap", "nstat", "bash", "mount", "umount"];
+/// test as a client whose executable it knows), mount, umount, mkfs.btrfs and btrfs (identity
+/// on overlayfs and btrfs subvolumes) and nft (the NAT of tests/containers.rs).
+const TOOLS: &[&str] = &[
+    "ip",
+    "nsenter",
+    "nmap",
+    "nstat",
+    "bash",
+    "mount",
+    "umount",
+    "mkfs.btrfs",
+    "btrfs",
+    "nft",
+];
 
 /// Guest memory and CPUs: two CPUs like this machine, so the tests' concurrency is the same.
 const MEMORY: &str = "2G";

@@ -51,9 +51,19 @@ pub const MODULES: &[&str] = &[
     "inet_diag",
     "tcp_diag",
     "udp_diag",
-    // tests/identity.rs: a program on overlayfs. (tests/containers.rs skips in the guests: the
-    // nftables NAT modules need libcrc32c, which the image does not load yet.)
+    // tests/identity.rs: a program on overlayfs and on a loop-mounted btrfs (whose modules
+    // come after crc32c_generic, below).
     "overlay",
+    "loop",
+    // tests/containers.rs: a bridge, and the nftables NAT a container engine sets up.
+    // libcrc32c (which nf_conntrack and nf_tables need) asks the crypto API for crc32c by
+    // name, a soft dependency modules.dep does not list: its module comes first.
+    "bridge",
+    "crc32c_generic",
+    "nft_chain_nat",
+    "nft_nat",
+    "nft_masq",
+    "btrfs",
     "tun",
     "ipip",
     "ip_gre",
