@@ -34,7 +34,8 @@ use crate::workspace_root;
 /// Programs the integration tests run (firewall-daemon/tests): namespaces and addresses,
 /// entering a namespace, scanning, reading SNMP counters, bash (copied by the identity
 /// test as a client whose executable it knows), mount, umount, mkfs.btrfs and btrfs (identity
-/// on overlayfs and btrfs subvolumes) and nft (the NAT of tests/containers.rs).
+/// on overlayfs and btrfs subvolumes), nft (the NAT of tests/containers.rs) and bpftool (the
+/// unit test that checks the structure offsets against its reading of the kernel's BTF).
 const TOOLS: &[&str] = &[
     "ip",
     "nsenter",
@@ -46,6 +47,7 @@ const TOOLS: &[&str] = &[
     "mkfs.btrfs",
     "btrfs",
     "nft",
+    "bpftool",
 ];
 
 /// Guest memory and CPUs: two CPUs like this machine, so the tests' concurrency is the same.
