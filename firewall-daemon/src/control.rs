@@ -475,7 +475,7 @@ pub enum ClientError {
 }
 
 /// How long `fwctl` waits for the answer to a request. A reload compiles the rules and has the
-/// kernel verify the programs (about 3 s on the test machine, 16 s in an emulated 6.1 guest,
+/// kernel verify the programs (about 1 s on the test machine, up to 16 s in an emulated 6.1 guest,
 /// where 30 s was too short): it gets five minutes; the rest are quick lookups.
 pub fn answer_timeout(req: &Request) -> Duration {
     match req {

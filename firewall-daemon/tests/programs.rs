@@ -573,7 +573,7 @@ action = "reject"
         // Each attempt before the daemon notices connects; the server drops SYNs once its
         // accept queue is full, which in a slow guest (6.1 under emulation: 38 s of attempts)
         // made the next allowed connection to this port time out.
-        accepted(&tcp_listeners[3]);
+        accepted(&tcp_listeners[3]); // port 7003
         std::thread::sleep(Duration::from_millis(100));
     }
     eprintln!("unit noticed after {:?}", t.elapsed());

@@ -85,7 +85,8 @@ fn hint(e: &Failure) -> Option<String> {
             Some(format!("hint: the daemon did not answer; {systemd}"))
         }
         Failure::Client(ClientError::NoAnswer { .. }) => Some(format!(
-            "hint: it may still be working on the request (`fwctl status` shows the rules in              force once it is done); {systemd}"
+            "hint: it may still be working on the request (`fwctl status` shows the rules in \
+             force once it is done); {systemd}"
         )),
         Failure::Client(ClientError::Permission { .. }) => Some(
             "hint: use sudo, or set [daemon] control_group in the rules file and add the user \
