@@ -1,0 +1,192 @@
+//! Judging established state again under new rules: `fwctl reload --recheck` (flows a remote
+//! host opened that the rules in force now deny are ended), and the sockets an outbound
+//! `stealth` holds, released when the rules no longer say `stealth` for them.
+//!
+//! Both ask the reference evaluator ([`Policy`]) rather than the kernel: the question is what
+//! the rules say about a flow that already exists, with the owner it recorded.
+
+use std::path::Path;
+
+use firewall_common::{
+    ct::ConnOwner,
+    identity::{Listener, ListenerKey, Owner},
+};
+use log::{info, warn};
+
+use super::State;
+use crate::{
+    conntrack::{self},
+    datapath::{self, ListenerTable, StealthTable},
+    listeners,
+    model::{Action, ConnectMeta, PacketMeta, PacketProto, Ruleset},
+    policy::Policy,
+    resolve::Resolved,
+    sockets,
+};
+
+/// Who a flow a remote host opened belongs to, for judging it again as the XDP program judged
+/// it: the owner the flow recorded (the listening socket's program and uid), with the unit of
+/// the socket listening there now if that is the same program and uid (flows do not record
+/// cgroups); a flow without a recorded owner (`record_owner = false`, seeded at start) belongs
+/// to the socket that would receive it now.
+pub(super) fn flow_owner(
+    f: &conntrack::Flow,
+    listeners: &std::collections::HashMap<ListenerKey, Listener>,
+) -> Option<Owner> {
+    let listening =
+        listeners::receiver(listeners, f.local(), f.key.proto, f.key.local_port).map(|l| l.owner);
+    let recorded = f.entry.owner;
+    if !recorded.is_known() {
+        return listening;
+    }
+    let ancestors = listening
+        .filter(|l| l.exe == recorded.exe && l.uid == recorded.uid)
+        .map(|l| l.ancestors)
+        .unwrap_or_default();
+    Some(Owner {
+        exe: recorded.exe,
+        uid: recorded.uid,
+        _pad: 0,
+        ancestors,
+    })
+}
+
+/// Who made a socket an outbound rule holds: what the hook recorded, with the cgroup the
+/// process is in now (if it still runs the same executable).
+pub(super) fn socket_owner(recorded: ConnOwner) -> Owner {
+    let ancestors = listeners::owner_of_pid(recorded.pid)
+        .ok()
+        .filter(|now| now.exe == recorded.exe)
+        .map(|now| now.ancestors)
+        .unwrap_or_default();
+    Owner {
+        exe: recorded.exe,
+        uid: recorded.uid,
+        _pad: 0,
+        ancestors,
+    }
+}
+
+/// Releases the sockets held by an outbound `stealth` that the rules in force no longer say
+/// `stealth` for (their next packets leave). Returns how many.
+pub(super) fn rejudge_stealth(ruleset: &Ruleset, resolved: &Resolved, pin_dir: &Path) -> usize {
+    let mut table = match StealthTable::open(pin_dir) {
+        Ok(t) => t,
+        Err(e) => {
+            warn!("{e:#}");
+            return 0;
+        }
+    };
+    let policy = Policy::with_selectors(ruleset, resolved);
+    let mut released = 0;
+    for (key, _) in table.entries() {
+        let proto = match key.proto {
+            firewall_common::ct::IPPROTO_TCP => PacketProto::Tcp,
+            _ => PacketProto::Udp,
+        };
+        let call = ConnectMeta {
+            remote: conntrack::addr(key.remote),
+            proto,
+            remote_port: key.remote_port,
+        };
+        let d = match table.owner(key.cookie) {
+            Some(recorded) => policy.decide_out_as(&call, &socket_owner(recorded)),
+            None => policy.decide_out(&call),
+        };
+        if d.action != Action::Stealth {
+            table.release(&key);
+            released += 1;
+        }
+    }
+    released
+}
+
+impl State {
+    /// Re-judges every tracked flow a remote host opened under the rules now in force; marks
+    /// those they deny. Returns their descriptions. `pin_dir`: where the maps are pinned (the
+    /// listener table).
+    pub(super) fn recheck(&mut self, pin_dir: &Path) -> Vec<String> {
+        use firewall_common::{
+            ACTION_ALLOW, ACTION_REJECT, ACTION_STEALTH, DEFAULT_RULE, ct, verdict,
+        };
+        let now = conntrack::monotonic_ns();
+        let cfg = datapath::ct_config(&self.ruleset.conntrack, self.generation.id);
+        let policy = Policy::with_selectors(&self.ruleset, &self.resolved);
+        let listeners = match ListenerTable::open(pin_dir) {
+            Ok(t) => t.entries(),
+            Err(e) => {
+                warn!(
+                    "recheck: {e:#}; rules about programs are judged by the owners flows recorded only"
+                );
+                std::collections::HashMap::new()
+            }
+        };
+        let mut ended = Vec::new();
+        for f in self.tables.flows() {
+            if f.entry.origin != ct::ORIGIN_REMOTE || f.entry.expires_ns <= now {
+                continue;
+            }
+            let proto = match f.key.proto {
+                ct::IPPROTO_TCP => PacketProto::Tcp,
+                ct::IPPROTO_UDP => PacketProto::Udp,
+                _ => continue,
+            };
+            let owner = flow_owner(&f, &listeners);
+            let d = policy.decide_for(
+                &PacketMeta {
+                    remote: f.remote(),
+                    proto,
+                    local_port: f.key.local_port,
+                },
+                owner.as_ref(),
+            );
+            let action = match d.action {
+                Action::Allow => ACTION_ALLOW,
+                Action::Reject => ACTION_REJECT,
+                Action::Stealth => ACTION_STEALTH,
+            };
+            if action == ACTION_ALLOW {
+                continue;
+            }
+            let word = verdict(d.rule.unwrap_or(DEFAULT_RULE), action);
+            if self.tables.deny(&f, word, &cfg, now) {
+                let by = d
+                    .rule
+                    .and_then(|i| self.ruleset.rules.get(i as usize))
+                    .map(|r| format!("rule {} \"{}\"", r.index + 1, r.name))
+                    .unwrap_or_else(|| "[defaults] inbound".into());
+                let local = std::net::SocketAddr::new(f.local(), f.key.local_port);
+                let remote = std::net::SocketAddr::new(f.remote(), f.key.remote_port);
+                // Close the host's end too (like `ss -K`), so the application sees the
+                // connection end instead of waiting on a peer it can no longer hear.
+                let closed = if f.key.proto == ct::IPPROTO_TCP {
+                    match sockets::destroy_tcp(local, remote) {
+                        Ok(true) => "; host socket closed",
+                        Ok(false) => "",
+                        Err(e) => {
+                            warn!("closing the host's socket {local} <- {remote}: {e:#}");
+                            "; host socket left open"
+                        }
+                    }
+                } else {
+                    ""
+                };
+                let proto = conntrack::proto_name(f.key.proto);
+                let line = format!(
+                    "{proto} {local} <- {remote} ({}): {} by {by}{closed}",
+                    firewall_common::ct::state::name(f.entry.state),
+                    d.action,
+                );
+                info!(
+                    rule = by.as_str(), action = d.action.to_string().as_str(), direction = "in",
+                    proto = proto, local_addr = local.ip().to_string().as_str(),
+                    local_port = local.port(), remote_addr = remote.ip().to_string().as_str(),
+                    remote_port = remote.port();
+                    "recheck ended {line}"
+                );
+                ended.push(line);
+            }
+        }
+        ended
+    }
+}

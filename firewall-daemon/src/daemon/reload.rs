@@ -1,0 +1,261 @@
+//! Reloading: the new rules are validated, resolved, compiled and loaded as a complete new
+//! generation beside the one in force, then every interface and hook is switched to it; any
+//! failure before or during the switch leaves (or puts back) the previous rules in force in
+//! both directions. A changed program or unit the rules name recompiles the same rules.
+
+use std::{
+    path::{Path, PathBuf},
+    time::Instant,
+};
+
+use anyhow::{Context as _, anyhow};
+use log::{error, info, warn};
+use sd_notify::NotifyState;
+use std::sync::atomic::Ordering;
+
+use super::{Overrides, RULE_HISTORY, State, notify};
+use super::{
+    attach::{Attached, switch_hooks},
+    recheck::rejudge_stealth,
+};
+use crate::{
+    compile, config,
+    control::{self, ReloadData},
+    datapath::{self, Generation, OutboundGeneration},
+    model::{Direction, Ruleset},
+    resolve::Resolved,
+};
+
+/// A generation id for the datapath: seconds since the epoch, kept increasing, so ids stay
+/// distinct across reloads and daemon restarts.
+pub(super) fn next_generation_id(last: u32) -> u32 {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as u32)
+        .unwrap_or(0);
+    now.max(last.wrapping_add(1)).max(1)
+}
+
+pub(super) fn rule_names(rs: &Ruleset) -> Vec<String> {
+    rs.rules.iter().map(|r| r.name.clone()).collect()
+}
+
+/// Loads and validates the file, with command-line overrides applied.
+pub(super) fn load_rules(path: &Path, overrides: &Overrides) -> anyhow::Result<Ruleset> {
+    let mut rs = config::load(path).map_err(|e| anyhow!("{e}"))?;
+    overrides.apply(&mut rs);
+    Ok(rs)
+}
+
+pub(super) fn summarize(d: &ReloadData) -> String {
+    if d.unchanged() {
+        return format!("no changes ({} rules)", d.rules);
+    }
+    format!(
+        "{} added, {} removed{}{}; {} rules in force",
+        d.added.len(),
+        d.removed.len(),
+        if d.reordered { ", reordered" } else { "" },
+        if d.settings.is_empty() {
+            String::new()
+        } else {
+            format!(", settings: {}", d.settings.join("; "))
+        },
+        d.rules
+    )
+}
+
+impl State {
+    /// [`Self::switch_rules`], announced to the service manager (RELOADING=1 ... READY=1).
+    pub(super) fn reload(&mut self, recheck: bool) -> anyhow::Result<ReloadData> {
+        let mut reloading = vec![NotifyState::Reloading];
+        if let Ok(now) = NotifyState::monotonic_usec_now() {
+            reloading.push(now);
+        }
+        notify(&reloading);
+        let result = self.switch_rules(recheck);
+        let status = match &result {
+            Ok(_) => self.status_line(),
+            Err(e) => format!(
+                "{}; the last reload failed: {}",
+                self.status_line(),
+                format!("{e:#}").replace('\n', " ")
+            ),
+        };
+        notify(&[NotifyState::Ready, NotifyState::Status(&status)]);
+        result
+    }
+
+    /// Builds the new generation completely beside the old one, then switches every interface
+    /// to it. Any failure before the switch leaves the old rules untouched.
+    pub(super) fn switch_rules(&mut self, recheck: bool) -> anyhow::Result<ReloadData> {
+        let t0 = Instant::now();
+        let new_rules = load_rules(&self.config_path, &self.overrides)?;
+        let resolved = Resolved::resolve(&new_rules, &self.cgroup.path);
+        self.switch_to(new_rules, resolved, recheck, t0)
+    }
+
+    /// The executables the rules in force name, for the watcher.
+    pub(super) fn program_paths(&self) -> Vec<PathBuf> {
+        let mut paths: Vec<PathBuf> = self.resolved.programs.keys().cloned().collect();
+        paths.dedup();
+        paths
+    }
+
+    /// Takes the selectors of the rules in force resolved again; when a program was replaced
+    /// or appeared, or a unit (re)started, recompiles the same rules for it (`None`: no change).
+    pub(super) fn reresolve(&mut self, resolved: Resolved) -> anyhow::Result<Option<ReloadData>> {
+        if resolved == self.resolved {
+            return Ok(None);
+        }
+        let rules = self.ruleset.clone();
+        self.switch_to(rules, resolved, false, Instant::now())
+            .map(Some)
+    }
+
+    /// Builds the new generation for `new_rules` with their selectors resolved as `resolved`,
+    /// then switches to it (see [`Self::switch_rules`]).
+    pub(super) fn switch_to(
+        &mut self,
+        new_rules: Ruleset,
+        resolved: Resolved,
+        recheck: bool,
+        t0: Instant,
+    ) -> anyhow::Result<ReloadData> {
+        let compiled = compile::compile(&new_rules, &resolved)
+            .with_context(|| format!("{}", self.config_path.display()))?;
+        let compiled_out = compile::compile_direction(&new_rules, Direction::Out, &resolved)
+            .with_context(|| format!("{} (outbound rules)", self.config_path.display()))?;
+        // Pins stay where the running generation has them even if the file moved pin_dir.
+        let pin_dir = self.ruleset.daemon.pin_dir.clone();
+        let new_id = next_generation_id(self.generation.id);
+        let mut new_gen = Generation::load(&compiled, &new_rules, &pin_dir, new_id)?;
+        let mut new_out = OutboundGeneration::load(&compiled_out, &new_rules, &pin_dir, new_id)?;
+        let mut data = control::diff(&self.ruleset, &new_rules);
+
+        let old_attached = std::mem::take(&mut self.attached);
+        let mut switched = Vec::new();
+        let mut failure = None;
+        for a in old_attached {
+            if failure.is_some() {
+                // Keep the remaining interfaces on the old program.
+                switched.push((a, false));
+                continue;
+            }
+            let ifname = a.ifname.clone();
+            // Only the link moves; the rest of `a` is rebuilt around whichever link results.
+            let link = a.link;
+            match new_gen.replace(link, a.layer) {
+                Ok(link) => switched.push((Attached { link, ..a }, true)),
+                Err(e) => {
+                    // The link was consumed by the failed update: attach the old program again.
+                    match self
+                        .generation
+                        .attach(&ifname, self.ruleset.daemon.xdp_mode, a.layer)
+                    {
+                        Ok((link, mode)) => {
+                            let pin = datapath::link_pin(&pin_dir, "xdp", &ifname);
+                            match datapath::pin_xdp_link(link, &pin) {
+                                Ok(link) => switched.push((Attached { link, mode, ..a }, false)),
+                                Err(e3) => {
+                                    error!("{ifname}: pinning the re-attached link: {e3:#}")
+                                }
+                            }
+                        }
+                        Err(e2) => {
+                            error!("{ifname}: re-attaching the previous rules failed: {e2:#}")
+                        }
+                    }
+                    failure = Some(e.context(format!("switching {ifname} to the new rules")));
+                }
+            }
+        }
+        if let Some(e) = failure {
+            // Roll the interfaces already switched back to the old generation.
+            for (a, on_new) in switched {
+                if on_new {
+                    let ifname = a.ifname.clone();
+                    let link = a.link;
+                    match self.generation.replace(link, a.layer) {
+                        Ok(link) => self.attached.push(Attached { link, ..a }),
+                        Err(e2) => error!("{ifname}: rolling back failed: {e2:#}"),
+                    }
+                } else {
+                    self.attached.push(a);
+                }
+            }
+            return Err(e);
+        }
+        // The outbound hooks follow. If one cannot be switched, they are all put back and the
+        // interfaces are switched back too: the old rules stay in force in both directions.
+        let (hooks, failure) = switch_hooks(
+            std::mem::take(&mut self.hooks),
+            &mut new_out,
+            &mut self.outbound,
+            &pin_dir,
+        );
+        self.hooks = hooks;
+        if let Some(e) = failure {
+            for (a, _) in switched {
+                let ifname = a.ifname.clone();
+                let link = a.link;
+                match self.generation.replace(link, a.layer) {
+                    Ok(link) => self.attached.push(Attached { link, ..a }),
+                    Err(e2) => error!("{ifname}: rolling back failed: {e2:#}"),
+                }
+            }
+            return Err(e);
+        }
+        self.attached = switched.into_iter().map(|(a, _)| a).collect();
+        // The egress programs only record flows; one that cannot be switched keeps running
+        // the previous generation's copy, which shares the tables.
+        for a in &mut self.attached {
+            if let Some(link) = a.egress.take() {
+                match new_gen.replace_egress(link, a.layer) {
+                    Ok(link) => a.egress = Some(link),
+                    Err(e) => error!("{}: switching the egress program: {e:#}", a.ifname),
+                }
+            }
+        }
+        if let Err(e) = new_gen.pin(&self.ruleset.daemon.pin_dir) {
+            warn!("the new rules are in force, but pinning them for inspection failed: {e:#}");
+        }
+        self.generation = new_gen;
+        self.outbound = new_out;
+        self.resolve_warnings = resolved.warnings(&new_rules);
+        for w in &self.resolve_warnings {
+            warn!("{w}");
+        }
+        self.resolved = resolved;
+        self.ruleset = new_rules;
+        let released = rejudge_stealth(&self.ruleset, &self.resolved, &pin_dir);
+        if released > 0 {
+            info!(
+                "released {released} socket(s) held by an outbound stealth the new rules no longer say"
+            );
+        }
+        self.generation_no += 1;
+        self.history.push_back((new_id, rule_names(&self.ruleset)));
+        while self.history.len() > RULE_HISTORY {
+            self.history.pop_front();
+        }
+        self.gc_interval
+            .store(self.ruleset.conntrack.gc_interval_secs, Ordering::Relaxed);
+        if recheck {
+            data.rechecked = true;
+            data.ended = self.recheck(&pin_dir);
+        }
+        data.generation = self.generation_no;
+        data.took_ms = t0.elapsed().as_millis() as u64;
+        data.warnings = self.ruleset.warnings.clone();
+        data.warnings.extend(self.resolve_warnings.iter().cloned());
+        self.last_reload = Some(format!(
+            "{} (generation {})",
+            jiff::Timestamp::now()
+                .round(jiff::Unit::Second)
+                .unwrap_or(jiff::Timestamp::now()),
+            self.generation_no
+        ));
+        Ok(data)
+    }
+}

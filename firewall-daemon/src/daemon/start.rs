@@ -1,0 +1,225 @@
+//! Starting: validate and compile the rules, prepare the pin directory, load the first
+//! generation, seed the connection table from the host's sockets, attach (or adopt what a
+//! previous daemon left), and bind the control socket. The order is what makes a start safe:
+//! nothing is attached before the rules compiled, and the table is seeded before filtering
+//! starts, so the administrator's own SSH session survives.
+
+use std::{path::PathBuf, time::Instant};
+
+use anyhow::bail;
+use log::{info, warn};
+use std::{
+    collections::VecDeque,
+    sync::{Arc, atomic::AtomicU32},
+};
+use tokio::net::UnixListener;
+
+use super::{Overrides, PinCleanup, State};
+use super::{
+    attach::{
+        attach_hooks, attach_interface, forget_other_links, start_listener_table, sync_host_addrs,
+        unsupported_reason,
+    },
+    recheck::rejudge_stealth,
+    reload::{load_rules, next_generation_id, rule_names},
+    server::{bind_control_socket, remove_stale_socket},
+};
+use crate::{
+    cgroup::{self, Cgroup},
+    compile,
+    conntrack::{self, Tables},
+    datapath::{self, Generation, OutboundGeneration},
+    hostaddrs::HostMaps,
+    interfaces::{self},
+    model::{Direction, Interfaces},
+    resolve::Resolved,
+    sockets,
+};
+
+/// What [`start`] leaves running for the daemon's loop.
+pub(super) struct Started {
+    pub state: State,
+    pub link_events: interfaces::LinkEvents,
+    pub listener: UnixListener,
+    pub socket_path: PathBuf,
+}
+
+/// Validates, compiles, loads, seeds, attaches and binds the control socket, in that order.
+/// The returned [`PinCleanup`] undoes the start when dropped while armed: on any error here
+/// (unless a previous daemon's pins are being adopted), and after a detaching stop.
+pub(super) fn start(
+    config_path: PathBuf,
+    overrides: Overrides,
+) -> anyhow::Result<(PinCleanup, Started)> {
+    let ruleset = load_rules(&config_path, &overrides)?;
+    for w in &ruleset.warnings {
+        warn!("{w}");
+    }
+    // The outbound hooks' cgroup: the configured one, else the whole host (the root of the
+    // cgroup2 mount). Checked before anything is touched.
+    let cgroup_path = match &ruleset.daemon.cgroup {
+        Some(p) => p.clone(),
+        None => cgroup::mount()?,
+    };
+    let cgroup = Cgroup::open(&cgroup_path)?;
+    let resolved = Resolved::resolve(&ruleset, &cgroup.path);
+    let resolve_warnings = resolved.warnings(&ruleset);
+    for w in &resolve_warnings {
+        warn!("{w}");
+    }
+    let compiled = compile::compile(&ruleset, &resolved)?;
+    let compiled_out = compile::compile_direction(&ruleset, Direction::Out, &resolved)?;
+    crate::features::check_required()?;
+    // Before touching anything shared (pins, interfaces): a second daemon must not disturb
+    // the first, and a file that is not a stale socket stops the start before anything does.
+    remove_stale_socket(&ruleset.daemon.control_socket)?;
+    let pin_dir = ruleset.daemon.pin_dir.clone();
+    datapath::prepare_pin_dir(&pin_dir)?;
+    // A previous daemon that died (or was killed) leaves its links pinned: they go on
+    // enforcing its rules, and this daemon adopts them, its connection table included.
+    let adopting = std::fs::read_dir(pin_dir.join(datapath::LINK_DIR))
+        .map(|mut d| d.next().is_some())
+        .unwrap_or(false);
+    // Declared before everything that pins or attaches, so it is dropped last. On a fresh
+    // start every failure undoes everything; when adopting, a failed start leaves the previous
+    // daemon's enforcement as it was.
+    let mut cleanup = PinCleanup {
+        dir: pin_dir.clone(),
+        armed: !adopting,
+    };
+    datapath::discard_incompatible_pins(&pin_dir);
+    // Entries adopted from a previous daemon name its generations: start after them.
+    let last_gen = Tables::open(&pin_dir)
+        .map(|t| {
+            t.flows()
+                .iter()
+                .map(|f| f.entry.generation)
+                .max()
+                .unwrap_or(0)
+        })
+        .unwrap_or(0);
+    let gen_id = next_generation_id(last_gen);
+    let mut generation = Generation::load(&compiled, &ruleset, &pin_dir, gen_id)?;
+    let mut outbound = OutboundGeneration::load(&compiled_out, &ruleset, &pin_dir, gen_id)?;
+    let mut tables = Tables::open(&pin_dir)?;
+    let mut host = HostMaps::open(&pin_dir)?;
+
+    // Seed before attaching, so enforcement never starts without the host's connections.
+    let ct_cfg = datapath::ct_config(&ruleset.conntrack, gen_id);
+    let mut degraded = Vec::new();
+    let seeded = match sockets::host_flows() {
+        Ok(flows) => {
+            let listeners = sockets::tcp_listeners().unwrap_or_else(|e| {
+                warn!("could not list listening sockets: {e:#}; seeded connections count as opened by this host");
+                degraded.push(format!(
+                    "listening sockets could not be listed ({e:#}): connections open at start \
+                     count as opened by this host and `reload --recheck` leaves them alone"
+                ));
+                Vec::new()
+            });
+            tables.seed(&flows, &listeners, &ct_cfg, conntrack::monotonic_ns())
+        }
+        Err(e) => {
+            warn!("could not list the host's connections to seed the table: {e:#}");
+            degraded.push(format!(
+                "the connection table was not seeded from the host's sockets ({e:#}): \
+                 connections open before the daemon started may be cut"
+            ));
+            0
+        }
+    };
+    info!("seeded the connection table with {seeded} existing connection(s)");
+
+    // Subscribed before listing, so an interface appearing in between is not missed.
+    let link_events = interfaces::LinkEvents::subscribe()?;
+    sync_host_addrs(&mut host);
+    let all = interfaces::current()?;
+    let interfaces::Wanted {
+        attach: want,
+        missing: waiting,
+        unsupported,
+    } = interfaces::wanted(&ruleset.daemon.interfaces, &all);
+    for name in &waiting {
+        warn!("interface {name} does not exist yet; the firewall attaches when it appears");
+    }
+    if want.is_empty() && waiting.is_empty() {
+        warn!("no interface to protect yet; the firewall attaches to interfaces as they appear");
+    }
+    let named = matches!(ruleset.daemon.interfaces, Interfaces::List(_));
+    let mut unprotected = Vec::new();
+    for iface in &unsupported {
+        let why = unsupported_reason(iface);
+        if named {
+            bail!("interface {}: {why}", iface.name);
+        }
+        warn!("{}: {why}", iface.name);
+        unprotected.push((iface.name.clone(), why));
+    }
+    let mut attached = Vec::new();
+    for iface in &want {
+        match attach_interface(&mut generation, iface, ruleset.daemon.xdp_mode, &pin_dir) {
+            Ok(a) => attached.push(a),
+            // A named interface that cannot be protected stops the start; with "auto", one
+            // odd interface (a tunnel without XDP support) does not.
+            Err(e) if named => return Err(e),
+            Err(e) => {
+                warn!("{}: NOT protected: {e:#}", iface.name);
+                unprotected.push((iface.name.clone(), format!("NOT protected: {e:#}")));
+            }
+        }
+    }
+    let names: Vec<String> = want.iter().map(|i| i.name.clone()).collect();
+    forget_other_links(&pin_dir, &names);
+    let hooks = attach_hooks(&mut outbound, &cgroup, &pin_dir)?;
+    let listened = start_listener_table(&cgroup, &pin_dir, adopting, &mut degraded)?;
+    info!("listener table: {listened} socket(s) bound before the daemon started recorded");
+    let released = rejudge_stealth(&ruleset, &resolved, &pin_dir);
+    if released > 0 {
+        info!("released {released} socket(s) held by an outbound stealth the rules no longer say");
+    }
+
+    generation.pin(&pin_dir)?;
+    let gc_interval = Arc::new(AtomicU32::new(ruleset.conntrack.gc_interval_secs));
+    conntrack::spawn_expiry(&pin_dir, gc_interval.clone())?;
+    let socket_path = ruleset.daemon.control_socket.clone();
+    let listener = bind_control_socket(&socket_path, ruleset.daemon.control_group.as_deref())?;
+    // From here on, stopping the daemon detaches the firewall and removes the pins.
+    cleanup.armed = true;
+    let ruleset_interfaces = ruleset.daemon.interfaces.clone();
+    let mut history = VecDeque::new();
+    history.push_back((gen_id, rule_names(&ruleset)));
+    let state = State {
+        config_path,
+        overrides,
+        ruleset,
+        generation,
+        attached,
+        outbound,
+        cgroup,
+        hooks,
+        generation_no: 1,
+        started: Instant::now(),
+        last_reload: None,
+        tables,
+        host,
+        history,
+        gc_interval,
+        seeded,
+        adopted: adopting,
+        interfaces: ruleset_interfaces,
+        waiting,
+        unprotected,
+        degraded,
+        resolved,
+        resolve_warnings,
+    };
+    Ok((
+        cleanup,
+        Started {
+            state,
+            link_events,
+            listener,
+            socket_path,
+        },
+    ))
+}
