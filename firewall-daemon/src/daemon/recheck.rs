@@ -106,9 +106,7 @@ impl State {
     /// those they deny. Returns their descriptions. `pin_dir`: where the maps are pinned (the
     /// listener table).
     pub(super) fn recheck(&mut self, pin_dir: &Path) -> Vec<String> {
-        use firewall_common::{
-            ACTION_ALLOW, ACTION_REJECT, ACTION_STEALTH, DEFAULT_RULE, ct, verdict,
-        };
+        use firewall_common::{DEFAULT_RULE, ct, verdict};
         let now = conntrack::monotonic_ns();
         let cfg = datapath::ct_config(&self.ruleset.conntrack, self.generation.id);
         let policy = Policy::with_selectors(&self.ruleset, &self.resolved);
@@ -140,15 +138,10 @@ impl State {
                 },
                 owner.as_ref(),
             );
-            let action = match d.action {
-                Action::Allow => ACTION_ALLOW,
-                Action::Reject => ACTION_REJECT,
-                Action::Stealth => ACTION_STEALTH,
-            };
-            if action == ACTION_ALLOW {
+            if d.action == Action::Allow {
                 continue;
             }
-            let word = verdict(d.rule.unwrap_or(DEFAULT_RULE), action);
+            let word = verdict(d.rule.unwrap_or(DEFAULT_RULE), d.action.to_kernel());
             if self.tables.deny(&f, word, &cfg, now) {
                 let by = d
                     .rule

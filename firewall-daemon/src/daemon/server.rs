@@ -196,7 +196,10 @@ impl State {
 
     pub(super) fn handle(&mut self, req: Request) -> Response {
         match req {
-            Request::List => Response::ok(self.list()),
+            Request::List => match self.list() {
+                Ok(l) => Response::ok(l),
+                Err(e) => Response::err(format!("{e:#}")),
+            },
             Request::Status => match self.status() {
                 Ok(s) => Response::ok(s),
                 Err(e) => Response::err(format!("{e:#}")),

@@ -3,6 +3,8 @@
 //! removed it), counters and table sizes come from the maps, flows are named by the rule and
 //! generation that admitted them.
 
+use std::collections::BTreeMap;
+
 use super::State;
 use crate::{
     cgroup::{self},
@@ -17,10 +19,10 @@ use crate::{
 };
 
 impl State {
-    pub(super) fn list(&self) -> ListData {
-        let hits_in = self.generation.rule_hits().unwrap_or_default();
-        let hits_out = self.outbound.rule_hits().unwrap_or_default();
-        ListData {
+    pub(super) fn list(&self) -> anyhow::Result<ListData> {
+        let hits_in = self.generation.rule_hits()?;
+        let hits_out = self.outbound.rule_hits()?;
+        Ok(ListData {
             source: self.config_path.display().to_string(),
             defaults: DefaultsView::from(&self.ruleset.defaults),
             rules: self
@@ -35,10 +37,11 @@ impl State {
                     RuleView::new(r, hits.get(r.index as usize).copied().unwrap_or(0))
                 })
                 .collect(),
-        }
+        })
     }
 
     pub(super) fn status(&mut self) -> anyhow::Result<StatusData> {
+        let counters = self.generation.counters()?;
         let interfaces = self.interface_status();
         let outbound_status = self.outbound_status();
         let rs = &self.ruleset;
@@ -64,9 +67,8 @@ impl State {
             generation: self.generation_no,
             uptime_secs: self.started.elapsed().as_secs(),
             last_reload: self.last_reload.clone(),
-            counters: self
-                .generation
-                .counters()?
+            conntrack: self.conntrack_status(&counters),
+            counters: counters
                 .into_iter()
                 .map(|(k, v)| (k.to_string(), v))
                 .collect(),
@@ -76,7 +78,6 @@ impl State {
                 .chain(&self.resolve_warnings)
                 .cloned()
                 .collect(),
-            conntrack: self.conntrack_status(),
         })
     }
 
@@ -198,10 +199,10 @@ impl State {
         }
     }
 
-    pub(super) fn conntrack_status(&self) -> ConntrackStatus {
+    /// `counters`: the datapath's counters as `status` read them (they cover both LRU tables).
+    pub(super) fn conntrack_status(&self, c: &BTreeMap<&'static str, u64>) -> ConntrackStatus {
         let (confirmed, unconfirmed) = self.tables.sizes();
         let (host_pending, host_pending_capacity) = self.tables.host_pending();
-        let c = self.generation.counters().unwrap_or_default();
         let get = |name: &str| c.get(name).copied().unwrap_or(0);
         // The counters cover both LRU tables.
         let evicted = get("ct_new_inserted")
