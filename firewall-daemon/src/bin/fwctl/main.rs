@@ -1,0 +1,141 @@
+//! `fwctl`: list, check and reload the firewall's rules; show its status. The command line
+//! (flags, exit codes, help) is defined in `firewall_daemon::cli`.
+use std::process::ExitCode;
+
+use clap::Parser as _;
+use firewall_daemon::{
+    cli::{FwctlArgs as Args, FwctlCmd as Cmd, exit},
+    control::{ClientError, Request},
+};
+
+/// Every line fwctl prints goes through [`print_line`]: std's `println!` panics when stdout is
+/// closed (`fwctl conns | head -1`). This one, shadowing it, ends fwctl quietly instead.
+macro_rules! println {
+    ($($arg:tt)*) => {
+        print_line(format_args!($($arg)*))
+    };
+}
+
+/// Writes one line to stdout. A reader that went away (EPIPE; Rust ignores SIGPIPE) ends
+/// fwctl with success, as a pager or `head` that has seen enough expects; another write error
+/// ends it with a message.
+fn print_line(args: std::fmt::Arguments<'_>) {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = out.write_fmt(args).and_then(|()| out.write_all(b"\n")) {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprintln!("fwctl: writing the output: {e}");
+        std::process::exit(i32::from(exit::INVALID));
+    }
+}
+
+mod check;
+mod client;
+mod render;
+
+use check::check;
+use client::{decode, down_status, request};
+use render::{esc, print_conns, print_list, print_reload, print_status};
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    match run(&args) {
+        Ok(code) => code,
+        Err(e) => {
+            // The daemon's messages name files, rules and programs: one escaped line each.
+            for line in e.to_string().lines() {
+                eprintln!("fwctl: {}", esc(line));
+            }
+            if let Some(hint) = hint(&e) {
+                eprintln!("fwctl: {hint}");
+            }
+            if let (Cmd::Status { json }, Failure::Client(c)) = (&args.cmd, &e)
+                && !matches!(c, ClientError::Permission { .. })
+            {
+                down_status(&args, &e, *json);
+            }
+            ExitCode::from(exit_code(&e))
+        }
+    }
+}
+
+fn exit_code(e: &Failure) -> u8 {
+    match e {
+        Failure::Client(ClientError::Permission { .. }) => exit::PERMISSION,
+        Failure::Client(
+            ClientError::NoSocket { .. }
+            | ClientError::Refused { .. }
+            | ClientError::Io { .. }
+            | ClientError::NoAnswer { .. },
+        ) => exit::UNREACHABLE,
+        _ => exit::INVALID,
+    }
+}
+
+/// What to do about an error, when there is something to say beyond the error itself.
+fn hint(e: &Failure) -> Option<String> {
+    let systemd = "`systemctl status firewall-daemon` (or `journalctl -u firewall-daemon`) \
+                   shows whether the service runs and why it stopped";
+    match e {
+        Failure::Client(ClientError::NoSocket { .. } | ClientError::Refused { .. }) => {
+            Some(format!("hint: {systemd}"))
+        }
+        Failure::Client(ClientError::Io { .. }) => {
+            Some(format!("hint: the daemon did not answer; {systemd}"))
+        }
+        Failure::Client(ClientError::NoAnswer { .. }) => Some(format!(
+            "hint: it may still be working on the request (`fwctl status` shows the rules in \
+             force once it is done); {systemd}"
+        )),
+        Failure::Client(ClientError::Permission { .. }) => Some(
+            "hint: use sudo, or set [daemon] control_group in the rules file and add the user \
+             to that group (usermod -aG GROUP USER; takes effect at the next login)"
+                .into(),
+        ),
+        _ => None,
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+enum Failure {
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    #[error("{0}")]
+    Refused(String),
+    #[error("{0}")]
+    Other(String),
+}
+
+fn run(args: &Args) -> Result<ExitCode, Failure> {
+    match &args.cmd {
+        Cmd::Check { file, json } => return Ok(check(file, *json)),
+        Cmd::List { json } => show(args, Request::List, *json, print_list)?,
+        Cmd::Status { json } => show(args, Request::Status, *json, print_status)?,
+        Cmd::Reload { json, recheck } => show(
+            args,
+            Request::Reload { recheck: *recheck },
+            *json,
+            print_reload,
+        )?,
+        Cmd::Conns { json } => show(args, Request::Conns, *json, print_conns)?,
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Sends `req` and prints the answer as JSON or through `print`.
+fn show<T: serde::de::DeserializeOwned>(
+    args: &Args,
+    req: Request,
+    json: bool,
+    print: fn(&T),
+) -> Result<(), Failure> {
+    let v = request(args, req)?;
+    if json {
+        println!("{v:#}");
+    } else {
+        print(&decode(v)?);
+    }
+    Ok(())
+}

@@ -1,0 +1,432 @@
+//! How fwctl prints what the daemon answers: tables for people (every string from the daemon
+//! or the rules escaped, so a crafted rule name or path cannot forge lines or terminal
+//! escapes), JSON for programs.
+
+use firewall_daemon::{
+    control::{self, ConnsData, ListData, ReloadData, RuleView, StatusData},
+    model::Direction,
+};
+
+use super::print_line;
+
+pub(super) fn print_json<T: serde::Serialize>(v: &T) {
+    match serde_json::to_string_pretty(v) {
+        Ok(s) => println!("{s}"),
+        Err(e) => eprintln!("fwctl: {e}"),
+    }
+}
+
+/// `s` made safe to print on a terminal, as `ls -b` and systemd do: control characters (a
+/// newline would start a forged row, an escape sequence rewrite the screen), bidirectional and
+/// other invisible formatting characters and the backslash are written as C-style escapes.
+/// Program paths, user, rule, unit and interface names reach fwctl from files and processes
+/// that local users control; `--json` output carries them exactly, with JSON's own escaping.
+/// (Paths that are not UTF-8 already arrive with U+FFFD in place of the invalid bytes.)
+pub(super) fn esc(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\t' => out.push_str("\\t"),
+            '\r' => out.push_str("\\r"),
+            c if (c as u32) < 0x80 && c.is_control() => {
+                out.push_str(&format!("\\x{:02x}", c as u32));
+            }
+            c if c.is_control() || invisible(c) => out.push_str(&format!("\\u{{{:x}}}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// Formatting characters that reorder or hide text (Unicode "Cf" and the line separators).
+pub(super) fn invisible(c: char) -> bool {
+    matches!(c as u32,
+        0xad | 0x61c | 0x180e | 0x200b..=0x200f | 0x2028..=0x202e | 0x2060..=0x206f | 0xfeff
+            | 0xfff9..=0xfffb)
+}
+
+/// Fits a cell into `width` columns, marking what was cut.
+pub(super) fn cell(s: &str, width: usize) -> String {
+    if s.chars().count() <= width {
+        s.to_string()
+    } else {
+        let mut t: String = s.chars().take(width - 1).collect();
+        t.push('…');
+        t
+    }
+}
+
+pub(super) fn dash(v: &[String]) -> String {
+    if v.is_empty() {
+        "any".into()
+    } else {
+        v.join(",")
+    }
+}
+
+/// `  program=/usr/bin/firefox unit=nginx.service user=33` after a rule about a program, unit
+/// or user; empty for a rule about every process, so those lines keep their layout.
+pub(super) fn selector_note(r: &RuleView) -> String {
+    let mut note = String::new();
+    if let Some(program) = &r.program {
+        note.push_str(&format!(" program={}", esc(program)));
+    }
+    if let Some(unit) = &r.unit {
+        note.push_str(&format!(" unit={}", esc(unit)));
+    }
+    if let Some(user) = r.user {
+        note.push_str(&format!(" user={user}"));
+    }
+    if !note.is_empty() {
+        note.insert(0, ' ');
+    }
+    note
+}
+
+pub(super) fn print_list(l: &ListData) {
+    println!("rules from {}", esc(&l.source));
+    println!(
+        "{:>4}  {:<28} {:<4} {:<5} {:<14} {:<28} {:<8} {:>10}",
+        "#", "NAME", "DIR", "PROTO", "PORTS", "REMOTE", "ACTION", "PACKETS"
+    );
+    for r in &l.rules {
+        let mut note = selector_note(r);
+        if !r.enforced {
+            note.push_str("  (not enforced)");
+        }
+        println!(
+            "{:>4}  {:<28} {:<4} {:<5} {:<14} {:<28} {:<8} {:>10}{note}",
+            r.number,
+            cell(&esc(&r.name), 28),
+            r.direction.to_string(),
+            r.proto.to_string(),
+            cell(&esc(&dash(&r.ports)), 14),
+            cell(&esc(&dash(&r.remote)), 28),
+            r.action.to_string(),
+            r.hits
+        );
+    }
+    println!(
+        "default: inbound {}, outbound {}; non-first fragments: {}",
+        l.defaults.inbound, l.defaults.outbound, l.defaults.fragments
+    );
+    if l.rules.iter().any(|r| r.direction == Direction::Out) {
+        println!(
+            "DIR out: PORTS and REMOTE are the destination, PACKETS counts connect() and UDP \
+             sends"
+        );
+    }
+}
+
+pub(super) fn print_status(s: &StatusData) {
+    println!(
+        "firewall-daemon {} (pid {}), up {}s",
+        s.version, s.pid, s.uptime_secs
+    );
+    println!("rules file:  {}", esc(&s.config));
+    println!("pin dir:     {}", esc(&s.pin_dir));
+    if !s.kernel.release.is_empty() {
+        println!("kernel:      {}", esc(&s.kernel.release));
+    }
+    for f in &s.kernel.features {
+        println!("feature:     {}", esc(f));
+    }
+    for d in &s.kernel.degraded {
+        println!("DEGRADED:    {}", esc(d));
+    }
+    for i in &s.interfaces {
+        if i.mode.is_empty() && i.state.starts_with("NOT protected") {
+            println!("interface:   {} — {}", i.name, i.state);
+            continue;
+        }
+        let egress = if i.egress.is_empty() {
+            String::new()
+        } else {
+            format!(", egress {}", esc(&i.egress))
+        };
+        let state = if i.state.is_empty() || i.state == "ok" {
+            String::new()
+        } else {
+            format!(" — {}", esc(&i.state))
+        };
+        let link = if i.link_layer.is_empty() {
+            String::new()
+        } else {
+            format!(", link layer {}", i.link_layer)
+        };
+        println!(
+            "interface:   {} (XDP {} mode{link}{egress}){state}",
+            esc(&i.name),
+            esc(&i.mode)
+        );
+    }
+    if !s.outbound.cgroup.is_empty() {
+        let hooks: Vec<String> = s
+            .outbound
+            .hooks
+            .iter()
+            .map(|h| {
+                if h.state == "ok" {
+                    esc(&h.hook)
+                } else {
+                    format!("{} — {}", esc(&h.hook), esc(&h.state))
+                }
+            })
+            .collect();
+        println!(
+            "outbound:    cgroup {} (hooks {})",
+            esc(&s.outbound.cgroup),
+            hooks.join(", ")
+        );
+    }
+    println!(
+        "rules:       {} ({} inbound, {} outbound), generation {}",
+        s.rules, s.inbound_rules, s.outbound_rules, s.generation
+    );
+    println!(
+        "defaults:    inbound {}, outbound {}, fragments {}",
+        s.defaults.inbound, s.defaults.outbound, s.defaults.fragments
+    );
+    if let Some(r) = &s.last_reload {
+        println!("last reload: {}", esc(r));
+    }
+    let c = &s.conntrack;
+    println!(
+        "connections: {} confirmed (of {}), {} unconfirmed (of {}), {} evicted; {} seeded at start{}",
+        c.confirmed,
+        c.confirmed_capacity,
+        c.unconfirmed,
+        c.unconfirmed_capacity,
+        c.evicted,
+        c.seeded_at_start,
+        if c.adopted {
+            "; adopted the pinned state of a previous daemon"
+        } else {
+            ""
+        }
+    );
+    println!("counters:");
+    for (k, v) in &s.counters {
+        println!("  {:<26} {v}", esc(k));
+    }
+    for w in &s.warnings {
+        println!("warning: {}", esc(w));
+    }
+}
+
+pub(super) fn print_reload(d: &ReloadData) {
+    if d.unchanged() {
+        println!(
+            "reloaded: no changes ({} rules, generation {})",
+            d.rules, d.generation
+        );
+    } else {
+        println!(
+            "reloaded in {} ms: {} rules in force, generation {}",
+            d.took_ms, d.rules, d.generation
+        );
+        for a in &d.added {
+            println!("  + {}", esc(a));
+        }
+        for r in &d.removed {
+            println!("  - {}", esc(r));
+        }
+        if d.reordered {
+            println!("  ~ rules reordered");
+        }
+        for s in &d.settings {
+            println!("  * {}", esc(s));
+        }
+    }
+    for w in &d.warnings {
+        println!("warning: {}", esc(w));
+    }
+    if d.rechecked {
+        if d.ended.is_empty() {
+            println!("recheck: every tracked connection is still allowed");
+        } else {
+            println!(
+                "recheck: ended {} connection(s) the new rules deny:",
+                d.ended.len()
+            );
+            for e in &d.ended {
+                println!("  x {}", esc(e));
+            }
+        }
+    }
+}
+
+pub(super) fn human_bytes(b: u64) -> String {
+    match b {
+        0..1024 => format!("{b}B"),
+        1024..1_048_576 => format!("{:.1}K", b as f64 / 1024.0),
+        1_048_576..1_073_741_824 => format!("{:.1}M", b as f64 / 1_048_576.0),
+        _ => format!("{:.1}G", b as f64 / 1_073_741_824.0),
+    }
+}
+
+/// The owner column: `program (pid N, user)`, or `-` when nothing was recorded.
+pub(super) fn owner(c: &control::ConnView) -> String {
+    let Some(program) = c.program.as_deref().map(esc) else {
+        return "-".into();
+    };
+    match (c.pid, c.user.as_deref().map(esc)) {
+        (Some(pid), Some(user)) => format!("{program} (pid {pid}, {user})"),
+        (None, Some(user)) => format!("{program} ({user})"),
+        (Some(pid), None) => format!("{program} (pid {pid})"),
+        (None, None) => program,
+    }
+}
+
+pub(super) fn print_conns(d: &ConnsData) {
+    if d.connections.is_empty() {
+        println!("no tracked connections");
+        return;
+    }
+    let owners: Vec<String> = d.connections.iter().map(owner).collect();
+    let w = |f: fn(&control::ConnView) -> usize, min: usize| {
+        d.connections.iter().map(f).max().unwrap_or(0).max(min)
+    };
+    let wl = w(|c| c.local.len(), 5);
+    let wr = w(|c| c.remote.len(), 6);
+    let wo = owners
+        .iter()
+        .map(|o| o.chars().count())
+        .max()
+        .unwrap_or(0)
+        .max(7);
+    println!(
+        "{:<6} {:<wl$} {:<wr$} {:<11} {:>8} {:>9} {:>15} {:>17}  {:<wo$}  ADMITTED BY",
+        "PROTO",
+        "LOCAL",
+        "REMOTE",
+        "STATE",
+        "AGE",
+        "TIMEOUT",
+        "PKTS IN/OUT",
+        "BYTES IN/OUT",
+        "PROGRAM"
+    );
+    for (c, owner) in d.connections.iter().zip(&owners) {
+        let state = if c.denied {
+            format!("{}!", c.state)
+        } else {
+            c.state.clone()
+        };
+        println!(
+            "{:<6} {:<wl$} {:<wr$} {:<11} {:>7}s {:>8}s {:>15} {:>17}  {:<wo$}  {}{}",
+            esc(&c.proto),
+            esc(&c.local),
+            esc(&c.remote),
+            esc(&state),
+            c.age_secs,
+            c.expires_in_secs,
+            format!("{}/{}", c.packets_in, c.packets_out),
+            format!("{}/{}", human_bytes(c.bytes_in), human_bytes(c.bytes_out)),
+            owner,
+            esc(&c.admitted_by),
+            if c.denied { " (denied by recheck)" } else { "" }
+        );
+    }
+    println!("{} connection(s)", d.connections.len());
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use firewall_daemon::model::{Action, Proto};
+
+    use super::*;
+
+    fn view() -> RuleView {
+        RuleView {
+            number: 1,
+            name: "web".into(),
+            direction: Direction::In,
+            proto: Proto::Tcp,
+            ports: vec!["443".into()],
+            remote: vec![],
+            program: None,
+            unit: None,
+            user: None,
+            action: Action::Allow,
+            enforced: true,
+            hits: 0,
+            line: 2,
+        }
+    }
+
+    #[test]
+    fn selectors_are_shown_only_when_given() {
+        let mut r = view();
+        assert_eq!(selector_note(&r), "");
+        let json = serde_json::to_string(&r).unwrap();
+        assert!(
+            !json.contains("program") && !json.contains("user"),
+            "{json}"
+        );
+        r.program = Some("/usr/bin/firefox".into());
+        r.unit = Some("nginx.service".into());
+        r.user = Some(33);
+        assert_eq!(
+            selector_note(&r),
+            "  program=/usr/bin/firefox unit=nginx.service user=33"
+        );
+        let json = serde_json::to_string(&r).unwrap();
+        assert_eq!(serde_json::from_str::<RuleView>(&json).unwrap(), r);
+        r.program = None;
+        r.unit = None;
+        assert_eq!(selector_note(&r), "  user=33");
+    }
+
+    /// Issue 14: a program named `x\ntcp 10.0.0.1:22 ...` with escape codes forged a row of
+    /// `fwctl conns`.
+    #[test]
+    fn names_cannot_forge_rows_or_drive_the_terminal() {
+        let forged =
+            "/tmp/a\ntcp    10.0.0.1:22 10.0.0.9:4444 ESTABLISHED\x1b[2K\u{202e}gpj.exe\\x0a";
+        let shown = esc(forged);
+        assert_eq!(
+            shown,
+            "/tmp/a\\ntcp    10.0.0.1:22 10.0.0.9:4444 ESTABLISHED\\x1b[2K\\u{202e}gpj.exe\\\\x0a"
+        );
+        assert!(!shown.chars().any(|c| c.is_control() || invisible(c)));
+        assert_eq!(esc("/usr/sbin/sshd"), "/usr/sbin/sshd");
+        assert_eq!(esc("/opt/café/bin"), "/opt/café/bin");
+        let c = control::ConnView {
+            proto: "tcp".into(),
+            local: "10.0.0.2:22".into(),
+            remote: "10.0.0.1:5000".into(),
+            state: "ESTABLISHED".into(),
+            origin: "remote".into(),
+            table: "confirmed".into(),
+            age_secs: 1,
+            expires_in_secs: 2,
+            packets_in: 0,
+            packets_out: 0,
+            bytes_in: 0,
+            bytes_out: 0,
+            admitted_by: "rule 1 \"ssh\"".into(),
+            denied: false,
+            program: Some(forged.into()),
+            pid: Some(7),
+            user: Some("eve\r".into()),
+        };
+        let row = owner(&c);
+        assert!(!row.chars().any(char::is_control), "{row:?}");
+        assert!(row.ends_with("(pid 7, eve\\r)"), "{row:?}");
+        // JSON carries the name exactly.
+        let json: control::ConnView =
+            serde_json::from_str(&serde_json::to_string(&c).unwrap()).unwrap();
+        assert_eq!(json.program.as_deref(), Some(forged));
+    }
+
+    #[test]
+    fn rule_views_without_selector_fields_still_parse() {
+        let json = r#"{"number":1,"name":"web","direction":"in","proto":"tcp","ports":[],"remote":[],"action":"allow","enforced":true,"hits":0,"line":2}"#;
+        let r: RuleView = serde_json::from_str(json).unwrap();
+        assert_eq!((r.program, r.unit, r.user), (None, None, None));
+    }
+}
