@@ -11,8 +11,6 @@ use std::{
 
 use anyhow::{Context as _, anyhow, bail};
 
-pub mod scratch;
-
 /// statfs magic of a cgroup v2 file system.
 pub const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
 /// statfs magic of a cgroup v1 hierarchy.
@@ -33,7 +31,7 @@ pub fn mount() -> anyhow::Result<PathBuf> {
 
 /// [`mount`] on the text of a mountinfo file.
 pub fn mount_in(mountinfo: &str) -> Option<PathBuf> {
-    scratch::cgroup2_in(mountinfo).map(|(mount, _)| mount)
+    firewall_sandbox::cgroup2::cgroup2_in(mountinfo).map(|(mount, _)| mount)
 }
 
 /// An open cgroup v2 directory: what the hooks are attached to.
@@ -206,27 +204,5 @@ mod tests {
         let escaped = "40 30 0:27 / /mnt/my\\040cgroups rw - cgroup2 none rw\n";
         assert_eq!(mount_in(escaped), Some(PathBuf::from("/mnt/my cgroups")));
         assert_eq!(mount_in("33 31 0:28 / /x rw - cgroup cgroup rw\n"), None);
-    }
-
-    #[test]
-    fn finds_a_process_cgroup_below_the_mount_and_its_root() {
-        let in_ns = "40 30 0:27 /payload /sys/fs/cgroup rw - cgroup2 none rw\n";
-        let (mount, root) = scratch::cgroup2_in(in_ns).expect("cgroup2");
-        assert_eq!(
-            (mount.as_path(), root.as_str()),
-            (Path::new("/sys/fs/cgroup"), "/payload")
-        );
-        assert_eq!(
-            scratch::own_cgroup_in("0::/payload/svc\n", &mount, &root),
-            Some(PathBuf::from("/sys/fs/cgroup/svc"))
-        );
-        assert_eq!(
-            scratch::own_cgroup_in("1:name=systemd:/x\n0::/\n", Path::new("/m"), "/"),
-            Some(PathBuf::from("/m"))
-        );
-        assert_eq!(
-            scratch::own_cgroup_in("1:name=systemd:/x\n", &mount, &root),
-            None
-        );
     }
 }

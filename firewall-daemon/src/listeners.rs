@@ -54,7 +54,6 @@ use anyhow::{Context as _, bail};
 use firewall_common::identity::{ExeId, ListenerKey, MAX_UNIT_LEVEL, Owner};
 
 use crate::{
-    cgroup::scratch,
     identity,
     sockets::{self, SockProto},
 };
@@ -205,7 +204,7 @@ struct Hierarchy {
 
 impl Hierarchy {
     fn find() -> anyhow::Result<Self> {
-        let (mount, root) = scratch::cgroup2()?;
+        let (mount, root) = firewall_sandbox::cgroup2::cgroup2()?;
         Ok(Self { mount, root })
     }
 
@@ -460,7 +459,7 @@ mod tests {
     /// The ancestors of this process are the inodes of its cgroup2 directory and those above.
     #[test]
     fn own_ancestors_are_own_cgroup_directories() {
-        let (mount, own) = scratch::own_cgroup().expect("own cgroup");
+        let (mount, own) = firewall_sandbox::cgroup2::own_cgroup().expect("own cgroup");
         let ancestors = owner_of_pid(std::process::id())
             .expect("owner_of_pid")
             .ancestors;
@@ -495,7 +494,7 @@ mod tests {
     /// attributed to that process, its executable and its cgroup.
     #[test]
     fn socket_of_another_process_in_a_nested_cgroup() {
-        let scratch = scratch::ScratchCgroup::create("listeners-test").expect("scratch cgroup");
+        let scratch = firewall_sandbox::scratch::ScratchCgroup::create("listeners-test").expect("scratch cgroup");
         let inner = scratch.path().join("inner");
         fs::create_dir(&inner).expect("creating the inner cgroup");
         let udp = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind UDP");
@@ -534,7 +533,7 @@ mod tests {
         );
         assert_eq!(found.owner.exe, exe);
         assert_eq!(found.owner.uid, nix::unistd::getuid().as_raw());
-        let (mount, _) = scratch::own_cgroup().expect("own cgroup");
+        let (mount, _) = firewall_sandbox::cgroup2::own_cgroup().expect("own cgroup");
         let expected = directories_by_level(&mount, &inner);
         assert!(expected.iter().filter(|&&i| i != 0).count() >= 2);
         assert_eq!(found.owner.ancestors, expected);

@@ -56,7 +56,9 @@ use tokio::{
     time::{Instant, Interval, MissedTickBehavior},
 };
 
-use crate::{cgroup::scratch, identity::ExeId, model::Ruleset};
+use firewall_sandbox::cgroup2;
+
+use crate::{identity::ExeId, model::Ruleset};
 
 /// How deep the unit search goes at most, to tell "too deep to match" from "not running".
 const SEARCH_LEVELS: u32 = MAX_UNIT_LEVEL as u32 + 8;
@@ -134,7 +136,7 @@ impl Resolved {
     /// mount by default; tests pass a cgroup of their own).
     pub fn resolve(ruleset: &Ruleset, cgroup_root: &Path) -> Self {
         let needs_cgroup = ruleset.rules.iter().any(|r| r.selector.unit.is_some());
-        match scratch::cgroup2() {
+        match cgroup2::cgroup2() {
             Ok((mount, mount_root)) => resolve_in(ruleset, cgroup_root, &mount, &mount_root),
             Err(e) if needs_cgroup => {
                 let mut out = resolve_in(ruleset, cgroup_root, Path::new("/"), "/");
@@ -363,7 +365,7 @@ fn from_systemd(
             Ok(Some(cg)) => {
                 let (Some(level), Some(path)) = (
                     depth(Path::new(&cg)),
-                    scratch::own_cgroup_in(&format!("0::{cg}"), mount, mount_root),
+                    cgroup2::own_cgroup_in(&format!("0::{cg}"), mount, mount_root),
                 ) else {
                     debug!("systemd gives {name} the cgroup {cg:?}, which is not a cgroup path");
                     continue;
@@ -1159,7 +1161,7 @@ mod tests {
 
     #[test]
     fn own_cgroup_resolves_on_this_host() {
-        let Ok((mount, own)) = scratch::own_cgroup() else {
+        let Ok((mount, own)) = cgroup2::own_cgroup() else {
             eprintln!("no cgroup2: skipped");
             return;
         };

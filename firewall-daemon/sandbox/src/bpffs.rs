@@ -1,5 +1,5 @@
-//! A private bpf filesystem for one test: pins made there are invisible to the host's
-//! /sys/fs/bpf, and unmounting on drop removes every pin, even when the test fails.
+//! A private bpf filesystem for one test (or one example run): pins made there are invisible to
+//! the host's /sys/fs/bpf, and unmounting on drop removes every pin, even when the test fails.
 
 use std::path::{Path, PathBuf};
 
