@@ -10,6 +10,10 @@ pub struct BpfFs {
 }
 
 impl BpfFs {
+    #[expect(
+        clippy::new_without_default,
+        reason = "new() mounts a file system (and panics without root): not a default value"
+    )]
     pub fn new() -> Self {
         let dir = tempfile::Builder::new()
             .prefix("fw-test-bpffs-")
