@@ -32,16 +32,14 @@ use std::{
 
 use anyhow::{Context as _, bail};
 use firewall_daemon::{
-    cgroup::Cgroup,
     compile, config,
     datapath::{self, Hook, OutboundGeneration},
+    host::{cgroups::Cgroup, selectors::Resolved},
     model::Direction,
-    resolve::Resolved,
 };
 // The tests' private bpffs (unmounted on drop).
 use firewall_sandbox::{bpffs::BpfFs, scratch::ScratchCgroup};
 use nix::sched::{CloneFlags, unshare};
-
 
 fn ip(args: &[&str]) -> anyhow::Result<()> {
     let st = Command::new("ip")

@@ -37,7 +37,6 @@ use tokio::{
 };
 
 use crate::{
-    cgroup::{self, Cgroup},
     compile, config,
     conntrack::{self, Tables},
     control::{
@@ -48,17 +47,20 @@ use crate::{
     datapath::{
         self, EgressLink, Generation, Hook, ListenerTable, OutboundGeneration, StealthTable,
     },
-    hostaddrs::HostMaps,
-    interfaces::{self, LinkLayer},
-    listeners,
+    host::{
+        addrs::HostMaps,
+        cgroups::{self, Cgroup},
+        interfaces::{self, LinkLayer},
+        listeners,
+        owners::{self, OwnerNames},
+        selectors::{Resolved, Watcher},
+        sock_diag,
+    },
     model::{
         Action, ConnectMeta, Direction, Interfaces, OnStop, PacketMeta, PacketProto, Ruleset,
         XdpMode,
     },
-    owners::OwnerNames,
     policy::Policy,
-    resolve::{Resolved, Watcher},
-    sockets,
 };
 
 /// Command-line settings that take precedence over `[daemon]` in the file.
@@ -184,7 +186,7 @@ pub async fn run(config_path: PathBuf, overrides: Overrides) -> anyhow::Result<(
     // cgroup2 mount). Checked before anything is touched.
     let cgroup_path = match &ruleset.daemon.cgroup {
         Some(p) => p.clone(),
-        None => cgroup::mount()?,
+        None => cgroups::mount()?,
     };
     let cgroup = Cgroup::open(&cgroup_path)?;
     let resolved = Resolved::resolve(&ruleset, &cgroup.path);
@@ -232,9 +234,9 @@ pub async fn run(config_path: PathBuf, overrides: Overrides) -> anyhow::Result<(
     // Seed before attaching, so enforcement never starts without the host's connections.
     let ct_cfg = datapath::ct_config(&ruleset.conntrack, gen_id);
     let mut degraded = Vec::new();
-    let seeded = match sockets::host_flows() {
+    let seeded = match sock_diag::host_flows() {
         Ok(flows) => {
-            let listeners = sockets::tcp_listeners().unwrap_or_else(|e| {
+            let listeners = sock_diag::tcp_listeners().unwrap_or_else(|e| {
                 warn!("could not list listening sockets: {e:#}; seeded connections count as opened by this host");
                 degraded.push(format!(
                     "listening sockets could not be listed ({e:#}): connections open at start \
@@ -584,7 +586,7 @@ fn attach_hooks(
     for hook in Hook::ALL {
         let pin = datapath::hook_pin(pin_dir, hook);
         let adoptable = pin.exists()
-            && match cgroup::link_target(&pin) {
+            && match cgroups::link_target(&pin) {
                 Ok(t) if t.cgroup_id == cgroup.id && t.attach_type == hook.attach_type() => true,
                 Ok(t) => {
                     info!(
@@ -759,7 +761,7 @@ fn flow_owner(
 /// Who made a socket an outbound rule holds: what the hook recorded, with the cgroup the
 /// process is in now (if it still runs the same executable).
 fn socket_owner(recorded: ConnOwner) -> Owner {
-    let ancestors = listeners::owner_of_pid(recorded.pid)
+    let ancestors = owners::owner_of_pid(recorded.pid)
         .ok()
         .filter(|now| now.exe == recorded.exe)
         .map(|now| now.ancestors)
@@ -1155,7 +1157,7 @@ impl State {
         for hook in Hook::ALL {
             let ours = self.outbound.program_id(hook).unwrap_or(0);
             let pin = datapath::hook_pin(&pin_dir, hook);
-            let target = cgroup::link_target(&pin).ok();
+            let target = cgroups::link_target(&pin).ok();
             let state = match target {
                 None => "the pinned attachment was removed by someone else".to_string(),
                 Some(t) if t.prog_id != ours => {
@@ -1208,11 +1210,11 @@ impl State {
             self.cgroup.path.display()
         ));
         let mut degraded = self.degraded.clone();
-        match crate::identity::kernel_offsets() {
+        match crate::host::btf::kernel_offsets() {
             Ok(_) => features.push(format!(
                 "program identity: (device, inode) of task->mm->exe_file, structure offsets \
                  from {}",
-                crate::identity::VMLINUX_BTF
+                crate::host::btf::VMLINUX_BTF
             )),
             Err(why) => degraded.push(format!(
                 "program identity unavailable ({why}): rules that name a program cannot be \
@@ -1400,7 +1402,7 @@ impl State {
                 // Close the host's end too (like `ss -K`), so the application sees the
                 // connection end instead of waiting on a peer it can no longer hear.
                 let closed = if f.key.proto == ct::IPPROTO_TCP {
-                    match sockets::destroy_tcp(local, remote) {
+                    match sock_diag::destroy_tcp(local, remote) {
                         Ok(true) => "; host socket closed",
                         Ok(false) => "",
                         Err(e) => {

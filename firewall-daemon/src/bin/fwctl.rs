@@ -11,8 +11,8 @@ use firewall_daemon::{
     compile, config,
     control::{self, ClientError, ConnsData, ListData, ReloadData, Request, RuleView, StatusData},
     datapath,
+    host::selectors::Resolved,
     model::{Action, Direction},
-    resolve::Resolved,
 };
 
 /// Every line fwctl prints goes through [`print_line`]: std's `println!` panics when stdout is
@@ -347,7 +347,7 @@ fn check(file: &Path, json: bool) -> ExitCode {
             .daemon
             .cgroup
             .clone()
-            .or_else(|| firewall_daemon::cgroup::mount().ok())
+            .or_else(|| firewall_daemon::host::cgroups::mount().ok())
             .unwrap_or_else(|| PathBuf::from("/sys/fs/cgroup"));
         let resolved = Resolved::resolve(&rs, &cgroup_root);
         match compile::compile(&rs, &resolved)
