@@ -67,6 +67,9 @@ pub fn exe_id(path: &Path) -> anyhow::Result<ExeId> {
 /// `/proc/PID/mountinfo`, for its `/proc/PID/exe`).
 fn exe_id_in(path: &Path, mountinfo: &Path) -> anyhow::Result<ExeId> {
     let st = statx(path).with_context(|| format!("stat {}", path.display()))?;
+    // Deliberately a fallback, not an error: a mount table that cannot be read, or without the
+    // file's mount (no mount id before Linux 5.8), leaves the device stat reports, which is
+    // the superblock's everywhere but on btrfs subvolumes and split overlayfs.
     let dev = fs::read_to_string(mountinfo)
         .ok()
         .and_then(|text| superblock_dev(&text, st.stx_mnt_id))

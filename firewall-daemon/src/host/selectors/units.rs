@@ -86,6 +86,8 @@ fn systemd_cgroup(name: &str) -> Result<Option<String>, String> {
                 std::thread::sleep(Duration::from_millis(5));
             }
             Ok(None) => {
+                // The timeout is what is reported; killing a child that has just exited fails
+                // harmlessly.
                 let _ = child.kill();
                 let _ = child.wait();
                 return Err(format!("systemctl took more than {SYSTEMCTL_TIMEOUT:?}"));
