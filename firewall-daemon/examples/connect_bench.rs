@@ -32,19 +32,14 @@ use std::{
 
 use anyhow::{Context as _, bail};
 use firewall_daemon::{
-    cgroup::{Cgroup, scratch::ScratchCgroup},
     compile, config,
     datapath::{self, Hook, OutboundGeneration},
+    host::{cgroups::Cgroup, selectors::Resolved},
     model::Direction,
-    resolve::Resolved,
 };
+// The tests' private bpffs (unmounted on drop).
+use firewall_sandbox::{bpffs::BpfFs, scratch::ScratchCgroup};
 use nix::sched::{CloneFlags, unshare};
-
-/// The tests' private bpffs (unmounted on drop).
-#[allow(dead_code)]
-#[path = "../tests/support/bpffs.rs"]
-mod bpffs;
-use bpffs::BpfFs;
 
 fn ip(args: &[&str]) -> anyhow::Result<()> {
     let st = Command::new("ip")

@@ -353,8 +353,8 @@ fn bench(bpffs: &Path, opts: &Opts) -> anyhow::Result<Value> {
         let mut reject_gen = Generation::load(&c, &rs, &pin, 1)?;
         // The frames are for this host: loopback (BPF_PROG_TEST_RUN's interface) has their
         // destination MAC and their destination address is local, so reject answers them.
-        firewall_daemon::hostaddrs::HostMaps::open(&pin)?.set(
-            &firewall_daemon::hostaddrs::HostAddrs {
+        firewall_daemon::host::addrs::HostMaps::open(&pin)?.set(
+            &firewall_daemon::host::addrs::HostAddrs {
                 macs: [(nix::net::if_::if_nametoindex("lo")?, [2, 0, 0, 0, 0, 2])].into(),
                 addrs: [std::net::IpAddr::from([192, 168, 0, 2])].into(),
             },

@@ -21,8 +21,8 @@ use firewall_common::identity::{
 };
 
 use crate::{
+    host::selectors::Resolved,
     model::{Action, Direction, PacketMeta, Proto, Rule, Ruleset},
-    resolve::Resolved,
 };
 
 /// Most (address class, port class) entries a rule set may need (see compile.md).

@@ -29,7 +29,7 @@ use firewall_common::{
 };
 use log::{debug, warn};
 
-use crate::sockets::{HostFlow, SockProto, TcpState};
+use crate::host::sock_diag::{HostFlow, SockProto, TcpState};
 
 /// CLOCK_MONOTONIC in nanoseconds: the clock of `bpf_ktime_get_ns`.
 pub fn monotonic_ns() -> u64 {

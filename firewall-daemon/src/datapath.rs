@@ -35,9 +35,8 @@ use log::warn;
 
 use crate::{
     EBPF_OBJECT,
-    cgroup::Cgroup,
     compile::Compiled,
-    interfaces::LinkLayer,
+    host::{cgroups::Cgroup, interfaces::LinkLayer},
     model::{Conntrack, Direction, FragmentPolicy, InvalidPolicy, Ruleset, XdpMode},
 };
 
@@ -336,7 +335,7 @@ fn load_object(compiled: &Compiled, ruleset: &Ruleset, pin_dir: &Path) -> anyhow
     let unit_levels = compiled.unit_levels();
     let g = &compiled.groups;
     let sized = |n: usize| (n as u32).max(1);
-    let offsets = crate::identity::kernel_offsets();
+    let offsets = crate::host::btf::kernel_offsets();
     let names_programs = compiled
         .groups
         .iter()
@@ -866,7 +865,7 @@ pub fn adopt_interface_link<L: TryFrom<FdLink, Error = LinkError>>(
     if !path.exists() {
         return Ok(None);
     }
-    let info = crate::cgroup::pinned_link_info(path)?;
+    let info = crate::host::cgroups::links::pinned_link_info(path)?;
     let link_type = info[0] as u32;
     if link_type != BPF_LINK_TYPE_XDP && link_type != BPF_LINK_TYPE_TCX {
         bail!(
@@ -1347,7 +1346,7 @@ pub fn sock_hook_pin(pin_dir: &Path, hook: SockHook) -> std::path::PathBuf {
 pub fn attach_listener_hooks(cgroup: &Cgroup, pin_dir: &Path) -> anyhow::Result<Vec<PinnedLink>> {
     prepare_pin_dir(pin_dir)?;
     let mut loader = EbpfLoader::new();
-    if let Ok(offsets) = crate::identity::kernel_offsets() {
+    if let Ok(offsets) = crate::host::btf::kernel_offsets() {
         offsets.set_globals(&mut loader);
     }
     // The object declares every shared map; these open the ones the generations pinned.

@@ -430,7 +430,7 @@ pub fn is_verdict_counter(counter: Counter) -> bool {
 }
 
 /// What the reject path takes for this host (the daemon's `IFACE_MAC` entry of the receiving
-/// interface and `LOCAL_ADDRS`, see [`crate::hostaddrs`]).
+/// interface and `LOCAL_ADDRS`, see [`crate::host::addrs`]).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct HostView {
     /// The receiving interface's MAC; `None` before the daemon recorded it.

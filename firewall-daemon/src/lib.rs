@@ -1,5 +1,4 @@
 //! The firewall's userspace: rules, compiler, reference evaluator, loader, daemon and client.
-pub mod cgroup;
 pub mod cli;
 pub mod compile;
 pub mod config;
@@ -9,16 +8,10 @@ pub mod daemon;
 pub mod datapath;
 pub mod features;
 pub mod frame;
-pub mod hostaddrs;
-pub mod identity;
-pub mod interfaces;
-pub mod listeners;
+pub mod host;
 pub mod logging;
 pub mod model;
-pub mod owners;
 pub mod policy;
-pub mod resolve;
-pub mod sockets;
 pub mod tracker;
 
 /// The compiled XDP object, built by build.rs from `firewall-ebpf`.

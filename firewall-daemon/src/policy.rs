@@ -7,8 +7,8 @@ use serde::Serialize;
 use firewall_common::identity::{ExeId, MAX_UNIT_LEVEL, Owner};
 
 use crate::{
+    host::selectors::Resolved,
     model::{Action, ConnectMeta, Direction, PacketMeta, PacketProto, Rule, Ruleset},
-    resolve::Resolved,
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]

@@ -49,7 +49,7 @@ use firewall_daemon::{
     conntrack::Tables,
     datapath::Generation,
     frame::{self, HostView, XDP_DROP, XDP_PASS, XDP_TX},
-    interfaces::LinkLayer,
+    host::interfaces::LinkLayer,
     model::{Action, PacketProto, Ruleset},
     tracker::{Segment, Tracker},
 };

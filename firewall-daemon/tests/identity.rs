@@ -27,7 +27,7 @@ use aya::{
 use firewall_common::identity::{ExeId, IDENTITY_PROBE, PROBE_PROGRAM};
 use firewall_daemon::{
     EBPF_OBJECT,
-    identity::{self, KernelOffsets},
+    host::{btf::KernelOffsets, exe_id},
 };
 use support::{bpffs::BpfFs, cgroup::TestCgroup};
 
@@ -287,8 +287,8 @@ fn sees_the_executable_in(dir: &Path) {
     if !two.exists() {
         copy_bash(&two);
     }
-    let id_one = identity::exe_id(&one).expect("identity of copy one");
-    let id_two = identity::exe_id(&two).expect("identity of copy two");
+    let id_one = exe_id::exe_id(&one).expect("identity of copy one");
+    let id_two = exe_id::exe_id(&two).expect("identity of copy two");
     assert_ne!(id_one, id_two, "two copies are two identities");
 
     let listener = TcpListener::bind("127.0.0.1:0").expect("listener");
@@ -336,7 +336,7 @@ fn sees_the_executable_in(dir: &Path) {
     for c in &inside {
         assert_eq!(
             seen[&c.pid()],
-            identity::exe_id_of_pid(c.pid()).expect("/proc/PID/exe")
+            exe_id::exe_id_of_pid(c.pid()).expect("/proc/PID/exe")
         );
     }
     assert!(!seen.contains_key(&outside.pid()));

@@ -25,7 +25,7 @@ use firewall_daemon::{
     config::{self, Env},
     conntrack::Tables,
     datapath::Generation,
-    interfaces::LinkLayer,
+    host::interfaces::LinkLayer,
     model::{Action, PacketMeta, Ruleset},
     policy::Policy,
 };

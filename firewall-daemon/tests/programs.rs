@@ -22,10 +22,10 @@ use std::{
 
 use firewall_common::identity::{ListenerKey, Owner};
 use firewall_daemon::{
-    config, listeners,
+    config,
+    host::{listeners, owners, selectors::Resolved},
     model::{Action, ConnectMeta, PacketMeta, PacketProto},
     policy::Policy,
-    resolve::Resolved,
 };
 use support::{daemon::Daemon, netns::Pair};
 
@@ -253,7 +253,7 @@ impl Helper {
 
     /// Who this helper is, as the daemon computes it.
     fn owner(&self) -> Owner {
-        listeners::owner_of_pid(self.pid()).expect("the helper's identity")
+        owners::owner_of_pid(self.pid()).expect("the helper's identity")
     }
 }
 

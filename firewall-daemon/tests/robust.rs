@@ -415,7 +415,7 @@ fn seeding_confirms_only_connections_that_exchanged_packets_both_ways() {
         compile, config,
         conntrack::{self, Tables},
         datapath::{self, Generation},
-        sockets::{HostFlow, SockProto, TcpState},
+        host::sock_diag::{HostFlow, SockProto, TcpState},
     };
     let ruleset = config::parse(STEALTH_ALL, std::path::Path::new("rules.toml")).expect("rules");
     let compiled = compile::compile(&ruleset, &Default::default()).expect("compiling");

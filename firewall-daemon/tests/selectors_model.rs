@@ -15,9 +15,9 @@ use firewall_common::{
 };
 use firewall_daemon::{
     compile, config,
+    host::selectors::{Resolved, UnitCgroup},
     model::{Action, ConnectMeta, Direction, PacketMeta, PacketProto},
     policy::{Decision, Policy},
-    resolve::{Resolved, UnitCgroup},
 };
 use proptest::prelude::*;
 

@@ -3,12 +3,7 @@
 //! The daemon attaches its outbound hooks to `[daemon] cgroup`, whose default is the root of
 //! the cgroup2 mount: every process on the machine. Every daemon xtask starts therefore gets
 //! `--cgroup` with a cgroup made for it below xtask's own, removed when the guard drops
-//! (processes left in it are moved back to the parent first). The guard is the daemon crate's
-//! own, included as a file: xtask does not link the daemon.
+//! (processes left in it are moved back to the parent first). The guard comes from the crate the
+//! daemon shares with xtask (firewall-daemon/sandbox): xtask does not link the daemon.
 
-/// Only what xtask needs of it is used.
-#[allow(dead_code)]
-#[path = "../../firewall-daemon/src/cgroup/scratch.rs"]
-mod scratch;
-
-pub use scratch::ScratchCgroup as DaemonCgroup;
+pub use firewall_sandbox::scratch::ScratchCgroup as DaemonCgroup;

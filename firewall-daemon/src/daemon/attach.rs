@@ -14,11 +14,11 @@ use log::{error, info, warn};
 
 use super::State;
 use crate::{
-    cgroup::{self, Cgroup},
     datapath::{self, EgressLink, Generation, Hook, ListenerTable, OutboundGeneration},
-    hostaddrs::HostMaps,
-    interfaces::{self, LinkLayer},
-    listeners,
+    host::addrs::HostMaps,
+    host::cgroups::{self, Cgroup},
+    host::interfaces::{self, LinkLayer},
+    host::listeners,
     model::XdpMode,
 };
 
@@ -141,7 +141,7 @@ pub(super) fn attach_hooks(
     for hook in Hook::ALL {
         let pin = datapath::hook_pin(pin_dir, hook);
         let adoptable = pin.exists()
-            && match cgroup::link_target(&pin) {
+            && match cgroups::link_target(&pin) {
                 Ok(t) if t.cgroup_id == cgroup.id && t.attach_type == hook.attach_type() => true,
                 Ok(t) => {
                     info!(

@@ -23,12 +23,12 @@ use std::{
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
-    cgroup::Cgroup,
     conntrack::Tables,
     datapath::{self, Generation, OutboundGeneration},
-    hostaddrs::HostMaps,
+    host::addrs::HostMaps,
+    host::cgroups::Cgroup,
+    host::selectors::{Resolved, Watcher},
     model::{Interfaces, OnStop, Ruleset, XdpMode},
-    resolve::{Resolved, Watcher},
 };
 
 mod attach;

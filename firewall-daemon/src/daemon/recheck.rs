@@ -17,11 +17,11 @@ use super::State;
 use crate::{
     conntrack::{self},
     datapath::{self, ListenerTable, StealthTable},
-    listeners,
+    host::listeners,
+    host::selectors::Resolved,
+    host::sock_diag,
     model::{Action, ConnectMeta, PacketMeta, PacketProto, Ruleset},
     policy::Policy,
-    resolve::Resolved,
-    sockets,
 };
 
 /// Who a flow a remote host opened belongs to, for judging it again as the XDP program judged
@@ -54,7 +54,7 @@ pub(super) fn flow_owner(
 /// Who made a socket an outbound rule holds: what the hook recorded, with the cgroup the
 /// process is in now (if it still runs the same executable).
 pub(super) fn socket_owner(recorded: ConnOwner) -> Owner {
-    let ancestors = listeners::owner_of_pid(recorded.pid)
+    let ancestors = crate::host::owners::owner_of_pid(recorded.pid)
         .ok()
         .filter(|now| now.exe == recorded.exe)
         .map(|now| now.ancestors)
@@ -153,7 +153,7 @@ impl State {
                 // Close the host's end too (like `ss -K`), so the application sees the
                 // connection end instead of waiting on a peer it can no longer hear.
                 let closed = if f.key.proto == ct::IPPROTO_TCP {
-                    match sockets::destroy_tcp(local, remote) {
+                    match sock_diag::destroy_tcp(local, remote) {
                         Ok(true) => "; host socket closed",
                         Ok(false) => "",
                         Err(e) => {

@@ -22,8 +22,8 @@ use crate::{
     compile, config,
     control::{self, ReloadData},
     datapath::{self, Generation, OutboundGeneration},
+    host::selectors::Resolved,
     model::{Direction, Ruleset},
-    resolve::Resolved,
 };
 
 /// A generation id for the datapath: seconds since the epoch, kept increasing, so ids stay

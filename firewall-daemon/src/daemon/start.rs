@@ -25,15 +25,15 @@ use super::{
     server::{bind_control_socket, remove_stale_socket},
 };
 use crate::{
-    cgroup::{self, Cgroup},
     compile,
     conntrack::{self, Tables},
     datapath::{self, Generation, OutboundGeneration},
-    hostaddrs::HostMaps,
-    interfaces::{self},
+    host::addrs::HostMaps,
+    host::cgroups::{self, Cgroup},
+    host::interfaces::{self},
+    host::selectors::Resolved,
+    host::sock_diag,
     model::{Direction, Interfaces},
-    resolve::Resolved,
-    sockets,
 };
 
 /// What [`start`] leaves running for the daemon's loop.
@@ -59,7 +59,7 @@ pub(super) fn start(
     // cgroup2 mount). Checked before anything is touched.
     let cgroup_path = match &ruleset.daemon.cgroup {
         Some(p) => p.clone(),
-        None => cgroup::mount()?,
+        None => cgroups::mount()?,
     };
     let cgroup = Cgroup::open(&cgroup_path)?;
     let resolved = Resolved::resolve(&ruleset, &cgroup.path);
@@ -107,9 +107,9 @@ pub(super) fn start(
     // Seed before attaching, so enforcement never starts without the host's connections.
     let ct_cfg = datapath::ct_config(&ruleset.conntrack, gen_id);
     let mut degraded = Vec::new();
-    let seeded = match sockets::host_flows() {
+    let seeded = match sock_diag::host_flows() {
         Ok(flows) => {
-            let listeners = sockets::tcp_listeners().unwrap_or_else(|e| {
+            let listeners = sock_diag::tcp_listeners().unwrap_or_else(|e| {
                 warn!("could not list listening sockets: {e:#}; seeded connections count as opened by this host");
                 degraded.push(format!(
                     "listening sockets could not be listed ({e:#}): connections open at start \

@@ -7,15 +7,15 @@ use std::collections::BTreeMap;
 
 use super::State;
 use crate::{
-    cgroup::{self},
     conntrack::{self},
     control::{
         ConnView, ConnsData, ConntrackStatus, DefaultsView, HookStatus, InterfaceStatus,
         KernelStatus, ListData, OutboundStatus, RuleView, StatusData,
     },
     datapath::{self, Hook},
+    host::cgroups,
+    host::owners::OwnerNames,
     model::Direction,
-    owners::OwnerNames,
 };
 
 impl State {
@@ -128,7 +128,7 @@ impl State {
         for hook in Hook::ALL {
             let ours = self.outbound.program_id(hook).unwrap_or(0);
             let pin = datapath::hook_pin(&pin_dir, hook);
-            let target = cgroup::link_target(&pin).ok();
+            let target = cgroups::link_target(&pin).ok();
             let state = match target {
                 None => "the pinned attachment was removed by someone else".to_string(),
                 Some(t) if t.prog_id != ours => {
@@ -181,11 +181,11 @@ impl State {
             self.cgroup.path.display()
         ));
         let mut degraded = self.degraded.clone();
-        match crate::identity::kernel_offsets() {
+        match crate::host::btf::kernel_offsets() {
             Ok(_) => features.push(format!(
                 "program identity: (device, inode) of task->mm->exe_file, structure offsets \
                  from {}",
-                crate::identity::VMLINUX_BTF
+                crate::host::btf::VMLINUX_BTF
             )),
             Err(why) => degraded.push(format!(
                 "program identity unavailable ({why}): rules that name a program cannot be \

@@ -8,13 +8,13 @@ use std::{
     sync::atomic::{AtomicU32, Ordering},
 };
 
-use firewall_daemon::cgroup::scratch::{self, ScratchCgroup};
+use firewall_sandbox::{cgroup2, scratch::ScratchCgroup};
 
 static NEXT: AtomicU32 = AtomicU32::new(0);
 
 /// The cgroup2 mount point and the root of the mounted tree (for a cgroup namespace).
 pub fn cgroup2_mount() -> (PathBuf, String) {
-    scratch::cgroup2().expect("finding the cgroup2 mount")
+    cgroup2::cgroup2().expect("finding the cgroup2 mount")
 }
 
 pub struct TestCgroup(ScratchCgroup);

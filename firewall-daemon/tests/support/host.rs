@@ -4,7 +4,7 @@
 
 use std::{net::IpAddr, path::Path};
 
-use firewall_daemon::hostaddrs::{HostAddrs, HostMaps};
+use firewall_daemon::host::addrs::{HostAddrs, HostMaps};
 
 use super::frames::{self, LOCAL_MAC};
 

@@ -1,5 +1,5 @@
 #![allow(dead_code)]
-pub mod bpffs;
+pub use firewall_sandbox::bpffs;
 pub mod cgroup;
 pub mod daemon;
 pub mod frames;

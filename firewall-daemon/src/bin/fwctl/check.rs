@@ -8,8 +8,8 @@ use std::{
 use firewall_daemon::{
     cli::exit,
     compile, config,
+    host::selectors::Resolved,
     model::{Action, Direction},
-    resolve::Resolved,
 };
 
 use super::{
@@ -80,7 +80,7 @@ pub(super) fn check(file: &Path, json: bool) -> ExitCode {
             .daemon
             .cgroup
             .clone()
-            .or_else(|| firewall_daemon::cgroup::mount().ok())
+            .or_else(|| firewall_daemon::host::cgroups::mount().ok())
             .unwrap_or_else(|| PathBuf::from("/sys/fs/cgroup"));
         let resolved = Resolved::resolve(&rs, &cgroup_root);
         match compile::compile(&rs, &resolved)

@@ -6,14 +6,14 @@
 //! [`bound_sockets`], which reconstructs the [`Owner`] the hook would have recorded:
 //!
 //! * the sockets are the listening TCP sockets and the bound, unconnected UDP sockets that
-//!   NETLINK_SOCK_DIAG lists ([`sockets::bound_inet_sockets`]), in the network namespace of
+//!   NETLINK_SOCK_DIAG lists ([`sock_diag::bound_inet_sockets`]), in the network namespace of
 //!   the calling thread, keyed by the address and port they are bound to; the key's family is
 //!   the socket's own (6 for an AF_INET6 socket, even a dual-stack one);
 //! * the socket's process is found by scanning `/proc/[pid]/fd/*` for the link
 //!   `socket:[INODE]` (what `ss -p` does); a socket several processes hold (inherited across
 //!   fork, passed by socket activation) is attributed to the lowest pid, which is usually the
 //!   one that bound it (the parent, systemd);
-//! * `exe` is that process's executable ([`identity::exe_id_of_pid`]), `uid` the socket's own
+//! * `exe` is that process's executable ([`exe_id_of_pid`]), `uid` the socket's own
 //!   uid as inet_diag reports it (the creator's fsuid at `socket()` time: for a daemon that
 //!   binds as root and then drops privileges, root, as at bind time), and `ancestors` the
 //!   cgroup ids (inode numbers of the cgroup2 directories) of the process's cgroup and its
@@ -41,22 +41,15 @@
 //!   mountinfo root is stripped to find the directories). In a nested cgroup namespace the
 //!   levels would be off by the depth of the namespace root; a path leading outside the
 //!   namespace (`/../..`) yields no ancestors (all zero).
+use std::collections::{HashMap, HashSet};
 
-use std::{
-    collections::{HashMap, HashSet},
-    ffi::OsStr,
-    fs,
-    os::unix::{ffi::OsStrExt as _, fs::MetadataExt as _},
-    path::{Component, Path, PathBuf},
-};
-
-use anyhow::{Context as _, bail};
 use firewall_common::identity::{ExeId, ListenerKey, MAX_UNIT_LEVEL, Owner};
 
-use crate::{
-    cgroup::scratch,
-    identity,
-    sockets::{self, SockProto},
+use crate::host::{
+    cgroups::ancestors::Hierarchy,
+    exe_id::exe_id_of_pid,
+    procfs::socket_holders,
+    sock_diag::{self, SockProto},
 };
 
 /// One bound socket whose owning process was found.
@@ -96,7 +89,7 @@ pub fn bound_sockets() -> anyhow::Result<Vec<(ListenerKey, Owner)>> {
 /// [`bound_sockets`], with each socket's cookie and process, and the number of sockets left out
 /// for want of an owner.
 pub fn bound_sockets_report() -> anyhow::Result<BoundReport> {
-    let bound = sockets::bound_inet_sockets()?;
+    let bound = sock_diag::bound_inet_sockets()?;
     let wanted: HashSet<u32> = bound.iter().map(|s| s.inode).filter(|&i| i != 0).collect();
     let holders = socket_holders(&wanted)?;
     let hierarchy = Hierarchy::find()?;
@@ -115,10 +108,7 @@ pub fn bound_sockets_report() -> anyhow::Result<BoundReport> {
             continue;
         };
         let found = parts.entry(pid).or_insert_with(|| {
-            match (
-                identity::exe_id_of_pid(pid),
-                hierarchy.ancestors_of_pid(pid),
-            ) {
+            match (exe_id_of_pid(pid), hierarchy.ancestors_of_pid(pid)) {
                 (Ok(exe), Ok(ancestors)) => Some((exe, ancestors)),
                 (Err(e), _) | (_, Err(e)) => {
                     log::debug!("process {pid} holding a bound socket: {e:#}");
@@ -166,147 +156,14 @@ pub fn receiver<T>(
     keys[..n].iter().find_map(|k| bound.get(k))
 }
 
-/// The identity of process `pid` as the kernel hooks record it for a task of it: its
-/// executable, its real uid (`/proc/PID/status`, what `bpf_get_current_uid_gid` reports) and
-/// its cgroup ancestors (with the limits of the module documentation).
-pub fn owner_of_pid(pid: u32) -> anyhow::Result<Owner> {
-    let exe = identity::exe_id_of_pid(pid)?;
-    let status = fs::read_to_string(format!("/proc/{pid}/status"))
-        .with_context(|| format!("reading /proc/{pid}/status"))?;
-    let uid = real_uid(&status).with_context(|| format!("no Uid line in /proc/{pid}/status"))?;
-    let ancestors = Hierarchy::find()?.ancestors_of_pid(pid)?;
-    Ok(Owner {
-        exe,
-        uid,
-        _pad: 0,
-        ancestors,
-    })
-}
-
-/// The real uid of a `/proc/PID/status` text (`Uid:\treal\teffective\tsaved\tfs`).
-fn real_uid(status: &str) -> Option<u32> {
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("Uid:"))?
-        .split_whitespace()
-        .next()?
-        .parse()
-        .ok()
-}
-
-/// The cgroup2 file system as this process sees it.
-struct Hierarchy {
-    /// Its mount point.
-    mount: PathBuf,
-    /// The root of the mounted tree within the hierarchy (`/` unless only a subtree is
-    /// mounted).
-    root: String,
-}
-
-impl Hierarchy {
-    fn find() -> anyhow::Result<Self> {
-        let (mount, root) = scratch::cgroup2()?;
-        Ok(Self { mount, root })
-    }
-
-    /// [`ancestors_of`] the cgroup2 path of process `pid`.
-    fn ancestors_of_pid(&self, pid: u32) -> anyhow::Result<[u64; MAX_UNIT_LEVEL]> {
-        let text = fs::read_to_string(format!("/proc/{pid}/cgroup"))
-            .with_context(|| format!("reading /proc/{pid}/cgroup"))?;
-        let Some(path) = text.lines().find_map(|l| l.strip_prefix("0::")) else {
-            bail!("no cgroup2 entry in /proc/{pid}/cgroup");
-        };
-        Ok(ancestors_of(path, |prefix| {
-            let dir = in_mount(&self.mount, &self.root, prefix)?;
-            fs::metadata(dir).ok().map(|m| m.ino())
-        }))
-    }
-}
-
-/// The cgroup ids of the cgroup at `cgroup_path` (as `/proc/PID/cgroup` gives it, absolute in
-/// the hierarchy: `/a/b/c`) and of its ancestors, by level: element `l - 1` is the id of the
-/// ancestor at level `l` (the prefix of `l` components, `a/b` for level 2), which `stat_ino` is
-/// asked for as a relative path; 0 beyond the cgroup's own level, and where `stat_ino` finds
-/// nothing. Levels deeper than [`MAX_UNIT_LEVEL`] are not looked at. A path with `..` (a cgroup
-/// outside the reader's cgroup namespace) gives all zero.
-fn ancestors_of(
-    cgroup_path: &str,
-    stat_ino: impl Fn(&Path) -> Option<u64>,
-) -> [u64; MAX_UNIT_LEVEL] {
-    let mut ancestors = [0; MAX_UNIT_LEVEL];
-    let components: Vec<&str> = cgroup_path
-        .trim_end_matches('\n')
-        .split('/')
-        .filter(|c| !c.is_empty() && *c != ".")
-        .collect();
-    if components.contains(&"..") {
-        return ancestors;
-    }
-    let mut prefix = PathBuf::new();
-    for (slot, component) in ancestors.iter_mut().zip(&components) {
-        prefix.push(component);
-        *slot = stat_ino(&prefix).unwrap_or(0);
-    }
-    ancestors
-}
-
-/// Where the cgroup at `prefix` (relative to the hierarchy's root) is in a cgroup2 mount of the
-/// tree rooted at `mount_root`; `None` if it lies outside that tree.
-fn in_mount(mount: &Path, mount_root: &str, prefix: &Path) -> Option<PathBuf> {
-    let root = Path::new(mount_root.trim_start_matches('/'));
-    let rest = prefix.strip_prefix(root).ok()?;
-    if rest
-        .components()
-        .any(|c| !matches!(c, Component::Normal(_)))
-    {
-        return None;
-    }
-    Some(mount.join(rest))
-}
-
-/// For each socket inode of `wanted`, the lowest pid that has it open, from `/proc/[pid]/fd`.
-/// Processes and descriptors that vanish or cannot be read are skipped.
-fn socket_holders(wanted: &HashSet<u32>) -> anyhow::Result<HashMap<u32, u32>> {
-    let mut holders = HashMap::with_capacity(wanted.len());
-    if wanted.is_empty() {
-        return Ok(holders);
-    }
-    for pid in identity::running_pids().context("listing /proc")? {
-        let Ok(fds) = fs::read_dir(format!("/proc/{pid}/fd")) else {
-            continue;
-        };
-        for fd in fds.flatten() {
-            let Ok(target) = fs::read_link(fd.path()) else {
-                continue;
-            };
-            let Some(inode) = socket_inode(target.as_os_str()) else {
-                continue;
-            };
-            if wanted.contains(&inode) {
-                holders
-                    .entry(inode)
-                    .and_modify(|p: &mut u32| *p = (*p).min(pid))
-                    .or_insert(pid);
-            }
-        }
-    }
-    Ok(holders)
-}
-
-/// The inode of a `/proc/PID/fd/N` link target `socket:[INODE]`.
-fn socket_inode(target: &OsStr) -> Option<u32> {
-    let digits = target
-        .as_bytes()
-        .strip_prefix(b"socket:[")?
-        .strip_suffix(b"]")?;
-    std::str::from_utf8(digits).ok()?.parse().ok()
-}
-
 #[cfg(test)]
 mod tests {
     use std::net::{Ipv4Addr, Ipv6Addr, TcpListener, TcpStream, UdpSocket};
 
+    use std::{fs, os::unix::fs::MetadataExt as _, path::Path, path::PathBuf};
+
     use super::*;
+    use crate::host::owners::owner_of_pid;
 
     fn key(addr: std::net::SocketAddr, proto: i32, family: u8) -> ListenerKey {
         ListenerKey::bound(family, addr.ip(), proto as u8, addr.port())
@@ -387,7 +244,7 @@ mod tests {
         let client_key = key(client.local_addr().expect("addr"), libc::IPPROTO_TCP, 4);
 
         let me = owner_of_pid(std::process::id()).expect("owner_of_pid");
-        let exe = identity::exe_id_of_pid(std::process::id()).expect("exe_id_of_pid");
+        let exe = exe_id_of_pid(std::process::id()).expect("exe_id_of_pid");
         assert_eq!(me.exe, exe);
         let uid = nix::unistd::getuid().as_raw();
         assert_eq!(me.uid, uid);
@@ -460,7 +317,7 @@ mod tests {
     /// The ancestors of this process are the inodes of its cgroup2 directory and those above.
     #[test]
     fn own_ancestors_are_own_cgroup_directories() {
-        let (mount, own) = scratch::own_cgroup().expect("own cgroup");
+        let (mount, own) = firewall_sandbox::cgroup2::own_cgroup().expect("own cgroup");
         let ancestors = owner_of_pid(std::process::id())
             .expect("owner_of_pid")
             .ancestors;
@@ -495,7 +352,8 @@ mod tests {
     /// attributed to that process, its executable and its cgroup.
     #[test]
     fn socket_of_another_process_in_a_nested_cgroup() {
-        let scratch = scratch::ScratchCgroup::create("listeners-test").expect("scratch cgroup");
+        let scratch = firewall_sandbox::scratch::ScratchCgroup::create("listeners-test")
+            .expect("scratch cgroup");
         let inner = scratch.path().join("inner");
         fs::create_dir(&inner).expect("creating the inner cgroup");
         let udp = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind UDP");
@@ -527,88 +385,15 @@ mod tests {
             .find(|s| s.key == udp_key)
             .unwrap_or_else(|| panic!("{udp_key:?} missing from {report:#?}"));
         assert_eq!(found.pid, pid);
-        let exe = identity::exe_id_of_pid(pid).expect("exe_id_of_pid");
-        assert_ne!(
-            exe,
-            identity::exe_id_of_pid(std::process::id()).expect("own exe")
-        );
+        let exe = exe_id_of_pid(pid).expect("exe_id_of_pid");
+        assert_ne!(exe, exe_id_of_pid(std::process::id()).expect("own exe"));
         assert_eq!(found.owner.exe, exe);
         assert_eq!(found.owner.uid, nix::unistd::getuid().as_raw());
-        let (mount, _) = scratch::own_cgroup().expect("own cgroup");
+        let (mount, _) = firewall_sandbox::cgroup2::own_cgroup().expect("own cgroup");
         let expected = directories_by_level(&mount, &inner);
         assert!(expected.iter().filter(|&&i| i != 0).count() >= 2);
         assert_eq!(found.owner.ancestors, expected);
         assert_eq!(owner_of_pid(pid).expect("owner_of_pid"), found.owner);
         drop(child);
-    }
-
-    fn fake_ino(path: &Path) -> Option<u64> {
-        // A distinct number per path: its length times 1000 plus its last byte.
-        let s = path.to_str()?;
-        Some(s.len() as u64 * 1000 + u64::from(*s.as_bytes().last()?))
-    }
-
-    #[test]
-    fn ancestors_by_level() {
-        let ino = |p: &str| fake_ino(Path::new(p)).expect("ino");
-        let mut expected = [0; MAX_UNIT_LEVEL];
-        expected[..3].copy_from_slice(&[ino("a"), ino("a/b"), ino("a/b/c")]);
-        assert_eq!(ancestors_of("/a/b/c", fake_ino), expected);
-        assert_eq!(ancestors_of("/a/b/c\n", fake_ino), expected);
-        assert_eq!(ancestors_of("/", fake_ino), [0; MAX_UNIT_LEVEL]);
-        assert_eq!(ancestors_of("", fake_ino), [0; MAX_UNIT_LEVEL]);
-
-        // Deeper than MAX_UNIT_LEVEL: truncated.
-        let deep = "/l1/l2/l3/l4/l5/l6/l7/l8/l9/l10";
-        let got = ancestors_of(deep, fake_ino);
-        let mut prefix = String::new();
-        for (level, part) in deep.trim_start_matches('/').split('/').take(8).enumerate() {
-            if !prefix.is_empty() {
-                prefix.push('/');
-            }
-            prefix.push_str(part);
-            assert_eq!(got[level], ino(&prefix), "level {}", level + 1);
-        }
-
-        // A level that cannot be stat'ed is 0; outside the namespace, nothing is known.
-        let missing = ancestors_of("/a/b", |p| {
-            if p == Path::new("a") {
-                None
-            } else {
-                fake_ino(p)
-            }
-        });
-        assert_eq!(missing[..3], [0, ino("a/b"), 0]);
-        assert_eq!(ancestors_of("/../../a", fake_ino), [0; MAX_UNIT_LEVEL]);
-    }
-
-    #[test]
-    fn cgroup_directories_in_a_subtree_mount() {
-        let mount = Path::new("/sys/fs/cgroup");
-        assert_eq!(
-            in_mount(mount, "/", Path::new("a/b")),
-            Some(PathBuf::from("/sys/fs/cgroup/a/b"))
-        );
-        assert_eq!(
-            in_mount(mount, "/x/y", Path::new("x/y/z")),
-            Some(PathBuf::from("/sys/fs/cgroup/z"))
-        );
-        assert_eq!(
-            in_mount(mount, "/x/y", Path::new("x/y")),
-            Some(PathBuf::from("/sys/fs/cgroup"))
-        );
-        assert_eq!(in_mount(mount, "/x/y", Path::new("x")), None);
-        assert_eq!(in_mount(mount, "/x/y", Path::new("q/y/z")), None);
-    }
-
-    #[test]
-    fn parses_proc_links_and_status() {
-        assert_eq!(socket_inode(OsStr::new("socket:[12345]")), Some(12345));
-        assert_eq!(socket_inode(OsStr::new("pipe:[12345]")), None);
-        assert_eq!(socket_inode(OsStr::new("/dev/null")), None);
-        assert_eq!(socket_inode(OsStr::new("socket:[]")), None);
-        let status = "Name:\tsshd\nUid:\t1000\t0\t0\t0\nGid:\t0\t0\t0\t0\n";
-        assert_eq!(real_uid(status), Some(1000));
-        assert_eq!(real_uid("Name:\tx\n"), None);
     }
 }

@@ -92,6 +92,7 @@ impl HostMaps {
                 mac: *mac,
                 _pad: [0; 2],
             };
+            // A failed read (absent, or an error) is rewritten; a failed write is counted.
             if self.macs.get(index, 0).ok() != Some(v) && self.macs.insert(index, &v, 0).is_err() {
                 failed += 1;
             }
@@ -102,10 +103,14 @@ impl HostMaps {
                 failed += 1;
             }
         }
+        // A key the map cannot list is an error, not a key to skip: a stale address left in
+        // LOCAL_ADDRS would have the host answer rejects in another host's name.
         let stale_macs: Vec<u32> = self
             .macs
             .keys()
-            .filter_map(Result::ok)
+            .collect::<Result<Vec<_>, _>>()
+            .with_context(|| format!("listing {}", maps::IFACE_MAC))?
+            .into_iter()
             .filter(|i| !want.macs.contains_key(i))
             .collect();
         for i in stale_macs {
@@ -116,7 +121,9 @@ impl HostMaps {
         let stale_addrs: Vec<LocalAddrKey> = self
             .addrs
             .keys()
-            .filter_map(Result::ok)
+            .collect::<Result<Vec<_>, _>>()
+            .with_context(|| format!("listing {}", maps::LOCAL_ADDRS))?
+            .into_iter()
             .filter(|k| !keys.contains(k))
             .collect();
         for k in stale_addrs {

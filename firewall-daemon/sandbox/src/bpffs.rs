@@ -1,5 +1,5 @@
-//! A private bpf filesystem for one test: pins made there are invisible to the host's
-//! /sys/fs/bpf, and unmounting on drop removes every pin, even when the test fails.
+//! A private bpf filesystem for one test (or one example run): pins made there are invisible to
+//! the host's /sys/fs/bpf, and unmounting on drop removes every pin, even when the test fails.
 
 use std::path::{Path, PathBuf};
 
@@ -10,6 +10,10 @@ pub struct BpfFs {
 }
 
 impl BpfFs {
+    #[expect(
+        clippy::new_without_default,
+        reason = "new() mounts a file system (and panics without root): not a default value"
+    )]
     pub fn new() -> Self {
         let dir = tempfile::Builder::new()
             .prefix("fw-test-bpffs-")

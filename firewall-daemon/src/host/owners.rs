@@ -1,5 +1,7 @@
-//! Names for the owners the kernel records in connection entries ([`ConnOwner`]), for
-//! `fwctl conns`.
+//! Owners: what the kernel records about the process behind a socket (its executable, uid and
+//! cgroup ancestors). [`owner_of_pid`] reconstructs one from `/proc` as the hooks would have
+//! recorded it; [`OwnerNames`] names the owners recorded in connection entries
+//! ([`ConnOwner`]), for `fwctl conns`.
 //!
 //! The kernel records an executable as (device, inode), never as a path: a path is what the
 //! daemon finds for it when asked. It tries, in order, the programs the rules name (already
@@ -7,11 +9,33 @@
 //! file, and one scan of every process's `/proc/PID/exe`. An executable no running process
 //! uses and no rule names is shown by its device and inode.
 
-use std::{collections::HashMap, fs, path::Path};
+use std::{collections::HashMap, path::Path};
 
-use firewall_common::{ct::ConnOwner, identity::ExeId};
+use firewall_common::{
+    ct::ConnOwner,
+    identity::{ExeId, Owner},
+};
 
-use crate::identity::{exe_id_of_pid, running_pids};
+use crate::host::{
+    cgroups::ancestors::Hierarchy,
+    exe_id::exe_id_of_pid,
+    procfs::{self, running_pids},
+};
+
+/// The identity of process `pid` as the kernel hooks record it for a task of it: its
+/// executable, its real uid (`/proc/PID/status`, what `bpf_get_current_uid_gid` reports) and
+/// its cgroup ancestors (with the limits of `host::listeners`).
+pub fn owner_of_pid(pid: u32) -> anyhow::Result<Owner> {
+    let exe = exe_id_of_pid(pid)?;
+    let uid = procfs::real_uid_of_pid(pid)?;
+    let ancestors = Hierarchy::find()?.ancestors_of_pid(pid)?;
+    Ok(Owner {
+        exe,
+        uid,
+        _pad: 0,
+        ancestors,
+    })
+}
 
 /// One `fwctl conns` request's worth of name lookups: every lookup is cached, and `/proc` is
 /// scanned at most once.
@@ -43,14 +67,14 @@ impl OwnerNames {
         if exe == ExeId::default() {
             // The walk found nothing (a kernel without identity offsets): the process may
             // still be there to ask.
-            return (o.pid != 0).then(|| proc_exe(o.pid)).flatten();
+            return (o.pid != 0).then(|| procfs::exe_link(o.pid)).flatten();
         }
         if let Some(p) = self.programs.get(&exe) {
             return Some(p.clone());
         }
         if o.pid != 0
             && exe_id_of_pid(o.pid).ok() == Some(exe)
-            && let Some(p) = proc_exe(o.pid)
+            && let Some(p) = procfs::exe_link(o.pid)
         {
             self.programs.insert(exe, p.clone());
             return Some(p);
@@ -79,26 +103,22 @@ impl OwnerNames {
     }
 
     fn scan_proc(&mut self) {
-        let Ok(pids) = running_pids() else {
-            return;
+        let pids = match running_pids() {
+            Ok(pids) => pids,
+            Err(e) => {
+                log::warn!("listing /proc to name executables: {e}");
+                return;
+            }
         };
         for pid in pids {
             if let Ok(id) = exe_id_of_pid(pid)
                 && !self.programs.contains_key(&id)
-                && let Some(p) = proc_exe(pid)
+                && let Some(p) = procfs::exe_link(pid)
             {
                 self.programs.insert(id, p);
             }
         }
     }
-}
-
-/// The path `/proc/PID/exe` links to (with " (deleted)" when the file was removed or replaced
-/// since the process started).
-fn proc_exe(pid: u32) -> Option<String> {
-    fs::read_link(format!("/proc/{pid}/exe"))
-        .ok()
-        .map(|p| p.display().to_string())
 }
 
 /// An executable with no known path: the kernel's device number (major:minor) and the inode.
@@ -113,7 +133,7 @@ fn unnamed(exe: ExeId) -> String {
 
 #[cfg(test)]
 mod tests {
-    use std::path::PathBuf;
+    use std::{fs, path::PathBuf};
 
     use super::*;
 
