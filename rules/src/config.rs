@@ -4103,7 +4103,7 @@ action = "allow"
         let t = test_env();
         for name in ["workstation.toml", "server.toml"] {
             let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-                .join("../rules/examples")
+                .join("examples")
                 .join(name);
             let text = fs::read_to_string(&path).unwrap();
             let rs = match parse_with(&text, &path, &t.env) {
