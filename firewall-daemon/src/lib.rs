@@ -2,7 +2,6 @@
 pub mod cgroup;
 pub mod cli;
 pub mod compile;
-pub mod config;
 pub mod conntrack;
 pub mod control;
 pub mod daemon;
@@ -14,12 +13,14 @@ pub mod identity;
 pub mod interfaces;
 pub mod listeners;
 pub mod logging;
-pub mod model;
 pub mod owners;
-pub mod policy;
 pub mod resolve;
+mod selectors;
 pub mod sockets;
-pub mod tracker;
+
+// The rules language moved to its own crate; these keep `crate::config` and the like working
+// until the callers name `rules::` themselves.
+pub use rules::{config, model, policy, tracker};
 
 /// The compiled XDP object, built by build.rs from `firewall-ebpf`.
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/firewall"));
