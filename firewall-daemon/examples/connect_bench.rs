@@ -33,12 +33,12 @@ use std::{
 use anyhow::{Context as _, bail};
 use firewall_daemon::{
     cgroup::{Cgroup, scratch::ScratchCgroup},
-    compile, config,
+    compile,
     datapath::{self, Hook, OutboundGeneration},
-    model::Direction,
     resolve::Resolved,
 };
 use nix::sched::{CloneFlags, unshare};
+use rules::{config, model::Direction};
 
 /// The tests' private bpffs (unmounted on drop).
 #[allow(dead_code)]

@@ -22,6 +22,14 @@ use firewall_common::{
     identity::{Listener, ListenerKey, Owner},
 };
 use log::{error, info, warn};
+use rules::{
+    config,
+    model::{
+        Action, ConnectMeta, Direction, Interfaces, OnStop, PacketMeta, PacketProto, Ruleset,
+        XdpMode,
+    },
+    policy::Policy,
+};
 use sd_notify::NotifyState;
 use std::{
     collections::VecDeque,
@@ -38,7 +46,7 @@ use tokio::{
 
 use crate::{
     cgroup::{self, Cgroup},
-    compile, config,
+    compile,
     conntrack::{self, Tables},
     control::{
         self, ConnView, ConnsData, ConntrackStatus, DefaultsView, HookStatus, InterfaceStatus,
@@ -51,12 +59,7 @@ use crate::{
     hostaddrs::HostMaps,
     interfaces::{self, LinkLayer},
     listeners,
-    model::{
-        Action, ConnectMeta, Direction, Interfaces, OnStop, PacketMeta, PacketProto, Ruleset,
-        XdpMode,
-    },
     owners::OwnerNames,
-    policy::Policy,
     resolve::{Resolved, Watcher},
     sockets,
 };

@@ -32,14 +32,9 @@ use firewall_common::{
     maps, verdict,
 };
 use log::warn;
+use rules::model::{Conntrack, Direction, FragmentPolicy, InvalidPolicy, Ruleset, XdpMode};
 
-use crate::{
-    EBPF_OBJECT,
-    cgroup::Cgroup,
-    compile::Compiled,
-    interfaces::LinkLayer,
-    model::{Conntrack, Direction, FragmentPolicy, InvalidPolicy, Ruleset, XdpMode},
-};
+use crate::{EBPF_OBJECT, cgroup::Cgroup, compile::Compiled, interfaces::LinkLayer};
 
 /// statfs magic of a bpf filesystem.
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;

@@ -1,7 +1,7 @@
 //! The reference datapath: what the XDP program does with a raw frame, written plainly over a
 //! byte slice. [`parse`] restates the kernel parser (`firewall-ebpf/src/parse.rs`) and its drop
 //! reasons; [`inbound`] follows it with the stateful model ([`Tracker`]), the rules
-//! ([`crate::policy`]) and the reject path, and [`outbound`] with the tracker as the egress
+//! ([`rules::policy`]) and the reject path, and [`outbound`] with the tracker as the egress
 //! program does. The differential fuzzer (`tests/fuzz_datapath.rs`) runs random and mutated
 //! frames through both and requires the same XDP action, the same counters, the same deciding
 //! rule and the same connection tables.
@@ -16,7 +16,7 @@ use std::{
 
 use firewall_common::{Counter, ct};
 
-use crate::{
+use rules::{
     model::{Action, FragmentPolicy, PacketProto, Ruleset},
     tracker::{Inbound, Quoted, Segment, Tracker},
 };
@@ -156,7 +156,7 @@ fn parse_v6(frame: &[u8], off: usize, dst_mac: [u8; 6]) -> Result<Parsed, Counte
         return Err(Counter::DropMalformedIpv6);
     }
     let (src, dst) = (v6_at(&ip, 8), v6_at(&ip, 24));
-    if crate::model::embeds_ipv4(src) || crate::model::embeds_ipv4(dst) {
+    if rules::model::embeds_ipv4(src) || rules::model::embeds_ipv4(dst) {
         return Err(Counter::DropIpv6EmbeddedIpv4);
     }
     // A zero payload length (jumbogram, BIG TCP): the frame bounds the packet.

@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use anyhow::Context as _;
 use netlink_sys::{AsyncSocket as _, AsyncSocketExt as _, SocketAddr, TokioSocket, protocols};
 
-use crate::model::Interfaces;
+use rules::model::Interfaces;
 
 /// An interface as it is now.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -18,9 +18,5 @@ pub mod resolve;
 mod selectors;
 pub mod sockets;
 
-// The rules language moved to its own crate; these keep `crate::config` and the like working
-// until the callers name `rules::` themselves.
-pub use rules::{config, model, policy, tracker};
-
 /// The compiled XDP object, built by build.rs from `firewall-ebpf`.
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/firewall"));

@@ -51,12 +51,13 @@ use std::{
 use firewall_common::identity::MAX_UNIT_LEVEL;
 use log::{debug, warn};
 use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify, InotifyEvent, WatchDescriptor};
+use rules::model::Ruleset;
 use tokio::{
     io::{Interest, unix::AsyncFd},
     time::{Instant, Interval, MissedTickBehavior},
 };
 
-use crate::{cgroup::scratch, identity::ExeId, model::Ruleset};
+use crate::{cgroup::scratch, identity::ExeId};
 
 /// How deep the unit search goes at most, to tell "too deep to match" from "not running".
 const SEARCH_LEVELS: u32 = MAX_UNIT_LEVEL as u32 + 8;
@@ -832,12 +833,13 @@ mod tests {
     use std::sync::atomic::{AtomicU32, Ordering};
 
     use super::*;
-    use crate::{identity::exe_id, model::Selector};
+    use crate::identity::exe_id;
+    use rules::model::Selector;
 
     /// A rule set with one rule per selector (`rule N` named `rN`).
     fn ruleset(selectors: Vec<Selector>) -> Ruleset {
         let text = "[[rule]]\nname = \"r\"\nproto = \"tcp\"\nport = 22\naction = \"allow\"\n";
-        let mut rs = crate::config::parse(text, Path::new("resolve-test.toml")).expect("parse");
+        let mut rs = rules::config::parse(text, Path::new("resolve-test.toml")).expect("parse");
         let base = rs.rules[0].clone();
         rs.rules = selectors
             .into_iter()

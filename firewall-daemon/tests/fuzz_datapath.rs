@@ -45,19 +45,21 @@ use aya::maps::{Array, Map, MapData};
 use firewall_common::{Counter, RateBucket, ct, maps};
 use firewall_daemon::{
     compile,
-    config::{self, Env},
     conntrack::Tables,
     datapath::Generation,
     frame::{self, HostView, XDP_DROP, XDP_PASS, XDP_TX},
     interfaces::LinkLayer,
-    model::{Action, PacketProto, Ruleset},
-    tracker::{Segment, Tracker},
 };
 use proptest::{
     strategy::{Strategy, ValueTree},
     test_runner::{Config as ProptestConfig, RngAlgorithm, TestRng, TestRunner},
 };
 use rand::{RngExt, SeedableRng, rngs::Xoshiro256PlusPlus};
+use rules::{
+    config::{self, Env},
+    model::{Action, PacketProto, Ruleset},
+    tracker::{Segment, Tracker},
+};
 use support::{
     bpffs::BpfFs,
     frames::{self, Ext, LOCAL_MAC, REMOTE_MAC},

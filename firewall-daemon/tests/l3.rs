@@ -20,12 +20,9 @@ use std::{
 };
 
 use etherparse::{NetSlice, PacketBuilder, SlicedPacket, TransportSlice};
-use firewall_daemon::{
-    compile,
+use firewall_daemon::{compile, conntrack::Tables, datapath::Generation, interfaces::LinkLayer};
+use rules::{
     config::{self, Env},
-    conntrack::Tables,
-    datapath::Generation,
-    interfaces::LinkLayer,
     model::{Action, PacketMeta, Ruleset},
     policy::Policy,
 };

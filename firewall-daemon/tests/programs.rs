@@ -21,11 +21,11 @@ use std::{
 };
 
 use firewall_common::identity::{ListenerKey, Owner};
-use firewall_daemon::{
-    config, listeners,
+use firewall_daemon::{listeners, resolve::Resolved};
+use rules::{
+    config,
     model::{Action, ConnectMeta, PacketMeta, PacketProto},
     policy::Policy,
-    resolve::Resolved,
 };
 use support::{daemon::Daemon, netns::Pair};
 

@@ -8,11 +8,14 @@ use std::{
 use clap::Parser as _;
 use firewall_daemon::{
     cli::{self, FwctlArgs as Args, FwctlCmd as Cmd, exit},
-    compile, config,
+    compile,
     control::{self, ClientError, ConnsData, ListData, ReloadData, Request, RuleView, StatusData},
     datapath,
-    model::{Action, Direction},
     resolve::Resolved,
+};
+use rules::{
+    config,
+    model::{Action, Direction},
 };
 
 /// Every line fwctl prints goes through [`print_line`]: std's `println!` panics when stdout is
@@ -108,7 +111,7 @@ enum Failure {
 }
 
 /// The rules file named by `--config`, parsed (only when given).
-fn config_file(args: &Args) -> Result<Option<firewall_daemon::model::Ruleset>, Failure> {
+fn config_file(args: &Args) -> Result<Option<rules::model::Ruleset>, Failure> {
     match &args.config {
         Some(c) => config::load(c)
             .map(Some)
@@ -203,7 +206,7 @@ fn down_status(args: &Args, e: &Failure, json: bool) {
         .flatten()
         .or_else(|| config::load(Path::new(cli::DEFAULT_CONFIG)).ok())
         .map(|rs| rs.daemon.pin_dir)
-        .unwrap_or_else(|| firewall_daemon::model::DaemonConfig::default().pin_dir);
+        .unwrap_or_else(|| rules::model::DaemonConfig::default().pin_dir);
     let mut st = DownStatus {
         daemon: "unreachable",
         error: e.to_string(),
@@ -744,7 +747,7 @@ fn print_conns(d: &ConnsData) {
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
-    use firewall_daemon::model::Proto;
+    use rules::model::Proto;
 
     use super::*;
 
