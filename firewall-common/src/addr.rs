@@ -37,6 +37,17 @@ pub fn unmapped(a: [u8; 16]) -> IpAddr {
     }
 }
 
+/// An address of a map key, by the key's family byte: an IPv6 key's address stays IPv6 even in
+/// the `::ffff:0:0/96` form (the datapath drops such packets, so none should be tracked), where
+/// [`unmapped`] would read it as IPv4.
+pub fn of_family(a: [u8; 16], family: u8) -> IpAddr {
+    let v6 = Ipv6Addr::from(a);
+    match (family, v6.to_ipv4_mapped()) {
+        (FAMILY_V4, Some(v4)) => IpAddr::V4(v4),
+        _ => IpAddr::V6(v6),
+    }
+}
+
 /// An IPv4-mapped IPv6 address as the IPv4 address it maps; any other address unchanged.
 pub fn canonical(ip: IpAddr) -> IpAddr {
     match ip {
@@ -87,6 +98,14 @@ mod tests {
             unmapped(Ipv6Addr::LOCALHOST.octets()),
             IpAddr::V6(Ipv6Addr::LOCALHOST)
         );
+    }
+
+    #[test]
+    fn of_family_unmaps_only_ipv4_keys() {
+        assert_eq!(of_family(mapped(V4), FAMILY_V4), V4);
+        assert_eq!(of_family(mapped(V6), FAMILY_V6), V6);
+        // An IPv6 key holding a mapped address is the IPv6 flow it was.
+        assert_eq!(of_family(mapped(V4), FAMILY_V6), MAPPED);
     }
 
     #[test]
