@@ -793,7 +793,7 @@ fn rejudge_stealth(ruleset: &Ruleset, resolved: &Resolved, pin_dir: &Path) -> us
             _ => PacketProto::Udp,
         };
         let call = ConnectMeta {
-            remote: conntrack::addr(key.remote),
+            remote: firewall_common::addr::unmapped(key.remote),
             proto,
             remote_port: key.remote_port,
         };
