@@ -8,6 +8,8 @@
 //!
 //! Each malformed case is one line returning its [`Counter`]: a new drop reason in the kernel
 //! is a new line here.
+//!
+//! Test support, not product code: it lives here so that the shipped binaries do not carry it.
 
 use std::{
     collections::BTreeSet,
@@ -15,7 +17,6 @@ use std::{
 };
 
 use firewall_common::{Counter, ct};
-
 use rules::{
     model::{Action, FragmentPolicy, PacketProto, Ruleset},
     tracker::{Inbound, Quoted, Segment, Tracker},
@@ -430,7 +431,7 @@ pub fn is_verdict_counter(counter: Counter) -> bool {
 }
 
 /// What the reject path takes for this host (the daemon's `IFACE_MAC` entry of the receiving
-/// interface and `LOCAL_ADDRS`, see [`crate::hostaddrs`]).
+/// interface and `LOCAL_ADDRS`, see `firewall_daemon::hostaddrs`).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct HostView {
     /// The receiving interface's MAC; `None` before the daemon recorded it.
