@@ -7,7 +7,6 @@ pub mod control;
 pub mod daemon;
 pub mod datapath;
 pub mod features;
-pub mod frame;
 pub mod hostaddrs;
 pub mod identity;
 pub mod interfaces;
