@@ -7,6 +7,7 @@
 //! The classifier these maps implement is described in `firewall-daemon/src/compile.md`.
 #![no_std]
 
+pub mod addr;
 pub mod ct;
 pub mod identity;
 

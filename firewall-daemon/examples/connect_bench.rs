@@ -32,14 +32,14 @@ use std::{
 
 use anyhow::{Context as _, bail};
 use firewall_daemon::{
-    compile, config,
+    compile,
     datapath::{self, Hook, OutboundGeneration},
     host::{cgroups::Cgroup, selectors::Resolved},
-    model::Direction,
 };
 // The tests' private bpffs (unmounted on drop).
 use firewall_sandbox::{bpffs::BpfFs, scratch::ScratchCgroup};
 use nix::sched::{CloneFlags, unshare};
+use rules::{config, model::Direction};
 
 fn ip(args: &[&str]) -> anyhow::Result<()> {
     let st = Command::new("ip")

@@ -30,14 +30,14 @@ use std::{
 use anyhow::{Context as _, bail};
 use etherparse::PacketBuilder;
 use firewall_daemon::{
-    compile, config,
+    compile,
     datapath::{Generation, PassProgram},
-    model::XdpMode,
 };
 use nix::{
     mount::{MntFlags, MsFlags, mount, umount2},
     sched::{CloneFlags, setns},
 };
+use rules::{config, model::XdpMode};
 use serde_json::{Value, json};
 
 /// How many samples of each kind: the full run and `--quick`.

@@ -19,11 +19,9 @@ use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use firewall_common::identity::{
     GroupKey, MAX_UNIT_LEVEL, NO_UID, Owner, SHAPE_PROGRAM, SHAPE_UNIT, SHAPE_USER, SHAPES,
 };
+use rules::model::{Action, Direction, PacketMeta, Proto, Rule, Ruleset};
 
-use crate::{
-    host::selectors::Resolved,
-    model::{Action, Direction, PacketMeta, Proto, Rule, Ruleset},
-};
+use crate::host::selectors::Resolved;
 
 /// Most (address class, port class) entries a rule set may need (see compile.md).
 pub const MAX_PAIRS: usize = 1_000_000;
@@ -586,7 +584,7 @@ fn merge_sorted(a: &[u32], b: &[u32]) -> Vec<u32> {
 
 impl Compiled {
     /// The compiled tables evaluated in userspace exactly as the XDP program (inbound) or the
-    /// cgroup hooks (outbound, with [`crate::model::ConnectMeta::as_packet`]) do, for a packet
+    /// cgroup hooks (outbound, with [`rules::model::ConnectMeta::as_packet`]) do, for a packet
     /// or call no rule with selectors can match (no owner known): used by tests to check the
     /// compiler against the oracle independently of the kernel.
     pub fn lookup(&self, pkt: &PacketMeta) -> u32 {

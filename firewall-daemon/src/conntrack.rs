@@ -21,6 +21,7 @@ use anyhow::{Context as _, anyhow};
 use aya::maps::{HashMap, Map, MapData, PerCpuArray, PerCpuValues};
 use firewall_common::{
     Counter,
+    addr::{self, canonical, family, mapped},
     ct::{
         self, CtConfig, CtEntry, CtKey, FLAG_DENIED, FLAG_FIN_LOCAL, FLAG_FIN_REMOTE, ORIGIN_LOCAL,
         ORIGIN_REMOTE, state,
@@ -64,44 +65,10 @@ impl Flow {
         self.table == Which::Confirmed
     }
     pub fn local(&self) -> IpAddr {
-        key_addr(self.key.local, self.key.family)
+        addr::of_family(self.key.local, self.key.family)
     }
     pub fn remote(&self) -> IpAddr {
-        key_addr(self.key.remote, self.key.family)
-    }
-}
-
-/// An address of a [`CtKey`], by the key's family: an IPv6 flow's address stays IPv6 even in
-/// the `::ffff:0:0/96` form (the datapath drops such packets, so none should be tracked).
-fn key_addr(a: [u8; 16], family: u8) -> IpAddr {
-    let v6 = Ipv6Addr::from(a);
-    match (family, v6.to_ipv4_mapped()) {
-        (ct::FAMILY_V4, Some(v4)) => IpAddr::V4(v4),
-        _ => IpAddr::V6(v6),
-    }
-}
-
-/// The [`CtKey::family`] of an address.
-pub fn family(ip: IpAddr) -> u8 {
-    match ip {
-        IpAddr::V4(_) => ct::FAMILY_V4,
-        IpAddr::V6(_) => ct::FAMILY_V6,
-    }
-}
-
-/// `::ffff:a.b.c.d` back to IPv4.
-pub fn addr(a: [u8; 16]) -> IpAddr {
-    let v6 = Ipv6Addr::from(a);
-    match v6.to_ipv4_mapped() {
-        Some(v4) => IpAddr::V4(v4),
-        None => IpAddr::V6(v6),
-    }
-}
-
-fn mapped(ip: IpAddr) -> [u8; 16] {
-    match ip {
-        IpAddr::V4(a) => a.to_ipv6_mapped().octets(),
-        IpAddr::V6(a) => a.octets(),
+        addr::of_family(self.key.remote, self.key.family)
     }
 }
 
@@ -416,13 +383,6 @@ fn accepted_by(listeners: &[SocketAddr], local: SocketAddr) -> bool {
             && (canonical(l.ip()) == local_ip
                 || (l.ip().is_unspecified() && (l.is_ipv6() || matches!(local_ip, IpAddr::V4(_)))))
     })
-}
-
-fn canonical(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(a) => a.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
-        v4 => v4,
-    }
 }
 
 pub fn proto_name(proto: u8) -> &'static str {

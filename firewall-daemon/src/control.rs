@@ -11,7 +11,7 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-use crate::model::{Action, Defaults, Direction, Proto, Rule, Ruleset};
+use rules::model::{Action, Defaults, Direction, Proto, Rule, Ruleset};
 
 /// Longest request line the daemon reads; anything longer is refused.
 pub const MAX_REQUEST: usize = 64 * 1024;
@@ -555,7 +555,7 @@ mod tests {
                 1 + (first_port + i) % 65535
             ));
         }
-        crate::config::parse(&text, Path::new("diff-test.toml")).expect("rules parse")
+        rules::config::parse(&text, Path::new("diff-test.toml")).expect("rules parse")
     }
 
     #[test]

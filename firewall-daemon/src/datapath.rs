@@ -32,12 +32,12 @@ use firewall_common::{
     maps, verdict,
 };
 use log::warn;
+use rules::model::{Conntrack, Direction, FragmentPolicy, InvalidPolicy, Ruleset, XdpMode};
 
 use crate::{
     EBPF_OBJECT,
     compile::Compiled,
     host::{cgroups::Cgroup, interfaces::LinkLayer},
-    model::{Conntrack, Direction, FragmentPolicy, InvalidPolicy, Ruleset, XdpMode},
 };
 
 /// statfs magic of a bpf filesystem.

@@ -1,18 +1,13 @@
 //! The firewall's userspace: rules, compiler, reference evaluator, loader, daemon and client.
 pub mod cli;
 pub mod compile;
-pub mod config;
 pub mod conntrack;
 pub mod control;
 pub mod daemon;
 pub mod datapath;
 pub mod features;
-pub mod frame;
 pub mod host;
 pub mod logging;
-pub mod model;
-pub mod policy;
-pub mod tracker;
 
 /// The compiled XDP object, built by build.rs from `firewall-ebpf`.
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/firewall"));

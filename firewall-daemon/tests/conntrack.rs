@@ -1,7 +1,7 @@
 //! Connection tracking in the kernel, through BPF_PROG_TEST_RUN: inbound packets run the real
 //! XDP program, packets the host sends run the real TC egress program, and the table is read
 //! back from its pinned maps. Every transition is checked against a hand-written expectation
-//! and against the stateful model (`firewall_daemon::tracker`), and random packet sequences
+//! and against the stateful model (`rules::tracker`), and random packet sequences
 //! must leave kernel and model in the same state.
 
 mod support;
@@ -14,19 +14,17 @@ use std::{
 };
 
 use firewall_common::ct::{self, CtEntry, state};
-use firewall_daemon::{
-    compile,
-    config::{self, Env},
-    conntrack::Tables,
-    datapath::Generation,
-    model::{Action, PacketProto, Ruleset},
-    policy::Decision,
-    tracker::{Inbound, Quoted, Segment, Tracker},
-};
+use firewall_daemon::{compile, conntrack::Tables, datapath::Generation};
 use proptest::{
     prelude::*,
     sample::select,
     test_runner::{Config as ProptestConfig, TestRunner},
+};
+use rules::{
+    config::{self, Env},
+    model::{Action, PacketProto, Ruleset},
+    policy::Decision,
+    tracker::{Inbound, Quoted, Segment, Tracker},
 };
 use support::{bpffs::BpfFs, frames, host::Host};
 

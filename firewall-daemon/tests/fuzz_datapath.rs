@@ -1,6 +1,6 @@
 //! Differential fuzzing of the inbound datapath: random and mutated frames through the real XDP
 //! program (BPF_PROG_TEST_RUN), packets the host sends through the real TC egress program, and
-//! the same frames through the reference datapath (`firewall_daemon::frame`, with the stateful
+//! the same frames through the reference datapath (`tests/support/frame.rs`, with the stateful
 //! model `tracker` and the oracle `policy`). Every frame must get the same XDP action; the
 //! counters (every verdict and drop reason) and rule hits must move alike; at the end of each
 //! episode the connection tables must hold the same flows in the same states.
@@ -44,22 +44,21 @@ use std::{
 use aya::maps::{Array, Map, MapData};
 use firewall_common::{Counter, RateBucket, ct, maps};
 use firewall_daemon::{
-    compile,
-    config::{self, Env},
-    conntrack::Tables,
-    datapath::Generation,
-    frame::{self, HostView, XDP_DROP, XDP_PASS, XDP_TX},
-    host::interfaces::LinkLayer,
-    model::{Action, PacketProto, Ruleset},
-    tracker::{Segment, Tracker},
+    compile, conntrack::Tables, datapath::Generation, host::interfaces::LinkLayer,
 };
 use proptest::{
     strategy::{Strategy, ValueTree},
     test_runner::{Config as ProptestConfig, RngAlgorithm, TestRng, TestRunner},
 };
 use rand::{RngExt, SeedableRng, rngs::Xoshiro256PlusPlus};
+use rules::{
+    config::{self, Env},
+    model::{Action, PacketProto, Ruleset},
+    tracker::{Segment, Tracker},
+};
 use support::{
     bpffs::BpfFs,
+    frame::{self, HostView, XDP_DROP, XDP_PASS, XDP_TX},
     frames::{self, Ext, LOCAL_MAC, REMOTE_MAC},
     host::Host,
     rules::{gen_rule, render},

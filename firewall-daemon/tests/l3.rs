@@ -21,11 +21,10 @@ use std::{
 
 use etherparse::{NetSlice, PacketBuilder, SlicedPacket, TransportSlice};
 use firewall_daemon::{
-    compile,
+    compile, conntrack::Tables, datapath::Generation, host::interfaces::LinkLayer,
+};
+use rules::{
     config::{self, Env},
-    conntrack::Tables,
-    datapath::Generation,
-    host::interfaces::LinkLayer,
     model::{Action, PacketMeta, Ruleset},
     policy::Policy,
 };

@@ -10,7 +10,9 @@ use std::{
     time::Instant,
 };
 
-use firewall_daemon::{compile, config, datapath::Generation, model::Action, policy::Policy};
+use firewall_daemon::{compile, datapath::Generation};
+
+use rules::{config, model::Action, policy::Policy};
 use support::{
     bpffs::BpfFs,
     frames::{L4, Spec},
@@ -25,7 +27,7 @@ fn xdp_action(a: Action) -> u32 {
     }
 }
 
-fn check(generation: &mut Generation, rs: &firewall_daemon::model::Ruleset, spec: &Spec) {
+fn check(generation: &mut Generation, rs: &rules::model::Ruleset, spec: &Spec) {
     let want = Policy::new(rs).decide(&spec.meta());
     let (got, _) = generation.test_run(&spec.frame()).expect("test run");
     assert_eq!(

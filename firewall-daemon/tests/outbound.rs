@@ -27,7 +27,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use firewall_daemon::{
+use rules::{
     config,
     model::{Action, ConnectMeta, PacketProto},
     policy::{Decision, Policy},

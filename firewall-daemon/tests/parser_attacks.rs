@@ -12,11 +12,9 @@ use std::{
 };
 
 use firewall_common::ct;
-use firewall_daemon::{
-    compile,
+use firewall_daemon::{compile, conntrack::Tables, datapath::Generation};
+use rules::{
     config::{self, Env},
-    conntrack::Tables,
-    datapath::Generation,
     model::{self, PacketProto, Ruleset},
     tracker::{Inbound, Segment, Tracker},
 };

@@ -21,9 +21,9 @@ use std::{
 };
 
 use firewall_common::identity::{ListenerKey, Owner};
-use firewall_daemon::{
+use firewall_daemon::host::{listeners, owners, selectors::Resolved};
+use rules::{
     config,
-    host::{listeners, owners, selectors::Resolved},
     model::{Action, ConnectMeta, PacketMeta, PacketProto},
     policy::Policy,
 };

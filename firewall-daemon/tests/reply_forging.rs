@@ -15,11 +15,9 @@ use std::{
     time::Instant,
 };
 
-use firewall_daemon::{
-    compile,
-    config::{self, Env},
-    datapath::Generation,
-};
+use firewall_daemon::{compile, datapath::Generation};
+
+use rules::config::{self, Env};
 use support::{
     bpffs::BpfFs,
     frames::{self, L4, LOCAL_MAC, REMOTE_MAC, Spec},

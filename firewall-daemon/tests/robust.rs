@@ -412,11 +412,12 @@ fn fwctl_into_a_closed_pipe_exits_quietly() {
 #[test]
 fn seeding_confirms_only_connections_that_exchanged_packets_both_ways() {
     use firewall_daemon::{
-        compile, config,
+        compile,
         conntrack::{self, Tables},
         datapath::{self, Generation},
         host::sock_diag::{HostFlow, SockProto, TcpState},
     };
+    use rules::config;
     let ruleset = config::parse(STEALTH_ALL, std::path::Path::new("rules.toml")).expect("rules");
     let compiled = compile::compile(&ruleset, &Default::default()).expect("compiling");
     let fs = support::bpffs::BpfFs::new();

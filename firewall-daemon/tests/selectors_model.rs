@@ -14,12 +14,15 @@ use firewall_common::{
     verdict_action, verdict_rule,
 };
 use firewall_daemon::{
-    compile, config,
+    compile,
     host::selectors::{Resolved, UnitCgroup},
+};
+use proptest::prelude::*;
+use rules::{
+    config,
     model::{Action, ConnectMeta, Direction, PacketMeta, PacketProto},
     policy::{Decision, Policy},
 };
-use proptest::prelude::*;
 
 const PROGRAMS: [&str; 3] = ["/usr/bin/p0", "/usr/bin/p1", "/opt/p2"];
 /// u1 is inside u0 (nested units: a process in u1 is matched as u1 only).

@@ -17,16 +17,18 @@ use std::{
 use firewall_common::{DEFAULT_RULE, verdict_action, verdict_rule};
 use firewall_daemon::{
     compile::{self, Compiled},
-    config::{self, Env},
     conntrack::Tables,
     datapath::Generation,
-    model::{Action, PacketMeta, PacketProto, Ruleset},
-    policy::{Decision, Policy},
 };
 use proptest::{
     prelude::*,
     sample::select,
     test_runner::{Config as ProptestConfig, TestRunner},
+};
+use rules::{
+    config::{self, Env},
+    model::{Action, PacketMeta, PacketProto, Ruleset},
+    policy::{Decision, Policy},
 };
 use support::{
     bpffs::BpfFs,

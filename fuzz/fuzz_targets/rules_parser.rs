@@ -16,11 +16,11 @@ use std::{
     sync::OnceLock,
 };
 
-use firewall_daemon::{
+use libfuzzer_sys::fuzz_target;
+use rules::{
     config::{self, Env},
     model::Ruleset,
 };
-use libfuzzer_sys::fuzz_target;
 
 const SERVICES: &str = "ssh 22/tcp\ndomain 53/tcp\ndomain 53/udp\nhttp 80/tcp www\n";
 const BLOCKLIST: &str =

@@ -10,7 +10,7 @@
 //! | `firewall-daemon` | P/sbin |
 //! | `fwctl` | P/bin |
 //! | `firewall-daemon.service` | /usr/lib/systemd/system for P = /usr; P/lib/systemd/system for P = /usr/local (both are on systemd's unit path, and /etc/systemd/system stays the administrator's); /etc/systemd/system for any other P |
-//! | rules | /etc/firewall/rules.toml, a copy of rules/workstation.toml; never overwritten, kept by uninstall |
+//! | rules | /etc/firewall/rules.toml, a copy of rules/examples/workstation.toml; never overwritten, kept by uninstall |
 //! | examples | P/share/doc/firewall-daemon/examples/{workstation,server}.toml |
 //! | man pages | P/share/man/man1/fwctl.1, fwctl-{list,status,reload,conns,check}.1, man8/firewall-daemon.8, man5/rules.toml.5 |
 //! | completions | P/share/bash-completion/completions/{fwctl,firewall-daemon}, P/share/zsh/site-functions/_{fwctl,firewall-daemon}, P/share/fish/vendor_completions.d/{fwctl,firewall-daemon}.fish |
@@ -182,7 +182,7 @@ pub fn plan(layout: &Layout, src: &Sources) -> anyhow::Result<Vec<Entry>> {
         file(
             layout.docdir().join("examples").join(example),
             0o644,
-            Content::Copy(src.repo.join("rules").join(example)),
+            Content::Copy(src.repo.join("rules/examples").join(example)),
             "example rules",
         );
     }
@@ -226,7 +226,7 @@ pub fn plan(layout: &Layout, src: &Sources) -> anyhow::Result<Vec<Entry>> {
     v.push(Entry {
         path: PathBuf::from(CONFIG),
         mode: 0o644,
-        content: Content::Copy(src.repo.join("rules/workstation.toml")),
+        content: Content::Copy(src.repo.join("rules/examples/workstation.toml")),
         config: true,
         what: "rules",
     });

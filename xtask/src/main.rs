@@ -47,7 +47,7 @@ enum Cmd {
         /// Protect a veth in a new namespace instead of the host's interfaces.
         #[arg(long)]
         sandbox: bool,
-        /// Rules file (default: rules/workstation.toml in the sandbox, else
+        /// Rules file (default: rules/examples/workstation.toml in the sandbox, else
         /// /etc/firewall/rules.toml).
         #[arg(long)]
         config: Option<PathBuf>,

@@ -112,7 +112,7 @@ extern "C" fn forward(_: libc::c_int) {
 pub fn run(config: Option<PathBuf>, extra: &[String]) -> anyhow::Result<()> {
     let dir = workspace_root().join("target/sandbox");
     std::fs::create_dir_all(&dir)?;
-    let config = config.unwrap_or_else(|| workspace_root().join("rules/workstation.toml"));
+    let config = config.unwrap_or_else(|| workspace_root().join("rules/examples/workstation.toml"));
     let socket = dir.join("control.sock");
     let sb = Sandbox::create(&dir)?;
     let fwctl = target_bin("fwctl");

@@ -4,8 +4,8 @@ use clap::Parser as _;
 use firewall_daemon::{
     cli::{DaemonArgs, XdpModeArg},
     daemon,
-    model::XdpMode,
 };
+use rules::model::XdpMode;
 
 fn main() -> std::process::ExitCode {
     let args = DaemonArgs::parse();

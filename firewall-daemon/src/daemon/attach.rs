@@ -19,8 +19,8 @@ use crate::{
     host::cgroups::{self, Cgroup},
     host::interfaces::{self, LinkLayer},
     host::listeners,
-    model::XdpMode,
 };
+use rules::model::XdpMode;
 
 pub(super) struct Attached {
     pub(super) ifname: String,

@@ -28,8 +28,8 @@ use crate::{
     host::addrs::HostMaps,
     host::cgroups::Cgroup,
     host::selectors::{Resolved, Watcher},
-    model::{Interfaces, OnStop, Ruleset, XdpMode},
 };
+use rules::model::{Interfaces, OnStop, Ruleset, XdpMode};
 
 mod attach;
 mod recheck;

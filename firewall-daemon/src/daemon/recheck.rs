@@ -20,6 +20,8 @@ use crate::{
     host::listeners,
     host::selectors::Resolved,
     host::sock_diag,
+};
+use rules::{
     model::{Action, ConnectMeta, PacketMeta, PacketProto, Ruleset},
     policy::Policy,
 };
@@ -85,7 +87,7 @@ pub(super) fn rejudge_stealth(ruleset: &Ruleset, resolved: &Resolved, pin_dir: &
             _ => PacketProto::Udp,
         };
         let call = ConnectMeta {
-            remote: conntrack::addr(key.remote),
+            remote: firewall_common::addr::unmapped(key.remote),
             proto,
             remote_port: key.remote_port,
         };

@@ -19,10 +19,13 @@ use super::{
     recheck::rejudge_stealth,
 };
 use crate::{
-    compile, config,
+    compile,
     control::{self, ReloadData},
     datapath::{self, Generation, OutboundGeneration},
     host::selectors::Resolved,
+};
+use rules::{
+    config,
     model::{Direction, Ruleset},
 };
 

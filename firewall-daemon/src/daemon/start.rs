@@ -33,8 +33,8 @@ use crate::{
     host::interfaces::{self},
     host::selectors::Resolved,
     host::sock_diag,
-    model::{Direction, Interfaces},
 };
+use rules::model::{Direction, Interfaces};
 
 /// What [`start`] leaves running for the daemon's loop.
 pub(super) struct Started {

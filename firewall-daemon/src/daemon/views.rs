@@ -15,8 +15,8 @@ use crate::{
     datapath::{self, Hook},
     host::cgroups,
     host::owners::OwnerNames,
-    model::Direction,
 };
+use rules::model::Direction;
 
 impl State {
     pub(super) fn list(&self) -> anyhow::Result<ListData> {

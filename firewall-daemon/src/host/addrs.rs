@@ -16,7 +16,7 @@ use std::{
 
 use anyhow::Context as _;
 use aya::maps::{HashMap, Map, MapData};
-use firewall_common::{IfaceMac, LocalAddrKey, ct, maps};
+use firewall_common::{IfaceMac, LocalAddrKey, addr, maps};
 
 /// What the maps should hold: MAC by ifindex, and the local addresses.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -47,13 +47,9 @@ pub fn current() -> anyhow::Result<HostAddrs> {
 }
 
 fn key(ip: IpAddr) -> LocalAddrKey {
-    let (addr, family) = match ip {
-        IpAddr::V4(a) => (a.to_ipv6_mapped().octets(), ct::FAMILY_V4),
-        IpAddr::V6(a) => (a.octets(), ct::FAMILY_V6),
-    };
     LocalAddrKey {
-        addr,
-        family,
+        addr: addr::mapped(ip),
+        family: addr::family(ip),
         _pad: [0; 3],
     }
 }

@@ -6,7 +6,7 @@ use etherparse::{
     IpHeaders, IpNumber, Ipv4Header, Ipv6FragmentHeader, Ipv6Header, Ipv6RawExtHeader,
     PacketBuilder, VlanId,
 };
-use firewall_daemon::model::{PacketMeta, PacketProto};
+use rules::model::{PacketMeta, PacketProto};
 
 pub const REMOTE_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
 pub const LOCAL_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x02];

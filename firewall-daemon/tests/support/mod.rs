@@ -2,6 +2,7 @@
 pub use firewall_sandbox::bpffs;
 pub mod cgroup;
 pub mod daemon;
+pub mod frame;
 pub mod frames;
 pub mod helper;
 pub mod host;

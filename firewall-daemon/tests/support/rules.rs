@@ -2,8 +2,8 @@
 //! `fuzz_datapath.rs`): proptest strategies over a small address and port space, and the
 //! `rules.toml` text they stand for.
 
-use firewall_daemon::model::Action;
 use proptest::{prelude::*, sample::select};
+use rules::model::Action;
 
 /// `[reject]` section that never rate-limits within a test.
 pub const NO_RATE_LIMIT: &str =

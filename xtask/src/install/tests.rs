@@ -159,7 +159,8 @@ fn every_file_lands_where_documented_and_nowhere_else() {
     );
     assert_eq!(
         std::fs::read(s.at("/etc/firewall/rules.toml")).expect("rules"),
-        std::fs::read(workspace_root().join("rules/workstation.toml")).expect("workstation"),
+        std::fs::read(workspace_root().join("rules/examples/workstation.toml"))
+            .expect("workstation"),
     );
 }
 

@@ -5,10 +5,9 @@ use std::{
     process::ExitCode,
 };
 
-use firewall_daemon::{
-    cli::exit,
-    compile, config,
-    host::selectors::Resolved,
+use firewall_daemon::{cli::exit, compile, host::selectors::Resolved};
+use rules::{
+    config,
     model::{Action, Direction},
 };
 

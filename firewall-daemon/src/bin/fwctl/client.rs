@@ -5,16 +5,16 @@ use std::path::{Path, PathBuf};
 
 use firewall_daemon::{
     cli::{self, FwctlArgs as Args},
-    config,
     control::{self, ClientError, Request},
     datapath,
 };
+use rules::config;
 
 use super::render::esc;
 use super::{Failure, print_line};
 
 /// The rules file named by `--config`, parsed (only when given).
-pub(super) fn config_file(args: &Args) -> Result<Option<firewall_daemon::model::Ruleset>, Failure> {
+pub(super) fn config_file(args: &Args) -> Result<Option<rules::model::Ruleset>, Failure> {
     match &args.config {
         Some(c) => config::load(c)
             .map(Some)
@@ -77,7 +77,7 @@ pub(super) fn down_status(args: &Args, e: &Failure, json: bool) {
         .flatten()
         .or_else(|| config::load(Path::new(cli::DEFAULT_CONFIG)).ok())
         .map(|rs| rs.daemon.pin_dir)
-        .unwrap_or_else(|| firewall_daemon::model::DaemonConfig::default().pin_dir);
+        .unwrap_or_else(|| rules::model::DaemonConfig::default().pin_dir);
     let mut st = DownStatus {
         daemon: "unreachable",
         error: e.to_string(),

@@ -2,10 +2,8 @@
 //! or the rules escaped, so a crafted rule name or path cannot forge lines or terminal
 //! escapes), JSON for programs.
 
-use firewall_daemon::{
-    control::{self, ConnsData, ListData, ReloadData, RuleView, StatusData},
-    model::Direction,
-};
+use firewall_daemon::control::{self, ConnsData, ListData, ReloadData, RuleView, StatusData};
+use rules::model::Direction;
 
 use super::print_line;
 
@@ -336,7 +334,7 @@ pub(super) fn print_conns(d: &ConnsData) {
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
-    use firewall_daemon::model::{Action, Proto};
+    use rules::model::{Action, Proto};
 
     use super::*;
 

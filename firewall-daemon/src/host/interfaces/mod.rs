@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 
 use anyhow::Context as _;
 
-use crate::model::Interfaces;
+use rules::model::Interfaces;
 
 mod rtnetlink;
 

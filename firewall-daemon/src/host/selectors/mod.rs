@@ -46,7 +46,23 @@ use std::{
 use firewall_common::identity::MAX_UNIT_LEVEL;
 use firewall_sandbox::cgroup2;
 
-use crate::{host::exe_id::ExeId, model::Ruleset};
+use crate::host::exe_id::ExeId;
+use rules::model::Ruleset;
+
+/// The oracle ([`rules::policy`]) is a crate of its own that knows nothing of how the daemon
+/// finds executables and cgroups, only what they resolved to: this is how it asks.
+impl rules::policy::Selectors for Resolved {
+    fn program_exe(&self, path: &Path) -> Option<ExeId> {
+        self.exe(path)
+    }
+
+    fn unit_cgroup(&self, name: &str) -> Option<rules::policy::UnitCgroupId> {
+        self.unit(name).map(|u| rules::policy::UnitCgroupId {
+            id: u.id,
+            level: u.level,
+        })
+    }
+}
 
 #[cfg(test)]
 mod tests;

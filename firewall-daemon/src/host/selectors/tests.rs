@@ -1,12 +1,13 @@
 use std::{fs, path::Path};
 
 use super::*;
-use crate::{host::exe_id::exe_id, model::Selector};
+use crate::host::exe_id::exe_id;
+use rules::model::Selector;
 
 /// A rule set with one rule per selector (`rule N` named `rN`).
 fn ruleset(selectors: Vec<Selector>) -> Ruleset {
     let text = "[[rule]]\nname = \"r\"\nproto = \"tcp\"\nport = 22\naction = \"allow\"\n";
-    let mut rs = crate::config::parse(text, Path::new("resolve-test.toml")).expect("parse");
+    let mut rs = rules::config::parse(text, Path::new("resolve-test.toml")).expect("parse");
     let base = rs.rules[0].clone();
     rs.rules = selectors
         .into_iter()

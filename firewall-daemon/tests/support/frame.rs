@@ -1,13 +1,15 @@
 //! The reference datapath: what the XDP program does with a raw frame, written plainly over a
 //! byte slice. [`parse`] restates the kernel parser (`firewall-ebpf/src/parse.rs`) and its drop
 //! reasons; [`inbound`] follows it with the stateful model ([`Tracker`]), the rules
-//! ([`crate::policy`]) and the reject path, and [`outbound`] with the tracker as the egress
+//! ([`rules::policy`]) and the reject path, and [`outbound`] with the tracker as the egress
 //! program does. The differential fuzzer (`tests/fuzz_datapath.rs`) runs random and mutated
 //! frames through both and requires the same XDP action, the same counters, the same deciding
 //! rule and the same connection tables.
 //!
 //! Each malformed case is one line returning its [`Counter`]: a new drop reason in the kernel
 //! is a new line here.
+//!
+//! Test support, not product code: it lives here so that the shipped binaries do not carry it.
 
 use std::{
     collections::BTreeSet,
@@ -15,8 +17,7 @@ use std::{
 };
 
 use firewall_common::{Counter, ct};
-
-use crate::{
+use rules::{
     model::{Action, FragmentPolicy, PacketProto, Ruleset},
     tracker::{Inbound, Quoted, Segment, Tracker},
 };
@@ -156,7 +157,7 @@ fn parse_v6(frame: &[u8], off: usize, dst_mac: [u8; 6]) -> Result<Parsed, Counte
         return Err(Counter::DropMalformedIpv6);
     }
     let (src, dst) = (v6_at(&ip, 8), v6_at(&ip, 24));
-    if crate::model::embeds_ipv4(src) || crate::model::embeds_ipv4(dst) {
+    if rules::model::embeds_ipv4(src) || rules::model::embeds_ipv4(dst) {
         return Err(Counter::DropIpv6EmbeddedIpv4);
     }
     // A zero payload length (jumbogram, BIG TCP): the frame bounds the packet.
@@ -430,7 +431,7 @@ pub fn is_verdict_counter(counter: Counter) -> bool {
 }
 
 /// What the reject path takes for this host (the daemon's `IFACE_MAC` entry of the receiving
-/// interface and `LOCAL_ADDRS`, see [`crate::host::addrs`]).
+/// interface and `LOCAL_ADDRS`, see `firewall_daemon::host::addrs`).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct HostView {
     /// The receiving interface's MAC; `None` before the daemon recorded it.

@@ -2,14 +2,35 @@
 //! first-match scan). It is the oracle the compiled tables, the XDP program and the outbound
 //! cgroup hooks are tested against, and what `fwctl` will use to explain verdicts.
 
+use std::path::Path;
+
 use serde::Serialize;
 
 use firewall_common::identity::{ExeId, MAX_UNIT_LEVEL, Owner};
 
-use crate::{
-    host::selectors::Resolved,
-    model::{Action, ConnectMeta, Direction, PacketMeta, PacketProto, Rule, Ruleset},
-};
+use crate::model::{Action, ConnectMeta, Direction, PacketMeta, PacketProto, Rule, Ruleset};
+
+/// What the `program` and `unit` selectors name on this host, as far as the oracle needs to
+/// know. Finding it (stat'ing executables, searching the cgroup tree) is the daemon's job
+/// (`firewall_daemon::host::selectors::Resolved` implements this); the oracle only asks, so it judges
+/// the daemon's resolution without sharing its code.
+pub trait Selectors {
+    /// The executable a rule's `program` path resolves to; `None`: it names no file.
+    fn program_exe(&self, path: &Path) -> Option<ExeId>;
+    /// The cgroup a rule's `unit` resolves to; `None`: no cgroup of that unit (or one that
+    /// cannot be matched).
+    fn unit_cgroup(&self, name: &str) -> Option<UnitCgroupId>;
+}
+
+/// A unit's cgroup as the hooks see it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct UnitCgroupId {
+    /// The cgroup id: the directory's inode number.
+    pub id: u64,
+    /// Path components below the root of the cgroup2 hierarchy (1..=[`MAX_UNIT_LEVEL`] for a
+    /// unit that can be matched).
+    pub level: u32,
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 pub struct Decision {
@@ -21,7 +42,7 @@ pub struct Decision {
 pub struct Policy<'a> {
     ruleset: &'a Ruleset,
     /// What the selectors resolve to; `None`: rules with selectors match nothing.
-    resolved: Option<&'a Resolved>,
+    resolved: Option<&'a dyn Selectors>,
 }
 
 impl<'a> Policy<'a> {
@@ -34,7 +55,7 @@ impl<'a> Policy<'a> {
 
     /// A policy whose rules with `program`, `unit` or `user` selectors match the owners
     /// `resolved` says they name.
-    pub fn with_selectors(ruleset: &'a Ruleset, resolved: &'a Resolved) -> Self {
+    pub fn with_selectors(ruleset: &'a Ruleset, resolved: &'a dyn Selectors) -> Self {
         Self {
             ruleset,
             resolved: Some(resolved),
@@ -94,12 +115,12 @@ impl<'a> Policy<'a> {
             return false;
         };
         if let Some(path) = &sel.program
-            && (owner.exe == ExeId::default() || resolved.exe(path) != Some(owner.exe))
+            && (owner.exe == ExeId::default() || resolved.program_exe(path) != Some(owner.exe))
         {
             return false;
         }
         if let Some(name) = &sel.unit {
-            let Some(unit) = resolved.unit(name) else {
+            let Some(unit) = resolved.unit_cgroup(name) else {
                 return false;
             };
             // The units any rule of the file names, resolved.
@@ -108,7 +129,7 @@ impl<'a> Policy<'a> {
                 .rules
                 .iter()
                 .filter_map(|r| r.selector.unit.as_deref())
-                .filter_map(|n| resolved.unit(n))
+                .filter_map(|n| resolved.unit_cgroup(n))
                 .filter(|u| (1..=MAX_UNIT_LEVEL as u32).contains(&u.level))
                 .map(|u| u.id)
                 .collect();

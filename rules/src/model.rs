@@ -444,14 +444,10 @@ pub struct ConnectMeta {
 impl ConnectMeta {
     /// The destination as the classifier sees it: IPv4-mapped addresses as IPv4.
     pub fn normalised(&self) -> Self {
-        let remote = match self.remote {
-            IpAddr::V6(a) => match a.to_ipv4_mapped() {
-                Some(v4) => IpAddr::V4(v4),
-                None => IpAddr::V6(a),
-            },
-            v4 => v4,
-        };
-        Self { remote, ..*self }
+        Self {
+            remote: firewall_common::addr::canonical(self.remote),
+            ..*self
+        }
     }
 
     /// The same lookup as an inbound packet's: `port` is the port the rules name.

@@ -10,8 +10,9 @@
 
 use std::{collections::HashMap, net::IpAddr};
 
-use firewall_common::ct::{
-    self, CtEntry, CtKey, FLAG_DENIED, ORIGIN_LOCAL, ORIGIN_REMOTE, TcpSeg, outcome, state,
+use firewall_common::{
+    addr::{family, mapped},
+    ct::{self, CtEntry, CtKey, FLAG_DENIED, ORIGIN_LOCAL, ORIGIN_REMOTE, TcpSeg, outcome, state},
 };
 
 use crate::{
@@ -84,13 +85,6 @@ impl Inbound {
     }
 }
 
-fn mapped(ip: IpAddr) -> [u8; 16] {
-    match ip {
-        IpAddr::V4(a) => a.to_ipv6_mapped().octets(),
-        IpAddr::V6(a) => a.octets(),
-    }
-}
-
 fn ip_proto(proto: PacketProto, ip: IpAddr) -> u8 {
     match (proto, ip) {
         (PacketProto::Tcp, _) => ct::IPPROTO_TCP,
@@ -111,7 +105,7 @@ fn key(seg: &Segment) -> CtKey {
         local_port,
         remote_port,
         proto: ip_proto(seg.proto, seg.remote),
-        family: crate::conntrack::family(seg.remote),
+        family: family(seg.remote),
         _pad: [0; 2],
     }
 }
@@ -311,7 +305,7 @@ impl<'a> Tracker<'a> {
                         local_port,
                         remote_port,
                         proto: ip_proto(q.proto, q.src),
-                        family: crate::conntrack::family(q.src),
+                        family: family(q.src),
                         _pad: [0; 2],
                     };
                     if self.flows.contains_key(&k) {

@@ -1,0 +1,468 @@
+//! `[[rule]]`: one rule at a time, every key checked even when another is broken, so one run
+//! reports all of a rule's problems; then its `port`, `remote` and selectors (`program`,
+//! `unit`, `user`). Every path that drops a rule reports why.
+
+use std::{
+    collections::{HashMap, hash_map::Entry},
+    ops::Range,
+};
+
+use ipnet::IpNet;
+use toml::{Spanned, de::DeValue};
+
+use super::{
+    checker::{Checker, one_of},
+    raw::{OneOrMany, ProgramPath, RawPort, RawRule, RawUser, RemoteEntry, UnitName},
+    sets::Sets,
+    values::{
+        merge_ports, parse_decimal, parse_net, port_number, program_path, sorted_unique, unit_name,
+        user_id,
+    },
+};
+use crate::model::{Action, Direction, Origin, PortRange, Proto, Rule, Selector};
+
+impl Checker<'_> {
+    pub(super) fn rules(
+        &mut self,
+        value: Option<Spanned<DeValue<'_>>>,
+        sets: &Sets,
+        max_rules: usize,
+    ) -> (Vec<Rule>, usize) {
+        let Some(value) = value else {
+            return (Vec::new(), 0);
+        };
+        let span = value.span();
+        let elements = match value.into_inner() {
+            DeValue::Array(elements) => elements,
+            DeValue::Table(_) => {
+                self.error(
+                    Some(span),
+                    "rules are written [[rule]] (double brackets: one table per rule), not [rule]"
+                        .to_owned(),
+                );
+                return (Vec::new(), 0);
+            }
+            other => {
+                self.error(
+                    Some(span),
+                    format!(
+                        "rule must be an array of tables ([[rule]]), not {}",
+                        other.type_str()
+                    ),
+                );
+                return (Vec::new(), 0);
+            }
+        };
+        if elements.len() > max_rules {
+            let first_excess = elements.get(max_rules).map(Spanned::span);
+            self.error(
+                first_excess,
+                format!(
+                    "too many rules: this file has {}, at most {max_rules} are allowed",
+                    elements.len()
+                ),
+            );
+            return (Vec::new(), 0);
+        }
+
+        let written = elements.len();
+        let mut rules = Vec::with_capacity(elements.len());
+        // name -> (1-based rule number, line) of its first use.
+        let mut names: HashMap<String, (usize, usize)> = HashMap::new();
+        for (index, element) in elements.into_iter().enumerate() {
+            let number = index + 1;
+            let header = element.span();
+            let line = self.locate(header.start).0;
+            let given_name = match element.get_ref() {
+                DeValue::Table(t) => t
+                    .get("name")
+                    .and_then(|v| v.get_ref().as_str())
+                    .map(str::to_owned),
+                _ => None,
+            };
+            let ctx = match &given_name {
+                Some(name) => format!("rule {number} ({name:?}): "),
+                None => format!("rule {number}: "),
+            };
+            let key_spans: HashMap<String, Range<usize>> = match element.get_ref() {
+                DeValue::Table(t) => t
+                    .keys()
+                    .map(|k| (k.get_ref().to_string(), k.span()))
+                    .collect(),
+                _ => HashMap::new(),
+            };
+            let Some(raw) = self.table::<RawRule>(element, &ctx, "[[rule]]", "", &[]) else {
+                continue;
+            };
+            let Some(rule) = self.rule(raw, index, &ctx, header.clone(), line, &key_spans, sets)
+            else {
+                continue;
+            };
+            match names.entry(rule.name.clone()) {
+                Entry::Occupied(first) => {
+                    let (first_number, first_line) = *first.get();
+                    self.warn(
+                        header,
+                        format!(
+                            "{ctx}has the same name as rule {first_number} (line {first_line}); names are only labels, but duplicates make logs ambiguous"
+                        ),
+                    );
+                }
+                Entry::Vacant(slot) => {
+                    slot.insert((number, line));
+                }
+            }
+            rules.push(rule);
+        }
+        (rules, written)
+    }
+
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "a rule's parts as the caller already split them; a struct for one call would only rename them"
+    )]
+    pub(super) fn rule(
+        &mut self,
+        raw: RawRule,
+        index: usize,
+        ctx: &str,
+        header: Range<usize>,
+        line: usize,
+        key_spans: &HashMap<String, Range<usize>>,
+        sets: &Sets,
+    ) -> Option<Rule> {
+        let mut ok = true;
+        let name = match &raw.name {
+            Some(name) if name.get_ref().trim().is_empty() => {
+                self.error(
+                    Some(name.span()),
+                    format!(
+                        "{ctx}name is empty; leave it out to get the default \"rule {}\"",
+                        index + 1
+                    ),
+                );
+                ok = false;
+                String::new()
+            }
+            Some(name) => name.get_ref().clone(),
+            None => format!("rule {}", index + 1),
+        };
+
+        let selector = self.selector(
+            raw.program.as_ref(),
+            raw.unit.as_ref(),
+            raw.user.as_ref(),
+            ctx,
+        );
+        let direction = match &raw.direction {
+            Some(v) => {
+                let options = [("in", Direction::In), ("out", Direction::Out)];
+                self.choice(v, ctx, "direction", &options)
+            }
+            None => Some(Direction::In),
+        };
+        let proto = match &raw.proto {
+            Some(v) => {
+                let options = [
+                    ("tcp", Proto::Tcp),
+                    ("udp", Proto::Udp),
+                    ("icmp", Proto::Icmp),
+                    ("any", Proto::Any),
+                ];
+                self.choice(v, ctx, "proto", &options)
+            }
+            None => Some(Proto::Any),
+        };
+        let actions = [
+            ("allow", Action::Allow),
+            ("reject", Action::Reject),
+            ("stealth", Action::Stealth),
+        ];
+        let action = match &raw.action {
+            Some(v) => self.choice(v, ctx, "action", &actions),
+            None => {
+                self.error(
+                    Some(header.clone()),
+                    format!(
+                        "{ctx}missing \"action\"; expected one of: {}",
+                        one_of(&actions.map(|(name, _)| name))
+                    ),
+                );
+                None
+            }
+        };
+
+        // Ports are checked even when proto is broken, with "any" standing in, so one run
+        // reports both problems.
+        let ports = match raw.port {
+            None => Some(Vec::new()),
+            Some(_) if proto == Some(Proto::Icmp) => {
+                let at = key_spans.get("port").cloned();
+                self.error(
+                    at,
+                    format!(
+                        r#"{ctx}ports only apply to tcp and udp; this rule has proto = "icmp""#
+                    ),
+                );
+                None
+            }
+            Some(port) => self.ports(port, proto.unwrap_or(Proto::Any), ctx),
+        };
+        let (remote, remote_spec) = match raw.remote {
+            None => (Some(None), Vec::new()),
+            Some(remote) => self.remote(remote, ctx, sets),
+        };
+
+        let selector_keys: Vec<&str> = [
+            ("\"program\"", raw.program.is_some()),
+            ("\"unit\"", raw.unit.is_some()),
+            ("\"user\"", raw.user.is_some()),
+        ]
+        .into_iter()
+        .filter_map(|(key, given)| given.then_some(key))
+        .collect();
+
+        if proto == Some(Proto::Icmp) && !selector_keys.is_empty() {
+            // Rules about a program, unit or user are enforced on sockets (connect, send,
+            // accept): TCP and UDP only. With proto = "any" they mean TCP and UDP.
+            let at = key_spans
+                .get("proto")
+                .cloned()
+                .unwrap_or_else(|| header.clone());
+            self.error(
+                Some(at),
+                format!(
+                    r#"{ctx}proto = "icmp" does not go with {}: rules about a program, unit or user are enforced on TCP and UDP sockets, and ICMP (ping, raw sockets) never passes there nor has a listening program; use proto = "tcp" or "udp", or leave proto out ("any" then means TCP and UDP) — the firewall never ignores a rule it cannot enforce"#,
+                    selector_keys.join(" and ")
+                ),
+            );
+            ok = false;
+        } else if direction == Some(Direction::Out) && proto == Some(Proto::Icmp) {
+            let at = key_spans
+                .get("proto")
+                .cloned()
+                .unwrap_or_else(|| header.clone());
+            self.error(
+                Some(at),
+                format!(
+                    r#"{ctx}outbound ICMP rules are not supported yet: outbound rules are enforced where TCP and UDP sockets connect or send, and ICMP (ping, raw sockets) never passes there; remove the rule — the firewall never ignores a rule it cannot enforce"#
+                ),
+            );
+            ok = false;
+        }
+        let (
+            Some(direction),
+            Some(proto),
+            Some(action),
+            Some(ports),
+            Some(remote),
+            Some(selector),
+            true,
+        ) = (direction, proto, action, ports, remote, selector, ok)
+        else {
+            return None;
+        };
+        let Ok(index) = u32::try_from(index) else {
+            self.error(Some(header), format!("{ctx}too many rules"));
+            return None;
+        };
+        Some(Rule {
+            index,
+            name,
+            direction,
+            proto,
+            ports,
+            remote,
+            remote_spec,
+            selector,
+            action,
+            origin: Origin { line },
+        })
+    }
+
+    /// `program`, `unit` and `user`, each checked (all problems reported); `None` if any is
+    /// invalid.
+    pub(super) fn selector(
+        &mut self,
+        program: Option<&Spanned<ProgramPath>>,
+        unit: Option<&Spanned<UnitName>>,
+        user: Option<&Spanned<RawUser>>,
+        ctx: &str,
+    ) -> Option<Selector> {
+        let program = program.map(|v| (v.span(), program_path(&v.get_ref().0)));
+        let program = self.selector_part(program, ctx);
+        let unit = unit.map(|v| (v.span(), unit_name(&v.get_ref().0)));
+        let unit = self.selector_part(unit, ctx);
+        let user = user.map(|v| (v.span(), user_id(v.get_ref())));
+        let user = self.selector_part(user, ctx);
+        Some(Selector {
+            program: program?,
+            unit: unit?,
+            user: user?,
+        })
+    }
+
+    /// One checked selector key: `Some(None)` if absent, `None` (reported) if invalid.
+    fn selector_part<T>(
+        &mut self,
+        checked: Option<(Range<usize>, Result<T, String>)>,
+        ctx: &str,
+    ) -> Option<Option<T>> {
+        match checked {
+            None => Some(None),
+            Some((_, Ok(value))) => Some(Some(value)),
+            Some((span, Err(message))) => {
+                self.error(Some(span), format!("{ctx}{message}"));
+                None
+            }
+        }
+    }
+
+    pub(super) fn ports(
+        &mut self,
+        value: Spanned<OneOrMany<RawPort>>,
+        proto: Proto,
+        ctx: &str,
+    ) -> Option<Vec<PortRange>> {
+        let span = value.span();
+        let items = match value.into_inner() {
+            OneOrMany::One(port) => vec![Spanned::new(span.clone(), port)],
+            OneOrMany::Many(items) => items,
+        };
+        if items.is_empty() {
+            self.error(
+                Some(span),
+                format!(
+                    "{ctx}empty port list, which would match nothing; leave out \"port\" to match every port"
+                ),
+            );
+            return None;
+        }
+        let mut ranges = Vec::with_capacity(items.len());
+        let mut ok = true;
+        for item in items {
+            match self.port(item.get_ref(), proto) {
+                Ok(range) => ranges.push(range),
+                Err(msg) => {
+                    self.error(Some(item.span()), format!("{ctx}{msg}"));
+                    ok = false;
+                }
+            }
+        }
+        ok.then(|| merge_ports(ranges))
+    }
+
+    pub(super) fn port(&mut self, port: &RawPort, proto: Proto) -> Result<PortRange, String> {
+        let text = match port {
+            RawPort::Number(n) => {
+                let n = port_number(*n)?;
+                return Ok(PortRange { lo: n, hi: n });
+            }
+            RawPort::Text(text) => text.trim(),
+        };
+        if text.is_empty() {
+            return Err("empty port; write a number, a service name or a range".to_owned());
+        }
+        if text.bytes().all(|b| b.is_ascii_digit()) {
+            let n = port_number(parse_decimal(text))?;
+            return Ok(PortRange { lo: n, hi: n });
+        }
+        // Only digits, dashes and spaces: meant as a range, whether or not it is well formed.
+        if text
+            .bytes()
+            .all(|b| b.is_ascii_digit() || b == b'-' || b == b' ')
+        {
+            let malformed = || {
+                format!(
+                    r#"malformed port range {text:?}; write it as "LOW-HIGH", e.g. "8000-8100""#
+                )
+            };
+            let (lo, hi) = text.split_once('-').ok_or_else(malformed)?;
+            let (lo, hi) = (lo.trim(), hi.trim());
+            let is_number = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+            if !is_number(lo) || !is_number(hi) {
+                return Err(malformed());
+            }
+            let (lo, hi) = (
+                port_number(parse_decimal(lo))?,
+                port_number(parse_decimal(hi))?,
+            );
+            if lo > hi {
+                return Err(format!(
+                    "reversed port range {text:?}; the first port must not be larger than the last (\"{hi}-{lo}\")"
+                ));
+            }
+            return Ok(PortRange { lo, hi });
+        }
+        let n = self.service(text, proto)?;
+        Ok(PortRange { lo: n, hi: n })
+    }
+
+    /// Returns `(Some(remote), spec)` when every entry is fine.
+    pub(super) fn remote(
+        &mut self,
+        value: Spanned<OneOrMany<RemoteEntry>>,
+        ctx: &str,
+        sets: &Sets,
+    ) -> (Option<Option<Vec<IpNet>>>, Vec<String>) {
+        let span = value.span();
+        let items = match value.into_inner() {
+            OneOrMany::One(entry) => vec![Spanned::new(span.clone(), entry)],
+            OneOrMany::Many(items) => items,
+        };
+        let spec: Vec<String> = items.iter().map(|i| i.get_ref().0.clone()).collect();
+        if items.is_empty() {
+            self.error(
+                Some(span),
+                format!(
+                    "{ctx}empty remote list, which would match nothing; leave out \"remote\" to match every address"
+                ),
+            );
+            return (None, spec);
+        }
+        let mut nets = Vec::new();
+        let mut ok = true;
+        for item in &items {
+            let text = item.get_ref().0.as_str();
+            if let Some(set) = text.strip_prefix('@') {
+                match sets.expanded.get(set) {
+                    Some(members) => nets.extend_from_slice(members),
+                    None if sets.defined.contains(set) => ok = false,
+                    None => {
+                        let defined = if sets.defined.is_empty() {
+                            "no sets are defined".to_owned()
+                        } else {
+                            let names: Vec<&str> =
+                                sets.defined.iter().map(String::as_str).collect();
+                            format!("defined sets: {}", one_of(&names))
+                        };
+                        self.error(
+                            Some(item.span()),
+                            format!("{ctx}unknown set {text:?}; {defined}"),
+                        );
+                        ok = false;
+                    }
+                }
+                continue;
+            }
+            if text.eq_ignore_ascii_case("any") || text == "*" {
+                self.error(
+                    Some(item.span()),
+                    format!(
+                        "{ctx}{text:?} is not a keyword; leave out \"remote\" to match every address"
+                    ),
+                );
+                ok = false;
+                continue;
+            }
+            match parse_net(text) {
+                Ok(net) => nets.push(self.normalise(net, text, ctx, item.span())),
+                Err(msg) => {
+                    self.error(Some(item.span()), format!("{ctx}{msg}"));
+                    ok = false;
+                }
+            }
+        }
+        (ok.then(|| Some(sorted_unique(nets))), spec)
+    }
+}
