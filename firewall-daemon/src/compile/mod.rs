@@ -5,23 +5,27 @@
 //! hooks' copy of the program) `port` is the destination port of a connect() or sendmsg() and
 //! `remote` its destination address.
 
-use std::{
-    collections::{BTreeMap, HashMap},
-    net::IpAddr,
-};
+use std::collections::{BTreeMap, HashMap};
 
 use firewall_common::{
     AddrValue, NO_MATCH, PORT_SLOTS, PROTO_CLASSES, PROTO_ICMP, PROTO_OTHER, PROTO_TCP, PROTO_UDP,
     PairKey, PortValue, port_slot, verdict,
 };
-use ipnet::{IpNet, Ipv4Net, Ipv6Net};
+use ipnet::{Ipv4Net, Ipv6Net};
 
-use firewall_common::identity::{
-    GroupKey, MAX_UNIT_LEVEL, NO_UID, Owner, SHAPE_PROGRAM, SHAPE_UNIT, SHAPE_USER, SHAPES,
-};
-use rules::model::{Action, Direction, PacketMeta, Proto, Rule, Ruleset};
+use firewall_common::identity::{GroupKey, MAX_UNIT_LEVEL};
+use rules::model::{Action, Direction, Proto, Rule, Ruleset};
 
 use crate::host::selectors::Resolved;
+
+mod addrs;
+mod lookup;
+mod ports;
+mod selectors;
+
+use addrs::address_tries;
+use ports::{paint, slot_range};
+use selectors::{Scope, UNIT_SHAPES, scope};
 
 /// Most (address class, port class) entries a rule set may need (see compile.md).
 pub const MAX_PAIRS: usize = 1_000_000;
@@ -89,46 +93,6 @@ struct Tables {
     proto_verdicts: [u32; PROTO_CLASSES],
 }
 
-/// Shapes that include a unit: 2, 3, 6 and 7.
-const UNIT_SHAPES: u32 = (1 << 2) | (1 << 3) | (1 << 6) | (1 << 7);
-
-/// What a rule's selectors resolve to.
-enum Scope {
-    /// No selector: every process.
-    Everyone,
-    /// The group these resolved values name.
-    Group(GroupKey),
-    /// A selector resolves to nothing now: the rule matches nothing.
-    Unresolved,
-}
-
-fn scope(rule: &Rule, resolved: &Resolved) -> Scope {
-    let sel = &rule.selector;
-    if sel.is_everyone() {
-        return Scope::Everyone;
-    }
-    let mut key = GroupKey {
-        uid: NO_UID,
-        ..GroupKey::default()
-    };
-    if let Some(path) = &sel.program {
-        match resolved.exe(path) {
-            Some(exe) => key.exe = exe,
-            None => return Scope::Unresolved,
-        }
-    }
-    if let Some(unit) = &sel.unit {
-        match resolved.unit(unit) {
-            Some(u) if (1..=MAX_UNIT_LEVEL as u32).contains(&u.level) => key.unit = u.id,
-            _ => return Scope::Unresolved,
-        }
-    }
-    if let Some(uid) = sel.user {
-        key.uid = uid;
-    }
-    Scope::Group(key)
-}
-
 /// Which of the three service groups a rule belongs to (compile.md).
 enum Service<'a> {
     /// (a): every protocol, every port.
@@ -186,6 +150,13 @@ impl Classes {
         self.sets.push(set.clone());
         self.ids.insert(set, id);
         id
+    }
+}
+
+impl Compiled {
+    /// Bit `l` set for each level a resolved unit's cgroup is at (`UNIT_LEVELS`).
+    pub fn unit_levels(&self) -> u32 {
+        self.units.values().fold(0, |m, l| m | (1 << l))
     }
 }
 
@@ -438,271 +409,4 @@ fn count_pairs(
         }
     }
     seen.len()
-}
-
-fn slot_range(proto: u32, lo: u16, hi: u16) -> (u32, u32) {
-    (port_slot(proto, lo), port_slot(proto, hi))
-}
-
-fn find(next_free: &mut [u32], mut i: u32) -> u32 {
-    let mut root = i;
-    while next_free[root as usize] != root {
-        root = next_free[root as usize];
-    }
-    while next_free[i as usize] != root {
-        let n = next_free[i as usize];
-        next_free[i as usize] = root;
-        i = n;
-    }
-    root
-}
-
-fn paint(values: &mut [u32], next_free: &mut [u32], lo: u32, hi: u32, w: u32) {
-    let mut i = find(next_free, lo);
-    while i <= hi {
-        values[i as usize] = w;
-        next_free[i as usize] = i + 1;
-        i = find(next_free, i + 1);
-    }
-}
-
-/// Per-prefix accumulation of what the rules naming that prefix (not its ancestors) say.
-#[derive(Clone)]
-struct Own {
-    any_proto: u32,
-    proto: [u32; PROTO_CLASSES],
-    ports: Vec<u32>,
-}
-
-impl Own {
-    fn new() -> Self {
-        Self {
-            any_proto: NO_MATCH,
-            proto: [NO_MATCH; PROTO_CLASSES],
-            ports: Vec::new(),
-        }
-    }
-}
-
-/// A resolved trie node: own values folded with every enclosing prefix.
-struct Folded {
-    net: IpNet,
-    any_proto: u32,
-    proto: [u32; PROTO_CLASSES],
-    ports: Vec<u32>,
-}
-
-type Tries = (Vec<(Ipv4Net, AddrValue)>, Vec<(Ipv6Net, AddrValue)>);
-
-fn address_tries(rules: &[&Rule], classes: &mut Classes) -> Tries {
-    let mut own: BTreeMap<IpNet, Own> = BTreeMap::new();
-    for rule in rules {
-        let Some(nets) = &rule.remote else { continue };
-        let w = word(rule);
-        for net in nets {
-            let o = own.entry(*net).or_insert_with(Own::new);
-            match service(rule) {
-                Service::All => o.any_proto = o.any_proto.min(w),
-                Service::Protos(ps) => {
-                    for &p in ps {
-                        o.proto[p as usize] = o.proto[p as usize].min(w);
-                    }
-                }
-                Service::Ports(_) => {
-                    if o.ports.last() != Some(&rule.index) {
-                        o.ports.push(rule.index);
-                    }
-                }
-            }
-        }
-    }
-
-    // IpNet orders by address then prefix length, so a prefix comes right before everything it
-    // contains: a stack of open ancestors gives each prefix its closest enclosing one.
-    let mut stack: Vec<Folded> = Vec::new();
-    let mut addr4 = Vec::new();
-    let mut addr6 = Vec::new();
-    for (net, o) in own {
-        while let Some(top) = stack.last() {
-            if top.net.contains(&net) && same_family(&top.net, &net) {
-                break;
-            }
-            stack.pop();
-        }
-        let folded = match stack.last() {
-            Some(parent) => {
-                let mut proto = o.proto;
-                for (p, parent_p) in proto.iter_mut().zip(parent.proto) {
-                    *p = (*p).min(parent_p);
-                }
-                let ports = if o.ports.is_empty() {
-                    parent.ports.clone()
-                } else {
-                    merge_sorted(&parent.ports, &o.ports)
-                };
-                Folded {
-                    net,
-                    any_proto: o.any_proto.min(parent.any_proto),
-                    proto,
-                    ports,
-                }
-            }
-            None => Folded {
-                net,
-                any_proto: o.any_proto,
-                proto: o.proto,
-                ports: o.ports,
-            },
-        };
-        let value = AddrValue {
-            class: classes.intern(folded.ports.clone()),
-            any_proto: folded.any_proto,
-            proto: folded.proto,
-        };
-        match net {
-            IpNet::V4(n) => addr4.push((n, value)),
-            IpNet::V6(n) => addr6.push((n, value)),
-        }
-        stack.push(folded);
-    }
-    (addr4, addr6)
-}
-
-fn same_family(a: &IpNet, b: &IpNet) -> bool {
-    matches!(
-        (a, b),
-        (IpNet::V4(_), IpNet::V4(_)) | (IpNet::V6(_), IpNet::V6(_))
-    )
-}
-
-fn merge_sorted(a: &[u32], b: &[u32]) -> Vec<u32> {
-    let mut out: Vec<u32> = a.iter().chain(b).copied().collect();
-    out.sort_unstable();
-    out.dedup();
-    out
-}
-
-impl Compiled {
-    /// The compiled tables evaluated in userspace exactly as the XDP program (inbound) or the
-    /// cgroup hooks (outbound, with [`rules::model::ConnectMeta::as_packet`]) do, for a packet
-    /// or call no rule with selectors can match (no owner known): used by tests to check the
-    /// compiler against the oracle independently of the kernel.
-    pub fn lookup(&self, pkt: &PacketMeta) -> u32 {
-        self.lookup_as(pkt, None)
-    }
-
-    /// [`Self::lookup`] for a call made by `owner` (outbound), or a new connection to a port
-    /// `owner` listens on (inbound): the unscoped tables, then one `GROUPS` lookup per shape,
-    /// as the kernel does.
-    pub fn lookup_as(&self, pkt: &PacketMeta, owner: Option<&Owner>) -> u32 {
-        let proto = pkt.proto.class();
-        let mut best = self.table_lookup(
-            pkt,
-            &self.addr4,
-            &self.addr6,
-            self.ports.get(&port_slot(proto, pkt.local_port)).copied(),
-            &self.proto_verdicts,
-        );
-        if let Some(owner) = owner {
-            for group in self.groups_of(owner) {
-                let g = &self.groups[group as usize];
-                best = best.min(self.table_lookup(
-                    pkt,
-                    &g.addr4,
-                    &g.addr6,
-                    g.ports.get(&port_slot(proto, pkt.local_port)).copied(),
-                    &g.proto_verdicts,
-                ));
-            }
-        }
-        if best == NO_MATCH {
-            self.default_verdict
-        } else {
-            best
-        }
-    }
-
-    /// The groups `owner` belongs to: at most one per shape.
-    pub fn groups_of(&self, owner: &Owner) -> Vec<u32> {
-        let has_exe = owner.exe != Default::default();
-        // The deepest ancestor cgroup that is a unit the rules name.
-        let unit = (0..MAX_UNIT_LEVEL)
-            .rev()
-            .map(|i| owner.ancestors[i])
-            .find(|id| *id != 0 && self.units.contains_key(id))
-            .unwrap_or(0);
-        let mut out = Vec::new();
-        for shape in 1..SHAPES {
-            if self.scoped_shapes & (1 << shape) == 0
-                || (shape & SHAPE_PROGRAM != 0 && !has_exe)
-                || (shape & SHAPE_UNIT != 0 && unit == 0)
-            {
-                continue;
-            }
-            let key = GroupKey {
-                exe: if shape & SHAPE_PROGRAM != 0 {
-                    owner.exe
-                } else {
-                    Default::default()
-                },
-                unit: if shape & SHAPE_UNIT != 0 { unit } else { 0 },
-                uid: if shape & SHAPE_USER != 0 {
-                    owner.uid
-                } else {
-                    NO_UID
-                },
-                _pad: 0,
-            };
-            if let Some(g) = self.groups.iter().find(|g| g.key == key) {
-                out.push(g.id);
-            }
-        }
-        out
-    }
-
-    /// Bit `l` set for each level a resolved unit's cgroup is at (`UNIT_LEVELS`).
-    pub fn unit_levels(&self) -> u32 {
-        self.units.values().fold(0, |m, l| m | (1 << l))
-    }
-
-    fn table_lookup(
-        &self,
-        pkt: &PacketMeta,
-        addr4: &[(Ipv4Net, AddrValue)],
-        addr6: &[(Ipv6Net, AddrValue)],
-        port: Option<PortValue>,
-        proto_verdicts: &[u32; PROTO_CLASSES],
-    ) -> u32 {
-        let proto = pkt.proto.class();
-        let addr = match pkt.remote {
-            IpAddr::V4(a) => addr4
-                .iter()
-                .filter(|(n, _)| n.contains(&a))
-                .max_by_key(|(n, _)| n.prefix_len())
-                .map(|(_, v)| *v),
-            IpAddr::V6(a) => addr6
-                .iter()
-                .filter(|(n, _)| n.contains(&a))
-                .max_by_key(|(n, _)| n.prefix_len())
-                .map(|(_, v)| *v),
-        };
-        let (addr_class, mut best) = match addr {
-            Some(v) => (v.class, v.any_proto.min(v.proto[proto as usize])),
-            None => (NO_MATCH, NO_MATCH),
-        };
-        let port = port.unwrap_or(PortValue::EMPTY);
-        best = best
-            .min(port.any_addr())
-            .min(proto_verdicts[proto as usize]);
-        if addr_class != NO_MATCH && port.class() != NO_MATCH {
-            let key = PairKey {
-                addr_class,
-                port_class: port.class(),
-            };
-            if let Some(w) = self.pairs.get(&key) {
-                best = best.min(*w);
-            }
-        }
-        best
-    }
 }

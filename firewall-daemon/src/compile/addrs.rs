@@ -1,0 +1,128 @@
+//! The remote-address side of the classifier: one longest-prefix-match trie per family whose
+//! value at each prefix already folds in every enclosing prefix, so the kernel needs one trie
+//! lookup, never a walk up the parents (compile.md, "Splitting rules by what they name").
+
+use std::collections::BTreeMap;
+
+use firewall_common::{AddrValue, NO_MATCH, PROTO_CLASSES};
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
+
+use rules::model::Rule;
+
+use super::{Classes, Service, service, word};
+
+/// Per-prefix accumulation of what the rules naming that prefix (not its ancestors) say.
+#[derive(Clone)]
+struct Own {
+    any_proto: u32,
+    proto: [u32; PROTO_CLASSES],
+    ports: Vec<u32>,
+}
+
+impl Own {
+    fn new() -> Self {
+        Self {
+            any_proto: NO_MATCH,
+            proto: [NO_MATCH; PROTO_CLASSES],
+            ports: Vec::new(),
+        }
+    }
+}
+
+/// A resolved trie node: own values folded with every enclosing prefix.
+struct Folded {
+    net: IpNet,
+    any_proto: u32,
+    proto: [u32; PROTO_CLASSES],
+    ports: Vec<u32>,
+}
+
+pub(super) type Tries = (Vec<(Ipv4Net, AddrValue)>, Vec<(Ipv6Net, AddrValue)>);
+
+pub(super) fn address_tries(rules: &[&Rule], classes: &mut Classes) -> Tries {
+    let mut own: BTreeMap<IpNet, Own> = BTreeMap::new();
+    for rule in rules {
+        let Some(nets) = &rule.remote else { continue };
+        let w = word(rule);
+        for net in nets {
+            let o = own.entry(*net).or_insert_with(Own::new);
+            match service(rule) {
+                Service::All => o.any_proto = o.any_proto.min(w),
+                Service::Protos(ps) => {
+                    for &p in ps {
+                        o.proto[p as usize] = o.proto[p as usize].min(w);
+                    }
+                }
+                Service::Ports(_) => {
+                    if o.ports.last() != Some(&rule.index) {
+                        o.ports.push(rule.index);
+                    }
+                }
+            }
+        }
+    }
+
+    // IpNet orders by address then prefix length, so a prefix comes right before everything it
+    // contains: a stack of open ancestors gives each prefix its closest enclosing one.
+    let mut stack: Vec<Folded> = Vec::new();
+    let mut addr4 = Vec::new();
+    let mut addr6 = Vec::new();
+    for (net, o) in own {
+        while let Some(top) = stack.last() {
+            if top.net.contains(&net) && same_family(&top.net, &net) {
+                break;
+            }
+            stack.pop();
+        }
+        let folded = match stack.last() {
+            Some(parent) => {
+                let mut proto = o.proto;
+                for (p, parent_p) in proto.iter_mut().zip(parent.proto) {
+                    *p = (*p).min(parent_p);
+                }
+                let ports = if o.ports.is_empty() {
+                    parent.ports.clone()
+                } else {
+                    merge_sorted(&parent.ports, &o.ports)
+                };
+                Folded {
+                    net,
+                    any_proto: o.any_proto.min(parent.any_proto),
+                    proto,
+                    ports,
+                }
+            }
+            None => Folded {
+                net,
+                any_proto: o.any_proto,
+                proto: o.proto,
+                ports: o.ports,
+            },
+        };
+        let value = AddrValue {
+            class: classes.intern(folded.ports.clone()),
+            any_proto: folded.any_proto,
+            proto: folded.proto,
+        };
+        match net {
+            IpNet::V4(n) => addr4.push((n, value)),
+            IpNet::V6(n) => addr6.push((n, value)),
+        }
+        stack.push(folded);
+    }
+    (addr4, addr6)
+}
+
+fn same_family(a: &IpNet, b: &IpNet) -> bool {
+    matches!(
+        (a, b),
+        (IpNet::V4(_), IpNet::V4(_)) | (IpNet::V6(_), IpNet::V6(_))
+    )
+}
+
+fn merge_sorted(a: &[u32], b: &[u32]) -> Vec<u32> {
+    let mut out: Vec<u32> = a.iter().chain(b).copied().collect();
+    out.sort_unstable();
+    out.dedup();
+    out
+}
