@@ -24,6 +24,8 @@ use aya::{
         xdp::{XdpLink, XdpLinkId},
     },
 };
+pub mod features;
+
 use firewall_common::{
     AddrValue, Counter, DEFAULT_RULE, OutStealthKey, PROTO_CLASSES, PairKey, PortValue,
     ct::{ConnOwner, CtConfig, state},
