@@ -34,7 +34,7 @@ use anyhow::{Context as _, bail};
 use firewall_daemon::{
     cgroup::{Cgroup, scratch::ScratchCgroup},
     compile, config,
-    datapath::{self, Hook, OutboundGeneration},
+    kernel::{self, Hook, OutboundGeneration},
     model::Direction,
     resolve::Resolved,
 };
@@ -288,7 +288,7 @@ fn main() -> anyhow::Result<()> {
             .collect::<anyhow::Result<_>>()?;
         // The socket hooks the daemon always attaches too: post_bind (the listener table) and
         // sock_release, which also forgets each closed socket's recorded owner.
-        let sock_links = datapath::attach_listener_hooks(&cgroup, &pin_dir)?;
+        let sock_links = kernel::attach_listener_hooks(&cgroup, &pin_dir)?;
         measure(&format!("{label} (load {load_ms:.0} ms)"))?;
         drop(links);
         for link in sock_links {

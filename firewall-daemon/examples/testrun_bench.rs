@@ -31,7 +31,7 @@ use anyhow::{Context as _, bail};
 use etherparse::PacketBuilder;
 use firewall_daemon::{
     compile, config,
-    datapath::{Generation, PassProgram},
+    kernel::{Generation, PassProgram},
     model::XdpMode,
 };
 use nix::{

@@ -45,11 +45,9 @@ use crate::{
         KernelStatus, ListData, OutboundStatus, ReloadData, Request, Response, RuleView,
         StatusData,
     },
-    datapath::{
-        self, EgressLink, Generation, Hook, ListenerTable, OutboundGeneration, StealthTable,
-    },
     hostaddrs::HostMaps,
     interfaces::{self, LinkLayer},
+    kernel::{self, EgressLink, Generation, Hook, ListenerTable, OutboundGeneration, StealthTable},
     listeners,
     model::{
         Action, ConnectMeta, Direction, Interfaces, OnStop, PacketMeta, PacketProto, Ruleset,
@@ -194,15 +192,15 @@ pub async fn run(config_path: PathBuf, overrides: Overrides) -> anyhow::Result<(
     }
     let compiled = compile::compile(&ruleset, &resolved)?;
     let compiled_out = compile::compile_direction(&ruleset, Direction::Out, &resolved)?;
-    crate::features::check_required()?;
+    crate::kernel::features::check_required()?;
     // Before touching anything shared (pins, interfaces): a second daemon must not disturb
     // the first, and a file that is not a stale socket stops the start before anything does.
     remove_stale_socket(&ruleset.daemon.control_socket)?;
     let pin_dir = ruleset.daemon.pin_dir.clone();
-    datapath::prepare_pin_dir(&pin_dir)?;
+    kernel::prepare_pin_dir(&pin_dir)?;
     // A previous daemon that died (or was killed) leaves its links pinned: they go on
     // enforcing its rules, and this daemon adopts them, its connection table included.
-    let adopting = std::fs::read_dir(pin_dir.join(datapath::LINK_DIR))
+    let adopting = std::fs::read_dir(pin_dir.join(kernel::LINK_DIR))
         .map(|mut d| d.next().is_some())
         .unwrap_or(false);
     // Declared before everything that pins or attaches, so it is dropped last. On a fresh
@@ -212,7 +210,7 @@ pub async fn run(config_path: PathBuf, overrides: Overrides) -> anyhow::Result<(
         dir: pin_dir.clone(),
         armed: !adopting,
     };
-    datapath::discard_incompatible_pins(&pin_dir);
+    kernel::discard_incompatible_pins(&pin_dir);
     // Entries adopted from a previous daemon name its generations: start after them.
     let last_gen = Tables::open(&pin_dir)
         .map(|t| {
@@ -230,7 +228,7 @@ pub async fn run(config_path: PathBuf, overrides: Overrides) -> anyhow::Result<(
     let mut host = HostMaps::open(&pin_dir)?;
 
     // Seed before attaching, so enforcement never starts without the host's connections.
-    let ct_cfg = datapath::ct_config(&ruleset.conntrack, gen_id);
+    let ct_cfg = kernel::ct_config(&ruleset.conntrack, gen_id);
     let mut degraded = Vec::new();
     let seeded = match sockets::host_flows() {
         Ok(flows) => {
@@ -477,7 +475,7 @@ struct PinCleanup {
 impl Drop for PinCleanup {
     fn drop(&mut self) {
         if self.armed {
-            datapath::remove_pins(&self.dir);
+            kernel::remove_pins(&self.dir);
         }
     }
 }
@@ -514,10 +512,10 @@ fn attach_interface(
 ) -> anyhow::Result<Attached> {
     let ifname = iface.name.as_str();
     let layer = iface.link;
-    let egress_pin = datapath::link_pin(pin_dir, "egress", ifname);
+    let egress_pin = kernel::link_pin(pin_dir, "egress", ifname);
     // A leftover link that cannot be taken over (its interface went away between the check
     // and the update) is dropped for a fresh attachment, like one that fails the check.
-    let egress = match datapath::adopt_interface_link(&egress_pin, iface.index) {
+    let egress = match kernel::adopt_interface_link(&egress_pin, iface.index) {
         Ok(Some(link)) => match generation.replace_egress(EgressLink::Tcx(link), layer) {
             Ok(link) => link,
             Err(e) => {
@@ -533,10 +531,10 @@ fn attach_interface(
             generation.attach_egress(ifname, layer)?
         }
     };
-    let egress = datapath::pin_egress_link(egress, &egress_pin)?;
+    let egress = kernel::pin_egress_link(egress, &egress_pin)?;
     let egress_kind = egress.kind();
-    let xdp_pin = datapath::link_pin(pin_dir, "xdp", ifname);
-    let (link, mode) = match datapath::adopt_interface_link(&xdp_pin, iface.index) {
+    let xdp_pin = kernel::link_pin(pin_dir, "xdp", ifname);
+    let (link, mode) = match kernel::adopt_interface_link(&xdp_pin, iface.index) {
         Ok(Some(link)) => match generation.replace(link, layer) {
             Ok(link) => {
                 info!("{ifname}: adopting the pinned attachment of a previous daemon");
@@ -555,7 +553,7 @@ fn attach_interface(
             generation.attach(ifname, mode, layer)?
         }
     };
-    let link = datapath::pin_xdp_link(link, &xdp_pin)?;
+    let link = kernel::pin_xdp_link(link, &xdp_pin)?;
     info!(
         interface = ifname;
         "attached to {ifname} ({mode} mode; link layer {}; egress {egress_kind})",
@@ -582,7 +580,7 @@ fn attach_hooks(
 ) -> anyhow::Result<HookLinks> {
     let mut links = Vec::new();
     for hook in Hook::ALL {
-        let pin = datapath::hook_pin(pin_dir, hook);
+        let pin = kernel::hook_pin(pin_dir, hook);
         let adoptable = pin.exists()
             && match cgroup::link_target(&pin) {
                 Ok(t) if t.cgroup_id == cgroup.id && t.attach_type == hook.attach_type() => true,
@@ -603,7 +601,7 @@ fn attach_hooks(
                 }
             };
         let adopted = if adoptable {
-            match datapath::adopt_link::<CgroupSockAddrLink>(&pin) {
+            match kernel::adopt_link::<CgroupSockAddrLink>(&pin) {
                 Ok(link) => link,
                 Err(e) => {
                     warn!("{e:#}; attaching the {} hook afresh", hook.name());
@@ -623,7 +621,7 @@ fn attach_hooks(
             }
             None => out.attach(hook, cgroup)?,
         };
-        links.push((hook, datapath::pin_hook_link(link, &pin)?));
+        links.push((hook, kernel::pin_hook_link(link, &pin)?));
     }
     info!(
         "outbound hooks (connect4, connect6, sendmsg4, sendmsg6) attached to the cgroup {}",
@@ -645,7 +643,7 @@ fn start_listener_table(
     if !adopting {
         table.clear();
     }
-    datapath::attach_listener_hooks(cgroup, pin_dir)?;
+    kernel::attach_listener_hooks(cgroup, pin_dir)?;
     let report = match listeners::bound_sockets_report() {
         Ok(r) => r,
         Err(e) => {
@@ -704,7 +702,7 @@ fn switch_hooks(
     for hook in Hook::ALL {
         let link = match moved.iter().position(|(h, _)| *h == hook) {
             Some(i) => Some(moved.swap_remove(i).1),
-            None => datapath::adopt_link::<CgroupSockAddrLink>(&datapath::hook_pin(pin_dir, hook))
+            None => kernel::adopt_link::<CgroupSockAddrLink>(&kernel::hook_pin(pin_dir, hook))
                 .ok()
                 .flatten(),
         };
@@ -809,19 +807,19 @@ fn rejudge_stealth(ruleset: &Ruleset, resolved: &Resolved, pin_dir: &Path) -> us
 /// Unpins links a previous daemon left on interfaces this one does not protect (which
 /// detaches them).
 fn forget_other_links(pin_dir: &Path, ifnames: &[String]) {
-    let Ok(dir) = std::fs::read_dir(pin_dir.join(datapath::LINK_DIR)) else {
+    let Ok(dir) = std::fs::read_dir(pin_dir.join(kernel::LINK_DIR)) else {
         return;
     };
     for e in dir.flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
         // The outbound hooks' links are not about an interface.
-        let Some(ifname) = datapath::link_interface(&name) else {
+        let Some(ifname) = kernel::link_interface(&name) else {
             continue;
         };
         if !ifnames.iter().any(|i| i == ifname) {
             info!("detaching from {ifname}, which is no longer configured");
             if name.starts_with("xdp-") {
-                datapath::detach_netlink_egress(ifname);
+                kernel::detach_netlink_egress(ifname);
             }
             let _ = std::fs::remove_file(e.path());
         }
@@ -1118,7 +1116,7 @@ impl State {
             .map(|a| {
                 let ours = generation.program_id(a.layer).unwrap_or(0);
                 let running =
-                    datapath::pinned_link_program(&datapath::link_pin(&pin_dir, "xdp", &a.ifname));
+                    kernel::pinned_link_program(&kernel::link_pin(&pin_dir, "xdp", &a.ifname));
                 let state = match running {
                     None => "the pinned attachment was removed by someone else".to_string(),
                     Some(id) if id != ours => {
@@ -1154,7 +1152,7 @@ impl State {
         let mut hooks = Vec::new();
         for hook in Hook::ALL {
             let ours = self.outbound.program_id(hook).unwrap_or(0);
-            let pin = datapath::hook_pin(&pin_dir, hook);
+            let pin = kernel::hook_pin(&pin_dir, hook);
             let target = cgroup::link_target(&pin).ok();
             let state = match target {
                 None => "the pinned attachment was removed by someone else".to_string(),
@@ -1220,7 +1218,7 @@ impl State {
             )),
         }
         KernelStatus {
-            release: crate::features::release(),
+            release: crate::kernel::features::release(),
             features,
             degraded,
         }
@@ -1350,7 +1348,7 @@ impl State {
             ACTION_ALLOW, ACTION_REJECT, ACTION_STEALTH, DEFAULT_RULE, ct, verdict,
         };
         let now = conntrack::monotonic_ns();
-        let cfg = datapath::ct_config(&self.ruleset.conntrack, self.generation.id);
+        let cfg = kernel::ct_config(&self.ruleset.conntrack, self.generation.id);
         let policy = Policy::with_selectors(&self.ruleset, &self.resolved);
         let listeners = match ListenerTable::open(pin_dir) {
             Ok(t) => t.entries(),
@@ -1447,7 +1445,7 @@ impl State {
             if !present {
                 info!(interface = a.ifname.as_str(); "{} went away; no longer protecting it", a.ifname);
                 for kind in ["xdp", "egress"] {
-                    let _ = std::fs::remove_file(datapath::link_pin(&pin_dir, kind, &a.ifname));
+                    let _ = std::fs::remove_file(kernel::link_pin(&pin_dir, kind, &a.ifname));
                 }
             }
             present
@@ -1594,8 +1592,8 @@ impl State {
                         .attach(&ifname, self.ruleset.daemon.xdp_mode, a.layer)
                     {
                         Ok((link, mode)) => {
-                            let pin = datapath::link_pin(&pin_dir, "xdp", &ifname);
-                            match datapath::pin_xdp_link(link, &pin) {
+                            let pin = kernel::link_pin(&pin_dir, "xdp", &ifname);
+                            match kernel::pin_xdp_link(link, &pin) {
                                 Ok(link) => switched.push((Attached { link, mode, ..a }, false)),
                                 Err(e3) => {
                                     error!("{ifname}: pinning the re-attached link: {e3:#}")

@@ -12,7 +12,7 @@ use std::{
 };
 
 use aya::programs::xdp::XdpLink;
-use firewall_daemon::{datapath::PassProgram, model::XdpMode};
+use firewall_daemon::{kernel::PassProgram, model::XdpMode};
 use support::{bpffs::BpfFs, daemon::Daemon, netns::Pair};
 
 const RULES: &str = r#"

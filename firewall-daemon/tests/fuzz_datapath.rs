@@ -47,9 +47,9 @@ use firewall_daemon::{
     compile,
     config::{self, Env},
     conntrack::Tables,
-    datapath::Generation,
     frame::{self, HostView, XDP_DROP, XDP_PASS, XDP_TX},
     interfaces::LinkLayer,
+    kernel::Generation,
     model::{Action, PacketProto, Ruleset},
     tracker::{Segment, Tracker},
 };

@@ -24,8 +24,8 @@ use firewall_daemon::{
     compile,
     config::{self, Env},
     conntrack::Tables,
-    datapath::Generation,
     interfaces::LinkLayer,
+    kernel::Generation,
     model::{Action, PacketMeta, Ruleset},
     policy::Policy,
 };

@@ -10,7 +10,7 @@ use std::{
     time::Instant,
 };
 
-use firewall_daemon::{compile, config, datapath::Generation, model::Action, policy::Policy};
+use firewall_daemon::{compile, config, kernel::Generation, model::Action, policy::Policy};
 use support::{
     bpffs::BpfFs,
     frames::{L4, Spec},

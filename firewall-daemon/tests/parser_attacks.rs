@@ -16,7 +16,7 @@ use firewall_daemon::{
     compile,
     config::{self, Env},
     conntrack::Tables,
-    datapath::Generation,
+    kernel::Generation,
     model::{self, PacketProto, Ruleset},
     tracker::{Inbound, Segment, Tracker},
 };

@@ -18,7 +18,7 @@ use std::{
 use firewall_daemon::{
     compile,
     config::{self, Env},
-    datapath::Generation,
+    kernel::Generation,
 };
 use support::{
     bpffs::BpfFs,

@@ -19,7 +19,7 @@ use firewall_daemon::{
     compile::{self, Compiled},
     config::{self, Env},
     conntrack::Tables,
-    datapath::Generation,
+    kernel::Generation,
     model::{Action, PacketMeta, PacketProto, Ruleset},
     policy::{Decision, Policy},
 };

@@ -10,7 +10,7 @@ use firewall_daemon::{
     cli::{self, FwctlArgs as Args, FwctlCmd as Cmd, exit},
     compile, config,
     control::{self, ClientError, ConnsData, ListData, ReloadData, Request, RuleView, StatusData},
-    datapath,
+    kernel,
     model::{Action, Direction},
     resolve::Resolved,
 };
@@ -213,7 +213,7 @@ fn down_status(args: &Args, e: &Failure, json: bool) {
         unknown: None,
         pin_dir,
     };
-    let links = st.pin_dir.join(datapath::LINK_DIR);
+    let links = st.pin_dir.join(kernel::LINK_DIR);
     match std::fs::read_dir(&links) {
         Ok(dir) => {
             let pins: Vec<String> = dir
