@@ -225,3 +225,64 @@ pub(super) fn map_mut<'a>(
     ebpf.map_mut(name)
         .ok_or_else(|| anyhow!("map {name} missing from the object"))
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use firewall_common::maps::{Capacity, Kind, MAPS, of_kind};
+
+    use super::*;
+    use crate::{compile, config};
+
+    fn compiled(text: &str) -> (Ruleset, Compiled) {
+        let rs = config::parse(text, Path::new("t.toml")).expect("parse");
+        let c = compile::compile(&rs, &Default::default()).expect("compile");
+        (rs, c)
+    }
+
+    #[test]
+    fn rule_maps_are_sized_for_the_rules_and_never_empty() {
+        let (rs, c) = compiled(
+            "[[rule]]\nproto = \"tcp\"\nport = 22\nremote = \"10.0.0.0/8\"\naction = \"allow\"\n\
+             [[rule]]\nproto = \"tcp\"\nport = 80\nremote = \"2001:db8::/32\"\naction = \"reject\"\n",
+        );
+        // No pins there: the connection tables take the configured sizes.
+        let pin_dir = Path::new("/nonexistent/firewall-test");
+        let size = |name: &str| {
+            let spec = MAPS.iter().find(|m| m.name == name).expect("registered");
+            capacity(spec, &c, &rs, pin_dir).expect("capacity")
+        };
+        assert_eq!(size(maps::RULE_HITS), Some(c.rule_count));
+        assert_eq!(size(maps::ADDR4), Some(c.addr4.len() as u32));
+        assert_eq!(size(maps::ADDR6), Some(c.addr6.len() as u32));
+        assert!(c.groups.is_empty() && c.units.is_empty());
+        for name in [
+            maps::GROUPS,
+            maps::UNITS,
+            maps::SCOPED_ADDR4,
+            maps::SCOPED_PORTS,
+        ] {
+            assert_eq!(size(name), Some(1), "{name}: the kernel refuses empty maps");
+        }
+        assert_eq!(size(maps::CT_EST), Some(rs.conntrack.table_size));
+        assert_eq!(size(maps::CT_NEW), Some(rs.conntrack.unconfirmed_size));
+        assert_eq!(size(maps::CT_LOCAL), Some(rs.conntrack.unconfirmed_size));
+        // Fixed in the object.
+        assert_eq!(size(maps::PORTS), None);
+        assert_eq!(size(maps::COUNTERS), None);
+    }
+
+    #[test]
+    fn every_per_generation_map_but_the_fixed_ones_is_sized_from_the_rules() {
+        for spec in of_kind(Kind::Generation) {
+            let fixed = matches!(spec.capacity, Capacity::Indexed(_) | Capacity::Fixed(_));
+            assert_eq!(
+                fixed,
+                spec.name == maps::PORTS || spec.name == maps::CT_CONFIG,
+                "{}",
+                spec.name
+            );
+        }
+    }
+}
