@@ -347,3 +347,33 @@ pub fn adopt_interface_link<L: TryFrom<FdLink, Error = LinkError>>(
     }
     adopt_link(path)
 }
+
+/// Takes over, with `adopt`, the XDP or TCX link a previous daemon pinned at `pin` for the
+/// interface `ifname` (index `ifindex`), or attaches afresh with `attach` when there is none.
+/// A leftover link that cannot be taken over (it belongs to another interface, or its
+/// interface went away between the check and the update) is unpinned and replaced by a fresh
+/// attachment rather than failing the start. `state` is what both closures work on (the
+/// generation).
+pub fn adopt_or_attach<S, L, T>(
+    state: &mut S,
+    ifname: &str,
+    pin: &Path,
+    ifindex: u32,
+    adopt: impl FnOnce(&mut S, L) -> anyhow::Result<T>,
+    attach: impl FnOnce(&mut S) -> anyhow::Result<T>,
+) -> anyhow::Result<T>
+where
+    L: TryFrom<FdLink, Error = LinkError>,
+{
+    match adopt_interface_link::<L>(pin, ifindex) {
+        Ok(Some(link)) => match adopt(state, link) {
+            Ok(adopted) => return Ok(adopted),
+            Err(e) => warn!("{ifname}: {e:#}; attaching afresh"),
+        },
+        Ok(None) => return attach(state),
+        Err(e) => warn!("{ifname}: {e:#}; attaching afresh"),
+    }
+    // Gone already or not, the fresh attachment is pinned there next.
+    let _ = std::fs::remove_file(pin);
+    attach(state)
+}

@@ -35,8 +35,8 @@ pub use generation::{Generation, OutboundGeneration};
 pub use hooks::{Hook, SockHook, attach_listener_hooks, hook_pin, sock_hook_pin};
 pub use links::{
     EGRESS_NL_HANDLE, EGRESS_NL_PRIORITY, EgressLink, LINK_DIR, adopt_interface_link, adopt_link,
-    detach_netlink_egress, link_interface, link_pin, pin_egress_link, pin_hook_link, pin_xdp_link,
-    pinned_link_program, remove_pins,
+    adopt_or_attach, detach_netlink_egress, link_interface, link_pin, pin_egress_link,
+    pin_hook_link, pin_xdp_link, pinned_link_program, remove_pins,
 };
 pub use pins::{
     BPF_FS_ROOT, PROGRAM_PIN, discard_incompatible_pins, open_pinned, pinned_capacity,
