@@ -513,46 +513,29 @@ fn attach_interface(
     let ifname = iface.name.as_str();
     let layer = iface.link;
     let egress_pin = kernel::link_pin(pin_dir, "egress", ifname);
-    // A leftover link that cannot be taken over (its interface went away between the check
-    // and the update) is dropped for a fresh attachment, like one that fails the check.
-    let egress = match kernel::adopt_interface_link(&egress_pin, iface.index) {
-        Ok(Some(link)) => match generation.replace_egress(EgressLink::Tcx(link), layer) {
-            Ok(link) => link,
-            Err(e) => {
-                warn!("{ifname}: {e:#}; attaching afresh");
-                let _ = std::fs::remove_file(&egress_pin);
-                generation.attach_egress(ifname, layer)?
-            }
-        },
-        Ok(None) => generation.attach_egress(ifname, layer)?,
-        Err(e) => {
-            warn!("{ifname}: {e:#}; attaching afresh");
-            let _ = std::fs::remove_file(&egress_pin);
-            generation.attach_egress(ifname, layer)?
-        }
-    };
+    let egress = kernel::adopt_or_attach(
+        generation,
+        ifname,
+        &egress_pin,
+        iface.index,
+        |g, link| g.replace_egress(EgressLink::Tcx(link), layer),
+        |g| g.attach_egress(ifname, layer),
+    )?;
     let egress = kernel::pin_egress_link(egress, &egress_pin)?;
     let egress_kind = egress.kind();
     let xdp_pin = kernel::link_pin(pin_dir, "xdp", ifname);
-    let (link, mode) = match kernel::adopt_interface_link(&xdp_pin, iface.index) {
-        Ok(Some(link)) => match generation.replace(link, layer) {
-            Ok(link) => {
-                info!("{ifname}: adopting the pinned attachment of a previous daemon");
-                (link, "adopted")
-            }
-            Err(e) => {
-                warn!("{ifname}: {e:#}; attaching afresh");
-                let _ = std::fs::remove_file(&xdp_pin);
-                generation.attach(ifname, mode, layer)?
-            }
+    let (link, mode) = kernel::adopt_or_attach(
+        generation,
+        ifname,
+        &xdp_pin,
+        iface.index,
+        |g, link| {
+            let link = g.replace(link, layer)?;
+            info!("{ifname}: adopting the pinned attachment of a previous daemon");
+            Ok((link, "adopted"))
         },
-        Ok(None) => generation.attach(ifname, mode, layer)?,
-        Err(e) => {
-            warn!("{ifname}: {e:#}; attaching afresh");
-            let _ = std::fs::remove_file(&xdp_pin);
-            generation.attach(ifname, mode, layer)?
-        }
-    };
+        |g| g.attach(ifname, mode, layer),
+    )?;
     let link = kernel::pin_xdp_link(link, &xdp_pin)?;
     info!(
         interface = ifname;
