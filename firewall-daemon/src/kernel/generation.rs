@@ -19,7 +19,11 @@ use aya::{
         cgroup_sock_addr::CgroupSockAddrLink, xdp::XdpLink,
     },
 };
-use firewall_common::{Counter, ct::CtConfig, maps};
+use firewall_common::{
+    Counter,
+    ct::CtConfig,
+    maps::{self, Kind},
+};
 
 use super::{
     hooks::{Hook, hook_program},
@@ -34,15 +38,6 @@ use crate::{
     interfaces::LinkLayer,
     model::{Direction, Ruleset, XdpMode},
 };
-
-/// The rule maps a generation pins for inspection.
-const GENERATION_MAPS: [&str; 5] = [
-    maps::ADDR4,
-    maps::ADDR6,
-    maps::PORTS,
-    maps::PAIRS,
-    maps::RULE_HITS,
-];
 
 /// Loads a copy of the object for `compiled`, checking that it holds the rules of `direction`
 /// (`what` names the generation for the error). No program is loaded yet.
@@ -156,7 +151,8 @@ impl Generation {
     /// Pins this generation's program and rule maps under `pin_dir`, replacing the pins of the
     /// generation before it. The pins are for inspection: enforcement goes through the links.
     pub fn pin(&mut self, pin_dir: &Path) -> anyhow::Result<()> {
-        for name in std::iter::once(PROGRAM_PIN).chain(GENERATION_MAPS) {
+        let rule_maps = || maps::of_kind(Kind::Generation).map(|m| m.name);
+        for name in std::iter::once(PROGRAM_PIN).chain(rule_maps()) {
             let path = pin_dir.join(name);
             if path.exists() {
                 std::fs::remove_file(&path)
@@ -166,7 +162,7 @@ impl Generation {
         self.program()?
             .pin(pin_dir.join(PROGRAM_PIN))
             .context("pinning the program")?;
-        for name in GENERATION_MAPS {
+        for name in rule_maps() {
             self.ebpf
                 .map(name)
                 .ok_or_else(|| anyhow!("map {name} missing"))?
