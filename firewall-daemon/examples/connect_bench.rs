@@ -33,8 +33,8 @@ use std::{
 use anyhow::{Context as _, bail};
 use firewall_daemon::{
     compile,
-    datapath::{self, Hook, OutboundGeneration},
     host::{cgroups::Cgroup, selectors::Resolved},
+    kernel::{self, Hook, OutboundGeneration},
 };
 // The tests' private bpffs (unmounted on drop).
 use firewall_sandbox::{bpffs::BpfFs, scratch::ScratchCgroup};
@@ -283,7 +283,7 @@ fn main() -> anyhow::Result<()> {
             .collect::<anyhow::Result<_>>()?;
         // The socket hooks the daemon always attaches too: post_bind (the listener table) and
         // sock_release, which also forgets each closed socket's recorded owner.
-        let sock_links = datapath::attach_listener_hooks(&cgroup, &pin_dir)?;
+        let sock_links = kernel::attach_listener_hooks(&cgroup, &pin_dir)?;
         measure(&format!("{label} (load {load_ms:.0} ms)"))?;
         drop(links);
         for link in sock_links {

@@ -31,7 +31,7 @@ use anyhow::{Context as _, bail};
 use etherparse::PacketBuilder;
 use firewall_daemon::{
     compile,
-    datapath::{Generation, PassProgram},
+    kernel::{Generation, PassProgram},
 };
 use nix::{
     mount::{MntFlags, MsFlags, mount, umount2},

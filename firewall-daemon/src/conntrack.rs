@@ -89,9 +89,7 @@ pub struct Tables {
 }
 
 fn open_table(pin_dir: &Path, name: &str) -> anyhow::Result<Table> {
-    let data = MapData::from_pin(pin_dir.join(name))
-        .with_context(|| format!("opening the pinned map {name}"))?;
-    let map = Map::from_map_data(data).with_context(|| format!("map {name}"))?;
+    let map = crate::kernel::open_pinned(pin_dir, name)?;
     Table::try_from(map).with_context(|| format!("map {name} has an unexpected layout"))
 }
 

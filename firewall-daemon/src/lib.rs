@@ -4,9 +4,8 @@ pub mod compile;
 pub mod conntrack;
 pub mod control;
 pub mod daemon;
-pub mod datapath;
-pub mod features;
 pub mod host;
+pub mod kernel;
 pub mod logging;
 
 /// The compiled XDP object, built by build.rs from `firewall-ebpf`.

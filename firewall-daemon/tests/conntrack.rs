@@ -14,7 +14,7 @@ use std::{
 };
 
 use firewall_common::ct::{self, CtEntry, state};
-use firewall_daemon::{compile, conntrack::Tables, datapath::Generation};
+use firewall_daemon::{compile, conntrack::Tables, kernel::Generation};
 use proptest::{
     prelude::*,
     sample::select,
@@ -708,7 +708,7 @@ fn icmp_errors_about_tracked_flows_pass() {
 fn denied_flows_get_the_recorded_verdict() {
     let mut lab = Lab::new(RULES);
     let ruleset = lab.ruleset;
-    let cfg = firewall_daemon::datapath::ct_config(&ruleset.conntrack, 1);
+    let cfg = firewall_daemon::kernel::ct_config(&ruleset.conntrack, 1);
     for f in FAMILIES {
         let t = |flags, seq, ack| tcp(f, 22, 53000, flags, seq, ack);
         lab.inbound(&t(SYN, 1, 0));

@@ -12,7 +12,7 @@ use std::{
 };
 
 use aya::programs::xdp::XdpLink;
-use firewall_daemon::datapath::PassProgram;
+use firewall_daemon::kernel::PassProgram;
 use rules::model::XdpMode;
 use support::{bpffs::BpfFs, daemon::Daemon, netns::Pair};
 

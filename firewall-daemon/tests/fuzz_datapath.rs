@@ -44,7 +44,7 @@ use std::{
 use aya::maps::{Array, Map, MapData};
 use firewall_common::{Counter, RateBucket, ct, maps};
 use firewall_daemon::{
-    compile, conntrack::Tables, datapath::Generation, host::interfaces::LinkLayer,
+    compile, conntrack::Tables, host::interfaces::LinkLayer, kernel::Generation,
 };
 use proptest::{
     strategy::{Strategy, ValueTree},

@@ -92,7 +92,7 @@ fn accept(listener: &TcpListener) -> TcpStream {
 }
 
 fn load(pin_dir: &Path, offsets: &KernelOffsets) -> Ebpf {
-    firewall_daemon::datapath::prepare_pin_dir(pin_dir).expect("pin dir");
+    firewall_daemon::kernel::prepare_pin_dir(pin_dir).expect("pin dir");
     let mut loader = EbpfLoader::new();
     loader.default_map_pin_directory(pin_dir);
     offsets.set_globals(&mut loader);

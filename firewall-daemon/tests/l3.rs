@@ -21,7 +21,7 @@ use std::{
 
 use etherparse::{NetSlice, PacketBuilder, SlicedPacket, TransportSlice};
 use firewall_daemon::{
-    compile, conntrack::Tables, datapath::Generation, host::interfaces::LinkLayer,
+    compile, conntrack::Tables, host::interfaces::LinkLayer, kernel::Generation,
 };
 use rules::{
     config::{self, Env},

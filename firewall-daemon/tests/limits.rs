@@ -10,7 +10,7 @@ use std::{
     time::Instant,
 };
 
-use firewall_daemon::{compile, datapath::Generation};
+use firewall_daemon::{compile, kernel::Generation};
 
 use rules::{config, model::Action, policy::Policy};
 use support::{

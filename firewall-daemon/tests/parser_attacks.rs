@@ -12,7 +12,7 @@ use std::{
 };
 
 use firewall_common::ct;
-use firewall_daemon::{compile, conntrack::Tables, datapath::Generation};
+use firewall_daemon::{compile, conntrack::Tables, kernel::Generation};
 use rules::{
     config::{self, Env},
     model::{self, PacketProto, Ruleset},

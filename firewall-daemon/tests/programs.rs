@@ -1449,7 +1449,7 @@ action = "stealth"
     let addr = format!("{}:{PORT}", pair.client_v4);
     assert_eq!(h.call(&format!("hold {addr}")), "ok");
     let held = || {
-        firewall_daemon::datapath::StealthTable::open(&daemon.pin_dir)
+        firewall_daemon::kernel::StealthTable::open(&daemon.pin_dir)
             .expect("the pinned OUT_STEALTH")
             .entries()
             .len()

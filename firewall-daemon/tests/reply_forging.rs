@@ -15,7 +15,7 @@ use std::{
     time::Instant,
 };
 
-use firewall_daemon::{compile, datapath::Generation};
+use firewall_daemon::{compile, kernel::Generation};
 
 use rules::config::{self, Env};
 use support::{

@@ -414,8 +414,8 @@ fn seeding_confirms_only_connections_that_exchanged_packets_both_ways() {
     use firewall_daemon::{
         compile,
         conntrack::{self, Tables},
-        datapath::{self, Generation},
         host::sock_diag::{HostFlow, SockProto, TcpState},
+        kernel::{self, Generation},
     };
     use rules::config;
     let ruleset = config::parse(STEALTH_ALL, std::path::Path::new("rules.toml")).expect("rules");
@@ -444,7 +444,7 @@ fn seeding_confirms_only_connections_that_exchanged_packets_both_ways() {
         })
         .collect();
     let listeners: Vec<SocketAddr> = vec!["0.0.0.0:22".parse().expect("addr")];
-    let cfg = datapath::ct_config(&ruleset.conntrack, 1);
+    let cfg = kernel::ct_config(&ruleset.conntrack, 1);
     let added = tables.seed(&flows, &listeners, &cfg, conntrack::monotonic_ns());
     assert_eq!(added, flows.len());
     let seeded = tables.flows();

@@ -18,7 +18,7 @@ use firewall_common::{DEFAULT_RULE, verdict_action, verdict_rule};
 use firewall_daemon::{
     compile::{self, Compiled},
     conntrack::Tables,
-    datapath::Generation,
+    kernel::Generation,
 };
 use proptest::{
     prelude::*,

@@ -19,6 +19,7 @@ use rules::model::{Action, Direction, Proto, Rule, Ruleset};
 use crate::host::selectors::Resolved;
 
 mod addrs;
+#[cfg(feature = "testrun")]
 mod lookup;
 mod ports;
 mod selectors;

@@ -14,11 +14,11 @@ use log::{error, info, warn};
 
 use super::State;
 use crate::{
-    datapath::{self, EgressLink, Generation, Hook, ListenerTable, OutboundGeneration},
     host::addrs::HostMaps,
     host::cgroups::{self, Cgroup},
     host::interfaces::{self, LinkLayer},
     host::listeners,
+    kernel::{self, EgressLink, Generation, Hook, ListenerTable, OutboundGeneration},
 };
 use rules::model::XdpMode;
 
@@ -71,48 +71,31 @@ pub(super) fn attach_interface(
 ) -> anyhow::Result<Attached> {
     let ifname = iface.name.as_str();
     let layer = iface.link;
-    let egress_pin = datapath::link_pin(pin_dir, "egress", ifname);
-    // A leftover link that cannot be taken over (its interface went away between the check
-    // and the update) is dropped for a fresh attachment, like one that fails the check.
-    let egress = match datapath::adopt_interface_link(&egress_pin, iface.index) {
-        Ok(Some(link)) => match generation.replace_egress(EgressLink::Tcx(link), layer) {
-            Ok(link) => link,
-            Err(e) => {
-                warn!("{ifname}: {e:#}; attaching afresh");
-                let _ = std::fs::remove_file(&egress_pin);
-                generation.attach_egress(ifname, layer)?
-            }
-        },
-        Ok(None) => generation.attach_egress(ifname, layer)?,
-        Err(e) => {
-            warn!("{ifname}: {e:#}; attaching afresh");
-            let _ = std::fs::remove_file(&egress_pin);
-            generation.attach_egress(ifname, layer)?
-        }
-    };
-    let egress = datapath::pin_egress_link(egress, &egress_pin)?;
+    let egress_pin = kernel::link_pin(pin_dir, "egress", ifname);
+    let egress = kernel::adopt_or_attach(
+        generation,
+        ifname,
+        &egress_pin,
+        iface.index,
+        |g, link| g.replace_egress(EgressLink::Tcx(link), layer),
+        |g| g.attach_egress(ifname, layer),
+    )?;
+    let egress = kernel::pin_egress_link(egress, &egress_pin)?;
     let egress_kind = egress.kind();
-    let xdp_pin = datapath::link_pin(pin_dir, "xdp", ifname);
-    let (link, mode) = match datapath::adopt_interface_link(&xdp_pin, iface.index) {
-        Ok(Some(link)) => match generation.replace(link, layer) {
-            Ok(link) => {
-                info!("{ifname}: adopting the pinned attachment of a previous daemon");
-                (link, "adopted")
-            }
-            Err(e) => {
-                warn!("{ifname}: {e:#}; attaching afresh");
-                let _ = std::fs::remove_file(&xdp_pin);
-                generation.attach(ifname, mode, layer)?
-            }
+    let xdp_pin = kernel::link_pin(pin_dir, "xdp", ifname);
+    let (link, mode) = kernel::adopt_or_attach(
+        generation,
+        ifname,
+        &xdp_pin,
+        iface.index,
+        |g, link| {
+            let link = g.replace(link, layer)?;
+            info!("{ifname}: adopting the pinned attachment of a previous daemon");
+            Ok((link, "adopted"))
         },
-        Ok(None) => generation.attach(ifname, mode, layer)?,
-        Err(e) => {
-            warn!("{ifname}: {e:#}; attaching afresh");
-            let _ = std::fs::remove_file(&xdp_pin);
-            generation.attach(ifname, mode, layer)?
-        }
-    };
-    let link = datapath::pin_xdp_link(link, &xdp_pin)?;
+        |g| g.attach(ifname, mode, layer),
+    )?;
+    let link = kernel::pin_xdp_link(link, &xdp_pin)?;
     info!(
         interface = ifname;
         "attached to {ifname} ({mode} mode; link layer {}; egress {egress_kind})",
@@ -139,7 +122,7 @@ pub(super) fn attach_hooks(
 ) -> anyhow::Result<HookLinks> {
     let mut links = Vec::new();
     for hook in Hook::ALL {
-        let pin = datapath::hook_pin(pin_dir, hook);
+        let pin = kernel::hook_pin(pin_dir, hook);
         let adoptable = pin.exists()
             && match cgroups::link_target(&pin) {
                 Ok(t) if t.cgroup_id == cgroup.id && t.attach_type == hook.attach_type() => true,
@@ -160,7 +143,7 @@ pub(super) fn attach_hooks(
                 }
             };
         let adopted = if adoptable {
-            match datapath::adopt_link::<CgroupSockAddrLink>(&pin) {
+            match kernel::adopt_link::<CgroupSockAddrLink>(&pin) {
                 Ok(link) => link,
                 Err(e) => {
                     warn!("{e:#}; attaching the {} hook afresh", hook.name());
@@ -180,7 +163,7 @@ pub(super) fn attach_hooks(
             }
             None => out.attach(hook, cgroup)?,
         };
-        links.push((hook, datapath::pin_hook_link(link, &pin)?));
+        links.push((hook, kernel::pin_hook_link(link, &pin)?));
     }
     info!(
         "outbound hooks (connect4, connect6, sendmsg4, sendmsg6) attached to the cgroup {}",
@@ -202,7 +185,7 @@ pub(super) fn start_listener_table(
     if !adopting {
         table.clear();
     }
-    datapath::attach_listener_hooks(cgroup, pin_dir)?;
+    kernel::attach_listener_hooks(cgroup, pin_dir)?;
     let report = match listeners::bound_sockets_report() {
         Ok(r) => r,
         Err(e) => {
@@ -261,7 +244,7 @@ pub(super) fn switch_hooks(
     for hook in Hook::ALL {
         let link = match moved.iter().position(|(h, _)| *h == hook) {
             Some(i) => Some(moved.swap_remove(i).1),
-            None => datapath::adopt_link::<CgroupSockAddrLink>(&datapath::hook_pin(pin_dir, hook))
+            None => kernel::adopt_link::<CgroupSockAddrLink>(&kernel::hook_pin(pin_dir, hook))
                 .ok()
                 .flatten(),
         };
@@ -289,19 +272,19 @@ pub(super) fn switch_hooks(
 /// Unpins links a previous daemon left on interfaces this one does not protect (which
 /// detaches them).
 pub(super) fn forget_other_links(pin_dir: &Path, ifnames: &[String]) {
-    let Ok(dir) = std::fs::read_dir(pin_dir.join(datapath::LINK_DIR)) else {
+    let Ok(dir) = std::fs::read_dir(pin_dir.join(kernel::LINK_DIR)) else {
         return;
     };
     for e in dir.flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
         // The outbound hooks' links are not about an interface.
-        let Some(ifname) = datapath::link_interface(&name) else {
+        let Some(ifname) = kernel::link_interface(&name) else {
             continue;
         };
         if !ifnames.iter().any(|i| i == ifname) {
             info!("detaching from {ifname}, which is no longer configured");
             if name.starts_with("xdp-") {
-                datapath::detach_netlink_egress(ifname);
+                kernel::detach_netlink_egress(ifname);
             }
             let _ = std::fs::remove_file(e.path());
         }
@@ -326,7 +309,7 @@ impl State {
             if !present {
                 info!(interface = a.ifname.as_str(); "{} went away; no longer protecting it", a.ifname);
                 for kind in ["xdp", "egress"] {
-                    let _ = std::fs::remove_file(datapath::link_pin(&pin_dir, kind, &a.ifname));
+                    let _ = std::fs::remove_file(kernel::link_pin(&pin_dir, kind, &a.ifname));
                 }
             }
             present

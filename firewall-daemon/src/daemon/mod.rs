@@ -24,10 +24,10 @@ use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
     conntrack::Tables,
-    datapath::{self, Generation, OutboundGeneration},
     host::addrs::HostMaps,
     host::cgroups::Cgroup,
     host::selectors::{Resolved, Watcher},
+    kernel::{self, Generation, OutboundGeneration},
 };
 use rules::model::{Interfaces, OnStop, Ruleset, XdpMode};
 
@@ -265,7 +265,7 @@ struct PinCleanup {
 impl Drop for PinCleanup {
     fn drop(&mut self) {
         if self.armed {
-            datapath::remove_pins(&self.dir);
+            kernel::remove_pins(&self.dir);
         }
     }
 }

@@ -16,10 +16,10 @@ use log::{info, warn};
 use super::State;
 use crate::{
     conntrack::{self},
-    datapath::{self, ListenerTable, StealthTable},
     host::listeners,
     host::selectors::Resolved,
     host::sock_diag,
+    kernel::{self, ListenerTable, StealthTable},
 };
 use rules::{
     model::{Action, ConnectMeta, PacketMeta, PacketProto, Ruleset},
@@ -110,7 +110,7 @@ impl State {
     pub(super) fn recheck(&mut self, pin_dir: &Path) -> Vec<String> {
         use firewall_common::{DEFAULT_RULE, ct, verdict};
         let now = conntrack::monotonic_ns();
-        let cfg = datapath::ct_config(&self.ruleset.conntrack, self.generation.id);
+        let cfg = kernel::ct_config(&self.ruleset.conntrack, self.generation.id);
         let policy = Policy::with_selectors(&self.ruleset, &self.resolved);
         let listeners = match ListenerTable::open(pin_dir) {
             Ok(t) => t.entries(),

@@ -21,8 +21,8 @@ use super::{
 use crate::{
     compile,
     control::{self, ReloadData},
-    datapath::{self, Generation, OutboundGeneration},
     host::selectors::Resolved,
+    kernel::{self, Generation, OutboundGeneration},
 };
 use rules::{
     config,
@@ -157,8 +157,8 @@ impl State {
                         .attach(&ifname, self.ruleset.daemon.xdp_mode, a.layer)
                     {
                         Ok((link, mode)) => {
-                            let pin = datapath::link_pin(&pin_dir, "xdp", &ifname);
-                            match datapath::pin_xdp_link(link, &pin) {
+                            let pin = kernel::link_pin(&pin_dir, "xdp", &ifname);
+                            match kernel::pin_xdp_link(link, &pin) {
                                 Ok(link) => switched.push((Attached { link, mode, ..a }, false)),
                                 Err(e3) => {
                                     error!("{ifname}: pinning the re-attached link: {e3:#}")

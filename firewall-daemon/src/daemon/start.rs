@@ -27,12 +27,12 @@ use super::{
 use crate::{
     compile,
     conntrack::{self, Tables},
-    datapath::{self, Generation, OutboundGeneration},
     host::addrs::HostMaps,
     host::cgroups::{self, Cgroup},
     host::interfaces::{self},
     host::selectors::Resolved,
     host::sock_diag,
+    kernel::{self, Generation, OutboundGeneration},
 };
 use rules::model::{Direction, Interfaces};
 
@@ -69,15 +69,15 @@ pub(super) fn start(
     }
     let compiled = compile::compile(&ruleset, &resolved)?;
     let compiled_out = compile::compile_direction(&ruleset, Direction::Out, &resolved)?;
-    crate::features::check_required()?;
+    crate::kernel::features::check_required()?;
     // Before touching anything shared (pins, interfaces): a second daemon must not disturb
     // the first, and a file that is not a stale socket stops the start before anything does.
     remove_stale_socket(&ruleset.daemon.control_socket)?;
     let pin_dir = ruleset.daemon.pin_dir.clone();
-    datapath::prepare_pin_dir(&pin_dir)?;
+    kernel::prepare_pin_dir(&pin_dir)?;
     // A previous daemon that died (or was killed) leaves its links pinned: they go on
     // enforcing its rules, and this daemon adopts them, its connection table included.
-    let adopting = std::fs::read_dir(pin_dir.join(datapath::LINK_DIR))
+    let adopting = std::fs::read_dir(pin_dir.join(kernel::LINK_DIR))
         .map(|mut d| d.next().is_some())
         .unwrap_or(false);
     // Declared before everything that pins or attaches, so it is dropped last. On a fresh
@@ -87,7 +87,7 @@ pub(super) fn start(
         dir: pin_dir.clone(),
         armed: !adopting,
     };
-    datapath::discard_incompatible_pins(&pin_dir);
+    kernel::discard_incompatible_pins(&pin_dir);
     // Entries adopted from a previous daemon name its generations: start after them.
     let last_gen = Tables::open(&pin_dir)
         .map(|t| {
@@ -105,7 +105,7 @@ pub(super) fn start(
     let mut host = HostMaps::open(&pin_dir)?;
 
     // Seed before attaching, so enforcement never starts without the host's connections.
-    let ct_cfg = datapath::ct_config(&ruleset.conntrack, gen_id);
+    let ct_cfg = kernel::ct_config(&ruleset.conntrack, gen_id);
     let mut degraded = Vec::new();
     let seeded = match sock_diag::host_flows() {
         Ok(flows) => {

@@ -12,9 +12,9 @@ use crate::{
         ConnView, ConnsData, ConntrackStatus, DefaultsView, HookStatus, InterfaceStatus,
         KernelStatus, ListData, OutboundStatus, RuleView, StatusData,
     },
-    datapath::{self, Hook},
     host::cgroups,
     host::owners::OwnerNames,
+    kernel::{self, Hook},
 };
 use rules::model::Direction;
 
@@ -91,7 +91,7 @@ impl State {
             .map(|a| {
                 let ours = generation.program_id(a.layer).unwrap_or(0);
                 let running =
-                    datapath::pinned_link_program(&datapath::link_pin(&pin_dir, "xdp", &a.ifname));
+                    kernel::pinned_link_program(&kernel::link_pin(&pin_dir, "xdp", &a.ifname));
                 let state = match running {
                     None => "the pinned attachment was removed by someone else".to_string(),
                     Some(id) if id != ours => {
@@ -127,7 +127,7 @@ impl State {
         let mut hooks = Vec::new();
         for hook in Hook::ALL {
             let ours = self.outbound.program_id(hook).unwrap_or(0);
-            let pin = datapath::hook_pin(&pin_dir, hook);
+            let pin = kernel::hook_pin(&pin_dir, hook);
             let target = cgroups::link_target(&pin).ok();
             let state = match target {
                 None => "the pinned attachment was removed by someone else".to_string(),
@@ -193,7 +193,7 @@ impl State {
             )),
         }
         KernelStatus {
-            release: crate::features::release(),
+            release: crate::kernel::features::release(),
             features,
             degraded,
         }

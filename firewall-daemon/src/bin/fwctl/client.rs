@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use firewall_daemon::{
     cli::{self, FwctlArgs as Args},
     control::{self, ClientError, Request},
-    datapath,
+    kernel,
 };
 use rules::config;
 
@@ -87,7 +87,7 @@ pub(super) fn down_status(args: &Args, e: &Failure, json: bool) {
         unknown: None,
         pin_dir,
     };
-    let links = st.pin_dir.join(datapath::LINK_DIR);
+    let links = st.pin_dir.join(kernel::LINK_DIR);
     match std::fs::read_dir(&links) {
         Ok(dir) => {
             let pins: Vec<String> = dir

@@ -1,0 +1,317 @@
+//! A generation: one compiled rule set of one direction, loaded and ready to switch to.
+//!
+//! A generation is a freshly loaded copy of the object with its own rule maps, sized for and
+//! filled with one compiled rule set before anything points at it. Switching generations is a
+//! single `bpf_link_update` per link (see compile.md, "Atomic replacement"): per interface for
+//! the inbound rules ([`Generation`]: the XDP and TC egress programs), per hook for the
+//! outbound rules ([`OutboundGeneration`]: a second copy of the same object whose rule maps
+//! hold the outbound rules, of which only the four cgroup hooks are loaded). Both are loaded
+//! the same way (the private `load`), and differ only in which programs they load and attach.
+
+use std::{collections::BTreeMap, path::Path};
+
+use anyhow::{Context as _, anyhow, bail};
+use aya::{
+    Ebpf,
+    maps::{Array, MapData},
+    programs::{
+        CgroupAttachMode, CgroupSockAddr, SchedClassifier, Xdp,
+        cgroup_sock_addr::CgroupSockAddrLink, xdp::XdpLink,
+    },
+};
+use firewall_common::{
+    Counter,
+    ct::CtConfig,
+    maps::{self, Kind},
+};
+
+use super::{
+    hooks::{Hook, hook_program},
+    links::{self, EgressLink},
+    object::{load_object, program_mut, verifier_context},
+    pins::PROGRAM_PIN,
+    tables::{ct_config, map_mut, per_cpu_sums},
+};
+use crate::{compile::Compiled, host::cgroups::Cgroup, host::interfaces::LinkLayer};
+use rules::model::{Direction, Ruleset, XdpMode};
+
+/// Loads a copy of the object for `compiled`, checking that it holds the rules of `direction`
+/// (`what` names the generation for the error). No program is loaded yet.
+fn load(
+    compiled: &Compiled,
+    ruleset: &Ruleset,
+    pin_dir: &Path,
+    direction: Direction,
+    what: &str,
+) -> anyhow::Result<Ebpf> {
+    if compiled.direction != direction {
+        bail!("{what}");
+    }
+    load_object(compiled, ruleset, pin_dir)
+}
+
+pub struct Generation {
+    pub(super) ebpf: Ebpf,
+    pub rule_count: u32,
+    /// Identifies this rule set in connection entries ([`firewall_common::ct::CtEntry::generation`]).
+    pub id: u32,
+}
+
+impl Generation {
+    /// Loads new programs + maps for `compiled` (the inbound rules) and fills the maps. Nothing
+    /// is attached. `id` must differ from the ids of earlier generations whose connections may
+    /// still be listed.
+    pub fn load(
+        compiled: &Compiled,
+        ruleset: &Ruleset,
+        pin_dir: &Path,
+        id: u32,
+    ) -> anyhow::Result<Self> {
+        let mut ebpf = load(
+            compiled,
+            ruleset,
+            pin_dir,
+            Direction::In,
+            "the XDP generation takes the inbound rules",
+        )?;
+        {
+            let mut cfg: Array<&mut MapData, CtConfig> =
+                Array::try_from(map_mut(&mut ebpf, maps::CT_CONFIG)?)?;
+            cfg.set(0, &ct_config(&ruleset.conntrack, id), 0)
+                .context("writing the conntrack settings")?;
+        }
+        for link in [LinkLayer::Ethernet, LinkLayer::Ip] {
+            let (xdp, tc) = entry_points(link)?;
+            xdp_program(&mut ebpf, xdp)?
+                .load()
+                .map_err(verifier_context)?;
+            tc_program(&mut ebpf, tc)?
+                .load()
+                .map_err(verifier_context)?;
+        }
+        Ok(Self {
+            ebpf,
+            rule_count: compiled.rule_count,
+            id,
+        })
+    }
+
+    /// How many instructions the verifier walked for each loaded program of this generation
+    /// (program name, count), as the kernel reports it (Linux 5.16 and later; none before).
+    /// Verification time follows it, and the limit is 1,000,000 per program.
+    pub fn verified_instructions(&self) -> Vec<(String, u32)> {
+        self.ebpf
+            .programs()
+            .filter_map(|(name, prog)| {
+                let count = prog.info().ok()?.verified_instruction_count()?;
+                Some((name.to_string(), count))
+            })
+            .collect()
+    }
+
+    /// The kernel's id of this generation's XDP program for interfaces of `link`.
+    pub fn program_id(&mut self, link: LinkLayer) -> anyhow::Result<u32> {
+        Ok(self.program_for(link)?.info().context("program info")?.id())
+    }
+
+    /// The XDP program for interfaces of `link`.
+    pub fn program_for(&mut self, link: LinkLayer) -> anyhow::Result<&mut Xdp> {
+        xdp_program(&mut self.ebpf, entry_points(link)?.0)
+    }
+
+    pub(super) fn egress(&mut self, link: LinkLayer) -> anyhow::Result<&mut SchedClassifier> {
+        tc_program(&mut self.ebpf, entry_points(link)?.1)
+    }
+
+    /// Attaches the egress program to `ifname`: a TCX link where the kernel has TCX (Linux
+    /// 6.6), else a cls_bpf filter under a clsact qdisc. A filter a previous daemon left at
+    /// our priority and handle is replaced in place rather than joined by a second one.
+    pub fn attach_egress(&mut self, ifname: &str, link: LinkLayer) -> anyhow::Result<EgressLink> {
+        links::attach_egress(self.egress(link)?, ifname)
+    }
+
+    /// Atomically replaces the program an egress attachment runs with this generation's
+    /// (`bpf_link_update` for TCX, a cls_bpf replace for netlink).
+    pub fn replace_egress(
+        &mut self,
+        link: EgressLink,
+        layer: LinkLayer,
+    ) -> anyhow::Result<EgressLink> {
+        links::replace_egress(self.egress(layer)?, link)
+    }
+
+    pub fn program(&mut self) -> anyhow::Result<&mut Xdp> {
+        xdp_program(&mut self.ebpf, firewall_common::XDP_PROGRAM)
+    }
+
+    /// Pins this generation's program and rule maps under `pin_dir`, replacing the pins of the
+    /// generation before it. The pins are for inspection: enforcement goes through the links.
+    pub fn pin(&mut self, pin_dir: &Path) -> anyhow::Result<()> {
+        let rule_maps = || maps::of_kind(Kind::Generation).map(|m| m.name);
+        for name in std::iter::once(PROGRAM_PIN).chain(rule_maps()) {
+            let path = pin_dir.join(name);
+            if path.exists() {
+                std::fs::remove_file(&path)
+                    .with_context(|| format!("removing the old pin {}", path.display()))?;
+            }
+        }
+        self.program()?
+            .pin(pin_dir.join(PROGRAM_PIN))
+            .context("pinning the program")?;
+        for name in rule_maps() {
+            self.ebpf
+                .map(name)
+                .ok_or_else(|| anyhow!("map {name} missing"))?
+                .pin(pin_dir.join(name))
+                .with_context(|| format!("pinning map {name}"))?;
+        }
+        Ok(())
+    }
+
+    /// Sum over CPUs of every counter.
+    pub fn counters(&self) -> anyhow::Result<BTreeMap<&'static str, u64>> {
+        let sums = per_cpu_sums(&self.ebpf, maps::COUNTERS, Counter::COUNT)?;
+        Ok(Counter::ALL
+            .iter()
+            .map(|&c| (c.name(), sums[c as usize]))
+            .collect())
+    }
+
+    /// Packets decided by each rule (index = rule index), summed over CPUs.
+    pub fn rule_hits(&self) -> anyhow::Result<Vec<u64>> {
+        per_cpu_sums(&self.ebpf, maps::RULE_HITS, self.rule_count)
+    }
+
+    /// Attaches to `ifname` for the first time. Returns the link (which owns the attachment:
+    /// dropping it detaches) and the mode actually used.
+    pub fn attach(
+        &mut self,
+        ifname: &str,
+        mode: XdpMode,
+        link: LinkLayer,
+    ) -> anyhow::Result<(XdpLink, &'static str)> {
+        links::attach_xdp(self.program_for(link)?, ifname, mode)
+    }
+
+    /// Atomically replaces whatever program `link` runs with this generation's for interfaces
+    /// of `layer`.
+    pub fn replace(&mut self, link: XdpLink, layer: LinkLayer) -> anyhow::Result<XdpLink> {
+        links::replace_xdp(self.program_for(layer)?, link)
+    }
+}
+
+/// The XDP and TC entry points for interfaces of `link` (see `firewall-ebpf/src/main.rs`).
+fn entry_points(link: LinkLayer) -> anyhow::Result<(&'static str, &'static str)> {
+    match link {
+        LinkLayer::Ethernet => Ok((
+            firewall_common::XDP_PROGRAM,
+            firewall_common::TC_EGRESS_PROGRAM,
+        )),
+        LinkLayer::Ip => Ok((
+            firewall_common::XDP_L3_PROGRAM,
+            firewall_common::TC_EGRESS_L3_PROGRAM,
+        )),
+        other => bail!(
+            "the firewall cannot parse frames of this link layer: {}",
+            other.describe()
+        ),
+    }
+}
+
+pub(super) fn xdp_program<'a>(ebpf: &'a mut Ebpf, name: &str) -> anyhow::Result<&'a mut Xdp> {
+    program_mut(ebpf, name, "an XDP program")
+}
+
+fn tc_program<'a>(ebpf: &'a mut Ebpf, name: &str) -> anyhow::Result<&'a mut SchedClassifier> {
+    program_mut(ebpf, name, "a TC program")
+}
+
+/// A copy of the object for the outbound rules: its rule maps hold the outbound rules, its
+/// `DEFAULT_OUTBOUND` is `[defaults] outbound`, and only its four cgroup hooks are loaded.
+pub struct OutboundGeneration {
+    ebpf: Ebpf,
+    pub rule_count: u32,
+    pub id: u32,
+}
+
+impl OutboundGeneration {
+    /// Loads the hooks with maps filled from `compiled` (the outbound rules). Nothing is
+    /// attached.
+    pub fn load(
+        compiled: &Compiled,
+        ruleset: &Ruleset,
+        pin_dir: &Path,
+        id: u32,
+    ) -> anyhow::Result<Self> {
+        let mut ebpf = load(
+            compiled,
+            ruleset,
+            pin_dir,
+            Direction::Out,
+            "the outbound generation takes the outbound rules",
+        )?;
+        for hook in Hook::ALL {
+            hook_program(&mut ebpf, hook)?
+                .load()
+                .map_err(verifier_context)?;
+        }
+        Ok(Self {
+            ebpf,
+            rule_count: compiled.rule_count,
+            id,
+        })
+    }
+
+    fn program(&mut self, hook: Hook) -> anyhow::Result<&mut CgroupSockAddr> {
+        hook_program(&mut self.ebpf, hook)
+    }
+
+    /// The kernel's id of this generation's program for `hook`.
+    pub fn program_id(&mut self, hook: Hook) -> anyhow::Result<u32> {
+        Ok(self.program(hook)?.info().context("program info")?.id())
+    }
+
+    /// Attaches `hook` to the cgroup (a bpf link, which keeps the program attached while
+    /// pinned). Returns the link.
+    pub fn attach(&mut self, hook: Hook, cgroup: &Cgroup) -> anyhow::Result<CgroupSockAddrLink> {
+        let prog = self.program(hook)?;
+        // A bpf link on a cgroup always combines with the other programs there and above
+        // (the kernel attaches links as BPF_F_ALLOW_MULTI and refuses any flag on
+        // BPF_LINK_CREATE): `Single` passes no flag.
+        let id = prog
+            .attach(&cgroup.file, CgroupAttachMode::Single)
+            .with_context(|| {
+                format!(
+                    "attaching the {} hook to the cgroup {}",
+                    hook.name(),
+                    cgroup.path.display()
+                )
+            })?;
+        prog.take_link(id)
+            .context("taking ownership of the cgroup link")
+    }
+
+    /// Atomically replaces the program `link` runs with this generation's (`bpf_link_update`).
+    /// On failure the link's descriptor is gone, but a pinned link stays attached, running
+    /// what it ran before.
+    pub fn replace(
+        &mut self,
+        hook: Hook,
+        link: CgroupSockAddrLink,
+    ) -> anyhow::Result<CgroupSockAddrLink> {
+        let prog = self.program(hook)?;
+        let id = prog.attach_to_link(link).with_context(|| {
+            format!(
+                "replacing the {} hook's program (bpf_link_update)",
+                hook.name()
+            )
+        })?;
+        prog.take_link(id)
+            .context("taking ownership of the cgroup link")
+    }
+
+    /// Socket calls decided by each rule (index = rule index; only outbound rules move).
+    pub fn rule_hits(&self) -> anyhow::Result<Vec<u64>> {
+        per_cpu_sums(&self.ebpf, maps::RULE_HITS, self.rule_count)
+    }
+}

@@ -1,0 +1,287 @@
+//! The rule tables of a generation: how big each map is and what goes in it.
+//!
+//! Every per-generation map is created for one compiled rule set, so it is sized for exactly
+//! that set (the kernel refuses empty maps: at least one entry) and filled before any program
+//! of the generation is attached. Which count sizes which map is the registry's
+//! ([`firewall_common::maps::MAPS`]); the connection tables take their size from `[conntrack]`
+//! unless a pinned table is adopted. The keys and values are the compiler's, written as the
+//! kernel program reads them (compile.md).
+
+use std::path::Path;
+
+use anyhow::anyhow;
+use aya::{
+    Ebpf,
+    maps::{Array, HashMap, LpmTrie, MapData, PerCpuArray, lpm_trie::Key},
+};
+use firewall_common::{
+    AddrValue, DEFAULT_RULE, PROTO_CLASSES, PairKey, PortValue,
+    ct::{CtConfig, state},
+    identity::{GroupKey, ScopedSlot},
+    maps::{self, Capacity, CtSize, MapSpec, RuleCount},
+    verdict,
+};
+
+use super::pins::table_capacity;
+use crate::compile::Compiled;
+use rules::model::{Conntrack, InvalidPolicy, Ruleset};
+
+/// How many entries the map sized by `count` needs for `compiled` (before the minimum of 1).
+pub fn rule_count(count: RuleCount, c: &Compiled) -> usize {
+    let g = &c.groups;
+    match count {
+        RuleCount::Rules => c.rule_count as usize,
+        RuleCount::Addr4 => c.addr4.len(),
+        RuleCount::Addr6 => c.addr6.len(),
+        RuleCount::Pairs => c.pairs.len(),
+        RuleCount::Groups => g.len(),
+        RuleCount::Units => c.units.len(),
+        RuleCount::ScopedAddr4 => g.iter().map(|g| g.addr4.len()).sum(),
+        RuleCount::ScopedAddr6 => g.iter().map(|g| g.addr6.len()).sum(),
+        RuleCount::ScopedPorts => g.iter().map(|g| g.ports.len()).sum(),
+    }
+}
+
+/// The number of entries to create `spec` with for this rule set, or `None` to keep the
+/// object's (fixed) size. A pinned connection table keeps its own size.
+pub fn capacity(
+    spec: &MapSpec,
+    compiled: &Compiled,
+    ruleset: &Ruleset,
+    pin_dir: &Path,
+) -> anyhow::Result<Option<u32>> {
+    Ok(match spec.capacity {
+        Capacity::Indexed(_) | Capacity::Fixed(_) => None,
+        Capacity::Rules(count) => Some((rule_count(count, compiled) as u32).max(1)),
+        Capacity::Conntrack(size) => {
+            let configured = match size {
+                CtSize::Table => ruleset.conntrack.table_size,
+                CtSize::Unconfirmed => ruleset.conntrack.unconfirmed_size,
+            };
+            Some(table_capacity(pin_dir, spec.name, configured)?)
+        }
+    })
+}
+
+/// The tracker's settings as the datapath reads them.
+pub fn ct_config(ct: &Conntrack, generation: u32) -> CtConfig {
+    let t = &ct.timeouts;
+    let mut timeout_ns = [0u64; state::SLOTS];
+    for (s, secs) in [
+        (state::SYN_SENT, t.tcp_syn_sent),
+        (state::SYN_RECV, t.tcp_syn_recv),
+        (state::ESTABLISHED, t.tcp_established),
+        (state::FIN_WAIT, t.tcp_fin_wait),
+        (state::CLOSE_WAIT, t.tcp_close_wait),
+        (state::LAST_ACK, t.tcp_last_ack),
+        (state::TIME_WAIT, t.tcp_time_wait),
+        (state::CLOSE, t.tcp_close),
+        (state::UDP_UNREPLIED, t.udp_unreplied),
+        (state::UDP_REPLIED, t.udp_replied),
+        (state::ICMP_ECHO, t.icmp),
+    ] {
+        timeout_ns[s as usize] = u64::from(secs) * 1_000_000_000;
+    }
+    let action = match ct.invalid {
+        InvalidPolicy::Stealth => firewall_common::ACTION_STEALTH,
+        InvalidPolicy::Reject => firewall_common::ACTION_REJECT,
+    };
+    CtConfig {
+        timeout_ns,
+        invalid_verdict: verdict(DEFAULT_RULE, action),
+        generation,
+    }
+}
+
+/// Sum over CPUs of the first `n` entries of the per-CPU array `name` (counters, rule hits).
+pub(super) fn per_cpu_sums(ebpf: &Ebpf, name: &str, n: u32) -> anyhow::Result<Vec<u64>> {
+    let map = ebpf
+        .map(name)
+        .ok_or_else(|| anyhow!("map {name} missing"))?;
+    let arr: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(map)?;
+    (0..n).map(|i| Ok(arr.get(&i, 0)?.iter().sum())).collect()
+}
+
+fn fill_trie<const N: usize>(
+    ebpf: &mut Ebpf,
+    name: &str,
+    entries: impl Iterator<Item = (u8, [u8; N], AddrValue)>,
+) -> anyhow::Result<()> {
+    let mut t: LpmTrie<&mut MapData, [u8; N], AddrValue> = LpmTrie::try_from(map_mut(ebpf, name)?)?;
+    for (prefix_len, addr, v) in entries {
+        t.insert(&Key::new(u32::from(prefix_len), addr), &v, 0)?;
+    }
+    Ok(())
+}
+
+pub(super) fn fill(ebpf: &mut Ebpf, c: &Compiled) -> anyhow::Result<()> {
+    fill_trie(
+        ebpf,
+        maps::ADDR4,
+        c.addr4
+            .iter()
+            .map(|(n, v)| (n.prefix_len(), n.network().octets(), *v)),
+    )?;
+    fill_trie(
+        ebpf,
+        maps::ADDR6,
+        c.addr6
+            .iter()
+            .map(|(n, v)| (n.prefix_len(), n.network().octets(), *v)),
+    )?;
+    {
+        let mut a: Array<&mut MapData, PortValue> = Array::try_from(map_mut(ebpf, maps::PORTS)?)?;
+        for (slot, v) in &c.ports {
+            a.set(*slot, v, 0)?;
+        }
+    }
+    {
+        let mut h: HashMap<&mut MapData, PairKey, u32> =
+            HashMap::try_from(map_mut(ebpf, maps::PAIRS)?)?;
+        for (k, v) in &c.pairs {
+            h.insert(k, v, 0)?;
+        }
+    }
+    fill_groups(ebpf, c)
+}
+
+/// A key of the scoped tries: the group id (big-endian, matched whole) before the address, and
+/// the prefix length counting both.
+fn scoped_key<const N: usize>(group: u32, addr: &[u8], prefix_len: u8) -> (u8, [u8; N]) {
+    let mut k = [0u8; N];
+    k[..4].copy_from_slice(&group.to_be_bytes());
+    k[4..].copy_from_slice(addr);
+    (32 + prefix_len, k)
+}
+
+/// The tables of the rules with selectors (compile.md, "Rules about programs").
+fn fill_groups(ebpf: &mut Ebpf, c: &Compiled) -> anyhow::Result<()> {
+    if c.groups.is_empty() {
+        return Ok(());
+    }
+    fill_trie(
+        ebpf,
+        maps::SCOPED_ADDR4,
+        c.groups.iter().flat_map(|g| {
+            g.addr4.iter().map(move |(n, v)| {
+                let (len, k) = scoped_key::<8>(g.id, &n.network().octets(), n.prefix_len());
+                (len, k, *v)
+            })
+        }),
+    )?;
+    fill_trie(
+        ebpf,
+        maps::SCOPED_ADDR6,
+        c.groups.iter().flat_map(|g| {
+            g.addr6.iter().map(move |(n, v)| {
+                let (len, k) = scoped_key::<20>(g.id, &n.network().octets(), n.prefix_len());
+                (len, k, *v)
+            })
+        }),
+    )?;
+    {
+        let mut h: HashMap<&mut MapData, ScopedSlot, PortValue> =
+            HashMap::try_from(map_mut(ebpf, maps::SCOPED_PORTS)?)?;
+        for g in &c.groups {
+            for (slot, v) in &g.ports {
+                h.insert(
+                    &ScopedSlot {
+                        group: g.id,
+                        slot: *slot,
+                    },
+                    v,
+                    0,
+                )?;
+            }
+        }
+    }
+    {
+        let mut h: HashMap<&mut MapData, u32, [u32; PROTO_CLASSES]> =
+            HashMap::try_from(map_mut(ebpf, maps::SCOPED_PROTO)?)?;
+        for g in &c.groups {
+            h.insert(&g.id, &g.proto_verdicts, 0)?;
+        }
+    }
+    {
+        let mut h: HashMap<&mut MapData, GroupKey, u32> =
+            HashMap::try_from(map_mut(ebpf, maps::GROUPS)?)?;
+        for g in &c.groups {
+            h.insert(&g.key, &g.id, 0)?;
+        }
+    }
+    let mut h: HashMap<&mut MapData, u64, u32> = HashMap::try_from(map_mut(ebpf, maps::UNITS)?)?;
+    for id in c.units.keys() {
+        h.insert(id, &1, 0)?;
+    }
+    Ok(())
+}
+
+pub(super) fn map_mut<'a>(
+    ebpf: &'a mut Ebpf,
+    name: &str,
+) -> anyhow::Result<&'a mut aya::maps::Map> {
+    ebpf.map_mut(name)
+        .ok_or_else(|| anyhow!("map {name} missing from the object"))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use firewall_common::maps::{Capacity, Kind, MAPS, of_kind};
+
+    use super::*;
+    use crate::compile;
+    use rules::config;
+
+    fn compiled(text: &str) -> (Ruleset, Compiled) {
+        let rs = config::parse(text, Path::new("t.toml")).expect("parse");
+        let c = compile::compile(&rs, &Default::default()).expect("compile");
+        (rs, c)
+    }
+
+    #[test]
+    fn rule_maps_are_sized_for_the_rules_and_never_empty() {
+        let (rs, c) = compiled(
+            "[[rule]]\nproto = \"tcp\"\nport = 22\nremote = \"10.0.0.0/8\"\naction = \"allow\"\n\
+             [[rule]]\nproto = \"tcp\"\nport = 80\nremote = \"2001:db8::/32\"\naction = \"reject\"\n",
+        );
+        // No pins there: the connection tables take the configured sizes.
+        let pin_dir = Path::new("/nonexistent/firewall-test");
+        let size = |name: &str| {
+            let spec = MAPS.iter().find(|m| m.name == name).expect("registered");
+            capacity(spec, &c, &rs, pin_dir).expect("capacity")
+        };
+        assert_eq!(size(maps::RULE_HITS), Some(c.rule_count));
+        assert_eq!(size(maps::ADDR4), Some(c.addr4.len() as u32));
+        assert_eq!(size(maps::ADDR6), Some(c.addr6.len() as u32));
+        assert!(c.groups.is_empty() && c.units.is_empty());
+        for name in [
+            maps::GROUPS,
+            maps::UNITS,
+            maps::SCOPED_ADDR4,
+            maps::SCOPED_PORTS,
+        ] {
+            assert_eq!(size(name), Some(1), "{name}: the kernel refuses empty maps");
+        }
+        assert_eq!(size(maps::CT_EST), Some(rs.conntrack.table_size));
+        assert_eq!(size(maps::CT_NEW), Some(rs.conntrack.unconfirmed_size));
+        assert_eq!(size(maps::CT_LOCAL), Some(rs.conntrack.unconfirmed_size));
+        // Fixed in the object.
+        assert_eq!(size(maps::PORTS), None);
+        assert_eq!(size(maps::COUNTERS), None);
+    }
+
+    #[test]
+    fn every_per_generation_map_but_the_fixed_ones_is_sized_from_the_rules() {
+        for spec in of_kind(Kind::Generation) {
+            let fixed = matches!(spec.capacity, Capacity::Indexed(_) | Capacity::Fixed(_));
+            assert_eq!(
+                fixed,
+                spec.name == maps::PORTS || spec.name == maps::CT_CONFIG,
+                "{}",
+                spec.name
+            );
+        }
+    }
+}

@@ -1,0 +1,113 @@
+//! Running programs on frames in the kernel (BPF_PROG_TEST_RUN), for the tests and benchmarks.
+//!
+//! The differential tests and `testrun_bench` drive the real programs of a generation through
+//! the kernel without attaching them anywhere, and veth peers in tests need a program that
+//! passes everything. None of it is the firewall's business at run time, so it is compiled
+//! only with the `testrun` feature, which the crate's tests and examples turn on (through its
+//! dev-dependency on itself) and the shipped binaries do not.
+
+use std::path::Path;
+
+use anyhow::Context as _;
+use aya::{
+    Ebpf, EbpfLoader,
+    programs::{TestRun, TestRunOptions, Xdp, xdp::XdpLink},
+};
+
+use super::{
+    Generation, generation::xdp_program, links::attach_xdp, object::verifier_context,
+    pins::prepare_pin_dir,
+};
+use crate::{EBPF_OBJECT, host::interfaces::LinkLayer};
+use rules::model::XdpMode;
+
+impl Generation {
+    /// Runs the egress program once on `frame` (BPF_PROG_TEST_RUN); returns its TC action.
+    pub fn test_run_egress(&mut self, frame: &[u8]) -> anyhow::Result<i32> {
+        self.test_run_egress_on(LinkLayer::Ethernet, frame)
+    }
+
+    /// [`Self::test_run_egress`] with the program for interfaces of `link`.
+    pub fn test_run_egress_on(&mut self, link: LinkLayer, frame: &[u8]) -> anyhow::Result<i32> {
+        Ok(run_program(self.egress(link)?, frame, 1)?.0 as i32)
+    }
+
+    /// Runs the program once on `frame` (BPF_PROG_TEST_RUN); returns the XDP action and the
+    /// frame as the program left it.
+    pub fn test_run(&mut self, frame: &[u8]) -> anyhow::Result<(u32, Vec<u8>)> {
+        self.test_run_on(LinkLayer::Ethernet, frame)
+    }
+
+    /// [`Self::test_run`] with the program for interfaces of `link` (for [`LinkLayer::Ip`],
+    /// `frame` starts at the IP header).
+    pub fn test_run_on(&mut self, link: LinkLayer, frame: &[u8]) -> anyhow::Result<(u32, Vec<u8>)> {
+        let (action, out, _) = run_program(self.program_for(link)?, frame, 1)?;
+        Ok((action, out))
+    }
+
+    /// Runs the program `repeat` times on `frame` in the kernel; returns ns per run as the
+    /// kernel measured it.
+    pub fn time_run(&mut self, frame: &[u8], repeat: u32) -> anyhow::Result<f64> {
+        time_program(self.program()?, frame, repeat)
+    }
+}
+
+/// One BPF_PROG_TEST_RUN of `frame`, `repeat` times (XDP or TC): the program's return value,
+/// the frame as the program left it, and the kernel's ns per run.
+fn run_program<P>(prog: &P, frame: &[u8], repeat: u32) -> anyhow::Result<(u32, Vec<u8>, f64)>
+where
+    P: for<'a> TestRun<Opts<'a> = TestRunOptions<'a>, Result = aya::TestRunResult>,
+{
+    // Room for replies that grow the frame (ICMP errors prepend up to 48 bytes).
+    let mut out = vec![0u8; frame.len() + 256];
+    let res = prog
+        .test_run(TestRunOptions {
+            data_in: Some(frame),
+            data_out: Some(&mut out),
+            repeat,
+            ..Default::default()
+        })
+        .context("BPF_PROG_TEST_RUN")?;
+    out.truncate(res.data_size_out as usize);
+    Ok((res.return_value, out, res.duration.as_nanos() as f64))
+}
+
+fn time_program(prog: &Xdp, frame: &[u8], repeat: u32) -> anyhow::Result<f64> {
+    Ok(run_program(prog, frame, repeat)?.2)
+}
+
+/// The object's pass-everything program, loaded on its own: for veth peers in tests (native
+/// XDP_TX on veth is only delivered when the peer has an XDP program) and as the benchmark floor.
+pub struct PassProgram {
+    ebpf: Ebpf,
+}
+
+impl PassProgram {
+    pub fn load(pin_dir: &Path) -> anyhow::Result<Self> {
+        prepare_pin_dir(pin_dir)?;
+        let mut ebpf = EbpfLoader::new()
+            .default_map_pin_directory(pin_dir)
+            .load(EBPF_OBJECT)
+            .context("loading the eBPF object")?;
+        xdp_program(&mut ebpf, firewall_common::XDP_PASS_PROGRAM)?
+            .load()
+            .map_err(verifier_context)?;
+        Ok(Self { ebpf })
+    }
+
+    pub fn program(&mut self) -> anyhow::Result<&mut Xdp> {
+        xdp_program(&mut self.ebpf, firewall_common::XDP_PASS_PROGRAM)
+    }
+
+    pub fn time_run(&mut self, frame: &[u8], repeat: u32) -> anyhow::Result<f64> {
+        time_program(self.program()?, frame, repeat)
+    }
+
+    pub fn attach(
+        &mut self,
+        ifname: &str,
+        mode: XdpMode,
+    ) -> anyhow::Result<(XdpLink, &'static str)> {
+        attach_xdp(self.program()?, ifname, mode)
+    }
+}
