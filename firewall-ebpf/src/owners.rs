@@ -1,9 +1,10 @@
 //! Socket owners: which process connected (or first sent from) each socket, so that the
 //! connection its packets create can name its owner (`fwctl conns`).
 //!
-//! Why in two steps: only the cgroup hooks run in the calling process's context, where its
-//! executable, uid and pid can be read; the egress program, which creates the flow, runs on
-//! whatever CPU sends the packet and cannot. So the outbound hooks record the owner of every
+//! Why in two steps: the cgroup hooks run in the calling process's context, where its
+//! executable, uid and pid can be read; the egress program, which creates the flow, runs
+//! wherever the packet leaves from (often a softirq: retransmissions, ACKs), so the task it
+//! could read is not reliably the socket's owner. So the outbound hooks record the owner of every
 //! socket they allow (or hold by `stealth`) in `SOCK_OWNER`, keyed by socket cookie
 //! (`bpf_get_socket_cookie`, the same in both program types), and the egress program copies
 //! it into the flow's entry when the socket's first packet creates one ([`sender`]). A flow a
@@ -12,7 +13,8 @@
 //! `SOCK_OWNER` is an LRU hash (`u64` cookie -> `ConnOwner`): an entry is needed only until
 //! the socket's first packet (or a later one that starts a new flow), and sock_release deletes
 //! it ([`forget`]). Pinned by name, shared by both copies of the object and every generation.
-//! `RECORD_OWNER` (`[conntrack] record_owner`) turns the whole mechanism off.
+//! `RECORD_OWNER` (`[conntrack] record_owner`) turns recording off, except for the sockets
+//! held by `stealth` ([`remember_owner`]).
 
 use aya_ebpf::{
     EbpfContext as _, Global,
