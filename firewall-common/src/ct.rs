@@ -9,11 +9,9 @@
 //! is a normalisation of the 5-tuple: the host's packets and the replies to them map to the
 //! same key without sorting addresses.
 
-/// IP protocol numbers that appear in [`CtKey::proto`].
-pub const IPPROTO_ICMP: u8 = 1;
-pub const IPPROTO_TCP: u8 = 6;
-pub const IPPROTO_UDP: u8 = 17;
-pub const IPPROTO_ICMPV6: u8 = 58;
+/// IP protocol numbers that appear in [`CtKey::proto`] (defined with the other protocol
+/// numbers in `proto.rs`).
+pub use crate::proto::{IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP};
 
 /// A flow, as the host sees it. IPv4 addresses are stored as `::ffff:a.b.c.d`; `family` tells
 /// them apart from the same bytes in an IPv6 packet, so an IPv6 flow can never stand for an
@@ -205,10 +203,8 @@ pub struct CtConfig {
     pub generation: u32,
 }
 
-pub const TCP_FIN: u8 = 0x01;
-pub const TCP_SYN: u8 = 0x02;
-pub const TCP_RST: u8 = 0x04;
-pub const TCP_ACK: u8 = 0x10;
+/// TCP flag bits, as the state machine reads them (defined in `proto.rs`).
+pub use crate::proto::{TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN};
 
 /// What the tracker says about a packet of a known flow.
 pub mod outcome {
@@ -737,4 +733,13 @@ pub fn udp_step(e: &CtEntry, from_local: bool) -> u8 {
     } else {
         e.state
     }
+}
+
+#[cfg(feature = "user")]
+mod user {
+    // SAFETY: repr(C), explicit padding (sizes asserted above), every bit pattern valid.
+    unsafe impl aya::Pod for super::CtKey {}
+    unsafe impl aya::Pod for super::CtEntry {}
+    unsafe impl aya::Pod for super::CtConfig {}
+    unsafe impl aya::Pod for super::ConnOwner {}
 }

@@ -24,15 +24,15 @@
 //! an entry is created, never for packets of known flows.
 
 use aya_ebpf::{
-    EbpfContext as _,
     bindings::{BPF_EXIST, BPF_NOEXIST},
-    helpers::bpf_get_socket_cookie,
     macros::map,
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
     programs::TcContext,
 };
 use firewall_common::{
-    Counter,
+    Counter, ICMP_DEST_UNREACH, ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST, ICMP_PARAMETER_PROBLEM,
+    ICMP_TIME_EXCEEDED, ICMPV6_DEST_UNREACH, ICMPV6_ECHO_REPLY, ICMPV6_ECHO_REQUEST,
+    ICMPV6_PARAMETER_PROBLEM, ICMPV6_TIME_EXCEEDED,
     ct::{
         self, ConnOwner, CtConfig, CtEntry, CtKey, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP,
         IPPROTO_UDP, ORIGIN_LOCAL, ORIGIN_REMOTE, TcpSeg, outcome, state,
@@ -40,9 +40,10 @@ use firewall_common::{
 };
 
 use crate::{
-    count, outbound,
-    parse::{Addr, Packet},
-    scoped,
+    addr::{Addr, AddrWords},
+    counters::count,
+    listeners, owners,
+    parse::Packet,
 };
 
 #[map]
@@ -70,12 +71,6 @@ fn scratch() -> Option<&'static mut Scratch> {
     // SAFETY: per-CPU value; the program is not re-entered on this CPU while it runs.
     CT_SCRATCH.get_ptr_mut(0).map(|p| unsafe { &mut *p })
 }
-
-/// ICMP echo request / reply types, IPv4 and IPv6.
-const ICMP_ECHO_REQUEST: u8 = 8;
-const ICMP_ECHO_REPLY: u8 = 0;
-const ICMPV6_ECHO_REQUEST: u8 = 128;
-const ICMPV6_ECHO_REPLY: u8 = 129;
 
 /// What the table says about an inbound packet.
 pub enum Inbound {
@@ -353,25 +348,6 @@ fn new_entry(
     e.owner = ConnOwner::default();
 }
 
-/// The owner of the socket sending `ctx`, as the outbound hooks recorded it.
-#[inline(always)]
-fn sender(ctx: &TcContext, e: &mut CtEntry) {
-    if outbound::RECORD_OWNER.load() == 0 {
-        return;
-    }
-    // SAFETY: the helper takes an skb context; it returns 0 when the packet has no socket.
-    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-    // SAFETY: a map value, copied out at once.
-    if cookie != 0
-        && let Some(o) = unsafe { outbound::SOCK_OWNER.get(&cookie) }
-    {
-        e.owner = *o;
-        count(Counter::CtOwnerRecorded);
-    } else {
-        count(Counter::CtOwnerUnknown);
-    }
-}
-
 /// Stores a new flow: in the confirmed table if its state is confirmed and there is room,
 /// else in the LRU table of its origin. Only a new key counts as inserted (an expired entry
 /// with the same tuple is overwritten), so the daemon can derive the LRU tables' evictions
@@ -455,9 +431,15 @@ pub fn inbound(ctx: &aya_ebpf::programs::XdpContext, pkt: &Packet, now: u64) -> 
                 return Inbound::Unknown;
             }
             let error = if is_v6 {
-                matches!(t, 1 | 3 | 4)
+                matches!(
+                    t,
+                    ICMPV6_DEST_UNREACH | ICMPV6_TIME_EXCEEDED | ICMPV6_PARAMETER_PROBLEM
+                )
             } else {
-                matches!(t, 3 | 11 | 12)
+                matches!(
+                    t,
+                    ICMP_DEST_UNREACH | ICMP_TIME_EXCEEDED | ICMP_PARAMETER_PROBLEM
+                )
             };
             if error && related(ctx, pkt, now, key) {
                 return Inbound::Related;
@@ -486,8 +468,8 @@ pub fn admit(ctx: &aya_ebpf::programs::XdpContext, pkt: &Packet, word: u32, now:
     if st == state::SYN_SENT {
         ct::tcp_learn(e, false, &tcp_seg(pkt));
     }
-    if outbound::RECORD_OWNER.load() != 0
-        && let Some(l) = scoped::listener(scoped::Remote::of(&pkt.local), pkt.proto, pkt.local_port)
+    if owners::RECORD_OWNER.load() != 0
+        && let Some(l) = listeners::listener(AddrWords::of(&pkt.local), pkt.proto, pkt.local_port)
     {
         e.owner.exe = l.owner.exe;
         e.owner.uid = l.owner.uid;
@@ -533,7 +515,7 @@ pub fn outbound(ctx: &TcContext, pkt: &Packet, bytes: u64, now: u64) {
                 (state::ESTABLISHED, ORIGIN_LOCAL, ct::RULE_PICKUP)
             };
             new_entry(e, cfg, now, st, origin, rule, true, bytes);
-            sender(ctx, e);
+            owners::sender(ctx, e);
             if st != state::SYN_SENT {
                 ct::pickup(e, &tcp_seg(pkt));
                 count(Counter::CtPickedUp);
@@ -556,7 +538,7 @@ pub fn outbound(ctx: &TcContext, pkt: &Packet, bytes: u64, now: u64) {
                 true,
                 bytes,
             );
-            sender(ctx, e);
+            owners::sender(ctx, e);
             insert(key, e);
         }
         firewall_common::PROTO_ICMP => {

@@ -1,5 +1,6 @@
-//! Which executable the current task runs: the (device, inode) of
-//! `task->mm->exe_file->f_inode`, walked with `bpf_probe_read_kernel`.
+//! Who the calling task is: which executable it runs (the (device, inode) of
+//! `task->mm->exe_file->f_inode`, walked with `bpf_probe_read_kernel`), its uid and its
+//! cgroup ancestors ([`owner_of_current`]).
 //!
 //! Rust eBPF has no CO-RE field relocations, so the structure offsets are load-time constants
 //! the daemon resolves from the running kernel's BTF (firewall-daemon/src/identity.rs). Only
@@ -8,12 +9,19 @@
 use aya_ebpf::{
     Global,
     bindings::BPF_F_NO_PREALLOC,
-    helpers::{bpf_get_current_pid_tgid, bpf_get_current_task, bpf_probe_read_kernel},
-    macros::{cgroup_sock_addr, map},
+    helpers::{
+        bpf_get_current_ancestor_cgroup_id, bpf_get_current_pid_tgid, bpf_get_current_task,
+        bpf_get_current_uid_gid, bpf_probe_read_kernel,
+    },
+    macros::map,
     maps::HashMap,
-    programs::SockAddrContext,
 };
-use firewall_common::identity::{ExeId, IDENTITY_PROBE_ENTRIES};
+use firewall_common::{
+    Counter,
+    identity::{ExeId, IDENTITY_PROBE_ENTRIES, MAX_UNIT_LEVEL, Owner},
+};
+
+use crate::counters::count;
 
 // Structure offsets, set by the daemon from /sys/kernel/btf/vmlinux. 0 = not resolved.
 #[unsafe(no_mangle)]
@@ -29,7 +37,7 @@ static OFF_INODE_SB: Global<u32> = Global::new(0);
 #[unsafe(no_mangle)]
 static OFF_SB_DEV: Global<u32> = Global::new(0);
 
-/// What [`identity_connect4`] observed: tgid -> executable. Tests read it back. Not
+/// What `identity_connect4` ([`probe`]) observed: tgid -> executable. Tests read it back. Not
 /// preallocated: every generation of the XDP program creates it, and nothing fills it there.
 #[map]
 static IDENTITY_PROBE: HashMap<u32, ExeId> =
@@ -100,9 +108,50 @@ pub(crate) fn current_exe() -> Result<ExeId, NoExe> {
     })
 }
 
-/// Prototype of the per-program connect hook: records who connects, decides nothing.
-#[cgroup_sock_addr(connect4)]
-pub fn identity_connect4(_ctx: SockAddrContext) -> i32 {
+/// The calling task: its executable, uid and cgroup ancestors. Only in process context (the
+/// cgroup hooks).
+#[inline(always)]
+pub(crate) fn current_owner() -> Owner {
+    owner_of_current(true, true)
+}
+
+/// The calling task as an [`Owner`], reading only what is asked for: `exe`, the executable
+/// walk (five kernel reads); `ancestors`, the cgroup ancestors (eight helper calls).
+#[inline(always)]
+pub(crate) fn owner_of_current(exe: bool, ancestors: bool) -> Owner {
+    let exe = if exe {
+        match current_exe() {
+            Ok(exe) => exe,
+            Err(_) => {
+                count(Counter::OutNoExe);
+                ExeId { dev: 0, ino: 0 }
+            }
+        }
+    } else {
+        ExeId { dev: 0, ino: 0 }
+    };
+    let mut owner = Owner {
+        exe,
+        uid: bpf_get_current_uid_gid() as u32,
+        _pad: 0,
+        ancestors: [0; MAX_UNIT_LEVEL],
+    };
+    if ancestors {
+        let mut level = 0;
+        while level < MAX_UNIT_LEVEL {
+            // SAFETY: a helper without pointer arguments; 0 above the task's own level.
+            owner.ancestors[level] =
+                unsafe { bpf_get_current_ancestor_cgroup_id((level + 1) as i32) };
+            level += 1;
+        }
+    }
+    owner
+}
+
+/// The per-program connect hook's prototype (`identity_connect4`): records who connects in
+/// `IDENTITY_PROBE`, decides nothing.
+#[inline(always)]
+pub(crate) fn probe() -> i32 {
     if let Ok(exe) = current_exe() {
         let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
         // A full map only loses the observation; the connect is allowed either way.

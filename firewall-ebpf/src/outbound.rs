@@ -15,10 +15,16 @@
 //!   egress program drops that socket's packets to that destination ([`held`]), so the
 //!   application waits and times out as behind a black hole.
 //!
+//! `OUT_STEALTH` key layout (`OutStealthKey`, 32 bytes): the socket's cookie, the destination
+//! address (IPv4 as `::ffff:a.b.c.d`, as the packets leave), the destination port (host
+//! order) and the IP protocol number; the value is the verdict word. The destination is part
+//! of the key because one unconnected UDP socket may send to several. An LRU, pinned by name
+//! and shared by both copies and every generation.
+//!
 //! An allowed call also records who made it (`SOCK_OWNER`, by socket cookie: executable, uid,
-//! pid), and the egress program copies that into the connection the socket's first packet
-//! creates, so `fwctl conns` can say which program owns each connection. The executable walk
-//! is the same as for `program` rules, and made once per call at most.
+//! pid, see `owners.rs`), and the egress program copies that into the connection the socket's
+//! first packet creates, so `fwctl conns` can say which program owns each connection. The
+//! executable walk is the same as for `program` rules, and made once per call at most.
 //!
 //! Destinations on loopback (127.0.0.0/8, ::1, IPv4-mapped 127.0.0.0/8, and the unspecified
 //! addresses, which Linux connects over loopback) are always allowed: local services talk over
@@ -27,78 +33,41 @@
 
 use aya_ebpf::{
     EbpfContext as _, Global,
-    bindings::BPF_NOEXIST,
-    helpers::{bpf_get_current_pid_tgid, bpf_get_current_uid_gid, bpf_get_socket_cookie},
-    macros::{cgroup_sock_addr, map},
+    helpers::bpf_get_socket_cookie,
+    macros::map,
     maps::LruHashMap,
     programs::{SockAddrContext, TcContext},
 };
 use firewall_common::{
-    ACTION_ALLOW, ACTION_REJECT, Counter, DEFAULT_RULE, NO_MATCH, OUT_STEALTH_ENTRIES,
-    OutStealthKey, PROTO_TCP, PROTO_UDP, SOCK_OWNER_ENTRIES, ct::ConnOwner, identity::ExeId,
-    verdict, verdict_action,
+    ACTION_ALLOW, ACTION_REJECT, AF_INET, AF_INET6, Counter, IPPROTO_TCP, IPPROTO_UDP, NO_MATCH,
+    OUT_STEALTH_ENTRIES, OutStealthKey, PROTO_TCP, PROTO_UDP, identity::ExeId, verdict_action,
 };
 
 use crate::{
-    classify_parts, count, count_rule_hit, identity, min,
-    parse::{Addr, Packet},
-    scoped,
+    addr::{Addr, AddrWords},
+    classifier::{DEFAULT_OUTBOUND, classify_parts, count_rule_hit, min},
+    counters::count,
+    owners::{record_owner, remember_owner},
+    parse::Packet,
+    selector,
 };
 
-/// `[defaults] outbound`, as a verdict word. Set in the outbound copy of the program.
-#[unsafe(no_mangle)]
-static DEFAULT_OUTBOUND: Global<u32> = Global::new(verdict(DEFAULT_RULE, ACTION_ALLOW));
 /// Non-zero when the outbound rules in force can say `stealth`: the egress program (loaded in
 /// the inbound copy) only then looks packets up in `OUT_STEALTH`.
 #[unsafe(no_mangle)]
 static OUT_CAN_STEALTH: Global<u32> = Global::new(0);
-/// `[conntrack] record_owner`: non-zero when connections record their owner.
-#[unsafe(no_mangle)]
-pub(crate) static RECORD_OWNER: Global<u32> = Global::new(1);
-
 /// Sockets held by `stealth`: written by the hooks, read by the egress program. Pinned, so both
 /// copies of the program and every generation share it.
 #[map]
 static OUT_STEALTH: LruHashMap<OutStealthKey, u32> = LruHashMap::pinned(OUT_STEALTH_ENTRIES, 0);
 
-/// Who connected (or first sent from) each allowed socket, by socket cookie: written by the
-/// hooks, copied into new flows by the egress program. Pinned, shared like `OUT_STEALTH`.
-#[map]
-pub(crate) static SOCK_OWNER: LruHashMap<u64, ConnOwner> =
-    LruHashMap::pinned(SOCK_OWNER_ENTRIES, 0);
-
-const AF_INET: u32 = 2;
-const AF_INET6: u32 = 10;
-const IPPROTO_TCP: u32 = 6;
-const IPPROTO_UDP: u32 = 17;
+/// `bpf_sock_addr.protocol` of the sockets judged.
+const TCP: u32 = IPPROTO_TCP as u32;
+const UDP: u32 = IPPROTO_UDP as u32;
 
 /// Return values of a cgroup sock_addr program.
 const PROCEED: i32 = 1;
 const REFUSE: i32 = 0;
-
-// The verifier lets the IPv4 hooks read only `user_ip4` and the IPv6 hooks only `user_ip6`:
-// each hook reads the address of its own family (an IPv4-mapped destination given to an IPv6
-// socket reaches connect6 as IPv6, and sendmsg4 as IPv4).
-
-#[cgroup_sock_addr(connect4)]
-pub fn firewall_connect4(ctx: SockAddrContext) -> i32 {
-    judge::<AF_INET, true>(&ctx)
-}
-
-#[cgroup_sock_addr(connect6)]
-pub fn firewall_connect6(ctx: SockAddrContext) -> i32 {
-    judge::<AF_INET6, true>(&ctx)
-}
-
-#[cgroup_sock_addr(sendmsg4)]
-pub fn firewall_sendmsg4(ctx: SockAddrContext) -> i32 {
-    judge::<AF_INET, false>(&ctx)
-}
-
-#[cgroup_sock_addr(sendmsg6)]
-pub fn firewall_sendmsg6(ctx: SockAddrContext) -> i32 {
-    judge::<AF_INET6, false>(&ctx)
-}
 
 /// The destination of the call, as the packets will carry it: an IPv4-mapped IPv6 address
 /// (`::ffff:a.b.c.d` given to an IPv6 socket) is IPv4.
@@ -149,52 +118,10 @@ fn on_loopback(a: &Addr) -> bool {
     }
 }
 
-/// Records the caller as the owner of the socket, unless it already is: a socket that
-/// connects again or sends more datagrams pays one lookup, not the executable walk and the
-/// update. A connect() from another process (a socket passed on or inherited) records the new
-/// caller; a sendmsg() records only a socket without an owner. `exe` is the caller's
-/// executable when the rules already read it.
+/// Judges a connect() (`CONNECT`) or sendmsg() of a socket of `FAMILY`: the cgroup hook's
+/// return value.
 #[inline(always)]
-fn record_owner<const CONNECT: bool>(ctx: &SockAddrContext, exe: ExeId) {
-    if RECORD_OWNER.load() == 0 {
-        return;
-    }
-    remember_owner::<CONNECT>(ctx, exe);
-}
-
-/// [`record_owner`] whatever `record_owner` says: a socket held by `stealth` is judged again
-/// by its owner when the rules change (the daemon releases it only if the rules no longer
-/// hold *its* calls).
-#[inline(always)]
-fn remember_owner<const CONNECT: bool>(ctx: &SockAddrContext, exe: ExeId) {
-    // SAFETY: the helper takes this program type's context.
-    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-    let pid = (bpf_get_current_pid_tgid() >> 32) as u32;
-    // SAFETY: a map value, read at once.
-    if let Some(known) = unsafe { SOCK_OWNER.get(&cookie) }
-        && (!CONNECT || known.pid == pid)
-    {
-        return;
-    }
-    let exe = if exe.dev != 0 || exe.ino != 0 {
-        exe
-    } else {
-        identity::current_exe().unwrap_or(ExeId { dev: 0, ino: 0 })
-    };
-    let owner = ConnOwner {
-        exe,
-        uid: bpf_get_current_uid_gid() as u32,
-        pid,
-    };
-    let flags = if CONNECT { 0 } else { BPF_NOEXIST as u64 };
-    // A racing sendmsg on another CPU may have recorded the socket first: that is fine.
-    if SOCK_OWNER.insert(&cookie, &owner, flags).is_err() && CONNECT {
-        count(Counter::OwnerRecordFailed);
-    }
-}
-
-#[inline(always)]
-fn judge<const FAMILY: u32, const CONNECT: bool>(ctx: &SockAddrContext) -> i32 {
+pub(crate) fn judge<const FAMILY: u32, const CONNECT: bool>(ctx: &SockAddrContext) -> i32 {
     let sa = ctx.sock_addr;
     // SAFETY: as in `destination`.
     let (protocol, port) = unsafe {
@@ -204,8 +131,8 @@ fn judge<const FAMILY: u32, const CONNECT: bool>(ctx: &SockAddrContext) -> i32 {
         )
     };
     let (proto, proto_number) = match protocol {
-        IPPROTO_TCP => (PROTO_TCP, IPPROTO_TCP as u8),
-        IPPROTO_UDP => (PROTO_UDP, IPPROTO_UDP as u8),
+        TCP => (PROTO_TCP, IPPROTO_TCP),
+        UDP => (PROTO_UDP, IPPROTO_UDP),
         _ => {
             count(Counter::OutNotJudged);
             return PROCEED;
@@ -224,12 +151,12 @@ fn judge<const FAMILY: u32, const CONNECT: bool>(ctx: &SockAddrContext) -> i32 {
     count(Counter::OutJudged);
     let mut word = classify_parts(&remote, proto, port);
     let mut exe = ExeId { dev: 0, ino: 0 };
-    if scoped::active() {
-        let owner = scoped::current_owner_for_rules();
+    if selector::active() {
+        let owner = selector::current_owner_for_rules();
         exe = owner.exe;
         word = min(
             word,
-            scoped::classify_owner(&owner, scoped::Remote::of(&remote), proto, port),
+            selector::classify_owner(&owner, AddrWords::of(&remote), proto, port),
         );
     }
     if word == NO_MATCH {
@@ -275,13 +202,13 @@ fn judge<const FAMILY: u32, const CONNECT: bool>(ctx: &SockAddrContext) -> i32 {
 /// Egress: is `pkt` (leaving the host) from a socket held by `stealth`, to the destination
 /// that verdict was about? Only looked up when the rules in force can say `stealth` outbound.
 #[inline(always)]
-pub fn held(ctx: &TcContext, pkt: &Packet) -> bool {
+pub(crate) fn held(ctx: &TcContext, pkt: &Packet) -> bool {
     if OUT_CAN_STEALTH.load() == 0 {
         return false;
     }
     let proto = match pkt.proto {
-        PROTO_TCP => IPPROTO_TCP as u8,
-        PROTO_UDP => IPPROTO_UDP as u8,
+        PROTO_TCP => IPPROTO_TCP,
+        PROTO_UDP => IPPROTO_UDP,
         _ => return false,
     };
     // SAFETY: the helper takes an skb context; it returns 0 when the packet has no socket.

@@ -26,12 +26,19 @@ use aya_ebpf::{
     maps::PerCpuArray,
     programs::{TcContext, XdpContext},
 };
-use firewall_common::{Counter, PROTO_ICMP, PROTO_OTHER, PROTO_TCP, PROTO_UDP};
+use firewall_common::{
+    Counter, ICMP_DEST_UNREACH, ICMP_FRAG_NEEDED, ICMPV6_MLD_QUERY, ICMPV6_MLD2_REPORT,
+    ICMPV6_PACKET_TOO_BIG, ICMPV6_REDIRECT, IPPROTO_AH, IPPROTO_DSTOPTS, IPPROTO_FRAGMENT,
+    IPPROTO_HOPOPTS, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_ROUTING, IPPROTO_TCP, IPPROTO_UDP,
+    PROTO_ICMP, PROTO_OTHER, PROTO_TCP, PROTO_UDP,
+};
 use network_types::{
     eth::EthHdr,
     ip::{Ipv4Hdr, Ipv6Hdr},
     udp::UdpHdr,
 };
+
+use crate::addr::Addr;
 
 const ETH_P_IP: u16 = 0x0800;
 const ETH_P_IPV6: u16 = 0x86dd;
@@ -46,59 +53,9 @@ const MAX_L2_LEN: usize = EthHdr::LEN + MAX_VLAN_TAGS * VLAN_HDR_LEN;
 /// traffic carries at most a few (hop-by-hop, routing, fragment, destination options).
 pub const MAX_EXT_HEADERS: usize = 8;
 
-const IPPROTO_HOPOPTS: u8 = 0;
-const IPPROTO_ICMP: u8 = 1;
-const IPPROTO_TCP: u8 = 6;
-const IPPROTO_UDP: u8 = 17;
-const IPPROTO_ROUTING: u8 = 43;
-const IPPROTO_FRAGMENT: u8 = 44;
-const IPPROTO_AH: u8 = 51;
-const IPPROTO_ICMPV6: u8 = 58;
-const IPPROTO_DSTOPTS: u8 = 60;
-
 pub const TCP_HDR_LEN: usize = 20;
 /// ICMP and ICMPv6 headers: type, code, checksum and 4 bytes that depend on the type.
 const ICMP_HDR_LEN: usize = 8;
-
-#[derive(Clone, Copy)]
-pub enum Addr {
-    V4([u8; 4]),
-    V6([u8; 16]),
-}
-
-impl Addr {
-    /// `CtKey::family` of the address.
-    #[inline(always)]
-    pub fn family(&self) -> u8 {
-        match self {
-            Addr::V4(_) => firewall_common::ct::FAMILY_V4,
-            Addr::V6(_) => firewall_common::ct::FAMILY_V6,
-        }
-    }
-
-    /// IPv4 as `::ffff:a.b.c.d`, for keys that hold either family, written in place with two
-    /// 64-bit stores (byte-wise copies cost tens of nanoseconds per packet). `out` must be
-    /// 8-byte aligned: the address fields of `CtKey` are.
-    #[inline(always)]
-    pub fn write_mapped(&self, out: &mut [u8; 16]) {
-        let p = out.as_mut_ptr() as *mut u64;
-        // SAFETY: `out` is 16 bytes and 8-byte aligned (see above); little-endian target.
-        unsafe {
-            match self {
-                Addr::V4(a) => {
-                    p.write(0);
-                    p.add(1)
-                        .write(0xffff_0000 | (u64::from(u32::from_le_bytes(*a)) << 32));
-                }
-                Addr::V6(a) => {
-                    let q = a.as_ptr() as *const u64;
-                    p.write(q.read_unaligned());
-                    p.add(1).write(q.add(1).read_unaligned());
-                }
-            }
-        }
-    }
-}
 
 /// A frame the parser can read: XDP frames and (egress) socket buffers.
 pub trait Frame {
@@ -458,7 +415,10 @@ fn embeds_ipv4(w0: u32, w1: u32, w2: u32, w3: u32) -> bool {
 /// and neighbour discovery (133-137).
 #[inline(always)]
 fn icmp6_essential(icmp_type: u8) -> bool {
-    matches!(icmp_type, 2 | 130..=137 | 143)
+    matches!(
+        icmp_type,
+        ICMPV6_PACKET_TOO_BIG | ICMPV6_MLD_QUERY..=ICMPV6_REDIRECT | ICMPV6_MLD2_REPORT
+    )
 }
 
 #[expect(
@@ -543,7 +503,7 @@ fn transport<F: Frame>(
             // SAFETY: bounds checked by ptr_at.
             let h = unsafe { *h };
             // Destination unreachable / fragmentation needed: path MTU discovery.
-            if h[0] == 3 && h[1] == 4 {
+            if h[0] == ICMP_DEST_UNREACH && h[1] == ICMP_FRAG_NEEDED {
                 return Ok(Parsed::IcmpEssential);
             }
             pkt.proto = PROTO_ICMP;

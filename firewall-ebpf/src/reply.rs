@@ -1,4 +1,6 @@
 //! Reject replies, built in place and sent back out of the receiving interface with XDP_TX.
+//! Whether to answer at all is decided in `inbound.rs` (`reject`), with the checks and the
+//! budgets below.
 //!
 //! Everything needed from the offending packet is already copied into [`Packet`], so the builders
 //! can overwrite its headers. Checksums are computed from scratch ([`crate::csum`]).
@@ -20,12 +22,15 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use firewall_common::{
-    IFACE_MAC_ENTRIES, IfaceMac, LOCAL_ADDRS_ENTRIES, LocalAddrKey, RateBucket, RateKey,
+    ICMP_DEST_UNREACH, ICMP_PORT_UNREACH, ICMPV6_DEST_UNREACH, ICMPV6_PORT_UNREACH,
+    IFACE_MAC_ENTRIES, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IfaceMac, LOCAL_ADDRS_ENTRIES,
+    LocalAddrKey, RateBucket, RateKey, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN,
 };
 
 use crate::{
+    addr::Addr,
     csum,
-    parse::{Addr, L2, Packet, TCP_HDR_LEN, ptr_at, ptr_at_mut},
+    parse::{L2, Packet, TCP_HDR_LEN, ptr_at, ptr_at_mut},
 };
 
 #[unsafe(no_mangle)]
@@ -44,11 +49,6 @@ static REJECT_GLOBAL: Array<RateBucket> = Array::pinned(1, 0);
 static IFACE_MAC: HashMap<u32, IfaceMac> = HashMap::pinned(IFACE_MAC_ENTRIES, 0);
 #[map]
 static LOCAL_ADDRS: HashMap<LocalAddrKey, u32> = HashMap::pinned(LOCAL_ADDRS_ENTRIES, 0);
-
-pub const TCP_FIN: u8 = 0x01;
-pub const TCP_SYN: u8 = 0x02;
-pub const TCP_RST: u8 = 0x04;
-pub const TCP_ACK: u8 = 0x10;
 
 const TTL: u8 = 64;
 const IPV4_HDR_LEN: usize = 20;
@@ -327,19 +327,23 @@ pub fn tcp_rst(ctx: &XdpContext, pkt: &Packet, mac: u64) -> Result<(), ()> {
     let l3 = pkt.l3_off;
     match (pkt.local, pkt.remote) {
         (Addr::V4(src), Addr::V4(dst)) => {
-            let c = csum::finish(csum::pseudo(&src, &dst, 6, TCP_HDR_LEN as u32) + csum::sum(&tcp));
+            let c = csum::finish(
+                csum::pseudo(&src, &dst, IPPROTO_TCP, TCP_HDR_LEN as u32) + csum::sum(&tcp),
+            );
             tcp[16] = c[0];
             tcp[17] = c[1];
-            let ip = ipv4_header((IPV4_HDR_LEN + TCP_HDR_LEN) as u16, 6, src, dst);
+            let ip = ipv4_header((IPV4_HDR_LEN + TCP_HDR_LEN) as u16, IPPROTO_TCP, src, dst);
             write(ctx, l3, &ip)?;
             write(ctx, l3 + IPV4_HDR_LEN, &tcp)?;
             trim_to(ctx, l3 + IPV4_HDR_LEN + TCP_HDR_LEN)
         }
         (Addr::V6(src), Addr::V6(dst)) => {
-            let c = csum::finish(csum::pseudo(&src, &dst, 6, TCP_HDR_LEN as u32) + csum::sum(&tcp));
+            let c = csum::finish(
+                csum::pseudo(&src, &dst, IPPROTO_TCP, TCP_HDR_LEN as u32) + csum::sum(&tcp),
+            );
             tcp[16] = c[0];
             tcp[17] = c[1];
-            let ip = ipv6_header(TCP_HDR_LEN as u16, 6, src, dst);
+            let ip = ipv6_header(TCP_HDR_LEN as u16, IPPROTO_TCP, src, dst);
             write(ctx, l3, &ip)?;
             write(ctx, l3 + IPV6_HDR_LEN, &tcp)?;
             trim_to(ctx, l3 + IPV6_HDR_LEN + TCP_HDR_LEN)
@@ -407,21 +411,23 @@ pub fn port_unreachable(ctx: &XdpContext, pkt: &Packet, mac: u64) -> Result<(), 
 
     match (pkt.local, pkt.remote) {
         (Addr::V4(src), Addr::V4(dst)) => {
-            let mut icmp = [3u8, 3, 0, 0, 0, 0, 0, 0];
+            let mut icmp = [ICMP_DEST_UNREACH, ICMP_PORT_UNREACH, 0, 0, 0, 0, 0, 0];
             let c = csum::finish(acc + csum::sum(&icmp));
             icmp[2] = c[0];
             icmp[3] = c[1];
-            let ip = ipv4_header((new_hdrs + quoted) as u16, 1, src, dst);
+            let ip = ipv4_header((new_hdrs + quoted) as u16, IPPROTO_ICMP, src, dst);
             write(ctx, l3, &ip)?;
             write(ctx, l3 + IPV4_HDR_LEN, &icmp)
         }
         (Addr::V6(src), Addr::V6(dst)) => {
             let len = (ICMP_HDR_LEN + quoted) as u32;
-            let mut icmp = [1u8, 4, 0, 0, 0, 0, 0, 0];
-            let c = csum::finish(acc + csum::sum(&icmp) + csum::pseudo(&src, &dst, 58, len));
+            let mut icmp = [ICMPV6_DEST_UNREACH, ICMPV6_PORT_UNREACH, 0, 0, 0, 0, 0, 0];
+            let c = csum::finish(
+                acc + csum::sum(&icmp) + csum::pseudo(&src, &dst, IPPROTO_ICMPV6, len),
+            );
             icmp[2] = c[0];
             icmp[3] = c[1];
-            let ip = ipv6_header(len as u16, 58, src, dst);
+            let ip = ipv6_header(len as u16, IPPROTO_ICMPV6, src, dst);
             write(ctx, l3, &ip)?;
             write(ctx, l3 + IPV6_HDR_LEN, &icmp)
         }

@@ -1,0 +1,138 @@
+//! The classifier's tables and the precedence rule, shared by the kernel and the compiler.
+//!
+//! Why this shape: a rule set of any size is judged with a constant number of lookups. The
+//! compiler (`firewall-daemon/src/compile.md`) folds the rules into a longest-prefix trie of
+//! remote addresses ([`AddrValue`]), an array of (protocol, port) slots ([`PortValue`],
+//! indexed by [`port_slot`]), a hash of (address class, port class) pairs ([`PairKey`]) for
+//! rules that name both, and a load-time constant per protocol for rules that name neither.
+//! Each lookup yields at most one candidate *verdict word*; the kernel keeps the smallest.
+//!
+//! The precedence rule lives in the verdict word ([`verdict`]): the rule index sits in the
+//! high bits, so the numerically smallest word is the first matching rule in file order and
+//! `min` resolves first-match precedence without scanning rules. [`NO_MATCH`] is larger than
+//! every word, so "no candidate" never wins.
+
+use crate::proto::{PROTO_CLASSES, PROTO_ICMP, PROTO_TCP, PROTO_UDP};
+
+pub const ACTION_ALLOW: u32 = 0;
+pub const ACTION_REJECT: u32 = 1;
+pub const ACTION_STEALTH: u32 = 2;
+const ACTION_BITS: u32 = 2;
+const ACTION_MASK: u32 = (1 << ACTION_BITS) - 1;
+
+/// "No rule of this kind matches." Larger than every verdict word, so `min` ignores it.
+pub const NO_MATCH: u32 = u32::MAX;
+/// Rule index recorded for packets decided by `[defaults]`.
+pub const DEFAULT_RULE: u32 = (1 << (32 - ACTION_BITS)) - 2;
+/// Most rules a rule set may hold (indices below [`DEFAULT_RULE`]).
+pub const MAX_RULES: u32 = DEFAULT_RULE;
+
+/// A verdict word packs `rule index << 2 | action`. Because the rule index is in the high bits,
+/// the numerically smallest word among several candidates is the first rule in file order: the
+/// kernel resolves first-match precedence with `min`, no rule scan.
+#[inline(always)]
+pub const fn verdict(rule: u32, action: u32) -> u32 {
+    (rule << ACTION_BITS) | (action & ACTION_MASK)
+}
+
+#[inline(always)]
+pub const fn verdict_rule(word: u32) -> u32 {
+    word >> ACTION_BITS
+}
+
+#[inline(always)]
+pub const fn verdict_action(word: u32) -> u32 {
+    word & ACTION_MASK
+}
+
+/// Number of entries in [`crate::maps::PORTS`]: every TCP port, every UDP port, then one slot
+/// each for ICMP and other protocols (they have no ports).
+pub const PORT_SLOTS: u32 = 2 * 65536 + 2;
+
+/// Index into [`crate::maps::PORTS`] for a protocol class and local (service) port.
+#[inline(always)]
+pub const fn port_slot(proto: u32, port: u16) -> u32 {
+    match proto {
+        PROTO_TCP => port as u32,
+        PROTO_UDP => 65536 + port as u32,
+        PROTO_ICMP => 2 * 65536,
+        _ => 2 * 65536 + 1,
+    }
+}
+
+/// Value of the address tries: what the longest matching prefix tells about a remote address.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AddrValue {
+    /// Address class for [`crate::maps::PAIRS`], or [`NO_MATCH`] when no rule naming both an
+    /// address and a port covers this address.
+    pub class: u32,
+    /// First rule (verdict word) that names this address and matches every protocol and port.
+    pub any_proto: u32,
+    /// Per protocol class: first rule naming this address and the protocol, with no port.
+    pub proto: [u32; PROTO_CLASSES],
+}
+
+/// Value of [`crate::maps::PORTS`]. Both fields hold their value **plus one** (wrapping), so the
+/// all-zero entry a new array starts with means "nothing matches" and the daemon only writes
+/// the slots rules use. Read them with [`PortValue::class`] and [`PortValue::any_addr`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PortValue {
+    class_plus_one: u32,
+    any_addr_plus_one: u32,
+}
+
+impl PortValue {
+    pub const EMPTY: Self = Self::new(NO_MATCH, NO_MATCH);
+
+    /// `class`: port class for [`crate::maps::PAIRS`] or [`NO_MATCH`]; `any_addr`: first rule
+    /// (verdict word) that matches this protocol/port from any remote address, or [`NO_MATCH`].
+    #[inline(always)]
+    pub const fn new(class: u32, any_addr: u32) -> Self {
+        Self {
+            class_plus_one: class.wrapping_add(1),
+            any_addr_plus_one: any_addr.wrapping_add(1),
+        }
+    }
+
+    #[inline(always)]
+    pub const fn class(&self) -> u32 {
+        self.class_plus_one.wrapping_sub(1)
+    }
+
+    #[inline(always)]
+    pub const fn any_addr(&self) -> u32 {
+        self.any_addr_plus_one.wrapping_sub(1)
+    }
+}
+
+/// Key of [`crate::maps::PAIRS`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct PairKey {
+    pub addr_class: u32,
+    pub port_class: u32,
+}
+
+/// Values of the `FRAGMENTS` load-time constant ([`crate::globals::FRAGMENTS`]): what becomes
+/// of a non-first fragment, which carries no transport header to judge.
+pub const FRAG_ALLOW: u32 = 0;
+pub const FRAG_STEALTH: u32 = 1;
+
+const _: () = {
+    assert!(core::mem::size_of::<AddrValue>() == 24);
+    assert!(core::mem::size_of::<PortValue>() == 8);
+    assert!(core::mem::size_of::<PairKey>() == 8);
+    assert!(verdict_rule(verdict(DEFAULT_RULE, ACTION_STEALTH)) == DEFAULT_RULE);
+    assert!(verdict(DEFAULT_RULE, ACTION_STEALTH) < NO_MATCH);
+    assert!(PortValue::EMPTY.class_plus_one == 0 && PortValue::EMPTY.any_addr_plus_one == 0);
+};
+
+#[cfg(feature = "user")]
+mod user {
+    // SAFETY: repr(C), padding-free (sizes asserted above), valid for every bit pattern.
+    unsafe impl aya::Pod for super::AddrValue {}
+    unsafe impl aya::Pod for super::PortValue {}
+    unsafe impl aya::Pod for super::PairKey {}
+}
