@@ -2,7 +2,7 @@
 //!
 //! An executable is named by the (device, inode) of `task->mm->exe_file->f_inode`. The device
 //! is the kernel's own `dev_t` encoding (`MKDEV(major, minor) = major << 20 | minor`), not the
-//! `st_dev` userspace gets from stat(2); the daemon converts (firewall-daemon/src/identity.rs).
+//! `st_dev` userspace gets from stat(2); the daemon converts (firewall-daemon/src/host/exe_id.rs).
 //! The design and its limits are described there.
 
 /// The executable a task runs: `sb->s_dev` (kernel encoding, widened) and `inode->i_ino`.

@@ -3,7 +3,7 @@
 //! cgroup ancestors ([`owner_of_current`]).
 //!
 //! Rust eBPF has no CO-RE field relocations, so the structure offsets are load-time constants
-//! the daemon resolves from the running kernel's BTF (firewall-daemon/src/identity.rs). Only
+//! the daemon resolves from the running kernel's BTF (firewall-daemon/src/host/btf). Only
 //! for cgroup socket hooks (process context); the XDP program never calls this.
 
 use aya_ebpf::{

@@ -136,7 +136,8 @@ pub struct Rule {
 }
 
 /// Who a rule is about. Every selector given must match; none given matches every process.
-/// How each is identified in the kernel is described in `identity.rs` and `resolve.rs`.
+/// How each is identified in the kernel is described in `firewall-ebpf/src/identity.rs` and
+/// the daemon's `host/selectors`.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 pub struct Selector {
     /// `program`: absolute path of the executable, as written. Matched by the (device,
