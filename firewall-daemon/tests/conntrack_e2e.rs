@@ -28,16 +28,7 @@ use support::{
 };
 
 /// Allows one TCP port inbound and nothing else.
-const RULES: &str = r#"
-[defaults]
-inbound = "stealth"
-
-[[rule]]
-name = "web"
-proto = "tcp"
-port = 8080
-action = "allow"
-"#;
+const RULES: &str = support::rules::WEB_ONLY;
 
 /// How long a stealthed connect (or datagram) is waited for before we call it filtered.
 const STEALTH_WAIT: Duration = Duration::from_millis(1500);

@@ -43,9 +43,7 @@ use std::{
 
 use aya::maps::{Array, Map, MapData};
 use firewall_common::{Counter, RateBucket, ct, maps};
-use firewall_daemon::{
-    compile, conntrack::Tables, host::interfaces::LinkLayer, kernel::Generation,
-};
+use firewall_daemon::{conntrack::Tables, host::interfaces::LinkLayer, kernel::Generation};
 use proptest::{
     strategy::{Strategy, ValueTree},
     test_runner::{Config as ProptestConfig, RngAlgorithm, TestRng, TestRunner},
@@ -61,6 +59,7 @@ use support::{
     frame::{self, HostView, XDP_DROP, XDP_PASS, XDP_TX},
     frames::{self, Ext, LOCAL_MAC, REMOTE_MAC},
     host::Host,
+    lab::Loaded,
     rules::{gen_rule, render},
 };
 
@@ -186,11 +185,10 @@ impl Drop for Lab {
 impl Lab {
     fn load(fs: &BpfFs, n: u64, text: String) -> Self {
         let ruleset: &'static Ruleset = Box::leak(Box::new(parse_rules(&text)));
-        let compiled = compile::compile(ruleset, &Default::default()).expect("compiling");
         let pin = fs.pin_dir(&format!("fuzz{n}"));
-        let generation = Generation::load(&compiled, ruleset, &pin, 1)
-            .unwrap_or_else(|e| panic!("loading: {e:#}\n--- rules ---\n{text}"));
-        let tables = Tables::open(&pin).expect("opening the connection tables");
+        let Loaded {
+            generation, tables, ..
+        } = Loaded::new(ruleset, &pin, &text);
         let counters = generation.counters().expect("reading counters");
         let hits = generation.rule_hits().expect("reading rule hits");
         let host = Host::open(&pin);

@@ -20,9 +20,7 @@ use std::{
 };
 
 use etherparse::{NetSlice, PacketBuilder, SlicedPacket, TransportSlice};
-use firewall_daemon::{
-    compile, conntrack::Tables, host::interfaces::LinkLayer, kernel::Generation,
-};
+use firewall_daemon::{conntrack::Tables, host::interfaces::LinkLayer, kernel::Generation};
 use rules::{
     config::{self, Env},
     model::{Action, PacketMeta, Ruleset},
@@ -32,6 +30,7 @@ use support::{
     bpffs::BpfFs,
     daemon::Daemon,
     frames::{L4, Spec},
+    lab::Loaded,
     netns::NetNs,
 };
 
@@ -100,10 +99,9 @@ struct Fw {
 impl Fw {
     fn load(fs: &BpfFs) -> Self {
         let ruleset = parse_rules(RULES);
-        let compiled = compile::compile(&ruleset, &Default::default()).expect("compiling");
-        let generation = Generation::load(&compiled, &ruleset, &fs.pin_dir("fw"), 1)
-            .unwrap_or_else(|e| panic!("loading a generation: {e:#}"));
-        let tables = Tables::open(&fs.pin_dir("fw")).expect("opening the connection tables");
+        let Loaded {
+            generation, tables, ..
+        } = Loaded::new(&ruleset, &fs.pin_dir("fw"), RULES);
         Self {
             ruleset,
             generation,

@@ -12,13 +12,13 @@ use std::{
 };
 
 use firewall_common::ct;
-use firewall_daemon::{compile, conntrack::Tables, kernel::Generation};
+use firewall_daemon::{conntrack::Tables, kernel::Generation};
 use rules::{
     config::{self, Env},
     model::{self, PacketProto, Ruleset},
     tracker::{Inbound, Segment, Tracker},
 };
-use support::{bpffs::BpfFs, frames, host::Host};
+use support::{bpffs::BpfFs, frames, host::Host, lab::Loaded};
 
 const XDP_DROP: u32 = 1;
 const XDP_PASS: u32 = 2;
@@ -60,12 +60,11 @@ struct Lab {
 impl Lab {
     fn new(text: &str) -> Self {
         let ruleset: &'static Ruleset = Box::leak(Box::new(parse_rules(text)));
-        let compiled = compile::compile(ruleset, &Default::default()).expect("compiling");
         let fs = BpfFs::new();
         let pin = fs.pin_dir("p");
-        let generation = Generation::load(&compiled, ruleset, &pin, 1)
-            .unwrap_or_else(|e| panic!("loading: {e:#}"));
-        let tables = Tables::open(&pin).expect("opening tables");
+        let Loaded {
+            generation, tables, ..
+        } = Loaded::new(ruleset, &pin, text);
         let host = Host::open(&pin);
         Self {
             ruleset,

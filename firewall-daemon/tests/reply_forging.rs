@@ -15,13 +15,14 @@ use std::{
     time::Instant,
 };
 
-use firewall_daemon::{compile, kernel::Generation};
+use firewall_daemon::kernel::Generation;
 
 use rules::config::{self, Env};
 use support::{
     bpffs::BpfFs,
     frames::{self, L4, LOCAL_MAC, REMOTE_MAC, Spec},
     host::Host,
+    lab::Loaded,
 };
 
 const XDP_DROP: u32 = 1;
@@ -46,11 +47,9 @@ impl Lab {
         };
         let ruleset = config::parse_with(&text, Path::new("reply-forging.toml"), &env)
             .unwrap_or_else(|e| panic!("test rules do not parse:\n{e}"));
-        let compiled = compile::compile(&ruleset, &Default::default()).expect("compiling");
         let fs = BpfFs::new();
         let pin = fs.pin_dir("p");
-        let generation = Generation::load(&compiled, &ruleset, &pin, 1)
-            .unwrap_or_else(|e| panic!("loading: {e:#}"));
+        let Loaded { generation, .. } = Loaded::new(&ruleset, &pin, &text);
         let mut host = Host::open(&pin);
         host.add("10.0.0.1".parse().expect("address"));
         host.add("2001:db8::1".parse().expect("address"));

@@ -16,18 +16,9 @@ use std::{
 
 use support::{cgroup::TestCgroup, daemon::Daemon, netns::Pair};
 
-/// Only the default: every port is stealthed, so a connect to a port without a listener times
-/// out when the firewall protects the interface and is refused at once when it does not.
-const STEALTH_ALL: &str = r#"
-[defaults]
-inbound = "stealth"
-
-[[rule]]
-name = "web"
-proto = "tcp"
-port = 8080
-action = "allow"
-"#;
+/// Every port but 8080 is stealthed, so a connect to a port without a listener times out when
+/// the firewall protects the interface and is refused at once when it does not.
+const STEALTH_ALL: &str = support::rules::WEB_ONLY;
 
 const STEALTH_WAIT: Duration = Duration::from_millis(1500);
 

@@ -34,6 +34,7 @@ use support::{
     bpffs::BpfFs,
     frames::{self, Ext, L4, LOCAL_MAC, REMOTE_MAC, Spec},
     host::Host,
+    lab::Loaded,
     rules::{GenRule, NO_RATE_LIMIT, all_port_points, gen_rule, render},
 };
 
@@ -211,11 +212,11 @@ impl Run {
 impl Fw {
     fn load(fs: &BpfFs, text: &str) -> Self {
         let ruleset = parse_rules(text);
-        let compiled =
-            compile::compile(&ruleset, &Default::default()).expect("compiling the test rules");
-        let generation = Generation::load(&compiled, &ruleset, &fs.pin_dir("fw"), 1)
-            .unwrap_or_else(|e| panic!("loading a generation: {e:#}\n--- rules ---\n{text}"));
-        let tables = Tables::open(&fs.pin_dir("fw")).expect("opening the connection tables");
+        let Loaded {
+            compiled,
+            generation,
+            tables,
+        } = Loaded::new(&ruleset, &fs.pin_dir("fw"), text);
         let host = Host::open(&fs.pin_dir("fw"));
         Self {
             ruleset,

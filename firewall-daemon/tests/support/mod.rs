@@ -6,6 +6,7 @@ pub mod frame;
 pub mod frames;
 pub mod helper;
 pub mod host;
+pub mod lab;
 pub mod netns;
 pub mod rules;
 

@@ -1,6 +1,20 @@
-//! Random rule sets for the tests that compare the kernel with the oracle (`verdicts.rs`,
-//! `fuzz_datapath.rs`): proptest strategies over a small address and port space, and the
-//! `rules.toml` text they stand for.
+//! Rule sets for the tests: random ones for the tests that compare the kernel with the oracle
+//! (`verdicts.rs`, `fuzz_datapath.rs`: proptest strategies over a small address and port
+//! space, and the `rules.toml` text they stand for), and fixed ones several files share.
+
+/// Stealth by default, TCP port 8080 allowed: the daemon tests' rules when the question is
+/// "protected or not" (a connect to 8080 succeeds, any other port times out only when the
+/// firewall judges the interface).
+pub const WEB_ONLY: &str = r#"
+[defaults]
+inbound = "stealth"
+
+[[rule]]
+name = "web"
+proto = "tcp"
+port = 8080
+action = "allow"
+"#;
 
 use proptest::{prelude::*, sample::select};
 use rules::model::Action;
