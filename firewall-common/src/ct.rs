@@ -735,6 +735,37 @@ pub fn udp_step(e: &CtEntry, from_local: bool) -> u8 {
     }
 }
 
+/// The state machine's step for a packet of a tracked flow of either kind: [`tcp_step`] for
+/// TCP, [`udp_step`] (always [`outcome::PASS`]) for UDP and ICMP echo. Nothing is changed: the
+/// caller sets the entry's state and flags from the step when it passes, then calls [`learn`].
+#[inline(always)]
+pub fn step(e: &CtEntry, tcp: bool, from_local: bool, seg: &TcpSeg) -> TcpStep {
+    if tcp {
+        tcp_step(e, from_local, seg)
+    } else {
+        TcpStep {
+            state: udp_step(e, from_local),
+            flags: e.flags,
+            outcome: outcome::PASS,
+        }
+    }
+}
+
+/// What a packet that passed ([`step`] said [`outcome::PASS`] or [`outcome::RESTART`], and the
+/// entry has the step's state and flags) teaches the entry: for TCP the windows
+/// ([`tcp_learn`]), or the flow started over ([`restart`]). The kernel and the oracle both
+/// follow `step`, state and flags, `learn`, so they cannot disagree on the order of these
+/// updates; what they do in between (expiry, statistics) and after (moving the flow between
+/// tables) is theirs.
+#[inline(always)]
+pub fn learn(e: &mut CtEntry, outcome: u8, tcp: bool, from_local: bool, seg: &TcpSeg) {
+    if outcome == outcome::RESTART {
+        restart(e, seg);
+    } else if tcp {
+        tcp_learn(e, from_local, seg);
+    }
+}
+
 #[cfg(feature = "user")]
 mod user {
     // SAFETY: repr(C), explicit padding (sizes asserted above), every bit pattern valid.

@@ -105,12 +105,8 @@ pub struct ListenerKey {
 impl ListenerKey {
     /// The key of a socket of `family` (4 or 6) bound to `addr`.
     pub fn bound(family: u8, addr: core::net::IpAddr, proto: u8, port: u16) -> Self {
-        let addr = match addr {
-            core::net::IpAddr::V4(a) => a.to_ipv6_mapped().octets(),
-            core::net::IpAddr::V6(a) => a.octets(),
-        };
         Self {
-            addr,
+            addr: crate::addr::mapped(addr),
             port,
             proto,
             family,

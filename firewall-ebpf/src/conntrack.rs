@@ -259,24 +259,20 @@ fn step(
         return outcome::DENIED;
     }
     let seg = tcp_seg(pkt);
-    let (new_state, new_flags, out) = if key.proto == IPPROTO_TCP {
-        let s = ct::tcp_step(e, from_local, &seg);
-        (s.state, s.flags, s.outcome)
-    } else {
-        (ct::udp_step(e, from_local), e.flags, outcome::PASS)
-    };
-    match out {
+    let tcp = key.proto == IPPROTO_TCP;
+    let s = ct::step(e, tcp, from_local, &seg);
+    match s.outcome {
         outcome::PASS | outcome::RESTART => {}
         outcome::WINDOW => {
             count(Counter::CtOutOfWindow);
             return outcome::INVALID;
         }
-        _ => return out,
+        out => return out,
     }
     let was_confirmed = state::confirmed(e.state, e.origin);
-    e.state = new_state;
-    e.flags = new_flags;
-    e.expires_ns = now + timeout(cfg, new_state);
+    e.state = s.state;
+    e.flags = s.flags;
+    e.expires_ns = now + timeout(cfg, s.state);
     if from_local {
         e.packets_out += 1;
         e.bytes_out += bytes;
@@ -284,14 +280,10 @@ fn step(
         e.packets_in += 1;
         e.bytes_in += bytes;
     }
-    if out == outcome::RESTART {
-        // In place, in whichever table the flow is: the entry of a connection that reached
-        // the confirmed table carries the next one on its tuple.
-        ct::restart(e, &seg);
-    } else if key.proto == IPPROTO_TCP {
-        ct::tcp_learn(e, from_local, &seg);
-    }
-    if table != Table::Est && !was_confirmed && state::confirmed(new_state, e.origin) {
+    // A restart happens in place, in whichever table the flow is: the entry of a connection
+    // that reached the confirmed table carries the next one on its tuple.
+    ct::learn(e, s.outcome, tcp, from_local, &seg);
+    if table != Table::Est && !was_confirmed && state::confirmed(s.state, e.origin) {
         confirm(key, e, table);
     }
     outcome::PASS

@@ -171,14 +171,10 @@ impl<'a> Tracker<'a> {
         if e.flags & FLAG_DENIED != 0 {
             return outcome::DENIED;
         }
+        let tcp = k.proto == ct::IPPROTO_TCP;
         let tseg = tcp_seg(seg);
-        let (st, flags, out) = if k.proto == ct::IPPROTO_TCP {
-            let s = ct::tcp_step(e, from_local, &tseg);
-            (s.state, s.flags, s.outcome)
-        } else {
-            (ct::udp_step(e, from_local), e.flags, outcome::PASS)
-        };
-        match out {
+        let s = ct::step(e, tcp, from_local, &tseg);
+        match s.outcome {
             outcome::PASS | outcome::RESTART => {}
             // Dropped like any packet its flow's state does not allow.
             outcome::WINDOW => return outcome::INVALID,
@@ -186,16 +182,12 @@ impl<'a> Tracker<'a> {
                 self.flows.remove(k);
                 return outcome::FORGET;
             }
-            _ => return out,
+            out => return out,
         }
-        e.state = st;
-        e.flags = flags;
-        if out == outcome::RESTART {
-            ct::restart(e, &tseg);
-        } else if k.proto == ct::IPPROTO_TCP {
-            ct::tcp_learn(e, from_local, &tseg);
-        }
-        if state::confirmed(st, e.origin) {
+        e.state = s.state;
+        e.flags = s.flags;
+        ct::learn(e, s.outcome, tcp, from_local, &tseg);
+        if state::confirmed(e.state, e.origin) {
             t.confirmed = true;
         }
         outcome::PASS

@@ -15,7 +15,7 @@ use std::{
 };
 
 use anyhow::Context as _;
-use aya::maps::{HashMap, Map, MapData};
+use aya::maps::{HashMap, MapData};
 use firewall_common::{IfaceMac, LocalAddrKey, addr, maps};
 
 /// What the maps should hold: MAC by ifindex, and the local addresses.
@@ -58,9 +58,7 @@ fn open<K: aya::Pod, V: aya::Pod>(
     pin_dir: &Path,
     name: &str,
 ) -> anyhow::Result<HashMap<MapData, K, V>> {
-    let data = MapData::from_pin(pin_dir.join(name))
-        .with_context(|| format!("opening the pinned map {name}"))?;
-    let map = Map::from_map_data(data).with_context(|| format!("map {name}"))?;
+    let map = crate::kernel::open_pinned(pin_dir, name)?;
     HashMap::try_from(map).with_context(|| format!("map {name} has an unexpected layout"))
 }
 
