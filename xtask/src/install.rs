@@ -36,7 +36,10 @@ use clap_complete::Shell;
 use crate::{cargo, workspace_root};
 
 /// The binaries' command lines, shared with the firewall-daemon crate (only `std` and `clap`).
-#[allow(dead_code)]
+#[expect(
+    dead_code,
+    reason = "xtask reads the command definitions for man pages and completions, not the rest"
+)]
 #[path = "../../firewall-daemon/src/cli.rs"]
 mod cli;
 

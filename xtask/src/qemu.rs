@@ -560,7 +560,6 @@ impl GuestRun {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
 fn run_kernel(
     kernel: &Kernel,
     qemu_dir: &Path,

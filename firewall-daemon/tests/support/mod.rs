@@ -1,4 +1,7 @@
-#![allow(dead_code)]
+#![allow(
+    dead_code,
+    reason = "each test binary includes all of support and uses a part of it"
+)]
 pub use firewall_sandbox::bpffs;
 pub mod cgroup;
 pub mod daemon;

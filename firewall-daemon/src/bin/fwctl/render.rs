@@ -332,7 +332,10 @@ pub(super) fn print_conns(d: &ConnsData) {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
+#[expect(
+    clippy::unwrap_used,
+    reason = "a test fails on the first thing it cannot unwrap"
+)]
 mod tests {
     use rules::model::{Action, Proto};
 
