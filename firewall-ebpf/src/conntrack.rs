@@ -68,8 +68,7 @@ static CT_SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
 
 #[inline(always)]
 fn scratch() -> Option<&'static mut Scratch> {
-    // SAFETY: per-CPU value; the program is not re-entered on this CPU while it runs.
-    CT_SCRATCH.get_ptr_mut(0).map(|p| unsafe { &mut *p })
+    crate::scratch::this_cpus(&CT_SCRATCH)
 }
 
 /// What the table says about an inbound packet.

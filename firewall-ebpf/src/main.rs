@@ -23,9 +23,9 @@
 //! `scratch` use no other module):
 //! `inbound` -> `conntrack`, `reply`, `selector`, `classifier`; `egress` -> `conntrack`,
 //! `outbound`; `outbound` -> `selector`, `owners`, `classifier`; `selector` -> `listeners`,
-//! `classifier`, `identity`, `scratch`; `conntrack` -> `listeners`, `owners`; `listeners` ->
-//! `owners`, `identity`, `scratch`; `owners` -> `identity` -> `counters`; `reply` -> `csum`;
-//! `classifier`, `conntrack`, `reply` -> `parse` -> `addr`.
+//! `classifier`, `identity`, `scratch`; `conntrack` -> `listeners`, `owners`, `scratch`;
+//! `listeners` -> `owners`, `identity`, `scratch`; `owners` -> `identity` -> `counters`;
+//! `reply` -> `csum`; `classifier`, `conntrack`, `reply` -> `parse` -> `addr`.
 #![no_std]
 #![no_main]
 

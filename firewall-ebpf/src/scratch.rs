@@ -37,6 +37,14 @@ static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
 
 #[inline(always)]
 pub(crate) fn scratch() -> Option<&'static mut Scratch> {
-    // SAFETY: this CPU's slot of a per-CPU array; a program is not re-entered on one CPU.
-    SCRATCH.get_ptr_mut(0).map(|p| unsafe { &mut *p })
+    this_cpus(&SCRATCH)
+}
+
+/// This CPU's slot of a one-entry per-CPU scratch map (this module's, or the connection
+/// tracker's `CT_SCRATCH`).
+#[inline(always)]
+pub(crate) fn this_cpus<T>(map: &'static PerCpuArray<T>) -> Option<&'static mut T> {
+    // SAFETY: this CPU's slot of a per-CPU array; a program is not re-entered on one CPU, so
+    // no other reference to the slot exists while the program runs.
+    map.get_ptr_mut(0).map(|p| unsafe { &mut *p })
 }

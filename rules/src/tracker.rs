@@ -375,9 +375,6 @@ impl<'a> Tracker<'a> {
 }
 
 fn action_of(word: u32) -> Action {
-    match firewall_common::verdict_action(word) {
-        firewall_common::ACTION_ALLOW => Action::Allow,
-        firewall_common::ACTION_REJECT => Action::Reject,
-        _ => Action::Stealth,
-    }
+    // The datapath drops whatever is neither allow nor reject.
+    Action::from_kernel(firewall_common::verdict_action(word)).unwrap_or(Action::Stealth)
 }
