@@ -100,7 +100,7 @@ pub(super) fn start(
         .unwrap_or(0);
     let gen_id = next_generation_id(last_gen);
     let mut generation = Generation::load(&compiled, &ruleset, &pin_dir, gen_id)?;
-    let mut outbound = OutboundGeneration::load(&compiled_out, &ruleset, &pin_dir, gen_id)?;
+    let mut outbound = OutboundGeneration::load(&compiled_out, &ruleset, &pin_dir)?;
     let mut tables = Tables::open(&pin_dir)?;
     let mut host = HostMaps::open(&pin_dir)?;
 

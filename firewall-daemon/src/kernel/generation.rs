@@ -35,17 +35,19 @@ use super::{
 use crate::{compile::Compiled, host::cgroups::Cgroup, host::interfaces::LinkLayer};
 use rules::model::{Direction, Ruleset, XdpMode};
 
-/// Loads a copy of the object for `compiled`, checking that it holds the rules of `direction`
-/// (`what` names the generation for the error). No program is loaded yet.
+/// Loads a copy of the object for `compiled`, checking that it holds the rules of `direction`.
+/// No program is loaded yet.
 fn load(
     compiled: &Compiled,
     ruleset: &Ruleset,
     pin_dir: &Path,
     direction: Direction,
-    what: &str,
 ) -> anyhow::Result<Ebpf> {
     if compiled.direction != direction {
-        bail!("{what}");
+        match direction {
+            Direction::In => bail!("the XDP generation takes the inbound rules"),
+            Direction::Out => bail!("the outbound generation takes the outbound rules"),
+        }
     }
     load_object(compiled, ruleset, pin_dir)
 }
@@ -67,13 +69,7 @@ impl Generation {
         pin_dir: &Path,
         id: u32,
     ) -> anyhow::Result<Self> {
-        let mut ebpf = load(
-            compiled,
-            ruleset,
-            pin_dir,
-            Direction::In,
-            "the XDP generation takes the inbound rules",
-        )?;
+        let mut ebpf = load(compiled, ruleset, pin_dir, Direction::In)?;
         {
             let mut cfg: Array<&mut MapData, CtConfig> =
                 Array::try_from(map_mut(&mut ebpf, maps::CT_CONFIG)?)?;
@@ -231,25 +227,13 @@ fn tc_program<'a>(ebpf: &'a mut Ebpf, name: &str) -> anyhow::Result<&'a mut Sche
 pub struct OutboundGeneration {
     ebpf: Ebpf,
     pub rule_count: u32,
-    pub id: u32,
 }
 
 impl OutboundGeneration {
     /// Loads the hooks with maps filled from `compiled` (the outbound rules). Nothing is
     /// attached.
-    pub fn load(
-        compiled: &Compiled,
-        ruleset: &Ruleset,
-        pin_dir: &Path,
-        id: u32,
-    ) -> anyhow::Result<Self> {
-        let mut ebpf = load(
-            compiled,
-            ruleset,
-            pin_dir,
-            Direction::Out,
-            "the outbound generation takes the outbound rules",
-        )?;
+    pub fn load(compiled: &Compiled, ruleset: &Ruleset, pin_dir: &Path) -> anyhow::Result<Self> {
+        let mut ebpf = load(compiled, ruleset, pin_dir, Direction::Out)?;
         for hook in Hook::ALL {
             hook_program(&mut ebpf, hook)?
                 .load()
@@ -258,7 +242,6 @@ impl OutboundGeneration {
         Ok(Self {
             ebpf,
             rule_count: compiled.rule_count,
-            id,
         })
     }
 
