@@ -26,7 +26,7 @@ use firewall_common::{
 };
 
 use super::{
-    hooks::{Hook, hook_program},
+    hooks::{Hook, attaching, hook_program},
     links::{self, EgressLink},
     object::{load_object, program_mut, verifier_context},
     pins::PROGRAM_PIN,
@@ -263,13 +263,7 @@ impl OutboundGeneration {
         // BPF_LINK_CREATE): `Single` passes no flag.
         let id = prog
             .attach(&cgroup.file, CgroupAttachMode::Single)
-            .with_context(|| {
-                format!(
-                    "attaching the {} hook to the cgroup {}",
-                    hook.name(),
-                    cgroup.path.display()
-                )
-            })?;
+            .with_context(|| attaching(hook.name(), cgroup))?;
         prog.take_link(id)
             .context("taking ownership of the cgroup link")
     }

@@ -73,6 +73,14 @@ impl Hook {
     }
 }
 
+/// The context of a failed attachment of a cgroup hook (outbound or listener).
+pub(super) fn attaching(hook: &str, cgroup: &Cgroup) -> String {
+    format!(
+        "attaching the {hook} hook to the cgroup {}",
+        cgroup.path.display()
+    )
+}
+
 /// Where the link of an outbound hook is pinned: `links/cgroup-connect4`, ...
 pub fn hook_pin(pin_dir: &Path, hook: Hook) -> PathBuf {
     pin_dir
@@ -150,13 +158,7 @@ pub fn attach_listener_hooks(cgroup: &Cgroup, pin_dir: &Path) -> anyhow::Result<
         prog.load().map_err(verifier_context)?;
         let id = prog
             .attach(&cgroup.file, CgroupAttachMode::Single)
-            .with_context(|| {
-                format!(
-                    "attaching the {} hook to the cgroup {}",
-                    hook.name(),
-                    cgroup.path.display()
-                )
-            })?;
+            .with_context(|| attaching(hook.name(), cgroup))?;
         let link = prog.take_link(id).context("taking the cgroup link")?;
         let fd: FdLink = link
             .try_into()
