@@ -735,6 +735,27 @@ pub fn udp_step(e: &CtEntry, from_local: bool) -> u8 {
     }
 }
 
+/// What a TCP segment the host sends on a tuple the tables do not know starts, as (state,
+/// origin, rule word): the host's own SYN opens a flow; its SYN-ACK answers a remote opener the
+/// tables missed; a FIN or any other segment continues a connection the host already had (both
+/// picked up). `None` for a RST (the host answering something unknown, a closed port):
+/// nothing to track. The egress program and the oracle both decide with this.
+#[inline(always)]
+pub fn local_tcp_pickup(tcp_flags: u8) -> Option<(u8, u8, u32)> {
+    let syn_ack = TCP_SYN | TCP_ACK;
+    if is_initial_syn(tcp_flags) {
+        Some((state::SYN_SENT, ORIGIN_LOCAL, RULE_LOCAL))
+    } else if tcp_flags & TCP_RST != 0 {
+        None
+    } else if tcp_flags & syn_ack == syn_ack {
+        Some((state::SYN_RECV, ORIGIN_REMOTE, RULE_PICKUP))
+    } else if tcp_flags & TCP_FIN != 0 {
+        Some((state::FIN_WAIT, ORIGIN_LOCAL, RULE_PICKUP))
+    } else {
+        Some((state::ESTABLISHED, ORIGIN_LOCAL, RULE_PICKUP))
+    }
+}
+
 /// The state machine's step for a packet of a tracked flow of either kind: [`tcp_step`] for
 /// TCP, [`udp_step`] (always [`outcome::PASS`]) for UDP and ICMP echo. Nothing is changed: the
 /// caller sets the entry's state and flags from the step when it passes, then calls [`learn`].

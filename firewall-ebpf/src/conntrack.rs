@@ -491,19 +491,9 @@ pub fn outbound(ctx: &TcContext, pkt: &Packet, bytes: u64, now: u64) {
                     _ => return,
                 }
             }
-            let flags = pkt.tcp_flags;
-            let syn_ack = ct::TCP_SYN | ct::TCP_ACK;
-            let (st, origin, rule) = if ct::is_initial_syn(flags) {
-                (state::SYN_SENT, ORIGIN_LOCAL, ct::RULE_LOCAL)
-            } else if flags & ct::TCP_RST != 0 {
-                // The host resetting something unknown (a closed port): nothing to track.
+            // A RST of the host about something unknown (a closed port): nothing to track.
+            let Some((st, origin, rule)) = ct::local_tcp_pickup(pkt.tcp_flags) else {
                 return;
-            } else if flags & syn_ack == syn_ack {
-                (state::SYN_RECV, ORIGIN_REMOTE, ct::RULE_PICKUP)
-            } else if flags & ct::TCP_FIN != 0 {
-                (state::FIN_WAIT, ORIGIN_LOCAL, ct::RULE_PICKUP)
-            } else {
-                (state::ESTABLISHED, ORIGIN_LOCAL, ct::RULE_PICKUP)
             };
             new_entry(e, cfg, now, st, origin, rule, true, bytes);
             owners::sender(ctx, e);

@@ -335,18 +335,8 @@ impl<'a> Tracker<'a> {
                     }
                     _ => return,
                 }
-                let f = seg.tcp_flags;
-                let syn_ack = ct::TCP_SYN | ct::TCP_ACK;
-                let (st, origin, rule) = if ct::is_initial_syn(f) {
-                    (state::SYN_SENT, ORIGIN_LOCAL, ct::RULE_LOCAL)
-                } else if f & ct::TCP_RST != 0 {
+                let Some((st, origin, rule)) = ct::local_tcp_pickup(seg.tcp_flags) else {
                     return;
-                } else if f & syn_ack == syn_ack {
-                    (state::SYN_RECV, ORIGIN_REMOTE, ct::RULE_PICKUP)
-                } else if f & ct::TCP_FIN != 0 {
-                    (state::FIN_WAIT, ORIGIN_LOCAL, ct::RULE_PICKUP)
-                } else {
-                    (state::ESTABLISHED, ORIGIN_LOCAL, ct::RULE_PICKUP)
                 };
                 let e = self.insert(k, st, origin, rule);
                 if st != state::SYN_SENT {
