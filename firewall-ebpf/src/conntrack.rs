@@ -14,7 +14,7 @@
 //! When `CT_EST` is full, a flow that should move there stays in the LRU table of its origin
 //! (counted): a host-opened or picked-up flow in `CT_LOCAL`, a remote-opened one in `CT_NEW`.
 //!
-//! Both are pinned by name and shared by every generation of the programs, so reloads and
+//! All three are pinned by name and shared by every generation of the programs, so reloads and
 //! daemon restarts keep the connections. Entries expire by time (`expires_ns`); the datapath
 //! ignores expired entries and the daemon deletes them.
 //!
