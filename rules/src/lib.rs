@@ -8,6 +8,8 @@
 //! so that the oracle cannot lean on the daemon it judges: what it needs from the host (the
 //! executables and cgroups the selectors name) comes in through [`policy::Selectors`].
 pub mod config;
+pub mod explain;
+pub mod lint;
 pub mod model;
 pub mod policy;
 pub mod tracker;

@@ -110,7 +110,10 @@ impl fmt::Display for PortRange {
 /// Where a rule came from in the file, for messages and `fwctl list`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Origin {
+    /// 1-based line of the rule's first key.
     pub line: usize,
+    /// 1-based column (in characters) of the rule's first key.
+    pub column: usize,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -177,6 +180,17 @@ pub enum PacketProto {
     Udp,
     Icmp,
     Other,
+}
+
+impl fmt::Display for PacketProto {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            PacketProto::Tcp => "tcp",
+            PacketProto::Udp => "udp",
+            PacketProto::Icmp => "icmp",
+            PacketProto::Other => "other",
+        })
+    }
 }
 
 impl PacketProto {
@@ -395,9 +409,57 @@ pub struct Ruleset {
     pub sets: BTreeMap<String, Vec<IpNet>>,
     /// All rules in file order (`rules[i].index == i`).
     pub rules: Vec<Rule>,
+    /// `[[assert]]`: what the rules must decide for given packets and connections, checked
+    /// whenever the file is loaded (see `crate::explain`).
+    #[serde(skip)]
+    pub assertions: Vec<Assertion>,
     /// Things worth telling the user that do not stop the file from loading (for instance an
-    /// empty set file), each already prefixed with file and line.
+    /// empty set file, or a rule that can never match), each already prefixed with file and
+    /// line.
     pub warnings: Vec<String>,
+}
+
+/// A question to the rules: what they decide for a packet or a connection with these
+/// properties, from some remote address (`fwctl explain`, `[[assert]]`, `fwctl ports`).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Probe {
+    pub direction: Direction,
+    /// TCP, UDP or ICMP (an echo request).
+    pub proto: PacketProto,
+    /// Inbound: the local port; outbound: the destination port. 0 for ICMP.
+    pub port: u16,
+    /// The socket's owner: for inbound, the listening socket's; for outbound, the caller's.
+    /// Described the way rules describe it; parts not given are "not what any rule names".
+    pub owner: Selector,
+}
+
+impl fmt::Display for Probe {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}", self.direction, self.proto)?;
+        if self.proto != PacketProto::Icmp {
+            write!(f, " {}", self.port)?;
+        }
+        if let Some(p) = &self.owner.program {
+            write!(f, " program {}", p.display())?;
+        }
+        if let Some(u) = &self.owner.unit {
+            write!(f, " unit {u}")?;
+        }
+        if let Some(u) = self.owner.user {
+            write!(f, " user {u}")?;
+        }
+        Ok(())
+    }
+}
+
+/// One `[[assert]]` entry: `probe` from every address of `remote` must get `expect`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Assertion {
+    pub probe: Probe,
+    /// `from` (inbound) or `to` (outbound). `None`: every address, IPv4 and IPv6.
+    pub remote: Option<IpNet>,
+    pub expect: Action,
+    pub origin: Origin,
 }
 
 impl Ruleset {

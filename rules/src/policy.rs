@@ -1,6 +1,6 @@
 //! The reference evaluator: the meaning of the rules, written as plainly as possible (a linear
 //! first-match scan). It is the oracle the compiled tables, the XDP program and the outbound
-//! cgroup hooks are tested against, and what `fwctl` will use to explain verdicts.
+//! cgroup hooks are tested against, and what `fwctl explain`, `[[assert]]` and `fwctl ports` ask (see `explain`).
 
 use std::path::Path;
 
@@ -85,9 +85,8 @@ impl<'a> Policy<'a> {
         pkt: &PacketMeta,
         owner: Option<&Owner>,
     ) -> Decision {
-        self.ruleset
-            .of(direction)
-            .find(|r| matches(r, pkt) && self.about(r, pkt, owner))
+        self.matching(direction, pkt, owner)
+            .next()
             .map(|r| Decision {
                 action: r.action,
                 rule: Some(r.index),
@@ -96,6 +95,19 @@ impl<'a> Policy<'a> {
                 action: self.ruleset.default_action(direction),
                 rule: None,
             })
+    }
+
+    /// Every rule of `direction` that matches `pkt` with owner `owner`, in file order: the
+    /// first decides, the others are shadowed by it (for this packet).
+    pub fn matching<'p>(
+        &'p self,
+        direction: Direction,
+        pkt: &'p PacketMeta,
+        owner: Option<&'p Owner>,
+    ) -> impl Iterator<Item = &'a Rule> + 'p {
+        self.ruleset
+            .of(direction)
+            .filter(move |r| matches(r, pkt) && self.about(r, pkt, owner))
     }
 
     /// Whether `rule`'s selectors name `owner`: its executable is the file the `program` path

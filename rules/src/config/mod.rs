@@ -9,7 +9,8 @@
 //!
 //! Top-level tables: `[daemon]` (`RawDaemon`), `[defaults]` (`RawDefaults`), `[reject]`
 //! (`RawReject`), `[conntrack]` (`RawConntrack`, with `[conntrack.timeouts]` in
-//! `RawCtTimeouts`), `[sets]` (see `RawSetFile`) and any number of `[[rule]]` (`RawRule`).
+//! `RawCtTimeouts`), `[sets]` (see `RawSetFile`), any number of `[[rule]]` (`RawRule`) and of `[[assert]]`
+//! (`RawAssert`, in `assert.rs`).
 //! Every table and every key is optional except a rule's `action`. Unknown keys are errors:
 //! a firewall must never quietly ignore a line the admin wrote.
 //!
@@ -19,6 +20,7 @@
 //! and remotes, `services`) and `values` (the scalar values every section shares: durations,
 //! ports, addresses, program paths, unit and user names).
 
+mod assert;
 mod checker;
 mod conntrack;
 mod daemon;
@@ -216,6 +218,7 @@ fn parse_limited(
     let conntrack = ck.conntrack(sections.remove("conntrack"));
     let sets = ck.sets(sections.remove("sets"));
     let (rules, written) = ck.rules(sections.remove("rule"), &sets, max_rules);
+    let assertions = ck.assertions(sections.remove("assert"));
 
     // Every path that drops a rule reports why; this guards that promise, since loading a
     // rule set with a rule silently missing is the one outcome worse than refusing it.
@@ -232,6 +235,8 @@ fn parse_limited(
         return Err(ck.into_error());
     }
     ck.warnings.sort_by_key(|(order, _)| *order);
+    let mut warnings: Vec<String> = ck.warnings.into_iter().map(|(_, w)| w).collect();
+    warnings.extend(crate::lint::lint(source, &rules));
     Ok(Ruleset {
         source: source.to_path_buf(),
         daemon,
@@ -240,7 +245,8 @@ fn parse_limited(
         conntrack,
         sets: sets.expanded,
         rules,
-        warnings: ck.warnings.into_iter().map(|(_, w)| w).collect(),
+        assertions,
+        warnings,
     })
 }
 

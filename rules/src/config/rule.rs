@@ -266,6 +266,7 @@ impl Checker<'_> {
             self.error(Some(header), format!("{ctx}too many rules"));
             return None;
         };
+        let column = self.locate(header.start).1;
         Some(Rule {
             index,
             name,
@@ -276,7 +277,7 @@ impl Checker<'_> {
             remote_spec,
             selector,
             action,
-            origin: Origin { line },
+            origin: Origin { line, column },
         })
     }
 

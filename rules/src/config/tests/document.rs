@@ -332,7 +332,7 @@ fn full_example_every_key() {
     assert_eq!(ssh.remote.as_ref(), Some(&expected));
     assert_eq!(ssh.remote_spec, ["@trusted", "2001:db8::1"]);
     assert_eq!(ssh.action, Action::Allow);
-    assert_eq!(ssh.origin, Origin { line: 45 });
+    assert_eq!(ssh.origin.line, 45);
 
     let web = &rs.rules[1];
     assert_eq!(
@@ -386,7 +386,7 @@ fn minimal_and_empty_files_use_defaults() {
             remote_spec: vec![],
             selector: Default::default(),
             action: Action::Allow,
-            origin: Origin { line: 2 },
+            origin: Origin { line: 2, column: 1 },
         }]
     );
     let rs = valid("empty.toml");

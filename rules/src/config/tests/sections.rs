@@ -342,3 +342,52 @@ fn daemon_paths_must_be_absolute() {
         &[r#"daemon.cgroup must be an absolute path, not "firewall.slice""#],
     );
 }
+
+/// `[[assert]]`: every key checked, all problems reported with their position.
+#[test]
+fn assertion_errors_are_located() {
+    let text = r#"
+[[assert]]
+in = "tcp 22"
+out = "tcp 25"
+expect = "allow"
+
+[[assert]]
+in = "tcp"
+expect = "allow"
+
+[[assert]]
+in = "tcp 22"
+to = "10.0.0.1"
+expect = "deny"
+
+[[assert]]
+out = "icmp"
+expect = "reject"
+
+[[assert]]
+in = "icmp"
+program = "/usr/bin/ping"
+expect = "allow"
+
+[[assert]]
+out = "udp 53"
+to = "10.0.0.0/8"
+user = 0
+expect = "allow"
+"#;
+    let e = crate::config::parse(text, std::path::Path::new("a.toml")).unwrap_err();
+    let msgs: Vec<String> = e.diagnostics().iter().map(ToString::to_string).collect();
+    let want = [
+        "a.toml:4:7: assert 1: give either `in` or `out`, not both",
+        "a.toml:8:6: assert 2: in: \"tcp\" is not a packet to assert about",
+        "a.toml:13:6: assert 3: `to` does not go with `in`",
+        "a.toml:14:10: assert 3: invalid expect \"deny\"",
+        "a.toml:17:7: assert 4: out: outbound ICMP is not judged",
+        "a.toml:21:6: assert 5: ICMP has no socket owner",
+    ];
+    assert_eq!(msgs.len(), want.len(), "{msgs:#?}");
+    for (m, w) in msgs.iter().zip(want) {
+        assert!(m.starts_with(w), "{m}\n  should start with\n{w}");
+    }
+}
