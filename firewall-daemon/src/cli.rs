@@ -185,13 +185,26 @@ nothing protects the host (with --json, as a JSON object), and exits with status
         /// Print the daemon's answer as JSON.
         #[arg(long)]
         json: bool,
+        /// Show every counter, also those still at zero (by default only the others).
+        #[arg(long)]
+        all: bool,
     },
     /// Re-read the daemon's rules file and switch to it atomically; an invalid file changes
     /// nothing and its error is printed.
-    #[command(after_help = "Examples:\n  fwctl reload\n  fwctl reload --recheck\n  \
-systemctl reload firewall-daemon")]
+    #[command(
+        long_about = "Re-read the daemon's rules file and switch to it atomically; an invalid \
+file, or one whose [[assert]] entries do not hold, changes nothing and its errors are \
+printed.\n\n\
+When fwctl runs over SSH (SSH_CONNECTION in its environment or its parents'), a file whose \
+rules would deny new SSH connections from the caller's address is refused unless --force or \
+--confirm is given: the session would survive as a tracked connection, but no new one could \
+be opened.",
+        after_help = "Examples:\n  fwctl reload\n  fwctl reload --dry-run\n  \
+fwctl reload --confirm 60s && fwctl confirm\n  fwctl reload --recheck\n  \
+systemctl reload firewall-daemon"
+    )]
     Reload {
-        /// Print the daemon's answer as JSON.
+        /// Print the daemon's answer as JSON (errors too).
         #[arg(long)]
         json: bool,
         /// Also re-judge tracked inbound connections under the new rules, and end those the
@@ -199,6 +212,73 @@ systemctl reload firewall-daemon")]
         /// rule's action from then on.
         #[arg(long)]
         recheck: bool,
+        /// Change nothing: show what would change (rules added, removed, settings) and every
+        /// tracked connection the new rules would deny.
+        #[arg(long, conflicts_with_all = ["recheck", "confirm"])]
+        dry_run: bool,
+        /// Apply the new rules, and put the previous ones back after DURATION (`60s`, `5m`)
+        /// unless `fwctl confirm` comes first. The daemon keeps the timer: it fires even if
+        /// fwctl or the SSH session dies.
+        #[arg(long, value_name = "DURATION", value_parser = parse_duration_secs)]
+        confirm: Option<u64>,
+        /// Reload even if the new rules would deny new SSH connections from the caller.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Keep the rules a `fwctl reload --confirm` applied (stops the rollback timer).
+    #[command(after_help = "Examples:\n  fwctl reload --confirm 2m\n  fwctl confirm")]
+    Confirm {
+        /// Print the daemon's answer as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// What the rules decide for a packet or connection, and why: the deciding rule (or the
+    /// default), the later rules it shadows, and what tracked connections change.
+    #[command(
+        long_about = "What the rules decide for a packet or connection, and why.\n\n\
+Inbound (`in`): a packet from REMOTE to local PORT; --program, --unit and --user describe \
+the listening socket's owner. Outbound (`out`): a connection from this host to REMOTE:PORT; \
+they describe the caller. The answer comes from the rules in force (the daemon's), or from \
+the file given with --config, by the reference evaluator the kernel programs are tested \
+against. It prints the action, the deciding rule (number, name, line) or the default, the \
+rules that match too but come later, and notes on tracked connections.",
+        after_help = "Examples:\n  fwctl explain in tcp 203.0.113.7 22\n  \
+fwctl explain in icmp 2001:db8::1\n  \
+fwctl explain out tcp 198.51.100.1 443 --program /usr/bin/curl\n  \
+fwctl --config new-rules.toml explain in udp 10.0.0.5 53 --json"
+    )]
+    Explain {
+        /// `in` (a packet to this host) or `out` (a connection this host makes).
+        direction: DirectionArg,
+        /// tcp, udp or icmp (inbound only: an echo request).
+        proto: ProtoArg,
+        /// The remote address: the source inbound, the destination outbound.
+        remote: std::net::IpAddr,
+        /// The local port inbound, the destination port outbound (not with icmp).
+        #[arg(value_parser = clap::value_parser!(u16).range(1..))]
+        port: Option<u16>,
+        /// The socket's program (an absolute path).
+        #[arg(long, value_name = "PATH", value_hint = clap::ValueHint::ExecutablePath)]
+        program: Option<PathBuf>,
+        /// The socket owner's systemd unit (`nginx.service`).
+        #[arg(long, value_name = "UNIT")]
+        unit: Option<String>,
+        /// The socket owner's user (a name or a uid).
+        #[arg(long, value_name = "USER")]
+        user: Option<String>,
+        /// Print the answer as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Every listening socket (TCP listeners, bound UDP sockets) with its program, pid, user
+    /// and unit, and who may reach it under the rules in force, IPv4 and IPv6 apart.
+    #[command(
+        after_help = "Examples:\n  fwctl ports\n  fwctl ports --json | jq '.sockets[] | select(.exposure[].everyone)'"
+    )]
+    Ports {
+        /// Print the daemon's answer as JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// Tracked connections: protocol, both endpoints, state, age, time left, packets and
     /// bytes each way, and what admitted them (like `conntrack -L`).
@@ -212,15 +292,61 @@ systemctl reload firewall-daemon")]
     },
     /// Validate a rules file without touching the running firewall (exit 1 if invalid).
     #[command(after_help = "Examples:\n  fwctl check /etc/firewall/rules.toml\n  \
+fwctl check --diff /etc/firewall/rules.toml.new\n  \
 fwctl check --json rules.toml | jq '.errors[].message'")]
     Check {
         /// Print the result as JSON (also when the file is invalid).
         #[arg(long)]
         json: bool,
+        /// Also show what would change against the rules in force (asks the daemon; root
+        /// only): rules added and removed, settings, and the tracked connections the file's
+        /// rules would deny.
+        #[arg(long)]
+        diff: bool,
+        /// Pass even if the file's rules would deny new SSH connections from the caller.
+        #[arg(long)]
+        force: bool,
         /// The rules file to check.
         #[arg(value_hint = clap::ValueHint::FilePath)]
         file: PathBuf,
     },
+}
+
+/// `fwctl explain`'s direction.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum DirectionArg {
+    In,
+    Out,
+}
+
+/// `fwctl explain`'s protocol.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ProtoArg {
+    Tcp,
+    Udp,
+    Icmp,
+}
+
+/// A duration for `--confirm`: `90`, `90s`, `5m`, `1h` (at most a day), in seconds.
+pub fn parse_duration_secs(text: &str) -> Result<u64, String> {
+    let (digits, unit) = match text.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => text.split_at(i),
+        None => (text, "s"),
+    };
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration such as 90s, 5m or 1h"))?;
+    let secs = match unit {
+        "s" => Some(n),
+        "m" => n.checked_mul(60),
+        "h" => n.checked_mul(3600),
+        _ => None,
+    }
+    .ok_or_else(|| format!("{text:?} is not a duration such as 90s, 5m or 1h"))?;
+    if !(1..=86_400).contains(&secs) {
+        return Err(format!("{text:?}: the confirm timeout is 1 s to 24 h"));
+    }
+    Ok(secs)
 }
 
 #[cfg(test)]
@@ -243,7 +369,10 @@ mod tests {
             a.cmd,
             FwctlCmd::Reload {
                 recheck: true,
-                json: false
+                json: false,
+                dry_run: false,
+                confirm: None,
+                force: false
             }
         ));
         assert_eq!(a.socket, Some(PathBuf::from("/s")));
@@ -265,6 +394,9 @@ mod tests {
         assert_eq!(d.cgroup, Some(PathBuf::from("/sys/fs/cgroup/fw")));
         assert_eq!(d.xdp_mode, Some(XdpModeArg::Generic));
         assert_eq!(d.log_level, "info");
+        assert_eq!(parse_duration_secs("90"), Ok(90));
+        assert_eq!(parse_duration_secs("2m"), Ok(120));
+        assert!(parse_duration_secs("0s").is_err() && parse_duration_secs("5d").is_err());
         let e = FwctlArgs::try_parse_from(["fwctl", "frobnicate"]).expect_err("unknown verb");
         assert_eq!(e.exit_code(), i32::from(exit::USAGE));
     }

@@ -5,7 +5,7 @@ use std::{
     collections::BTreeMap,
     io::{BufRead as _, BufReader, Write as _},
     os::unix::net::UnixStream,
-    path::Path,
+    path::{Path, PathBuf},
     time::Duration,
 };
 
@@ -25,8 +25,80 @@ pub enum Request {
         /// Also re-judge tracked inbound flows under the new rules and end those now denied.
         #[serde(default)]
         recheck: bool,
+        /// Change nothing; answer what would change.
+        #[serde(default)]
+        dry_run: bool,
+        /// Roll back to the rules in force now unless `confirm` arrives within this many
+        /// seconds.
+        #[serde(default)]
+        confirm_secs: Option<u64>,
+        /// Reload even if the new rules would deny `caller`'s new connections.
+        #[serde(default)]
+        force: bool,
+        /// The SSH connection the request is made over, when there is one.
+        #[serde(default)]
+        caller: Option<Caller>,
+        /// With `dry_run`: another rules file to compare with the rules in force (root only).
+        #[serde(default)]
+        file: Option<PathBuf>,
     },
+    /// Keep the rules a reload with `confirm_secs` applied.
+    Confirm,
     Conns,
+    Explain(crate::explain::Query),
+    Ports,
+}
+
+impl Request {
+    /// A plain reload, as SIGHUP does it.
+    pub fn reload(recheck: bool) -> Self {
+        Request::Reload {
+            recheck,
+            dry_run: false,
+            confirm_secs: None,
+            force: false,
+            caller: None,
+            file: None,
+        }
+    }
+}
+
+/// The SSH connection `fwctl` runs over (from `SSH_CONNECTION`): new connections like it must
+/// stay possible under the rules a reload applies.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Caller {
+    /// The SSH client's address.
+    pub remote: std::net::IpAddr,
+    /// The SSH server's address and port on this host.
+    pub local: std::net::IpAddr,
+    pub local_port: u16,
+}
+
+impl Caller {
+    /// Parses `SSH_CONNECTION`: `CLIENT_ADDR CLIENT_PORT SERVER_ADDR SERVER_PORT`.
+    pub fn from_ssh_connection(value: &str) -> Option<Self> {
+        let f: Vec<&str> = value.split_whitespace().collect();
+        let [remote, _, local, port] = f[..] else {
+            return None;
+        };
+        // A zone suffix (fe80::1%eth0) is not part of the address.
+        let addr = |s: &str| s.split('%').next().and_then(|a| a.parse().ok());
+        Some(Self {
+            remote: addr(remote)?,
+            local: addr(local)?,
+            local_port: port.parse().ok().filter(|p| *p != 0)?,
+        })
+    }
+}
+
+/// A reload waiting for `fwctl confirm`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PendingConfirm {
+    /// When the rules are put back (RFC 3339, UTC).
+    pub deadline: String,
+    pub secs_left: u64,
+    /// The generation that will be put back.
+    pub rollback_to_generation: u64,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -199,6 +271,16 @@ pub struct StatusData {
     pub waiting_for: Vec<String>,
     #[serde(default)]
     pub kernel: KernelStatus,
+    /// A reload waiting for `fwctl confirm`.
+    #[serde(default)]
+    pub pending_confirm: Option<PendingConfirm>,
+}
+
+/// `fwctl confirm`'s answer.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ConfirmData {
+    /// The generation kept.
+    pub generation: u64,
 }
 
 /// The outbound hooks: the cgroup they are attached to and each hook's attachment.
@@ -315,6 +397,20 @@ pub struct ReloadData {
     /// True when the flows were re-judged (`--recheck`).
     #[serde(default)]
     pub rechecked: bool,
+    /// True when nothing was changed (`--dry-run`).
+    #[serde(default)]
+    pub dry_run: bool,
+    /// With `--dry-run`: the tracked connections the new rules would deny (a reload with
+    /// `--recheck` would end them).
+    #[serde(default)]
+    pub would_deny: Vec<String>,
+    /// Set when the new rules would deny new SSH connections from the caller (applied only
+    /// with `--force` or `--confirm`).
+    #[serde(default)]
+    pub lockout: Option<String>,
+    /// With `--confirm`: when the previous rules come back unless `fwctl confirm`.
+    #[serde(default)]
+    pub pending_confirm: Option<PendingConfirm>,
 }
 
 impl ReloadData {
@@ -429,6 +525,13 @@ pub fn diff(old: &Ruleset, new: &Ruleset) -> ReloadData {
             old.daemon.on_stop, new.daemon.on_stop
         ));
     }
+    if old.assertions != new.assertions {
+        settings.push(format!(
+            "[[assert]]: {} -> {} entries",
+            old.assertions.len(),
+            new.assertions.len()
+        ));
+    }
     let mut old_daemon = old.daemon.clone();
     old_daemon.on_stop = new.daemon.on_stop;
     if old_daemon != new.daemon {
@@ -480,7 +583,12 @@ pub enum ClientError {
 pub fn answer_timeout(req: &Request) -> Duration {
     match req {
         Request::Reload { .. } => Duration::from_secs(300),
-        Request::List | Request::Status | Request::Conns => Duration::from_secs(30),
+        Request::List
+        | Request::Status
+        | Request::Conns
+        | Request::Confirm
+        | Request::Explain(_)
+        | Request::Ports => Duration::from_secs(30),
     }
 }
 
@@ -542,9 +650,7 @@ mod tests {
             "{err:?}"
         );
         drop(held.join());
-        assert!(
-            answer_timeout(&Request::Reload { recheck: false }) > answer_timeout(&Request::Status)
-        );
+        assert!(answer_timeout(&Request::reload(false)) > answer_timeout(&Request::Status));
     }
 
     fn rules(n: usize, first_port: usize) -> Ruleset {

@@ -551,6 +551,7 @@ fn fwctl_list_status_check_and_errors() {
     )
     .expect("write");
     let out = Command::new(support::daemon::FWCTL)
+        .env("SSH_CONNECTION", "")
         .args(["check"])
         .arg(&good)
         .output()
@@ -563,6 +564,7 @@ fn fwctl_list_status_check_and_errors() {
     let bad = dir.path().join("bad.toml");
     std::fs::write(&bad, "[[rule]]\nport = 70000\naction = \"allow\"\n").expect("write");
     let out = Command::new(support::daemon::FWCTL)
+        .env("SSH_CONNECTION", "")
         .arg("check")
         .arg(&bad)
         .output()
@@ -576,6 +578,7 @@ fn fwctl_list_status_check_and_errors() {
 
     // No daemon behind the socket: exit 3 with a useful message.
     let out = Command::new(support::daemon::FWCTL)
+        .env("SSH_CONNECTION", "")
         .args(["--socket", "/nonexistent/fw.sock", "status"])
         .output()
         .expect("fwctl");
@@ -594,6 +597,7 @@ fn fwctl_list_status_check_and_errors() {
     let out = {
         use std::os::unix::process::CommandExt as _;
         Command::new(support::daemon::FWCTL)
+            .env("SSH_CONNECTION", "")
             .arg("--socket")
             .arg(&socket)
             .arg("status")

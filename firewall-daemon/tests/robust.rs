@@ -365,6 +365,7 @@ fn fwctl_into_a_closed_pipe_exits_quietly() {
         let (reader, writer) = nix::unistd::pipe().expect("pipe");
         drop(reader);
         let out = Command::new(support::daemon::FWCTL)
+            .env("SSH_CONNECTION", "")
             .arg("--socket")
             .arg(d.socket())
             .args(args)
@@ -379,6 +380,7 @@ fn fwctl_into_a_closed_pipe_exits_quietly() {
     }
     // What `head -1` does: read one line, then close the pipe while fwctl may still write.
     let mut child = Command::new(support::daemon::FWCTL)
+        .env("SSH_CONNECTION", "")
         .arg("--socket")
         .arg(d.socket())
         .arg("status")

@@ -396,11 +396,23 @@ action = "allow"
             owner: Selector::default(),
         };
         let e = explain(&policy, &rs, &probe, "10.0.0.5".parse().unwrap(), None);
-        assert_eq!((e.action, e.rule, e.shadowed.clone()), (Action::Allow, Some(0), vec![1, 2]));
+        assert_eq!(
+            (e.action, e.rule, e.shadowed.clone()),
+            (Action::Allow, Some(0), vec![1, 2])
+        );
         let e = explain(&policy, &rs, &probe, "192.0.2.1".parse().unwrap(), None);
-        assert_eq!((e.action, e.rule, e.shadowed.clone()), (Action::Reject, Some(1), vec![2]));
+        assert_eq!(
+            (e.action, e.rule, e.shadowed.clone()),
+            (Action::Reject, Some(1), vec![2])
+        );
         // The IPv4-mapped form of an admin address is dropped before the rules.
-        let e = explain(&policy, &rs, &probe, "::ffff:10.0.0.5".parse().unwrap(), None);
+        let e = explain(
+            &policy,
+            &rs,
+            &probe,
+            "::ffff:10.0.0.5".parse().unwrap(),
+            None,
+        );
         assert_eq!((e.action, e.rule), (Action::Stealth, None));
         assert!(e.fixed.is_some());
         let udp = Probe {

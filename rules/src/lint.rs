@@ -186,7 +186,9 @@ mod tests {
     use std::path::Path;
 
     fn warnings(text: &str) -> Vec<String> {
-        crate::config::parse(text, Path::new("t.toml")).unwrap().warnings
+        crate::config::parse(text, Path::new("t.toml"))
+            .unwrap()
+            .warnings
     }
 
     #[test]
@@ -243,7 +245,10 @@ action = "reject"
 "#,
         );
         assert_eq!(w.len(), 2, "{w:?}");
-        assert!(w[0].contains("rule 2 (\"ssh-again\"): duplicates rule 1"), "{w:?}");
+        assert!(
+            w[0].contains("rule 2 (\"ssh-again\"): duplicates rule 1"),
+            "{w:?}"
+        );
         assert!(
             w[1].contains("rule 3 (\"everything\"): matches every inbound packet")
                 && w[1].contains("the 1 inbound rule(s) after it never match"),

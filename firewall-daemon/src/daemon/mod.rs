@@ -32,6 +32,7 @@ use crate::{
 use rules::model::{Interfaces, OnStop, Ruleset, XdpMode};
 
 mod attach;
+mod confirm;
 mod recheck;
 mod reload;
 mod server;
@@ -106,6 +107,8 @@ struct State {
     /// What the rules' `program` and `unit` selectors resolve to in the rules in force.
     resolved: Resolved,
     resolve_warnings: Vec<String>,
+    /// A reload waiting for `fwctl confirm`, and what comes back without it.
+    pending: Option<confirm::Pending>,
 }
 
 /// How often selectors are resolved again even without a file-system event: a unit's cgroup
@@ -159,7 +162,15 @@ pub async fn run(config_path: PathBuf, overrides: Overrides) -> anyhow::Result<(
     ]);
 
     loop {
+        // The rollback timer of a reload waiting for `fwctl confirm` (a day away when none is).
+        let rollback_at = state.pending.as_ref().map_or_else(
+            || tokio::time::Instant::now() + Duration::from_secs(86_400),
+            |p| p.deadline.into(),
+        );
         tokio::select! {
+            _ = tokio::time::sleep_until(rollback_at), if state.pending.is_some() => {
+                state.roll_back();
+            }
             _ = hup.recv() => {
                 match state.reload(false) {
                     Ok(d) => info!(generation = d.generation; "reloaded on SIGHUP: {}", summarize(&d)),

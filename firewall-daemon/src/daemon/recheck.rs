@@ -23,7 +23,7 @@ use crate::{
 };
 use rules::{
     model::{Action, ConnectMeta, PacketMeta, PacketProto, Ruleset},
-    policy::Policy,
+    policy::{Decision, Policy},
 };
 
 /// Who a flow a remote host opened belongs to, for judging it again as the XDP program judged
@@ -111,7 +111,52 @@ impl State {
         use firewall_common::{DEFAULT_RULE, ct, verdict};
         let now = conntrack::monotonic_ns();
         let cfg = kernel::ct_config(&self.ruleset.conntrack, self.generation.id);
-        let policy = Policy::with_selectors(&self.ruleset, &self.resolved);
+        let mut ended = Vec::new();
+        for (line, (f, d)) in self.judge_flows(&self.ruleset, &self.resolved, pin_dir) {
+            let word = verdict(d.rule.unwrap_or(DEFAULT_RULE), d.action.to_kernel());
+            if self.tables.deny(&f, word, &cfg, now) {
+                let local = std::net::SocketAddr::new(f.local(), f.key.local_port);
+                let remote = std::net::SocketAddr::new(f.remote(), f.key.remote_port);
+                // Close the host's end too (like `ss -K`), so the application sees the
+                // connection end instead of waiting on a peer it can no longer hear.
+                let closed = if f.key.proto == ct::IPPROTO_TCP {
+                    match sock_diag::destroy_tcp(local, remote) {
+                        Ok(true) => "; host socket closed",
+                        Ok(false) => "",
+                        Err(e) => {
+                            warn!("closing the host's socket {local} <- {remote}: {e:#}");
+                            "; host socket left open"
+                        }
+                    }
+                } else {
+                    ""
+                };
+                let by = by_rule(&self.ruleset, d.rule);
+                info!(
+                    rule = by.as_str(), action = d.action.to_string().as_str(), direction = "in",
+                    proto = conntrack::proto_name(f.key.proto), local_addr = local.ip().to_string().as_str(),
+                    local_port = local.port(), remote_addr = remote.ip().to_string().as_str(),
+                    remote_port = remote.port();
+                    "recheck ended {line}{closed}"
+                );
+                ended.push(format!("{line}{closed}"));
+            }
+        }
+        ended
+    }
+
+    /// Every live tracked flow a remote host opened that `rules` (selectors resolved as
+    /// `resolved`) deny, described, with its decision: what `--recheck` ends and `--dry-run`
+    /// reports. Asks the reference evaluator with the owner each flow recorded.
+    pub(super) fn judge_flows(
+        &self,
+        rules: &Ruleset,
+        resolved: &Resolved,
+        pin_dir: &Path,
+    ) -> Vec<(String, (conntrack::Flow, Decision))> {
+        use firewall_common::ct;
+        let now = conntrack::monotonic_ns();
+        let policy = Policy::with_selectors(rules, resolved);
         let listeners = match ListenerTable::open(pin_dir) {
             Ok(t) => t.entries(),
             Err(e) => {
@@ -121,9 +166,12 @@ impl State {
                 std::collections::HashMap::new()
             }
         };
-        let mut ended = Vec::new();
+        let mut denied = Vec::new();
         for f in self.tables.flows() {
-            if f.entry.origin != ct::ORIGIN_REMOTE || f.entry.expires_ns <= now {
+            if f.entry.origin != ct::ORIGIN_REMOTE
+                || f.entry.expires_ns <= now
+                || f.entry.flags & ct::FLAG_DENIED != 0
+            {
                 continue;
             }
             let proto = match f.key.proto {
@@ -143,45 +191,23 @@ impl State {
             if d.action == Action::Allow {
                 continue;
             }
-            let word = verdict(d.rule.unwrap_or(DEFAULT_RULE), d.action.to_kernel());
-            if self.tables.deny(&f, word, &cfg, now) {
-                let by = d
-                    .rule
-                    .and_then(|i| self.ruleset.rules.get(i as usize))
-                    .map(|r| format!("rule {} \"{}\"", r.index + 1, r.name))
-                    .unwrap_or_else(|| "[defaults] inbound".into());
-                let local = std::net::SocketAddr::new(f.local(), f.key.local_port);
-                let remote = std::net::SocketAddr::new(f.remote(), f.key.remote_port);
-                // Close the host's end too (like `ss -K`), so the application sees the
-                // connection end instead of waiting on a peer it can no longer hear.
-                let closed = if f.key.proto == ct::IPPROTO_TCP {
-                    match sock_diag::destroy_tcp(local, remote) {
-                        Ok(true) => "; host socket closed",
-                        Ok(false) => "",
-                        Err(e) => {
-                            warn!("closing the host's socket {local} <- {remote}: {e:#}");
-                            "; host socket left open"
-                        }
-                    }
-                } else {
-                    ""
-                };
-                let proto = conntrack::proto_name(f.key.proto);
-                let line = format!(
-                    "{proto} {local} <- {remote} ({}): {} by {by}{closed}",
-                    firewall_common::ct::state::name(f.entry.state),
-                    d.action,
-                );
-                info!(
-                    rule = by.as_str(), action = d.action.to_string().as_str(), direction = "in",
-                    proto = proto, local_addr = local.ip().to_string().as_str(),
-                    local_port = local.port(), remote_addr = remote.ip().to_string().as_str(),
-                    remote_port = remote.port();
-                    "recheck ended {line}"
-                );
-                ended.push(line);
-            }
+            let local = std::net::SocketAddr::new(f.local(), f.key.local_port);
+            let remote = std::net::SocketAddr::new(f.remote(), f.key.remote_port);
+            let line = format!(
+                "{} {local} <- {remote} ({}): {} by {}",
+                conntrack::proto_name(f.key.proto),
+                ct::state::name(f.entry.state),
+                d.action,
+                by_rule(rules, d.rule)
+            );
+            denied.push((line, (f, d)));
         }
-        ended
+        denied
     }
+}
+
+fn by_rule(rules: &Ruleset, rule: Option<u32>) -> String {
+    rule.and_then(|i| rules.rules.get(i as usize))
+        .map(|r| format!("rule {} \"{}\"", r.index + 1, r.name))
+        .unwrap_or_else(|| "[defaults] inbound".into())
 }

@@ -69,14 +69,27 @@ pub(super) fn summarize(d: &ReloadData) -> String {
 }
 
 impl State {
-    /// [`Self::switch_rules`], announced to the service manager (RELOADING=1 ... READY=1).
+    /// Reads the rules file again and switches to it (SIGHUP): [`Self::reload_resolved`].
     pub(super) fn reload(&mut self, recheck: bool) -> anyhow::Result<ReloadData> {
+        let new_rules = load_rules(&self.config_path, &self.overrides)?;
+        let resolved = Resolved::resolve(&new_rules, &self.cgroup.path);
+        self.refuse_broken(&new_rules, &resolved)?;
+        self.reload_resolved(new_rules, resolved, recheck)
+    }
+
+    /// [`Self::switch_to`], announced to the service manager (RELOADING=1 ... READY=1).
+    pub(super) fn reload_resolved(
+        &mut self,
+        new_rules: Ruleset,
+        resolved: Resolved,
+        recheck: bool,
+    ) -> anyhow::Result<ReloadData> {
         let mut reloading = vec![NotifyState::Reloading];
         if let Ok(now) = NotifyState::monotonic_usec_now() {
             reloading.push(now);
         }
         notify(&reloading);
-        let result = self.switch_rules(recheck);
+        let result = self.switch_to(new_rules, resolved, recheck, Instant::now());
         let status = match &result {
             Ok(_) => self.status_line(),
             Err(e) => format!(
@@ -87,15 +100,6 @@ impl State {
         };
         notify(&[NotifyState::Ready, NotifyState::Status(&status)]);
         result
-    }
-
-    /// Builds the new generation completely beside the old one, then switches every interface
-    /// to it. Any failure before the switch leaves the old rules untouched.
-    pub(super) fn switch_rules(&mut self, recheck: bool) -> anyhow::Result<ReloadData> {
-        let t0 = Instant::now();
-        let new_rules = load_rules(&self.config_path, &self.overrides)?;
-        let resolved = Resolved::resolve(&new_rules, &self.cgroup.path);
-        self.switch_to(new_rules, resolved, recheck, t0)
     }
 
     /// The executables the rules in force name, for the watcher.
@@ -117,7 +121,8 @@ impl State {
     }
 
     /// Builds the new generation for `new_rules` with their selectors resolved as `resolved`,
-    /// then switches to it (see [`Self::switch_rules`]).
+    /// completely beside the old one, then switches every interface and hook to it. Any
+    /// failure before or during the switch leaves (or puts back) the old rules in force.
     pub(super) fn switch_to(
         &mut self,
         new_rules: Ruleset,
@@ -252,6 +257,8 @@ impl State {
         data.took_ms = t0.elapsed().as_millis() as u64;
         data.warnings = self.ruleset.warnings.clone();
         data.warnings.extend(self.resolve_warnings.iter().cloned());
+        data.warnings
+            .extend(crate::explain::listener_warnings(&self.ruleset));
         self.last_reload = Some(format!(
             "{} (generation {})",
             jiff::Timestamp::now()

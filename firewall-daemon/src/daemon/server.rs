@@ -12,8 +12,8 @@ use tokio::{
     net::{UnixListener, UnixStream, unix::UCred},
 };
 
-use super::State;
 use super::reload::summarize;
+use super::{State, confirm::ReloadOptions};
 use crate::control::{self, Request, Response};
 
 /// Creates the socket with mode 0660 (group set to `group` if given). Failing to set
@@ -179,6 +179,7 @@ impl State {
     /// The response to one request line from a client with credentials `cred`.
     pub(super) fn answer(&mut self, cred: Result<UCred, String>, line: &str) -> Response {
         let group = self.ruleset.daemon.control_group.clone();
+        let uid = cred.as_ref().map_or(u32::MAX, |c| c.uid());
         match authorize(cred, group.as_deref()) {
             Err(msg) => Response::err(msg),
             Ok(()) if line.len() > control::MAX_REQUEST => Response::err(format!(
@@ -189,35 +190,55 @@ impl State {
                 Err(e) => Response::err(format!(
                     "malformed request ({e}); expected one JSON line like {{\"cmd\":\"status\"}}"
                 )),
-                Ok(req) => self.handle(req),
+                Ok(req) => self.handle(req, uid),
             },
         }
     }
 
-    pub(super) fn handle(&mut self, req: Request) -> Response {
+    /// Answers `req` from a client with uid `uid`.
+    pub(super) fn handle(&mut self, req: Request, uid: u32) -> Response {
+        fn answer<T: serde::Serialize>(r: anyhow::Result<T>) -> Response {
+            match r {
+                Ok(v) => Response::ok(v),
+                Err(e) => Response::err(format!("{e:#}")),
+            }
+        }
         match req {
-            Request::List => match self.list() {
-                Ok(l) => Response::ok(l),
-                Err(e) => Response::err(format!("{e:#}")),
-            },
-            Request::Status => match self.status() {
-                Ok(s) => Response::ok(s),
-                Err(e) => Response::err(format!("{e:#}")),
-            },
-            Request::Conns => match self.conns() {
-                Ok(c) => Response::ok(c),
-                Err(e) => Response::err(format!("{e:#}")),
-            },
-            Request::Reload { recheck } => match self.reload(recheck) {
-                Ok(d) => {
-                    info!(generation = d.generation; "reloaded on request: {}", summarize(&d));
-                    Response::ok(d)
+            Request::List => answer(self.list()),
+            Request::Status => answer(self.status()),
+            Request::Conns => answer(self.conns()),
+            Request::Explain(q) => answer(self.explain(&q)),
+            Request::Ports => answer(crate::explain::ports(&self.ruleset, &self.resolved)),
+            Request::Confirm => answer(self.confirm()),
+            Request::Reload {
+                recheck,
+                dry_run,
+                confirm_secs,
+                force,
+                caller,
+                file,
+            } => {
+                let options = ReloadOptions {
+                    recheck,
+                    dry_run,
+                    confirm_secs,
+                    force,
+                    caller,
+                    file,
+                };
+                match self.reload_with(options, uid) {
+                    Ok(d) if d.dry_run => Response::ok(d),
+                    Ok(d) => {
+                        info!(generation = d.generation; "reloaded on request: {}", summarize(&d));
+                        Response::ok(d)
+                    }
+                    Err(e) if dry_run => Response::err(format!("{e:#}")),
+                    Err(e) => {
+                        error!("reload failed, previous rules stay in force: {e:#}");
+                        Response::err(format!("{e:#}\nthe previous rules stay in force"))
+                    }
                 }
-                Err(e) => {
-                    error!("reload failed, previous rules stay in force: {e:#}");
-                    Response::err(format!("{e:#}\nthe previous rules stay in force"))
-                }
-            },
+            }
         }
     }
 }

@@ -212,6 +212,7 @@ pub(super) fn start(
         degraded,
         resolved,
         resolve_warnings,
+        pending: None,
     };
     Ok((
         cleanup,

@@ -78,7 +78,37 @@ impl State {
                 .chain(&self.resolve_warnings)
                 .cloned()
                 .collect(),
+            pending_confirm: self.pending.as_ref().map(|p| p.view()),
         })
+    }
+
+    /// `fwctl explain` against the rules in force, with the tracked connections to that
+    /// remote address and port.
+    pub(super) fn explain(
+        &self,
+        q: &crate::explain::Query,
+    ) -> anyhow::Result<crate::explain::ExplainData> {
+        let mut data = crate::explain::explain(&self.ruleset, &self.resolved, q)
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let remote = firewall_common::addr::canonical(q.remote);
+        let port = q.port.unwrap_or(0);
+        for c in self.conns()?.connections {
+            let endpoint = |s: &str| s.parse::<std::net::SocketAddr>().ok();
+            let (Some(local), Some(peer)) = (endpoint(&c.local), endpoint(&c.remote)) else {
+                continue;
+            };
+            let ours = match q.direction {
+                Direction::In => local.port() == port,
+                Direction::Out => peer.port() == port,
+            };
+            if c.proto == q.proto && ours && firewall_common::addr::canonical(peer.ip()) == remote {
+                data.tracked.push(format!(
+                    "{} {} <-> {} {} ({}, admitted by {}): its packets pass whatever the rules say",
+                    c.proto, c.local, c.remote, c.state, c.origin, c.admitted_by
+                ));
+            }
+        }
+        Ok(data)
     }
 
     /// Each protected interface, checked against its pinned attachment: someone with root can

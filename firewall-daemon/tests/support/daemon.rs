@@ -236,11 +236,18 @@ impl Daemon {
     }
 
     /// Runs fwctl against this daemon.
+    /// Runs fwctl against this daemon, as if not over SSH (whatever session runs the tests).
     pub fn fwctl(&self, args: &[&str]) -> std::process::Output {
+        self.fwctl_over_ssh(args, "")
+    }
+
+    /// Runs fwctl against this daemon with `SSH_CONNECTION` set to `ssh_connection`.
+    pub fn fwctl_over_ssh(&self, args: &[&str], ssh_connection: &str) -> std::process::Output {
         Command::new(FWCTL)
             .arg("--socket")
             .arg(&self.socket)
             .args(args)
+            .env("SSH_CONNECTION", ssh_connection)
             .output()
             .expect("running fwctl")
     }

@@ -189,8 +189,15 @@ pub(super) struct RawRule {
     pub(super) user: Option<Spanned<RawUser>>,
 }
 
-pub(super) const TOP_LEVEL_KEYS: &[&str] =
-    &["daemon", "defaults", "reject", "conntrack", "sets", "rule", "assert"];
+pub(super) const TOP_LEVEL_KEYS: &[&str] = &[
+    "daemon",
+    "defaults",
+    "reject",
+    "conntrack",
+    "sets",
+    "rule",
+    "assert",
+];
 
 /// A value that may be written once or as a list: `port = 22` or `port = [22, 80]`.
 #[derive(Debug)]

@@ -1,5 +1,7 @@
 //! `fwctl check FILE`: validates a rules file without a daemon, exactly as a reload would
-//! (the same parser, resolution and compiler), and prints every error with its position.
+//! (the same parser, resolution, compiler and `[[assert]]` checks), and prints every error with
+//! its position; warns about rules that can never match, ports nothing listens on, and rules
+//! that would lock out the SSH session it runs over. `--diff` asks the daemon what would change.
 use std::{
     path::{Path, PathBuf},
     process::ExitCode,
@@ -28,6 +30,10 @@ pub(super) struct CheckReport<'a> {
     warnings: Vec<String>,
     /// Every problem, located where possible.
     errors: Vec<CheckError>,
+    /// Set when the rules would deny new SSH connections from the caller.
+    lockout: Option<String>,
+    /// With `--diff`: what would change against the rules in force.
+    diff: Option<firewall_daemon::control::ReloadData>,
 }
 
 #[derive(Debug, serde::Serialize)]
@@ -38,7 +44,13 @@ pub(super) struct CheckError {
     message: String,
 }
 
-pub(super) fn check(file: &Path, json: bool) -> ExitCode {
+pub(super) fn check(
+    args: &super::Args,
+    file: &Path,
+    json: bool,
+    diff: bool,
+    force: bool,
+) -> Result<ExitCode, super::Failure> {
     let mut report = CheckReport {
         file,
         valid: false,
@@ -49,6 +61,8 @@ pub(super) fn check(file: &Path, json: bool) -> ExitCode {
         default_outbound: None,
         warnings: Vec::new(),
         errors: Vec::new(),
+        lockout: None,
+        diff: None,
     };
     let result = config::load(file).map_err(|e| {
         let located: Vec<CheckError> = e
@@ -82,10 +96,23 @@ pub(super) fn check(file: &Path, json: bool) -> ExitCode {
             .or_else(|| firewall_daemon::host::cgroups::mount().ok())
             .unwrap_or_else(|| PathBuf::from("/sys/fs/cgroup"));
         let resolved = Resolved::resolve(&rs, &cgroup_root);
+        let broken = firewall_daemon::explain::broken_assertions(&rs, &resolved);
+        if !broken.is_empty() {
+            let errors = broken
+                .iter()
+                .map(|m| CheckError {
+                    file: file.to_path_buf(),
+                    line: None,
+                    column: None,
+                    message: m.clone(),
+                })
+                .collect();
+            return Err((broken.join("\n"), errors));
+        }
         match compile::compile(&rs, &resolved)
             .and_then(|_| compile::compile_direction(&rs, Direction::Out, &resolved))
         {
-            Ok(_) => Ok(rs),
+            Ok(_) => Ok((rs, resolved)),
             Err(e) => Err((
                 format!("{}: {e}", file.display()),
                 vec![CheckError {
@@ -97,7 +124,7 @@ pub(super) fn check(file: &Path, json: bool) -> ExitCode {
             )),
         }
     });
-    let rs = match rs {
+    let (mut rs, resolved) = match rs {
         Ok(rs) => rs,
         Err((text, errors)) => {
             if json {
@@ -108,8 +135,45 @@ pub(super) fn check(file: &Path, json: bool) -> ExitCode {
                     eprintln!("{}", esc(line));
                 }
             }
-            return ExitCode::from(exit::INVALID);
+            return Ok(ExitCode::from(exit::INVALID));
         }
+    };
+    rs.warnings.extend(resolved.warnings(&rs));
+    rs.warnings
+        .extend(firewall_daemon::explain::listener_warnings(&rs));
+    report.lockout = firewall_daemon::explain::ssh_caller().and_then(|caller| {
+        let listeners: std::collections::HashMap<_, _> =
+            firewall_daemon::host::listeners::bound_sockets()
+                .unwrap_or_default()
+                .into_iter()
+                .collect();
+        let owner = firewall_daemon::host::listeners::receiver(
+            &listeners,
+            caller.local,
+            libc::IPPROTO_TCP as u8,
+            caller.local_port,
+        );
+        firewall_daemon::explain::lockout(&rs, &resolved, &caller, owner, false)
+    });
+    if diff {
+        let path = std::path::absolute(file).unwrap_or_else(|_| file.to_path_buf());
+        let data = super::client::request(
+            args,
+            firewall_daemon::control::Request::Reload {
+                recheck: false,
+                dry_run: true,
+                confirm_secs: None,
+                force: true,
+                caller: None,
+                file: Some(path),
+            },
+        )?;
+        report.diff = Some(super::client::decode(data)?);
+    }
+    let code = if report.lockout.is_some() && !force {
+        ExitCode::from(exit::INVALID)
+    } else {
+        ExitCode::SUCCESS
     };
     let out: Vec<_> = rs
         .rules
@@ -125,10 +189,13 @@ pub(super) fn check(file: &Path, json: bool) -> ExitCode {
         report.default_outbound = Some(rs.defaults.outbound.to_string());
         report.warnings = rs.warnings.clone();
         print_json(&report);
-        return ExitCode::SUCCESS;
+        return Ok(code);
     }
     for w in &rs.warnings {
         println!("warning: {}", esc(w));
+    }
+    if let Some(d) = &report.diff {
+        super::render::print_reload(d);
     }
     println!(
         "{}: OK, {} rules ({} inbound, {} outbound); default inbound {}, outbound {}",
@@ -146,5 +213,17 @@ pub(super) fn check(file: &Path, json: bool) -> ExitCode {
              destinations on loopback are always allowed"
         );
     }
-    ExitCode::SUCCESS
+    if let Some(l) = &report.lockout {
+        println!("WARNING: {}", esc(l));
+        if !force {
+            println!(
+                "fwctl: failing because of the lockout; --force passes anyway (fwctl reload \
+                 --confirm 60s applies such rules with an automatic rollback)"
+            );
+        }
+    }
+    if !rs.assertions.is_empty() {
+        println!("{} assertion(s) hold", rs.assertions.len());
+    }
+    Ok(code)
 }

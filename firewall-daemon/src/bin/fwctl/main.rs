@@ -33,11 +33,12 @@ fn print_line(args: std::fmt::Arguments<'_>) {
 
 mod check;
 mod client;
+mod explain;
 mod render;
 
 use check::check;
 use client::{decode, down_status, request};
-use render::{esc, print_conns, print_list, print_reload, print_status};
+use render::{esc, print_confirm, print_conns, print_list, print_reload, print_status};
 
 fn main() -> ExitCode {
     let args = Args::parse();
@@ -51,10 +52,17 @@ fn main() -> ExitCode {
             if let Some(hint) = hint(&e) {
                 eprintln!("fwctl: {hint}");
             }
-            if let (Cmd::Status { json }, Failure::Client(c)) = (&args.cmd, &e)
+            if let (Cmd::Status { json, .. }, Failure::Client(c)) = (&args.cmd, &e)
                 && !matches!(c, ClientError::Permission { .. })
             {
                 down_status(&args, &e, *json);
+            } else if wants_json(&args.cmd) {
+                // Scripts read stdout: the error goes there too, as JSON.
+                render::print_json(&serde_json::json!({
+                    "ok": false,
+                    "error": e.to_string(),
+                    "exit": exit_code(&e),
+                }));
             }
             ExitCode::from(exit_code(&e))
         }
@@ -108,18 +116,53 @@ enum Failure {
     Other(String),
 }
 
+/// Whether the command prints JSON (`--json`).
+fn wants_json(cmd: &Cmd) -> bool {
+    match cmd {
+        Cmd::List { json }
+        | Cmd::Status { json, .. }
+        | Cmd::Reload { json, .. }
+        | Cmd::Confirm { json }
+        | Cmd::Conns { json }
+        | Cmd::Check { json, .. }
+        | Cmd::Explain { json, .. }
+        | Cmd::Ports { json } => *json,
+    }
+}
+
 fn run(args: &Args) -> Result<ExitCode, Failure> {
     match &args.cmd {
-        Cmd::Check { file, json } => return Ok(check(file, *json)),
+        Cmd::Check {
+            file,
+            json,
+            diff,
+            force,
+        } => return check(args, file, *json, *diff, *force),
         Cmd::List { json } => show(args, Request::List, *json, print_list)?,
-        Cmd::Status { json } => show(args, Request::Status, *json, print_status)?,
-        Cmd::Reload { json, recheck } => show(
+        Cmd::Status { json, all } => show(args, Request::Status, *json, |s| print_status(s, *all))?,
+        Cmd::Reload {
+            json,
+            recheck,
+            dry_run,
+            confirm,
+            force,
+        } => show(
             args,
-            Request::Reload { recheck: *recheck },
+            Request::Reload {
+                recheck: *recheck,
+                dry_run: *dry_run,
+                confirm_secs: *confirm,
+                force: *force,
+                caller: firewall_daemon::explain::ssh_caller(),
+                file: None,
+            },
             *json,
             print_reload,
         )?,
+        Cmd::Confirm { json } => show(args, Request::Confirm, *json, print_confirm)?,
         Cmd::Conns { json } => show(args, Request::Conns, *json, print_conns)?,
+        Cmd::Explain { json, .. } => explain::explain(args, *json)?,
+        Cmd::Ports { json } => show(args, Request::Ports, *json, explain::print_ports)?,
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -129,7 +172,7 @@ fn show<T: serde::de::DeserializeOwned>(
     args: &Args,
     req: Request,
     json: bool,
-    print: fn(&T),
+    print: impl Fn(&T),
 ) -> Result<(), Failure> {
     let v = request(args, req)?;
     if json {

@@ -118,7 +118,8 @@ pub(super) fn print_list(l: &ListData) {
     }
 }
 
-pub(super) fn print_status(s: &StatusData) {
+/// `all`: every counter, also those at zero.
+pub(super) fn print_status(s: &StatusData, all: bool) {
     println!(
         "firewall-daemon {} (pid {}), up {}s",
         s.version, s.pid, s.uptime_secs
@@ -205,16 +206,45 @@ pub(super) fn print_status(s: &StatusData) {
             ""
         }
     );
+    if let Some(p) = &s.pending_confirm {
+        println!(
+            "PENDING:     these rules are unconfirmed: generation {} comes back at {} (in {} s) \
+             unless `fwctl confirm`",
+            p.rollback_to_generation,
+            esc(&p.deadline),
+            p.secs_left
+        );
+    }
+    let zero = s.counters.values().filter(|v| **v == 0).count();
     println!("counters:");
     for (k, v) in &s.counters {
-        println!("  {:<26} {v}", esc(k));
+        if all || *v != 0 {
+            println!("  {:<26} {v}", esc(k));
+        }
+    }
+    if !all && zero > 0 {
+        println!("  ({zero} counters at zero not shown; --all shows them)");
     }
     for w in &s.warnings {
         println!("warning: {}", esc(w));
     }
 }
 
+pub(super) fn print_confirm(d: &control::ConfirmData) {
+    println!(
+        "confirmed: the rules of generation {} stay in force",
+        d.generation
+    );
+}
+
 pub(super) fn print_reload(d: &ReloadData) {
+    if let Some(l) = &d.lockout {
+        println!("WARNING: {}", esc(l));
+    }
+    if d.dry_run {
+        print_dry_run(d);
+        return;
+    }
     if d.unchanged() {
         println!(
             "reloaded: no changes ({} rules, generation {})",
@@ -241,6 +271,15 @@ pub(super) fn print_reload(d: &ReloadData) {
     for w in &d.warnings {
         println!("warning: {}", esc(w));
     }
+    if let Some(p) = &d.pending_confirm {
+        println!(
+            "UNCONFIRMED: run `fwctl confirm` before {} ({} s), or the rules of generation {} \
+             come back",
+            esc(&p.deadline),
+            p.secs_left,
+            p.rollback_to_generation
+        );
+    }
     if d.rechecked {
         if d.ended.is_empty() {
             println!("recheck: every tracked connection is still allowed");
@@ -253,6 +292,56 @@ pub(super) fn print_reload(d: &ReloadData) {
                 println!("  x {}", esc(e));
             }
         }
+    }
+}
+
+/// `fwctl reload --dry-run`, `fwctl check --diff`.
+fn print_dry_run(d: &ReloadData) {
+    if d.unchanged() {
+        println!("dry run: no changes ({} rules)", d.rules);
+    } else {
+        println!(
+            "dry run: {} rules would be in force (nothing was changed)",
+            d.rules
+        );
+        for a in &d.added {
+            println!("  + {}", esc(a));
+        }
+        for r in &d.removed {
+            println!("  - {}", esc(r));
+        }
+        if d.reordered {
+            println!("  ~ rules reordered");
+        }
+        for s in &d.settings {
+            println!("  * {}", esc(s));
+        }
+    }
+    for w in &d.warnings {
+        println!("warning: {}", esc(w));
+    }
+    if d.would_deny.is_empty() {
+        println!("every tracked connection would still be allowed");
+    } else {
+        println!(
+            "{} tracked connection(s) the new rules deny (they continue unless reloaded with \
+             --recheck, which ends them):",
+            d.would_deny.len()
+        );
+        for c in &d.would_deny {
+            println!("  x {}", esc(c));
+        }
+    }
+}
+
+/// `4d23h`, `5h07m`, `12m30s`, `42s`: two units at most, like `ps` and `systemctl`.
+pub(super) fn human_duration(secs: u64) -> String {
+    let (d, h, m, s) = (secs / 86_400, secs / 3600 % 24, secs / 60 % 60, secs % 60);
+    match (d, h, m) {
+        (0, 0, 0) => format!("{s}s"),
+        (0, 0, _) => format!("{m}m{s:02}s"),
+        (0, _, _) => format!("{h}h{m:02}m"),
+        _ => format!("{d}d{h}h"),
     }
 }
 
@@ -287,8 +376,32 @@ pub(super) fn print_conns(d: &ConnsData) {
     let w = |f: fn(&control::ConnView) -> usize, min: usize| {
         d.connections.iter().map(f).max().unwrap_or(0).max(min)
     };
-    let wl = w(|c| c.local.len(), 5);
-    let wr = w(|c| c.remote.len(), 6);
+    // Every column as wide as its widest cell: addresses, states and counts vary a lot.
+    let states: Vec<String> = d
+        .connections
+        .iter()
+        .map(|c| esc(&format!("{}{}", c.state, if c.denied { "!" } else { "" })))
+        .collect();
+    let pkts: Vec<String> = d
+        .connections
+        .iter()
+        .map(|c| format!("{}/{}", c.packets_in, c.packets_out))
+        .collect();
+    let bytes: Vec<String> = d
+        .connections
+        .iter()
+        .map(|c| format!("{}/{}", human_bytes(c.bytes_in), human_bytes(c.bytes_out)))
+        .collect();
+    let widest = |v: &[String], min: usize| {
+        v.iter()
+            .map(|s| s.chars().count())
+            .max()
+            .unwrap_or(0)
+            .max(min)
+    };
+    let (ws, wp, wb) = (widest(&states, 5), widest(&pkts, 11), widest(&bytes, 12));
+    let wl = w(|c| esc(&c.local).chars().count(), 5);
+    let wr = w(|c| esc(&c.remote).chars().count(), 6);
     let wo = owners
         .iter()
         .map(|o| o.chars().count())
@@ -296,7 +409,7 @@ pub(super) fn print_conns(d: &ConnsData) {
         .unwrap_or(0)
         .max(7);
     println!(
-        "{:<6} {:<wl$} {:<wr$} {:<11} {:>8} {:>9} {:>15} {:>17}  {:<wo$}  ADMITTED BY",
+        "{:<6} {:<wl$} {:<wr$} {:<ws$} {:>6} {:>7} {:>wp$} {:>wb$}  {:<wo$}  ADMITTED BY",
         "PROTO",
         "LOCAL",
         "REMOTE",
@@ -307,22 +420,22 @@ pub(super) fn print_conns(d: &ConnsData) {
         "BYTES IN/OUT",
         "PROGRAM"
     );
-    for (c, owner) in d.connections.iter().zip(&owners) {
-        let state = if c.denied {
-            format!("{}!", c.state)
-        } else {
-            c.state.clone()
-        };
+    for ((c, owner), (state, (pkts, bytes))) in d
+        .connections
+        .iter()
+        .zip(&owners)
+        .zip(states.iter().zip(pkts.iter().zip(&bytes)))
+    {
         println!(
-            "{:<6} {:<wl$} {:<wr$} {:<11} {:>7}s {:>8}s {:>15} {:>17}  {:<wo$}  {}{}",
+            "{:<6} {:<wl$} {:<wr$} {:<ws$} {:>6} {:>7} {:>wp$} {:>wb$}  {:<wo$}  {}{}",
             esc(&c.proto),
             esc(&c.local),
             esc(&c.remote),
-            esc(&state),
-            c.age_secs,
-            c.expires_in_secs,
-            format!("{}/{}", c.packets_in, c.packets_out),
-            format!("{}/{}", human_bytes(c.bytes_in), human_bytes(c.bytes_out)),
+            state,
+            human_duration(c.age_secs),
+            human_duration(c.expires_in_secs),
+            pkts,
+            bytes,
             owner,
             esc(&c.admitted_by),
             if c.denied { " (denied by recheck)" } else { "" }
