@@ -38,14 +38,19 @@ Examples:
   fwctl status
   fwctl list --json | jq '.rules[0]'
   fwctl check /etc/firewall/rules.toml
-  fwctl reload
+  fwctl explain in tcp 203.0.113.7 22
+  fwctl ports
+  fwctl reload --dry-run
+  fwctl reload --confirm 60s && fwctl confirm
   fwctl reload --recheck
   fwctl conns
 
 Exit status:
   0  Success.
-  1  The rules file is invalid (check), or the daemon refused the request, for instance a \
-reload of an invalid file (the previous rules stay in force).
+  1  The rules file is invalid or its [[assert]] entries do not hold (check), the rules would \
+lock out the SSH session fwctl runs over (check and reload, without --force), or the daemon \
+refused the request, for instance a reload of an invalid file (the previous rules stay in \
+force).
   2  Usage error.
   3  The daemon cannot be reached: it is not running, the socket is missing or stale, or it \
 does not answer.
