@@ -653,6 +653,21 @@ mod tests {
         assert!(answer_timeout(&Request::reload(false)) > answer_timeout(&Request::Status));
     }
 
+    /// `SSH_CONNECTION` as sshd sets it; anything else is no caller, never a wrong one.
+    #[test]
+    fn the_ssh_caller_is_read_from_ssh_connection() {
+        let c = Caller::from_ssh_connection("203.0.113.7 50022 10.0.0.5 22").expect("v4");
+        assert_eq!(
+            (c.remote.to_string(), c.local.to_string(), c.local_port),
+            ("203.0.113.7".into(), "10.0.0.5".into(), 22)
+        );
+        let c = Caller::from_ssh_connection("fe80::1%eth0 1 fe80::2%eth0 2222").expect("v6");
+        assert_eq!((c.remote.to_string(), c.local_port), ("fe80::1".into(), 2222));
+        for bad in ["", "203.0.113.7 50022 10.0.0.5", "a b c d", "1.2.3.4 1 5.6.7.8 0"] {
+            assert_eq!(Caller::from_ssh_connection(bad), None, "{bad:?}");
+        }
+    }
+
     fn rules(n: usize, first_port: usize) -> Ruleset {
         let mut text = String::new();
         for i in 0..n {

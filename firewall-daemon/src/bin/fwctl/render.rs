@@ -473,6 +473,19 @@ mod tests {
     }
 
     #[test]
+    fn durations_read_like_ps_and_systemctl() {
+        for (secs, text) in [
+            (0, "0s"),
+            (42, "42s"),
+            (750, "12m30s"),
+            (18_420, "5h07m"),
+            (431_996, "4d23h"),
+        ] {
+            assert_eq!(super::human_duration(secs), text);
+        }
+    }
+
+    #[test]
     fn selectors_are_shown_only_when_given() {
         let mut r = view();
         assert_eq!(selector_note(&r), "");
