@@ -527,7 +527,7 @@ pub fn diff(old: &Ruleset, new: &Ruleset) -> ReloadData {
     }
     if old.assertions != new.assertions {
         settings.push(format!(
-            "[[assert]]: {} -> {} entries",
+            "[[assert]] entries changed ({} before, {} now)",
             old.assertions.len(),
             new.assertions.len()
         ));
@@ -662,8 +662,16 @@ mod tests {
             ("203.0.113.7".into(), "10.0.0.5".into(), 22)
         );
         let c = Caller::from_ssh_connection("fe80::1%eth0 1 fe80::2%eth0 2222").expect("v6");
-        assert_eq!((c.remote.to_string(), c.local_port), ("fe80::1".into(), 2222));
-        for bad in ["", "203.0.113.7 50022 10.0.0.5", "a b c d", "1.2.3.4 1 5.6.7.8 0"] {
+        assert_eq!(
+            (c.remote.to_string(), c.local_port),
+            ("fe80::1".into(), 2222)
+        );
+        for bad in [
+            "",
+            "203.0.113.7 50022 10.0.0.5",
+            "a b c d",
+            "1.2.3.4 1 5.6.7.8 0",
+        ] {
             assert_eq!(Caller::from_ssh_connection(bad), None, "{bad:?}");
         }
     }

@@ -195,7 +195,10 @@ pub(super) fn check(
         println!("warning: {}", esc(w));
     }
     if let Some(d) = &report.diff {
-        super::render::print_reload(d);
+        // Its warnings are the file's, printed above.
+        let mut d = d.clone();
+        d.warnings.clear();
+        super::render::print_reload(&d);
     }
     println!(
         "{}: OK, {} rules ({} inbound, {} outbound); default inbound {}, outbound {}",

@@ -91,11 +91,16 @@ fn print_explanation(d: &ExplainData) {
         (Some(n), Some(line)) => format!("rule {n} {:?} (line {line})", esc(&d.name)),
         _ => esc(&d.name),
     };
-    println!("{}: {} by {by}", esc(&d.question), d.action);
-    println!("  rules:    {}", esc(&d.source));
-    if let Some(f) = &d.fixed {
-        println!("  before the rules: {}", esc(f));
+    match &d.fixed {
+        Some(f) => println!(
+            "{}: {}, before any rule: {}",
+            esc(&d.question),
+            d.action,
+            esc(f)
+        ),
+        None => println!("{}: {} by {by}", esc(&d.question), d.action),
     }
+    println!("  rules:    {}", esc(&d.source));
     for r in &d.shadowed {
         println!(
             "  shadowed: rule {} {:?} (line {}, {}) matches too, but comes later",
