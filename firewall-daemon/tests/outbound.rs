@@ -775,6 +775,20 @@ fn every_family_call_action_and_match_kind_agrees_with_the_oracle() {
             let token = format!("r{round}-c{i}");
             let (got, reply) = run_case(&mut lab.inside, &mut lab.peer, case, &token, d.action);
             assert_eq!(got, d.action, "kernel vs oracle: {case:?} -> {reply}");
+            // `fwctl explain` asks the daemon's rules in force: the same answer, same rule.
+            let proto = if case.call == Call::Tcp { "tcp" } else { "udp" };
+            let port = case.port.to_string();
+            let e = lab
+                .daemon
+                .fwctl_json(&["explain", "out", proto, &case.addr, &port]);
+            assert_eq!(
+                (e["action"].as_str(), e["rule"].as_u64()),
+                (
+                    Some(got.to_string().as_str()),
+                    d.rule.map(|r| u64::from(r) + 1)
+                ),
+                "fwctl explain vs kernel: {case:?}: {e:#}"
+            );
             if got == Action::Stealth {
                 held.push((case.clone(), token));
             }
