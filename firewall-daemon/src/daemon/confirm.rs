@@ -73,16 +73,28 @@ impl State {
                  daemon's own file is compared"
             );
         }
-        let path = o.file.clone().unwrap_or_else(|| self.config_path.clone());
-        let new_rules = super::reload::load_rules(&path, &self.overrides)?;
+        if o.dry_run {
+            let path = o.file.clone().unwrap_or_else(|| self.config_path.clone());
+            let new_rules = super::reload::load_rules(&path, &self.overrides)?;
+            let resolved = Resolved::resolve(&new_rules, &self.cgroup.path);
+            self.refuse_broken(&new_rules, &resolved)?;
+            let lockout = o
+                .caller
+                .and_then(|c| self.lockout(&new_rules, &resolved, &c, o.recheck));
+            return self.dry_run(new_rules, &resolved, lockout);
+        }
+        self.announced(|state| state.apply(&o))
+    }
+
+    /// A reload that changes something: validated, checked for a lockout, applied, and with
+    /// `--confirm`, armed for the rollback.
+    fn apply(&mut self, o: &ReloadOptions) -> anyhow::Result<ReloadData> {
+        let new_rules = super::reload::load_rules(&self.config_path, &self.overrides)?;
         let resolved = Resolved::resolve(&new_rules, &self.cgroup.path);
         self.refuse_broken(&new_rules, &resolved)?;
         let lockout = o
             .caller
             .and_then(|c| self.lockout(&new_rules, &resolved, &c, o.recheck));
-        if o.dry_run {
-            return self.dry_run(new_rules, &resolved, lockout);
-        }
         if let Some(msg) = &lockout
             && !o.force
             && o.confirm_secs.is_none()
@@ -93,7 +105,7 @@ impl State {
             );
         }
         let before = (self.ruleset.clone(), self.generation_no);
-        let mut data = self.reload_resolved(new_rules, resolved, o.recheck)?;
+        let mut data = self.switch_to(new_rules, resolved, o.recheck, Instant::now())?;
         data.lockout = lockout;
         if let Some(secs) = o.confirm_secs {
             let (rules, generation) = match self.pending.take() {

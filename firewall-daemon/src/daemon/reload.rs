@@ -69,27 +69,39 @@ pub(super) fn summarize(d: &ReloadData) -> String {
 }
 
 impl State {
-    /// Reads the rules file again and switches to it (SIGHUP): [`Self::reload_resolved`].
+    /// Reads the rules file again and switches to it (SIGHUP), announced to the service
+    /// manager.
     pub(super) fn reload(&mut self, recheck: bool) -> anyhow::Result<ReloadData> {
-        let new_rules = load_rules(&self.config_path, &self.overrides)?;
-        let resolved = Resolved::resolve(&new_rules, &self.cgroup.path);
-        self.refuse_broken(&new_rules, &resolved)?;
-        self.reload_resolved(new_rules, resolved, recheck)
+        self.announced(|state| {
+            let new_rules = load_rules(&state.config_path, &state.overrides)?;
+            let resolved = Resolved::resolve(&new_rules, &state.cgroup.path);
+            state.refuse_broken(&new_rules, &resolved)?;
+            state.switch_to(new_rules, resolved, recheck, Instant::now())
+        })
     }
 
-    /// [`Self::switch_to`], announced to the service manager (RELOADING=1 ... READY=1).
+    /// [`Self::switch_to`], announced to the service manager.
     pub(super) fn reload_resolved(
         &mut self,
         new_rules: Ruleset,
         resolved: Resolved,
         recheck: bool,
     ) -> anyhow::Result<ReloadData> {
+        self.announced(|state| state.switch_to(new_rules, resolved, recheck, Instant::now()))
+    }
+
+    /// Runs a reload between RELOADING=1 and READY=1 (with the outcome in STATUS=), as
+    /// systemd's `Type=notify` expects of every reload, a failed one too.
+    pub(super) fn announced(
+        &mut self,
+        reload: impl FnOnce(&mut Self) -> anyhow::Result<ReloadData>,
+    ) -> anyhow::Result<ReloadData> {
         let mut reloading = vec![NotifyState::Reloading];
         if let Ok(now) = NotifyState::monotonic_usec_now() {
             reloading.push(now);
         }
         notify(&reloading);
-        let result = self.switch_to(new_rules, resolved, recheck, Instant::now());
+        let result = reload(self);
         let status = match &result {
             Ok(_) => self.status_line(),
             Err(e) => format!(
