@@ -27,6 +27,12 @@ pub enum Request {
         recheck: bool,
     },
     Conns,
+    /// Stream decision (or, with `conns`, connection) events: after the answer, one
+    /// [`crate::decision_log::MonitorLine`] per line until the client goes away.
+    Monitor {
+        #[serde(default)]
+        filter: crate::decision_log::MonitorFilter,
+    },
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -480,7 +486,9 @@ pub enum ClientError {
 pub fn answer_timeout(req: &Request) -> Duration {
     match req {
         Request::Reload { .. } => Duration::from_secs(300),
-        Request::List | Request::Status | Request::Conns => Duration::from_secs(30),
+        Request::List | Request::Status | Request::Conns | Request::Monitor { .. } => {
+            Duration::from_secs(30)
+        }
     }
 }
 

@@ -32,6 +32,7 @@ use crate::{
 use rules::model::{Interfaces, OnStop, Ruleset, XdpMode};
 
 mod attach;
+mod monitor;
 mod recheck;
 mod reload;
 mod server;
@@ -106,6 +107,8 @@ struct State {
     /// What the rules' `program` and `unit` selectors resolve to in the rules in force.
     resolved: Resolved,
     resolve_warnings: Vec<String>,
+    /// Decision and connection events for `fwctl monitor` connections.
+    events: tokio::sync::broadcast::Sender<crate::decision_log::Published>,
 }
 
 /// How often selectors are resolved again even without a file-system event: a unit's cgroup
@@ -125,6 +128,7 @@ pub async fn run(config_path: PathBuf, overrides: Overrides) -> anyhow::Result<(
         mut link_events,
         listener,
         socket_path,
+        mut log_events,
     } = started;
     // Each control connection is read and written by a task of its own; only complete
     // requests reach this loop, so a client that sends nothing (or reads nothing) delays no
@@ -192,6 +196,7 @@ pub async fn run(config_path: PathBuf, overrides: Overrides) -> anyhow::Result<(
                 Ok(()) => state.reconcile_interfaces(),
                 Err(e) => warn!("{e:#}"),
             },
+            Some(raw) = log_events.recv() => state.decision(raw),
             Some(call) = calls_rx.recv() => {
                 let response = state.answer(call.cred, &call.line);
                 // The client may have gone; its task then ends with nothing to write.
@@ -206,7 +211,7 @@ pub async fn run(config_path: PathBuf, overrides: Overrides) -> anyhow::Result<(
                     });
                     let permit = connections.clone().try_acquire_owned().ok();
                     if privileged || permit.is_some() {
-                        tokio::spawn(serve(stream, calls_tx.clone(), permit));
+                        tokio::spawn(serve(stream, calls_tx.clone(), state.events.clone(), permit));
                     } else {
                         warn!(
                             "{MAX_CONTROL_CONNECTIONS} control connections of unprivileged \

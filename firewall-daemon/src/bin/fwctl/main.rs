@@ -33,6 +33,7 @@ fn print_line(args: std::fmt::Arguments<'_>) {
 
 mod check;
 mod client;
+mod monitor;
 mod render;
 
 use check::check;
@@ -120,6 +121,7 @@ fn run(args: &Args) -> Result<ExitCode, Failure> {
             print_reload,
         )?,
         Cmd::Conns { json } => show(args, Request::Conns, *json, print_conns)?,
+        Cmd::Monitor { .. } => monitor::run(args)?,
     }
     Ok(ExitCode::SUCCESS)
 }
