@@ -92,7 +92,7 @@ pub struct LogEvent {
 
 const _: () = {
     assert!(core::mem::size_of::<LogEvent>() == 104);
-    assert!(LOG_RING_BYTES.is_power_of_two() && LOG_RING_BYTES % 4096 == 0);
+    assert!(LOG_RING_BYTES.is_power_of_two() && LOG_RING_BYTES.is_multiple_of(4096));
 };
 
 #[cfg(feature = "user")]

@@ -119,7 +119,7 @@ pub struct Event {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "lowercase")]
 pub enum MonitorLine {
-    Event(Event),
+    Event(Box<Event>),
     /// This subscriber read too slowly and missed `count` events.
     Lost {
         count: u64,

@@ -118,7 +118,7 @@ struct Subscription {
 impl Subscription {
     fn next_event(&self) -> Event {
         match self.rx.recv_timeout(EVENT_WAIT) {
-            Ok(MonitorLine::Event(e)) => e,
+            Ok(MonitorLine::Event(e)) => *e,
             Ok(other) => panic!("expected an event, got {other:?}"),
             Err(e) => panic!("no event within {EVENT_WAIT:?}: {e}"),
         }

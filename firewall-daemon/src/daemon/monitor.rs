@@ -113,7 +113,7 @@ pub(super) async fn stream(
                 Ok(_) => continue,
             },
             got = events.recv() => match got {
-                Ok(e) if filter.matches(&e) => MonitorLine::Event((*e).clone()),
+                Ok(e) if filter.matches(&e) => MonitorLine::Event(Box::new((*e).clone())),
                 Ok(_) => continue,
                 Err(RecvError::Lagged(count)) => MonitorLine::Lost { count },
                 Err(RecvError::Closed) => return Ok(()),

@@ -45,8 +45,11 @@ fn an_inbound_reject_is_named_and_printed_on_one_line() {
     let e = event(&inbound_reject(), names(Some((3, "telnet"))));
     assert_eq!(e.action.as_deref(), Some("reject"));
     assert_eq!((e.rule, e.rule_name.as_deref()), (Some(3), Some("telnet")));
-    assert_eq!(e.remote_addr, "203.0.113.7".parse::<IpAddr>().unwrap());
-    assert_eq!(e.local_addr, Some("10.0.0.1".parse().unwrap()));
+    assert_eq!(
+        e.remote_addr,
+        "203.0.113.7".parse::<IpAddr>().expect("test value")
+    );
+    assert_eq!(e.local_addr, Some("10.0.0.1".parse().expect("test value")));
     assert_eq!((e.local_port, e.remote_port), (Some(23), Some(51234)));
     let line = human_line(&e);
     assert!(
@@ -94,7 +97,7 @@ fn filters_combine() {
     assert!(f(MonitorFilter {
         actions: vec!["reject".into()],
         ports: vec![23],
-        remotes: vec!["203.0.113.0/24".parse().unwrap()],
+        remotes: vec!["203.0.113.0/24".parse().expect("test value")],
         rules: vec!["telnet".into()],
         direction: Some("in".into()),
         proto: Some("tcp".into()),
@@ -113,7 +116,7 @@ fn filters_combine() {
         ..Default::default()
     }));
     assert!(!f(MonitorFilter {
-        remotes: vec!["198.51.100.0/24".parse().unwrap()],
+        remotes: vec!["198.51.100.0/24".parse().expect("test value")],
         ..Default::default()
     }));
     assert!(!f(MonitorFilter {
@@ -125,9 +128,15 @@ fn filters_combine() {
 #[test]
 fn monitor_lines_round_trip() {
     let e = event(&inbound_reject(), names(Some((3, "telnet"))));
-    for line in [MonitorLine::Event(e), MonitorLine::Lost { count: 12 }] {
-        let text = serde_json::to_string(&line).unwrap();
-        assert_eq!(serde_json::from_str::<MonitorLine>(&text).unwrap(), line);
+    for line in [
+        MonitorLine::Event(Box::new(e)),
+        MonitorLine::Lost { count: 12 },
+    ] {
+        let text = serde_json::to_string(&line).expect("test value");
+        assert_eq!(
+            serde_json::from_str::<MonitorLine>(&text).expect("test value"),
+            line
+        );
     }
 }
 
