@@ -11,7 +11,7 @@
 //! monitor` connection takes what its [`MonitorFilter`] lets through.
 //!
 //! Nothing in this path waits for a consumer: the reader passes events on with `try_send`
-//! (counted as lost when the loop is behind, see [`Lost`]), and the broadcast channel keeps
+//! (dropped with a warning when the loop is [`READER_BACKLOG`] events behind), and the broadcast channel keeps
 //! the last [`MONITOR_BACKLOG`] events for subscribers: a subscriber that reads too slowly
 //! misses the oldest, and is told how many ([`MonitorLine::Lost`]). The datapath never waits
 //! for any of it.
@@ -23,10 +23,7 @@
 
 use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
-    sync::{
-        Arc,
-        atomic::{AtomicU64, Ordering},
-    },
+    sync::Arc,
 };
 
 use anyhow::Context as _;
@@ -52,11 +49,6 @@ pub const READER_BACKLOG: usize = 4096;
 
 /// What one published item is: a decision or a connection event.
 pub type Published = Arc<Event>;
-
-/// Events the daemon received from the kernel but could not pass on because its loop was
-/// behind (shown by `fwctl status` beside the kernel's counters).
-#[derive(Debug, Default)]
-pub struct Lost(pub AtomicU64);
 
 /// One decision or connection event, named: what the journal stores and `fwctl monitor
 /// --json` prints, one JSON object per line.
@@ -181,12 +173,9 @@ impl MonitorFilter {
 }
 
 /// Starts draining the ring buffer pinned under `pin_dir` into `to`. Must run on the tokio
-/// runtime. Events the loop has no room for are counted in `lost`.
-pub fn spawn_reader(
-    pin_dir: &std::path::Path,
-    to: mpsc::Sender<LogEvent>,
-    lost: Arc<Lost>,
-) -> anyhow::Result<()> {
+/// runtime. Events the loop has no room for are dropped, with a warning for each batch that
+/// lost some.
+pub fn spawn_reader(pin_dir: &std::path::Path, to: mpsc::Sender<LogEvent>) -> anyhow::Result<()> {
     let ring: RingBuf<MapData> = RingBuf::try_from(kernel::open_pinned(pin_dir, maps::LOG_RING)?)
         .context("LOG_RING is not a ring buffer")?;
     // SAFETY: the ring owns its descriptor, which stays open and the same until the AsyncFd
@@ -203,6 +192,7 @@ pub fn spawn_reader(
                 }
             };
             let ring = guard.get_inner_mut();
+            let mut lost = 0u64;
             while let Some(item) = ring.next() {
                 let Some(event) = decode(&item) else {
                     log::warn!("decision log: an event of {} bytes, ignored", item.len());
@@ -210,8 +200,14 @@ pub fn spawn_reader(
                 };
                 drop(item);
                 if to.try_send(event).is_err() {
-                    lost.0.fetch_add(1, Ordering::Relaxed);
+                    lost += 1;
                 }
+            }
+            if lost > 0 {
+                log::warn!(
+                    "decision log: {lost} event(s) dropped, the daemon's loop was {READER_BACKLOG} \
+                     events behind"
+                );
             }
             guard.clear_ready();
         }

@@ -597,3 +597,84 @@ fn a_monitor_that_never_reads_does_not_stall_the_daemon() {
     );
     assert!(lost > 0);
 }
+
+/// `monitor --conns`: an expired flow is reported `closed` when the expiry removes it, and a
+/// connection `fwctl reload --recheck` ends is reported `denied`, with the rule that denies it.
+#[test]
+fn connection_events_report_expired_and_rechecked_flows() {
+    let rules = "[conntrack]\ngc_interval = \"1s\"\n\n[conntrack.timeouts]\nudp_unreplied = \"1s\"\n\n\
+                 [[rule]]\nname = \"dns\"\nproto = \"udp\"\nport = 5353\naction = \"allow\"\n\n\
+                 [[rule]]\nname = \"web\"\nproto = \"tcp\"\nport = 8080\naction = \"allow\"\n";
+    let lab = Lab::new(rules);
+    let sub = lab.subscribe(MonitorFilter {
+        conns: true,
+        ..Default::default()
+    });
+    let wait_for = |conn: &str, port: u16| -> Event {
+        let deadline = Instant::now() + EVENT_WAIT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match sub.rx.recv_timeout(left) {
+                Ok(MonitorLine::Event(e))
+                    if e.conn.as_deref() == Some(conn) && e.local_port == Some(port) =>
+                {
+                    return *e;
+                }
+                Ok(_) => {}
+                Err(e) => panic!("no {conn} event for port {port} within {EVENT_WAIT:?}: {e}"),
+            }
+        }
+    };
+
+    // One datagram: an unreplied flow, expired after 1 s, removed within the next second.
+    let server: std::net::IpAddr = lab.pair.server_v4.parse().expect("addr");
+    lab.pair.client.run(move || {
+        let s = std::net::UdpSocket::bind("0.0.0.0:0").expect("udp socket");
+        s.send_to(b"hello", SocketAddr::new(server, 5353))
+            .expect("sending a datagram");
+    });
+    let e = wait_for("closed", 5353);
+    assert_eq!(
+        (e.kind.as_str(), e.proto.as_str(), e.direction.as_str()),
+        ("conn", "udp", "in")
+    );
+    assert_eq!(
+        e.remote_addr,
+        lab.pair
+            .client_v4
+            .parse::<std::net::IpAddr>()
+            .expect("addr")
+    );
+
+    // An established connection, then rules that reject its port, rechecked.
+    let listen = SocketAddr::new(server, 8080);
+    let listener = lab
+        .pair
+        .server
+        .run(move || std::net::TcpListener::bind(listen))
+        .expect("a test server");
+    let accepted = std::thread::spawn(move || listener.accept().map(|(s, _)| s));
+    let client = lab
+        .pair
+        .client
+        .run(move || TcpStream::connect_timeout(&listen, Duration::from_secs(2)))
+        .expect("connecting to the allowed port");
+    let _server_side = accepted.join().expect("accept thread").expect("accepted");
+    lab.daemon.write_rules(&rules.replace(
+        "name = \"web\"\nproto = \"tcp\"\nport = 8080\naction = \"allow\"",
+        "name = \"web closed\"\nproto = \"tcp\"\nport = 8080\naction = \"reject\"",
+    ));
+    let out = lab.daemon.fwctl(&["reload", "--recheck"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let e = wait_for("denied", 8080);
+    assert_eq!(
+        (e.action.as_deref(), e.by.as_str(), e.why.as_str()),
+        (Some("reject"), "rule 2 \"web closed\"", "recheck"),
+        "{e:?}"
+    );
+    drop(client);
+}

@@ -108,7 +108,7 @@ pub(super) fn start(
     let mut host = HostMaps::open(&pin_dir)?;
     // The decision log is read from before anything is attached, so no event waits.
     let (log_tx, log_events) = tokio::sync::mpsc::channel(decision_log::READER_BACKLOG);
-    decision_log::spawn_reader(&pin_dir, log_tx, Arc::new(decision_log::Lost::default()))?;
+    decision_log::spawn_reader(&pin_dir, log_tx)?;
     let (events, _) = tokio::sync::broadcast::channel(decision_log::MONITOR_BACKLOG);
 
     // Seed before attaching, so enforcement never starts without the host's connections.
