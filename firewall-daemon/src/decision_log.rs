@@ -398,12 +398,17 @@ pub fn human_line(e: &Event) -> String {
 
 /// Writes a decision to the daemon's log (the journal under systemd) with its fields.
 pub fn journal(e: &Event) {
+    const TARGET: &str = "firewall_daemon::decision_log";
+    // `--log-level warn` (or RUST_LOG) silences the decision log too.
+    if !log::log_enabled!(target: TARGET, log::Level::Info) {
+        return;
+    }
     let fields = fields(e);
     let message = format!("decision: {}", human_line(e));
     log::logger().log(
         &log::Record::builder()
             .level(log::Level::Info)
-            .target("firewall_daemon::decision_log")
+            .target(TARGET)
             .module_path_static(Some(module_path!()))
             .key_values(&fields)
             .args(format_args!("{message}"))

@@ -59,8 +59,10 @@ port = 25
 action = "reject"
 "#;
 
-/// How long a test waits for an event it expects before failing.
-const EVENT_WAIT: Duration = Duration::from_secs(10);
+/// How long a test waits for an event it expects before failing (longer in an emulated guest).
+fn event_wait() -> Duration {
+    Duration::from_secs(10 * u64::from(support::slowdown()))
+}
 
 struct Lab {
     pair: Pair,
@@ -117,10 +119,10 @@ struct Subscription {
 
 impl Subscription {
     fn next_event(&self) -> Event {
-        match self.rx.recv_timeout(EVENT_WAIT) {
+        match self.rx.recv_timeout(event_wait()) {
             Ok(MonitorLine::Event(e)) => *e,
             Ok(other) => panic!("expected an event, got {other:?}"),
-            Err(e) => panic!("no event within {EVENT_WAIT:?}: {e}"),
+            Err(e) => panic!("no event within {:?}: {e}", event_wait()),
         }
     }
 }
@@ -384,7 +386,7 @@ fn a_bounded_flood_keeps_the_log_within_its_budget_and_counts_what_it_dropped() 
     let (sent, flood_time) = flood(&lab, 23, 5_000);
     // Every frame sent has been judged once the rule's hit count has them all (XDP runs as
     // the frame is sent on veth; this is a readiness check, not a wait for time to pass).
-    let deadline = Instant::now() + EVENT_WAIT;
+    let deadline = Instant::now() + event_wait();
     let hits = loop {
         let hits = lab.daemon.fwctl_json(&["list"])["rules"][0]["hits"]
             .as_u64()
@@ -438,7 +440,7 @@ fn a_bounded_flood_keeps_the_log_within_its_budget_and_counts_what_it_dropped() 
     // Every event the kernel wrote reaches the monitor.
     let mut received = 0;
     while received < logged {
-        match sub.rx.recv_timeout(EVENT_WAIT) {
+        match sub.rx.recv_timeout(event_wait()) {
             Ok(MonitorLine::Event(e)) => {
                 assert_eq!(e.rule_name.as_deref(), Some("telnet"), "{e:?}");
                 received += 1;
@@ -487,14 +489,14 @@ fn fwctl_monitor_prints_what_its_filters_let_through() {
     let (out, _bash) = outbound_connect(&lab, lab.pair.client_v4, 25);
     assert_eq!(out, "refused");
     lab.connect(23);
-    let line = json.recv_timeout(EVENT_WAIT).expect("a JSON event");
+    let line = json.recv_timeout(event_wait()).expect("a JSON event");
     let e: Event = serde_json::from_str(&line).expect("one JSON object per line");
     assert_eq!(
         (e.action.as_deref(), e.local_port, e.rule_name.as_deref()),
         (Some("reject"), Some(23), Some("telnet")),
         "{line}"
     );
-    let line = human.recv_timeout(EVENT_WAIT).expect("a line");
+    let line = human.recv_timeout(event_wait()).expect("a line");
     let want = format!("in reject tcp {}:", lab.pair.client_v4);
     let tail = format!(
         " -> {}:23 {} rule 1 \"telnet\"",
@@ -567,7 +569,7 @@ fn a_monitor_that_never_reads_does_not_stall_the_daemon() {
     assert_eq!(e.rule_name.as_deref(), Some("telnet"));
     // The stuck client reads now: its answer, the events that fitted, then how many it lost.
     stuck
-        .set_read_timeout(Some(EVENT_WAIT))
+        .set_read_timeout(Some(event_wait()))
         .expect("read timeout");
     let mut reader = BufReader::new(&mut stuck);
     let mut lost = None;
@@ -611,7 +613,7 @@ fn connection_events_report_expired_and_rechecked_flows() {
         ..Default::default()
     });
     let wait_for = |conn: &str, port: u16| -> Event {
-        let deadline = Instant::now() + EVENT_WAIT;
+        let deadline = Instant::now() + event_wait();
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match sub.rx.recv_timeout(left) {
@@ -621,7 +623,10 @@ fn connection_events_report_expired_and_rechecked_flows() {
                     return *e;
                 }
                 Ok(_) => {}
-                Err(e) => panic!("no {conn} event for port {port} within {EVENT_WAIT:?}: {e}"),
+                Err(e) => panic!(
+                    "no {conn} event for port {port} within {:?}: {e}",
+                    event_wait()
+                ),
             }
         }
     };
