@@ -29,8 +29,8 @@ use std::{
 use anyhow::Context as _;
 use aya::maps::{MapData, RingBuf};
 use firewall_common::{
-    ACTION_ALLOW, ACTION_REJECT, EVENT_OUTBOUND, LogEvent, PROTO_ICMP, PROTO_TCP, PROTO_UDP,
-    WHY_DEFAULT, WHY_INVALID, WHY_RECHECK, ct, maps,
+    ACTION_ALLOW, ACTION_REJECT, DEFAULT_RULE, EVENT_OUTBOUND, LogEvent, PROTO_ICMP, PROTO_TCP,
+    PROTO_UDP, WHY_DEFAULT, WHY_INVALID, WHY_RECHECK, ct, maps,
 };
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
@@ -281,16 +281,15 @@ pub fn event(raw: &LogEvent, names: Names) -> Event {
         WHY_RECHECK => "recheck",
         _ => "rule",
     };
+    let index = firewall_common::verdict_rule(raw.verdict);
+    // A recheck's verdict names `[defaults]` by the rule index it stands for.
+    let is_rule = !matches!(raw.why, WHY_DEFAULT | WHY_INVALID) && index != DEFAULT_RULE;
     let by = match (raw.why, &names.rule) {
-        (WHY_DEFAULT, _) => format!("[defaults] {}bound", direction),
         (WHY_INVALID, _) => "[conntrack] invalid".to_string(),
+        _ if !is_rule => format!("[defaults] {direction}bound"),
         (_, Some((n, name))) => format!("rule {n} \"{name}\""),
-        (_, None) => format!(
-            "rule {} (earlier rules)",
-            firewall_common::verdict_rule(raw.verdict) + 1
-        ),
+        (_, None) => format!("rule {} (earlier rules)", index + 1),
     };
-    let is_rule = !matches!(raw.why, WHY_DEFAULT | WHY_INVALID);
     let has_ports = matches!(u32::from(raw.proto), PROTO_TCP | PROTO_UDP);
     Event {
         time: wall_time(raw.ts_ns),
@@ -298,7 +297,7 @@ pub fn event(raw: &LogEvent, names: Names) -> Event {
         conn: None,
         direction: direction.into(),
         action: Some(action.into()),
-        rule: is_rule.then(|| firewall_common::verdict_rule(raw.verdict) + 1),
+        rule: is_rule.then_some(index + 1),
         rule_name: names.rule.map(|(_, n)| n).filter(|_| is_rule),
         by,
         why: why.into(),

@@ -29,7 +29,7 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use firewall_common::{
-    Counter, EVENT_INBOUND, EVENT_OUTBOUND, LOG_DEFAULT, LOG_INVALID, LOG_RING_BYTES,
+    Counter, DEFAULT_RULE, EVENT_INBOUND, EVENT_OUTBOUND, LOG_DEFAULT, LOG_INVALID, LOG_RING_BYTES,
     LOG_SOME_RULE, LogEvent, RateBucket, WHY_DEFAULT, WHY_INVALID, identity::ExeId, verdict_rule,
 };
 
@@ -72,13 +72,13 @@ fn wanted(word: u32, why: u32) -> bool {
     if flags == 0 {
         return false;
     }
+    let rule = verdict_rule(word);
     match why {
         WHY_DEFAULT => flags & LOG_DEFAULT != 0,
         WHY_INVALID => flags & LOG_INVALID != 0,
-        _ => {
-            flags & LOG_SOME_RULE != 0
-                && matches!(LOG_RULES.get(verdict_rule(word)), Some(on) if *on != 0)
-        }
+        // A flow a recheck ended under `[defaults]` (its word names no rule).
+        _ if rule == DEFAULT_RULE => flags & LOG_DEFAULT != 0,
+        _ => flags & LOG_SOME_RULE != 0 && matches!(LOG_RULES.get(rule), Some(on) if *on != 0),
     }
 }
 

@@ -86,6 +86,10 @@ fn defaults_and_invalid_name_no_rule() {
     raw.why = WHY_INVALID;
     let e = event(&raw, names(None));
     assert_eq!(e.by, "[conntrack] invalid");
+    // A flow a recheck ended under the default.
+    raw.why = WHY_RECHECK;
+    let e = event(&raw, names(None));
+    assert_eq!((e.rule, e.by.as_str()), (None, "[defaults] inbound"));
 }
 
 #[test]
