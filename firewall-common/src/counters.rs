@@ -152,10 +152,17 @@ pub enum Counter {
     /// Entries deleted because a RST ended the handshake (passed to the endpoint; the tuple
     /// is unknown again).
     CtHandshakeReset,
+    /// Decision log events written to the ring buffer.
+    LogEvents,
+    /// Decision log events dropped: the CPU's budget (`[log] rate`, `burst`) was used up.
+    LogOverBudget,
+    /// Decision log events dropped: the ring buffer was full (the daemon is not reading, or
+    /// not fast enough).
+    LogRingFull,
 }
 
 impl Counter {
-    pub const COUNT: u32 = Counter::CtHandshakeReset as u32 + 1;
+    pub const COUNT: u32 = Counter::LogRingFull as u32 + 1;
 
     pub const ALL: [Counter; Counter::COUNT as usize] = [
         Counter::Packets,
@@ -216,6 +223,9 @@ impl Counter {
         Counter::RejectNoLinkLayer,
         Counter::CtOutOfWindow,
         Counter::CtHandshakeReset,
+        Counter::LogEvents,
+        Counter::LogOverBudget,
+        Counter::LogRingFull,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -278,6 +288,9 @@ impl Counter {
             Counter::RejectNoLinkLayer => "reject_no_link_layer",
             Counter::CtOutOfWindow => "ct_out_of_window",
             Counter::CtHandshakeReset => "ct_handshake_reset",
+            Counter::LogEvents => "log_events",
+            Counter::LogOverBudget => "log_over_budget",
+            Counter::LogRingFull => "log_ring_full",
         }
     }
 }

@@ -8,7 +8,8 @@
 //!
 //! One module per concern, each re-exported here so that every item keeps its path
 //! `firewall_common::X`: the classifier's tables and verdict words (`classifier`), protocol
-//! numbers and classes (`proto`), the counters (`counters`), reject replies (`reply`),
+//! numbers and classes (`proto`), the counters (`counters`), the decision log's events and
+//! budget (`decision_log`), reject replies (`reply`),
 //! outbound `stealth` (`outbound`), socket owners (`owners`), the program names
 //! (`programs`); connection tracking ([`ct`]) and program identity ([`identity`]) are public
 //! modules of their own.
@@ -17,6 +18,7 @@
 pub mod addr;
 mod classifier;
 mod counters;
+mod decision_log;
 mod outbound;
 mod owners;
 mod programs;
@@ -29,6 +31,7 @@ pub mod maps;
 
 pub use classifier::*;
 pub use counters::*;
+pub use decision_log::*;
 pub use outbound::*;
 pub use owners::*;
 pub use programs::*;
@@ -69,4 +72,13 @@ pub mod globals {
     pub const SCOPED_SHAPES: &str = "SCOPED_SHAPES";
     /// Bit `l` set when a unit the rules name has its cgroup at level `l`.
     pub const UNIT_LEVELS: &str = "UNIT_LEVELS";
+    /// Bits [`super::LOG_DEFAULT`] | [`super::LOG_INVALID`] | [`super::LOG_SOME_RULE`]: which
+    /// decisions of this direction are logged (0: none, and the verifier prunes the log).
+    pub const LOG_FLAGS: &str = "LOG_FLAGS";
+    /// Log events each CPU may write per second (`[log] rate`).
+    pub const LOG_RATE: &str = "LOG_RATE";
+    /// Log events each CPU may write in a burst (`[log] burst`).
+    pub const LOG_BURST: &str = "LOG_BURST";
+    /// The generation id of this copy of the object, copied into its log events.
+    pub const GENERATION: &str = "GENERATION";
 }

@@ -11,9 +11,9 @@
 use core::mem::size_of;
 
 use crate::{
-    AddrValue, Counter, IFACE_MAC_ENTRIES, IfaceMac, LOCAL_ADDRS_ENTRIES, LocalAddrKey,
-    OUT_STEALTH_ENTRIES, OutStealthKey, PORT_SLOTS, PROTO_CLASSES, PairKey, PortValue, RateBucket,
-    RateKey, SOCK_OWNER_ENTRIES,
+    AddrValue, Counter, IFACE_MAC_ENTRIES, IfaceMac, LOCAL_ADDRS_ENTRIES, LOG_RING_BYTES,
+    LocalAddrKey, OUT_STEALTH_ENTRIES, OutStealthKey, PORT_SLOTS, PROTO_CLASSES, PairKey,
+    PortValue, RateBucket, RateKey, SOCK_OWNER_ENTRIES,
     ct::{ConnOwner, CtConfig, CtEntry, CtKey},
     globals,
     identity::{
@@ -93,6 +93,13 @@ pub const LOCAL_ADDRS: &str = "LOCAL_ADDRS";
 /// Array with one [`super::RateBucket`]: the host-wide reject reply budget
 /// ([`super::globals::REJECT_GLOBAL_RATE`]). Pinned.
 pub const REJECT_GLOBAL: &str = "REJECT_GLOBAL";
+/// Ring buffer of [`super::LogEvent`]s, [`super::LOG_RING_BYTES`] bytes: the decision log,
+/// written by every program and copy of the object, read by the daemon. Pinned.
+pub const LOG_RING: &str = "LOG_RING";
+/// Per-CPU array with one [`super::RateBucket`]: each CPU's decision log budget. Pinned.
+pub const LOG_BUDGET: &str = "LOG_BUDGET";
+/// Array of `u32` indexed by rule index: non-zero when the rule's decisions are logged.
+pub const LOG_RULES: &str = "LOG_RULES";
 /// Per-CPU room for the flow key and entry the tracker builds (the XDP stack is full).
 pub const CT_SCRATCH: &str = "CT_SCRATCH";
 /// Per-CPU room for the selector lookup's inputs and keys.
@@ -132,6 +139,7 @@ pub enum MapType {
     PerCpuArray = 6,
     LruHash = 9,
     LpmTrie = 11,
+    RingBuf = 27,
 }
 
 /// Which count of the compiled rules a per-generation map is sized by (at least 1 entry: the
@@ -232,10 +240,10 @@ const fn scratch(name: &'static str, value_size: Option<usize>) -> MapSpec {
 
 /// Every map of the eBPF object.
 #[rustfmt::skip]
-pub const MAPS: [MapSpec; 28] = {
+pub const MAPS: [MapSpec; 31] = {
     use Capacity::{Conntrack, Fixed, Indexed, Rules};
     use Kind::{Generation, Probe, Shared};
-    use MapType::{Array, Hash, LpmTrie, LruHash, PerCpuArray};
+    use MapType::{Array, Hash, LpmTrie, LruHash, PerCpuArray, RingBuf};
     [
         // The unscoped classifier (compile.md): one lookup per dimension.
         spec(ADDR4, Generation, LpmTrie, lpm_key::<4>(), size_of::<AddrValue>(), Rules(RuleCount::Addr4)),
@@ -244,6 +252,7 @@ pub const MAPS: [MapSpec; 28] = {
         spec(PAIRS, Generation, Hash, size_of::<PairKey>(), 4, Rules(RuleCount::Pairs)),
         spec(RULE_HITS, Generation, PerCpuArray, 4, 8, Rules(RuleCount::Rules)),
         spec(CT_CONFIG, Generation, Array, 4, size_of::<CtConfig>(), Indexed(1)),
+        spec(LOG_RULES, Generation, Array, 4, 4, Rules(RuleCount::Rules)),
         // The selectors (compile.md, "Rules about programs").
         spec(GROUPS, Generation, Hash, size_of::<GroupKey>(), 4, Rules(RuleCount::Groups)),
         spec(UNITS, Generation, Hash, 8, 4, Rules(RuleCount::Units)),
@@ -265,6 +274,9 @@ pub const MAPS: [MapSpec; 28] = {
         spec(LISTENERS, Shared, Hash, size_of::<ListenerKey>(), size_of::<Listener>(), Fixed(LISTENER_ENTRIES)),
         spec(LISTENER_OF, Shared, Hash, 8, size_of::<ListenerKey>(), Fixed(LISTENER_ENTRIES)),
         spec(SOCK_OWNER, Shared, LruHash, 8, size_of::<ConnOwner>(), Fixed(SOCK_OWNER_ENTRIES)),
+        // The decision log: a ring buffer has no key or value, its entries are its bytes.
+        spec(LOG_RING, Shared, RingBuf, 0, 0, Fixed(LOG_RING_BYTES)),
+        spec(LOG_BUDGET, Shared, PerCpuArray, 4, size_of::<RateBucket>(), Indexed(1)),
         // The kernel programs' own scratch space.
         scratch(CT_SCRATCH, None),
         scratch(SCRATCH, None),
@@ -299,7 +311,7 @@ const fn global(name: &'static str, size: usize) -> GlobalSpec {
 /// Every load-time constant of the eBPF object. The rule set's are set for each generation
 /// from the compiled rules and `[defaults]`/`[reject]`/`[conntrack]`; the structure offsets
 /// ([`identity::globals`]) from the running kernel's BTF.
-pub const GLOBALS: [GlobalSpec; 18] = [
+pub const GLOBALS: [GlobalSpec; 22] = [
     global(globals::DEFAULT_INBOUND, 4),
     global(globals::DEFAULT_OUTBOUND, 4),
     global(globals::FRAGMENTS, 4),
@@ -312,6 +324,10 @@ pub const GLOBALS: [GlobalSpec; 18] = [
     global(globals::RECORD_OWNER, 4),
     global(globals::SCOPED_SHAPES, 4),
     global(globals::UNIT_LEVELS, 4),
+    global(globals::LOG_FLAGS, 4),
+    global(globals::LOG_RATE, 4),
+    global(globals::LOG_BURST, 4),
+    global(globals::GENERATION, 4),
     global(identity::globals::OFF_TASK_MM, 4),
     global(identity::globals::OFF_MM_EXE_FILE, 4),
     global(identity::globals::OFF_FILE_INODE, 4),

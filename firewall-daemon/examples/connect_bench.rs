@@ -274,7 +274,7 @@ fn main() -> anyhow::Result<()> {
         let compiled = compile::compile_direction(&rs, Direction::Out, &resolved)?;
         let pin_dir = bpffs.pin_dir(&format!("gen{i}"));
         let t = Instant::now();
-        let mut generation = OutboundGeneration::load(&compiled, &rs, &pin_dir)?;
+        let mut generation = OutboundGeneration::load(&compiled, &rs, &pin_dir, 1)?;
         let load_ms = t.elapsed().as_secs_f64() * 1e3;
         // Dropping the links detaches the hooks again.
         let links: Vec<_> = Hook::ALL

@@ -44,6 +44,7 @@ Examples:
   fwctl reload --confirm 60s && fwctl confirm
   fwctl reload --recheck
   fwctl conns
+  fwctl monitor --action reject --port 22
 
 Exit status:
   0  Success.
@@ -101,6 +102,33 @@ pub enum XdpModeArg {
     Native,
     /// In the kernel's network stack (works with every driver).
     Generic,
+}
+
+/// An action, for `fwctl monitor --action`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ActionArg {
+    Allow,
+    Reject,
+    Stealth,
+}
+
+/// A direction, for `fwctl monitor --direction` and `fwctl explain`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum DirectionArg {
+    /// Packets arriving.
+    In,
+    /// Connections the host's programs open.
+    Out,
+}
+
+/// A protocol, for `fwctl monitor --proto` and `fwctl explain`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ProtoArg {
+    Tcp,
+    Udp,
+    /// ICMP and ICMPv6.
+    Icmp,
+    Other,
 }
 
 /// Host firewall daemon: compiles rules.toml into an XDP program and keeps it in force.
@@ -255,7 +283,7 @@ fwctl --config new-rules.toml explain in udp 10.0.0.5 53 --json"
     Explain {
         /// `in` (a packet to this host) or `out` (a connection this host makes).
         direction: DirectionArg,
-        /// tcp, udp or icmp (inbound only: an echo request).
+        /// tcp, udp or icmp (inbound only: an echo request); `other` has nothing to explain.
         proto: ProtoArg,
         /// The remote address: the source inbound, the destination outbound.
         remote: std::net::IpAddr,
@@ -295,6 +323,50 @@ fwctl --config new-rules.toml explain in udp 10.0.0.5 53 --json"
         #[arg(long)]
         json: bool,
     },
+    /// Stream the decisions the rules log (like `nft monitor trace`), or with --conns the
+    /// connection events (like `conntrack -E`), one line each, until interrupted.
+    #[command(
+        long_about = "Stream the decisions the rules log (like `nft monitor trace`), or with \
+--conns the connection events (like `conntrack -E`), one line each, until interrupted.\n\n\
+A decision is logged when its rule says `log = true`, or when it is a reject or stealth of a \
+rule without `log`, of [defaults] or of [conntrack] invalid while [log] denied is true (the \
+default). The kernel logs at most [log] rate events per second per CPU (burst [log] burst); \
+what it drops is counted in `fwctl status` (log_over_budget, log_ring_full). The same \
+decisions go to the daemon's journal with fields (journalctl -u firewall-daemon \
+ACTION=reject). Connection events: closed (an expired flow removed) and denied (ended by \
+`fwctl reload --recheck`). Filters combine: every one given must match; repeated ones are \
+alternatives. A monitor that reads too slowly misses events and is told how many.",
+        after_help = "Examples:\n  fwctl monitor\n  fwctl monitor --action reject --action stealth \
+--direction in\n  fwctl monitor --json --port 22 --remote 203.0.113.0/24 | jq .\n  \
+fwctl monitor --rule telnet\n  fwctl monitor --conns"
+    )]
+    Monitor {
+        /// Print each event as one JSON object per line.
+        #[arg(long)]
+        json: bool,
+        /// Connection events (closed, denied by a recheck) instead of decisions.
+        #[arg(long)]
+        conns: bool,
+        /// Only events of this action (repeatable).
+        #[arg(long = "action", value_enum, value_name = "ACTION")]
+        actions: Vec<ActionArg>,
+        /// Only events of this direction.
+        #[arg(long, value_enum)]
+        direction: Option<DirectionArg>,
+        /// Only events of this protocol (icmp includes ICMPv6).
+        #[arg(long, value_enum)]
+        proto: Option<ProtoArg>,
+        /// Only events about this port: the local port inbound, the destination port outbound
+        /// (repeatable).
+        #[arg(long = "port", value_name = "PORT")]
+        ports: Vec<u16>,
+        /// Only events with this remote address, or an address in this network (repeatable).
+        #[arg(long = "remote", value_name = "ADDR")]
+        remotes: Vec<String>,
+        /// Only decisions of this rule, by name or number (repeatable).
+        #[arg(long = "rule", value_name = "NAME")]
+        rules: Vec<String>,
+    },
     /// Validate a rules file without touching the running firewall (exit 1 if invalid).
     #[command(after_help = "Examples:\n  fwctl check /etc/firewall/rules.toml\n  \
 fwctl check --diff /etc/firewall/rules.toml.new\n  \
@@ -315,21 +387,6 @@ fwctl check --json rules.toml | jq '.errors[].message'")]
         #[arg(value_hint = clap::ValueHint::FilePath)]
         file: PathBuf,
     },
-}
-
-/// `fwctl explain`'s direction.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum DirectionArg {
-    In,
-    Out,
-}
-
-/// `fwctl explain`'s protocol.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum ProtoArg {
-    Tcp,
-    Udp,
-    Icmp,
 }
 
 /// A duration for `--confirm`: `90`, `90s`, `5m`, `1h` (at most a day), in seconds.
@@ -402,6 +459,44 @@ mod tests {
         assert_eq!(parse_duration_secs("90"), Ok(90));
         assert_eq!(parse_duration_secs("2m"), Ok(120));
         assert!(parse_duration_secs("0s").is_err() && parse_duration_secs("5d").is_err());
+        let m = FwctlArgs::try_parse_from([
+            "fwctl",
+            "monitor",
+            "--json",
+            "--action",
+            "reject",
+            "--action",
+            "stealth",
+            "--port",
+            "22",
+            "--remote",
+            "10.0.0.0/8",
+            "--rule",
+            "ssh",
+        ])
+        .expect("fwctl monitor");
+        let FwctlCmd::Monitor {
+            json,
+            conns,
+            actions,
+            ports,
+            remotes,
+            rules,
+            ..
+        } = m.cmd
+        else {
+            panic!("not monitor: {:?}", m.cmd);
+        };
+        assert!(json && !conns);
+        assert_eq!(actions, [ActionArg::Reject, ActionArg::Stealth]);
+        assert_eq!(
+            (ports, remotes, rules),
+            (
+                vec![22],
+                vec!["10.0.0.0/8".to_string()],
+                vec!["ssh".to_string()]
+            )
+        );
         let e = FwctlArgs::try_parse_from(["fwctl", "frobnicate"]).expect_err("unknown verb");
         assert_eq!(e.exit_code(), i32::from(exit::USAGE));
     }

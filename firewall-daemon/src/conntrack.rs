@@ -184,29 +184,35 @@ impl Tables {
 
     /// Deletes entries that expired before `now_ns`; returns how many.
     pub fn expire(&mut self, now_ns: u64) -> u64 {
-        let expired: Vec<(CtKey, Which)> = self
+        self.expire_flows(now_ns).len() as u64
+    }
+
+    /// [`Self::expire`], returning the flows removed (for `fwctl monitor --conns`).
+    pub fn expire_flows(&mut self, now_ns: u64) -> Vec<Flow> {
+        let expired: Vec<Flow> = self
             .flows()
             .into_iter()
             .filter(|f| f.entry.expires_ns <= now_ns)
-            .map(|f| (f.key, f.table))
             .collect();
         let (mut confirmed_removed, mut unconfirmed_removed) = (0, 0);
-        for (key, which) in expired {
+        let mut removed = Vec::new();
+        for f in expired {
             // Re-check: the datapath may have refreshed it since the walk.
-            if let Ok(e) = self.table(which).get(&key, 0)
+            if let Ok(e) = self.table(f.table).get(&f.key, 0)
                 && e.expires_ns <= now_ns
-                && self.remove(&key, which)
+                && self.remove(&f.key, f.table)
             {
-                if which == Which::Confirmed {
+                if f.table == Which::Confirmed {
                     confirmed_removed += 1;
                 } else {
                     unconfirmed_removed += 1;
                 }
+                removed.push(f);
             }
         }
         self.add_to_counter(Counter::CtDaemonRemovedConfirmed, confirmed_removed);
         self.add_to_counter(Counter::CtDaemonRemoved, unconfirmed_removed);
-        confirmed_removed + unconfirmed_removed
+        removed
     }
 
     /// Adds `n` to one of the daemon's counter slots (no datapath program writes them).
@@ -403,8 +409,13 @@ pub fn unspecified(ip: IpAddr) -> IpAddr {
 
 /// Starts the expiry thread: every `interval_secs` (re-read each round, so a reload can change
 /// it) it deletes expired entries. It has its own handles on the pinned tables, so the daemon's
-/// main loop (control socket, reloads) never waits for it.
-pub fn spawn_expiry(pin_dir: &Path, interval_secs: Arc<AtomicU32>) -> anyhow::Result<()> {
+/// main loop (control socket, reloads) never waits for it. Each flow removed is published on
+/// `events` as a `closed` connection event while `fwctl monitor --conns` listens.
+pub fn spawn_expiry(
+    pin_dir: &Path,
+    interval_secs: Arc<AtomicU32>,
+    events: tokio::sync::broadcast::Sender<crate::decision_log::Published>,
+) -> anyhow::Result<()> {
     let mut tables = Tables::open(pin_dir)?;
     std::thread::Builder::new()
         .name("ct-expiry".into())
@@ -412,9 +423,15 @@ pub fn spawn_expiry(pin_dir: &Path, interval_secs: Arc<AtomicU32>) -> anyhow::Re
             loop {
                 let secs = interval_secs.load(Ordering::Relaxed).max(1);
                 std::thread::sleep(Duration::from_secs(u64::from(secs)));
-                let n = tables.expire(monotonic_ns());
-                if n > 0 {
-                    debug!("removed {n} expired connection(s)");
+                let removed = tables.expire_flows(monotonic_ns());
+                if !removed.is_empty() {
+                    debug!("removed {} expired connection(s)", removed.len());
+                }
+                if events.receiver_count() > 0 {
+                    for f in &removed {
+                        let e = crate::decision_log::conn_event(f, "closed", None, "expired");
+                        let _ = events.send(std::sync::Arc::new(e));
+                    }
                 }
             }
         })

@@ -47,6 +47,12 @@ pub enum Request {
     Conns,
     Explain(crate::explain::Query),
     Ports,
+    /// Stream decision (or, with `conns`, connection) events: after the answer, one
+    /// [`crate::decision_log::MonitorLine`] per line until the client goes away.
+    Monitor {
+        #[serde(default)]
+        filter: crate::decision_log::MonitorFilter,
+    },
 }
 
 impl Request {
@@ -588,7 +594,8 @@ pub fn answer_timeout(req: &Request) -> Duration {
         | Request::Conns
         | Request::Confirm
         | Request::Explain(_)
-        | Request::Ports => Duration::from_secs(30),
+        | Request::Ports
+        | Request::Monitor { .. } => Duration::from_secs(30),
     }
 }
 

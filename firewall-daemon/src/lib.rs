@@ -4,6 +4,7 @@ pub mod compile;
 pub mod conntrack;
 pub mod control;
 pub mod daemon;
+pub mod decision_log;
 pub mod explain;
 pub mod host;
 pub mod kernel;

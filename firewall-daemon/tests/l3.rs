@@ -121,7 +121,9 @@ impl Fw {
         let moved = c1
             .iter()
             .map(|(k, v)| (*k, v - c0[k]))
-            .filter(|(k, d)| *d != 0 && *k != "packets" && !k.starts_with("ct_"))
+            .filter(|(k, d)| {
+                *d != 0 && *k != "packets" && !k.starts_with("ct_") && !support::is_log_counter(k)
+            })
             .collect();
         (action, moved)
     }

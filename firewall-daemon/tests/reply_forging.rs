@@ -68,7 +68,7 @@ impl Lab {
         let moved = c1
             .iter()
             .map(|(k, v)| (*k, v - c0[k]))
-            .filter(|(_, d)| *d != 0)
+            .filter(|(k, d)| *d != 0 && !support::is_log_counter(k))
             .collect();
         (action, out, moved)
     }

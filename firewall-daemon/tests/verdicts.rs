@@ -242,7 +242,11 @@ impl Fw {
         Run {
             action,
             out,
-            counters: c1.iter().map(|(k, v)| (*k, v - c0[k])).collect(),
+            counters: c1
+                .iter()
+                .filter(|(k, _)| !support::is_log_counter(k))
+                .map(|(k, v)| (*k, v - c0[k]))
+                .collect(),
             hits: h1.iter().zip(&h0).map(|(a, b)| a - b).collect(),
         }
     }

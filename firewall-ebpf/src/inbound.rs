@@ -4,8 +4,9 @@
 //! later fragments by `FRAGMENTS`) pass or drop at once; then the connection table decides
 //! the packets of known flows (`conntrack.rs`); what is left is classified by the rules
 //! (`classifier.rs`, and `selector.rs` for rules about programs, judged by who listens on the
-//! port), a flow the rules allow is recorded, and the verdict's action is carried out: pass,
-//! drop, or answer ([`reject`], with the builders and budgets of `reply.rs`).
+//! port), a flow the rules allow is recorded, the decision is logged if it is a logged one
+//! (`decision_log.rs`), and the verdict's action is carried out: pass, drop, or answer
+//! ([`reject`], with the builders and budgets of `reply.rs`).
 
 use aya_ebpf::{
     Global,
@@ -15,7 +16,8 @@ use aya_ebpf::{
 };
 use firewall_common::{
     ACTION_ALLOW, ACTION_REJECT, ACTION_STEALTH, Counter, DEFAULT_RULE, FRAG_STEALTH, NO_MATCH,
-    PROTO_TCP, PROTO_UDP, TCP_RST, verdict, verdict_action,
+    PROTO_TCP, PROTO_UDP, TCP_RST, WHY_DEFAULT, WHY_INVALID, WHY_RECHECK, WHY_RULE, verdict,
+    verdict_action,
 };
 
 use crate::{
@@ -23,6 +25,7 @@ use crate::{
     classifier::{self, count_rule_hit, min},
     conntrack,
     counters::count,
+    decision_log,
     parse::{L2, Packet, Parsed},
     reply, selector,
 };
@@ -56,29 +59,31 @@ pub(crate) fn inbound(ctx: &XdpContext, parsed: Result<Parsed, Counter>) -> u32 
         Ok(Parsed::Packet(pkt)) => {
             // SAFETY: a helper without preconditions.
             let now = unsafe { bpf_ktime_get_ns() };
-            match conntrack::inbound(ctx, &pkt, now) {
+            let (word, why) = match conntrack::inbound(ctx, &pkt, now) {
                 conntrack::Inbound::Tracked => {
                     count(Counter::PassTracked);
-                    XDP_PASS
+                    return XDP_PASS;
                 }
                 conntrack::Inbound::Related => {
                     count(Counter::PassRelated);
-                    XDP_PASS
+                    return XDP_PASS;
                 }
                 conntrack::Inbound::Invalid => {
                     count(Counter::DropCtInvalid);
-                    XDP_DROP
+                    return XDP_DROP;
                 }
-                conntrack::Inbound::Denied(word) => act(ctx, &pkt, word),
+                conntrack::Inbound::Denied(word) => (word, WHY_RECHECK),
                 conntrack::Inbound::NoConnection => {
                     count(Counter::CtInvalidNoConn);
                     let word = conntrack::config()
                         .map(|c| c.invalid_verdict)
                         .unwrap_or(verdict(DEFAULT_RULE, ACTION_STEALTH));
-                    act(ctx, &pkt, word)
+                    (word, WHY_INVALID)
                 }
                 conntrack::Inbound::Unknown => judge(ctx, &pkt, now),
-            }
+            };
+            decision_log::inbound(ctx, &pkt, word, why, now);
+            act(ctx, &pkt, word)
         }
         Err(reason) => {
             count(reason);
@@ -88,9 +93,9 @@ pub(crate) fn inbound(ctx: &XdpContext, parsed: Result<Parsed, Counter>) -> u32 
 }
 
 /// A packet the connection table does not know: the rules (or the default) decide, and a
-/// flow they allow is recorded.
+/// flow they allow is recorded. Returns the verdict word and why (`WHY_RULE`, `WHY_DEFAULT`).
 #[inline(always)]
-fn judge(ctx: &XdpContext, pkt: &Packet, now: u64) -> u32 {
+fn judge(ctx: &XdpContext, pkt: &Packet, now: u64) -> (u32, u32) {
     let mut word = classifier::classify(pkt);
     if selector::active() {
         // Scalars only: a pointer argument would force the packet onto this frame's stack.
@@ -104,16 +109,18 @@ fn judge(ctx: &XdpContext, pkt: &Packet, now: u64) -> u32 {
             selector::classify_inbound(r.hi, r.lo, meta, l.hi, l.lo),
         );
     }
-    if word == NO_MATCH {
+    let why = if word == NO_MATCH {
         word = classifier::DEFAULT_INBOUND.load();
         count(Counter::DefaultVerdict);
+        WHY_DEFAULT
     } else {
         count_rule_hit(word);
-    }
+        WHY_RULE
+    };
     if verdict_action(word) == ACTION_ALLOW {
         conntrack::admit(ctx, pkt, word, now);
     }
-    act(ctx, pkt, word)
+    (word, why)
 }
 
 /// Carries out a verdict word's action.

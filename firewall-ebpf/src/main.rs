@@ -15,14 +15,18 @@
 //! - Listeners, cgroup sock hooks ([`firewall_post_bind4`] ...): record who bound each port,
 //!   and forget it when the socket is released (`listeners`).
 //!
+//! Decisions the rules say to log go to the daemon through a ring buffer, within a per-CPU
+//! budget (`decision_log`).
+//!
 //! Every outcome, including every malformed-packet drop, is counted in `COUNTERS`
 //! (`counters`); the verdict of each malformed case is listed on [`firewall_common::Counter`]
 //! and in the README.
 //!
 //! Modules depend on each other in one direction only (a DAG; `counters`, `addr`, `csum` and
 //! `scratch` use no other module):
-//! `inbound` -> `conntrack`, `reply`, `selector`, `classifier`; `egress` -> `conntrack`,
-//! `outbound`; `outbound` -> `selector`, `owners`, `classifier`; `selector` -> `listeners`,
+//! `inbound` -> `conntrack`, `reply`, `selector`, `classifier`, `decision_log`; `egress` ->
+//! `conntrack`, `outbound`; `outbound` -> `selector`, `owners`, `classifier`, `decision_log`;
+//! `decision_log` -> `identity`, `reply`, `parse`; `selector` -> `listeners`,
 //! `classifier`, `identity`, `scratch`; `conntrack` -> `listeners`, `owners`, `scratch`;
 //! `listeners` -> `owners`, `identity`, `scratch`; `owners` -> `identity` -> `counters`;
 //! `reply` -> `csum`; `classifier`, `conntrack`, `reply` -> `parse` -> `addr`.
@@ -34,6 +38,7 @@ mod classifier;
 mod conntrack;
 mod counters;
 mod csum;
+mod decision_log;
 mod egress;
 mod identity;
 mod inbound;

@@ -9,6 +9,9 @@
 //! and `PROTO_VERDICTS` hold the outbound rules and whose `DEFAULT_OUTBOUND` is
 //! `[defaults] outbound`. So the cost of a call does not grow with the number of rules.
 //!
+//! Every judged call may be logged (`decision_log.rs`), with the caller's pid, uid, cgroup and
+//! executable: before the verdict is carried out, so a refused call is logged too.
+//!
 //! - `allow`: return 1, the call proceeds.
 //! - `reject`: return 0, the call fails at once with EPERM.
 //! - `stealth`: return 1, and record (socket cookie, destination) in `OUT_STEALTH`; the TC
@@ -40,13 +43,15 @@ use aya_ebpf::{
 };
 use firewall_common::{
     ACTION_ALLOW, ACTION_REJECT, AF_INET, AF_INET6, Counter, IPPROTO_TCP, IPPROTO_UDP, NO_MATCH,
-    OUT_STEALTH_ENTRIES, OutStealthKey, PROTO_TCP, PROTO_UDP, identity::ExeId, verdict_action,
+    OUT_STEALTH_ENTRIES, OutStealthKey, PROTO_TCP, PROTO_UDP, WHY_DEFAULT, WHY_RULE,
+    identity::ExeId, verdict_action,
 };
 
 use crate::{
     addr::{Addr, AddrWords},
     classifier::{DEFAULT_OUTBOUND, classify_parts, count_rule_hit, min},
     counters::count,
+    decision_log,
     owners::{record_owner, remember_owner},
     parse::Packet,
     selector,
@@ -159,12 +164,15 @@ pub(crate) fn judge<const FAMILY: u32, const CONNECT: bool>(ctx: &SockAddrContex
             selector::classify_owner(&owner, AddrWords::of(&remote), proto, port),
         );
     }
-    if word == NO_MATCH {
+    let why = if word == NO_MATCH {
         word = DEFAULT_OUTBOUND.load();
         count(Counter::OutDefaultVerdict);
+        WHY_DEFAULT
     } else {
         count_rule_hit(word);
-    }
+        WHY_RULE
+    };
+    decision_log::outbound(&remote, proto, port, word, why, exe);
     match verdict_action(word) {
         ACTION_ALLOW => {
             count(Counter::OutAllowed);

@@ -177,7 +177,7 @@ const MILLI: u64 = 1000;
 /// Takes one token from `bucket` (millitokens) refilled at `rate` per second up to `burst`
 /// tokens.
 #[inline(always)]
-fn take_token(bucket: &mut RateBucket, now: u64, rate: u64, burst: u64) -> bool {
+pub(crate) fn take_token(bucket: &mut RateBucket, now: u64, rate: u64, burst: u64) -> bool {
     let burst = burst * MILLI;
     let elapsed_us = min64(now.saturating_sub(bucket.last_ns) / 1000, 1 << 40);
     // millitokens gained = elapsed_us * rate / 1000; bounded above by the cap on elapsed.

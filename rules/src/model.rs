@@ -135,6 +135,9 @@ pub struct Rule {
     /// `program`, `unit`, `user`: whose sockets the rule is about. Empty: everyone's.
     pub selector: Selector,
     pub action: Action,
+    /// `log`, as written: `Some(true)` logs every decision of this rule, `Some(false)` none;
+    /// `None` follows `[log] denied` ([`Ruleset::logs`]).
+    pub log: Option<bool>,
     pub origin: Origin,
 }
 
@@ -395,6 +398,29 @@ impl Default for CtTimeouts {
     }
 }
 
+/// `[log]`: the decision log (events the kernel hands the daemon, which writes them to the
+/// journal and to `fwctl monitor`) and its budget.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct LogConfig {
+    /// Log the `reject` and `stealth` decisions of rules without a `log` key of their own,
+    /// of `[defaults]` and of `[conntrack] invalid`.
+    pub denied: bool,
+    /// Events each CPU may log per second (a token bucket in the kernel, per CPU).
+    pub rate: u32,
+    /// Events each CPU may log in a burst (the bucket's size).
+    pub burst: u32,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            denied: true,
+            rate: 50,
+            burst: 100,
+        }
+    }
+}
+
 /// A parsed, validated `rules.toml`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Ruleset {
@@ -404,6 +430,7 @@ pub struct Ruleset {
     pub defaults: Defaults,
     pub reject: RejectLimits,
     pub conntrack: Conntrack,
+    pub log: LogConfig,
     /// Named sets, expanded (files read), for `fwctl list`.
     #[serde(skip)]
     pub sets: BTreeMap<String, Vec<IpNet>>,
@@ -482,6 +509,23 @@ impl Ruleset {
             Direction::In => self.defaults.inbound,
             Direction::Out => self.defaults.outbound,
         }
+    }
+
+    /// Whether the decisions of `rule` are logged: its own `log`, else `[log] denied` for its
+    /// `reject` and `stealth`.
+    pub fn logs(&self, rule: &Rule) -> bool {
+        rule.log
+            .unwrap_or(self.log.denied && rule.action != Action::Allow)
+    }
+
+    /// Whether the decisions of `[defaults]` for `direction` are logged.
+    pub fn logs_default(&self, direction: Direction) -> bool {
+        self.log.denied && self.default_action(direction) != Action::Allow
+    }
+
+    /// Whether a segment `[conntrack] invalid` judges is logged (that verdict always denies).
+    pub fn logs_invalid(&self) -> bool {
+        self.log.denied
     }
 
     /// Whether some outbound call can be held by `stealth` under these rules.

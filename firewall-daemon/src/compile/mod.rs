@@ -73,6 +73,10 @@ pub struct Compiled {
     /// Rules whose selectors resolve to nothing right now (a program path that does not
     /// exist, a unit that is not running): they match nothing until the daemon resolves them.
     pub unresolved: Vec<u32>,
+    /// Indices of this direction's rules whose decisions are logged (`LOG_RULES`).
+    pub log_rules: Vec<u32>,
+    /// `LOG_FLAGS`: which decisions of this direction are logged (`firewall_common::LOG_*`).
+    pub log_flags: u32,
 }
 
 /// One group's tables: the same shapes as the unscoped ones, keyed by `id` in the kernel.
@@ -216,6 +220,25 @@ pub fn compile_direction(
     }
     let all: Vec<&Rule> = ruleset.of(direction).collect();
     let default_action = ruleset.default_action(direction);
+    let log_rules: Vec<u32> = all
+        .iter()
+        .filter(|r| ruleset.logs(r))
+        .map(|r| r.index)
+        .collect();
+    let log_flags = [
+        (
+            ruleset.logs_default(direction),
+            firewall_common::LOG_DEFAULT,
+        ),
+        (
+            direction == Direction::In && ruleset.logs_invalid(),
+            firewall_common::LOG_INVALID,
+        ),
+        (!log_rules.is_empty(), firewall_common::LOG_SOME_RULE),
+    ]
+    .into_iter()
+    .filter_map(|(on, bit)| on.then_some(bit))
+    .fold(0, |a, b| a | b);
     Ok(Compiled {
         direction,
         can_stealth: default_action == Action::Stealth
@@ -233,6 +256,8 @@ pub fn compile_direction(
         scoped_shapes,
         units,
         unresolved,
+        log_rules,
+        log_flags,
     })
 }
 

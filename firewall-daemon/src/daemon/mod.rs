@@ -33,6 +33,7 @@ use rules::model::{Interfaces, OnStop, Ruleset, XdpMode};
 
 mod attach;
 mod confirm;
+mod monitor;
 mod recheck;
 mod reload;
 mod server;
@@ -109,6 +110,8 @@ struct State {
     resolve_warnings: Vec<String>,
     /// A reload waiting for `fwctl confirm`, and what comes back without it.
     pending: Option<confirm::Pending>,
+    /// Decision and connection events for `fwctl monitor` connections.
+    events: tokio::sync::broadcast::Sender<crate::decision_log::Published>,
 }
 
 /// How often selectors are resolved again even without a file-system event: a unit's cgroup
@@ -128,6 +131,7 @@ pub async fn run(config_path: PathBuf, overrides: Overrides) -> anyhow::Result<(
         mut link_events,
         listener,
         socket_path,
+        mut log_events,
     } = started;
     // Each control connection is read and written by a task of its own; only complete
     // requests reach this loop, so a client that sends nothing (or reads nothing) delays no
@@ -203,6 +207,7 @@ pub async fn run(config_path: PathBuf, overrides: Overrides) -> anyhow::Result<(
                 Ok(()) => state.reconcile_interfaces(),
                 Err(e) => warn!("{e:#}"),
             },
+            Some(raw) = log_events.recv() => state.decision(raw),
             Some(call) = calls_rx.recv() => {
                 let response = state.answer(call.cred, &call.line);
                 // The client may have gone; its task then ends with nothing to write.
@@ -217,7 +222,7 @@ pub async fn run(config_path: PathBuf, overrides: Overrides) -> anyhow::Result<(
                     });
                     let permit = connections.clone().try_acquire_owned().ok();
                     if privileged || permit.is_some() {
-                        tokio::spawn(serve(stream, calls_tx.clone(), permit));
+                        tokio::spawn(serve(stream, calls_tx.clone(), state.events.clone(), permit));
                     } else {
                         warn!(
                             "{MAX_CONTROL_CONNECTIONS} control connections of unprivileged \

@@ -139,6 +139,15 @@ impl State {
                     remote_port = remote.port();
                     "recheck ended {line}{closed}"
                 );
+                if self.events.receiver_count() > 0 {
+                    let e = crate::decision_log::conn_event(
+                        &f,
+                        "denied",
+                        Some(&d.action.to_string()),
+                        &by,
+                    );
+                    let _ = self.events.send(std::sync::Arc::new(e));
+                }
                 ended.push(format!("{line}{closed}"));
             }
         }

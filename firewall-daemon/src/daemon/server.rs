@@ -12,9 +12,12 @@ use tokio::{
     net::{UnixListener, UnixStream, unix::UCred},
 };
 
-use super::reload::summarize;
 use super::{State, confirm::ReloadOptions};
-use crate::control::{self, Request, Response};
+use super::{monitor, reload::summarize};
+use crate::{
+    control::{self, Request, Response},
+    decision_log::Published,
+};
 
 /// Creates the socket with mode 0660 (group set to `group` if given). Failing to set
 /// ownership or permissions is fatal: a world-usable control socket would let anyone rewrite
@@ -130,13 +133,16 @@ pub(super) struct ControlCall {
 
 /// One control connection's task: reads the request (at most [`control::MAX_REQUEST`] bytes,
 /// within [`REQUEST_TIMEOUT`]), has the loop answer it, writes the answer (within
-/// [`REQUEST_TIMEOUT`]).
+/// [`REQUEST_TIMEOUT`]). A `monitor` request the loop accepted then streams events on the
+/// same connection until the client goes away (`monitor.rs`): it holds its permit meanwhile,
+/// so monitors count against [`MAX_CONTROL_CONNECTIONS`] like any other connection.
 pub(super) async fn serve(
     stream: UnixStream,
     calls: tokio::sync::mpsc::Sender<ControlCall>,
+    events: tokio::sync::broadcast::Sender<Published>,
     _permit: Option<tokio::sync::OwnedSemaphorePermit>,
 ) {
-    if let Err(e) = serve_one(stream, calls).await {
+    if let Err(e) = serve_one(stream, calls, events).await {
         warn!("control connection: {e:#}");
     }
 }
@@ -144,6 +150,7 @@ pub(super) async fn serve(
 pub(super) async fn serve_one(
     stream: UnixStream,
     calls: tokio::sync::mpsc::Sender<ControlCall>,
+    events: tokio::sync::broadcast::Sender<Published>,
 ) -> anyhow::Result<()> {
     let cred = stream
         .peer_cred()
@@ -159,7 +166,11 @@ pub(super) async fn serve_one(
         Ok(Ok(_)) => {
             let (reply, answer) = tokio::sync::oneshot::channel();
             calls
-                .send(ControlCall { cred, line, reply })
+                .send(ControlCall {
+                    cred,
+                    line: line.clone(),
+                    reply,
+                })
                 .await
                 .map_err(|_| anyhow!("the daemon is stopping"))?;
             answer
@@ -167,11 +178,22 @@ pub(super) async fn serve_one(
                 .map_err(|_| anyhow!("the daemon is stopping"))?
         }
     };
+    // Subscribed before the answer goes out: a client that sees the answer misses no event
+    // published after it.
+    let monitor = match serde_json::from_str::<Request>(line.trim()) {
+        Ok(Request::Monitor { filter }) if response.ok => Some((filter, events.subscribe())),
+        _ => None,
+    };
     let mut out = serde_json::to_vec(&response)?;
     out.push(b'\n');
     tokio::time::timeout(REQUEST_TIMEOUT, write.write_all(&out))
         .await
         .map_err(|_| anyhow!("timed out writing the response"))??;
+    if let Some((filter, events)) = monitor {
+        // What the request reader buffered beyond the line is of no interest.
+        let read = reader.into_inner().into_inner();
+        monitor::stream(read, write, events, filter).await?;
+    }
     Ok(())
 }
 
@@ -210,6 +232,10 @@ impl State {
             Request::Explain(q) => answer(self.explain(&q)),
             Request::Ports => answer(crate::explain::ports(&self.ruleset, &self.resolved)),
             Request::Confirm => answer(self.confirm()),
+            // The connection's task streams the events once it has this answer.
+            Request::Monitor { filter } => Response::ok(serde_json::json!({
+                "monitoring": if filter.conns { "connections" } else { "decisions" },
+            })),
             Request::Reload {
                 recheck,
                 dry_run,

@@ -27,6 +27,7 @@ use super::{
 use crate::{
     compile,
     conntrack::{self, Tables},
+    decision_log,
     host::addrs::HostMaps,
     host::cgroups::{self, Cgroup},
     host::interfaces::{self},
@@ -42,6 +43,8 @@ pub(super) struct Started {
     pub link_events: interfaces::LinkEvents,
     pub listener: UnixListener,
     pub socket_path: PathBuf,
+    /// The kernel's decision log events, for the loop to name and publish.
+    pub log_events: tokio::sync::mpsc::Receiver<firewall_common::LogEvent>,
 }
 
 /// Validates, compiles, loads, seeds, attaches and binds the control socket, in that order.
@@ -100,9 +103,13 @@ pub(super) fn start(
         .unwrap_or(0);
     let gen_id = next_generation_id(last_gen);
     let mut generation = Generation::load(&compiled, &ruleset, &pin_dir, gen_id)?;
-    let mut outbound = OutboundGeneration::load(&compiled_out, &ruleset, &pin_dir)?;
+    let mut outbound = OutboundGeneration::load(&compiled_out, &ruleset, &pin_dir, gen_id)?;
     let mut tables = Tables::open(&pin_dir)?;
     let mut host = HostMaps::open(&pin_dir)?;
+    // The decision log is read from before anything is attached, so no event waits.
+    let (log_tx, log_events) = tokio::sync::mpsc::channel(decision_log::READER_BACKLOG);
+    decision_log::spawn_reader(&pin_dir, log_tx)?;
+    let (events, _) = tokio::sync::broadcast::channel(decision_log::MONITOR_BACKLOG);
 
     // Seed before attaching, so enforcement never starts without the host's connections.
     let ct_cfg = kernel::ct_config(&ruleset.conntrack, gen_id);
@@ -180,7 +187,7 @@ pub(super) fn start(
 
     generation.pin(&pin_dir)?;
     let gc_interval = Arc::new(AtomicU32::new(ruleset.conntrack.gc_interval_secs));
-    conntrack::spawn_expiry(&pin_dir, gc_interval.clone())?;
+    conntrack::spawn_expiry(&pin_dir, gc_interval.clone(), events.clone())?;
     let socket_path = ruleset.daemon.control_socket.clone();
     let listener = bind_control_socket(&socket_path, ruleset.daemon.control_group.as_deref())?;
     // From here on, stopping the daemon detaches the firewall and removes the pins.
@@ -213,6 +220,7 @@ pub(super) fn start(
         resolved,
         resolve_warnings,
         pending: None,
+        events,
     };
     Ok((
         cleanup,
@@ -221,6 +229,7 @@ pub(super) fn start(
             link_events,
             listener,
             socket_path,
+            log_events,
         },
     ))
 }

@@ -42,6 +42,7 @@ fn load(
     ruleset: &Ruleset,
     pin_dir: &Path,
     direction: Direction,
+    id: u32,
 ) -> anyhow::Result<Ebpf> {
     if compiled.direction != direction {
         match direction {
@@ -49,7 +50,7 @@ fn load(
             Direction::Out => bail!("the outbound generation takes the outbound rules"),
         }
     }
-    load_object(compiled, ruleset, pin_dir)
+    load_object(compiled, ruleset, pin_dir, id)
 }
 
 pub struct Generation {
@@ -69,7 +70,7 @@ impl Generation {
         pin_dir: &Path,
         id: u32,
     ) -> anyhow::Result<Self> {
-        let mut ebpf = load(compiled, ruleset, pin_dir, Direction::In)?;
+        let mut ebpf = load(compiled, ruleset, pin_dir, Direction::In, id)?;
         {
             let mut cfg: Array<&mut MapData, CtConfig> =
                 Array::try_from(map_mut(&mut ebpf, maps::CT_CONFIG)?)?;
@@ -231,9 +232,15 @@ pub struct OutboundGeneration {
 
 impl OutboundGeneration {
     /// Loads the hooks with maps filled from `compiled` (the outbound rules). Nothing is
-    /// attached.
-    pub fn load(compiled: &Compiled, ruleset: &Ruleset, pin_dir: &Path) -> anyhow::Result<Self> {
-        let mut ebpf = load(compiled, ruleset, pin_dir, Direction::Out)?;
+    /// attached. `id` is the id of the inbound [`Generation`] loaded with it, which names the
+    /// rules of its log events.
+    pub fn load(
+        compiled: &Compiled,
+        ruleset: &Ruleset,
+        pin_dir: &Path,
+        id: u32,
+    ) -> anyhow::Result<Self> {
+        let mut ebpf = load(compiled, ruleset, pin_dir, Direction::Out, id)?;
         for hook in Hook::ALL {
             hook_program(&mut ebpf, hook)?
                 .load()

@@ -26,6 +26,7 @@ pub(super) fn load_object(
     compiled: &Compiled,
     ruleset: &Ruleset,
     pin_dir: &Path,
+    generation: u32,
 ) -> anyhow::Result<Ebpf> {
     prepare_pin_dir(pin_dir)?;
     let frag = match ruleset.defaults.fragments {
@@ -92,6 +93,10 @@ pub(super) fn load_object(
             true,
         )
         .override_global(globals::HAS_PAIRS, &has_pairs, true)
+        .override_global(globals::LOG_FLAGS, &compiled.log_flags, true)
+        .override_global(globals::LOG_RATE, &ruleset.log.rate, true)
+        .override_global(globals::LOG_BURST, &ruleset.log.burst, true)
+        .override_global(globals::GENERATION, &generation, true)
         .override_global(globals::PROTO_VERDICTS, &compiled.proto_verdicts, true)
         .load(EBPF_OBJECT)
         .context("loading the eBPF object")?;

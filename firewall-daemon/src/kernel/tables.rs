@@ -142,6 +142,12 @@ pub(super) fn fill(ebpf: &mut Ebpf, c: &Compiled) -> anyhow::Result<()> {
             h.insert(k, v, 0)?;
         }
     }
+    {
+        let mut a: Array<&mut MapData, u32> = Array::try_from(map_mut(ebpf, maps::LOG_RULES)?)?;
+        for index in &c.log_rules {
+            a.set(*index, &1, 0)?;
+        }
+    }
     fill_groups(ebpf, c)
 }
 

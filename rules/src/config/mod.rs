@@ -9,14 +9,14 @@
 //!
 //! Top-level tables: `[daemon]` (`RawDaemon`), `[defaults]` (`RawDefaults`), `[reject]`
 //! (`RawReject`), `[conntrack]` (`RawConntrack`, with `[conntrack.timeouts]` in
-//! `RawCtTimeouts`), `[sets]` (see `RawSetFile`), any number of `[[rule]]` (`RawRule`) and of `[[assert]]`
-//! (`RawAssert`, in `assert.rs`).
+//! `RawCtTimeouts`), `[log]` (`RawLog`), `[sets]` (see `RawSetFile`), any number of `[[rule]]`
+//! (`RawRule`) and of `[[assert]]` (`RawAssert`, in `assert.rs`).
 //! Every table and every key is optional except a rule's `action`. Unknown keys are errors:
 //! a firewall must never quietly ignore a line the admin wrote.
 //!
 //! One file per concern: `diagnostic` (what a problem looks like), `raw` (the file format as
 //! serde reads it), `checker` (collecting located problems), then one file per section checked
-//! (`daemon`, `defaults` with `[reject]`, `conntrack`, `sets`, `rule` with its selectors, ports
+//! (`daemon`, `defaults` with `[reject]`, `conntrack`, `log`, `sets`, `rule` with its selectors, ports
 //! and remotes, `services`) and `values` (the scalar values every section shares: durations,
 //! ports, addresses, program paths, unit and user names).
 
@@ -26,6 +26,7 @@ mod conntrack;
 mod daemon;
 mod defaults;
 mod diagnostic;
+mod log;
 mod raw;
 mod rule;
 mod services;
@@ -216,6 +217,7 @@ fn parse_limited(
     let defaults = ck.defaults(sections.remove("defaults"));
     let reject = ck.reject(sections.remove("reject"));
     let conntrack = ck.conntrack(sections.remove("conntrack"));
+    let log = ck.log(sections.remove("log"));
     let sets = ck.sets(sections.remove("sets"));
     let (rules, written) = ck.rules(sections.remove("rule"), &sets, max_rules);
     let assertions = ck.assertions(sections.remove("assert"));
@@ -243,6 +245,7 @@ fn parse_limited(
         defaults,
         reject,
         conntrack,
+        log,
         sets: sets.expanded,
         rules,
         assertions,

@@ -103,6 +103,23 @@ pub(super) struct RawConntrack {
     pub(super) _timeouts: Option<IgnoredAny>,
 }
 
+/// `[log]`: the decision log. Events go from the kernel through a ring buffer to the daemon,
+/// which writes them to the journal (fields `RULE`, `ACTION`, `DIRECTION`, ...) and streams
+/// them to `fwctl monitor`. The budget is a token bucket in the kernel: events over it are
+/// dropped and counted (`log_over_budget`), never queued, so a flood costs the datapath no
+/// more than the counting.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawLog {
+    /// `true` | `false`: log the `reject` and `stealth` decisions of rules that have no `log`
+    /// key of their own, of `[defaults]` and of `[conntrack] invalid`. Default `true`.
+    pub(super) denied: Option<Spanned<bool>>,
+    /// Events per second each CPU may log, 1 to 100000. Default 50.
+    pub(super) rate: Option<Spanned<RawInt>>,
+    /// Events each CPU may log in a burst (the token bucket's size), 1 to 100000. Default 100.
+    pub(super) burst: Option<Spanned<RawInt>>,
+}
+
 /// `[conntrack.timeouts]`: how long an idle flow stays tracked, per protocol state. Each is a
 /// duration (see [`RawDuration`]) from 1s to 1d, except `tcp_established`: 1s to 365d.
 /// Defaults are those of Linux `nf_conntrack`.
@@ -187,6 +204,10 @@ pub(super) struct RawRule {
     /// `program`, `unit` and `user` combine with each other (all must match) and with every
     /// other key; they are about TCP and UDP sockets, so they do not go with `proto = "icmp"`.
     pub(super) user: Option<Spanned<RawUser>>,
+    /// `true` | `false`: log this rule's decisions (`true` also logs the connections an
+    /// `allow` rule admits, one event for each connection's first packet or call). Default:
+    /// `[log] denied` for `reject` and `stealth` rules, no for `allow` rules.
+    pub(super) log: Option<Spanned<bool>>,
 }
 
 pub(super) const TOP_LEVEL_KEYS: &[&str] = &[
@@ -194,6 +215,7 @@ pub(super) const TOP_LEVEL_KEYS: &[&str] = &[
     "defaults",
     "reject",
     "conntrack",
+    "log",
     "sets",
     "rule",
     "assert",

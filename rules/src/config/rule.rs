@@ -277,6 +277,7 @@ impl Checker<'_> {
             remote_spec,
             selector,
             action,
+            log: raw.log.map(|v| *v.get_ref()),
             origin: Origin { line, column },
         })
     }

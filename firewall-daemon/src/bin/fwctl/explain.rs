@@ -41,6 +41,7 @@ pub(super) fn explain(args: &Args, json: bool) -> Result<(), Failure> {
             ProtoArg::Tcp => "tcp",
             ProtoArg::Udp => "udp",
             ProtoArg::Icmp => "icmp",
+            ProtoArg::Other => "other",
         }
         .into(),
         remote: *remote,

@@ -34,6 +34,7 @@ fn print_line(args: std::fmt::Arguments<'_>) {
 mod check;
 mod client;
 mod explain;
+mod monitor;
 mod render;
 
 use check::check;
@@ -126,7 +127,8 @@ fn wants_json(cmd: &Cmd) -> bool {
         | Cmd::Conns { json }
         | Cmd::Check { json, .. }
         | Cmd::Explain { json, .. }
-        | Cmd::Ports { json } => *json,
+        | Cmd::Ports { json }
+        | Cmd::Monitor { json, .. } => *json,
     }
 }
 
@@ -163,6 +165,7 @@ fn run(args: &Args) -> Result<ExitCode, Failure> {
         Cmd::Conns { json } => show(args, Request::Conns, *json, print_conns)?,
         Cmd::Explain { json, .. } => explain::explain(args, *json)?,
         Cmd::Ports { json } => show(args, Request::Ports, *json, explain::print_ports)?,
+        Cmd::Monitor { .. } => monitor::run(args)?,
     }
     Ok(ExitCode::SUCCESS)
 }

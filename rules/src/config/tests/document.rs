@@ -56,7 +56,7 @@ fn unknown_keys_everywhere_all_reported() {
         name,
         17,
         &[
-            r#"rule 1 ("ssh"): unknown key "prot" in [[rule]]; expected one of: name, direction, proto, port, remote, action, program, unit, user"#,
+            r#"rule 1 ("ssh"): unknown key "prot" in [[rule]]; expected one of: name, direction, proto, port, remote, action, program, unit, user, log"#,
         ],
     );
     expect_more(
@@ -65,7 +65,7 @@ fn unknown_keys_everywhere_all_reported() {
         20,
         &[
             r#"unknown top-level key "logging""#,
-            "daemon, defaults, reject, conntrack, sets, rule",
+            "daemon, defaults, reject, conntrack, log, sets, rule",
         ],
     );
     expect_more(
@@ -373,6 +373,7 @@ fn minimal_and_empty_files_use_defaults() {
     assert_eq!(rs.defaults, Defaults::default());
     assert_eq!(rs.reject, RejectLimits::default());
     assert_eq!(rs.conntrack, Conntrack::default());
+    assert_eq!(rs.log, LogConfig::default());
     assert!(rs.sets.is_empty());
     assert_eq!(
         rs.rules,
@@ -386,6 +387,7 @@ fn minimal_and_empty_files_use_defaults() {
             remote_spec: vec![],
             selector: Default::default(),
             action: Action::Allow,
+            log: None,
             origin: Origin { line: 2, column: 1 },
         }]
     );
@@ -433,9 +435,11 @@ fn field_lists_come_from_serde() {
             "action",
             "program",
             "unit",
-            "user"
+            "user",
+            "log"
         ]
     );
+    assert_eq!(fields_of::<RawLog>(), ["denied", "rate", "burst"]);
 }
 
 #[test]
@@ -448,6 +452,7 @@ fn raw_structs_deny_unknown_fields() {
     assert!(toml::from_str::<RawSetFile>("file = \"x\"\nbogus = 2").is_err());
     assert!(toml::from_str::<RawConntrack>("bogus = 2").is_err());
     assert!(toml::from_str::<RawCtTimeouts>("icmp = 1\nbogus = 2").is_err());
+    assert!(toml::from_str::<RawLog>("rate = 1\nbogus = 2").is_err());
 }
 
 #[test]

@@ -3,6 +3,7 @@
 //! `/etc/services`), and helpers asserting a message's file, line and words.
 
 mod document;
+mod log;
 mod ports;
 mod rule;
 mod sections;
@@ -12,7 +13,9 @@ use ipnet::IpNet;
 
 use super::{
     checker::fields_of,
-    raw::{RawConntrack, RawCtTimeouts, RawDaemon, RawDefaults, RawReject, RawRule, RawSetFile},
+    raw::{
+        RawConntrack, RawCtTimeouts, RawDaemon, RawDefaults, RawLog, RawReject, RawRule, RawSetFile,
+    },
     sets::MAX_REPORTS_PER_SET_FILE,
     values::{merge_ports, short_duration},
     *,
