@@ -81,4 +81,9 @@ pub mod globals {
     pub const LOG_BURST: &str = "LOG_BURST";
     /// The generation id of this copy of the object, copied into its log events.
     pub const GENERATION: &str = "GENERATION";
+    /// `u8`, aya-log's own: the most verbose level of trace message the programs write
+    /// (`firewall-ebpf/src/diagnostics.rs`); 0 writes none, and the verifier removes them.
+    pub const AYA_LOG_LEVEL: &str = "AYA_LOG_LEVEL";
+    /// [`AYA_LOG_LEVEL`] with kernel tracing on: aya-log's `Level::Trace`.
+    pub const AYA_LOG_TRACE: u8 = 5;
 }

@@ -106,6 +106,11 @@ pub const CT_SCRATCH: &str = "CT_SCRATCH";
 pub const SCRATCH: &str = "SCRATCH";
 /// Per-CPU slot the parser launders the IP header offset through (see `parse.rs`, `widen`).
 pub const WIDEN: &str = "WIDEN";
+/// Ring buffer of aya-log's trace messages (`firewall-ebpf/src/diagnostics.rs`); its name is
+/// aya-log's.
+pub const AYA_LOGS: &str = "AYA_LOGS";
+/// aya-log's ring buffer size (its own constant: 128 KiB).
+pub const AYA_LOGS_BYTES: u32 = 1 << 17;
 /// Hash, tgid -> [`ExeId`]: what the identity probe program observed (tests only).
 pub const IDENTITY_PROBE: &str = identity::IDENTITY_PROBE;
 
@@ -128,6 +133,9 @@ pub enum Kind {
     /// Filled only by the identity probe program that tests load on its own; every copy of
     /// the object creates it, empty.
     Probe,
+    /// aya-log's ring buffer of trace messages (`diagnostics`): every copy of the object
+    /// creates its own; the daemon reads it while kernel tracing is on.
+    Diagnostics,
 }
 
 /// The kernel's `enum bpf_map_type` of a map.
@@ -240,9 +248,9 @@ const fn scratch(name: &'static str, value_size: Option<usize>) -> MapSpec {
 
 /// Every map of the eBPF object.
 #[rustfmt::skip]
-pub const MAPS: [MapSpec; 31] = {
+pub const MAPS: [MapSpec; 32] = {
     use Capacity::{Conntrack, Fixed, Indexed, Rules};
-    use Kind::{Generation, Probe, Shared};
+    use Kind::{Diagnostics, Generation, Probe, Shared};
     use MapType::{Array, Hash, LpmTrie, LruHash, PerCpuArray, RingBuf};
     [
         // The unscoped classifier (compile.md): one lookup per dimension.
@@ -281,6 +289,8 @@ pub const MAPS: [MapSpec; 31] = {
         scratch(CT_SCRATCH, None),
         scratch(SCRATCH, None),
         scratch(WIDEN, Some(8)),
+        // Trace messages, while kernel tracing is on (see [`Kind::Diagnostics`]).
+        spec(AYA_LOGS, Diagnostics, RingBuf, 0, 0, Fixed(AYA_LOGS_BYTES)),
         // Tests only (see [`Kind::Probe`]).
         spec(IDENTITY_PROBE, Probe, Hash, 4, size_of::<ExeId>(), Fixed(IDENTITY_PROBE_ENTRIES)),
     ]
@@ -311,7 +321,7 @@ const fn global(name: &'static str, size: usize) -> GlobalSpec {
 /// Every load-time constant of the eBPF object. The rule set's are set for each generation
 /// from the compiled rules and `[defaults]`/`[reject]`/`[conntrack]`; the structure offsets
 /// ([`identity::globals`]) from the running kernel's BTF.
-pub const GLOBALS: [GlobalSpec; 22] = [
+pub const GLOBALS: [GlobalSpec; 23] = [
     global(globals::DEFAULT_INBOUND, 4),
     global(globals::DEFAULT_OUTBOUND, 4),
     global(globals::FRAGMENTS, 4),
@@ -328,6 +338,8 @@ pub const GLOBALS: [GlobalSpec; 22] = [
     global(globals::LOG_RATE, 4),
     global(globals::LOG_BURST, 4),
     global(globals::GENERATION, 4),
+    // aya-log's level (`diagnostics`): 0 (no message) unless kernel tracing is on.
+    global(globals::AYA_LOG_LEVEL, 1),
     global(identity::globals::OFF_TASK_MM, 4),
     global(identity::globals::OFF_MM_EXE_FILE, 4),
     global(identity::globals::OFF_FILE_INODE, 4),

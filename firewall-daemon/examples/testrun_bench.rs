@@ -1,6 +1,7 @@
 //! Benchmark helper for `cargo xtask bench` (which builds and runs it; it needs root).
 //!
-//! `testrun_bench [--quick] [--json] [--n 10,1000,100000]`: per-packet cost of the XDP program
+//! `testrun_bench [--quick] [--json] [--n 10,1000,100000] [--kernel-trace]`: per-packet cost of
+//! the XDP program
 //! measured in the kernel with BPF_PROG_TEST_RUN, for the pass (new flow), drop, reject and
 //! tracked (established TCP, replied and unreplied UDP) paths at several rule counts, against the
 //! object's empty program measured in the same run. Prints a Markdown table, or with `--json` one
@@ -12,7 +13,9 @@
 //! from another source address and port, and the median taken. Reject rewrites the frame, and a
 //! repeated run would re-judge the rewritten reply, so it is timed single-shot too. Single-shot
 //! runs include the kernel's per-run setup: compare them with the empty program's single-shot
-//! figure, not with repeated runs.
+//! figure, not with repeated runs. `--kernel-trace` loads the programs with their trace
+//! messages on (`fwctl debug on`), to measure what tracing costs (nobody reads the messages:
+//! the ring buffer fills and the rest are dropped, as when the daemon falls behind).
 //!
 //! `testrun_bench attach-pass NETNS_PATH IFNAME PIN_DIR`: enters the network namespace, attaches
 //! the object's `xdp_pass` program to IFNAME in native mode (the veth XDP floor of the
@@ -178,6 +181,7 @@ fn parse_opts(args: &[String]) -> anyhow::Result<Opts> {
         match a.as_str() {
             "--json" => opts.json = true,
             "--quick" => opts.sizes = QUICK,
+            "--kernel-trace" => firewall_daemon::kernel::diagnostics::set(true),
             "--n" => {
                 let list = it.next().context("--n needs a list such as 10,1000")?;
                 opts.counts = list
@@ -191,7 +195,7 @@ fn parse_opts(args: &[String]) -> anyhow::Result<Opts> {
             }
             other => bail!(
                 "unknown argument {other:?}; usage: testrun_bench [--quick] [--json] [--n LIST] \
-                 | testrun_bench attach-pass NETNS_PATH IFNAME PIN_DIR"
+                 [--kernel-trace] | testrun_bench attach-pass NETNS_PATH IFNAME PIN_DIR"
             ),
         }
     }

@@ -258,6 +258,26 @@ systemctl reload firewall-daemon"
         #[arg(long)]
         force: bool,
     },
+    /// Kernel tracing on or off: the programs' trace messages (parse drops, connection
+    /// table, state changes, the rules' verdicts) in the daemon's log.
+    #[command(
+        long_about = "Kernel tracing on or off: the programs' trace messages (why a frame is \
+dropped before the rules, what the connection table says, state changes of tracked flows, the \
+rules' verdict on new packets) in the daemon's log (journalctl -u firewall-daemon).\n\n\
+Switching loads the rules in force again (a new generation, like a reload). Off, the messages \
+are removed from the programs when they are loaded and cost nothing; on, each costs a \
+message in a ring buffer per packet: for debugging a verdict, not for production traffic. \
+`firewall-daemon --log-level trace` starts with tracing on.",
+        after_help = "Examples:\n  fwctl debug on; journalctl -fu firewall-daemon\n  fwctl debug off"
+    )]
+    Debug {
+        /// on or off.
+        #[arg(value_parser = ["on", "off"])]
+        state: String,
+        /// Print the daemon's answer as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Keep the rules a `fwctl reload --confirm` applied (stops the rollback timer).
     #[command(after_help = "Examples:\n  fwctl reload --confirm 2m\n  fwctl confirm")]
     Confirm {

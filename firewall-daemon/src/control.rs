@@ -47,6 +47,11 @@ pub enum Request {
     Conns,
     Explain(crate::explain::Query),
     Ports,
+    /// Kernel tracing on or off (`fwctl debug on|off`): the rules in force are loaded again
+    /// with the programs' trace messages kept or removed.
+    Debug {
+        on: bool,
+    },
     /// Stream decision (or, with `conns`, connection) events: after the answer, one
     /// [`crate::decision_log::MonitorLine`] per line until the client goes away.
     Monitor {
@@ -280,6 +285,15 @@ pub struct StatusData {
     /// A reload waiting for `fwctl confirm`.
     #[serde(default)]
     pub pending_confirm: Option<PendingConfirm>,
+}
+
+/// `fwctl debug`'s answer.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct DebugData {
+    /// Whether the programs now write trace messages.
+    pub tracing: bool,
+    /// The generation loaded with that setting.
+    pub generation: u64,
 }
 
 /// `fwctl confirm`'s answer.
@@ -596,6 +610,8 @@ pub fn answer_timeout(req: &Request) -> Duration {
         | Request::Explain(_)
         | Request::Ports
         | Request::Monitor { .. } => Duration::from_secs(30),
+        // Loads the programs again, as a reload does.
+        Request::Debug { .. } => Duration::from_secs(300),
     }
 }
 

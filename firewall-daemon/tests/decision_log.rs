@@ -683,3 +683,55 @@ fn connection_events_report_expired_and_rechecked_flows() {
     );
     drop(client);
 }
+
+/// `fwctl debug on` loads the rules in force again with the programs' trace messages, which
+/// reach the daemon's log in words; `fwctl debug off` removes them again.
+#[test]
+fn kernel_tracing_writes_the_programs_messages_to_the_log_only_while_on() {
+    let lab = Lab::new(RULES);
+    let d = lab.daemon.fwctl_json(&["debug", "on"]);
+    assert_eq!(
+        (d["tracing"].as_bool(), d["generation"].as_u64()),
+        (Some(true), Some(2))
+    );
+    let features = lab.daemon.fwctl_json(&["status"])["kernel"]["features"].to_string();
+    assert!(features.contains("kernel tracing ON"), "{features}");
+    lab.connect(23);
+    let verdict = format!(
+        "trace: rules: tcp from {} to port 23: reject by rule 1",
+        lab.pair.client_v4
+    );
+    let deadline = Instant::now() + event_wait();
+    while !lab.daemon.stderr().contains(&verdict) {
+        assert!(
+            Instant::now() < deadline,
+            "no trace of the verdict in the daemon's log:\n{}",
+            lab.daemon.stderr()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        lab.daemon
+            .stderr()
+            .contains("trace: connection table: not tracked: the rules decide"),
+        "{}",
+        lab.daemon.stderr()
+    );
+
+    let d = lab.daemon.fwctl_json(&["debug", "off"]);
+    assert_eq!(d["tracing"], false);
+    let traced = lab.daemon.stderr().matches("trace: ").count();
+    // The decision log says when the next packet has been judged; tracing adds nothing.
+    let sub = lab.subscribe(MonitorFilter::default());
+    lab.connect(23);
+    let e = sub.next_event();
+    assert_eq!(e.local_port, Some(23), "{e:?}");
+    assert_eq!(
+        lab.daemon.stderr().matches("trace: ").count(),
+        traced,
+        "trace messages after `fwctl debug off`:\n{}",
+        lab.daemon.stderr()
+    );
+    let features = lab.daemon.fwctl_json(&["status"])["kernel"]["features"].to_string();
+    assert!(!features.contains("kernel tracing ON"), "{features}");
+}

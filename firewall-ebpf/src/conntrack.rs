@@ -87,6 +87,21 @@ pub enum Inbound {
     Unknown,
 }
 
+impl Inbound {
+    /// For trace messages (`diagnostics`); the daemon's `kernel/diagnostics.rs` names them.
+    #[inline(always)]
+    pub fn code(&self) -> u32 {
+        match self {
+            Inbound::Tracked => 0,
+            Inbound::Related => 1,
+            Inbound::Invalid => 2,
+            Inbound::Denied(_) => 3,
+            Inbound::NoConnection => 4,
+            Inbound::Unknown => 5,
+        }
+    }
+}
+
 /// The settings of the rule set in force; `None` until the daemon has written them
 /// (generation ids start at 1), in which case nothing is tracked.
 #[inline(always)]

@@ -25,7 +25,7 @@ use crate::{
     classifier::{self, count_rule_hit, min},
     conntrack,
     counters::count,
-    decision_log,
+    decision_log, diagnostics,
     parse::{L2, Packet, Parsed},
     reply, selector,
 };
@@ -59,7 +59,11 @@ pub(crate) fn inbound(ctx: &XdpContext, parsed: Result<Parsed, Counter>) -> u32 
         Ok(Parsed::Packet(pkt)) => {
             // SAFETY: a helper without preconditions.
             let now = unsafe { bpf_ktime_get_ns() };
-            let (word, why) = match conntrack::inbound(ctx, &pkt, now) {
+            let seen = conntrack::inbound(ctx, &pkt, now);
+            if diagnostics::on() {
+                diagnostics::conntrack(seen.code());
+            }
+            let (word, why) = match seen {
                 conntrack::Inbound::Tracked => {
                     count(Counter::PassTracked);
                     return XDP_PASS;
@@ -86,6 +90,9 @@ pub(crate) fn inbound(ctx: &XdpContext, parsed: Result<Parsed, Counter>) -> u32 
             act(ctx, &pkt, word)
         }
         Err(reason) => {
+            if diagnostics::on() {
+                diagnostics::dropped(reason as u32);
+            }
             count(reason);
             XDP_DROP
         }
@@ -117,10 +124,26 @@ fn judge(ctx: &XdpContext, pkt: &Packet, now: u64) -> (u32, u32) {
         count_rule_hit(word);
         WHY_RULE
     };
+    trace_verdict(pkt, word);
     if verdict_action(word) == ACTION_ALLOW {
         conntrack::admit(ctx, pkt, word, now);
     }
     (word, why)
+}
+
+/// The rules' verdict on a packet, as a trace message (`diagnostics`).
+#[inline(always)]
+fn trace_verdict(pkt: &Packet, word: u32) {
+    if !diagnostics::on() {
+        return;
+    }
+    let r = AddrWords::of(&pkt.remote);
+    let port = u32::from(pkt.local_port);
+    if r.v4 {
+        diagnostics::verdict4(r.hi as u32, pkt.proto, port, word);
+    } else {
+        diagnostics::verdict6(r.hi, r.lo, pkt.proto, port, word);
+    }
 }
 
 /// Carries out a verdict word's action.

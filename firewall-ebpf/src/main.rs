@@ -16,14 +16,15 @@
 //!   and forget it when the socket is released (`listeners`).
 //!
 //! Decisions the rules say to log go to the daemon through a ring buffer, within a per-CPU
-//! budget (`decision_log`).
+//! budget (`decision_log`). Trace messages for debugging (`diagnostics`) are compiled in and
+//! removed at load unless the daemon turns them on.
 //!
 //! Every outcome, including every malformed-packet drop, is counted in `COUNTERS`
 //! (`counters`); the verdict of each malformed case is listed on [`firewall_common::Counter`]
 //! and in the README.
 //!
-//! Modules depend on each other in one direction only (a DAG; `counters`, `addr`, `csum` and
-//! `scratch` use no other module):
+//! Modules depend on each other in one direction only (a DAG; `counters`, `addr`, `csum`,
+//! `diagnostics` and `scratch` use no other module):
 //! `inbound` -> `conntrack`, `reply`, `selector`, `classifier`, `decision_log`; `egress` ->
 //! `conntrack`, `outbound`; `outbound` -> `selector`, `owners`, `classifier`, `decision_log`;
 //! `decision_log` -> `identity`, `reply`, `parse`; `selector` -> `listeners`,
@@ -39,6 +40,7 @@ mod conntrack;
 mod counters;
 mod csum;
 mod decision_log;
+mod diagnostics;
 mod egress;
 mod identity;
 mod inbound;

@@ -10,7 +10,12 @@ use rules::model::XdpMode;
 fn main() -> std::process::ExitCode {
     let args = DaemonArgs::parse();
     // The journal (with fields) under systemd, stderr otherwise.
-    firewall_daemon::logging::init(&std::env::var("RUST_LOG").unwrap_or(args.log_level.clone()));
+    let filter = std::env::var("RUST_LOG").unwrap_or(args.log_level.clone());
+    firewall_daemon::logging::init(&filter);
+    // `trace` also turns on the programs' own trace messages (kernel/diagnostics.rs).
+    firewall_daemon::kernel::diagnostics::set(firewall_daemon::kernel::diagnostics::wanted_by(
+        &filter,
+    ));
     let overrides = daemon::Overrides {
         interfaces: args.interfaces,
         xdp_mode: args.xdp_mode.map(|m| match m {

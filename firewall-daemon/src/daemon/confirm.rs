@@ -188,6 +188,31 @@ impl State {
         crate::explain::lockout(rules, resolved, caller, owner.as_ref(), recheck)
     }
 
+    /// `fwctl debug on|off`: the rules in force, loaded again with the programs' trace
+    /// messages kept (on) or removed by the verifier (off).
+    pub(super) fn debug(&mut self, on: bool) -> anyhow::Result<crate::control::DebugData> {
+        let was = crate::kernel::diagnostics::tracing();
+        crate::kernel::diagnostics::set(on);
+        let (rules, resolved) = (self.ruleset.clone(), self.resolved.clone());
+        match self.reload_resolved(rules, resolved, false) {
+            Ok(d) => {
+                info!(
+                    generation = d.generation;
+                    "kernel tracing {}: the rules in force were loaded again",
+                    if on { "on" } else { "off" }
+                );
+                Ok(crate::control::DebugData {
+                    tracing: on,
+                    generation: d.generation,
+                })
+            }
+            Err(e) => {
+                crate::kernel::diagnostics::set(was);
+                Err(e.context("loading the rules again with kernel tracing switched"))
+            }
+        }
+    }
+
     /// `fwctl confirm`.
     pub(super) fn confirm(&mut self) -> anyhow::Result<ConfirmData> {
         match self.pending.take() {

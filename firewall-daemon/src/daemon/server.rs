@@ -232,6 +232,7 @@ impl State {
             Request::Explain(q) => answer(self.explain(&q)),
             Request::Ports => answer(crate::explain::ports(&self.ruleset, &self.resolved)),
             Request::Confirm => answer(self.confirm()),
+            Request::Debug { on } => answer(self.debug(on)),
             // The connection's task streams the events once it has this answer.
             Request::Monitor { filter } => Response::ok(serde_json::json!({
                 "monitoring": if filter.conns { "connections" } else { "decisions" },

@@ -210,6 +210,13 @@ impl State {
              (read by XDP for inbound rules that name programs)",
             self.cgroup.path.display()
         ));
+        if crate::kernel::diagnostics::tracing() {
+            features.push(
+                "kernel tracing ON: the programs write trace messages to the daemon's log \
+                 (costs time per packet; `fwctl debug off`)"
+                    .into(),
+            );
+        }
         let mut degraded = self.degraded.clone();
         match crate::host::btf::kernel_offsets() {
             Ok(_) => features.push(format!(

@@ -54,6 +54,9 @@ fn load(
 }
 
 pub struct Generation {
+    /// Its trace messages' reader while kernel tracing is on (see `diagnostics`). Declared
+    /// first, so dropped before the object.
+    _trace: Option<super::diagnostics::Reader>,
     pub(super) ebpf: Ebpf,
     pub rule_count: u32,
     /// Identifies this rule set in connection entries ([`firewall_common::ct::CtEntry::generation`]).
@@ -86,7 +89,10 @@ impl Generation {
                 .load()
                 .map_err(verifier_context)?;
         }
+        // After the programs are loaded: the reader takes the ring buffer out of `ebpf`.
+        let trace = super::diagnostics::read(&mut ebpf)?;
         Ok(Self {
+            _trace: trace,
             ebpf,
             rule_count: compiled.rule_count,
             id,

@@ -137,6 +137,7 @@ pub fn sock_hook_pin(pin_dir: &Path, hook: SockHook) -> PathBuf {
 pub fn attach_listener_hooks(cgroup: &Cgroup, pin_dir: &Path) -> anyhow::Result<Vec<PinnedLink>> {
     prepare_pin_dir(pin_dir)?;
     let mut loader = EbpfLoader::new();
+    super::diagnostics::set_level(&mut loader);
     if let Ok(offsets) = crate::host::btf::kernel_offsets() {
         offsets.set_globals(&mut loader);
     }

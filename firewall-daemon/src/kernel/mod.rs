@@ -20,6 +20,7 @@
 //! - [`features`]: what the running kernel offers.
 //! - `testrun` (feature `testrun`, tests and examples only): BPF_PROG_TEST_RUN.
 
+pub mod diagnostics;
 pub mod features;
 pub mod generation;
 pub mod hooks;

@@ -63,6 +63,7 @@ pub(super) fn load_object(
         );
     }
     let mut loader = EbpfLoader::new();
+    super::diagnostics::set_level(&mut loader);
     if let Ok(offsets) = offsets {
         offsets.set_globals(&mut loader);
     }

@@ -85,7 +85,9 @@ pub struct PassProgram {
 impl PassProgram {
     pub fn load(pin_dir: &Path) -> anyhow::Result<Self> {
         prepare_pin_dir(pin_dir)?;
-        let mut ebpf = EbpfLoader::new()
+        let mut loader = EbpfLoader::new();
+        super::diagnostics::set_level(&mut loader);
+        let mut ebpf = loader
             .default_map_pin_directory(pin_dir)
             .load(EBPF_OBJECT)
             .context("loading the eBPF object")?;

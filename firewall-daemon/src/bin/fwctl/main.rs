@@ -124,6 +124,7 @@ fn wants_json(cmd: &Cmd) -> bool {
         | Cmd::Status { json, .. }
         | Cmd::Reload { json, .. }
         | Cmd::Confirm { json }
+        | Cmd::Debug { json, .. }
         | Cmd::Conns { json }
         | Cmd::Check { json, .. }
         | Cmd::Explain { json, .. }
@@ -162,6 +163,12 @@ fn run(args: &Args) -> Result<ExitCode, Failure> {
             print_reload,
         )?,
         Cmd::Confirm { json } => show(args, Request::Confirm, *json, print_confirm)?,
+        Cmd::Debug { state, json } => show(
+            args,
+            Request::Debug { on: state == "on" },
+            *json,
+            render::print_debug,
+        )?,
         Cmd::Conns { json } => show(args, Request::Conns, *json, print_conns)?,
         Cmd::Explain { json, .. } => explain::explain(args, *json)?,
         Cmd::Ports { json } => show(args, Request::Ports, *json, explain::print_ports)?,

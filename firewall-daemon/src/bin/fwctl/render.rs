@@ -230,6 +230,21 @@ pub(super) fn print_status(s: &StatusData, all: bool) {
     }
 }
 
+pub(super) fn print_debug(d: &control::DebugData) {
+    if d.tracing {
+        println!(
+            "kernel tracing on (generation {}): the programs' trace messages go to the daemon's \
+             log (journalctl -u firewall-daemon); `fwctl debug off` removes them",
+            d.generation
+        );
+    } else {
+        println!(
+            "kernel tracing off (generation {}): the programs carry no trace messages",
+            d.generation
+        );
+    }
+}
+
 pub(super) fn print_confirm(d: &control::ConfirmData) {
     println!(
         "confirmed: the rules of generation {} stay in force",
