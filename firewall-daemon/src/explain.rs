@@ -158,6 +158,18 @@ pub fn explain(ruleset: &Ruleset, resolved: &Resolved, q: &Query) -> Result<Expl
     })
 }
 
+/// `ruleset`'s selectors resolved on this host as the daemon would (for `fwctl` working from
+/// a file): units are searched under `[daemon] cgroup`, else the cgroup2 mount.
+pub fn resolve_here(ruleset: &Ruleset) -> Resolved {
+    let cgroup_root = ruleset
+        .daemon
+        .cgroup
+        .clone()
+        .or_else(|| crate::host::cgroups::mount().ok())
+        .unwrap_or_else(|| PathBuf::from("/sys/fs/cgroup"));
+    Resolved::resolve(ruleset, &cgroup_root)
+}
+
 /// Checks `ruleset`'s `[[assert]]` entries; every one that does not hold, as a located message.
 pub fn broken_assertions(ruleset: &Ruleset, resolved: &Resolved) -> Vec<String> {
     explain::check_assertions(ruleset, resolved)

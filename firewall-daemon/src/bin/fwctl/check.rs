@@ -7,7 +7,7 @@ use std::{
     process::ExitCode,
 };
 
-use firewall_daemon::{cli::exit, compile, host::selectors::Resolved};
+use firewall_daemon::{cli::exit, compile};
 use rules::{
     config,
     model::{Action, Direction},
@@ -89,13 +89,7 @@ pub(super) fn check(
     });
     let rs = result.and_then(|rs| {
         // Selectors resolved as the daemon would (missing programs and units are warnings).
-        let cgroup_root = rs
-            .daemon
-            .cgroup
-            .clone()
-            .or_else(|| firewall_daemon::host::cgroups::mount().ok())
-            .unwrap_or_else(|| PathBuf::from("/sys/fs/cgroup"));
-        let resolved = Resolved::resolve(&rs, &cgroup_root);
+        let resolved = firewall_daemon::explain::resolve_here(&rs);
         let broken = firewall_daemon::explain::broken_assertions(&rs, &resolved);
         if !broken.is_empty() {
             let errors = broken

@@ -1,12 +1,10 @@
 //! `fwctl explain` and `fwctl ports`: what the rules decide for a packet or connection, and
 //! who may reach each listening socket. The answers come from the daemon (rules in force), or
 //! for `explain --config FILE` from that file, through `firewall_daemon::explain` either way.
-use std::path::PathBuf;
 
 use firewall_daemon::{
     cli::{DirectionArg, FwctlCmd as Cmd, ProtoArg},
     explain::{self, ExplainData, PortsData, Query},
-    host::selectors::Resolved,
 };
 use rules::model::Direction;
 
@@ -54,13 +52,7 @@ pub(super) fn explain(args: &Args, json: bool) -> Result<(), Failure> {
     let data: ExplainData = match &args.config {
         Some(file) => {
             let rs = rules::config::load(file).map_err(|e| Failure::Other(e.to_string()))?;
-            let root = rs
-                .daemon
-                .cgroup
-                .clone()
-                .or_else(|| firewall_daemon::host::cgroups::mount().ok())
-                .unwrap_or_else(|| PathBuf::from("/sys/fs/cgroup"));
-            let resolved = Resolved::resolve(&rs, &root);
+            let resolved = explain::resolve_here(&rs);
             explain::explain(&rs, &resolved, &q).map_err(Failure::Other)?
         }
         None => decode(request(

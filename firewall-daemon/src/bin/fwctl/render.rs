@@ -270,18 +270,7 @@ pub(super) fn print_reload(d: &ReloadData) {
             "reloaded in {} ms: {} rules in force, generation {}",
             d.took_ms, d.rules, d.generation
         );
-        for a in &d.added {
-            println!("  + {}", esc(a));
-        }
-        for r in &d.removed {
-            println!("  - {}", esc(r));
-        }
-        if d.reordered {
-            println!("  ~ rules reordered");
-        }
-        for s in &d.settings {
-            println!("  * {}", esc(s));
-        }
+        print_changes(d);
     }
     for w in &d.warnings {
         println!("warning: {}", esc(w));
@@ -310,6 +299,22 @@ pub(super) fn print_reload(d: &ReloadData) {
     }
 }
 
+/// The rules added and removed and the settings changed, one line each.
+fn print_changes(d: &ReloadData) {
+    for a in &d.added {
+        println!("  + {}", esc(a));
+    }
+    for r in &d.removed {
+        println!("  - {}", esc(r));
+    }
+    if d.reordered {
+        println!("  ~ rules reordered");
+    }
+    for s in &d.settings {
+        println!("  * {}", esc(s));
+    }
+}
+
 /// `fwctl reload --dry-run`, `fwctl check --diff`.
 fn print_dry_run(d: &ReloadData) {
     if d.unchanged() {
@@ -319,18 +324,7 @@ fn print_dry_run(d: &ReloadData) {
             "dry run: {} rules would be in force (nothing was changed)",
             d.rules
         );
-        for a in &d.added {
-            println!("  + {}", esc(a));
-        }
-        for r in &d.removed {
-            println!("  - {}", esc(r));
-        }
-        if d.reordered {
-            println!("  ~ rules reordered");
-        }
-        for s in &d.settings {
-            println!("  * {}", esc(s));
-        }
+        print_changes(d);
     }
     for w in &d.warnings {
         println!("warning: {}", esc(w));

@@ -170,7 +170,8 @@ impl Resolved {
                 continue;
             }
             let shown = program.display();
-            let ctx = format!("rule {} ({:?}): program {shown}", rule.index + 1, rule.name);
+            // `FILE:LINE:COL: rule N ("name"): `, located like every other warning.
+            let ctx = format!("{}program {shown}", rules::lint::at(&ruleset.source, rule));
             let msg = match self.program_problems.get(program) {
                 Some(ProgramProblem::NotAbsolute) => {
                     format!("{ctx} is not an absolute path; the rule matches nothing")
@@ -198,26 +199,27 @@ impl Resolved {
             if !named.insert(name.as_str()) || self.unit(name).is_some() {
                 continue;
             }
+            let at = rules::lint::at(&ruleset.source, rule);
             let msg = match self.unit_problems.get(name) {
                 Some(UnitProblem::NotRunning) => format!(
-                    "unit {name} is not running (no cgroup named {name} under {root} that \
+                    "{at}unit {name} is not running (no cgroup named {name} under {root} that \
                      is owned by root and not delegated); its rules match nothing until it \
                      starts"
                 ),
                 Some(UnitProblem::Unmatchable { path, level }) if *level == 0 => format!(
-                    "unit {name}: its cgroup {} is the cgroup2 root, which the firewall cannot \
+                    "{at}unit {name}: its cgroup {} is the cgroup2 root, which the firewall cannot \
                      tell apart from no unit; its rules match nothing",
                     path.display()
                 ),
                 Some(UnitProblem::Unmatchable { path, level }) => format!(
-                    "unit {name}: its cgroup {} is at level {level}, deeper than the \
+                    "{at}unit {name}: its cgroup {} is at level {level}, deeper than the \
                      {MAX_UNIT_LEVEL} levels the firewall can match; its rules match nothing",
                     path.display()
                 ),
                 Some(UnitProblem::Search(e)) => {
-                    format!("unit {name} cannot be looked up ({e}); its rules match nothing")
+                    format!("{at}unit {name} cannot be looked up ({e}); its rules match nothing")
                 }
-                None => format!("unit {name} was not resolved; its rules match nothing"),
+                None => format!("{at}unit {name} was not resolved; its rules match nothing"),
             };
             out.push(msg);
         }
