@@ -353,8 +353,8 @@ rule without `log`, of [defaults] or of [conntrack] invalid while [log] denied i
 default). The kernel logs at most [log] rate events per second per CPU (burst [log] burst); \
 what it drops is counted in `fwctl status` (log_over_budget, log_ring_full). The same \
 decisions go to the daemon's journal with fields (journalctl -u firewall-daemon \
-ACTION=reject). Connection events: closed (an expired flow removed) and denied (ended by \
-`fwctl reload --recheck`). Filters combine: every one given must match; repeated ones are \
+ACTION=reject). Connection events: new and established (seen by looking at the tables every \
+250 ms), closed (an expired flow removed) and denied (ended by `fwctl reload --recheck`). Filters combine: every one given must match; repeated ones are \
 alternatives. A monitor that reads too slowly misses events and is told how many.",
         after_help = "Examples:\n  fwctl monitor\n  fwctl monitor --action reject --action stealth \
 --direction in\n  fwctl monitor --json --port 22 --remote 203.0.113.0/24 | jq .\n  \
@@ -364,7 +364,8 @@ fwctl monitor --rule telnet\n  fwctl monitor --conns"
         /// Print each event as one JSON object per line.
         #[arg(long)]
         json: bool,
-        /// Connection events (closed, denied by a recheck) instead of decisions.
+        /// Connection events (new, established, closed, denied by a recheck) instead of
+        /// decisions.
         #[arg(long)]
         conns: bool,
         /// Only events of this action (repeatable).

@@ -407,6 +407,84 @@ pub fn unspecified(ip: IpAddr) -> IpAddr {
     }
 }
 
+/// How often the tables are looked at for new and established connections while `fwctl
+/// monitor` listens.
+pub const WATCH_INTERVAL: Duration = Duration::from_millis(250);
+
+/// A flow as the watcher last saw it: when it was created (a tuple reused by a new
+/// connection gets a new entry) and its state.
+type Seen = std::collections::HashMap<CtKey, (u64, u8)>;
+
+/// Whether a flow in state `s` has seen both sides: a TCP connection past its handshake, a UDP
+/// flow that got an answer.
+fn established(s: u8) -> bool {
+    use ct::state::*;
+    matches!(
+        s,
+        ESTABLISHED | FIN_WAIT | CLOSE_WAIT | LAST_ACK | TIME_WAIT | UDP_REPLIED
+    )
+}
+
+/// The connection events between two looks at the tables (`before`, then `now`): `new` for a
+/// flow that was not there (or whose tuple a new connection took), `established` for one that
+/// reached [`established`] since (a flow that appeared already established gets both).
+pub fn changes<'a>(before: &Seen, now: &'a [Flow]) -> Vec<(&'a Flow, &'static str)> {
+    let mut out = Vec::new();
+    for f in now {
+        let was = match before.get(&f.key) {
+            Some(&(created, state)) if created == f.entry.created_ns => Some(state),
+            _ => None,
+        };
+        if was.is_none() {
+            out.push((f, "new"));
+        }
+        if established(f.entry.state) && !was.is_some_and(established) {
+            out.push((f, "established"));
+        }
+    }
+    out
+}
+
+/// Starts the watcher thread: while anyone runs `fwctl monitor`, it looks at the tables every
+/// [`WATCH_INTERVAL`] and publishes `new` and `established` connection events ([`changes`]).
+/// The datapath reports no such events itself (a message at each state change cost too much
+/// verification, see `firewall-ebpf/src/diagnostics.rs`); a flow that starts and ends between
+/// two looks is reported only as `closed`. With no monitor it only sleeps.
+pub fn spawn_watch(
+    pin_dir: &Path,
+    events: tokio::sync::broadcast::Sender<crate::decision_log::Published>,
+) -> anyhow::Result<()> {
+    let tables = Tables::open(pin_dir)?;
+    std::thread::Builder::new()
+        .name("ct-watch".into())
+        .spawn(move || {
+            let mut seen: Option<Seen> = None;
+            loop {
+                std::thread::sleep(WATCH_INTERVAL);
+                if events.receiver_count() == 0 {
+                    seen = None;
+                    continue;
+                }
+                let now = tables.flows();
+                // The first look after a monitor comes is the baseline: it reports what
+                // happens from then on, like `conntrack -E`.
+                if let Some(before) = &seen {
+                    for (f, what) in changes(before, &now) {
+                        let e = crate::decision_log::conn_event(f, what, None, "tracked");
+                        let _ = events.send(std::sync::Arc::new(e));
+                    }
+                }
+                seen = Some(
+                    now.iter()
+                        .map(|f| (f.key, (f.entry.created_ns, f.entry.state)))
+                        .collect(),
+                );
+            }
+        })
+        .map(|_| ())
+        .map_err(|e| anyhow!("starting the connection watcher thread: {e}"))
+}
+
 /// Starts the expiry thread: every `interval_secs` (re-read each round, so a reload can change
 /// it) it deletes expired entries. It has its own handles on the pinned tables, so the daemon's
 /// main loop (control socket, reloads) never waits for it. Each flow removed is published on
@@ -437,4 +515,63 @@ pub fn spawn_expiry(
         })
         .map(|_| ())
         .map_err(|e| anyhow!("starting the expiry thread: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use firewall_common::ct::{CtEntry, CtKey, state};
+
+    use super::{Flow, Seen, Which, changes};
+
+    fn flow(port: u16, created_ns: u64, st: u8) -> Flow {
+        // SAFETY: both are plain #[repr(C)] integers and arrays; all zero is a valid value.
+        let (mut key, mut entry): (CtKey, CtEntry) = unsafe { std::mem::zeroed() };
+        key.local_port = port;
+        key.proto = firewall_common::ct::IPPROTO_TCP;
+        entry.created_ns = created_ns;
+        entry.state = st;
+        Flow {
+            key,
+            entry,
+            table: Which::Remote,
+        }
+    }
+
+    fn seen(flows: &[Flow]) -> Seen {
+        flows
+            .iter()
+            .map(|f| (f.key, (f.entry.created_ns, f.entry.state)))
+            .collect()
+    }
+
+    /// `new` once per connection (a tuple reused by a later connection is new again),
+    /// `established` once when it gets there, nothing for a flow that only moves on.
+    #[test]
+    fn watcher_reports_each_connection_once_new_and_once_established() {
+        let before = seen(&[
+            flow(1, 10, state::SYN_RECV),
+            flow(2, 10, state::ESTABLISHED),
+            flow(3, 10, state::TIME_WAIT),
+        ]);
+        let now = [
+            flow(1, 10, state::ESTABLISHED),
+            flow(2, 10, state::FIN_WAIT),
+            flow(3, 99, state::SYN_RECV),
+            flow(4, 50, state::ESTABLISHED),
+        ];
+        let got: Vec<(u16, &str)> = changes(&before, &now)
+            .into_iter()
+            .map(|(f, what)| (f.key.local_port, what))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (1, "established"),
+                (3, "new"),
+                (4, "new"),
+                (4, "established")
+            ]
+        );
+        assert!(changes(&seen(&now), &now).is_empty());
+    }
 }

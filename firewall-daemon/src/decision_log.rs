@@ -16,10 +16,11 @@
 //! misses the oldest, and is told how many ([`MonitorLine::Lost`]). The datapath never waits
 //! for any of it.
 //!
-//! Connection events (`fwctl monitor --conns`) come from the daemon: `closed` when the expiry
-//! thread removes an expired flow, `denied` when `fwctl reload --recheck` ends one. They are
-//! published only while a subscriber listens, and are not written to the journal (the expiry
-//! of idle flows is routine; the recheck logs its own lines).
+//! Connection events (`fwctl monitor --conns`) come from the daemon: `new` and `established`
+//! from the watcher thread's looks at the tables (`conntrack::spawn_watch`), `closed` when the
+//! expiry thread removes an expired flow, `denied` when `fwctl reload --recheck` ends one. They
+//! are published only while a subscriber listens, and are not written to the journal (they
+//! are routine; the recheck logs its own lines).
 
 use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
@@ -418,8 +419,9 @@ pub fn journal(e: &Event) {
 #[cfg(test)]
 mod tests;
 
-/// A connection event about flow `f`: `closed` (expired) or `denied` (by a recheck, with the
-/// recheck's verdict `action` and who gave it, `by`).
+/// A connection event about flow `f`: `new` or `established` (seen by the watcher), `closed`
+/// (expired) or `denied` (by a recheck, with the recheck's verdict `action` and who gave it,
+/// `by`).
 pub fn conn_event(f: &crate::conntrack::Flow, conn: &str, action: Option<&str>, by: &str) -> Event {
     let has_ports = matches!(f.key.proto, ct::IPPROTO_TCP | ct::IPPROTO_UDP);
     Event {
@@ -439,10 +441,10 @@ pub fn conn_event(f: &crate::conntrack::Flow, conn: &str, action: Option<&str>, 
         rule: None,
         rule_name: None,
         by: by.into(),
-        why: if conn == "denied" {
-            "recheck"
-        } else {
-            "expired"
+        why: match conn {
+            "denied" => "recheck",
+            "closed" => "expired",
+            _ => "tracked",
         }
         .into(),
         proto: crate::conntrack::proto_name(f.key.proto).into(),

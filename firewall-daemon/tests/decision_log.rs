@@ -603,7 +603,7 @@ fn a_monitor_that_never_reads_does_not_stall_the_daemon() {
 /// `monitor --conns`: an expired flow is reported `closed` when the expiry removes it, and a
 /// connection `fwctl reload --recheck` ends is reported `denied`, with the rule that denies it.
 #[test]
-fn connection_events_report_expired_and_rechecked_flows() {
+fn connection_events_report_new_established_expired_and_rechecked_flows() {
     let rules = "[conntrack]\ngc_interval = \"1s\"\n\n[conntrack.timeouts]\nudp_unreplied = \"1s\"\n\n\
                  [[rule]]\nname = \"dns\"\nproto = \"udp\"\nport = 5353\naction = \"allow\"\n\n\
                  [[rule]]\nname = \"web\"\nproto = \"tcp\"\nport = 8080\naction = \"allow\"\n";
@@ -665,6 +665,14 @@ fn connection_events_report_expired_and_rechecked_flows() {
         .run(move || TcpStream::connect_timeout(&listen, Duration::from_secs(2)))
         .expect("connecting to the allowed port");
     let _server_side = accepted.join().expect("accept thread").expect("accepted");
+    // The watcher took its first look within a quarter second of the subscription, long before
+    // the UDP flow above expired: this connection is new to it.
+    let e = wait_for("new", 8080);
+    assert_eq!(
+        (e.proto.as_str(), e.direction.as_str(), e.why.as_str()),
+        ("tcp", "in", "tracked")
+    );
+    wait_for("established", 8080);
     lab.daemon.write_rules(&rules.replace(
         "name = \"web\"\nproto = \"tcp\"\nport = 8080\naction = \"allow\"",
         "name = \"web closed\"\nproto = \"tcp\"\nport = 8080\naction = \"reject\"",

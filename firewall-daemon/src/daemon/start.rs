@@ -188,6 +188,7 @@ pub(super) fn start(
     generation.pin(&pin_dir)?;
     let gc_interval = Arc::new(AtomicU32::new(ruleset.conntrack.gc_interval_secs));
     conntrack::spawn_expiry(&pin_dir, gc_interval.clone(), events.clone())?;
+    conntrack::spawn_watch(&pin_dir, events.clone())?;
     let socket_path = ruleset.daemon.control_socket.clone();
     let listener = bind_control_socket(&socket_path, ruleset.daemon.control_group.as_deref())?;
     // From here on, stopping the daemon detaches the firewall and removes the pins.
