@@ -48,8 +48,9 @@ impl EbpfContext for Unused {
 // verifier walks every byte's copy on every path to the message; with state names and counter
 // names the XDP program went past the verifier's 1,000,000 instructions with tracing on. The
 // daemon turns the numbers into words (`kernel/diagnostics.rs`, `describe`). For the same
-// reason there is no message at each state change of a tracked flow: reached from too many
-// paths, it too took the XDP program past the limit.
+// reason there is no message at each state change of a tracked flow: reached from many paths,
+// it took the XDP program to 856,035 verified instructions with tracing on even as numbers,
+// too close to the limit (the daemon's connection watcher reports state changes instead).
 
 /// Why a frame is dropped before the rules: the drop counter's index (`firewall_common::Counter`).
 #[inline(never)]
