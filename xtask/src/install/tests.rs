@@ -107,6 +107,7 @@ const DOCUMENTED: &[(&str, u32)] = &[
     ("/usr/local/share/man/man1/fwctl-monitor.1", 0o644),
     ("/usr/local/share/man/man1/fwctl-check.1", 0o644),
     ("/usr/local/share/man/man1/fwctl-confirm.1", 0o644),
+    ("/usr/local/share/man/man1/fwctl-debug.1", 0o644),
     ("/usr/local/share/man/man1/fwctl-explain.1", 0o644),
     ("/usr/local/share/man/man1/fwctl-ports.1", 0o644),
     ("/usr/local/share/man/man8/firewall-daemon.8", 0o644),
