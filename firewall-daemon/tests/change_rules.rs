@@ -248,6 +248,29 @@ fn a_broken_assertion_keeps_the_old_rules() {
         "{}",
         text(&check)
     );
+    // With the broken assertion, `check` prints the file's warnings too: here the one that
+    // says why (an earlier rule shadows the one the assertion is about).
+    let shadowed = lab.daemon.config.with_file_name("shadowed.toml");
+    std::fs::write(
+        &shadowed,
+        "[[rule]]\nname = \"all tcp\"\nproto = \"tcp\"\naction = \"reject\"\n\n\
+         [[rule]]\nname = \"web\"\nproto = \"tcp\"\nport = 8080\naction = \"allow\"\n\n\
+         [[assert]]\nin = \"tcp 8080\"\nexpect = \"allow\"\n",
+    )
+    .expect("writing");
+    let check = lab
+        .daemon
+        .fwctl(&["check", shadowed.to_str().expect("path")]);
+    let t = text(&check);
+    assert_eq!(check.status.code(), Some(1), "{t}");
+    assert!(
+        t.contains("rule 2 (\"web\"): never matches: rule 1 (\"all tcp\", line 1)")
+            && t.contains(
+                "assertion does not hold: in tcp 8080 from 0.0.0.0 to 255.255.255.255: \
+                 expected allow, but rule 1 (\"all tcp\", line 1) decides reject"
+            ),
+        "{t}"
+    );
 }
 
 /// `--dry-run` and `check --diff` change nothing and name the tracked connection the new rules

@@ -101,7 +101,14 @@ pub(super) fn check(
                     message: m.clone(),
                 })
                 .collect();
-            return Err((broken.join("\n"), errors));
+            // The file's warnings too: a rule an earlier one shadows is often why.
+            let mut lines: Vec<String> = rs
+                .warnings
+                .iter()
+                .map(|w| format!("warning: {w}"))
+                .collect();
+            lines.extend(broken);
+            return Err((lines.join("\n"), errors));
         }
         match compile::compile(&rs, &resolved)
             .and_then(|_| compile::compile_direction(&rs, Direction::Out, &resolved))
