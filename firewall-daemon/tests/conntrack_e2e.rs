@@ -13,7 +13,7 @@ mod support;
 use std::{
     io::{ErrorKind, Read as _, Write as _},
     net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket},
-    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
+    os::fd::AsRawFd as _,
     sync::{
         Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard,
         atomic::{AtomicBool, AtomicU64, Ordering},
@@ -23,6 +23,7 @@ use std::{
 
 use support::{
     daemon::Daemon,
+    flood::{Syn, syn_flood},
     frames::inet_checksum,
     netns::{NetNs, Pair},
 };
@@ -831,113 +832,6 @@ impl Rng {
     }
 }
 
-struct Flood {
-    sent: u64,
-    send_errors: u64,
-    elapsed: Duration,
-}
-
-/// Sends up to `max_packets` TCP SYNs (stopping after `max_time` whatever the count) from
-/// random sources in 198.18.0.0/15 and random ports to `dst:port`, as Ethernet frames written
-/// on an AF_PACKET socket bound to `ifname`. Runs in the calling thread's namespace.
-fn syn_flood(
-    ifname: &str,
-    src_mac: [u8; 6],
-    dst_mac: [u8; 6],
-    dst: Ipv4Addr,
-    port: u16,
-    max_packets: u64,
-    max_time: Duration,
-) -> Flood {
-    let ifname_c = std::ffi::CString::new(ifname).expect("ifname");
-    // SAFETY: a NUL-terminated string.
-    let ifindex = unsafe { libc::if_nametoindex(ifname_c.as_ptr()) };
-    assert!(ifindex != 0, "no interface {ifname}");
-    // SAFETY: plain socket(2); the descriptor is owned right away. Protocol 0: send only, the
-    // socket receives nothing.
-    let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0) };
-    assert!(
-        fd >= 0,
-        "AF_PACKET socket: {}",
-        std::io::Error::last_os_error()
-    );
-    // SAFETY: a fresh descriptor nobody else owns.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-    // SAFETY: sockaddr_ll is plain data; all-zero is a valid value.
-    let mut to: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-    to.sll_family = libc::AF_PACKET as u16;
-    to.sll_protocol = (libc::ETH_P_IP as u16).to_be();
-    to.sll_ifindex = ifindex as i32;
-    to.sll_halen = 6;
-    to.sll_addr[..6].copy_from_slice(&dst_mac);
-
-    let mut frame = [0u8; 54];
-    frame[0..6].copy_from_slice(&dst_mac);
-    frame[6..12].copy_from_slice(&src_mac);
-    frame[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
-    let ip = 14;
-    frame[ip] = 0x45;
-    frame[ip + 2..ip + 4].copy_from_slice(&40u16.to_be_bytes());
-    frame[ip + 6] = 0x40; // DF
-    frame[ip + 8] = 64;
-    frame[ip + 9] = 6;
-    frame[ip + 16..ip + 20].copy_from_slice(&dst.octets());
-    let tcp = ip + 20;
-    frame[tcp + 2..tcp + 4].copy_from_slice(&port.to_be_bytes());
-    frame[tcp + 12] = 5 << 4;
-    frame[tcp + 13] = 0x02; // SYN
-    frame[tcp + 14..tcp + 16].copy_from_slice(&64240u16.to_be_bytes());
-
-    let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ u64::from(std::process::id()));
-    let start = Instant::now();
-    let (mut sent, mut send_errors) = (0u64, 0u64);
-    while sent + send_errors < max_packets {
-        if (sent + send_errors) % 1024 == 0 && start.elapsed() > max_time {
-            break;
-        }
-        let r = rng.next();
-        // 198.18.0.0/15, source port 1024-65535, random sequence number and IP id.
-        let src = 0xc612_0000u32 | (r as u32 & 0x0001_ffff);
-        let sport = 1024 + ((r >> 17) as u16 % (65535 - 1024));
-        let seq = (r >> 32) as u32;
-        frame[ip + 4..ip + 6].copy_from_slice(&((r >> 48) as u16).to_be_bytes());
-        frame[ip + 10..ip + 12].fill(0);
-        frame[ip + 12..ip + 16].copy_from_slice(&src.to_be_bytes());
-        let c = inet_checksum(&[&frame[ip..ip + 20]]);
-        frame[ip + 10..ip + 12].copy_from_slice(&c.to_be_bytes());
-        frame[tcp..tcp + 2].copy_from_slice(&sport.to_be_bytes());
-        frame[tcp + 4..tcp + 8].copy_from_slice(&seq.to_be_bytes());
-        frame[tcp + 16..tcp + 18].fill(0);
-        let mut pseudo = [0u8; 12];
-        pseudo[0..8].copy_from_slice(&frame[ip + 12..ip + 20]);
-        pseudo[9] = 6;
-        pseudo[10..12].copy_from_slice(&20u16.to_be_bytes());
-        let c = inet_checksum(&[&pseudo, &frame[tcp..tcp + 20]]);
-        frame[tcp + 16..tcp + 18].copy_from_slice(&c.to_be_bytes());
-        // SAFETY: the buffer and address outlive the call; lengths are theirs.
-        let n = unsafe {
-            libc::sendto(
-                fd.as_raw_fd(),
-                frame.as_ptr().cast(),
-                frame.len(),
-                0,
-                (&raw const to).cast(),
-                std::mem::size_of::<libc::sockaddr_ll>() as u32,
-            )
-        };
-        if n == frame.len() as isize {
-            sent += 1;
-        } else {
-            send_errors += 1;
-        }
-    }
-    Flood {
-        sent,
-        send_errors,
-        elapsed: start.elapsed(),
-    }
-}
-
 /// 4. A flood of spoofed SYNs to an allowed port fills the unconfirmed table, which evicts;
 ///    an established connection lives in the confirmed table and keeps exchanging data
 ///    throughout without a stall.
@@ -1065,6 +959,7 @@ fn syn_flood_evicts_half_open_flows_but_not_established_ones() {
     };
     let at_start = done.load(Ordering::Relaxed);
     let flood = pair.client.run(move || {
+        let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ u64::from(std::process::id()));
         syn_flood(
             &ifname,
             src_mac,
@@ -1073,6 +968,16 @@ fn syn_flood_evicts_half_open_flows_but_not_established_ones() {
             8080,
             MAX_SYNS,
             MAX_FLOOD_TIME,
+            |_| {
+                let r = rng.next();
+                // 198.18.0.0/15, source port 1024-65535, random sequence number and IP id.
+                Syn {
+                    src: Ipv4Addr::from(0xc612_0000u32 | (r as u32 & 0x0001_ffff)),
+                    sport: 1024 + ((r >> 17) as u16 % (65535 - 1024)),
+                    seq: (r >> 32) as u32,
+                    ip_id: (r >> 48) as u16,
+                }
+            },
         )
     });
     let during = done.load(Ordering::Relaxed) - at_start;

@@ -8,10 +8,7 @@ mod support;
 use std::{
     io::{BufRead as _, BufReader, Write as _},
     net::{Ipv4Addr, SocketAddr, TcpStream},
-    os::{
-        fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
-        unix::net::UnixStream,
-    },
+    os::{fd::AsRawFd as _, unix::net::UnixStream},
     process::{Child, Command, Stdio},
     sync::mpsc,
     time::{Duration, Instant},
@@ -20,7 +17,11 @@ use std::{
 use aya::maps::{Map, MapData, PerCpuArray};
 use firewall_common::{Counter, maps};
 use firewall_daemon::decision_log::{Event, MonitorFilter, MonitorLine};
-use support::{daemon::Daemon, frames::inet_checksum, netns::Pair};
+use support::{
+    daemon::Daemon,
+    flood::{Syn, syn_flood},
+    netns::Pair,
+};
 
 const RULES: &str = r#"
 [log]
@@ -264,91 +265,6 @@ fn per_cpu(lab: &Lab, which: Counter) -> Vec<u64> {
         .collect()
 }
 
-/// Sends up to `max_packets` TCP SYNs to `dst:port` (stopping after `max_time` whatever the
-/// count) as Ethernet frames on an AF_PACKET socket bound to `ifname`, each from another
-/// source port of 10.200.0.1. Runs in the calling thread's namespace. Returns the frames sent.
-fn syn_flood(
-    ifname: &str,
-    src_mac: [u8; 6],
-    dst_mac: [u8; 6],
-    dst: Ipv4Addr,
-    port: u16,
-    max_packets: u64,
-    max_time: Duration,
-) -> u64 {
-    let ifname_c = std::ffi::CString::new(ifname).expect("ifname");
-    // SAFETY: a NUL-terminated string.
-    let ifindex = unsafe { libc::if_nametoindex(ifname_c.as_ptr()) };
-    assert!(ifindex != 0, "no interface {ifname}");
-    // SAFETY: plain socket(2), owned right away. Protocol 0: the socket receives nothing.
-    let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0) };
-    assert!(
-        fd >= 0,
-        "AF_PACKET socket: {}",
-        std::io::Error::last_os_error()
-    );
-    // SAFETY: a fresh descriptor nobody else owns.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-    // SAFETY: sockaddr_ll is plain data; all-zero is a valid value.
-    let mut to: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-    to.sll_family = libc::AF_PACKET as u16;
-    to.sll_protocol = (libc::ETH_P_IP as u16).to_be();
-    to.sll_ifindex = ifindex as i32;
-    to.sll_halen = 6;
-    to.sll_addr[..6].copy_from_slice(&dst_mac);
-    let mut frame = [0u8; 54];
-    frame[0..6].copy_from_slice(&dst_mac);
-    frame[6..12].copy_from_slice(&src_mac);
-    frame[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
-    let ip = 14;
-    frame[ip] = 0x45;
-    frame[ip + 2..ip + 4].copy_from_slice(&40u16.to_be_bytes());
-    frame[ip + 6] = 0x40;
-    frame[ip + 8] = 64;
-    frame[ip + 9] = 6;
-    frame[ip + 12..ip + 16].copy_from_slice(&[10, 200, 0, 1]);
-    frame[ip + 16..ip + 20].copy_from_slice(&dst.octets());
-    let c = inet_checksum(&[&frame[ip..ip + 20]]);
-    frame[ip + 10..ip + 12].copy_from_slice(&c.to_be_bytes());
-    let tcp = ip + 20;
-    frame[tcp + 2..tcp + 4].copy_from_slice(&port.to_be_bytes());
-    frame[tcp + 12] = 5 << 4;
-    frame[tcp + 13] = 0x02; // SYN
-    frame[tcp + 14..tcp + 16].copy_from_slice(&64240u16.to_be_bytes());
-    let start = Instant::now();
-    let mut sent = 0u64;
-    for i in 0..max_packets {
-        if i % 256 == 0 && start.elapsed() > max_time {
-            break;
-        }
-        let sport = 20000 + (i % 40000) as u16;
-        frame[tcp..tcp + 2].copy_from_slice(&sport.to_be_bytes());
-        frame[tcp + 4..tcp + 8].copy_from_slice(&(i as u32).to_be_bytes());
-        frame[tcp + 16..tcp + 18].fill(0);
-        let mut pseudo = [0u8; 12];
-        pseudo[0..8].copy_from_slice(&frame[ip + 12..ip + 20]);
-        pseudo[9] = 6;
-        pseudo[10..12].copy_from_slice(&20u16.to_be_bytes());
-        let c = inet_checksum(&[&pseudo, &frame[tcp..tcp + 20]]);
-        frame[tcp + 16..tcp + 18].copy_from_slice(&c.to_be_bytes());
-        // SAFETY: the buffer and address outlive the call; lengths are theirs.
-        let n = unsafe {
-            libc::sendto(
-                fd.as_raw_fd(),
-                frame.as_ptr().cast(),
-                frame.len(),
-                0,
-                (&raw const to).cast(),
-                std::mem::size_of::<libc::sockaddr_ll>() as u32,
-            )
-        };
-        if n == frame.len() as isize {
-            sent += 1;
-        }
-    }
-    sent
-}
-
 /// Floods the telnet rule from the client namespace (bounded: `n` frames, 5 s at most).
 /// Returns the frames sent and how long the flood took.
 fn flood(lab: &Lab, port: u16, n: u64) -> (u64, Duration) {
@@ -357,8 +273,8 @@ fn flood(lab: &Lab, port: u16, n: u64) -> (u64, Duration) {
     let ifname = lab.pair.client_if.clone();
     let dst: Ipv4Addr = lab.pair.server_v4.parse().expect("addr");
     lab.pair.client.run(move || {
-        let t = Instant::now();
-        let sent = syn_flood(
+        // Each from another source port of the client's address.
+        let f = syn_flood(
             &ifname,
             src_mac,
             dst_mac,
@@ -366,8 +282,14 @@ fn flood(lab: &Lab, port: u16, n: u64) -> (u64, Duration) {
             port,
             n,
             Duration::from_secs(5),
+            |i| Syn {
+                src: Ipv4Addr::new(10, 200, 0, 1),
+                sport: 20000 + (i % 40000) as u16,
+                seq: i as u32,
+                ip_id: 0,
+            },
         );
-        (sent, t.elapsed())
+        (f.sent, f.elapsed)
     })
 }
 

@@ -5,6 +5,7 @@
 pub use firewall_sandbox::bpffs;
 pub mod cgroup;
 pub mod daemon;
+pub mod flood;
 pub mod frame;
 pub mod frames;
 pub mod helper;
