@@ -60,20 +60,6 @@ pub enum Request {
     },
 }
 
-impl Request {
-    /// A plain reload, as SIGHUP does it.
-    pub fn reload(recheck: bool) -> Self {
-        Request::Reload {
-            recheck,
-            dry_run: false,
-            confirm_secs: None,
-            force: false,
-            caller: None,
-            file: None,
-        }
-    }
-}
-
 /// The SSH connection `fwctl` runs over (from `SSH_CONNECTION`): new connections like it must
 /// stay possible under the rules a reload applies.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -673,7 +659,16 @@ mod tests {
             "{err:?}"
         );
         drop(held.join());
-        assert!(answer_timeout(&Request::reload(false)) > answer_timeout(&Request::Status));
+        assert!(
+            answer_timeout(&Request::Reload {
+                recheck: false,
+                dry_run: false,
+                confirm_secs: None,
+                force: false,
+                caller: None,
+                file: None,
+            }) > answer_timeout(&Request::Status)
+        );
     }
 
     /// `SSH_CONNECTION` as sshd sets it; anything else is no caller, never a wrong one.

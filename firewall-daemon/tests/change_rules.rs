@@ -284,6 +284,14 @@ fn dry_run_and_check_diff_change_nothing_and_name_the_connections_they_would_den
         .client
         .run(move || TcpStream::connect_timeout(&sa, Duration::from_secs(2)))
         .expect("connecting to the web port");
+    // `explain` names the tracked connection whose packets pass whatever the rules say.
+    let e = lab
+        .daemon
+        .fwctl_json(&["explain", "in", "tcp", lab.pair.client_v4, "8080"]);
+    assert!(
+        e["tracked"].to_string().contains(":8080 <-> 10.200.0.1:"),
+        "the open connection is tracked: {e:#}"
+    );
     lab.daemon.write_rules(WITHOUT_WEB);
     let d = lab.daemon.fwctl_json(&["reload", "--dry-run"]);
     assert_eq!(d["dry_run"], true);

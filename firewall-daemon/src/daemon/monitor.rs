@@ -22,17 +22,6 @@ use crate::{
     host::{owners::OwnerNames, procfs},
 };
 
-/// The systemd unit of a cgroup path (`/system.slice/nginx.service/x` -> `nginx.service`):
-/// its deepest component named like a unit.
-fn unit_of(cgroup: &str) -> Option<String> {
-    const SUFFIXES: [&str; 3] = [".service", ".scope", ".slice"];
-    cgroup
-        .split('/')
-        .rev()
-        .find(|c| SUFFIXES.iter().any(|s| c.ends_with(s)))
-        .map(str::to_owned)
-}
-
 /// The name of interface `index` in the daemon's network namespace.
 fn interface_name(index: u32) -> Option<String> {
     let mut buf = [0 as libc::c_char; libc::IF_NAMESIZE];
@@ -73,9 +62,7 @@ impl State {
                 rule,
                 interface: None,
                 program: owners.program(&owner),
-                unit: procfs::cgroup_of_pid(raw.pid)
-                    .ok()
-                    .and_then(|c| unit_of(&c)),
+                unit: procfs::unit_of_pid(raw.pid),
                 user: Some(owners.user(raw.uid)),
             }
         } else {
@@ -129,27 +116,5 @@ pub(super) async fn stream(
             }
             return Ok(());
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::unit_of;
-
-    #[test]
-    fn the_unit_is_the_deepest_unit_named_cgroup() {
-        assert_eq!(
-            unit_of("/system.slice/nginx.service").as_deref(),
-            Some("nginx.service")
-        );
-        assert_eq!(
-            unit_of("/user.slice/user-1000.slice/session-2.scope").as_deref(),
-            Some("session-2.scope")
-        );
-        assert_eq!(
-            unit_of("/system.slice/x.service/worker").as_deref(),
-            Some("x.service")
-        );
-        assert_eq!(unit_of("/"), None);
     }
 }

@@ -90,23 +90,35 @@ impl State {
     ) -> anyhow::Result<crate::explain::ExplainData> {
         let mut data = crate::explain::explain(&self.ruleset, &self.resolved, q)
             .map_err(|e| anyhow::anyhow!("{e}"))?;
+        // TCP and UDP flows with that remote address and port (ICMP flows are keyed by echo id).
         let remote = firewall_common::addr::canonical(q.remote);
-        let port = q.port.unwrap_or(0);
-        for c in self.conns()?.connections {
-            let endpoint = |s: &str| s.parse::<std::net::SocketAddr>().ok();
-            let (Some(local), Some(peer)) = (endpoint(&c.local), endpoint(&c.remote)) else {
+        let now = crate::conntrack::monotonic_ns();
+        for f in self.tables.flows() {
+            let port = match q.direction {
+                Direction::In => f.key.local_port,
+                Direction::Out => f.key.remote_port,
+            };
+            let proto = crate::conntrack::proto_name(f.key.proto);
+            if f.entry.expires_ns <= now
+                || !matches!(proto, "tcp" | "udp")
+                || proto != q.proto
+                || Some(port) != q.port
+                || f.remote() != remote
+            {
                 continue;
-            };
-            let ours = match q.direction {
-                Direction::In => local.port() == port,
-                Direction::Out => peer.port() == port,
-            };
-            if c.proto == q.proto && ours && firewall_common::addr::canonical(peer.ip()) == remote {
-                data.tracked.push(format!(
-                    "{} {} <-> {} {} ({}, admitted by {}): its packets pass whatever the rules say",
-                    c.proto, c.local, c.remote, c.state, c.origin, c.admitted_by
-                ));
             }
+            data.tracked.push(format!(
+                "{proto} {} <-> {} {} ({}, admitted by {}): its packets pass whatever the rules say",
+                std::net::SocketAddr::new(f.local(), f.key.local_port),
+                std::net::SocketAddr::new(f.remote(), f.key.remote_port),
+                firewall_common::ct::state::name(f.entry.state),
+                if f.entry.origin == firewall_common::ct::ORIGIN_LOCAL {
+                    "local"
+                } else {
+                    "remote"
+                },
+                self.admitted_by(f.entry.rule, f.entry.generation)
+            ));
         }
         Ok(data)
     }

@@ -59,6 +59,22 @@ pub fn cgroup_of_pid(pid: u32) -> anyhow::Result<String> {
     Ok(path.to_owned())
 }
 
+/// The systemd unit of a cgroup path (`/system.slice/nginx.service/x` -> `nginx.service`):
+/// its deepest component named like a unit.
+pub fn unit_of_cgroup(cgroup: &str) -> Option<String> {
+    const SUFFIXES: [&str; 3] = [".service", ".scope", ".slice"];
+    cgroup
+        .split('/')
+        .rev()
+        .find(|c| SUFFIXES.iter().any(|s| c.ends_with(s)))
+        .map(str::to_owned)
+}
+
+/// The systemd unit process `pid` runs in, if it runs in one (and still runs).
+pub fn unit_of_pid(pid: u32) -> Option<String> {
+    cgroup_of_pid(pid).ok().and_then(|c| unit_of_cgroup(&c))
+}
+
 /// For each socket inode of `wanted`, the lowest pid that has it open, from `/proc/[pid]/fd`.
 /// Processes and descriptors that vanish or cannot be read are skipped.
 pub fn socket_holders(wanted: &HashSet<u32>) -> anyhow::Result<HashMap<u32, u32>> {
@@ -99,6 +115,24 @@ fn socket_inode(target: &OsStr) -> Option<u32> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_unit_is_the_deepest_unit_named_cgroup() {
+        use super::unit_of_cgroup;
+        assert_eq!(
+            unit_of_cgroup("/system.slice/nginx.service").as_deref(),
+            Some("nginx.service")
+        );
+        assert_eq!(
+            unit_of_cgroup("/user.slice/user-1000.slice/session-2.scope").as_deref(),
+            Some("session-2.scope")
+        );
+        assert_eq!(
+            unit_of_cgroup("/system.slice/x.service/worker").as_deref(),
+            Some("x.service")
+        );
+        assert_eq!(unit_of_cgroup("/"), None);
+    }
+
     use super::*;
 
     #[test]
