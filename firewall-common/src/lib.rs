@@ -26,6 +26,7 @@ mod proto;
 mod reply;
 
 pub mod ct;
+pub mod diagnostics;
 pub mod identity;
 pub mod maps;
 

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use firewall_common::identity::Owner;
 use rules::{
     explain::{self, Region},
-    model::{Action, Direction, PacketProto, Probe, Rule, Ruleset, Selector},
+    model::{Action, Direction, PacketProto, Probe, ProbeError, Rule, Ruleset, Selector},
     policy::Policy,
 };
 
@@ -45,34 +45,22 @@ impl Query {
             "icmp" => PacketProto::Icmp,
             other => return Err(format!("unknown protocol {other:?}: tcp, udp or icmp")),
         };
-        let port = match (proto, self.port) {
-            (PacketProto::Icmp, None) => 0,
-            (PacketProto::Icmp, Some(_)) => return Err("icmp has no port".into()),
-            (_, Some(p)) if p != 0 => p,
-            _ => return Err(format!("{} needs a port (1-65535)", self.proto)),
-        };
-        if proto == PacketProto::Icmp && self.direction == Direction::Out {
-            return Err(
-                "outbound ICMP is not judged by the rules (outbound rules are about TCP and UDP \
-                 sockets)"
-                    .into(),
-            );
-        }
         let owner = Selector {
             program: self.program.clone(),
             unit: self.unit.clone(),
             user: self.user,
         };
-        if proto == PacketProto::Icmp && !owner.is_everyone() {
-            return Err(
-                "ICMP has no socket owner: --program, --unit and --user do not go with icmp".into(),
-            );
-        }
-        Ok(Probe {
-            direction: self.direction,
-            proto,
-            port,
-            owner,
+        Probe::new(self.direction, proto, self.port.unwrap_or(0), owner).map_err(|e| match e {
+            ProbeError::Port if proto == PacketProto::Icmp => "icmp has no port".into(),
+            ProbeError::Proto | ProbeError::Port => {
+                format!("{} needs a port (1-65535)", self.proto)
+            }
+            ProbeError::OutboundIcmp => "outbound ICMP is not judged by the rules (outbound \
+                                         rules are about TCP and UDP sockets)"
+                .into(),
+            ProbeError::IcmpOwner => {
+                "ICMP has no socket owner: --program, --unit and --user do not go with icmp".into()
+            }
         })
     }
 }
@@ -349,9 +337,7 @@ pub fn ports(ruleset: &Ruleset, resolved: &Resolved) -> anyhow::Result<PortsData
             pid: s.pid,
             program: procfs::exe_link(s.pid),
             user: names.user(s.owner.uid),
-            unit: procfs::cgroup_of_pid(s.pid)
-                .ok()
-                .and_then(|cg| unit_of_cgroup(&cg)),
+            unit: procfs::unit_of_pid(s.pid),
             loopback_only,
             exposure: exposures,
         });
@@ -361,14 +347,6 @@ pub fn ports(ruleset: &Ruleset, resolved: &Resolved) -> anyhow::Result<PortsData
         sockets,
         unowned: report.unowned,
     })
-}
-
-/// The systemd unit of a cgroup path (`/system.slice/ssh.service` -> `ssh.service`): its
-/// deepest service or scope.
-pub fn unit_of_cgroup(path: &str) -> Option<String> {
-    path.rsplit('/')
-        .find(|c| c.ends_with(".service") || c.ends_with(".scope"))
-        .map(str::to_owned)
 }
 
 /// Warnings about inbound `allow` rules for ports no socket of this network namespace is bound
@@ -489,4 +467,48 @@ pub fn ssh_caller() -> Option<crate::control::Caller> {
             })?;
     }
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Query;
+    use rules::model::Direction;
+
+    fn query(direction: Direction, proto: &str, port: Option<u16>, user: Option<u32>) -> Query {
+        Query {
+            direction,
+            proto: proto.into(),
+            remote: "203.0.113.7".parse().expect("address"),
+            port,
+            program: None,
+            unit: None,
+            user,
+        }
+    }
+
+    /// `fwctl explain` refuses what the rules never judge, saying why in its own terms.
+    #[test]
+    fn only_what_the_rules_judge_can_be_explained() {
+        let err = |q: Query| q.probe().expect_err("refused");
+        assert!(
+            query(Direction::In, "tcp", Some(22), Some(0))
+                .probe()
+                .is_ok()
+        );
+        assert!(query(Direction::In, "icmp", None, None).probe().is_ok());
+        assert_eq!(
+            err(query(Direction::In, "tcp", None, None)),
+            "tcp needs a port (1-65535)"
+        );
+        assert_eq!(
+            err(query(Direction::In, "icmp", Some(7), None)),
+            "icmp has no port"
+        );
+        assert!(err(query(Direction::Out, "icmp", None, None)).starts_with("outbound ICMP"));
+        assert!(
+            err(query(Direction::In, "icmp", None, Some(0)))
+                .starts_with("ICMP has no socket owner")
+        );
+        assert!(err(query(Direction::In, "sctp", Some(1), None)).starts_with("unknown protocol"));
+    }
 }

@@ -88,16 +88,17 @@ pub enum Inbound {
 }
 
 impl Inbound {
-    /// For trace messages (`diagnostics`); the daemon's `kernel/diagnostics.rs` names them.
+    /// For trace messages (`diagnostics`): `firewall_common::diagnostics::ct_answer`.
     #[inline(always)]
     pub fn code(&self) -> u32 {
+        use firewall_common::diagnostics::ct_answer;
         match self {
-            Inbound::Tracked => 0,
-            Inbound::Related => 1,
-            Inbound::Invalid => 2,
-            Inbound::Denied(_) => 3,
-            Inbound::NoConnection => 4,
-            Inbound::Unknown => 5,
+            Inbound::Tracked => ct_answer::TRACKED,
+            Inbound::Related => ct_answer::RELATED,
+            Inbound::Invalid => ct_answer::INVALID,
+            Inbound::Denied(_) => ct_answer::DENIED,
+            Inbound::NoConnection => ct_answer::NO_CONNECTION,
+            Inbound::Unknown => ct_answer::UNKNOWN,
         }
     }
 }

@@ -47,10 +47,11 @@ impl EbpfContext for Unused {
 // Messages carry numbers only, never strings: aya-log copies a string byte by byte, and the
 // verifier walks every byte's copy on every path to the message; with state names and counter
 // names the XDP program went past the verifier's 1,000,000 instructions with tracing on. The
-// daemon turns the numbers into words (`kernel/diagnostics.rs`, `describe`). For the same
-// reason there is no message at each state change of a tracked flow: reached from many paths,
-// it took the XDP program to 856,035 verified instructions with tracing on even as numbers,
-// too close to the limit (the daemon's connection watcher reports state changes instead).
+// daemon turns the numbers into words (`kernel/diagnostics.rs`, `describe`, with the codes of
+// `firewall_common::diagnostics`). For the same reason there is no message at each state change
+// of a tracked flow: reached from many paths, it took the XDP program to 856,035 verified
+// instructions with tracing on even as numbers, too close to the limit (the daemon's
+// connection watcher reports state changes instead).
 
 /// Why a frame is dropped before the rules: the drop counter's index (`firewall_common::Counter`).
 #[inline(never)]
@@ -58,7 +59,8 @@ pub(crate) fn dropped(reason: u32) {
     trace!(&Unused, "drop {}", reason);
 }
 
-/// What the connection table says about an inbound packet: [`crate::conntrack::Inbound::code`].
+/// What the connection table says about an inbound packet: a
+/// `firewall_common::diagnostics::ct_answer` code.
 #[inline(never)]
 pub(crate) fn conntrack(outcome: u32) {
     trace!(&Unused, "conntrack {}", outcome);

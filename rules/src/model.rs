@@ -460,6 +460,48 @@ pub struct Probe {
     pub owner: Selector,
 }
 
+/// Why a [`Probe`] describes nothing the rules judge.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProbeError {
+    /// Not TCP, UDP or ICMP.
+    Proto,
+    /// ICMP outbound: outbound rules are about TCP and UDP sockets.
+    OutboundIcmp,
+    /// ICMP with an owner: only TCP and UDP sockets have one.
+    IcmpOwner,
+    /// A port with ICMP, or none (0) with TCP or UDP.
+    Port,
+}
+
+impl Probe {
+    /// A probe of something the rules judge: TCP or UDP with a port (1-65535), or an inbound
+    /// ICMP echo request, without port or owner. `fwctl explain` and `[[assert]]` both ask
+    /// this, each wording the error for its own input.
+    pub fn new(
+        direction: Direction,
+        proto: PacketProto,
+        port: u16,
+        owner: Selector,
+    ) -> Result<Self, ProbeError> {
+        match proto {
+            PacketProto::Other => return Err(ProbeError::Proto),
+            PacketProto::Icmp if port != 0 => return Err(ProbeError::Port),
+            PacketProto::Icmp if direction == Direction::Out => {
+                return Err(ProbeError::OutboundIcmp);
+            }
+            PacketProto::Icmp if !owner.is_everyone() => return Err(ProbeError::IcmpOwner),
+            PacketProto::Tcp | PacketProto::Udp if port == 0 => return Err(ProbeError::Port),
+            _ => {}
+        }
+        Ok(Self {
+            direction,
+            proto,
+            port,
+            owner,
+        })
+    }
+}
+
 impl fmt::Display for Probe {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{} {}", self.direction, self.proto)?;

@@ -119,16 +119,10 @@ pub fn describe(message: &str) -> String {
             None => message.to_owned(),
         },
         ["conntrack", n] => {
-            let what = match number(n) {
-                Some(0) => "a packet of a tracked flow: pass",
-                Some(1) => "an ICMP error about a tracked flow: pass",
-                Some(2) => "a packet its tracked flow's state or window does not allow: drop",
-                Some(3) => "a packet of a flow a recheck denied: its verdict",
-                Some(4) => "TCP without a connection: [conntrack] invalid decides",
-                Some(5) => "not tracked: the rules decide",
-                _ => return message.to_owned(),
-            };
-            format!("connection table: {what}")
+            match number(n).and_then(|i| firewall_common::diagnostics::CT_ANSWERS.get(i)) {
+                Some(what) => format!("connection table: {what}"),
+                None => message.to_owned(),
+            }
         }
         ["rules", addr, proto, port, rule, action] => {
             let proto = match number(proto) {

@@ -16,7 +16,7 @@ use super::{
     raw::{ProgramPath, RawUser, UnitName},
     values::{parse_decimal, parse_net, port_number},
 };
-use crate::model::{Action, Assertion, Direction, Origin, PacketProto, Probe, Proto};
+use crate::model::{Action, Assertion, Direction, Origin, PacketProto, Probe, ProbeError, Proto};
 
 /// `[[assert]]`: a statement about what the rules decide. Exactly one of `in` and `out`, and
 /// `expect`, are required.
@@ -144,29 +144,38 @@ impl Checker<'_> {
             raw.user.as_ref(),
             ctx,
         );
-        if let (Some(owner), Some((proto, _))) = (&owner, &probe)
-            && !owner.is_everyone()
-            && *proto == PacketProto::Icmp
-        {
-            self.error(
-                Some(spec.span()),
-                format!("{ctx}ICMP has no socket owner: `program`, `unit` and `user` do not go with icmp"),
-            );
-            ok = false;
-        }
-        let (Some((proto, port)), Some(remote), Some(expect), Some(owner), true) =
+        // Checked even when other keys are broken, so one run reports every problem.
+        let probe = probe.and_then(|(proto, port)| {
+            let who = owner.clone().unwrap_or_default();
+            match Probe::new(direction, proto, port, who) {
+                Ok(probe) => Some(probe),
+                Err(e) => {
+                    let why = match e {
+                        ProbeError::OutboundIcmp => format!(
+                            "{direction}: outbound ICMP is not judged by the rules (outbound \
+                             rules are about TCP and UDP sockets)"
+                        ),
+                        ProbeError::IcmpOwner => "ICMP has no socket owner: `program`, `unit` \
+                                                  and `user` do not go with icmp"
+                            .to_owned(),
+                        ProbeError::Proto | ProbeError::Port => format!(
+                            "{direction}: not a packet to assert about; expected \"tcp PORT\", \
+                             \"udp PORT\" or (inbound) \"icmp\""
+                        ),
+                    };
+                    self.error(Some(spec.span()), format!("{ctx}{why}"));
+                    None
+                }
+            }
+        });
+        let (Some(probe), Some(remote), Some(expect), Some(_), true) =
             (probe, remote, expect, owner, ok)
         else {
             return None;
         };
         let (line, column) = self.locate(header.start);
         Some(Assertion {
-            probe: Probe {
-                direction,
-                proto,
-                port,
-                owner,
-            },
+            probe,
             remote,
             expect,
             origin: Origin { line, column },
@@ -186,11 +195,8 @@ impl Checker<'_> {
         let extra = words.next();
         let expected = r#"expected "tcp PORT", "udp PORT" or (inbound) "icmp""#;
         let result = match (proto, port, extra) {
-            (Some("icmp"), None, None) if direction == Direction::In => Ok((PacketProto::Icmp, 0)),
-            (Some("icmp"), None, None) => Err(
-                "outbound ICMP is not judged by the rules (outbound rules are about TCP and UDP sockets)"
-                    .to_owned(),
-            ),
+            // Whether ICMP may be asserted in this direction is [`Probe::new`]'s to say.
+            (Some("icmp"), None, None) => Ok((PacketProto::Icmp, 0)),
             (Some(p @ ("tcp" | "udp")), Some(port), None) => {
                 let (packet, rule) = if p == "tcp" {
                     (PacketProto::Tcp, Proto::Tcp)
@@ -204,7 +210,9 @@ impl Checker<'_> {
                 };
                 number.map(|n| (packet, n))
             }
-            _ => Err(format!("{text:?} is not a packet to assert about; {expected}")),
+            _ => Err(format!(
+                "{text:?} is not a packet to assert about; {expected}"
+            )),
         };
         match result {
             Ok(v) => Some(v),
