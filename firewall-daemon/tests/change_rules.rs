@@ -338,6 +338,13 @@ fn an_unconfirmed_reload_rolls_back_and_a_confirmed_one_stays() {
     );
     let t = text(&lab.daemon.fwctl(&["status"]));
     assert!(t.contains("PENDING:"), "{t}");
+    // Counters at zero are left out unless --all (no frame was ever built for a reply here).
+    assert!(
+        t.contains("counters at zero not shown") && !t.contains("reject_build_failed"),
+        "{t}"
+    );
+    let all = text(&lab.daemon.fwctl(&["status", "--all"]));
+    assert!(all.contains("reject_build_failed"), "{all}");
     // The fwctl that asked is gone; the daemon's timer does the rest.
     let deadline = Instant::now() + Duration::from_secs(30) * support::slowdown();
     loop {
