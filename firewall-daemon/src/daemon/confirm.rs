@@ -75,26 +75,32 @@ impl State {
         }
         if o.dry_run {
             let path = o.file.clone().unwrap_or_else(|| self.config_path.clone());
-            let new_rules = super::reload::load_rules(&path, &self.overrides)?;
-            let resolved = Resolved::resolve(&new_rules, &self.cgroup.path);
-            self.refuse_broken(&new_rules, &resolved)?;
-            let lockout = o
-                .caller
-                .and_then(|c| self.lockout(&new_rules, &resolved, &c, o.recheck));
+            let (new_rules, resolved, lockout) = self.candidate(&path, &o)?;
             return self.dry_run(new_rules, &resolved, lockout);
         }
         self.announced(|state| state.apply(&o))
     }
 
-    /// A reload that changes something: validated, checked for a lockout, applied, and with
-    /// `--confirm`, armed for the rollback.
-    fn apply(&mut self, o: &ReloadOptions) -> anyhow::Result<ReloadData> {
-        let new_rules = super::reload::load_rules(&self.config_path, &self.overrides)?;
+    /// The rules of `path`, read, resolved and checked as every reload checks them (any
+    /// error: nothing changes), with why they would lock the caller out, if they would.
+    pub(super) fn candidate(
+        &self,
+        path: &std::path::Path,
+        o: &ReloadOptions,
+    ) -> anyhow::Result<(Ruleset, Resolved, Option<String>)> {
+        let new_rules = super::reload::load_rules(path, &self.overrides)?;
         let resolved = Resolved::resolve(&new_rules, &self.cgroup.path);
         self.refuse_broken(&new_rules, &resolved)?;
         let lockout = o
             .caller
             .and_then(|c| self.lockout(&new_rules, &resolved, &c, o.recheck));
+        Ok((new_rules, resolved, lockout))
+    }
+
+    /// A reload that changes something: validated, checked for a lockout, applied, and with
+    /// `--confirm`, armed for the rollback.
+    fn apply(&mut self, o: &ReloadOptions) -> anyhow::Result<ReloadData> {
+        let (new_rules, resolved, lockout) = self.candidate(&self.config_path.clone(), o)?;
         if let Some(msg) = &lockout
             && !o.force
             && o.confirm_secs.is_none()

@@ -73,9 +73,11 @@ impl State {
     /// manager.
     pub(super) fn reload(&mut self, recheck: bool) -> anyhow::Result<ReloadData> {
         self.announced(|state| {
-            let new_rules = load_rules(&state.config_path, &state.overrides)?;
-            let resolved = Resolved::resolve(&new_rules, &state.cgroup.path);
-            state.refuse_broken(&new_rules, &resolved)?;
+            let options = super::confirm::ReloadOptions {
+                recheck,
+                ..Default::default()
+            };
+            let (new_rules, resolved, _) = state.candidate(&state.config_path.clone(), &options)?;
             state.switch_to(new_rules, resolved, recheck, Instant::now())
         })
     }
