@@ -182,8 +182,9 @@ pub struct Region {
     pub decision: Decision,
 }
 
-/// The decisions for `probe` from every address of `within` (every address of its family when
-/// it is `/0`), as runs of addresses, in address order. Exact: see the module documentation.
+/// The rules' decisions for `probe` from every address of `within` (every address of its
+/// family when it is `/0`), as runs of addresses, in address order. Exact: see the module
+/// documentation. What is decided before the rules (outbound loopback) is not looked at.
 pub fn regions(
     policy: &Policy<'_>,
     ruleset: &Ruleset,
@@ -219,20 +220,9 @@ pub fn regions(
             proto: probe.proto,
             local_port: probe.port,
         };
-        let decision = match probe.direction {
-            Direction::In => policy.decide_for(&pkt, owner),
-            Direction::Out => {
-                let call = ConnectMeta {
-                    remote: addr,
-                    proto: probe.proto,
-                    remote_port: probe.port,
-                };
-                match owner {
-                    Some(o) => policy.decide_out_as(&call, o),
-                    None => policy.decide_out(&call),
-                }
-            }
-        };
+        // The rules alone: what is decided before them (outbound loopback and the unspecified
+        // address, always allowed) is no part of what a region or an assertion is about.
+        let decision = policy.decide_by_rules(probe.direction, &pkt, owner);
         match out.last_mut() {
             Some(last) if last.decision == decision => last.last = address(end, v4),
             _ => out.push(Region {
@@ -440,6 +430,16 @@ action = "allow"
             m.starts_with("a.toml:29:1: assertion does not hold: in tcp 22 from 0.0.0.0 to 9.255.255.255: expected allow, but rule 2 (\"ssh-others\", line 12) decides reject"),
             "{m}"
         );
+    }
+
+    /// Outbound, loopback and the unspecified address are allowed before any rule: they are
+    /// not what an assertion about the rules is about, and must not decide it.
+    #[test]
+    fn outbound_assertions_are_about_the_rules_not_loopback() {
+        let rs = rs(
+            "[defaults]\noutbound = \"reject\"\n\n[[assert]]\nout = \"tcp 25\"\nexpect = \"reject\"\n",
+        );
+        assert_eq!(check_assertions(&rs, &NoHost), []);
     }
 
     /// The regions are exact: the decision at any address is the decision of the region that

@@ -65,7 +65,7 @@ impl<'a> Policy<'a> {
     /// [`Self::decide`] for a new inbound connection to a port `listener` has bound (`None`:
     /// no recorded socket listens there).
     pub fn decide_for(&self, pkt: &PacketMeta, listener: Option<&Owner>) -> Decision {
-        self.first_match_as(Direction::In, pkt, listener)
+        self.decide_by_rules(Direction::In, pkt, listener)
     }
 
     /// [`Self::decide_out`] for a call made by `caller`.
@@ -76,10 +76,12 @@ impl<'a> Policy<'a> {
                 rule: None,
             };
         }
-        self.first_match_as(Direction::Out, &call.as_packet(), Some(caller))
+        self.decide_by_rules(Direction::Out, &call.as_packet(), Some(caller))
     }
 
-    fn first_match_as(
+    /// The first matching rule of `direction`, else the default: the rules alone, without
+    /// what is decided before them (outbound loopback).
+    pub fn decide_by_rules(
         &self,
         direction: Direction,
         pkt: &PacketMeta,
@@ -184,7 +186,7 @@ impl<'a> Policy<'a> {
     /// First match for a packet or call whose owner is unknown: rules with selectors never
     /// match it.
     fn first_match(&self, direction: Direction, pkt: &PacketMeta) -> Decision {
-        self.first_match_as(direction, pkt, None)
+        self.decide_by_rules(direction, pkt, None)
     }
 }
 
