@@ -7,6 +7,13 @@
 //! object's empty program measured in the same run. Prints a Markdown table, or with `--json` one
 //! JSON document that the xtask turns into BENCHMARKS.md.
 //!
+//! Two paths are timed from many sources, so that the rule lookups are not served from a cache
+//! that one repeated address keeps warm (issue 17): **drop, many sources** from up to 20,000
+//! of the rule addresses drawn at random, and **pass, new flow near the rules** from the
+//! address next to a random rule's, which no rule names (a scan of a network the rules cover,
+//! which walks a longest-prefix trie as deep as a hit). Both are single-shot, each packet from
+//! the next source.
+//!
 //! Drop and the tracked paths are timed with `repeat` (the kernel averages over the
 //! repetitions). A new flow that the rules allow is recorded in the connection table, so the
 //! repetitions after the first would be tracked packets: it is timed with single-shot runs, each
@@ -40,6 +47,7 @@ use nix::{
     mount::{MntFlags, MsFlags, mount, umount2},
     sched::{CloneFlags, setns},
 };
+use rand::{RngExt as _, SeedableRng as _, rngs::Xoshiro256PlusPlus};
 use rules::{config, model::XdpMode};
 use serde_json::{Value, json};
 
@@ -99,8 +107,25 @@ fn tcp_frame(src: Ipv4Addr, inbound: bool, syn: bool, ack: bool) -> Vec<u8> {
     out
 }
 
+/// Rule `i`'s address: every other address of 10.0.0.0/8, so that the addresses between
+/// them are named by no rule yet share all but their last bit with one (see `near` below).
 fn rule_addr(i: u32) -> Ipv4Addr {
-    Ipv4Addr::from(0x0a00_0000 + i)
+    Ipv4Addr::from(0x0a00_0000 + 2 * i)
+}
+
+/// Blocked sources of the many-source drop path: up to this many distinct rule addresses.
+const MANY_SOURCES: u32 = 20_000;
+
+/// Single-shot runs of `frames` in turn, each packet from the next one: ns per packet.
+fn single_shots(g: &mut Generation, frames: &[Vec<u8>], shots: usize) -> Stat {
+    Stat::of(
+        frames
+            .iter()
+            .cycle()
+            .take(shots)
+            .map(|f| g.time_run(f, 1).unwrap_or(f64::NAN))
+            .collect(),
+    )
 }
 
 /// `n` rules, each for one remote address and UDP port 9, all with `action`; the default
@@ -252,18 +277,21 @@ fn print_markdown(doc: &Value) {
     );
     println!(
         "| rules | compile+load ms | verified insns | pass, new flow (single-shot) | drop (last \
-         rule) | reject (last rule, single-shot) | established TCP | replied UDP | unreplied UDP \
+         rule) | drop, many sources (single-shot) | pass, new flow near the rules (single-shot) \
+         | reject (last rule, single-shot) | established TCP | replied UDP | unreplied UDP \
          (tracked) |"
     );
-    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for row in doc["rows"].as_array().into_iter().flatten() {
         println!(
-            "| {} | {:.0} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {:.0} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             row["n"],
             row["load_ms"].as_f64().unwrap_or(f64::NAN),
             row["verified_insns"],
             stat_cell(&row["pass_new_flow"], 0),
             stat_cell(&row["drop"], 1),
+            stat_cell(&row["drop_many_sources"], 0),
+            stat_cell(&row["pass_new_flow_near"], 0),
             stat_cell(&row["reject"], 0),
             stat_cell(&row["established_tcp"], 1),
             stat_cell(&row["replied_udp"], 1),
@@ -310,6 +338,37 @@ fn bench(bpffs: &Path, opts: &Opts) -> anyhow::Result<Value> {
         let dropped = repeated(sizes, || {
             drop_gen.time_run(&hit, sizes.repeat).unwrap_or(f64::NAN)
         });
+        // Seeded: the same sources in every run, so runs compare.
+        let mut rng = Xoshiro256PlusPlus::seed_from_u64(u64::from(n));
+        let mut blocked: Vec<u32> = (0..n).collect();
+        for i in 0..blocked.len().min(MANY_SOURCES as usize) {
+            let j = rng.random_range(i..blocked.len());
+            blocked.swap(i, j);
+        }
+        blocked.truncate(MANY_SOURCES as usize);
+        let many: Vec<Vec<u8>> = blocked.iter().map(|&i| frame(rule_addr(i), 9)).collect();
+        let c0 = drop_gen.counters()?;
+        let drop_many = single_shots(&mut drop_gen, &many, sizes.single_shots);
+        let c1 = drop_gen.counters()?;
+        // The address next to a random rule's: in the region the rules cover, named by none
+        // (a scan of a blocklisted network), each a new flow the default allows.
+        let near: Vec<Vec<u8>> = (0..sizes.single_shots as u32)
+            .map(|i| {
+                let src = u32::from(rule_addr(rng.random_range(0..n))) + 1;
+                frame_from(Ipv4Addr::from(src), 1024 + i as u16, 9)
+            })
+            .collect();
+        let pass_near = single_shots(&mut drop_gen, &near, sizes.single_shots);
+        let c2 = drop_gen.counters()?;
+        // Each cell checks its verdicts: every many-source packet dropped by a rule, every
+        // near packet allowed by the default.
+        let shots = sizes.single_shots as u64;
+        anyhow::ensure!(
+            c1["stealthed"] - c0["stealthed"] == shots
+                && c2["default_verdict"] - c1["default_verdict"] == shots
+                && c2["allowed"] - c1["allowed"] == shots,
+            "many-source paths: wrong verdicts (before {c0:?}, after drop {c1:?}, after pass {c2:?})"
+        );
         // Established TCP: a handshake through the programs, then the opener's ACKs.
         let peer = Ipv4Addr::new(198, 51, 100, 7);
         drop_gen.test_run(&tcp_frame(peer, true, true, false))?;
@@ -386,6 +445,8 @@ fn bench(bpffs: &Path, opts: &Opts) -> anyhow::Result<Value> {
                 .collect::<serde_json::Map<_, _>>(),
             "pass_new_flow": pass.json(),
             "drop": dropped.json(),
+            "drop_many_sources": drop_many.json(),
+            "pass_new_flow_near": pass_near.json(),
             "reject": reject.json(),
             "established_tcp": est.json(),
             "replied_udp": replied.json(),
