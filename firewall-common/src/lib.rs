@@ -54,6 +54,9 @@ pub mod globals {
     pub const REJECT_GLOBAL_RATE: &str = "REJECT_GLOBAL_RATE";
     /// Non-zero when [`super::maps::PAIRS`] holds entries (lets the verifier prune the lookup).
     pub const HAS_PAIRS: &str = "HAS_PAIRS";
+    /// Bits [`super::ADDR_EXACT4`] | [`super::ADDR_PREFIX4`] | ...: which remote-address
+    /// tables hold entries (lets the verifier prune the lookups of empty ones).
+    pub const ADDR_TABLES: &str = "ADDR_TABLES";
     /// `[u32; PROTO_CLASSES]`: per protocol class, the first rule (verdict word) that matches
     /// every remote address and every port of that protocol, or [`super::NO_MATCH`]. Kept out
     /// of [`super::maps::PORTS`] so such rules do not have to be written into every port slot.

@@ -11,9 +11,9 @@
 use core::mem::size_of;
 
 use crate::{
-    AddrValue, Counter, IFACE_MAC_ENTRIES, IfaceMac, LOCAL_ADDRS_ENTRIES, LOG_RING_BYTES,
-    LocalAddrKey, OUT_STEALTH_ENTRIES, OutStealthKey, PORT_SLOTS, PROTO_CLASSES, PairKey,
-    PortValue, RateBucket, RateKey, SOCK_OWNER_ENTRIES,
+    AddrValue, Counter, EXACT4_FILTER_WORDS, IFACE_MAC_ENTRIES, IfaceMac, LOCAL_ADDRS_ENTRIES,
+    LOG_RING_BYTES, LocalAddrKey, OUT_STEALTH_ENTRIES, OutStealthKey, PORT_SLOTS, PROTO_CLASSES,
+    PairKey, PortValue, RateBucket, RateKey, SOCK_OWNER_ENTRIES,
     ct::{ConnOwner, CtConfig, CtEntry, CtKey},
     globals,
     identity::{
@@ -25,10 +25,18 @@ use crate::{
 // Map names (the kernel program's `static` names; the shared ones are also pin names, so they
 // never change).
 
-/// LPM trie (key: prefix length + 4 address bytes), IPv4 remote address -> [`super::AddrValue`].
+/// LPM trie (key: prefix length + 4 address bytes), IPv4 remote address -> [`super::AddrValue`],
+/// for prefixes shorter than /32 (see [`super::ADDR_EXACT4`]).
 pub const ADDR4: &str = "ADDR4";
-/// LPM trie, IPv6 remote address -> [`super::AddrValue`].
+/// LPM trie, IPv6 remote address -> [`super::AddrValue`], for prefixes shorter than /128.
 pub const ADDR6: &str = "ADDR6";
+/// Hash, IPv4 address (4 bytes) -> [`super::AddrValue`]: the /32 prefixes.
+pub const EXACT4: &str = "EXACT4";
+/// Array of [`super::EXACT4_FILTER_WORDS`] `u32`: a bit per IPv4 /16 that holds an
+/// [`EXACT4`] entry ([`super::exact4_filter_slot`]).
+pub const EXACT4_FILTER: &str = "EXACT4_FILTER";
+/// Hash, IPv6 address (16 bytes) -> [`super::AddrValue`]: the /128 prefixes.
+pub const EXACT6: &str = "EXACT6";
 /// Array indexed by [`super::port_slot`] -> [`super::PortValue`].
 pub const PORTS: &str = "PORTS";
 /// Hash ([`super::PairKey`]) -> verdict word, for rules naming both an address and a port.
@@ -156,10 +164,14 @@ pub enum MapType {
 pub enum RuleCount {
     /// Rules of the direction ([`RULE_HITS`] is indexed by rule).
     Rules,
-    /// IPv4 prefixes of the unscoped trie.
+    /// IPv4 prefixes shorter than /32 (the unscoped trie).
     Addr4,
-    /// IPv6 prefixes of the unscoped trie.
+    /// IPv6 prefixes shorter than /128 (the unscoped trie).
     Addr6,
+    /// IPv4 /32 prefixes (the unscoped hash).
+    Exact4,
+    /// IPv6 /128 prefixes (the unscoped hash).
+    Exact6,
     /// (address class, port class) pairs.
     Pairs,
     /// Selector groups (the rules naming programs, units or users).
@@ -248,7 +260,7 @@ const fn scratch(name: &'static str, value_size: Option<usize>) -> MapSpec {
 
 /// Every map of the eBPF object.
 #[rustfmt::skip]
-pub const MAPS: [MapSpec; 32] = {
+pub const MAPS: [MapSpec; 35] = {
     use Capacity::{Conntrack, Fixed, Indexed, Rules};
     use Kind::{Diagnostics, Generation, Probe, Shared};
     use MapType::{Array, Hash, LpmTrie, LruHash, PerCpuArray, RingBuf};
@@ -256,6 +268,9 @@ pub const MAPS: [MapSpec; 32] = {
         // The unscoped classifier (compile.md): one lookup per dimension.
         spec(ADDR4, Generation, LpmTrie, lpm_key::<4>(), size_of::<AddrValue>(), Rules(RuleCount::Addr4)),
         spec(ADDR6, Generation, LpmTrie, lpm_key::<16>(), size_of::<AddrValue>(), Rules(RuleCount::Addr6)),
+        spec(EXACT4, Generation, Hash, 4, size_of::<AddrValue>(), Rules(RuleCount::Exact4)),
+        spec(EXACT4_FILTER, Generation, Array, 4, 4, Indexed(EXACT4_FILTER_WORDS)),
+        spec(EXACT6, Generation, Hash, 16, size_of::<AddrValue>(), Rules(RuleCount::Exact6)),
         spec(PORTS, Generation, Array, 4, size_of::<PortValue>(), Indexed(PORT_SLOTS)),
         spec(PAIRS, Generation, Hash, size_of::<PairKey>(), 4, Rules(RuleCount::Pairs)),
         spec(RULE_HITS, Generation, PerCpuArray, 4, 8, Rules(RuleCount::Rules)),
@@ -321,11 +336,12 @@ const fn global(name: &'static str, size: usize) -> GlobalSpec {
 /// Every load-time constant of the eBPF object. The rule set's are set for each generation
 /// from the compiled rules and `[defaults]`/`[reject]`/`[conntrack]`; the structure offsets
 /// ([`identity::globals`]) from the running kernel's BTF.
-pub const GLOBALS: [GlobalSpec; 23] = [
+pub const GLOBALS: [GlobalSpec; 24] = [
     global(globals::DEFAULT_INBOUND, 4),
     global(globals::DEFAULT_OUTBOUND, 4),
     global(globals::FRAGMENTS, 4),
     global(globals::HAS_PAIRS, 4),
+    global(globals::ADDR_TABLES, 4),
     global(globals::PROTO_VERDICTS, 4 * PROTO_CLASSES),
     global(globals::REJECT_RATE_PER_SEC, 4),
     global(globals::REJECT_BURST, 4),

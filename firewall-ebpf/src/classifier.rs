@@ -4,10 +4,11 @@
 //! Design (`firewall-daemon/src/compile.md` has the compiler's side): the compiler folds the
 //! rules into tables, each of which answers one question with at most one candidate rule:
 //!
-//! - `ADDR4` / `ADDR6`, longest-prefix tries keyed by the remote address (`Key<[u8; 4]>`,
-//!   `Key<[u8; 16]>`, full-length prefixes looked up): the first rule that names only this
-//!   address (`AddrValue::any_proto`), the first per protocol class (`AddrValue::proto`), and
-//!   the address's *class* for `PAIRS`.
+//! - `EXACT4` / `EXACT6`, hashes of full-length prefixes (/32, /128), then `ADDR4` / `ADDR6`,
+//!   longest-prefix tries of the shorter ones (`Key<[u8; 4]>`, `Key<[u8; 16]>`, looked up at
+//!   full length) when the hash has no entry: the first rule that names only this address
+//!   (`AddrValue::any_proto`), the first per protocol class (`AddrValue::proto`), and the
+//!   address's *class* for `PAIRS`. Why a hash before the trie: `firewall_common::ADDR_EXACT4`.
 //! - `PORTS`, an array indexed by `port_slot(proto class, port)` (every TCP port, every UDP
 //!   port, one slot for ICMP, one for other protocols): the first rule that names only this
 //!   protocol and port (`PortValue::any_addr`) and the port's class for `PAIRS`.
@@ -37,11 +38,15 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, PerCpuArray, lpm_trie::Key},
 };
 use firewall_common::{
-    ACTION_ALLOW, ACTION_STEALTH, AddrValue, DEFAULT_RULE, NO_MATCH, PORT_SLOTS, PROTO_CLASSES,
-    PROTO_ICMP, PROTO_TCP, PROTO_UDP, PairKey, PortValue, port_slot, verdict, verdict_rule,
+    ACTION_ALLOW, ACTION_STEALTH, ADDR_EXACT4, ADDR_EXACT6, ADDR_PREFIX4, ADDR_PREFIX6, AddrValue,
+    DEFAULT_RULE, EXACT4_FILTER_WORDS, NO_MATCH, PORT_SLOTS, PROTO_CLASSES, PROTO_ICMP, PROTO_TCP,
+    PROTO_UDP, PairKey, PortValue, exact4_filter_slot, port_slot, verdict, verdict_rule,
 };
 
-use crate::{addr::Addr, parse::Packet};
+use crate::{
+    addr::{Addr, AddrWords},
+    parse::Packet,
+};
 
 /// `[defaults] inbound`, as a verdict word: for inbound packets no rule matches.
 #[unsafe(no_mangle)]
@@ -52,6 +57,11 @@ pub(crate) static DEFAULT_OUTBOUND: Global<u32> = Global::new(verdict(DEFAULT_RU
 /// Non-zero when `PAIRS` holds entries: lets the verifier prune the lookup.
 #[unsafe(no_mangle)]
 static HAS_PAIRS: Global<u32> = Global::new(1);
+/// Which address tables hold entries (`ADDR_EXACT4` | ...): lets the verifier prune the
+/// lookups of empty ones.
+#[unsafe(no_mangle)]
+static ADDR_TABLES: Global<u32> =
+    Global::new(ADDR_EXACT4 | ADDR_PREFIX4 | ADDR_EXACT6 | ADDR_PREFIX6);
 #[unsafe(no_mangle)]
 static PROTO_VERDICTS: Global<[u32; PROTO_CLASSES]> = Global::new([NO_MATCH; PROTO_CLASSES]);
 
@@ -60,6 +70,12 @@ static PROTO_VERDICTS: Global<[u32; PROTO_CLASSES]> = Global::new([NO_MATCH; PRO
 static ADDR4: LpmTrie<[u8; 4], AddrValue> = LpmTrie::with_max_entries(1, 0);
 #[map]
 static ADDR6: LpmTrie<[u8; 16], AddrValue> = LpmTrie::with_max_entries(1, 0);
+#[map]
+static EXACT4: HashMap<[u8; 4], AddrValue> = HashMap::with_max_entries(1, 0);
+#[map]
+static EXACT4_FILTER: Array<u32> = Array::with_max_entries(EXACT4_FILTER_WORDS, 0);
+#[map]
+static EXACT6: HashMap<[u8; 16], AddrValue> = HashMap::with_max_entries(1, 0);
 #[map]
 static PORTS: Array<PortValue> = Array::with_max_entries(PORT_SLOTS, 0);
 #[map]
@@ -82,14 +98,10 @@ pub(crate) fn classify(pkt: &Packet) -> u32 {
 #[inline(always)]
 pub(crate) fn classify_parts(remote: &Addr, proto: u32, port: u16) -> u32 {
     let proto = proto & 3;
-    let addr = match remote {
-        Addr::V4(a) => ADDR4.get(&Key::new(32, *a)),
-        Addr::V6(a) => ADDR6.get(&Key::new(128, *a)),
-    };
-    let (addr_class, mut best) = match addr {
-        Some(v) => (v.class, min(v.any_proto, v.proto[proto as usize])),
-        None => (NO_MATCH, NO_MATCH),
-    };
+    let r = AddrWords::of(remote);
+    let packed = addr_verdict(u64::from(r.v4), r.hi, r.lo, u64::from(proto));
+    let addr_class = (packed >> 32) as u32;
+    let mut best = packed as u32;
     // A match rather than an index: indexing a stack array makes LLVM OR an offset into the
     // frame pointer, which the verifier rejects.
     let pv = PROTO_VERDICTS.load();
@@ -110,6 +122,61 @@ pub(crate) fn classify_parts(remote: &Addr, proto: u32, port: u16) -> u32 {
         None => NO_MATCH,
     };
     min(best, pair_verdict(addr_class, port_class))
+}
+
+/// What the rules say about a remote address for the protocol class `proto`, packed as
+/// `class << 32 | first rule` ([`NO_MATCH`] in both halves when no prefix holds it): its
+/// full-length entry if it has one (already folded with every enclosing prefix, so the
+/// longest match), else the trie's longest prefix. The address comes as [`AddrWords`].
+///
+/// A BPF subprogram taking scalars, so that its keys live in its own frame: inlined, the
+/// probes of the exact tables made the XDP program's frame 32 bytes larger, and the verifier
+/// refused the call chain of rules about programs (512 bytes of stack for a chain of calls).
+#[inline(never)]
+fn addr_verdict(v4: u64, hi: u64, lo: u64, proto: u64) -> u64 {
+    let tables = ADDR_TABLES.load();
+    let value = if v4 != 0 {
+        let a = (hi as u32).to_ne_bytes();
+        let mut v = None;
+        if tables & ADDR_EXACT4 != 0 && exact4_may_hold(&a) {
+            // SAFETY: the value is read at once, before any other map call.
+            v = unsafe { EXACT4.get(&a) };
+        }
+        if v.is_none() && tables & ADDR_PREFIX4 != 0 {
+            v = ADDR4.get(&Key::new(32, a));
+        }
+        v
+    } else {
+        let h = hi.to_ne_bytes();
+        let l = lo.to_ne_bytes();
+        let a = [
+            h[0], h[1], h[2], h[3], h[4], h[5], h[6], h[7], l[0], l[1], l[2], l[3], l[4], l[5],
+            l[6], l[7],
+        ];
+        let mut v = None;
+        if tables & ADDR_EXACT6 != 0 {
+            // SAFETY: as above.
+            v = unsafe { EXACT6.get(&a) };
+        }
+        if v.is_none() && tables & ADDR_PREFIX6 != 0 {
+            v = ADDR6.get(&Key::new(128, a));
+        }
+        v
+    };
+    match value {
+        Some(v) => {
+            let best = min(v.any_proto, v.proto[(proto & 3) as usize]);
+            (u64::from(v.class) << 32) | u64::from(best)
+        }
+        None => u64::MAX,
+    }
+}
+
+/// Whether `EXACT4` may hold `a`: its /16 holds some /32 entry.
+#[inline(always)]
+fn exact4_may_hold(a: &[u8; 4]) -> bool {
+    let (word, bit) = exact4_filter_slot(*a);
+    matches!(EXACT4_FILTER.get(word), Some(w) if *w & bit != 0)
 }
 
 /// The `PAIRS` entry of an address class and a port class (unscoped and group classes share

@@ -1,6 +1,10 @@
 //! The remote-address side of the classifier: one longest-prefix-match trie per family whose
 //! value at each prefix already folds in every enclosing prefix, so the kernel needs one trie
 //! lookup, never a walk up the parents (compile.md, "Splitting rules by what they name").
+//!
+//! The kernel keeps full-length prefixes (/32, /128) in a hash and only shorter ones in the
+//! trie (`firewall_common::ADDR_EXACT4` says why); [`Compiled::exact4`] and its siblings are
+//! that split, and [`Compiled::addr_tables`] which of the four tables hold entries.
 
 use std::collections::BTreeMap;
 
@@ -9,7 +13,49 @@ use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
 use rules::model::Rule;
 
-use super::{Classes, Service, service, word};
+use super::{Classes, Compiled, Service, service, word};
+
+impl Compiled {
+    /// The IPv4 /32 prefixes: the `EXACT4` hash.
+    pub fn exact4(&self) -> impl Iterator<Item = &(Ipv4Net, AddrValue)> {
+        self.addr4.iter().filter(|(n, _)| n.prefix_len() == 32)
+    }
+
+    /// The shorter IPv4 prefixes: the `ADDR4` trie.
+    pub fn prefixes4(&self) -> impl Iterator<Item = &(Ipv4Net, AddrValue)> {
+        self.addr4.iter().filter(|(n, _)| n.prefix_len() < 32)
+    }
+
+    /// The IPv6 /128 prefixes: the `EXACT6` hash.
+    pub fn exact6(&self) -> impl Iterator<Item = &(Ipv6Net, AddrValue)> {
+        self.addr6.iter().filter(|(n, _)| n.prefix_len() == 128)
+    }
+
+    /// The shorter IPv6 prefixes: the `ADDR6` trie.
+    pub fn prefixes6(&self) -> impl Iterator<Item = &(Ipv6Net, AddrValue)> {
+        self.addr6.iter().filter(|(n, _)| n.prefix_len() < 128)
+    }
+
+    /// The non-zero words of `EXACT4_FILTER`: which /16 networks hold /32 entries.
+    pub fn exact4_filter(&self) -> std::collections::BTreeMap<u32, u32> {
+        let mut words = std::collections::BTreeMap::new();
+        for (n, _) in self.exact4() {
+            let (word, bit) = firewall_common::exact4_filter_slot(n.addr().octets());
+            *words.entry(word).or_insert(0) |= bit;
+        }
+        words
+    }
+
+    /// The `ADDR_TABLES` load-time constant: a bit for each address table with entries.
+    pub fn addr_tables(&self) -> u32 {
+        use firewall_common::{ADDR_EXACT4, ADDR_EXACT6, ADDR_PREFIX4, ADDR_PREFIX6};
+        let bit = |any: bool, b: u32| if any { b } else { 0 };
+        bit(self.exact4().next().is_some(), ADDR_EXACT4)
+            | bit(self.prefixes4().next().is_some(), ADDR_PREFIX4)
+            | bit(self.exact6().next().is_some(), ADDR_EXACT6)
+            | bit(self.prefixes6().next().is_some(), ADDR_PREFIX6)
+    }
+}
 
 /// Per-prefix accumulation of what the rules naming that prefix (not its ancestors) say.
 #[derive(Clone)]

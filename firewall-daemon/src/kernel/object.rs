@@ -34,6 +34,7 @@ pub(super) fn load_object(
         FragmentPolicy::Stealth => firewall_common::FRAG_STEALTH,
     };
     let has_pairs = u32::from(!compiled.pairs.is_empty());
+    let addr_tables = compiled.addr_tables();
     // The inbound copy's egress program drops the packets of sockets held by an outbound
     // `stealth`; the outbound copy's hooks fall back to `[defaults] outbound`.
     let out_can_stealth = u32::from(ruleset.outbound_can_stealth());
@@ -94,6 +95,7 @@ pub(super) fn load_object(
             true,
         )
         .override_global(globals::HAS_PAIRS, &has_pairs, true)
+        .override_global(globals::ADDR_TABLES, &addr_tables, true)
         .override_global(globals::LOG_FLAGS, &compiled.log_flags, true)
         .override_global(globals::LOG_RATE, &ruleset.log.rate, true)
         .override_global(globals::LOG_BURST, &ruleset.log.burst, true)

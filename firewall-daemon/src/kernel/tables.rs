@@ -31,8 +31,10 @@ pub fn rule_count(count: RuleCount, c: &Compiled) -> usize {
     let g = &c.groups;
     match count {
         RuleCount::Rules => c.rule_count as usize,
-        RuleCount::Addr4 => c.addr4.len(),
-        RuleCount::Addr6 => c.addr6.len(),
+        RuleCount::Addr4 => c.prefixes4().count(),
+        RuleCount::Addr6 => c.prefixes6().count(),
+        RuleCount::Exact4 => c.exact4().count(),
+        RuleCount::Exact6 => c.exact6().count(),
         RuleCount::Pairs => c.pairs.len(),
         RuleCount::Groups => g.len(),
         RuleCount::Units => c.units.len(),
@@ -114,20 +116,46 @@ fn fill_trie<const N: usize>(
     Ok(())
 }
 
+fn fill_exact<const N: usize>(
+    ebpf: &mut Ebpf,
+    name: &str,
+    entries: impl Iterator<Item = ([u8; N], AddrValue)>,
+) -> anyhow::Result<()> {
+    let mut h: HashMap<&mut MapData, [u8; N], AddrValue> = HashMap::try_from(map_mut(ebpf, name)?)?;
+    for (addr, v) in entries {
+        h.insert(&addr, &v, 0)?;
+    }
+    Ok(())
+}
+
 pub(super) fn fill(ebpf: &mut Ebpf, c: &Compiled) -> anyhow::Result<()> {
     fill_trie(
         ebpf,
         maps::ADDR4,
-        c.addr4
-            .iter()
+        c.prefixes4()
             .map(|(n, v)| (n.prefix_len(), n.network().octets(), *v)),
     )?;
     fill_trie(
         ebpf,
         maps::ADDR6,
-        c.addr6
-            .iter()
+        c.prefixes6()
             .map(|(n, v)| (n.prefix_len(), n.network().octets(), *v)),
+    )?;
+    fill_exact(
+        ebpf,
+        maps::EXACT4,
+        c.exact4().map(|(n, v)| (n.addr().octets(), *v)),
+    )?;
+    {
+        let mut a: Array<&mut MapData, u32> = Array::try_from(map_mut(ebpf, maps::EXACT4_FILTER)?)?;
+        for (word, bits) in c.exact4_filter() {
+            a.set(word, &bits, 0)?;
+        }
+    }
+    fill_exact(
+        ebpf,
+        maps::EXACT6,
+        c.exact6().map(|(n, v)| (n.addr().octets(), *v)),
     )?;
     {
         let mut a: Array<&mut MapData, PortValue> = Array::try_from(map_mut(ebpf, maps::PORTS)?)?;
@@ -261,6 +289,9 @@ mod tests {
         assert_eq!(size(maps::RULE_HITS), Some(c.rule_count));
         assert_eq!(size(maps::ADDR4), Some(c.addr4.len() as u32));
         assert_eq!(size(maps::ADDR6), Some(c.addr6.len() as u32));
+        // No full-length prefix: the exact tables are created with their one entry.
+        assert_eq!(size(maps::EXACT4), Some(1));
+        assert_eq!(size(maps::EXACT6), Some(1));
         assert!(c.groups.is_empty() && c.units.is_empty());
         for name in [
             maps::GROUPS,
@@ -279,12 +310,52 @@ mod tests {
     }
 
     #[test]
+    fn full_length_prefixes_go_to_the_hashes_with_their_enclosing_prefixes_folded_in() {
+        use firewall_common::{ADDR_EXACT4, ADDR_EXACT6, ADDR_PREFIX4, ADDR_PREFIX6};
+        let (_, c) = compiled(
+            "[[rule]]\nremote = \"10.0.0.0/24\"\naction = \"reject\"\n\
+             [[rule]]\nproto = \"udp\"\nremote = [\"10.0.0.7\", \"10.9.9.9/32\"]\naction = \"allow\"\n\
+             [[rule]]\nremote = \"2001:db8::1/128\"\naction = \"allow\"\n",
+        );
+        let exact: Vec<_> = c.exact4().map(|(n, _)| n.to_string()).collect();
+        assert_eq!(exact, ["10.0.0.7/32", "10.9.9.9/32"]);
+        assert_eq!(c.prefixes4().count(), 1);
+        assert_eq!((c.exact6().count(), c.prefixes6().count()), (1, 0));
+        assert_eq!(c.addr_tables(), ADDR_EXACT4 | ADDR_PREFIX4 | ADDR_EXACT6);
+        assert_eq!(c.addr_tables() & ADDR_PREFIX6, 0);
+        // 10.0/16 and 10.9/16 hold /32s: word 0x0a00 >> 5 = 80, bits 0 and 9.
+        assert_eq!(
+            c.exact4_filter().into_iter().collect::<Vec<_>>(),
+            [(80, 1 | 1 << 9)]
+        );
+        // 10.0.0.7 sits inside 10.0.0.0/24: its hash entry carries the /24's rule too, since
+        // the kernel does not ask the trie when the hash answers.
+        let (_, v) = c.exact4().next().expect("10.0.0.7");
+        assert_eq!(v.any_proto, verdict(0, firewall_common::ACTION_REJECT));
+        let pin_dir = Path::new("/nonexistent/firewall-test");
+        let rs = config::parse("", Path::new("t.toml")).expect("parse");
+        let size = |name: &str| {
+            let spec = MAPS.iter().find(|m| m.name == name).expect("registered");
+            capacity(spec, &c, &rs, pin_dir).expect("capacity")
+        };
+        assert_eq!(size(maps::EXACT4), Some(2));
+        assert_eq!(size(maps::ADDR4), Some(1));
+        assert_eq!(
+            size(maps::ADDR6),
+            Some(1),
+            "empty, created with its one entry"
+        );
+    }
+
+    #[test]
     fn every_per_generation_map_but_the_fixed_ones_is_sized_from_the_rules() {
         for spec in of_kind(Kind::Generation) {
             let fixed = matches!(spec.capacity, Capacity::Indexed(_) | Capacity::Fixed(_));
             assert_eq!(
                 fixed,
-                spec.name == maps::PORTS || spec.name == maps::CT_CONFIG,
+                spec.name == maps::PORTS
+                    || spec.name == maps::CT_CONFIG
+                    || spec.name == maps::EXACT4_FILTER,
                 "{}",
                 spec.name
             );
