@@ -41,7 +41,8 @@ pub const FAMILY_V6: u8 = 6;
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct CtEntry {
-    /// `bpf_ktime_get_ns` (CLOCK_MONOTONIC) when the entry was created.
+    /// CLOCK_MONOTONIC when the entry was created, to the last tick (the datapath reads the
+    /// coarse clock, `firewall-ebpf/src/clock.rs`).
     pub created_ns: u64,
     /// When the entry stops counting: last packet + the timeout of its state.
     pub expires_ns: u64,

@@ -59,7 +59,7 @@ pub const LOG_SOME_RULE: u32 = 4;
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct LogEvent {
-    /// `bpf_ktime_get_ns`: CLOCK_MONOTONIC.
+    /// CLOCK_MONOTONIC, to the last tick (`firewall-ebpf/src/clock.rs`).
     pub ts_ns: u64,
     /// The caller's cgroup id (outbound), 0 inbound.
     pub cgroup: u64,

@@ -32,7 +32,8 @@ use log::{debug, warn};
 
 use crate::host::sock_diag::{HostFlow, SockProto, TcpState};
 
-/// CLOCK_MONOTONIC in nanoseconds: the clock of `bpf_ktime_get_ns`.
+/// CLOCK_MONOTONIC in nanoseconds: the clock of the datapath (`bpf_ktime_get_coarse_ns`, which
+/// is behind it by less than a tick).
 pub fn monotonic_ns() -> u64 {
     match nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC) {
         Ok(ts) => ts.tv_sec() as u64 * 1_000_000_000 + ts.tv_nsec() as u64,

@@ -258,7 +258,7 @@ pub struct Names {
     pub user: Option<String>,
 }
 
-/// Wall-clock time of a CLOCK_MONOTONIC timestamp (`bpf_ktime_get_ns`), to the millisecond.
+/// Wall-clock time of a CLOCK_MONOTONIC timestamp of the datapath (coarse: to its last tick).
 pub fn wall_time(mono_ns: u64) -> String {
     let now_mono = crate::conntrack::monotonic_ns();
     let now = jiff::Timestamp::now();

@@ -20,10 +20,7 @@
 
 use aya_ebpf::{
     Global,
-    helpers::{
-        bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
-        bpf_ktime_get_ns,
-    },
+    helpers::{bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_get_current_uid_gid},
     macros::map,
     maps::{Array, PerCpuArray, RingBuf, ring_buf::RingBufEntry},
     programs::XdpContext,
@@ -33,7 +30,7 @@ use firewall_common::{
     LOG_SOME_RULE, LogEvent, RateBucket, WHY_DEFAULT, WHY_INVALID, identity::ExeId, verdict_rule,
 };
 
-use crate::{addr::Addr, counters::count, identity, parse::Packet, reply::take_token};
+use crate::{addr::Addr, clock, counters::count, identity, parse::Packet, reply::take_token};
 
 /// Which decisions of this copy's direction are logged: `LOG_DEFAULT` | `LOG_INVALID` |
 /// `LOG_SOME_RULE`. Set per generation.
@@ -152,7 +149,7 @@ pub(crate) fn inbound(ctx: &XdpContext, pkt: &Packet, word: u32, why: u32, now: 
 #[inline(always)]
 pub(crate) fn outbound(remote: &Addr, proto: u32, port: u16, word: u32, why: u32, exe: ExeId) {
     // SAFETY: helpers without preconditions.
-    let now = unsafe { bpf_ktime_get_ns() };
+    let now = clock::now();
     let Some(mut entry) = reserve(word, why, now) else {
         return;
     };

@@ -5,12 +5,11 @@
 
 use aya_ebpf::{
     bindings::{TC_ACT_OK, TC_ACT_SHOT},
-    helpers::bpf_ktime_get_ns,
     programs::TcContext,
 };
 use firewall_common::Counter;
 
-use crate::{conntrack, counters::count, outbound, parse::Parsed};
+use crate::{clock, conntrack, counters::count, outbound, parse::Parsed};
 
 /// Headers of locally built packets are normally in the linear area; pulls them if not.
 #[inline(always)]
@@ -30,8 +29,7 @@ pub(crate) fn egress(ctx: &TcContext, parsed: Result<Parsed, Counter>) -> i32 {
             count(Counter::OutStealthDropped);
             return TC_ACT_SHOT;
         }
-        // SAFETY: a helper without preconditions.
-        let now = unsafe { bpf_ktime_get_ns() };
+        let now = clock::now();
         conntrack::outbound(ctx, &pkt, len as u64, now);
     }
     TC_ACT_OK

@@ -11,7 +11,6 @@
 use aya_ebpf::{
     Global,
     bindings::xdp_action::{XDP_DROP, XDP_PASS, XDP_TX},
-    helpers::bpf_ktime_get_ns,
     programs::XdpContext,
 };
 use firewall_common::{
@@ -23,7 +22,7 @@ use firewall_common::{
 use crate::{
     addr::AddrWords,
     classifier::{self, count_rule_hit, min},
-    conntrack,
+    clock, conntrack,
     counters::count,
     decision_log, diagnostics,
     parse::{L2, Packet, Parsed},
@@ -57,8 +56,7 @@ pub(crate) fn inbound(ctx: &XdpContext, parsed: Result<Parsed, Counter>) -> u32 
             }
         }
         Ok(Parsed::Packet(pkt)) => {
-            // SAFETY: a helper without preconditions.
-            let now = unsafe { bpf_ktime_get_ns() };
+            let now = clock::now();
             let seen = conntrack::inbound(ctx, &pkt, now);
             if diagnostics::on() {
                 diagnostics::conntrack(seen.code());
@@ -199,8 +197,7 @@ fn reject(ctx: &XdpContext, pkt: &Packet) -> u32 {
         count(Counter::RejectNotForUs);
         return XDP_DROP;
     };
-    // SAFETY: a helper without preconditions.
-    let now = unsafe { bpf_ktime_get_ns() };
+    let now = clock::now();
     if !reply::take_source_token(&pkt.remote, now) {
         count(Counter::RejectRateLimited);
         return XDP_DROP;

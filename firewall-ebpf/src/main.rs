@@ -23,8 +23,8 @@
 //! (`counters`); the verdict of each malformed case is listed on [`firewall_common::Counter`]
 //! and in the README.
 //!
-//! Modules depend on each other in one direction only (a DAG; `counters`, `addr`, `csum`,
-//! `diagnostics` and `scratch` use no other module):
+//! Modules depend on each other in one direction only (a DAG; `counters`, `addr`, `clock`,
+//! `csum`, `diagnostics` and `scratch` use no other module):
 //! `inbound` -> `conntrack`, `reply`, `selector`, `classifier`, `decision_log`; `egress` ->
 //! `conntrack`, `outbound`; `outbound` -> `selector`, `owners`, `classifier`, `decision_log`;
 //! `decision_log` -> `identity`, `reply`, `parse`; `selector` -> `listeners`,
@@ -36,6 +36,7 @@
 
 mod addr;
 mod classifier;
+mod clock;
 mod conntrack;
 mod counters;
 mod csum;

@@ -69,7 +69,10 @@ pub fn check_required() -> anyhow::Result<()> {
         }
     }
     for (helper, what) in [
-        (BpfHelper::BPF_FUNC_ktime_get_ns, "bpf_ktime_get_ns"),
+        (
+            BpfHelper::BPF_FUNC_ktime_get_coarse_ns,
+            "bpf_ktime_get_coarse_ns",
+        ),
         (BpfHelper::BPF_FUNC_xdp_adjust_head, "bpf_xdp_adjust_head"),
         (BpfHelper::BPF_FUNC_xdp_adjust_tail, "bpf_xdp_adjust_tail"),
     ] {
