@@ -55,9 +55,10 @@ pub(super) fn summarize(d: &ReloadData) -> String {
         return format!("no changes ({} rules)", d.rules);
     }
     format!(
-        "{} added, {} removed{}{}; {} rules in force",
+        "{} added, {} removed, {} changed{}{}; {} rules in force",
         d.added.len(),
         d.removed.len(),
+        d.changed.len(),
         if d.reordered { ", reordered" } else { "" },
         if d.settings.is_empty() {
             String::new()

@@ -307,6 +307,9 @@ fn print_changes(d: &ReloadData) {
     for r in &d.removed {
         println!("  - {}", esc(r));
     }
+    for c in &d.changed {
+        println!("  ~ {}", esc(c));
+    }
     if d.reordered {
         println!("  ~ rules reordered");
     }
