@@ -8,7 +8,7 @@
 //! JSON document that the xtask turns into BENCHMARKS.md.
 //!
 //! Two paths are timed from many sources, so that the rule lookups are not served from a cache
-//! that one repeated address keeps warm (issue 17): **drop, many sources** from up to 20,000
+//! that one repeated address keeps warm (README, "Many sources"): **drop, many sources** from up to 20,000
 //! of the rule addresses drawn at random, and **pass, new flow near the rules** from the
 //! address next to a random rule's, which no rule names (a scan of a network the rules cover,
 //! which walks a longest-prefix trie as deep as a hit). Both are single-shot, each packet from
