@@ -265,7 +265,6 @@ struct Lane {
 }
 
 fn udp_block(n: u32, plan: &Plan, run_dir: &lab::RunDir) -> anyhow::Result<Block> {
-    let hit = filters::rule_addr(n - 1);
     let dir = &run_dir.path;
     let mut block = Block::new(n);
     let mut lanes = Vec::new();
@@ -298,7 +297,7 @@ fn udp_block(n: u32, plan: &Plan, run_dir: &lab::RunDir) -> anyhow::Result<Block
             let lane = &mut lanes[(i + rep) % k];
             for flow in Flow::ALL {
                 let cell = block.cells.entry((lane.inst.filter, flow)).or_default();
-                measure_cell(cell, lane, flow, hit, plan, dir)?;
+                measure_cell(cell, lane, flow, n, plan, dir)?;
             }
         }
     }
@@ -312,7 +311,7 @@ fn udp_block(n: u32, plan: &Plan, run_dir: &lab::RunDir) -> anyhow::Result<Block
                 filter.label(),
                 rep + 1,
             );
-            reload_under_load(lane, &mut block, hit, plan, dir)?;
+            reload_under_load(lane, &mut block, n, plan, dir)?;
         }
         let pid = lane.inst.daemon.as_ref().map(Daemon::pid);
         if let (Some(run), Some(pid)) = (block.ours.get_mut(&filter), pid) {
@@ -329,12 +328,12 @@ fn measure_cell(
     cell: &mut Cell,
     lane: &mut Lane,
     flow: Flow,
-    hit: [u8; 4],
+    n: u32,
     plan: &Plan,
     dir: &std::path::Path,
 ) -> anyhow::Result<()> {
     let filter = lane.inst.filter;
-    let expect_drop = filter.drops_hit() && flow == Flow::Hit;
+    let expect_drop = filter.drops_hit() && flow.dropped();
     let mut last_err = String::new();
     for attempt in 0..3 {
         if attempt > 0 {
@@ -344,7 +343,7 @@ fn measure_cell(
                 filter.label()
             );
         }
-        match traffic::measure(&mut lane.pair, dir, flow, hit, plan.cpu, plan.secs) {
+        match traffic::measure(&mut lane.pair, dir, flow, n, plan.cpu, plan.secs) {
             Ok(s) if s.pps > 0.0 => {
                 let ok = if expect_drop {
                     s.delivered < 0.01
@@ -386,12 +385,12 @@ fn measure_cell(
 fn reload_under_load(
     lane: &mut Lane,
     block: &mut Block,
-    hit: [u8; 4],
+    n: u32,
     plan: &Plan,
     dir: &std::path::Path,
 ) -> anyhow::Result<()> {
     let filter = lane.inst.filter;
-    let mut tg = traffic::Trafgen::start(&lane.pair, dir, Flow::Hit, hit, plan.cpu, 960.0)?;
+    let mut tg = traffic::Trafgen::start(&lane.pair, dir, Flow::Hit, n, plan.cpu, 960.0)?;
     tg.wait_flowing(&mut lane.pair)?;
     let a = lane.pair.snapshot()?;
     let daemon = lane

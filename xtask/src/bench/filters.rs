@@ -1,5 +1,6 @@
 //! The filters under test, each installed in the receiver namespace of its own pair: nothing,
-//! the veth XDP floor (a program that only passes), iptables-legacy and nftables rule sets, and
+//! the veth XDP floor (a program that only passes), iptables-legacy and nftables rule sets (the
+//! set at the netdev ingress hook, nftables' fastest place for it), and
 //! this firewall's daemon. iptables and nftables run only inside the receiver namespace
 //! (`nsenter`); their rules disappear with it.
 
@@ -65,7 +66,7 @@ impl Filter {
             Filter::XdpPass => "XDP pass-only program (veth XDP floor)",
             Filter::Iptables => "iptables-legacy, N rules",
             Filter::NftRules => "nftables, N rules",
-            Filter::NftSet => "nftables, one rule + N-element set",
+            Filter::NftSet => "nftables, one rule + N-element set, netdev ingress",
             Filter::OursRules => "this firewall, N rules",
             Filter::OursSet => "this firewall, one rule + N-element [sets] set",
         }
@@ -126,27 +127,36 @@ pub fn install(filter: Filter, n: u32, pair: &Pair, dir: &Path) -> anyhow::Resul
             std::fs::write(&file, s)?;
             lab::run(lab::ns_command(pair.rx_ns(), "iptables-legacy-restore").arg(&file))?;
         }
-        Filter::NftRules | Filter::NftSet => {
+        Filter::NftRules => {
             let mut s = String::from("table ip fwbench {\n");
-            if filter == Filter::NftSet {
-                s.push_str("  set blocked {\n    type ipv4_addr\n    elements = {\n");
-                for i in 0..n {
-                    let _ = writeln!(s, "      {},", addr_str(rule_addr(i)));
-                }
-                s.push_str("    }\n  }\n");
-            }
             s.push_str("  chain input {\n    type filter hook input priority 0; policy accept;\n");
-            if filter == Filter::NftSet {
-                let _ = writeln!(s, "    ip saddr @blocked udp dport {PORT} drop");
-            } else {
-                for i in 0..n {
-                    let _ = writeln!(
-                        s,
-                        "    ip saddr {} udp dport {PORT} drop",
-                        addr_str(rule_addr(i))
-                    );
-                }
+            for i in 0..n {
+                let _ = writeln!(
+                    s,
+                    "    ip saddr {} udp dport {PORT} drop",
+                    addr_str(rule_addr(i))
+                );
             }
+            s.push_str("  }\n}\n");
+            let file = dir.join(format!("nft-{}-{n}.nft", filter.tag()));
+            std::fs::write(&file, s)?;
+            lab::run(lab::ns_command(pair.rx_ns(), "nft").arg("-f").arg(&file))?;
+        }
+        // nftables' strongest form for this traffic: a set, looked up at the netdev ingress
+        // hook of the receiving device, before the IP stack (about 13 % faster than at input).
+        Filter::NftSet => {
+            let mut s = String::from("table netdev fwbench {\n");
+            s.push_str("  set blocked {\n    type ipv4_addr\n    elements = {\n");
+            for i in 0..n {
+                let _ = writeln!(s, "      {},", addr_str(rule_addr(i)));
+            }
+            s.push_str("    }\n  }\n");
+            let _ = writeln!(
+                s,
+                "  chain ingress {{\n    type filter hook ingress device \"{RX_IF}\" priority 0; \
+                 policy accept;"
+            );
+            let _ = writeln!(s, "    ip saddr @blocked udp dport {PORT} drop");
             s.push_str("  }\n}\n");
             let file = dir.join(format!("nft-{}-{n}.nft", filter.tag()));
             std::fs::write(&file, s)?;

@@ -250,7 +250,7 @@ fn short(f: Filter) -> &'static str {
     match f {
         Filter::OursRules => "ours (N rules)",
         Filter::OursSet => "ours (N-element set)",
-        Filter::NftSet => "nftables set",
+        Filter::NftSet => "nftables set (netdev ingress)",
         Filter::NftRules => "nftables rules",
         Filter::Iptables => "iptables-legacy",
         Filter::XdpPass => "XDP pass floor",
@@ -348,13 +348,14 @@ fn headline(s: &mut String, r: &Results) {
     );
     let pps = |f, flow| b.median_pps(f, flow).unwrap_or(f64::NAN);
     let wall = |f, flow| b.median_wall(f, flow).unwrap_or(f64::NAN);
-    let ratio = |o, other| {
+    let ratio_of = |flow, o, other| {
         format!(
             "{} ({})",
-            times(pps(o, Flow::Hit) / pps(other, Flow::Hit)),
-            times(wall(o, Flow::Hit) / wall(other, Flow::Hit))
+            times(pps(o, flow) / pps(other, flow)),
+            times(wall(o, flow) / wall(other, flow))
         )
     };
+    let ratio = |o, other| ratio_of(Flow::Hit, o, other);
     for o in OURS {
         let _ = writeln!(
             s,
@@ -367,6 +368,16 @@ fn headline(s: &mut String, r: &Results) {
             ratio(o, Filter::NftRules),
             ratio(o, Filter::Iptables),
             num(pps(Filter::Iptables, Flow::Hit) / 1e3, 1),
+        );
+    }
+    for o in OURS {
+        let _ = writeln!(
+            s,
+            "- Dropped traffic from many sources, {}: {} kpps; {} nftables with a set ({} kpps).",
+            short(o),
+            num(pps(o, Flow::HitMany) / 1e3, 0),
+            ratio_of(Flow::HitMany, o, Filter::NftSet),
+            num(pps(Filter::NftSet, Flow::HitMany) / 1e3, 0),
         );
     }
     for o in OURS {
@@ -414,7 +425,7 @@ fn times(x: f64) -> String {
 }
 
 fn targets(s: &mut String, r: &Results) {
-    let _ = writeln!(s, "## Targets (issue 5)\n");
+    let _ = writeln!(s, "## Targets (issues 5 and 17)\n");
     let _ = writeln!(s, "| target | measured | result |\n|---|---|---|");
     let big = r.blocks.iter().find(|b| b.n == 100_000);
     // Dropped traffic at 100,000.
@@ -435,6 +446,19 @@ fn targets(s: &mut String, r: &Results) {
                 verdict(ratio.map(|x| x >= want))
             );
         }
+    }
+    for o in OURS {
+        let ratio = big.and_then(|b| {
+            Some(b.median_pps(o, Flow::HitMany)? / b.median_pps(Filter::NftSet, Flow::HitMany)?)
+        });
+        let _ = writeln!(
+            s,
+            "| dropped from many sources, N = 100,000: {} ≥ 1.2× {} (issue 17) | {} | {} |",
+            short(o),
+            short(Filter::NftSet),
+            ratio.map_or("—".into(), times),
+            verdict(ratio.map(|x| x >= 1.2))
+        );
     }
     // Accepted traffic within 40 ns of the XDP floor at every N.
     for o in OURS {
@@ -587,7 +611,9 @@ fn rates(s: &mut String, r: &Results) {
          packet: 1e9/rate(filter) − 1e9/rate(no filter), from the medians, against the same \
          traffic with no filter; negative when dropping early saves the rest of the stack.\n\n\
          Traffic: **dropped** comes from the address of the last rule (set element) to UDP port \
-         9; **one flow** from the sender's address and one source port, matching no rule; **new \
+         9; **dropped, many sources** from 20,000 rule addresses spread over the N rules (all N \
+         when fewer), one packet from each in turn (a trafgen configuration of that many \
+         packets), so that no lookup stays warm on a repeated address; **one flow** from the sender's address and one source port, matching no rule; **new \
          flows** from a random address in 10.202.0.0/16 and a random port for every packet, \
          matching no rule. With connection tracking, the one-flow traffic is a tracked flow after \
          its first packet (an unreplied UDP flow in the unconfirmed table: its packets skip the \
@@ -605,8 +631,9 @@ fn rates(s: &mut String, r: &Results) {
         );
         let _ = writeln!(
             s,
-            "| filter | dropped: kpps | ns/packet | accepted, one flow: kpps | ns/packet | \
-             accepted, new flows: kpps | ns/packet |\n|---|---:|---:|---:|---:|---:|---:|"
+            "| filter | dropped: kpps | ns/packet | dropped, many sources: kpps | ns/packet | \
+             accepted, one flow: kpps | ns/packet | accepted, new flows: kpps | ns/packet \
+             |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|"
         );
         for filter in Filter::ALL {
             let mut row = format!("| {} |", filter.label());
@@ -630,8 +657,8 @@ fn rates(s: &mut String, r: &Results) {
         }
         let _ = writeln!(
             s,
-            "\nWall-clock kpps, median (min–max):\n\n| filter | dropped | accepted, one flow | \
-             accepted, new flows |\n|---|---:|---:|---:|"
+            "\nWall-clock kpps, median (min–max):\n\n| filter | dropped | dropped, many sources \
+             | accepted, one flow | accepted, new flows |\n|---|---:|---:|---:|---:|"
         );
         for filter in Filter::ALL {
             let mut row = format!("| {} |", filter.label());
@@ -658,7 +685,7 @@ fn rates(s: &mut String, r: &Results) {
 
 fn marks(filter: Filter, flow: Flow, cell: Option<&Cell>) -> String {
     let mut m = String::new();
-    if flow == Flow::Hit && !filter.drops_hit() {
+    if flow.dropped() && !filter.drops_hit() {
         m.push_str(" (accepted)");
     }
     let reruns = cell.map_or(0, |c| c.reruns);

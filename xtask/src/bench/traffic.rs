@@ -15,7 +15,10 @@ use std::{
 
 use anyhow::{Context as _, bail};
 
-use super::lab::{self, Pair, RX_ADDR, Snapshot, TX_ADDR, TX_IF};
+use super::{
+    filters::rule_addr,
+    lab::{self, Pair, RX_ADDR, Snapshot, TX_ADDR, TX_IF},
+};
 
 /// What the test traffic looks like.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -23,6 +26,10 @@ pub enum Flow {
     /// From the address of the last rule (the last set element), fixed source port: every
     /// filter under test drops it.
     Hit,
+    /// From [`MANY_SOURCES`] rule addresses (every one when N is smaller) in turn, one packet
+    /// each, fixed source port: dropped like `Hit`, but no lookup is kept warm by a repeated
+    /// address (a scan or a flood from a blocklist).
+    HitMany,
     /// From the sender's own address, fixed source port: no rule matches, accepted. One flow:
     /// with connection tracking, every packet after the first is a tracked packet.
     Miss,
@@ -32,11 +39,17 @@ pub enum Flow {
 }
 
 impl Flow {
-    pub const ALL: [Flow; 3] = [Flow::Hit, Flow::Miss, Flow::NewFlows];
+    pub const ALL: [Flow; 4] = [Flow::Hit, Flow::HitMany, Flow::Miss, Flow::NewFlows];
+
+    /// Whether the filters under test drop this traffic (from rule addresses).
+    pub fn dropped(self) -> bool {
+        matches!(self, Flow::Hit | Flow::HitMany)
+    }
 
     pub fn tag(self) -> &'static str {
         match self {
             Flow::Hit => "hit",
+            Flow::HitMany => "hitmany",
             Flow::Miss => "miss",
             Flow::NewFlows => "new",
         }
@@ -45,6 +58,9 @@ impl Flow {
 
 /// UDP port the test traffic goes to (the sink listens there, the rules name it).
 pub const PORT: u16 = 9;
+/// Sources of the many-source dropped traffic: rule addresses, one packet each in turn.
+pub const MANY_SOURCES: u32 = 20_000;
+
 /// Fixed source port of the one-flow traffic.
 const SPORT: u16 = 40000;
 /// Upper bound on any veth packet rate here, for trafgen's packet budget.
@@ -58,28 +74,43 @@ fn bytes(b: &[u8]) -> String {
 }
 
 /// trafgen packet configuration: Ethernet, IPv4 (checksum computed by trafgen, per packet when
-/// fields vary), UDP without checksum (allowed for IPv4), 18 bytes of payload: 60 bytes.
-pub fn trafgen_config(pair: &Pair, flow: Flow, hit: [u8; 4], cpu: usize) -> String {
-    let src = match flow {
-        Flow::Hit => bytes(&hit),
-        Flow::Miss => bytes(&TX_ADDR),
-        Flow::NewFlows => "10, 202, drnd(2)".to_string(),
+/// fields vary), UDP without checksum (allowed for IPv4), 18 bytes of payload: 60 bytes. With
+/// `n` rules; many-source traffic is one packet per source, which trafgen sends in turn.
+pub fn trafgen_config(pair: &Pair, flow: Flow, n: u32, cpu: usize) -> String {
+    let sources: Vec<String> = match flow {
+        Flow::Hit => vec![bytes(&rule_addr(n - 1))],
+        // Spread over all N rules, so that with N > MANY_SOURCES the sources are not one
+        // corner of the rule set.
+        Flow::HitMany => {
+            let k = n.min(MANY_SOURCES);
+            (0..k)
+                .map(|i| {
+                    bytes(&rule_addr(
+                        (u64::from(i) * u64::from(n) / u64::from(k)) as u32,
+                    ))
+                })
+                .collect()
+        }
+        Flow::Miss => vec![bytes(&TX_ADDR)],
+        Flow::NewFlows => vec!["10, 202, drnd(2)".to_string()],
     };
     let sport = match flow {
         Flow::NewFlows => "drnd(2)".to_string(),
         _ => bytes(&SPORT.to_be_bytes()),
     };
-    format!(
-        "/* {flow:?} traffic for the {tag} pair */\n\
-         cpu({cpu}): {{\n  {dst},\n  {srcmac},\n  0x08, 0x00,\n  \
-         0x45, 0x00, 0x00, 46, 0x00, 0x00, 0x40, 0x00, 64, 17, csumip(14, 33),\n  \
-         {src},\n  {dstip},\n  {sport}, {dport}, 0x00, 26, 0x00, 0x00,\n  fill(0x00, 18),\n}}\n",
-        tag = pair.tag,
-        dst = bytes(&pair.rx_mac),
-        srcmac = bytes(&pair.tx_mac),
-        dstip = bytes(&RX_ADDR),
-        dport = bytes(&PORT.to_be_bytes()),
-    )
+    let mut out = format!("/* {flow:?} traffic for the {} pair */\n", pair.tag);
+    for src in sources {
+        out.push_str(&format!(
+            "cpu({cpu}): {{\n  {dst},\n  {srcmac},\n  0x08, 0x00,\n  \
+             0x45, 0x00, 0x00, 46, 0x00, 0x00, 0x40, 0x00, 64, 17, csumip(14, 33),\n  \
+             {src},\n  {dstip},\n  {sport}, {dport}, 0x00, 26, 0x00, 0x00,\n  fill(0x00, 18),\n}}\n",
+            dst = bytes(&pair.rx_mac),
+            srcmac = bytes(&pair.tx_mac),
+            dstip = bytes(&RX_ADDR),
+            dport = bytes(&PORT.to_be_bytes()),
+        ));
+    }
+    out
 }
 
 /// A running trafgen, stopped (SIGINT, then SIGKILL) when dropped.
@@ -89,18 +120,18 @@ pub struct Trafgen {
 }
 
 impl Trafgen {
-    /// Starts trafgen in the pair's sender namespace, sending `flow` from core `cpu` for at
-    /// most `max_secs` seconds.
+    /// Starts trafgen in the pair's sender namespace, sending `flow` (for `n` rules) from core
+    /// `cpu` for at most `max_secs` seconds.
     pub fn start(
         pair: &Pair,
         dir: &Path,
         flow: Flow,
-        hit: [u8; 4],
+        n: u32,
         cpu: usize,
         max_secs: f64,
     ) -> anyhow::Result<Self> {
         let cfg = dir.join(format!("trafgen-{}-{}.cfg", pair.tag, flow.tag()));
-        std::fs::write(&cfg, trafgen_config(pair, flow, hit, cpu))?;
+        std::fs::write(&cfg, trafgen_config(pair, flow, n, cpu))?;
         let log = dir.join(format!("trafgen-{}.log", pair.tag));
         let out = File::create(&log)?;
         let budget = ((max_secs + 1.0) * MAX_PPS) as u64;
@@ -238,12 +269,12 @@ pub fn measure(
     pair: &mut Pair,
     dir: &Path,
     flow: Flow,
-    hit: [u8; 4],
+    n: u32,
     cpu: usize,
     secs: f64,
 ) -> anyhow::Result<Sample> {
     let warmup = Duration::from_millis(300);
-    let mut tg = Trafgen::start(pair, dir, flow, hit, cpu, secs + 5.0)?;
+    let mut tg = Trafgen::start(pair, dir, flow, n, cpu, secs + 5.0)?;
     tg.wait_flowing(pair)?;
     lab::sleep(warmup)?;
     let clock = CpuClock::new(tg.pid(), cpu);
