@@ -655,6 +655,32 @@ fn daemon_refuses_invalid_config_and_cleans_up_on_stop() {
     assert!(err.contains("must be an absolute path"), "{err}");
     let link = pair.server.exec(&["ip", "link", "show", &pair.server_if]);
     assert!(!link.contains("xdp"), "nothing may be attached: {link}");
+    // A file whose [[assert]] entries do not hold is refused at start as at every reload.
+    std::fs::write(
+        &cfg,
+        "[[rule]]\nproto = \"tcp\"\nport = 22\naction = \"reject\"\n\
+         [[assert]]\nin = \"tcp 22\"\nexpect = \"allow\"\n",
+    )
+    .expect("write");
+    let out = pair
+        .server
+        .command(support::daemon::DAEMON)
+        .arg("--config")
+        .arg(&cfg)
+        .args(["--interface", &pair.server_if, "--pin-dir", "/nonexistent"])
+        .arg("--cgroup")
+        .arg(cgroup.path())
+        .output()
+        .expect("daemon");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("rules.toml:5:1: assertion does not hold: in tcp 22")
+            && err.contains("expected allow, but rule 1"),
+        "{err}"
+    );
+    let link = pair.server.exec(&["ip", "link", "show", &pair.server_if]);
+    assert!(!link.contains("xdp"), "nothing may be attached: {link}");
 
     // With on_stop = "keep" (the default), a clean stop leaves the firewall enforcing: the
     // links stay pinned and attached, the socket goes; the next daemon adopts them.

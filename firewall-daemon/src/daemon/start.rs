@@ -70,6 +70,12 @@ pub(super) fn start(
     for w in &resolve_warnings {
         warn!("{w}");
     }
+    // `[[assert]]` entries hold at start as at every reload: a file that breaks one is refused
+    // like an invalid file, before anything is touched (rules pinned by an earlier daemon stay).
+    let broken = crate::explain::broken_assertions(&ruleset, &resolved);
+    if !broken.is_empty() {
+        bail!("{}", broken.join("\n"));
+    }
     let compiled = compile::compile(&ruleset, &resolved)?;
     let compiled_out = compile::compile_direction(&ruleset, Direction::Out, &resolved)?;
     crate::kernel::features::check_required()?;
