@@ -325,16 +325,16 @@ fn bench(bpffs: &Path, opts: &Opts) -> anyhow::Result<Value> {
         let verified = drop_gen.verified_instructions();
         let hit = frame(rule_addr(n - 1), 9);
         // Each shot a new flow (another source address and port), so each meets the rules.
-        let pass = Stat::of(
-            (0..sizes.single_shots as u32)
-                .map(|i| {
-                    let src = Ipv4Addr::from(0xc000_0000 + (n << 12) + i);
-                    drop_gen
-                        .time_run(&frame_from(src, 1024 + i as u16, 9), 1)
-                        .unwrap_or(f64::NAN)
-                })
-                .collect(),
-        );
+        let new_flows: Vec<Vec<u8>> = (0..sizes.single_shots as u32)
+            .map(|i| {
+                frame_from(
+                    Ipv4Addr::from(0xc000_0000 + (n << 12) + i),
+                    1024 + i as u16,
+                    9,
+                )
+            })
+            .collect();
+        let pass = single_shots(&mut drop_gen, &new_flows, sizes.single_shots);
         let dropped = repeated(sizes, || {
             drop_gen.time_run(&hit, sizes.repeat).unwrap_or(f64::NAN)
         });
@@ -427,10 +427,10 @@ fn bench(bpffs: &Path, opts: &Opts) -> anyhow::Result<Value> {
             action == 3,
             "reject path returned {action}, expected XDP_TX"
         );
-        let reject = Stat::of(
-            (0..sizes.single_shots)
-                .map(|_| reject_gen.time_run(&hit, 1).unwrap_or(f64::NAN))
-                .collect(),
+        let reject = single_shots(
+            &mut reject_gen,
+            std::slice::from_ref(&hit),
+            sizes.single_shots,
         );
         rows.push(json!({
             "n": n,

@@ -166,6 +166,16 @@ pub fn broken_assertions(ruleset: &Ruleset, resolved: &Resolved) -> Vec<String> 
         .collect()
 }
 
+/// Refuses rules whose `[[assert]]` entries do not hold (at start and at every reload), with
+/// every broken one as a located message.
+pub fn refuse_broken(ruleset: &Ruleset, resolved: &Resolved) -> anyhow::Result<()> {
+    let broken = broken_assertions(ruleset, resolved);
+    if broken.is_empty() {
+        return Ok(());
+    }
+    anyhow::bail!("{}", broken.join("\n"))
+}
+
 /// Who may reach a socket under the rules, for one address family.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Exposure {

@@ -632,55 +632,45 @@ fn fwctl_list_status_check_and_errors() {
 #[test]
 fn daemon_refuses_invalid_config_and_cleans_up_on_stop() {
     let pair = Pair::new();
-    // An invalid file: the daemon exits non-zero naming the problem, attaching nothing.
+    // An invalid file, and one whose [[assert]] entries do not hold (refused at start as at
+    // every reload): the daemon exits non-zero naming the problem, attaching nothing.
     let dir = tempfile::tempdir().expect("tempdir");
     let cfg = dir.path().join("rules.toml");
-    std::fs::write(&cfg, "[[rule]]\nprogram = \"curl\"\naction = \"allow\"\n").expect("write");
     // It would attach nothing anyway; like every daemon a test starts, it still gets a test
     // cgroup, never the default (the cgroup2 root).
     let cgroup = support::cgroup::TestCgroup::new("invalid");
     support::daemon::assert_daemon_cgroup(cgroup.path());
-    let out = pair
-        .server
-        .command(support::daemon::DAEMON)
-        .arg("--config")
-        .arg(&cfg)
-        .args(["--interface", &pair.server_if, "--pin-dir", "/nonexistent"])
-        .arg("--cgroup")
-        .arg(cgroup.path())
-        .output()
-        .expect("daemon");
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("must be an absolute path"), "{err}");
-    let link = pair.server.exec(&["ip", "link", "show", &pair.server_if]);
-    assert!(!link.contains("xdp"), "nothing may be attached: {link}");
-    // A file whose [[assert]] entries do not hold is refused at start as at every reload.
-    std::fs::write(
-        &cfg,
-        "[[rule]]\nproto = \"tcp\"\nport = 22\naction = \"reject\"\n\
-         [[assert]]\nin = \"tcp 22\"\nexpect = \"allow\"\n",
-    )
-    .expect("write");
-    let out = pair
-        .server
-        .command(support::daemon::DAEMON)
-        .arg("--config")
-        .arg(&cfg)
-        .args(["--interface", &pair.server_if, "--pin-dir", "/nonexistent"])
-        .arg("--cgroup")
-        .arg(cgroup.path())
-        .output()
-        .expect("daemon");
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.contains("rules.toml:5:1: assertion does not hold: in tcp 22")
-            && err.contains("expected allow, but rule 1"),
-        "{err}"
-    );
-    let link = pair.server.exec(&["ip", "link", "show", &pair.server_if]);
-    assert!(!link.contains("xdp"), "nothing may be attached: {link}");
+    for (rules, why) in [
+        (
+            "[[rule]]\nprogram = \"curl\"\naction = \"allow\"\n",
+            &["must be an absolute path"][..],
+        ),
+        (
+            "[[rule]]\nproto = \"tcp\"\nport = 22\naction = \"reject\"\n\
+             [[assert]]\nin = \"tcp 22\"\nexpect = \"allow\"\n",
+            &[
+                "rules.toml:5:1: assertion does not hold: in tcp 22",
+                "expected allow, but rule 1",
+            ][..],
+        ),
+    ] {
+        std::fs::write(&cfg, rules).expect("write");
+        let out = pair
+            .server
+            .command(support::daemon::DAEMON)
+            .arg("--config")
+            .arg(&cfg)
+            .args(["--interface", &pair.server_if, "--pin-dir", "/nonexistent"])
+            .arg("--cgroup")
+            .arg(cgroup.path())
+            .output()
+            .expect("daemon");
+        assert!(!out.status.success(), "{rules}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(why.iter().all(|w| err.contains(w)), "{err}");
+        let link = pair.server.exec(&["ip", "link", "show", &pair.server_if]);
+        assert!(!link.contains("xdp"), "nothing may be attached: {link}");
+    }
 
     // With on_stop = "keep" (the default), a clean stop leaves the firewall enforcing: the
     // links stay pinned and attached, the socket goes; the next daemon adopts them.

@@ -12,13 +12,13 @@
 
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, bail};
+use anyhow::bail;
 use log::{error, info, warn};
 
 use super::State;
 use crate::{
     control::{Caller, ConfirmData, PendingConfirm, ReloadData},
-    explain::broken_assertions,
+    explain::refuse_broken,
     host::{listeners, selectors::Resolved},
     kernel::ListenerTable,
 };
@@ -90,7 +90,7 @@ impl State {
     ) -> anyhow::Result<(Ruleset, Resolved, Option<String>)> {
         let new_rules = super::reload::load_rules(path, &self.overrides)?;
         let resolved = Resolved::resolve(&new_rules, &self.cgroup.path);
-        self.refuse_broken(&new_rules, &resolved)?;
+        refuse_broken(&new_rules, &resolved)?;
         let lockout = o
             .caller
             .and_then(|c| self.lockout(&new_rules, &resolved, &c, o.recheck));
@@ -135,15 +135,6 @@ impl State {
         }
         data.pending_confirm = self.pending.as_ref().map(Pending::view);
         Ok(data)
-    }
-
-    /// Refuses rules whose `[[assert]]` entries do not hold.
-    pub(super) fn refuse_broken(&self, rules: &Ruleset, resolved: &Resolved) -> anyhow::Result<()> {
-        let broken = broken_assertions(rules, resolved);
-        if broken.is_empty() {
-            return Ok(());
-        }
-        Err(anyhow!("{}", broken.join("\n")))
     }
 
     fn dry_run(

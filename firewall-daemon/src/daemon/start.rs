@@ -72,10 +72,7 @@ pub(super) fn start(
     }
     // `[[assert]]` entries hold at start as at every reload: a file that breaks one is refused
     // like an invalid file, before anything is touched (rules pinned by an earlier daemon stay).
-    let broken = crate::explain::broken_assertions(&ruleset, &resolved);
-    if !broken.is_empty() {
-        bail!("{}", broken.join("\n"));
-    }
+    crate::explain::refuse_broken(&ruleset, &resolved)?;
     let compiled = compile::compile(&ruleset, &resolved)?;
     let compiled_out = compile::compile_direction(&ruleset, Direction::Out, &resolved)?;
     crate::kernel::features::check_required()?;
