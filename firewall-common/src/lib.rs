@@ -11,8 +11,8 @@
 //! numbers and classes (`proto`), the counters (`counters`), the decision log's events and
 //! budget (`decision_log`), reject replies (`reply`),
 //! outbound `stealth` (`outbound`), socket owners (`owners`), the program names
-//! (`programs`); connection tracking ([`ct`]) and program identity ([`identity`]) are public
-//! modules of their own.
+//! (`programs`); connection tracking ([`ct`]), program identity ([`identity`]) and the
+//! benchmark's frame generator ([`generator`]) are public modules of their own.
 #![no_std]
 
 pub mod addr;
@@ -27,6 +27,7 @@ mod reply;
 
 pub mod ct;
 pub mod diagnostics;
+pub mod generator;
 pub mod identity;
 pub mod maps;
 
@@ -90,4 +91,7 @@ pub mod globals {
     pub const AYA_LOG_LEVEL: &str = "AYA_LOG_LEVEL";
     /// [`AYA_LOG_LEVEL`] with kernel tracing on: aya-log's `Level::Trace`.
     pub const AYA_LOG_TRACE: u8 = 5;
+    /// [`super::generator::GenConfig`]: the benchmark generator's settings (never set by the
+    /// daemon).
+    pub const GEN_CONFIG: &str = "GEN_CONFIG";
 }

@@ -336,7 +336,7 @@ const fn global(name: &'static str, size: usize) -> GlobalSpec {
 /// Every load-time constant of the eBPF object. The rule set's are set for each generation
 /// from the compiled rules and `[defaults]`/`[reject]`/`[conntrack]`; the structure offsets
 /// ([`identity::globals`]) from the running kernel's BTF.
-pub const GLOBALS: [GlobalSpec; 24] = [
+pub const GLOBALS: [GlobalSpec; 25] = [
     global(globals::DEFAULT_INBOUND, 4),
     global(globals::DEFAULT_OUTBOUND, 4),
     global(globals::FRAGMENTS, 4),
@@ -362,6 +362,11 @@ pub const GLOBALS: [GlobalSpec; 24] = [
     global(identity::globals::OFF_INODE_INO, 4),
     global(identity::globals::OFF_INODE_SB, 4),
     global(identity::globals::OFF_SB_DEV, 4),
+    // The benchmark's frame generator (`generator`), which the daemon never loads.
+    global(
+        globals::GEN_CONFIG,
+        size_of::<crate::generator::GenConfig>(),
+    ),
 ];
 
 /// The registry entry of the global called `name`.

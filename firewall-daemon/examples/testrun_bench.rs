@@ -28,6 +28,13 @@
 //! the object's `xdp_pass` program to IFNAME in native mode (the veth XDP floor of the
 //! throughput benchmark), prints `attached` and keeps it attached until its standard input
 //! closes or it is killed (the kernel releases the link when the process exits).
+//!
+//! `testrun_bench generate NETNS_PATH IFNAME PIN_DIR FRAME_HEX SECS CPU SOURCES`: enters the
+//! network namespace, pins itself to core CPU and sends the frame FRAME_HEX into IFNAME for
+//! SECS seconds with the object's generator in live-frame mode (`firewall_common::generator`),
+//! each frame with a source address drawn from SOURCES = `PREFIX,MASK,MUL,FIRST,SPAN,COUNT,
+//! RANDOM_PORT` (the fields of `GenConfig`, in decimal). Prints `sending` when the first
+//! frames went out.
 
 use std::{
     io::Read as _,
@@ -39,9 +46,10 @@ use std::{
 
 use anyhow::{Context as _, bail};
 use etherparse::PacketBuilder;
+use firewall_common::generator::GenConfig;
 use firewall_daemon::{
     compile,
-    kernel::{Generation, PassProgram},
+    kernel::{FrameGenerator, Generation, PassProgram},
 };
 use nix::{
     mount::{MntFlags, MsFlags, mount, umount2},
@@ -220,7 +228,8 @@ fn parse_opts(args: &[String]) -> anyhow::Result<Opts> {
             }
             other => bail!(
                 "unknown argument {other:?}; usage: testrun_bench [--quick] [--json] [--n LIST] \
-                 [--kernel-trace] | testrun_bench attach-pass NETNS_PATH IFNAME PIN_DIR"
+                 [--kernel-trace] | testrun_bench attach-pass NETNS_PATH IFNAME PIN_DIR | \
+                 testrun_bench generate NETNS_PATH IFNAME PIN_DIR FRAME_HEX SECS CPU SOURCES"
             ),
         }
     }
@@ -229,8 +238,10 @@ fn parse_opts(args: &[String]) -> anyhow::Result<Opts> {
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    if args.first().map(String::as_str) == Some("attach-pass") {
-        return attach_pass(&args[1..]);
+    match args.first().map(String::as_str) {
+        Some("attach-pass") => return attach_pass(&args[1..]),
+        Some("generate") => return generate(&args[1..]),
+        _ => {}
     }
     let opts = parse_opts(&args)?;
     let dir = tempfile::Builder::new()
@@ -488,5 +499,67 @@ fn attach_pass(args: &[String]) -> anyhow::Result<()> {
     }
     drop(link);
     drop(prog);
+    Ok(())
+}
+
+/// Sends frames into an interface of another namespace with the generator, for `SECS` seconds.
+fn generate(args: &[String]) -> anyhow::Result<()> {
+    const USAGE: &str = "usage: testrun_bench generate NETNS_PATH IFNAME PIN_DIR FRAME_HEX SECS \
+                         CPU PREFIX,MASK,MUL,FIRST,SPAN,COUNT,RANDOM_PORT";
+    let [ns_path, ifname, pin_dir, frame_hex, secs, cpu, sources] = args else {
+        bail!("{USAGE}");
+    };
+    let frame = (0..frame_hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(frame_hex.get(i..i + 2).unwrap_or("?"), 16))
+        .collect::<Result<Vec<u8>, _>>()
+        .with_context(|| format!("FRAME_HEX {frame_hex:?}: {USAGE}"))?;
+    let secs: f64 = secs.parse().with_context(|| format!("SECS {secs:?}"))?;
+    let cpu: usize = cpu.parse().with_context(|| format!("CPU {cpu:?}"))?;
+    let fields = sources
+        .split(',')
+        .map(str::parse::<u32>)
+        .collect::<Result<Vec<u32>, _>>()
+        .with_context(|| format!("SOURCES {sources:?}: {USAGE}"))?;
+    let [prefix, mask, mul, first, span, count, random_port] = fields[..] else {
+        bail!("SOURCES {sources:?}: {USAGE}");
+    };
+    let mut set = nix::sched::CpuSet::new();
+    set.set(cpu).context("CPU")?;
+    nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set)
+        .context("sched_setaffinity")?;
+    // Single-threaded: the whole process moves into the namespace, where the interface index
+    // and the redirect are resolved.
+    let ns = std::fs::File::open(ns_path).with_context(|| format!("opening {ns_path}"))?;
+    setns(ns.as_fd(), CloneFlags::CLONE_NEWNET).context("setns")?;
+    let ifindex = nix::net::if_::if_nametoindex(ifname.as_str())
+        .with_context(|| format!("no interface {ifname} in {ns_path}"))?;
+    let config = GenConfig {
+        ifindex,
+        prefix,
+        mask,
+        mul,
+        first,
+        span,
+        sources: count.max(1),
+        random_port,
+    };
+    let mut generator = FrameGenerator::load(&PathBuf::from(pin_dir), config)?;
+    let deadline = Instant::now() + std::time::Duration::from_secs_f64(secs);
+    // Each call sets up and tears down the kernel's page pool, which sleeps (an RCU grace
+    // period): with calls of about half a second, the core idles a few percent of the time
+    // instead of most of it. A signal ends a call between two batches.
+    let mut frames = 100_000u32;
+    let mut announced = false;
+    while Instant::now() < deadline {
+        let t = Instant::now();
+        generator.send(&frame, frames, 64)?;
+        let rate = f64::from(frames) / t.elapsed().as_secs_f64().max(1e-6);
+        frames = (rate * 0.5).clamp(100_000.0, 50_000_000.0) as u32;
+        if !announced {
+            println!("sending");
+            announced = true;
+        }
+    }
     Ok(())
 }

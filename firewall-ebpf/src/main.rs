@@ -24,7 +24,8 @@
 //! and in the README.
 //!
 //! Modules depend on each other in one direction only (a DAG; `counters`, `addr`, `clock`,
-//! `csum`, `diagnostics` and `scratch` use no other module):
+//! `csum`, `diagnostics` and `scratch` use no other module; `generator`, the benchmark's, uses
+//! only `csum`):
 //! `inbound` -> `conntrack`, `reply`, `selector`, `classifier`, `decision_log`; `egress` ->
 //! `conntrack`, `outbound`; `outbound` -> `selector`, `owners`, `classifier`, `decision_log`;
 //! `decision_log` -> `identity`, `reply`, `parse`; `selector` -> `listeners`,
@@ -43,6 +44,7 @@ mod csum;
 mod decision_log;
 mod diagnostics;
 mod egress;
+mod generator;
 mod identity;
 mod inbound;
 mod listeners;
@@ -117,6 +119,13 @@ pub fn firewall_egress_l3(ctx: TcContext) -> i32 {
 #[xdp]
 pub fn xdp_pass(_ctx: XdpContext) -> u32 {
     XDP_PASS
+}
+
+/// The benchmark's frame generator (`generator`), run with live frames by `cargo xtask bench`;
+/// the daemon never loads it.
+#[xdp]
+pub fn xdp_generate(ctx: XdpContext) -> u32 {
+    generator::generate(&ctx)
 }
 
 // The verifier lets the IPv4 hooks read only `user_ip4` and the IPv6 hooks only `user_ip6`:

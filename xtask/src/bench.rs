@@ -2,13 +2,15 @@
 //!
 //! 1. BPF_PROG_TEST_RUN figures of the XDP program (`firewall-daemon/examples/testrun_bench.rs`).
 //! 2. Receive rate over veth: for each rule count N, one pair of network namespaces per filter
-//!    (no filter, XDP pass-only, iptables-legacy rules, nftables rules, nftables set, this
-//!    firewall's rules, this firewall's set), all installed at once; trafgen sends 60-byte UDP
-//!    frames (64 on the wire) from one core into one pair at a time, the repetitions going round
-//!    the pairs so that every filter sees the same machine load. Three kinds of traffic: matching
-//!    the last rule (dropped), matching none from one source (accepted; tracked after its first
-//!    packet by our connection table), matching none from a new source address and port every
-//!    packet (accepted; a new flow each time). Rates are taken per second of wall-clock time
+//!    (no filter, XDP pass-only, iptables-legacy rules, nftables rules, nftables set at netdev
+//!    ingress, nftables conntrack + set, xdp-filter, this firewall's rules, this firewall's
+//!    set), all installed at once; a generator (live XDP frames by default, or trafgen) sends
+//!    60-byte UDP frames (64 on the wire) from one core into one pair at a time, the
+//!    repetitions going round the pairs so that every filter sees the same machine load. Four
+//!    kinds of traffic: from the last rule's address (dropped), from 20,000 rule addresses
+//!    (dropped, many sources), matching none from one source (accepted; tracked after its
+//!    first packet by our connection table), matching none from a new source address and port
+//!    every packet (accepted; a new flow each time). Rates are taken per second of wall-clock time
 //!    and per second of the sending core's CPU time (trafgen's processes, in whose context the
 //!    receive path runs, and the core's ksoftirqd): on a shared machine the second is the
 //!    steady one, and the targets use it.
@@ -42,7 +44,7 @@ use crate::workspace_root;
 use filters::{Daemon, Filter, Installed};
 use lab::{Pair, Sink};
 use report::{Block, Cell, OursRun, Results, TcpCell};
-use traffic::{Flow, PORT};
+use traffic::{Flow, Generator, PORT};
 
 #[derive(Debug, clap::Args)]
 pub struct BenchArgs {
@@ -58,9 +60,13 @@ pub struct BenchArgs {
     /// Seconds per measurement window [default: 2; --quick: 1].
     #[arg(long)]
     secs: Option<f64>,
-    /// Core that sends (trafgen) and runs the TCP loop [default: 1, or 0 on one core].
+    /// Core that sends (the generator) and runs the TCP loop [default: 1, or 0 on one core].
     #[arg(long)]
     cpu: Option<usize>,
+    /// What sends the UDP traffic: XDP frames injected into the veth (`live`, needs Linux
+    /// 5.18), or trafgen's socket buffers (`trafgen`, the veth floor of earlier runs).
+    #[arg(long, value_enum, default_value = "live")]
+    generator: Generator,
     /// Report file [default: BENCHMARKS.md; --quick: target/bench/BENCHMARKS.quick.md].
     #[arg(long)]
     output: Option<PathBuf>,
@@ -83,6 +89,7 @@ pub struct Plan {
     pub reps: usize,
     pub secs: f64,
     pub cpu: usize,
+    pub generator: Generator,
     pub command: String,
 }
 
@@ -122,6 +129,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         reps: args.reps.unwrap_or(if args.quick { 1 } else { 5 }).max(1),
         secs: args.secs.unwrap_or(if args.quick { 1.0 } else { 2.0 }),
         cpu: args.cpu.unwrap_or(if cpus > 1 { 1 } else { 0 }),
+        generator: args.generator,
         command: format!(
             "cargo xtask {}",
             std::env::args().skip(1).collect::<Vec<_>>().join(" ")
@@ -143,20 +151,29 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
             workspace_root().join("BENCHMARKS.md")
         }
     });
-    for tool in [
+    let mut tools = vec![
         "trafgen",
         "nft",
         "iptables-legacy-restore",
         "nsenter",
         "timeout",
-    ] {
+        "xdp-filter",
+        "bpftool",
+    ];
+    if plan.generator == Generator::Live {
+        tools.push("ethtool");
+    }
+    for tool in tools {
         let found = Command::new("sh")
             .args(["-c", &format!("command -v {tool}")])
             .stdout(Stdio::null())
             .status()
             .is_ok_and(|s| s.success());
         if !found {
-            bail!("{tool} not found (cargo xtask setup installs netsniff-ng, nftables, iptables)");
+            bail!(
+                "{tool} not found (cargo xtask setup installs netsniff-ng, nftables, iptables, \
+                 xdp-tools, bpftool, ethtool)"
+            );
         }
     }
     if !args.no_build {
@@ -270,7 +287,7 @@ fn udp_block(n: u32, plan: &Plan, run_dir: &lab::RunDir) -> anyhow::Result<Block
     let mut lanes = Vec::new();
     for f in Filter::ALL {
         eprintln!("xtask bench: N = {n}: installing {}", f.label());
-        let pair = Pair::new(f.tag())?;
+        let pair = Pair::new(f.tag(), plan.generator == Generator::Live)?;
         let sink = Sink::start(&pair, PORT)?;
         let inst = filters::install(f, n, &pair, dir)?;
         block.load_ms.insert(f, inst.load_ms);
@@ -343,7 +360,15 @@ fn measure_cell(
                 filter.label()
             );
         }
-        match traffic::measure(&mut lane.pair, dir, flow, n, plan.cpu, plan.secs) {
+        match traffic::measure(
+            plan.generator,
+            &mut lane.pair,
+            dir,
+            flow,
+            filter.rules(n),
+            plan.cpu,
+            plan.secs,
+        ) {
             Ok(s) if s.pps > 0.0 => {
                 let ok = if expect_drop {
                     s.delivered < 0.01
@@ -390,7 +415,15 @@ fn reload_under_load(
     dir: &std::path::Path,
 ) -> anyhow::Result<()> {
     let filter = lane.inst.filter;
-    let mut tg = traffic::Trafgen::start(&lane.pair, dir, Flow::Hit, n, plan.cpu, 960.0)?;
+    let mut tg = traffic::Sender::start(
+        plan.generator,
+        &lane.pair,
+        dir,
+        Flow::Hit,
+        n,
+        plan.cpu,
+        960.0,
+    )?;
     tg.wait_flowing(&mut lane.pair)?;
     let a = lane.pair.snapshot()?;
     let daemon = lane
@@ -409,7 +442,7 @@ fn reload_under_load(
     run.leaked += b.in_delivers.saturating_sub(a.in_delivers);
     if !still_sending {
         run.failures
-            .push("trafgen stopped before the reload ended".to_string());
+            .push("the generator stopped before the reload ended".to_string());
     }
     Ok(())
 }
@@ -435,7 +468,7 @@ fn tcp_block(plan: &Plan, run_dir: &lab::RunDir) -> anyhow::Result<Vec<TcpCell>>
         ),
     ] {
         eprintln!("xtask bench: TCP: installing {label}");
-        let pair = Pair::new(tag)?;
+        let pair = Pair::new(tag, false)?;
         let server = tcp::Server::start(&pair, plan.cpu)?;
         let daemon = match tag {
             "tcpnft" => {
@@ -555,6 +588,7 @@ pub fn machine_facts() -> BTreeMap<&'static str, String> {
     m.insert("nftables", cmd("nft", &["--version"]));
     m.insert("iptables", cmd("iptables-legacy", &["--version"]));
     m.insert("trafgen", cmd("trafgen", &["--version"]));
+    m.insert("xdp-filter", cmd("xdp-filter", &["load", "--version"]));
     m.insert("date", cmd("date", &["-u", "+%Y-%m-%d %H:%M UTC"]));
     m.insert(
         "load",

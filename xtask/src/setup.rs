@@ -12,7 +12,8 @@ const BPF_LINKER_VERSION: &str = "0.13.0";
 const LLVM: &str = "22";
 
 /// Debian packages: LLVM for building bpf-linker; iproute2/util-linux for namespaces and
-/// nsenter; nmap for the scanner tests; netsniff-ng, nftables and iptables for benchmarks;
+/// nsenter; nmap for the scanner tests; netsniff-ng, nftables, iptables, xdp-tools (the
+/// xdp-filter peer) and ethtool (GRO for the live-frame generator) for benchmarks;
 /// systemd (systemd-analyze), man-db and groff-base for the install tests.
 const PACKAGES: &[&str] = &[
     "llvm-22-dev",
@@ -25,6 +26,8 @@ const PACKAGES: &[&str] = &[
     "netsniff-ng",
     "nftables",
     "iptables",
+    "xdp-tools",
+    "ethtool",
     "bpftool",
     "systemd",
     "man-db",

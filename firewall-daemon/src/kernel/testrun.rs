@@ -1,17 +1,18 @@
 //! Running programs on frames in the kernel (BPF_PROG_TEST_RUN), for the tests and benchmarks.
 //!
 //! The differential tests and `testrun_bench` drive the real programs of a generation through
-//! the kernel without attaching them anywhere, and veth peers in tests need a program that
-//! passes everything. None of it is the firewall's business at run time, so it is compiled
-//! only with the `testrun` feature, which the crate's tests and examples turn on (through its
-//! dev-dependency on itself) and the shipped binaries do not.
+//! the kernel without attaching them anywhere, veth peers in tests need a program that passes
+//! everything, and the benchmark sends its frames with the object's generator. None of it is
+//! the firewall's business at run time, so it is compiled only with the `testrun` feature,
+//! which the crate's tests and examples turn on (through its dev-dependency on itself) and the
+//! shipped binaries do not.
 
 use std::path::Path;
 
 use anyhow::Context as _;
 use aya::{
     Ebpf, EbpfLoader,
-    programs::{TestRun, TestRunOptions, Xdp, xdp::XdpLink},
+    programs::{TestRun, TestRunAttrs, TestRunOptions, Xdp, xdp::XdpLink},
 };
 
 use super::{
@@ -19,6 +20,7 @@ use super::{
     pins::prepare_pin_dir,
 };
 use crate::{EBPF_OBJECT, host::interfaces::LinkLayer};
+use firewall_common::generator::GenConfig;
 use rules::model::XdpMode;
 
 impl Generation {
@@ -111,5 +113,42 @@ impl PassProgram {
         mode: XdpMode,
     ) -> anyhow::Result<(XdpLink, &'static str)> {
         attach_xdp(self.program()?, ifname, mode)
+    }
+}
+
+/// The benchmark's frame generator (`firewall_common::generator`), loaded on its own with its
+/// settings. It redirects into an interface, so load it in the namespace of that interface.
+pub struct FrameGenerator {
+    ebpf: Ebpf,
+}
+
+impl FrameGenerator {
+    pub fn load(pin_dir: &Path, config: GenConfig) -> anyhow::Result<Self> {
+        prepare_pin_dir(pin_dir)?;
+        let mut loader = EbpfLoader::new();
+        let mut ebpf = loader
+            .default_map_pin_directory(pin_dir)
+            .override_global(firewall_common::globals::GEN_CONFIG, &config, true)
+            .load(EBPF_OBJECT)
+            .context("loading the eBPF object")?;
+        xdp_program(&mut ebpf, firewall_common::generator::GEN_PROGRAM)?
+            .load()
+            .map_err(verifier_context)?;
+        Ok(Self { ebpf })
+    }
+
+    /// Sends `count` frames made from `template` in live-frame mode (`BPF_F_TEST_XDP_LIVE_FRAMES`,
+    /// `batch` frames per batch). Returns when they are sent, or with an error when a signal
+    /// interrupted the run.
+    pub fn send(&mut self, template: &[u8], count: u32, batch: u32) -> anyhow::Result<()> {
+        let prog = xdp_program(&mut self.ebpf, firewall_common::generator::GEN_PROGRAM)?;
+        prog.test_run(TestRunOptions {
+            data_in: Some(template),
+            repeat: count,
+            attrs: TestRunAttrs::new().xdp_live_frames(batch),
+            ..Default::default()
+        })
+        .context("BPF_PROG_RUN in live-frame mode")?;
+        Ok(())
     }
 }

@@ -1,8 +1,10 @@
 //! The filters under test, each installed in the receiver namespace of its own pair: nothing,
 //! the veth XDP floor (a program that only passes), iptables-legacy and nftables rule sets (the
-//! set at the netdev ingress hook, nftables' fastest place for it), and
-//! this firewall's daemon. iptables and nftables run only inside the receiver namespace
-//! (`nsenter`); their rules disappear with it.
+//! set at the netdev ingress hook, nftables' fastest place for it, and a stateful set behind
+//! conntrack, since this firewall is stateful), `xdp-filter` from xdp-tools (a plain XDP
+//! address filter, the XDP peer), and this firewall's daemon. iptables and nftables run only
+//! inside the receiver namespace (`nsenter`); their rules disappear with it, and xdp-filter's
+//! pins live in a mount namespace of its own.
 
 use std::{
     fmt::Write as _,
@@ -32,17 +34,24 @@ pub enum Filter {
     Iptables,
     NftRules,
     NftSet,
+    NftCtSet,
+    XdpTools,
     OursRules,
     OursSet,
 }
 
+/// Entries xdp-filter's IPv4 map holds (`max_entries` of its `filter_ipv4`, fixed at build).
+pub const XDP_FILTER_MAX: u32 = 10_000;
+
 impl Filter {
-    pub const ALL: [Filter; 7] = [
+    pub const ALL: [Filter; 9] = [
         Filter::None,
         Filter::XdpPass,
         Filter::Iptables,
         Filter::NftRules,
         Filter::NftSet,
+        Filter::NftCtSet,
+        Filter::XdpTools,
         Filter::OursRules,
         Filter::OursSet,
     ];
@@ -55,6 +64,8 @@ impl Filter {
             Filter::Iptables => "ipt",
             Filter::NftRules => "nftrules",
             Filter::NftSet => "nftset",
+            Filter::NftCtSet => "nftct",
+            Filter::XdpTools => "xdpfilter",
             Filter::OursRules => "oursrules",
             Filter::OursSet => "oursset",
         }
@@ -67,6 +78,8 @@ impl Filter {
             Filter::Iptables => "iptables-legacy, N rules",
             Filter::NftRules => "nftables, N rules",
             Filter::NftSet => "nftables, one rule + N-element set, netdev ingress",
+            Filter::NftCtSet => "nftables, conntrack + one rule + N-element set, input",
+            Filter::XdpTools => "xdp-filter (xdp-tools), N source addresses (at most 10,000)",
             Filter::OursRules => "this firewall, N rules",
             Filter::OursSet => "this firewall, one rule + N-element [sets] set",
         }
@@ -80,13 +93,27 @@ impl Filter {
     pub fn is_ours(self) -> bool {
         matches!(self, Filter::OursRules | Filter::OursSet)
     }
+
+    /// How many of the `n` rule addresses the filter holds (and the traffic uses): all but
+    /// for xdp-filter, whose map has room for [`XDP_FILTER_MAX`].
+    pub fn rules(self, n: u32) -> u32 {
+        match self {
+            Filter::XdpTools => n.min(XDP_FILTER_MAX),
+            _ => n,
+        }
+    }
 }
+
+/// Rule addresses: `RULE_PREFIX | (i * RULE_MUL) & RULE_MASK` (see [`rule_addr`]).
+pub const RULE_PREFIX: u32 = 0x6440_0000;
+pub const RULE_MUL: u32 = 0x9E37_79B1;
+pub const RULE_MASK: u32 = 0x3F_FFFF;
 
 /// Rule (or set element) `i`: distinct addresses spread over 100.64.0.0/10 (a bijection on 22
 /// bits, so no two rules share an address and neighbouring rules are not neighbouring
 /// addresses that a compiler could merge into one prefix).
 pub fn rule_addr(i: u32) -> [u8; 4] {
-    (0x6440_0000 | (i.wrapping_mul(0x9E37_79B1) & 0x3F_FFFF)).to_be_bytes()
+    (RULE_PREFIX | (i.wrapping_mul(RULE_MUL) & RULE_MASK)).to_be_bytes()
 }
 
 fn addr_str(a: [u8; 4]) -> String {
@@ -101,6 +128,7 @@ pub struct Installed {
     pub load_ms: f64,
     pub daemon: Option<Daemon>,
     _pass: Option<PassProgram>,
+    _xdp_filter: Option<XdpFilter>,
 }
 
 /// Installs `filter` with `n` rules in the pair's receiver namespace.
@@ -108,6 +136,7 @@ pub fn install(filter: Filter, n: u32, pair: &Pair, dir: &Path) -> anyhow::Resul
     let t = Instant::now();
     let mut daemon = None;
     let mut pass = None;
+    let mut xdp_filter = None;
     match filter {
         Filter::None => {}
         Filter::XdpPass => pass = Some(PassProgram::attach(pair, dir)?),
@@ -162,6 +191,25 @@ pub fn install(filter: Filter, n: u32, pair: &Pair, dir: &Path) -> anyhow::Resul
             std::fs::write(&file, s)?;
             lab::run(lab::ns_command(pair.rx_ns(), "nft").arg("-f").arg(&file))?;
         }
+        // The stateful form, as a host firewall is written: packets of known connections
+        // accepted by conntrack first, then the set. Unreplied UDP stays `new` in conntrack, so
+        // the one-flow traffic reaches the set lookup too, after conntrack found its entry.
+        Filter::NftCtSet => {
+            let mut s = String::from("table ip fwbench {\n");
+            s.push_str("  set blocked {\n    type ipv4_addr\n    elements = {\n");
+            for i in 0..n {
+                let _ = writeln!(s, "      {},", addr_str(rule_addr(i)));
+            }
+            s.push_str("    }\n  }\n");
+            s.push_str("  chain input {\n    type filter hook input priority 0; policy accept;\n");
+            s.push_str("    ct state established,related accept\n");
+            let _ = writeln!(s, "    ip saddr @blocked udp dport {PORT} drop");
+            s.push_str("  }\n}\n");
+            let file = dir.join(format!("nft-{}-{n}.nft", filter.tag()));
+            std::fs::write(&file, s)?;
+            lab::run(lab::ns_command(pair.rx_ns(), "nft").arg("-f").arg(&file))?;
+        }
+        Filter::XdpTools => xdp_filter = Some(XdpFilter::install(pair, dir, filter.rules(n))?),
         Filter::OursRules | Filter::OursSet => {
             let d = Daemon::start(pair, dir, filter, n)?;
             daemon = Some(d);
@@ -176,7 +224,71 @@ pub fn install(filter: Filter, n: u32, pair: &Pair, dir: &Path) -> anyhow::Resul
         load_ms,
         daemon,
         _pass: pass,
+        _xdp_filter: xdp_filter,
     })
+}
+
+/// xdp-filter loaded on the receiver's veth (native mode, IPv4 only, default allow) with `n`
+/// source addresses to drop; detached when dropped.
+///
+/// xdp-filter 1.3.1 pins its maps under `/sys/fs/bpf`, or else under the first bpffs it finds
+/// mounted (or mounts one at `/sys/fs/bpf`), whatever `LIBXDP_BPFFS` says. So it runs in a
+/// private mount namespace with a bpffs of its own at `/sys/fs/bpf`, and its map is filled
+/// there with one `bpftool batch` run (xdp-filter itself takes one process per address);
+/// the pins go with that namespace, the program stays attached through the link layer
+/// (without libxdp's dispatcher, whose parts live only as pins) and keeps its maps alive.
+struct XdpFilter {
+    ns: String,
+}
+
+impl XdpFilter {
+    fn install(pair: &Pair, dir: &Path, n: u32) -> anyhow::Result<Self> {
+        let mut batch = String::new();
+        for i in 0..n {
+            let [a, b, c, d] = rule_addr(i);
+            // The value is xdp-filter's MAP_FLAG_SRC: drop packets from this address.
+            let _ = writeln!(
+                batch,
+                "map update pinned /sys/fs/bpf/xdp-filter/filter_ipv4 key {a} {b} {c} {d} \
+                 value 1 0 0 0 0 0 0 0"
+            );
+        }
+        let file = dir.join(format!("xdp-filter-{n}.batch"));
+        std::fs::write(&file, batch)?;
+        let guard = Self {
+            ns: pair.rx_ns().to_string(),
+        };
+        let script = format!(
+            "set -e; mount -t bpf bpf /sys/fs/bpf; \
+             nsenter --net=/run/netns/{ns} -- xdp-filter load {RX_IF} -m native -f ipv4; \
+             bpftool batch file \"$1\"",
+            ns = guard.ns
+        );
+        lab::run(
+            Command::new("unshare")
+                .args([
+                    "--mount",
+                    "--propagation",
+                    "private",
+                    "sh",
+                    "-c",
+                    &script,
+                    "sh",
+                ])
+                .arg(&file)
+                .env("LIBXDP_SKIP_DISPATCHER", "1"),
+        )?;
+        Ok(guard)
+    }
+}
+
+impl Drop for XdpFilter {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["-n", &self.ns, "link", "set", "dev", RX_IF, "xdp", "off"])
+            .stderr(Stdio::null())
+            .status();
+    }
 }
 
 /// The object's `xdp_pass` program attached (native mode) to the receiver's veth by the

@@ -181,7 +181,9 @@ pub struct Pair {
 }
 
 impl Pair {
-    pub fn new(tag: &str) -> anyhow::Result<Self> {
+    /// With `gro`, GRO on `rx0`: veth then receives XDP frames redirected into `tx0` even
+    /// without an XDP program of its own (the live generator's frames).
+    pub fn new(tag: &str, gro: bool) -> anyhow::Result<Self> {
         let tx = Ns::add(format!("{NS_PREFIX}{tag}-tx"))?;
         let rx = Ns::add(format!("{NS_PREFIX}{tag}-rx"))?;
         run(Command::new("ip").args([
@@ -220,6 +222,9 @@ impl Pair {
             "dev",
             RX_IF,
         ]))?;
+        if gro {
+            run(ns_command(&rx.0, "ethtool").args(["-K", RX_IF, "gro", "on"]))?;
+        }
         let tx_mac = mac(&tx.0, TX_IF)?;
         let rx_mac = mac(&rx.0, RX_IF)?;
         let counters = Counters::open(&rx.0)?;

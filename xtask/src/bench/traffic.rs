@@ -1,9 +1,21 @@
-//! Load generation with trafgen (netsniff-ng) and the receive-rate measurement.
+//! Load generation and the receive-rate measurement.
 //!
-//! trafgen sends 60-byte UDP frames (64 on the wire with the FCS) from `tx0` through the veth;
-//! on veth the receiver's whole path runs on the sending core, so the rate is one core's
-//! capacity for send + receive + filter. Every trafgen run is bounded twice: by a packet count
-//! (`-n`) and by `timeout`, so it stops by itself even if this process is killed.
+//! Two generators send the same 60-byte UDP frames (64 on the wire with the FCS) from `tx0`
+//! through the veth; on veth the receiver's whole path runs on the sending core, so the rate
+//! is one core's capacity for send + receive + filter.
+//!
+//! - [`Generator::Live`] (the default): the object's generator program, run in live-frame
+//!   mode by `testrun_bench generate`, writes each frame's source address and redirects it
+//!   into `tx0`; the receiver gets `xdp_frame`s, as from a NIC's driver, and its XDP program
+//!   runs on them without a socket buffer being built first. Frames its XDP program passes
+//!   (or every frame, without a program) become socket buffers in the receiver's NAPI poll,
+//!   which GRO on `rx0` turns on.
+//! - [`Generator::Trafgen`] (netsniff-ng): frames sent through a packet socket arrive at the
+//!   receiver as socket buffers, which veth copies into an XDP buffer for its program: a
+//!   floor no XDP program can get under, and one nftables does not pay.
+//!
+//! Every run is bounded twice: by `timeout` and by its own limit (a packet count for trafgen,
+//! a deadline for the generator), so it stops by itself even if this process is killed.
 
 use std::{
     collections::BTreeMap,
@@ -16,9 +28,25 @@ use std::{
 use anyhow::{Context as _, bail};
 
 use super::{
-    filters::rule_addr,
+    filters::{RULE_MASK, RULE_MUL, RULE_PREFIX, example_bin, rule_addr},
     lab::{self, Pair, RX_ADDR, Snapshot, TX_ADDR, TX_IF},
 };
+
+/// What sends the frames (see the module's text).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Generator {
+    Live,
+    Trafgen,
+}
+
+impl Generator {
+    pub fn describe(self) -> &'static str {
+        match self {
+            Generator::Live => "live XDP frames (BPF_PROG_RUN, BPF_F_TEST_XDP_LIVE_FRAMES)",
+            Generator::Trafgen => "trafgen (socket buffers through a packet socket)",
+        }
+    }
+}
 
 /// What the test traffic looks like.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -113,16 +141,121 @@ pub fn trafgen_config(pair: &Pair, flow: Flow, n: u32, cpu: usize) -> String {
     out
 }
 
-/// A running trafgen, stopped (SIGINT, then SIGKILL) when dropped.
-pub struct Trafgen {
+/// The frame both generators send (the live generator rewrites its source address, and its
+/// source port for [`Flow::NewFlows`]): Ethernet, IPv4 with its checksum, UDP without one.
+pub fn frame(pair: &Pair, src: [u8; 4]) -> Vec<u8> {
+    let mut ip = vec![0x45, 0x00, 0x00, 46, 0x00, 0x00, 0x40, 0x00, 64, 17, 0, 0];
+    ip.extend_from_slice(&src);
+    ip.extend_from_slice(&RX_ADDR);
+    let mut sum: u32 = ip
+        .chunks(2)
+        .map(|w| u32::from(u16::from_be_bytes([w[0], w[1]])))
+        .sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    ip[10..12].copy_from_slice(&(!(sum as u16)).to_be_bytes());
+    let mut f = Vec::with_capacity(60);
+    f.extend_from_slice(&pair.rx_mac);
+    f.extend_from_slice(&pair.tx_mac);
+    f.extend_from_slice(&[0x08, 0x00]);
+    f.extend_from_slice(&ip);
+    f.extend_from_slice(&SPORT.to_be_bytes());
+    f.extend_from_slice(&PORT.to_be_bytes());
+    f.extend_from_slice(&[0x00, 26, 0x00, 0x00]);
+    f.extend_from_slice(&[0; 18]);
+    f
+}
+
+/// The live generator's sources for `flow` with `n` rules: the fields of `GenConfig` after
+/// the interface, in order (`PREFIX,MASK,MUL,FIRST,SPAN,COUNT,RANDOM_PORT`). They draw the
+/// same addresses as [`trafgen_config`], at random instead of in turn.
+pub fn live_sources(flow: Flow, n: u32) -> [u32; 7] {
+    match flow {
+        Flow::Hit => [RULE_PREFIX, RULE_MASK, RULE_MUL, n - 1, 1, 1, 0],
+        Flow::HitMany => [
+            RULE_PREFIX,
+            RULE_MASK,
+            RULE_MUL,
+            0,
+            n,
+            n.min(MANY_SOURCES),
+            0,
+        ],
+        Flow::Miss => [u32::from_be_bytes(TX_ADDR), 0, 0, 0, 1, 1, 0],
+        Flow::NewFlows => [0x0aca_0000, 0xffff, 1, 0, 1 << 16, 1 << 16, 1],
+    }
+}
+
+/// A running generator, stopped (SIGINT, then SIGKILL) when dropped.
+pub struct Sender {
     child: Child,
     log: PathBuf,
 }
 
-impl Trafgen {
-    /// Starts trafgen in the pair's sender namespace, sending `flow` (for `n` rules) from core
+impl Sender {
+    /// Starts a generator for the pair's sender, sending `flow` (for `n` rules) from core
     /// `cpu` for at most `max_secs` seconds.
     pub fn start(
+        generator: Generator,
+        pair: &Pair,
+        dir: &Path,
+        flow: Flow,
+        n: u32,
+        cpu: usize,
+        max_secs: f64,
+    ) -> anyhow::Result<Self> {
+        match generator {
+            Generator::Live => Self::live(pair, dir, flow, n, cpu, max_secs),
+            Generator::Trafgen => Self::trafgen(pair, dir, flow, n, cpu, max_secs),
+        }
+    }
+
+    fn live(
+        pair: &Pair,
+        dir: &Path,
+        flow: Flow,
+        n: u32,
+        cpu: usize,
+        max_secs: f64,
+    ) -> anyhow::Result<Self> {
+        let log = dir.join(format!("generator-{}.log", pair.tag));
+        let out = File::create(&log)?;
+        let src = match flow {
+            Flow::Miss => TX_ADDR,
+            _ => rule_addr(0),
+        };
+        let hex: String = frame(pair, src)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        let sources = live_sources(flow, n)
+            .iter()
+            .map(u32::to_string)
+            .collect::<Vec<_>>()
+            .join(",");
+        // The generator enters the sender namespace itself; `timeout` forwards SIGINT.
+        let child = std::process::Command::new("timeout")
+            .args(["-s", "INT", "-k", "3"])
+            .arg(format!("{}", max_secs.ceil() as u64 + 2))
+            .arg(example_bin())
+            .arg("generate")
+            .arg(format!("/run/netns/{}", pair.tx_ns()))
+            .arg(TX_IF)
+            .arg(dir.join("bpffs").join(format!("generator-{}", pair.tag)))
+            .arg(hex)
+            .arg(format!("{max_secs}"))
+            .arg(cpu.to_string())
+            .arg(sources)
+            .stdin(Stdio::null())
+            .stdout(out.try_clone()?)
+            .stderr(out)
+            .spawn()
+            .context("starting testrun_bench generate")?;
+        Ok(Self { child, log })
+    }
+
+    fn trafgen(
         pair: &Pair,
         dir: &Path,
         flow: Flow,
@@ -153,7 +286,7 @@ impl Trafgen {
         Ok(Self { child, log })
     }
 
-    /// PID of the `timeout` process that runs trafgen.
+    /// PID of the `timeout` process that runs the generator.
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
@@ -168,7 +301,8 @@ impl Trafgen {
         lines[lines.len().saturating_sub(6)..].join("\n")
     }
 
-    /// Waits until the receiver sees packets (trafgen sets up its ring first).
+    /// Waits until the receiver sees packets (trafgen sets up its ring first, the generator
+    /// loads its program).
     pub fn wait_flowing(&mut self, pair: &mut Pair) -> anyhow::Result<()> {
         let first = pair.snapshot()?;
         let deadline = Instant::now() + Duration::from_secs(5);
@@ -178,14 +312,14 @@ impl Trafgen {
                 return Ok(());
             }
             if !self.running() {
-                bail!("trafgen exited before sending:\n{}", self.log_tail());
+                bail!("the generator exited before sending:\n{}", self.log_tail());
             }
         }
         bail!("no packets arrived within 5 s:\n{}", self.log_tail())
     }
 }
 
-impl Drop for Trafgen {
+impl Drop for Sender {
     fn drop(&mut self) {
         if self.running() {
             // SAFETY: signalling our own child by its PID.
@@ -209,7 +343,7 @@ pub struct CpuClock {
 }
 
 impl CpuClock {
-    /// trafgen's processes (below `root`) and `ksoftirqd/cpu`.
+    /// The generator's processes (below `root`) and `ksoftirqd/cpu`.
     pub fn new(root: u32, cpu: usize) -> Self {
         let mut pids = lab::descendants(root);
         pids.extend(lab::ksoftirqd(cpu));
@@ -266,6 +400,7 @@ pub fn sample(a: &Snapshot, b: &Snapshot, cpu_ns: u64) -> Sample {
 /// Sends `flow` into `pair` and measures the receive rate over `secs` seconds, after a short
 /// warm-up.
 pub fn measure(
+    generator: Generator,
     pair: &mut Pair,
     dir: &Path,
     flow: Flow,
@@ -274,7 +409,7 @@ pub fn measure(
     secs: f64,
 ) -> anyhow::Result<Sample> {
     let warmup = Duration::from_millis(300);
-    let mut tg = Trafgen::start(pair, dir, flow, n, cpu, secs + 5.0)?;
+    let mut tg = Sender::start(generator, pair, dir, flow, n, cpu, secs + 5.0)?;
     tg.wait_flowing(pair)?;
     lab::sleep(warmup)?;
     let clock = CpuClock::new(tg.pid(), cpu);
@@ -284,7 +419,10 @@ pub fn measure(
     let b = pair.snapshot()?;
     let c1 = clock.read();
     if !tg.running() {
-        bail!("trafgen stopped during the window:\n{}", tg.log_tail());
+        bail!(
+            "the generator stopped during the window:\n{}",
+            tg.log_tail()
+        );
     }
     drop(tg);
     Ok(sample(&a, &b, CpuClock::elapsed_ns(&c0, &c1)))
