@@ -44,7 +44,7 @@ impl State {
             .iter()
             .find(|(id, _)| *id == raw.generation)
             .and_then(|(_, names)| names.get(index as usize))
-            .map(|name| (index + 1, name.clone()));
+            .map(|name| (index + 1, name.to_string()));
         let outbound = raw.kind == EVENT_OUTBOUND;
         let names = if outbound {
             let mut owners = OwnerNames::new(

@@ -4,7 +4,9 @@
 //! both directions. A changed program or unit the rules name recompiles the same rules.
 
 use std::{
+    collections::HashMap,
     path::{Path, PathBuf},
+    sync::Arc,
     time::Instant,
 };
 
@@ -39,8 +41,21 @@ pub(super) fn next_generation_id(last: u32) -> u32 {
     now.max(last.wrapping_add(1)).max(1)
 }
 
-pub(super) fn rule_names(rs: &Ruleset) -> Vec<String> {
-    rs.rules.iter().map(|r| r.name.clone()).collect()
+/// The rule names of `rs`, sharing each name that `previous` (the generation before) holds.
+pub(super) fn rule_names(rs: &Ruleset, previous: Option<&[Arc<str>]>) -> Vec<Arc<str>> {
+    let known: HashMap<&str, &Arc<str>> = previous
+        .unwrap_or_default()
+        .iter()
+        .map(|n| (&**n, n))
+        .collect();
+    rs.rules
+        .iter()
+        .map(|r| {
+            known
+                .get(r.name.as_str())
+                .map_or_else(|| Arc::from(r.name.as_str()), |n| Arc::clone(n))
+        })
+        .collect()
 }
 
 /// Loads and validates the file, with command-line overrides applied.
@@ -258,7 +273,11 @@ impl State {
             );
         }
         self.generation_no += 1;
-        self.history.push_back((new_id, rule_names(&self.ruleset)));
+        let names = rule_names(
+            &self.ruleset,
+            self.history.back().map(|(_, names)| names.as_slice()),
+        );
+        self.history.push_back((new_id, names));
         while self.history.len() > RULE_HISTORY {
             self.history.pop_front();
         }

@@ -198,7 +198,7 @@ pub(super) fn start(
     cleanup.armed = true;
     let ruleset_interfaces = ruleset.daemon.interfaces.clone();
     let mut history = VecDeque::new();
-    history.push_back((gen_id, rule_names(&ruleset)));
+    history.push_back((gen_id, rule_names(&ruleset, None)));
     let state = State {
         config_path,
         overrides,
