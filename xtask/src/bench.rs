@@ -333,6 +333,7 @@ fn udp_block(n: u32, plan: &Plan, run_dir: &lab::RunDir) -> anyhow::Result<Block
         let pid = lane.inst.daemon.as_ref().map(Daemon::pid);
         if let (Some(run), Some(pid)) = (block.ours.get_mut(&filter), pid) {
             run.rss_peak_kib = lab::vm_hwm_kib(pid);
+            run.rss_end_kib = lab::vm_rss_kib(pid);
         }
     }
     drop(lanes);
