@@ -71,6 +71,26 @@ pub struct AddrValue {
     pub any_proto: u32,
     /// Per protocol class: first rule naming this address and the protocol, with no port.
     pub proto: [u32; PROTO_CLASSES],
+    /// The address class's only `PAIRS` entry, carried here instead (unscoped tables only):
+    /// its port class, and its verdict word ([`NO_MATCH`] when the class has none or several,
+    /// which `class` then names). A rule naming one address and one port, the common form of
+    /// a long list, is then decided without a `PAIRS` probe, a cache miss per packet when each
+    /// such rule is a class of its own.
+    pub pair_port_class: u32,
+    pub pair_verdict: u32,
+}
+
+impl AddrValue {
+    /// The verdict of the inline pair for a packet of port class `port_class`, or
+    /// [`NO_MATCH`].
+    #[inline(always)]
+    pub fn inline_pair(&self, port_class: u32) -> u32 {
+        if self.pair_port_class == port_class {
+            self.pair_verdict
+        } else {
+            NO_MATCH
+        }
+    }
 }
 
 /// Value of [`crate::maps::PORTS`]. Both fields hold their value **plus one** (wrapping), so the
@@ -152,7 +172,7 @@ pub const FRAG_ALLOW: u32 = 0;
 pub const FRAG_STEALTH: u32 = 1;
 
 const _: () = {
-    assert!(core::mem::size_of::<AddrValue>() == 24);
+    assert!(core::mem::size_of::<AddrValue>() == 32);
     assert!(core::mem::size_of::<PortValue>() == 8);
     assert!(core::mem::size_of::<PairKey>() == 8);
     assert!(verdict_rule(verdict(DEFAULT_RULE, ACTION_STEALTH)) == DEFAULT_RULE);

@@ -121,6 +121,9 @@ pub const AYA_LOGS: &str = "AYA_LOGS";
 pub const AYA_LOGS_BYTES: u32 = 1 << 17;
 /// Hash, tgid -> [`ExeId`]: what the identity probe program observed (tests only).
 pub const IDENTITY_PROBE: &str = identity::IDENTITY_PROBE;
+/// Hash, IPv4 address -> `u32`: the addresses the benchmark's reference blocklist drops
+/// (`firewall-ebpf/src/blocklist.rs`; sized and filled by `testrun_bench` only).
+pub const BENCH_BLOCKLIST: &str = "BENCH_BLOCKLIST";
 
 /// Capacity of [`REJECT_RATE`]: sources with a reply budget at once (the least recently
 /// answered is forgotten first).
@@ -138,8 +141,8 @@ pub enum Kind {
     Shared,
     /// Per-CPU scratch space of the kernel programs: never read or written by the daemon.
     Scratch,
-    /// Filled only by the identity probe program that tests load on its own; every copy of
-    /// the object creates it, empty.
+    /// Filled only for a program that tests or the benchmark load on its own (the identity
+    /// probe, the reference blocklist); every copy of the object creates it, empty.
     Probe,
     /// aya-log's ring buffer of trace messages (`diagnostics`): every copy of the object
     /// creates its own; the daemon reads it while kernel tracing is on.
@@ -260,7 +263,7 @@ const fn scratch(name: &'static str, value_size: Option<usize>) -> MapSpec {
 
 /// Every map of the eBPF object.
 #[rustfmt::skip]
-pub const MAPS: [MapSpec; 35] = {
+pub const MAPS: [MapSpec; 36] = {
     use Capacity::{Conntrack, Fixed, Indexed, Rules};
     use Kind::{Diagnostics, Generation, Probe, Shared};
     use MapType::{Array, Hash, LpmTrie, LruHash, PerCpuArray, RingBuf};
@@ -308,6 +311,8 @@ pub const MAPS: [MapSpec; 35] = {
         spec(AYA_LOGS, Diagnostics, RingBuf, 0, 0, Fixed(AYA_LOGS_BYTES)),
         // Tests only (see [`Kind::Probe`]).
         spec(IDENTITY_PROBE, Probe, Hash, 4, size_of::<ExeId>(), Fixed(IDENTITY_PROBE_ENTRIES)),
+        // The benchmark only: one entry unless testrun_bench sizes it.
+        spec(BENCH_BLOCKLIST, Probe, Hash, 4, 4, Fixed(1)),
     ]
 };
 

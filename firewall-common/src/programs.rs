@@ -11,6 +11,9 @@ pub const XDP_PROGRAM: &str = "firewall_xdp";
 pub const XDP_L3_PROGRAM: &str = "firewall_xdp_l3";
 /// Name of a program that only returns `XDP_PASS` (veth peers in tests, the benchmark floor).
 pub const XDP_PASS_PROGRAM: &str = "xdp_pass";
+/// The benchmark's reference blocklist: one hash lookup of the IPv4 source, drop on a hit
+/// (`firewall-ebpf/src/blocklist.rs`, map [`crate::maps::BENCH_BLOCKLIST`]).
+pub const XDP_BLOCKLIST_PROGRAM: &str = "xdp_blocklist";
 /// Name of the TC egress program that records the flows the host opens (and drops the packets
 /// of sockets an outbound verdict said `stealth` for).
 pub const TC_EGRESS_PROGRAM: &str = "firewall_egress";

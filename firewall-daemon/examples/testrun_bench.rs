@@ -47,9 +47,13 @@ use std::{
 use anyhow::{Context as _, bail};
 use etherparse::PacketBuilder;
 use firewall_common::generator::GenConfig;
+
+/// XDP actions, as BPF_PROG_TEST_RUN returns them.
+const XDP_DROP: u32 = 1;
+const XDP_PASS: u32 = 2;
 use firewall_daemon::{
     compile,
-    kernel::{FrameGenerator, Generation, PassProgram},
+    kernel::{BlocklistProgram, FrameGenerator, Generation, PassProgram},
 };
 use nix::{
     mount::{MntFlags, MsFlags, mount, umount2},
@@ -125,13 +129,17 @@ fn rule_addr(i: u32) -> Ipv4Addr {
 const MANY_SOURCES: u32 = 20_000;
 
 /// Single-shot runs of `frames` in turn, each packet from the next one: ns per packet.
-fn single_shots(g: &mut Generation, frames: &[Vec<u8>], shots: usize) -> Stat {
+fn single_shots(
+    frames: &[Vec<u8>],
+    shots: usize,
+    mut time_one: impl FnMut(&[u8]) -> anyhow::Result<f64>,
+) -> Stat {
     Stat::of(
         frames
             .iter()
             .cycle()
             .take(shots)
-            .map(|f| g.time_run(f, 1).unwrap_or(f64::NAN))
+            .map(|f| time_one(f).unwrap_or(f64::NAN))
             .collect(),
     )
 }
@@ -290,12 +298,12 @@ fn print_markdown(doc: &Value) {
         "| rules | compile+load ms | verified insns | pass, new flow (single-shot) | drop (last \
          rule) | drop, many sources (single-shot) | pass, new flow near the rules (single-shot) \
          | reject (last rule, single-shot) | established TCP | replied UDP | unreplied UDP \
-         (tracked) |"
+         (tracked) | reference blocklist: drop | reference: drop, many sources (single-shot) |"
     );
-    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for row in doc["rows"].as_array().into_iter().flatten() {
         println!(
-            "| {} | {:.0} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {:.0} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             row["n"],
             row["load_ms"].as_f64().unwrap_or(f64::NAN),
             row["verified_insns"],
@@ -307,6 +315,8 @@ fn print_markdown(doc: &Value) {
             stat_cell(&row["established_tcp"], 1),
             stat_cell(&row["replied_udp"], 1),
             stat_cell(&row["unreplied_udp"], 1),
+            stat_cell(&row["reference_drop"], 1),
+            stat_cell(&row["reference_drop_many_sources"], 0),
         );
     }
 }
@@ -345,7 +355,7 @@ fn bench(bpffs: &Path, opts: &Opts) -> anyhow::Result<Value> {
                 )
             })
             .collect();
-        let pass = single_shots(&mut drop_gen, &new_flows, sizes.single_shots);
+        let pass = single_shots(&new_flows, sizes.single_shots, |f| drop_gen.time_run(f, 1));
         let dropped = repeated(sizes, || {
             drop_gen.time_run(&hit, sizes.repeat).unwrap_or(f64::NAN)
         });
@@ -359,7 +369,7 @@ fn bench(bpffs: &Path, opts: &Opts) -> anyhow::Result<Value> {
         blocked.truncate(MANY_SOURCES as usize);
         let many: Vec<Vec<u8>> = blocked.iter().map(|&i| frame(rule_addr(i), 9)).collect();
         let c0 = drop_gen.counters()?;
-        let drop_many = single_shots(&mut drop_gen, &many, sizes.single_shots);
+        let drop_many = single_shots(&many, sizes.single_shots, |f| drop_gen.time_run(f, 1));
         let c1 = drop_gen.counters()?;
         // The address next to a random rule's: in the region the rules cover, named by none
         // (a scan of a blocklisted network), each a new flow the default allows.
@@ -369,7 +379,7 @@ fn bench(bpffs: &Path, opts: &Opts) -> anyhow::Result<Value> {
                 frame_from(Ipv4Addr::from(src), 1024 + i as u16, 9)
             })
             .collect();
-        let pass_near = single_shots(&mut drop_gen, &near, sizes.single_shots);
+        let pass_near = single_shots(&near, sizes.single_shots, |f| drop_gen.time_run(f, 1));
         let c2 = drop_gen.counters()?;
         // Each cell checks its verdicts: every many-source packet dropped by a rule, every
         // near packet allowed by the default.
@@ -438,11 +448,30 @@ fn bench(bpffs: &Path, opts: &Opts) -> anyhow::Result<Value> {
             action == 3,
             "reject path returned {action}, expected XDP_TX"
         );
-        let reject = single_shots(
-            &mut reject_gen,
-            std::slice::from_ref(&hit),
-            sizes.single_shots,
+        let reject = single_shots(std::slice::from_ref(&hit), sizes.single_shots, |f| {
+            reject_gen.time_run(f, 1)
+        });
+        drop(reject_gen);
+
+        // The reference: the smallest XDP blocklist (one hash lookup of the source), holding
+        // the same addresses, on the same frames.
+        let addrs: Vec<[u8; 4]> = (0..n).map(|i| rule_addr(i).octets()).collect();
+        let mut reference = BlocklistProgram::load(&bpffs.join("blocklist"), &addrs)?;
+        for f in many.iter().take(1_000).chain([&hit]) {
+            anyhow::ensure!(
+                reference.test_run(f)? == XDP_DROP,
+                "the reference blocklist passed a blocked source"
+            );
+        }
+        anyhow::ensure!(
+            reference.test_run(&miss)? == XDP_PASS,
+            "the reference blocklist dropped an unlisted source"
         );
+        let ref_drop = repeated(sizes, || {
+            reference.time_run(&hit, sizes.repeat).unwrap_or(f64::NAN)
+        });
+        let ref_many = single_shots(&many, sizes.single_shots, |f| reference.time_run(f, 1));
+        drop(reference);
         rows.push(json!({
             "n": n,
             "load_ms": load_ms,
@@ -462,6 +491,8 @@ fn bench(bpffs: &Path, opts: &Opts) -> anyhow::Result<Value> {
             "established_tcp": est.json(),
             "replied_udp": replied.json(),
             "unreplied_udp": unreplied.json(),
+            "reference_drop": ref_drop.json(),
+            "reference_drop_many_sources": ref_many.json(),
         }));
     }
     Ok(json!({

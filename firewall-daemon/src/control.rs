@@ -11,7 +11,8 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-use rules::model::{Action, Defaults, Direction, Proto, Rule, Ruleset};
+use ipnet::IpNet;
+use rules::model::{Action, Defaults, Direction, PortRange, Proto, Rule, Ruleset, Selector};
 
 /// Longest request line the daemon reads; anything longer is refused.
 pub const MAX_REQUEST: usize = 64 * 1024;
@@ -434,19 +435,39 @@ impl ReloadData {
 }
 
 /// What changed between two rule sets, for `fwctl reload`.
+/// A rule's identity: everything but its position (a moved rule is not "changed") and where
+/// it was written.
+type RuleIdentity<'r> = (
+    &'r str,
+    Direction,
+    Proto,
+    &'r [PortRange],
+    Option<&'r [IpNet]>,
+    &'r Selector,
+    Action,
+    Option<bool>,
+);
+
+fn identity(r: &Rule) -> RuleIdentity<'_> {
+    (
+        &r.name,
+        r.direction,
+        r.proto,
+        &r.ports,
+        r.remote.as_deref(),
+        &r.selector,
+        r.action,
+        r.log,
+    )
+}
+
 pub fn diff(old: &Ruleset, new: &Ruleset) -> ReloadData {
-    // A rule's identity is everything but its position: a moved rule is not "changed".
-    let key = |r: &Rule| {
-        format!(
-            "{}|{}|{}|{:?}|{:?}|{:?}|{}|{:?}",
-            r.name, r.direction, r.proto, r.ports, r.remote, r.selector, r.action, r.log
-        )
-    };
-    // Hash sets: a linear `contains` made reloading 100,000 rules take minutes.
-    let old_keys: Vec<String> = old.rules.iter().map(key).collect();
-    let new_keys: Vec<String> = new.rules.iter().map(key).collect();
-    let old_set: std::collections::HashSet<&String> = old_keys.iter().collect();
-    let new_set: std::collections::HashSet<&String> = new_keys.iter().collect();
+    // Hash sets: a linear `contains` made reloading 100,000 rules take minutes; keys of
+    // references, not strings: formatting them was a tenth of such a reload.
+    let old_keys: Vec<RuleIdentity> = old.rules.iter().map(identity).collect();
+    let new_keys: Vec<RuleIdentity> = new.rules.iter().map(identity).collect();
+    let old_set: std::collections::HashSet<&RuleIdentity> = old_keys.iter().collect();
+    let new_set: std::collections::HashSet<&RuleIdentity> = new_keys.iter().collect();
     let describe = |r: &Rule| format!("{} (line {})", r.name, r.origin.line);
     let gone: Vec<&Rule> = old
         .rules
@@ -488,8 +509,8 @@ pub fn diff(old: &Ruleset, new: &Ruleset) -> ReloadData {
         .filter(|r| !paired.contains(r.name.as_str()))
         .map(|r| describe(r))
         .collect();
-    let common_old: Vec<&String> = old_keys.iter().filter(|k| new_set.contains(k)).collect();
-    let common_new: Vec<&String> = new_keys.iter().filter(|k| old_set.contains(k)).collect();
+    let common_old: Vec<&RuleIdentity> = old_keys.iter().filter(|k| new_set.contains(k)).collect();
+    let common_new: Vec<&RuleIdentity> = new_keys.iter().filter(|k| old_set.contains(k)).collect();
     let mut settings = Vec::new();
     let mut setting = |name: &str, a: String, b: String| {
         if a != b {

@@ -98,10 +98,20 @@ pub(crate) fn classify(pkt: &Packet) -> u32 {
 #[inline(always)]
 pub(crate) fn classify_parts(remote: &Addr, proto: u32, port: u16) -> u32 {
     let proto = proto & 3;
+    let (port_class, mut best) = match PORTS.get(port_slot(proto, port)) {
+        Some(v) => (v.class(), v.any_addr()),
+        None => (NO_MATCH, NO_MATCH),
+    };
     let r = AddrWords::of(remote);
-    let packed = addr_verdict(u64::from(r.v4), r.hi, r.lo, u64::from(proto));
+    let packed = addr_verdict(
+        u64::from(r.v4),
+        r.hi,
+        r.lo,
+        u64::from(proto),
+        u64::from(port_class),
+    );
     let addr_class = (packed >> 32) as u32;
-    let mut best = packed as u32;
+    best = min(best, packed as u32);
     // A match rather than an index: indexing a stack array makes LLVM OR an offset into the
     // frame pointer, which the verifier rejects.
     let pv = PROTO_VERDICTS.load();
@@ -114,26 +124,21 @@ pub(crate) fn classify_parts(remote: &Addr, proto: u32, port: u16) -> u32 {
             _ => pv[3],
         },
     );
-    let port_class = match PORTS.get(port_slot(proto, port)) {
-        Some(v) => {
-            best = min(best, v.any_addr());
-            v.class()
-        }
-        None => NO_MATCH,
-    };
     min(best, pair_verdict(addr_class, port_class))
 }
 
-/// What the rules say about a remote address for the protocol class `proto`, packed as
-/// `class << 32 | first rule` ([`NO_MATCH`] in both halves when no prefix holds it): its
-/// full-length entry if it has one (already folded with every enclosing prefix, so the
-/// longest match), else the trie's longest prefix. The address comes as [`AddrWords`].
+/// What the rules say about a remote address for the protocol class `proto` and the port
+/// class `port_class`, packed as `class << 32 | first rule` ([`NO_MATCH`] in both halves when
+/// no prefix holds it): its full-length entry if it has one (already folded with every
+/// enclosing prefix, so the longest match), else the trie's longest prefix; the first rule
+/// includes the entry's inline pair ([`AddrValue::inline_pair`]). The address comes as
+/// [`AddrWords`].
 ///
 /// A BPF subprogram taking scalars, so that its keys live in its own frame: inlined, the
 /// probes of the exact tables made the XDP program's frame 32 bytes larger, and the verifier
 /// refused the call chain of rules about programs (512 bytes of stack for a chain of calls).
 #[inline(never)]
-fn addr_verdict(v4: u64, hi: u64, lo: u64, proto: u64) -> u64 {
+fn addr_verdict(v4: u64, hi: u64, lo: u64, proto: u64, port_class: u64) -> u64 {
     let tables = ADDR_TABLES.load();
     let value = if v4 != 0 {
         let a = (hi as u32).to_ne_bytes();
@@ -165,7 +170,10 @@ fn addr_verdict(v4: u64, hi: u64, lo: u64, proto: u64) -> u64 {
     };
     match value {
         Some(v) => {
-            let best = min(v.any_proto, v.proto[(proto & 3) as usize]);
+            let best = min(
+                min(v.any_proto, v.proto[(proto & 3) as usize]),
+                v.inline_pair(port_class as u32),
+            );
             (u64::from(v.class) << 32) | u64::from(best)
         }
         None => u64::MAX,

@@ -24,8 +24,8 @@
 //! and in the README.
 //!
 //! Modules depend on each other in one direction only (a DAG; `counters`, `addr`, `clock`,
-//! `csum`, `diagnostics` and `scratch` use no other module; `generator`, the benchmark's, uses
-//! only `csum`):
+//! `csum`, `diagnostics` and `scratch` use no other module; the benchmark's `generator` uses
+//! only `csum`, its `blocklist` none):
 //! `inbound` -> `conntrack`, `reply`, `selector`, `classifier`, `decision_log`; `egress` ->
 //! `conntrack`, `outbound`; `outbound` -> `selector`, `owners`, `classifier`, `decision_log`;
 //! `decision_log` -> `identity`, `reply`, `parse`; `selector` -> `listeners`,
@@ -36,6 +36,7 @@
 #![no_main]
 
 mod addr;
+mod blocklist;
 mod classifier;
 mod clock;
 mod conntrack;
@@ -119,6 +120,13 @@ pub fn firewall_egress_l3(ctx: TcContext) -> i32 {
 #[xdp]
 pub fn xdp_pass(_ctx: XdpContext) -> u32 {
     XDP_PASS
+}
+
+/// The benchmark's reference blocklist (`blocklist`), timed beside the firewall by
+/// `testrun_bench`; the daemon never loads it.
+#[xdp]
+pub fn xdp_blocklist(ctx: XdpContext) -> u32 {
+    blocklist::judge(&ctx)
 }
 
 /// The benchmark's frame generator (`generator`), run with live frames by `cargo xtask bench`;

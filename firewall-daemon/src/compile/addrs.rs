@@ -149,6 +149,8 @@ pub(super) fn address_tries(rules: &[&Rule], classes: &mut Classes) -> Tries {
             class: classes.intern(folded.ports.clone()),
             any_proto: folded.any_proto,
             proto: folded.proto,
+            pair_port_class: NO_MATCH,
+            pair_verdict: NO_MATCH,
         };
         match net {
             IpNet::V4(n) => addr4.push((n, value)),

@@ -113,11 +113,16 @@ impl Compiled {
                 .max_by_key(|(n, _)| n.prefix_len())
                 .map(|(_, v)| *v),
         };
+        let port = port.unwrap_or(PortValue::EMPTY);
         let (addr_class, mut best) = match addr {
-            Some(v) => (v.class, v.any_proto.min(v.proto[proto as usize])),
+            Some(v) => (
+                v.class,
+                v.any_proto
+                    .min(v.proto[proto as usize])
+                    .min(v.inline_pair(port.class())),
+            ),
             None => (NO_MATCH, NO_MATCH),
         };
-        let port = port.unwrap_or(PortValue::EMPTY);
         best = best
             .min(port.any_addr())
             .min(proto_verdicts[proto as usize]);

@@ -5,7 +5,7 @@
 //! hooks' copy of the program) `port` is the destination port of a connect() or sendmsg() and
 //! `remote` its destination address.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use firewall_common::{
     AddrValue, NO_MATCH, PORT_SLOTS, PROTO_CLASSES, PROTO_ICMP, PROTO_OTHER, PROTO_TCP, PROTO_UDP,
@@ -191,7 +191,7 @@ pub fn compile_direction(
     let mut addr_classes = Classes::default();
     let mut port_classes = Classes::default();
     let mut pairs = HashMap::new();
-    let base = tables(&unscoped, &mut addr_classes, &mut port_classes, &mut pairs)?;
+    let mut base = tables(&unscoped, &mut addr_classes, &mut port_classes, &mut pairs)?;
     let mut groups = Vec::new();
     let mut scoped_shapes = 0;
     let mut units = BTreeMap::new();
@@ -218,6 +218,7 @@ pub fn compile_direction(
             }
         }
     }
+    inline_sole_pairs(&mut base, &mut pairs);
     let all: Vec<&Rule> = ruleset.of(direction).collect();
     let default_action = ruleset.default_action(direction);
     let log_rules: Vec<u32> = all
@@ -259,6 +260,53 @@ pub fn compile_direction(
         log_rules,
         log_flags,
     })
+}
+
+/// Moves the `PAIRS` entry of each unscoped address class that has exactly one into the
+/// address entries of that class ([`AddrValue::pair_port_class`]), and out of `pairs`. Group
+/// classes are never the same as unscoped ones (a class is a set of rules, and a rule is
+/// either scoped or not), and the selectors' lookup keeps reading `PAIRS`.
+fn inline_sole_pairs(base: &mut Tables, pairs: &mut HashMap<PairKey, u32>) {
+    let used: HashSet<u32> = base
+        .addr4
+        .iter()
+        .map(|(_, v)| v.class)
+        .chain(base.addr6.iter().map(|(_, v)| v.class))
+        .filter(|c| *c != NO_MATCH)
+        .collect();
+    // Per class: how many pairs, and the last one seen.
+    let mut per_class: HashMap<u32, (usize, u32, u32)> = HashMap::new();
+    for (k, w) in pairs.iter() {
+        if used.contains(&k.addr_class) {
+            let e = per_class
+                .entry(k.addr_class)
+                .or_insert((0, NO_MATCH, NO_MATCH));
+            *e = (e.0 + 1, k.port_class, *w);
+        }
+    }
+    let sole: HashMap<u32, (u32, u32)> = per_class
+        .into_iter()
+        .filter(|(_, (n, _, _))| *n == 1)
+        .map(|(class, (_, port_class, w))| (class, (port_class, w)))
+        .collect();
+    let values = base
+        .addr4
+        .iter_mut()
+        .map(|(_, v)| v)
+        .chain(base.addr6.iter_mut().map(|(_, v)| v));
+    for v in values {
+        if let Some((port_class, w)) = sole.get(&v.class) {
+            v.pair_port_class = *port_class;
+            v.pair_verdict = *w;
+            v.class = NO_MATCH;
+        }
+    }
+    for (class, (port_class, _)) in sole {
+        pairs.remove(&PairKey {
+            addr_class: class,
+            port_class,
+        });
+    }
 }
 
 /// Compiles `rules` (ascending index order) into tables; their address/port classes are

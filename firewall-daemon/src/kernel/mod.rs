@@ -46,4 +46,4 @@ pub use pins::{
 pub use shared::{ListenerTable, StealthTable};
 pub use tables::ct_config;
 #[cfg(feature = "testrun")]
-pub use testrun::{FrameGenerator, PassProgram};
+pub use testrun::{BlocklistProgram, FrameGenerator, PassProgram};

@@ -152,3 +152,47 @@ impl FrameGenerator {
         Ok(())
     }
 }
+
+/// The benchmark's reference blocklist (`firewall-ebpf/src/blocklist.rs`), loaded on its own
+/// with `addrs` in its map: what any XDP blocklist pays per packet, timed beside the firewall.
+pub struct BlocklistProgram {
+    ebpf: Ebpf,
+}
+
+impl BlocklistProgram {
+    pub fn load(pin_dir: &Path, addrs: &[[u8; 4]]) -> anyhow::Result<Self> {
+        prepare_pin_dir(pin_dir)?;
+        let mut loader = EbpfLoader::new();
+        let entries = u32::try_from(addrs.len().max(1)).context("too many addresses")?;
+        let mut ebpf = loader
+            .default_map_pin_directory(pin_dir)
+            .map_max_entries(firewall_common::maps::BENCH_BLOCKLIST, entries)
+            .load(EBPF_OBJECT)
+            .context("loading the eBPF object")?;
+        xdp_program(&mut ebpf, firewall_common::XDP_BLOCKLIST_PROGRAM)?
+            .load()
+            .map_err(verifier_context)?;
+        let map = ebpf
+            .map_mut(firewall_common::maps::BENCH_BLOCKLIST)
+            .context("the object has no BENCH_BLOCKLIST map")?;
+        let mut table: aya::maps::HashMap<_, [u8; 4], u32> =
+            aya::maps::HashMap::try_from(map).context("BENCH_BLOCKLIST")?;
+        for a in addrs {
+            table.insert(a, &1, 0).context("filling BENCH_BLOCKLIST")?;
+        }
+        Ok(Self { ebpf })
+    }
+
+    fn program(&mut self) -> anyhow::Result<&mut Xdp> {
+        xdp_program(&mut self.ebpf, firewall_common::XDP_BLOCKLIST_PROGRAM)
+    }
+
+    /// Runs the program once on `frame`: its XDP action.
+    pub fn test_run(&mut self, frame: &[u8]) -> anyhow::Result<u32> {
+        Ok(run_program(self.program()?, frame, 1)?.0)
+    }
+
+    pub fn time_run(&mut self, frame: &[u8], repeat: u32) -> anyhow::Result<f64> {
+        time_program(self.program()?, frame, repeat)
+    }
+}

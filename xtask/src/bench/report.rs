@@ -582,6 +582,45 @@ fn targets(s: &mut String, r: &Results) {
                 verdict((!rows.is_empty() && worst.is_finite()).then_some(worst <= 3.0))
             );
         }
+        // Issue 17's: random sources at 100,000 against 10, and against the reference
+        // blocklist (one hash lookup) of the same addresses, in the same run.
+        let at = |n: u64, key: &str| row(n).and_then(|r| med(&r[key]));
+        let ratio = (|| Some(at(100_000, "drop_many_sources")? / at(10, "drop_many_sources")?))();
+        let _ = writeln!(
+            s,
+            "| BPF_PROG_TEST_RUN drop, many sources: N = 100,000 within 1.2× N = 10 (issue 17) | \
+             {} | {} |",
+            ratio.map_or("—".into(), |x| format!("{x:.2}×")),
+            verdict(ratio.map(|x| x <= 1.2))
+        );
+        for (ours, reference, label) in [
+            ("drop", "reference_drop", "drop"),
+            (
+                "drop_many_sources",
+                "reference_drop_many_sources",
+                "drop, many sources (single-shot)",
+            ),
+            ("established_tcp", "reference_drop", "established TCP"),
+        ] {
+            let pair = (|| Some((at(100_000, ours)?, at(100_000, reference)?)))();
+            let _ = writeln!(
+                s,
+                "| BPF_PROG_TEST_RUN {label}, N = 100,000: within 2× the reference blocklist's \
+                 {} (issue 17) | {} | {} |",
+                if reference == "reference_drop" {
+                    "repeated drop (empty program + parse + one hash lookup)"
+                } else {
+                    "many-source drop"
+                },
+                pair.map_or("—".into(), |(o, x)| format!(
+                    "{} ns against {} ns: {:.2}×",
+                    num(o, 0),
+                    num(x, 0),
+                    o / x
+                )),
+                verdict(pair.map(|(o, x)| o <= 2.0 * x))
+            );
+        }
     }
     // Reload and memory.
     for o in OURS {
@@ -900,7 +939,9 @@ fn testrun(s: &mut String, r: &Results) {
          program measures {} repeated and {} single-shot in the same run. Verified instructions: \
          the kernel's count of what its verifier walked for all four programs of a generation \
          (XDP and TC, Ethernet and without a link layer), which the load time follows; the limit \
-         is 1,000,000 per program.\n",
+         is 1,000,000 per program. The reference blocklist (`firewall-ebpf/src/blocklist.rs`) \
+         is the smallest XDP blocklist: one hash lookup of the IPv4 source, holding the same N \
+         addresses, timed on the same frames.\n",
         t["samples"],
         num(t["repeat"].as_f64().unwrap_or(0.0), 0),
         num(t["single_shots"].as_f64().unwrap_or(0.0), 0),
@@ -911,8 +952,9 @@ fn testrun(s: &mut String, r: &Results) {
         s,
         "| rules | compile + load | verified instructions | pass, new flow (single-shot) | drop | \
          drop, many sources (single-shot) | pass, new flow near the rules (single-shot) | \
-         reject (single-shot) | established TCP | replied UDP | unreplied UDP \
-         |\n|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+         reject (single-shot) | established TCP | replied UDP | unreplied UDP | reference: \
+         drop | reference: drop, many sources (single-shot) \
+         |\n|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     );
     for row in t["rows"].as_array().into_iter().flatten() {
         let _ = write!(
@@ -925,6 +967,9 @@ fn testrun(s: &mut String, r: &Results) {
                 .map_or("—".into(), |v| num(v, 0))
         );
         for (key, _) in TESTRUN_PATHS {
+            let _ = write!(s, " {} |", cell(&row[key]));
+        }
+        for key in ["reference_drop", "reference_drop_many_sources"] {
             let _ = write!(s, " {} |", cell(&row[key]));
         }
         s.push('\n');
