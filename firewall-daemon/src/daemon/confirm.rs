@@ -110,10 +110,14 @@ impl State {
                  previous rules come back unless `fwctl confirm` follows) or --force"
             );
         }
-        let before = (self.ruleset.clone(), self.generation_no);
+        // The rules to roll back to, kept only when a rollback is armed: a copy of 100,000
+        // rules is not free.
+        let before = o
+            .confirm_secs
+            .map(|_| (self.ruleset.clone(), self.generation_no));
         let mut data = self.switch_to(new_rules, resolved, o.recheck, Instant::now())?;
         data.lockout = lockout;
-        if let Some(secs) = o.confirm_secs {
+        if let (Some(secs), Some(before)) = (o.confirm_secs, before) {
             let (rules, generation) = match self.pending.take() {
                 Some(p) => (p.rules, p.generation),
                 None => before,

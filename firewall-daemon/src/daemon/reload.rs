@@ -168,6 +168,7 @@ impl State {
         let pin_dir = self.ruleset.daemon.pin_dir.clone();
         let new_id = next_generation_id(self.generation.id);
         let mut new_gen = Generation::load(&compiled, &new_rules, &pin_dir, new_id)?;
+        new_gen.prepare(self.attached.iter().map(|a| a.layer))?;
         let mut new_out = OutboundGeneration::load(&compiled_out, &new_rules, &pin_dir, new_id)?;
         let mut data = control::diff(&self.ruleset, &new_rules);
 

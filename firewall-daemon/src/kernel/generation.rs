@@ -80,15 +80,10 @@ impl Generation {
             cfg.set(0, &ct_config(&ruleset.conntrack, id), 0)
                 .context("writing the conntrack settings")?;
         }
-        for link in [LinkLayer::Ethernet, LinkLayer::Ip] {
-            let (xdp, tc) = entry_points(link)?;
-            xdp_program(&mut ebpf, xdp)?
-                .load()
-                .map_err(verifier_context)?;
-            tc_program(&mut ebpf, tc)?
-                .load()
-                .map_err(verifier_context)?;
-        }
+        // The Ethernet pair now; the pair for devices without a link layer when one is
+        // attached (`prepare`, or the first `program_for`): verifying it is a quarter of a
+        // reload's verifier time, and most hosts have no such device.
+        load_pair(&mut ebpf, LinkLayer::Ethernet)?;
         // After the programs are loaded: the reader takes the ring buffer out of `ebpf`.
         let trace = super::diagnostics::read(&mut ebpf)?;
         Ok(Self {
@@ -97,6 +92,15 @@ impl Generation {
             rule_count: compiled.rule_count,
             id,
         })
+    }
+
+    /// Loads the programs for interfaces of each of `links` that are not loaded yet, so that a
+    /// reload fails (on a verifier refusal) before anything is switched to it.
+    pub fn prepare(&mut self, links: impl IntoIterator<Item = LinkLayer>) -> anyhow::Result<()> {
+        for link in links {
+            load_pair(&mut self.ebpf, link)?;
+        }
+        Ok(())
     }
 
     /// How many instructions the verifier walked for each loaded program of this generation
@@ -119,10 +123,12 @@ impl Generation {
 
     /// The XDP program for interfaces of `link`.
     pub fn program_for(&mut self, link: LinkLayer) -> anyhow::Result<&mut Xdp> {
+        load_pair(&mut self.ebpf, link)?;
         xdp_program(&mut self.ebpf, entry_points(link)?.0)
     }
 
     pub(super) fn egress(&mut self, link: LinkLayer) -> anyhow::Result<&mut SchedClassifier> {
+        load_pair(&mut self.ebpf, link)?;
         tc_program(&mut self.ebpf, entry_points(link)?.1)
     }
 
@@ -219,6 +225,20 @@ fn entry_points(link: LinkLayer) -> anyhow::Result<(&'static str, &'static str)>
             other.describe()
         ),
     }
+}
+
+/// Loads the XDP and TC entry points for interfaces of `link`, unless they are loaded.
+fn load_pair(ebpf: &mut Ebpf, link: LinkLayer) -> anyhow::Result<()> {
+    let (xdp, tc) = entry_points(link)?;
+    let prog = xdp_program(ebpf, xdp)?;
+    if prog.fd().is_err() {
+        prog.load().map_err(verifier_context)?;
+    }
+    let prog = tc_program(ebpf, tc)?;
+    if prog.fd().is_err() {
+        prog.load().map_err(verifier_context)?;
+    }
+    Ok(())
 }
 
 pub(super) fn xdp_program<'a>(ebpf: &'a mut Ebpf, name: &str) -> anyhow::Result<&'a mut Xdp> {
