@@ -167,19 +167,12 @@ pub fn install(filter: Filter, n: u32, pair: &Pair, dir: &Path) -> anyhow::Resul
                 );
             }
             s.push_str("  }\n}\n");
-            let file = dir.join(format!("nft-{}-{n}.nft", filter.tag()));
-            std::fs::write(&file, s)?;
-            lab::run(lab::ns_command(pair.rx_ns(), "nft").arg("-f").arg(&file))?;
+            load_nft(pair, dir, filter, n, &s)?;
         }
         // nftables' strongest form for this traffic: a set, looked up at the netdev ingress
         // hook of the receiving device, before the IP stack (about 13 % faster than at input).
         Filter::NftSet => {
-            let mut s = String::from("table netdev fwbench {\n");
-            s.push_str("  set blocked {\n    type ipv4_addr\n    elements = {\n");
-            for i in 0..n {
-                let _ = writeln!(s, "      {},", addr_str(rule_addr(i)));
-            }
-            s.push_str("    }\n  }\n");
+            let mut s = format!("table netdev fwbench {{\n{}", nft_set(n));
             let _ = writeln!(
                 s,
                 "  chain ingress {{\n    type filter hook ingress device \"{RX_IF}\" priority 0; \
@@ -187,27 +180,18 @@ pub fn install(filter: Filter, n: u32, pair: &Pair, dir: &Path) -> anyhow::Resul
             );
             let _ = writeln!(s, "    ip saddr @blocked udp dport {PORT} drop");
             s.push_str("  }\n}\n");
-            let file = dir.join(format!("nft-{}-{n}.nft", filter.tag()));
-            std::fs::write(&file, s)?;
-            lab::run(lab::ns_command(pair.rx_ns(), "nft").arg("-f").arg(&file))?;
+            load_nft(pair, dir, filter, n, &s)?;
         }
         // The stateful form, as a host firewall is written: packets of known connections
         // accepted by conntrack first, then the set. Unreplied UDP stays `new` in conntrack, so
         // the one-flow traffic reaches the set lookup too, after conntrack found its entry.
         Filter::NftCtSet => {
-            let mut s = String::from("table ip fwbench {\n");
-            s.push_str("  set blocked {\n    type ipv4_addr\n    elements = {\n");
-            for i in 0..n {
-                let _ = writeln!(s, "      {},", addr_str(rule_addr(i)));
-            }
-            s.push_str("    }\n  }\n");
+            let mut s = format!("table ip fwbench {{\n{}", nft_set(n));
             s.push_str("  chain input {\n    type filter hook input priority 0; policy accept;\n");
             s.push_str("    ct state established,related accept\n");
             let _ = writeln!(s, "    ip saddr @blocked udp dport {PORT} drop");
             s.push_str("  }\n}\n");
-            let file = dir.join(format!("nft-{}-{n}.nft", filter.tag()));
-            std::fs::write(&file, s)?;
-            lab::run(lab::ns_command(pair.rx_ns(), "nft").arg("-f").arg(&file))?;
+            load_nft(pair, dir, filter, n, &s)?;
         }
         Filter::XdpTools => xdp_filter = Some(XdpFilter::install(pair, dir, filter.rules(n))?),
         Filter::OursRules | Filter::OursSet => {
@@ -226,6 +210,24 @@ pub fn install(filter: Filter, n: u32, pair: &Pair, dir: &Path) -> anyhow::Resul
         _pass: pass,
         _xdp_filter: xdp_filter,
     })
+}
+
+/// The set `blocked` of the first `n` rule addresses, as nftables declares it in a table.
+fn nft_set(n: u32) -> String {
+    let mut s = String::from("  set blocked {\n    type ipv4_addr\n    elements = {\n");
+    for i in 0..n {
+        let _ = writeln!(s, "      {},", addr_str(rule_addr(i)));
+    }
+    s.push_str("    }\n  }\n");
+    s
+}
+
+/// `nft -f` of `ruleset` in the pair's receiver namespace (one transaction).
+fn load_nft(pair: &Pair, dir: &Path, filter: Filter, n: u32, ruleset: &str) -> anyhow::Result<()> {
+    let file = dir.join(format!("nft-{}-{n}.nft", filter.tag()));
+    std::fs::write(&file, ruleset)?;
+    lab::run(lab::ns_command(pair.rx_ns(), "nft").arg("-f").arg(&file))?;
+    Ok(())
 }
 
 /// xdp-filter loaded on the receiver's veth (native mode, IPv4 only, default allow) with `n`

@@ -187,6 +187,76 @@ pub fn live_sources(flow: Flow, n: u32) -> [u32; 7] {
     }
 }
 
+/// `testrun_bench generate ...`: the live generator for `flow`.
+fn live_args(
+    pair: &Pair,
+    dir: &Path,
+    flow: Flow,
+    n: u32,
+    cpu: usize,
+    max_secs: f64,
+) -> Vec<String> {
+    let src = match flow {
+        Flow::Miss => TX_ADDR,
+        _ => rule_addr(0),
+    };
+    let hex: String = frame(pair, src)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let sources = live_sources(flow, n)
+        .iter()
+        .map(u32::to_string)
+        .collect::<Vec<_>>()
+        .join(",");
+    vec![
+        example_bin().display().to_string(),
+        "generate".into(),
+        format!("/run/netns/{}", pair.tx_ns()),
+        TX_IF.into(),
+        dir.join("bpffs")
+            .join(format!("generator-{}", pair.tag))
+            .display()
+            .to_string(),
+        hex,
+        format!("{max_secs}"),
+        cpu.to_string(),
+        sources,
+    ]
+}
+
+/// `trafgen ...` for `flow` (its configuration written to the run directory).
+fn trafgen_args(
+    pair: &Pair,
+    dir: &Path,
+    flow: Flow,
+    n: u32,
+    cpu: usize,
+    max_secs: f64,
+) -> anyhow::Result<Vec<String>> {
+    let cfg = dir.join(format!("trafgen-{}-{}.cfg", pair.tag, flow.tag()));
+    std::fs::write(&cfg, trafgen_config(pair, flow, n, cpu))?;
+    let budget = ((max_secs + 1.0) * MAX_PPS) as u64;
+    // `-P cpu+1` forks one worker per core up to `cpu`; the `cpu(N):` prefix of the packet
+    // gives it to that core's worker only, the others exit at once. trafgen pins each worker
+    // to its core.
+    Ok([
+        "trafgen",
+        "-o",
+        TX_IF,
+        "-i",
+        &cfg.display().to_string(),
+        "-P",
+        &(cpu + 1).to_string(),
+        "--no-sock-mem",
+        "--notouch-irq",
+        "-n",
+        &budget.to_string(),
+    ]
+    .map(String::from)
+    .to_vec())
+}
+
 /// A running generator, stopped (SIGINT, then SIGKILL) when dropped.
 pub struct Sender {
     child: Child,
@@ -195,7 +265,8 @@ pub struct Sender {
 
 impl Sender {
     /// Starts a generator for the pair's sender, sending `flow` (for `n` rules) from core
-    /// `cpu` for at most `max_secs` seconds.
+    /// `cpu` for at most `max_secs` seconds. Either runs under `timeout`, which forwards SIGINT
+    /// and kills it 3 s later if it has not stopped.
     pub fn start(
         generator: Generator,
         pair: &Pair,
@@ -205,84 +276,30 @@ impl Sender {
         cpu: usize,
         max_secs: f64,
     ) -> anyhow::Result<Self> {
-        match generator {
-            Generator::Live => Self::live(pair, dir, flow, n, cpu, max_secs),
-            Generator::Trafgen => Self::trafgen(pair, dir, flow, n, cpu, max_secs),
-        }
-    }
-
-    fn live(
-        pair: &Pair,
-        dir: &Path,
-        flow: Flow,
-        n: u32,
-        cpu: usize,
-        max_secs: f64,
-    ) -> anyhow::Result<Self> {
+        let limit = format!("{}", max_secs.ceil() as u64 + 2);
+        let mut cmd = match generator {
+            // The generator enters the sender namespace itself.
+            Generator::Live => {
+                let mut c = std::process::Command::new("timeout");
+                c.args(["-s", "INT", "-k", "3", &limit])
+                    .args(live_args(pair, dir, flow, n, cpu, max_secs));
+                c
+            }
+            Generator::Trafgen => {
+                let mut c = lab::ns_command(pair.tx_ns(), "timeout");
+                c.args(["-s", "INT", "-k", "3", &limit])
+                    .args(trafgen_args(pair, dir, flow, n, cpu, max_secs)?);
+                c
+            }
+        };
         let log = dir.join(format!("generator-{}.log", pair.tag));
         let out = File::create(&log)?;
-        let src = match flow {
-            Flow::Miss => TX_ADDR,
-            _ => rule_addr(0),
-        };
-        let hex: String = frame(pair, src)
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
-        let sources = live_sources(flow, n)
-            .iter()
-            .map(u32::to_string)
-            .collect::<Vec<_>>()
-            .join(",");
-        // The generator enters the sender namespace itself; `timeout` forwards SIGINT.
-        let child = std::process::Command::new("timeout")
-            .args(["-s", "INT", "-k", "3"])
-            .arg(format!("{}", max_secs.ceil() as u64 + 2))
-            .arg(example_bin())
-            .arg("generate")
-            .arg(format!("/run/netns/{}", pair.tx_ns()))
-            .arg(TX_IF)
-            .arg(dir.join("bpffs").join(format!("generator-{}", pair.tag)))
-            .arg(hex)
-            .arg(format!("{max_secs}"))
-            .arg(cpu.to_string())
-            .arg(sources)
+        let child = cmd
             .stdin(Stdio::null())
             .stdout(out.try_clone()?)
             .stderr(out)
             .spawn()
-            .context("starting testrun_bench generate")?;
-        Ok(Self { child, log })
-    }
-
-    fn trafgen(
-        pair: &Pair,
-        dir: &Path,
-        flow: Flow,
-        n: u32,
-        cpu: usize,
-        max_secs: f64,
-    ) -> anyhow::Result<Self> {
-        let cfg = dir.join(format!("trafgen-{}-{}.cfg", pair.tag, flow.tag()));
-        std::fs::write(&cfg, trafgen_config(pair, flow, n, cpu))?;
-        let log = dir.join(format!("trafgen-{}.log", pair.tag));
-        let out = File::create(&log)?;
-        let budget = ((max_secs + 1.0) * MAX_PPS) as u64;
-        // `-P cpu+1` forks one worker per core up to `cpu`; the `cpu(N):` prefix of the
-        // packet gives it to that core's worker only, the others exit at once. trafgen pins each
-        // worker to its core. `timeout` runs it in its own process group and forwards SIGINT.
-        let child = lab::ns_command(pair.tx_ns(), "timeout")
-            .args(["-s", "INT", "-k", "3"])
-            .arg(format!("{}", max_secs.ceil() as u64 + 2))
-            .args(["trafgen", "-o", TX_IF, "-i"])
-            .arg(&cfg)
-            .args(["-P", &(cpu + 1).to_string()])
-            .args(["--no-sock-mem", "--notouch-irq", "-n", &budget.to_string()])
-            .stdin(Stdio::null())
-            .stdout(out.try_clone()?)
-            .stderr(out)
-            .spawn()
-            .context("starting trafgen")?;
+            .with_context(|| format!("starting {generator:?}"))?;
         Ok(Self { child, log })
     }
 
