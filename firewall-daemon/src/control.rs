@@ -434,7 +434,6 @@ impl ReloadData {
     }
 }
 
-/// What changed between two rule sets, for `fwctl reload`.
 type FastSet<T> = std::collections::HashSet<T, foldhash::fast::RandomState>;
 type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 
@@ -464,6 +463,7 @@ fn identity(r: &Rule) -> RuleIdentity<'_> {
     )
 }
 
+/// What changed between two rule sets, for `fwctl reload`.
 pub fn diff(old: &Ruleset, new: &Ruleset) -> ReloadData {
     // Hash sets: a linear `contains` made reloading 100,000 rules take minutes; keys of
     // references, not strings, and a fast hasher (the files are the administrator's own):

@@ -655,21 +655,9 @@ fn daemon_refuses_invalid_config_and_cleans_up_on_stop() {
         ),
     ] {
         std::fs::write(&cfg, rules).expect("write");
-        let out = pair
-            .server
-            .command(support::daemon::DAEMON)
-            .arg("--config")
-            .arg(&cfg)
-            .args(["--interface", &pair.server_if, "--pin-dir", "/nonexistent"])
-            .arg("--cgroup")
-            .arg(cgroup.path())
-            .output()
-            .expect("daemon");
-        assert!(!out.status.success(), "{rules}");
-        let err = String::from_utf8_lossy(&out.stderr);
+        let err =
+            support::daemon::refused_start(&pair.server, &pair.server_if, &cfg, cgroup.path());
         assert!(why.iter().all(|w| err.contains(w)), "{err}");
-        let link = pair.server.exec(&["ip", "link", "show", &pair.server_if]);
-        assert!(!link.contains("xdp"), "nothing may be attached: {link}");
     }
 
     // With on_stop = "keep" (the default), a clean stop leaves the firewall enforcing: the

@@ -406,10 +406,27 @@ fn tun_blocks_and_allows(mode: &str) {
         "{st}"
     );
 
-    for (blocked, peer, host) in [
+    // Judged by the first generation, then again after a reload: a generation loads the
+    // programs for devices without a link layer only when one is attached, and a reload must
+    // load them before it switches the tun over.
+    for (round, (blocked, peer, host)) in [
         (BLOCKED_V4, PEER_V4, HOST_V4),
         (BLOCKED_V6, PEER_V6, HOST_V6),
-    ] {
+        (BLOCKED_V4, PEER_V4, HOST_V4),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        if round == 2 {
+            d.write_rules(RULES);
+            let out = d.fwctl(&["reload"]);
+            assert!(
+                out.status.success(),
+                "reload with a tun attached: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let sport = 40000 + round as u16;
         let bind: SocketAddr = SocketAddr::new(host.parse().expect("address"), 5000);
         let sock = ns.run(move || UdpSocket::bind(bind).expect("binding the service"));
         sock.set_read_timeout(Some(Duration::from_millis(50)))
@@ -419,8 +436,9 @@ fn tun_blocks_and_allows(mode: &str) {
             &mut tun,
             &sock,
             &[
-                udp_packet(blocked, host, 40000, 5000, b"from the blocked host"),
-                udp_packet(peer, host, 40000, 5000, b"allowed"),
+                // A new source port each round: a new flow, judged by the rules again.
+                udp_packet(blocked, host, sport, 5000, b"from the blocked host"),
+                udp_packet(peer, host, sport, 5000, b"allowed"),
             ],
             b"allowed",
         );

@@ -1070,24 +1070,11 @@ fn cgroup_must_be_a_cgroup2_directory() {
         (cfg.clone(), "is not a directory"),
         (mount.join("fw-test-does-not-exist"), "No such file"),
     ] {
-        let out = pair
-            .server
-            .command(support::daemon::DAEMON)
-            .arg("--config")
-            .arg(&cfg)
-            .args(["--interface", &pair.server_if, "--pin-dir", "/nonexistent"])
-            .arg("--cgroup")
-            .arg(&cgroup)
-            .output()
-            .expect("daemon");
-        assert!(!out.status.success());
-        let err = String::from_utf8_lossy(&out.stderr);
+        let err = support::daemon::refused_start(&pair.server, &pair.server_if, &cfg, &cgroup);
         assert!(
             err.contains(words) && err.contains(&mount.display().to_string()),
             "{}: {err}",
             cgroup.display()
         );
-        let link = pair.server.exec(&["ip", "link", "show", &pair.server_if]);
-        assert!(!link.contains("xdp"), "nothing may be attached: {link}");
     }
 }

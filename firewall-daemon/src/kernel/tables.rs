@@ -123,7 +123,7 @@ fn fill_trie<const N: usize>(
 /// `BPF_MAP_UPDATE_BATCH` (Linux 5.6; aya 0.16 has no binding for it), one `bpf()` call for
 /// the lot instead of one per entry (at 100,000 rules, about 60 ms of a reload); where the
 /// kernel refuses the batch, one call per entry for whatever it did not take.
-fn fill_hash<K: Pod, V: Pod>(
+pub(super) fn fill_hash<K: Pod, V: Pod>(
     ebpf: &mut Ebpf,
     name: &str,
     entries: impl Iterator<Item = (K, V)>,

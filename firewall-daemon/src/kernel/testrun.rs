@@ -17,7 +17,7 @@ use aya::{
 
 use super::{
     Generation, generation::xdp_program, links::attach_xdp, object::verifier_context,
-    pins::prepare_pin_dir,
+    pins::prepare_pin_dir, tables::fill_hash,
 };
 use crate::{EBPF_OBJECT, host::interfaces::LinkLayer};
 use firewall_common::generator::GenConfig;
@@ -84,18 +84,31 @@ pub struct PassProgram {
     ebpf: Ebpf,
 }
 
+/// The object loaded for one XDP program that runs on its own (the helpers below): the
+/// program `name` is loaded, after `configure` has set the loader's globals and map sizes.
+fn load_alone<'a>(
+    pin_dir: &'a Path,
+    name: &str,
+    configure: impl FnOnce(&mut EbpfLoader<'a>),
+) -> anyhow::Result<Ebpf> {
+    prepare_pin_dir(pin_dir)?;
+    let mut loader = EbpfLoader::new();
+    loader.default_map_pin_directory(pin_dir);
+    configure(&mut loader);
+    let mut ebpf = loader
+        .load(EBPF_OBJECT)
+        .context("loading the eBPF object")?;
+    xdp_program(&mut ebpf, name)?
+        .load()
+        .map_err(verifier_context)?;
+    Ok(ebpf)
+}
+
 impl PassProgram {
     pub fn load(pin_dir: &Path) -> anyhow::Result<Self> {
-        prepare_pin_dir(pin_dir)?;
-        let mut loader = EbpfLoader::new();
-        super::diagnostics::set_level(&mut loader);
-        let mut ebpf = loader
-            .default_map_pin_directory(pin_dir)
-            .load(EBPF_OBJECT)
-            .context("loading the eBPF object")?;
-        xdp_program(&mut ebpf, firewall_common::XDP_PASS_PROGRAM)?
-            .load()
-            .map_err(verifier_context)?;
+        let ebpf = load_alone(pin_dir, firewall_common::XDP_PASS_PROGRAM, |l| {
+            super::diagnostics::set_level(l)
+        })?;
         Ok(Self { ebpf })
     }
 
@@ -124,16 +137,9 @@ pub struct FrameGenerator {
 
 impl FrameGenerator {
     pub fn load(pin_dir: &Path, config: GenConfig) -> anyhow::Result<Self> {
-        prepare_pin_dir(pin_dir)?;
-        let mut loader = EbpfLoader::new();
-        let mut ebpf = loader
-            .default_map_pin_directory(pin_dir)
-            .override_global(firewall_common::globals::GEN_CONFIG, &config, true)
-            .load(EBPF_OBJECT)
-            .context("loading the eBPF object")?;
-        xdp_program(&mut ebpf, firewall_common::generator::GEN_PROGRAM)?
-            .load()
-            .map_err(verifier_context)?;
+        let ebpf = load_alone(pin_dir, firewall_common::generator::GEN_PROGRAM, |l| {
+            l.override_global(firewall_common::globals::GEN_CONFIG, &config, true);
+        })?;
         Ok(Self { ebpf })
     }
 
@@ -161,25 +167,17 @@ pub struct BlocklistProgram {
 
 impl BlocklistProgram {
     pub fn load(pin_dir: &Path, addrs: &[[u8; 4]]) -> anyhow::Result<Self> {
-        prepare_pin_dir(pin_dir)?;
-        let mut loader = EbpfLoader::new();
         let entries = u32::try_from(addrs.len().max(1)).context("too many addresses")?;
-        let mut ebpf = loader
-            .default_map_pin_directory(pin_dir)
-            .map_max_entries(firewall_common::maps::BENCH_BLOCKLIST, entries)
-            .load(EBPF_OBJECT)
-            .context("loading the eBPF object")?;
-        xdp_program(&mut ebpf, firewall_common::XDP_BLOCKLIST_PROGRAM)?
-            .load()
-            .map_err(verifier_context)?;
-        let map = ebpf
-            .map_mut(firewall_common::maps::BENCH_BLOCKLIST)
-            .context("the object has no BENCH_BLOCKLIST map")?;
-        let mut table: aya::maps::HashMap<_, [u8; 4], u32> =
-            aya::maps::HashMap::try_from(map).context("BENCH_BLOCKLIST")?;
-        for a in addrs {
-            table.insert(a, &1, 0).context("filling BENCH_BLOCKLIST")?;
-        }
+        let mut ebpf = load_alone(pin_dir, firewall_common::XDP_BLOCKLIST_PROGRAM, |l| {
+            l.map_max_entries(firewall_common::maps::BENCH_BLOCKLIST, entries);
+        })?;
+        // Written the way the rule maps are (one batch update).
+        fill_hash(
+            &mut ebpf,
+            firewall_common::maps::BENCH_BLOCKLIST,
+            addrs.iter().map(|a| (*a, 1u32)),
+        )
+        .context("filling BENCH_BLOCKLIST")?;
         Ok(Self { ebpf })
     }
 

@@ -128,6 +128,31 @@ pub fn assert_daemon_cgroup(path: &Path) {
 }
 pub const FWCTL: &str = env!("CARGO_BIN_EXE_fwctl");
 
+/// Runs the daemon on `ifname` inside `ns` with `config` and `cgroup` where it must refuse to
+/// start: checks that it exited with an error and attached nothing to `ifname`, and returns
+/// what it wrote to stderr.
+pub fn refused_start(ns: &NetNs, ifname: &str, config: &Path, cgroup: &Path) -> String {
+    let out = ns
+        .command(DAEMON)
+        .arg("--config")
+        .arg(config)
+        .args(["--interface", ifname, "--pin-dir", "/nonexistent"])
+        .arg("--cgroup")
+        .arg(cgroup)
+        .output()
+        .expect("daemon");
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        !out.status.success(),
+        "the daemon started with {} and the cgroup {}: {err}",
+        std::fs::read_to_string(config).unwrap_or_default(),
+        cgroup.display()
+    );
+    let link = ns.exec(&["ip", "link", "show", ifname]);
+    assert!(!link.contains("xdp"), "nothing may be attached: {link}");
+    err
+}
+
 impl Daemon {
     /// Writes `rules` to a file and starts the daemon on `ifname` (several separated by commas;
     /// `""`: as the rules say) inside `ns`, returning once it printed its readiness line
