@@ -66,6 +66,9 @@ pub(super) struct Checker<'a> {
     pub(super) warnings: Vec<(Order, String)>,
     /// Read on first use: most rule files name no services.
     pub(super) services: Option<Result<Services, String>>,
+    /// Where in the file the spans being checked start: non-zero while the rules of a chunk
+    /// parsed on its own (`split.rs`) are checked, whose spans count from the chunk.
+    pub(super) base: usize,
 }
 
 impl<'a> Checker<'a> {
@@ -81,6 +84,7 @@ impl<'a> Checker<'a> {
             errors: Vec::new(),
             warnings: Vec::new(),
             services: None,
+            base: 0,
         }
     }
 
@@ -91,7 +95,7 @@ impl<'a> Checker<'a> {
 
     /// 1-based line and column (in characters) of a byte offset.
     pub(super) fn locate(&self, offset: usize) -> (usize, usize) {
-        let offset = offset.min(self.text.len());
+        let offset = offset.saturating_add(self.base).min(self.text.len());
         let line = self.line_starts.partition_point(|&start| start <= offset);
         let start = self
             .line_starts
@@ -122,13 +126,13 @@ impl<'a> Checker<'a> {
     }
 
     pub(super) fn error(&mut self, span: Option<Range<usize>>, message: String) {
-        let order = (span.as_ref().map_or(0, |s| s.start), 0);
+        let order = (span.as_ref().map_or(0, |s| s.start + self.base), 0);
         let diagnostic = self.diagnostic(span, message);
         self.errors.push((order, diagnostic));
     }
 
     pub(super) fn warn(&mut self, span: Range<usize>, message: String) {
-        let order = (span.start, 0);
+        let order = (span.start + self.base, 0);
         let diagnostic = self.diagnostic(Some(span), message);
         self.warnings.push((order, diagnostic.to_string()));
     }

@@ -31,11 +31,13 @@ mod raw;
 mod rule;
 mod services;
 mod sets;
+mod split;
 mod values;
 
 use std::{
     collections::HashMap,
     fs, io,
+    ops::Range,
     path::{Path, PathBuf},
 };
 
@@ -48,6 +50,7 @@ pub use self::diagnostic::{ConfigError, Diagnostic};
 use self::{
     checker::{Checker, one_of},
     raw::TOP_LEVEL_KEYS,
+    rule::RuleTables,
 };
 use crate::model::Ruleset;
 
@@ -184,6 +187,40 @@ fn parse_limited(
     env: &Env,
     max_rules: usize,
 ) -> Result<Ruleset, ConfigError> {
+    parse_chunked(text, source, env, max_rules, split::split(text))
+}
+
+/// Reads the document from its pieces if `split` cut it and they parse, else as a whole.
+fn parse_chunked(
+    text: &str,
+    source: &Path,
+    env: &Env,
+    max_rules: usize,
+    split: Option<split::Split>,
+) -> Result<Ruleset, ConfigError> {
+    if let Some(split) = split
+        && split.rules <= max_rules
+        && let Ok(rest) = DeTable::parse(&split.rest)
+        && let Some(result) = check(
+            Checker::new(text, source, env),
+            rest.into_inner(),
+            Some((text, split.chunks)),
+            max_rules,
+        )
+    {
+        return result;
+    }
+    parse_whole(text, source, env, max_rules)
+}
+
+/// The document parsed in one piece: what a file without rule sections, or one [`split`]
+/// cannot cut, or one whose pieces do not parse, is read with.
+fn parse_whole(
+    text: &str,
+    source: &Path,
+    env: &Env,
+    max_rules: usize,
+) -> Result<Ruleset, ConfigError> {
     let mut ck = Checker::new(text, source, env);
     let doc = match DeTable::parse(text) {
         Ok(doc) => doc.into_inner(),
@@ -192,7 +229,27 @@ fn parse_limited(
             return Err(ck.into_error());
         }
     };
+    check(ck, doc, None, max_rules).unwrap_or_else(|| {
+        // Only the rule chunks of a split document can fail to parse on their own.
+        Err(ConfigError::Invalid(vec![Diagnostic {
+            file: source.to_path_buf(),
+            line: None,
+            column: None,
+            message: "internal error: the rules could not be read".to_owned(),
+        }]))
+    })
+}
 
+/// Checks a document's top-level tables (`doc`; without its rule sections when `chunks` gives
+/// them, as the file's text and the ranges of its rule sections). `None` when the pieces of a
+/// split document do not mean what the whole does (a rule chunk that does not parse alone, a
+/// `rule` key in the rest): the caller reads the whole document instead.
+fn check<'t>(
+    mut ck: Checker<'_>,
+    doc: DeTable<'t>,
+    chunks: Option<(&'t str, Vec<Range<usize>>)>,
+    max_rules: usize,
+) -> Option<Result<Ruleset, ConfigError>> {
     let mut sections: HashMap<&'static str, Spanned<DeValue<'_>>> = HashMap::new();
     for (key, value) in doc {
         match TOP_LEVEL_KEYS
@@ -212,6 +269,11 @@ fn parse_limited(
             ),
         }
     }
+    let rule_tables = match chunks {
+        Some(_) if sections.contains_key("rule") => return None,
+        Some((text, chunks)) => RuleTables::Chunks { text, chunks },
+        None => RuleTables::Document(sections.remove("rule")),
+    };
 
     let daemon = ck.daemon(sections.remove("daemon"));
     let defaults = ck.defaults(sections.remove("defaults"));
@@ -219,7 +281,7 @@ fn parse_limited(
     let conntrack = ck.conntrack(sections.remove("conntrack"));
     let log = ck.log(sections.remove("log"));
     let sets = ck.sets(sections.remove("sets"));
-    let (rules, written) = ck.rules(sections.remove("rule"), &sets, max_rules);
+    let (rules, written) = ck.rules(rule_tables, &sets, max_rules)?;
     let assertions = ck.assertions(sections.remove("assert"));
 
     // Every path that drops a rule reports why; this guards that promise, since loading a
@@ -234,13 +296,13 @@ fn parse_limited(
         );
     }
     if !ck.errors.is_empty() {
-        return Err(ck.into_error());
+        return Some(Err(ck.into_error()));
     }
     ck.warnings.sort_by_key(|(order, _)| *order);
     let mut warnings: Vec<String> = ck.warnings.into_iter().map(|(_, w)| w).collect();
-    warnings.extend(crate::lint::lint(source, &rules));
-    Ok(Ruleset {
-        source: source.to_path_buf(),
+    warnings.extend(crate::lint::lint(ck.source, &rules));
+    Some(Ok(Ruleset {
+        source: ck.source.to_path_buf(),
         daemon,
         defaults,
         reject,
@@ -250,7 +312,7 @@ fn parse_limited(
         rules,
         assertions,
         warnings,
-    })
+    }))
 }
 
 #[cfg(test)]

@@ -8,7 +8,10 @@ use std::{
 };
 
 use ipnet::IpNet;
-use toml::{Spanned, de::DeValue};
+use toml::{
+    Spanned,
+    de::{DeArray, DeTable, DeValue},
+};
 
 use super::{
     checker::{Checker, one_of},
@@ -21,16 +24,73 @@ use super::{
 };
 use crate::model::{Action, Direction, Origin, PortRange, Proto, Rule, Selector};
 
+/// Where the `[[rule]]` tables come from.
+pub(super) enum RuleTables<'t> {
+    /// The `rule` value of the whole document.
+    Document(Option<Spanned<DeValue<'t>>>),
+    /// Runs of rule sections of `text`, each parsed when its rules are checked (`split.rs`).
+    Chunks {
+        text: &'t str,
+        chunks: Vec<Range<usize>>,
+    },
+}
+
+/// What checking rules one at a time carries from one to the next.
+#[derive(Default)]
+struct RuleList {
+    rules: Vec<Rule>,
+    written: usize,
+    /// name -> (1-based rule number, line) of its first use.
+    names: HashMap<String, (usize, usize)>,
+}
+
 impl Checker<'_> {
+    /// The rules and how many were written; `None` when a chunk does not parse on its own,
+    /// for the caller to read the whole document instead (its messages are the ones to give).
     pub(super) fn rules(
         &mut self,
-        value: Option<Spanned<DeValue<'_>>>,
+        tables: RuleTables<'_>,
         sets: &Sets,
         max_rules: usize,
-    ) -> (Vec<Rule>, usize) {
-        let Some(value) = value else {
-            return (Vec::new(), 0);
-        };
+    ) -> Option<(Vec<Rule>, usize)> {
+        let mut list = RuleList::default();
+        match tables {
+            RuleTables::Document(value) => {
+                if let Some(elements) = self.rule_array(value, max_rules) {
+                    list.rules.reserve(elements.len());
+                    for element in elements {
+                        self.next_rule(element, sets, &mut list);
+                    }
+                }
+            }
+            RuleTables::Chunks { text, chunks } => {
+                for chunk in chunks {
+                    let mut doc = DeTable::parse(text.get(chunk.clone())?).ok()?.into_inner();
+                    let DeValue::Array(elements) = doc.remove("rule")?.into_inner() else {
+                        return None;
+                    };
+                    if !doc.is_empty() {
+                        return None;
+                    }
+                    self.base = chunk.start;
+                    for element in elements {
+                        self.next_rule(element, sets, &mut list);
+                    }
+                    self.base = 0;
+                }
+            }
+        }
+        Some((list.rules, list.written))
+    }
+
+    /// The elements of the whole document's `rule` array, or none if it is not an array of
+    /// at most `max_rules` tables (reported).
+    fn rule_array<'t>(
+        &mut self,
+        value: Option<Spanned<DeValue<'t>>>,
+        max_rules: usize,
+    ) -> Option<DeArray<'t>> {
+        let value = value?;
         let span = value.span();
         let elements = match value.into_inner() {
             DeValue::Array(elements) => elements,
@@ -40,7 +100,7 @@ impl Checker<'_> {
                     "rules are written [[rule]] (double brackets: one table per rule), not [rule]"
                         .to_owned(),
                 );
-                return (Vec::new(), 0);
+                return None;
             }
             other => {
                 self.error(
@@ -50,7 +110,7 @@ impl Checker<'_> {
                         other.type_str()
                     ),
                 );
-                return (Vec::new(), 0);
+                return None;
             }
         };
         if elements.len() > max_rules {
@@ -62,59 +122,57 @@ impl Checker<'_> {
                     elements.len()
                 ),
             );
-            return (Vec::new(), 0);
+            return None;
         }
+        Some(elements)
+    }
 
-        let written = elements.len();
-        let mut rules = Vec::with_capacity(elements.len());
-        // name -> (1-based rule number, line) of its first use.
-        let mut names: HashMap<String, (usize, usize)> = HashMap::new();
-        for (index, element) in elements.into_iter().enumerate() {
-            let number = index + 1;
-            let header = element.span();
-            let line = self.locate(header.start).0;
-            let given_name = match element.get_ref() {
-                DeValue::Table(t) => t
-                    .get("name")
-                    .and_then(|v| v.get_ref().as_str())
-                    .map(str::to_owned),
-                _ => None,
-            };
-            let ctx = match &given_name {
-                Some(name) => format!("rule {number} ({name:?}): "),
-                None => format!("rule {number}: "),
-            };
-            let key_spans: HashMap<String, Range<usize>> = match element.get_ref() {
-                DeValue::Table(t) => t
-                    .keys()
-                    .map(|k| (k.get_ref().to_string(), k.span()))
-                    .collect(),
-                _ => HashMap::new(),
-            };
-            let Some(raw) = self.table::<RawRule>(element, &ctx, "[[rule]]", "", &[]) else {
-                continue;
-            };
-            let Some(rule) = self.rule(raw, index, &ctx, header.clone(), line, &key_spans, sets)
-            else {
-                continue;
-            };
-            match names.entry(rule.name.clone()) {
-                Entry::Occupied(first) => {
-                    let (first_number, first_line) = *first.get();
-                    self.warn(
-                        header,
-                        format!(
-                            "{ctx}has the same name as rule {first_number} (line {first_line}); names are only labels, but duplicates make logs ambiguous"
-                        ),
-                    );
-                }
-                Entry::Vacant(slot) => {
-                    slot.insert((number, line));
-                }
+    /// Checks the next rule of the file and adds it to `list` (or reports why not).
+    fn next_rule(&mut self, element: Spanned<DeValue<'_>>, sets: &Sets, list: &mut RuleList) {
+        let index = list.written;
+        list.written += 1;
+        let number = index + 1;
+        let header = element.span();
+        let line = self.locate(header.start).0;
+        let given_name = match element.get_ref() {
+            DeValue::Table(t) => t
+                .get("name")
+                .and_then(|v| v.get_ref().as_str())
+                .map(str::to_owned),
+            _ => None,
+        };
+        let ctx = match &given_name {
+            Some(name) => format!("rule {number} ({name:?}): "),
+            None => format!("rule {number}: "),
+        };
+        let key_spans: HashMap<String, Range<usize>> = match element.get_ref() {
+            DeValue::Table(t) => t
+                .keys()
+                .map(|k| (k.get_ref().to_string(), k.span()))
+                .collect(),
+            _ => HashMap::new(),
+        };
+        let Some(raw) = self.table::<RawRule>(element, &ctx, "[[rule]]", "", &[]) else {
+            return;
+        };
+        let Some(rule) = self.rule(raw, index, &ctx, header.clone(), line, &key_spans, sets) else {
+            return;
+        };
+        match list.names.entry(rule.name.clone()) {
+            Entry::Occupied(first) => {
+                let (first_number, first_line) = *first.get();
+                self.warn(
+                    header,
+                    format!(
+                        "{ctx}has the same name as rule {first_number} (line {first_line}); names are only labels, but duplicates make logs ambiguous"
+                    ),
+                );
             }
-            rules.push(rule);
+            Entry::Vacant(slot) => {
+                slot.insert((number, line));
+            }
         }
-        (rules, written)
+        list.rules.push(rule);
     }
 
     #[expect(

@@ -8,6 +8,7 @@ mod ports;
 mod rule;
 mod sections;
 mod sets;
+mod split;
 
 use ipnet::IpNet;
 
