@@ -7,6 +7,21 @@
 //! last load for good (measured: 64 MiB resident for a workstation's five rules, 11 MiB after
 //! the trim). The trim runs after the start and after each control request, reload and
 //! rollback, never per packet event: it walks the heap, which costs well under a millisecond.
+//!
+//! The daemon's threads share one heap ([`one_heap`]): a reload builds part of the new
+//! generation on a second thread, and glibc gives each thread an arena of its own whose live
+//! blocks (that thread's share of the rule names and the outbound generation) pin pages the
+//! trim cannot return. Measured at 100,000 rules after two reloads: 102 MiB resident with the
+//! second arena, 81 MiB without. Allocation is no hot path here: the datapath is in the kernel.
+
+/// Makes every thread allocate from the main heap; called before any thread starts.
+pub(super) fn one_heap() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: mallopt only changes the allocator's tuning; M_ARENA_MAX is a valid parameter.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 1);
+    }
+}
 
 /// Returns the heap's free pages to the kernel.
 pub(super) fn release_freed_heap() {

@@ -122,6 +122,7 @@ struct State {
 const RESOLVE_PERIOD: Duration = Duration::from_secs(2);
 
 pub async fn run(config_path: PathBuf, overrides: Overrides) -> anyhow::Result<()> {
+    memory::one_heap();
     // Handlers first: a SIGTERM that arrives as soon as the readiness line is out must stop
     // the daemon the orderly way (on_stop), not kill it.
     let mut hup = signal(SignalKind::hangup())?;
