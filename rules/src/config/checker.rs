@@ -3,7 +3,7 @@
 //! rule never hides the problems of the next. The sections' checks are `impl Checker` blocks
 //! in their own files.
 
-use std::{cell::Cell, ops::Range, path::Path};
+use std::{borrow::Cow, cell::Cell, ops::Range, path::Path};
 
 use serde::de::{self, DeserializeOwned, Visitor};
 use toml::{
@@ -163,29 +163,32 @@ impl<'a> Checker<'a> {
             }
         };
         let fields = fields_of::<T>();
-        let advertised: Vec<&str> = fields
-            .iter()
-            .copied()
-            .filter(|f| !reserved.contains(f))
-            .collect();
         let unknown: Vec<(String, Range<usize>)> = entries
             .keys()
             .filter(|k| !fields.contains(&k.get_ref().as_ref()))
             .map(|k| (k.get_ref().to_string(), k.span()))
             .collect();
-        for (key, key_span) in &unknown {
-            self.error(
-                Some(key_span.clone()),
-                format!(
-                    "{ctx}unknown key {key:?} in {table}; expected one of: {}",
-                    one_of(&advertised)
-                ),
-            );
-            entries.remove(key.as_str());
+        if !unknown.is_empty() {
+            let advertised: Vec<&str> = fields
+                .iter()
+                .copied()
+                .filter(|f| !reserved.contains(f))
+                .collect();
+            for (key, key_span) in &unknown {
+                self.error(
+                    Some(key_span.clone()),
+                    format!(
+                        "{ctx}unknown key {key:?} in {table}; expected one of: {}",
+                        one_of(&advertised)
+                    ),
+                );
+                entries.remove(key.as_str());
+            }
         }
-        let value_spans: Vec<(String, Range<usize>)> = entries
+        // Keys are mostly borrowed from the text: cloning them copies no string.
+        let value_spans: Vec<(Cow<'_, str>, Range<usize>)> = entries
             .iter()
-            .map(|(k, v)| (k.get_ref().to_string(), v.span()))
+            .map(|(k, v)| (k.get_ref().clone(), v.span()))
             .collect();
         let deserializer =
             ValueDeserializer::from(Spanned::new(span.clone(), DeValue::Table(entries)));

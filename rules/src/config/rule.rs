@@ -2,10 +2,7 @@
 //! reports all of a rule's problems; then its `port`, `remote` and selectors (`program`,
 //! `unit`, `user`). Every path that drops a rule reports why.
 
-use std::{
-    collections::{HashMap, hash_map::Entry},
-    ops::Range,
-};
+use std::{borrow::Cow, collections::hash_map::Entry, ops::Range};
 
 use ipnet::IpNet;
 use toml::{
@@ -35,13 +32,22 @@ pub(super) enum RuleTables<'t> {
     },
 }
 
+/// Where each key of a rule is (keys are mostly borrowed from the text; a rule has a handful).
+type KeySpans<'t> = Vec<(Cow<'t, str>, Range<usize>)>;
+
+fn key_span(keys: &KeySpans<'_>, name: &str) -> Option<Range<usize>> {
+    keys.iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, span)| span.clone())
+}
+
 /// What checking rules one at a time carries from one to the next.
 #[derive(Default)]
 struct RuleList {
     rules: Vec<Rule>,
     written: usize,
     /// name -> (1-based rule number, line) of its first use.
-    names: HashMap<String, (usize, usize)>,
+    names: foldhash::HashMap<String, (usize, usize)>,
 }
 
 impl Checker<'_> {
@@ -145,12 +151,9 @@ impl Checker<'_> {
             Some(name) => format!("rule {number} ({name:?}): "),
             None => format!("rule {number}: "),
         };
-        let key_spans: HashMap<String, Range<usize>> = match element.get_ref() {
-            DeValue::Table(t) => t
-                .keys()
-                .map(|k| (k.get_ref().to_string(), k.span()))
-                .collect(),
-            _ => HashMap::new(),
+        let key_spans: KeySpans<'_> = match element.get_ref() {
+            DeValue::Table(t) => t.keys().map(|k| (k.get_ref().clone(), k.span())).collect(),
+            _ => Vec::new(),
         };
         let Some(raw) = self.table::<RawRule>(element, &ctx, "[[rule]]", "", &[]) else {
             return;
@@ -186,7 +189,7 @@ impl Checker<'_> {
         ctx: &str,
         header: Range<usize>,
         line: usize,
-        key_spans: &HashMap<String, Range<usize>>,
+        key_spans: &KeySpans<'_>,
         sets: &Sets,
     ) -> Option<Rule> {
         let mut ok = true;
@@ -255,7 +258,7 @@ impl Checker<'_> {
         let ports = match raw.port {
             None => Some(Vec::new()),
             Some(_) if proto == Some(Proto::Icmp) => {
-                let at = key_spans.get("port").cloned();
+                let at = key_span(key_spans, "port");
                 self.error(
                     at,
                     format!(
@@ -283,10 +286,7 @@ impl Checker<'_> {
         if proto == Some(Proto::Icmp) && !selector_keys.is_empty() {
             // Rules about a program, unit or user are enforced on sockets (connect, send,
             // accept): TCP and UDP only. With proto = "any" they mean TCP and UDP.
-            let at = key_spans
-                .get("proto")
-                .cloned()
-                .unwrap_or_else(|| header.clone());
+            let at = key_span(key_spans, "proto").unwrap_or_else(|| header.clone());
             self.error(
                 Some(at),
                 format!(
@@ -296,10 +296,7 @@ impl Checker<'_> {
             );
             ok = false;
         } else if direction == Some(Direction::Out) && proto == Some(Proto::Icmp) {
-            let at = key_spans
-                .get("proto")
-                .cloned()
-                .unwrap_or_else(|| header.clone());
+            let at = key_span(key_spans, "proto").unwrap_or_else(|| header.clone());
             self.error(
                 Some(at),
                 format!(
