@@ -8,13 +8,14 @@
 //! as a new packet.
 
 use std::{
+    collections::BTreeSet,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     path::Path,
     sync::{
         Arc, Mutex,
         atomic::{AtomicU32, Ordering},
     },
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, anyhow};
@@ -185,16 +186,17 @@ impl Tables {
 
     /// Deletes entries that expired before `now_ns`; returns how many.
     pub fn expire(&mut self, now_ns: u64) -> u64 {
-        self.expire_flows(now_ns).len() as u64
+        self.expire_flows(now_ns, &mut BTreeSet::new()).len() as u64
     }
 
-    /// [`Self::expire`], returning the flows removed (for `fwctl monitor --conns`).
-    pub fn expire_flows(&mut self, now_ns: u64) -> Vec<Flow> {
-        let expired: Vec<Flow> = self
+    /// [`Self::expire`], returning the flows removed (for `fwctl monitor --conns`) and adding
+    /// to `generations` the rule-set generation of every flow left.
+    pub fn expire_flows(&mut self, now_ns: u64, generations: &mut BTreeSet<u32>) -> Vec<Flow> {
+        let (expired, live): (Vec<Flow>, Vec<Flow>) = self
             .flows()
             .into_iter()
-            .filter(|f| f.entry.expires_ns <= now_ns)
-            .collect();
+            .partition(|f| f.entry.expires_ns <= now_ns);
+        generations.extend(live.iter().map(|f| f.entry.generation));
         let (mut confirmed_removed, mut unconfirmed_removed) = (0, 0);
         let mut removed = Vec::new();
         for f in expired {
@@ -490,10 +492,23 @@ pub fn spawn_watch(
 /// it) it deletes expired entries. It has its own handles on the pinned tables, so the daemon's
 /// main loop (control socket, reloads) never waits for it. Each flow removed is published on
 /// `events` as a `closed` connection event while `fwctl monitor --conns` listens.
+/// The rule-set generations tracked connections were admitted under, as one expiry sweep
+/// found them: what the daemon must still be able to name (`daemon/history.rs`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InUse {
+    /// When the sweep began walking the tables.
+    pub started: Instant,
+    pub generations: BTreeSet<u32>,
+}
+
+/// The last sweep's [`InUse`], shared between the expiry thread and the daemon.
+pub type SharedInUse = Arc<Mutex<Option<InUse>>>;
+
 pub fn spawn_expiry(
     pin_dir: &Path,
     interval_secs: Arc<AtomicU32>,
     events: tokio::sync::broadcast::Sender<crate::decision_log::Published>,
+    in_use: SharedInUse,
 ) -> anyhow::Result<()> {
     let mut tables = Tables::open(pin_dir)?;
     std::thread::Builder::new()
@@ -502,7 +517,13 @@ pub fn spawn_expiry(
             loop {
                 let secs = interval_secs.load(Ordering::Relaxed).max(1);
                 std::thread::sleep(Duration::from_secs(u64::from(secs)));
-                let removed = tables.expire_flows(monotonic_ns());
+                let started = Instant::now();
+                let mut generations = BTreeSet::new();
+                let removed = tables.expire_flows(monotonic_ns(), &mut generations);
+                *in_use.lock().unwrap_or_else(|e| e.into_inner()) = Some(InUse {
+                    started,
+                    generations,
+                });
                 if !removed.is_empty() {
                     debug!("removed {} expired connection(s)", removed.len());
                 }

@@ -1243,3 +1243,42 @@ fn the_daemon_collects_expired_flows() {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// 9. A connection's rule keeps its name across reloads for as long as the connection lasts,
+///    although the names of generations no connection refers to are dropped after each
+///    expiry sweep (`daemon/history.rs`).
+#[test]
+fn a_connection_keeps_its_rules_name_across_reloads() {
+    let _g = shared();
+    let pair = Pair::new();
+    let rules = |port: u16| {
+        format!(
+            "{}\n[conntrack]\ngc_interval = \"1s\"\n",
+            RULES.replace("port = 8080", &format!("port = {port}"))
+        )
+    };
+    let daemon = Daemon::start(&pair.server, &pair.server_if, "generic", &rules(8080));
+    let web = listen(&pair.server, sa(pair.server_v4, 8080));
+    let (mut c, mut s) = open(&pair.client, &web);
+    let (local, remote) = endpoints(&s);
+    for port in [8081, 8082, 8083] {
+        daemon.write_rules(&rules(port));
+        let out = daemon.fwctl(&["reload"]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        // Sweeps run every second and report no connection of the generations in between:
+        // waiting for at least one before the next reload lets that reload drop them.
+        std::thread::sleep(Duration::from_millis(1500));
+    }
+    // A control request also drops what the last sweep shows unused.
+    let _ = conns(&daemon);
+    let flow = find_flow(&daemon, "tcp", &local, &remote);
+    assert_eq!(
+        flow["admitted_by"], "rule 1 \"web\" (earlier rules)",
+        "{flow}"
+    );
+    both_ways(&mut c, &mut s, "after three reloads");
+}

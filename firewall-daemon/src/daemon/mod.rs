@@ -16,10 +16,7 @@ use std::{
 
 use log::{error, info, warn};
 use sd_notify::NotifyState;
-use std::{
-    collections::VecDeque,
-    sync::{Arc, atomic::AtomicU32},
-};
+use std::sync::{Arc, atomic::AtomicU32};
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
@@ -33,6 +30,7 @@ use rules::model::{Interfaces, OnStop, Ruleset, XdpMode};
 
 mod attach;
 mod confirm;
+mod history;
 mod memory;
 mod monitor;
 mod recheck;
@@ -74,12 +72,6 @@ impl Overrides {
     }
 }
 
-/// Rule names of recent generations, so `fwctl conns` can name the rule that admitted a flow
-/// after the rules were reloaded. A name a generation shares with the one before is stored
-/// once (`reload::rule_names`): a generation costs a pointer per rule, not a copy of every
-/// name (at 100,000 rules, 1.6 MB instead of the names' few MB each).
-const RULE_HISTORY: usize = 16;
-
 struct State {
     config_path: PathBuf,
     overrides: Overrides,
@@ -96,7 +88,8 @@ struct State {
     tables: Tables,
     /// The interfaces' MACs and the host's addresses, for the reject path.
     host: HostMaps,
-    history: VecDeque<(u32, Vec<Arc<str>>)>,
+    /// Rule names of the generations connections may still name (`history.rs`).
+    history: history::RuleHistory,
     gc_interval: Arc<AtomicU32>,
     seeded: usize,
     adopted: bool,
@@ -220,6 +213,7 @@ pub async fn run(config_path: PathBuf, overrides: Overrides) -> anyhow::Result<(
                 let response = state.answer(call.cred, &call.line);
                 // The client may have gone; its task then ends with nothing to write.
                 let _ = call.reply.send(response);
+                state.history.prune();
                 memory::release_freed_heap();
             }
             conn = listener.accept() => match conn {

@@ -41,9 +41,7 @@ impl State {
         let index = verdict_rule(raw.verdict);
         let rule = self
             .history
-            .iter()
-            .find(|(id, _)| *id == raw.generation)
-            .and_then(|(_, names)| names.get(index as usize))
+            .name(raw.generation, index as usize)
             .map(|name| (index + 1, name.to_string()));
         let outbound = raw.kind == EVENT_OUTBOUND;
         let names = if outbound {

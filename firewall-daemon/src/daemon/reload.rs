@@ -4,9 +4,7 @@
 //! both directions. A changed program or unit the rules name recompiles the same rules.
 
 use std::{
-    collections::HashMap,
     path::{Path, PathBuf},
-    sync::Arc,
     time::Instant,
 };
 
@@ -15,7 +13,7 @@ use log::{error, info, warn};
 use sd_notify::NotifyState;
 use std::sync::atomic::Ordering;
 
-use super::{Overrides, RULE_HISTORY, State, notify};
+use super::{Overrides, State, history::rule_names, notify};
 use super::{
     attach::{Attached, switch_hooks},
     recheck::rejudge_stealth,
@@ -39,23 +37,6 @@ pub(super) fn next_generation_id(last: u32) -> u32 {
         .map(|d| d.as_secs() as u32)
         .unwrap_or(0);
     now.max(last.wrapping_add(1)).max(1)
-}
-
-/// The rule names of `rs`, sharing each name that `previous` (the generation before) holds.
-pub(super) fn rule_names(rs: &Ruleset, previous: Option<&[Arc<str>]>) -> Vec<Arc<str>> {
-    let known: HashMap<&str, &Arc<str>> = previous
-        .unwrap_or_default()
-        .iter()
-        .map(|n| (&**n, n))
-        .collect();
-    rs.rules
-        .iter()
-        .map(|r| {
-            known
-                .get(r.name.as_str())
-                .map_or_else(|| Arc::from(r.name.as_str()), |n| Arc::clone(n))
-        })
-        .collect()
 }
 
 /// Loads and validates the file, with command-line overrides applied.
@@ -177,10 +158,7 @@ impl State {
                 let new_out =
                     OutboundGeneration::load(&compiled_out, &new_rules, &pin_dir, new_id)?;
                 let data = control::diff(&self.ruleset, &new_rules);
-                let names = rule_names(
-                    &new_rules,
-                    self.history.back().map(|(_, names)| names.as_slice()),
-                );
+                let names = rule_names(&new_rules, self.history.current());
                 anyhow::Ok((new_out, data, names))
             });
             let inbound = (|| {
@@ -300,10 +278,7 @@ impl State {
             );
         }
         self.generation_no += 1;
-        self.history.push_back((new_id, names));
-        while self.history.len() > RULE_HISTORY {
-            self.history.pop_front();
-        }
+        self.history.push(new_id, names);
         self.gc_interval
             .store(self.ruleset.conntrack.gc_interval_secs, Ordering::Relaxed);
         if recheck {

@@ -8,10 +8,7 @@ use std::{path::PathBuf, time::Instant};
 
 use anyhow::bail;
 use log::{info, warn};
-use std::{
-    collections::VecDeque,
-    sync::{Arc, atomic::AtomicU32},
-};
+use std::sync::{Arc, atomic::AtomicU32};
 use tokio::net::UnixListener;
 
 use super::{Overrides, PinCleanup, State};
@@ -20,8 +17,9 @@ use super::{
         attach_hooks, attach_interface, forget_other_links, start_listener_table, sync_host_addrs,
         unsupported_reason,
     },
+    history::RuleHistory,
     recheck::rejudge_stealth,
-    reload::{load_rules, next_generation_id, rule_names},
+    reload::{load_rules, next_generation_id},
     server::{bind_control_socket, remove_stale_socket},
 };
 use crate::{
@@ -190,15 +188,20 @@ pub(super) fn start(
 
     generation.pin(&pin_dir)?;
     let gc_interval = Arc::new(AtomicU32::new(ruleset.conntrack.gc_interval_secs));
-    conntrack::spawn_expiry(&pin_dir, gc_interval.clone(), events.clone())?;
+    let in_use = conntrack::SharedInUse::default();
+    conntrack::spawn_expiry(
+        &pin_dir,
+        gc_interval.clone(),
+        events.clone(),
+        in_use.clone(),
+    )?;
     conntrack::spawn_watch(&pin_dir, events.clone())?;
     let socket_path = ruleset.daemon.control_socket.clone();
     let listener = bind_control_socket(&socket_path, ruleset.daemon.control_group.as_deref())?;
     // From here on, stopping the daemon detaches the firewall and removes the pins.
     cleanup.armed = true;
     let ruleset_interfaces = ruleset.daemon.interfaces.clone();
-    let mut history = VecDeque::new();
-    history.push_back((gen_id, rule_names(&ruleset, None)));
+    let history = RuleHistory::new(gen_id, &ruleset, in_use);
     let state = State {
         config_path,
         overrides,

@@ -283,11 +283,7 @@ impl State {
                 if idx == DEFAULT_RULE {
                     return "[defaults] inbound".into();
                 }
-                let name = self
-                    .history
-                    .iter()
-                    .find(|(id, _)| *id == generation)
-                    .and_then(|(_, names)| names.get(idx as usize));
+                let name = self.history.name(generation, idx as usize);
                 match name {
                     Some(n) if generation == self.generation.id => {
                         format!("rule {} \"{n}\"", idx + 1)
