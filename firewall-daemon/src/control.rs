@@ -166,11 +166,11 @@ impl RuleView {
     pub fn new(rule: &Rule, hits: u64) -> Self {
         Self {
             number: rule.index + 1,
-            name: rule.name.clone(),
+            name: rule.name.to_string(),
             direction: rule.direction,
             proto: rule.proto,
             ports: rule.ports.iter().map(ToString::to_string).collect(),
-            remote: rule.remote_spec.clone(),
+            remote: rule.remote_spec.iter().map(ToString::to_string).collect(),
             program: rule
                 .selector
                 .program

@@ -79,7 +79,7 @@ impl From<&Rule> for RuleRef {
     fn from(r: &Rule) -> Self {
         Self {
             number: r.index + 1,
-            name: r.name.clone(),
+            name: r.name.to_string(),
             line: r.origin.line,
             action: r.action,
         }
@@ -130,7 +130,7 @@ pub fn explain(ruleset: &Ruleset, resolved: &Resolved, q: &Query) -> Result<Expl
         action: e.action,
         rule: rule.map(|r| r.index + 1),
         name: match (rule, &e.fixed) {
-            (Some(r), _) => r.name.clone(),
+            (Some(r), _) => r.name.to_string(),
             (None, Some(_)) => "fixed".into(),
             (None, None) => format!("[defaults] {}bound", q.direction),
         },

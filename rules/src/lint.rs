@@ -87,7 +87,7 @@ fn lint_direction(
         return;
     }
     for (i, later) in checked.iter().enumerate() {
-        if later.remote.as_ref().is_some_and(Vec::is_empty) {
+        if later.remote.as_ref().is_some_and(|r| r.is_empty()) {
             continue; // Reported where the set is defined.
         }
         let Some(earlier) = checked[..i].iter().find(|e| covers(e, later)) else {

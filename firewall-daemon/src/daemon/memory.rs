@@ -8,6 +8,13 @@
 //! the trim). The trim runs after the start and after each control request, reload and
 //! rollback, never per packet event: it walks the heap, which costs well under a millisecond.
 //!
+//! What the daemon keeps must not be many small blocks either: those freed around them by a
+//! load are holes glibc can neither give back nor fill well, and each later load slows as the
+//! heap fragments. A rule's name, ports, networks and remote entries are stored inline
+//! (`rules::model::Text`, `Ports`, `Nets`): at 100,000 rules, resident 57 -> 44 MiB after the
+//! start and 82-84 -> 57 MiB after ten reloads, which took 0.81-1.08 s each, later ones
+//! slower, and now 0.74-0.83 s.
+//!
 //! The daemon's threads share one heap ([`one_heap`]): a reload builds part of the new
 //! generation on a second thread, and glibc gives each thread an arena of its own whose live
 //! blocks (that thread's share of the rule names and the outbound generation) pin pages the

@@ -19,7 +19,7 @@ use super::{
         user_id,
     },
 };
-use crate::model::{Action, Direction, Origin, PortRange, Proto, Rule, Selector};
+use crate::model::{Action, Direction, Nets, Origin, PortRange, Proto, Rule, Selector, Text};
 
 /// Where the `[[rule]]` tables come from.
 pub(super) enum RuleTables<'t> {
@@ -47,7 +47,7 @@ struct RuleList {
     rules: Vec<Rule>,
     written: usize,
     /// name -> (1-based rule number, line) of its first use.
-    names: foldhash::HashMap<String, (usize, usize)>,
+    names: foldhash::HashMap<Text, (usize, usize)>,
 }
 
 impl Checker<'_> {
@@ -324,12 +324,12 @@ impl Checker<'_> {
         let column = self.locate(header.start).1;
         Some(Rule {
             index,
-            name,
+            name: name.into(),
             direction,
             proto,
-            ports,
-            remote,
-            remote_spec,
+            ports: ports.into(),
+            remote: remote.map(Nets::from_vec),
+            remote_spec: remote_spec.into_iter().map(Text::from).collect(),
             selector,
             action,
             log: raw.log.map(|v| *v.get_ref()),

@@ -15,7 +15,7 @@ fn ruleset(selectors: Vec<Selector>) -> Ruleset {
         .map(|(i, selector)| {
             let mut r = base.clone();
             r.index = i as u32;
-            r.name = format!("r{}", i + 1);
+            r.name = format!("r{}", i + 1).into();
             r.selector = selector;
             r
         })

@@ -325,25 +325,25 @@ fn full_example_every_key() {
     assert_eq!(ssh.name, "ssh from trusted");
     assert_eq!(ssh.direction, Direction::In);
     assert_eq!(ssh.proto, Proto::Tcp);
-    assert_eq!(ssh.ports, [range(22, 22)]);
+    assert_eq!(ssh.ports[..], [range(22, 22)]);
     let mut expected = trusted.clone();
     expected.push(net("2001:db8::1/128"));
     expected.sort();
-    assert_eq!(ssh.remote.as_ref(), Some(&expected));
-    assert_eq!(ssh.remote_spec, ["@trusted", "2001:db8::1"]);
+    assert_eq!(ssh.remote.as_deref(), Some(&expected[..]));
+    assert_eq!(ssh.remote_spec[..], ["@trusted", "2001:db8::1"]);
     assert_eq!(ssh.action, Action::Allow);
     assert_eq!(ssh.origin.line, 45);
 
     let web = &rs.rules[1];
     assert_eq!(
-        web.ports,
+        web.ports[..],
         [range(80, 80), range(443, 443), range(8000, 8100)]
     );
     assert_eq!(web.remote, None);
     assert!(web.remote_spec.is_empty());
 
     // "auth" resolves through an alias line; "ident" would too.
-    assert_eq!(rs.rules[2].ports, [range(113, 113)]);
+    assert_eq!(rs.rules[2].ports[..], [range(113, 113)]);
     assert_eq!(rs.rules[2].action, Action::Reject);
 
     let icmp = &rs.rules[3];
@@ -353,13 +353,13 @@ fn full_example_every_key() {
 
     let dns = &rs.rules[4];
     assert_eq!(dns.proto, Proto::Any);
-    assert_eq!(dns.ports, [range(53, 53)]);
-    assert_eq!(dns.remote.as_ref(), Some(&blocklist));
+    assert_eq!(dns.ports[..], [range(53, 53)]);
+    assert_eq!(dns.remote.as_deref(), Some(&blocklist[..]));
     assert_eq!(dns.action, Action::Stealth);
 
     let out = &rs.rules[5];
     assert_eq!(out.direction, Direction::Out);
-    assert_eq!(out.ports, [range(25, 25)]);
+    assert_eq!(out.ports[..], [range(25, 25)]);
     assert_eq!(out.origin.line, 76);
 
     assert!(rs.warnings.is_empty(), "{:?}", rs.warnings);
@@ -382,9 +382,9 @@ fn minimal_and_empty_files_use_defaults() {
             name: "rule 1".into(),
             direction: Direction::In,
             proto: Proto::Any,
-            ports: vec![],
+            ports: Default::default(),
             remote: None,
-            remote_spec: vec![],
+            remote_spec: Default::default(),
             selector: Default::default(),
             action: Action::Allow,
             log: None,

@@ -108,9 +108,9 @@ port = ["www", "mdns", "ident"]
 action = "allow"
 "#;
     let rs = parse_with(text, Path::new("r.toml"), &t.env).unwrap();
-    assert_eq!(rs.rules[0].ports, [range(443, 443), range(5353, 5353)]);
+    assert_eq!(rs.rules[0].ports[..], [range(443, 443), range(5353, 5353)]);
     assert_eq!(
-        rs.rules[1].ports,
+        rs.rules[1].ports[..],
         [range(80, 80), range(113, 113), range(5353, 5353)]
     );
 }

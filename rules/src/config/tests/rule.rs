@@ -92,8 +92,8 @@ action = "allow"
     let web = &rs.rules[1];
     assert_eq!(web.index, 1);
     assert_eq!(web.proto, Proto::Tcp);
-    assert_eq!(web.ports, [range(443, 443)]);
-    assert_eq!(web.remote, Some(vec![net("10.0.0.0/8")]));
+    assert_eq!(web.ports[..], [range(443, 443)]);
+    assert_eq!(web.remote.as_deref(), Some(&[net("10.0.0.0/8")][..]));
     assert_eq!(web.origin.line, 8);
     assert_eq!(rs.rules[0].direction, Direction::Out);
     assert_eq!(rs.rules[0].proto, Proto::Any);

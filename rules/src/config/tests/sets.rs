@@ -107,7 +107,7 @@ fn normalisation() {
     let rs = valid("normalisation.toml");
     let merged = &rs.rules[0];
     assert_eq!(
-        merged.ports,
+        merged.ports[..],
         [
             range(22, 22),
             range(80, 80),
@@ -117,17 +117,16 @@ fn normalisation() {
         ]
     );
     assert_eq!(
-        merged.remote.as_ref(),
-        Some(&vec![
-            net("10.0.0.0/8"),
-            net("192.0.2.1/32"),
-            net("2001:db8::/32")
-        ])
+        merged.remote.as_deref(),
+        Some(&[net("10.0.0.0/8"), net("192.0.2.1/32"), net("2001:db8::/32")][..])
     );
-    assert_eq!(merged.remote_spec, ["@a", "@b", "192.0.2.1", "10.1.2.3/8"]);
+    assert_eq!(
+        merged.remote_spec[..],
+        ["@a", "@b", "192.0.2.1", "10.1.2.3/8"]
+    );
     let second = &rs.rules[1];
-    assert_eq!(second.ports, [range(100, 100)]);
-    assert_eq!(second.remote.as_ref(), Some(&vec![net("2001:db8::/32")]));
+    assert_eq!(second.ports[..], [range(100, 100)]);
+    assert_eq!(second.remote.as_deref(), Some(&[net("2001:db8::/32")][..]));
 
     let file = fixture("valid/normalisation.toml").display().to_string();
     assert_eq!(rs.warnings.len(), 3, "{:#?}", rs.warnings);
@@ -166,7 +165,7 @@ fn set_file_with_comments_blank_lines_and_relative_path() {
         net("2001:db8:bad::/48"),
     ];
     assert_eq!(rs.sets["block"], expected);
-    assert_eq!(rs.rules[0].remote.as_ref(), Some(&expected));
+    assert_eq!(rs.rules[0].remote.as_deref(), Some(&expected[..]));
     assert!(rs.warnings.is_empty(), "{:?}", rs.warnings);
     assert_eq!(
         Env::for_rules_file(&rules).base_dir,
@@ -301,7 +300,7 @@ fn empty_set_file_is_allowed_with_a_warning() {
     let text = "[sets]\nempty = { file = \"empty.txt\" }\n[[rule]]\nremote = \"@empty\"\naction = \"allow\"\n";
     let rs = parse_with(text, Path::new("rules.toml"), &t.env).unwrap();
     assert_eq!(rs.sets["empty"], []);
-    assert_eq!(rs.rules[0].remote, Some(vec![]));
+    assert_eq!(rs.rules[0].remote.as_deref(), Some(&[][..]));
     assert_eq!(rs.warnings.len(), 1);
     assert!(
         rs.warnings[0].starts_with("rules.toml:2:18: set \"empty\": "),
