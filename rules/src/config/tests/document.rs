@@ -477,3 +477,47 @@ fn example_rule_files_parse() {
         assert!(rs.warnings.is_empty(), "{name}: {:?}", rs.warnings);
     }
 }
+
+/// The README says the example files explain every key: each key of every table appears in
+/// each of them as `key = ...` or in a `#   key - ...` list (`[[assert]]` in server.toml).
+#[test]
+fn example_rule_files_explain_every_key() {
+    use super::assert::RawAssert;
+    let explains = |text: &str, key: &str| {
+        text.lines().any(|line| {
+            let line = line.trim_start_matches(['#', ' ']);
+            line.strip_prefix(key)
+                .is_some_and(|rest| rest.trim_start().starts_with(['=', '-']))
+        })
+    };
+    let tables: [(&str, &[&str]); 9] = [
+        ("[daemon]", fields_of::<RawDaemon>()),
+        ("[defaults]", fields_of::<RawDefaults>()),
+        ("[reject]", fields_of::<RawReject>()),
+        ("[conntrack]", fields_of::<RawConntrack>()),
+        ("[conntrack.timeouts]", fields_of::<RawCtTimeouts>()),
+        ("[log]", fields_of::<RawLog>()),
+        ("[sets] file", fields_of::<RawSetFile>()),
+        ("[[rule]]", fields_of::<RawRule>()),
+        ("[[assert]]", fields_of::<RawAssert>()),
+    ];
+    for name in ["workstation.toml", "server.toml"] {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("examples")
+            .join(name);
+        let text = fs::read_to_string(&path).unwrap();
+        for (table, keys) in tables {
+            if table == "[[assert]]" && name != "server.toml" {
+                continue;
+            }
+            for key in keys {
+                assert!(
+                    explains(&text, key)
+                        || text.contains(&format!("[conntrack.{key}]"))
+                        || (table == "[sets] file" && text.contains("{ file =")),
+                    "{name} does not explain {table} {key}"
+                );
+            }
+        }
+    }
+}
