@@ -336,6 +336,23 @@ fwctl --config new-rules.toml explain in udp 10.0.0.5 53 --json"
     /// Tracked connections: protocol, both endpoints, state, age, time left, packets and
     /// bytes each way, and what admitted them (like `conntrack -L`).
     #[command(
+        long_about = "Tracked connections, one line each (like `conntrack -L`), with these \
+columns:\n\n\
+PROTO: tcp, udp or icmp (ICMP and ICMPv6 echo).\n\n\
+LOCAL, REMOTE: this host's end and the other one, address and port (ICMP: address and echo \
+id).\n\n\
+STATE: for TCP the state as Linux names it (SYN_SENT, SYN_RECV, ESTABLISHED, FIN_WAIT, \
+CLOSE_WAIT, LAST_ACK, TIME_WAIT, CLOSE), for UDP UNREPLIED or REPLIED, for ICMP ECHO. A \
+trailing ! marks a connection `fwctl reload --recheck` found the new rules deny: its host \
+socket was closed, and its packets get the denying rule's action until it expires.\n\n\
+AGE: since it was first seen. TIMEOUT: time left before it is forgotten if no packet comes \
+(4d23h, 5h07m, 12m30s, 42s).\n\n\
+PKTS IN/OUT, BYTES IN/OUT: received and sent (frame bytes; approximate when one connection's \
+packets are handled on several CPUs at once).\n\n\
+PROGRAM: the program that owns it, with its pid and user, when recorded.\n\n\
+ADMITTED BY: rule N \"name\" (marked (earlier rules) if admitted under rules since \
+reloaded), [defaults] inbound, host (outbound), host socket at start-up, or host traffic \
+(picked up).",
         after_help = "Examples:\n  fwctl conns\n  fwctl conns --json | jq '.connections[] | select(.state == \"ESTABLISHED\")'"
     )]
     Conns {
