@@ -10,6 +10,11 @@ const EBPF_TOOLCHAIN: &str = "1.98.0";
 fn main() -> anyhow::Result<()> {
     // SAFETY: build scripts are single-threaded.
     unsafe { std::env::set_var("RUSTC_BOOTSTRAP", "1") };
+    // aya-build turns every line the nested cargo prints on stderr into a cargo warning: its
+    // progress ("Compiling ...", "Finished ...") made every build of the daemon print dozens
+    // of them. Quiet, it prints only what matters: compiler messages and errors.
+    // SAFETY: as above.
+    unsafe { std::env::set_var("CARGO_TERM_QUIET", "true") };
     let metadata = cargo_metadata::MetadataCommand::new()
         .no_deps()
         .exec()

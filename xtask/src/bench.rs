@@ -262,7 +262,7 @@ fn connect_cost(plan: &Plan) -> anyhow::Result<String> {
     } else {
         ("5", "100000")
     };
-    let out = Command::new(workspace_root().join("target/release/examples/connect_bench"))
+    let out = Command::new(crate::target_bin("examples/connect_bench"))
         .args(["--runs", runs, "--calls", calls])
         .stderr(Stdio::inherit())
         .output()

@@ -127,7 +127,7 @@ impl Sources {
     pub fn of_workspace() -> Self {
         let repo = workspace_root();
         Self {
-            bin_dir: repo.join("target/release"),
+            bin_dir: crate::target_bin(""),
             repo,
         }
     }
@@ -617,7 +617,8 @@ pub fn install_cmd(args: &InstallArgs) -> anyhow::Result<()> {
              systemctl daemon-reload\n  \
              systemctl enable --now firewall-daemon\n  \
              fwctl status\n\
-             Roll back with: systemctl disable --now firewall-daemon && cargo xtask uninstall"
+             Roll back with: systemctl disable --now firewall-daemon; rm -r /sys/fs/bpf/firewall \
+             (stopping keeps the last rules enforcing until then); cargo xtask uninstall"
         );
     }
     Ok(())

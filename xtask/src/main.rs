@@ -95,15 +95,32 @@ fn main() -> anyhow::Result<()> {
             if sandbox {
                 sandbox::run(config, &daemon_args)
             } else {
+                // `cargo xtask run -- --config FILE` is how one passes it to a program run by
+                // cargo: take it from there rather than pass the option twice.
+                let given = daemon_args
+                    .iter()
+                    .any(|a| a == "--config" || a.starts_with("--config="));
+                if given && config.is_some() {
+                    bail!("--config given twice: before and after `--`");
+                }
                 let config = config.unwrap_or_else(|| "/etc/firewall/rules.toml".into());
+                let mut command = Command::new(target_bin("firewall-daemon"));
+                if given {
+                    eprintln!("xtask: running the daemon on this host's interfaces");
+                } else {
+                    eprintln!(
+                        "xtask: running the daemon on this host's interfaces with {}",
+                        config.display()
+                    );
+                    command.arg("--config").arg(&config);
+                }
                 eprintln!(
-                    "xtask: running the daemon on this host's interfaces with {} \
-                     (Ctrl-C detaches it); use --sandbox to try it without touching the host",
-                    config.display()
+                    "xtask: Ctrl-C stops the daemon; with [daemon] on_stop = \"keep\" (the \
+                     default) the firewall goes on enforcing the last rules until its pins \
+                     are removed (rm -r /sys/fs/bpf/firewall), with \"detach\" it is taken \
+                     off. Use --sandbox to try it without touching the host."
                 );
-                let status = Command::new(target_bin("firewall-daemon"))
-                    .arg("--config")
-                    .arg(&config)
+                let status = command
                     .args(&daemon_args)
                     .status()
                     .context("starting firewall-daemon")?;
@@ -129,8 +146,13 @@ pub fn workspace_root() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("."))
 }
 
+/// A release binary cargo built: under `CARGO_TARGET_DIR` when set (relative to the
+/// workspace, as cargo takes it), else `target/`.
 pub fn target_bin(name: &str) -> PathBuf {
-    workspace_root().join("target/release").join(name)
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| "target".into());
+    workspace_root().join(target).join("release").join(name)
 }
 
 fn cargo(args: &[&str]) -> anyhow::Result<()> {

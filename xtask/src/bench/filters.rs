@@ -25,7 +25,7 @@ use super::{
     lab::{self, Pair, RX_IF},
     traffic::PORT,
 };
-use crate::{cgroup::DaemonCgroup, target_bin, workspace_root};
+use crate::{cgroup::DaemonCgroup, target_bin};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Filter {
@@ -301,7 +301,7 @@ struct PassProgram {
 }
 
 pub fn example_bin() -> PathBuf {
-    workspace_root().join("target/release/examples/testrun_bench")
+    target_bin("examples/testrun_bench")
 }
 
 impl PassProgram {
