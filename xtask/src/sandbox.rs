@@ -15,6 +15,11 @@ use crate::{cgroup::DaemonCgroup, target_bin, workspace_root};
 
 const PROTECTED: &str = "fw-sandbox";
 const PEER: &str = "fw-sandbox-peer";
+/// The two ends' addresses: documentation ranges (RFC 5737, RFC 3849), outside the private
+/// networks the example rules' `@lan` holds, so the peer is a stranger to the rules, as a
+/// scanner on the internet would be: its probes of closed ports go unanswered ("filtered").
+const PROTECTED_V4: &str = "192.0.2.2";
+const PROTECTED_V6: &str = "2001:db8:99::2";
 
 struct Sandbox {
     bpffs: PathBuf,
@@ -65,8 +70,8 @@ impl Sandbox {
             "netns", PEER,
         ])?;
         for (ns, dev, v4, v6) in [
-            (PROTECTED, "fw0", "10.99.0.2/24", "fd00:99::2/64"),
-            (PEER, "peer0", "10.99.0.1/24", "fd00:99::1/64"),
+            (PROTECTED, "fw0", "192.0.2.2/24", "2001:db8:99::2/64"),
+            (PEER, "peer0", "192.0.2.1/24", "2001:db8:99::1/64"),
         ] {
             in_ns(ns, &["link", "set", "lo", "up"])?;
             in_ns(ns, &["addr", "add", v4, "dev", dev])?;
@@ -86,6 +91,10 @@ impl Sandbox {
 
 impl Drop for Sandbox {
     fn drop(&mut self) {
+        // The daemon stops with on_stop = "keep": its pins would keep the programs loaded for
+        // as long as any process holds a copy of this mount (one started meanwhile in another
+        // mount namespace does). Without the pins they go when the namespaces do.
+        let _ = std::fs::remove_dir_all(self.bpffs.join("firewall"));
         let _ = Command::new("ip")
             .args(["netns", "del", PROTECTED])
             .status();
@@ -112,21 +121,38 @@ extern "C" fn forward(_: libc::c_int) {
 pub fn run(config: Option<PathBuf>, extra: &[String]) -> anyhow::Result<()> {
     let dir = workspace_root().join("target/sandbox");
     std::fs::create_dir_all(&dir)?;
-    let config = config.unwrap_or_else(|| workspace_root().join("rules/examples/workstation.toml"));
+    // Rules to edit: a copy of the workstation example beside the sandbox (kept across runs),
+    // not the example itself, which is part of the source tree.
+    let config = match config {
+        Some(c) => c,
+        None => {
+            let copy = dir.join("rules.toml");
+            if !copy.exists() {
+                std::fs::copy(
+                    workspace_root().join("rules/examples/workstation.toml"),
+                    &copy,
+                )
+                .context("copying the example rules into the sandbox")?;
+            }
+            copy
+        }
+    };
     let socket = dir.join("control.sock");
     let sb = Sandbox::create(&dir)?;
     let fwctl = target_bin("fwctl");
     let cg = sb.cgroup.path().display();
     eprintln!(
-        "xtask: sandbox ready. The daemon protects fw0 (10.99.0.2, fd00:99::2) in namespace \
-         {PROTECTED}; probe it from {PEER}:\n  \
-         nsenter --net=/run/netns/{PEER} nmap -Pn -sS 10.99.0.2\n  \
+        "xtask: sandbox made; starting the daemon. It protects fw0 ({PROTECTED_V4}, \
+         {PROTECTED_V6}) in namespace {PROTECTED}, with the rules of {}; probe it from {PEER} \
+         (closed ports show as filtered: the peer is no one the rules know):\n  \
+         nsenter --net=/run/netns/{PEER} nmap -Pn -sS -T4 {PROTECTED_V4}\n  \
          nsenter --net=/run/netns/{PROTECTED} nc -l 8080   # a server to reach\n\
          Outbound rules judge the processes of the cgroup {cg} only; a shell there:\n  \
          nsenter --net=/run/netns/{PROTECTED} sh -c 'echo $$ > {cg}/cgroup.procs && exec bash'\n  \
          {} --socket {} status\n  \
          edit {} and run: {} --socket {} reload\n\
          Ctrl-C stops the daemon and removes the sandbox.",
+        config.display(),
         fwctl.display(),
         socket.display(),
         config.display(),

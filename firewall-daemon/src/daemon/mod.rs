@@ -152,9 +152,10 @@ pub async fn run(config_path: PathBuf, overrides: Overrides) -> anyhow::Result<(
         state.cgroup.path.display(),
         socket_path.display()
     );
-    info!("{summary}");
-    // The readiness line on stdout is the signal tests wait for; systemd (Type=notify) gets
-    // READY=1, only now that every program is attached and the socket listens.
+    // The readiness line on stdout is the signal tests wait for, and the one line that says
+    // so (under systemd stdout goes to the journal too: no log entry besides it); systemd
+    // (Type=notify) gets READY=1, only now that every program is attached and the socket
+    // listens.
     memory::release_freed_heap();
     println!("{summary}");
     let _ = std::io::stdout().flush();
