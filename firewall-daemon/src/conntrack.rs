@@ -192,11 +192,14 @@ impl Tables {
     /// [`Self::expire`], returning the flows removed (for `fwctl monitor --conns`) and adding
     /// to `generations` the rule-set generation of every flow left.
     pub fn expire_flows(&mut self, now_ns: u64, generations: &mut BTreeSet<u32>) -> Vec<Flow> {
-        let (expired, live): (Vec<Flow>, Vec<Flow>) = self
-            .flows()
-            .into_iter()
-            .partition(|f| f.entry.expires_ns <= now_ns);
-        generations.extend(live.iter().map(|f| f.entry.generation));
+        let mut expired = Vec::new();
+        for f in self.flows() {
+            if f.entry.expires_ns <= now_ns {
+                expired.push(f);
+            } else {
+                generations.insert(f.entry.generation);
+            }
+        }
         let (mut confirmed_removed, mut unconfirmed_removed) = (0, 0);
         let mut removed = Vec::new();
         for f in expired {

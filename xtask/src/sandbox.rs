@@ -20,6 +20,8 @@ const PEER: &str = "fw-sandbox-peer";
 /// scanner on the internet would be: its probes of closed ports go unanswered ("filtered").
 const PROTECTED_V4: &str = "192.0.2.2";
 const PROTECTED_V6: &str = "2001:db8:99::2";
+const PEER_V4: &str = "192.0.2.1";
+const PEER_V6: &str = "2001:db8:99::1";
 
 struct Sandbox {
     bpffs: PathBuf,
@@ -70,12 +72,23 @@ impl Sandbox {
             "netns", PEER,
         ])?;
         for (ns, dev, v4, v6) in [
-            (PROTECTED, "fw0", "192.0.2.2/24", "2001:db8:99::2/64"),
-            (PEER, "peer0", "192.0.2.1/24", "2001:db8:99::1/64"),
+            (PROTECTED, "fw0", PROTECTED_V4, PROTECTED_V6),
+            (PEER, "peer0", PEER_V4, PEER_V6),
         ] {
             in_ns(ns, &["link", "set", "lo", "up"])?;
-            in_ns(ns, &["addr", "add", v4, "dev", dev])?;
-            in_ns(ns, &["-6", "addr", "add", v6, "dev", dev, "nodad"])?;
+            in_ns(ns, &["addr", "add", &format!("{v4}/24"), "dev", dev])?;
+            in_ns(
+                ns,
+                &[
+                    "-6",
+                    "addr",
+                    "add",
+                    &format!("{v6}/64"),
+                    "dev",
+                    dev,
+                    "nodad",
+                ],
+            )?;
             in_ns(ns, &["link", "set", dev, "up"])?;
         }
         let status = Command::new("mount")

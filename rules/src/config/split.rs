@@ -27,6 +27,9 @@ use toml_parser::{Source, lexer::TokenKind};
 /// of the allocator's free lists, so the next chunk reuses it.
 const CHUNK_BYTES: usize = 64 << 10;
 
+/// The tokens of a rule section's header.
+const RULE_HEADER: [&str; 5] = ["[", "[", "rule", "]", "]"];
+
 /// A rules document cut into its rule sections and the rest.
 #[derive(Debug, PartialEq, Eq)]
 pub(super) struct Split {
@@ -60,7 +63,8 @@ pub(super) fn split_chunks_of(text: &str, chunk_bytes: usize) -> Option<Split> {
             TokenKind::LeftSquareBracket if line_start && depth == 0 => {
                 let start = token.span().start();
                 let mut end = text.len();
-                let mut shape: Vec<&str> = vec!["["];
+                // How many of the header's tokens were seen, and whether all are RULE_HEADER's.
+                let (mut seen, mut exact) = (1, true);
                 for token in tokens.by_ref() {
                     let span = token.span();
                     match token.kind() {
@@ -69,11 +73,16 @@ pub(super) fn split_chunks_of(text: &str, chunk_bytes: usize) -> Option<Split> {
                             break;
                         }
                         // Trailing whitespace and comment are not part of the header.
-                        TokenKind::Whitespace | TokenKind::Comment if shape.len() >= 5 => {}
-                        _ => shape.push(text.get(span.start()..span.end())?),
+                        TokenKind::Whitespace | TokenKind::Comment if seen >= RULE_HEADER.len() => {
+                        }
+                        _ => {
+                            let written = text.get(span.start()..span.end())?;
+                            exact &= RULE_HEADER.get(seen) == Some(&written);
+                            seen += 1;
+                        }
                     }
                 }
-                let rule = shape == ["[", "[", "rule", "]", "]"];
+                let rule = exact && seen == RULE_HEADER.len();
                 if !rule && text.get(start..end)?.contains("rule") {
                     return None;
                 }
