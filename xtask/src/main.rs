@@ -97,9 +97,7 @@ fn main() -> anyhow::Result<()> {
             } else {
                 // `cargo xtask run -- --config FILE` is how one passes it to a program run by
                 // cargo: take it from there rather than pass the option twice.
-                let given = daemon_args
-                    .iter()
-                    .any(|a| a == "--config" || a.starts_with("--config="));
+                let given = names_config(&daemon_args);
                 if given && config.is_some() {
                     bail!("--config given twice: before and after `--`");
                 }
@@ -167,4 +165,32 @@ fn cargo(args: &[&str]) -> anyhow::Result<()> {
         bail!("cargo {} failed ({status})", args.join(" "));
     }
     Ok(())
+}
+
+/// Whether the daemon's own arguments (after `--`) name its rules file.
+fn names_config(daemon_args: &[String]) -> bool {
+    daemon_args
+        .iter()
+        .any(|a| a == "--config" || a.starts_with("--config="))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::names_config;
+
+    #[test]
+    fn config_after_the_double_dash_is_seen_in_both_spellings() {
+        let args = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert!(names_config(&args(&[
+            "--config",
+            "/etc/firewall/rules.toml"
+        ])));
+        assert!(names_config(&args(&[
+            "--interface",
+            "eth1",
+            "--config=/r.toml"
+        ])));
+        assert!(!names_config(&args(&["--interface", "eth1"])));
+        assert!(!names_config(&args(&["--configuration"])));
+    }
 }
