@@ -97,25 +97,30 @@ fn frame_from(src: Ipv4Addr, sport: u16, dport: u16) -> Vec<u8> {
     out
 }
 
-/// A TCP segment from `src`:40001 to port 22 with `flags`, as received (`inbound`) or as the
-/// host sends it.
+/// A TCP segment of one connection from `src`:40001 to port 22, as received (`inbound`) or as
+/// the host sends it: the opener's SYN (seq 1000), the host's SYN-ACK (seq 7000), then the
+/// opener's ACKs carrying 6 bytes each. The numbers follow the handshake: the tracker confirms a
+/// connection only on an ACK of exactly what the host sent (RFC 5961's proof, `ct::step`), and
+/// passes, without confirming, one that proves less.
 fn tcp_frame(src: Ipv4Addr, inbound: bool, syn: bool, ack: bool) -> Vec<u8> {
     let (a, b, sp, dp) = if inbound {
         (src.octets(), [192, 168, 0, 2], 40001, 22)
     } else {
         ([192, 168, 0, 2], src.octets(), 22, 40001)
     };
+    let isn = if inbound { 1000 } else { 7000 };
     let mut t = PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])
         .ipv4(a, b, 64)
-        .tcp(sp, dp, if inbound { 1000 } else { 7000 }, 64240);
+        .tcp(sp, dp, if syn { isn } else { isn + 1 }, 64240);
     if syn {
         t = t.syn();
     }
     if ack {
         t = t.ack(if inbound { 7001 } else { 1001 });
     }
+    let payload: &[u8] = if syn { &[] } else { &[0u8; 6] };
     let mut out = Vec::new();
-    t.write(&mut out, &[0u8; 6]).expect("frame");
+    t.write(&mut out, payload).expect("frame");
     out
 }
 
@@ -324,7 +329,10 @@ fn print_markdown(doc: &Value) {
 fn bench(bpffs: &Path, opts: &Opts) -> anyhow::Result<Value> {
     let sizes = opts.sizes;
     let pin = bpffs.join("bench");
-    let mut empty = PassProgram::load(&pin)?;
+    // A directory of its own: the object's maps pinned by the empty program would otherwise be
+    // the generations' shared maps, at the object's size of one entry (a connection table of
+    // one flow, which every new flow evicts and no second flow is confirmed into).
+    let mut empty = PassProgram::load(&bpffs.join("empty"))?;
     let miss = frame(Ipv4Addr::new(192, 0, 2, 1), 9);
     let e_rep = repeated(sizes, || {
         empty.time_run(&miss, sizes.repeat).unwrap_or(f64::NAN)
@@ -335,7 +343,7 @@ fn bench(bpffs: &Path, opts: &Opts) -> anyhow::Result<Value> {
             .collect(),
     );
     let mut rows = Vec::new();
-    for &n in &opts.counts {
+    for (round, &n) in opts.counts.iter().enumerate() {
         eprintln!("testrun_bench: {n} rules");
         let t = Instant::now();
         let rs = config::parse(&rules(n, "stealth"), Path::new("bench.toml"))
@@ -376,7 +384,12 @@ fn bench(bpffs: &Path, opts: &Opts) -> anyhow::Result<Value> {
         let near: Vec<Vec<u8>> = (0..sizes.single_shots as u32)
             .map(|i| {
                 let src = u32::from(rule_addr(rng.random_range(0..n))) + 1;
-                frame_from(Ipv4Addr::from(src), 1024 + i as u16, 9)
+                // Ports of this round's own: a flow of an earlier round is still tracked.
+                frame_from(
+                    Ipv4Addr::from(src),
+                    (1024 + round * 8192 + i as usize) as u16,
+                    9,
+                )
             })
             .collect();
         let pass_near = single_shots(&near, sizes.single_shots, |f| drop_gen.time_run(f, 1));
@@ -391,11 +404,19 @@ fn bench(bpffs: &Path, opts: &Opts) -> anyhow::Result<Value> {
             "many-source paths: wrong verdicts (before {c0:?}, after drop {c1:?}, after pass {c2:?})"
         );
         // Established TCP: a handshake through the programs, then the opener's ACKs.
-        let peer = Ipv4Addr::new(198, 51, 100, 7);
+        // A peer of its own per rule count: the connection table outlives the generation.
+        let peer = Ipv4Addr::new(198, 51, 100, 7 + round as u8);
+        let confirmed = drop_gen.counters()?["ct_confirmed"];
         drop_gen.test_run(&tcp_frame(peer, true, true, false))?;
         drop_gen.test_run_egress(&tcp_frame(peer, false, true, true))?;
         let ack = tcp_frame(peer, true, false, true);
         drop_gen.test_run(&ack)?;
+        // Confirmed, so found in the first table looked up: an established connection's path,
+        // not a handshake's.
+        anyhow::ensure!(
+            drop_gen.counters()?["ct_confirmed"] == confirmed + 1,
+            "the benchmark's TCP connection was not established"
+        );
         let est = repeated(sizes, || {
             drop_gen.time_run(&ack, sizes.repeat).unwrap_or(f64::NAN)
         });
