@@ -70,8 +70,9 @@ const DAEMON_AFTER_HELP: &str = "\
 Examples:
   firewall-daemon --config /etc/firewall/rules.toml
   systemctl enable --now firewall-daemon
-  firewall-daemon --config rules.toml --interface veth0 --xdp-mode generic --pin-dir \
-/sys/fs/bpf/fw-test --control-socket /tmp/fw.sock --cgroup /sys/fs/cgroup/fw-test
+  firewall-daemon --config rules.toml --interface veth0 \\
+      --xdp-mode generic --pin-dir /sys/fs/bpf/fw-test \\
+      --control-socket /tmp/fw.sock --cgroup /sys/fs/cgroup/fw-test
 
 Signals:
   SIGHUP  Reload the rules file; if it is invalid, the rules in force stay (fwctl reload does \
@@ -353,7 +354,7 @@ PROGRAM: the program that owns it, with its pid and user, when recorded.\n\n\
 ADMITTED BY: rule N \"name\" (marked (earlier rules) if admitted under rules since \
 reloaded), [defaults] inbound, host (outbound), host socket at start-up, or host traffic \
 (picked up).",
-        after_help = "Examples:\n  fwctl conns\n  fwctl conns --json | jq '.connections[] | select(.state == \"ESTABLISHED\")'"
+        after_help = "Examples:\n  fwctl conns\n  fwctl conns --json |\n      jq '.connections[] | select(.state == \"ESTABLISHED\")'"
     )]
     Conns {
         /// Print the daemon's answer as JSON.

@@ -7,7 +7,9 @@
 //! bold, *emphasis* italic; lists, code blocks, block quotes and tables (through tbl) are
 //! supported. A line `<!-- include FILE "HEADING" -->` is replaced by the section of FILE under
 //! the level-2 heading HEADING (up to the next level-2 or level-1 heading), its `###` headings
-//! becoming sections.
+//! becoming sections. What stands between `<!-- man: skip -->` and `<!-- /man -->` (whole blocks,
+//! or within a paragraph) is left out: the README's measurements and the tests it cites as
+//! evidence, which belong to readers of the source and would go stale in an installed page.
 
 use std::path::Path;
 
@@ -114,7 +116,12 @@ struct Renderer {
     item_start: bool,
     link: Vec<String>,
     table: Option<Table>,
+    /// Between `<!-- man: skip -->` and `<!-- /man -->`.
+    skipping: bool,
 }
+
+const SKIP_START: &str = "<!-- man: skip -->";
+const SKIP_END: &str = "<!-- /man -->";
 
 #[derive(Default)]
 struct Table {
@@ -161,6 +168,18 @@ impl Renderer {
     /// `shift` is added to heading levels (an included README section starts at `###`).
     fn render(&mut self, source: &str, shift: i32, base: &Path) -> anyhow::Result<()> {
         for event in Parser::new_ext(source, Options::ENABLE_TABLES) {
+            if let Event::Html(html) | Event::InlineHtml(html) = &event {
+                match html.trim() {
+                    SKIP_START if self.skipping => bail!("{SKIP_START} inside another"),
+                    SKIP_START => self.skipping = true,
+                    SKIP_END if !self.skipping => bail!("{SKIP_END} without {SKIP_START}"),
+                    SKIP_END => self.skipping = false,
+                    _ => {}
+                }
+            }
+            if self.skipping {
+                continue;
+            }
             match event {
                 Event::Start(tag) => self.start(tag, shift),
                 Event::End(tag) => self.end(tag),
@@ -184,6 +203,9 @@ impl Renderer {
                 Event::InlineMath(t) | Event::DisplayMath(t) => self.push_text(&t, Font::Italic),
                 Event::FootnoteReference(_) | Event::TaskListMarker(_) => {}
             }
+        }
+        if self.skipping {
+            bail!("{SKIP_START} without {SKIP_END}");
         }
         Ok(())
     }

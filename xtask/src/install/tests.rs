@@ -323,6 +323,60 @@ fn man_pages_render_without_warnings() {
     }
 }
 
+/// A man page is read in an 80-column terminal and is the reference of what the program does:
+/// no line wider than that, and in rules.toml(5) none of the README's measurements or source
+/// paths (they belong to readers of the source, and go stale in an installed page).
+#[test]
+fn man_pages_fit_80_columns_and_rules_toml_5_is_only_the_reference() {
+    let s = Staged::new("/usr/local");
+    s.install();
+    let mut wide = Vec::new();
+    for (path, _) in DOCUMENTED.iter().filter(|(p, _)| p.contains("/man/")) {
+        let (text, _) = man(&s.at(path));
+        for line in text.lines().filter(|l| l.chars().count() > 80) {
+            wide.push(format!("{path}: {line}"));
+        }
+    }
+    assert!(
+        wide.is_empty(),
+        "lines wider than 80 columns:\n{}",
+        wide.join("\n")
+    );
+    let (text, _) = man(&s.at("/usr/local/share/man/man5/rules.toml.5"));
+    let flat = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    let mut found = Vec::new();
+    for word in flat.split(' ') {
+        let w = word.trim_matches(|c: char| !c.is_alphanumeric() && c != '/' && c != '.');
+        if w.ends_with(".rs") || w.contains("src/") || w.contains("BENCHMARKS") {
+            found.push(w.to_string());
+        }
+    }
+    for phrase in [
+        "BPF_PROG_TEST_RUN",
+        "kpps",
+        "ns/packet",
+        "testrun_bench",
+        "easured",
+    ] {
+        if flat.contains(phrase) {
+            found.push(phrase.to_string());
+        }
+    }
+    // A figure in nanoseconds is a measurement of this machine, not a property of the file.
+    let words: Vec<&str> = flat.split(' ').collect();
+    for pair in words.windows(2) {
+        if pair[1].trim_end_matches([',', '.', ')', ';']) == "ns"
+            && pair[0].chars().any(|c| c.is_ascii_digit())
+        {
+            found.push(pair.join(" "));
+        }
+    }
+    assert!(
+        found.is_empty(),
+        "rules.toml(5) carries source paths or measurements: {found:?}"
+    );
+}
+
 #[test]
 fn bash_completion_loads_and_completes() {
     let s = Staged::new("/usr/local");
@@ -476,6 +530,30 @@ fn man_date_is_reproducible() {
     assert_eq!(civil_date(0), "1970-01-01");
     assert_eq!(civil_date(951_782_400), "2000-02-29");
     assert_eq!(civil_date(1_763_683_200), "2025-11-21");
+}
+
+#[test]
+fn skip_markers_leave_out_blocks_and_inline_text() {
+    let md = "# A\n\nkept<!-- man: skip --> (`tests/x.rs`)<!-- /man -->, and kept.\n\n\
+              <!-- man: skip -->\n\nMeasured: 5 ns.\n\n| a |\n|---|\n| 1 |\n\n<!-- /man -->\n\n\
+              Also kept.\n";
+    let page = markdown::man_page(md, "x", "5", "2026-01-01", "f", Path::new(".")).expect("page");
+    for gone in ["tests/x.rs", "Measured", "5 ns", "TS"] {
+        assert!(!page.contains(gone), "{gone:?} left in:\n{page}");
+    }
+    for kept in ["kept, and kept.", "Also kept."] {
+        assert!(page.contains(kept), "{kept:?} missing from:\n{page}");
+    }
+    for broken in [
+        "a <!-- man: skip --> b",
+        "a <!-- /man --> b",
+        "a <!-- man: skip --> <!-- man: skip --> b <!-- /man -->",
+    ] {
+        assert!(
+            markdown::man_page(broken, "x", "5", "d", "f", Path::new(".")).is_err(),
+            "{broken:?} rendered"
+        );
+    }
 }
 
 #[test]
