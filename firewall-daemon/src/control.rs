@@ -587,7 +587,14 @@ pub fn diff(old: &Ruleset, new: &Ruleset) -> ReloadData {
             old.daemon.on_stop, new.daemon.on_stop
         ));
     }
-    if old.assertions != new.assertions {
+    // What each asserts, not where it is written: an edit above them moves their lines.
+    let meaning = |rs: &Ruleset| -> Vec<_> {
+        rs.assertions
+            .iter()
+            .map(|a| (a.probe.clone(), a.remote, a.expect))
+            .collect()
+    };
+    if meaning(old) != meaning(new) {
         settings.push(format!(
             "[[assert]] entries changed ({} before, {} now)",
             old.assertions.len(),
@@ -841,6 +848,31 @@ mod tests {
             ));
         }
         rules::config::parse(&text, Path::new("diff-test.toml")).expect("rules parse")
+    }
+
+    /// An assertion that moved (a rule added above it) is the same assertion; one that says
+    /// something else is a change.
+    #[test]
+    fn diff_compares_assertions_by_what_they_assert() {
+        let parse = |t: &str| rules::config::parse(t, Path::new("d.toml")).expect("parse");
+        let assert = "[[assert]]\nin = \"tcp 22\"\nexpect = \"allow\"\n";
+        let rule = "[[rule]]\nproto = \"tcp\"\nport = 22\naction = \"allow\"\n";
+        let a = parse(&format!("{rule}{assert}"));
+        let moved = parse(&format!("{rule}\n\n# a comment\n{assert}"));
+        assert!(
+            diff(&a, &moved).settings.is_empty(),
+            "{:?}",
+            diff(&a, &moved)
+        );
+        let other = parse(&format!("{rule}{}", assert.replace("tcp 22", "tcp 23")));
+        assert!(
+            diff(&a, &other)
+                .settings
+                .iter()
+                .any(|s| s.contains("[[assert]] entries changed")),
+            "{:?}",
+            diff(&a, &other)
+        );
     }
 
     #[test]
