@@ -45,16 +45,20 @@ Examples:
   fwctl reload --recheck
   fwctl conns
   fwctl monitor --action reject --port 22
+  fwctl add allow in tcp 22 --from @lan --name ssh
+  fwctl delete ssh
 
 Exit status:
   0  Success.
   1  The rules file is invalid or its [[assert]] entries do not hold (check), the rules would \
-lock out the SSH session fwctl runs over (check and reload, without --force), or the daemon \
+lock out the SSH session fwctl runs over (check, reload, add, insert and delete, without \
+--force), an edit was refused (add, insert, delete: the file is unchanged), or the daemon \
 refused the request, for instance a reload of an invalid file (the previous rules stay in \
 force).
   2  Usage error.
   3  The daemon cannot be reached: it is not running, the socket is missing or stale, or it \
-does not answer.
+does not answer (add, insert and delete have written the file; it applies at the next reload \
+or start).
   4  Permission denied on the control socket: run as root, or as a member of the [daemon] \
 control_group.
 
@@ -426,6 +430,122 @@ fwctl check --json rules.toml | jq '.errors[].message'")]
         #[arg(value_hint = clap::ValueHint::FilePath)]
         file: PathBuf,
     },
+    /// Add a rule after the last one in the rules file, then reload.
+    #[command(
+        long_about = "Add a rule after the last one in the rules file, then reload.\n\n\
+The file is the daemon's (or --config FILE). It is edited in place: its comments and layout \
+stay as they are, and the rule is written as a [[rule]] section. The result is checked as a \
+reload would check it (fwctl check); if it is valid, the file is replaced atomically, the \
+previous one kept as FILE~, the daemon reloads it and fwctl prints what changed. A rule the \
+file would refuse, a file that already has errors, or a reload the daemon refuses (the file is \
+then put back) changes nothing. Rules are tried in file order and the first that matches \
+decides: a rule added after a broader one may never match (fwctl says so; use fwctl insert).",
+        after_help = "Examples:\n  fwctl add allow in tcp 22 --from @lan --name ssh\n  \
+fwctl add reject out tcp 25\n  fwctl add stealth in --from 198.51.100.0/24 --name scanner\n  \
+fwctl add allow in udp 51820 --dry-run"
+    )]
+    Add {
+        #[command(flatten)]
+        rule: RuleArgs,
+        #[command(flatten)]
+        edit: EditArgs,
+    },
+    /// Add a rule in front of rule POSITION (1 = first) in the rules file, then reload.
+    #[command(
+        long_about = "Add a rule in front of rule POSITION (1 = first) in the rules file, \
+then reload: the new rule becomes rule POSITION, so it decides before the rules after it. \
+Otherwise as fwctl add.",
+        after_help = "Examples:\n  fwctl insert 1 stealth in --from 203.0.113.0/24 --name \
+blocked\n  fwctl insert 3 allow in tcp 8080 --from @lan"
+    )]
+    Insert {
+        /// The rule number the new rule takes (fwctl list numbers them); past the last: at the
+        /// end.
+        #[arg(value_parser = clap::value_parser!(u64).range(1..))]
+        position: u64,
+        #[command(flatten)]
+        rule: RuleArgs,
+        #[command(flatten)]
+        edit: EditArgs,
+    },
+    /// Remove a rule, by number or name, from the rules file, then reload.
+    #[command(
+        long_about = "Remove a rule, by number (as fwctl list numbers them) or name, from \
+the rules file, then reload. The comment directly above the rule goes with it. Otherwise as \
+fwctl add: checked first (an [[assert]] the removal would break refuses it), the previous file \
+kept as FILE~.",
+        after_help = "Examples:\n  fwctl delete ssh\n  fwctl delete 3 --dry-run"
+    )]
+    Delete {
+        /// The rule's number or its name.
+        #[arg(value_name = "NUMBER|NAME")]
+        rule: String,
+        #[command(flatten)]
+        edit: EditArgs,
+    },
+}
+
+/// The rule of `fwctl add` and `fwctl insert`, as the file would say it.
+#[derive(Debug, clap::Args)]
+pub struct RuleArgs {
+    /// allow, reject or stealth.
+    pub action: ActionArg,
+    /// in (packets arriving) or out (connections the host's programs open).
+    pub direction: DirectionArg,
+    /// tcp, udp, icmp (inbound only) or any; without it, every protocol.
+    pub proto: Option<RuleProtoArg>,
+    /// The port: 22, ssh, 8000-8100, or several with commas (80,443). Inbound the local port,
+    /// outbound the destination port; without it, every port.
+    pub port: Option<String>,
+    /// Inbound: where the packets come from, an address, a network or @set (repeatable);
+    /// without it, anywhere.
+    #[arg(long, value_name = "ADDR")]
+    pub from: Vec<String>,
+    /// Outbound: where the connections go, an address, a network or @set (repeatable);
+    /// without it, anywhere.
+    #[arg(long, value_name = "ADDR")]
+    pub to: Vec<String>,
+    /// The rule's name (unique among the file's rules), for fwctl list, the log and delete.
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Only this executable (absolute path): the caller outbound, the listening program
+    /// inbound.
+    #[arg(long, value_name = "PATH", value_hint = clap::ValueHint::ExecutablePath)]
+    pub program: Option<String>,
+    /// Only processes of this systemd unit.
+    #[arg(long, value_name = "UNIT")]
+    pub unit: Option<String>,
+    /// Only processes of this user (a name or a uid).
+    #[arg(long, value_name = "USER")]
+    pub user: Option<String>,
+    /// Log the rule's decisions (by default only denials are logged).
+    #[arg(long)]
+    pub log: bool,
+}
+
+/// How `fwctl add`, `insert` and `delete` apply the edit.
+#[derive(Debug, clap::Args)]
+pub struct EditArgs {
+    /// Show the change and check the result; write nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Write the file, but do not ask the daemon to reload it.
+    #[arg(long, conflicts_with = "dry_run")]
+    pub no_reload: bool,
+    /// Apply even if the new rules would deny new SSH connections from the caller.
+    #[arg(long)]
+    pub force: bool,
+}
+
+/// A rule's protocol, for `fwctl add` and `fwctl insert`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum RuleProtoArg {
+    Tcp,
+    Udp,
+    /// ICMP and ICMPv6 (inbound only).
+    Icmp,
+    /// Every protocol (TCP and UDP when a port or a program is given).
+    Any,
 }
 
 /// A duration for `--confirm`: `90`, `90s`, `5m`, `1h` (at most a day), in seconds.

@@ -408,3 +408,80 @@ fn a_reload_that_would_lock_out_the_ssh_caller_is_refused_without_force() {
     );
     assert_eq!(lab.observed(lab.pair.server_v4, 8081), "reject");
 }
+
+/// `fwctl add`, `insert` and `delete` edit the daemon's rules file in place (its comment
+/// stays), keep the previous file as `FILE~`, reload, and change the kernel's verdicts; an edit
+/// the file's `[[assert]]` refuses, an edit of a file with errors, and a reload the daemon
+/// refuses (an SSH lockout, the file then put back) change nothing.
+#[test]
+fn one_line_rule_commands_edit_the_file_and_reload_or_change_nothing() {
+    let lab = Lab::new(RULES);
+    let server = lab.pair.server_v4;
+    let commented = format!("# edited by hand: keep this line\n{RULES}");
+    lab.daemon.write_rules(&commented);
+    assert!(lab.daemon.fwctl(&["reload"]).status.success());
+    let generation = || lab.status()["generation"].as_u64().expect("generation");
+    let file = || std::fs::read_to_string(&lab.daemon.config).expect("rules file");
+    let backup = lab.daemon.config.with_file_name("rules.toml~");
+    assert_eq!(lab.observed(server, 8083), "stealth");
+
+    let out = lab
+        .daemon
+        .fwctl(&["add", "allow", "in", "tcp", "8083", "--name", "extra"]);
+    let t = text(&out);
+    assert!(out.status.success(), "{t}");
+    assert!(
+        t.contains("+ port = 8083") && t.contains("rules in force, generation 3"),
+        "{t}"
+    );
+    let after_add = file();
+    // Appended after the last rule, before the [[assert]]; the comment where it was.
+    assert!(
+        after_add.starts_with("# edited by hand: keep this line\n")
+            && after_add.find("name = \"extra\"") > after_add.find("name = \"closed\"")
+            && after_add.find("name = \"extra\"") < after_add.find("[[assert]]"),
+        "{after_add}"
+    );
+    assert_eq!(std::fs::read_to_string(&backup).expect("FILE~"), commented);
+    assert_eq!(lab.observed(server, 8083), "allow");
+
+    // The assertion says 8080 is allowed: a stealth rule in front of "web" is refused.
+    let g = generation();
+    let out = lab.daemon.fwctl(&[
+        "insert", "1", "stealth", "in", "tcp", "8080", "--name", "no-web",
+    ]);
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{t}");
+    assert!(
+        t.contains("assertion does not hold") && t.contains("not changed"),
+        "{t}"
+    );
+    assert_eq!((file(), generation()), (after_add.clone(), g));
+    assert_eq!(lab.observed(server, 8080), "allow");
+
+    // Deleting "admins" would leave 8081 to "closed": a lockout for an SSH session to it.
+    let ssh = format!("{} 50000 {server} 8081", lab.pair.client_v4);
+    let out = lab.daemon.fwctl_over_ssh(&["delete", "admins"], &ssh);
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{t}");
+    assert!(
+        t.contains("LOCKOUT") && t.contains("put back as it was"),
+        "{t}"
+    );
+    assert_eq!((file(), generation()), (after_add.clone(), g));
+    assert_eq!(lab.observed(lab.pair.server_v4, 8081), "allow");
+
+    let out = lab.daemon.fwctl(&["delete", "extra"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(file(), commented);
+    assert_eq!(lab.observed(server, 8083), "stealth");
+
+    // A file with an error is not edited, whatever the edit.
+    let broken = format!("{commented}\n[[rule]]\nport = 0\naction = \"allow\"\n");
+    lab.daemon.write_rules(&broken);
+    let out = lab.daemon.fwctl(&["add", "allow", "in", "tcp", "9000"]);
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{t}");
+    assert!(t.contains("refusing to edit"), "{t}");
+    assert_eq!(file(), broken);
+}

@@ -8,6 +8,7 @@
 //! so that the oracle cannot lean on the daemon it judges: what it needs from the host (the
 //! executables and cgroups the selectors name) comes in through [`policy::Selectors`].
 pub mod config;
+pub mod edit;
 pub mod explain;
 pub mod lint;
 pub mod model;

@@ -12,7 +12,7 @@
 //! | `firewall-daemon.service` | /usr/lib/systemd/system for P = /usr; P/lib/systemd/system for P = /usr/local (both are on systemd's unit path, and /etc/systemd/system stays the administrator's); /etc/systemd/system for any other P |
 //! | rules | /etc/firewall/rules.toml, a copy of rules/examples/workstation.toml; never overwritten, kept by uninstall |
 //! | examples | P/share/doc/firewall-daemon/examples/{workstation,server}.toml |
-//! | man pages | P/share/man/man1/fwctl.1, fwctl-{list,status,explain,ports,monitor,reload,confirm,debug,conns,check}.1, man8/firewall-daemon.8, man5/rules.toml.5 |
+//! | man pages | P/share/man/man1/fwctl.1, fwctl-{list,status,explain,ports,monitor,reload,confirm,debug,conns,check,add,insert,delete}.1, man8/firewall-daemon.8, man5/rules.toml.5 |
 //! | completions | P/share/bash-completion/completions/{fwctl,firewall-daemon}, P/share/zsh/site-functions/_{fwctl,firewall-daemon}, P/share/fish/vendor_completions.d/{fwctl,firewall-daemon}.fish |
 //!
 //! Man pages and completions are generated from the clap definitions in

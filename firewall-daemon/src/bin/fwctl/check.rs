@@ -87,44 +87,7 @@ pub(super) fn check(
         };
         (e.to_string(), errors)
     });
-    let rs = result.and_then(|rs| {
-        // Selectors resolved as the daemon would (missing programs and units are warnings).
-        let resolved = firewall_daemon::explain::resolve_here(&rs);
-        let broken = firewall_daemon::explain::broken_assertions(&rs, &resolved);
-        if !broken.is_empty() {
-            let errors = broken
-                .iter()
-                .map(|m| CheckError {
-                    file: file.to_path_buf(),
-                    line: None,
-                    column: None,
-                    message: m.clone(),
-                })
-                .collect();
-            // The file's warnings too: a rule an earlier one shadows is often why.
-            let mut lines: Vec<String> = rs
-                .warnings
-                .iter()
-                .map(|w| format!("warning: {w}"))
-                .collect();
-            lines.extend(broken);
-            return Err((lines.join("\n"), errors));
-        }
-        match compile::compile(&rs, &resolved)
-            .and_then(|_| compile::compile_direction(&rs, Direction::Out, &resolved))
-        {
-            Ok(_) => Ok((rs, resolved)),
-            Err(e) => Err((
-                format!("{}: {e}", file.display()),
-                vec![CheckError {
-                    file: file.to_path_buf(),
-                    line: None,
-                    column: None,
-                    message: e.to_string(),
-                }],
-            )),
-        }
-    });
+    let rs = result.and_then(|rs| judge(rs, file));
     let (mut rs, resolved) = match rs {
         Ok(rs) => rs,
         Err((text, errors)) => {
@@ -230,4 +193,55 @@ pub(super) fn check(
         println!("{} assertion(s) hold", rs.assertions.len());
     }
     Ok(code)
+}
+
+/// What a reload checks beyond the parser: the `[[assert]]` entries, with the selectors
+/// resolved as the daemon would resolve them, and the compiler. The rule set and what
+/// resolution found, or the message and the located errors.
+pub(super) fn judge(
+    rs: rules::model::Ruleset,
+    file: &Path,
+) -> Result<
+    (
+        rules::model::Ruleset,
+        firewall_daemon::host::selectors::Resolved,
+    ),
+    (String, Vec<CheckError>),
+> {
+    // Selectors resolved as the daemon would (missing programs and units are warnings).
+    let resolved = firewall_daemon::explain::resolve_here(&rs);
+    let broken = firewall_daemon::explain::broken_assertions(&rs, &resolved);
+    if !broken.is_empty() {
+        let errors = broken
+            .iter()
+            .map(|m| CheckError {
+                file: file.to_path_buf(),
+                line: None,
+                column: None,
+                message: m.clone(),
+            })
+            .collect();
+        // The file's warnings too: a rule an earlier one shadows is often why.
+        let mut lines: Vec<String> = rs
+            .warnings
+            .iter()
+            .map(|w| format!("warning: {w}"))
+            .collect();
+        lines.extend(broken);
+        return Err((lines.join("\n"), errors));
+    }
+    match compile::compile(&rs, &resolved)
+        .and_then(|_| compile::compile_direction(&rs, Direction::Out, &resolved))
+    {
+        Ok(_) => Ok((rs, resolved)),
+        Err(e) => Err((
+            format!("{}: {e}", file.display()),
+            vec![CheckError {
+                file: file.to_path_buf(),
+                line: None,
+                column: None,
+                message: e.to_string(),
+            }],
+        )),
+    }
 }

@@ -33,6 +33,7 @@ fn print_line(args: std::fmt::Arguments<'_>) {
 
 mod check;
 mod client;
+mod edit;
 mod explain;
 mod monitor;
 mod render;
@@ -130,6 +131,7 @@ fn wants_json(cmd: &Cmd) -> bool {
         | Cmd::Explain { json, .. }
         | Cmd::Ports { json }
         | Cmd::Monitor { json, .. } => *json,
+        Cmd::Add { .. } | Cmd::Insert { .. } | Cmd::Delete { .. } => false,
     }
 }
 
@@ -173,6 +175,16 @@ fn run(args: &Args) -> Result<ExitCode, Failure> {
         Cmd::Explain { json, .. } => explain::explain(args, *json)?,
         Cmd::Ports { json } => show(args, Request::Ports, *json, explain::print_ports)?,
         Cmd::Monitor { .. } => monitor::run(args)?,
+        Cmd::Add { rule, edit } => return edit::run(args, edit::Change::Add(rule, None), edit),
+        Cmd::Insert {
+            position,
+            rule,
+            edit,
+        } => {
+            let before = usize::try_from(*position).unwrap_or(usize::MAX);
+            return edit::run(args, edit::Change::Add(rule, Some(before)), edit);
+        }
+        Cmd::Delete { rule, edit } => return edit::run(args, edit::Change::Delete(rule), edit),
     }
     Ok(ExitCode::SUCCESS)
 }
