@@ -160,10 +160,14 @@ pub struct RuleView {
     /// address) it decided. Since the current rules were loaded.
     pub hits: u64,
     pub line: usize,
+    /// The included file the rule is written in (relative to the rules file's directory where
+    /// it is inside it); absent for the rules file's own rules.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<String>,
 }
 
 impl RuleView {
-    pub fn new(rule: &Rule, hits: u64) -> Self {
+    pub fn new(rs: &Ruleset, rule: &Rule, hits: u64) -> Self {
         Self {
             number: rule.index + 1,
             name: rule.name.to_string(),
@@ -182,6 +186,7 @@ impl RuleView {
             enforced: true,
             hits,
             line: rule.origin.line,
+            file: rs.included_name(&rule.origin),
         }
     }
 }
@@ -472,7 +477,7 @@ pub fn diff(old: &Ruleset, new: &Ruleset) -> ReloadData {
     let new_keys: Vec<RuleIdentity> = new.rules.iter().map(identity).collect();
     let old_set: FastSet<&RuleIdentity> = old_keys.iter().collect();
     let new_set: FastSet<&RuleIdentity> = new_keys.iter().collect();
-    let describe = |r: &Rule| format!("{} (line {})", r.name, r.origin.line);
+    let describe = |rs: &Ruleset, r: &Rule| format!("{} ({})", r.name, rs.place(&r.origin));
     let gone: Vec<&Rule> = old
         .rules
         .iter()
@@ -502,16 +507,16 @@ pub fn diff(old: &Ruleset, new: &Ruleset) -> ReloadData {
     for r in gone {
         match came_by_name.get(r.name.as_str()) {
             Some(n) if once(&r.name) => {
-                changed.push(format!("{}: {}", describe(n), rule_changes(r, n)));
+                changed.push(format!("{}: {}", describe(new, n), rule_changes(r, n)));
                 paired.insert(r.name.as_str());
             }
-            _ => removed.push(describe(r)),
+            _ => removed.push(describe(old, r)),
         }
     }
     let added = came
         .iter()
         .filter(|r| !paired.contains(r.name.as_str()))
-        .map(|r| describe(r))
+        .map(|r| describe(new, r))
         .collect();
     let common_old: Vec<&RuleIdentity> = old_keys.iter().filter(|k| new_set.contains(k)).collect();
     let common_new: Vec<&RuleIdentity> = new_keys.iter().filter(|k| old_set.contains(k)).collect();

@@ -72,15 +72,19 @@ pub struct RuleRef {
     pub number: u32,
     pub name: String,
     pub line: usize,
+    /// The included file the rule is in; absent for the rules file's own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<String>,
     pub action: Action,
 }
 
-impl From<&Rule> for RuleRef {
-    fn from(r: &Rule) -> Self {
+impl RuleRef {
+    fn of(rs: &Ruleset, r: &Rule) -> Self {
         Self {
             number: r.index + 1,
             name: r.name.to_string(),
             line: r.origin.line,
+            file: rs.included_name(&r.origin),
             action: r.action,
         }
     }
@@ -100,6 +104,9 @@ pub struct ExplainData {
     pub name: String,
     /// The deciding rule's line in the file.
     pub line: Option<usize>,
+    /// The included file the deciding rule is in; absent for the rules file's own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<String>,
     /// When the packet is decided before the rules: why.
     pub fixed: Option<String>,
     /// Rules that match too, after the winner: they never decide this packet.
@@ -135,11 +142,12 @@ pub fn explain(ruleset: &Ruleset, resolved: &Resolved, q: &Query) -> Result<Expl
             (None, None) => format!("[defaults] {}bound", q.direction),
         },
         line: rule.map(|r| r.origin.line),
+        file: rule.and_then(|r| ruleset.included_name(&r.origin)),
         fixed: e.fixed,
         shadowed: e
             .shadowed
             .iter()
-            .map(|&i| RuleRef::from(&ruleset.rules[i as usize]))
+            .map(|&i| RuleRef::of(ruleset, &ruleset.rules[i as usize]))
             .collect(),
         notes,
         tracked: Vec::new(),
@@ -389,7 +397,7 @@ pub fn listener_warnings(ruleset: &Ruleset) -> Vec<String> {
         out.push(format!(
             "{}nothing listens on {} port {} now: the rule opens a port no program accepts \
              connections on (yet)",
-            rules::lint::at(&ruleset.source, r),
+            rules::lint::at(ruleset, r),
             match (tcp, udp) {
                 (true, false) => "tcp",
                 (false, true) => "udp",
@@ -425,7 +433,7 @@ pub fn lockout(
         .rule
         .map(|i| {
             let r = &rules.rules[i as usize];
-            format!("rule {} {:?}, line {}", i + 1, r.name, r.origin.line)
+            format!("rule {} {:?}, {}", i + 1, r.name, rules.place(&r.origin))
         })
         .unwrap_or_else(|| "[defaults] inbound".into());
     Some(format!(

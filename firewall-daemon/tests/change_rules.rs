@@ -485,3 +485,48 @@ fn one_line_rule_commands_edit_the_file_and_reload_or_change_nothing() {
     assert!(t.contains("refusing to edit"), "{t}");
     assert_eq!(file(), broken);
 }
+
+/// `include = ["rules.d/*.toml"]`: a file dropped there and a reload change the kernel's
+/// verdicts, `fwctl list` names the file each rule is in, and a broken included file is
+/// refused by name with the rules in force kept.
+#[test]
+fn rules_d_files_are_part_of_the_rules() {
+    let lab = Lab::new(&format!("include = [\"rules.d/*.toml\"]\n{RULES}"));
+    let server = lab.pair.server_v4;
+    assert_eq!(lab.observed(server, 8083), "stealth");
+    let dir = lab.daemon.config.with_file_name("rules.d");
+    std::fs::create_dir(&dir).expect("rules.d");
+    let extra = dir.join("50-extra.toml");
+    std::fs::write(
+        &extra,
+        "[[rule]]\nname = \"dropped in\"\nproto = \"tcp\"\nport = 8083\naction = \"allow\"\n",
+    )
+    .expect("writing");
+    let out = lab.daemon.fwctl(&["reload"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(lab.observed(server, 8083), "allow");
+    let list = lab.daemon.fwctl_json(&["list"]);
+    let last = &list["rules"][3];
+    assert_eq!(
+        (
+            last["name"].as_str(),
+            last["number"].as_u64(),
+            last["file"].as_str()
+        ),
+        (Some("dropped in"), Some(4), Some("rules.d/50-extra.toml")),
+        "{list:#}"
+    );
+    assert!(list["rules"][0].get("file").is_none(), "{list:#}");
+    let shown = text(&lab.daemon.fwctl(&["list"]));
+    assert!(shown.contains("(in rules.d/50-extra.toml)"), "{shown}");
+
+    std::fs::write(&extra, "[[rule]]\nport = 0\naction = \"allow\"\n").expect("writing");
+    let out = lab.daemon.fwctl(&["reload"]);
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{t}");
+    assert!(
+        t.contains(&format!("{}:2:8: rule 4: ", extra.display())),
+        "{t}"
+    );
+    assert_eq!(lab.observed(server, 8083), "allow");
+}

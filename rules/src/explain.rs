@@ -282,14 +282,19 @@ impl Broken {
         let by = match self.region.decision.rule {
             Some(i) => {
                 let r = &ruleset.rules[i as usize];
-                format!("rule {} ({:?}, line {})", i + 1, r.name, r.origin.line)
+                format!(
+                    "rule {} ({:?}, {})",
+                    i + 1,
+                    r.name,
+                    ruleset.place(&r.origin)
+                )
             }
             None => format!("[defaults] {}bound", a.probe.direction),
         };
         format!(
             "{}:{}:{}: assertion does not hold: {} {side} {addrs}: expected {}, but {by} \
              decides {}",
-            ruleset.source.display(),
+            ruleset.file_of(&a.origin).display(),
             a.origin.line,
             a.origin.column,
             a.probe,

@@ -14,18 +14,17 @@
 //! Warnings that need the host (a program that does not exist, a unit that is not running, a
 //! port nothing listens on) come from the daemon's resolution, not from here.
 
-use std::path::Path;
-
-use crate::model::{Direction, Proto, Rule};
+use crate::model::{Direction, Proto, Rule, Ruleset};
 
 /// Most rules in one direction checked pairwise for shadowing.
 pub const PAIRWISE_LIMIT: usize = 4096;
 
-/// `FILE:LINE:COL: rule N ("name"): `, the prefix of every warning about `rule`.
-pub fn at(source: &Path, rule: &Rule) -> String {
+/// `FILE:LINE:COL: rule N ("name"): `, the prefix of every warning about `rule` (FILE the one
+/// it is written in: the rules file or an included one).
+pub fn at(rs: &Ruleset, rule: &Rule) -> String {
     format!(
         "{}:{}:{}: rule {} ({:?}): ",
-        source.display(),
+        rs.file_of(&rule.origin).display(),
         rule.origin.line,
         rule.origin.column,
         rule.index + 1,
@@ -33,19 +32,23 @@ pub fn at(source: &Path, rule: &Rule) -> String {
     )
 }
 
-/// The warnings for `rules` (as read from `source`), in file order.
-pub fn lint(source: &Path, rules: &[Rule]) -> Vec<String> {
+/// The warnings for the rules of `rs`, in rule order.
+pub fn lint(rs: &Ruleset) -> Vec<String> {
     let mut out = Vec::new();
     for direction in [Direction::In, Direction::Out] {
-        let of: Vec<&Rule> = rules.iter().filter(|r| r.direction == direction).collect();
-        lint_direction(source, &of, direction, &mut out);
+        let of: Vec<&Rule> = rs
+            .rules
+            .iter()
+            .filter(|r| r.direction == direction)
+            .collect();
+        lint_direction(rs, &of, direction, &mut out);
     }
     out.sort_by_key(|(index, _)| *index);
     out.into_iter().map(|(_, w)| w).collect()
 }
 
 fn lint_direction(
-    source: &Path,
+    rs: &Ruleset,
     rules: &[&Rule],
     direction: Direction,
     out: &mut Vec<(u32, String)>,
@@ -67,7 +70,7 @@ fn lint_direction(
             format!(
                 "{}matches every {direction}bound packet and connection: the {after} \
                  {direction}bound rule(s) after it never match, and {default} never applies",
-                at(source, r)
+                at(rs, r)
             ),
         ));
     }
@@ -79,7 +82,7 @@ fn lint_direction(
                 format!(
                     "{}: {} {direction}bound rules: more than {PAIRWISE_LIMIT}, so rules that \
                      earlier ones shadow were not looked for",
-                    source.display(),
+                    rs.source.display(),
                     checked.len()
                 ),
             ));
@@ -96,33 +99,33 @@ fn lint_direction(
         let same = earlier.action == later.action;
         let why = if same && covers(later, earlier) {
             format!(
-                "duplicates rule {} ({:?}, line {}): it matches exactly the same packets, and \
+                "duplicates rule {} ({:?}, {}): it matches exactly the same packets, and \
                  that rule decides them first",
                 earlier.index + 1,
                 earlier.name,
-                earlier.origin.line
+                rs.place(&earlier.origin)
             )
         } else if same {
             format!(
-                "never matches: rule {} ({:?}, line {}) matches everything it does and decides \
+                "never matches: rule {} ({:?}, {}) matches everything it does and decides \
                  it first, the same way ({}); the rule is redundant",
                 earlier.index + 1,
                 earlier.name,
-                earlier.origin.line,
+                rs.place(&earlier.origin),
                 earlier.action
             )
         } else {
             format!(
-                "never matches: rule {} ({:?}, line {}) matches everything it does and decides \
+                "never matches: rule {} ({:?}, {}) matches everything it does and decides \
                  it first, with {} instead of {}; move this rule above it if it should win",
                 earlier.index + 1,
                 earlier.name,
-                earlier.origin.line,
+                rs.place(&earlier.origin),
                 earlier.action,
                 later.action
             )
         };
-        out.push((later.index, format!("{}{why}", at(source, later))));
+        out.push((later.index, format!("{}{why}", at(rs, later))));
     }
 }
 

@@ -4,7 +4,12 @@
 //! directly (the oracle the kernel is tested against). Nothing here can be invalid: every
 //! constructor lives in `config`, which reports errors with file, line and column.
 
-use std::{collections::BTreeMap, fmt, net::IpAddr, path::PathBuf};
+use std::{
+    collections::BTreeMap,
+    fmt,
+    net::IpAddr,
+    path::{Path, PathBuf},
+};
 
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
@@ -114,6 +119,8 @@ pub struct Origin {
     pub line: usize,
     /// 1-based column (in characters) of the rule's first key.
     pub column: usize,
+    /// Which file: 0 for the rules file itself, `i` for `Ruleset::included[i - 1]`.
+    pub file: usize,
 }
 
 /// A rule's name or an entry of its `remote` as written: inline up to 24 bytes ("rule 12345",
@@ -437,6 +444,8 @@ impl Default for LogConfig {
 pub struct Ruleset {
     /// The file it came from, for messages.
     pub source: PathBuf,
+    /// The files its `include` patterns matched, in the order their rules come.
+    pub included: Vec<PathBuf>,
     pub daemon: DaemonConfig,
     pub defaults: Defaults,
     pub reject: RejectLimits,
@@ -543,6 +552,39 @@ pub struct Assertion {
 }
 
 impl Ruleset {
+    /// The file a rule or assertion was written in.
+    pub fn file_of(&self, origin: &Origin) -> &Path {
+        match origin.file.checked_sub(1) {
+            Some(i) => self.included.get(i).map_or(&self.source, |p| p),
+            None => &self.source,
+        }
+    }
+
+    /// Where a rule or assertion is, for messages: `line 12` in the rules file itself,
+    /// `rules.d/web.toml line 3` in an included file (relative to the rules file's directory
+    /// where it is inside it).
+    pub fn place(&self, origin: &Origin) -> String {
+        match self.included_name(origin) {
+            Some(file) => format!("{file} line {}", origin.line),
+            None => format!("line {}", origin.line),
+        }
+    }
+
+    /// The included file `origin` is in, as [`Self::place`] shows it; `None` for the rules
+    /// file itself.
+    pub fn included_name(&self, origin: &Origin) -> Option<String> {
+        if origin.file == 0 {
+            return None;
+        }
+        let file = self.file_of(origin);
+        let shown = self
+            .source
+            .parent()
+            .and_then(|dir| file.strip_prefix(dir).ok())
+            .unwrap_or(file);
+        Some(shown.display().to_string())
+    }
+
     pub fn inbound(&self) -> impl Iterator<Item = &Rule> {
         self.of(Direction::In)
     }

@@ -34,7 +34,11 @@ impl State {
                         Direction::In => &hits_in,
                         Direction::Out => &hits_out,
                     };
-                    RuleView::new(r, hits.get(r.index as usize).copied().unwrap_or(0))
+                    RuleView::new(
+                        &self.ruleset,
+                        r,
+                        hits.get(r.index as usize).copied().unwrap_or(0),
+                    )
                 })
                 .collect(),
         })

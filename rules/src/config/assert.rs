@@ -178,7 +178,11 @@ impl Checker<'_> {
             probe,
             remote,
             expect,
-            origin: Origin { line, column },
+            origin: Origin {
+                line,
+                column,
+                file: self.file,
+            },
         })
     }
 

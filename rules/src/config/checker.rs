@@ -69,6 +69,12 @@ pub(super) struct Checker<'a> {
     /// Where in the file the spans being checked start: non-zero while the rules of a chunk
     /// parsed on its own (`split.rs`) are checked, whose spans count from the chunk.
     pub(super) base: usize,
+    /// Which file this is: 0 for the rules file, `i` for its `i`-th included file
+    /// ([`crate::model::Origin::file`]).
+    pub(super) file: usize,
+    /// The number of the first rule of this file less one: the rules of included files are
+    /// numbered after those before them.
+    pub(super) first_rule: usize,
 }
 
 impl<'a> Checker<'a> {
@@ -85,6 +91,8 @@ impl<'a> Checker<'a> {
             warnings: Vec::new(),
             services: None,
             base: 0,
+            file: 0,
+            first_rule: 0,
         }
     }
 

@@ -10,7 +10,8 @@
 //! Top-level tables: `[daemon]` (`RawDaemon`), `[defaults]` (`RawDefaults`), `[reject]`
 //! (`RawReject`), `[conntrack]` (`RawConntrack`, with `[conntrack.timeouts]` in
 //! `RawCtTimeouts`), `[log]` (`RawLog`), `[sets]` (see `RawSetFile`), any number of `[[rule]]`
-//! (`RawRule`) and of `[[assert]]` (`RawAssert`, in `assert.rs`).
+//! (`RawRule`) and of `[[assert]]` (`RawAssert`, in `assert.rs`), and the top-level key
+//! `include` (more files of rules, `include.rs`).
 //! Every table and every key is optional except a rule's `action`. Unknown keys are errors:
 //! a firewall must never quietly ignore a line the admin wrote.
 //!
@@ -26,6 +27,7 @@ mod conntrack;
 mod daemon;
 mod defaults;
 mod diagnostic;
+mod include;
 mod log;
 mod raw;
 mod rule;
@@ -281,12 +283,17 @@ fn check<'t>(
     let conntrack = ck.conntrack(sections.remove("conntrack"));
     let log = ck.log(sections.remove("log"));
     let sets = ck.sets(sections.remove("sets"));
-    let (rules, written) = ck.rules(rule_tables, &sets, max_rules)?;
-    let assertions = ck.assertions(sections.remove("assert"));
+    let (mut rules, mut written) = ck.rules(rule_tables, &sets, max_rules)?;
+    let mut assertions = ck.assertions(sections.remove("assert"));
+    let patterns = ck.include_patterns(sections.remove("include"));
+    let included = ck.include(patterns, &sets, written, max_rules);
+    rules.extend(included.rules);
+    written += included.written;
+    assertions.extend(included.assertions);
 
     // Every path that drops a rule reports why; this guards that promise, since loading a
     // rule set with a rule silently missing is the one outcome worse than refusing it.
-    if ck.errors.is_empty() && rules.len() != written {
+    if ck.errors.is_empty() && included.errors.is_empty() && rules.len() != written {
         ck.error(
             None,
             format!(
@@ -295,14 +302,21 @@ fn check<'t>(
             ),
         );
     }
-    if !ck.errors.is_empty() {
-        return Some(Err(ck.into_error()));
+    if !ck.errors.is_empty() || !included.errors.is_empty() {
+        // The rules file's problems in its order, then each included file's.
+        let mut all = match ck.into_error() {
+            ConfigError::Invalid(d) => d,
+            read @ ConfigError::Read { .. } => return Some(Err(read)),
+        };
+        all.extend(included.errors);
+        return Some(Err(ConfigError::Invalid(all)));
     }
     ck.warnings.sort_by_key(|(order, _)| *order);
     let mut warnings: Vec<String> = ck.warnings.into_iter().map(|(_, w)| w).collect();
-    warnings.extend(crate::lint::lint(ck.source, &rules));
-    Some(Ok(Ruleset {
+    warnings.extend(included.warnings);
+    let mut ruleset = Ruleset {
         source: ck.source.to_path_buf(),
+        included: included.files,
         daemon,
         defaults,
         reject,
@@ -312,7 +326,9 @@ fn check<'t>(
         rules,
         assertions,
         warnings,
-    }))
+    };
+    ruleset.warnings.extend(crate::lint::lint(&ruleset));
+    Some(Ok(ruleset))
 }
 
 #[cfg(test)]

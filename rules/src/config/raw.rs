@@ -219,6 +219,7 @@ pub(super) const TOP_LEVEL_KEYS: &[&str] = &[
     "sets",
     "rule",
     "assert",
+    "include",
 ];
 
 /// A value that may be written once or as a list: `port = 22` or `port = [22, 80]`.

@@ -135,7 +135,7 @@ impl Checker<'_> {
 
     /// Checks the next rule of the file and adds it to `list` (or reports why not).
     fn next_rule(&mut self, element: Spanned<DeValue<'_>>, sets: &Sets, list: &mut RuleList) {
-        let index = list.written;
+        let index = self.first_rule + list.written;
         list.written += 1;
         let number = index + 1;
         let header = element.span();
@@ -333,7 +333,11 @@ impl Checker<'_> {
             selector,
             action,
             log: raw.log.map(|v| *v.get_ref()),
-            origin: Origin { line, column },
+            origin: Origin {
+                line,
+                column,
+                file: self.file,
+            },
         })
     }
 

@@ -50,15 +50,16 @@ pub(super) fn run(
     // One edit at a time: two read-modify-write cycles at once would lose one of them. The
     // directory is locked, not the file, which the edit replaces by another.
     let _lock = lock_dir(&file)?;
-    if let Err(e) = config::load(&file) {
-        return Err(Failure::Other(format!(
+    let current = config::load(&file).map_err(|e| {
+        Failure::Other(format!(
             "{}\nrefusing to edit {}: it has errors already (fwctl check {} shows them); fix \
              them first",
             e,
             file.display(),
             file.display()
-        )));
-    }
+        ))
+    })?;
+    in_this_file(&current, &change)?;
     let old = std::fs::read_to_string(&file)
         .map_err(|e| Failure::Other(format!("{}: {e}", file.display())))?;
     let refused = |e: edit::EditError| Failure::Other(format!("{}: {e}", file.display()));
@@ -154,6 +155,45 @@ pub(super) fn run(
                 Err(e) => Err(e),
             }
         }
+    }
+}
+
+/// Refuses an edit about a rule of an included file: fwctl edits the rules file only, whose
+/// own rules come first.
+fn in_this_file(rs: &rules::model::Ruleset, change: &Change<'_>) -> Result<(), Failure> {
+    let own = rs.rules.iter().filter(|r| r.origin.file == 0).count();
+    let elsewhere = |r: &rules::model::Rule| {
+        Failure::Other(format!(
+            "rule {} ({:?}) is in {}, which this file includes: edit that file (fwctl edits \
+             {} only, whose own rules are 1 to {own})",
+            r.index + 1,
+            r.name.as_str(),
+            rs.file_of(&r.origin).display(),
+            rs.source.display()
+        ))
+    };
+    match change {
+        Change::Delete(which) => {
+            let found = match Which::parse(which) {
+                Which::Number(n) => n.checked_sub(1).and_then(|i| rs.rules.get(i)),
+                Which::Name(name) => {
+                    let named = |r: &&rules::model::Rule| r.name.as_str() == name;
+                    match rs.rules.iter().find(named) {
+                        Some(r) if r.origin.file != 0 => Some(r),
+                        _ => None,
+                    }
+                }
+            };
+            match found {
+                Some(r) if r.origin.file != 0 => Err(elsewhere(r)),
+                _ => Ok(()),
+            }
+        }
+        Change::Add(_, Some(before)) if *before > own + 1 => match rs.rules.get(before - 1) {
+            Some(r) => Err(elsewhere(r)),
+            None => Ok(()),
+        },
+        Change::Add(..) => Ok(()),
     }
 }
 

@@ -81,7 +81,11 @@ fn uid_of(user: &str) -> Result<u32, Failure> {
 
 fn print_explanation(d: &ExplainData) {
     let by = match (d.rule, d.line) {
-        (Some(n), Some(line)) => format!("rule {n} {:?} (line {line})", esc(&d.name)),
+        (Some(n), Some(line)) => format!(
+            "rule {n} {:?} ({}line {line})",
+            esc(&d.name),
+            in_file(d.file.as_deref())
+        ),
         _ => esc(&d.name),
     };
     match &d.fixed {
@@ -96,9 +100,10 @@ fn print_explanation(d: &ExplainData) {
     println!("  rules:    {}", esc(&d.source));
     for r in &d.shadowed {
         println!(
-            "  shadowed: rule {} {:?} (line {}, {}) matches too, but comes later",
+            "  shadowed: rule {} {:?} ({}line {}, {}) matches too, but comes later",
             r.number,
             esc(&r.name),
+            in_file(r.file.as_deref()),
             r.line,
             r.action
         );
@@ -158,4 +163,10 @@ pub(super) fn print_ports(d: &PortsData) {
             d.unowned
         );
     }
+}
+
+/// `rules.d/web.toml ` before a line number of an included file's rule; nothing for the rules
+/// file's own.
+fn in_file(file: Option<&str>) -> String {
+    file.map(|f| format!("{} ", esc(f))).unwrap_or_default()
 }

@@ -91,6 +91,9 @@ pub(super) fn print_list(l: &ListData) {
     );
     for r in &l.rules {
         let mut note = selector_note(r);
+        if let Some(f) = &r.file {
+            note.push_str(&format!("  (in {})", esc(f)));
+        }
         if !r.enforced {
             note.push_str("  (not enforced)");
         }
@@ -481,6 +484,7 @@ mod tests {
             enforced: true,
             hits: 0,
             line: 2,
+            file: None,
         }
     }
 

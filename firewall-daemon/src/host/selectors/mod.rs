@@ -171,7 +171,7 @@ impl Resolved {
             }
             let shown = program.display();
             // `FILE:LINE:COL: rule N ("name"): `, located like every other warning.
-            let ctx = format!("{}program {shown}", rules::lint::at(&ruleset.source, rule));
+            let ctx = format!("{}program {shown}", rules::lint::at(ruleset, rule));
             let msg = match self.program_problems.get(program) {
                 Some(ProgramProblem::NotAbsolute) => {
                     format!("{ctx} is not an absolute path; the rule matches nothing")
@@ -199,7 +199,7 @@ impl Resolved {
             if !named.insert(name.as_str()) || self.unit(name).is_some() {
                 continue;
             }
-            let at = rules::lint::at(&ruleset.source, rule);
+            let at = rules::lint::at(ruleset, rule);
             let msg = match self.unit_problems.get(name) {
                 Some(UnitProblem::NotRunning) => format!(
                     "{at}unit {name} is not running (no cgroup named {name} under {root} that \

@@ -388,7 +388,11 @@ fn minimal_and_empty_files_use_defaults() {
             selector: Default::default(),
             action: Action::Allow,
             log: None,
-            origin: Origin { line: 2, column: 1 },
+            origin: Origin {
+                line: 2,
+                column: 1,
+                file: 0,
+            },
         }]
     );
     let rs = valid("empty.toml");
@@ -490,7 +494,8 @@ fn example_rule_files_explain_every_key() {
                 .is_some_and(|rest| rest.trim_start().starts_with(['=', '-']))
         })
     };
-    let tables: [(&str, &[&str]); 9] = [
+    let tables: [(&str, &[&str]); 10] = [
+        ("top level", &["include"]),
         ("[daemon]", fields_of::<RawDaemon>()),
         ("[defaults]", fields_of::<RawDefaults>()),
         ("[reject]", fields_of::<RawReject>()),
