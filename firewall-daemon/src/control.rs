@@ -606,6 +606,9 @@ pub fn diff(old: &Ruleset, new: &Ruleset) -> ReloadData {
             new.assertions.len()
         ));
     }
+    if old.metrics != new.metrics {
+        settings.push("[metrics] changed: takes effect when the daemon restarts".into());
+    }
     let mut old_daemon = old.daemon.clone();
     old_daemon.on_stop = new.daemon.on_stop;
     if old_daemon != new.daemon {

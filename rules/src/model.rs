@@ -439,6 +439,32 @@ impl Default for LogConfig {
     }
 }
 
+/// `[metrics]`: the counters for Prometheus. Off unless `listen` or `textfile` is set; read
+/// when the daemon starts (a reload that changes it says so and changes nothing).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct MetricsConfig {
+    pub listen: Option<MetricsListen>,
+    /// node_exporter's textfile collector: rewritten every `interval_secs`.
+    pub textfile: Option<PathBuf>,
+    pub interval_secs: u32,
+}
+
+/// Where the metrics endpoint listens.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub enum MetricsListen {
+    Tcp(std::net::SocketAddr),
+    Unix(PathBuf),
+}
+
+impl fmt::Display for MetricsListen {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            MetricsListen::Tcp(a) => write!(f, "http://{a}/metrics"),
+            MetricsListen::Unix(p) => write!(f, "unix:{} (GET /metrics)", p.display()),
+        }
+    }
+}
+
 /// A parsed, validated `rules.toml`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Ruleset {
@@ -451,6 +477,7 @@ pub struct Ruleset {
     pub reject: RejectLimits,
     pub conntrack: Conntrack,
     pub log: LogConfig,
+    pub metrics: MetricsConfig,
     /// Named sets, expanded (files read), for `fwctl list`.
     #[serde(skip)]
     pub sets: BTreeMap<String, Vec<IpNet>>,

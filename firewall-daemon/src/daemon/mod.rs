@@ -32,6 +32,7 @@ mod attach;
 mod confirm;
 mod history;
 mod memory;
+mod metrics;
 mod monitor;
 mod recheck;
 mod reload;
@@ -108,6 +109,8 @@ struct State {
     pending: Option<confirm::Pending>,
     /// Decision and connection events for `fwctl monitor` connections.
     events: tokio::sync::broadcast::Sender<crate::decision_log::Published>,
+    /// Reloads and their duration, for `[metrics]`.
+    reload_stats: metrics::ReloadStats,
 }
 
 /// How often selectors are resolved again even without a file-system event: a unit's cgroup
@@ -129,7 +132,18 @@ pub async fn run(config_path: PathBuf, overrides: Overrides) -> anyhow::Result<(
         listener,
         socket_path,
         mut log_events,
+        metrics: endpoint,
     } = started;
+    // `[metrics]`: scrapes of the endpoint, answered by this loop; the textfile's timer.
+    let (scrape_tx, mut scrapes) = tokio::sync::mpsc::channel::<metrics::Scrape>(4);
+    if let Some(endpoint) = endpoint {
+        tokio::spawn(endpoint.serve(scrape_tx));
+    }
+    let textfile = state.ruleset.metrics.textfile.clone();
+    let mut textfile_tick = tokio::time::interval(Duration::from_secs(u64::from(
+        state.ruleset.metrics.interval_secs.max(1),
+    )));
+    textfile_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // Each control connection is read and written by a task of its own; only complete
     // requests reach this loop, so a client that sends nothing (or reads nothing) delays no
     // interface attach, reload or other client.
@@ -210,6 +224,25 @@ pub async fn run(config_path: PathBuf, overrides: Overrides) -> anyhow::Result<(
                 Err(e) => warn!("{e:#}"),
             },
             Some(raw) = log_events.recv() => state.decision(raw),
+            Some(reply) = scrapes.recv() => {
+                let text = state.metrics_text().unwrap_or_else(|e| {
+                    error!("metrics: {e:#}");
+                    String::new()
+                });
+                let _ = reply.send(text);
+            }
+            _ = textfile_tick.tick(), if textfile.is_some() => {
+                if let Some(path) = &textfile {
+                    match state.metrics_text() {
+                        Ok(text) => {
+                            if let Err(e) = metrics::write_textfile(path, &metrics::prometheus_text(&text)) {
+                                warn!("{e:#}");
+                            }
+                        }
+                        Err(e) => error!("metrics: {e:#}"),
+                    }
+                }
+            }
             Some(call) = calls_rx.recv() => {
                 let response = state.answer(call.cred, &call.line);
                 // The client may have gone; its task then ends with nothing to write.

@@ -100,7 +100,13 @@ impl State {
             reloading.push(now);
         }
         notify(&reloading);
+        let began = Instant::now();
         let result = reload(self);
+        self.reload_stats.last_secs = began.elapsed().as_secs_f64();
+        match &result {
+            Ok(_) => self.reload_stats.ok += 1,
+            Err(_) => self.reload_stats.failed += 1,
+        }
         let status = match &result {
             Ok(_) => self.status_line(),
             Err(e) => format!(

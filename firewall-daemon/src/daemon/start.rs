@@ -43,6 +43,8 @@ pub(super) struct Started {
     pub socket_path: PathBuf,
     /// The kernel's decision log events, for the loop to name and publish.
     pub log_events: tokio::sync::mpsc::Receiver<firewall_common::LogEvent>,
+    /// The `[metrics] listen` endpoint, bound.
+    pub metrics: Option<super::metrics::Endpoint>,
 }
 
 /// Validates, compiles, loads, seeds, attaches and binds the control socket, in that order.
@@ -198,6 +200,30 @@ pub(super) fn start(
     conntrack::spawn_watch(&pin_dir, events.clone())?;
     let socket_path = ruleset.daemon.control_socket.clone();
     let listener = bind_control_socket(&socket_path, ruleset.daemon.control_group.as_deref())?;
+    // An endpoint that cannot listen does not keep the firewall from starting: it is logged
+    // and `fwctl status` lists it with what else does not work as configured.
+    let metrics = ruleset.metrics.listen.as_ref().and_then(|listen| {
+        let gid = match ruleset
+            .daemon
+            .control_group
+            .as_deref()
+            .map(super::server::group_id)
+        {
+            Some(Ok(g)) => Some(g.as_raw()),
+            _ => None,
+        };
+        match super::metrics::Endpoint::bind(listen, gid) {
+            Ok(e) => {
+                log::info!("metrics at {listen}");
+                Some(e)
+            }
+            Err(e) => {
+                log::error!("{e:#}");
+                degraded.push(format!("metrics are not served: {e:#}"));
+                None
+            }
+        }
+    });
     // From here on, stopping the daemon detaches the firewall and removes the pins.
     cleanup.armed = true;
     let ruleset_interfaces = ruleset.daemon.interfaces.clone();
@@ -228,6 +254,7 @@ pub(super) fn start(
         resolve_warnings,
         pending: None,
         events,
+        reload_stats: Default::default(),
     };
     Ok((
         cleanup,
@@ -237,6 +264,7 @@ pub(super) fn start(
             listener,
             socket_path,
             log_events,
+            metrics,
         },
     ))
 }

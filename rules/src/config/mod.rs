@@ -29,6 +29,7 @@ mod defaults;
 mod diagnostic;
 mod include;
 mod log;
+mod metrics;
 mod raw;
 mod rule;
 mod services;
@@ -282,6 +283,7 @@ fn check<'t>(
     let reject = ck.reject(sections.remove("reject"));
     let conntrack = ck.conntrack(sections.remove("conntrack"));
     let log = ck.log(sections.remove("log"));
+    let metrics = ck.metrics(sections.remove("metrics"));
     let sets = ck.sets(sections.remove("sets"));
     let (mut rules, mut written) = ck.rules(rule_tables, &sets, max_rules)?;
     let mut assertions = ck.assertions(sections.remove("assert"));
@@ -322,6 +324,7 @@ fn check<'t>(
         reject,
         conntrack,
         log,
+        metrics,
         sets: sets.expanded,
         rules,
         assertions,

@@ -120,6 +120,20 @@ pub(super) struct RawLog {
     pub(super) burst: Option<Spanned<RawInt>>,
 }
 
+/// `[metrics]`: the counters for Prometheus, off unless `listen` or `textfile` is given.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawMetrics {
+    /// Where to serve `GET /metrics` (OpenMetrics text): `"127.0.0.1:9741"`, `"[::1]:9741"`,
+    /// or an absolute path for a Unix socket (`"/run/firewall/metrics.sock"`).
+    pub(super) listen: Option<Spanned<String>>,
+    /// A file to rewrite every `interval` for node_exporter's textfile collector (absolute,
+    /// ending in `.prom`): `"/var/lib/prometheus/node-exporter/firewall.prom"`.
+    pub(super) textfile: Option<Spanned<String>>,
+    /// How often the textfile is written, 1s to 1h. Default `"15s"`.
+    pub(super) interval: Option<Spanned<RawDuration>>,
+}
+
 /// `[conntrack.timeouts]`: how long an idle flow stays tracked, per protocol state. Each is a
 /// duration (see [`RawDuration`]) from 1s to 1d, except `tcp_established`: 1s to 365d.
 /// Defaults are those of Linux `nf_conntrack`.
@@ -220,6 +234,7 @@ pub(super) const TOP_LEVEL_KEYS: &[&str] = &[
     "rule",
     "assert",
     "include",
+    "metrics",
 ];
 
 /// A value that may be written once or as a list: `port = 22` or `port = [22, 80]`.

@@ -494,8 +494,9 @@ fn example_rule_files_explain_every_key() {
                 .is_some_and(|rest| rest.trim_start().starts_with(['=', '-']))
         })
     };
-    let tables: [(&str, &[&str]); 10] = [
+    let tables: [(&str, &[&str]); 11] = [
         ("top level", &["include"]),
+        ("[metrics]", fields_of::<super::raw::RawMetrics>()),
         ("[daemon]", fields_of::<RawDaemon>()),
         ("[defaults]", fields_of::<RawDefaults>()),
         ("[reject]", fields_of::<RawReject>()),

@@ -4,6 +4,7 @@
 
 mod document;
 mod log;
+mod metrics;
 mod ports;
 mod rule;
 mod sections;
