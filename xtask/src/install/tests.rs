@@ -462,7 +462,9 @@ fn systemd_analyze_verifies_the_installed_unit() {
     assert!(out.status.success(), "systemd-analyze verify: {stderr}");
     assert!(stderr.trim().is_empty(), "systemd-analyze verify: {stderr}");
 
-    // The sandboxing does not regress unnoticed (2.1 when written; 10 is unprotected).
+    // The sandboxing does not regress unnoticed (2.1 when written; 10 is unprotected; 2.4
+    // since AF_INET and AF_INET6 are allowed for the [metrics] endpoint, which
+    // IPAddressAllow=localhost keeps to this host).
     let out = run(
         &mut systemd_analyze(&[
             "security".as_ref(),
@@ -483,7 +485,7 @@ fn systemd_analyze_verifies_the_installed_unit() {
         .and_then(|rest| rest.split_whitespace().next())
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("no exposure level in: {text}"));
-    assert!(score <= 2.1, "exposure level {score}:\n{text}");
+    assert!(score <= 2.4, "exposure level {score}:\n{text}");
 }
 
 #[test]
