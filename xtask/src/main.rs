@@ -6,6 +6,7 @@
 mod bench;
 mod cgroup;
 mod install;
+mod package;
 mod qemu;
 mod sandbox;
 mod setup;
@@ -63,6 +64,9 @@ enum Cmd {
     Install(install::InstallArgs),
     /// Remove what `install` put there (same options), except /etc/firewall/rules.toml.
     Uninstall(install::InstallArgs),
+    /// Build a Debian package (target/package/firewall-daemon_*.deb); --check installs, runs
+    /// and purges it in a Debian root and runs lintian.
+    Package(package::PackageArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -130,6 +134,7 @@ fn main() -> anyhow::Result<()> {
         }
         Cmd::Install(args) => install::install_cmd(&args),
         Cmd::Uninstall(args) => install::uninstall_cmd(&args),
+        Cmd::Package(args) => package::run(&args),
         Cmd::Bench(args) => {
             setup::run()?;
             bench::run(args)
