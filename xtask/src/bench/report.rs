@@ -683,7 +683,10 @@ fn targets(s: &mut String, r: &Results) {
             );
         }
     }
-    s.push('\n');
+    s.push_str(
+        "\nWhere a target is missed, why, item by item (variants of the program that leave one \
+         item out, measured in one session): README.md, \"Where the time goes\".\n\n",
+    );
 }
 
 const TESTRUN_PATHS: [(&str, &str); 8] = [
