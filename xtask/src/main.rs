@@ -151,6 +151,20 @@ pub fn workspace_root() -> PathBuf {
 
 /// A release binary cargo built: under `CARGO_TARGET_DIR` when set (relative to the
 /// workspace, as cargo takes it), else `target/`.
+/// Runs `cmd` to its end; its standard output, or an error with everything it printed.
+pub fn output(cmd: &mut Command) -> anyhow::Result<String> {
+    let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
+    if !out.status.success() {
+        bail!(
+            "{cmd:?} failed ({}): {}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
 pub fn target_bin(name: &str) -> PathBuf {
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)

@@ -28,6 +28,7 @@ use anyhow::{Context as _, bail};
 use crate::{
     cargo,
     install::{self, Layout, Sources},
+    output,
 };
 
 #[derive(Debug, Clone, clap::Args)]
@@ -63,19 +64,6 @@ fn out_dir() -> PathBuf {
 fn version() -> String {
     // Debian revision 1 of the upstream version.
     format!("{}-1", env!("CARGO_PKG_VERSION"))
-}
-
-fn output(cmd: &mut Command) -> anyhow::Result<String> {
-    let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
-    if !out.status.success() {
-        bail!(
-            "{cmd:?} failed ({}): {}{}",
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 /// Stages the files and builds the archive.

@@ -94,16 +94,7 @@ pub struct Prepared {
 }
 
 fn run(cmd: &mut Command) -> anyhow::Result<()> {
-    let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
-    if !out.status.success() {
-        bail!(
-            "{cmd:?} failed ({}): {}{}",
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    Ok(())
+    crate::output(cmd).map(drop)
 }
 
 fn find_deb(dir: &Path, package: &str) -> Option<PathBuf> {
