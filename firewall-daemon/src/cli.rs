@@ -76,7 +76,7 @@ Examples:
   systemctl enable --now firewall-daemon
   firewall-daemon --config rules.toml --interface veth0 \\
       --xdp-mode generic --pin-dir /sys/fs/bpf/fw-test \\
-      --control-socket /tmp/fw.sock --cgroup /sys/fs/cgroup/fw-test
+      --control-socket /run/fw-test.sock --cgroup /sys/fs/cgroup/fw-test
 
 Signals:
   SIGHUP  Reload the rules file; if it is invalid, the rules in force stay (fwctl reload does \

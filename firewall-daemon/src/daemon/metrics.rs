@@ -239,6 +239,7 @@ impl Endpoint {
             }
             MetricsListen::Unix(path) => {
                 use std::os::unix::fs::{FileTypeExt as _, PermissionsExt as _};
+                super::server::trusted_socket_dir(path)?;
                 // Only a socket left by an earlier daemon is removed, never another file.
                 if let Ok(meta) = std::fs::symlink_metadata(path)
                     && meta.file_type().is_socket()
@@ -404,7 +405,36 @@ pub(super) fn prometheus_text(openmetrics: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::prometheus_text;
+    use super::{Endpoint, prometheus_text};
+
+    /// The socket's mode and group are set by path after binding: not in a directory others
+    /// may write, where the path could be swapped for a link to another file.
+    #[tokio::test]
+    async fn a_unix_endpoint_is_refused_in_a_directory_others_may_write() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let open = dir.path().join("open");
+        std::fs::create_dir(&open).expect("mkdir");
+        std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o1777)).expect("chmod");
+        let listen = rules::model::MetricsListen::Unix(open.join("metrics.sock"));
+        let err = Endpoint::bind(&listen, None)
+            .err()
+            .expect("refused")
+            .to_string();
+        assert!(err.contains("which others may write"), "{err}");
+        let listen = rules::model::MetricsListen::Unix(dir.path().join("metrics.sock"));
+        let ok = Endpoint::bind(&listen, None).expect("a private directory");
+        let mode = std::fs::metadata(dir.path().join("metrics.sock"))
+            .expect("socket")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        drop(ok);
+        assert!(
+            !dir.path().join("metrics.sock").exists(),
+            "removed when dropped"
+        );
+    }
 
     #[test]
     fn textfile_format_names_counters_by_their_samples_and_has_no_eof() {

@@ -29,6 +29,7 @@ pub(super) fn bind_control_socket(
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
+    trusted_socket_dir(path)?;
     remove_stale_socket(path)?;
     let listener =
         UnixListener::bind(path).with_context(|| format!("binding {}", path.display()))?;
@@ -40,6 +41,34 @@ pub(super) fn bind_control_socket(
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))
         .with_context(|| format!("setting mode 0660 on {}", path.display()))?;
     Ok(listener)
+}
+
+/// Refuses a socket in a directory others may write. After binding, the daemon sets the
+/// socket's group and mode by its path; in such a directory (`/tmp`) the path could be swapped
+/// for a link to another file in between, and that file would get the group and mode.
+pub(super) fn trusted_socket_dir(path: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::MetadataExt as _;
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let meta = std::fs::metadata(dir).with_context(|| format!("checking {}", dir.display()))?;
+    let euid = nix::unistd::geteuid().as_raw();
+    let mode = meta.mode() & 0o7777;
+    if (meta.uid() != 0 && meta.uid() != euid)
+        || mode & 0o002 != 0
+        || (mode & 0o020 != 0 && meta.gid() != 0)
+    {
+        bail!(
+            "{} is in {}, which others may write (owner uid {}, mode {mode:04o}): the socket \
+             could be swapped for a link there; use a directory only root writes, such as \
+             /run/firewall",
+            path.display(),
+            dir.display(),
+            meta.uid()
+        );
+    }
+    Ok(())
 }
 
 /// Removes what a previous daemon left at `path`: only a socket nobody listens on. Anything
@@ -267,5 +296,27 @@ impl State {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt as _;
+
+    /// Like `/tmp`: the control socket's group and mode are set by path after binding, and
+    /// there the path could be swapped for a link to another file in between.
+    #[tokio::test]
+    async fn the_control_socket_is_refused_in_a_directory_others_may_write() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let open = dir.path().join("open");
+        std::fs::create_dir(&open).expect("mkdir");
+        std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o1777)).expect("chmod");
+        let err = super::bind_control_socket(&open.join("control.sock"), None)
+            .expect_err("refused")
+            .to_string();
+        assert!(err.contains("which others may write"), "{err}");
+        assert!(!open.join("control.sock").exists());
+        super::bind_control_socket(&dir.path().join("control.sock"), None)
+            .expect("a directory only root writes");
     }
 }
