@@ -9,6 +9,7 @@ pub mod explain;
 pub mod host;
 pub mod kernel;
 pub mod logging;
+pub mod replace;
 
 /// The compiled XDP object, built by build.rs from `firewall-ebpf`.
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/firewall"));

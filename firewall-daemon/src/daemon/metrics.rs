@@ -359,21 +359,10 @@ async fn answer(
     }
 }
 
-/// Replaces `path` with `text` (a temporary file beside it, renamed over it, so node_exporter
-/// never reads half a file), mode 0644.
+/// Replaces the textfile (`crate::replace`: node_exporter never reads half a file), mode 0644.
 pub(super) fn write_textfile(path: &Path, text: &str) -> anyhow::Result<()> {
-    use std::{io::Write as _, os::unix::fs::PermissionsExt as _};
-    let dir = path.parent().unwrap_or(Path::new("/"));
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".firewall-metrics-")
-        .tempfile_in(dir)
-        .with_context(|| format!("[metrics] textfile: creating a file in {}", dir.display()))?;
-    tmp.write_all(text.as_bytes())?;
-    tmp.as_file()
-        .set_permissions(std::fs::Permissions::from_mode(0o644))?;
-    tmp.persist(path)
-        .with_context(|| format!("[metrics] textfile: replacing {}", path.display()))?;
-    Ok(())
+    crate::replace::replace(path, text.as_bytes(), 0o644, None)
+        .with_context(|| format!("[metrics] textfile: replacing {}", path.display()))
 }
 
 /// OpenMetrics text as the Prometheus text format (0.0.4) that node_exporter's textfile

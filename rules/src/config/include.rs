@@ -106,8 +106,7 @@ impl Checker<'_> {
                         continue;
                     }
                 };
-                out.files.push(path);
-                let path = out.files.last().expect("just pushed").clone();
+                out.files.push(path.clone());
                 let first = written + out.written;
                 let mut sub = Checker::new(&text, &path, self.env);
                 sub.file = out.files.len();

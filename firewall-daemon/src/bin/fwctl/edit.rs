@@ -9,8 +9,7 @@
 //! back, so the file on disk is again the rules in force. The text itself is edited by
 //! `rules::edit`, which keeps comments and layout.
 use std::{
-    io::Write as _,
-    os::unix::fs::{MetadataExt as _, PermissionsExt as _},
+    os::unix::fs::MetadataExt as _,
     path::{Path, PathBuf},
     process::ExitCode,
 };
@@ -50,7 +49,9 @@ pub(super) fn run(
     // One edit at a time: two read-modify-write cycles at once would lose one of them. The
     // directory is locked, not the file, which the edit replaces by another.
     let _lock = lock_dir(&file)?;
-    let current = config::load(&file).map_err(|e| {
+    let old = config::read_trusted(&file)
+        .map_err(|e| Failure::Other(format!("{}: cannot read: {e}", file.display())))?;
+    let current = config::parse(&old, &file).map_err(|e| {
         Failure::Other(format!(
             "{}\nrefusing to edit {}: it has errors already (fwctl check {} shows them); fix \
              them first",
@@ -60,8 +61,6 @@ pub(super) fn run(
         ))
     })?;
     in_this_file(&current, &change)?;
-    let old = std::fs::read_to_string(&file)
-        .map_err(|e| Failure::Other(format!("{}: {e}", file.display())))?;
     let refused = |e: edit::EditError| Failure::Other(format!("{}: {e}", file.display()));
     let (new, shown) = match change {
         Change::Add(rule, before) => {
@@ -176,13 +175,7 @@ fn in_this_file(rs: &rules::model::Ruleset, change: &Change<'_>) -> Result<(), F
         Change::Delete(which) => {
             let found = match Which::parse(which) {
                 Which::Number(n) => n.checked_sub(1).and_then(|i| rs.rules.get(i)),
-                Which::Name(name) => {
-                    let named = |r: &&rules::model::Rule| r.name.as_str() == name;
-                    match rs.rules.iter().find(named) {
-                        Some(r) if r.origin.file != 0 => Some(r),
-                        _ => None,
-                    }
-                }
+                Which::Name(name) => rs.rules.iter().find(|r| r.name.as_str() == name),
             };
             match found {
                 Some(r) if r.origin.file != 0 => Err(elsewhere(r)),
@@ -249,31 +242,19 @@ fn backup_path(file: &Path) -> PathBuf {
     file.with_file_name(name)
 }
 
-/// Replaces `path` with `bytes` atomically (a temporary file in the same directory, synced,
-/// renamed over it), with the mode and owner of `like`: the daemon refuses a rules file that
-/// others may write.
+/// Replaces `path` with `bytes` (`firewall_daemon::replace`), with the mode and owner of
+/// `like`: the daemon refuses a rules file that others may write.
 fn write_like(path: &Path, bytes: &[u8], like: &Path) -> Result<(), Failure> {
     let fail =
         |what: &str, e: std::io::Error| Failure::Other(format!("{what} {}: {e}", path.display()));
     let meta = std::fs::metadata(like).map_err(|e| fail("reading the mode of", e))?;
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".fwctl-")
-        .tempfile_in(dir)
-        .map_err(|e| fail("creating a temporary file for", e))?;
-    tmp.write_all(bytes)
-        .and_then(|()| tmp.as_file().sync_all())
-        .map_err(|e| fail("writing", e))?;
-    std::os::unix::fs::fchown(tmp.as_file(), Some(meta.uid()), Some(meta.gid()))
-        .map_err(|e| fail("setting the owner of", e))?;
-    tmp.as_file()
-        .set_permissions(std::fs::Permissions::from_mode(meta.mode() & 0o7777))
-        .map_err(|e| fail("setting the mode of", e))?;
-    tmp.persist(path).map_err(|e| fail("replacing", e.error))?;
-    if let Ok(d) = std::fs::File::open(dir) {
-        let _ = d.sync_all();
-    }
-    Ok(())
+    firewall_daemon::replace::replace(
+        path,
+        bytes,
+        meta.mode() & 0o7777,
+        Some((meta.uid(), meta.gid())),
+    )
+    .map_err(|e| fail("replacing", e))
 }
 
 fn diff_lines(mark: char, text: &str) -> Vec<String> {
