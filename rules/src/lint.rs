@@ -90,14 +90,36 @@ fn lint_direction(
         return;
     }
     for (i, later) in checked.iter().enumerate() {
-        if later.remote.as_ref().is_some_and(|r| r.is_empty()) {
-            continue; // Reported where the set is defined.
-        }
-        let Some(earlier) = checked[..i].iter().find(|e| covers(e, later)) else {
+        // A rule naming a runtime set may come to match any address: it never matches only
+        // when an earlier rule covers it whatever the set holds (a fail2ban rule below the
+        // rule that allows SSH, say).
+        let runtime = rs.runtime_sets_of(later).next().is_some();
+        let widened;
+        let later_any = if runtime {
+            widened = Rule {
+                remote: None,
+                ..(*later).clone()
+            };
+            &widened
+        } else {
+            if later.remote.as_ref().is_some_and(|r| r.is_empty()) {
+                continue; // Reported where the set is defined.
+            }
+            *later
+        };
+        let Some(earlier) = checked[..i].iter().find(|e| covers(e, later_any)) else {
             continue;
         };
         let same = earlier.action == later.action;
-        let why = if same && covers(later, earlier) {
+        let why = if runtime {
+            format!(
+                "never matches, whatever its runtime set holds: rule {} ({:?}, {}) matches                  every address for what it does and decides it first, with {}; move this                  rule above it",
+                earlier.index + 1,
+                earlier.name,
+                rs.place(&earlier.origin),
+                earlier.action
+            )
+        } else if same && covers(later, earlier) {
             format!(
                 "duplicates rule {} ({:?}, {}): it matches exactly the same packets, and \
                  that rule decides them first",

@@ -5,7 +5,7 @@
 //! constructor lives in `config`, which reports errors with file, line and column.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     fmt,
     net::IpAddr,
     path::{Path, PathBuf},
@@ -481,6 +481,9 @@ pub struct Ruleset {
     /// Named sets, expanded (files read), for `fwctl list`.
     #[serde(skip)]
     pub sets: BTreeMap<String, Vec<IpNet>>,
+    /// The sets declared empty (`blocklist = []`): runtime sets, whose members the daemon
+    /// holds (`fwctl set add`) and [`Ruleset::with_members`] puts in the rules.
+    pub runtime_sets: BTreeSet<String>,
     /// All rules in file order (`rules[i].index == i`).
     pub rules: Vec<Rule>,
     /// `[[assert]]`: what the rules must decide for given packets and connections, checked
@@ -491,6 +494,57 @@ pub struct Ruleset {
     /// empty set file, or a rule that can never match), each already prefixed with file and
     /// line.
     pub warnings: Vec<String>,
+}
+
+/// The members of runtime sets, by set name (the daemon's, from `fwctl set add`).
+pub type Members = BTreeMap<String, Vec<IpNet>>;
+
+impl Ruleset {
+    /// The runtime sets `rule`'s `remote` names.
+    pub fn runtime_sets_of<'a>(&'a self, rule: &'a Rule) -> impl Iterator<Item = &'a str> {
+        rule.remote_spec
+            .iter()
+            .filter_map(|t| t.strip_prefix('@'))
+            .filter(|name| self.runtime_sets.contains(*name))
+    }
+
+    /// Whether some rule of `direction` names a runtime set.
+    pub fn uses_runtime_sets(&self, direction: Direction) -> bool {
+        self.of(direction)
+            .any(|r| self.runtime_sets_of(r).next().is_some())
+    }
+
+    /// These rules with `members` in their runtime sets, as if the file listed them: what the
+    /// rules say now. The oracle's view of a daemon's rules; the daemon's compiler writes the
+    /// same members into the kernel's tables in place. Members of sets that are not runtime
+    /// sets of these rules are left out.
+    pub fn with_members(&self, members: &Members) -> Ruleset {
+        let mut rs = self.clone();
+        for i in 0..rs.rules.len() {
+            let added: Vec<IpNet> = self
+                .runtime_sets_of(&self.rules[i])
+                .filter_map(|name| members.get(name))
+                .flatten()
+                .copied()
+                .collect();
+            if added.is_empty() {
+                continue;
+            }
+            let remote = rs.rules[i].remote.get_or_insert_with(Nets::new);
+            remote.extend(added);
+            remote.sort_unstable();
+            remote.dedup();
+        }
+        for (name, nets) in members {
+            if self.runtime_sets.contains(name) {
+                let mut nets = nets.clone();
+                nets.sort_unstable();
+                nets.dedup();
+                rs.sets.insert(name.clone(), nets);
+            }
+        }
+        rs
+    }
 }
 
 /// A question to the rules: what they decide for a packet or a connection with these

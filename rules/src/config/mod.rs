@@ -326,6 +326,7 @@ fn check<'t>(
         log,
         metrics,
         sets: sets.expanded,
+        runtime_sets: sets.runtime,
         rules,
         assertions,
         warnings,

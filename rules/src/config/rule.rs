@@ -283,6 +283,22 @@ impl Checker<'_> {
         .filter_map(|(key, given)| given.then_some(key))
         .collect();
 
+        let runtime: Vec<&str> = remote_spec
+            .iter()
+            .filter_map(|t| t.strip_prefix('@'))
+            .filter(|name| sets.runtime.contains(*name))
+            .collect();
+        if let (Some(set), false) = (runtime.first(), selector_keys.is_empty()) {
+            let at = key_span(key_spans, "remote").unwrap_or_else(|| header.clone());
+            self.error(
+                Some(at),
+                format!(
+                    r#"{ctx}@{set} is a runtime set (declared empty, filled by `fwctl set add`), which rules with {} cannot use yet: the tables of rules about programs are not updated in place; list its addresses in the file, or drop the selector — the firewall never ignores a rule it cannot enforce"#,
+                    selector_keys.join(" and ")
+                ),
+            );
+            ok = false;
+        }
         if proto == Some(Proto::Icmp) && !selector_keys.is_empty() {
             // Rules about a program, unit or user are enforced on sockets (connect, send,
             // accept): TCP and UDP only. With proto = "any" they mean TCP and UDP.

@@ -1,5 +1,8 @@
 //! `[sets]`: named lists of networks, inline or read from a file, that rules use as
-//! `remote = "@name"`. A set file may be large and written by other tools, so its problems are
+//! `remote = "@name"`. A set declared empty (`blocklist = []`) is a *runtime set*: its members
+//! come from `fwctl set add` (fail2ban's action, scripts) and live in the daemon, which writes
+//! them into the kernel's tables in place; the file stays the one place the members of every
+//! other set come from, so `fwctl set add` refuses those. A set file may be large and written by other tools, so its problems are
 //! capped and reported at the file's own line and column, without quoting it.
 
 use std::{
@@ -33,6 +36,8 @@ pub(super) struct Sets {
     /// Every name defined, broken or not: a broken set has already been reported, and its uses
     /// should not add "unknown set" noise.
     pub(super) defined: BTreeSet<String>,
+    /// Sets declared empty (`blocklist = []`): runtime sets, filled by `fwctl set add`.
+    pub(super) runtime: BTreeSet<String>,
 }
 
 impl Checker<'_> {
@@ -40,6 +45,7 @@ impl Checker<'_> {
         let mut out = Sets {
             expanded: BTreeMap::new(),
             defined: BTreeSet::new(),
+            runtime: BTreeSet::new(),
         };
         let Some(value) = value else {
             return out;
@@ -70,7 +76,11 @@ impl Checker<'_> {
                 );
                 continue;
             }
+            let declared_empty = matches!(value.get_ref(), DeValue::Array(a) if a.is_empty());
             if let Some(nets) = self.set(&name, value) {
+                if declared_empty {
+                    out.runtime.insert(name.clone());
+                }
                 out.expanded.insert(name, nets);
             }
         }
@@ -94,14 +104,10 @@ impl Checker<'_> {
                         return None;
                     }
                 };
+                // Declared empty: a runtime set (`fwctl set add`), which matches nothing
+                // until members are added (`runtime.rs` in the daemon's compiler).
                 if entries.is_empty() {
-                    self.error(
-                        Some(span),
-                        format!(
-                            "{ctx}empty set; list at least one address or network (an empty set would match nothing)"
-                        ),
-                    );
-                    return None;
+                    return Some(Vec::new());
                 }
                 let mut nets = Vec::with_capacity(entries.len());
                 let mut ok = true;

@@ -67,9 +67,68 @@ fn remote_any_is_not_a_keyword() {
 }
 
 #[test]
-fn set_empty() {
-    // The rule using the broken set adds no second message.
-    expect("set-empty.toml", 1, 3, &[r#"set "trusted": empty set"#]);
+fn a_set_declared_empty_is_a_runtime_set_filled_by_with_members() {
+    let text = "[sets]\nblocklist = []\nlan = [\"10.0.0.0/8\"]\n\
+                [[rule]]\nname = \"f2b\"\nproto = \"tcp\"\nport = 22\nremote = [\"@blocklist\", \"192.0.2.1\"]\naction = \"stealth\"\n\
+                [[rule]]\nname = \"ssh\"\nproto = \"tcp\"\nport = 22\naction = \"allow\"\n";
+    let rs = parse(text, Path::new("rules.toml")).unwrap();
+    assert_eq!(rs.runtime_sets.iter().collect::<Vec<_>>(), ["blocklist"]);
+    assert_eq!(rs.sets["blocklist"], []);
+    assert_eq!(
+        rs.rules[0].remote.as_deref(),
+        Some(&[net("192.0.2.1/32")][..])
+    );
+    assert_eq!(
+        rs.runtime_sets_of(&rs.rules[0]).collect::<Vec<_>>(),
+        ["blocklist"]
+    );
+    assert!(rs.uses_runtime_sets(Direction::In) && !rs.uses_runtime_sets(Direction::Out));
+    // No warning: an empty runtime set is the normal state, not a mistake.
+    assert_eq!(rs.warnings, Vec::<String>::new());
+    let members = Members::from([
+        (
+            "blocklist".to_owned(),
+            vec![net("198.51.100.0/24"), net("192.0.2.1/32")],
+        ),
+        // Not a runtime set: the file stays the one place its members come from.
+        ("lan".to_owned(), vec![net("203.0.113.9/32")]),
+    ]);
+    let now = rs.with_members(&members);
+    assert_eq!(
+        now.rules[0].remote.as_deref(),
+        Some(&[net("192.0.2.1/32"), net("198.51.100.0/24")][..])
+    );
+    assert_eq!(now.sets["lan"], [net("10.0.0.0/8")]);
+    assert_eq!(now.sets["blocklist"].len(), 2);
+    assert_eq!(now.rules[1], rs.rules[1]);
+}
+
+#[test]
+fn a_runtime_set_below_a_rule_that_covers_every_address_is_reported() {
+    let text = "[sets]\nblocklist = []\n\
+                [[rule]]\nname = \"ssh\"\nproto = \"tcp\"\nport = 22\naction = \"allow\"\n\
+                [[rule]]\nname = \"f2b\"\nremote = \"@blocklist\"\naction = \"stealth\"\n\
+                [[rule]]\nname = \"f2b-ssh\"\nproto = \"tcp\"\nport = 22\nremote = \"@blocklist\"\naction = \"stealth\"\n";
+    let rs = parse(text, Path::new("rules.toml")).unwrap();
+    // Rule 2 still matches every other port; rule 3 never matches whatever the set holds.
+    assert_eq!(rs.warnings.len(), 1, "{:?}", rs.warnings);
+    assert!(rs.warnings[0].contains("rule 3"), "{:?}", rs.warnings);
+    assert!(
+        rs.warnings[0].contains("never matches, whatever its runtime set holds: rule 1"),
+        "{:?}",
+        rs.warnings
+    );
+}
+
+#[test]
+fn rules_about_programs_cannot_use_a_runtime_set() {
+    let text = "[sets]\nblocklist = []\n\
+                [[rule]]\ndirection = \"out\"\nuser = 0\nremote = \"@blocklist\"\naction = \"reject\"\n";
+    let err = parse(text, Path::new("rules.toml"))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("@blocklist is a runtime set"), "{err}");
+    assert!(err.contains("\"user\""), "{err}");
 }
 
 #[test]
