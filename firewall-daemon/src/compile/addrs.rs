@@ -47,8 +47,12 @@ impl Compiled {
     }
 
     /// The `ADDR_TABLES` load-time constant: a bit for each address table with entries.
+    /// With runtime sets, every table: members may come to any of them.
     pub fn addr_tables(&self) -> u32 {
         use firewall_common::{ADDR_EXACT4, ADDR_EXACT6, ADDR_PREFIX4, ADDR_PREFIX6};
+        if self.runtime.is_some() {
+            return ADDR_EXACT4 | ADDR_PREFIX4 | ADDR_EXACT6 | ADDR_PREFIX6;
+        }
         let bit = |any: bool, b: u32| if any { b } else { 0 };
         bit(self.exact4().next().is_some(), ADDR_EXACT4)
             | bit(self.prefixes4().next().is_some(), ADDR_PREFIX4)
@@ -58,20 +62,49 @@ impl Compiled {
 }
 
 /// Per-prefix accumulation of what the rules naming that prefix (not its ancestors) say.
-#[derive(Clone)]
-struct Own {
-    any_proto: u32,
-    proto: [u32; PROTO_CLASSES],
-    ports: Vec<u32>,
+#[derive(Clone, Debug)]
+pub(super) struct Own {
+    pub(super) any_proto: u32,
+    pub(super) proto: [u32; PROTO_CLASSES],
+    /// The (y,c) rules naming it, ascending.
+    pub(super) ports: Vec<u32>,
 }
 
 impl Own {
-    fn new() -> Self {
+    pub(super) fn new() -> Self {
         Self {
             any_proto: NO_MATCH,
             proto: [NO_MATCH; PROTO_CLASSES],
             ports: Vec::new(),
         }
+    }
+
+    /// Adds what `rule` says of the addresses it names (rules come in ascending order).
+    pub(super) fn add_rule(&mut self, rule: &Rule) {
+        let w = word(rule);
+        match service(rule) {
+            Service::All => self.any_proto = self.any_proto.min(w),
+            Service::Protos(ps) => {
+                for &p in ps {
+                    self.proto[p as usize] = self.proto[p as usize].min(w);
+                }
+            }
+            Service::Ports(_) => {
+                if self.ports.last() != Some(&rule.index) {
+                    self.ports.push(rule.index);
+                }
+            }
+        }
+    }
+
+    /// Folds in what another prefix holding the same addresses says (an enclosing prefix, or
+    /// a runtime set the prefix is a member of). `ports` is left unsorted.
+    pub(super) fn fold(&mut self, other: &Own) {
+        self.any_proto = self.any_proto.min(other.any_proto);
+        for (p, o) in self.proto.iter_mut().zip(other.proto) {
+            *p = (*p).min(o);
+        }
+        self.ports.extend_from_slice(&other.ports);
     }
 }
 
@@ -85,35 +118,25 @@ struct Folded {
 
 pub(super) type Tries = (Vec<(Ipv4Net, AddrValue)>, Vec<(Ipv6Net, AddrValue)>);
 
-pub(super) fn address_tries(rules: &[&Rule], classes: &mut Classes) -> Tries {
+/// What the rules naming each prefix say, prefix by prefix (not folded).
+pub(super) fn own_values(rules: &[&Rule]) -> BTreeMap<IpNet, Own> {
     let mut own: BTreeMap<IpNet, Own> = BTreeMap::new();
     for rule in rules {
         let Some(nets) = &rule.remote else { continue };
-        let w = word(rule);
         for net in nets {
-            let o = own.entry(*net).or_insert_with(Own::new);
-            match service(rule) {
-                Service::All => o.any_proto = o.any_proto.min(w),
-                Service::Protos(ps) => {
-                    for &p in ps {
-                        o.proto[p as usize] = o.proto[p as usize].min(w);
-                    }
-                }
-                Service::Ports(_) => {
-                    if o.ports.last() != Some(&rule.index) {
-                        o.ports.push(rule.index);
-                    }
-                }
-            }
+            own.entry(*net).or_insert_with(Own::new).add_rule(rule);
         }
     }
+    own
+}
 
+pub(super) fn address_tries(own: &BTreeMap<IpNet, Own>, classes: &mut Classes) -> Tries {
     // IpNet orders by address then prefix length, so a prefix comes right before everything it
     // contains: a stack of open ancestors gives each prefix its closest enclosing one.
     let mut stack: Vec<Folded> = Vec::new();
     let mut addr4 = Vec::new();
     let mut addr6 = Vec::new();
-    for (net, o) in own {
+    for (&net, o) in own {
         while let Some(top) = stack.last() {
             if top.net.contains(&net) && same_family(&top.net, &net) {
                 break;
@@ -142,7 +165,7 @@ pub(super) fn address_tries(rules: &[&Rule], classes: &mut Classes) -> Tries {
                 net,
                 any_proto: o.any_proto,
                 proto: o.proto,
-                ports: o.ports,
+                ports: o.ports.clone(),
             },
         };
         let value = AddrValue {

@@ -22,7 +22,10 @@ mod addrs;
 #[cfg(feature = "testrun")]
 mod lookup;
 mod ports;
+pub mod runtime;
 mod selectors;
+
+pub use runtime::{Change, NoRoom, Runtime};
 
 use addrs::address_tries;
 use ports::{paint, slot_range};
@@ -77,6 +80,9 @@ pub struct Compiled {
     pub log_rules: Vec<u32>,
     /// `LOG_FLAGS`: which decisions of this direction are logged (`firewall_common::LOG_*`).
     pub log_flags: u32,
+    /// When the rules name runtime sets: what updating their members in place needs
+    /// (`runtime.rs`).
+    pub runtime: Option<Box<Runtime>>,
 }
 
 /// One group's tables: the same shapes as the unscoped ones, keyed by `id` in the kernel.
@@ -96,6 +102,14 @@ struct Tables {
     addr6: Vec<(Ipv6Net, AddrValue)>,
     ports: BTreeMap<u32, PortValue>,
     proto_verdicts: [u32; PROTO_CLASSES],
+    /// What runtime sets need to compute values later (`runtime.rs`), when asked for.
+    kept: Option<Kept>,
+}
+
+/// The compiler's intermediate results that runtime sets' updates start from.
+struct Kept {
+    own: BTreeMap<ipnet::IpNet, addrs::Own>,
+    port_classes_of: HashMap<u32, Vec<u32>>,
 }
 
 /// Which of the three service groups a rule belongs to (compile.md).
@@ -137,7 +151,7 @@ fn word(rule: &Rule) -> u32 {
 }
 
 /// Interns rule-index sets as dense class ids.
-#[derive(Default)]
+#[derive(Default, Clone)]
 struct Classes {
     ids: HashMap<Vec<u32>, u32>,
     sets: Vec<Vec<u32>>,
@@ -191,12 +205,25 @@ pub fn compile_direction(
     let mut addr_classes = Classes::default();
     let mut port_classes = Classes::default();
     let mut pairs = HashMap::new();
-    let mut base = tables(&unscoped, &mut addr_classes, &mut port_classes, &mut pairs)?;
+    let runtime_used = ruleset.uses_runtime_sets(direction);
+    let mut base = tables(
+        &unscoped,
+        &mut addr_classes,
+        &mut port_classes,
+        &mut pairs,
+        runtime_used,
+    )?;
     let mut groups = Vec::new();
     let mut scoped_shapes = 0;
     let mut units = BTreeMap::new();
     for (id, (key, rules)) in scoped.into_iter().enumerate() {
-        let t = tables(&rules, &mut addr_classes, &mut port_classes, &mut pairs)?;
+        let t = tables(
+            &rules,
+            &mut addr_classes,
+            &mut port_classes,
+            &mut pairs,
+            false,
+        )?;
         scoped_shapes |= 1 << key.shape();
         groups.push(Group {
             key,
@@ -218,7 +245,18 @@ pub fn compile_direction(
             }
         }
     }
-    inline_sole_pairs(&mut base, &mut pairs);
+    let inlined = inline_sole_pairs(&mut base, &mut pairs);
+    let addr_class_count = addr_classes.sets.len();
+    let runtime = base.kept.take().map(|kept| {
+        Box::new(Runtime::new(
+            ruleset,
+            &unscoped,
+            kept,
+            std::mem::take(&mut addr_classes),
+            inlined,
+            &pairs,
+        ))
+    });
     let all: Vec<&Rule> = ruleset.of(direction).collect();
     let default_action = ruleset.default_action(direction);
     let log_rules: Vec<u32> = all
@@ -251,7 +289,7 @@ pub fn compile_direction(
         pairs,
         default_verdict: verdict(firewall_common::DEFAULT_RULE, default_action.to_kernel()),
         rule_count: ruleset.rules.len() as u32,
-        addr_classes: addr_classes.sets.len(),
+        addr_classes: addr_class_count,
         port_classes: port_classes.sets.len(),
         groups,
         scoped_shapes,
@@ -259,6 +297,7 @@ pub fn compile_direction(
         unresolved,
         log_rules,
         log_flags,
+        runtime,
     })
 }
 
@@ -266,7 +305,11 @@ pub fn compile_direction(
 /// address entries of that class ([`AddrValue::pair_port_class`]), and out of `pairs`. Group
 /// classes are never the same as unscoped ones (a class is a set of rules, and a rule is
 /// either scoped or not), and the selectors' lookup keeps reading `PAIRS`.
-fn inline_sole_pairs(base: &mut Tables, pairs: &mut HashMap<PairKey, u32>) {
+/// Returns the classes inlined, with their pair.
+fn inline_sole_pairs(
+    base: &mut Tables,
+    pairs: &mut HashMap<PairKey, u32>,
+) -> HashMap<u32, (u32, u32)> {
     let used: HashSet<u32> = base
         .addr4
         .iter()
@@ -301,12 +344,13 @@ fn inline_sole_pairs(base: &mut Tables, pairs: &mut HashMap<PairKey, u32>) {
             v.class = NO_MATCH;
         }
     }
-    for (class, (port_class, _)) in sole {
+    for (class, (port_class, _)) in &sole {
         pairs.remove(&PairKey {
-            addr_class: class,
-            port_class,
+            addr_class: *class,
+            port_class: *port_class,
         });
     }
+    sole
 }
 
 /// Compiles `rules` (ascending index order) into tables; their address/port classes are
@@ -317,6 +361,7 @@ fn tables(
     addr_classes: &mut Classes,
     port_classes: &mut Classes,
     pairs: &mut HashMap<PairKey, u32>,
+    keep: bool,
 ) -> Result<Tables, CompileError> {
     // --- service side: (x,a)/(x,b) rules become per-protocol constants; (x,c) rules are
     // written into their port slots; port classes come from (y,c) rules.
@@ -410,7 +455,8 @@ fn tables(
     }
 
     // --- address side.
-    let (addr4, addr6) = address_tries(rules, addr_classes);
+    let own = addrs::own_values(rules);
+    let (addr4, addr6) = address_tries(&own, addr_classes);
 
     // --- pairs: for each (y,c) rule in order, every (address class, port class) it covers
     // that has no earlier rule yet.
@@ -461,6 +507,10 @@ fn tables(
         addr6,
         ports,
         proto_verdicts,
+        kept: keep.then_some(Kept {
+            own,
+            port_classes_of,
+        }),
     })
 }
 

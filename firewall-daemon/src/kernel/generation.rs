@@ -32,7 +32,11 @@ use super::{
     pins::PROGRAM_PIN,
     tables::{ct_config, map_mut, per_cpu_sums},
 };
-use crate::{compile::Compiled, host::cgroups::Cgroup, host::interfaces::LinkLayer};
+use crate::{
+    compile::{Change, Compiled, Runtime},
+    host::cgroups::Cgroup,
+    host::interfaces::LinkLayer,
+};
 use rules::model::{Direction, Ruleset, XdpMode};
 
 /// Loads a copy of the object for `compiled`, checking that it holds the rules of `direction`.
@@ -61,6 +65,8 @@ pub struct Generation {
     pub rule_count: u32,
     /// Identifies this rule set in connection entries ([`firewall_common::ct::CtEntry::generation`]).
     pub id: u32,
+    /// Runtime sets' updates of these maps, when the rules name runtime sets.
+    pub runtime: Option<Box<Runtime>>,
 }
 
 impl Generation {
@@ -91,7 +97,13 @@ impl Generation {
             ebpf,
             rule_count: compiled.rule_count,
             id,
+            runtime: compiled.runtime.clone(),
         })
+    }
+
+    /// Writes an update of runtime sets' members into this generation's maps.
+    pub fn write_change(&mut self, change: &Change) -> anyhow::Result<()> {
+        super::tables::write_change(&mut self.ebpf, change)
     }
 
     /// Loads the programs for interfaces of each of `links` that are not loaded yet, so that a
@@ -254,6 +266,8 @@ fn tc_program<'a>(ebpf: &'a mut Ebpf, name: &str) -> anyhow::Result<&'a mut Sche
 pub struct OutboundGeneration {
     ebpf: Ebpf,
     pub rule_count: u32,
+    /// Runtime sets' updates of these maps, when the outbound rules name runtime sets.
+    pub runtime: Option<Box<Runtime>>,
 }
 
 impl OutboundGeneration {
@@ -275,7 +289,13 @@ impl OutboundGeneration {
         Ok(Self {
             ebpf,
             rule_count: compiled.rule_count,
+            runtime: compiled.runtime.clone(),
         })
+    }
+
+    /// Writes an update of runtime sets' members into this generation's maps.
+    pub fn write_change(&mut self, change: &Change) -> anyhow::Result<()> {
+        super::tables::write_change(&mut self.ebpf, change)
     }
 
     fn program(&mut self, hook: Hook) -> anyhow::Result<&mut CgroupSockAddr> {

@@ -33,7 +33,8 @@ pub(super) fn load_object(
         FragmentPolicy::Allow => firewall_common::FRAG_ALLOW,
         FragmentPolicy::Stealth => firewall_common::FRAG_STEALTH,
     };
-    let has_pairs = u32::from(!compiled.pairs.is_empty());
+    // Runtime sets may bring pairs to a rule set that has none yet.
+    let has_pairs = u32::from(!compiled.pairs.is_empty() || compiled.runtime.is_some());
     let addr_tables = compiled.addr_tables();
     // The inbound copy's egress program drops the packets of sockets held by an outbound
     // `stealth`; the outbound copy's hooks fall back to `[defaults] outbound`.

@@ -31,8 +31,16 @@ use rules::model::{Conntrack, InvalidPolicy, Ruleset};
 
 /// How many entries the map sized by `count` needs for `compiled` (before the minimum of 1).
 pub fn rule_count(count: RuleCount, c: &Compiled) -> usize {
+    use crate::compile::runtime::Table;
     let g = &c.groups;
+    // Runtime sets: room for members added in place (`compile/runtime.rs`).
+    let room = |table| c.runtime.as_ref().map(|r| r.capacity(table));
     match count {
+        RuleCount::Addr4 if let Some(n) = room(Table::Prefix4) => n,
+        RuleCount::Addr6 if let Some(n) = room(Table::Prefix6) => n,
+        RuleCount::Exact4 if let Some(n) = room(Table::Exact4) => n,
+        RuleCount::Exact6 if let Some(n) = room(Table::Exact6) => n,
+        RuleCount::Pairs if let Some(n) = room(Table::Pairs) => n,
         RuleCount::Rules => c.rule_count as usize,
         RuleCount::Addr4 => c.prefixes4().count(),
         RuleCount::Addr6 => c.prefixes6().count(),
@@ -225,6 +233,85 @@ pub(super) fn fill(ebpf: &mut Ebpf, c: &Compiled) -> anyhow::Result<()> {
         }
     }
     fill_groups(ebpf, c)
+}
+
+/// Writes an update of runtime sets' members (`compile/runtime.rs`) into live maps: the new
+/// `PAIRS` entries and `EXACT4_FILTER` bits first, so that no address entry names a class or
+/// sits in a /16 the kernel cannot see yet; then the address entries, each replaced in one
+/// map update (a packet sees the old value or the new one, never a mix).
+pub(super) fn write_change(ebpf: &mut Ebpf, ch: &crate::compile::Change) -> anyhow::Result<()> {
+    use ipnet::IpNet;
+    if !ch.pairs.is_empty() {
+        let mut h: HashMap<&mut MapData, PairKey, u32> =
+            HashMap::try_from(map_mut(ebpf, maps::PAIRS)?)?;
+        for (k, v) in &ch.pairs {
+            h.insert(k, v, 0)?;
+        }
+    }
+    if !ch.filter.is_empty() {
+        let mut a: Array<&mut MapData, u32> = Array::try_from(map_mut(ebpf, maps::EXACT4_FILTER)?)?;
+        for (word, bits) in &ch.filter {
+            a.set(*word, bits, 0)?;
+        }
+    }
+    let exact = |n: &IpNet| n.prefix_len() == n.max_prefix_len();
+    {
+        let mut h: HashMap<&mut MapData, [u8; 4], AddrValue> =
+            HashMap::try_from(map_mut(ebpf, maps::EXACT4)?)?;
+        for (net, v) in &ch.addrs {
+            if let IpNet::V4(n) = net
+                && exact(net)
+            {
+                match v {
+                    Some(v) => h.insert(&n.addr().octets(), v, 0)?,
+                    None => h.remove(&n.addr().octets())?,
+                }
+            }
+        }
+    }
+    {
+        let mut h: HashMap<&mut MapData, [u8; 16], AddrValue> =
+            HashMap::try_from(map_mut(ebpf, maps::EXACT6)?)?;
+        for (net, v) in &ch.addrs {
+            if let IpNet::V6(n) = net
+                && exact(net)
+            {
+                match v {
+                    Some(v) => h.insert(&n.addr().octets(), v, 0)?,
+                    None => h.remove(&n.addr().octets())?,
+                }
+            }
+        }
+    }
+    {
+        let mut t: LpmTrie<&mut MapData, [u8; 4], AddrValue> =
+            LpmTrie::try_from(map_mut(ebpf, maps::ADDR4)?)?;
+        for (net, v) in &ch.addrs {
+            if let IpNet::V4(n) = net
+                && !exact(net)
+            {
+                let key = Key::new(u32::from(n.prefix_len()), n.network().octets());
+                match v {
+                    Some(v) => t.insert(&key, v, 0)?,
+                    None => t.remove(&key)?,
+                }
+            }
+        }
+    }
+    let mut t: LpmTrie<&mut MapData, [u8; 16], AddrValue> =
+        LpmTrie::try_from(map_mut(ebpf, maps::ADDR6)?)?;
+    for (net, v) in &ch.addrs {
+        if let IpNet::V6(n) = net
+            && !exact(net)
+        {
+            let key = Key::new(u32::from(n.prefix_len()), n.network().octets());
+            match v {
+                Some(v) => t.insert(&key, v, 0)?,
+                None => t.remove(&key)?,
+            }
+        }
+    }
+    Ok(())
 }
 
 /// A key of the scoped tries: the group id (big-endian, matched whole) before the address, and
