@@ -170,6 +170,9 @@ pub struct DaemonArgs {
     /// Overrides [daemon] pin_dir (must be on a bpf filesystem).
     #[arg(long, value_name = "DIR", value_hint = clap::ValueHint::DirPath)]
     pub pin_dir: Option<PathBuf>,
+    /// Overrides [daemon] state_dir (the members of runtime sets are kept there).
+    #[arg(long, value_name = "DIR", value_hint = clap::ValueHint::DirPath)]
+    pub state_dir: Option<PathBuf>,
     /// Overrides [daemon] cgroup: the cgroup v2 directory whose processes the outbound rules
     /// judge (default: the root of the cgroup2 mount, every process on the host).
     #[arg(long, value_name = "DIR", value_hint = clap::ValueHint::DirPath)]
@@ -482,6 +485,72 @@ kept as FILE~.",
         rule: String,
         #[command(flatten)]
         edit: EditArgs,
+    },
+    /// Members of runtime sets (sets declared empty in the rules file): add, remove, list.
+    #[command(
+        subcommand,
+        long_about = "Members of runtime sets: the sets the rules file declares empty \
+(blocklist = []), filled while the rules stay in force (fail2ban's action, scripts). Changes \
+apply to the kernel's tables at once, in place, and outlive reloads and restarts of the \
+daemon ([daemon] state_dir)."
+    )]
+    Set(SetCmd),
+}
+
+/// `fwctl set ...`.
+#[derive(Debug, Subcommand)]
+pub enum SetCmd {
+    /// Add addresses or networks to a runtime set, for a time or until deleted.
+    #[command(
+        long_about = "Add addresses or networks to a runtime set, for a time (--for) or until \
+deleted. A member already there keeps the later of its two expiries. Tracked connections \
+from the new members that the rules now deny are ended. Refused, changing nothing, when the \
+new members break an [[assert]] of the rules file or, over SSH, would keep the caller from \
+logging in again (--force adds them anyway).",
+        after_help = "Examples:\n  fwctl set add blocklist 198.51.100.7 --for 1h\n  \
+fwctl set add blocklist 2001:db8:bad::/48"
+    )]
+    Add {
+        /// The set's name (without @).
+        set: String,
+        /// Addresses or networks (198.51.100.7, 2001:db8::/64).
+        #[arg(required = true, value_name = "ADDR")]
+        members: Vec<String>,
+        /// How long: seconds (600) or a duration (10m, 1h30m, 7d); without it, until deleted.
+        #[arg(long = "for", value_name = "DURATION")]
+        for_: Option<String>,
+        /// Add them even if they break an [[assert]] or would lock the SSH caller out.
+        #[arg(long)]
+        force: bool,
+        /// Print the daemon's answer as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove addresses or networks from a runtime set (one that is not there is no error).
+    #[command(after_help = "Examples:\n  fwctl set del blocklist 198.51.100.7")]
+    Del {
+        set: String,
+        #[arg(required = true, value_name = "ADDR")]
+        members: Vec<String>,
+        /// Print the daemon's answer as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove every member of a runtime set.
+    #[command(after_help = "Examples:\n  fwctl set flush blocklist")]
+    Flush {
+        set: String,
+        /// Print the daemon's answer as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The runtime sets (or one), the rules naming them, their members and time left.
+    #[command(after_help = "Examples:\n  fwctl set list\n  fwctl set list blocklist --json")]
+    List {
+        set: Option<String>,
+        /// Print the daemon's answer as JSON.
+        #[arg(long)]
+        json: bool,
     },
 }
 

@@ -59,6 +59,68 @@ pub enum Request {
         #[serde(default)]
         filter: crate::decision_log::MonitorFilter,
     },
+    /// `fwctl set add`: members into a runtime set, for `for_secs` or until deleted.
+    SetAdd {
+        set: String,
+        members: Vec<String>,
+        #[serde(default)]
+        for_secs: Option<u64>,
+        /// Add them even if they break an `[[assert]]` or would lock `caller` out.
+        #[serde(default)]
+        force: bool,
+        #[serde(default)]
+        caller: Option<Caller>,
+    },
+    /// `fwctl set del`: members out of a runtime set.
+    SetDel {
+        set: String,
+        members: Vec<String>,
+    },
+    /// `fwctl set flush`: every member out of a runtime set.
+    SetFlush {
+        set: String,
+    },
+    /// `fwctl set list`: the runtime sets (or one) and their members.
+    SetList {
+        #[serde(default)]
+        set: Option<String>,
+    },
+}
+
+/// The answer to `fwctl set add`, `del` and `flush`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SetData {
+    pub set: String,
+    /// Members that were not in the set.
+    pub added: Vec<String>,
+    /// Members that were, now with the new expiry.
+    pub updated: Vec<String>,
+    pub removed: Vec<String>,
+    /// Members asked to be removed that were not in the set.
+    pub absent: Vec<String>,
+    /// Tracked connections of the new members that the rules now deny, ended.
+    pub ended: Vec<String>,
+    /// Members of the set now.
+    pub members: usize,
+    /// The tables had no room: the rules in force were loaded again, sized for the members.
+    pub regenerated: bool,
+}
+
+/// One runtime set in `fwctl set list`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SetView {
+    pub name: String,
+    /// The rules naming it (`NUMBER "NAME"`).
+    pub rules: Vec<String>,
+    pub members: Vec<SetMember>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SetMember {
+    pub member: String,
+    /// Seconds since the epoch; `None`: until deleted.
+    pub expires: Option<u64>,
+    pub left_secs: Option<u64>,
 }
 
 /// The SSH connection `fwctl` runs over (from `SSH_CONNECTION`): new connections like it must
@@ -749,8 +811,12 @@ pub fn answer_timeout(req: &Request) -> Duration {
         | Request::Explain(_)
         | Request::Ports
         | Request::Monitor { .. } => Duration::from_secs(30),
-        // Loads the programs again, as a reload does.
-        Request::Debug { .. } => Duration::from_secs(300),
+        // Loads the programs again, as a reload does; a set change may too (its tables full).
+        Request::Debug { .. }
+        | Request::SetAdd { .. }
+        | Request::SetDel { .. }
+        | Request::SetFlush { .. } => Duration::from_secs(300),
+        Request::SetList { .. } => Duration::from_secs(30),
     }
 }
 

@@ -258,6 +258,9 @@ pub struct DaemonConfig {
     /// Group (besides root) allowed to use the control socket.
     pub control_group: Option<String>,
     pub pin_dir: PathBuf,
+    /// `[daemon] state_dir`: where the daemon keeps what outlives it besides the pins (the
+    /// members of runtime sets).
+    pub state_dir: PathBuf,
     pub on_stop: OnStop,
     /// `[daemon] cgroup`: the cgroup v2 directory the outbound hooks are attached to; they
     /// judge the sockets of every process in it and below. `None`: the root of the cgroup2
@@ -283,6 +286,7 @@ impl Default for DaemonConfig {
             control_socket: PathBuf::from("/run/firewall/control.sock"),
             control_group: None,
             pin_dir: PathBuf::from("/sys/fs/bpf/firewall"),
+            state_dir: PathBuf::from("/var/lib/firewall"),
             on_stop: OnStop::Keep,
             cgroup: None,
         }

@@ -25,6 +25,7 @@ fn main() -> std::process::ExitCode {
         }),
         control_socket: args.control_socket,
         pin_dir: args.pin_dir,
+        state_dir: args.state_dir,
         cgroup: args.cgroup,
     };
     let rt = match tokio::runtime::Builder::new_current_thread()

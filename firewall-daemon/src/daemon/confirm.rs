@@ -153,7 +153,7 @@ impl State {
         let mut data = crate::control::diff(&self.ruleset, &new_rules);
         data.dry_run = true;
         data.would_deny = self
-            .judge_flows(&new_rules, resolved, &self.ruleset.daemon.pin_dir)
+            .judge_flows(&new_rules, resolved, &self.ruleset.daemon.pin_dir, |_| true)
             .into_iter()
             .map(|(line, _)| line)
             .collect();
@@ -169,7 +169,7 @@ impl State {
 
     /// Why `rules` would lock the caller out (see [`crate::explain::lockout`]), judged with
     /// the owner of the socket listening on the caller's SSH port, as the XDP program would.
-    fn lockout(
+    pub(super) fn lockout(
         &self,
         rules: &Ruleset,
         resolved: &Resolved,

@@ -37,6 +37,7 @@ mod monitor;
 mod recheck;
 mod reload;
 mod server;
+mod sets;
 mod start;
 mod views;
 
@@ -50,6 +51,7 @@ pub struct Overrides {
     pub xdp_mode: Option<XdpMode>,
     pub control_socket: Option<PathBuf>,
     pub pin_dir: Option<PathBuf>,
+    pub state_dir: Option<PathBuf>,
     pub cgroup: Option<PathBuf>,
 }
 
@@ -66,6 +68,9 @@ impl Overrides {
         }
         if let Some(p) = &self.pin_dir {
             rs.daemon.pin_dir = p.clone();
+        }
+        if let Some(p) = &self.state_dir {
+            rs.daemon.state_dir = p.clone();
         }
         if let Some(p) = &self.cgroup {
             rs.daemon.cgroup = Some(p.clone());
@@ -111,6 +116,8 @@ struct State {
     events: tokio::sync::broadcast::Sender<crate::decision_log::Published>,
     /// Reloads and their duration, for `[metrics]`.
     reload_stats: metrics::ReloadStats,
+    /// The members of the runtime sets (`sets.rs`).
+    sets: sets::RuntimeSets,
 }
 
 /// How often selectors are resolved again even without a file-system event: a unit's cgroup
@@ -184,7 +191,16 @@ pub async fn run(config_path: PathBuf, overrides: Overrides) -> anyhow::Result<(
             || tokio::time::Instant::now() + Duration::from_secs(86_400),
             |p| p.deadline.into(),
         );
+        // The next runtime set member to expire (a day away when none will).
+        let expiry = state.next_expiry_in();
+        let expire_at = tokio::time::Instant::now()
+            + expiry
+                .unwrap_or(Duration::from_secs(86_400))
+                .min(Duration::from_secs(86_400));
         tokio::select! {
+            _ = tokio::time::sleep_until(expire_at), if expiry.is_some() => {
+                state.expire();
+            }
             _ = tokio::time::sleep_until(rollback_at), if state.pending.is_some() => {
                 state.roll_back();
                 memory::release_freed_heap();

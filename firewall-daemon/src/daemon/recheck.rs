@@ -108,11 +108,31 @@ impl State {
     /// those they deny. Returns their descriptions. `pin_dir`: where the maps are pinned (the
     /// listener table).
     pub(super) fn recheck(&mut self, pin_dir: &Path) -> Vec<String> {
+        let judged = {
+            let rules = self.rules_now();
+            self.judge_flows(&rules, &self.resolved, pin_dir, |_| true)
+        };
+        self.end_flows(judged)
+    }
+
+    /// [`Self::recheck`] of the flows whose remote address `remote` accepts, under `rules`.
+    pub(super) fn recheck_with(
+        &mut self,
+        rules: &Ruleset,
+        pin_dir: &Path,
+        remote: impl Fn(std::net::IpAddr) -> bool,
+    ) -> Vec<String> {
+        let judged = self.judge_flows(rules, &self.resolved, pin_dir, remote);
+        self.end_flows(judged)
+    }
+
+    /// Marks the flows `judged` denied and closes the host's TCP sockets of them.
+    fn end_flows(&mut self, judged: Vec<(String, (conntrack::Flow, Decision))>) -> Vec<String> {
         use firewall_common::{DEFAULT_RULE, ct, verdict};
         let now = conntrack::monotonic_ns();
         let cfg = kernel::ct_config(&self.ruleset.conntrack, self.generation.id);
         let mut ended = Vec::new();
-        for (line, (f, d)) in self.judge_flows(&self.ruleset, &self.resolved, pin_dir) {
+        for (line, (f, d)) in judged {
             let word = verdict(d.rule.unwrap_or(DEFAULT_RULE), d.action.to_kernel());
             if self.tables.deny(&f, word, &cfg, now) {
                 let local = std::net::SocketAddr::new(f.local(), f.key.local_port);
@@ -162,6 +182,7 @@ impl State {
         rules: &Ruleset,
         resolved: &Resolved,
         pin_dir: &Path,
+        remote: impl Fn(std::net::IpAddr) -> bool,
     ) -> Vec<(String, (conntrack::Flow, Decision))> {
         use firewall_common::ct;
         let now = conntrack::monotonic_ns();
@@ -180,6 +201,7 @@ impl State {
             if f.entry.origin != ct::ORIGIN_REMOTE
                 || f.entry.expires_ns <= now
                 || f.entry.flags & ct::FLAG_DENIED != 0
+                || !remote(f.remote())
             {
                 continue;
             }

@@ -259,10 +259,20 @@ impl State {
             Request::Status => answer(self.status()),
             Request::Conns => answer(self.conns()),
             Request::Explain(q) => answer(self.explain(&q)),
-            Request::Ports => answer(crate::explain::ports(&self.ruleset, &self.resolved)),
+            Request::Ports => answer(crate::explain::ports(&self.rules_now(), &self.resolved)),
             Request::Confirm => answer(self.confirm()),
             Request::Debug { on } => answer(self.debug(on)),
             // The connection's task streams the events once it has this answer.
+            Request::SetAdd {
+                set,
+                members,
+                for_secs,
+                force,
+                caller,
+            } => answer(self.set_add(&set, &members, for_secs, force, caller)),
+            Request::SetDel { set, members } => answer(self.set_del(&set, Some(&members))),
+            Request::SetFlush { set } => answer(self.set_del(&set, None)),
+            Request::SetList { set } => answer(self.set_list(set.as_deref())),
             Request::Monitor { filter } => Response::ok(serde_json::json!({
                 "monitoring": if filter.conns { "connections" } else { "decisions" },
             })),

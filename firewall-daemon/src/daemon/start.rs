@@ -7,7 +7,7 @@
 use std::{path::PathBuf, time::Instant};
 
 use anyhow::bail;
-use log::{info, warn};
+use log::{error, info, warn};
 use std::sync::{Arc, atomic::AtomicU32};
 use tokio::net::UnixListener;
 
@@ -73,8 +73,25 @@ pub(super) fn start(
     // `[[assert]]` entries hold at start as at every reload: a file that breaks one is refused
     // like an invalid file, before anything is touched (rules pinned by an earlier daemon stay).
     crate::explain::refuse_broken(&ruleset, &resolved)?;
-    let compiled = compile::compile(&ruleset, &resolved)?;
-    let compiled_out = compile::compile_direction(&ruleset, Direction::Out, &resolved)?;
+    // Runtime sets' members kept by an earlier daemon (`sets.rs`); those of sets the file no
+    // longer declares empty, or expired while no daemon ran, are dropped.
+    let (mut sets, sets_problem) = super::sets::RuntimeSets::load(&ruleset.daemon.state_dir);
+    if let Some(p) = &sets_problem {
+        error!("{p}");
+    }
+    let sets_dropped = sets.retain(&ruleset);
+    for d in &sets_dropped {
+        warn!("{d}");
+    }
+    if !sets_dropped.is_empty()
+        && let Err(e) = sets.save(&ruleset.daemon.state_dir)
+    {
+        warn!("runtime sets: {e:#}");
+    }
+    let mut compiled = compile::compile(&ruleset, &resolved)?;
+    let mut compiled_out = compile::compile_direction(&ruleset, Direction::Out, &resolved)?;
+    compiled.add_members(&sets.members());
+    compiled_out.add_members(&sets.members());
     crate::kernel::features::check_required()?;
     // Before touching anything shared (pins, interfaces): a second daemon must not disturb
     // the first, and a file that is not a stale socket stops the start before anything does.
@@ -116,7 +133,7 @@ pub(super) fn start(
 
     // Seed before attaching, so enforcement never starts without the host's connections.
     let ct_cfg = kernel::ct_config(&ruleset.conntrack, gen_id);
-    let mut degraded = Vec::new();
+    let mut degraded: Vec<String> = sets_problem.into_iter().collect();
     let seeded = match sock_diag::host_flows() {
         Ok(flows) => {
             let listeners = sock_diag::tcp_listeners().unwrap_or_else(|e| {
@@ -255,6 +272,7 @@ pub(super) fn start(
         pending: None,
         events,
         reload_stats: Default::default(),
+        sets,
     };
     Ok((
         cleanup,

@@ -92,7 +92,7 @@ impl State {
         &self,
         q: &crate::explain::Query,
     ) -> anyhow::Result<crate::explain::ExplainData> {
-        let mut data = crate::explain::explain(&self.ruleset, &self.resolved, q)
+        let mut data = crate::explain::explain(&self.rules_now(), &self.resolved, q)
             .map_err(|e| anyhow::anyhow!("{e}"))?;
         // TCP and UDP flows with that remote address and port (ICMP flows are keyed by echo id).
         let remote = firewall_common::addr::canonical(q.remote);

@@ -66,6 +66,14 @@ impl Launch {
         cmd.args(["--xdp-mode", &self.mode])
             .arg("--pin-dir")
             .arg(pin_dir)
+            // Runtime sets' members: beside the rules file, never the host's /var/lib.
+            .arg("--state-dir")
+            .arg(
+                config
+                    .parent()
+                    .expect("the rules file's directory")
+                    .join("state"),
+            )
             .arg("--control-socket")
             .arg(socket)
             .arg("--cgroup")

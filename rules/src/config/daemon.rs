@@ -54,6 +54,11 @@ impl Checker<'_> {
         {
             out.pin_dir = path;
         }
+        if let Some(dir) = raw.state_dir
+            && let Some(path) = self.absolute_path(&dir, "daemon.state_dir")
+        {
+            out.state_dir = path;
+        }
         if let Some(cgroup) = raw.cgroup
             && let Some(path) = self.absolute_path(&cgroup, "daemon.cgroup")
         {

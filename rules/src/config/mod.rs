@@ -50,6 +50,7 @@ use toml::{
 };
 
 pub use self::diagnostic::{ConfigError, Diagnostic};
+pub use self::values::positive_duration_secs;
 use self::{
     checker::{Checker, one_of},
     raw::TOP_LEVEL_KEYS,

@@ -29,6 +29,9 @@ pub(super) struct RawDaemon {
     /// Absolute path (on a bpffs mount) where the maps shared by every rule-set generation
     /// (counters, reject budgets) are pinned. Default `"/sys/fs/bpf/firewall"`.
     pub(super) pin_dir: Option<Spanned<String>>,
+    /// Absolute path of the directory where the daemon keeps the members of runtime sets
+    /// (`sets.json`) across restarts. Default `"/var/lib/firewall"`.
+    pub(super) state_dir: Option<Spanned<String>>,
     /// `"keep"` | `"detach"`: whether a daemon stopped by SIGTERM leaves the firewall
     /// enforcing its last rules (pinned, adopted by the next daemon) or detaches it. Default
     /// `"keep"`.

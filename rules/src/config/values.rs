@@ -92,6 +92,21 @@ fn duration_secs(text: &str) -> Result<i64, String> {
     Ok(duration.as_secs())
 }
 
+/// A positive duration as rules.toml writes durations (`600`, `"10m"`, `"1h30m"`, `"5d"`), in
+/// seconds: `fwctl set add --for`. `Err` completes the sentence "TEXT ...".
+pub fn positive_duration_secs(text: &str) -> Result<u64, String> {
+    let digits = !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit());
+    let secs = if digits {
+        i64::try_from(parse_decimal(text)).map_err(|_| "is too long".to_owned())?
+    } else {
+        duration_secs(text)?
+    };
+    u64::try_from(secs)
+        .ok()
+        .filter(|s| *s > 0)
+        .ok_or_else(|| "is not a positive duration".to_owned())
+}
+
 /// `86400` as `1d`, `5400` as `90m`: the largest unit that divides exactly.
 pub(super) fn short_duration(secs: u32) -> String {
     for (unit, len) in [("d", DAY), ("h", HOUR), ("m", MINUTE)] {

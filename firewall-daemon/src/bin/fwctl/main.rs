@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use clap::Parser as _;
 use firewall_daemon::{
-    cli::{FwctlArgs as Args, FwctlCmd as Cmd, exit},
+    cli::{FwctlArgs as Args, FwctlCmd as Cmd, SetCmd, exit},
     control::{ClientError, Request},
 };
 
@@ -131,6 +131,10 @@ fn wants_json(cmd: &Cmd) -> bool {
         | Cmd::Explain { json, .. }
         | Cmd::Ports { json }
         | Cmd::Monitor { json, .. } => *json,
+        Cmd::Set(SetCmd::Add { json, .. })
+        | Cmd::Set(SetCmd::Del { json, .. })
+        | Cmd::Set(SetCmd::Flush { json, .. })
+        | Cmd::Set(SetCmd::List { json, .. }) => *json,
         Cmd::Add { .. } | Cmd::Insert { .. } | Cmd::Delete { .. } => false,
     }
 }
@@ -185,6 +189,51 @@ fn run(args: &Args) -> Result<ExitCode, Failure> {
             return edit::run(args, edit::Change::Add(rule, Some(before)), edit);
         }
         Cmd::Delete { rule, edit } => return edit::run(args, edit::Change::Delete(rule), edit),
+        Cmd::Set(SetCmd::Add {
+            set,
+            members,
+            for_,
+            force,
+            json,
+        }) => show(
+            args,
+            Request::SetAdd {
+                set: set.clone(),
+                members: members.clone(),
+                for_secs: for_
+                    .as_deref()
+                    .map(|t| {
+                        rules::config::positive_duration_secs(t)
+                            .map_err(|e| Failure::Other(format!("--for {t:?} {e}")))
+                    })
+                    .transpose()?,
+                force: *force,
+                caller: firewall_daemon::explain::ssh_caller(),
+            },
+            *json,
+            render::print_set_change,
+        )?,
+        Cmd::Set(SetCmd::Del { set, members, json }) => show(
+            args,
+            Request::SetDel {
+                set: set.clone(),
+                members: members.clone(),
+            },
+            *json,
+            render::print_set_change,
+        )?,
+        Cmd::Set(SetCmd::Flush { set, json }) => show(
+            args,
+            Request::SetFlush { set: set.clone() },
+            *json,
+            render::print_set_change,
+        )?,
+        Cmd::Set(SetCmd::List { set, json }) => show(
+            args,
+            Request::SetList { set: set.clone() },
+            *json,
+            |sets: &Vec<_>| render::print_set_list(sets),
+        )?,
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -248,6 +248,55 @@ pub(super) fn print_debug(d: &control::DebugData) {
     }
 }
 
+/// `fwctl set add|del|flush`: what changed, and what it did to connections.
+pub(super) fn print_set_change(d: &control::SetData) {
+    let set = esc(&d.set);
+    let list = |v: &[String]| v.iter().map(|m| esc(m)).collect::<Vec<_>>().join(", ");
+    if !d.added.is_empty() {
+        println!("added to {set}: {}", list(&d.added));
+    }
+    if !d.updated.is_empty() {
+        println!("already in {set} (expiry updated): {}", list(&d.updated));
+    }
+    if !d.removed.is_empty() {
+        println!("removed from {set}: {}", list(&d.removed));
+    }
+    if !d.absent.is_empty() {
+        println!("not in {set}: {}", list(&d.absent));
+    }
+    for c in &d.ended {
+        println!("ended: {}", esc(c));
+    }
+    if d.regenerated {
+        println!("(the tables were full: the rules in force were loaded again with room)");
+    }
+    println!("{set}: {} member(s)", d.members);
+}
+
+/// `fwctl set list`: each runtime set, the rules naming it, one member a line.
+pub(super) fn print_set_list(sets: &[control::SetView]) {
+    if sets.is_empty() {
+        println!(
+            "no runtime sets: declare one empty in the rules file's [sets] (blocklist = []) and \
+             name it in a rule (remote = \"@blocklist\")"
+        );
+    }
+    for s in sets {
+        let rules = if s.rules.is_empty() {
+            "named by no rule".to_owned()
+        } else {
+            format!("rules {}", esc(&s.rules.join(", ")))
+        };
+        println!("{} ({} member(s); {rules})", esc(&s.name), s.members.len());
+        for m in &s.members {
+            match m.left_secs {
+                Some(left) => println!("  {}  {} left", esc(&m.member), human_duration(left)),
+                None => println!("  {}  until deleted", esc(&m.member)),
+            }
+        }
+    }
+}
+
 pub(super) fn print_confirm(d: &control::ConfirmData) {
     println!(
         "confirmed: the rules of generation {} stay in force",

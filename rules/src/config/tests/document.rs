@@ -19,7 +19,7 @@ fn unknown_keys_everywhere_all_reported() {
         8,
         4,
         &[
-            r#":4:1: unknown key "interfaces2" in [daemon]; expected one of: interfaces, xdp_mode, control_socket, control_group, pin_dir, on_stop, cgroup"#,
+            r#":4:1: unknown key "interfaces2" in [daemon]; expected one of: interfaces, xdp_mode, control_socket, control_group, pin_dir, state_dir, on_stop, cgroup"#,
         ],
     );
     expect_more(
@@ -257,6 +257,7 @@ fn full_example_every_key() {
             control_socket: PathBuf::from("/run/fw/ctl.sock"),
             control_group: Some("netadmin".into()),
             pin_dir: PathBuf::from("/sys/fs/bpf/fw"),
+            state_dir: PathBuf::from("/var/lib/fw"),
             on_stop: OnStop::Detach,
             cgroup: Some(PathBuf::from("/sys/fs/cgroup/firewall")),
         }
@@ -332,7 +333,7 @@ fn full_example_every_key() {
     assert_eq!(ssh.remote.as_deref(), Some(&expected[..]));
     assert_eq!(ssh.remote_spec[..], ["@trusted", "2001:db8::1"]);
     assert_eq!(ssh.action, Action::Allow);
-    assert_eq!(ssh.origin.line, 45);
+    assert_eq!(ssh.origin.line, 46);
 
     let web = &rs.rules[1];
     assert_eq!(
@@ -360,7 +361,7 @@ fn full_example_every_key() {
     let out = &rs.rules[5];
     assert_eq!(out.direction, Direction::Out);
     assert_eq!(out.ports[..], [range(25, 25)]);
-    assert_eq!(out.origin.line, 76);
+    assert_eq!(out.origin.line, 77);
 
     assert!(rs.warnings.is_empty(), "{:?}", rs.warnings);
     assert_eq!(rs.inbound().count(), 5);

@@ -1,0 +1,594 @@
+//! Runtime sets: the members of the sets rules.toml declares empty (`blocklist = []`), added
+//! and removed by `fwctl set` (fail2ban's action, scripts) while the rules stay in force.
+//!
+//! - **Where they go**: into the kernel's address tables in place (`compile/runtime.rs` says
+//!   how and why), in both directions' generations. When an update does not fit the maps the
+//!   generation was created with, the daemon loads the same rules again as a new generation
+//!   sized for the members, switched in like a reload: a packet sees the old members or the
+//!   new ones, never a half-written table.
+//! - **What they outlive**: reloads (a reload compiles the members in) and restarts
+//!   (`[daemon] state_dir`/sets.json, replaced atomically after every change and read at
+//!   start). A set the file no longer declares empty loses its runtime members: the file
+//!   stays the one place the members of every other set come from.
+//! - **Expiry**: a member added `--for` a time is removed by the daemon at that time (wall
+//!   clock, so the time holds across restarts).
+//! - **What a ban does to connections**: tracked flows a new member opened and the rules now
+//!   deny are ended, as `fwctl reload --recheck` ends them: a ban that let an attacker's open
+//!   connection go on would not be what fail2ban's users expect.
+//! - **Safety**: an addition is checked like a reload: the file's `[[assert]]` entries, and
+//!   over SSH, that the caller could still log in; `--force` overrides both.
+
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use anyhow::{Context as _, anyhow, bail};
+use ipnet::IpNet;
+use log::{error, info, warn};
+use serde::{Deserialize, Serialize};
+
+use super::State;
+use crate::{
+    compile::{Change, NoRoom, Runtime},
+    control::{Caller, SetData, SetMember, SetView},
+};
+use rules::model::{Members, Ruleset};
+
+/// Members of all runtime sets together: each is a table entry in each direction that names
+/// its set, and a line of sets.json.
+pub const MAX_MEMBERS: usize = 1_000_000;
+/// The longest `--for`: ten years.
+pub const MAX_FOR_SECS: u64 = 10 * 365 * 86_400;
+const FILE: &str = "sets.json";
+
+/// The members, each with when it expires (seconds since the epoch; `None`: until deleted).
+#[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
+pub(super) struct RuntimeSets {
+    sets: BTreeMap<String, BTreeMap<IpNet, Option<u64>>>,
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// An IPv4-mapped IPv6 network (`::ffff:198.51.100.7`) is the IPv4 network it maps: the
+/// datapath judges such traffic as IPv4, and a ban must hold whichever form names it.
+fn canonical(net: IpNet) -> IpNet {
+    if let IpNet::V6(n) = net
+        && n.prefix_len() >= 96
+        && let Some(v4) = n.addr().to_ipv4_mapped()
+        && let Ok(n4) = ipnet::Ipv4Net::new(v4, n.prefix_len() - 96)
+    {
+        return IpNet::V4(n4);
+    }
+    net
+}
+
+/// A member as a client wrote it: an address or a network without host bits.
+pub(super) fn parse_member(text: &str) -> anyhow::Result<IpNet> {
+    let net: IpNet = match text.parse::<std::net::IpAddr>() {
+        Ok(a) => IpNet::from(a),
+        Err(_) => text.parse().map_err(|_| {
+            anyhow!("{text:?} is not an address or a network (198.51.100.7, 2001:db8::/64)")
+        })?,
+    };
+    if net.trunc() != net {
+        bail!(
+            "{text:?} has host bits set: write the network ({}) or the address ({})",
+            net.trunc(),
+            net.addr()
+        );
+    }
+    Ok(canonical(net))
+}
+
+impl RuntimeSets {
+    fn path(state_dir: &Path) -> PathBuf {
+        state_dir.join(FILE)
+    }
+
+    /// The members kept in `state_dir`; none when there is no file. A file that cannot be
+    /// read or understood is kept aside (sets.json.bad) and reported: the daemon starts with
+    /// the rules, without the members, rather than not at all.
+    pub(super) fn load(state_dir: &Path) -> (Self, Option<String>) {
+        let path = Self::path(state_dir);
+        if !path.exists() {
+            return (Self::default(), None);
+        }
+        let parsed = rules::config::read_trusted(&path)
+            .map_err(|e| e.to_string())
+            .and_then(|text| serde_json::from_str::<Self>(&text).map_err(|e| e.to_string()));
+        match parsed {
+            Ok(mut sets) => {
+                let n = sets.count();
+                if n > MAX_MEMBERS {
+                    return (
+                        Self::default(),
+                        Some(format!(
+                            "{}: {n} members, more than {MAX_MEMBERS}; runtime sets start empty",
+                            path.display()
+                        )),
+                    );
+                }
+                // Normalise what a hand edit may have written.
+                for members in sets.sets.values_mut() {
+                    *members = std::mem::take(members)
+                        .into_iter()
+                        .map(|(n, e)| (canonical(n.trunc()), e))
+                        .collect();
+                }
+                (sets, None)
+            }
+            Err(e) => {
+                let aside = path.with_extension("json.bad");
+                let kept = match std::fs::rename(&path, &aside) {
+                    Ok(()) => format!("kept as {}", aside.display()),
+                    Err(e2) => format!("could not be moved aside: {e2}"),
+                };
+                (
+                    Self::default(),
+                    Some(format!(
+                        "{}: {e}; runtime sets start empty (the file was {kept})",
+                        path.display()
+                    )),
+                )
+            }
+        }
+    }
+
+    /// Writes the members to `state_dir` (created if missing), replacing the file whole.
+    pub(super) fn save(&self, state_dir: &Path) -> anyhow::Result<()> {
+        use std::os::unix::fs::DirBuilderExt as _;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o755)
+            .create(state_dir)
+            .with_context(|| format!("creating {}", state_dir.display()))?;
+        let text = serde_json::to_vec_pretty(self)?;
+        crate::replace::replace(&Self::path(state_dir), &text, 0o600, None)
+            .with_context(|| format!("writing {}", Self::path(state_dir).display()))
+    }
+
+    pub(super) fn count(&self) -> usize {
+        self.sets.values().map(BTreeMap::len).sum()
+    }
+
+    /// The members, by set, for the compiler and the oracle.
+    pub(super) fn members(&self) -> Members {
+        self.sets
+            .iter()
+            .filter(|(_, m)| !m.is_empty())
+            .map(|(s, m)| (s.clone(), m.keys().copied().collect()))
+            .collect()
+    }
+
+    /// Drops the members of sets `rules` do not declare empty, and those expired; says which.
+    pub(super) fn retain(&mut self, rules: &Ruleset) -> Vec<String> {
+        let mut dropped = Vec::new();
+        self.sets.retain(|name, members| {
+            let keep = rules.runtime_sets.contains(name);
+            if !keep && !members.is_empty() {
+                let why = if rules.sets.contains_key(name) {
+                    "the rules file now lists its members"
+                } else {
+                    "the rules file no longer defines it"
+                };
+                dropped.push(format!(
+                    "set {name:?}: {} runtime member(s) dropped: {why}",
+                    members.len()
+                ));
+            }
+            keep
+        });
+        dropped
+    }
+
+    /// When the next member expires.
+    pub(super) fn next_expiry(&self) -> Option<u64> {
+        self.sets
+            .values()
+            .flat_map(|m| m.values().flatten())
+            .min()
+            .copied()
+    }
+}
+
+/// Time left until `expires`, for listing.
+fn left(expires: Option<u64>, now: u64) -> Option<u64> {
+    expires.map(|e| e.saturating_sub(now))
+}
+
+/// One member added or removed.
+#[derive(Clone, Copy, Debug)]
+enum Op {
+    Add,
+    Remove,
+}
+
+impl State {
+    /// The rules in force with the runtime sets' members in them: what the rules say now
+    /// (explain, ports, recheck). A copy only when the rules name runtime sets.
+    pub(super) fn rules_now(&self) -> std::borrow::Cow<'_, Ruleset> {
+        if self.ruleset.runtime_sets.is_empty() {
+            std::borrow::Cow::Borrowed(&self.ruleset)
+        } else {
+            std::borrow::Cow::Owned(self.ruleset.with_members(&self.sets.members()))
+        }
+    }
+
+    /// Refuses `set` unless it is a runtime set of the rules in force, saying what it is.
+    fn runtime_set(&self, set: &str) -> anyhow::Result<()> {
+        if self.ruleset.runtime_sets.contains(set) {
+            return Ok(());
+        }
+        let runtime: Vec<&str> = self
+            .ruleset
+            .runtime_sets
+            .iter()
+            .map(String::as_str)
+            .collect();
+        let known = if runtime.is_empty() {
+            "the rules in force declare no runtime set (declare one empty in [sets], \
+             blocklist = [], and reload)"
+                .to_owned()
+        } else {
+            format!("runtime sets: {}", runtime.join(", "))
+        };
+        match self.ruleset.sets.get(set) {
+            Some(m) => bail!(
+                "set {set:?} lists {} member(s) in the rules file, which stays the one place \
+                 its members come from; only a set declared empty ({set} = []) takes members \
+                 at runtime; {known}",
+                m.len()
+            ),
+            None => bail!("no set {set:?}; {known}"),
+        }
+    }
+
+    /// `fwctl set add`: adds `members` to `set` (for `for_secs`, or until deleted); a member
+    /// already there gets the new expiry.
+    pub(super) fn set_add(
+        &mut self,
+        set: &str,
+        members: &[String],
+        for_secs: Option<u64>,
+        force: bool,
+        caller: Option<Caller>,
+    ) -> anyhow::Result<SetData> {
+        self.runtime_set(set)?;
+        if members.is_empty() {
+            bail!("no member given");
+        }
+        if let Some(s) = for_secs
+            && !(1..=MAX_FOR_SECS).contains(&s)
+        {
+            bail!("--for must be between 1 second and 10 years");
+        }
+        let nets = members
+            .iter()
+            .map(|m| parse_member(m))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let expires = for_secs.map(|s| now_secs().saturating_add(s));
+        let current = self.sets.sets.get(set).cloned().unwrap_or_default();
+        let new: Vec<IpNet> = nets
+            .iter()
+            .copied()
+            .filter(|n| !current.contains_key(n))
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        if self.sets.count() + new.len() > MAX_MEMBERS {
+            bail!(
+                "runtime sets hold {} members; {} more would pass the limit of {MAX_MEMBERS}",
+                self.sets.count(),
+                new.len()
+            );
+        }
+        let mut after = self.sets.clone();
+        let entry = after.sets.entry(set.to_owned()).or_default();
+        for n in &nets {
+            // The later expiry wins: jails sharing a set (sshd for 10 minutes, recidive for a
+            // week) must not cut each other's bans short. Until deleted is the latest.
+            let e = match (entry.get(n), expires) {
+                (Some(None), _) | (_, None) => None,
+                (Some(Some(old)), Some(new)) => Some((*old).max(new)),
+                (None, new) => new,
+            };
+            entry.insert(*n, e);
+        }
+        if !new.is_empty() && !force {
+            let now = self.ruleset.with_members(&after.members());
+            crate::explain::refuse_broken(&now, &self.resolved).map_err(|e| {
+                anyhow!("{e:#}\nnothing was changed: the new members break the rules' [[assert]] entries (--force adds them anyway)")
+            })?;
+            if let Some(c) = caller
+                && let Some(msg) = self.lockout(&now, &self.resolved, &c, false)
+            {
+                bail!("{msg}\nnothing was changed (--force adds them anyway)");
+            }
+        }
+        let ops: Vec<(Op, IpNet)> = new.iter().map(|n| (Op::Add, *n)).collect();
+        let before = std::mem::replace(&mut self.sets, after);
+        let regenerated = self.write_members(set, &ops, before)?;
+        let ended = if new.is_empty() {
+            Vec::new()
+        } else {
+            self.end_denied_flows(&new)
+        };
+        let updated: Vec<String> = nets
+            .iter()
+            .filter(|n| current.contains_key(n))
+            .map(ToString::to_string)
+            .collect();
+        info!(
+            set = set;
+            "set {set}: added {}{}{}",
+            if new.is_empty() { "nothing new".to_owned() } else { new.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ") },
+            for_secs.map(|s| format!(" for {s} s")).unwrap_or_default(),
+            if ended.is_empty() { String::new() } else { format!("; {} connection(s) ended", ended.len()) }
+        );
+        Ok(SetData {
+            set: set.to_owned(),
+            added: new.iter().map(ToString::to_string).collect(),
+            updated,
+            removed: Vec::new(),
+            absent: Vec::new(),
+            ended,
+            members: self.sets.sets.get(set).map_or(0, BTreeMap::len),
+            regenerated,
+        })
+    }
+
+    /// `fwctl set del` (and `flush`, with every member): removes `members` from `set`.
+    pub(super) fn set_del(
+        &mut self,
+        set: &str,
+        members: Option<&[String]>,
+    ) -> anyhow::Result<SetData> {
+        self.runtime_set(set)?;
+        let current = self.sets.sets.get(set).cloned().unwrap_or_default();
+        let nets: Vec<IpNet> = match members {
+            Some(m) => m
+                .iter()
+                .map(|m| parse_member(m))
+                .collect::<anyhow::Result<Vec<_>>>()?,
+            None => current.keys().copied().collect(),
+        };
+        let (present, absent): (Vec<IpNet>, Vec<IpNet>) =
+            nets.into_iter().partition(|n| current.contains_key(n));
+        let mut after = self.sets.clone();
+        if let Some(m) = after.sets.get_mut(set) {
+            for n in &present {
+                m.remove(n);
+            }
+        }
+        let ops: Vec<(Op, IpNet)> = present.iter().map(|n| (Op::Remove, *n)).collect();
+        let before = std::mem::replace(&mut self.sets, after);
+        let regenerated = self.write_members(set, &ops, before)?;
+        if !present.is_empty() {
+            info!(set = set; "set {set}: removed {}", present.iter().map(ToString::to_string).collect::<Vec<_>>().join(", "));
+        }
+        Ok(SetData {
+            set: set.to_owned(),
+            added: Vec::new(),
+            updated: Vec::new(),
+            removed: present.iter().map(ToString::to_string).collect(),
+            absent: absent.iter().map(ToString::to_string).collect(),
+            ended: Vec::new(),
+            members: self.sets.sets.get(set).map_or(0, BTreeMap::len),
+            regenerated,
+        })
+    }
+
+    /// `fwctl set list`: the runtime sets (or one), their members and time left.
+    pub(super) fn set_list(&self, set: Option<&str>) -> anyhow::Result<Vec<SetView>> {
+        if let Some(s) = set {
+            self.runtime_set(s)?;
+        }
+        let now = now_secs();
+        let empty = BTreeMap::new();
+        Ok(self
+            .ruleset
+            .runtime_sets
+            .iter()
+            .filter(|name| set.is_none_or(|s| s == name.as_str()))
+            .map(|name| {
+                let members = self.sets.sets.get(name).unwrap_or(&empty);
+                SetView {
+                    name: name.clone(),
+                    rules: self
+                        .ruleset
+                        .rules
+                        .iter()
+                        .filter(|r| self.ruleset.runtime_sets_of(r).any(|s| s == name))
+                        .map(|r| format!("{} \"{}\"", r.index + 1, r.name))
+                        .collect(),
+                    members: members
+                        .iter()
+                        .map(|(net, expires)| SetMember {
+                            member: net.to_string(),
+                            expires: *expires,
+                            left_secs: left(*expires, now),
+                        })
+                        .collect(),
+                }
+            })
+            .collect())
+    }
+
+    /// Removes the members whose time has come; called when [`RuntimeSets::next_expiry`] is
+    /// reached.
+    pub(super) fn expire(&mut self) {
+        let now = now_secs();
+        let due: Vec<(String, IpNet)> = self
+            .sets
+            .sets
+            .iter()
+            .flat_map(|(s, m)| {
+                m.iter()
+                    .filter(|(_, e)| e.is_some_and(|e| e <= now))
+                    .map(move |(n, _)| (s.clone(), *n))
+            })
+            .collect();
+        for (set, net) in due {
+            let member = [net.to_string()];
+            match self.set_del(&set, Some(&member)) {
+                Ok(_) => info!(set = set.as_str(); "set {set}: {net} expired"),
+                Err(e) => {
+                    error!("set {set}: removing the expired member {net}: {e:#}");
+                    // Not again at once: it is gone from the list either way.
+                    if let Some(m) = self.sets.sets.get_mut(&set) {
+                        m.remove(&net);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Applies `ops` on `set` (already in `self.sets`) to both directions' tables and keeps
+    /// the members on disk. When the tables have no room, or writing them fails, the rules
+    /// in force are loaded again with the members (a new generation, switched like a reload);
+    /// if that fails too, `before` comes back. Returns whether a new generation was loaded.
+    fn write_members(
+        &mut self,
+        set: &str,
+        ops: &[(Op, IpNet)],
+        before: RuntimeSets,
+    ) -> anyhow::Result<bool> {
+        if ops.is_empty() {
+            // An expiry moved, at most.
+            self.save_sets();
+            return Ok(false);
+        }
+        let apply = |rt: &mut Runtime| -> Result<Change, NoRoom> {
+            let mut all = Change::default();
+            for (op, net) in ops {
+                all.merge(match op {
+                    Op::Add => rt.add(set, *net)?,
+                    Op::Remove => rt.remove(set, *net)?,
+                });
+            }
+            Ok(all)
+        };
+        let inbound = self.generation.runtime.as_deref_mut().map(apply);
+        let outbound = self.outbound.runtime.as_deref_mut().map(apply);
+        let written = match (inbound, outbound) {
+            (Some(Err(e)), _) | (_, Some(Err(e))) => Err(anyhow!("{e}")),
+            (i, o) => {
+                let mut r = Ok(());
+                if let Some(Ok(ch)) = i {
+                    r = self.generation.write_change(&ch);
+                }
+                if let (Ok(()), Some(Ok(ch))) = (&r, o) {
+                    r = self.outbound.write_change(&ch);
+                }
+                r
+            }
+        };
+        let regenerated = match written {
+            Ok(()) => false,
+            Err(why) => {
+                info!("set {set}: {why:#}; loading the rules again with room for the members");
+                let (rules, resolved) = (self.ruleset.clone(), self.resolved.clone());
+                if let Err(e) = self.switch_to(rules, resolved, false, Instant::now()) {
+                    self.sets = before;
+                    let (rules, resolved) = (self.ruleset.clone(), self.resolved.clone());
+                    if let Err(e2) = self.switch_to(rules, resolved, false, Instant::now()) {
+                        error!("set {set}: putting the previous members back failed: {e2:#}");
+                    }
+                    return Err(e.context(format!("set {set}: nothing was changed")));
+                }
+                true
+            }
+        };
+        self.save_sets();
+        Ok(regenerated)
+    }
+
+    /// Keeps the members in `[daemon] state_dir`; a failure is logged and degrades nothing
+    /// in force (the members stay until the daemon stops).
+    pub(super) fn save_sets(&mut self) {
+        if let Err(e) = self.sets.save(&self.ruleset.daemon.state_dir) {
+            warn!("runtime sets will not outlive this daemon: {e:#}");
+        }
+    }
+
+    /// Ends the tracked flows from `nets` that the rules, with the new members, deny.
+    fn end_denied_flows(&mut self, nets: &[IpNet]) -> Vec<String> {
+        let pin_dir = self.ruleset.daemon.pin_dir.clone();
+        let rules = self.rules_now().into_owned();
+        self.recheck_with(&rules, &pin_dir, |remote| {
+            nets.iter().any(|n| n.contains(&remote))
+        })
+    }
+
+    /// How long until the next member expires (`None`: none will).
+    pub(super) fn next_expiry_in(&self) -> Option<Duration> {
+        self.sets
+            .next_expiry()
+            .map(|e| Duration::from_secs(e.saturating_sub(now_secs())))
+    }
+}
+
+#[cfg(test)]
+#[expect(clippy::unwrap_used, reason = "tests fail by panicking")]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn members_are_addresses_or_networks_without_host_bits_and_mapped_ones_are_ipv4() {
+        assert_eq!(
+            parse_member("198.51.100.7").unwrap().to_string(),
+            "198.51.100.7/32"
+        );
+        assert_eq!(
+            parse_member("2001:db8::/64").unwrap().to_string(),
+            "2001:db8::/64"
+        );
+        assert_eq!(
+            parse_member("::ffff:198.51.100.7").unwrap().to_string(),
+            "198.51.100.7/32"
+        );
+        assert_eq!(
+            parse_member("::ffff:198.51.100.0/120").unwrap().to_string(),
+            "198.51.100.0/24"
+        );
+        let e = parse_member("198.51.100.7/24").unwrap_err().to_string();
+        assert!(
+            e.contains("host bits") && e.contains("198.51.100.0/24"),
+            "{e}"
+        );
+        assert!(parse_member("example.org").is_err());
+    }
+
+    #[test]
+    fn the_file_keeps_members_and_expiry_and_a_broken_one_is_kept_aside() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut sets = RuntimeSets::default();
+        sets.sets
+            .entry("blocklist".into())
+            .or_default()
+            .insert(parse_member("192.0.2.1").unwrap(), Some(4_000_000_000));
+        sets.sets
+            .entry("blocklist".into())
+            .or_default()
+            .insert(parse_member("2001:db8::/64").unwrap(), None);
+        sets.save(dir.path()).unwrap();
+        let (back, problem) = RuntimeSets::load(dir.path());
+        assert_eq!((back, problem), (sets.clone(), None));
+        assert_eq!(sets.next_expiry(), Some(4_000_000_000));
+        std::fs::write(dir.path().join(FILE), "{ not json").unwrap();
+        let (back, problem) = RuntimeSets::load(dir.path());
+        assert_eq!(back, RuntimeSets::default());
+        let problem = problem.expect("reported");
+        assert!(
+            problem.contains("runtime sets start empty") && problem.contains("sets.json.bad"),
+            "{problem}"
+        );
+        assert!(dir.path().join("sets.json.bad").exists());
+    }
+}
