@@ -12,7 +12,8 @@
 //! | `firewall-daemon.service` | /usr/lib/systemd/system for P = /usr; P/lib/systemd/system for P = /usr/local (both are on systemd's unit path, and /etc/systemd/system stays the administrator's); /etc/systemd/system for any other P |
 //! | rules | /etc/firewall/rules.toml, a copy of rules/examples/workstation.toml; never overwritten, kept by uninstall |
 //! | examples | P/share/doc/firewall-daemon/examples/{workstation,server}.toml |
-//! | man pages | P/share/man/man1/fwctl.1, fwctl-{list,status,explain,ports,monitor,reload,confirm,debug,conns,check,add,insert,delete}.1, man8/firewall-daemon.8, man5/rules.toml.5 |
+//! | fail2ban action | P/share/doc/firewall-daemon/fail2ban/fwctl.conf (copied into /etc/fail2ban/action.d by the administrator who wants it) |
+//! | man pages | P/share/man/man1/fwctl.1, fwctl-{list,status,explain,ports,monitor,reload,confirm,debug,conns,check,add,insert,delete,set}.1, man8/firewall-daemon.8, man5/rules.toml.5 |
 //! | completions | P/share/bash-completion/completions/{fwctl,firewall-daemon}, P/share/zsh/site-functions/_{fwctl,firewall-daemon}, P/share/fish/vendor_completions.d/{fwctl,firewall-daemon}.fish |
 //!
 //! Man pages and completions are generated from the clap definitions in
@@ -189,6 +190,12 @@ pub fn plan(layout: &Layout, src: &Sources) -> anyhow::Result<Vec<Entry>> {
             "example rules",
         );
     }
+    file(
+        layout.docdir().join("fail2ban/fwctl.conf"),
+        0o644,
+        Content::Copy(src.repo.join("packaging/fail2ban/fwctl.conf")),
+        "fail2ban action",
+    );
     for (name, section, page) in man_pages(&src.repo)? {
         file(
             layout
@@ -584,7 +591,11 @@ pub fn uninstall(
         }
     }
     // Directories that only this package uses.
-    for dir in [layout.docdir().join("examples"), layout.docdir()] {
+    for dir in [
+        layout.docdir().join("examples"),
+        layout.docdir().join("fail2ban"),
+        layout.docdir(),
+    ] {
         let _ = std::fs::remove_dir(layout.staged(&dir));
     }
     Ok(removed)

@@ -113,6 +113,11 @@ const DOCUMENTED: &[(&str, u32)] = &[
     ("/usr/local/share/man/man1/fwctl-add.1", 0o644),
     ("/usr/local/share/man/man1/fwctl-insert.1", 0o644),
     ("/usr/local/share/man/man1/fwctl-delete.1", 0o644),
+    ("/usr/local/share/man/man1/fwctl-set.1", 0o644),
+    (
+        "/usr/local/share/doc/firewall-daemon/fail2ban/fwctl.conf",
+        0o644,
+    ),
     ("/usr/local/share/man/man8/firewall-daemon.8", 0o644),
     ("/usr/local/share/man/man5/rules.toml.5", 0o644),
     ("/usr/local/share/bash-completion/completions/fwctl", 0o644),
