@@ -554,6 +554,13 @@ fn members_added_at_runtime_are_enforced_at_once_and_outlive_reloads_and_restart
     }
     let list = set_list(&daemon);
     assert!(member_line(&list, "203.0.113.0").is_none(), "{list}");
+    // --force adds it; a member already breaking the assertion does not stop the next one.
+    fwctl_ok(&daemon, &["set", "add", SET, "203.0.113.0/24", "--force"]);
+    fwctl_ok(&daemon, &["set", "add", SET, "198.51.100.9"]);
+    fwctl_ok(
+        &daemon,
+        &["set", "del", SET, "203.0.113.0/24", "198.51.100.9"],
+    );
 
     // Removed: the peer connects again; removing it twice is no error.
     let out = fwctl_ok(&daemon, &["set", "del", SET, peer]);

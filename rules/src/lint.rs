@@ -113,7 +113,9 @@ fn lint_direction(
         let same = earlier.action == later.action;
         let why = if runtime {
             format!(
-                "never matches, whatever its runtime set holds: rule {} ({:?}, {}) matches                  every address for what it does and decides it first, with {}; move this                  rule above it",
+                "never matches, whatever its runtime set holds: rule {} ({:?}, {}) matches \
+                 every address for what it does and decides it first, with {}; move this \
+                 rule above it",
                 earlier.index + 1,
                 earlier.name,
                 rs.place(&earlier.origin),

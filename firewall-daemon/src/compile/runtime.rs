@@ -32,8 +32,9 @@ use rules::model::{Members, Rule, Ruleset};
 use super::{Classes, Compiled, Kept, addrs::Own, word};
 
 /// Room for this many new entries in each address table and in `PAIRS` beyond what a
-/// generation's rules and members need when it is loaded, or as many as there are members if
-/// that is more. At 88 bytes a preallocated hash entry, 4,096 are 360 KiB per table.
+/// generation's rules and members need when it is loaded, or as many as the table holds if
+/// that is more (it doubles). At 88 bytes a preallocated hash entry, 4,096 are 360 KiB per
+/// table.
 pub const HEADROOM: usize = 4096;
 
 /// The tables an update writes to, in [`Runtime`]'s counts.
@@ -170,12 +171,11 @@ impl Runtime {
         self.room[table as usize]
     }
 
-    /// Fixes the room of each table: what is used now and [`HEADROOM`] (or one more entry
-    /// per member, if there are more members than that).
+    /// Fixes the room of each table: what it holds now and [`HEADROOM`] more, or twice what
+    /// it holds if that is more. Per table: a million IPv4 members leave the IPv6 tables small.
     fn seal(&mut self) {
-        let spare = HEADROOM.max(self.members.len());
         for (room, used) in self.room.iter_mut().zip(self.used) {
-            *room = used.saturating_add(spare);
+            *room = used.saturating_add(HEADROOM.max(used));
         }
     }
 

@@ -138,6 +138,9 @@ impl State {
             );
         }
         data.pending_confirm = self.pending.as_ref().map(Pending::view);
+        if self.pending.is_none() {
+            self.retain_sets();
+        }
         Ok(data)
     }
 
@@ -224,6 +227,7 @@ impl State {
                     self.generation_no,
                     p.generation
                 );
+                self.retain_sets();
                 Ok(ConfirmData {
                     generation: self.generation_no,
                 })

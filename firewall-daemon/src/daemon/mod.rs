@@ -118,6 +118,10 @@ struct State {
     reload_stats: metrics::ReloadStats,
     /// The members of the runtime sets (`sets.rs`).
     sets: sets::RuntimeSets,
+    /// An in-place change of them failed: the next one loads them whole (`sets.rs`).
+    sets_stale: bool,
+    /// A failed expiry is tried again no sooner than this.
+    expiry_retry: Option<Instant>,
 }
 
 /// How often selectors are resolved again even without a file-system event: a unit's cgroup

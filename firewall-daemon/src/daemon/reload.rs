@@ -75,7 +75,11 @@ impl State {
                 ..Default::default()
             };
             let (new_rules, resolved, _) = state.candidate(&state.config_path.clone(), &options)?;
-            state.switch_to(new_rules, resolved, recheck, Instant::now())
+            let data = state.switch_to(new_rules, resolved, recheck, Instant::now())?;
+            if state.pending.is_none() {
+                state.retain_sets();
+            }
+            Ok(data)
         })
     }
 
@@ -281,13 +285,8 @@ impl State {
         }
         self.resolved = resolved;
         self.ruleset = new_rules;
-        let dropped = self.sets.retain(&self.ruleset);
-        if !dropped.is_empty() {
-            for d in &dropped {
-                warn!("{d}");
-            }
-            self.save_sets();
-        }
+        // Built from the members whole: right whatever an earlier in-place change left.
+        self.sets_stale = false;
         let released = rejudge_stealth(&self.ruleset, &self.resolved, &pin_dir);
         if released > 0 {
             info!(

@@ -47,6 +47,10 @@ const FILE: &str = "sets.json";
 #[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
 pub(super) struct RuntimeSets {
     sets: BTreeMap<String, BTreeMap<IpNet, Option<u64>>>,
+    /// When the next member expires: kept, not searched for at every turn of the daemon's
+    /// loop (a million members). [`Self::touch`] after every change.
+    #[serde(skip)]
+    next: Option<u64>,
 }
 
 fn now_secs() -> u64 {
@@ -92,8 +96,9 @@ impl RuntimeSets {
     }
 
     /// The members kept in `state_dir`; none when there is no file. A file that cannot be
-    /// read or understood is kept aside (sets.json.bad) and reported: the daemon starts with
-    /// the rules, without the members, rather than not at all.
+    /// read or understood, or holds more than [`MAX_MEMBERS`], gives none and a problem to
+    /// report: the daemon starts with the rules, without the members, rather than not at all,
+    /// and [`Self::set_aside`] keeps the file (once the daemon knows it is the only one).
     pub(super) fn load(state_dir: &Path) -> (Self, Option<String>) {
         let path = Self::path(state_dir);
         if !path.exists() {
@@ -101,19 +106,13 @@ impl RuntimeSets {
         }
         let parsed = rules::config::read_trusted(&path)
             .map_err(|e| e.to_string())
-            .and_then(|text| serde_json::from_str::<Self>(&text).map_err(|e| e.to_string()));
+            .and_then(|text| serde_json::from_str::<Self>(&text).map_err(|e| e.to_string()))
+            .and_then(|sets| match sets.count() {
+                n if n > MAX_MEMBERS => Err(format!("{n} members, more than {MAX_MEMBERS}")),
+                _ => Ok(sets),
+            });
         match parsed {
             Ok(mut sets) => {
-                let n = sets.count();
-                if n > MAX_MEMBERS {
-                    return (
-                        Self::default(),
-                        Some(format!(
-                            "{}: {n} members, more than {MAX_MEMBERS}; runtime sets start empty",
-                            path.display()
-                        )),
-                    );
-                }
                 // Normalise what a hand edit may have written.
                 for members in sets.sets.values_mut() {
                     *members = std::mem::take(members)
@@ -121,23 +120,36 @@ impl RuntimeSets {
                         .map(|(n, e)| (canonical(n.trunc()), e))
                         .collect();
                 }
+                sets.touch();
                 (sets, None)
             }
-            Err(e) => {
-                let aside = path.with_extension("json.bad");
-                let kept = match std::fs::rename(&path, &aside) {
-                    Ok(()) => format!("kept as {}", aside.display()),
-                    Err(e2) => format!("could not be moved aside: {e2}"),
-                };
-                (
-                    Self::default(),
-                    Some(format!(
-                        "{}: {e}; runtime sets start empty (the file was {kept})",
-                        path.display()
-                    )),
-                )
-            }
+            Err(e) => (
+                Self::default(),
+                Some(format!(
+                    "{}: {e}; runtime sets start empty (the file is kept as {FILE}.bad)",
+                    path.display()
+                )),
+            ),
         }
+    }
+
+    /// Moves a file [`Self::load`] could not take to sets.json.bad, so that the next save
+    /// does not overwrite it.
+    pub(super) fn set_aside(state_dir: &Path) {
+        let path = Self::path(state_dir);
+        if let Err(e) = std::fs::rename(&path, path.with_extension("json.bad")) {
+            warn!("{}: could not be moved aside: {e}", path.display());
+        }
+    }
+
+    /// Recomputes when the next member expires, after a change.
+    fn touch(&mut self) {
+        self.next = self
+            .sets
+            .values()
+            .flat_map(|m| m.values().flatten())
+            .min()
+            .copied();
     }
 
     /// Writes the members to `state_dir` (created if missing), replacing the file whole.
@@ -169,6 +181,17 @@ impl RuntimeSets {
     /// Drops the members of sets `rules` do not declare empty, and those expired; says which.
     pub(super) fn retain(&mut self, rules: &Ruleset) -> Vec<String> {
         let mut dropped = Vec::new();
+        let now = now_secs();
+        for (name, members) in &mut self.sets {
+            let before = members.len();
+            members.retain(|_, e| e.is_none_or(|e| e > now));
+            if members.len() < before {
+                dropped.push(format!(
+                    "set {name:?}: {} member(s) expired while no daemon ran",
+                    before - members.len()
+                ));
+            }
+        }
         self.sets.retain(|name, members| {
             let keep = rules.runtime_sets.contains(name);
             if !keep && !members.is_empty() {
@@ -184,16 +207,13 @@ impl RuntimeSets {
             }
             keep
         });
+        self.touch();
         dropped
     }
 
     /// When the next member expires.
     pub(super) fn next_expiry(&self) -> Option<u64> {
-        self.sets
-            .values()
-            .flat_map(|m| m.values().flatten())
-            .min()
-            .copied()
+        self.next
     }
 }
 
@@ -263,11 +283,12 @@ impl State {
         if members.is_empty() {
             bail!("no member given");
         }
-        if let Some(s) = for_secs
-            && !(1..=MAX_FOR_SECS).contains(&s)
-        {
-            bail!("--for must be between 1 second and 10 years");
+        if for_secs == Some(0) {
+            bail!("--for must be at least 1 second");
         }
+        // Longer is taken as ten years: fail2ban's growing bantimes (bantime.increment) pass
+        // twenty years for a persistent attacker, whom a refusal would leave unbanned.
+        let for_secs = for_secs.map(|s| s.min(MAX_FOR_SECS));
         let nets = members
             .iter()
             .map(|m| parse_member(m))
@@ -300,12 +321,26 @@ impl State {
             };
             entry.insert(*n, e);
         }
+        after.touch();
         if !new.is_empty() && !force {
+            // Only what the new members change: a member added with --force earlier, or an
+            // assertion a later reload brought, must not stop every ban after it.
+            let was = self.rules_now();
             let now = self.ruleset.with_members(&after.members());
-            crate::explain::refuse_broken(&now, &self.resolved).map_err(|e| {
-                anyhow!("{e:#}\nnothing was changed: the new members break the rules' [[assert]] entries (--force adds them anyway)")
-            })?;
+            let broken_before = crate::explain::broken_assertions(&was, &self.resolved);
+            let broken: Vec<String> = crate::explain::broken_assertions(&now, &self.resolved)
+                .into_iter()
+                .filter(|b| !broken_before.contains(b))
+                .collect();
+            if !broken.is_empty() {
+                bail!(
+                    "{}\nnothing was changed: the new members break the rules' [[assert]] \
+                     entries (--force adds them anyway)",
+                    broken.join("\n")
+                );
+            }
             if let Some(c) = caller
+                && self.lockout(&was, &self.resolved, &c, false).is_none()
                 && let Some(msg) = self.lockout(&now, &self.resolved, &c, false)
             {
                 bail!("{msg}\nnothing was changed (--force adds them anyway)");
@@ -366,6 +401,7 @@ impl State {
                 m.remove(n);
             }
         }
+        after.touch();
         let ops: Vec<(Op, IpNet)> = present.iter().map(|n| (Op::Remove, *n)).collect();
         let before = std::mem::replace(&mut self.sets, after);
         let regenerated = self.write_members(set, &ops, before)?;
@@ -420,30 +456,48 @@ impl State {
             .collect())
     }
 
-    /// Removes the members whose time has come; called when [`RuntimeSets::next_expiry`] is
-    /// reached.
+    /// Removes the members whose time has come, one update per set; called when
+    /// [`RuntimeSets::next_expiry`] is reached. After a failure it waits a while before trying
+    /// again, rather than spinning on a member that is due.
     pub(super) fn expire(&mut self) {
         let now = now_secs();
-        let due: Vec<(String, IpNet)> = self
+        self.expiry_retry = None;
+        let due: BTreeMap<String, Vec<IpNet>> = self
             .sets
             .sets
             .iter()
-            .flat_map(|(s, m)| {
-                m.iter()
+            .map(|(s, m)| {
+                let due = m
+                    .iter()
                     .filter(|(_, e)| e.is_some_and(|e| e <= now))
-                    .map(move |(n, _)| (s.clone(), *n))
+                    .map(|(n, _)| *n)
+                    .collect::<Vec<_>>();
+                (s.clone(), due)
             })
+            .filter(|(_, d)| !d.is_empty())
             .collect();
-        for (set, net) in due {
-            let member = [net.to_string()];
-            match self.set_del(&set, Some(&member)) {
-                Ok(_) => info!(set = set.as_str(); "set {set}: {net} expired"),
+        for (set, nets) in due {
+            let mut after = self.sets.clone();
+            if let Some(m) = after.sets.get_mut(&set) {
+                for n in &nets {
+                    m.remove(n);
+                }
+            }
+            after.touch();
+            let ops: Vec<(Op, IpNet)> = nets.iter().map(|n| (Op::Remove, *n)).collect();
+            let before = std::mem::replace(&mut self.sets, after);
+            let list = nets
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", ");
+            match self.write_members(&set, &ops, before) {
+                Ok(_) => info!(set = set.as_str(); "set {set}: {list} expired"),
                 Err(e) => {
-                    error!("set {set}: removing the expired member {net}: {e:#}");
-                    // Not again at once: it is gone from the list either way.
-                    if let Some(m) = self.sets.sets.get_mut(&set) {
-                        m.remove(&net);
-                    }
+                    error!(
+                        "set {set}: removing the expired {list}: {e:#}; trying again in a minute"
+                    );
+                    self.expiry_retry = Some(Instant::now() + Duration::from_secs(60));
                 }
             }
         }
@@ -474,33 +528,41 @@ impl State {
             }
             Ok(all)
         };
-        let inbound = self.generation.runtime.as_deref_mut().map(apply);
-        let outbound = self.outbound.runtime.as_deref_mut().map(apply);
-        let written = match (inbound, outbound) {
-            (Some(Err(e)), _) | (_, Some(Err(e))) => Err(anyhow!("{e}")),
-            (i, o) => {
-                let mut r = Ok(());
-                if let Some(Ok(ch)) = i {
-                    r = self.generation.write_change(&ch);
+        let written = if self.sets_stale {
+            Err(anyhow!("an earlier change did not reach the tables"))
+        } else {
+            let inbound = self.generation.runtime.as_deref_mut().map(apply);
+            let outbound = self.outbound.runtime.as_deref_mut().map(apply);
+            match (inbound, outbound) {
+                (Some(Err(e)), _) | (_, Some(Err(e))) => Err(anyhow!("{e}")),
+                (i, o) => {
+                    let mut r = Ok(());
+                    if let Some(Ok(ch)) = i {
+                        r = self.generation.write_change(&ch);
+                    }
+                    if let (Ok(()), Some(Ok(ch))) = (&r, o) {
+                        r = self.outbound.write_change(&ch);
+                    }
+                    r
                 }
-                if let (Ok(()), Some(Ok(ch))) = (&r, o) {
-                    r = self.outbound.write_change(&ch);
-                }
-                r
             }
         };
         let regenerated = match written {
             Ok(()) => false,
             Err(why) => {
+                // The in-place state may now describe no table (members taken before one
+                // did not fit, maps written before one refused): only a generation built
+                // from the members whole is known to be right, until one is.
+                self.sets_stale = true;
                 info!("set {set}: {why:#}; loading the rules again with room for the members");
                 let (rules, resolved) = (self.ruleset.clone(), self.resolved.clone());
                 if let Err(e) = self.switch_to(rules, resolved, false, Instant::now()) {
                     self.sets = before;
-                    let (rules, resolved) = (self.ruleset.clone(), self.resolved.clone());
-                    if let Err(e2) = self.switch_to(rules, resolved, false, Instant::now()) {
-                        error!("set {set}: putting the previous members back failed: {e2:#}");
-                    }
-                    return Err(e.context(format!("set {set}: nothing was changed")));
+                    return Err(e.context(format!(
+                        "set {set}: the change was not applied (the tables in force may hold \
+                         part of it until the next set change or reload, which loads the \
+                         members whole)"
+                    )));
                 }
                 true
             }
@@ -526,11 +588,28 @@ impl State {
         })
     }
 
-    /// How long until the next member expires (`None`: none will).
+    /// How long until the next member expires (`None`: none will), or until a failed expiry
+    /// is tried again.
     pub(super) fn next_expiry_in(&self) -> Option<Duration> {
-        self.sets
-            .next_expiry()
-            .map(|e| Duration::from_secs(e.saturating_sub(now_secs())))
+        let due = Duration::from_secs(self.sets.next_expiry()?.saturating_sub(now_secs()));
+        let retry = self.expiry_retry.map_or(Duration::ZERO, |t| {
+            t.saturating_duration_since(Instant::now())
+        });
+        Some(due.max(retry))
+    }
+
+    /// After rules that may no longer declare a set empty are in force for good (a reload
+    /// without `--confirm`, or confirmed): drops the members of sets they do not declare, and
+    /// those expired, and says so. Not at a `--confirm` reload: its rollback brings the sets
+    /// back, and their members with them.
+    pub(super) fn retain_sets(&mut self) {
+        let dropped = self.sets.retain(&self.ruleset);
+        for d in &dropped {
+            warn!("{d}");
+        }
+        if !dropped.is_empty() {
+            self.save_sets();
+        }
     }
 }
 
@@ -577,6 +656,7 @@ mod tests {
             .entry("blocklist".into())
             .or_default()
             .insert(parse_member("2001:db8::/64").unwrap(), None);
+        sets.touch();
         sets.save(dir.path()).unwrap();
         let (back, problem) = RuntimeSets::load(dir.path());
         assert_eq!((back, problem), (sets.clone(), None));
@@ -589,6 +669,9 @@ mod tests {
             problem.contains("runtime sets start empty") && problem.contains("sets.json.bad"),
             "{problem}"
         );
-        assert!(dir.path().join("sets.json.bad").exists());
+        // Loading touches nothing (another daemon may be running); the start sets it aside.
+        assert!(dir.path().join(FILE).exists());
+        RuntimeSets::set_aside(dir.path());
+        assert!(dir.path().join("sets.json.bad").exists() && !dir.path().join(FILE).exists());
     }
 }

@@ -83,11 +83,6 @@ pub(super) fn start(
     for d in &sets_dropped {
         warn!("{d}");
     }
-    if !sets_dropped.is_empty()
-        && let Err(e) = sets.save(&ruleset.daemon.state_dir)
-    {
-        warn!("runtime sets: {e:#}");
-    }
     let mut compiled = compile::compile(&ruleset, &resolved)?;
     let mut compiled_out = compile::compile_direction(&ruleset, Direction::Out, &resolved)?;
     compiled.add_members(&sets.members());
@@ -96,6 +91,16 @@ pub(super) fn start(
     // Before touching anything shared (pins, interfaces): a second daemon must not disturb
     // the first, and a file that is not a stale socket stops the start before anything does.
     remove_stale_socket(&ruleset.daemon.control_socket)?;
+    // Only now, with no other daemon running: the file this one could not take is kept
+    // aside, and what it dropped is saved.
+    if sets_problem.is_some() {
+        super::sets::RuntimeSets::set_aside(&ruleset.daemon.state_dir);
+    }
+    if !sets_dropped.is_empty()
+        && let Err(e) = sets.save(&ruleset.daemon.state_dir)
+    {
+        warn!("runtime sets: {e:#}");
+    }
     let pin_dir = ruleset.daemon.pin_dir.clone();
     kernel::prepare_pin_dir(&pin_dir)?;
     // A previous daemon that died (or was killed) leaves its links pinned: they go on
@@ -273,6 +278,8 @@ pub(super) fn start(
         events,
         reload_stats: Default::default(),
         sets,
+        sets_stale: false,
+        expiry_retry: None,
     };
     Ok((
         cleanup,

@@ -118,6 +118,7 @@ fn a_runtime_set_below_a_rule_that_covers_every_address_is_reported() {
         "{:?}",
         rs.warnings
     );
+    assert!(!rs.warnings[0].contains("  "), "{:?}", rs.warnings);
 }
 
 #[test]
