@@ -24,6 +24,13 @@
 //! messages on (`fwctl debug on`), to measure what tracing costs (nobody reads the messages:
 //! the ring buffer fills and the rest are dropped, as when the daemon falls behind).
 //!
+//! `testrun_bench runtime-sets [--quick] [--n 1000,100000]`: a runtime set of N members added
+//! in place (`fwctl set add`'s path: `compile/runtime.rs` and the map writes) against the same
+//! N addresses listed in the file, one rule naming the set either way: the drop from one member
+//! (repeated) and from up to 20,000 members drawn at random (single-shot), and what adding one
+//! member costs (the mean over the N additions, compile and map writes, no control socket).
+//! Prints a Markdown table.
+//!
 //! `testrun_bench attach-pass NETNS_PATH IFNAME PIN_DIR`: enters the network namespace, attaches
 //! the object's `xdp_pass` program to IFNAME in native mode (the veth XDP floor of the
 //! throughput benchmark), prints `attached` and keeps it attached until its standard input
@@ -256,7 +263,8 @@ fn main() -> anyhow::Result<()> {
         Some("generate") => return generate(&args[1..]),
         _ => {}
     }
-    let opts = parse_opts(&args)?;
+    let runtime_sets = args.first().is_some_and(|a| a == "runtime-sets");
+    let opts = parse_opts(&args[usize::from(runtime_sets)..])?;
     let dir = tempfile::Builder::new()
         .prefix("fw-bench-bpffs-")
         .tempdir()?;
@@ -267,6 +275,11 @@ fn main() -> anyhow::Result<()> {
         MsFlags::empty(),
         None::<&str>,
     )?;
+    if runtime_sets {
+        let result = runtime_sets_bench(dir.path(), &opts);
+        let _ = umount2(dir.path(), MntFlags::MNT_DETACH);
+        return result;
+    }
     let result = bench(dir.path(), &opts);
     let _ = umount2(dir.path(), MntFlags::MNT_DETACH);
     let doc = result?;
@@ -274,6 +287,98 @@ fn main() -> anyhow::Result<()> {
         println!("{doc}");
     } else {
         print_markdown(&doc);
+    }
+    Ok(())
+}
+
+/// `runtime-sets`: see the module's documentation.
+fn runtime_sets_bench(bpffs: &Path, opts: &Opts) -> anyhow::Result<()> {
+    let sizes = opts.sizes;
+    println!(
+        "BPF_PROG_TEST_RUN, ns/packet, median (min–max): one rule naming a set of N addresses, \
+         listed in the file or added at runtime\n"
+    );
+    println!(
+        "| N | drop, one source: file | runtime | drop, many sources: file | runtime | \
+         one addition (µs, mean) | load with N members: file (ms) | runtime (ms) |"
+    );
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for &n in &opts.counts {
+        let head = "[defaults]\ninbound = \"allow\"\n";
+        let rule = "[[rule]]\nproto = \"udp\"\nport = 9\nremote = \"@s\"\naction = \"stealth\"\n";
+        let listed: Vec<String> = (0..n).map(|i| format!("\"{}\"", rule_addr(i))).collect();
+        let file_text = format!("{head}[sets]\ns = [{}]\n{rule}", listed.join(", "));
+        let runtime_text = format!("{head}[sets]\ns = []\n{rule}");
+        let mut gens = Vec::new();
+        let mut loads = Vec::new();
+        let mut addition = f64::NAN;
+        for (i, text) in [file_text, runtime_text].iter().enumerate() {
+            let t = Instant::now();
+            let rs =
+                config::parse(text, Path::new("bench.toml")).map_err(|e| anyhow::anyhow!("{e}"))?;
+            let c = compile::compile(&rs, &Default::default())?;
+            let mut g = Generation::load(&c, &rs, &bpffs.join(format!("sets{n}-{i}")), 1)?;
+            if i == 1 {
+                let t = Instant::now();
+                for a in 0..n {
+                    let net = ipnet::IpNet::from(std::net::IpAddr::V4(rule_addr(a)));
+                    let rt = g.runtime.as_mut().context("a runtime set")?;
+                    let change = match rt.add("s", net) {
+                        Ok(ch) => ch,
+                        // Past the room of the generation: the daemon loads the rules again
+                        // sized for the members; here, the same with the members so far.
+                        Err(_) => {
+                            let members = rules::model::Members::from([(
+                                "s".to_owned(),
+                                (0..=a)
+                                    .map(|j| ipnet::IpNet::from(std::net::IpAddr::V4(rule_addr(j))))
+                                    .collect(),
+                            )]);
+                            let mut c = compile::compile(&rs, &Default::default())?;
+                            c.add_members(&members);
+                            g = Generation::load(
+                                &c,
+                                &rs,
+                                &bpffs.join(format!("sets{n}-{i}-{a}")),
+                                1,
+                            )?;
+                            continue;
+                        }
+                    };
+                    g.write_change(&change)?;
+                }
+                addition = t.elapsed().as_secs_f64() * 1e6 / f64::from(n);
+            }
+            loads.push(t.elapsed().as_secs_f64() * 1e3);
+            gens.push(g);
+        }
+        let hit = frame(rule_addr(n - 1), 9);
+        let mut rng = Xoshiro256PlusPlus::seed_from_u64(u64::from(n));
+        let many: Vec<Vec<u8>> = (0..MANY_SOURCES.min(n))
+            .map(|_| frame(rule_addr(rng.random_range(0..n)), 9))
+            .collect();
+        let mut cells = Vec::new();
+        for g in &mut gens {
+            let c0 = g.counters()?["stealthed"];
+            let one = repeated(sizes, || g.time_run(&hit, sizes.repeat).unwrap_or(f64::NAN));
+            let spread = single_shots(&many, sizes.single_shots, |f| g.time_run(f, 1));
+            let dropped = g.counters()?["stealthed"] - c0;
+            anyhow::ensure!(
+                dropped
+                    == u64::from(sizes.repeat) * sizes.samples as u64 + sizes.single_shots as u64,
+                "not every packet from a member was dropped ({dropped})"
+            );
+            cells.push((one, spread));
+        }
+        println!(
+            "| {n} | {} | {} | {} | {} | {addition:.1} | {:.0} | {:.0} |",
+            cells[0].0.cell(1),
+            cells[1].0.cell(1),
+            cells[0].1.cell(0),
+            cells[1].1.cell(0),
+            loads[0],
+            loads[1]
+        );
     }
     Ok(())
 }

@@ -593,4 +593,40 @@ fn members_added_at_runtime_are_enforced_at_once_and_outlive_reloads_and_restart
         "{}",
         daemon.stderr()
     );
+
+    // Rules without the set, reloaded with --confirm and not confirmed: the rollback brings
+    // the set back with its member. Reloaded for good: the member is dropped.
+    fwctl_ok(&daemon, &["set", "add", SET, peer]);
+    let without = format!(
+        "[defaults]\ninbound = \"stealth\"\n[[rule]]\nname = \"ssh\"\nproto = \"tcp\"\n\
+         port = {PORT}\naction = \"allow\"\n"
+    );
+    daemon.write_rules(&without);
+    fwctl_ok(&daemon, &["reload", "--confirm", "2s"]);
+    connect(&pair).expect("the rules without the set let the peer in");
+    let deadline = Instant::now() + Duration::from_secs(30) * support::slowdown();
+    while !daemon.fwctl(&["set", "list", SET]).status.success() {
+        assert!(Instant::now() < deadline, "no rollback after 30 s");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(
+        member_line(&set_list(&daemon), peer).is_some(),
+        "the member came back"
+    );
+    assert_stealthed(&pair, "the member after the rollback");
+    fwctl_ok(&daemon, &["reload"]);
+    assert!(
+        daemon
+            .stderr()
+            .contains("1 runtime member(s) dropped: the rules file no longer defines it"),
+        "{}",
+        daemon.stderr()
+    );
+    daemon.write_rules(&rules);
+    fwctl_ok(&daemon, &["reload"]);
+    assert!(
+        member_line(&set_list(&daemon), peer).is_none(),
+        "dropped for good"
+    );
+    connect(&pair).expect("the peer connects once its set was dropped");
 }
