@@ -313,14 +313,7 @@ fn assert_stealthed(pair: &Pair, why: &str) {
 
 /// `fwctl set list SET`, which must succeed.
 fn set_list(daemon: &Daemon) -> String {
-    let out = daemon.fwctl(&["set", "list", SET]);
-    assert!(
-        out.status.success(),
-        "fwctl set list {SET}: {}\n{}",
-        text(&out),
-        daemon.stderr()
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    fwctl_ok(daemon, &["set", "list", SET])
 }
 
 /// The line of `fwctl set list` output that shows `addr` as a member, if one does: a member a

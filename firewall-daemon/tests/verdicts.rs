@@ -2111,6 +2111,21 @@ struct GenPacket {
     local_port: u16,
 }
 
+impl GenPacket {
+    /// The frame: a UDP, TCP SYN, echo or other packet from `remote` to the host's address of
+    /// its family, with a 4-byte payload.
+    fn spec(&self) -> Spec {
+        let local = if self.remote.is_ipv4() {
+            "10.200.0.1"
+        } else {
+            "2001:db8:ffff::1"
+        };
+        let mut spec = Spec::new(&self.remote.to_string(), local, self.l4, self.local_port);
+        spec.payload = vec![0x11; 4];
+        spec
+    }
+}
+
 fn gen_packet() -> impl Strategy<Value = GenPacket> {
     let v4 = (0u8..4, 0u8..4, 0u8..4).prop_map(|(a, b, c)| IpAddr::from([10, a, b, c]));
     let v6 = (0u16..4, 0u16..4, 0u16..4)
@@ -2244,13 +2259,7 @@ fn random_rule_sets_kernel_agrees_with_the_oracle() {
         let text = render(&rules, default_action);
         let mut fw = Fw::load(&fs, &text);
         for p in &packets {
-            let local = if p.remote.is_ipv4() {
-                "10.200.0.1"
-            } else {
-                "2001:db8:ffff::1"
-            };
-            let mut spec = Spec::new(&p.remote.to_string(), local, p.l4, p.local_port);
-            spec.payload = vec![0x11; 4];
+            let spec = p.spec();
             let m = spec.meta();
             let oracle = fw.oracle(&m);
             prop_assert_eq!(
@@ -2323,6 +2332,15 @@ fn runtime_set_members_written_in_place_agree_with_the_oracle_in_the_kernel() {
         );
         let mut fw = Fw::load(&fs, &text);
         let base = fw.ruleset.clone();
+        if fw.generation.runtime.is_none() {
+            // Only outbound rules name the set: nothing of it in the XDP program's tables.
+            prop_assert!(
+                !base.uses_runtime_sets(rules::model::Direction::In),
+                "{}",
+                text
+            );
+            return Ok(());
+        }
         let mut now = rules::model::Members::new();
         // Add every member, then remove every other one; compare after each half.
         for (phase, remove) in [("added", false), ("half removed", true)] {
@@ -2353,13 +2371,7 @@ fn runtime_set_members_written_in_place_agree_with_the_oracle_in_the_kernel() {
             }
             fw.ruleset = base.with_members(&now);
             for p in &packets {
-                let local = if p.remote.is_ipv4() {
-                    "10.200.0.1"
-                } else {
-                    "2001:db8:ffff::1"
-                };
-                let mut spec = Spec::new(&p.remote.to_string(), local, p.l4, p.local_port);
-                spec.payload = vec![0x11; 4];
+                let spec = p.spec();
                 let m = spec.meta();
                 let oracle = fw.oracle(&m);
                 prop_assert_eq!(

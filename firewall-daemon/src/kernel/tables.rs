@@ -254,61 +254,43 @@ pub(super) fn write_change(ebpf: &mut Ebpf, ch: &crate::compile::Change) -> anyh
             a.set(*word, bits, 0)?;
         }
     }
-    let exact = |n: &IpNet| n.prefix_len() == n.max_prefix_len();
-    {
-        let mut h: HashMap<&mut MapData, [u8; 4], AddrValue> =
-            HashMap::try_from(map_mut(ebpf, maps::EXACT4)?)?;
-        for (net, v) in &ch.addrs {
-            if let IpNet::V4(n) = net
-                && exact(net)
-            {
-                match v {
-                    Some(v) => h.insert(&n.addr().octets(), v, 0)?,
-                    None => h.remove(&n.addr().octets())?,
-                }
-            }
-        }
-    }
-    {
-        let mut h: HashMap<&mut MapData, [u8; 16], AddrValue> =
-            HashMap::try_from(map_mut(ebpf, maps::EXACT6)?)?;
-        for (net, v) in &ch.addrs {
-            if let IpNet::V6(n) = net
-                && exact(net)
-            {
-                match v {
-                    Some(v) => h.insert(&n.addr().octets(), v, 0)?,
-                    None => h.remove(&n.addr().octets())?,
-                }
-            }
-        }
-    }
-    {
-        let mut t: LpmTrie<&mut MapData, [u8; 4], AddrValue> =
-            LpmTrie::try_from(map_mut(ebpf, maps::ADDR4)?)?;
-        for (net, v) in &ch.addrs {
-            if let IpNet::V4(n) = net
-                && !exact(net)
-            {
-                let key = Key::new(u32::from(n.prefix_len()), n.network().octets());
-                match v {
-                    Some(v) => t.insert(&key, v, 0)?,
-                    None => t.remove(&key)?,
-                }
-            }
-        }
-    }
-    let mut t: LpmTrie<&mut MapData, [u8; 16], AddrValue> =
-        LpmTrie::try_from(map_mut(ebpf, maps::ADDR6)?)?;
+    let mut v4 = Vec::new();
+    let mut v6 = Vec::new();
     for (net, v) in &ch.addrs {
-        if let IpNet::V6(n) = net
-            && !exact(net)
-        {
-            let key = Key::new(u32::from(n.prefix_len()), n.network().octets());
+        match net {
+            IpNet::V4(n) => v4.push((n.prefix_len(), n.network().octets(), *v)),
+            IpNet::V6(n) => v6.push((n.prefix_len(), n.network().octets(), *v)),
+        }
+    }
+    write_family(ebpf, maps::EXACT4, maps::ADDR4, &v4)?;
+    write_family(ebpf, maps::EXACT6, maps::ADDR6, &v6)
+}
+
+/// One family's address entries (prefix length, network, value or `None` to remove): the
+/// full-length ones into the hash `exact`, the others into the trie `trie`.
+fn write_family<const N: usize>(
+    ebpf: &mut Ebpf,
+    exact: &str,
+    trie: &str,
+    entries: &[(u8, [u8; N], Option<AddrValue>)],
+) -> anyhow::Result<()> {
+    let full = (N * 8) as u8;
+    {
+        let mut h: HashMap<&mut MapData, [u8; N], AddrValue> =
+            HashMap::try_from(map_mut(ebpf, exact)?)?;
+        for (_, a, v) in entries.iter().filter(|e| e.0 == full) {
             match v {
-                Some(v) => t.insert(&key, v, 0)?,
-                None => t.remove(&key)?,
+                Some(v) => h.insert(a, v, 0)?,
+                None => h.remove(a)?,
             }
+        }
+    }
+    let mut t: LpmTrie<&mut MapData, [u8; N], AddrValue> = LpmTrie::try_from(map_mut(ebpf, trie)?)?;
+    for (len, a, v) in entries.iter().filter(|e| e.0 < full) {
+        let key = Key::new(u32::from(*len), *a);
+        match v {
+            Some(v) => t.insert(&key, v, 0)?,
+            None => t.remove(&key)?,
         }
     }
     Ok(())
