@@ -565,6 +565,27 @@ fn members_added_at_runtime_are_enforced_at_once_and_outlive_reloads_and_restart
     let out = fwctl_ok(&daemon, &["set", "del", SET, peer]);
     assert!(out.contains(&format!("not in {SET}: {peer}/32")), "{out}");
 
+    // What one `fwctl set add` takes, whole (the process, the socket, the checks, sets.json):
+    // printed, not asserted (machines differ). Then `flush` empties the set of them.
+    let mut took: Vec<Duration> = (1..=20u8)
+        .map(|i| {
+            let t = Instant::now();
+            fwctl_ok(
+                &daemon,
+                &["set", "add", SET, &format!("198.18.0.{i}"), "--for", "1h"],
+            );
+            t.elapsed()
+        })
+        .collect();
+    took.sort();
+    eprintln!(
+        "fwctl set add, 20 runs: median {:?}, min {:?}, max {:?}",
+        took[10], took[0], took[19]
+    );
+    let out = fwctl_ok(&daemon, &["set", "flush", SET]);
+    assert!(out.contains(&format!("{SET}: 0 member(s)")), "{out}");
+    assert!(out.contains("198.18.0.20/32"), "{out}");
+
     // Expiry: a member for 2 s is gone by itself.
     // (The daemon counts whole seconds of the wall clock: between 1 and 2 s.)
     let added = Instant::now();
