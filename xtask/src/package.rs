@@ -14,9 +14,10 @@
 //! `on_stop = "keep"` does not leave a firewall enforcing with no package behind it.
 //!
 //! `--check` proves the package in a Debian root made from Debian's own packages
-//! (debootstrap, bookworm, cached under `target/package/`): `apt-get install ./the.deb`, the
-//! installed programs run, `fwctl check` accepts the installed rules, `apt-get purge` leaves
-//! nothing behind; then lintian judges the archive.
+//! (debootstrap, bookworm, cached under `target/package/`): `apt-get install ./the.deb`,
+//! `fwctl check` accepts the installed rules, the installed daemon runs from the root with them
+//! (on the veth of a namespace it makes, `sandbox.rs`) and the installed fwctl reaches it,
+//! `apt-get purge` leaves nothing behind; then lintian judges the archive.
 
 use std::{
     path::{Path, PathBuf},
@@ -208,6 +209,134 @@ fn md5sums(stage: &Path) -> anyhow::Result<String> {
     Ok(out)
 }
 
+/// Bind mounts into the Debian root, undone (lazily, last first) when dropped.
+#[derive(Default)]
+struct Binds(Vec<PathBuf>);
+
+impl Binds {
+    /// Makes `from` visible at the same path inside `root`.
+    fn bind(&mut self, root: &Path, from: &Path) -> anyhow::Result<()> {
+        let to = root.join(from.strip_prefix("/")?);
+        std::fs::create_dir_all(&to)?;
+        output(Command::new("mount").arg("--bind").arg(from).arg(&to))?;
+        self.0.push(to);
+        Ok(())
+    }
+}
+
+impl Drop for Binds {
+    fn drop(&mut self) {
+        for p in self.0.iter().rev() {
+            let _ = Command::new("umount").arg("-l").arg(p).status();
+        }
+    }
+}
+
+/// The daemon this check started, stopped (SIGTERM, then SIGKILL) when dropped, by its PID.
+struct Running(std::process::Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        // SAFETY: kill on the PID of a child this process started and has not reaped.
+        unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
+        for _ in 0..100 {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The installed daemon run from the Debian root, with the installed rules, as the unit runs
+/// it but protecting the veth of a namespace made for it (`sandbox.rs`), its outbound hooks on
+/// a cgroup made for it and its pins in a private bpffs: it must say it is ready, and the
+/// installed fwctl must reach it. (systemd cannot run here, so `systemctl enable --now` is
+/// not what runs it.)
+fn run_installed(
+    root: &Path,
+    inside: &dyn Fn(&[&str]) -> anyhow::Result<String>,
+) -> anyhow::Result<()> {
+    use std::io::BufRead as _;
+    let sandbox = crate::sandbox::Sandbox::create(&std::path::absolute(out_dir())?.join("run"))?;
+    let mut binds = Binds::default();
+    // Only what the daemon reads: not the whole of /sys (its cgroup and bpf mounts would come
+    // with it, and unmounting them from the root must never reach the host's).
+    binds.bind(root, Path::new("/proc"))?;
+    // BTF for the offsets of rules about programs; the possible CPUs for per-CPU maps.
+    for dir in ["/sys/kernel/btf", "/sys/devices/system/cpu"] {
+        if Path::new(dir).is_dir() {
+            binds.bind(root, Path::new(dir))?;
+        }
+    }
+    binds.bind(root, &sandbox.bpffs)?;
+    binds.bind(root, sandbox.cgroup.path())?;
+    std::fs::create_dir_all(root.join("run/firewall"))?;
+    let pin_dir = sandbox.bpffs.join("firewall");
+    let mut child = Command::new("nsenter")
+        .arg(format!("--net=/run/netns/{}", crate::sandbox::PROTECTED))
+        .arg("--")
+        .arg("chroot")
+        .arg(root)
+        .args([
+            "/usr/sbin/firewall-daemon",
+            "--config",
+            "/etc/firewall/rules.toml",
+            "--interface",
+            crate::sandbox::PROTECTED_IF,
+            "--xdp-mode",
+            "generic",
+        ])
+        .arg("--pin-dir")
+        .arg(&pin_dir)
+        .arg("--cgroup")
+        .arg(sandbox.cgroup.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .context("starting the installed daemon")?;
+    let stdout = child.stdout.take().context("stdout")?;
+    let stderr = child.stderr.take().context("stderr")?;
+    let running = Running(child);
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if line.starts_with("firewall-daemon: ready") {
+                let _ = tx.send(line);
+            }
+        }
+    });
+    let log = std::thread::spawn(move || {
+        let mut all = String::new();
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            all.push_str(&line);
+            all.push('\n');
+        }
+        all
+    });
+    let ready = rx.recv_timeout(std::time::Duration::from_secs(120));
+    let status = ready.as_ref().ok().map(|_| inside(&["fwctl", "status"]));
+    drop(running);
+    let log = log.join().unwrap_or_default();
+    let ready = ready.map_err(|_| anyhow::anyhow!("the installed daemon did not start:\n{log}"))?;
+    let status = status.context("fwctl status")??;
+    if !status.contains(crate::sandbox::PROTECTED_IF) {
+        bail!("the installed fwctl's status does not show the protected interface:\n{status}");
+    }
+    eprintln!("xtask package: the installed daemon ran in the root: {ready}");
+    drop(binds);
+    drop(sandbox);
+    Ok(())
+}
+
 fn collect(root: &Path, dir: &Path, out: &mut Vec<PathBuf>) -> anyhow::Result<()> {
     for entry in std::fs::read_dir(dir)? {
         let p = entry?.path();
@@ -277,6 +406,7 @@ fn check(deb: &Path) -> anyhow::Result<()> {
         "xtask package: fwctl check in the root: {}",
         checked.lines().last().unwrap_or("")
     );
+    run_installed(&root, &inside)?;
     // An administrator's edit survives a reinstall: the conffile is not replaced.
     std::fs::write(
         root.join("etc/firewall/rules.toml"),
@@ -409,6 +539,8 @@ const POSTRM: &str = "#!/bin/sh
 set -e
 if [ \"$1\" = \"purge\" ]; then
     rm -f /etc/firewall/rules.toml~
+    # [daemon] state_dir: the members of runtime sets.
+    rm -rf /var/lib/firewall
     rmdir --ignore-fail-on-non-empty /etc/firewall 2>/dev/null || true
     if command -v deb-systemd-helper >/dev/null; then
         deb-systemd-helper purge firewall-daemon.service >/dev/null || true

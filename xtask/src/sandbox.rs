@@ -13,7 +13,9 @@ use anyhow::{Context as _, bail};
 
 use crate::{cgroup::DaemonCgroup, target_bin, workspace_root};
 
-const PROTECTED: &str = "fw-sandbox";
+pub(crate) const PROTECTED: &str = "fw-sandbox";
+/// The protected end of the veth, in [`PROTECTED`].
+pub(crate) const PROTECTED_IF: &str = "fw0";
 const PEER: &str = "fw-sandbox-peer";
 /// The two ends' addresses: documentation ranges (RFC 5737, RFC 3849), outside the private
 /// networks the example rules' `@lan` holds, so the peer is a stranger to the rules, as a
@@ -23,10 +25,10 @@ const PROTECTED_V6: &str = "2001:db8:99::2";
 const PEER_V4: &str = "192.0.2.1";
 const PEER_V6: &str = "2001:db8:99::1";
 
-struct Sandbox {
-    bpffs: PathBuf,
+pub(crate) struct Sandbox {
+    pub(crate) bpffs: PathBuf,
     /// The daemon's `--cgroup`; removed after the namespaces (the daemon is gone by then).
-    cgroup: DaemonCgroup,
+    pub(crate) cgroup: DaemonCgroup,
 }
 
 fn ip(args: &[&str]) -> anyhow::Result<()> {
@@ -47,7 +49,7 @@ fn in_ns(ns: &str, args: &[&str]) -> anyhow::Result<()> {
 }
 
 impl Sandbox {
-    fn create(dir: &std::path::Path) -> anyhow::Result<Self> {
+    pub(crate) fn create(dir: &std::path::Path) -> anyhow::Result<Self> {
         // Leftovers of an interrupted earlier run.
         let _ = Command::new("ip")
             .args(["netns", "del", PROTECTED])
