@@ -53,12 +53,8 @@ pub(super) fn trusted_socket_dir(path: &Path) -> anyhow::Result<()> {
         .filter(|d| !d.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
     let meta = std::fs::metadata(dir).with_context(|| format!("checking {}", dir.display()))?;
-    let euid = nix::unistd::geteuid().as_raw();
     let mode = meta.mode() & 0o7777;
-    if (meta.uid() != 0 && meta.uid() != euid)
-        || mode & 0o002 != 0
-        || (mode & 0o020 != 0 && meta.gid() != 0)
-    {
+    if rules::config::untrusted(&meta).is_some() {
         bail!(
             "{} is in {}, which others may write (owner uid {}, mode {mode:04o}): the socket \
              could be swapped for a link there; use a directory only root writes, such as \

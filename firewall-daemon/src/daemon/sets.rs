@@ -160,6 +160,16 @@ impl RuntimeSets {
             .mode(0o755)
             .create(state_dir)
             .with_context(|| format!("creating {}", state_dir.display()))?;
+        // Others able to write there could swap the file for a link between the write and the
+        // rename, or take it away: the members are kept only where root alone writes.
+        let meta = std::fs::metadata(state_dir)?;
+        if rules::config::untrusted(&meta).is_some() {
+            bail!(
+                "{} may be written by others than root; keeping runtime sets' members there is \
+                 refused (chmod go-w it, or set [daemon] state_dir)",
+                state_dir.display()
+            );
+        }
         let text = serde_json::to_vec_pretty(self)?;
         crate::replace::replace(&Self::path(state_dir), &text, 0o600, None)
             .with_context(|| format!("writing {}", Self::path(state_dir).display()))
@@ -673,5 +683,17 @@ mod tests {
         assert!(dir.path().join(FILE).exists());
         RuntimeSets::set_aside(dir.path());
         assert!(dir.path().join("sets.json.bad").exists() && !dir.path().join(FILE).exists());
+    }
+
+    #[test]
+    fn members_are_not_kept_where_others_may_write() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let open = dir.path().join("open");
+        std::fs::create_dir(&open).unwrap();
+        std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o1777)).unwrap();
+        let e = RuntimeSets::default().save(&open).unwrap_err().to_string();
+        assert!(e.contains("may be written by others"), "{e}");
+        assert!(!open.join(FILE).exists());
     }
 }

@@ -219,27 +219,21 @@ fn expand(base: &Path, pattern: &str) -> Result<Vec<PathBuf>, String> {
 /// A directory whose files may become rules: owned by root (or the reader), not writable by
 /// others nor by a group other than root's.
 fn trusted_dir(dir: &Path) -> Result<(), String> {
-    use std::os::unix::fs::MetadataExt as _;
     let meta = std::fs::metadata(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     if !meta.is_dir() {
         return Err(format!("{} is not a directory", dir.display()));
     }
-    let euid = nix::unistd::geteuid().as_raw();
-    if meta.uid() != 0 && meta.uid() != euid {
-        return Err(format!(
-            "{} is owned by uid {}, not by root: whoever owns it could add rules",
-            dir.display(),
-            meta.uid()
-        ));
-    }
-    let mode = meta.mode() & 0o7777;
-    if mode & 0o002 != 0 || (mode & 0o020 != 0 && meta.gid() != 0) {
-        return Err(format!(
+    match super::untrusted(&meta) {
+        Some(super::Untrusted::Owner(uid)) => Err(format!(
+            "{} is owned by uid {uid}, not by root: whoever owns it could add rules",
+            dir.display()
+        )),
+        Some(super::Untrusted::Writable { mode, .. }) => Err(format!(
             "{} is writable by others (mode {mode:04o}): they could add rules; `chmod go-w` it",
             dir.display()
-        ));
+        )),
+        None => Ok(()),
     }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -100,6 +100,37 @@ pub fn load(path: &Path) -> Result<Ruleset, ConfigError> {
     parse(&text, path)
 }
 
+/// Why a file or directory could be changed by someone other than root (or the user this
+/// process runs as): the one definition of "trusted" behind every file and directory the
+/// firewall reads or puts a socket in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Untrusted {
+    /// Owned by this uid, neither root nor this process's user.
+    Owner(u32),
+    /// Writable by everyone (`group` is `None`) or by this group other than root's.
+    Writable { mode: u32, group: Option<u32> },
+}
+
+/// [`Untrusted`] for `meta`, or `None` when only root (or this process's user) can change it.
+pub fn untrusted(meta: &fs::Metadata) -> Option<Untrusted> {
+    use std::os::unix::fs::MetadataExt as _;
+    let euid = nix::unistd::geteuid().as_raw();
+    if meta.uid() != 0 && meta.uid() != euid {
+        return Some(Untrusted::Owner(meta.uid()));
+    }
+    let mode = meta.mode() & 0o7777;
+    if mode & 0o002 != 0 {
+        return Some(Untrusted::Writable { mode, group: None });
+    }
+    if mode & 0o020 != 0 && meta.gid() != 0 {
+        return Some(Untrusted::Writable {
+            mode,
+            group: Some(meta.gid()),
+        });
+    }
+    None
+}
+
 /// Reads a file that decides what the firewall does (the rules file, a set file), refusing one
 /// that could hang or exhaust the reader, or that someone other than root could have written:
 /// it must be a regular file (a FIFO would block the daemon forever, a device like /dev/zero
@@ -109,7 +140,7 @@ pub fn load(path: &Path) -> Result<Ruleset, ConfigError> {
 pub fn read_trusted(path: &Path) -> io::Result<String> {
     use std::{
         io::Read as _,
-        os::unix::fs::{FileTypeExt as _, MetadataExt as _, OpenOptionsExt as _},
+        os::unix::fs::{FileTypeExt as _, OpenOptionsExt as _},
     };
     // O_NONBLOCK: opening a FIFO for reading blocks until a writer comes, and the type is
     // only known once it is open.
@@ -141,28 +172,28 @@ pub fn read_trusted(path: &Path) -> io::Result<String> {
             MAX_FILE_BYTES >> 20
         ));
     }
-    let euid = nix::unistd::geteuid().as_raw();
-    if meta.uid() != 0 && meta.uid() != euid {
-        return refuse(format!(
-            "owned by uid {}, not by root{}: whoever owns it could change the firewall",
-            meta.uid(),
-            if euid == 0 {
-                String::new()
-            } else {
-                format!(" or uid {euid}")
-            }
-        ));
-    }
-    let mode = meta.mode() & 0o7777;
-    if mode & 0o002 != 0 || (mode & 0o020 != 0 && meta.gid() != 0) {
-        return refuse(format!(
-            "writable by {} (mode {mode:04o}): they could change the firewall; `chmod go-w` it",
-            if mode & 0o002 != 0 {
-                "everyone".to_string()
-            } else {
-                format!("the group gid {}", meta.gid())
-            }
-        ));
+    match untrusted(&meta) {
+        Some(Untrusted::Owner(uid)) => {
+            let euid = nix::unistd::geteuid().as_raw();
+            return refuse(format!(
+                "owned by uid {uid}, not by root{}: whoever owns it could change the firewall",
+                if euid == 0 {
+                    String::new()
+                } else {
+                    format!(" or uid {euid}")
+                }
+            ));
+        }
+        Some(Untrusted::Writable { mode, group }) => {
+            return refuse(format!(
+                "writable by {} (mode {mode:04o}): they could change the firewall; `chmod go-w` it",
+                match group {
+                    None => "everyone".to_string(),
+                    Some(gid) => format!("the group gid {gid}"),
+                }
+            ));
+        }
+        None => {}
     }
     let mut text = String::new();
     file.take(MAX_FILE_BYTES + 1).read_to_string(&mut text)?;
