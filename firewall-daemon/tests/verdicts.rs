@@ -2126,6 +2126,46 @@ impl GenPacket {
     }
 }
 
+impl Fw {
+    /// The compiled tables and the kernel reach the oracle's decision for `p`, with the XDP
+    /// action and the counters that go with it; `context` (the rules) goes into failures.
+    fn agree_on(&mut self, p: &GenPacket, context: &str) -> Result<(), TestCaseError> {
+        let spec = p.spec();
+        let m = spec.meta();
+        let oracle = self.oracle(&m);
+        prop_assert_eq!(
+            self.lookup(&m),
+            oracle,
+            "Compiled::lookup for {:?}\n{}",
+            m,
+            context
+        );
+        let run = self.run(&spec.frame());
+        prop_assert_eq!(
+            run.kernel_decision(),
+            oracle,
+            "kernel for {:?}\n{}",
+            m,
+            context
+        );
+        prop_assert_eq!(
+            run.action,
+            expected_xdp(oracle.action, m.proto),
+            "XDP action for {:?}\n{}",
+            m,
+            context
+        );
+        prop_assert_eq!(
+            run.moved(),
+            expected_counters(oracle, m.proto),
+            "counters for {:?}\n{}",
+            m,
+            context
+        );
+        Ok(())
+    }
+}
+
 fn gen_packet() -> impl Strategy<Value = GenPacket> {
     let v4 = (0u8..4, 0u8..4, 0u8..4).prop_map(|(a, b, c)| IpAddr::from([10, a, b, c]));
     let v6 = (0u16..4, 0u16..4, 0u16..4)
@@ -2259,38 +2299,7 @@ fn random_rule_sets_kernel_agrees_with_the_oracle() {
         let text = render(&rules, default_action);
         let mut fw = Fw::load(&fs, &text);
         for p in &packets {
-            let spec = p.spec();
-            let m = spec.meta();
-            let oracle = fw.oracle(&m);
-            prop_assert_eq!(
-                fw.lookup(&m),
-                oracle,
-                "Compiled::lookup for {:?}\n{}",
-                m,
-                text
-            );
-            let run = fw.run(&spec.frame());
-            prop_assert_eq!(
-                run.kernel_decision(),
-                oracle,
-                "kernel for {:?}\n{}",
-                m,
-                text
-            );
-            prop_assert_eq!(
-                run.action,
-                expected_xdp(oracle.action, m.proto),
-                "XDP action for {:?}\n{}",
-                m,
-                text
-            );
-            prop_assert_eq!(
-                run.moved(),
-                expected_counters(oracle, m.proto),
-                "counters for {:?}\n{}",
-                m,
-                text
-            );
+            fw.agree_on(p, &text)?;
         }
         Ok(())
     });
@@ -2371,28 +2380,7 @@ fn runtime_set_members_written_in_place_agree_with_the_oracle_in_the_kernel() {
             }
             fw.ruleset = base.with_members(&now);
             for p in &packets {
-                let spec = p.spec();
-                let m = spec.meta();
-                let oracle = fw.oracle(&m);
-                prop_assert_eq!(
-                    fw.lookup(&m),
-                    oracle,
-                    "lookup, {} {:?}\n{}{:?}",
-                    phase,
-                    m,
-                    text,
-                    now
-                );
-                let run = fw.run(&spec.frame());
-                prop_assert_eq!(
-                    run.kernel_decision(),
-                    oracle,
-                    "kernel, {} {:?}\n{}{:?}",
-                    phase,
-                    m,
-                    text,
-                    now
-                );
+                fw.agree_on(p, &format!("{phase}, members {now:?}\n{text}"))?;
             }
         }
         Ok(())

@@ -37,13 +37,8 @@ impl Compiled {
     }
 
     /// The non-zero words of `EXACT4_FILTER`: which /16 networks hold /32 entries.
-    pub fn exact4_filter(&self) -> std::collections::BTreeMap<u32, u32> {
-        let mut words = std::collections::BTreeMap::new();
-        for (n, _) in self.exact4() {
-            let (word, bit) = firewall_common::exact4_filter_slot(n.addr().octets());
-            *words.entry(word).or_insert(0) |= bit;
-        }
-        words
+    pub fn exact4_filter(&self) -> BTreeMap<u32, u32> {
+        filter_words(self.exact4().map(|(n, _)| n))
     }
 
     /// The `ADDR_TABLES` load-time constant: a bit for each address table with entries.
@@ -59,6 +54,16 @@ impl Compiled {
             | bit(self.exact6().next().is_some(), ADDR_EXACT6)
             | bit(self.prefixes6().next().is_some(), ADDR_PREFIX6)
     }
+}
+
+/// The non-zero `EXACT4_FILTER` words for these /32 networks.
+pub(super) fn filter_words<'a>(nets: impl Iterator<Item = &'a Ipv4Net>) -> BTreeMap<u32, u32> {
+    let mut words = BTreeMap::new();
+    for n in nets {
+        let (word, bit) = firewall_common::exact4_filter_slot(n.addr().octets());
+        *words.entry(word).or_insert(0) |= bit;
+    }
+    words
 }
 
 /// Per-prefix accumulation of what the rules naming that prefix (not its ancestors) say.

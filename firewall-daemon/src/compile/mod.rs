@@ -157,6 +157,13 @@ struct Classes {
     sets: Vec<Vec<u32>>,
 }
 
+/// Short: a rule set's classes number in the hundreds of thousands.
+impl std::fmt::Debug for Classes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} classes", self.sets.len())
+    }
+}
+
 impl Classes {
     fn intern(&mut self, set: Vec<u32>) -> u32 {
         if set.is_empty() {

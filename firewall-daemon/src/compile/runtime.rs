@@ -96,7 +96,7 @@ pub struct Runtime {
     /// The members in the tables now, with the sets each is in.
     members: BTreeMap<IpNet, BTreeSet<String>>,
     classes: Classes,
-    /// Classes whose pairs the compiler or an update computed (ids below are known).
+    /// Per rule naming both an address and ports: the port classes it is in.
     port_classes_of: HashMap<u32, Vec<u32>>,
     /// Verdict word of each rule this direction compiles, by rule index.
     words: Vec<u32>,
@@ -106,12 +106,6 @@ pub struct Runtime {
     filter: BTreeMap<u32, u32>,
     used: [usize; 5],
     room: [usize; 5],
-}
-
-impl std::fmt::Debug for Classes {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} classes", self.sets.len())
-    }
 }
 
 impl Runtime {
@@ -134,16 +128,13 @@ impl Runtime {
             }
         }
         let mut used = [0; 5];
-        let mut filter = BTreeMap::new();
         for net in kept.own.keys() {
             used[Table::of(net) as usize] += 1;
-            if let IpNet::V4(n) = net
-                && n.prefix_len() == 32
-            {
-                let (w, bit) = firewall_common::exact4_filter_slot(n.addr().octets());
-                *filter.entry(w).or_insert(0) |= bit;
-            }
         }
+        let filter = super::addrs::filter_words(kept.own.keys().filter_map(|n| match n {
+            IpNet::V4(n) if n.prefix_len() == 32 => Some(n),
+            _ => None,
+        }));
         used[Table::Pairs as usize] = pairs.len();
         let mut rt = Self {
             own: kept.own,
@@ -329,17 +320,6 @@ impl Runtime {
         }
         self.classes.intern(set);
         Ok(id)
-    }
-
-    /// The members this direction holds now, by set.
-    pub fn members(&self) -> Members {
-        let mut out = Members::new();
-        for (net, sets) in &self.members {
-            for s in sets {
-                out.entry(s.clone()).or_default().push(*net);
-            }
-        }
-        out
     }
 }
 

@@ -402,9 +402,7 @@ mod tests {
     async fn a_unix_endpoint_is_refused_in_a_directory_others_may_write() {
         use std::os::unix::fs::PermissionsExt as _;
         let dir = tempfile::tempdir().expect("tempdir");
-        let open = dir.path().join("open");
-        std::fs::create_dir(&open).expect("mkdir");
-        std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o1777)).expect("chmod");
+        let open = super::super::dir_others_may_write(dir.path());
         let listen = rules::model::MetricsListen::Unix(open.join("metrics.sock"));
         let err = Endpoint::bind(&listen, None)
             .err()

@@ -326,6 +326,17 @@ fn notify(states: &[NotifyState]) {
     }
 }
 
+/// A directory inside `parent` that everyone may write, like `/tmp` (for tests of what the
+/// daemon refuses to put there).
+#[cfg(test)]
+fn dir_others_may_write(parent: &std::path::Path) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt as _;
+    let open = parent.join("open");
+    std::fs::create_dir(&open).expect("mkdir");
+    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o1777)).expect("chmod");
+    open
+}
+
 /// Removes the daemon's pins (and so detaches the firewall) when dropped, if armed: on a failed
 /// fresh start, and on SIGTERM/SIGINT with `on_stop = "detach"`. A daemon that dies without
 /// running this (a crash, SIGKILL), or stops with `on_stop = "keep"`, leaves the links pinned

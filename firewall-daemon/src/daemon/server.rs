@@ -307,16 +307,12 @@ impl State {
 
 #[cfg(test)]
 mod tests {
-    use std::os::unix::fs::PermissionsExt as _;
-
     /// Like `/tmp`: the control socket's group and mode are set by path after binding, and
     /// there the path could be swapped for a link to another file in between.
     #[tokio::test]
     async fn the_control_socket_is_refused_in_a_directory_others_may_write() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let open = dir.path().join("open");
-        std::fs::create_dir(&open).expect("mkdir");
-        std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o1777)).expect("chmod");
+        let open = super::super::dir_others_may_write(dir.path());
         let err = super::bind_control_socket(&open.join("control.sock"), None)
             .expect_err("refused")
             .to_string();

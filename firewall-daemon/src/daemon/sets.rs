@@ -19,7 +19,7 @@
 //!   over SSH, that the caller could still log in; `--force` overrides both.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     path::{Path, PathBuf},
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
@@ -72,14 +72,15 @@ fn canonical(net: IpNet) -> IpNet {
     net
 }
 
-/// A member as a client wrote it: an address or a network without host bits.
+/// The members a client wrote, each once.
+fn parse_members(members: &[String]) -> anyhow::Result<BTreeSet<IpNet>> {
+    members.iter().map(|m| parse_member(m)).collect()
+}
+
+/// A member as a client wrote it: an address or a network (read as rules.toml reads them),
+/// without host bits.
 pub(super) fn parse_member(text: &str) -> anyhow::Result<IpNet> {
-    let net: IpNet = match text.parse::<std::net::IpAddr>() {
-        Ok(a) => IpNet::from(a),
-        Err(_) => text.parse().map_err(|_| {
-            anyhow!("{text:?} is not an address or a network (198.51.100.7, 2001:db8::/64)")
-        })?,
-    };
+    let net = rules::config::parse_net(text).map_err(|e| anyhow!("{e}"))?;
     if net.trunc() != net {
         bail!(
             "{text:?} has host bits set: write the network ({}) or the address ({})",
@@ -175,6 +176,18 @@ impl RuntimeSets {
             .with_context(|| format!("writing {}", Self::path(state_dir).display()))
     }
 
+    /// These members but `nets` of `set`.
+    fn without(&self, set: &str, nets: &[IpNet]) -> Self {
+        let mut after = self.clone();
+        if let Some(m) = after.sets.get_mut(set) {
+            for n in nets {
+                m.remove(n);
+            }
+        }
+        after.touch();
+        after
+    }
+
     pub(super) fn count(&self) -> usize {
         self.sets.values().map(BTreeMap::len).sum()
     }
@@ -232,7 +245,7 @@ fn left(expires: Option<u64>, now: u64) -> Option<u64> {
     expires.map(|e| e.saturating_sub(now))
 }
 
-/// One member added or removed.
+/// What a change does to its members.
 #[derive(Clone, Copy, Debug)]
 enum Op {
     Add,
@@ -299,19 +312,11 @@ impl State {
         // Longer is taken as ten years: fail2ban's growing bantimes (bantime.increment) pass
         // twenty years for a persistent attacker, whom a refusal would leave unbanned.
         let for_secs = for_secs.map(|s| s.min(MAX_FOR_SECS));
-        let nets = members
-            .iter()
-            .map(|m| parse_member(m))
-            .collect::<anyhow::Result<Vec<_>>>()?;
+        let nets = parse_members(members)?;
         let expires = for_secs.map(|s| now_secs().saturating_add(s));
-        let current = self.sets.sets.get(set).cloned().unwrap_or_default();
-        let new: Vec<IpNet> = nets
+        let (updated, new): (Vec<IpNet>, Vec<IpNet>) = nets
             .iter()
-            .copied()
-            .filter(|n| !current.contains_key(n))
-            .collect::<std::collections::BTreeSet<_>>()
-            .into_iter()
-            .collect();
+            .partition(|n| self.sets.sets.get(set).is_some_and(|m| m.contains_key(n)));
         if self.sets.count() + new.len() > MAX_MEMBERS {
             bail!(
                 "runtime sets hold {} members; {} more would pass the limit of {MAX_MEMBERS}",
@@ -356,19 +361,12 @@ impl State {
                 bail!("{msg}\nnothing was changed (--force adds them anyway)");
             }
         }
-        let ops: Vec<(Op, IpNet)> = new.iter().map(|n| (Op::Add, *n)).collect();
-        let before = std::mem::replace(&mut self.sets, after);
-        let regenerated = self.write_members(set, &ops, before)?;
+        let regenerated = self.change_members(set, Op::Add, &new, after)?;
         let ended = if new.is_empty() {
             Vec::new()
         } else {
             self.end_denied_flows(&new)
         };
-        let updated: Vec<String> = nets
-            .iter()
-            .filter(|n| current.contains_key(n))
-            .map(ToString::to_string)
-            .collect();
         info!(
             set = set;
             "set {set}: added {}{}{}",
@@ -379,7 +377,7 @@ impl State {
         Ok(SetData {
             set: set.to_owned(),
             added: new.iter().map(ToString::to_string).collect(),
-            updated,
+            updated: updated.iter().map(ToString::to_string).collect(),
             removed: Vec::new(),
             absent: Vec::new(),
             ended,
@@ -395,26 +393,16 @@ impl State {
         members: Option<&[String]>,
     ) -> anyhow::Result<SetData> {
         self.runtime_set(set)?;
-        let current = self.sets.sets.get(set).cloned().unwrap_or_default();
-        let nets: Vec<IpNet> = match members {
-            Some(m) => m
-                .iter()
-                .map(|m| parse_member(m))
-                .collect::<anyhow::Result<Vec<_>>>()?,
+        let empty = BTreeMap::new();
+        let current = self.sets.sets.get(set).unwrap_or(&empty);
+        let nets = match members {
+            Some(m) => parse_members(m)?,
             None => current.keys().copied().collect(),
         };
         let (present, absent): (Vec<IpNet>, Vec<IpNet>) =
             nets.into_iter().partition(|n| current.contains_key(n));
-        let mut after = self.sets.clone();
-        if let Some(m) = after.sets.get_mut(set) {
-            for n in &present {
-                m.remove(n);
-            }
-        }
-        after.touch();
-        let ops: Vec<(Op, IpNet)> = present.iter().map(|n| (Op::Remove, *n)).collect();
-        let before = std::mem::replace(&mut self.sets, after);
-        let regenerated = self.write_members(set, &ops, before)?;
+        let after = self.sets.without(set, &present);
+        let regenerated = self.change_members(set, Op::Remove, &present, after)?;
         if !present.is_empty() {
             info!(set = set; "set {set}: removed {}", present.iter().map(ToString::to_string).collect::<Vec<_>>().join(", "));
         }
@@ -487,21 +475,13 @@ impl State {
             .filter(|(_, d)| !d.is_empty())
             .collect();
         for (set, nets) in due {
-            let mut after = self.sets.clone();
-            if let Some(m) = after.sets.get_mut(&set) {
-                for n in &nets {
-                    m.remove(n);
-                }
-            }
-            after.touch();
-            let ops: Vec<(Op, IpNet)> = nets.iter().map(|n| (Op::Remove, *n)).collect();
-            let before = std::mem::replace(&mut self.sets, after);
+            let after = self.sets.without(&set, &nets);
             let list = nets
                 .iter()
                 .map(ToString::to_string)
                 .collect::<Vec<_>>()
                 .join(", ");
-            match self.write_members(&set, &ops, before) {
+            match self.change_members(&set, Op::Remove, &nets, after) {
                 Ok(_) => info!(set = set.as_str(); "set {set}: {list} expired"),
                 Err(e) => {
                     error!(
@@ -513,24 +493,27 @@ impl State {
         }
     }
 
-    /// Applies `ops` on `set` (already in `self.sets`) to both directions' tables and keeps
-    /// the members on disk. When the tables have no room, or writing them fails, the rules
-    /// in force are loaded again with the members (a new generation, switched like a reload);
-    /// if that fails too, `before` comes back. Returns whether a new generation was loaded.
-    fn write_members(
+    /// Makes `after` the members, `op` of `nets` on `set` (and at most expiries besides):
+    /// applied to both directions' tables and kept on disk. When the tables have no room, or
+    /// writing them fails, the rules in force are loaded again with the members (a new
+    /// generation, switched like a reload); if that fails too, the members before come back.
+    /// Returns whether a new generation was loaded.
+    fn change_members(
         &mut self,
         set: &str,
-        ops: &[(Op, IpNet)],
-        before: RuntimeSets,
+        op: Op,
+        nets: &[IpNet],
+        after: RuntimeSets,
     ) -> anyhow::Result<bool> {
-        if ops.is_empty() {
+        let before = std::mem::replace(&mut self.sets, after);
+        if nets.is_empty() {
             // An expiry moved, at most.
             self.save_sets();
             return Ok(false);
         }
         let apply = |rt: &mut Runtime| -> Result<Change, NoRoom> {
             let mut all = Change::default();
-            for (op, net) in ops {
+            for net in nets {
                 all.merge(match op {
                     Op::Add => rt.add(set, *net)?,
                     Op::Remove => rt.remove(set, *net)?,
@@ -687,11 +670,8 @@ mod tests {
 
     #[test]
     fn members_are_not_kept_where_others_may_write() {
-        use std::os::unix::fs::PermissionsExt as _;
         let dir = tempfile::tempdir().unwrap();
-        let open = dir.path().join("open");
-        std::fs::create_dir(&open).unwrap();
-        std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o1777)).unwrap();
+        let open = super::super::dir_others_may_write(dir.path());
         let e = RuntimeSets::default().save(&open).unwrap_err().to_string();
         assert!(e.contains("may be written by others"), "{e}");
         assert!(!open.join(FILE).exists());

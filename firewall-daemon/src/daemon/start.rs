@@ -85,8 +85,9 @@ pub(super) fn start(
     }
     let mut compiled = compile::compile(&ruleset, &resolved)?;
     let mut compiled_out = compile::compile_direction(&ruleset, Direction::Out, &resolved)?;
-    compiled.add_members(&sets.members());
-    compiled_out.add_members(&sets.members());
+    let members = sets.members();
+    compiled.add_members(&members);
+    compiled_out.add_members(&members);
     crate::kernel::features::check_required()?;
     // Before touching anything shared (pins, interfaces): a second daemon must not disturb
     // the first, and a file that is not a stale socket stops the start before anything does.

@@ -50,7 +50,7 @@ use toml::{
 };
 
 pub use self::diagnostic::{ConfigError, Diagnostic};
-pub use self::values::positive_duration_secs;
+pub use self::values::{parse_net, positive_duration_secs};
 use self::{
     checker::{Checker, one_of},
     raw::TOP_LEVEL_KEYS,

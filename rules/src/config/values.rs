@@ -257,7 +257,7 @@ pub(super) fn host_bits_warning(text: &str, trunc: IpNet) -> String {
 
 /// A CIDR or a plain address (which becomes a /32 or /128). Host bits are kept: the caller
 /// clears them and warns.
-pub(super) fn parse_net(text: &str) -> Result<IpNet, String> {
+pub fn parse_net(text: &str) -> Result<IpNet, String> {
     parse_net_quoting(text, true)
 }
 
