@@ -159,10 +159,32 @@ pub enum Counter {
     /// Decision log events dropped: the ring buffer was full (the daemon is not reading, or
     /// not fast enough).
     LogRingFull,
+    /// Egress: DNS queries the host sent (UDP to port 53), recorded so their answers are
+    /// read (only while the rules name names).
+    DnsQueries,
+    /// DNS answers read: they answered a recorded query and gave addresses, now recorded
+    /// under the question's name.
+    DnsAnswers,
+    /// UDP from port 53 that answers no query the host sent (forged, late, or a second
+    /// answer): passed or dropped by the rules as any datagram, nothing recorded.
+    DnsUnsolicited,
+    /// DNS answers to a recorded query with nothing to record: an error, truncated (asked
+    /// again over TCP), not class IN, or no A or AAAA record.
+    DnsNoAddress,
+    /// DNS answers to a recorded query that are malformed (a compression pointer that does
+    /// not point back, a name over 255 bytes, a record past the end): nothing recorded.
+    DnsMalformed,
+    /// A query or an answer could not be recorded (a map update failed, or the daemon has
+    /// not set the hash key).
+    DnsRecordFailed,
+    /// Addresses recorded under a name.
+    DnsAddresses,
+    /// Outbound calls whose destination was seen under some name.
+    OutNamed,
 }
 
 impl Counter {
-    pub const COUNT: u32 = Counter::LogRingFull as u32 + 1;
+    pub const COUNT: u32 = Counter::OutNamed as u32 + 1;
 
     pub const ALL: [Counter; Counter::COUNT as usize] = [
         Counter::Packets,
@@ -226,6 +248,14 @@ impl Counter {
         Counter::LogEvents,
         Counter::LogOverBudget,
         Counter::LogRingFull,
+        Counter::DnsQueries,
+        Counter::DnsAnswers,
+        Counter::DnsUnsolicited,
+        Counter::DnsNoAddress,
+        Counter::DnsMalformed,
+        Counter::DnsRecordFailed,
+        Counter::DnsAddresses,
+        Counter::OutNamed,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -291,6 +321,14 @@ impl Counter {
             Counter::LogEvents => "log_events",
             Counter::LogOverBudget => "log_over_budget",
             Counter::LogRingFull => "log_ring_full",
+            Counter::DnsQueries => "dns_queries",
+            Counter::DnsAnswers => "dns_answers",
+            Counter::DnsUnsolicited => "dns_unsolicited",
+            Counter::DnsNoAddress => "dns_no_address",
+            Counter::DnsMalformed => "dns_malformed",
+            Counter::DnsRecordFailed => "dns_record_failed",
+            Counter::DnsAddresses => "dns_addresses",
+            Counter::OutNamed => "out_named",
         }
     }
 }

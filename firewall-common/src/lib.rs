@@ -27,6 +27,7 @@ mod reply;
 
 pub mod ct;
 pub mod diagnostics;
+pub mod dns;
 pub mod generator;
 pub mod identity;
 pub mod maps;
@@ -91,6 +92,14 @@ pub mod globals {
     pub const AYA_LOG_LEVEL: &str = "AYA_LOG_LEVEL";
     /// [`AYA_LOG_LEVEL`] with kernel tracing on: aya-log's `Level::Trace`.
     pub const AYA_LOG_TRACE: u8 = 5;
+    /// Non-zero when the rules name names: DNS queries and answers are read, and outbound
+    /// calls look their destination's names up (`dns`).
+    pub const DNS_NAMES: &str = "DNS_NAMES";
+    /// `[dns] min_ttl`, `max_ttl`, `grace` in seconds: a name recorded from an answer lasts
+    /// its record's TTL clamped to the first two, plus the third.
+    pub const DNS_MIN_TTL: &str = "DNS_MIN_TTL";
+    pub const DNS_MAX_TTL: &str = "DNS_MAX_TTL";
+    pub const DNS_GRACE: &str = "DNS_GRACE";
     /// [`super::generator::GenConfig`]: the benchmark generator's settings (never set by the
     /// daemon).
     pub const GEN_CONFIG: &str = "GEN_CONFIG";

@@ -15,6 +15,10 @@ use crate::{
     LOG_RING_BYTES, LocalAddrKey, OUT_STEALTH_ENTRIES, OutStealthKey, PORT_SLOTS, PROTO_CLASSES,
     PairKey, PortValue, RateBucket, RateKey, SOCK_OWNER_ENTRIES,
     ct::{ConnOwner, CtConfig, CtEntry, CtKey},
+    dns::{
+        DNS_QUERY_ENTRIES, DnsQueryKey, NameKey, RESOLVED_ENTRIES, Resolved, SEEN_NAME_ENTRIES,
+        SeenName,
+    },
     globals,
     identity::{
         self, ExeId, GroupKey, IDENTITY_PROBE_ENTRIES, LISTENER_ENTRIES, Listener, ListenerKey,
@@ -117,6 +121,26 @@ pub const WIDEN: &str = "WIDEN";
 /// Ring buffer of aya-log's trace messages (`firewall-ebpf/src/diagnostics.rs`); its name is
 /// aya-log's.
 pub const AYA_LOGS: &str = "AYA_LOGS";
+/// LRU hash ([`super::dns::DnsQueryKey`]) -> deadline: DNS queries the host sent, awaiting
+/// their answer. Written by the egress program, read and emptied by the XDP program. Pinned.
+pub const DNS_QUERIES: &str = "DNS_QUERIES";
+/// LRU hash, address (IPv4 as `::ffff:a.b.c.d`) -> [`super::dns::Resolved`]: the names each
+/// address was seen under in DNS answers. Written by the XDP program, read by the outbound
+/// hooks and the daemon. Pinned.
+pub const RESOLVED: &str = "RESOLVED";
+/// LRU hash, name key -> [`super::dns::SeenName`]: each name's text and its suffixes' keys.
+/// Pinned.
+pub const SEEN_NAMES: &str = "SEEN_NAMES";
+/// Array with one [`super::dns::NameKey`]: the key of the names' hash, drawn at random by the
+/// first daemon. Pinned.
+pub const NAME_KEY: &str = "NAME_KEY";
+/// Hash, name key -> [`super::AddrValue`]: the rules' names and wildcards (outbound copy).
+pub const NAMES: &str = "NAMES";
+/// Program array with one slot: `firewall_dns`, which the XDP programs tail-call to read a DNS
+/// answer. Set per generation when the rules name names.
+pub const DNS_PROGS: &str = "DNS_PROGS";
+/// Per-CPU room for one DNS answer being read.
+pub const DNS_SCRATCH: &str = "DNS_SCRATCH";
 /// aya-log's ring buffer size (its own constant: 128 KiB).
 pub const AYA_LOGS_BYTES: u32 = 1 << 17;
 /// Hash, tgid -> [`ExeId`]: what the identity probe program observed (tests only).
@@ -155,6 +179,7 @@ pub enum Kind {
 pub enum MapType {
     Hash = 1,
     Array = 2,
+    ProgramArray = 3,
     PerCpuArray = 6,
     LruHash = 9,
     LpmTrie = 11,
@@ -187,6 +212,8 @@ pub enum RuleCount {
     ScopedAddr6,
     /// Port slots over every group.
     ScopedPorts,
+    /// Names and wildcards the rules name.
+    Names,
 }
 
 /// A `[conntrack]` setting that sizes a connection table.
@@ -263,10 +290,10 @@ const fn scratch(name: &'static str, value_size: Option<usize>) -> MapSpec {
 
 /// Every map of the eBPF object.
 #[rustfmt::skip]
-pub const MAPS: [MapSpec; 36] = {
+pub const MAPS: [MapSpec; 43] = {
     use Capacity::{Conntrack, Fixed, Indexed, Rules};
     use Kind::{Diagnostics, Generation, Probe, Shared};
-    use MapType::{Array, Hash, LpmTrie, LruHash, PerCpuArray, RingBuf};
+    use MapType::{Array, Hash, LpmTrie, LruHash, PerCpuArray, ProgramArray, RingBuf};
     [
         // The unscoped classifier (compile.md): one lookup per dimension.
         spec(ADDR4, Generation, LpmTrie, lpm_key::<4>(), size_of::<AddrValue>(), Rules(RuleCount::Addr4)),
@@ -286,6 +313,9 @@ pub const MAPS: [MapSpec; 36] = {
         spec(SCOPED_ADDR6, Generation, LpmTrie, lpm_key::<20>(), size_of::<AddrValue>(), Rules(RuleCount::ScopedAddr6)),
         spec(SCOPED_PORTS, Generation, Hash, size_of::<ScopedSlot>(), size_of::<PortValue>(), Rules(RuleCount::ScopedPorts)),
         spec(SCOPED_PROTO, Generation, Hash, 4, 4 * PROTO_CLASSES, Rules(RuleCount::Groups)),
+        // Names (`dns`).
+        spec(NAMES, Generation, Hash, 8, size_of::<AddrValue>(), Rules(RuleCount::Names)),
+        spec(DNS_PROGS, Generation, ProgramArray, 4, 4, Indexed(1)),
         // State that outlives a generation.
         spec(COUNTERS, Shared, PerCpuArray, 4, 8, Indexed(Counter::COUNT)),
         spec(REJECT_RATE, Shared, LruHash, size_of::<RateKey>(), size_of::<RateBucket>(), Fixed(REJECT_RATE_ENTRIES)),
@@ -300,6 +330,10 @@ pub const MAPS: [MapSpec; 36] = {
         spec(LISTENERS, Shared, Hash, size_of::<ListenerKey>(), size_of::<Listener>(), Fixed(LISTENER_ENTRIES)),
         spec(LISTENER_OF, Shared, Hash, 8, size_of::<ListenerKey>(), Fixed(LISTENER_ENTRIES)),
         spec(SOCK_OWNER, Shared, LruHash, 8, size_of::<ConnOwner>(), Fixed(SOCK_OWNER_ENTRIES)),
+        spec(DNS_QUERIES, Shared, LruHash, size_of::<DnsQueryKey>(), 8, Fixed(DNS_QUERY_ENTRIES)),
+        spec(RESOLVED, Shared, LruHash, 16, size_of::<Resolved>(), Fixed(RESOLVED_ENTRIES)),
+        spec(SEEN_NAMES, Shared, LruHash, 8, size_of::<SeenName>(), Fixed(SEEN_NAME_ENTRIES)),
+        spec(NAME_KEY, Shared, Array, 4, size_of::<NameKey>(), Indexed(1)),
         // The decision log: a ring buffer has no key or value, its entries are its bytes.
         spec(LOG_RING, Shared, RingBuf, 0, 0, Fixed(LOG_RING_BYTES)),
         spec(LOG_BUDGET, Shared, PerCpuArray, 4, size_of::<RateBucket>(), Indexed(1)),
@@ -307,6 +341,7 @@ pub const MAPS: [MapSpec; 36] = {
         scratch(CT_SCRATCH, None),
         scratch(SCRATCH, None),
         scratch(WIDEN, Some(8)),
+        scratch(DNS_SCRATCH, None),
         // Trace messages, while kernel tracing is on (see [`Kind::Diagnostics`]).
         spec(AYA_LOGS, Diagnostics, RingBuf, 0, 0, Fixed(AYA_LOGS_BYTES)),
         // Tests only (see [`Kind::Probe`]).
@@ -341,7 +376,7 @@ const fn global(name: &'static str, size: usize) -> GlobalSpec {
 /// Every load-time constant of the eBPF object. The rule set's are set for each generation
 /// from the compiled rules and `[defaults]`/`[reject]`/`[conntrack]`; the structure offsets
 /// ([`identity::globals`]) from the running kernel's BTF.
-pub const GLOBALS: [GlobalSpec; 25] = [
+pub const GLOBALS: [GlobalSpec; 29] = [
     global(globals::DEFAULT_INBOUND, 4),
     global(globals::DEFAULT_OUTBOUND, 4),
     global(globals::FRAGMENTS, 4),
@@ -359,6 +394,10 @@ pub const GLOBALS: [GlobalSpec; 25] = [
     global(globals::LOG_RATE, 4),
     global(globals::LOG_BURST, 4),
     global(globals::GENERATION, 4),
+    global(globals::DNS_NAMES, 4),
+    global(globals::DNS_MIN_TTL, 4),
+    global(globals::DNS_MAX_TTL, 4),
+    global(globals::DNS_GRACE, 4),
     // aya-log's level (`diagnostics`): 0 (no message) unless kernel tracing is on.
     global(globals::AYA_LOG_LEVEL, 1),
     global(identity::globals::OFF_TASK_MM, 4),

@@ -9,6 +9,9 @@
 pub const XDP_PROGRAM: &str = "firewall_xdp";
 /// The same for devices without a link-layer header, whose frames start at the IP header.
 pub const XDP_L3_PROGRAM: &str = "firewall_xdp_l3";
+/// The reader of DNS answers, tail-called by the XDP programs through
+/// [`crate::maps::DNS_PROGS`] (`firewall-ebpf/src/dns.rs`); never attached.
+pub const DNS_PROGRAM: &str = "firewall_dns";
 /// Name of a program that only returns `XDP_PASS` (veth peers in tests, the benchmark floor).
 pub const XDP_PASS_PROGRAM: &str = "xdp_pass";
 /// The benchmark's reference blocklist: one hash lookup of the IPv4 source, drop on a hit

@@ -187,6 +187,16 @@ fn exact4_may_hold(a: &[u8; 4]) -> bool {
     matches!(EXACT4_FILTER.get(word), Some(w) if *w & bit != 0)
 }
 
+/// The port class of `port` for the protocol class `proto` ([`NO_MATCH`] if none): what a
+/// name's entry is paired with (`dns.rs`).
+#[inline(always)]
+pub(crate) fn port_class(proto: u32, port: u16) -> u32 {
+    match PORTS.get(port_slot(proto & 3, port)) {
+        Some(v) => v.class(),
+        None => NO_MATCH,
+    }
+}
+
 /// The `PAIRS` entry of an address class and a port class (unscoped and group classes share
 /// the map: their ids never collide), or `NO_MATCH`.
 #[inline(always)]

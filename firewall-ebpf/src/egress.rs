@@ -9,7 +9,7 @@ use aya_ebpf::{
 };
 use firewall_common::Counter;
 
-use crate::{clock, conntrack, counters::count, outbound, parse::Parsed};
+use crate::{clock, conntrack, counters::count, dns, outbound, parse::Parsed};
 
 /// Headers of locally built packets are normally in the linear area; pulls them if not.
 #[inline(always)]
@@ -31,6 +31,7 @@ pub(crate) fn egress(ctx: &TcContext, parsed: Result<Parsed, Counter>) -> i32 {
         }
         let now = clock::now();
         conntrack::outbound(ctx, &pkt, len as u64, now);
+        dns::query_leaves(ctx, &pkt, now);
     }
     TC_ACT_OK
 }

@@ -24,7 +24,7 @@ use crate::{
     classifier::{self, count_rule_hit, min},
     clock, conntrack,
     counters::count,
-    decision_log, diagnostics,
+    decision_log, diagnostics, dns,
     parse::{L2, Packet, Parsed},
     reply, selector,
 };
@@ -64,6 +64,7 @@ pub(crate) fn inbound(ctx: &XdpContext, parsed: Result<Parsed, Counter>) -> u32 
             let (word, why) = match seen {
                 conntrack::Inbound::Tracked => {
                     count(Counter::PassTracked);
+                    dns::answer_arrives(ctx, &pkt, now);
                     return XDP_PASS;
                 }
                 conntrack::Inbound::Related => {
@@ -85,7 +86,11 @@ pub(crate) fn inbound(ctx: &XdpContext, parsed: Result<Parsed, Counter>) -> u32 
                 conntrack::Inbound::Unknown => judge(ctx, &pkt, now),
             };
             decision_log::inbound(ctx, &pkt, word, why, now);
-            act(ctx, &pkt, word)
+            let action = act(ctx, &pkt, word);
+            if verdict_action(word) == ACTION_ALLOW {
+                dns::answer_arrives(ctx, &pkt, now);
+            }
+            action
         }
         Err(reason) => {
             if diagnostics::on() {

@@ -44,6 +44,7 @@ mod counters;
 mod csum;
 mod decision_log;
 mod diagnostics;
+mod dns;
 mod egress;
 mod generator;
 mod identity;
@@ -113,6 +114,14 @@ pub fn firewall_egress_l3(ctx: TcContext) -> i32 {
     egress::pull_headers(&ctx);
     let ether_type = u16::from_be(ctx.skb.protocol() as u16);
     egress::egress(&ctx, parse::parse_l3(&ctx, ether_type))
+}
+
+/// Reads a DNS answer the XDP programs let pass (`dns`): tail-called by them through
+/// `DNS_PROGS`, never attached. The answer always passes.
+#[xdp]
+pub fn firewall_dns(ctx: XdpContext) -> u32 {
+    dns::read(&ctx);
+    XDP_PASS
 }
 
 /// Passes everything: attached to veth peers in tests (native XDP_TX on veth is only delivered

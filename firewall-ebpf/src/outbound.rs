@@ -50,8 +50,9 @@ use firewall_common::{
 use crate::{
     addr::{Addr, AddrWords},
     classifier::{DEFAULT_OUTBOUND, classify_parts, count_rule_hit, min},
+    clock,
     counters::count,
-    decision_log,
+    decision_log, dns,
     owners::{record_owner, remember_owner},
     parse::Packet,
     selector,
@@ -154,7 +155,10 @@ pub(crate) fn judge<const FAMILY: u32, const CONNECT: bool>(ctx: &SockAddrContex
     // The port is stored in network byte order in the low 16 bits.
     let port = u16::from_be(port as u16);
     count(Counter::OutJudged);
-    let mut word = classify_parts(&remote, proto, port);
+    let mut word = min(
+        classify_parts(&remote, proto, port),
+        dns::name_verdict(&remote, proto, port, clock::now()),
+    );
     let mut exe = ExeId { dev: 0, ino: 0 };
     if selector::active() {
         let owner = selector::current_owner_for_rules();

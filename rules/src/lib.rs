@@ -12,5 +12,6 @@ pub mod edit;
 pub mod explain;
 pub mod lint;
 pub mod model;
+pub mod names;
 pub mod policy;
 pub mod tracker;

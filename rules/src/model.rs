@@ -11,6 +11,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
+use crate::names::NamePattern;
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
@@ -148,6 +149,10 @@ pub struct Rule {
     /// Host bits are cleared and the list is sorted and deduplicated.
     #[serde(skip)]
     pub remote: Option<Nets>,
+    /// The names and wildcards of `remote` (outbound rules only; `crate::names`). A rule whose
+    /// `remote` lists only names has `remote == Some(empty)`: no address matches it but by a
+    /// name. Sorted, without duplicates.
+    pub names: Vec<NamePattern>,
     /// The `remote` entries as written (`"@trusted"`, `"203.0.113.7"`), for display.
     pub remote_spec: smallvec::SmallVec<[Text; 1]>,
     /// `program`, `unit`, `user`: whose sockets the rule is about. Empty: everyone's.

@@ -8,7 +8,10 @@ use serde::Serialize;
 
 use firewall_common::identity::{ExeId, MAX_UNIT_LEVEL, Owner};
 
-use crate::model::{Action, ConnectMeta, Direction, PacketMeta, PacketProto, Rule, Ruleset};
+use crate::{
+    model::{Action, ConnectMeta, Direction, PacketMeta, PacketProto, Rule, Ruleset},
+    names::Names,
+};
 
 /// What the `program` and `unit` selectors name on this host, as far as the oracle needs to
 /// know. Finding it (stat'ing executables, searching the cgroup tree) is the daemon's job
@@ -43,6 +46,8 @@ pub struct Policy<'a> {
     ruleset: &'a Ruleset,
     /// What the selectors resolve to; `None`: rules with selectors match nothing.
     resolved: Option<&'a dyn Selectors>,
+    /// The names addresses were seen under; `None`: rules' names match nothing.
+    names: Option<&'a dyn Names>,
 }
 
 impl<'a> Policy<'a> {
@@ -50,6 +55,16 @@ impl<'a> Policy<'a> {
         Self {
             ruleset,
             resolved: None,
+            names: None,
+        }
+    }
+
+    /// This policy, with the names of `remote` matching the destinations `names` says were
+    /// seen under them.
+    pub fn with_names(self, names: &'a dyn Names) -> Self {
+        Self {
+            names: Some(names),
+            ..self
         }
     }
 
@@ -59,6 +74,7 @@ impl<'a> Policy<'a> {
         Self {
             ruleset,
             resolved: Some(resolved),
+            names: None,
         }
     }
 
@@ -107,9 +123,15 @@ impl<'a> Policy<'a> {
         pkt: &'p PacketMeta,
         owner: Option<&'p Owner>,
     ) -> impl Iterator<Item = &'a Rule> + 'p {
+        let seen: Vec<String> = match self.names {
+            Some(n) if self.ruleset.of(direction).any(|r| !r.names.is_empty()) => {
+                n.names_of(pkt.remote)
+            }
+            _ => Vec::new(),
+        };
         self.ruleset
             .of(direction)
-            .filter(move |r| matches(r, pkt) && self.about(r, pkt, owner))
+            .filter(move |r| matches(r, pkt, &seen) && self.about(r, pkt, owner))
     }
 
     /// Whether `rule`'s selectors name `owner`: its executable is the file the `program` path
@@ -190,7 +212,8 @@ impl<'a> Policy<'a> {
     }
 }
 
-fn matches(rule: &Rule, pkt: &PacketMeta) -> bool {
+/// Whether `rule` matches `pkt`, whose remote address was seen under the names `seen`.
+fn matches(rule: &Rule, pkt: &PacketMeta, seen: &[String]) -> bool {
     if !rule.matches_proto(pkt.proto) {
         return false;
     }
@@ -202,6 +225,12 @@ fn matches(rule: &Rule, pkt: &PacketMeta) -> bool {
     }
     match &rule.remote {
         None => true,
-        Some(nets) => nets.iter().any(|n| n.contains(&pkt.remote)),
+        Some(nets) => {
+            nets.iter().any(|n| n.contains(&pkt.remote))
+                || rule
+                    .names
+                    .iter()
+                    .any(|p| seen.iter().any(|name| p.matches(name)))
+        }
     }
 }

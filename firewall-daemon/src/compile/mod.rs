@@ -21,6 +21,7 @@ use crate::host::selectors::Resolved;
 mod addrs;
 #[cfg(feature = "testrun")]
 mod lookup;
+pub mod names;
 mod ports;
 pub mod runtime;
 mod selectors;
@@ -83,6 +84,9 @@ pub struct Compiled {
     /// When the rules name runtime sets: what updating their members in place needs
     /// (`runtime.rs`).
     pub runtime: Option<Box<Runtime>>,
+    /// The names and wildcards of this direction's rules, with what the rules say of them
+    /// (`NAMES`, `names.rs`).
+    pub names: Vec<(rules::names::NamePattern, AddrValue)>,
 }
 
 /// One group's tables: the same shapes as the unscoped ones, keyed by `id` in the kernel.
@@ -102,6 +106,8 @@ struct Tables {
     addr6: Vec<(Ipv6Net, AddrValue)>,
     ports: BTreeMap<u32, PortValue>,
     proto_verdicts: [u32; PROTO_CLASSES],
+    /// The rules' names (unscoped rules only: the rules refuse names with selectors).
+    names: Vec<(rules::names::NamePattern, AddrValue)>,
     /// What runtime sets need to compute values later (`runtime.rs`), when asked for.
     kept: Option<Kept>,
 }
@@ -305,6 +311,7 @@ pub fn compile_direction(
         log_rules,
         log_flags,
         runtime,
+        names: base.names,
     })
 }
 
@@ -322,6 +329,7 @@ fn inline_sole_pairs(
         .iter()
         .map(|(_, v)| v.class)
         .chain(base.addr6.iter().map(|(_, v)| v.class))
+        .chain(base.names.iter().map(|(_, v)| v.class))
         .filter(|c| *c != NO_MATCH)
         .collect();
     // Per class: how many pairs, and the last one seen.
@@ -343,7 +351,8 @@ fn inline_sole_pairs(
         .addr4
         .iter_mut()
         .map(|(_, v)| v)
-        .chain(base.addr6.iter_mut().map(|(_, v)| v));
+        .chain(base.addr6.iter_mut().map(|(_, v)| v))
+        .chain(base.names.iter_mut().map(|(_, v)| v));
     for v in values {
         if let Some((port_class, w)) = sole.get(&v.class) {
             v.pair_port_class = *port_class;
@@ -464,6 +473,8 @@ fn tables(
     // --- address side.
     let own = addrs::own_values(rules);
     let (addr4, addr6) = address_tries(&own, addr_classes);
+    // Names take their classes now, so the pairs below are computed for them too.
+    let name_values = names::name_values(rules, addr_classes);
 
     // --- pairs: for each (y,c) rule in order, every (address class, port class) it covers
     // that has no earlier rule yet.
@@ -514,6 +525,7 @@ fn tables(
         addr6,
         ports,
         proto_verdicts,
+        names: name_values,
         kept: keep.then_some(Kept {
             own,
             port_classes_of,

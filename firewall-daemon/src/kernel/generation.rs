@@ -90,6 +90,9 @@ impl Generation {
         // attached (`prepare`, or the first `program_for`): verifying it is a quarter of a
         // reload's verifier time, and most hosts have no such device.
         load_pair(&mut ebpf, LinkLayer::Ethernet)?;
+        if ruleset.of(Direction::Out).any(|r| !r.names.is_empty()) {
+            load_dns(&mut ebpf)?;
+        }
         // After the programs are loaded: the reader takes the ring buffer out of `ebpf`.
         let trace = super::diagnostics::read(&mut ebpf)?;
         Ok(Self {
@@ -251,6 +254,19 @@ fn load_pair(ebpf: &mut Ebpf, link: LinkLayer) -> anyhow::Result<()> {
         prog.load().map_err(verifier_context)?;
     }
     Ok(())
+}
+
+/// Loads `firewall_dns`, the reader of DNS answers, into `DNS_PROGS`, where the XDP programs
+/// tail-call it (`firewall-ebpf/src/dns.rs`).
+fn load_dns(ebpf: &mut Ebpf) -> anyhow::Result<()> {
+    let prog = xdp_program(ebpf, firewall_common::DNS_PROGRAM)?;
+    prog.load().map_err(verifier_context)?;
+    let fd = prog.fd().context("firewall_dns's fd")?.try_clone()?;
+    let mut slots: aya::maps::ProgramArray<&mut MapData> =
+        aya::maps::ProgramArray::try_from(map_mut(ebpf, maps::DNS_PROGS)?)?;
+    slots
+        .set(0, &fd, 0)
+        .context("putting firewall_dns in DNS_PROGS")
 }
 
 pub(super) fn xdp_program<'a>(ebpf: &'a mut Ebpf, name: &str) -> anyhow::Result<&'a mut Xdp> {

@@ -50,6 +50,8 @@ pub(super) fn load_object(
             compiled.default_verdict,
         ),
     };
+    // Both copies: the inbound one reads queries and answers, the outbound one looks names up.
+    let dns_names = u32::from(ruleset.of(Direction::Out).any(|r| !r.names.is_empty()));
     let scoped_shapes = compiled.scoped_shapes;
     let unit_levels = compiled.unit_levels();
     let offsets = crate::host::btf::kernel_offsets();
@@ -101,6 +103,7 @@ pub(super) fn load_object(
         .override_global(globals::LOG_RATE, &ruleset.log.rate, true)
         .override_global(globals::LOG_BURST, &ruleset.log.burst, true)
         .override_global(globals::GENERATION, &generation, true)
+        .override_global(globals::DNS_NAMES, &dns_names, true)
         .override_global(globals::PROTO_VERDICTS, &compiled.proto_verdicts, true)
         .load(EBPF_OBJECT)
         .context("loading the eBPF object")?;

@@ -20,6 +20,7 @@ use aya::{
 use firewall_common::{
     AddrValue, DEFAULT_RULE, PROTO_CLASSES, PairKey, PortValue,
     ct::{CtConfig, state},
+    dns::NameKey,
     identity::{GroupKey, ScopedSlot},
     maps::{self, Capacity, CtSize, MapSpec, RuleCount},
     verdict,
@@ -52,6 +53,7 @@ pub fn rule_count(count: RuleCount, c: &Compiled) -> usize {
         RuleCount::ScopedAddr4 => g.iter().map(|g| g.addr4.len()).sum(),
         RuleCount::ScopedAddr6 => g.iter().map(|g| g.addr6.len()).sum(),
         RuleCount::ScopedPorts => g.iter().map(|g| g.ports.len()).sum(),
+        RuleCount::Names => c.names.len(),
     }
 }
 
@@ -232,7 +234,38 @@ pub(super) fn fill(ebpf: &mut Ebpf, c: &Compiled) -> anyhow::Result<()> {
             a.set(*index, &1, 0)?;
         }
     }
+    if c.uses_names() {
+        let key = name_key(ebpf)?;
+        fill_hash(ebpf, maps::NAMES, c.name_entries(&key))?;
+    }
     fill_groups(ebpf, c)
+}
+
+/// The key of the names' hash (`firewall_common::dns`): the pinned one, or, the first time
+/// names are used on this host, one drawn now and pinned. Only the outbound copy (the one
+/// whose rules name names) calls this, so two copies never draw at once.
+fn name_key(ebpf: &mut Ebpf) -> anyhow::Result<NameKey> {
+    let mut a: Array<&mut MapData, NameKey> = Array::try_from(map_mut(ebpf, maps::NAME_KEY)?)?;
+    let key = a.get(&0, 0)?;
+    if !key.is_unset() {
+        return Ok(key);
+    }
+    let mut bytes = [0u8; 16];
+    // SAFETY: writes at most 16 bytes into `bytes`.
+    let n = unsafe { libc::getrandom(bytes.as_mut_ptr().cast(), bytes.len(), 0) };
+    if n != 16 {
+        return Err(anyhow!(
+            "drawing the names' hash key: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    let (k0, k1) = bytes.split_at(8);
+    let key = NameKey {
+        k0: u64::from_ne_bytes(k0.try_into()?),
+        k1: u64::from_ne_bytes(k1.try_into()?),
+    };
+    a.set(0, &key, 0)?;
+    Ok(key)
 }
 
 /// Writes an update of runtime sets' members (`compile/runtime.rs`) into live maps: the new
@@ -472,7 +505,8 @@ mod tests {
                 fixed,
                 spec.name == maps::PORTS
                     || spec.name == maps::CT_CONFIG
-                    || spec.name == maps::EXACT4_FILTER,
+                    || spec.name == maps::EXACT4_FILTER
+                    || spec.name == maps::DNS_PROGS,
                 "{}",
                 spec.name
             );

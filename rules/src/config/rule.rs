@@ -19,7 +19,10 @@ use super::{
         user_id,
     },
 };
-use crate::model::{Action, Direction, Nets, Origin, PortRange, Proto, Rule, Selector, Text};
+use crate::{
+    model::{Action, Direction, Nets, Origin, PortRange, Proto, Rule, Selector, Text},
+    names::NamePattern,
+};
 
 /// Where the `[[rule]]` tables come from.
 pub(super) enum RuleTables<'t> {
@@ -269,8 +272,8 @@ impl Checker<'_> {
             }
             Some(port) => self.ports(port, proto.unwrap_or(Proto::Any), ctx),
         };
-        let (remote, remote_spec) = match raw.remote {
-            None => (Some(None), Vec::new()),
+        let (remote, names, remote_spec) = match raw.remote {
+            None => (Some(None), Vec::new(), Vec::new()),
             Some(remote) => self.remote(remote, ctx, sets),
         };
 
@@ -298,6 +301,29 @@ impl Checker<'_> {
                 ),
             );
             ok = false;
+        }
+        if let Some((name, at)) = names.first() {
+            let at = at.clone();
+            if direction == Some(Direction::In) {
+                self.error(
+                    Some(at),
+                    format!(
+                        r#"{ctx}{name:?} is a name, and inbound rules cannot name names yet (only outbound rules: a name is known from the DNS answers the host receives); write the addresses — the firewall never ignores a rule it cannot enforce"#,
+                        name = name.to_string()
+                    ),
+                );
+                ok = false;
+            } else if !selector_keys.is_empty() {
+                self.error(
+                    Some(at),
+                    format!(
+                        r#"{ctx}{name:?} is a name, which rules with {} cannot name yet; write the addresses, or drop the selector — the firewall never ignores a rule it cannot enforce"#,
+                        selector_keys.join(" and "),
+                        name = name.to_string()
+                    ),
+                );
+                ok = false;
+            }
         }
         if proto == Some(Proto::Icmp) && !selector_keys.is_empty() {
             // Rules about a program, unit or user are enforced on sockets (connect, send,
@@ -345,6 +371,12 @@ impl Checker<'_> {
             proto,
             ports: ports.into(),
             remote: remote.map(Nets::from_vec),
+            names: {
+                let mut names: Vec<NamePattern> = names.into_iter().map(|(n, _)| n).collect();
+                names.sort();
+                names.dedup();
+                names
+            },
             remote_spec: remote_spec.into_iter().map(Text::from).collect(),
             selector,
             action,
@@ -481,7 +513,11 @@ impl Checker<'_> {
         value: Spanned<OneOrMany<RemoteEntry>>,
         ctx: &str,
         sets: &Sets,
-    ) -> (Option<Option<Vec<IpNet>>>, Vec<String>) {
+    ) -> (
+        Option<Option<Vec<IpNet>>>,
+        Vec<(NamePattern, Range<usize>)>,
+        Vec<String>,
+    ) {
         let span = value.span();
         let items = match value.into_inner() {
             OneOrMany::One(entry) => vec![Spanned::new(span.clone(), entry)],
@@ -495,9 +531,10 @@ impl Checker<'_> {
                     "{ctx}empty remote list, which would match nothing; leave out \"remote\" to match every address"
                 ),
             );
-            return (None, spec);
+            return (None, Vec::new(), spec);
         }
         let mut nets = Vec::new();
+        let mut names = Vec::new();
         let mut ok = true;
         for item in &items {
             let text = item.get_ref().0.as_str();
@@ -534,12 +571,31 @@ impl Checker<'_> {
             }
             match parse_net(text) {
                 Ok(net) => nets.push(self.normalise(net, text, ctx, item.span())),
+                // Not an address, and not written like one: a name.
+                Err(_) if looks_like_a_name(text) => match NamePattern::parse(text) {
+                    Ok(name) => names.push((name, item.span())),
+                    Err(msg) => {
+                        self.error(Some(item.span()), format!("{ctx}{msg}"));
+                        ok = false;
+                    }
+                },
                 Err(msg) => {
                     self.error(Some(item.span()), format!("{ctx}{msg}"));
                     ok = false;
                 }
             }
         }
-        (ok.then(|| Some(sorted_unique(nets))), spec)
+        (ok.then(|| Some(sorted_unique(nets))), names, spec)
     }
+}
+
+/// Whether a `remote` entry that is not an address is meant as a name: it has a letter (or is
+/// not ASCII, or is a wildcard) and nothing only addresses have (':' or '/'). "10.0.0.300"
+/// keeps its address error.
+fn looks_like_a_name(text: &str) -> bool {
+    !text.contains([':', '/'])
+        && (text.starts_with("*.")
+            || text
+                .bytes()
+                .any(|b| b.is_ascii_alphabetic() || !b.is_ascii()))
 }

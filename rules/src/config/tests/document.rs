@@ -232,7 +232,7 @@ fn columns_count_characters() {
         "{lines:?}"
     );
     assert!(
-        lines[1].starts_with("r.toml:7:11: rule 2: invalid address \"ü\""),
+        lines[1].starts_with("r.toml:7:11: rule 2: \"ü\": names are written in their ASCII form"),
         "{lines:?}"
     );
     assert!(
@@ -385,6 +385,7 @@ fn minimal_and_empty_files_use_defaults() {
             proto: Proto::Any,
             ports: Default::default(),
             remote: None,
+            names: Vec::new(),
             remote_spec: Default::default(),
             selector: Default::default(),
             action: Action::Allow,

@@ -32,7 +32,10 @@ fn address_invalid() {
         &err,
         name,
         4,
-        &[":4:24:", r#"invalid address "example.com""#],
+        &[
+            ":4:24:",
+            r#""example.com" is a name, and inbound rules cannot name names yet"#,
+        ],
     );
 }
 

@@ -1,0 +1,961 @@
+//! Names learnt from DNS answers, in the kernel: the real egress and XDP programs run under
+//! BPF_PROG_TEST_RUN on a query the host sends and on the answer it receives, and what they
+//! record (`RESOLVED`, `SEEN_NAMES`) is compared with what a reference parser built from
+//! hickory-proto's decoder says should be recorded (`reference`): the question's name
+//! (hickory's `Name::read`, which follows compression pointers and refuses those that do not
+//! point back), and every A and AAAA record of the answer section.
+//!
+//! The kernel's limits are part of the reference: at most `MAX_ANSWERS` records are read, at
+//! most `MAX_NAME_STEPS` labels and pointers per name (hickory has no such limit: a name
+//! needing more is one the kernel ignores, and the fuzz test counts those apart), at most
+//! `DNS_VIEW` bytes of message.
+//!
+//! Needs root (BPF); each test makes its own bpffs.
+
+mod support;
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    path::{Path, PathBuf},
+    str::FromStr as _,
+};
+
+use aya::maps::{Array, HashMap as BpfHashMap, Map, MapData};
+use firewall_common::dns::{
+    DNS_VIEW, DnsQueryKey, END_EXACT, END_WILDCARD, MAX_ANSWERS, MAX_NAME_STEPS, NameHasher,
+    NameKey, Resolved, SeenName, WILDCARD_DEPTH,
+};
+use firewall_daemon::{
+    compile,
+    kernel::{Generation, generation::OutboundGeneration},
+};
+use hickory_proto::{
+    op::{Message, MessageType, OpCode, Query},
+    rr::{Name, RData, Record, RecordType, rdata},
+    serialize::binary::{BinDecodable as _, BinDecoder},
+};
+use rand::{RngExt as _, SeedableRng as _, rngs::Xoshiro256PlusPlus as StdRng};
+use rules::{
+    config::{self, Env},
+    model::Ruleset,
+};
+use support::{
+    bpffs::BpfFs,
+    frames::{L4, Spec},
+    lab::Loaded,
+};
+
+const XDP_PASS: u32 = 2;
+const XDP_DROP: u32 = 1;
+const HOST: &str = "192.0.2.10";
+const SERVER: &str = "192.0.2.53";
+const HOST6: &str = "2001:db8::10";
+const SERVER6: &str = "2001:db8::53";
+const HOST_PORT: u16 = 41000;
+
+/// `[dns]`'s defaults, as the object has them (no `[dns]` section yet).
+const MIN_TTL: u64 = 60;
+const MAX_TTL: u64 = 86400;
+const GRACE: u64 = 30;
+
+const RULES: &str = r#"
+[defaults]
+inbound = "stealth"
+outbound = "allow"
+
+[[rule]]
+name = "example"
+direction = "out"
+remote = ["*.example.test"]
+action = "reject"
+"#;
+
+fn parse_rules(text: &str) -> Ruleset {
+    let env = Env {
+        services_path: PathBuf::from("/nonexistent/services"),
+        base_dir: std::env::temp_dir(),
+    };
+    config::parse_with(text, Path::new("dns-test.toml"), &env)
+        .unwrap_or_else(|e| panic!("test rules do not parse:\n{e}\n--- rules ---\n{text}"))
+}
+
+fn now_ns() -> u64 {
+    let t = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).expect("clock");
+    t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64
+}
+
+// ---------------------------------------------------------------------------------------------
+// The reference.
+
+/// What an answer should leave in the tables.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Expect {
+    /// Malformed: nothing recorded, `dns_malformed` counted.
+    Malformed,
+    /// Well formed, nothing to record: `dns_no_address` counted.
+    Nothing,
+    /// The question's labels, and each address with its TTL.
+    Recorded(Vec<Vec<u8>>, Vec<(IpAddr, u32)>),
+}
+
+/// What the kernel should record of `msg`, by hickory-proto's decoder and the kernel's
+/// documented rules. The second value is true when only a kernel limit (name steps) made the
+/// answer malformed.
+fn reference(msg: &[u8]) -> (Expect, bool) {
+    let msg = &msg[..msg.len().min(DNS_VIEW)];
+    if msg.len() < 12 {
+        return (Expect::Malformed, false);
+    }
+    let flags = u16::from_be_bytes([msg[2], msg[3]]);
+    let qdcount = u16::from_be_bytes([msg[4], msg[5]]);
+    let ancount = u16::from_be_bytes([msg[6], msg[7]]) as usize;
+    if flags & 0x8000 == 0 || flags & 0x7800 != 0 || flags & 0x0200 != 0 || flags & 0xf != 0 {
+        return (Expect::Nothing, false);
+    }
+    if qdcount != 1 {
+        return (Expect::Nothing, false);
+    }
+    let mut d = BinDecoder::new(msg);
+    let _ = d.read_slice(12);
+    let Some(question) = read_name(msg, &mut d) else {
+        return (Expect::Malformed, false);
+    };
+    let mut beyond_limit = steps(msg, 12) > MAX_NAME_STEPS;
+    let (Ok(_qtype), Ok(qclass)) = (d.read_u16(), d.read_u16()) else {
+        return (Expect::Malformed, beyond_limit);
+    };
+    if beyond_limit {
+        return (Expect::Malformed, true);
+    }
+    if qclass.unverified() != 1 || question.num_labels() == 0 {
+        return (Expect::Nothing, false);
+    }
+    let mut addrs = Vec::new();
+    for _ in 0..ancount.min(MAX_ANSWERS) {
+        let owner_at = d.index();
+        if read_name(msg, &mut d).is_none() {
+            return (Expect::Malformed, beyond_limit);
+        }
+        beyond_limit |= steps(msg, owner_at) > MAX_NAME_STEPS;
+        let fields = (d.read_u16(), d.read_u16(), d.read_u32(), d.read_u16());
+        let (Ok(rtype), Ok(class), Ok(ttl), Ok(rdlen)) = fields else {
+            return (Expect::Malformed, beyond_limit);
+        };
+        let (rtype, class, ttl) = (rtype.unverified(), class.unverified(), ttl.unverified());
+        let rdlen = rdlen.unverified() as usize;
+        let at = d.index();
+        let Ok(rdata) = d.read_slice(rdlen) else {
+            return (Expect::Malformed, beyond_limit);
+        };
+        let rdata = rdata.unverified();
+        match (class, rtype) {
+            (1, 1) if rdlen == 4 => addrs.push((
+                IpAddr::V4(Ipv4Addr::new(rdata[0], rdata[1], rdata[2], rdata[3])),
+                ttl,
+            )),
+            (1, 28) if rdlen == 16 => {
+                let a: [u8; 16] = rdata.try_into().expect("16 bytes");
+                addrs.push((IpAddr::V6(Ipv6Addr::from(a)), ttl));
+            }
+            (1, 1) | (1, 28) => return (Expect::Malformed, beyond_limit),
+            (_, 5) => {
+                let mut r = d.clone(at as u16);
+                if read_name(msg, &mut r).is_none() || r.index() != at + rdlen {
+                    return (Expect::Malformed, beyond_limit);
+                }
+                beyond_limit |= steps(msg, at) > MAX_NAME_STEPS;
+            }
+            _ => {}
+        }
+    }
+    if beyond_limit {
+        return (Expect::Malformed, true);
+    }
+    if addrs.is_empty() {
+        return (Expect::Nothing, false);
+    }
+    let labels = question.iter().map(<[u8]>::to_vec).collect();
+    (Expect::Recorded(labels, addrs), false)
+}
+
+/// hickory's name decoder on `msg` at `d`.
+fn read_name(_msg: &[u8], d: &mut BinDecoder<'_>) -> Option<Name> {
+    Name::read(d).ok()
+}
+
+/// Bytes the kernel's walk reads to the end of the name at `at` (labels, pointers and the
+/// root label: one step each), for a well-formed name.
+fn steps(msg: &[u8], mut at: usize) -> usize {
+    let mut n = 0;
+    while at < msg.len() && n <= MAX_NAME_STEPS + 1 {
+        let b = msg[at];
+        n += 1;
+        match b {
+            0 => return n,
+            b if b & 0xc0 == 0xc0 => {
+                at = ((usize::from(b & 0x3f)) << 8) | usize::from(*msg.get(at + 1).unwrap_or(&0));
+            }
+            b => at += 1 + usize::from(b),
+        }
+    }
+    n
+}
+
+/// The keys the kernel should compute for a name of these labels: the exact key, and the
+/// wildcard keys of its proper suffixes of up to `WILDCARD_DEPTH` labels, shortest first.
+fn keys_of(key: &NameKey, labels: &[Vec<u8>]) -> (u64, Vec<u64>) {
+    let mut h = NameHasher::new(key);
+    let mut suffixes = Vec::new();
+    for (i, label) in labels.iter().rev().enumerate() {
+        h.push(label.len() as u8);
+        for b in label {
+            h.push_folded(*b);
+        }
+        if i + 1 < labels.len() && i < WILDCARD_DEPTH {
+            suffixes.push(h.finish_with(END_WILDCARD));
+        }
+    }
+    (h.finish_with(END_EXACT), suffixes)
+}
+
+fn text_of(labels: &[Vec<u8>]) -> Vec<u8> {
+    let folded: Vec<Vec<u8>> = labels
+        .iter()
+        .map(|l| l.iter().map(|b| firewall_common::dns::fold(*b)).collect())
+        .collect();
+    folded.join(&b'.')
+}
+
+// ---------------------------------------------------------------------------------------------
+// The lab: one rule set that names names, both copies loaded, the shared maps opened.
+
+struct Lab {
+    _fs: BpfFs,
+    generation: Generation,
+    _outbound: OutboundGeneration,
+    tables: firewall_daemon::conntrack::Tables,
+    pin: PathBuf,
+    key: NameKey,
+}
+
+fn open(pin: &Path, name: &str) -> Map {
+    Map::from_map_data(MapData::from_pin(pin.join(name)).expect(name)).expect(name)
+}
+
+impl Lab {
+    fn new(text: &str) -> Self {
+        let fs = BpfFs::new();
+        let pin = fs.pin_dir("fw");
+        let ruleset = parse_rules(text);
+        let Loaded {
+            generation, tables, ..
+        } = Loaded::new(&ruleset, &pin, text);
+        let out =
+            compile::compile_direction(&ruleset, rules::model::Direction::Out, &Default::default())
+                .expect("compiling the outbound rules");
+        let outbound = OutboundGeneration::load(&out, &ruleset, &pin, 1)
+            .unwrap_or_else(|e| panic!("loading the outbound copy: {e:#}"));
+        let keys: Array<MapData, NameKey> =
+            Array::try_from(open(&pin, "NAME_KEY")).expect("NAME_KEY");
+        let key = keys.get(&0, 0).expect("the name key");
+        assert!(!key.is_unset(), "the outbound copy drew no name key");
+        Self {
+            _fs: fs,
+            generation,
+            _outbound: outbound,
+            tables,
+            pin,
+            key,
+        }
+    }
+
+    fn resolved(&self) -> BTreeMap<[u8; 16], Resolved> {
+        let m: BpfHashMap<MapData, [u8; 16], Resolved> =
+            BpfHashMap::try_from(open(&self.pin, "RESOLVED")).expect("RESOLVED");
+        m.iter().map(|e| e.expect("RESOLVED entry")).collect()
+    }
+
+    fn seen(&self) -> BTreeMap<u64, SeenName> {
+        let m: BpfHashMap<MapData, u64, SeenName> =
+            BpfHashMap::try_from(open(&self.pin, "SEEN_NAMES")).expect("SEEN_NAMES");
+        m.iter().map(|e| e.expect("SEEN_NAMES entry")).collect()
+    }
+
+    fn queries(&self) -> Vec<DnsQueryKey> {
+        let m: BpfHashMap<MapData, DnsQueryKey, u64> =
+            BpfHashMap::try_from(open(&self.pin, "DNS_QUERIES")).expect("DNS_QUERIES");
+        m.keys().map(|k| k.expect("DNS_QUERIES key")).collect()
+    }
+
+    /// Empties the names' tables and the connection tables.
+    fn clear(&mut self) {
+        for name in ["RESOLVED", "SEEN_NAMES", "DNS_QUERIES"] {
+            let map = open(&self.pin, name);
+            match name {
+                "RESOLVED" => {
+                    let mut m: BpfHashMap<MapData, [u8; 16], Resolved> =
+                        BpfHashMap::try_from(map).expect(name);
+                    let keys: Vec<_> = m.keys().map(|k| k.expect("key")).collect();
+                    for k in keys {
+                        let _ = m.remove(&k);
+                    }
+                }
+                "SEEN_NAMES" => {
+                    let mut m: BpfHashMap<MapData, u64, SeenName> =
+                        BpfHashMap::try_from(map).expect(name);
+                    let keys: Vec<_> = m.keys().map(|k| k.expect("key")).collect();
+                    for k in keys {
+                        let _ = m.remove(&k);
+                    }
+                }
+                _ => {
+                    let mut m: BpfHashMap<MapData, DnsQueryKey, u64> =
+                        BpfHashMap::try_from(map).expect(name);
+                    let keys: Vec<_> = m.keys().map(|k| k.expect("key")).collect();
+                    for k in keys {
+                        let _ = m.remove(&k);
+                    }
+                }
+            }
+        }
+        self.tables.clear();
+    }
+
+    fn counters(&self) -> BTreeMap<&'static str, u64> {
+        self.generation.counters().expect("counters")
+    }
+
+    /// The host sends `query` from `host:port` to `server:53` (the egress program).
+    fn send_query(&mut self, host: &str, server: &str, port: u16, query: &[u8]) {
+        let mut spec = Spec::new(host, server, L4::Udp, 53);
+        spec.remote_port = port;
+        spec.payload = query.to_vec();
+        self.generation
+            .test_run_egress(&spec.frame())
+            .expect("egress test run");
+    }
+
+    /// `answer` arrives from `server:from_port` at `host:port` (the XDP program); returns the
+    /// XDP action and the counters that moved.
+    fn receive(
+        &mut self,
+        server: &str,
+        from_port: u16,
+        host: &str,
+        port: u16,
+        answer: &[u8],
+    ) -> (u32, BTreeMap<&'static str, u64>) {
+        let mut spec = Spec::new(server, host, L4::Udp, port);
+        spec.remote_port = from_port;
+        spec.payload = answer.to_vec();
+        let c0 = self.counters();
+        let (action, _) = self
+            .generation
+            .test_run(&spec.frame())
+            .expect("XDP test run");
+        let c1 = self.counters();
+        let moved = c1
+            .iter()
+            .filter(|(k, v)| k.starts_with("dns_") && **v != c0[*k])
+            .map(|(k, v)| (*k, v - c0[k]))
+            .collect();
+        (action, moved)
+    }
+
+    /// One exchange on IPv4: the query leaves, `answer` comes back; checks the outcome against
+    /// the reference and returns it.
+    fn exchange(&mut self, what: &str, answer: &[u8]) -> Expect {
+        self.clear();
+        let query = query_of(answer);
+        self.send_query(HOST, SERVER, HOST_PORT, &query);
+        let before = now_ns();
+        let (action, moved) = self.receive(SERVER, 53, HOST, HOST_PORT, answer);
+        let after = now_ns();
+        assert_eq!(action, XDP_PASS, "{what}: the tracked answer must pass");
+        let (expect, _) = reference(answer);
+        self.check(what, &expect, &moved, before, after);
+        assert!(
+            self.queries().is_empty(),
+            "{what}: an answered query must be forgotten"
+        );
+        expect
+    }
+
+    fn check(
+        &self,
+        what: &str,
+        expect: &Expect,
+        moved: &BTreeMap<&'static str, u64>,
+        before: u64,
+        after: u64,
+    ) {
+        let resolved = self.resolved();
+        let seen = self.seen();
+        match expect {
+            Expect::Malformed | Expect::Nothing => {
+                let counter = if *expect == Expect::Malformed {
+                    "dns_malformed"
+                } else {
+                    "dns_no_address"
+                };
+                assert_eq!(
+                    moved,
+                    &BTreeMap::from([(counter, 1)]),
+                    "{what}: expected {expect:?}"
+                );
+                assert!(
+                    resolved.is_empty() && seen.is_empty(),
+                    "{what}: nothing may be recorded ({expect:?}), found {resolved:?}"
+                );
+            }
+            Expect::Recorded(labels, addrs) => {
+                let (exact, suffixes) = keys_of(&self.key, labels);
+                assert_eq!(moved.get("dns_answers"), Some(&1), "{what}: {moved:?}");
+                assert_eq!(
+                    moved.get("dns_addresses"),
+                    Some(&(addrs.len() as u64)),
+                    "{what}"
+                );
+                let s = seen
+                    .get(&exact)
+                    .unwrap_or_else(|| panic!("{what}: the name is not in SEEN_NAMES"));
+                let text = text_of(labels);
+                assert_eq!(
+                    &s.text[..s.len as usize],
+                    &text[..],
+                    "{what}: the name's text"
+                );
+                assert!(s.text[s.len as usize..].iter().all(|b| *b == 0), "{what}");
+                assert_eq!(
+                    &s.suffixes[..s.count as usize],
+                    &suffixes[..],
+                    "{what}: the suffixes' keys"
+                );
+                assert_eq!(seen.len(), 1, "{what}: one name");
+                let mut want: BTreeMap<[u8; 16], u64> = BTreeMap::new();
+                for (a, ttl) in addrs {
+                    let ttl = u64::from(*ttl).clamp(MIN_TTL, MAX_TTL) + GRACE;
+                    let e = want.entry(firewall_common::addr::mapped(*a)).or_default();
+                    *e = (*e).max(ttl);
+                }
+                let got: BTreeSet<&[u8; 16]> = resolved.keys().collect();
+                let wanted: BTreeSet<&[u8; 16]> = want.keys().collect();
+                assert_eq!(got, wanted, "{what}: the addresses recorded");
+                for (a, ttl) in &want {
+                    let r = &resolved[a];
+                    let slots: Vec<_> = r.names.iter().filter(|n| n.name != 0).collect();
+                    assert_eq!(slots.len(), 1, "{what}: {r:?}");
+                    assert_eq!(slots[0].name, exact, "{what}: the name's key");
+                    // The coarse clock is behind by less than a tick.
+                    let lo = before - 20_000_000 + ttl * 1_000_000_000;
+                    let hi = after + ttl * 1_000_000_000;
+                    assert!(
+                        (lo..=hi).contains(&slots[0].expires),
+                        "{what}: expiry {} not in {lo}..={hi}",
+                        slots[0].expires
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// The query an answer answers: its id and question, as a client sends it.
+fn query_of(answer: &[u8]) -> Vec<u8> {
+    let mut q = answer[..answer.len().min(12)].to_vec();
+    q.resize(12, 0);
+    q[2] = 0x01; // RD, not QR
+    q[3] = 0;
+    q
+}
+
+// ---------------------------------------------------------------------------------------------
+// Building answers.
+
+fn name(text: &str) -> Name {
+    Name::from_str(text).expect("test name")
+}
+
+fn a(owner: &str, ttl: u32, addr: &str) -> Record {
+    Record::from_rdata(
+        name(owner),
+        ttl,
+        RData::A(rdata::A(addr.parse().expect("IPv4"))),
+    )
+}
+
+fn aaaa(owner: &str, ttl: u32, addr: &str) -> Record {
+    Record::from_rdata(
+        name(owner),
+        ttl,
+        RData::AAAA(rdata::AAAA(addr.parse().expect("IPv6"))),
+    )
+}
+
+fn cname(owner: &str, ttl: u32, target: &str) -> Record {
+    Record::from_rdata(name(owner), ttl, RData::CNAME(rdata::CNAME(name(target))))
+}
+
+fn answer(id: u16, question: &str, qtype: RecordType, records: Vec<Record>) -> Vec<u8> {
+    let mut m = Message::new(id, MessageType::Response, OpCode::Query);
+    m.add_query(Query::query(name(question), qtype));
+    m.add_answers(records);
+    m.to_vec().expect("encoding the test answer")
+}
+
+// ---------------------------------------------------------------------------------------------
+// Tests.
+
+#[test]
+fn answers_to_the_hosts_queries_are_recorded_under_the_question() {
+    let mut lab = Lab::new(RULES);
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        (
+            "one A record",
+            answer(
+                1,
+                "www.example.test.",
+                RecordType::A,
+                vec![a("www.example.test.", 300, "198.51.100.7")],
+            ),
+        ),
+        (
+            "AAAA, upper-case question",
+            answer(
+                2,
+                "WWW.Example.TEST.",
+                RecordType::AAAA,
+                vec![aaaa("WWW.Example.TEST.", 3600, "2001:db8:1::7")],
+            ),
+        ),
+        (
+            "a CNAME chain: the addresses belong to the question",
+            answer(
+                3,
+                "cdn.example.test.",
+                RecordType::A,
+                vec![
+                    cname("cdn.example.test.", 60, "edge.cdn.other.test."),
+                    cname("edge.cdn.other.test.", 60, "x1.cdn.other.test."),
+                    a("x1.cdn.other.test.", 20, "203.0.113.1"),
+                    a("x1.cdn.other.test.", 20, "203.0.113.2"),
+                    a("x1.cdn.other.test.", 20, "203.0.113.3"),
+                ],
+            ),
+        ),
+        (
+            "TTLs below min_ttl and above max_ttl are clamped; a repeated address keeps one slot",
+            answer(
+                4,
+                "ttl.example.test.",
+                RecordType::A,
+                vec![
+                    a("ttl.example.test.", 0, "198.51.100.8"),
+                    a("ttl.example.test.", 4_000_000_000, "198.51.100.9"),
+                    a("ttl.example.test.", 100, "198.51.100.9"),
+                ],
+            ),
+        ),
+        (
+            "a name deeper than the wildcard depth keeps its shortest suffixes",
+            answer(
+                5,
+                "a.b.c.d.e.f.g.h.i.j.example.test.",
+                RecordType::A,
+                vec![a("a.b.c.d.e.f.g.h.i.j.example.test.", 300, "198.51.100.10")],
+            ),
+        ),
+        (
+            "an IPv4-mapped AAAA is that IPv4 address",
+            answer(
+                6,
+                "mapped.example.test.",
+                RecordType::AAAA,
+                vec![aaaa("mapped.example.test.", 300, "::ffff:198.51.100.11")],
+            ),
+        ),
+        (
+            "an answer with no address records nothing",
+            answer(
+                7,
+                "none.example.test.",
+                RecordType::A,
+                vec![cname("none.example.test.", 300, "elsewhere.test.")],
+            ),
+        ),
+    ];
+    for (what, msg) in &cases {
+        let expect = lab.exchange(what, msg);
+        assert!(
+            !matches!(expect, Expect::Malformed),
+            "{what}: the test answer is well formed"
+        );
+    }
+    // A question or an answer carrying an error, or truncated, records nothing.
+    let mut error = cases[0].1.clone();
+    error[3] |= 3; // NXDOMAIN
+    assert_eq!(lab.exchange("an error", &error), Expect::Nothing);
+    let mut truncated = cases[0].1.clone();
+    truncated[2] |= 0x02;
+    assert_eq!(lab.exchange("truncated", &truncated), Expect::Nothing);
+}
+
+#[test]
+fn malformed_answers_are_ignored_whole() {
+    let mut lab = Lab::new(RULES);
+    let good = answer(
+        9,
+        "www.example.test.",
+        RecordType::A,
+        vec![
+            a("www.example.test.", 300, "198.51.100.7"),
+            a("www.example.test.", 300, "198.51.100.8"),
+        ],
+    );
+    // The question is at 12; the answers' owners are pointers to it (0xc00c).
+    let question_end = 12 + "www.example.test".len() + 2 + 4;
+    let first_owner = question_end;
+    assert_eq!(&good[first_owner..first_owner + 2], &[0xc0, 0x0c]);
+    let mut cases: Vec<(&str, Vec<u8>)> = Vec::new();
+    let mut forward = good.clone();
+    forward[first_owner + 1] = (first_owner + 2) as u8;
+    cases.push(("a pointer that points forward", forward));
+    let mut self_loop = good.clone();
+    self_loop[first_owner + 1] = first_owner as u8;
+    cases.push(("a pointer to itself", self_loop));
+    let mut past = good.clone();
+    past[first_owner] = 0xc3;
+    past[first_owner + 1] = 0xff;
+    cases.push(("a pointer past the end", past));
+    let mut cut = good.clone();
+    cut.truncate(good.len() - 2);
+    cases.push(("the last record cut short", cut));
+    let mut long_a = good.clone();
+    // rdlength of the first A: 5, which also shifts the next record.
+    long_a[first_owner + 11] = 5;
+    cases.push(("an A record of 5 bytes", long_a));
+    let mut bad_label = good.clone();
+    bad_label[12] = 0x80;
+    cases.push(("a label type 10 (reserved)", bad_label));
+    // A question of 4 * 63-byte labels: 257 bytes on the wire.
+    let long = format!("{l}.{l}.{l}.{l}", l = "a".repeat(63));
+    let mut too_long = good[..12].to_vec();
+    for label in long.split('.') {
+        too_long.push(label.len() as u8);
+        too_long.extend_from_slice(label.as_bytes());
+    }
+    too_long.extend_from_slice(&[0, 0, 1, 0, 1]);
+    too_long.extend_from_slice(&good[question_end..]);
+    too_long[6] = 0;
+    too_long[7] = 0;
+    cases.push(("a question over 255 bytes", too_long));
+    // A CNAME whose target is a pointer loop.
+    let mut loop_cname = answer(
+        10,
+        "www.example.test.",
+        RecordType::A,
+        vec![
+            cname("www.example.test.", 300, "x.test."),
+            a("x.test.", 300, "198.51.100.9"),
+        ],
+    );
+    let rdata = question_end + 2 + 10;
+    let n = loop_cname.len();
+    loop_cname[rdata] = 0xc0;
+    loop_cname[rdata + 1] = rdata as u8;
+    let _ = n;
+    cases.push(("a CNAME target that points to itself", loop_cname));
+    for (what, msg) in &cases {
+        let (expect, _) = reference(msg);
+        assert_eq!(
+            expect,
+            Expect::Malformed,
+            "{what}: the reference must refuse it"
+        );
+        lab.exchange(what, msg);
+    }
+}
+
+#[test]
+fn answers_to_no_query_of_the_host_are_ignored() {
+    let mut lab = Lab::new(RULES);
+    let msg = answer(
+        0x1234,
+        "www.example.test.",
+        RecordType::A,
+        vec![a("www.example.test.", 300, "198.51.100.7")],
+    );
+    let query = query_of(&msg);
+    struct Case {
+        what: &'static str,
+        query_id: Option<u16>,
+        from: &'static str,
+        from_port: u16,
+        to_port: u16,
+    }
+    let cases = [
+        Case {
+            what: "no query was sent",
+            query_id: None,
+            from: SERVER,
+            from_port: 53,
+            to_port: HOST_PORT,
+        },
+        Case {
+            what: "another transaction id",
+            query_id: Some(0x1235),
+            from: SERVER,
+            from_port: 53,
+            to_port: HOST_PORT,
+        },
+        Case {
+            what: "from a server that was not asked",
+            query_id: Some(0x1234),
+            from: "192.0.2.54",
+            from_port: 53,
+            to_port: HOST_PORT,
+        },
+        Case {
+            what: "to another port of the host",
+            query_id: Some(0x1234),
+            from: SERVER,
+            from_port: 53,
+            to_port: HOST_PORT + 1,
+        },
+    ];
+    for c in &cases {
+        lab.clear();
+        if let Some(id) = c.query_id {
+            let mut q = query.clone();
+            q[..2].copy_from_slice(&id.to_be_bytes());
+            lab.send_query(HOST, SERVER, HOST_PORT, &q);
+            // The server that was not asked must reach the host: track its flow too.
+            if c.from != SERVER || c.to_port != HOST_PORT {
+                lab.send_query(HOST, c.from, c.to_port, &[0; 12][..]);
+            }
+        } else {
+            lab.send_query(HOST, SERVER, HOST_PORT, &[0xff; 4]);
+        }
+        let (action, moved) = lab.receive(c.from, c.from_port, HOST, c.to_port, &msg);
+        assert_eq!(action, XDP_PASS, "{}: a tracked flow passes", c.what);
+        assert_eq!(
+            moved,
+            BTreeMap::from([("dns_unsolicited", 1)]),
+            "{}",
+            c.what
+        );
+        assert!(
+            lab.resolved().is_empty() && lab.seen().is_empty(),
+            "{}",
+            c.what
+        );
+    }
+    // A second answer to one query: the first is taken, the second ignored.
+    lab.clear();
+    lab.send_query(HOST, SERVER, HOST_PORT, &query);
+    let (_, first) = lab.receive(SERVER, 53, HOST, HOST_PORT, &msg);
+    assert_eq!(first.get("dns_answers"), Some(&1));
+    let (_, second) = lab.receive(SERVER, 53, HOST, HOST_PORT, &msg);
+    assert_eq!(second, BTreeMap::from([("dns_unsolicited", 1)]));
+    // An answer whose flow the host never opened is judged by the inbound rules (stealth
+    // here), and nothing is read of it.
+    lab.clear();
+    let (action, moved) = lab.receive(SERVER, 53, HOST, HOST_PORT, &msg);
+    assert_eq!(action, XDP_DROP);
+    assert!(moved.is_empty(), "{moved:?}");
+    // IPv6: the same exchange is recorded.
+    lab.clear();
+    lab.send_query(HOST6, SERVER6, HOST_PORT, &query);
+    let (action, moved) = lab.receive(SERVER6, 53, HOST6, HOST_PORT, &msg);
+    assert_eq!(action, XDP_PASS);
+    assert_eq!(moved.get("dns_answers"), Some(&1), "{moved:?}");
+    assert_eq!(lab.resolved().len(), 1);
+}
+
+/// Random answers, well formed and then mutated (bytes changed, cut, pointers aimed
+/// anywhere): the kernel records exactly what the reference says, every time.
+#[test]
+fn random_and_mutated_answers_agree_with_the_reference_parser() {
+    let mut lab = Lab::new(RULES);
+    let seed: u64 = std::env::var("FW_DNS_FUZZ_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(rand::random);
+    let runs: usize = std::env::var("FW_DNS_FUZZ_RUNS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1500);
+    println!("seed {seed} (FW_DNS_FUZZ_SEED), {runs} answers (FW_DNS_FUZZ_RUNS)");
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut outcomes: BTreeMap<&str, usize> = BTreeMap::new();
+    for i in 0..runs {
+        let mut msg = random_answer(&mut rng);
+        let mutated = i % 2 == 1;
+        if mutated {
+            mutate(&mut rng, &mut msg);
+        }
+        let (_, beyond_limit) = reference(&msg);
+        let what = format!("answer {i} (seed {seed}): {msg:02x?}");
+        let got = lab.exchange(&what, &msg);
+        let kind = match (got, beyond_limit) {
+            (_, true) => "malformed: beyond the kernel's limits only",
+            (Expect::Malformed, _) => "malformed",
+            (Expect::Nothing, _) => "nothing to record",
+            (Expect::Recorded(..), _) => "recorded",
+        };
+        *outcomes.entry(kind).or_default() += 1;
+    }
+    println!("{outcomes:?}");
+    // The generator must reach every outcome, or the comparison proves little.
+    for kind in ["malformed", "nothing to record", "recorded"] {
+        assert!(
+            outcomes.get(kind).copied().unwrap_or(0) > runs / 50,
+            "too few answers {kind}: {outcomes:?}"
+        );
+    }
+}
+
+/// A label: mostly host-name characters of both cases, sometimes any byte (a dot, a space,
+/// non-ASCII: labels are bytes on the wire).
+fn random_label(rng: &mut StdRng) -> Vec<u8> {
+    let len = if rng.random_bool(0.05) {
+        rng.random_range(40..=63)
+    } else {
+        rng.random_range(1..=12)
+    };
+    (0..len)
+        .map(|_| {
+            if rng.random_bool(0.02) {
+                return rng.random();
+            }
+            let c = rng.random_range(0..38u8);
+            match c {
+                0..=25 if rng.random_bool(0.2) => b'A' + c,
+                0..=25 => b'a' + c,
+                26..=35 => b'0' + c - 26,
+                36 => b'-',
+                _ => b'_',
+            }
+        })
+        .collect()
+}
+
+/// A name: a few random labels, often below one of `base`'s suffixes (so that compression
+/// has something to point at), at most 250 bytes on the wire.
+fn random_name(rng: &mut StdRng, base: &[&[u8]]) -> Name {
+    let mut labels: Vec<Vec<u8>> = (0..rng.random_range(0..=4))
+        .map(|_| random_label(rng))
+        .collect();
+    if rng.random_bool(0.7) {
+        let from = rng.random_range(0..base.len());
+        labels.extend(base[from..].iter().map(|l| l.to_vec()));
+    } else {
+        labels.push(random_label(rng));
+    }
+    while labels.iter().map(|l| l.len() + 1).sum::<usize>() > 250 {
+        labels.remove(0);
+    }
+    Name::from_labels(labels).expect("a name of valid labels")
+}
+
+fn random_answer(rng: &mut StdRng) -> Vec<u8> {
+    let base: [&[u8]; 2] = [b"example", b"test"];
+    let question = random_name(rng, &base);
+    let mut records = Vec::new();
+    let mut owner = question.clone();
+    let n = rng.random_range(0..=MAX_ANSWERS + 3);
+    for _ in 0..n {
+        let ttl = match rng.random_range(0..4) {
+            0 => 0,
+            1 => rng.random_range(1..MIN_TTL as u32),
+            2 => rng.random_range(0..=u32::MAX),
+            _ => rng.random_range(60..100_000),
+        };
+        match rng.random_range(0..10) {
+            0..=1 => {
+                let target = random_name(rng, &base);
+                records.push(Record::from_rdata(
+                    owner.clone(),
+                    ttl,
+                    RData::CNAME(rdata::CNAME(target.clone())),
+                ));
+                owner = target;
+            }
+            2..=5 => {
+                let v4 = Ipv4Addr::from(rng.random_range(0..16u32) | 0xc633_6400);
+                records.push(Record::from_rdata(
+                    owner.clone(),
+                    ttl,
+                    RData::A(rdata::A(v4)),
+                ));
+            }
+            6..=8 => {
+                let v6 = Ipv6Addr::from(
+                    0x2001_0db8_0000_0000_0000_0000_0000_0000u128 | rng.random_range(0..16u128),
+                );
+                records.push(Record::from_rdata(
+                    owner.clone(),
+                    ttl,
+                    RData::AAAA(rdata::AAAA(v6)),
+                ));
+            }
+            _ => records.push(Record::from_rdata(
+                owner.clone(),
+                ttl,
+                RData::TXT(rdata::TXT::new(vec!["v=test".to_owned()])),
+            )),
+        }
+    }
+    let qtype = if rng.random_bool(0.5) {
+        RecordType::A
+    } else {
+        RecordType::AAAA
+    };
+    let mut m = Message::new(rng.random(), MessageType::Response, OpCode::Query);
+    m.add_query(Query::query(question, qtype));
+    m.add_answers(records);
+    let mut msg = m.to_vec().expect("encoding a random answer");
+    if rng.random_bool(0.05) {
+        msg[3] |= rng.random_range(1..=5);
+    }
+    msg
+}
+
+fn mutate(rng: &mut StdRng, msg: &mut Vec<u8>) {
+    for _ in 0..rng.random_range(1..=3) {
+        if msg.len() <= 13 {
+            return;
+        }
+        match rng.random_range(0..6) {
+            0 => {
+                // Any byte after the id (the id must still match the query).
+                let at = rng.random_range(2..msg.len());
+                msg[at] = rng.random();
+            }
+            1 => {
+                let at = rng.random_range(12..msg.len());
+                msg.truncate(at);
+            }
+            2 | 3 => {
+                // A pointer somewhere near: back, forward, or at itself.
+                let at = rng.random_range(12..msg.len() - 1);
+                let target = rng.random_range(0..msg.len() + 8) as u16;
+                msg[at] = 0xc0 | (target >> 8) as u8;
+                msg[at + 1] = target as u8;
+            }
+            4 => {
+                // A count or a length field.
+                let at = [6usize, 7]
+                    .get(rng.random_range(0..2))
+                    .copied()
+                    .unwrap_or(7);
+                msg[at] = rng.random_range(0..20);
+            }
+            _ => {
+                let at = rng.random_range(12..msg.len());
+                msg[at] = rng.random_range(0..64);
+            }
+        }
+    }
+}

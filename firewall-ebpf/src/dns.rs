@@ -1,0 +1,713 @@
+//! Names: the queries the host sends (egress), the answers it receives (XDP), and the names an
+//! outbound call's destination was resolved from (cgroup hooks). Why and what is trusted:
+//! `firewall_common::dns`.
+//!
+//! The answer is read by a program of its own, `firewall_dns`, which the XDP program
+//! tail-calls (`DNS_PROGS`) once it has let a UDP datagram from port 53 pass: the reading has
+//! the kernel's whole 512-byte stack and its own verification (the XDP program's frame leaves
+//! too little of the stack to call it), and the XDP program is verified as before. If the
+//! tail call fails (no program in `DNS_PROGS`), the datagram passes unread and
+//! `dns_record_failed` counts it.
+//!
+//! The answer is copied into this CPU's [`DnsScratch`] (at most [`DNS_VIEW`] bytes) and read
+//! there with masked indices, so every read is in bounds whatever the message says; each name
+//! walk is bounded by [`MAX_NAME_STEPS`] and the records by [`MAX_ANSWERS`]. Nothing is
+//! recorded until the whole answer section read has been checked: a malformed answer leaves
+//! no trace but its counter.
+//!
+//! Names are followed as hickory-proto's decoder follows them (the tests' reference): a
+//! compression pointer must point before the start of the name (or name part) it is in, and
+//! a name part reached by a pointer must end before where the pointer was followed from, so
+//! pointers can only go back and never loop; a name is at most 255 bytes on the wire.
+//!
+//! Only answers with one question of class IN, no error, and the truncation bit clear are
+//! read (a truncated answer is asked again over TCP, which is not read: README, "Names").
+
+use aya_ebpf::{
+    EbpfContext as _, Global,
+    cty::c_void,
+    helpers::{bpf_loop, bpf_xdp_load_bytes},
+    macros::map,
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, ProgramArray},
+    programs::{TcContext, XdpContext},
+};
+use firewall_common::{
+    AddrValue, Counter, NO_MATCH, PROTO_UDP,
+    dns::{
+        CLASS_IN, DNS_PORT, DNS_QUERY_ENTRIES, DNS_VIEW, DnsQueryKey, END_EXACT, END_WILDCARD,
+        MAX_ANSWERS, MAX_NAME_STEPS, NAME_TEXT, NameHasher, NameKey, QUERY_LIFETIME_NS,
+        RESOLVED_ENTRIES, RESOLVED_NAMES, Resolved, ResolvedName, SEEN_NAME_ENTRIES, SeenName,
+        TYPE_A, TYPE_AAAA, TYPE_CNAME, WILDCARD_DEPTH, fold,
+    },
+};
+
+use crate::{
+    addr::Addr,
+    classifier::{min, pair_verdict, port_class},
+    counters::count,
+    parse::Packet,
+    scratch::this_cpus,
+};
+
+/// Non-zero when the rules in force name names: only then are queries and answers read
+/// (inbound copy) and destinations looked up (outbound copy).
+#[unsafe(no_mangle)]
+static DNS_NAMES: Global<u32> = Global::new(0);
+/// `[dns] min_ttl`, `max_ttl`, `grace`, in seconds: how long a recorded name lasts is its
+/// record's TTL clamped to the first two, plus the third.
+#[unsafe(no_mangle)]
+static DNS_MIN_TTL: Global<u32> = Global::new(60);
+#[unsafe(no_mangle)]
+static DNS_MAX_TTL: Global<u32> = Global::new(86400);
+#[unsafe(no_mangle)]
+static DNS_GRACE: Global<u32> = Global::new(30);
+
+/// Queries awaiting their answer -> until when they may be answered.
+#[map]
+static DNS_QUERIES: LruHashMap<DnsQueryKey, u64> = LruHashMap::pinned(DNS_QUERY_ENTRIES, 0);
+/// Address -> the names it was seen under.
+#[map]
+static RESOLVED: LruHashMap<[u8; 16], Resolved> = LruHashMap::pinned(RESOLVED_ENTRIES, 0);
+/// Name key -> the name's text and its suffixes' keys.
+#[map]
+static SEEN_NAMES: LruHashMap<u64, SeenName> = LruHashMap::pinned(SEEN_NAME_ENTRIES, 0);
+/// The hash key, drawn by the daemon.
+#[map]
+static NAME_KEY: Array<NameKey> = Array::pinned(1, 0);
+/// Slot 0: `firewall_dns`, set by the daemon when the rules name names.
+#[map]
+static DNS_PROGS: ProgramArray = ProgramArray::with_max_entries(1, 0);
+/// The rules' names (outbound copy): exact and wildcard keys -> what the rules naming them
+/// say, as an address entry says it (class, first rule per protocol, inline pair).
+#[map]
+static NAMES: HashMap<u64, AddrValue> = HashMap::with_max_entries(1, 0);
+
+const VIEW_MASK: usize = DNS_VIEW - 1;
+/// Room for the label offsets of one name (a power of two above [`MAX_NAME_STEPS`]).
+const LABEL_SLOTS: usize = 64;
+const _: () = assert!(LABEL_SLOTS > MAX_NAME_STEPS);
+const _: () = assert!(MAX_ANSWERS.is_power_of_two());
+const _: () = assert!(NAME_TEXT.is_power_of_two());
+
+/// This CPU's room for one answer: the message, the question's labels, the addresses found.
+#[repr(C)]
+pub(crate) struct DnsScratch {
+    buf: [u8; DNS_VIEW],
+    labels: [u16; LABEL_SLOTS],
+    addrs: [[u8; 16]; MAX_ANSWERS],
+    ttls: [u32; MAX_ANSWERS],
+    seen: SeenName,
+    query: DnsQueryKey,
+    resolved: Resolved,
+    /// What the XDP program hands to `firewall_dns`: where the UDP header is, and when.
+    l4_off: u64,
+    now: u64,
+    walk: Walk,
+    records: Records,
+    keys: Keys,
+}
+
+#[map]
+static DNS_SCRATCH: PerCpuArray<DnsScratch> = PerCpuArray::with_max_entries(1, 0);
+
+/// Egress: a query leaving for port 53 (on egress the parser's `local` is the destination).
+#[inline(always)]
+pub(crate) fn query_leaves(ctx: &TcContext, pkt: &Packet, now: u64) {
+    if DNS_NAMES.load() == 0 || pkt.proto != PROTO_UDP || pkt.local_port != DNS_PORT {
+        return;
+    }
+    // A fixed size: `load_bytes` may ask the kernel for zero bytes, which the verifier refuses.
+    let Ok(hdr) = ctx.load::<[u8; 4]>(pkt.l4_off + 8) else {
+        return;
+    };
+    if hdr[2] & 0x80 != 0 {
+        // An answer: the host serves DNS.
+        return;
+    }
+    let mut key = DnsQueryKey {
+        local: [0; 16],
+        server: [0; 16],
+        local_port: pkt.remote_port,
+        txid: u16::from_ne_bytes([hdr[0], hdr[1]]),
+        _pad: [0; 4],
+    };
+    pkt.remote.write_mapped(&mut key.local);
+    pkt.local.write_mapped(&mut key.server);
+    if DNS_QUERIES
+        .insert(&key, &(now + QUERY_LIFETIME_NS), 0)
+        .is_ok()
+    {
+        count(Counter::DnsQueries);
+    } else {
+        count(Counter::DnsRecordFailed);
+    }
+}
+
+/// XDP: a UDP datagram from port 53 that passes (its verdict counted). If the rules name
+/// names, `firewall_dns` takes over (a tail call: this does not return) and passes it once
+/// read; else, or if the tail call fails, this returns and the caller passes it.
+#[inline(always)]
+pub(crate) fn answer_arrives(ctx: &XdpContext, pkt: &Packet, now: u64) {
+    if DNS_NAMES.load() == 0 || pkt.proto != PROTO_UDP || pkt.remote_port != DNS_PORT {
+        return;
+    }
+    let Some(s) = this_cpus(&DNS_SCRATCH) else {
+        return;
+    };
+    pkt.local.write_mapped(&mut s.query.local);
+    pkt.remote.write_mapped(&mut s.query.server);
+    s.query.local_port = pkt.local_port;
+    s.query._pad = [0; 4];
+    s.l4_off = pkt.l4_off as u64;
+    s.now = now;
+    // SAFETY: the slot holds an XDP program of this object, or nothing.
+    unsafe { DNS_PROGS.tail_call(ctx, 0) };
+    count(Counter::DnsRecordFailed);
+}
+
+/// `firewall_dns`: reads the answer the XDP program handed over (see [`answer_arrives`]).
+#[inline(always)]
+pub(crate) fn read(ctx: &XdpContext) {
+    let Some(s) = this_cpus(&DNS_SCRATCH) else {
+        return;
+    };
+    let (l4_off, now) = (s.l4_off, s.now);
+    let outcome = read_answer(ctx, l4_off, now);
+    count(match outcome {
+        READ_RECORDED => Counter::DnsAnswers,
+        READ_UNSOLICITED => Counter::DnsUnsolicited,
+        READ_NOTHING => Counter::DnsNoAddress,
+        READ_FAILED => Counter::DnsRecordFailed,
+        _ => Counter::DnsMalformed,
+    });
+}
+
+const READ_RECORDED: u32 = 0;
+const READ_UNSOLICITED: u32 = 1;
+const READ_NOTHING: u32 = 2;
+const READ_MALFORMED: u32 = 3;
+const READ_FAILED: u32 = 4;
+
+/// Copies the message into the scratch room, checks it answers a recorded query, reads it and
+/// records what it says.
+#[inline(always)]
+fn read_answer(ctx: &XdpContext, l4_off: u64, now: u64) -> u32 {
+    let Some(s) = this_cpus(&DNS_SCRATCH) else {
+        return READ_FAILED;
+    };
+    let off = l4_off as u32;
+    // The UDP length, not the frame's: Ethernet pads short frames.
+    // SAFETY: the helper copies at most the 2 bytes asked into the scratch room.
+    if unsafe { bpf_xdp_load_bytes(ctx.as_ptr().cast(), off + 4, s.buf.as_mut_ptr().cast(), 2) }
+        != 0
+    {
+        return READ_MALFORMED;
+    }
+    let udp_len = u16::from_be_bytes([s.buf[0], s.buf[1]]) as usize;
+    if udp_len < 8 + 12 {
+        return READ_MALFORMED;
+    }
+    let mut len = udp_len - 8;
+    if len > DNS_VIEW {
+        len = DNS_VIEW;
+    }
+    // SAFETY: `len` is between 12 and the room's size.
+    if unsafe {
+        bpf_xdp_load_bytes(
+            ctx.as_ptr().cast(),
+            off + 8,
+            s.buf.as_mut_ptr().cast(),
+            (len & (DNS_VIEW * 2 - 1)) as u32,
+        )
+    } != 0
+    {
+        // The datagram is shorter than its UDP length says.
+        return READ_MALFORMED;
+    }
+    s.query.txid = u16::from_ne_bytes([s.buf[0], s.buf[1]]);
+    // SAFETY: the value is copied out at once.
+    match unsafe { DNS_QUERIES.get(&s.query) } {
+        Some(deadline) if *deadline >= now => {}
+        _ => return READ_UNSOLICITED,
+    }
+    // One answer per query: the first, as the resolver takes it.
+    let _ = DNS_QUERIES.remove(&s.query);
+    let Some(key) = NAME_KEY.get(0) else {
+        return READ_FAILED;
+    };
+    if key.is_unset() {
+        return READ_FAILED;
+    }
+    let found = parse(len, key);
+    if found < 0 {
+        return READ_MALFORMED;
+    }
+    if found == 0 {
+        return READ_NOTHING;
+    }
+    record(s, found as usize, now)
+}
+
+#[inline(always)]
+fn byte(s: &DnsScratch, i: usize) -> u8 {
+    s.buf[i & VIEW_MASK]
+}
+
+#[inline(always)]
+fn u16_at(s: &DnsScratch, i: usize) -> u16 {
+    u16::from_be_bytes([byte(s, i), byte(s, i + 1)])
+}
+
+// The loops over a name's labels and over the answer's records run in `bpf_loop` (Linux
+// 5.17), and their state lives in this CPU's scratch room, not on the stack. The verifier
+// follows a callback's iterations until the state it starts from repeats; a value read from a
+// map is one it knows nothing of, so each callback's state repeats at once, while on the stack
+// every iteration's offsets and lengths were new ranges to explore (the first version, with
+// plain loops and then with state on the stack, went past the verifier's million
+// instructions). Every index is masked to its array, which is all the verifier needs.
+
+/// Continue, stop (`bpf_loop`'s callback return values).
+const NEXT: i64 = 0;
+const STOP: i64 = 1;
+
+/// A name walk's state (`walk`).
+#[repr(C)]
+struct Walk {
+    len: u64,
+    pos: u64,
+    part_start: u64,
+    limit: u64,
+    end: u64,
+    wire: u64,
+    labels: u64,
+    record: u64,
+    /// 0: done, the name is fine; 1: malformed; 2: not finished yet.
+    state: u64,
+}
+
+/// One step of a name walk: a label, a pointer or the root label.
+extern "C" fn walk_step(_index: u64, _ctx: *mut c_void) -> i64 {
+    let Some(s) = this_cpus(&DNS_SCRATCH) else {
+        return STOP;
+    };
+    let w = &mut s.walk;
+    let len = w.len as usize;
+    let pos = w.pos as usize;
+    if pos >= w.limit as usize || pos >= len {
+        w.state = 1;
+        return STOP;
+    }
+    let b = s.buf[pos & VIEW_MASK];
+    if b == 0 {
+        if w.end == 0 {
+            w.end = w.pos + 1;
+        }
+        w.state = 0;
+        return STOP;
+    }
+    if b & 0xc0 == 0xc0 {
+        if pos + 1 >= len {
+            w.state = 1;
+            return STOP;
+        }
+        let target = (u64::from(b & 0x3f) << 8) | u64::from(s.buf[(pos + 1) & VIEW_MASK]);
+        if target >= w.part_start {
+            w.state = 1;
+            return STOP;
+        }
+        if w.end == 0 {
+            w.end = w.pos + 2;
+        }
+        w.limit = w.part_start;
+        w.part_start = target;
+        w.pos = target;
+        return NEXT;
+    }
+    if b & 0xc0 != 0 {
+        w.state = 1;
+        return STOP;
+    }
+    let l = u64::from(b);
+    if w.pos + 1 + l > w.len {
+        w.state = 1;
+        return STOP;
+    }
+    w.wire += l + 1;
+    if w.wire > 255 {
+        w.state = 1;
+        return STOP;
+    }
+    if w.record != 0 {
+        let i = (w.labels as usize) & (LABEL_SLOTS - 1);
+        s.labels[i] = pos as u16;
+    }
+    w.labels += 1;
+    w.pos += 1 + l;
+    NEXT
+}
+
+/// Walks the name at `start` (hickory-proto's rules, see above). Returns where the name ends
+/// in the message (after its root label, or after its first pointer) and its number of
+/// labels; with `record`, the offsets of its labels' length bytes go to `s.labels`, the
+/// first first. `None` if malformed, or longer than [`MAX_NAME_STEPS`] steps.
+#[inline(always)]
+fn walk(len: usize, start: usize, record: bool) -> Option<(usize, usize)> {
+    let s = this_cpus(&DNS_SCRATCH)?;
+    s.walk = Walk {
+        len: len as u64,
+        pos: start as u64,
+        part_start: start as u64,
+        limit: u64::MAX,
+        end: 0,
+        wire: 1,
+        labels: 0,
+        record: u64::from(record),
+        state: 2,
+    };
+    // SAFETY: the callback takes no context.
+    unsafe {
+        bpf_loop(
+            MAX_NAME_STEPS as u32,
+            walk_step as *mut c_void,
+            core::ptr::null_mut(),
+            0,
+        )
+    };
+    let s = this_cpus(&DNS_SCRATCH)?;
+    (s.walk.state == 0).then_some((s.walk.end as usize, s.walk.labels as usize))
+}
+
+/// The answer section's reading state (`parse`).
+#[repr(C)]
+struct Records {
+    len: u64,
+    pos: u64,
+    answers: u64,
+    found: u64,
+    malformed: u64,
+}
+
+/// One record of the answer section.
+extern "C" fn record_step(index: u64, _ctx: *mut c_void) -> i64 {
+    let Some(s) = this_cpus(&DNS_SCRATCH) else {
+        return STOP;
+    };
+    if index >= s.records.answers {
+        return STOP;
+    }
+    let len = s.records.len as usize;
+    let start = s.records.pos as usize;
+    let Some((owner_end, _)) = walk(len, start, false) else {
+        return malformed();
+    };
+    let Some(s) = this_cpus(&DNS_SCRATCH) else {
+        return STOP;
+    };
+    let pos = owner_end;
+    if pos + 10 > len {
+        return malformed();
+    }
+    let rtype = u16_at(s, pos);
+    let class = u16_at(s, pos + 2);
+    let ttl = (u32::from(u16_at(s, pos + 4)) << 16) | u32::from(u16_at(s, pos + 6));
+    let rdlen = usize::from(u16_at(s, pos + 8));
+    let rdata = pos + 10;
+    if rdata + rdlen > len {
+        return malformed();
+    }
+    if class == CLASS_IN && (rtype == TYPE_A || rtype == TYPE_AAAA) {
+        let want = if rtype == TYPE_A { 4 } else { 16 };
+        if rdlen != want {
+            return malformed();
+        }
+        let i = (s.records.found as usize) & (MAX_ANSWERS - 1);
+        let mut a = [0u8; 16];
+        if rtype == TYPE_A {
+            a[10] = 0xff;
+            a[11] = 0xff;
+            for k in 0..4 {
+                a[12 + k] = byte(s, rdata + k);
+            }
+        } else {
+            for (k, b) in a.iter_mut().enumerate() {
+                *b = byte(s, rdata + k);
+            }
+        }
+        s.addrs[i] = a;
+        s.ttls[i] = ttl;
+        s.records.found += 1;
+    } else if rtype == TYPE_CNAME {
+        match walk(len, rdata, false) {
+            Some((e, _)) if e == rdata + rdlen => {}
+            _ => return malformed(),
+        }
+    }
+    if let Some(s) = this_cpus(&DNS_SCRATCH) {
+        s.records.pos = (rdata + rdlen) as u64;
+    }
+    NEXT
+}
+
+/// Marks the answer malformed and ends the records' loop.
+#[inline(always)]
+fn malformed() -> i64 {
+    if let Some(s) = this_cpus(&DNS_SCRATCH) {
+        s.records.malformed = 1;
+    }
+    STOP
+}
+
+/// Reads the header, the question and the answer section: fills `s.seen` with the question's
+/// name and its keys, `s.addrs`/`s.ttls` with the addresses. Returns how many addresses, or
+/// -1 if the message is malformed.
+#[inline(always)]
+fn parse(len: usize, key: &NameKey) -> i32 {
+    let Some(s) = this_cpus(&DNS_SCRATCH) else {
+        return -1;
+    };
+    let flags = u16_at(s, 2);
+    // A response (QR), a standard query (opcode 0), not truncated (TC), no error (RCODE).
+    if flags & 0x8000 == 0 || flags & 0x7800 != 0 || flags & 0x0200 != 0 || flags & 0x000f != 0 {
+        return 0;
+    }
+    if u16_at(s, 4) != 1 {
+        return 0;
+    }
+    let answers = u64::from(u16_at(s, 6));
+    let Some((qend, labels)) = walk(len, 12, true) else {
+        return -1;
+    };
+    if qend + 4 > len {
+        return -1;
+    }
+    if u16_at(s, qend + 2) != CLASS_IN || labels == 0 {
+        return 0;
+    }
+    name_keys(labels, key);
+    let Some(s) = this_cpus(&DNS_SCRATCH) else {
+        return -1;
+    };
+    s.records = Records {
+        len: len as u64,
+        pos: (qend + 4) as u64,
+        answers,
+        found: 0,
+        malformed: 0,
+    };
+    // SAFETY: the callback takes no context.
+    unsafe {
+        bpf_loop(
+            MAX_ANSWERS as u32,
+            record_step as *mut c_void,
+            core::ptr::null_mut(),
+            0,
+        )
+    };
+    let Some(s) = this_cpus(&DNS_SCRATCH) else {
+        return -1;
+    };
+    if s.records.malformed != 0 {
+        return -1;
+    }
+    (s.records.found as usize & (2 * MAX_ANSWERS - 1)) as i32
+}
+
+/// The question's hashing state (`name_keys`).
+#[repr(C)]
+struct Keys {
+    h: NameHasher,
+    labels: u64,
+    tpos: u64,
+}
+
+/// One label of the question, the last first: its length and bytes into the hash, its text
+/// into place, and the key of the suffix it ends.
+extern "C" fn key_step(index: u64, _ctx: *mut c_void) -> i64 {
+    let Some(s) = this_cpus(&DNS_SCRATCH) else {
+        return STOP;
+    };
+    if index >= s.keys.labels {
+        return STOP;
+    }
+    let j = (s.keys.labels - 1 - index) as usize;
+    let at = usize::from(s.labels[j & (LABEL_SLOTS - 1)]);
+    let l = usize::from(s.buf[at & VIEW_MASK]);
+    s.keys.h.push(l as u8);
+    let tpos = (s.keys.tpos as usize).wrapping_sub(l);
+    for i in 0..63 {
+        if i >= l {
+            break;
+        }
+        let b = fold(s.buf[(at + 1 + i) & VIEW_MASK]);
+        s.keys.h.push(b);
+        s.seen.text[(tpos + i) & (NAME_TEXT - 1)] = b;
+    }
+    s.keys.tpos = tpos as u64;
+    if j > 0 {
+        s.keys.tpos = s.keys.tpos.wrapping_sub(1);
+        s.seen.text[(s.keys.tpos as usize) & (NAME_TEXT - 1)] = b'.';
+        let i = index as usize;
+        if i < WILDCARD_DEPTH {
+            s.seen.suffixes[i] = s.keys.h.finish_with(END_WILDCARD);
+            s.seen.count = i as u32 + 1;
+        }
+    }
+    NEXT
+}
+
+/// The question's keys and text (into `s.seen`), from its `labels` label offsets.
+#[inline(always)]
+fn name_keys(labels: usize, key: &NameKey) {
+    let Some(s) = this_cpus(&DNS_SCRATCH) else {
+        return;
+    };
+    // Text length: the label bytes and a dot between each two.
+    let mut text_len = labels - 1;
+    for i in 0..MAX_NAME_STEPS {
+        if i >= labels {
+            break;
+        }
+        text_len += usize::from(byte(s, usize::from(s.labels[i & (LABEL_SLOTS - 1)])));
+    }
+    s.seen.len = text_len as u32;
+    s.seen.count = 0;
+    s.seen.suffixes = [0; WILDCARD_DEPTH];
+    s.seen.text = [0; NAME_TEXT];
+    s.keys = Keys {
+        h: NameHasher::new(key),
+        labels: labels as u64,
+        tpos: text_len as u64,
+    };
+    // SAFETY: the callback takes no context.
+    unsafe {
+        bpf_loop(
+            MAX_NAME_STEPS as u32,
+            key_step as *mut c_void,
+            core::ptr::null_mut(),
+            0,
+        )
+    };
+    if let Some(s) = this_cpus(&DNS_SCRATCH) {
+        s.resolved.names[0].name = s.keys.h.finish_with(END_EXACT);
+    }
+}
+
+/// Records the `found` addresses of `s` under the question's name.
+#[inline(always)]
+fn record(s: &mut DnsScratch, found: usize, now: u64) -> u32 {
+    let name = s.resolved.names[0].name;
+    if SEEN_NAMES.insert(&name, &s.seen, 0).is_err() {
+        return READ_FAILED;
+    }
+    let (lo, hi, grace) = (
+        u64::from(DNS_MIN_TTL.load()),
+        u64::from(DNS_MAX_TTL.load()),
+        u64::from(DNS_GRACE.load()),
+    );
+    let mut outcome = READ_RECORDED;
+    for i in 0..MAX_ANSWERS {
+        if i >= found {
+            break;
+        }
+        let mut ttl = u64::from(s.ttls[i]);
+        if ttl < lo {
+            ttl = lo;
+        }
+        if ttl > hi {
+            ttl = hi;
+        }
+        let expires = now + (ttl + grace) * 1_000_000_000;
+        let addr = &s.addrs[i];
+        match RESOLVED.get_ptr_mut(addr) {
+            // SAFETY: a slot of the map's value; concurrent writers on other CPUs at worst
+            // overwrite a slot, which a later answer writes again.
+            Some(r) => unsafe { add_name(&mut *r, name, expires, now) },
+            None => {
+                s.resolved.names[0] = ResolvedName { name, expires };
+                for k in 1..RESOLVED_NAMES {
+                    s.resolved.names[k] = ResolvedName::default();
+                }
+                if RESOLVED.insert(addr, &s.resolved, 0).is_err() {
+                    outcome = READ_FAILED;
+                }
+            }
+        }
+        count(Counter::DnsAddresses);
+    }
+    outcome
+}
+
+/// Adds `name` to an address's names: its own slot if it has one (the later expiry wins),
+/// else an empty or expired slot, else the slot that expires first.
+#[inline(always)]
+fn add_name(r: &mut Resolved, name: u64, expires: u64, now: u64) {
+    let mut pick = 0;
+    let mut soonest = u64::MAX;
+    for k in 0..RESOLVED_NAMES {
+        let slot = &r.names[k];
+        if slot.name == name {
+            if slot.expires < expires {
+                r.names[k].expires = expires;
+            }
+            return;
+        }
+        let e = if slot.name == 0 || slot.expires < now {
+            0
+        } else {
+            slot.expires
+        };
+        if e < soonest {
+            soonest = e;
+            pick = k;
+        }
+    }
+    r.names[pick] = ResolvedName { name, expires };
+}
+
+/// Outbound: the first rule about a name `remote` was seen under (and not expired), for the
+/// protocol class `proto` and the destination port `port`; [`NO_MATCH`] if none.
+#[inline(always)]
+pub(crate) fn name_verdict(remote: &Addr, proto: u32, port: u16, now: u64) -> u32 {
+    if DNS_NAMES.load() == 0 {
+        return NO_MATCH;
+    }
+    let mut key = [0u8; 16];
+    remote.write_mapped(&mut key);
+    // SAFETY: read at once; a concurrent update at worst shows a slot old or new.
+    let Some(r) = (unsafe { RESOLVED.get(&key) }) else {
+        return NO_MATCH;
+    };
+    count(Counter::OutNamed);
+    let pc = port_class(proto, port);
+    let mut best = NO_MATCH;
+    for k in 0..RESOLVED_NAMES {
+        let slot = &r.names[k];
+        if slot.name == 0 || slot.expires < now {
+            continue;
+        }
+        best = min(best, rule_of(slot.name, proto, pc));
+        // SAFETY: as above.
+        if let Some(seen) = unsafe { SEEN_NAMES.get(&slot.name) } {
+            for i in 0..WILDCARD_DEPTH {
+                if i >= seen.count as usize {
+                    break;
+                }
+                best = min(best, rule_of(seen.suffixes[i], proto, pc));
+            }
+        }
+    }
+    best
+}
+
+/// What the rules naming the name (or wildcard) `key` say for this protocol and port class.
+#[inline(always)]
+fn rule_of(key: u64, proto: u32, port_class: u32) -> u32 {
+    // SAFETY: the value is copied out at once.
+    match unsafe { NAMES.get(&key) } {
+        Some(v) => min(
+            min(v.any_proto, v.proto[(proto & 3) as usize]),
+            min(v.inline_pair(port_class), pair_verdict(v.class, port_class)),
+        ),
+        None => NO_MATCH,
+    }
+}
