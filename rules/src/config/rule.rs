@@ -513,11 +513,7 @@ impl Checker<'_> {
         value: Spanned<OneOrMany<RemoteEntry>>,
         ctx: &str,
         sets: &Sets,
-    ) -> (
-        Option<Option<Vec<IpNet>>>,
-        Vec<(NamePattern, Range<usize>)>,
-        Vec<String>,
-    ) {
+    ) -> RemoteParts {
         let span = value.span();
         let items = match value.into_inner() {
             OneOrMany::One(entry) => vec![Spanned::new(span.clone(), entry)],
@@ -588,6 +584,14 @@ impl Checker<'_> {
         (ok.then(|| Some(sorted_unique(nets))), names, spec)
     }
 }
+
+/// What `remote` says: its networks (`Some(None)`: every address; `None`: an error), its names
+/// with where each is written, and its entries as written.
+type RemoteParts = (
+    Option<Option<Vec<IpNet>>>,
+    Vec<(NamePattern, Range<usize>)>,
+    Vec<String>,
+);
 
 /// Whether a `remote` entry that is not an address is meant as a name: it has a letter (or is
 /// not ASCII, or is a wildcard) and nothing only addresses have (':' or '/'). "10.0.0.300"
