@@ -27,6 +27,13 @@ impl Compiled {
     /// `owner` listens on (inbound): the unscoped tables, then one `GROUPS` lookup per shape,
     /// as the kernel does.
     pub fn lookup_as(&self, pkt: &PacketMeta, owner: Option<&Owner>) -> u32 {
+        self.lookup_named(pkt, owner, &[])
+    }
+
+    /// [`Self::lookup_as`] for a destination seen under `names` (lower case, no trailing
+    /// dot): the `NAMES` entries are looked up as the connect hook does, by the keys of each
+    /// name and of its suffixes (`firewall-ebpf/src/dns.rs`).
+    pub fn lookup_named(&self, pkt: &PacketMeta, owner: Option<&Owner>, names: &[String]) -> u32 {
         let proto = pkt.proto.class();
         let mut best = self.table_lookup(
             pkt,
@@ -47,11 +54,56 @@ impl Compiled {
                 ));
             }
         }
+        best = best.min(self.names_lookup(pkt, names));
         if best == NO_MATCH {
             self.default_verdict
         } else {
             best
         }
+    }
+
+    /// The first rule the names' entries give, as `name_verdict` in the kernel computes it.
+    fn names_lookup(&self, pkt: &PacketMeta, names: &[String]) -> u32 {
+        use firewall_common::dns::{NameKey, WILDCARD_DEPTH, exact_key, wildcard_key};
+        if names.is_empty() || self.names.is_empty() {
+            return NO_MATCH;
+        }
+        let key = NameKey { k0: 7, k1: 11 };
+        let table: std::collections::HashMap<u64, AddrValue> = self.name_entries(&key).collect();
+        let proto = pkt.proto.class();
+        let port = self
+            .ports
+            .get(&port_slot(proto, pkt.local_port))
+            .copied()
+            .unwrap_or(PortValue::EMPTY)
+            .class();
+        let mut best = NO_MATCH;
+        for name in names {
+            let labels: Vec<&str> = name.split('.').collect();
+            let mut keys = vec![exact_key(&key, name)];
+            for depth in 1..labels.len().min(WILDCARD_DEPTH + 1) {
+                keys.push(wildcard_key(
+                    &key,
+                    &labels[labels.len() - depth..].join("."),
+                ));
+            }
+            for v in keys.iter().filter_map(|k| table.get(k)) {
+                best = best
+                    .min(v.any_proto)
+                    .min(v.proto[proto as usize])
+                    .min(v.inline_pair(port));
+                if v.class != NO_MATCH && port != NO_MATCH {
+                    let pair = PairKey {
+                        addr_class: v.class,
+                        port_class: port,
+                    };
+                    if let Some(w) = self.pairs.get(&pair) {
+                        best = best.min(*w);
+                    }
+                }
+            }
+        }
+        best
     }
 
     /// The groups `owner` belongs to: at most one per shape.

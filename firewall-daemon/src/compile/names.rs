@@ -61,3 +61,118 @@ impl Compiled {
         !self.names.is_empty()
     }
 }
+
+#[cfg(test)]
+#[expect(clippy::unwrap_used, reason = "test code")]
+mod tests {
+    //! The compiled names, read as the connect hook reads them, against the oracle: random
+    //! outbound rule sets mixing names, wildcards, addresses, protocols and ports, and random
+    //! calls to destinations seen under random names.
+
+    use std::{net::IpAddr, path::Path};
+
+    use rand::{RngExt as _, SeedableRng, rngs::Xoshiro256PlusPlus as StdRng};
+    use rules::{
+        config,
+        model::{ConnectMeta, Direction, PacketProto},
+        names::Names,
+        policy::Policy,
+    };
+
+    use crate::compile::compile_direction;
+
+    const PATTERNS: [&str; 7] = [
+        "example.test",
+        "*.example.test",
+        "a.example.test",
+        "*.a.example.test",
+        "other.test",
+        "*.test",
+        "*.a.b.c.d.e.f.g.h",
+    ];
+    const NAMES: [&str; 7] = [
+        "example.test",
+        "a.example.test",
+        "b.a.example.test",
+        "other.test",
+        "x.other.test",
+        "unrelated.org",
+        "z.a.b.c.d.e.f.g.h",
+    ];
+    const ADDRS: [&str; 3] = ["10.1.2.3", "10.9.9.9", "2001:db8::7"];
+
+    struct Seen(Vec<String>);
+
+    impl Names for Seen {
+        fn names_of(&self, _addr: IpAddr) -> Vec<String> {
+            self.0.clone()
+        }
+    }
+
+    fn rule(rng: &mut StdRng) -> String {
+        let mut remote: Vec<String> = (0..rng.random_range(1..=3))
+            .map(|_| PATTERNS[rng.random_range(0..PATTERNS.len())].to_owned())
+            .collect();
+        if rng.random_bool(0.3) {
+            remote.push(["10.1.2.3", "10.0.0.0/8", "2001:db8::/64"][rng.random_range(0..3)].into());
+        }
+        let remote: Vec<String> = remote.iter().map(|r| format!("{r:?}")).collect();
+        let service = match rng.random_range(0..4) {
+            0 => String::new(),
+            1 => "proto = \"udp\"\n".into(),
+            2 => format!("proto = \"tcp\"\nport = {}\n", 440 + rng.random_range(0..4)),
+            _ => format!(
+                "port = [{}, {}]\n",
+                440 + rng.random_range(0..4),
+                440 + rng.random_range(0..4)
+            ),
+        };
+        let action = ["allow", "reject", "stealth"][rng.random_range(0..3)];
+        format!(
+            "[[rule]]\ndirection = \"out\"\nremote = [{}]\n{service}action = \"{action}\"\n",
+            remote.join(", ")
+        )
+    }
+
+    #[test]
+    fn compiled_names_agree_with_the_oracle() {
+        let seed: u64 = rand::random();
+        let mut rng = StdRng::seed_from_u64(seed);
+        for round in 0..300 {
+            let mut text = String::from("[defaults]\noutbound = \"stealth\"\n");
+            for _ in 0..rng.random_range(1..=8) {
+                text.push_str(&rule(&mut rng));
+            }
+            let ruleset = config::parse(&text, Path::new("names.toml")).unwrap();
+            let compiled =
+                compile_direction(&ruleset, Direction::Out, &Default::default()).unwrap();
+            for _ in 0..50 {
+                let names: Vec<String> = (0..rng.random_range(0..=2))
+                    .map(|_| NAMES[rng.random_range(0..NAMES.len())].to_owned())
+                    .collect();
+                let call = ConnectMeta {
+                    remote: ADDRS[rng.random_range(0..ADDRS.len())].parse().unwrap(),
+                    proto: if rng.random_bool(0.5) {
+                        PacketProto::Tcp
+                    } else {
+                        PacketProto::Udp
+                    },
+                    remote_port: 440 + rng.random_range(0..5),
+                };
+                let seen = Seen(names.clone());
+                let oracle = Policy::new(&ruleset).with_names(&seen).decide_out(&call);
+                let word = compiled.lookup_named(&call.as_packet(), None, &names);
+                let got = (
+                    firewall_common::verdict_action(word),
+                    (firewall_common::verdict_rule(word) != firewall_common::DEFAULT_RULE)
+                        .then(|| firewall_common::verdict_rule(word)),
+                );
+                assert_eq!(
+                    got,
+                    (oracle.action.to_kernel(), oracle.rule),
+                    "seed {seed}, round {round}: {call:?} seen as {names:?}\n{text}"
+                );
+            }
+        }
+    }
+}
