@@ -448,6 +448,25 @@ impl Default for LogConfig {
     }
 }
 
+/// `[dns]`: how long a name learnt from a DNS answer stays on its addresses: the record's TTL
+/// clamped to `min_ttl..=max_ttl`, plus `grace`. Seconds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct DnsConfig {
+    pub min_ttl: u32,
+    pub max_ttl: u32,
+    pub grace: u32,
+}
+
+impl Default for DnsConfig {
+    fn default() -> Self {
+        Self {
+            min_ttl: 60,
+            max_ttl: 86400,
+            grace: 30,
+        }
+    }
+}
+
 /// `[metrics]`: the counters for Prometheus. Off unless `listen` or `textfile` is set; read
 /// when the daemon starts (a reload that changes it says so and changes nothing).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
@@ -487,6 +506,7 @@ pub struct Ruleset {
     pub conntrack: Conntrack,
     pub log: LogConfig,
     pub metrics: MetricsConfig,
+    pub dns: DnsConfig,
     /// Named sets, expanded (files read), for `fwctl list`.
     #[serde(skip)]
     pub sets: BTreeMap<String, Vec<IpNet>>,

@@ -104,6 +104,9 @@ pub(super) fn load_object(
         .override_global(globals::LOG_BURST, &ruleset.log.burst, true)
         .override_global(globals::GENERATION, &generation, true)
         .override_global(globals::DNS_NAMES, &dns_names, true)
+        .override_global(globals::DNS_MIN_TTL, &ruleset.dns.min_ttl, true)
+        .override_global(globals::DNS_MAX_TTL, &ruleset.dns.max_ttl, true)
+        .override_global(globals::DNS_GRACE, &ruleset.dns.grace, true)
         .override_global(globals::PROTO_VERDICTS, &compiled.proto_verdicts, true)
         .load(EBPF_OBJECT)
         .context("loading the eBPF object")?;

@@ -27,6 +27,7 @@ mod conntrack;
 mod daemon;
 mod defaults;
 mod diagnostic;
+mod dns;
 mod include;
 mod log;
 mod metrics;
@@ -316,6 +317,7 @@ fn check<'t>(
     let conntrack = ck.conntrack(sections.remove("conntrack"));
     let log = ck.log(sections.remove("log"));
     let metrics = ck.metrics(sections.remove("metrics"));
+    let dns = ck.dns(sections.remove("dns"));
     let sets = ck.sets(sections.remove("sets"));
     let (mut rules, mut written) = ck.rules(rule_tables, &sets, max_rules)?;
     let mut assertions = ck.assertions(sections.remove("assert"));
@@ -357,6 +359,7 @@ fn check<'t>(
         conntrack,
         log,
         metrics,
+        dns,
         sets: sets.expanded,
         runtime_sets: sets.runtime,
         rules,

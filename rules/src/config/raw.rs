@@ -123,6 +123,22 @@ pub(super) struct RawLog {
     pub(super) burst: Option<Spanned<RawInt>>,
 }
 
+/// `[dns]`: how long a name learnt from a DNS answer stays on its addresses (outbound rules
+/// that name names, `crate::names`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawDns {
+    /// The shortest time a name stays, whatever the record's TTL: a duration, 0 to 1 day.
+    /// Default 60s.
+    pub(super) min_ttl: Option<Spanned<RawDuration>>,
+    /// The longest time a name stays, whatever the record's TTL: a duration, 1s to 7 days.
+    /// Default 1d.
+    pub(super) max_ttl: Option<Spanned<RawDuration>>,
+    /// Added to every time: connections that start just after the record expired (from a
+    /// resolver's cache) still find the name. A duration, 0 to 1 hour. Default 30s.
+    pub(super) grace: Option<Spanned<RawDuration>>,
+}
+
 /// `[metrics]`: the counters for Prometheus, off unless `listen` or `textfile` is given.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -238,6 +254,7 @@ pub(super) const TOP_LEVEL_KEYS: &[&str] = &[
     "assert",
     "include",
     "metrics",
+    "dns",
 ];
 
 /// A value that may be written once or as a list: `port = 22` or `port = [22, 80]`.

@@ -1,0 +1,414 @@
+//! Rules by name, end to end: the real daemon protects one side of a veth pair and attaches
+//! its outbound hooks to a cgroup made for the test; a DNS server written for the test
+//! (hickory-proto builds its answers) answers from the other namespace; a helper process
+//! (this test binary again, see [`helper_process`]) in the cgroup resolves names through it
+//! and connects to the addresses it got. What a connect() may do follows the names the
+//! addresses were resolved from, learnt by the kernel from the answers as they arrived.
+//!
+//! Needs root. Namespaces, cgroup, bpffs and the daemon are the test's own and removed after
+//! it, also on failure.
+
+mod support;
+
+use std::{
+    collections::HashMap,
+    io::{BufRead as _, ErrorKind},
+    net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket},
+    str::FromStr as _,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    thread::JoinHandle,
+    time::{Duration, Instant},
+};
+
+use hickory_proto::{
+    op::{Message, MessageType, OpCode, Query},
+    rr::{Name, RData, Record, RecordType, rdata},
+};
+use support::{daemon::Daemon, helper::Helper, netns::Pair};
+
+/// Environment variable that turns this test binary into the helper process.
+const HELPER_ENV: &str = "FW_DNS_HELPER_NETNS";
+const PORT: u16 = 8080;
+
+// ---------------------------------------------------------------------------------------------
+// The helper process.
+
+/// Not a test: when [`HELPER_ENV`] is set, this test binary is the helper process, which
+/// enters the namespace named there and runs the commands it reads on stdin, answering each
+/// with one `@@ ...` line. In a normal test run it returns at once.
+#[test]
+fn helper_process() {
+    let Some(ns) = std::env::var_os(HELPER_ENV) else {
+        return;
+    };
+    support::netns::enter(&ns.to_string_lossy());
+    for line in std::io::stdin().lock().lines().map_while(Result::ok) {
+        let w: Vec<&str> = line.split_whitespace().collect();
+        let reply = match w.as_slice() {
+            ["resolve", server, name, qtype] => resolve(server, name, qtype),
+            ["tcp", addr, port] => tcp(addr, port),
+            _ => format!("err unknown command {line:?}"),
+        };
+        println!("@@ {reply}");
+    }
+}
+
+/// Asks `server` for `name` as a stub resolver does (one UDP query, answers taken only from
+/// the server and with the query's id) and lists the addresses of the answer.
+fn resolve(server: &str, name: &str, qtype: &str) -> String {
+    let server: SocketAddr = format!("{server}:53").parse().expect("server address");
+    let sock = UdpSocket::bind("0.0.0.0:0").expect("udp socket");
+    sock.set_read_timeout(Some(Duration::from_secs(3)))
+        .expect("timeout");
+    let id: u16 = rand::random();
+    let mut q = Message::new(id, MessageType::Query, OpCode::Query);
+    q.metadata.recursion_desired = true;
+    let qtype = if qtype == "AAAA" {
+        RecordType::AAAA
+    } else {
+        RecordType::A
+    };
+    q.add_query(Query::query(Name::from_str(name).expect("name"), qtype));
+    if let Err(e) = sock.send_to(&q.to_vec().expect("query"), server) {
+        return format!("err send {e}");
+    }
+    let mut buf = [0u8; 2048];
+    loop {
+        let (n, from) = match sock.recv_from(&mut buf) {
+            Ok(x) => x,
+            Err(e) => return format!("err recv {e}"),
+        };
+        if from != server {
+            continue;
+        }
+        let Ok(m) = Message::from_vec(&buf[..n]) else {
+            continue;
+        };
+        if m.metadata.id != id {
+            continue;
+        }
+        let addrs: Vec<String> = m
+            .answers
+            .iter()
+            .filter_map(|r| match &r.data {
+                RData::A(a) => Some(a.0.to_string()),
+                RData::AAAA(a) => Some(a.0.to_string()),
+                _ => None,
+            })
+            .collect();
+        return format!("ok {}", addrs.join(" "));
+    }
+}
+
+/// Connects to `addr:port`: `ok`, `refused` (EPERM: the outbound hook said no),
+/// `timeout`, or `err ...`.
+fn tcp(addr: &str, port: &str) -> String {
+    let addr: IpAddr = addr.parse().expect("address");
+    let port: u16 = port.parse().expect("port");
+    match TcpStream::connect_timeout(&SocketAddr::new(addr, port), Duration::from_secs(3)) {
+        Ok(_) => "ok".into(),
+        Err(e) if e.kind() == ErrorKind::PermissionDenied => "refused".into(),
+        Err(e) if e.kind() == ErrorKind::TimedOut => "timeout".into(),
+        Err(e) => format!("err {e}"),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The DNS server.
+
+/// What the test's server answers for a name.
+#[derive(Clone)]
+enum Zone {
+    Addrs(Vec<IpAddr>, u32),
+    Cname(&'static str),
+    /// First a forged answer from another address of the peer, then one with the wrong id,
+    /// both giving `forged`; then the real one, giving `real`.
+    Forged {
+        forged: IpAddr,
+        real: IpAddr,
+    },
+}
+
+struct DnsServer {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Drop for DnsServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn record(name: &Name, ttl: u32, data: RData) -> Record {
+    Record::from_rdata(name.clone(), ttl, data)
+}
+
+/// The answer records for `q` (a CNAME chain followed), and what a [`Zone::Forged`] gives.
+fn answers(zone: &HashMap<&'static str, Zone>, q: &Name, qtype: RecordType) -> Vec<Record> {
+    let mut out = Vec::new();
+    let mut name = q.clone();
+    for _ in 0..8 {
+        let key = name.to_ascii().trim_end_matches('.').to_ascii_lowercase();
+        match zone.get(key.as_str()) {
+            Some(Zone::Cname(target)) => {
+                let t = Name::from_str(target).expect("target");
+                out.push(record(&name, 300, RData::CNAME(rdata::CNAME(t.clone()))));
+                name = t;
+            }
+            Some(Zone::Addrs(addrs, ttl)) => {
+                for a in addrs {
+                    match (a, qtype) {
+                        (IpAddr::V4(v4), RecordType::A) => {
+                            out.push(record(&name, *ttl, RData::A(rdata::A(*v4))));
+                        }
+                        (IpAddr::V6(v6), RecordType::AAAA) => {
+                            out.push(record(&name, *ttl, RData::AAAA(rdata::AAAA(*v6))));
+                        }
+                        _ => {}
+                    }
+                }
+                break;
+            }
+            Some(Zone::Forged { real, .. }) => {
+                if let IpAddr::V4(v4) = real {
+                    out.push(record(&name, 300, RData::A(rdata::A(*v4))));
+                }
+                break;
+            }
+            None => break,
+        }
+    }
+    out
+}
+
+fn reply(id: u16, q: &Query, records: Vec<Record>) -> Vec<u8> {
+    let mut m = Message::new(id, MessageType::Response, OpCode::Query);
+    m.add_query(q.clone());
+    m.add_answers(records);
+    m.to_vec().expect("answer")
+}
+
+impl DnsServer {
+    /// Serves `zone` on `addr:53` inside the namespace at `ns`; `forger` is another address
+    /// of that namespace, the source of forged answers.
+    fn start(ns: String, addr: IpAddr, forger: IpAddr, zone: HashMap<&'static str, Zone>) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (ready_tx, ready) = std::sync::mpsc::channel();
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            support::netns::enter(&ns);
+            let sock = UdpSocket::bind(SocketAddr::new(addr, 53)).expect("binding port 53");
+            let forge = UdpSocket::bind(SocketAddr::new(forger, 53)).expect("binding the forger");
+            sock.set_read_timeout(Some(Duration::from_millis(50)))
+                .expect("timeout");
+            ready_tx.send(()).expect("ready");
+            let mut buf = [0u8; 2048];
+            while !flag.load(Ordering::Relaxed) {
+                let Ok((n, from)) = sock.recv_from(&mut buf) else {
+                    continue;
+                };
+                let Ok(m) = Message::from_vec(&buf[..n]) else {
+                    continue;
+                };
+                let Some(q) = m.queries.first() else {
+                    continue;
+                };
+                let id = m.metadata.id;
+                let key = q
+                    .name()
+                    .to_ascii()
+                    .trim_end_matches('.')
+                    .to_ascii_lowercase();
+                if let Some(Zone::Forged { forged, .. }) = zone.get(key.as_str())
+                    && let IpAddr::V4(v4) = forged
+                {
+                    let fake = vec![record(q.name(), 300, RData::A(rdata::A(*v4)))];
+                    let _ = forge.send_to(&reply(id, q, fake.clone()), from);
+                    let _ = sock.send_to(&reply(id.wrapping_add(1), q, fake), from);
+                }
+                let records = answers(&zone, q.name(), q.query_type());
+                let _ = sock.send_to(&reply(id, q, records), from);
+            }
+        });
+        ready
+            .recv_timeout(Duration::from_secs(10))
+            .expect("the DNS server did not start");
+        Self {
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The test.
+
+const SERVER: &str = "10.200.0.1";
+
+fn rules() -> String {
+    format!(
+        r#"
+[defaults]
+inbound = "stealth"
+outbound = "reject"
+
+[dns]
+min_ttl = "0s"
+grace = "0s"
+
+[[rule]]
+name = "dns"
+direction = "out"
+proto = "udp"
+port = 53
+remote = "{SERVER}"
+action = "allow"
+
+[[rule]]
+name = "bad name"
+direction = "out"
+remote = ["bad.allowed.test"]
+action = "reject"
+
+[[rule]]
+name = "allowed names"
+direction = "out"
+proto = "tcp"
+port = {PORT}
+remote = ["*.allowed.test"]
+action = "allow"
+"#
+    )
+}
+
+#[test]
+fn connections_follow_the_names_their_addresses_were_resolved_from() {
+    let pair = Pair::new();
+    // The peer's addresses the names resolve to.
+    for host in 9..=16 {
+        pair.client.exec(&[
+            "ip",
+            "addr",
+            "add",
+            &format!("10.200.0.{host}/24"),
+            "dev",
+            &pair.client_if,
+        ]);
+    }
+    pair.client.exec(&[
+        "ip",
+        "-6",
+        "addr",
+        "add",
+        "fd00:200::10/64",
+        "dev",
+        &pair.client_if,
+        "nodad",
+    ]);
+    // Dual-stack: IPv4 and IPv6 on every address of the peer.
+    let _listener = pair
+        .client
+        .run(|| TcpListener::bind(("::", PORT)).expect("listen"));
+    let zone: HashMap<&'static str, Zone> = HashMap::from([
+        (
+            "www.allowed.test",
+            Zone::Addrs(vec![ip("10.200.0.10")], 300),
+        ),
+        ("cdn.allowed.test", Zone::Cname("edge.cdn.elsewhere.test.")),
+        (
+            "edge.cdn.elsewhere.test",
+            Zone::Addrs(vec![ip("10.200.0.11")], 300),
+        ),
+        (
+            "bad.allowed.test",
+            Zone::Addrs(vec![ip("10.200.0.12")], 300),
+        ),
+        (
+            "short.allowed.test",
+            Zone::Addrs(vec![ip("10.200.0.13")], 1),
+        ),
+        (
+            "forged.allowed.test",
+            Zone::Forged {
+                forged: ip("10.200.0.14"),
+                real: ip("10.200.0.15"),
+            },
+        ),
+        (
+            "www6.allowed.test",
+            Zone::Addrs(vec![ip("fd00:200::10")], 300),
+        ),
+        ("www.other.test", Zone::Addrs(vec![ip("10.200.0.16")], 300)),
+    ]);
+    let _dns = DnsServer::start(pair.client.path(), ip(SERVER), ip("10.200.0.9"), zone);
+    let daemon = Daemon::start(&pair.server, &pair.server_if, "generic", &rules());
+    let exe = std::env::current_exe().expect("test binary");
+    let mut inside = Helper::spawn(&exe, "helper_process", &[(HELPER_ENV, pair.server.path())]);
+    daemon.cgroup.add(inside.pid());
+    let mut call = |cmd: &str| inside.call_within(cmd, Duration::from_secs(10));
+
+    // Before any answer, no address has a name: the default refuses.
+    assert_eq!(call(&format!("tcp 10.200.0.10 {PORT}")), "refused");
+    let cases: [(&str, &str, &str, &str); 6] = [
+        ("www.allowed.test", "A", "10.200.0.10", "ok"),
+        // A CNAME chain: the address belongs to the name asked for.
+        ("cdn.allowed.test", "A", "10.200.0.11", "ok"),
+        // The first matching rule decides, a name rule like any other.
+        ("bad.allowed.test", "A", "10.200.0.12", "refused"),
+        ("www6.allowed.test", "AAAA", "fd00:200::10", "ok"),
+        // A name no rule names: the default.
+        ("www.other.test", "A", "10.200.0.16", "refused"),
+        // Forged answers (another source, another id) came first and were ignored.
+        ("forged.allowed.test", "A", "10.200.0.15", "ok"),
+    ];
+    for (name, qtype, addr, want) in cases {
+        let got = call(&format!("resolve {SERVER} {name} {qtype}"));
+        assert_eq!(got, format!("ok {addr}"), "resolving {name}");
+        assert_eq!(
+            call(&format!("tcp {addr} {PORT}")),
+            want,
+            "connecting to {addr}, resolved from {name}"
+        );
+    }
+    assert_eq!(
+        call(&format!("tcp 10.200.0.14 {PORT}")),
+        "refused",
+        "the forged answers' address has no name"
+    );
+    // The port is part of the rule: the name alone does not allow another port.
+    assert_eq!(call(&format!("tcp 10.200.0.10 {}", PORT + 1)), "refused");
+
+    // A record's TTL: allowed at once, refused once it expired (min_ttl and grace are 0).
+    let got = call(&format!("resolve {SERVER} short.allowed.test A"));
+    let resolved = Instant::now();
+    assert_eq!(got, "ok 10.200.0.13");
+    assert_eq!(call(&format!("tcp 10.200.0.13 {PORT}")), "ok");
+    // Waiting for a clock, not for an event: the TTL is 1 s.
+    std::thread::sleep(Duration::from_millis(2500).saturating_sub(resolved.elapsed()));
+    assert_eq!(
+        call(&format!("tcp 10.200.0.13 {PORT}")),
+        "refused",
+        "the name expired with its record"
+    );
+
+    // The kernel counted what it read.
+    let status = daemon.fwctl_json(&["status"]);
+    let counter = |name: &str| {
+        status["counters"][name]
+            .as_u64()
+            .unwrap_or_else(|| panic!("counter {name} in {status:#}"))
+    };
+    assert!(counter("dns_answers") >= 6, "{status:#}");
+    assert!(counter("dns_unsolicited") >= 1, "the wrong id: {status:#}");
+}
+
+fn ip(text: &str) -> IpAddr {
+    text.parse().expect("address")
+}

@@ -1,0 +1,50 @@
+//! `[dns]`: how long a name learnt from a DNS answer stays on its addresses.
+
+use toml::{Spanned, de::DeValue};
+
+use super::{
+    checker::Checker,
+    raw::RawDns,
+    values::{DAY, HOUR},
+};
+use crate::model::DnsConfig;
+
+impl Checker<'_> {
+    pub(super) fn dns(&mut self, value: Option<Spanned<DeValue<'_>>>) -> DnsConfig {
+        let mut out = DnsConfig::default();
+        let Some(raw) = value.and_then(|v| self.table::<RawDns>(v, "", "[dns]", "dns.", &[]))
+        else {
+            return out;
+        };
+        if let Some(v) = &raw.min_ttl
+            && let Some(secs) = self.duration(v, "dns.min_ttl", (0, DAY))
+        {
+            out.min_ttl = secs;
+        }
+        if let Some(v) = &raw.max_ttl
+            && let Some(secs) = self.duration(v, "dns.max_ttl", (1, 7 * DAY))
+        {
+            out.max_ttl = secs;
+        }
+        if let Some(v) = &raw.grace
+            && let Some(secs) = self.duration(v, "dns.grace", (0, HOUR))
+        {
+            out.grace = secs;
+        }
+        if out.min_ttl > out.max_ttl {
+            let at = raw
+                .min_ttl
+                .as_ref()
+                .or(raw.max_ttl.as_ref())
+                .map(Spanned::span);
+            self.error(
+                at,
+                format!(
+                    "dns.min_ttl ({}s) is longer than dns.max_ttl ({}s)",
+                    out.min_ttl, out.max_ttl
+                ),
+            );
+        }
+        out
+    }
+}
