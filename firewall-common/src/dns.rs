@@ -116,7 +116,9 @@ pub struct SeenName {
     pub count: u32,
     /// Bytes of `text`.
     pub len: u32,
-    /// The name, lower case, with dots, without the root's.
+    /// The name's labels as on the wire (each its length then its bytes, ASCII folded to
+    /// lower case), without the root label: a label may hold any byte, a dot included, so
+    /// dotted text could not tell `a.b` from the label `a.b`.
     pub text: [u8; NAME_TEXT],
 }
 

@@ -368,6 +368,21 @@ reloaded), [defaults] inbound, host (outbound), host socket at start-up, or host
         #[arg(long)]
         json: bool,
     },
+    /// The names outbound rules match addresses by: each name the host's DNS answers gave
+    /// some addresses, the addresses and how long they keep it, and the rules naming it.
+    #[command(
+        long_about = "The names outbound rules match addresses by, learnt from the DNS answers \
+the host received (see \"Outbound rules by name\" in the README), one name a line with its \
+addresses, the time each keeps the name, and the outbound rules that name it. Bytes of a name \
+other than letters, digits, '-' and '_' are shown as \\DDD. Answers are read only while some \
+outbound rule names a name.",
+        after_help = "Examples:\n  fwctl dns\n  fwctl dns --json | jq '.names[] | select(.rules != [])'"
+    )]
+    Dns {
+        /// Print the daemon's answer as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Stream the decisions the rules log (like `nft monitor trace`), or with --conns the
     /// connection events (like `conntrack -E`), one line each, until interrupted.
     #[command(

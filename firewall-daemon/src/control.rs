@@ -46,6 +46,8 @@ pub enum Request {
     /// Keep the rules a reload with `confirm_secs` applied.
     Confirm,
     Conns,
+    /// The names the datapath learnt from DNS answers (`fwctl dns`).
+    Dns,
     Explain(crate::explain::Query),
     Ports,
     /// Kernel tracing on or off (`fwctl debug on|off`): the rules in force are loaded again
@@ -446,6 +448,31 @@ pub struct ConnView {
     pub user: Option<String>,
 }
 
+/// One name some addresses have (`fwctl dns`).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct DnsName {
+    /// Presentation form: bytes other than letters, digits, `-` and `_` as `\DDD`.
+    pub name: String,
+    /// Each address with the seconds it keeps the name.
+    pub addresses: Vec<DnsAddress>,
+    /// The outbound rules that name it (`rule N "name"`), in file order: the first of them
+    /// that also matches a connection's protocol and port decides it.
+    pub rules: Vec<String>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct DnsAddress {
+    pub address: std::net::IpAddr,
+    pub expires_in_secs: u64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct DnsData {
+    /// False when no outbound rule names a name: answers are not read.
+    pub reading: bool,
+    pub names: Vec<DnsName>,
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ConnsData {
     pub connections: Vec<ConnView>,
@@ -807,6 +834,7 @@ pub fn answer_timeout(req: &Request) -> Duration {
         Request::List
         | Request::Status
         | Request::Conns
+        | Request::Dns
         | Request::Confirm
         | Request::Explain(_)
         | Request::Ports

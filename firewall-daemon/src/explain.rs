@@ -116,12 +116,42 @@ pub struct ExplainData {
     /// daemon only): their packets pass whatever the rules say.
     #[serde(default)]
     pub tracked: Vec<String>,
+    /// Outbound: the names the destination has (learnt from DNS answers; from the daemon
+    /// only), which rules naming names match it by.
+    #[serde(default)]
+    pub names: Vec<String>,
 }
 
-/// Answers `q` under `ruleset`, its selectors resolved as `resolved`.
+/// Answers `q` under `ruleset`, its selectors resolved as `resolved`, for an address without
+/// names (`fwctl explain --config FILE`: the names addresses have are the running daemon's).
 pub fn explain(ruleset: &Ruleset, resolved: &Resolved, q: &Query) -> Result<ExplainData, String> {
+    let mut data = explain_named(ruleset, resolved, q, None)?;
+    if q.direction == Direction::Out && ruleset.of(Direction::Out).any(|r| !r.names.is_empty()) {
+        data.notes.push(
+            "the rules name names, and the names an address has are known to the running              daemon only (ask it: fwctl explain without --config): this answer is for the              address without a name"
+                .into(),
+        );
+    }
+    Ok(data)
+}
+
+/// [`explain`] for an address that has the names `names` gives (outbound rules that name
+/// names match it by them), as the daemon answers it.
+pub fn explain_named(
+    ruleset: &Ruleset,
+    resolved: &Resolved,
+    q: &Query,
+    names: Option<&dyn rules::names::Names>,
+) -> Result<ExplainData, String> {
     let probe = q.probe()?;
-    let policy = Policy::with_selectors(ruleset, resolved);
+    let mut policy = Policy::with_selectors(ruleset, resolved);
+    let mut known = Vec::new();
+    if let Some(names) = names
+        && q.direction == Direction::Out
+    {
+        policy = policy.with_names(names);
+        known = names.names_of(q.remote);
+    }
     let mut notes = Vec::new();
     let owner = explain::owner_of(&probe.owner, Some(resolved), &mut notes);
     let e = explain::explain(&policy, ruleset, &probe, q.remote, owner.as_ref());
@@ -151,6 +181,7 @@ pub fn explain(ruleset: &Ruleset, resolved: &Resolved, q: &Query) -> Result<Expl
             .collect(),
         notes,
         tracked: Vec::new(),
+        names: known,
     })
 }
 

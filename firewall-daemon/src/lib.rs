@@ -9,6 +9,7 @@ pub mod explain;
 pub mod host;
 pub mod kernel;
 pub mod logging;
+pub mod names;
 pub mod replace;
 
 /// The compiled XDP object, built by build.rs from `firewall-ebpf`.

@@ -219,12 +219,14 @@ fn keys_of(key: &NameKey, labels: &[Vec<u8>]) -> (u64, Vec<u64>) {
     (h.finish_with(END_EXACT), suffixes)
 }
 
+/// The text `SEEN_NAMES` should hold: the labels as on the wire, folded to lower case.
 fn text_of(labels: &[Vec<u8>]) -> Vec<u8> {
-    let folded: Vec<Vec<u8>> = labels
-        .iter()
-        .map(|l| l.iter().map(|b| firewall_common::dns::fold(*b)).collect())
-        .collect();
-    folded.join(&b'.')
+    let mut out = Vec::new();
+    for l in labels {
+        out.push(l.len() as u8);
+        out.extend(l.iter().map(|b| firewall_common::dns::fold(*b)));
+    }
+    out
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -385,6 +385,67 @@ fn connections_follow_the_names_their_addresses_were_resolved_from() {
     // The port is part of the rule: the name alone does not allow another port.
     assert_eq!(call(&format!("tcp 10.200.0.10 {}", PORT + 1)), "refused");
 
+    // What the daemon says: the names, their addresses and rules (`fwctl dns`), and why a
+    // connection to a named address gets its verdict (`fwctl explain`).
+    let dns = daemon.fwctl_json(&["dns"]);
+    let entry = |name: &str| {
+        dns["names"]
+            .as_array()
+            .and_then(|v| v.iter().find(|n| n["name"] == name))
+            .cloned()
+            .unwrap_or_else(|| panic!("{name} not in fwctl dns: {dns:#}"))
+    };
+    let www = entry("www.allowed.test");
+    assert_eq!(www["addresses"][0]["address"], "10.200.0.10", "{www:#}");
+    assert_eq!(
+        www["rules"],
+        serde_json::json!(["rule 3 \"allowed names\""]),
+        "{www:#}"
+    );
+    let bad = entry("bad.allowed.test");
+    assert_eq!(
+        bad["rules"],
+        serde_json::json!(["rule 2 \"bad name\"", "rule 3 \"allowed names\""]),
+        "{bad:#}"
+    );
+    assert_eq!(entry("www.other.test")["rules"], serde_json::json!([]));
+    assert!(
+        dns["names"].as_array().is_some_and(|v| v
+            .iter()
+            .all(|n| n["addresses"][0]["address"] != "10.200.0.14")),
+        "the forged address is nobody's: {dns:#}"
+    );
+    let text = String::from_utf8_lossy(&daemon.fwctl(&["dns"]).stdout).into_owned();
+    println!("fwctl dns:\n{text}");
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("www.allowed.test  10.200.0.10 (")
+                && l.ends_with("[rule 3 \"allowed names\"]")),
+        "{text}"
+    );
+    let port = PORT.to_string();
+    let text = String::from_utf8_lossy(
+        &daemon
+            .fwctl(&["explain", "out", "tcp", "10.200.0.10", &port])
+            .stdout,
+    )
+    .into_owned();
+    println!("fwctl explain:\n{text}");
+    assert!(
+        text.contains("names:    www.allowed.test (from DNS answers)"),
+        "{text}"
+    );
+    for (addr, action, rule, name) in [
+        ("10.200.0.10", "allow", Some(3), "www.allowed.test"),
+        ("10.200.0.12", "reject", Some(2), "bad.allowed.test"),
+        ("10.200.0.16", "reject", None, "www.other.test"),
+    ] {
+        let e = daemon.fwctl_json(&["explain", "out", "tcp", addr, &port]);
+        assert_eq!(e["action"], action, "{e:#}");
+        assert_eq!(e["rule"].as_u64(), rule, "{e:#}");
+        assert_eq!(e["names"], serde_json::json!([name]), "{e:#}");
+    }
+
     // A record's TTL: allowed at once, refused once it expired (min_ttl and grace are 0).
     let got = call(&format!("resolve {SERVER} short.allowed.test A"));
     let resolved = Instant::now();

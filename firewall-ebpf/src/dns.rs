@@ -533,19 +533,20 @@ extern "C" fn key_step(index: u64, _ctx: *mut c_void) -> i64 {
     let at = usize::from(s.labels[j & (LABEL_SLOTS - 1)]);
     let l = usize::from(s.buf[at & VIEW_MASK]);
     s.keys.h.push(l as u8);
-    let tpos = (s.keys.tpos as usize).wrapping_sub(l);
+    // The text holds the labels as on the wire (length, bytes), the first first: this label
+    // goes before those already placed.
+    let tpos = (s.keys.tpos as usize).wrapping_sub(l + 1);
+    s.seen.text[tpos & (NAME_TEXT - 1)] = l as u8;
     for i in 0..63 {
         if i >= l {
             break;
         }
         let b = fold(s.buf[(at + 1 + i) & VIEW_MASK]);
         s.keys.h.push(b);
-        s.seen.text[(tpos + i) & (NAME_TEXT - 1)] = b;
+        s.seen.text[(tpos + 1 + i) & (NAME_TEXT - 1)] = b;
     }
     s.keys.tpos = tpos as u64;
     if j > 0 {
-        s.keys.tpos = s.keys.tpos.wrapping_sub(1);
-        s.seen.text[(s.keys.tpos as usize) & (NAME_TEXT - 1)] = b'.';
         let i = index as usize;
         if i < WILDCARD_DEPTH {
             s.seen.suffixes[i] = s.keys.h.finish_with(END_WILDCARD);
@@ -561,8 +562,8 @@ fn name_keys(labels: usize, key: &NameKey) {
     let Some(s) = this_cpus(&DNS_SCRATCH) else {
         return;
     };
-    // Text length: the label bytes and a dot between each two.
-    let mut text_len = labels - 1;
+    // Text length: each label's length byte and bytes.
+    let mut text_len = labels;
     for i in 0..MAX_NAME_STEPS {
         if i >= labels {
             break;

@@ -13,7 +13,7 @@
 //! | rules | /etc/firewall/rules.toml, a copy of rules/examples/workstation.toml; never overwritten, kept by uninstall |
 //! | examples | P/share/doc/firewall-daemon/examples/{workstation,server}.toml |
 //! | fail2ban action | P/share/doc/firewall-daemon/fail2ban/fwctl.conf (copied into /etc/fail2ban/action.d by the administrator who wants it) |
-//! | man pages | P/share/man/man1/fwctl.1, fwctl-{list,status,explain,ports,monitor,reload,confirm,debug,conns,check,add,insert,delete,set}.1, man8/firewall-daemon.8, man5/rules.toml.5 |
+//! | man pages | P/share/man/man1/fwctl.1, fwctl-{list,status,explain,ports,monitor,reload,confirm,debug,conns,dns,check,add,insert,delete,set}.1, man8/firewall-daemon.8, man5/rules.toml.5 |
 //! | completions | P/share/bash-completion/completions/{fwctl,firewall-daemon}, P/share/zsh/site-functions/_{fwctl,firewall-daemon}, P/share/fish/vendor_completions.d/{fwctl,firewall-daemon}.fish |
 //!
 //! Man pages and completions are generated from the clap definitions in

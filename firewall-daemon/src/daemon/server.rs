@@ -254,6 +254,7 @@ impl State {
             Request::List => answer(self.list()),
             Request::Status => answer(self.status()),
             Request::Conns => answer(self.conns()),
+            Request::Dns => answer(self.dns()),
             Request::Explain(q) => answer(self.explain(&q)),
             Request::Ports => answer(crate::explain::ports(&self.rules_now(), &self.resolved)),
             Request::Confirm => answer(self.confirm()),

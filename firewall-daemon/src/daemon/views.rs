@@ -92,8 +92,20 @@ impl State {
         &self,
         q: &crate::explain::Query,
     ) -> anyhow::Result<crate::explain::ExplainData> {
-        let mut data = crate::explain::explain(&self.rules_now(), &self.resolved, q)
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let rules = self.rules_now();
+        let now = crate::conntrack::monotonic_ns();
+        // The names table exists once names were used; without it no address has a name.
+        let tables = crate::names::NameTables::open(&self.ruleset.daemon.pin_dir).ok();
+        let at = tables
+            .as_ref()
+            .map(|tables| crate::names::NamesAt { tables, now });
+        let mut data = crate::explain::explain_named(
+            &rules,
+            &self.resolved,
+            q,
+            at.as_ref().map(|a| a as &dyn rules::names::Names),
+        )
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
         // TCP and UDP flows with that remote address and port (ICMP flows are keyed by echo id).
         let remote = firewall_common::addr::canonical(q.remote);
         let now = crate::conntrack::monotonic_ns();
@@ -297,6 +309,41 @@ impl State {
                 }
             }
         }
+    }
+
+    /// `fwctl dns`: every name some address has now, with the rules that name it.
+    pub(super) fn dns(&self) -> anyhow::Result<crate::control::DnsData> {
+        use crate::control::{DnsAddress, DnsData, DnsName};
+        let rules = self.rules_now();
+        let outbound: Vec<&rules::model::Rule> = rules
+            .of(Direction::Out)
+            .filter(|r| !r.names.is_empty())
+            .collect();
+        let now = conntrack::monotonic_ns();
+        let tables = crate::names::NameTables::open(&self.ruleset.daemon.pin_dir)?;
+        let names = tables
+            .all(now)
+            .into_iter()
+            .map(|(name, addrs)| DnsName {
+                rules: outbound
+                    .iter()
+                    .filter(|r| r.names.iter().any(|p| p.matches(&name)))
+                    .map(|r| format!("rule {} {:?}", r.index + 1, r.name.as_str()))
+                    .collect(),
+                name,
+                addresses: addrs
+                    .into_iter()
+                    .map(|(address, expires)| DnsAddress {
+                        address,
+                        expires_in_secs: expires.saturating_sub(now) / 1_000_000_000,
+                    })
+                    .collect(),
+            })
+            .collect();
+        Ok(DnsData {
+            reading: !outbound.is_empty(),
+            names,
+        })
     }
 
     pub(super) fn conns(&self) -> anyhow::Result<ConnsData> {

@@ -104,6 +104,7 @@ const DOCUMENTED: &[(&str, u32)] = &[
     ("/usr/local/share/man/man1/fwctl-status.1", 0o644),
     ("/usr/local/share/man/man1/fwctl-reload.1", 0o644),
     ("/usr/local/share/man/man1/fwctl-conns.1", 0o644),
+    ("/usr/local/share/man/man1/fwctl-dns.1", 0o644),
     ("/usr/local/share/man/man1/fwctl-monitor.1", 0o644),
     ("/usr/local/share/man/man1/fwctl-check.1", 0o644),
     ("/usr/local/share/man/man1/fwctl-confirm.1", 0o644),

@@ -98,6 +98,10 @@ fn print_explanation(d: &ExplainData) {
         None => println!("{}: {} by {by}", esc(&d.question), d.action),
     }
     println!("  rules:    {}", esc(&d.source));
+    if !d.names.is_empty() {
+        let names: Vec<String> = d.names.iter().map(|n| esc(n)).collect();
+        println!("  names:    {} (from DNS answers)", names.join(", "));
+    }
     for r in &d.shadowed {
         println!(
             "  shadowed: rule {} {:?} ({}line {}, {}) matches too, but comes later",

@@ -127,6 +127,7 @@ fn wants_json(cmd: &Cmd) -> bool {
         | Cmd::Confirm { json }
         | Cmd::Debug { json, .. }
         | Cmd::Conns { json }
+        | Cmd::Dns { json }
         | Cmd::Check { json, .. }
         | Cmd::Explain { json, .. }
         | Cmd::Ports { json }
@@ -176,6 +177,7 @@ fn run(args: &Args) -> Result<ExitCode, Failure> {
             render::print_debug,
         )?,
         Cmd::Conns { json } => show(args, Request::Conns, *json, print_conns)?,
+        Cmd::Dns { json } => show(args, Request::Dns, *json, render::print_dns)?,
         Cmd::Explain { json, .. } => explain::explain(args, *json)?,
         Cmd::Ports { json } => show(args, Request::Ports, *json, explain::print_ports)?,
         Cmd::Monitor { .. } => monitor::run(args)?,

@@ -431,6 +431,29 @@ pub(super) fn owner(c: &control::ConnView) -> String {
     }
 }
 
+pub(super) fn print_dns(d: &control::DnsData) {
+    if !d.reading {
+        println!("no outbound rule names a name: DNS answers are not read");
+    }
+    if d.names.is_empty() {
+        println!("no address has a name");
+        return;
+    }
+    for n in &d.names {
+        let addrs: Vec<String> = n
+            .addresses
+            .iter()
+            .map(|a| format!("{} ({})", a.address, human_duration(a.expires_in_secs)))
+            .collect();
+        let rules = if n.rules.is_empty() {
+            "no rule".to_string()
+        } else {
+            n.rules.join(", ")
+        };
+        println!("{}  {}  [{}]", esc(&n.name), addrs.join(" "), esc(&rules));
+    }
+}
+
 pub(super) fn print_conns(d: &ConnsData) {
     if d.connections.is_empty() {
         println!("no tracked connections");
