@@ -66,7 +66,7 @@ impl NameTables {
                 })
             })
             .collect();
-        out.sort_by(|a, b| b.expires_ns.cmp(&a.expires_ns));
+        out.sort_by_key(|k| std::cmp::Reverse(k.expires_ns));
         out
     }
 
