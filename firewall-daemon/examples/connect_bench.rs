@@ -14,7 +14,11 @@
 //! 1,000 rules each naming a different executable (the benchmark's own is the last, allowed),
 //! and the worst case, rules of all seven selector shapes (program, unit, user and their
 //! combinations), each of which the benchmark process matches, so every call makes seven group
-//! lookups. Prints ns per connect() call: the median of `--runs` runs (min-max in brackets) of
+//! lookups. Then with names (`remote = ["*.dest.example.test"]`): the destinations have the
+//! name `www.dest.example.test` in the names tables (written as the XDP program writes them
+//! from a DNS answer), and 10 or 100,000 other names are named by an earlier rule, so every
+//! call looks up the destination's names and the keys of the name and its suffixes. Prints ns
+//! per connect() call: the median of `--runs` runs (min-max in brackets) of
 //! `--calls` calls each, for one socket connected again and again (the hooks' judging alone:
 //! the socket's owner is recorded once) and for a new socket per call (socket(), connect(),
 //! close(): every call also records a new owner, as every real connection does).
@@ -126,6 +130,67 @@ fn all_shapes_rules(unit: &str) -> anyhow::Result<String> {
          remote = [\"10.77.0.2\", \"fd77::2\"]\naction = \"allow\"\n"
     ));
     Ok(text)
+}
+
+/// Names: a rule refusing `n` names, then one allowing port 9000 to any name below
+/// dest.example.test (the destinations get the name `www.dest.example.test`, [`name_dests`]).
+fn name_rules(n: u32) -> String {
+    let names: Vec<String> = (0..n).map(|i| format!("\"n{i}.example.test\"")).collect();
+    format!(
+        "[defaults]\noutbound = \"reject\"\n\
+         [[rule]]\ndirection = \"out\"\nproto = \"udp\"\nremote = [{}]\naction = \"reject\"\n\
+         [[rule]]\ndirection = \"out\"\nproto = \"udp\"\nport = 9000\n\
+         remote = [\"*.dest.example.test\"]\naction = \"allow\"\n",
+        names.join(", ")
+    )
+}
+
+/// Gives the destinations the name `www.dest.example.test` in the pinned names tables, as the
+/// XDP program records a DNS answer (`firewall-ebpf/src/dns.rs`), with the key the outbound
+/// copy drew.
+fn name_dests(pin_dir: &Path, dests: &[SocketAddr]) -> anyhow::Result<()> {
+    use aya::maps::{Array, HashMap, Map, MapData};
+    use firewall_common::dns::{
+        NAME_TEXT, NameKey, Resolved, ResolvedName, SeenName, WILDCARD_DEPTH, exact_key,
+        wildcard_key,
+    };
+    let open = |name: &str| -> anyhow::Result<Map> {
+        Ok(Map::from_map_data(MapData::from_pin(pin_dir.join(name))?)?)
+    };
+    let key: NameKey = Array::<MapData, NameKey>::try_from(open("NAME_KEY")?)?.get(&0, 0)?;
+    anyhow::ensure!(!key.is_unset(), "no name key was drawn");
+    let name = "www.dest.example.test";
+    let labels: Vec<&str> = name.split('.').collect();
+    let mut seen = SeenName {
+        suffixes: [0; WILDCARD_DEPTH],
+        count: 0,
+        len: 0,
+        text: [0; NAME_TEXT],
+    };
+    for depth in 1..labels.len() {
+        seen.suffixes[depth - 1] = wildcard_key(&key, &labels[labels.len() - depth..].join("."));
+        seen.count = depth as u32;
+    }
+    let mut at = 0;
+    for l in &labels {
+        seen.text[at] = l.len() as u8;
+        seen.text[at + 1..at + 1 + l.len()].copy_from_slice(l.as_bytes());
+        at += 1 + l.len();
+    }
+    seen.len = at as u32;
+    let exact = exact_key(&key, name);
+    let mut names: HashMap<MapData, u64, SeenName> = HashMap::try_from(open("SEEN_NAMES")?)?;
+    names.insert(&exact, &seen, 0)?;
+    let mut resolved: HashMap<MapData, [u8; 16], Resolved> = HashMap::try_from(open("RESOLVED")?)?;
+    let mut r = Resolved::default();
+    r.names[0] = ResolvedName {
+        name: exact,
+        expires: u64::MAX,
+    };
+    for d in dests {
+        resolved.insert(&firewall_common::addr::mapped(d.ip()), &r, 0)?;
+    }
+    Ok(())
 }
 
 /// ns per call of `once`, after 1,000 calls of warm-up (route and neighbour caches, the hooks'
@@ -263,6 +328,12 @@ fn main() -> anyhow::Result<()> {
         "attached, rules of all 7 selector shapes".into(),
         all_shapes_rules(&unit)?,
     ));
+    for n in [10u32, 100_000] {
+        cases.push((
+            format!("attached, a destination with a name, {n} names in the rules"),
+            name_rules(n),
+        ));
+    }
     for (i, (label, text)) in cases.into_iter().enumerate() {
         let rs = config::parse(&text, Path::new("connect-bench.toml"))
             .map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -276,6 +347,9 @@ fn main() -> anyhow::Result<()> {
         let t = Instant::now();
         let mut generation = OutboundGeneration::load(&compiled, &rs, &pin_dir, 1)?;
         let load_ms = t.elapsed().as_secs_f64() * 1e3;
+        if !compiled.names.is_empty() {
+            name_dests(&pin_dir, &[to4, to6])?;
+        }
         // Dropping the links detaches the hooks again.
         let links: Vec<_> = Hook::ALL
             .iter()

@@ -32,6 +32,15 @@
 //! loaded when the tables were full.
 //! Prints a Markdown table.
 //!
+//! `testrun_bench dns [--quick]`: what reading DNS answers costs (outbound rules that name
+//! names, `firewall-ebpf/src/dns.rs`): the XDP program's time for a tracked DNS answer, single
+//! shot, each answer to a query the egress program recorded just before (the query is
+//! consumed by its answer), with a rule set that names a name (the answer read and recorded)
+//! against the same rules naming an address instead (the answer only passes), alternating in
+//! one run; for an answer of one A record, one of a CNAME chain and 8 A records, and for an
+//! answer to no query. Prints a Markdown table: per answer, the median of each run's median,
+//! with the range of the runs' medians.
+//!
 //! `testrun_bench attach-pass NETNS_PATH IFNAME PIN_DIR`: enters the network namespace, attaches
 //! the object's `xdp_pass` program to IFNAME in native mode (the veth XDP floor of the
 //! throughput benchmark), prints `attached` and keeps it attached until its standard input
@@ -265,7 +274,8 @@ fn main() -> anyhow::Result<()> {
         _ => {}
     }
     let runtime_sets = args.first().is_some_and(|a| a == "runtime-sets");
-    let opts = parse_opts(&args[usize::from(runtime_sets)..])?;
+    let dns = args.first().is_some_and(|a| a == "dns");
+    let opts = parse_opts(&args[usize::from(runtime_sets || dns)..])?;
     let dir = tempfile::Builder::new()
         .prefix("fw-bench-bpffs-")
         .tempdir()?;
@@ -276,6 +286,11 @@ fn main() -> anyhow::Result<()> {
         MsFlags::empty(),
         None::<&str>,
     )?;
+    if dns {
+        let result = dns_bench(dir.path(), &opts);
+        let _ = umount2(dir.path(), MntFlags::MNT_DETACH);
+        return result;
+    }
     if runtime_sets {
         let result = runtime_sets_bench(dir.path(), &opts);
         let _ = umount2(dir.path(), MntFlags::MNT_DETACH);
@@ -400,6 +415,142 @@ fn runtime_sets_bench(bpffs: &Path, opts: &Opts) -> anyhow::Result<()> {
             loads[1]
         );
     }
+    Ok(())
+}
+
+/// A UDP frame between the host (192.168.0.2:`port`) and its resolver (192.168.0.53:53):
+/// the query leaving (`to_server`) or the answer arriving.
+fn dns_frame(to_server: bool, port: u16, payload: &[u8]) -> Vec<u8> {
+    let (host, server) = ([192, 168, 0, 2], [192, 168, 0, 53]);
+    let mut out = Vec::new();
+    let (src, dst, sport, dport) = if to_server {
+        (host, server, port, 53)
+    } else {
+        (server, host, 53, port)
+    };
+    PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])
+        .ipv4(src, dst, 64)
+        .udp(sport, dport)
+        .write(&mut out, payload)
+        .expect("frame");
+    out
+}
+
+/// A DNS answer with id `id` to `name`: `cnames` CNAMEs, then `addrs` A records.
+fn dns_answer(id: u16, name: &str, cnames: usize, addrs: u8) -> Vec<u8> {
+    use hickory_proto::{
+        op::{Message, MessageType, OpCode, Query},
+        rr::{Name, RData, Record, RecordType, rdata},
+    };
+    use std::str::FromStr as _;
+    let mut m = Message::new(id, MessageType::Response, OpCode::Query);
+    let mut owner = Name::from_str(name).expect("name");
+    m.add_query(Query::query(owner.clone(), RecordType::A));
+    for i in 0..cnames {
+        let target = Name::from_str(&format!("edge{i}.cdn.example.net.")).expect("name");
+        m.add_answer(Record::from_rdata(
+            owner.clone(),
+            300,
+            RData::CNAME(rdata::CNAME(target.clone())),
+        ));
+        owner = target;
+    }
+    for i in 0..addrs {
+        m.add_answer(Record::from_rdata(
+            owner.clone(),
+            300,
+            RData::A(rdata::A(Ipv4Addr::new(198, 51, 100, i))),
+        ));
+    }
+    m.to_vec().expect("answer")
+}
+
+/// `dns`: see the module's documentation.
+fn dns_bench(bpffs: &Path, opts: &Opts) -> anyhow::Result<()> {
+    const RUNS: usize = 3;
+    let shots = opts.sizes.single_shots;
+    println!(
+        "BPF_PROG_TEST_RUN, XDP, one tracked DNS answer (single shot), ns: median of {RUNS} runs' \
+         medians of {shots} answers (range of the run medians)\n"
+    );
+    println!(
+        "| answer | rules name a name: answer read | rules name an address: answer passed | difference |"
+    );
+    println!("|---|---:|---:|---:|");
+    let head = "[defaults]\ninbound = \"stealth\"\n";
+    let texts = [
+        format!(
+            "{head}[[rule]]\ndirection = \"out\"\nremote = [\"*.example.test\"]\naction = \"allow\"\n"
+        ),
+        format!(
+            "{head}[[rule]]\ndirection = \"out\"\nremote = [\"198.51.100.0/24\"]\naction = \"allow\"\n"
+        ),
+    ];
+    let mut gens = Vec::new();
+    for (i, text) in texts.iter().enumerate() {
+        let rs =
+            config::parse(text, Path::new("bench.toml")).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let pin = bpffs.join(format!("dns{i}"));
+        let c = compile::compile(&rs, &Default::default())?;
+        let g = Generation::load(&c, &rs, &pin, 1)?;
+        // The outbound copy draws the names' key (only when the rules name names).
+        let out =
+            compile::compile_direction(&rs, rules::model::Direction::Out, &Default::default())?;
+        let o = firewall_daemon::kernel::OutboundGeneration::load(&out, &rs, &pin, 1)?;
+        gens.push((g, o));
+    }
+    let kinds: [(&str, usize, u8, bool); 3] = [
+        ("one A record", 0, 1, true),
+        ("2 CNAMEs, 8 A records", 2, 8, true),
+        ("to no query (ignored)", 0, 1, false),
+    ];
+    let mut port: u16 = 20000;
+    for (label, cnames, addrs, asked) in kinds {
+        let mut medians: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
+        for _ in 0..RUNS {
+            for (i, (g, _)) in gens.iter_mut().enumerate() {
+                let mut v = Vec::with_capacity(shots);
+                for k in 0..shots {
+                    port = if port >= 60000 { 20000 } else { port + 1 };
+                    let id = k as u16;
+                    let answer = dns_answer(id, "www.example.test.", cnames, addrs);
+                    // The query, as the host sends it: the answer's header, not a response.
+                    let mut query = answer[..12].to_vec();
+                    query[2] = 0x01;
+                    query[3] = 0;
+                    if asked {
+                        g.test_run_egress(&dns_frame(true, port, &query))?;
+                    } else {
+                        // The flow is tracked, the query id is another.
+                        query[..2].copy_from_slice(&id.wrapping_add(1).to_be_bytes());
+                        g.test_run_egress(&dns_frame(true, port, &query))?;
+                    }
+                    let t = g.time_run(&dns_frame(false, port, &answer), 1)?;
+                    v.push(t);
+                }
+                medians[i].push(Stat::of(v).median);
+            }
+        }
+        let read = Stat::of(medians[0].clone());
+        let passed = Stat::of(medians[1].clone());
+        println!(
+            "| {label} | {} | {} | {:.0} |",
+            read.cell(0),
+            passed.cell(0),
+            read.median - passed.median
+        );
+        let c = gens[0].0.counters()?;
+        anyhow::ensure!(
+            c["dns_answers"] > 0 && (asked || c["dns_unsolicited"] > 0),
+            "the answers were not read: {c:?}"
+        );
+    }
+    let c = gens[0].0.counters()?;
+    println!(
+        "\ncounters (rules naming a name): dns_answers {}, dns_addresses {}, dns_unsolicited {}, \
+         dns_malformed {}",
+        c["dns_answers"], c["dns_addresses"], c["dns_unsolicited"], c["dns_malformed"]
+    );
     Ok(())
 }
 
