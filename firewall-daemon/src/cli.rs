@@ -348,7 +348,8 @@ fwctl --config new-rules.toml explain in udp 10.0.0.5 53 --json"
 columns:\n\n\
 PROTO: tcp, udp or icmp (ICMP and ICMPv6 echo).\n\n\
 LOCAL, REMOTE: this host's end and the other one, address and port (ICMP: address and echo \
-id).\n\n\
+id); while outbound rules name names, the remote address's name from a DNS answer follows \
+in parentheses.\n\n\
 STATE: for TCP the state as Linux names it (SYN_SENT, SYN_RECV, ESTABLISHED, FIN_WAIT, \
 CLOSE_WAIT, LAST_ACK, TIME_WAIT, CLOSE), for UDP UNREPLIED or REPLIED, for ICMP ECHO. A \
 trailing ! marks a connection `fwctl reload --recheck` found the new rules deny: its host \

@@ -420,6 +420,10 @@ pub struct ConnView {
     /// `address:port` (IPv6 in brackets); for ICMP echo the address and `id=N`.
     pub local: String,
     pub remote: String,
+    /// The name the remote address has from a DNS answer, while the rules name names
+    /// (`fwctl dns`); the one that lasts longest if several.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
     pub state: String,
     /// "local" (the host opened it) or "remote".
     pub origin: String,

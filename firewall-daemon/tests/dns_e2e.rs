@@ -415,6 +415,16 @@ fn connections_follow_the_names_their_addresses_were_resolved_from() {
             .all(|n| n["addresses"][0]["address"] != "10.200.0.14")),
         "the forged address is nobody's: {dns:#}"
     );
+    // The connection to www.allowed.test shows its name.
+    let conns = daemon.fwctl_json(&["conns"]);
+    let conn = conns["connections"]
+        .as_array()
+        .and_then(|v| {
+            v.iter()
+                .find(|c| c["remote"] == format!("10.200.0.10:{PORT}"))
+        })
+        .unwrap_or_else(|| panic!("no connection to 10.200.0.10: {conns:#}"));
+    assert_eq!(conn["name"], "www.allowed.test", "{conn:#}");
     let text = String::from_utf8_lossy(&daemon.fwctl(&["dns"]).stdout).into_owned();
     println!("fwctl dns:\n{text}");
     assert!(

@@ -355,6 +355,12 @@ impl State {
                 .iter()
                 .filter_map(|(p, id)| Some((p.as_path(), (*id)?))),
         );
+        // Names only while the rules name names: otherwise the tables may hold stale ones.
+        let name_tables = if self.ruleset.of(Direction::Out).any(|r| !r.names.is_empty()) {
+            crate::names::NameTables::open(&self.ruleset.daemon.pin_dir).ok()
+        } else {
+            None
+        };
         let mut connections: Vec<ConnView> = self
             .tables
             .flows()
@@ -379,6 +385,10 @@ impl State {
                     proto: conntrack::proto_name(f.key.proto).into(),
                     local,
                     remote: endpoint(f.remote(), f.key.remote_port),
+                    name: name_tables
+                        .as_ref()
+                        .and_then(|t| t.names_of(f.remote(), now).into_iter().next())
+                        .map(|k| k.name),
                     state: state::name(e.state).into(),
                     origin: if e.origin == ORIGIN_LOCAL {
                         "local"

@@ -488,7 +488,15 @@ pub(super) fn print_conns(d: &ConnsData) {
     };
     let (ws, wp, wb) = (widest(&states, 5), widest(&pkts, 11), widest(&bytes, 12));
     let wl = w(|c| esc(&c.local).chars().count(), 5);
-    let wr = w(|c| esc(&c.remote).chars().count(), 6);
+    let remotes: Vec<String> = d
+        .connections
+        .iter()
+        .map(|c| match &c.name {
+            Some(n) => format!("{} ({})", esc(&c.remote), esc(n)),
+            None => esc(&c.remote),
+        })
+        .collect();
+    let wr = widest(&remotes, 6);
     let wo = owners
         .iter()
         .map(|o| o.chars().count())
@@ -507,17 +515,18 @@ pub(super) fn print_conns(d: &ConnsData) {
         "BYTES IN/OUT",
         "PROGRAM"
     );
-    for ((c, owner), (state, (pkts, bytes))) in d
+    for (((c, owner), remote), (state, (pkts, bytes))) in d
         .connections
         .iter()
         .zip(&owners)
+        .zip(&remotes)
         .zip(states.iter().zip(pkts.iter().zip(&bytes)))
     {
         println!(
             "{:<6} {:<wl$} {:<wr$} {:<ws$} {:>6} {:>7} {:>wp$} {:>wb$}  {:<wo$}  {}{}",
             esc(&c.proto),
             esc(&c.local),
-            esc(&c.remote),
+            remote,
             state,
             human_duration(c.age_secs),
             human_duration(c.expires_in_secs),
@@ -614,6 +623,7 @@ mod tests {
             proto: "tcp".into(),
             local: "10.0.0.2:22".into(),
             remote: "10.0.0.1:5000".into(),
+            name: None,
             state: "ESTABLISHED".into(),
             origin: "remote".into(),
             table: "confirmed".into(),
