@@ -181,10 +181,14 @@ pub enum Counter {
     DnsAddresses,
     /// Outbound calls whose destination was seen under some name.
     OutNamed,
+    /// Outbound calls no rule decided to a destination without a name, refused by
+    /// `[dns] enforce` where `[defaults] outbound` allows (also counted under
+    /// `OutDefaultVerdict` and `OutRejected`).
+    OutUnnamedRefused,
 }
 
 impl Counter {
-    pub const COUNT: u32 = Counter::OutNamed as u32 + 1;
+    pub const COUNT: u32 = Counter::OutUnnamedRefused as u32 + 1;
 
     pub const ALL: [Counter; Counter::COUNT as usize] = [
         Counter::Packets,
@@ -256,6 +260,7 @@ impl Counter {
         Counter::DnsRecordFailed,
         Counter::DnsAddresses,
         Counter::OutNamed,
+        Counter::OutUnnamedRefused,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -329,6 +334,7 @@ impl Counter {
             Counter::DnsRecordFailed => "dns_record_failed",
             Counter::DnsAddresses => "dns_addresses",
             Counter::OutNamed => "out_named",
+            Counter::OutUnnamedRefused => "out_unnamed_refused",
         }
     }
 }

@@ -100,6 +100,9 @@ pub mod globals {
     pub const DNS_MIN_TTL: &str = "DNS_MIN_TTL";
     pub const DNS_MAX_TTL: &str = "DNS_MAX_TTL";
     pub const DNS_GRACE: &str = "DNS_GRACE";
+    /// Verdict word for an outbound call no rule decides to an address no DNS answer named:
+    /// [`DEFAULT_OUTBOUND`], or `reject` with `[dns] enforce` where that allows.
+    pub const DNS_UNNAMED: &str = "DNS_UNNAMED";
     /// [`super::generator::GenConfig`]: the benchmark generator's settings (never set by the
     /// daemon).
     pub const GEN_CONFIG: &str = "GEN_CONFIG";

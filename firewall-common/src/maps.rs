@@ -376,7 +376,7 @@ const fn global(name: &'static str, size: usize) -> GlobalSpec {
 /// Every load-time constant of the eBPF object. The rule set's are set for each generation
 /// from the compiled rules and `[defaults]`/`[reject]`/`[conntrack]`; the structure offsets
 /// ([`identity::globals`]) from the running kernel's BTF.
-pub const GLOBALS: [GlobalSpec; 29] = [
+pub const GLOBALS: [GlobalSpec; 30] = [
     global(globals::DEFAULT_INBOUND, 4),
     global(globals::DEFAULT_OUTBOUND, 4),
     global(globals::FRAGMENTS, 4),
@@ -398,6 +398,7 @@ pub const GLOBALS: [GlobalSpec; 29] = [
     global(globals::DNS_MIN_TTL, 4),
     global(globals::DNS_MAX_TTL, 4),
     global(globals::DNS_GRACE, 4),
+    global(globals::DNS_UNNAMED, 4),
     // aya-log's level (`diagnostics`): 0 (no message) unless kernel tracing is on.
     global(globals::AYA_LOG_LEVEL, 1),
     global(identity::globals::OFF_TASK_MM, 4),

@@ -126,7 +126,7 @@ pub struct ExplainData {
 /// names (`fwctl explain --config FILE`: the names addresses have are the running daemon's).
 pub fn explain(ruleset: &Ruleset, resolved: &Resolved, q: &Query) -> Result<ExplainData, String> {
     let mut data = explain_named(ruleset, resolved, q, None)?;
-    if q.direction == Direction::Out && ruleset.of(Direction::Out).any(|r| !r.names.is_empty()) {
+    if q.direction == Direction::Out && ruleset.reads_names() {
         data.notes.push(
             "the rules name names, and the names an address has are known to the running              daemon only (ask it: fwctl explain without --config): this answer is for the              address without a name"
                 .into(),

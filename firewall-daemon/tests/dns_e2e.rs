@@ -288,74 +288,100 @@ action = "allow"
     )
 }
 
-#[test]
-fn connections_follow_the_names_their_addresses_were_resolved_from() {
-    let pair = Pair::new();
-    // The peer's addresses the names resolve to.
-    for host in 9..=16 {
+/// The test's hosts: the protected namespace (daemon, helper in its cgroup) and the peer
+/// (the DNS server, a listener on every address). Dropped in field order: the helper, the
+/// daemon, the server, the namespaces.
+struct Lab {
+    inside: Helper,
+    daemon: Daemon,
+    _dns: DnsServer,
+    _listener: TcpListener,
+    _pair: Pair,
+}
+
+impl Lab {
+    fn new(rules: &str) -> Self {
+        let pair = Pair::new();
+        // The peer's addresses the names resolve to.
+        for host in 9..=16 {
+            pair.client.exec(&[
+                "ip",
+                "addr",
+                "add",
+                &format!("10.200.0.{host}/24"),
+                "dev",
+                &pair.client_if,
+            ]);
+        }
         pair.client.exec(&[
             "ip",
+            "-6",
             "addr",
             "add",
-            &format!("10.200.0.{host}/24"),
+            "fd00:200::10/64",
             "dev",
             &pair.client_if,
+            "nodad",
         ]);
+        // Dual-stack: IPv4 and IPv6 on every address of the peer.
+        let listener = pair
+            .client
+            .run(|| TcpListener::bind(("::", PORT)).expect("listen"));
+        let zone: HashMap<&'static str, Zone> = HashMap::from([
+            (
+                "www.allowed.test",
+                Zone::Addrs(vec![ip("10.200.0.10")], 300),
+            ),
+            ("cdn.allowed.test", Zone::Cname("edge.cdn.elsewhere.test.")),
+            (
+                "edge.cdn.elsewhere.test",
+                Zone::Addrs(vec![ip("10.200.0.11")], 300),
+            ),
+            (
+                "bad.allowed.test",
+                Zone::Addrs(vec![ip("10.200.0.12")], 300),
+            ),
+            (
+                "short.allowed.test",
+                Zone::Addrs(vec![ip("10.200.0.13")], 1),
+            ),
+            (
+                "forged.allowed.test",
+                Zone::Forged {
+                    forged: ip("10.200.0.14"),
+                    real: ip("10.200.0.15"),
+                },
+            ),
+            (
+                "www6.allowed.test",
+                Zone::Addrs(vec![ip("fd00:200::10")], 300),
+            ),
+            ("www.other.test", Zone::Addrs(vec![ip("10.200.0.16")], 300)),
+        ]);
+        let dns = DnsServer::start(pair.client.path(), ip(SERVER), ip("10.200.0.9"), zone);
+        let daemon = Daemon::start(&pair.server, &pair.server_if, "generic", rules);
+        let exe = std::env::current_exe().expect("test binary");
+        let inside = Helper::spawn(&exe, "helper_process", &[(HELPER_ENV, pair.server.path())]);
+        daemon.cgroup.add(inside.pid());
+        Self {
+            inside,
+            daemon,
+            _dns: dns,
+            _listener: listener,
+            _pair: pair,
+        }
     }
-    pair.client.exec(&[
-        "ip",
-        "-6",
-        "addr",
-        "add",
-        "fd00:200::10/64",
-        "dev",
-        &pair.client_if,
-        "nodad",
-    ]);
-    // Dual-stack: IPv4 and IPv6 on every address of the peer.
-    let _listener = pair
-        .client
-        .run(|| TcpListener::bind(("::", PORT)).expect("listen"));
-    let zone: HashMap<&'static str, Zone> = HashMap::from([
-        (
-            "www.allowed.test",
-            Zone::Addrs(vec![ip("10.200.0.10")], 300),
-        ),
-        ("cdn.allowed.test", Zone::Cname("edge.cdn.elsewhere.test.")),
-        (
-            "edge.cdn.elsewhere.test",
-            Zone::Addrs(vec![ip("10.200.0.11")], 300),
-        ),
-        (
-            "bad.allowed.test",
-            Zone::Addrs(vec![ip("10.200.0.12")], 300),
-        ),
-        (
-            "short.allowed.test",
-            Zone::Addrs(vec![ip("10.200.0.13")], 1),
-        ),
-        (
-            "forged.allowed.test",
-            Zone::Forged {
-                forged: ip("10.200.0.14"),
-                real: ip("10.200.0.15"),
-            },
-        ),
-        (
-            "www6.allowed.test",
-            Zone::Addrs(vec![ip("fd00:200::10")], 300),
-        ),
-        ("www.other.test", Zone::Addrs(vec![ip("10.200.0.16")], 300)),
-    ]);
-    let _dns = DnsServer::start(pair.client.path(), ip(SERVER), ip("10.200.0.9"), zone);
-    let daemon = Daemon::start(&pair.server, &pair.server_if, "generic", &rules());
-    let exe = std::env::current_exe().expect("test binary");
-    let mut inside = Helper::spawn(&exe, "helper_process", &[(HELPER_ENV, pair.server.path())]);
-    daemon.cgroup.add(inside.pid());
-    let mut call = |cmd: &str| inside.call_within(cmd, Duration::from_secs(10));
 
+    fn call(&mut self, cmd: &str) -> String {
+        self.inside.call_within(cmd, Duration::from_secs(10))
+    }
+}
+
+#[test]
+fn connections_follow_the_names_their_addresses_were_resolved_from() {
+    let mut lab = Lab::new(&rules());
     // Before any answer, no address has a name: the default refuses.
-    assert_eq!(call(&format!("tcp 10.200.0.10 {PORT}")), "refused");
+    assert_eq!(lab.call(&format!("tcp 10.200.0.10 {PORT}")), "refused");
     let cases: [(&str, &str, &str, &str); 6] = [
         ("www.allowed.test", "A", "10.200.0.10", "ok"),
         // A CNAME chain: the address belongs to the name asked for.
@@ -369,25 +395,28 @@ fn connections_follow_the_names_their_addresses_were_resolved_from() {
         ("forged.allowed.test", "A", "10.200.0.15", "ok"),
     ];
     for (name, qtype, addr, want) in cases {
-        let got = call(&format!("resolve {SERVER} {name} {qtype}"));
+        let got = lab.call(&format!("resolve {SERVER} {name} {qtype}"));
         assert_eq!(got, format!("ok {addr}"), "resolving {name}");
         assert_eq!(
-            call(&format!("tcp {addr} {PORT}")),
+            lab.call(&format!("tcp {addr} {PORT}")),
             want,
             "connecting to {addr}, resolved from {name}"
         );
     }
     assert_eq!(
-        call(&format!("tcp 10.200.0.14 {PORT}")),
+        lab.call(&format!("tcp 10.200.0.14 {PORT}")),
         "refused",
         "the forged answers' address has no name"
     );
     // The port is part of the rule: the name alone does not allow another port.
-    assert_eq!(call(&format!("tcp 10.200.0.10 {}", PORT + 1)), "refused");
+    assert_eq!(
+        lab.call(&format!("tcp 10.200.0.10 {}", PORT + 1)),
+        "refused"
+    );
 
     // What the daemon says: the names, their addresses and rules (`fwctl dns`), and why a
     // connection to a named address gets its verdict (`fwctl explain`).
-    let dns = daemon.fwctl_json(&["dns"]);
+    let dns = lab.daemon.fwctl_json(&["dns"]);
     let entry = |name: &str| {
         dns["names"]
             .as_array()
@@ -416,7 +445,7 @@ fn connections_follow_the_names_their_addresses_were_resolved_from() {
         "the forged address is nobody's: {dns:#}"
     );
     // The connection to www.allowed.test shows its name.
-    let conns = daemon.fwctl_json(&["conns"]);
+    let conns = lab.daemon.fwctl_json(&["conns"]);
     let conn = conns["connections"]
         .as_array()
         .and_then(|v| {
@@ -425,7 +454,7 @@ fn connections_follow_the_names_their_addresses_were_resolved_from() {
         })
         .unwrap_or_else(|| panic!("no connection to 10.200.0.10: {conns:#}"));
     assert_eq!(conn["name"], "www.allowed.test", "{conn:#}");
-    let text = String::from_utf8_lossy(&daemon.fwctl(&["dns"]).stdout).into_owned();
+    let text = String::from_utf8_lossy(&lab.daemon.fwctl(&["dns"]).stdout).into_owned();
     println!("fwctl dns:\n{text}");
     assert!(
         text.lines()
@@ -435,7 +464,7 @@ fn connections_follow_the_names_their_addresses_were_resolved_from() {
     );
     let port = PORT.to_string();
     let text = String::from_utf8_lossy(
-        &daemon
+        &lab.daemon
             .fwctl(&["explain", "out", "tcp", "10.200.0.10", &port])
             .stdout,
     )
@@ -450,27 +479,29 @@ fn connections_follow_the_names_their_addresses_were_resolved_from() {
         ("10.200.0.12", "reject", Some(2), "bad.allowed.test"),
         ("10.200.0.16", "reject", None, "www.other.test"),
     ] {
-        let e = daemon.fwctl_json(&["explain", "out", "tcp", addr, &port]);
+        let e = lab
+            .daemon
+            .fwctl_json(&["explain", "out", "tcp", addr, &port]);
         assert_eq!(e["action"], action, "{e:#}");
         assert_eq!(e["rule"].as_u64(), rule, "{e:#}");
         assert_eq!(e["names"], serde_json::json!([name]), "{e:#}");
     }
 
     // A record's TTL: allowed at once, refused once it expired (min_ttl and grace are 0).
-    let got = call(&format!("resolve {SERVER} short.allowed.test A"));
+    let got = lab.call(&format!("resolve {SERVER} short.allowed.test A"));
     let resolved = Instant::now();
     assert_eq!(got, "ok 10.200.0.13");
-    assert_eq!(call(&format!("tcp 10.200.0.13 {PORT}")), "ok");
+    assert_eq!(lab.call(&format!("tcp 10.200.0.13 {PORT}")), "ok");
     // Waiting for a clock, not for an event: the TTL is 1 s.
     std::thread::sleep(Duration::from_millis(2500).saturating_sub(resolved.elapsed()));
     assert_eq!(
-        call(&format!("tcp 10.200.0.13 {PORT}")),
+        lab.call(&format!("tcp 10.200.0.13 {PORT}")),
         "refused",
         "the name expired with its record"
     );
 
     // The kernel counted what it read.
-    let status = daemon.fwctl_json(&["status"]);
+    let status = lab.daemon.fwctl_json(&["status"]);
     let counter = |name: &str| {
         status["counters"][name]
             .as_u64()
@@ -482,4 +513,67 @@ fn connections_follow_the_names_their_addresses_were_resolved_from() {
 
 fn ip(text: &str) -> IpAddr {
     text.parse().expect("address")
+}
+
+/// `[dns] enforce`: with `[defaults] outbound = "allow"`, a destination no answer named is
+/// refused unless a rule decides it; a named one gets the default. A name blocklist then
+/// holds against applications that resolve some other way.
+#[test]
+fn enforce_refuses_destinations_without_a_name() {
+    let rules = format!(
+        r#"
+[defaults]
+inbound = "stealth"
+outbound = "allow"
+
+[dns]
+enforce = true
+
+[[rule]]
+name = "dns"
+direction = "out"
+proto = "udp"
+port = 53
+remote = "{SERVER}"
+action = "allow"
+
+[[rule]]
+name = "blocklist"
+direction = "out"
+remote = ["bad.allowed.test", "*.blocked.test"]
+action = "reject"
+"#
+    );
+    let mut lab = Lab::new(&rules);
+    // Nothing named yet: refused, though the default allows.
+    assert_eq!(lab.call(&format!("tcp 10.200.0.16 {PORT}")), "refused");
+    assert_eq!(
+        lab.call(&format!("resolve {SERVER} www.other.test A")),
+        "ok 10.200.0.16"
+    );
+    assert_eq!(
+        lab.call(&format!("tcp 10.200.0.16 {PORT}")),
+        "ok",
+        "named, no rule: the default"
+    );
+    assert_eq!(
+        lab.call(&format!("resolve {SERVER} bad.allowed.test A")),
+        "ok 10.200.0.12"
+    );
+    assert_eq!(
+        lab.call(&format!("tcp 10.200.0.12 {PORT}")),
+        "refused",
+        "a listed name"
+    );
+    // Still unnamed: refused. The rule for port 53 (an address rule) still decides.
+    assert_eq!(lab.call(&format!("tcp 10.200.0.10 {PORT}")), "refused");
+    let e = lab
+        .daemon
+        .fwctl_json(&["explain", "out", "tcp", "10.200.0.10", &PORT.to_string()]);
+    assert_eq!(e["action"], "reject", "{e:#}");
+    let status = lab.daemon.fwctl_json(&["status"]);
+    assert!(
+        status["counters"]["out_unnamed_refused"].as_u64() >= Some(2),
+        "{status:#}"
+    );
 }

@@ -53,6 +53,13 @@ use crate::{
 /// (inbound copy) and destinations looked up (outbound copy).
 #[unsafe(no_mangle)]
 static DNS_NAMES: Global<u32> = Global::new(0);
+/// The verdict word for an outbound call no rule decides to an address without a name (see
+/// [`unnamed_default`]); the daemon sets it in the outbound copy.
+#[unsafe(no_mangle)]
+static DNS_UNNAMED: Global<u32> = Global::new(firewall_common::verdict(
+    firewall_common::DEFAULT_RULE,
+    firewall_common::ACTION_ALLOW,
+));
 /// `[dns] min_ttl`, `max_ttl`, `grace`, in seconds: how long a recorded name lasts is its
 /// record's TTL clamped to the first two, plus the third.
 #[unsafe(no_mangle)]
@@ -665,27 +672,29 @@ fn add_name(r: &mut Resolved, name: u64, expires: u64, now: u64) {
     r.names[pick] = ResolvedName { name, expires };
 }
 
-/// Outbound: the first rule about a name `remote` was seen under (and not expired), for the
-/// protocol class `proto` and the destination port `port`; [`NO_MATCH`] if none.
+/// Outbound: what a destination's names say. `.0`: the first rule about a name `remote` has
+/// (not expired), for the protocol class `proto` and the destination port `port`, or
+/// [`NO_MATCH`]; `.1`: whether it has a name at all.
 #[inline(always)]
-pub(crate) fn name_verdict(remote: &Addr, proto: u32, port: u16, now: u64) -> u32 {
+pub(crate) fn name_verdict(remote: &Addr, proto: u32, port: u16, now: u64) -> (u32, bool) {
     if DNS_NAMES.load() == 0 {
-        return NO_MATCH;
+        return (NO_MATCH, false);
     }
     let mut key = [0u8; 16];
     remote.write_mapped(&mut key);
     // SAFETY: read at once; a concurrent update at worst shows a slot old or new.
     let Some(r) = (unsafe { RESOLVED.get(&key) }) else {
-        return NO_MATCH;
+        return (NO_MATCH, false);
     };
-    count(Counter::OutNamed);
     let pc = port_class(proto, port);
     let mut best = NO_MATCH;
+    let mut named = false;
     for k in 0..RESOLVED_NAMES {
         let slot = &r.names[k];
         if slot.name == 0 || slot.expires < now {
             continue;
         }
+        named = true;
         best = min(best, rule_of(slot.name, proto, pc));
         // SAFETY: as above.
         if let Some(seen) = unsafe { SEEN_NAMES.get(&slot.name) } {
@@ -697,7 +706,17 @@ pub(crate) fn name_verdict(remote: &Addr, proto: u32, port: u16, now: u64) -> u3
             }
         }
     }
-    best
+    if named {
+        count(Counter::OutNamed);
+    }
+    (best, named)
+}
+
+/// What an outbound call no rule decides gets when its destination has no name:
+/// `[defaults] outbound`, or with `[dns] enforce` `reject` instead of `allow`.
+#[inline(always)]
+pub(crate) fn unnamed_default() -> u32 {
+    DNS_UNNAMED.load()
 }
 
 /// What the rules naming the name (or wildcard) `key` say for this protocol and port class.

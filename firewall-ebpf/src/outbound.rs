@@ -155,10 +155,8 @@ pub(crate) fn judge<const FAMILY: u32, const CONNECT: bool>(ctx: &SockAddrContex
     // The port is stored in network byte order in the low 16 bits.
     let port = u16::from_be(port as u16);
     count(Counter::OutJudged);
-    let mut word = min(
-        classify_parts(&remote, proto, port),
-        dns::name_verdict(&remote, proto, port, clock::now()),
-    );
+    let (by_name, named) = dns::name_verdict(&remote, proto, port, clock::now());
+    let mut word = min(classify_parts(&remote, proto, port), by_name);
     let mut exe = ExeId { dev: 0, ino: 0 };
     if selector::active() {
         let owner = selector::current_owner_for_rules();
@@ -169,7 +167,15 @@ pub(crate) fn judge<const FAMILY: u32, const CONNECT: bool>(ctx: &SockAddrContex
         );
     }
     let why = if word == NO_MATCH {
-        word = DEFAULT_OUTBOUND.load();
+        let default = DEFAULT_OUTBOUND.load();
+        word = if named {
+            default
+        } else {
+            dns::unnamed_default()
+        };
+        if word != default {
+            count(Counter::OutUnnamedRefused);
+        }
         count(Counter::OutDefaultVerdict);
         WHY_DEFAULT
     } else {

@@ -153,6 +153,10 @@ pub fn explain(
         .map(|r| r.index);
     let winner = matching.next();
     let shadowed = matching.collect();
+    let default = match probe.direction {
+        Direction::In => ruleset.defaults.inbound,
+        Direction::Out => ruleset.default_outbound(policy.named(remote)),
+    };
     if winner.is_none() {
         notes.push(format!(
             "no rule matches: [defaults] {} decides",
@@ -161,12 +165,16 @@ pub fn explain(
                 Direction::Out => "outbound",
             }
         ));
+        if default != ruleset.default_action(probe.direction) {
+            notes.push(
+                "no DNS answer named this address, and [dns] enforce refuses such \
+                 destinations where [defaults] outbound allows"
+                    .into(),
+            );
+        }
     }
     Explanation {
-        action: winner.map_or_else(
-            || ruleset.default_action(probe.direction),
-            |i| ruleset.rules[i as usize].action,
-        ),
+        action: winner.map_or(default, |i| ruleset.rules[i as usize].action),
         rule: winner,
         fixed: None,
         shadowed,

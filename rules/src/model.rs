@@ -448,13 +448,17 @@ impl Default for LogConfig {
     }
 }
 
-/// `[dns]`: how long a name learnt from a DNS answer stays on its addresses: the record's TTL
-/// clamped to `min_ttl..=max_ttl`, plus `grace`. Seconds.
+/// `[dns]`: how long a name learnt from a DNS answer stays on its addresses (the record's TTL
+/// clamped to `min_ttl..=max_ttl`, plus `grace`; seconds), and whether addresses without a
+/// name may have `[defaults] outbound = "allow"` (`enforce`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 pub struct DnsConfig {
     pub min_ttl: u32,
     pub max_ttl: u32,
     pub grace: u32,
+    /// An outbound call to an address no DNS answer named, that no rule decides, is refused
+    /// (`reject`) rather than allowed by `[defaults] outbound`.
+    pub enforce: bool,
 }
 
 impl Default for DnsConfig {
@@ -463,6 +467,7 @@ impl Default for DnsConfig {
             min_ttl: 60,
             max_ttl: 86400,
             grace: 30,
+            enforce: false,
         }
     }
 }
@@ -709,6 +714,20 @@ impl Ruleset {
     }
 
     /// The default verdict of a direction.
+    /// Whether DNS answers are read: some outbound rule names a name, or `[dns] enforce`.
+    pub fn reads_names(&self) -> bool {
+        self.dns.enforce || self.of(Direction::Out).any(|r| !r.names.is_empty())
+    }
+
+    /// What an outbound call no rule decides gets: `[defaults] outbound`, or with
+    /// `[dns] enforce` and a destination without a name, `reject` instead of `allow`.
+    pub fn default_outbound(&self, named: bool) -> Action {
+        match self.defaults.outbound {
+            Action::Allow if self.dns.enforce && !named => Action::Reject,
+            a => a,
+        }
+    }
+
     pub fn default_action(&self, direction: Direction) -> Action {
         match direction {
             Direction::In => self.defaults.inbound,

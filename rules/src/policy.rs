@@ -109,10 +109,19 @@ impl<'a> Policy<'a> {
                 action: r.action,
                 rule: Some(r.index),
             })
-            .unwrap_or(Decision {
-                action: self.ruleset.default_action(direction),
+            .unwrap_or_else(|| Decision {
+                action: match direction {
+                    Direction::In => self.ruleset.defaults.inbound,
+                    Direction::Out => self.ruleset.default_outbound(self.named(pkt.remote)),
+                },
                 rule: None,
             })
+    }
+
+    /// Whether `addr` has a name (from a DNS answer); without [`Self::with_names`], it has
+    /// none.
+    pub fn named(&self, addr: std::net::IpAddr) -> bool {
+        self.names.is_some_and(|n| !n.names_of(addr).is_empty())
     }
 
     /// Every rule of `direction` that matches `pkt` with owner `owner`, in file order: the

@@ -55,10 +55,10 @@ impl Compiled {
             }
         }
         best = best.min(self.names_lookup(pkt, names));
-        if best == NO_MATCH {
-            self.default_verdict
-        } else {
-            best
+        match best {
+            NO_MATCH if names.is_empty() => self.unnamed_verdict,
+            NO_MATCH => self.default_verdict,
+            _ => best,
         }
     }
 

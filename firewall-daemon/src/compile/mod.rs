@@ -61,6 +61,9 @@ pub struct Compiled {
     /// Verdict word for packets (outbound: calls) no rule matches: `[defaults] inbound` or
     /// `[defaults] outbound`.
     pub default_verdict: u32,
+    /// Outbound: the verdict word for calls no rule matches to an address without a name
+    /// (`[dns] enforce`); else `default_verdict`.
+    pub unnamed_verdict: u32,
     /// Some verdict of this direction can be `stealth` (a rule or the default).
     pub can_stealth: bool,
     /// Number of rules in the file (both directions): the size of the per-rule counters.
@@ -301,6 +304,14 @@ pub fn compile_direction(
         proto_verdicts: base.proto_verdicts,
         pairs,
         default_verdict: verdict(firewall_common::DEFAULT_RULE, default_action.to_kernel()),
+        unnamed_verdict: verdict(
+            firewall_common::DEFAULT_RULE,
+            match direction {
+                Direction::In => default_action,
+                Direction::Out => ruleset.default_outbound(false),
+            }
+            .to_kernel(),
+        ),
         rule_count: ruleset.rules.len() as u32,
         addr_classes: addr_class_count,
         port_classes: port_classes.sets.len(),

@@ -139,7 +139,11 @@ mod tests {
         let seed: u64 = rand::random();
         let mut rng = StdRng::seed_from_u64(seed);
         for round in 0..300 {
-            let mut text = String::from("[defaults]\noutbound = \"stealth\"\n");
+            let default = ["allow", "reject", "stealth"][rng.random_range(0..3)];
+            let mut text = format!("[defaults]\noutbound = \"{default}\"\n");
+            if rng.random_bool(0.5) {
+                text.push_str("[dns]\nenforce = true\n");
+            }
             for _ in 0..rng.random_range(1..=8) {
                 text.push_str(&rule(&mut rng));
             }

@@ -341,7 +341,7 @@ impl State {
             })
             .collect();
         Ok(DnsData {
-            reading: !outbound.is_empty(),
+            reading: rules.reads_names(),
             names,
         })
     }
@@ -356,7 +356,7 @@ impl State {
                 .filter_map(|(p, id)| Some((p.as_path(), (*id)?))),
         );
         // Names only while the rules name names: otherwise the tables may hold stale ones.
-        let name_tables = if self.ruleset.of(Direction::Out).any(|r| !r.names.is_empty()) {
+        let name_tables = if self.ruleset.reads_names() {
             crate::names::NameTables::open(&self.ruleset.daemon.pin_dir).ok()
         } else {
             None

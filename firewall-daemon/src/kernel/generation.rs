@@ -90,7 +90,7 @@ impl Generation {
         // attached (`prepare`, or the first `program_for`): verifying it is a quarter of a
         // reload's verifier time, and most hosts have no such device.
         load_pair(&mut ebpf, LinkLayer::Ethernet)?;
-        if ruleset.of(Direction::Out).any(|r| !r.names.is_empty()) {
+        if ruleset.reads_names() {
             load_dns(&mut ebpf)?;
         }
         // After the programs are loaded: the reader takes the ring buffer out of `ebpf`.

@@ -31,6 +31,9 @@ impl Checker<'_> {
         {
             out.grace = secs;
         }
+        if let Some(v) = &raw.enforce {
+            out.enforce = *v.get_ref();
+        }
         if out.min_ttl > out.max_ttl {
             let at = raw
                 .min_ttl

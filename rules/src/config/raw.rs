@@ -137,6 +137,9 @@ pub(super) struct RawDns {
     /// Added to every time: connections that start just after the record expired (from a
     /// resolver's cache) still find the name. A duration, 0 to 1 hour. Default 30s.
     pub(super) grace: Option<Spanned<RawDuration>>,
+    /// `true`: an outbound connection to an address no DNS answer named, that no rule
+    /// decides, is refused (reject) instead of `[defaults] outbound = "allow"`. Default false.
+    pub(super) enforce: Option<Spanned<bool>>,
 }
 
 /// `[metrics]`: the counters for Prometheus, off unless `listen` or `textfile` is given.
