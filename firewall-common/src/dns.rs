@@ -122,6 +122,20 @@ pub struct SeenName {
     pub text: [u8; NAME_TEXT],
 }
 
+/// Key of [`crate::maps::NAMES`]: a name's or wildcard's key ([`exact_key`],
+/// [`wildcard_key`]) and the group of rules about programs it is a name of, or [`NO_GROUP`]
+/// for the rules about every process.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct NameSlot {
+    pub key: u64,
+    pub group: u32,
+    pub _pad: u32,
+}
+
+/// [`NameSlot::group`] of the rules without `program`, `unit` or `user`.
+pub const NO_GROUP: u32 = u32::MAX;
+
 /// Value of [`crate::maps::NAME_KEY`]: the hash key.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -259,6 +273,7 @@ pub fn wildcard_key(key: &NameKey, suffix: &str) -> u64 {
 }
 
 const _: () = assert!(core::mem::size_of::<DnsQueryKey>() == 40);
+const _: () = assert!(core::mem::size_of::<NameSlot>() == 16);
 const _: () = assert!(core::mem::size_of::<Resolved>() == 16 * RESOLVED_NAMES);
 const _: () = assert!(core::mem::size_of::<SeenName>() == 8 * WILDCARD_DEPTH + 8 + NAME_TEXT);
 const _: () = assert!(DNS_VIEW.is_power_of_two());
@@ -273,6 +288,8 @@ mod user {
     unsafe impl aya::Pod for super::SeenName {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::NameKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::NameSlot {}
 }
 
 #[cfg(test)]

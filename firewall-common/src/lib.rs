@@ -100,6 +100,9 @@ pub mod globals {
     pub const DNS_MIN_TTL: &str = "DNS_MIN_TTL";
     pub const DNS_MAX_TTL: &str = "DNS_MAX_TTL";
     pub const DNS_GRACE: &str = "DNS_GRACE";
+    /// Non-zero when groups of rules about programs name names (outbound copy): their
+    /// lookups then ask `NAMES` too.
+    pub const NAMES_SCOPED: &str = "NAMES_SCOPED";
     /// Verdict word for an outbound call no rule decides to an address no DNS answer named:
     /// [`DEFAULT_OUTBOUND`], or `reject` with `[dns] enforce` where that allows.
     pub const DNS_UNNAMED: &str = "DNS_UNNAMED";

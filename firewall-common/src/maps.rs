@@ -16,8 +16,8 @@ use crate::{
     PairKey, PortValue, RateBucket, RateKey, SOCK_OWNER_ENTRIES,
     ct::{ConnOwner, CtConfig, CtEntry, CtKey},
     dns::{
-        DNS_QUERY_ENTRIES, DnsQueryKey, NameKey, RESOLVED_ENTRIES, Resolved, SEEN_NAME_ENTRIES,
-        SeenName,
+        DNS_QUERY_ENTRIES, DnsQueryKey, NameKey, NameSlot, RESOLVED_ENTRIES, Resolved,
+        SEEN_NAME_ENTRIES, SeenName,
     },
     globals,
     identity::{
@@ -134,7 +134,8 @@ pub const SEEN_NAMES: &str = "SEEN_NAMES";
 /// Array with one [`super::dns::NameKey`]: the key of the names' hash, drawn at random by the
 /// first daemon. Pinned.
 pub const NAME_KEY: &str = "NAME_KEY";
-/// Hash, name key -> [`super::AddrValue`]: the rules' names and wildcards (outbound copy).
+/// Hash ([`super::dns::NameSlot`]: name key, group) -> [`super::AddrValue`]: the rules' names
+/// and wildcards, of the rules about every process and of each group (outbound copy).
 pub const NAMES: &str = "NAMES";
 /// Program array with one slot: `firewall_dns`, which the XDP programs tail-call to read a DNS
 /// answer. Set per generation when the rules name names.
@@ -314,7 +315,7 @@ pub const MAPS: [MapSpec; 43] = {
         spec(SCOPED_PORTS, Generation, Hash, size_of::<ScopedSlot>(), size_of::<PortValue>(), Rules(RuleCount::ScopedPorts)),
         spec(SCOPED_PROTO, Generation, Hash, 4, 4 * PROTO_CLASSES, Rules(RuleCount::Groups)),
         // Names (`dns`).
-        spec(NAMES, Generation, Hash, 8, size_of::<AddrValue>(), Rules(RuleCount::Names)),
+        spec(NAMES, Generation, Hash, size_of::<NameSlot>(), size_of::<AddrValue>(), Rules(RuleCount::Names)),
         spec(DNS_PROGS, Generation, ProgramArray, 4, 4, Indexed(1)),
         // State that outlives a generation.
         spec(COUNTERS, Shared, PerCpuArray, 4, 8, Indexed(Counter::COUNT)),
@@ -376,7 +377,7 @@ const fn global(name: &'static str, size: usize) -> GlobalSpec {
 /// Every load-time constant of the eBPF object. The rule set's are set for each generation
 /// from the compiled rules and `[defaults]`/`[reject]`/`[conntrack]`; the structure offsets
 /// ([`identity::globals`]) from the running kernel's BTF.
-pub const GLOBALS: [GlobalSpec; 30] = [
+pub const GLOBALS: [GlobalSpec; 31] = [
     global(globals::DEFAULT_INBOUND, 4),
     global(globals::DEFAULT_OUTBOUND, 4),
     global(globals::FRAGMENTS, 4),
@@ -399,6 +400,7 @@ pub const GLOBALS: [GlobalSpec; 30] = [
     global(globals::DNS_MAX_TTL, 4),
     global(globals::DNS_GRACE, 4),
     global(globals::DNS_UNNAMED, 4),
+    global(globals::NAMES_SCOPED, 4),
     // aya-log's level (`diagnostics`): 0 (no message) unless kernel tracing is on.
     global(globals::AYA_LOG_LEVEL, 1),
     global(identity::globals::OFF_TASK_MM, 4),

@@ -577,3 +577,93 @@ action = "reject"
         "{status:#}"
     );
 }
+
+/// A copy of this test binary at `dir/name`: a program with an identity of its own.
+fn copy_program(dir: &std::path::Path, name: &str) -> std::path::PathBuf {
+    use std::os::unix::fs::PermissionsExt as _;
+    let path = dir.join(name);
+    std::fs::copy(std::env::current_exe().expect("test binary"), &path).expect("copying");
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    path
+}
+
+/// Names in rules about programs: one program may reach `*.allowed.test`, every other is
+/// refused there, whatever the address; the first rule in file order decides between them.
+#[test]
+fn a_program_reaches_its_names_while_another_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let updater = copy_program(dir.path(), "updater");
+    let other = copy_program(dir.path(), "other");
+    let rules = format!(
+        r#"
+[defaults]
+inbound = "stealth"
+outbound = "allow"
+
+[[rule]]
+name = "dns"
+direction = "out"
+proto = "udp"
+port = 53
+remote = "{SERVER}"
+action = "allow"
+
+[[rule]]
+name = "the updater's names"
+direction = "out"
+program = "{}"
+proto = "tcp"
+port = {PORT}
+remote = ["*.allowed.test"]
+action = "allow"
+
+[[rule]]
+name = "nobody else"
+direction = "out"
+remote = ["*.allowed.test"]
+action = "reject"
+"#,
+        updater.display()
+    );
+    let mut lab = Lab::new(&rules);
+    let env = [(HELPER_ENV, lab._pair.server.path())];
+    let mut up = Helper::spawn(&updater, "helper_process", &env);
+    let mut ot = Helper::spawn(&other, "helper_process", &env);
+    lab.daemon.cgroup.add(up.pid());
+    lab.daemon.cgroup.add(ot.pid());
+    let wait = Duration::from_secs(10);
+    // The other program resolves the name; both connect to its address.
+    assert_eq!(
+        ot.call_within(&format!("resolve {SERVER} www.allowed.test A"), wait),
+        "ok 10.200.0.10"
+    );
+    assert_eq!(
+        up.call_within(&format!("tcp 10.200.0.10 {PORT}"), wait),
+        "ok",
+        "the updater reaches its name"
+    );
+    assert_eq!(
+        ot.call_within(&format!("tcp 10.200.0.10 {PORT}"), wait),
+        "refused",
+        "another program is refused there"
+    );
+    assert_eq!(
+        lab.call(&format!("tcp 10.200.0.10 {PORT}")),
+        "refused",
+        "and so is the test binary"
+    );
+    // The updater's rule is about port 8080 only; the rule after it refuses the rest.
+    assert_eq!(
+        up.call_within(&format!("tcp 10.200.0.10 {}", PORT + 1), wait),
+        "refused"
+    );
+    // A name no rule names: the default, for every program.
+    assert_eq!(
+        up.call_within(&format!("resolve {SERVER} www.other.test A"), wait),
+        "ok 10.200.0.16"
+    );
+    assert_eq!(
+        ot.call_within(&format!("tcp 10.200.0.16 {PORT}"), wait),
+        "ok"
+    );
+}

@@ -1,6 +1,7 @@
 //! The compiled tables for rules about programs, units and users, evaluated in userspace the
 //! way the kernel does (`Compiled::lookup_as`: one group lookup per shape), against the oracle
-//! (`Policy::with_selectors`), over random rule sets and every kind of owner. Needs no
+//! (`Policy::with_selectors`), over random rule sets and every kind of owner; outbound rules
+//! may name names, and destinations have names (`Compiled::lookup_named`). Needs no
 //! privileges; the kernel itself is compared with the oracle in tests/programs.rs.
 
 use std::{
@@ -34,6 +35,22 @@ const UNITS: [(&str, u64, u32); 3] = [
 const USERS: [u32; 2] = [0, 1000];
 const PORTS: [u16; 3] = [22, 80, 443];
 const REMOTES: [&str; 3] = ["192.0.2.1", "198.51.100.7", "2001:db8::1"];
+/// Names outbound rules may name (`remote` indices 3 and 4), and the names each of
+/// [`REMOTES`] has (from DNS answers, as far as the oracle and the lookup are told).
+const NAMES: [&str; 2] = ["a.example.test", "*.example.test"];
+const NAMES_OF: [&[&str]; 3] = [&["a.example.test"], &["b.example.test"], &[]];
+
+struct Seen;
+
+impl rules::names::Names for Seen {
+    fn names_of(&self, addr: IpAddr) -> Vec<String> {
+        REMOTES
+            .iter()
+            .position(|r| r.parse::<IpAddr>().ok() == Some(addr))
+            .map(|i| NAMES_OF[i].iter().map(|n| (*n).to_owned()).collect())
+            .unwrap_or_default()
+    }
+}
 
 fn exe(i: usize) -> ExeId {
     ExeId {
@@ -82,7 +99,7 @@ fn gen_rule() -> impl Strategy<Value = GenRule> {
         proptest::option::weighted(0.3, 0..2usize),
         0..3usize,
         proptest::option::of(0..3usize),
-        proptest::option::weighted(0.3, 0..3usize),
+        proptest::option::weighted(0.3, 0..5usize),
         0..3usize,
     )
         .prop_map(
@@ -127,7 +144,12 @@ fn toml(rules: &[GenRule], default_in: usize, default_out: usize) -> String {
             t.push_str(&format!("port = {}\n", PORTS[p]));
         }
         if let Some(a) = r.remote {
-            t.push_str(&format!("remote = \"{}\"\n", REMOTES[a]));
+            // Names only in outbound rules: inbound ones name an address instead.
+            let remote = match a.checked_sub(REMOTES.len()) {
+                Some(n) if r.out => NAMES[n],
+                _ => REMOTES[a % REMOTES.len()],
+            };
+            t.push_str(&format!("remote = \"{remote}\"\n"));
         }
         t.push_str(&format!("action = \"{}\"\n", actions[r.action]));
     }
@@ -187,7 +209,7 @@ proptest! {
         let text = toml(&rules, default_in, default_out);
         let rs = config::parse(&text, Path::new("selectors.toml")).expect("generated rules");
         let res = resolved();
-        let policy = Policy::with_selectors(&rs, &res);
+        let policy = Policy::with_selectors(&rs, &res).with_names(&Seen);
         let inbound = compile::compile(&rs, &res).expect("compile in");
         let outbound = compile::compile_direction(&rs, Direction::Out, &res).expect("compile out");
         for owner in owners() {
@@ -202,8 +224,9 @@ proptest! {
                             "inbound {:?} {:?}\n{}", pkt, owner, text
                         );
                         let call = ConnectMeta { remote, proto, remote_port: port };
+                        let names: Vec<String> = rules::names::Names::names_of(&Seen, remote);
                         prop_assert_eq!(
-                            decode(outbound.lookup_as(&call.as_packet(), Some(&owner))),
+                            decode(outbound.lookup_named(&call.as_packet(), Some(&owner), &names)),
                             policy.decide_out_as(&call, &owner),
                             "outbound {:?} {:?}\n{}", call, owner, text
                         );

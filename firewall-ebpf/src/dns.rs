@@ -35,14 +35,14 @@ use firewall_common::{
     AddrValue, Counter, NO_MATCH, PROTO_UDP,
     dns::{
         CLASS_IN, DNS_PORT, DNS_QUERY_ENTRIES, DNS_VIEW, DnsQueryKey, END_EXACT, END_WILDCARD,
-        MAX_ANSWERS, MAX_NAME_STEPS, NAME_TEXT, NameHasher, NameKey, QUERY_LIFETIME_NS,
-        RESOLVED_ENTRIES, RESOLVED_NAMES, Resolved, ResolvedName, SEEN_NAME_ENTRIES, SeenName,
-        TYPE_A, TYPE_AAAA, TYPE_CNAME, WILDCARD_DEPTH, fold,
+        MAX_ANSWERS, MAX_NAME_STEPS, NAME_TEXT, NO_GROUP, NameHasher, NameKey, NameSlot,
+        QUERY_LIFETIME_NS, RESOLVED_ENTRIES, RESOLVED_NAMES, Resolved, ResolvedName,
+        SEEN_NAME_ENTRIES, SeenName, TYPE_A, TYPE_AAAA, TYPE_CNAME, WILDCARD_DEPTH, fold,
     },
 };
 
 use crate::{
-    addr::Addr,
+    addr::{Addr, AddrWords},
     classifier::{min, pair_verdict, port_class},
     counters::count,
     parse::Packet,
@@ -87,7 +87,10 @@ static DNS_PROGS: ProgramArray = ProgramArray::with_max_entries(1, 0);
 /// The rules' names (outbound copy): exact and wildcard keys -> what the rules naming them
 /// say, as an address entry says it (class, first rule per protocol, inline pair).
 #[map]
-static NAMES: HashMap<u64, AddrValue> = HashMap::with_max_entries(1, 0);
+static NAMES: HashMap<NameSlot, AddrValue> = HashMap::with_max_entries(1, 0);
+/// Non-zero when groups of rules about programs name names (see [`names_rule`]).
+#[unsafe(no_mangle)]
+static NAMES_SCOPED: Global<u32> = Global::new(0);
 
 const VIEW_MASK: usize = DNS_VIEW - 1;
 /// Room for the label offsets of one name (a power of two above [`MAX_NAME_STEPS`]).
@@ -672,21 +675,48 @@ fn add_name(r: &mut Resolved, name: u64, expires: u64, now: u64) {
     r.names[pick] = ResolvedName { name, expires };
 }
 
-/// Outbound: what a destination's names say. `.0`: the first rule about a name `remote` has
-/// (not expired), for the protocol class `proto` and the destination port `port`, or
-/// [`NO_MATCH`]; `.1`: whether it has a name at all.
+/// Outbound: what a destination's names say to the rules about every process. `.0`: the first
+/// rule about a name `remote` has (not expired), for the protocol class `proto` and the
+/// destination port `port`, or [`NO_MATCH`]; `.1`: whether it has a name at all.
 #[inline(always)]
 pub(crate) fn name_verdict(remote: &Addr, proto: u32, port: u16, now: u64) -> (u32, bool) {
     if DNS_NAMES.load() == 0 {
         return (NO_MATCH, false);
     }
+    let w = AddrWords::of(remote);
+    let (best, named) = names_rule(w, NO_GROUP, proto, port_class(proto, port), now);
+    if named {
+        count(Counter::OutNamed);
+    }
+    (best, named)
+}
+
+/// For a group of rules about programs (`selector.rs`): the first of its rules about a name
+/// the destination has, or [`NO_MATCH`]; `port_class` is the group's.
+#[inline(always)]
+pub(crate) fn group_name_rule(remote: AddrWords, group: u32, proto: u32, port_class: u32) -> u32 {
+    if NAMES_SCOPED.load() == 0 {
+        return NO_MATCH;
+    }
+    names_rule(remote, group, proto, port_class, crate::clock::now()).0
+}
+
+/// The names `remote` has (each name, and the wildcard keys of its suffixes) looked up among
+/// the names of `group`; whether it has any.
+#[inline(always)]
+fn names_rule(remote: AddrWords, group: u32, proto: u32, pc: u32, now: u64) -> (u32, bool) {
     let mut key = [0u8; 16];
-    remote.write_mapped(&mut key);
+    let (hi, lo) = if remote.v4 {
+        (0, 0xffff_0000 | (remote.hi << 32))
+    } else {
+        (remote.hi, remote.lo)
+    };
+    key[..8].copy_from_slice(&hi.to_ne_bytes());
+    key[8..].copy_from_slice(&lo.to_ne_bytes());
     // SAFETY: read at once; a concurrent update at worst shows a slot old or new.
     let Some(r) = (unsafe { RESOLVED.get(&key) }) else {
         return (NO_MATCH, false);
     };
-    let pc = port_class(proto, port);
     let mut best = NO_MATCH;
     let mut named = false;
     for k in 0..RESOLVED_NAMES {
@@ -695,19 +725,16 @@ pub(crate) fn name_verdict(remote: &Addr, proto: u32, port: u16, now: u64) -> (u
             continue;
         }
         named = true;
-        best = min(best, rule_of(slot.name, proto, pc));
+        best = min(best, rule_of(slot.name, group, proto, pc));
         // SAFETY: as above.
         if let Some(seen) = unsafe { SEEN_NAMES.get(&slot.name) } {
             for i in 0..WILDCARD_DEPTH {
                 if i >= seen.count as usize {
                     break;
                 }
-                best = min(best, rule_of(seen.suffixes[i], proto, pc));
+                best = min(best, rule_of(seen.suffixes[i], group, proto, pc));
             }
         }
-    }
-    if named {
-        count(Counter::OutNamed);
     }
     (best, named)
 }
@@ -719,11 +746,17 @@ pub(crate) fn unnamed_default() -> u32 {
     DNS_UNNAMED.load()
 }
 
-/// What the rules naming the name (or wildcard) `key` say for this protocol and port class.
+/// What the rules of `group` naming the name (or wildcard) `key` say for this protocol and
+/// port class.
 #[inline(always)]
-fn rule_of(key: u64, proto: u32, port_class: u32) -> u32 {
+fn rule_of(key: u64, group: u32, proto: u32, port_class: u32) -> u32 {
+    let slot = NameSlot {
+        key,
+        group,
+        _pad: 0,
+    };
     // SAFETY: the value is copied out at once.
-    match unsafe { NAMES.get(&key) } {
+    match unsafe { NAMES.get(&slot) } {
         Some(v) => min(
             min(v.any_proto, v.proto[(proto & 3) as usize]),
             min(v.inline_pair(port_class), pair_verdict(v.class, port_class)),

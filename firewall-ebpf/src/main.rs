@@ -26,10 +26,12 @@
 //! Modules depend on each other in one direction only (a DAG; `counters`, `addr`, `clock`,
 //! `csum`, `diagnostics` and `scratch` use no other module; the benchmark's `generator` uses
 //! only `csum`, its `blocklist` none):
-//! `inbound` -> `conntrack`, `reply`, `selector`, `classifier`, `decision_log`; `egress` ->
-//! `conntrack`, `outbound`; `outbound` -> `selector`, `owners`, `classifier`, `decision_log`;
+//! `inbound` -> `conntrack`, `reply`, `selector`, `classifier`, `decision_log`, `dns`;
+//! `egress` -> `conntrack`, `outbound`, `dns`; `outbound` -> `selector`, `owners`,
+//! `classifier`, `decision_log`, `dns`;
 //! `decision_log` -> `identity`, `reply`, `parse`; `selector` -> `listeners`,
-//! `classifier`, `identity`, `scratch`; `conntrack` -> `listeners`, `owners`, `scratch`;
+//! `classifier`, `identity`, `scratch`, `dns`; `dns` -> `classifier`, `parse`, `scratch`,
+//! `clock`; `conntrack` -> `listeners`, `owners`, `scratch`;
 //! `listeners` -> `owners`, `identity`, `scratch`; `owners` -> `identity` -> `counters`;
 //! `reply` -> `csum`; `classifier`, `conntrack`, `reply` -> `parse` -> `addr`.
 #![no_std]

@@ -45,7 +45,7 @@ use crate::{
     addr::AddrWords,
     classifier::{min, pair_verdict},
     counters::count,
-    identity, listeners,
+    dns, identity, listeners,
     scratch::{Scratch, scratch},
 };
 
@@ -213,6 +213,12 @@ fn classify_group(s: &mut Scratch, group: u32) -> u32 {
         }
         None => NO_MATCH,
     };
+    let remote = AddrWords {
+        v4: s.v4 != 0,
+        hi: s.hi,
+        lo: s.lo,
+    };
+    best = min(best, dns::group_name_rule(remote, group, proto, port_class));
     min(best, pair_verdict(addr_class, port_class))
 }
 

@@ -52,9 +52,10 @@ impl Compiled {
                     g.ports.get(&port_slot(proto, pkt.local_port)).copied(),
                     &g.proto_verdicts,
                 ));
+                best = best.min(self.names_lookup(pkt, names, &g.names, &g.ports));
             }
         }
-        best = best.min(self.names_lookup(pkt, names));
+        best = best.min(self.names_lookup(pkt, names, &self.names, &self.ports));
         match best {
             NO_MATCH if names.is_empty() => self.unnamed_verdict,
             NO_MATCH => self.default_verdict,
@@ -62,17 +63,26 @@ impl Compiled {
         }
     }
 
-    /// The first rule the names' entries give, as `name_verdict` in the kernel computes it.
-    fn names_lookup(&self, pkt: &PacketMeta, names: &[String]) -> u32 {
+    /// The first rule the names' entries `entries` (the unscoped ones, or a group's, with its
+    /// `ports`) give, as `names_rule` in the kernel computes it.
+    fn names_lookup(
+        &self,
+        pkt: &PacketMeta,
+        names: &[String],
+        entries: &[(rules::names::NamePattern, AddrValue)],
+        ports: &std::collections::BTreeMap<u32, PortValue>,
+    ) -> u32 {
         use firewall_common::dns::{NameKey, WILDCARD_DEPTH, exact_key, wildcard_key};
-        if names.is_empty() || self.names.is_empty() {
+        if names.is_empty() || entries.is_empty() {
             return NO_MATCH;
         }
         let key = NameKey { k0: 7, k1: 11 };
-        let table: std::collections::HashMap<u64, AddrValue> = self.name_entries(&key).collect();
+        let table: std::collections::HashMap<u64, AddrValue> = entries
+            .iter()
+            .map(|(n, v)| (super::names::name_key(&key, n), *v))
+            .collect();
         let proto = pkt.proto.class();
-        let port = self
-            .ports
+        let port = ports
             .get(&port_slot(proto, pkt.local_port))
             .copied()
             .unwrap_or(PortValue::EMPTY)

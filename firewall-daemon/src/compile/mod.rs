@@ -101,6 +101,8 @@ pub struct Group {
     pub addr6: Vec<(Ipv6Net, AddrValue)>,
     pub ports: BTreeMap<u32, PortValue>,
     pub proto_verdicts: [u32; PROTO_CLASSES],
+    /// The group's names (`NAMES`, keyed by the group's id).
+    pub names: Vec<(rules::names::NamePattern, AddrValue)>,
 }
 
 /// The tables of one set of rules (the unscoped ones, or one group's).
@@ -109,7 +111,7 @@ struct Tables {
     addr6: Vec<(Ipv6Net, AddrValue)>,
     ports: BTreeMap<u32, PortValue>,
     proto_verdicts: [u32; PROTO_CLASSES],
-    /// The rules' names (unscoped rules only: the rules refuse names with selectors).
+    /// The rules' names.
     names: Vec<(rules::names::NamePattern, AddrValue)>,
     /// What runtime sets need to compute values later (`runtime.rs`), when asked for.
     kept: Option<Kept>,
@@ -248,6 +250,7 @@ pub fn compile_direction(
             addr6: t.addr6,
             ports: t.ports,
             proto_verdicts: t.proto_verdicts,
+            names: t.names,
         });
     }
     // A process's unit is the deepest of its cgroups that *any* rule names (both directions

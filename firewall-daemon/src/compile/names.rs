@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 
 use firewall_common::{
     AddrValue, NO_MATCH,
-    dns::{NameKey, exact_key, wildcard_key},
+    dns::{NO_GROUP, NameKey, NameSlot, exact_key, wildcard_key},
 };
 use rules::{model::Rule, names::NamePattern};
 
@@ -51,14 +51,36 @@ pub fn name_key(key: &NameKey, name: &NamePattern) -> u64 {
 }
 
 impl Compiled {
-    /// The `NAMES` entries, keyed with `key`.
-    pub fn name_entries(&self, key: &NameKey) -> impl Iterator<Item = (u64, AddrValue)> {
-        self.names.iter().map(|(n, v)| (name_key(key, n), *v))
+    /// The `NAMES` entries, keyed with `key`: the rules about every process' names, then each
+    /// group's.
+    pub fn name_entries(&self, key: &NameKey) -> impl Iterator<Item = (NameSlot, AddrValue)> {
+        let slot = move |group: u32| {
+            move |(n, v): &(NamePattern, AddrValue)| {
+                (
+                    NameSlot {
+                        key: name_key(key, n),
+                        group,
+                        _pad: 0,
+                    },
+                    *v,
+                )
+            }
+        };
+        self.names.iter().map(slot(NO_GROUP)).chain(
+            self.groups
+                .iter()
+                .flat_map(move |g| g.names.iter().map(slot(g.id))),
+        )
     }
 
-    /// Whether the rules name names: the `DNS_NAMES` load-time constant.
+    /// Whether the rules name names (the `NAMES` entries to write).
     pub fn uses_names(&self) -> bool {
-        !self.names.is_empty()
+        !self.names.is_empty() || self.scoped_names()
+    }
+
+    /// Whether groups of rules about programs name names: the `NAMES_SCOPED` constant.
+    pub fn scoped_names(&self) -> bool {
+        self.groups.iter().any(|g| !g.names.is_empty())
     }
 }
 

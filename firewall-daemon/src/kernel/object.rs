@@ -53,6 +53,7 @@ pub(super) fn load_object(
     // Both copies: the inbound one reads queries and answers, the outbound one looks names up.
     let dns_names = u32::from(ruleset.reads_names());
     let unnamed = verdict(DEFAULT_RULE, ruleset.default_outbound(false).to_kernel());
+    let names_scoped = u32::from(compiled.scoped_names());
     let scoped_shapes = compiled.scoped_shapes;
     let unit_levels = compiled.unit_levels();
     let offsets = crate::host::btf::kernel_offsets();
@@ -109,6 +110,7 @@ pub(super) fn load_object(
         .override_global(globals::DNS_MAX_TTL, &ruleset.dns.max_ttl, true)
         .override_global(globals::DNS_GRACE, &ruleset.dns.grace, true)
         .override_global(globals::DNS_UNNAMED, &unnamed, true)
+        .override_global(globals::NAMES_SCOPED, &names_scoped, true)
         .override_global(globals::PROTO_VERDICTS, &compiled.proto_verdicts, true)
         .load(EBPF_OBJECT)
         .context("loading the eBPF object")?;

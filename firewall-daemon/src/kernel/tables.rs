@@ -53,7 +53,7 @@ pub fn rule_count(count: RuleCount, c: &Compiled) -> usize {
         RuleCount::ScopedAddr4 => g.iter().map(|g| g.addr4.len()).sum(),
         RuleCount::ScopedAddr6 => g.iter().map(|g| g.addr6.len()).sum(),
         RuleCount::ScopedPorts => g.iter().map(|g| g.ports.len()).sum(),
-        RuleCount::Names => c.names.len(),
+        RuleCount::Names => c.names.len() + g.iter().map(|g| g.names.len()).sum::<usize>(),
     }
 }
 

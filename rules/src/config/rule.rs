@@ -313,16 +313,6 @@ impl Checker<'_> {
                     ),
                 );
                 ok = false;
-            } else if !selector_keys.is_empty() {
-                self.error(
-                    Some(at),
-                    format!(
-                        r#"{ctx}{name:?} is a name, which rules with {} cannot name yet; write the addresses, or drop the selector — the firewall never ignores a rule it cannot enforce"#,
-                        selector_keys.join(" and "),
-                        name = name.to_string()
-                    ),
-                );
-                ok = false;
             }
         }
         if proto == Some(Proto::Icmp) && !selector_keys.is_empty() {
