@@ -128,7 +128,9 @@ pub fn explain(ruleset: &Ruleset, resolved: &Resolved, q: &Query) -> Result<Expl
     let mut data = explain_named(ruleset, resolved, q, None)?;
     if q.direction == Direction::Out && ruleset.reads_names() {
         data.notes.push(
-            "the rules name names, and the names an address has are known to the running              daemon only (ask it: fwctl explain without --config): this answer is for the              address without a name"
+            "the rules name names, and the names an address has are known to the running \
+             daemon only (ask it: fwctl explain without --config): this answer is for the \
+             address without a name"
                 .into(),
         );
     }

@@ -102,7 +102,7 @@ fn lint_direction(
             };
             &widened
         } else {
-            if later.remote.as_ref().is_some_and(|r| r.is_empty()) {
+            if later.remote.as_ref().is_some_and(|r| r.is_empty()) && later.names.is_empty() {
                 continue; // Reported where the set is defined.
             }
             *later
@@ -196,7 +196,11 @@ pub(crate) fn covers(a: &Rule, b: &Rule) -> bool {
     let remote = match (&a.remote, &b.remote) {
         (None, _) => true,
         (Some(_), None) => false,
-        (Some(na), Some(nb)) => nb.iter().all(|n| na.iter().any(|m| m.contains(n))),
+        // Every address and every name of `b` is one of `a`'s: an address can have any name.
+        (Some(na), Some(nb)) => {
+            nb.iter().all(|n| na.iter().any(|m| m.contains(n)))
+                && b.names.iter().all(|n| a.names.iter().any(|m| m.covers(n)))
+        }
     };
     if !remote {
         return false;
@@ -342,6 +346,42 @@ action = "reject"
 
     /// An `any` rule with ports matches TCP and UDP only: it does not cover an ICMP rule, and
     /// a rule with an owner only matches TCP and UDP, so an `any` rule covers it.
+    #[test]
+    fn names_are_covered_by_the_same_name_or_a_wildcard_above_them() {
+        let w = warnings(
+            r#"
+[[rule]]
+direction = "out"
+remote = ["*.example.test"]
+action = "reject"
+[[rule]]
+name = "below the wildcard"
+direction = "out"
+remote = ["a.example.test", "*.b.example.test"]
+action = "allow"
+[[rule]]
+name = "the wildcard's own name"
+direction = "out"
+remote = ["example.test"]
+action = "allow"
+[[rule]]
+direction = "out"
+remote = ["10.0.0.0/8"]
+action = "reject"
+[[rule]]
+name = "an address and a name"
+direction = "out"
+remote = ["10.1.0.0/16", "other.test"]
+action = "allow"
+"#,
+        );
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(
+            w[0].contains("below the wildcard") && w[0].contains("never matches"),
+            "{w:?}"
+        );
+    }
+
     #[test]
     fn protocol_coverage_follows_the_rules_meaning() {
         let w = warnings(

@@ -100,6 +100,19 @@ impl NamePattern {
     }
 }
 
+impl NamePattern {
+    /// Whether every name `other` matches, this matches too.
+    pub fn covers(&self, other: &NamePattern) -> bool {
+        match (self.wildcard, other.wildcard) {
+            (false, false) => self.name == other.name,
+            (false, true) => false,
+            // `*.s` covers `n` below `s`, and `*.t` for `t` equal to or below `s`.
+            (true, false) => self.matches(&other.name),
+            (true, true) => other.name == self.name || self.matches(&other.name),
+        }
+    }
+}
+
 impl fmt::Display for NamePattern {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if self.wildcard {
