@@ -526,7 +526,12 @@ impl Checker<'_> {
             let text = item.get_ref().0.as_str();
             if let Some(set) = text.strip_prefix('@') {
                 match sets.expanded.get(set) {
-                    Some(members) => nets.extend_from_slice(members),
+                    Some(members) => {
+                        nets.extend_from_slice(members);
+                        if let Some(set_names) = sets.names.get(set) {
+                            names.extend(set_names.iter().map(|n| (n.clone(), item.span())));
+                        }
+                    }
                     None if sets.defined.contains(set) => ok = false,
                     None => {
                         let defined = if sets.defined.is_empty() {
@@ -586,7 +591,7 @@ type RemoteParts = (
 /// Whether a `remote` entry that is not an address is meant as a name: it has a letter (or is
 /// not ASCII, or is a wildcard) and nothing only addresses have (':' or '/'). "10.0.0.300"
 /// keeps its address error.
-fn looks_like_a_name(text: &str) -> bool {
+pub(super) fn looks_like_a_name(text: &str) -> bool {
     !text.contains([':', '/'])
         && (text.starts_with("*.")
             || text

@@ -1,5 +1,8 @@
-//! `[sets]`: named lists of networks, inline or read from a file, that rules use as
-//! `remote = "@name"`. A set declared empty (`blocklist = []`) is a *runtime set*: its members
+//! `[sets]`: named lists of networks and names, inline or read from a file, that rules use as
+//! `remote = "@name"`. A set file holds one address, network or name a line, or lines of a
+//! hosts file (`0.0.0.0 ads.example.com`: the names after the address), so the ad and
+//! malware blocklists published as hosts files are read as they are; names go to outbound
+//! rules only (`crate::names`). A set declared empty (`blocklist = []`) is a *runtime set*: its members
 //! come from `fwctl set add` (fail2ban's action, scripts) and live in the daemon, which writes
 //! them into the kernel's tables in place; the file stays the one place the members of every
 //! other set come from, so `fwctl set add` refuses those. A set file may be large and written by other tools, so its problems are
@@ -12,6 +15,8 @@ use std::{
 
 use ipnet::IpNet;
 use serde::Deserialize;
+
+use crate::names::NamePattern;
 use toml::{
     Spanned,
     de::{DeValue, ValueDeserializer},
@@ -22,6 +27,7 @@ use super::{
     checker::Checker,
     raw::{RawSetFile, RemoteEntry},
     read_trusted,
+    rule::looks_like_a_name,
     values::{host_bits_warning, parse_net, parse_net_quoting, sorted_unique},
 };
 
@@ -31,8 +37,10 @@ pub(super) const MAX_REPORTS_PER_SET_FILE: usize = 20;
 
 /// `[sets]` after checking.
 pub(super) struct Sets {
-    /// Sets that are fine, expanded.
+    /// Sets that are fine, expanded: their networks.
     pub(super) expanded: BTreeMap<String, Vec<IpNet>>,
+    /// Their names (sets without names have no entry).
+    pub(super) names: BTreeMap<String, Vec<NamePattern>>,
     /// Every name defined, broken or not: a broken set has already been reported, and its uses
     /// should not add "unknown set" noise.
     pub(super) defined: BTreeSet<String>,
@@ -44,6 +52,7 @@ impl Checker<'_> {
     pub(super) fn sets(&mut self, value: Option<Spanned<DeValue<'_>>>) -> Sets {
         let mut out = Sets {
             expanded: BTreeMap::new(),
+            names: BTreeMap::new(),
             defined: BTreeSet::new(),
             runtime: BTreeSet::new(),
         };
@@ -77,9 +86,12 @@ impl Checker<'_> {
                 continue;
             }
             let declared_empty = matches!(value.get_ref(), DeValue::Array(a) if a.is_empty());
-            if let Some(nets) = self.set(&name, value) {
+            if let Some((nets, names)) = self.set(&name, value) {
                 if declared_empty {
                     out.runtime.insert(name.clone());
+                }
+                if !names.is_empty() {
+                    out.names.insert(name.clone(), names);
                 }
                 out.expanded.insert(name, nets);
             }
@@ -87,7 +99,7 @@ impl Checker<'_> {
         out
     }
 
-    pub(super) fn set(&mut self, name: &str, value: Spanned<DeValue<'_>>) -> Option<Vec<IpNet>> {
+    pub(super) fn set(&mut self, name: &str, value: Spanned<DeValue<'_>>) -> Option<SetMembers> {
         let ctx = format!("set {name:?}: ");
         let span = value.span();
         match value.get_ref() {
@@ -107,9 +119,10 @@ impl Checker<'_> {
                 // Declared empty: a runtime set (`fwctl set add`), which matches nothing
                 // until members are added (`runtime.rs` in the daemon's compiler).
                 if entries.is_empty() {
-                    return Some(Vec::new());
+                    return Some((Vec::new(), Vec::new()));
                 }
                 let mut nets = Vec::with_capacity(entries.len());
+                let mut names = Vec::new();
                 let mut ok = true;
                 for entry in &entries {
                     let RemoteEntry(text) = entry.get_ref();
@@ -123,13 +136,20 @@ impl Checker<'_> {
                     }
                     match parse_net(text) {
                         Ok(parsed) => nets.push(self.normalise(parsed, text, &ctx, entry.span())),
+                        Err(_) if looks_like_a_name(text) => match NamePattern::parse(text) {
+                            Ok(n) => names.push(n),
+                            Err(msg) => {
+                                self.error(Some(entry.span()), format!("{ctx}{msg}"));
+                                ok = false;
+                            }
+                        },
                         Err(msg) => {
                             self.error(Some(entry.span()), format!("{ctx}{msg}"));
                             ok = false;
                         }
                     }
                 }
-                ok.then(|| sorted_unique(nets))
+                ok.then(|| (sorted_unique(nets), sorted_names(names)))
             }
             DeValue::Table(_) => {
                 let raw = self.table::<RawSetFile>(value, &ctx, "{ file = ... }", "", &[])?;
@@ -139,7 +159,7 @@ impl Checker<'_> {
                 self.error(
                     Some(span),
                     format!(
-                        r#"{ctx}must be a list of addresses or {{ file = "PATH" }}, not {}"#,
+                        r#"{ctx}must be a list of addresses and names or {{ file = "PATH" }}, not {}"#,
                         other.type_str()
                     ),
                 );
@@ -167,7 +187,7 @@ impl Checker<'_> {
         name: &str,
         ctx: &str,
         file: &Spanned<String>,
-    ) -> Option<Vec<IpNet>> {
+    ) -> Option<SetMembers> {
         if file.get_ref().is_empty() {
             self.error(Some(file.span()), format!("{ctx}file path is empty"));
             return None;
@@ -185,6 +205,7 @@ impl Checker<'_> {
         };
         let anchor = file.span().start;
         let mut nets = Vec::new();
+        let mut names = Vec::new();
         let mut errors = 0usize;
         let mut warnings = 0usize;
         for (index, line) in text.lines().enumerate() {
@@ -207,26 +228,59 @@ impl Checker<'_> {
             // Messages about a set file never quote it: they go to control-group members, who
             // may not be allowed to read the file (a symbolic link can lead anywhere root can
             // read). The line and column are enough to find the entry.
-            match parse_net_quoting(entry, false) {
-                Ok(net) => {
-                    let trunc = net.trunc();
-                    if trunc != net {
-                        warnings += 1;
-                        if warnings <= MAX_REPORTS_PER_SET_FILE {
-                            let warning = here(format!(
-                                "{ctx}this entry has host bits set; they are ignored"
-                            ));
-                            self.warnings.push(((anchor, line_no), warning.to_string()));
+            let mut fields = entry.split_whitespace();
+            let first = fields.next().unwrap_or(entry);
+            let rest: Vec<&str> = fields.collect();
+            // A hosts file's line: an address, then names. The address is where the names
+            // were sent (0.0.0.0, 127.0.0.1); only the names are members.
+            let hosts_line = !rest.is_empty() && first.parse::<std::net::IpAddr>().is_ok();
+            let problem = if hosts_line {
+                rest.iter()
+                    .filter(|f| f.parse::<std::net::IpAddr>().is_err())
+                    .find_map(|f| match NamePattern::parse(f) {
+                        Ok(n) => {
+                            names.push(n);
+                            None
                         }
+                        Err(_) => Some(format!(
+                            "{ctx}a hosts line's field after the address is not a name"
+                        )),
+                    })
+            } else if !rest.is_empty() {
+                Some(format!(
+                    "{ctx}one address, network or name a line (or a hosts file's \
+                     \"ADDRESS NAME...\")"
+                ))
+            } else {
+                match parse_net_quoting(entry, false) {
+                    Ok(net) => {
+                        let trunc = net.trunc();
+                        if trunc != net {
+                            warnings += 1;
+                            if warnings <= MAX_REPORTS_PER_SET_FILE {
+                                let warning = here(format!(
+                                    "{ctx}this entry has host bits set; they are ignored"
+                                ));
+                                self.warnings.push(((anchor, line_no), warning.to_string()));
+                            }
+                        }
+                        nets.push(trunc);
+                        None
                     }
-                    nets.push(trunc);
+                    Err(_) if looks_like_a_name(entry) => match NamePattern::parse(entry) {
+                        Ok(n) => {
+                            names.push(n);
+                            None
+                        }
+                        Err(_) => Some(format!("{ctx}not an address, a network or a name")),
+                    },
+                    Err(msg) => Some(format!("{ctx}{msg}")),
                 }
-                Err(msg) => {
-                    errors += 1;
-                    if errors <= MAX_REPORTS_PER_SET_FILE {
-                        self.errors
-                            .push(((anchor, line_no), here(format!("{ctx}{msg}"))));
-                    }
+            };
+            if let Some(msg) = problem {
+                errors += 1;
+                if errors <= MAX_REPORTS_PER_SET_FILE {
+                    self.errors.push(((anchor, line_no), here(msg)));
                 }
             }
         }
@@ -254,17 +308,26 @@ impl Checker<'_> {
         if errors > 0 {
             return None;
         }
-        if nets.is_empty() {
+        if nets.is_empty() && names.is_empty() {
             self.warn(
                 file.span(),
                 format!(
-                    "{ctx}{} lists no addresses; rules using @{name} match nothing",
+                    "{ctx}{} lists no addresses or names; rules using @{name} match nothing",
                     path.display()
                 ),
             );
         }
-        Some(sorted_unique(nets))
+        Some((sorted_unique(nets), sorted_names(names)))
     }
+}
+
+/// A set's networks and names.
+pub(super) type SetMembers = (Vec<IpNet>, Vec<NamePattern>);
+
+fn sorted_names(mut names: Vec<NamePattern>) -> Vec<NamePattern> {
+    names.sort_unstable();
+    names.dedup();
+    names
 }
 
 fn valid_set_name(name: &str) -> bool {
