@@ -247,6 +247,90 @@ impl DnsServer {
     }
 }
 
+/// A local stub resolver, as systemd-resolved or dnsmasq are on a host: it answers on
+/// 127.0.0.53 from its cache, and asks `upstream` (through the protected interface) what it
+/// does not have. Runs in the test process (not in the daemon's cgroup), in the namespace at
+/// `ns`, until dropped.
+struct Stub {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Drop for Stub {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Stub {
+    fn start(ns: String, upstream: SocketAddr) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let (ready_tx, ready) = std::sync::mpsc::channel();
+        let thread = std::thread::spawn(move || {
+            support::netns::enter(&ns);
+            let sock = UdpSocket::bind("127.0.0.53:53").expect("binding 127.0.0.53:53");
+            sock.set_read_timeout(Some(Duration::from_millis(50)))
+                .expect("timeout");
+            let up = UdpSocket::bind("0.0.0.0:0").expect("upstream socket");
+            up.set_read_timeout(Some(Duration::from_secs(2)))
+                .expect("timeout");
+            ready_tx.send(()).expect("ready");
+            // (name, type) -> the answer, as upstream gave it.
+            let mut cache: HashMap<(String, u16), Message> = HashMap::new();
+            let mut buf = [0u8; 2048];
+            while !flag.load(Ordering::Relaxed) {
+                let Ok((n, client)) = sock.recv_from(&mut buf) else {
+                    continue;
+                };
+                let Ok(q) = Message::from_vec(&buf[..n]) else {
+                    continue;
+                };
+                let Some(query) = q.queries.first().cloned() else {
+                    continue;
+                };
+                let key = (
+                    query.name().to_ascii().to_ascii_lowercase(),
+                    u16::from(query.query_type()),
+                );
+                if !cache.contains_key(&key) {
+                    let mut ask = Message::new(rand::random(), MessageType::Query, OpCode::Query);
+                    ask.metadata.recursion_desired = true;
+                    ask.add_query(query.clone());
+                    let _ = up.send_to(&ask.to_vec().expect("query"), upstream);
+                    let mut ubuf = [0u8; 2048];
+                    while let Ok((m, from)) = up.recv_from(&mut ubuf) {
+                        if from != upstream {
+                            continue;
+                        }
+                        if let Ok(a) = Message::from_vec(&ubuf[..m])
+                            && a.metadata.id == ask.metadata.id
+                        {
+                            cache.insert(key.clone(), a);
+                            break;
+                        }
+                    }
+                }
+                if let Some(a) = cache.get(&key) {
+                    let mut reply = a.clone();
+                    reply.metadata.id = q.metadata.id;
+                    let _ = sock.send_to(&reply.to_vec().expect("answer"), client);
+                }
+            }
+        });
+        ready
+            .recv_timeout(Duration::from_secs(10))
+            .expect("the stub did not start");
+        Self {
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // The test.
 
@@ -722,6 +806,31 @@ action = "reject"
     assert_eq!(lab.call(&format!("tcp 10.200.0.12 {PORT}")), "refused");
     assert_eq!(
         lab.call(&format!("resolve {SERVER} www.allowed.test A")),
+        "ok 10.200.0.10"
+    );
+    assert_eq!(lab.call(&format!("tcp 10.200.0.10 {PORT}")), "ok");
+}
+
+/// A local stub resolver: the application asks it over loopback, it asks upstream through the
+/// protected interface, and the kernel reads that upstream answer: the application's
+/// connection to the address finds the name.
+#[test]
+fn a_local_stub_resolvers_upstream_answers_name_its_clients_addresses() {
+    let mut lab = Lab::new(&rules());
+    let _stub = Stub::start(lab._pair.server.path(), SocketAddr::new(ip(SERVER), 53));
+    assert_eq!(
+        lab.call("resolve 127.0.0.53 www.allowed.test A"),
+        "ok 10.200.0.10"
+    );
+    assert_eq!(lab.call(&format!("tcp 10.200.0.10 {PORT}")), "ok");
+    assert_eq!(
+        lab.call("resolve 127.0.0.53 bad.allowed.test A"),
+        "ok 10.200.0.12"
+    );
+    assert_eq!(lab.call(&format!("tcp 10.200.0.12 {PORT}")), "refused");
+    // Asked again, the stub answers from its cache: the name is still on the address.
+    assert_eq!(
+        lab.call("resolve 127.0.0.53 www.allowed.test A"),
         "ok 10.200.0.10"
     );
     assert_eq!(lab.call(&format!("tcp 10.200.0.10 {PORT}")), "ok");
