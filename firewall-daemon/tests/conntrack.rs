@@ -6,12 +6,7 @@
 
 mod support;
 
-use std::{
-    collections::BTreeMap,
-    net::IpAddr,
-    path::{Path, PathBuf},
-    time::Duration,
-};
+use std::{collections::BTreeMap, net::IpAddr, time::Duration};
 
 use firewall_common::ct::{self, CtEntry, state};
 use firewall_daemon::{compile, conntrack::Tables, kernel::Generation};
@@ -21,7 +16,6 @@ use proptest::{
     test_runner::{Config as ProptestConfig, TestRunner},
 };
 use rules::{
-    config::{self, Env},
     model::{Action, PacketProto, Ruleset},
     policy::Decision,
     tracker::{Inbound, Quoted, Segment, Tracker},
@@ -69,12 +63,7 @@ const FINACK: u8 = FIN | ACK;
 const RSTACK: u8 = RST | ACK;
 
 fn parse_rules(text: &str) -> Ruleset {
-    let env = Env {
-        services_path: PathBuf::from("/nonexistent/services"),
-        base_dir: std::env::temp_dir(),
-    };
-    config::parse_with(text, Path::new("conntrack-test.toml"), &env)
-        .unwrap_or_else(|e| panic!("test rules do not parse:\n{e}\n--- rules ---\n{text}"))
+    support::rules::parse(text, "conntrack-test.toml")
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

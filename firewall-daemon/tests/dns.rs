@@ -36,10 +36,7 @@ use hickory_proto::{
     serialize::binary::{BinDecodable as _, BinDecoder},
 };
 use rand::{RngExt as _, SeedableRng as _, rngs::Xoshiro256PlusPlus as StdRng};
-use rules::{
-    config::{self, Env},
-    model::Ruleset,
-};
+use rules::model::Ruleset;
 use support::{
     bpffs::BpfFs,
     frames::{L4, Spec},
@@ -72,12 +69,7 @@ action = "reject"
 "#;
 
 fn parse_rules(text: &str) -> Ruleset {
-    let env = Env {
-        services_path: PathBuf::from("/nonexistent/services"),
-        base_dir: std::env::temp_dir(),
-    };
-    config::parse_with(text, Path::new("dns-test.toml"), &env)
-        .unwrap_or_else(|e| panic!("test rules do not parse:\n{e}\n--- rules ---\n{text}"))
+    support::rules::parse(text, "dns-test.toml")
 }
 
 fn now_ns() -> u64 {

@@ -132,12 +132,13 @@ enum Zone {
     },
 }
 
-struct DnsServer {
+/// A thread serving in a namespace until dropped (the DNS server, the stub resolver).
+struct Background {
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
 }
 
-impl Drop for DnsServer {
+impl Drop for Background {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
         if let Some(t) = self.thread.take() {
@@ -145,6 +146,31 @@ impl Drop for DnsServer {
         }
     }
 }
+
+impl Background {
+    /// Runs `serve` on a thread that entered the namespace at `ns`, and returns once it called
+    /// its `ready` (its sockets bound); `serve` returns when `stop` is set.
+    fn start(ns: String, serve: impl FnOnce(&AtomicBool, &dyn Fn()) + Send + 'static) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let (ready_tx, ready) = std::sync::mpsc::channel();
+        let thread = std::thread::spawn(move || {
+            support::netns::enter(&ns);
+            serve(&flag, &|| {
+                let _ = ready_tx.send(());
+            });
+        });
+        ready
+            .recv_timeout(Duration::from_secs(10))
+            .expect("the background server did not start");
+        Self {
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+struct DnsServer;
 
 fn record(name: &Name, ttl: u32, data: RData) -> Record {
     Record::from_rdata(name.clone(), ttl, data)
@@ -198,17 +224,18 @@ fn reply(id: u16, q: &Query, records: Vec<Record>) -> Vec<u8> {
 impl DnsServer {
     /// Serves `zone` on `addr:53` inside the namespace at `ns`; `forger` is another address
     /// of that namespace, the source of forged answers.
-    fn start(ns: String, addr: IpAddr, forger: IpAddr, zone: HashMap<&'static str, Zone>) -> Self {
-        let stop = Arc::new(AtomicBool::new(false));
-        let (ready_tx, ready) = std::sync::mpsc::channel();
-        let flag = stop.clone();
-        let thread = std::thread::spawn(move || {
-            support::netns::enter(&ns);
+    fn start(
+        ns: String,
+        addr: IpAddr,
+        forger: IpAddr,
+        zone: HashMap<&'static str, Zone>,
+    ) -> Background {
+        Background::start(ns, move |flag, ready| {
             let sock = UdpSocket::bind(SocketAddr::new(addr, 53)).expect("binding port 53");
             let forge = UdpSocket::bind(SocketAddr::new(forger, 53)).expect("binding the forger");
             sock.set_read_timeout(Some(Duration::from_millis(50)))
                 .expect("timeout");
-            ready_tx.send(()).expect("ready");
+            ready();
             let mut buf = [0u8; 2048];
             while !flag.load(Ordering::Relaxed) {
                 let Ok((n, from)) = sock.recv_from(&mut buf) else {
@@ -236,14 +263,7 @@ impl DnsServer {
                 let records = answers(&zone, q.name(), q.query_type());
                 let _ = sock.send_to(&reply(id, q, records), from);
             }
-        });
-        ready
-            .recv_timeout(Duration::from_secs(10))
-            .expect("the DNS server did not start");
-        Self {
-            stop,
-            thread: Some(thread),
-        }
+        })
     }
 }
 
@@ -251,34 +271,18 @@ impl DnsServer {
 /// 127.0.0.53 from its cache, and asks `upstream` (through the protected interface) what it
 /// does not have. Runs in the test process (not in the daemon's cgroup), in the namespace at
 /// `ns`, until dropped.
-struct Stub {
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
-}
-
-impl Drop for Stub {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
+struct Stub;
 
 impl Stub {
-    fn start(ns: String, upstream: SocketAddr) -> Self {
-        let stop = Arc::new(AtomicBool::new(false));
-        let flag = stop.clone();
-        let (ready_tx, ready) = std::sync::mpsc::channel();
-        let thread = std::thread::spawn(move || {
-            support::netns::enter(&ns);
+    fn start(ns: String, upstream: SocketAddr) -> Background {
+        Background::start(ns, move |flag, ready| {
             let sock = UdpSocket::bind("127.0.0.53:53").expect("binding 127.0.0.53:53");
             sock.set_read_timeout(Some(Duration::from_millis(50)))
                 .expect("timeout");
             let up = UdpSocket::bind("0.0.0.0:0").expect("upstream socket");
             up.set_read_timeout(Some(Duration::from_secs(2)))
                 .expect("timeout");
-            ready_tx.send(()).expect("ready");
+            ready();
             // (name, type) -> the answer, as upstream gave it.
             let mut cache: HashMap<(String, u16), Message> = HashMap::new();
             let mut buf = [0u8; 2048];
@@ -320,14 +324,7 @@ impl Stub {
                     let _ = sock.send_to(&reply.to_vec().expect("answer"), client);
                 }
             }
-        });
-        ready
-            .recv_timeout(Duration::from_secs(10))
-            .expect("the stub did not start");
-        Self {
-            stop,
-            thread: Some(thread),
-        }
+        })
     }
 }
 
@@ -378,7 +375,7 @@ action = "allow"
 struct Lab {
     inside: Helper,
     daemon: Daemon,
-    _dns: DnsServer,
+    _dns: Background,
     _listener: TcpListener,
     _pair: Pair,
 }

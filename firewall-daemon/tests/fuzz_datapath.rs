@@ -37,7 +37,7 @@ use std::{
     collections::BTreeMap,
     fmt::Write as _,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
-    path::{Path, PathBuf},
+    path::PathBuf,
     time::{Instant, SystemTime, UNIX_EPOCH},
 };
 
@@ -50,7 +50,6 @@ use proptest::{
 };
 use rand::{RngExt, SeedableRng, rngs::Xoshiro256PlusPlus};
 use rules::{
-    config::{self, Env},
     model::{Action, PacketProto, Ruleset},
     tracker::{Segment, Tracker},
 };
@@ -98,12 +97,7 @@ fn env_u64(name: &str) -> Option<u64> {
 // Rule sets
 
 fn parse_rules(text: &str) -> Ruleset {
-    let env = Env {
-        services_path: PathBuf::from("/nonexistent/services"),
-        base_dir: std::env::temp_dir(),
-    };
-    config::parse_with(text, Path::new("fuzz-datapath.toml"), &env)
-        .unwrap_or_else(|e| panic!("fuzz rules do not parse:\n{e}\n--- rules ---\n{text}"))
+    support::rules::parse(text, "fuzz-datapath.toml")
 }
 
 /// Rule set `n`: random rules from the strategies `verdicts.rs` uses, drawn with a proptest

@@ -15,14 +15,13 @@ use std::{
     io::{Read as _, Write as _},
     net::{IpAddr, SocketAddr, TcpStream, UdpSocket},
     os::fd::AsRawFd as _,
-    path::{Path, PathBuf},
+    path::Path,
     time::{Duration, Instant},
 };
 
 use etherparse::{NetSlice, PacketBuilder, SlicedPacket, TransportSlice};
 use firewall_daemon::{conntrack::Tables, host::interfaces::LinkLayer, kernel::Generation};
 use rules::{
-    config::{self, Env},
     model::{Action, PacketMeta, Ruleset},
     policy::Policy,
 };
@@ -75,12 +74,7 @@ action = "reject"
 "#;
 
 fn parse_rules(text: &str) -> Ruleset {
-    let env = Env {
-        services_path: PathBuf::from("/nonexistent/services"),
-        base_dir: std::env::temp_dir(),
-    };
-    config::parse_with(text, Path::new("l3-test.toml"), &env)
-        .unwrap_or_else(|e| panic!("test rules do not parse:\n{e}"))
+    support::rules::parse(text, "l3-test.toml")
 }
 
 /// A frame as a device without a link-layer header hands it to XDP: `spec`'s frame without

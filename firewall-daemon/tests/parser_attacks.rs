@@ -8,13 +8,11 @@ mod support;
 use std::{
     collections::BTreeMap,
     net::{IpAddr, Ipv6Addr},
-    path::{Path, PathBuf},
 };
 
 use firewall_common::ct;
 use firewall_daemon::{conntrack::Tables, kernel::Generation};
 use rules::{
-    config::{self, Env},
     model::{self, PacketProto, Ruleset},
     tracker::{Inbound, Segment, Tracker},
 };
@@ -41,12 +39,7 @@ action = "allow"
 "#;
 
 fn parse_rules(text: &str) -> Ruleset {
-    let env = Env {
-        services_path: PathBuf::from("/nonexistent/services"),
-        base_dir: std::env::temp_dir(),
-    };
-    config::parse_with(text, Path::new("parser-attacks.toml"), &env)
-        .unwrap_or_else(|e| panic!("test rules do not parse:\n{e}\n--- rules ---\n{text}"))
+    support::rules::parse(text, "parser-attacks.toml")
 }
 
 struct Lab {

@@ -10,7 +10,6 @@ mod support;
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap, HashSet},
     net::IpAddr,
-    path::{Path, PathBuf},
     time::Duration,
 };
 
@@ -26,7 +25,6 @@ use proptest::{
     test_runner::{Config as ProptestConfig, TestRunner},
 };
 use rules::{
-    config::{self, Env},
     model::{Action, PacketMeta, PacketProto, Ruleset},
     policy::{Decision, Policy},
 };
@@ -46,12 +44,7 @@ const XDP_TX: u32 = 3;
 // Harness
 
 fn parse_rules(text: &str) -> Ruleset {
-    let env = Env {
-        services_path: PathBuf::from("/nonexistent/services"),
-        base_dir: std::env::temp_dir(),
-    };
-    config::parse_with(text, Path::new("verdicts-test.toml"), &env)
-        .unwrap_or_else(|e| panic!("test rules do not parse:\n{e}\n--- rules ---\n{text}"))
+    support::rules::parse(text, "verdicts-test.toml")
 }
 
 fn rule(index: u32, action: Action) -> Decision {

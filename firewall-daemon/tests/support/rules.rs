@@ -17,7 +17,7 @@ action = "allow"
 "#;
 
 use proptest::{prelude::*, sample::select};
-use rules::model::Action;
+use rules::model::{Action, Ruleset};
 
 /// `[reject]` section that never rate-limits within a test.
 pub const NO_RATE_LIMIT: &str =
@@ -133,4 +133,15 @@ pub fn render(rules: &[GenRule], default_action: Action) -> String {
         text.push_str(&format!("action = \"{}\"\n", r.action));
     }
     text
+}
+
+/// `text` parsed as the rules file `file` of a test: no services file (port names fail), set
+/// files relative to the temporary directory; a parse error fails the test, showing the rules.
+pub fn parse(text: &str, file: &str) -> Ruleset {
+    let env = rules::config::Env {
+        services_path: std::path::PathBuf::from("/nonexistent/services"),
+        base_dir: std::env::temp_dir(),
+    };
+    rules::config::parse_with(text, std::path::Path::new(file), &env)
+        .unwrap_or_else(|e| panic!("test rules do not parse:\n{e}\n--- rules ---\n{text}"))
 }
