@@ -7,11 +7,14 @@
 //! before the host's stack delivers it (`firewall-ebpf/src/dns.rs`), so the address is
 //! recorded before the application can connect to it.
 //!
-//! What is trusted: only an answer to a query the host sent. The egress program records each
-//! query leaving for port 53 ([`DnsQueryKey`]: the host's address and port, the server's
-//! address, the transaction id) and the XDP program takes an answer only if it matches one,
-//! deleting it (one answer per query, the first, as the resolver itself does). An off-path
-//! host must guess the port and the id, as it must to fool the resolver. Malformed answers
+//! What is trusted: only an answer to a query a socket of the host sent. The egress program
+//! records each query leaving for port 53 from a local socket (forwarded traffic, a
+//! container's or a routed client's, has none) ([`DnsQueryKey`]: the host's address and
+//! port, the server's address, the transaction id; [`DnsQuery`]: its question), and the XDP
+//! program reads an answer only if it matches one and asks the same question, then deletes it
+//! (one recorded answer per query). A malformed or unmatched answer does not use the query up:
+//! the real answer still counts. An off-path host must guess the port and the id, as it must
+//! to fool the resolver. Malformed answers
 //! (compression loops or pointers that do not point back, names longer than 255 bytes,
 //! records past the end) are ignored as a whole.
 //!
@@ -52,10 +55,14 @@ pub const NAME_TEXT: usize = 256;
 pub const DNS_QUERY_ENTRIES: u32 = 16384;
 /// Capacity of [`crate::maps::RESOLVED`]: addresses with names.
 pub const RESOLVED_ENTRIES: u32 = 65536;
-/// Capacity of [`crate::maps::SEEN_NAMES`]: names with addresses.
-pub const SEEN_NAME_ENTRIES: u32 = 16384;
-/// How long a query waits for its answer.
-pub const QUERY_LIFETIME_NS: u64 = 30_000_000_000;
+/// Capacity of [`crate::maps::SEEN_NAMES`]: names with addresses (as many as addresses, so
+/// that a flood of names evicts both alike).
+pub const SEEN_NAME_ENTRIES: u32 = RESOLVED_ENTRIES;
+/// How long a query waits for its answer (resolvers give up on a server after a few seconds).
+pub const QUERY_LIFETIME_NS: u64 = 10_000_000_000;
+/// Bytes of a query kept after its header: its question (a name of at most 255 bytes, its
+/// type and class) and whatever follows, compared with the answer's question.
+pub const QUESTION_BYTES: usize = 264;
 
 /// DNS's port.
 pub const DNS_PORT: u16 = 53;
@@ -84,6 +91,20 @@ pub struct DnsQueryKey {
     /// The transaction id, as on the wire (network order bytes read as a `u16`).
     pub txid: u16,
     pub _pad: [u8; 4],
+}
+
+/// Value of [`crate::maps::DNS_QUERIES`]: until when the query may be answered, and its bytes
+/// after the header. An answer is read only if its question is the query's (the bytes from
+/// offset 12 to the end of the question's class, ASCII case aside), as a resolver checks: a
+/// server cannot answer another question than the one asked.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DnsQuery {
+    pub deadline: u64,
+    /// Bytes of `question` copied from the query.
+    pub len: u32,
+    pub _pad: u32,
+    pub question: [u8; QUESTION_BYTES],
 }
 
 /// One name an address was seen under.
@@ -273,6 +294,7 @@ pub fn wildcard_key(key: &NameKey, suffix: &str) -> u64 {
 }
 
 const _: () = assert!(core::mem::size_of::<DnsQueryKey>() == 40);
+const _: () = assert!(core::mem::size_of::<DnsQuery>() == 16 + QUESTION_BYTES);
 const _: () = assert!(core::mem::size_of::<NameSlot>() == 16);
 const _: () = assert!(core::mem::size_of::<Resolved>() == 16 * RESOLVED_NAMES);
 const _: () = assert!(core::mem::size_of::<SeenName>() == 8 * WILDCARD_DEPTH + 8 + NAME_TEXT);
@@ -282,6 +304,8 @@ const _: () = assert!(DNS_VIEW.is_power_of_two());
 mod user {
     // SAFETY: repr(C), explicit padding (sizes asserted above), valid for every bit pattern.
     unsafe impl aya::Pod for super::DnsQueryKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::DnsQuery {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::Resolved {}
     // SAFETY: as above.

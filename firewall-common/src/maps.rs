@@ -16,7 +16,7 @@ use crate::{
     PairKey, PortValue, RateBucket, RateKey, SOCK_OWNER_ENTRIES,
     ct::{ConnOwner, CtConfig, CtEntry, CtKey},
     dns::{
-        DNS_QUERY_ENTRIES, DnsQueryKey, NameKey, NameSlot, RESOLVED_ENTRIES, Resolved,
+        DNS_QUERY_ENTRIES, DnsQuery, DnsQueryKey, NameKey, NameSlot, RESOLVED_ENTRIES, Resolved,
         SEEN_NAME_ENTRIES, SeenName,
     },
     globals,
@@ -121,8 +121,8 @@ pub const WIDEN: &str = "WIDEN";
 /// Ring buffer of aya-log's trace messages (`firewall-ebpf/src/diagnostics.rs`); its name is
 /// aya-log's.
 pub const AYA_LOGS: &str = "AYA_LOGS";
-/// LRU hash ([`super::dns::DnsQueryKey`]) -> deadline: DNS queries the host sent, awaiting
-/// their answer. Written by the egress program, read and emptied by the XDP program. Pinned.
+/// LRU hash ([`super::dns::DnsQueryKey`]) -> [`super::dns::DnsQuery`]: DNS queries the host
+/// sent, awaiting their answer. Written by the egress program, read and emptied by the XDP program. Pinned.
 pub const DNS_QUERIES: &str = "DNS_QUERIES";
 /// LRU hash, address (IPv4 as `::ffff:a.b.c.d`) -> [`super::dns::Resolved`]: the names each
 /// address was seen under in DNS answers. Written by the XDP program, read by the outbound
@@ -140,6 +140,8 @@ pub const NAMES: &str = "NAMES";
 /// Program array with one slot: `firewall_dns`, which the XDP programs tail-call to read a DNS
 /// answer. Set per generation when the rules name names.
 pub const DNS_PROGS: &str = "DNS_PROGS";
+/// Per-CPU room for one DNS query being recorded (egress).
+pub const QUERY_SCRATCH: &str = "QUERY_SCRATCH";
 /// Per-CPU room for one DNS answer being read.
 pub const DNS_SCRATCH: &str = "DNS_SCRATCH";
 /// aya-log's ring buffer size (its own constant: 128 KiB).
@@ -291,7 +293,7 @@ const fn scratch(name: &'static str, value_size: Option<usize>) -> MapSpec {
 
 /// Every map of the eBPF object.
 #[rustfmt::skip]
-pub const MAPS: [MapSpec; 43] = {
+pub const MAPS: [MapSpec; 44] = {
     use Capacity::{Conntrack, Fixed, Indexed, Rules};
     use Kind::{Diagnostics, Generation, Probe, Shared};
     use MapType::{Array, Hash, LpmTrie, LruHash, PerCpuArray, ProgramArray, RingBuf};
@@ -331,7 +333,7 @@ pub const MAPS: [MapSpec; 43] = {
         spec(LISTENERS, Shared, Hash, size_of::<ListenerKey>(), size_of::<Listener>(), Fixed(LISTENER_ENTRIES)),
         spec(LISTENER_OF, Shared, Hash, 8, size_of::<ListenerKey>(), Fixed(LISTENER_ENTRIES)),
         spec(SOCK_OWNER, Shared, LruHash, 8, size_of::<ConnOwner>(), Fixed(SOCK_OWNER_ENTRIES)),
-        spec(DNS_QUERIES, Shared, LruHash, size_of::<DnsQueryKey>(), 8, Fixed(DNS_QUERY_ENTRIES)),
+        spec(DNS_QUERIES, Shared, LruHash, size_of::<DnsQueryKey>(), size_of::<DnsQuery>(), Fixed(DNS_QUERY_ENTRIES)),
         spec(RESOLVED, Shared, LruHash, 16, size_of::<Resolved>(), Fixed(RESOLVED_ENTRIES)),
         spec(SEEN_NAMES, Shared, LruHash, 8, size_of::<SeenName>(), Fixed(SEEN_NAME_ENTRIES)),
         spec(NAME_KEY, Shared, Array, 4, size_of::<NameKey>(), Indexed(1)),
@@ -343,6 +345,7 @@ pub const MAPS: [MapSpec; 43] = {
         scratch(SCRATCH, None),
         scratch(WIDEN, Some(8)),
         scratch(DNS_SCRATCH, None),
+        scratch(QUERY_SCRATCH, None),
         // Trace messages, while kernel tracing is on (see [`Kind::Diagnostics`]).
         spec(AYA_LOGS, Diagnostics, RingBuf, 0, 0, Fixed(AYA_LOGS_BYTES)),
         // Tests only (see [`Kind::Probe`]).

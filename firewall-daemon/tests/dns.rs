@@ -23,8 +23,8 @@ use std::{
 
 use aya::maps::{Array, HashMap as BpfHashMap, Map, MapData};
 use firewall_common::dns::{
-    DNS_VIEW, DnsQueryKey, END_EXACT, END_WILDCARD, MAX_ANSWERS, MAX_NAME_STEPS, NameHasher,
-    NameKey, Resolved, SeenName, WILDCARD_DEPTH,
+    DNS_VIEW, DnsQuery, DnsQueryKey, END_EXACT, END_WILDCARD, MAX_ANSWERS, MAX_NAME_STEPS,
+    NameHasher, NameKey, QUESTION_BYTES, Resolved, SeenName, WILDCARD_DEPTH,
 };
 use firewall_daemon::{
     compile,
@@ -87,14 +87,17 @@ enum Expect {
     Malformed,
     /// Well formed, nothing to record: `dns_no_address` counted.
     Nothing,
+    /// Another question than the query's: ignored as an answer to no query
+    /// (`dns_unsolicited`), and the query still waits for its answer.
+    AnotherQuestion,
     /// The question's labels, and each address with its TTL.
     Recorded(Vec<Vec<u8>>, Vec<(IpAddr, u32)>),
 }
 
-/// What the kernel should record of `msg`, by hickory-proto's decoder and the kernel's
-/// documented rules. The second value is true when only a kernel limit (name steps) made the
-/// answer malformed.
-fn reference(msg: &[u8]) -> (Expect, bool) {
+/// What the kernel should record of `msg`, the answer to `query`, by hickory-proto's decoder
+/// and the kernel's documented rules. The second value is true when only a kernel limit (name
+/// steps) made the answer malformed.
+fn reference(msg: &[u8], query: &[u8]) -> (Expect, bool) {
     let msg = &msg[..msg.len().min(DNS_VIEW)];
     if msg.len() < 12 {
         return (Expect::Malformed, false);
@@ -119,6 +122,14 @@ fn reference(msg: &[u8]) -> (Expect, bool) {
     };
     if beyond_limit {
         return (Expect::Malformed, true);
+    }
+    // The question, as bytes from offset 12, must be the query's (ASCII case aside; the
+    // kernel keeps QUESTION_BYTES of the query).
+    let qend = d.index();
+    let fold = |b: &[u8]| -> Vec<u8> { b.iter().map(|c| firewall_common::dns::fold(*c)).collect() };
+    let kept = &query[12.min(query.len())..query.len().min(12 + QUESTION_BYTES)];
+    if qend - 12 > kept.len() || fold(&msg[12..qend]) != fold(&kept[..qend - 12]) {
+        return (Expect::AnotherQuestion, false);
     }
     if qclass.unverified() != 1 || question.num_labels() == 0 {
         return (Expect::Nothing, false);
@@ -277,7 +288,7 @@ impl Lab {
     }
 
     fn queries(&self) -> Vec<DnsQueryKey> {
-        let m: BpfHashMap<MapData, DnsQueryKey, u64> =
+        let m: BpfHashMap<MapData, DnsQueryKey, DnsQuery> =
             BpfHashMap::try_from(open(&self.pin, "DNS_QUERIES")).expect("DNS_QUERIES");
         m.keys().map(|k| k.expect("DNS_QUERIES key")).collect()
     }
@@ -304,7 +315,7 @@ impl Lab {
                     }
                 }
                 _ => {
-                    let mut m: BpfHashMap<MapData, DnsQueryKey, u64> =
+                    let mut m: BpfHashMap<MapData, DnsQueryKey, DnsQuery> =
                         BpfHashMap::try_from(map).expect(name);
                     let keys: Vec<_> = m.keys().map(|k| k.expect("key")).collect();
                     for k in keys {
@@ -320,7 +331,9 @@ impl Lab {
         self.generation.counters().expect("counters")
     }
 
-    /// The host sends `query` from `host:port` to `server:53` (the egress program).
+    /// The host sends `query` from `host:port` to `server:53` (the egress program: a test
+    /// run's packet has a socket, as the host's own queries have; a forwarded packet has none
+    /// and is not recorded, which a test run cannot show).
     fn send_query(&mut self, host: &str, server: &str, port: u16, query: &[u8]) {
         let mut spec = Spec::new(host, server, L4::Udp, 53);
         spec.remote_port = port;
@@ -357,21 +370,23 @@ impl Lab {
         (action, moved)
     }
 
-    /// One exchange on IPv4: the query leaves, `answer` comes back; checks the outcome against
+    /// One exchange on IPv4: `query` leaves, `answer` comes back; checks the outcome against
     /// the reference and returns it.
-    fn exchange(&mut self, what: &str, answer: &[u8]) -> Expect {
+    fn exchange(&mut self, what: &str, query: &[u8], answer: &[u8]) -> Expect {
         self.clear();
-        let query = query_of(answer);
-        self.send_query(HOST, SERVER, HOST_PORT, &query);
+        self.send_query(HOST, SERVER, HOST_PORT, query);
         let before = now_ns();
         let (action, moved) = self.receive(SERVER, 53, HOST, HOST_PORT, answer);
         let after = now_ns();
         assert_eq!(action, XDP_PASS, "{what}: the tracked answer must pass");
-        let (expect, _) = reference(answer);
+        let (expect, _) = reference(answer, query);
         self.check(what, &expect, &moved, before, after);
-        assert!(
+        // Only an answer that records uses the query up: a forged or broken one leaves it to
+        // the real answer.
+        assert_eq!(
             self.queries().is_empty(),
-            "{what}: an answered query must be forgotten"
+            matches!(expect, Expect::Recorded(..)),
+            "{what}: the query is forgotten once, and only once, an answer is recorded"
         );
         expect
     }
@@ -387,11 +402,11 @@ impl Lab {
         let resolved = self.resolved();
         let seen = self.seen();
         match expect {
-            Expect::Malformed | Expect::Nothing => {
-                let counter = if *expect == Expect::Malformed {
-                    "dns_malformed"
-                } else {
-                    "dns_no_address"
+            Expect::Malformed | Expect::Nothing | Expect::AnotherQuestion => {
+                let counter = match expect {
+                    Expect::Malformed => "dns_malformed",
+                    Expect::Nothing => "dns_no_address",
+                    _ => "dns_unsolicited",
                 };
                 assert_eq!(
                     moved,
@@ -429,7 +444,9 @@ impl Lab {
                 assert_eq!(seen.len(), 1, "{what}: one name");
                 let mut want: BTreeMap<[u8; 16], u64> = BTreeMap::new();
                 for (a, ttl) in addrs {
-                    let ttl = u64::from(*ttl).clamp(MIN_TTL, MAX_TTL) + GRACE;
+                    // A TTL with the high bit set is 0 (RFC 2181, 8).
+                    let ttl = if *ttl & 0x8000_0000 != 0 { 0 } else { *ttl };
+                    let ttl = u64::from(ttl).clamp(MIN_TTL, MAX_TTL) + GRACE;
                     let e = want.entry(firewall_common::addr::mapped(*a)).or_default();
                     *e = (*e).max(ttl);
                 }
@@ -455,12 +472,22 @@ impl Lab {
     }
 }
 
-/// The query an answer answers: its id and question, as a client sends it.
+/// The query a well-formed answer answers, as a client sends it: its id, a header with one
+/// question and RD, and its question (name, type, class).
 fn query_of(answer: &[u8]) -> Vec<u8> {
     let mut q = answer[..answer.len().min(12)].to_vec();
     q.resize(12, 0);
     q[2] = 0x01; // RD, not QR
     q[3] = 0;
+    q[4..12].copy_from_slice(&[0, 1, 0, 0, 0, 0, 0, 0]);
+    let mut d = BinDecoder::new(answer);
+    let _ = d.read_slice(12);
+    if Name::read(&mut d).is_ok() && d.read_u32().is_ok() {
+        q.extend_from_slice(&answer[12..d.index()]);
+    } else {
+        // No question to be read: the bytes as they are, as far as the kernel keeps them.
+        q.extend_from_slice(&answer[12.min(answer.len())..answer.len().min(12 + QUESTION_BYTES)]);
+    }
     q
 }
 
@@ -539,7 +566,8 @@ fn answers_to_the_hosts_queries_are_recorded_under_the_question() {
             ),
         ),
         (
-            "TTLs below min_ttl and above max_ttl are clamped; a repeated address keeps one slot",
+            "TTLs clamped to min_ttl and max_ttl, one over 2^31 taken as 0; a repeated address \
+             keeps one slot, the longest",
             answer(
                 4,
                 "ttl.example.test.",
@@ -548,6 +576,7 @@ fn answers_to_the_hosts_queries_are_recorded_under_the_question() {
                     a("ttl.example.test.", 0, "198.51.100.8"),
                     a("ttl.example.test.", 4_000_000_000, "198.51.100.9"),
                     a("ttl.example.test.", 100, "198.51.100.9"),
+                    a("ttl.example.test.", 200_000, "198.51.100.11"),
                 ],
             ),
         ),
@@ -580,7 +609,7 @@ fn answers_to_the_hosts_queries_are_recorded_under_the_question() {
         ),
     ];
     for (what, msg) in &cases {
-        let expect = lab.exchange(what, msg);
+        let expect = lab.exchange(what, &query_of(msg), msg);
         assert!(
             !matches!(expect, Expect::Malformed),
             "{what}: the test answer is well formed"
@@ -589,10 +618,16 @@ fn answers_to_the_hosts_queries_are_recorded_under_the_question() {
     // A question or an answer carrying an error, or truncated, records nothing.
     let mut error = cases[0].1.clone();
     error[3] |= 3; // NXDOMAIN
-    assert_eq!(lab.exchange("an error", &error), Expect::Nothing);
+    assert_eq!(
+        lab.exchange("an error", &query_of(&error), &error),
+        Expect::Nothing
+    );
     let mut truncated = cases[0].1.clone();
     truncated[2] |= 0x02;
-    assert_eq!(lab.exchange("truncated", &truncated), Expect::Nothing);
+    assert_eq!(
+        lab.exchange("truncated", &query_of(&truncated), &truncated),
+        Expect::Nothing
+    );
 }
 
 #[test]
@@ -661,14 +696,41 @@ fn malformed_answers_are_ignored_whole() {
     let _ = n;
     cases.push(("a CNAME target that points to itself", loop_cname));
     for (what, msg) in &cases {
-        let (expect, _) = reference(msg);
+        // The client asked the question of the well-formed answer (or, for the long name,
+        // of its own bytes).
+        let query = if what.contains("255") {
+            query_of(msg)
+        } else if what.contains("CNAME") {
+            query_of(&answer(10, "www.example.test.", RecordType::A, vec![]))
+        } else {
+            query_of(&good)
+        };
+        let (expect, _) = reference(msg, &query);
         assert_eq!(
             expect,
             Expect::Malformed,
             "{what}: the reference must refuse it"
         );
-        lab.exchange(what, msg);
+        lab.exchange(what, &query, msg);
     }
+    // An answer to another question than the query's: not read, and the query waits on.
+    let other = answer(
+        9,
+        "www.debian.org.",
+        RecordType::A,
+        vec![a("www.debian.org.", 300, "198.51.100.66")],
+    );
+    assert_eq!(
+        lab.exchange("another question", &query_of(&good), &other),
+        Expect::AnotherQuestion
+    );
+    // The same question in other case: read (resolvers randomise the case, servers echo it).
+    let mut upper = good.clone();
+    upper[13] = b'W';
+    assert!(matches!(
+        lab.exchange("the question in other case", &query_of(&good), &upper),
+        Expect::Recorded(..)
+    ));
 }
 
 #[test]
@@ -785,17 +847,20 @@ fn random_and_mutated_answers_agree_with_the_reference_parser() {
     let mut outcomes: BTreeMap<&str, usize> = BTreeMap::new();
     for i in 0..runs {
         let mut msg = random_answer(&mut rng);
+        // The client's query: the answer's question before any mutation.
+        let query = query_of(&msg);
         let mutated = i % 2 == 1;
         if mutated {
             mutate(&mut rng, &mut msg);
         }
-        let (_, beyond_limit) = reference(&msg);
+        let (_, beyond_limit) = reference(&msg, &query);
         let what = format!("answer {i} (seed {seed}): {msg:02x?}");
-        let got = lab.exchange(&what, &msg);
+        let got = lab.exchange(&what, &query, &msg);
         let kind = match (got, beyond_limit) {
             (_, true) => "malformed: beyond the kernel's limits only",
             (Expect::Malformed, _) => "malformed",
             (Expect::Nothing, _) => "nothing to record",
+            (Expect::AnotherQuestion, _) => "another question",
             (Expect::Recorded(..), _) => "recorded",
         };
         *outcomes.entry(kind).or_default() += 1;

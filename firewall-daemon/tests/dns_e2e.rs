@@ -832,3 +832,34 @@ fn a_local_stub_resolvers_upstream_answers_name_its_clients_addresses() {
     );
     assert_eq!(lab.call(&format!("tcp 10.200.0.10 {PORT}")), "ok");
 }
+
+/// `[dns] enforce` alone, no rule naming a name: answers are read all the same (the names'
+/// key is drawn), so a resolved address gets the default and an unnamed one is refused.
+#[test]
+fn enforce_without_name_rules_still_reads_the_answers() {
+    let rules = format!(
+        r#"
+[defaults]
+inbound = "stealth"
+outbound = "allow"
+
+[dns]
+enforce = true
+
+[[rule]]
+name = "dns"
+direction = "out"
+proto = "udp"
+port = 53
+remote = "{SERVER}"
+action = "allow"
+"#
+    );
+    let mut lab = Lab::new(&rules);
+    assert_eq!(
+        lab.call(&format!("resolve {SERVER} www.other.test A")),
+        "ok 10.200.0.16"
+    );
+    assert_eq!(lab.call(&format!("tcp 10.200.0.16 {PORT}")), "ok");
+    assert_eq!(lab.call(&format!("tcp 10.200.0.10 {PORT}")), "refused");
+}

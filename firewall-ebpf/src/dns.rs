@@ -26,7 +26,7 @@
 use aya_ebpf::{
     EbpfContext as _, Global,
     cty::c_void,
-    helpers::{bpf_loop, bpf_xdp_load_bytes},
+    helpers::{bpf_get_socket_cookie, bpf_loop, bpf_skb_load_bytes, bpf_xdp_load_bytes},
     macros::map,
     maps::{Array, HashMap, LruHashMap, PerCpuArray, ProgramArray},
     programs::{TcContext, XdpContext},
@@ -34,10 +34,11 @@ use aya_ebpf::{
 use firewall_common::{
     AddrValue, Counter, NO_MATCH, PROTO_UDP,
     dns::{
-        CLASS_IN, DNS_PORT, DNS_QUERY_ENTRIES, DNS_VIEW, DnsQueryKey, END_EXACT, END_WILDCARD,
-        MAX_ANSWERS, MAX_NAME_STEPS, NAME_TEXT, NO_GROUP, NameHasher, NameKey, NameSlot,
-        QUERY_LIFETIME_NS, RESOLVED_ENTRIES, RESOLVED_NAMES, Resolved, ResolvedName,
-        SEEN_NAME_ENTRIES, SeenName, TYPE_A, TYPE_AAAA, TYPE_CNAME, WILDCARD_DEPTH, fold,
+        CLASS_IN, DNS_PORT, DNS_QUERY_ENTRIES, DNS_VIEW, DnsQuery, DnsQueryKey, END_EXACT,
+        END_WILDCARD, MAX_ANSWERS, MAX_NAME_STEPS, NAME_TEXT, NO_GROUP, NameHasher, NameKey,
+        NameSlot, QUERY_LIFETIME_NS, QUESTION_BYTES, RESOLVED_ENTRIES, RESOLVED_NAMES, Resolved,
+        ResolvedName, SEEN_NAME_ENTRIES, SeenName, TYPE_A, TYPE_AAAA, TYPE_CNAME, WILDCARD_DEPTH,
+        fold,
     },
 };
 
@@ -69,9 +70,14 @@ static DNS_MAX_TTL: Global<u32> = Global::new(86400);
 #[unsafe(no_mangle)]
 static DNS_GRACE: Global<u32> = Global::new(30);
 
-/// Queries awaiting their answer -> until when they may be answered.
+/// Queries awaiting their answer -> until when they may be answered, and their question.
 #[map]
-static DNS_QUERIES: LruHashMap<DnsQueryKey, u64> = LruHashMap::pinned(DNS_QUERY_ENTRIES, 0);
+static DNS_QUERIES: LruHashMap<DnsQueryKey, DnsQuery> = LruHashMap::pinned(DNS_QUERY_ENTRIES, 0);
+/// The egress program's room for the query it records. Its own, not `DNS_SCRATCH`: the XDP
+/// program may run on this CPU between two of its instructions (a softirq); egress runs with
+/// them held off.
+#[map]
+static QUERY_SCRATCH: PerCpuArray<DnsQuery> = PerCpuArray::with_max_entries(1, 0);
 /// Address -> the names it was seen under.
 #[map]
 static RESOLVED: LruHashMap<[u8; 16], Resolved> = LruHashMap::pinned(RESOLVED_ENTRIES, 0);
@@ -109,6 +115,10 @@ pub(crate) struct DnsScratch {
     seen: SeenName,
     query: DnsQueryKey,
     resolved: Resolved,
+    /// The query's question (`DnsQuery::question`, `len`), compared with the answer's.
+    question: [u8; QUESTION_BYTES],
+    question_len: u32,
+    _pad: u32,
     /// What the XDP program hands to `firewall_dns`: where the UDP header is, and when.
     l4_off: u64,
     now: u64,
@@ -120,10 +130,17 @@ pub(crate) struct DnsScratch {
 #[map]
 static DNS_SCRATCH: PerCpuArray<DnsScratch> = PerCpuArray::with_max_entries(1, 0);
 
-/// Egress: a query leaving for port 53 (on egress the parser's `local` is the destination).
+/// Egress: a query leaving for port 53 from a socket of the host (on egress the parser's
+/// `local` is the destination).
 #[inline(always)]
 pub(crate) fn query_leaves(ctx: &TcContext, pkt: &Packet, now: u64) {
     if DNS_NAMES.load() == 0 || pkt.proto != PROTO_UDP || pkt.local_port != DNS_PORT {
+        return;
+    }
+    // Forwarded packets (a container's, a VM's, a routed client's) have no socket here: their
+    // queries are not the host's, and their answers must name nothing.
+    // SAFETY: the helper takes an skb context; it returns 0 when the packet has no socket.
+    if unsafe { bpf_get_socket_cookie(ctx.as_ptr()) } == 0 {
         return;
     }
     // A fixed size: `load_bytes` may ask the kernel for zero bytes, which the verifier refuses.
@@ -134,6 +151,33 @@ pub(crate) fn query_leaves(ctx: &TcContext, pkt: &Packet, now: u64) {
         // An answer: the host serves DNS.
         return;
     }
+    let Some(q) = this_cpus(&QUERY_SCRATCH) else {
+        return;
+    };
+    let start = pkt.l4_off + 8 + 12;
+    let avail = (ctx.len() as usize).saturating_sub(start);
+    let n = if avail > QUESTION_BYTES {
+        QUESTION_BYTES
+    } else {
+        avail
+    };
+    if n < 5 || n > QUESTION_BYTES {
+        return;
+    }
+    // SAFETY: copies `n` (5 to QUESTION_BYTES) bytes into the scratch room's question.
+    if unsafe {
+        bpf_skb_load_bytes(
+            ctx.as_ptr().cast(),
+            start as u32,
+            q.question.as_mut_ptr().cast(),
+            n as u32,
+        )
+    } != 0
+    {
+        return;
+    }
+    q.len = n as u32;
+    q.deadline = now + QUERY_LIFETIME_NS;
     let mut key = DnsQueryKey {
         local: [0; 16],
         server: [0; 16],
@@ -143,10 +187,7 @@ pub(crate) fn query_leaves(ctx: &TcContext, pkt: &Packet, now: u64) {
     };
     pkt.remote.write_mapped(&mut key.local);
     pkt.local.write_mapped(&mut key.server);
-    if DNS_QUERIES
-        .insert(&key, &(now + QUERY_LIFETIME_NS), 0)
-        .is_ok()
-    {
+    if DNS_QUERIES.insert(&key, q, 0).is_ok() {
         count(Counter::DnsQueries);
     } else {
         count(Counter::DnsRecordFailed);
@@ -235,13 +276,14 @@ fn read_answer(ctx: &XdpContext, l4_off: u64, now: u64) -> u32 {
         return READ_MALFORMED;
     }
     s.query.txid = u16::from_ne_bytes([s.buf[0], s.buf[1]]);
-    // SAFETY: the value is copied out at once.
+    // SAFETY: the value is copied out at once (its question into the scratch room).
     match unsafe { DNS_QUERIES.get(&s.query) } {
-        Some(deadline) if *deadline >= now => {}
+        Some(q) if q.deadline >= now => {
+            s.question = q.question;
+            s.question_len = q.len;
+        }
         _ => return READ_UNSOLICITED,
     }
-    // One answer per query: the first, as the resolver takes it.
-    let _ = DNS_QUERIES.remove(&s.query);
     let Some(key) = NAME_KEY.get(0) else {
         return READ_FAILED;
     };
@@ -249,13 +291,45 @@ fn read_answer(ctx: &XdpContext, l4_off: u64, now: u64) -> u32 {
         return READ_FAILED;
     }
     let found = parse(len, key);
+    if found == ANOTHER_QUESTION {
+        return READ_UNSOLICITED;
+    }
     if found < 0 {
         return READ_MALFORMED;
     }
     if found == 0 {
         return READ_NOTHING;
     }
+    let Some(s) = this_cpus(&DNS_SCRATCH) else {
+        return READ_FAILED;
+    };
+    // One recorded answer per query: whoever deletes it records (two answers on two CPUs
+    // cannot both).
+    if DNS_QUERIES.remove(&s.query).is_err() {
+        return READ_UNSOLICITED;
+    }
     record(s, found as usize, now)
+}
+
+/// [`parse`]: the answer's question is not the query's.
+const ANOTHER_QUESTION: i32 = -2;
+
+/// Whether the answer's question, `len` bytes from offset 12, is the query's (ASCII case
+/// aside).
+#[inline(always)]
+fn same_question(s: &DnsScratch, len: usize) -> bool {
+    if len > s.question_len as usize || len > QUESTION_BYTES {
+        return false;
+    }
+    for i in 0..QUESTION_BYTES {
+        if i >= len {
+            break;
+        }
+        if fold(s.buf[(12 + i) & VIEW_MASK]) != fold(s.question[i]) {
+            return false;
+        }
+    }
+    true
 }
 
 #[inline(always)]
@@ -420,6 +494,8 @@ extern "C" fn record_step(index: u64, _ctx: *mut c_void) -> i64 {
     let rtype = u16_at(s, pos);
     let class = u16_at(s, pos + 2);
     let ttl = (u32::from(u16_at(s, pos + 4)) << 16) | u32::from(u16_at(s, pos + 6));
+    // A TTL with the high bit set is 0 (RFC 2181, 8).
+    let ttl = if ttl & 0x8000_0000 != 0 { 0 } else { ttl };
     let rdlen = usize::from(u16_at(s, pos + 8));
     let rdata = pos + 10;
     if rdata + rdlen > len {
@@ -489,6 +565,12 @@ fn parse(len: usize, key: &NameKey) -> i32 {
     };
     if qend + 4 > len {
         return -1;
+    }
+    let Some(s) = this_cpus(&DNS_SCRATCH) else {
+        return -1;
+    };
+    if !same_question(s, qend + 4 - 12) {
+        return ANOTHER_QUESTION;
     }
     if u16_at(s, qend + 2) != CLASS_IN || labels == 0 {
         return 0;

@@ -114,6 +114,10 @@ pub(super) fn load_object(
         .override_global(globals::PROTO_VERDICTS, &compiled.proto_verdicts, true)
         .load(EBPF_OBJECT)
         .context("loading the eBPF object")?;
+    if ruleset.reads_names() {
+        // Before any program of either copy reads an answer or writes `NAMES`.
+        tables::name_key(&mut ebpf).context("the names' hash key")?;
+    }
     tables::fill(&mut ebpf, compiled).context("writing the rule maps")?;
     Ok(ebpf)
 }

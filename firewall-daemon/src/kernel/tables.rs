@@ -242,9 +242,14 @@ pub(super) fn fill(ebpf: &mut Ebpf, c: &Compiled) -> anyhow::Result<()> {
 }
 
 /// The key of the names' hash (`firewall_common::dns`): the pinned one, or, the first time
-/// names are used on this host, one drawn now and pinned. Only the outbound copy (the one
-/// whose rules name names) calls this, so two copies never draw at once.
-fn name_key(ebpf: &mut Ebpf) -> anyhow::Result<NameKey> {
+/// names are read on this host, one drawn now and pinned. Both copies of a generation ask
+/// (the inbound one before it reads any answer), on two threads: one draw at a time, so they
+/// cannot pin two keys.
+pub(super) fn name_key(ebpf: &mut Ebpf) -> anyhow::Result<NameKey> {
+    static DRAW: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one_at_a_time = DRAW
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let mut a: Array<&mut MapData, NameKey> = Array::try_from(map_mut(ebpf, maps::NAME_KEY)?)?;
     let key = a.get(&0, 0)?;
     if !key.is_unset() {

@@ -233,7 +233,9 @@ impl Checker<'_> {
             let rest: Vec<&str> = fields.collect();
             // A hosts file's line: an address, then names. The address is where the names
             // were sent (0.0.0.0, 127.0.0.1); only the names are members.
-            let hosts_line = !rest.is_empty() && first.parse::<std::net::IpAddr>().is_ok();
+            // `fe80::1%lo0`: a zone, as some published hosts files have in their header.
+            let address = first.split('%').next().unwrap_or(first);
+            let hosts_line = !rest.is_empty() && address.parse::<std::net::IpAddr>().is_ok();
             let problem = if hosts_line {
                 rest.iter()
                     .filter(|f| f.parse::<std::net::IpAddr>().is_err())

@@ -381,7 +381,7 @@ fn sets_hold_names_inline_and_in_files_plain_or_as_hosts_files() {
     // A blocklist published as a hosts file, and a plain list, with comments.
     fs::write(
         t.dir.path().join("hosts.txt"),
-        "# blocklist\n127.0.0.1 localhost\n0.0.0.0 0.0.0.0\n0.0.0.0 Ads.Example.com tracker.example.net # two\n\
+        "# blocklist\n127.0.0.1 localhost\nfe80::1%lo0 localhost\n0.0.0.0 0.0.0.0\n0.0.0.0 Ads.Example.com tracker.example.net # two\n\
          ::1 ip6-localhost\n",
     )
     .unwrap();
