@@ -16,7 +16,7 @@
 //! combinations), each of which the benchmark process matches, so every call makes seven group
 //! lookups. Then with names (`remote = ["*.dest.example.test"]`): the destinations have the
 //! name `www.dest.example.test` in the names tables (written as the XDP program writes them
-//! from a DNS answer), and 10 or 100,000 other names are named by an earlier rule, so every
+//! from a DNS answer), and 10 or 1,000,000 other names are named by an earlier rule, so every
 //! call looks up the destination's names and the keys of the name and its suffixes. Prints ns
 //! per connect() call: the median of `--runs` runs (min-max in brackets) of
 //! `--calls` calls each, for one socket connected again and again (the hooks' judging alone:
@@ -328,7 +328,7 @@ fn main() -> anyhow::Result<()> {
         "attached, rules of all 7 selector shapes".into(),
         all_shapes_rules(&unit)?,
     ));
-    for n in [10u32, 100_000] {
+    for n in [10u32, 1_000_000] {
         cases.push((
             format!("attached, a destination with a name, {n} names in the rules"),
             name_rules(n),

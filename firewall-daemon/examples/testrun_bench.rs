@@ -505,6 +505,8 @@ fn dns_bench(bpffs: &Path, opts: &Opts) -> anyhow::Result<()> {
         ("to no query (ignored)", 0, 1, false),
     ];
     let mut port: u16 = 20000;
+    // www.example.test: its labels with their lengths, the root, type and class.
+    let question_len = "www.example.test".len() + 2 + 4;
     for (label, cnames, addrs, asked) in kinds {
         let mut medians: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
         for _ in 0..RUNS {
@@ -514,10 +516,13 @@ fn dns_bench(bpffs: &Path, opts: &Opts) -> anyhow::Result<()> {
                     port = if port >= 60000 { 20000 } else { port + 1 };
                     let id = k as u16;
                     let answer = dns_answer(id, "www.example.test.", cnames, addrs);
-                    // The query, as the host sends it: the answer's header, not a response.
+                    // The query, as the host sends it: the answer's header (not a response,
+                    // one question) and its question.
                     let mut query = answer[..12].to_vec();
                     query[2] = 0x01;
                     query[3] = 0;
+                    query[6..12].fill(0);
+                    query.extend_from_slice(&answer[12..12 + question_len]);
                     if asked {
                         g.test_run_egress(&dns_frame(true, port, &query))?;
                     } else {
