@@ -564,7 +564,19 @@ impl Checker<'_> {
                 Ok(net) => nets.push(self.normalise(net, text, ctx, item.span())),
                 // Not an address, and not written like one: a name.
                 Err(_) if looks_like_a_name(text) => match NamePattern::parse(text) {
-                    Ok(name) => names.push((name, item.span())),
+                    Ok(name) => {
+                        if looks_like_a_mistyped_address(&name.name) {
+                            self.warn(
+                                item.span(),
+                                format!(
+                                    "{ctx}{text:?} is read as a name, not an address (an \
+                                     address has only digits and dots, or hex digits and \
+                                     colons): check it for a typo"
+                                ),
+                            );
+                        }
+                        names.push((name, item.span()));
+                    }
                     Err(msg) => {
                         self.error(Some(item.span()), format!("{ctx}{msg}"));
                         ok = false;
@@ -587,6 +599,19 @@ type RemoteParts = (
     Vec<(NamePattern, Range<usize>)>,
     Vec<String>,
 );
+
+/// A name most of whose labels are numbers (`10.0.0.1O`): more likely a mistyped address
+/// than a name.
+fn looks_like_a_mistyped_address(name: &str) -> bool {
+    let labels: Vec<&str> = name.split('.').collect();
+    labels.len() >= 3
+        && labels
+            .iter()
+            .filter(|l| l.bytes().all(|b| b.is_ascii_digit()))
+            .count()
+            + 1
+            >= labels.len()
+}
 
 /// Whether a `remote` entry that is not an address is meant as a name: it has a letter (or is
 /// not ASCII, or is a wildcard) and nothing only addresses have (':' or '/'). "10.0.0.300"

@@ -443,3 +443,16 @@ action = "allow"
     let err = parse_with(bad, Path::new("rules.toml"), &t.env).unwrap_err();
     assert_eq!(err.diagnostics().len(), 2, "{err}");
 }
+
+#[test]
+fn a_mistyped_address_read_as_a_name_is_warned_about() {
+    let t = test_env();
+    let text = "[[rule]]\ndirection = \"out\"\nremote = [\"10.0.0.1O\", \"a.example.test\"]\naction = \"reject\"\n";
+    let rs = parse_with(text, Path::new("rules.toml"), &t.env).unwrap();
+    assert_eq!(rs.warnings.len(), 1, "{:?}", rs.warnings);
+    assert!(
+        rs.warnings[0].contains("\"10.0.0.1O\" is read as a name, not an address"),
+        "{:?}",
+        rs.warnings
+    );
+}
