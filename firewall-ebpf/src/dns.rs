@@ -21,7 +21,10 @@
 //! pointers can only go back and never loop; a name is at most 255 bytes on the wire.
 //!
 //! Only answers with one question of class IN, no error, and the truncation bit clear are
-//! read (a truncated answer is asked again over TCP, which is not read: README, "Names").
+//! read (a truncated answer is asked again over TCP, which is not read: README, "Outbound
+//! rules by name"), and only if their question is the query's, byte for byte from offset 12
+//! (ASCII case aside). The query is deleted only by the answer that records (the delete is
+//! the claim, so two answers on two CPUs cannot both record), never by one ignored.
 
 use aya_ebpf::{
     EbpfContext as _, Global,
