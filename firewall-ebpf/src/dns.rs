@@ -358,7 +358,7 @@ extern "C" fn compare_step(index: u64, _ctx: *mut c_void) -> i64 {
     let Some(&b) = s.question.get(i) else {
         return STOP;
     };
-    if fold(s.buf[(12 + i) & VIEW_MASK]) != fold(b) {
+    if fold(at_view(&s.buf, 12 + i)) != fold(b) {
         s.compare_differ = 1;
         return STOP;
     }
@@ -367,7 +367,25 @@ extern "C" fn compare_step(index: u64, _ctx: *mut c_void) -> i64 {
 
 #[inline(always)]
 fn byte(s: &DnsScratch, i: usize) -> u8 {
-    s.buf[i & VIEW_MASK]
+    at_view(&s.buf, i)
+}
+
+/// The message's byte at `i` (masked, see [`view`]); the masked index is always in the room,
+/// but the compiler cannot know it, and an index past it would be a panic.
+#[inline(always)]
+fn at_view(buf: &[u8; DNS_VIEW], i: usize) -> u8 {
+    buf.get(view(i)).copied().unwrap_or(0)
+}
+
+/// `i` within the message room, by a mask LLVM cannot drop: when it could prove the mask
+/// changes nothing (after a comparison with the message's length), it added the unmasked
+/// index to the room's address, and Linux 6.12's verifier, which had not kept that
+/// comparison's bound, refused the access.
+#[inline(always)]
+fn view(i: usize) -> usize {
+    let mask = VIEW_MASK;
+    // SAFETY: a read of a local.
+    i & unsafe { core::ptr::read_volatile(&mask) }
 }
 
 #[inline(always)]
@@ -414,7 +432,7 @@ extern "C" fn walk_step(_index: u64, _ctx: *mut c_void) -> i64 {
         w.state = 1;
         return STOP;
     }
-    let b = s.buf[pos & VIEW_MASK];
+    let b = at_view(&s.buf, pos);
     if b == 0 {
         if w.end == 0 {
             w.end = w.pos + 1;
@@ -427,7 +445,7 @@ extern "C" fn walk_step(_index: u64, _ctx: *mut c_void) -> i64 {
             w.state = 1;
             return STOP;
         }
-        let target = (u64::from(b & 0x3f) << 8) | u64::from(s.buf[(pos + 1) & VIEW_MASK]);
+        let target = (u64::from(b & 0x3f) << 8) | u64::from(at_view(&s.buf, pos + 1));
         if target >= w.part_start {
             w.state = 1;
             return STOP;
@@ -656,7 +674,7 @@ extern "C" fn key_step(index: u64, _ctx: *mut c_void) -> i64 {
     }
     let j = (s.keys.labels - 1 - index) as usize;
     let at = usize::from(s.labels[j & (LABEL_SLOTS - 1)]);
-    let l = usize::from(s.buf[at & VIEW_MASK]);
+    let l = usize::from(at_view(&s.buf, at));
     s.keys.h.push(l as u8);
     // The text holds the labels as on the wire (length, bytes), the first first: this label
     // goes before those already placed.
@@ -666,7 +684,7 @@ extern "C" fn key_step(index: u64, _ctx: *mut c_void) -> i64 {
         if i >= l {
             break;
         }
-        let b = fold(s.buf[(at + 1 + i) & VIEW_MASK]);
+        let b = fold(at_view(&s.buf, at + 1 + i));
         s.keys.h.push(b);
         s.seen.text[(tpos + 1 + i) & (NAME_TEXT - 1)] = b;
     }
