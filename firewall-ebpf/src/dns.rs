@@ -167,7 +167,10 @@ pub(crate) fn query_leaves(ctx: &TcContext, pkt: &Packet, now: u64) {
     } else {
         avail
     };
-    if n < 5 || n > QUESTION_BYTES {
+    // Both bounds checked after a read LLVM cannot see through (see `read_answer`).
+    // SAFETY: a read of a local.
+    let n = unsafe { core::ptr::read_volatile(&n) };
+    if !(5..=QUESTION_BYTES).contains(&n) {
         return;
     }
     // SAFETY: copies `n` (5 to QUESTION_BYTES) bytes into the scratch room's question.
@@ -268,13 +271,21 @@ fn read_answer(ctx: &XdpContext, l4_off: u64, now: u64) -> u32 {
     if len > DNS_VIEW {
         len = DNS_VIEW;
     }
+    // Bounded again after a read LLVM cannot see through: it knew `len` was at least 12 and
+    // dropped the check, and Linux 6.1's verifier, which had lost that bound, refused a length
+    // that could be 0.
+    // SAFETY: a read of a local.
+    let len = unsafe { core::ptr::read_volatile(&len) };
+    if !(12..=DNS_VIEW).contains(&len) {
+        return READ_MALFORMED;
+    }
     // SAFETY: `len` is between 12 and the room's size.
     if unsafe {
         bpf_xdp_load_bytes(
             ctx.as_ptr().cast(),
             off + 8,
             s.buf.as_mut_ptr().cast(),
-            (len & (DNS_VIEW * 2 - 1)) as u32,
+            len as u32,
         )
     } != 0
     {
