@@ -167,12 +167,9 @@ pub(crate) fn query_leaves(ctx: &TcContext, pkt: &Packet, now: u64) {
     } else {
         avail
     };
-    // Both bounds checked after a read LLVM cannot see through (see `read_answer`).
-    // SAFETY: a read of a local.
-    let n = unsafe { core::ptr::read_volatile(&n) };
-    if !(5..=QUESTION_BYTES).contains(&n) {
+    let Some(n) = bounded(n, 5, QUESTION_BYTES) else {
         return;
-    }
+    };
     // SAFETY: copies `n` (5 to QUESTION_BYTES) bytes into the scratch room's question.
     if unsafe {
         bpf_skb_load_bytes(
@@ -271,14 +268,9 @@ fn read_answer(ctx: &XdpContext, l4_off: u64, now: u64) -> u32 {
     if len > DNS_VIEW {
         len = DNS_VIEW;
     }
-    // Bounded again after a read LLVM cannot see through: it knew `len` was at least 12 and
-    // dropped the check, and Linux 6.1's verifier, which had lost that bound, refused a length
-    // that could be 0.
-    // SAFETY: a read of a local.
-    let len = unsafe { core::ptr::read_volatile(&len) };
-    if !(12..=DNS_VIEW).contains(&len) {
+    let Some(len) = bounded(len, 12, DNS_VIEW) else {
         return READ_MALFORMED;
-    }
+    };
     // SAFETY: `len` is between 12 and the room's size.
     if unsafe {
         bpf_xdp_load_bytes(
@@ -386,6 +378,29 @@ fn byte(s: &DnsScratch, i: usize) -> u8 {
 #[inline(always)]
 fn at_view(buf: &[u8; DNS_VIEW], i: usize) -> u8 {
     buf.get(view(i)).copied().unwrap_or(0)
+}
+
+/// `x` if it is within `lo..=hi`, with both bounds on the value returned as the verifier sees
+/// it, for a helper's length. LLVM drops a check it can prove from earlier ones, and merges
+/// the two checks of a range into one comparison of `x - lo`, whose bound the verifier of 6.1
+/// does not carry back to `x`; so each bound is checked on a value read anew through the
+/// stack (which the verifier follows, and LLVM cannot see through), the upper one first.
+#[inline(always)]
+fn bounded(x: usize, lo: usize, hi: usize) -> Option<usize> {
+    let mut slot = x;
+    // SAFETY: reads and a write of a local.
+    unsafe {
+        let a = core::ptr::read_volatile(&slot);
+        if a > hi {
+            return None;
+        }
+        core::ptr::write_volatile(&mut slot, a);
+        let b = core::ptr::read_volatile(&slot);
+        if b < lo {
+            return None;
+        }
+        Some(b)
+    }
 }
 
 /// `i` within the message room, by a mask LLVM cannot drop: when it could prove the mask
