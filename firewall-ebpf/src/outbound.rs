@@ -163,7 +163,7 @@ pub(crate) fn judge<const FAMILY: u32, const CONNECT: bool>(ctx: &SockAddrContex
         exe = owner.exe;
         word = min(
             word,
-            selector::classify_owner(&owner, AddrWords::of(&remote), proto, port),
+            selector::classify_owner::<true>(&owner, AddrWords::of(&remote), proto, port),
         );
     }
     let why = if word == NO_MATCH {

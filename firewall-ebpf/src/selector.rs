@@ -108,9 +108,17 @@ fn unit_of(owner: &Owner) -> u64 {
     0
 }
 
-/// The first rule about `owner` that matches, as a verdict word, or [`NO_MATCH`].
+/// The first rule about `owner` that matches, as a verdict word, or [`NO_MATCH`]. `NAMES`:
+/// the groups' names are looked up too (the outbound hooks). The inbound path is another
+/// instance without them: the verifier counts a subprogram's whole frame whatever path runs,
+/// and the names' keys on the frame took the XDP program's chain of calls past 512 bytes.
 #[inline(always)]
-pub(crate) fn classify_owner(owner: &Owner, remote: AddrWords, proto: u32, port: u16) -> u32 {
+pub(crate) fn classify_owner<const NAMES: bool>(
+    owner: &Owner,
+    remote: AddrWords,
+    proto: u32,
+    port: u16,
+) -> u32 {
     let Some(s) = scratch() else {
         return NO_MATCH;
     };
@@ -127,7 +135,7 @@ pub(crate) fn classify_owner(owner: &Owner, remote: AddrWords, proto: u32, port:
     let mut shape = 1;
     while shape < SHAPES {
         if shapes & (1 << shape) != 0 {
-            best = min(best, classify_shape(shape));
+            best = min(best, classify_shape::<NAMES>(shape));
         }
         shape += 1;
     }
@@ -137,7 +145,7 @@ pub(crate) fn classify_owner(owner: &Owner, remote: AddrWords, proto: u32, port:
 /// The group of shape `shape` the owner in the scratch belongs to, if any, and its first
 /// matching rule. A subprogram: its locals live in its own small frame, not the caller's.
 #[inline(never)]
-fn classify_shape(shape: u32) -> u32 {
+fn classify_shape<const NAMES: bool>(shape: u32) -> u32 {
     let Some(s) = scratch() else {
         return NO_MATCH;
     };
@@ -159,7 +167,7 @@ fn classify_shape(shape: u32) -> u32 {
     s.group._pad = 0;
     // SAFETY: a plain u32 copied out at once.
     match unsafe { GROUPS.get(&s.group) }.copied() {
-        Some(group) => classify_group(s, group),
+        Some(group) => classify_group::<NAMES>(s, group),
         None => NO_MATCH,
     }
 }
@@ -170,7 +178,7 @@ fn classify_shape(shape: u32) -> u32 {
 /// function changed how LLVM lays out the XDP program's packet parsing, and the verifier
 /// refused it (a bitwise operation on a packet pointer).
 #[inline(always)]
-fn classify_group(s: &mut Scratch, group: u32) -> u32 {
+fn classify_group<const NAMES: bool>(s: &mut Scratch, group: u32) -> u32 {
     let proto = s.proto & 3;
     let addr = if s.v4 != 0 {
         s.k4.prefix_len = 64;
@@ -213,12 +221,14 @@ fn classify_group(s: &mut Scratch, group: u32) -> u32 {
         }
         None => NO_MATCH,
     };
-    let remote = AddrWords {
-        v4: s.v4 != 0,
-        hi: s.hi,
-        lo: s.lo,
-    };
-    best = min(best, dns::group_name_rule(remote, group, proto, port_class));
+    if NAMES {
+        let remote = AddrWords {
+            v4: s.v4 != 0,
+            hi: s.hi,
+            lo: s.lo,
+        };
+        best = min(best, dns::group_name_rule(remote, group, proto, port_class));
+    }
     min(best, pair_verdict(addr_class, port_class))
 }
 
@@ -239,7 +249,7 @@ pub(crate) fn classify_inbound(hi: u64, lo: u64, meta: u64, local_hi: u64, local
     match listeners::listener(local, proto, port) {
         Some(l) => {
             count(Counter::InListenerFound);
-            classify_owner(&l.owner, AddrWords { v4, hi, lo }, proto, port)
+            classify_owner::<false>(&l.owner, AddrWords { v4, hi, lo }, proto, port)
         }
         None => {
             count(Counter::InNoListener);
