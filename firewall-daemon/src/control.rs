@@ -475,6 +475,24 @@ pub struct DnsData {
     /// False when no outbound rule names a name: answers are not read.
     pub reading: bool,
     pub names: Vec<DnsName>,
+    /// The inbound rules' names, looked up by the daemon.
+    #[serde(default)]
+    pub looked_up: Vec<LookedUp>,
+}
+
+/// An inbound rule's name and what it looked up to (`fwctl dns`).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct LookedUp {
+    pub name: String,
+    /// The addresses the rules use for it now.
+    pub addresses: Vec<std::net::IpAddr>,
+    /// Seconds until it is asked again.
+    pub next_in_secs: u64,
+    /// Why the last lookup gave no address (the addresses are then those of an earlier one,
+    /// or none).
+    pub error: Option<String>,
+    /// The inbound rules that name it (`rule N "name"`).
+    pub rules: Vec<String>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

@@ -130,6 +130,8 @@ enum Zone {
         forged: IpAddr,
         real: IpAddr,
     },
+    /// No answer at all (a server that is down, for that name).
+    Silent,
 }
 
 /// A thread serving in a namespace until dropped (the DNS server, the stub resolver).
@@ -208,11 +210,14 @@ fn answers(zone: &HashMap<&'static str, Zone>, q: &Name, qtype: RecordType) -> V
                 }
                 break;
             }
-            None => break,
+            Some(Zone::Silent) | None => break,
         }
     }
     out
 }
+
+/// The zone a [`DnsServer`] answers from, which a test may change while it serves.
+type SharedZone = Arc<std::sync::Mutex<HashMap<&'static str, Zone>>>;
 
 fn reply(id: u16, q: &Query, records: Vec<Record>) -> Vec<u8> {
     let mut m = Message::new(id, MessageType::Response, OpCode::Query);
@@ -224,12 +229,7 @@ fn reply(id: u16, q: &Query, records: Vec<Record>) -> Vec<u8> {
 impl DnsServer {
     /// Serves `zone` on `addr:53` inside the namespace at `ns`; `forger` is another address
     /// of that namespace, the source of forged answers.
-    fn start(
-        ns: String,
-        addr: IpAddr,
-        forger: IpAddr,
-        zone: HashMap<&'static str, Zone>,
-    ) -> Background {
+    fn start(ns: String, addr: IpAddr, forger: IpAddr, zone: SharedZone) -> Background {
         Background::start(ns, move |flag, ready| {
             let sock = UdpSocket::bind(SocketAddr::new(addr, 53)).expect("binding port 53");
             let forge = UdpSocket::bind(SocketAddr::new(forger, 53)).expect("binding the forger");
@@ -253,6 +253,10 @@ impl DnsServer {
                     .to_ascii()
                     .trim_end_matches('.')
                     .to_ascii_lowercase();
+                let zone = zone.lock().expect("zone").clone();
+                if let Some(Zone::Silent) = zone.get(key.as_str()) {
+                    continue;
+                }
                 if let Some(Zone::Forged { forged, .. }) = zone.get(key.as_str())
                     && let IpAddr::V4(v4) = forged
                 {
@@ -375,6 +379,7 @@ action = "allow"
 struct Lab {
     inside: Helper,
     daemon: Daemon,
+    zone: SharedZone,
     _dns: Background,
     _listener: TcpListener,
     _pair: Pair,
@@ -438,8 +443,19 @@ impl Lab {
                 Zone::Addrs(vec![ip("fd00:200::10")], 300),
             ),
             ("www.other.test", Zone::Addrs(vec![ip("10.200.0.16")], 300)),
+            // The inbound rules' name, which the daemon looks up.
+            (
+                "monitor.lab.test",
+                Zone::Addrs(vec![ip("10.200.0.10"), ip("fd00:200::10")], 1),
+            ),
         ]);
-        let dns = DnsServer::start(pair.client.path(), ip(SERVER), ip("10.200.0.9"), zone);
+        let zone = Arc::new(std::sync::Mutex::new(zone));
+        let dns = DnsServer::start(
+            pair.client.path(),
+            ip(SERVER),
+            ip("10.200.0.9"),
+            zone.clone(),
+        );
         let daemon = Daemon::start(&pair.server, &pair.server_if, "generic", rules);
         let exe = std::env::current_exe().expect("test binary");
         let inside = Helper::spawn(&exe, "helper_process", &[(HELPER_ENV, pair.server.path())]);
@@ -447,6 +463,7 @@ impl Lab {
         Self {
             inside,
             daemon,
+            zone,
             _dns: dns,
             _listener: listener,
             _pair: pair,
@@ -862,4 +879,135 @@ action = "allow"
     );
     assert_eq!(lab.call(&format!("tcp 10.200.0.16 {PORT}")), "ok");
     assert_eq!(lab.call(&format!("tcp 10.200.0.10 {PORT}")), "refused");
+}
+
+/// The port the inbound test's listener (in the protected namespace) listens on.
+const INBOUND_PORT: u16 = 9090;
+
+/// Connects from the peer's address `from` to the protected side's `to:INBOUND_PORT`: `ok`,
+/// or `filtered` when nothing answers within a second (the stealth default).
+fn connect_from(lab: &Lab, from: &str, to: &str) -> String {
+    let (from, to) = (ip(from), ip(to));
+    lab._pair.client.run(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        runtime.block_on(async move {
+            let socket = match from {
+                IpAddr::V4(_) => tokio::net::TcpSocket::new_v4(),
+                IpAddr::V6(_) => tokio::net::TcpSocket::new_v6(),
+            }
+            .expect("socket");
+            socket.bind(SocketAddr::new(from, 0)).expect("bind");
+            let connect = socket.connect(SocketAddr::new(to, INBOUND_PORT));
+            match tokio::time::timeout(Duration::from_secs(1), connect).await {
+                Ok(Ok(_)) => "ok".to_owned(),
+                Ok(Err(e)) => format!("error {e}"),
+                Err(_) => "filtered".to_owned(),
+            }
+        })
+    })
+}
+
+/// What `fwctl dns` says `monitor.lab.test` looked up to, once `ready` holds of it (within 20
+/// s: the name's TTL and `min_ttl` are 1 s).
+fn looked_up(lab: &Lab, ready: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let dns = lab.daemon.fwctl_json(&["dns"]);
+        let entry = dns["looked_up"]
+            .as_array()
+            .and_then(|all| all.iter().find(|l| l["name"] == "monitor.lab.test"))
+            .cloned()
+            .unwrap_or_else(|| panic!("monitor.lab.test in {dns:#}"));
+        if ready(&entry) {
+            return entry;
+        }
+        assert!(Instant::now() < deadline, "still {entry:#}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn inbound_rules_follow_the_addresses_their_names_look_up_to() {
+    let rules = format!(
+        r#"
+[defaults]
+inbound = "stealth"
+outbound = "allow"
+
+[dns]
+min_ttl = "1s"
+servers = ["{SERVER}"]
+
+[[rule]]
+name = "monitoring"
+direction = "in"
+proto = "tcp"
+port = {INBOUND_PORT}
+remote = ["monitor.lab.test"]
+action = "allow"
+"#
+    );
+    let lab = Lab::new(&rules);
+    let _listener = lab
+        ._pair
+        .server
+        .run(|| TcpListener::bind(("::", INBOUND_PORT)).expect("listen"));
+    let addrs = |l: &serde_json::Value| l["addresses"].clone();
+    let entry = looked_up(&lab, |_| true);
+    assert_eq!(
+        addrs(&entry),
+        serde_json::json!(["10.200.0.10", "fd00:200::10"]),
+        "{entry:#}"
+    );
+    assert_eq!(entry["rules"], serde_json::json!(["rule 1 \"monitoring\""]));
+    assert_eq!(connect_from(&lab, "10.200.0.10", "10.200.0.2"), "ok");
+    assert_eq!(connect_from(&lab, "fd00:200::10", "fd00:200::2"), "ok");
+    assert_eq!(connect_from(&lab, "10.200.0.11", "10.200.0.2"), "filtered");
+    let port = INBOUND_PORT.to_string();
+    let e = lab
+        .daemon
+        .fwctl_json(&["explain", "in", "tcp", "10.200.0.10", &port]);
+    assert_eq!(e["action"], "allow", "{e:#}");
+    assert_eq!(e["rule"].as_u64(), Some(1), "{e:#}");
+    let text = String::from_utf8_lossy(&lab.daemon.fwctl(&["dns"]).stdout).into_owned();
+    println!("fwctl dns:\n{text}");
+    assert!(
+        text.contains("looked up for the inbound rules:\nmonitor.lab.test  10.200.0.10 fd00:200::10  (again in "),
+        "{text}"
+    );
+
+    // The name moves: when its record expires the daemon asks again, and the rule follows.
+    lab.zone
+        .lock()
+        .expect("zone")
+        .insert("monitor.lab.test", Zone::Addrs(vec![ip("10.200.0.11")], 1));
+    looked_up(&lab, |l| addrs(l) == serde_json::json!(["10.200.0.11"]));
+    assert_eq!(connect_from(&lab, "10.200.0.11", "10.200.0.2"), "ok");
+    assert_eq!(connect_from(&lab, "10.200.0.10", "10.200.0.2"), "filtered");
+    assert_eq!(
+        connect_from(&lab, "fd00:200::10", "fd00:200::2"),
+        "filtered"
+    );
+
+    // The server stops answering for it: the addresses looked up before stay.
+    lab.zone
+        .lock()
+        .expect("zone")
+        .insert("monitor.lab.test", Zone::Silent);
+    let entry = looked_up(&lab, |l| !l["error"].is_null());
+    assert_eq!(
+        addrs(&entry),
+        serde_json::json!(["10.200.0.11"]),
+        "{entry:#}"
+    );
+    assert_eq!(connect_from(&lab, "10.200.0.11", "10.200.0.2"), "ok");
+
+    // The server says the name has no address: the rule matches no address by it.
+    lab.zone.lock().expect("zone").remove("monitor.lab.test");
+    let entry = looked_up(&lab, |l| addrs(l) == serde_json::json!([]));
+    assert!(!entry["error"].is_null(), "{entry:#}");
+    assert_eq!(connect_from(&lab, "10.200.0.11", "10.200.0.2"), "filtered");
 }

@@ -203,10 +203,17 @@ pub fn regions(
     let v4 = matches!(within, IpNet::V4(_));
     let (lo, hi) = (number(within.network()), number(within.broadcast()));
     let mut starts = vec![lo];
+    // The edges of every rule's networks (an inbound rule's names: the addresses looked up).
+    let looked_up: Vec<IpNet> = ruleset
+        .of(probe.direction)
+        .flat_map(|r| policy.looked_up(r))
+        .map(IpNet::from)
+        .collect();
     for net in ruleset
         .of(probe.direction)
         .filter_map(|r| r.remote.as_ref())
         .flatten()
+        .chain(&looked_up)
         .filter(|n| matches!(n, IpNet::V4(_)) == v4)
     {
         let (a, b) = (number(net.network()), number(net.broadcast()));
@@ -361,6 +368,9 @@ mod tests {
         }
         fn unit_cgroup(&self, _: &str) -> Option<crate::policy::UnitCgroupId> {
             None
+        }
+        fn addresses(&self, _: &str) -> Vec<std::net::IpAddr> {
+            Vec::new()
         }
     }
 

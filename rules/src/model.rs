@@ -451,7 +451,7 @@ impl Default for LogConfig {
 /// `[dns]`: how long a name learnt from a DNS answer stays on its addresses (the record's TTL
 /// clamped to `min_ttl..=max_ttl`, plus `grace`; seconds), and whether addresses without a
 /// name may have `[defaults] outbound = "allow"` (`enforce`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct DnsConfig {
     pub min_ttl: u32,
     pub max_ttl: u32,
@@ -459,6 +459,9 @@ pub struct DnsConfig {
     /// An outbound call to an address no DNS answer named, that no rule decides, is refused
     /// (`reject`) rather than allowed by `[defaults] outbound`.
     pub enforce: bool,
+    /// Where the daemon looks up the inbound rules' names; empty: the servers of
+    /// /etc/resolv.conf.
+    pub servers: Vec<std::net::SocketAddr>,
 }
 
 impl Default for DnsConfig {
@@ -468,6 +471,7 @@ impl Default for DnsConfig {
             max_ttl: 86400,
             grace: 30,
             enforce: false,
+            servers: Vec::new(),
         }
     }
 }
@@ -714,6 +718,38 @@ impl Ruleset {
     }
 
     /// The default verdict of a direction.
+    /// The names the inbound rules name, which the daemon looks up: sorted, each once.
+    pub fn lookups(&self) -> Vec<&str> {
+        let names: std::collections::BTreeSet<&str> = self
+            .of(Direction::In)
+            .flat_map(|r| r.names.iter().map(|n| n.name.as_str()))
+            .collect();
+        names.into_iter().collect()
+    }
+
+    /// These rules with each inbound rule's names replaced by the addresses `addresses` gives
+    /// for them, as if the file listed them: what the compiler writes into the tables. (The
+    /// oracle asks for the addresses instead, per packet: [`crate::policy::Selectors`].)
+    pub fn with_lookups(&self, addresses: &dyn Fn(&str) -> Vec<std::net::IpAddr>) -> Ruleset {
+        let mut rs = self.clone();
+        for rule in rs.rules.iter_mut().filter(|r| r.direction == Direction::In) {
+            if rule.names.is_empty() {
+                continue;
+            }
+            let remote = rule.remote.get_or_insert_with(Nets::new);
+            for name in std::mem::take(&mut rule.names) {
+                remote.extend(
+                    addresses(&name.name)
+                        .into_iter()
+                        .map(|a| IpNet::from(firewall_common::addr::canonical(a))),
+                );
+            }
+            remote.sort_unstable();
+            remote.dedup();
+        }
+        rs
+    }
+
     /// Whether DNS answers are read: some outbound rule names a name, or `[dns] enforce`.
     pub fn reads_names(&self) -> bool {
         self.dns.enforce || self.of(Direction::Out).any(|r| !r.names.is_empty())

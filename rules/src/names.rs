@@ -14,6 +14,11 @@ use std::{fmt, net::IpAddr};
 use firewall_common::dns::WILDCARD_DEPTH;
 use serde::Serialize;
 
+/// The most names the inbound rules may name in all: the daemon looks each up (A and AAAA)
+/// when the rules load and again when its records expire, so a file cannot make it send a
+/// flood of queries, or wait on one.
+pub const MAX_LOOKUPS: usize = 256;
+
 /// A name or wildcard of a rule.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 pub struct NamePattern {

@@ -10,7 +10,7 @@ use firewall_common::identity::{ExeId, MAX_UNIT_LEVEL, Owner};
 
 use crate::{
     model::{Action, ConnectMeta, Direction, PacketMeta, PacketProto, Rule, Ruleset},
-    names::Names,
+    names::{NamePattern, Names},
 };
 
 /// What the `program` and `unit` selectors name on this host, as far as the oracle needs to
@@ -23,6 +23,9 @@ pub trait Selectors {
     /// The cgroup a rule's `unit` resolves to; `None`: no cgroup of that unit (or one that
     /// cannot be matched).
     fn unit_cgroup(&self, name: &str) -> Option<UnitCgroupId>;
+    /// The addresses the daemon looked up for `name`, a name an inbound rule names (empty:
+    /// none, or it was not looked up).
+    fn addresses(&self, name: &str) -> Vec<std::net::IpAddr>;
 }
 
 /// A unit's cgroup as the hooks see it.
@@ -118,6 +121,20 @@ impl<'a> Policy<'a> {
             })
     }
 
+    /// The addresses looked up for an inbound `rule`'s names (canonical: IPv4-mapped
+    /// addresses as IPv4); none for an outbound rule, or without selectors.
+    pub fn looked_up(&self, rule: &Rule) -> Vec<std::net::IpAddr> {
+        match (rule.direction, self.resolved) {
+            (Direction::In, Some(s)) => rule
+                .names
+                .iter()
+                .flat_map(|n| s.addresses(&n.name))
+                .map(firewall_common::addr::canonical)
+                .collect(),
+            _ => Vec::new(),
+        }
+    }
+
     /// Whether `addr` has a name (from a DNS answer); without [`Self::with_names`], it has
     /// none.
     pub fn named(&self, addr: std::net::IpAddr) -> bool {
@@ -132,15 +149,27 @@ impl<'a> Policy<'a> {
         pkt: &'p PacketMeta,
         owner: Option<&'p Owner>,
     ) -> impl Iterator<Item = &'a Rule> + 'p {
+        // Outbound, a rule's names match the names the destination was seen under in DNS
+        // answers; inbound, the addresses the daemon looked up for them.
         let seen: Vec<String> = match self.names {
-            Some(n) if self.ruleset.of(direction).any(|r| !r.names.is_empty()) => {
+            Some(n)
+                if direction == Direction::Out
+                    && self.ruleset.of(direction).any(|r| !r.names.is_empty()) =>
+            {
                 n.names_of(pkt.remote)
             }
             _ => Vec::new(),
         };
-        self.ruleset
-            .of(direction)
-            .filter(move |r| matches(r, pkt, &seen) && self.about(r, pkt, owner))
+        self.ruleset.of(direction).filter(move |r| {
+            matches(r, pkt, &|p| match direction {
+                Direction::Out => seen.iter().any(|name| p.matches(name)),
+                Direction::In => self.resolved.is_some_and(|s| {
+                    s.addresses(&p.name)
+                        .into_iter()
+                        .any(|a| firewall_common::addr::canonical(a) == pkt.remote)
+                }),
+            }) && self.about(r, pkt, owner)
+        })
     }
 
     /// Whether `rule`'s selectors name `owner`: its executable is the file the `program` path
@@ -222,7 +251,8 @@ impl<'a> Policy<'a> {
 }
 
 /// Whether `rule` matches `pkt`, whose remote address was seen under the names `seen`.
-fn matches(rule: &Rule, pkt: &PacketMeta, seen: &[String]) -> bool {
+/// Whether `rule` matches `pkt`; `named(p)`: whether the rule's name `p` names `pkt`'s remote.
+fn matches(rule: &Rule, pkt: &PacketMeta, named: &dyn Fn(&NamePattern) -> bool) -> bool {
     if !rule.matches_proto(pkt.proto) {
         return false;
     }
@@ -234,12 +264,6 @@ fn matches(rule: &Rule, pkt: &PacketMeta, seen: &[String]) -> bool {
     }
     match &rule.remote {
         None => true,
-        Some(nets) => {
-            nets.iter().any(|n| n.contains(&pkt.remote))
-                || rule
-                    .names
-                    .iter()
-                    .any(|p| seen.iter().any(|name| p.matches(name)))
-        }
+        Some(nets) => nets.iter().any(|n| n.contains(&pkt.remote)) || rule.names.iter().any(named),
     }
 }

@@ -210,6 +210,15 @@ pub fn compile_direction(
     direction: Direction,
     resolved: &Resolved,
 ) -> Result<Compiled, CompileError> {
+    // An inbound rule's names are the addresses the daemon looked up for them
+    // (`crate::host::lookups`): compiled as if the file listed those.
+    let looked_up;
+    let ruleset = if direction == Direction::In && !ruleset.lookups().is_empty() {
+        looked_up = ruleset.with_lookups(&|name| resolved.lookups.addresses(name));
+        &looked_up
+    } else {
+        ruleset
+    };
     let mut unscoped: Vec<&Rule> = Vec::new();
     let mut scoped: BTreeMap<GroupKey, Vec<&Rule>> = BTreeMap::new();
     let mut unresolved = Vec::new();

@@ -201,4 +201,77 @@ mod tests {
             }
         }
     }
+
+    /// Inbound rules' names: the compiler writes the addresses the daemon looked up for them
+    /// (`Ruleset::with_lookups`), the oracle asks for them per packet (`Selectors`); the two
+    /// agree.
+    #[test]
+    fn inbound_names_compile_to_their_looked_up_addresses_as_the_oracle_matches_them() {
+        const HOSTS: [&str; 3] = ["a.example.test", "b.example.test", "monitor.test"];
+        const FROM: [&str; 5] = [
+            "10.1.2.3",
+            "10.9.9.9",
+            "2001:db8::7",
+            "::ffff:10.1.2.3",
+            "192.0.2.1",
+        ];
+        let seed: u64 = rand::random();
+        let mut rng = StdRng::seed_from_u64(seed);
+        for round in 0..300 {
+            let default = ["allow", "reject", "stealth"][rng.random_range(0..3)];
+            let mut text = format!("[defaults]\ninbound = \"{default}\"\n");
+            for _ in 0..rng.random_range(1..=6) {
+                let mut remote: Vec<String> = (0..rng.random_range(1..=2))
+                    .map(|_| format!("{:?}", HOSTS[rng.random_range(0..HOSTS.len())]))
+                    .collect();
+                if rng.random_bool(0.3) {
+                    remote.push("\"10.0.0.0/8\"".into());
+                }
+                let port = if rng.random_bool(0.5) {
+                    format!("proto = \"tcp\"\nport = {}\n", 440 + rng.random_range(0..3))
+                } else {
+                    String::new()
+                };
+                let action = ["allow", "reject", "stealth"][rng.random_range(0..3)];
+                text.push_str(&format!(
+                    "[[rule]]\nremote = [{}]\n{port}action = \"{action}\"\n",
+                    remote.join(", ")
+                ));
+            }
+            let ruleset = config::parse(&text, Path::new("in.toml")).unwrap();
+            // Each name looked up to none, one or two of the addresses (mapped ones too).
+            let lookups: std::collections::BTreeMap<String, Vec<IpAddr>> = HOSTS
+                .iter()
+                .map(|h| {
+                    let addrs = (0..rng.random_range(0..=2))
+                        .map(|_| FROM[rng.random_range(0..FROM.len())].parse().unwrap())
+                        .collect();
+                    ((*h).to_owned(), addrs)
+                })
+                .collect();
+            let mut resolved = crate::host::selectors::Resolved::default();
+            resolved.lookups = crate::host::lookups::Lookups::fixed(lookups.clone());
+            let compiled = compile_direction(&ruleset, Direction::In, &resolved).unwrap();
+            let policy = Policy::with_selectors(&ruleset, &resolved);
+            for from in FROM {
+                let pkt = rules::model::PacketMeta {
+                    remote: firewall_common::addr::canonical(from.parse().unwrap()),
+                    proto: PacketProto::Tcp,
+                    local_port: 440 + rng.random_range(0..4),
+                };
+                let oracle = policy.decide(&pkt);
+                let word = compiled.lookup(&pkt);
+                let got = (
+                    firewall_common::verdict_action(word),
+                    (firewall_common::verdict_rule(word) != firewall_common::DEFAULT_RULE)
+                        .then(|| firewall_common::verdict_rule(word)),
+                );
+                assert_eq!(
+                    got,
+                    (oracle.action.to_kernel(), oracle.rule),
+                    "seed {seed}, round {round}: {pkt:?} with {lookups:?}\n{text}"
+                );
+            }
+        }
+    }
 }

@@ -89,7 +89,7 @@ impl State {
         o: &ReloadOptions,
     ) -> anyhow::Result<(Ruleset, Resolved, Option<String>)> {
         let new_rules = super::reload::load_rules(path, &self.overrides)?;
-        let resolved = Resolved::resolve(&new_rules, &self.cgroup.path);
+        let resolved = Resolved::resolve_after(&new_rules, &self.cgroup.path, &self.resolved);
         refuse_broken(&new_rules, &resolved)?;
         let lockout = o
             .caller
@@ -239,7 +239,7 @@ impl State {
     /// The deadline passed without `fwctl confirm`: the rules it holds come back.
     pub(super) fn roll_back(&mut self) {
         let Some(p) = self.pending.take() else { return };
-        let resolved = Resolved::resolve(&p.rules, &self.cgroup.path);
+        let resolved = Resolved::resolve_after(&p.rules, &self.cgroup.path, &self.resolved);
         let unconfirmed = self.generation_no;
         match self.reload_resolved(p.rules, resolved, false) {
             Ok(d) => warn!(

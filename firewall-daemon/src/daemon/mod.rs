@@ -220,10 +220,10 @@ pub async fn run(config_path: PathBuf, overrides: Overrides) -> anyhow::Result<(
             _ = int.recv() => break,
             // Resolving may walk the cgroup tree or wait for systemctl: done on a blocking
             // thread, so that interface events and control requests are served meanwhile.
+            // Also every RESOLVE_PERIOD: then the inbound rules' names whose records expired
+            // are asked for again (`host::lookups`).
             _ = watcher.changed(), if resolving.is_none() => {
-                let (rules, root) = (state.ruleset.clone(), state.cgroup.path.clone());
-                let task = tokio::task::spawn_blocking(move || Resolved::resolve(&rules, &root));
-                resolving = Some((state.generation_no, task));
+                resolving = Some((state.generation_no, state.resolve_again()));
             }
             done = async { (&mut resolving.as_mut().expect("guarded by is_some").1).await }, if resolving.is_some() => {
                 let started_at = resolving.take().map(|(generation, _)| generation);
@@ -231,9 +231,9 @@ pub async fn run(config_path: PathBuf, overrides: Overrides) -> anyhow::Result<(
                     // Rules loaded meanwhile were resolved on their own; the next wake looks again.
                     Ok(_) if started_at != Some(state.generation_no) => {}
                     Ok(resolved) => match state.reresolve(resolved) {
-                        Ok(Some(d)) => info!(generation = d.generation; "a program or unit the rules name changed; rules recompiled: {}", summarize(&d)),
+                        Ok(Some(d)) => info!(generation = d.generation; "a program, unit or inbound rule's name the rules name changed; rules recompiled: {}", summarize(&d)),
                         Ok(None) => {}
-                        Err(e) => error!("recompiling for a changed program or unit failed, the rules in force stay: {e:#}"),
+                        Err(e) => error!("recompiling for a changed program, unit or name failed, the rules in force stay: {e:#}"),
                     },
                     Err(e) => error!("resolving the rules' programs and units failed: {e}"),
                 }

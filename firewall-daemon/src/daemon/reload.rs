@@ -130,10 +130,21 @@ impl State {
         paths
     }
 
+    /// The selectors and names of the rules in force resolved again, on a blocking thread
+    /// (it may walk the cgroup tree, wait for systemctl or for DNS servers).
+    pub(super) fn resolve_again(&self) -> tokio::task::JoinHandle<Resolved> {
+        let (rules, root) = (self.ruleset.clone(), self.cgroup.path.clone());
+        let before = self.resolved.clone();
+        tokio::task::spawn_blocking(move || Resolved::resolve_after(&rules, &root, &before))
+    }
+
     /// Takes the selectors of the rules in force resolved again; when a program was replaced
     /// or appeared, or a unit (re)started, recompiles the same rules for it (`None`: no change).
     pub(super) fn reresolve(&mut self, resolved: Resolved) -> anyhow::Result<Option<ReloadData>> {
         if resolved == self.resolved {
+            // The same addresses and files: only when the names are due again changed.
+            self.resolve_warnings = resolved.warnings(&self.ruleset);
+            self.resolved = resolved;
             return Ok(None);
         }
         let rules = self.ruleset.clone();

@@ -340,9 +340,28 @@ impl State {
                     .collect(),
             })
             .collect();
+        let at = std::time::Instant::now();
+        let looked_up = self
+            .resolved
+            .lookups
+            .by_name
+            .iter()
+            .map(|(name, l)| crate::control::LookedUp {
+                name: name.clone(),
+                addresses: l.addrs.clone(),
+                next_in_secs: l.refresh.saturating_duration_since(at).as_secs(),
+                error: l.error.clone(),
+                rules: rules
+                    .of(Direction::In)
+                    .filter(|r| r.names.iter().any(|p| p.name == *name))
+                    .map(|r| format!("rule {} {:?}", r.index + 1, r.name.as_str()))
+                    .collect(),
+            })
+            .collect();
         Ok(DnsData {
             reading: rules.reads_names(),
             names,
+            looked_up,
         })
     }
 

@@ -20,6 +20,7 @@
 //!   host's own addresses for the reject path.
 //! - [`btf`] and [`exe_id`]: how the kernel program and the daemon name an executable alike.
 //! - [`selectors`]: what the rules' selectors resolve to, and when to resolve them again.
+//! - [`lookups`]: the addresses of the inbound rules' names, asked of DNS servers.
 //! - [`listeners`] and [`owners`]: the owners of sockets bound before the daemon, and names
 //!   for recorded owners.
 pub mod addrs;
@@ -28,6 +29,7 @@ pub mod cgroups;
 pub mod exe_id;
 pub mod interfaces;
 pub mod listeners;
+pub mod lookups;
 pub mod owners;
 pub mod procfs;
 pub mod selectors;

@@ -1,5 +1,7 @@
 //! `[dns]`: how long a name learnt from a DNS answer stays on its addresses.
 
+use std::net::{IpAddr, SocketAddr};
+
 use toml::{Spanned, de::DeValue};
 
 use super::{
@@ -34,6 +36,26 @@ impl Checker<'_> {
         if let Some(v) = &raw.enforce {
             out.enforce = *v.get_ref();
         }
+        if let Some(list) = &raw.servers {
+            if list.get_ref().len() > MAX_SERVERS {
+                self.error(
+                    Some(list.span()),
+                    format!("dns.servers: at most {MAX_SERVERS} servers"),
+                );
+            }
+            for item in list.get_ref() {
+                match server(item.get_ref()) {
+                    Some(addr) => out.servers.push(addr),
+                    None => self.error(
+                        Some(item.span()),
+                        format!(
+                            "dns.servers: {:?} is not an address (\"192.0.2.53\", \"2001:db8::53\", or with a port: \"192.0.2.53:5353\", \"[2001:db8::53]:5353\")",
+                            item.get_ref()
+                        ),
+                    ),
+                }
+            }
+        }
         if out.min_ttl > out.max_ttl {
             let at = raw
                 .min_ttl
@@ -50,4 +72,15 @@ impl Checker<'_> {
         }
         out
     }
+}
+
+/// The most `[dns] servers`: the daemon asks them in turn.
+const MAX_SERVERS: usize = 8;
+
+/// A server: an address (port 53) or an address and port.
+fn server(text: &str) -> Option<SocketAddr> {
+    if let Ok(ip) = text.parse::<IpAddr>() {
+        return Some(SocketAddr::new(ip, 53));
+    }
+    text.parse::<SocketAddr>().ok().filter(|a| a.port() != 0)
 }

@@ -57,7 +57,7 @@ use self::{
     raw::TOP_LEVEL_KEYS,
     rule::RuleTables,
 };
-use crate::model::Ruleset;
+use crate::model::{Direction, Ruleset};
 
 /// Where service names (`port = "ssh"`) are looked up unless [`Env`] says otherwise.
 pub const DEFAULT_SERVICES_PATH: &str = "/etc/services";
@@ -326,6 +326,22 @@ fn check<'t>(
     rules.extend(included.rules);
     written += included.written;
     assertions.extend(included.assertions);
+
+    let lookups = rules
+        .iter()
+        .filter(|r| r.direction == Direction::In)
+        .flat_map(|r| &r.names)
+        .collect::<std::collections::BTreeSet<_>>()
+        .len();
+    if lookups > crate::names::MAX_LOOKUPS {
+        ck.error(
+            None,
+            format!(
+                "the inbound rules name {lookups} names; the daemon looks up at most {} (a list of names to refuse belongs in outbound rules, or as addresses in a set)",
+                crate::names::MAX_LOOKUPS
+            ),
+        );
+    }
 
     // Every path that drops a rule reports why; this guards that promise, since loading a
     // rule set with a rule silently missing is the one outcome worse than refusing it.

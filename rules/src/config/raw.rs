@@ -140,6 +140,9 @@ pub(super) struct RawDns {
     /// `true`: an outbound connection to an address no DNS answer named, that no rule
     /// decides, is refused (reject) instead of `[defaults] outbound = "allow"`. Default false.
     pub(super) enforce: Option<Spanned<bool>>,
+    /// The servers the daemon asks for the addresses of the inbound rules' names: addresses,
+    /// with a port or not (53). Default: those of /etc/resolv.conf.
+    pub(super) servers: Option<Spanned<Vec<Spanned<String>>>>,
 }
 
 /// `[metrics]`: the counters for Prometheus, off unless `listen` or `textfile` is given.

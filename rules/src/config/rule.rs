@@ -21,7 +21,7 @@ use super::{
 };
 use crate::{
     model::{Action, Direction, Nets, Origin, PortRange, Proto, Rule, Selector, Text},
-    names::NamePattern,
+    names::{MAX_LOOKUPS, NamePattern},
 };
 
 /// Where the `[[rule]]` tables come from.
@@ -302,14 +302,26 @@ impl Checker<'_> {
             );
             ok = false;
         }
-        if let Some((name, at)) = names.first() {
-            let at = at.clone();
-            if direction == Some(Direction::In) {
+        if direction == Some(Direction::In) {
+            // Inbound, a name is looked up by the daemon (`firewall_daemon::host::lookups`): a
+            // wildcard names no address anyone can look up.
+            if let Some((name, at)) = names.iter().find(|(n, _)| n.wildcard) {
+                self.error(
+                    Some(at.clone()),
+                    format!(
+                        r#"{ctx}{name:?} is a wildcard, and an inbound rule's names are looked up by the daemon, which cannot look up every name below {suffix:?}; name the hosts ("monitor.{suffix}") or write their addresses — the firewall never ignores a rule it cannot enforce"#,
+                        name = name.to_string(),
+                        suffix = name.name
+                    ),
+                );
+                ok = false;
+            } else if names.len() > MAX_LOOKUPS {
+                let at = key_span(key_spans, "remote").unwrap_or_else(|| header.clone());
                 self.error(
                     Some(at),
                     format!(
-                        r#"{ctx}{name:?} is a name, and inbound rules cannot name names yet (only outbound rules: a name is known from the DNS answers the host receives); write the addresses — the firewall never ignores a rule it cannot enforce"#,
-                        name = name.to_string()
+                        "{ctx}{} names in an inbound rule; the daemon looks up at most {MAX_LOOKUPS} names for the inbound rules (a list of names to refuse belongs in outbound rules, or as addresses in a set)",
+                        names.len()
                     ),
                 );
                 ok = false;

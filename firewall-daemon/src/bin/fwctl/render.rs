@@ -432,6 +432,34 @@ pub(super) fn owner(c: &control::ConnView) -> String {
 }
 
 pub(super) fn print_dns(d: &control::DnsData) {
+    print_names_seen(d);
+    if d.looked_up.is_empty() {
+        return;
+    }
+    println!("\nlooked up for the inbound rules:");
+    for l in &d.looked_up {
+        let addrs: Vec<String> = l.addresses.iter().map(ToString::to_string).collect();
+        let addrs = if addrs.is_empty() {
+            "no address".to_owned()
+        } else {
+            addrs.join(" ")
+        };
+        let error = l
+            .error
+            .as_deref()
+            .map(|e| format!("  ({})", esc(e)))
+            .unwrap_or_default();
+        println!(
+            "{}  {addrs}  (again in {}){error}  [{}]",
+            esc(&l.name),
+            human_duration(l.next_in_secs),
+            esc(&l.rules.join(", "))
+        );
+    }
+}
+
+/// The names the datapath learnt from DNS answers.
+fn print_names_seen(d: &control::DnsData) {
     if !d.reading {
         println!("no outbound rule names a name: DNS answers are not read");
     }

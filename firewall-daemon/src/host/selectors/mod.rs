@@ -62,6 +62,10 @@ impl rules::policy::Selectors for Resolved {
             level: u.level,
         })
     }
+
+    fn addresses(&self, name: &str) -> Vec<std::net::IpAddr> {
+        self.lookups.addresses(name)
+    }
 }
 
 #[cfg(test)]
@@ -114,6 +118,8 @@ pub struct Resolved {
     unit_problems: BTreeMap<String, UnitProblem>,
     /// Where the units were searched, for messages.
     cgroup_root: PathBuf,
+    /// The addresses of the inbound rules' names.
+    pub lookups: super::lookups::Lookups,
 }
 
 impl Resolved {
@@ -121,6 +127,23 @@ impl Resolved {
     /// units are searched (the daemon's configured `[daemon] cgroup`, which is the cgroup2
     /// mount by default; tests pass a cgroup of their own).
     pub fn resolve(ruleset: &Ruleset, cgroup_root: &Path) -> Self {
+        let mut out = Self::resolve_selectors(ruleset, cgroup_root);
+        out.lookups = super::lookups::look_up(&ruleset.lookups(), &ruleset.dns);
+        out
+    }
+
+    /// [`Self::resolve`] after `before`: only the names whose records expired (or that are
+    /// new) are looked up, and one no server answered for keeps the addresses it had in
+    /// `before` (`super::lookups`).
+    pub fn resolve_after(ruleset: &Ruleset, cgroup_root: &Path, before: &Resolved) -> Self {
+        let mut out = Self::resolve_selectors(ruleset, cgroup_root);
+        out.lookups =
+            super::lookups::look_up_due(&ruleset.lookups(), &ruleset.dns, &before.lookups);
+        out
+    }
+
+    /// The programs and units of [`Self::resolve`], without the names' lookups.
+    fn resolve_selectors(ruleset: &Ruleset, cgroup_root: &Path) -> Self {
         let needs_cgroup = ruleset.rules.iter().any(|r| r.selector.unit.is_some());
         match cgroup2::cgroup2() {
             Ok((mount, mount_root)) => resolve_in(ruleset, cgroup_root, &mount, &mount_root),
@@ -223,6 +246,8 @@ impl Resolved {
             };
             out.push(msg);
         }
+
+        out.extend(self.lookups.warnings(ruleset));
 
         // Units whose cgroups nest, innermost named first.
         let resolved: Vec<(&str, &UnitCgroup)> = named

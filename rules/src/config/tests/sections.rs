@@ -391,3 +391,63 @@ expect = "allow"
         assert!(m.starts_with(w), "{m}\n  should start with\n{w}");
     }
 }
+
+#[test]
+fn dns_servers_are_addresses_with_or_without_a_port() {
+    let rs = parse(
+        "[dns]\nservers = [\"192.0.2.53\", \"2001:db8::53\", \"192.0.2.54:5353\", \"[2001:db8::54]:5353\"]\n",
+        Path::new("a.toml"),
+    )
+    .unwrap();
+    let servers: Vec<String> = rs.dns.servers.iter().map(ToString::to_string).collect();
+    assert_eq!(
+        servers,
+        [
+            "192.0.2.53:53",
+            "[2001:db8::53]:53",
+            "192.0.2.54:5353",
+            "[2001:db8::54]:5353"
+        ]
+    );
+    assert!(
+        parse("", Path::new("a.toml"))
+            .unwrap()
+            .dns
+            .servers
+            .is_empty()
+    );
+    let err = parse(
+        "[dns]\nservers = [\"ns1.example\", \"192.0.2.53:0\"]\n",
+        Path::new("a.toml"),
+    )
+    .unwrap_err();
+    assert_eq!(err.diagnostics().len(), 2, "{err}");
+    assert!(
+        err.to_string()
+            .contains(r#"dns.servers: "ns1.example" is not an address"#),
+        "{err}"
+    );
+}
+
+#[test]
+fn inbound_rules_name_at_most_max_lookups_names() {
+    let names = |n: usize| -> String {
+        let list: Vec<String> = (0..n).map(|i| format!("\"h{i}.example\"")).collect();
+        format!(
+            "[[rule]]\nport = 22\nremote = [{}]\naction = \"allow\"\n",
+            list.join(", ")
+        )
+    };
+    let rs = parse(&names(crate::names::MAX_LOOKUPS), Path::new("a.toml")).unwrap();
+    assert_eq!(rs.lookups().len(), crate::names::MAX_LOOKUPS);
+    let err = parse(&names(crate::names::MAX_LOOKUPS + 1), Path::new("a.toml")).unwrap_err();
+    assert!(
+        err.to_string().contains("the daemon looks up at most"),
+        "{err}"
+    );
+    // The same in two rules: the total counts.
+    let half = crate::names::MAX_LOOKUPS / 2 + 1;
+    let two = format!("{}{}", names(half), names(half).replace("\"h", "\"g"));
+    let err = parse(&two, Path::new("a.toml")).unwrap_err();
+    assert!(err.to_string().contains("the inbound rules name"), "{err}");
+}

@@ -34,7 +34,7 @@ fn address_invalid() {
         4,
         &[
             ":4:24:",
-            r#""example.com" is a name, and inbound rules cannot name names yet"#,
+            r#""*.example.com" is a wildcard, and an inbound rule's names are looked up by the daemon"#,
         ],
     );
 }
@@ -425,13 +425,25 @@ action = "allow"
     assert_eq!(names(1), ["debian.org", "*.debian.org"]);
     assert_eq!(rs.sets["inline"], [net("203.0.113.0/24")]);
 
-    // Names are for outbound rules: an inbound rule using a set of names is refused there.
+    // An inbound rule's names are looked up by the daemon: a set with a wildcard is refused
+    // there, one of names alone is taken.
     let inbound = "[sets]\nplain = { file = \"plain.txt\" }\n[[rule]]\nremote = \"@plain\"\naction = \"stealth\"\n";
     let err = parse_with(inbound, Path::new("rules.toml"), &t.env).unwrap_err();
     assert!(
         err.to_string()
-            .contains("inbound rules cannot name names yet"),
+            .contains(r#""*.bad.example" is a wildcard, and an inbound rule's names are looked up by the daemon"#),
         "{err}"
+    );
+    let inbound = "[sets]\nhosts = { file = \"hosts.txt\" }\n[[rule]]\nremote = \"@hosts\"\naction = \"stealth\"\n";
+    let rs = parse_with(inbound, Path::new("rules.toml"), &t.env).unwrap();
+    assert_eq!(
+        rs.lookups(),
+        [
+            "ads.example.com",
+            "ip6-localhost",
+            "localhost",
+            "tracker.example.net"
+        ]
     );
     // Two fields that are not a hosts line, and a bad name, are errors.
     fs::write(

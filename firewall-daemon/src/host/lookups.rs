@@ -1,0 +1,348 @@
+//! The inbound rules' names (`remote = ["monitor.example.org"]` on an inbound rule), looked up
+//! by the daemon.
+//!
+//! Outbound, a name is known from the DNS answers the host receives, read in the datapath
+//! (`firewall_common::dns`). Inbound there is no answer to read: the peer that connects asked
+//! nothing. So the daemon asks, the way nftables and firewalld resolve a name in a rule: A and
+//! AAAA for each name, from `[dns] servers` (else the servers of /etc/resolv.conf), when the
+//! rules load and again when the records expire (their TTL clamped to `[dns] min_ttl` ..
+//! `max_ttl`); the addresses take the name's place in the rule
+//! ([`rules::model::Ruleset::with_lookups`] for the compiler, [`rules::policy::Selectors`] for
+//! the oracle), and a change recompiles the rules like a changed program does.
+//!
+//! What a failure does, chosen so that neither kind of rule opens by accident:
+//! - an answer that the name has no address (NXDOMAIN, no A or AAAA) empties it: the rule
+//!   matches no address by that name;
+//! - no answer (timeout, refused, SERVFAIL, no server) keeps the addresses looked up before,
+//!   if any, and asks again after [`RETRY`]: a DNS outage neither shuts the monitoring server
+//!   out nor lets a refused host in.
+//!
+//! Every name is absolute (no search domains). The lookups of one resolution run together
+//! and end within [`TIMEOUT`], so a reload waits at most that long for them.
+
+use std::{
+    collections::BTreeMap,
+    net::IpAddr,
+    time::{Duration, Instant},
+};
+
+use hickory_resolver::{
+    Resolver,
+    config::{ConnectionConfig, NameServerConfig, ProtocolConfig, ResolverConfig, ResolverOpts},
+    net::runtime::TokioRuntimeProvider,
+};
+use rules::model::DnsConfig;
+
+/// How long one resolution (every name, A and AAAA, each server tried) may take.
+pub const TIMEOUT: Duration = Duration::from_secs(4);
+/// When a name with no answer is asked again (sooner when `[dns] min_ttl` is shorter).
+pub const RETRY: Duration = Duration::from_secs(30);
+
+/// What one name looked up to.
+#[derive(Clone, Debug)]
+pub struct Lookup {
+    /// Canonical (an IPv4-mapped address as IPv4), sorted, each once.
+    pub addrs: Vec<IpAddr>,
+    /// Why the last lookup gave no address; with `kept`, the addresses are those of an
+    /// earlier lookup.
+    pub error: Option<String>,
+    /// The last lookup got no answer, and `addrs` are from the one before.
+    pub kept: bool,
+    /// When it is asked again.
+    pub refresh: Instant,
+}
+
+/// The inbound rules' names and what each looked up to. Equal when the names and their
+/// addresses are: when the next lookup is due is no part of what the rules say.
+#[derive(Clone, Debug, Default)]
+pub struct Lookups {
+    pub by_name: BTreeMap<String, Lookup>,
+    /// The servers asked (`[dns] servers`; empty: /etc/resolv.conf's).
+    servers: Vec<std::net::SocketAddr>,
+}
+
+impl PartialEq for Lookups {
+    fn eq(&self, other: &Self) -> bool {
+        self.by_name.len() == other.by_name.len()
+            && self
+                .by_name
+                .iter()
+                .zip(&other.by_name)
+                .all(|((a, x), (b, y))| a == b && x.addrs == y.addrs)
+    }
+}
+
+impl Eq for Lookups {}
+
+impl Lookups {
+    /// Lookups that gave these addresses, due again in a day (for tests and `fwctl`'s
+    /// questions about given addresses).
+    pub fn fixed(by_name: BTreeMap<String, Vec<IpAddr>>) -> Self {
+        let refresh = Instant::now() + Duration::from_secs(86_400);
+        Self {
+            by_name: by_name
+                .into_iter()
+                .map(|(name, addrs)| {
+                    let lookup = Lookup {
+                        addrs,
+                        error: None,
+                        kept: false,
+                        refresh,
+                    };
+                    (name, lookup)
+                })
+                .collect(),
+            servers: Vec::new(),
+        }
+    }
+
+    /// The addresses `name` looked up to (none when it is not an inbound rule's name).
+    pub fn addresses(&self, name: &str) -> Vec<IpAddr> {
+        self.by_name
+            .get(name)
+            .map(|l| l.addrs.clone())
+            .unwrap_or_default()
+    }
+
+    /// For every name that got no answer, the addresses `before` had for it.
+    fn keep_unanswered(&mut self, before: &Lookups) {
+        for (name, now) in &mut self.by_name {
+            if now.kept
+                && let Some(old) = before.by_name.get(name)
+            {
+                now.addrs.clone_from(&old.addrs);
+            }
+        }
+    }
+
+    /// Messages for the names without an answer, located at each inbound rule naming them.
+    pub fn warnings(&self, ruleset: &rules::model::Ruleset) -> Vec<String> {
+        let mut out = Vec::new();
+        for rule in ruleset.inbound() {
+            for name in &rule.names {
+                let Some(l) = self.by_name.get(&name.name) else {
+                    continue;
+                };
+                let Some(error) = &l.error else { continue };
+                let now = if l.addrs.is_empty() {
+                    "the rule matches no address by this name".to_owned()
+                } else {
+                    format!("the addresses looked up before stay ({})", join(&l.addrs))
+                };
+                out.push(format!(
+                    "{}looking up {:?}: {error}; {now}, asked again in {}s",
+                    rules::lint::at(ruleset, rule),
+                    name.name,
+                    l.refresh
+                        .saturating_duration_since(Instant::now())
+                        .as_secs()
+                ));
+            }
+        }
+        out
+    }
+}
+
+fn join(addrs: &[IpAddr]) -> String {
+    addrs
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// [`look_up`] for the names of `names` that `before` does not have, or whose records expired
+/// (all of them when the servers changed); the others keep what `before` has. A name no server
+/// answered for keeps the addresses `before` had for it.
+pub fn look_up_due(names: &[&str], dns: &DnsConfig, before: &Lookups) -> Lookups {
+    let now = Instant::now();
+    let same_servers = before.servers == dns.servers;
+    let fresh = |name: &str| {
+        before
+            .by_name
+            .get(name)
+            .filter(|l| same_servers && l.refresh > now)
+    };
+    let due: Vec<&str> = names
+        .iter()
+        .copied()
+        .filter(|n| fresh(n).is_none())
+        .collect();
+    let mut out = look_up(&due, dns);
+    out.keep_unanswered(before);
+    for name in names {
+        if let Some(l) = fresh(name) {
+            out.by_name.insert((*name).to_owned(), l.clone());
+        }
+    }
+    out.servers.clone_from(&dns.servers);
+    out
+}
+
+/// Looks up every name of `names` (A and AAAA), all together, within [`TIMEOUT`]. Safe to call
+/// from anywhere, an async task included: the lookups run on a thread and runtime of their
+/// own.
+pub fn look_up(names: &[&str], dns: &DnsConfig) -> Lookups {
+    if names.is_empty() {
+        return Lookups {
+            servers: dns.servers.clone(),
+            ..Lookups::default()
+        };
+    }
+    let names: Vec<String> = names.iter().map(|n| (*n).to_owned()).collect();
+    let answers = std::thread::scope(|scope| {
+        scope
+            .spawn(|| ask(&names, dns))
+            .join()
+            .unwrap_or_else(|_| Err("the lookup thread panicked".to_owned()))
+    });
+    let now = Instant::now();
+    let clamp = |ttl: Duration| {
+        ttl.clamp(
+            Duration::from_secs(u64::from(dns.min_ttl.max(1))),
+            Duration::from_secs(u64::from(dns.max_ttl.max(1))),
+        )
+    };
+    // A name without an answer is asked again sooner when `min_ttl` is shorter.
+    let retry = RETRY.min(Duration::from_secs(u64::from(dns.min_ttl.max(1))));
+    let by_name = names
+        .iter()
+        .enumerate()
+        .map(|(i, name)| {
+            let lookup = match answers.as_ref().map(|a| &a[i]) {
+                Ok(Answer::Addrs(addrs, valid_until)) => Lookup {
+                    addrs: addrs.clone(),
+                    error: None,
+                    kept: false,
+                    refresh: now + clamp(valid_until.saturating_duration_since(now)),
+                },
+                Ok(Answer::NoAddress(why)) => Lookup {
+                    addrs: Vec::new(),
+                    error: Some(why.clone()),
+                    kept: false,
+                    refresh: now + retry,
+                },
+                Ok(Answer::Unanswered(why)) => Lookup {
+                    addrs: Vec::new(),
+                    error: Some(why.clone()),
+                    kept: true,
+                    refresh: now + retry,
+                },
+                Err(why) => Lookup {
+                    addrs: Vec::new(),
+                    error: Some(why.clone()),
+                    kept: true,
+                    refresh: now + retry,
+                },
+            };
+            (name.clone(), lookup)
+        })
+        .collect();
+    Lookups {
+        by_name,
+        servers: dns.servers.clone(),
+    }
+}
+
+enum Answer {
+    /// The addresses, and until when the records hold.
+    Addrs(Vec<IpAddr>, Instant),
+    /// The server says the name has no address.
+    NoAddress(String),
+    /// No server said anything about it.
+    Unanswered(String),
+}
+
+/// The lookups, on a runtime of this thread's own (the resolver's tasks and the lookups on
+/// one thread). `Err`: no lookup could be made at all.
+fn ask(names: &[String], dns: &DnsConfig) -> Result<Vec<Answer>, String> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("starting the lookups: {e}"))?;
+    runtime.block_on(async {
+        let resolver = resolver(dns)?;
+        let mut lookups = tokio::task::JoinSet::new();
+        for (i, name) in names.iter().enumerate() {
+            let (resolver, name) = (resolver.clone(), name.clone());
+            lookups.spawn(async move {
+                // Absolute: no search domain is tried.
+                let asked = tokio::time::timeout(TIMEOUT, resolver.lookup_ip(format!("{name}.")));
+                (i, answer(asked.await))
+            });
+        }
+        let mut out: Vec<Answer> = names
+            .iter()
+            .map(|_| Answer::Unanswered("the lookup did not end".to_owned()))
+            .collect();
+        while let Some(done) = lookups.join_next().await {
+            if let Ok((i, answer)) = done {
+                out[i] = answer;
+            }
+        }
+        Ok(out)
+    })
+}
+
+fn answer(
+    asked: Result<
+        Result<hickory_resolver::lookup_ip::LookupIp, hickory_resolver::net::NetError>,
+        tokio::time::error::Elapsed,
+    >,
+) -> Answer {
+    match asked {
+        Err(_) => Answer::Unanswered(format!("no answer within {}s", TIMEOUT.as_secs())),
+        Ok(Ok(found)) => {
+            let mut addrs: Vec<IpAddr> =
+                found.iter().map(firewall_common::addr::canonical).collect();
+            addrs.sort_unstable();
+            addrs.dedup();
+            if addrs.is_empty() {
+                Answer::NoAddress("no A or AAAA record".to_owned())
+            } else {
+                Answer::Addrs(addrs, found.valid_until())
+            }
+        }
+        Ok(Err(e)) if e.is_nx_domain() => Answer::NoAddress("no such name (NXDOMAIN)".to_owned()),
+        Ok(Err(e)) if e.is_no_records_found() => {
+            Answer::NoAddress("no A or AAAA record".to_owned())
+        }
+        Ok(Err(e)) => Answer::Unanswered(e.to_string()),
+    }
+}
+
+/// A resolver asking `[dns] servers`, else those of /etc/resolv.conf, over UDP (TCP when an
+/// answer is truncated).
+fn resolver(dns: &DnsConfig) -> Result<Resolver<TokioRuntimeProvider>, String> {
+    let (config, mut options) = if dns.servers.is_empty() {
+        hickory_resolver::system_conf::read_system_conf()
+            .map_err(|e| format!("reading /etc/resolv.conf: {e}"))?
+    } else {
+        let servers = dns
+            .servers
+            .iter()
+            .map(|s| {
+                let on = |protocol| {
+                    let mut c = ConnectionConfig::new(protocol);
+                    c.port = s.port();
+                    c
+                };
+                NameServerConfig::new(
+                    s.ip(),
+                    true,
+                    vec![on(ProtocolConfig::Udp), on(ProtocolConfig::Tcp)],
+                )
+            })
+            .collect();
+        (
+            ResolverConfig::from_parts(None, Vec::new(), servers),
+            ResolverOpts::default(),
+        )
+    };
+    options.timeout = Duration::from_secs(2);
+    options.attempts = 2;
+    options.cache_size = 0;
+    let mut builder = Resolver::builder_with_config(config, TokioRuntimeProvider::default());
+    *builder.options_mut() = options;
+    builder.build().map_err(|e| format!("{e}"))
+}
