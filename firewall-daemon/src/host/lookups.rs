@@ -6,7 +6,8 @@
 //! nothing. So the daemon asks, the way nftables and firewalld resolve a name in a rule: A and
 //! AAAA for each name, from `[dns] servers` (else the servers of /etc/resolv.conf), when the
 //! rules load and again when the records expire (their TTL clamped to `[dns] min_ttl` ..
-//! `max_ttl`); the addresses take the name's place in the rule
+//! `max_ttl`; due names are asked for when the daemon looks at the rules' programs and units
+//! again, every 2 s); the addresses take the name's place in the rule
 //! ([`rules::model::Ruleset::with_lookups`] for the compiler, [`rules::policy::Selectors`] for
 //! the oracle), and a change recompiles the rules like a changed program does.
 //!
