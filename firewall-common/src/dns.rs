@@ -157,6 +157,19 @@ pub struct NameSlot {
 /// [`NameSlot::group`] of the rules without `program`, `unit` or `user`.
 pub const NO_GROUP: u32 = u32::MAX;
 
+/// Value of [`crate::maps::DNS_ON`]: what the loopback hooks, which belong to no generation,
+/// need of the rules in force. Written by the daemon when a generation goes in force.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DnsOn {
+    /// 1 while the rules read DNS answers (`Ruleset::reads_names`).
+    pub on: u32,
+    /// `[dns] min_ttl`, `max_ttl`, `grace`, in seconds.
+    pub min_ttl: u32,
+    pub max_ttl: u32,
+    pub grace: u32,
+}
+
 /// Value of [`crate::maps::NAME_KEY`]: the hash key.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -312,6 +325,8 @@ mod user {
     unsafe impl aya::Pod for super::SeenName {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::NameKey {}
+    // SAFETY: plain `#[repr(C)]` integers.
+    unsafe impl aya::Pod for super::DnsOn {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::NameSlot {}
 }

@@ -16,8 +16,8 @@ use crate::{
     PairKey, PortValue, RateBucket, RateKey, SOCK_OWNER_ENTRIES,
     ct::{ConnOwner, CtConfig, CtEntry, CtKey},
     dns::{
-        DNS_QUERY_ENTRIES, DnsQuery, DnsQueryKey, NameKey, NameSlot, RESOLVED_ENTRIES, Resolved,
-        SEEN_NAME_ENTRIES, SeenName,
+        DNS_QUERY_ENTRIES, DnsOn, DnsQuery, DnsQueryKey, NameKey, NameSlot, RESOLVED_ENTRIES,
+        Resolved, SEEN_NAME_ENTRIES, SeenName,
     },
     globals,
     identity::{
@@ -137,9 +137,18 @@ pub const NAME_KEY: &str = "NAME_KEY";
 /// Hash ([`super::dns::NameSlot`]: name key, group) -> [`super::AddrValue`]: the rules' names
 /// and wildcards, of the rules about every process and of each group (outbound copy).
 pub const NAMES: &str = "NAMES";
+/// Array with one [`super::dns::DnsOn`]: whether the rules in force read DNS answers, and
+/// their `[dns]` times. The loopback hooks, which belong to no generation, read it; the daemon
+/// writes it when a generation goes in force. Pinned.
+pub const DNS_ON: &str = "DNS_ON";
 /// Program array with one slot: `firewall_dns`, which the XDP programs tail-call to read a DNS
 /// answer. Set per generation when the rules name names.
 pub const DNS_PROGS: &str = "DNS_PROGS";
+/// Program array with one slot: `firewall_dns_loopback_read`, which the loopback ingress hook
+/// tail-calls to read an answer. Set when the loopback hooks are attached. Pinned (the copy
+/// of the object they come from is closed, and the kernel empties a program array no one
+/// holds).
+pub const DNS_LOOPBACK_PROGS: &str = "DNS_LOOPBACK_PROGS";
 /// Per-CPU room for one DNS query being recorded (egress).
 pub const QUERY_SCRATCH: &str = "QUERY_SCRATCH";
 /// Per-CPU room for one DNS answer being read.
@@ -293,7 +302,7 @@ const fn scratch(name: &'static str, value_size: Option<usize>) -> MapSpec {
 
 /// Every map of the eBPF object.
 #[rustfmt::skip]
-pub const MAPS: [MapSpec; 44] = {
+pub const MAPS: [MapSpec; 46] = {
     use Capacity::{Conntrack, Fixed, Indexed, Rules};
     use Kind::{Diagnostics, Generation, Probe, Shared};
     use MapType::{Array, Hash, LpmTrie, LruHash, PerCpuArray, ProgramArray, RingBuf};
@@ -319,6 +328,7 @@ pub const MAPS: [MapSpec; 44] = {
         // Names (`dns`).
         spec(NAMES, Generation, Hash, size_of::<NameSlot>(), size_of::<AddrValue>(), Rules(RuleCount::Names)),
         spec(DNS_PROGS, Generation, ProgramArray, 4, 4, Indexed(1)),
+        spec(DNS_LOOPBACK_PROGS, Shared, ProgramArray, 4, 4, Indexed(1)),
         // State that outlives a generation.
         spec(COUNTERS, Shared, PerCpuArray, 4, 8, Indexed(Counter::COUNT)),
         spec(REJECT_RATE, Shared, LruHash, size_of::<RateKey>(), size_of::<RateBucket>(), Fixed(REJECT_RATE_ENTRIES)),
@@ -337,6 +347,7 @@ pub const MAPS: [MapSpec; 44] = {
         spec(RESOLVED, Shared, LruHash, 16, size_of::<Resolved>(), Fixed(RESOLVED_ENTRIES)),
         spec(SEEN_NAMES, Shared, LruHash, 8, size_of::<SeenName>(), Fixed(SEEN_NAME_ENTRIES)),
         spec(NAME_KEY, Shared, Array, 4, size_of::<NameKey>(), Indexed(1)),
+        spec(DNS_ON, Shared, Array, 4, size_of::<DnsOn>(), Indexed(1)),
         // The decision log: a ring buffer has no key or value, its entries are its bytes.
         spec(LOG_RING, Shared, RingBuf, 0, 0, Fixed(LOG_RING_BYTES)),
         spec(LOG_BUDGET, Shared, PerCpuArray, 4, size_of::<RateBucket>(), Indexed(1)),

@@ -380,6 +380,8 @@ struct Lab {
     inside: Helper,
     daemon: Daemon,
     zone: SharedZone,
+    /// What ran before the daemon started (a stub resolver, its cache filled).
+    _before: Vec<Background>,
     _dns: Background,
     _listener: TcpListener,
     _pair: Pair,
@@ -387,6 +389,12 @@ struct Lab {
 
 impl Lab {
     fn new(rules: &str) -> Self {
+        Self::after(rules, |_| Vec::new())
+    }
+
+    /// [`Lab::new`], with `before` run once the DNS server serves and before the daemon
+    /// starts; what it returns runs until the lab is dropped.
+    fn after(rules: &str, before: impl FnOnce(&Pair) -> Vec<Background>) -> Self {
         let pair = Pair::new();
         // The peer's addresses the names resolve to.
         for host in 9..=16 {
@@ -456,6 +464,7 @@ impl Lab {
             ip("10.200.0.9"),
             zone.clone(),
         );
+        let before = before(&pair);
         let daemon = Daemon::start(&pair.server, &pair.server_if, "generic", rules);
         let exe = std::env::current_exe().expect("test binary");
         let inside = Helper::spawn(&exe, "helper_process", &[(HELPER_ENV, pair.server.path())]);
@@ -464,6 +473,7 @@ impl Lab {
             inside,
             daemon,
             zone,
+            _before: before,
             _dns: dns,
             _listener: listener,
             _pair: pair,
@@ -848,6 +858,38 @@ fn a_local_stub_resolvers_upstream_answers_name_its_clients_addresses() {
         "ok 10.200.0.10"
     );
     assert_eq!(lab.call(&format!("tcp 10.200.0.10 {PORT}")), "ok");
+}
+
+/// A stub resolver whose cache was filled before the firewall started answers over loopback,
+/// where no protected interface sees it: the loopback hooks read that answer.
+#[test]
+fn a_local_stubs_answers_from_a_cache_filled_before_the_firewall_name_its_clients_addresses() {
+    let mut lab = Lab::after(&rules(), |pair| {
+        let stub = Stub::start(pair.server.path(), SocketAddr::new(ip(SERVER), 53));
+        // Another client of the host fills the stub's cache, before the daemon runs.
+        for name in ["www.allowed.test", "bad.allowed.test"] {
+            let got = pair.server.run(move || resolve("127.0.0.53", name, "A"));
+            assert!(got.starts_with("ok "), "{name}: {got}");
+        }
+        vec![stub]
+    });
+    // The stub answers from its cache: nothing crosses the protected interface.
+    assert_eq!(
+        lab.call("resolve 127.0.0.53 www.allowed.test A"),
+        "ok 10.200.0.10"
+    );
+    assert_eq!(lab.call(&format!("tcp 10.200.0.10 {PORT}")), "ok");
+    assert_eq!(
+        lab.call("resolve 127.0.0.53 bad.allowed.test A"),
+        "ok 10.200.0.12"
+    );
+    assert_eq!(lab.call(&format!("tcp 10.200.0.12 {PORT}")), "refused");
+    let status = lab.daemon.fwctl_json(&["status"]);
+    assert_eq!(
+        status["counters"]["dns_unsolicited"].as_u64(),
+        Some(0),
+        "an answer read twice: {status:#}"
+    );
 }
 
 /// `[dns] enforce` alone, no rule naming a name: answers are read all the same (the names'

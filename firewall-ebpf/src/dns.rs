@@ -27,17 +27,18 @@
 //! the claim, so two answers on two CPUs cannot both record), never by one ignored.
 
 use aya_ebpf::{
-    EbpfContext as _, Global,
+    EbpfContext, Global,
+    bindings::__sk_buff,
     cty::c_void,
     helpers::{bpf_get_socket_cookie, bpf_loop, bpf_skb_load_bytes, bpf_xdp_load_bytes},
     macros::map,
     maps::{Array, HashMap, LruHashMap, PerCpuArray, ProgramArray},
-    programs::{TcContext, XdpContext},
+    programs::{SkBuffContext, TcContext, XdpContext},
 };
 use firewall_common::{
     AddrValue, Counter, NO_MATCH, PROTO_UDP,
     dns::{
-        CLASS_IN, DNS_PORT, DNS_QUERY_ENTRIES, DNS_VIEW, DnsQuery, DnsQueryKey, END_EXACT,
+        CLASS_IN, DNS_PORT, DNS_QUERY_ENTRIES, DNS_VIEW, DnsOn, DnsQuery, DnsQueryKey, END_EXACT,
         END_WILDCARD, MAX_ANSWERS, MAX_NAME_STEPS, NAME_TEXT, NO_GROUP, NameHasher, NameKey,
         NameSlot, QUERY_LIFETIME_NS, QUESTION_BYTES, RESOLVED_ENTRIES, RESOLVED_NAMES, Resolved,
         ResolvedName, SEEN_NAME_ENTRIES, SeenName, TYPE_A, TYPE_AAAA, TYPE_CNAME, WILDCARD_DEPTH,
@@ -49,7 +50,7 @@ use crate::{
     addr::{Addr, AddrWords},
     classifier::{min, pair_verdict, port_class},
     counters::count,
-    parse::Packet,
+    parse::{self, Packet, Parsed},
     scratch::this_cpus,
 };
 
@@ -90,6 +91,15 @@ static SEEN_NAMES: LruHashMap<u64, SeenName> = LruHashMap::pinned(SEEN_NAME_ENTR
 /// The hash key, drawn by the daemon.
 #[map]
 static NAME_KEY: Array<NameKey> = Array::pinned(1, 0);
+/// Whether the rules in force read answers, and their `[dns]` times, for the loopback hooks
+/// (which belong to no generation: their copy's globals are not the rules').
+#[map]
+static DNS_ON: Array<DnsOn> = Array::pinned(1, 0);
+/// Slot 0: `firewall_dns_loopback_read`, set by the daemon with the loopback hooks. Pinned: the
+/// copy of the object the hooks come from is closed once they are attached, and the kernel
+/// empties a program array no one holds.
+#[map]
+static DNS_LOOPBACK_PROGS: ProgramArray = ProgramArray::pinned(1, 0);
 /// Slot 0: `firewall_dns`, set by the daemon when the rules name names.
 #[map]
 static DNS_PROGS: ProgramArray = ProgramArray::with_max_entries(1, 0);
@@ -140,7 +150,17 @@ static DNS_SCRATCH: PerCpuArray<DnsScratch> = PerCpuArray::with_max_entries(1, 0
 /// `local` is the destination).
 #[inline(always)]
 pub(crate) fn query_leaves(ctx: &TcContext, pkt: &Packet, now: u64) {
-    if DNS_NAMES.load() == 0 || pkt.proto != PROTO_UDP || pkt.local_port != DNS_PORT {
+    if DNS_NAMES.load() == 0 {
+        return;
+    }
+    record_query(ctx, pkt, now);
+}
+
+/// Records a query leaving for port 53 from a socket of the host, from a socket buffer (TC's or
+/// cgroup_skb's).
+#[inline(always)]
+fn record_query<C: EbpfContext>(ctx: &C, pkt: &Packet, now: u64) {
+    if pkt.proto != PROTO_UDP || pkt.local_port != DNS_PORT {
         return;
     }
     // Forwarded packets (a container's, a VM's, a routed client's) have no socket here: their
@@ -150,9 +170,19 @@ pub(crate) fn query_leaves(ctx: &TcContext, pkt: &Packet, now: u64) {
         return;
     }
     // A fixed size: `load_bytes` may ask the kernel for zero bytes, which the verifier refuses.
-    let Ok(hdr) = ctx.load::<[u8; 4]>(pkt.l4_off + 8) else {
+    let mut hdr = [0u8; 4];
+    // SAFETY: copies 4 bytes into `hdr`.
+    if unsafe {
+        bpf_skb_load_bytes(
+            ctx.as_ptr().cast(),
+            (pkt.l4_off + 8) as u32,
+            hdr.as_mut_ptr().cast(),
+            4,
+        )
+    } != 0
+    {
         return;
-    };
+    }
     if hdr[2] & 0x80 != 0 {
         // An answer: the host serves DNS.
         return;
@@ -161,7 +191,7 @@ pub(crate) fn query_leaves(ctx: &TcContext, pkt: &Packet, now: u64) {
         return;
     };
     let start = pkt.l4_off + 8 + 12;
-    let avail = (ctx.len() as usize).saturating_sub(start);
+    let avail = (skb_len(ctx) as usize).saturating_sub(start);
     let n = if avail > QUESTION_BYTES {
         QUESTION_BYTES
     } else {
@@ -229,7 +259,16 @@ pub(crate) fn read(ctx: &XdpContext) {
         return;
     };
     let (l4_off, now) = (s.l4_off, s.now);
-    let outcome = read_answer(ctx, l4_off, now);
+    let ttls = Ttls {
+        min: DNS_MIN_TTL.load(),
+        max: DNS_MAX_TTL.load(),
+        grace: DNS_GRACE.load(),
+    };
+    count_outcome(read_answer(ctx, l4_off, now, &ttls));
+}
+
+#[inline(always)]
+fn count_outcome(outcome: u32) {
     count(match outcome {
         READ_RECORDED => Counter::DnsAnswers,
         READ_UNSOLICITED => Counter::DnsUnsolicited,
@@ -237,6 +276,135 @@ pub(crate) fn read(ctx: &XdpContext) {
         READ_FAILED => Counter::DnsRecordFailed,
         _ => Counter::DnsMalformed,
     });
+}
+
+/// `[dns] min_ttl`, `max_ttl`, `grace` (seconds).
+struct Ttls {
+    min: u32,
+    max: u32,
+    grace: u32,
+}
+
+// Loopback. A resolver on the host (systemd-resolved, dnsmasq, unbound) answers its clients
+// over `lo`, from a cache that may have been filled before the firewall started, or before the
+// rules named the name: those answers never cross a protected interface. Two cgroup_skb hooks
+// on the outbound hooks' cgroup see them on the way to and from the host's sockets: egress
+// records a client's query to the resolver (it has the client's socket), ingress reads the
+// answer before the socket is given it. Only packets of `lo` (ifindex 1 in every network
+// namespace) are looked at: the others are the XDP and TC programs' (an answer read twice
+// would be counted unsolicited the second time). They hold no rules, so they belong to no
+// generation and read `DNS_ON` instead of the globals. They never drop.
+
+/// `lo`'s ifindex in every network namespace (the kernel's `LOOPBACK_IFINDEX`).
+const LOOPBACK_IFINDEX: u32 = 1;
+
+/// The settings of the rules in force, if they read answers and the packet is on `lo`.
+#[inline(always)]
+fn on_loopback(ctx: &SkBuffContext) -> Option<&'static DnsOn> {
+    // SAFETY: the context is an `__sk_buff`; reading its fields is what the verifier allows.
+    let ifindex = unsafe { (*(ctx.as_ptr() as *const __sk_buff)).ifindex };
+    if ifindex != LOOPBACK_IFINDEX {
+        return None;
+    }
+    DNS_ON.get(0).filter(|on| on.on != 0)
+}
+
+/// The packet a cgroup_skb hook sees, parsed (it starts at the IP header).
+#[inline(always)]
+fn loopback_packet(ctx: &SkBuffContext) -> Option<Packet> {
+    // SAFETY: as in `on_loopback`.
+    let protocol = unsafe { (*(ctx.as_ptr() as *const __sk_buff)).protocol };
+    match parse::parse_l3(ctx, u16::from_be(protocol as u16)) {
+        Ok(Parsed::Packet(pkt)) => Some(pkt),
+        _ => None,
+    }
+}
+
+/// cgroup_skb egress: a query to a resolver on the host.
+#[inline(always)]
+pub(crate) fn loopback_out(ctx: &SkBuffContext) {
+    if on_loopback(ctx).is_none() {
+        return;
+    }
+    if let Some(pkt) = loopback_packet(ctx) {
+        record_query(ctx, &pkt, crate::clock::now());
+    }
+}
+
+/// cgroup_skb ingress: an answer from a resolver on the host. As in the XDP program, the
+/// reading is a program of its own (`firewall_dns_loopback_read`, tail-called): the parser's
+/// frame and the reader's do not fit in one stack.
+#[inline(always)]
+pub(crate) fn loopback_in(ctx: &SkBuffContext) {
+    if on_loopback(ctx).is_none() {
+        return;
+    }
+    let Some(pkt) = loopback_packet(ctx) else {
+        return;
+    };
+    if pkt.proto != PROTO_UDP || pkt.remote_port != DNS_PORT {
+        return;
+    }
+    let Some(s) = this_cpus(&DNS_SCRATCH) else {
+        return;
+    };
+    pkt.local.write_mapped(&mut s.query.local);
+    pkt.remote.write_mapped(&mut s.query.server);
+    s.query.local_port = pkt.local_port;
+    s.query._pad = [0; 4];
+    s.l4_off = pkt.l4_off as u64;
+    s.now = crate::clock::now();
+    // SAFETY: the slot holds a cgroup_skb program of this object, or nothing.
+    unsafe { DNS_LOOPBACK_PROGS.tail_call(ctx, 0) };
+    count(Counter::DnsRecordFailed);
+}
+
+/// `firewall_dns_loopback_read`: reads the answer [`loopback_in`] handed over.
+#[inline(always)]
+pub(crate) fn loopback_read(ctx: &SkBuffContext) {
+    let Some(on) = DNS_ON.get(0) else {
+        return;
+    };
+    let ttls = Ttls {
+        min: on.min_ttl,
+        max: on.max_ttl,
+        grace: on.grace,
+    };
+    let Some(s) = this_cpus(&DNS_SCRATCH) else {
+        return;
+    };
+    let (l4_off, now) = (s.l4_off, s.now);
+    count_outcome(read_answer(ctx, l4_off, now, &ttls));
+}
+
+/// A socket buffer's length.
+#[inline(always)]
+fn skb_len<C: EbpfContext>(ctx: &C) -> u32 {
+    // SAFETY: the context is an `__sk_buff`.
+    unsafe { (*(ctx.as_ptr() as *const __sk_buff)).len }
+}
+
+/// Copies bytes of the packet: XDP's and socket buffers' helpers.
+trait LoadBytes {
+    /// # Safety
+    /// `dst` has room for `len` bytes.
+    unsafe fn load_bytes(&self, off: u32, dst: *mut c_void, len: u32) -> i64;
+}
+
+impl LoadBytes for XdpContext {
+    #[inline(always)]
+    unsafe fn load_bytes(&self, off: u32, dst: *mut c_void, len: u32) -> i64 {
+        // SAFETY: the caller's.
+        unsafe { bpf_xdp_load_bytes(self.as_ptr().cast(), off, dst, len) }
+    }
+}
+
+impl LoadBytes for SkBuffContext {
+    #[inline(always)]
+    unsafe fn load_bytes(&self, off: u32, dst: *mut c_void, len: u32) -> i64 {
+        // SAFETY: the caller's.
+        unsafe { bpf_skb_load_bytes(self.as_ptr().cast(), off, dst, len) }
+    }
 }
 
 const READ_RECORDED: u32 = 0;
@@ -248,16 +416,14 @@ const READ_FAILED: u32 = 4;
 /// Copies the message into the scratch room, checks it answers a recorded query, reads it and
 /// records what it says.
 #[inline(always)]
-fn read_answer(ctx: &XdpContext, l4_off: u64, now: u64) -> u32 {
+fn read_answer<C: LoadBytes>(ctx: &C, l4_off: u64, now: u64, ttls: &Ttls) -> u32 {
     let Some(s) = this_cpus(&DNS_SCRATCH) else {
         return READ_FAILED;
     };
     let off = l4_off as u32;
     // The UDP length, not the frame's: Ethernet pads short frames.
     // SAFETY: the helper copies at most the 2 bytes asked into the scratch room.
-    if unsafe { bpf_xdp_load_bytes(ctx.as_ptr().cast(), off + 4, s.buf.as_mut_ptr().cast(), 2) }
-        != 0
-    {
+    if unsafe { ctx.load_bytes(off + 4, s.buf.as_mut_ptr().cast(), 2) } != 0 {
         return READ_MALFORMED;
     }
     let udp_len = u16::from_be_bytes([s.buf[0], s.buf[1]]) as usize;
@@ -272,15 +438,7 @@ fn read_answer(ctx: &XdpContext, l4_off: u64, now: u64) -> u32 {
         return READ_MALFORMED;
     };
     // SAFETY: `len` is between 12 and the room's size.
-    if unsafe {
-        bpf_xdp_load_bytes(
-            ctx.as_ptr().cast(),
-            off + 8,
-            s.buf.as_mut_ptr().cast(),
-            len as u32,
-        )
-    } != 0
-    {
+    if unsafe { ctx.load_bytes(off + 8, s.buf.as_mut_ptr().cast(), len as u32) } != 0 {
         // The datagram is shorter than its UDP length says.
         return READ_MALFORMED;
     }
@@ -317,7 +475,7 @@ fn read_answer(ctx: &XdpContext, l4_off: u64, now: u64) -> u32 {
     if DNS_QUERIES.remove(&s.query).is_err() {
         return READ_UNSOLICITED;
     }
-    record(s, found as usize, now)
+    record(s, found as usize, now, ttls)
 }
 
 /// [`parse`]: the answer's question is not the query's.
@@ -764,15 +922,15 @@ fn name_keys(labels: usize, key: &NameKey) {
 
 /// Records the `found` addresses of `s` under the question's name.
 #[inline(always)]
-fn record(s: &mut DnsScratch, found: usize, now: u64) -> u32 {
+fn record(s: &mut DnsScratch, found: usize, now: u64, ttls: &Ttls) -> u32 {
     let name = s.resolved.names[0].name;
     if SEEN_NAMES.insert(&name, &s.seen, 0).is_err() {
         return READ_FAILED;
     }
     let (lo, hi, grace) = (
-        u64::from(DNS_MIN_TTL.load()),
-        u64::from(DNS_MAX_TTL.load()),
-        u64::from(DNS_GRACE.load()),
+        u64::from(ttls.min),
+        u64::from(ttls.max),
+        u64::from(ttls.grace),
     );
     let mut outcome = READ_RECORDED;
     for i in 0..MAX_ANSWERS {

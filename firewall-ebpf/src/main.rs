@@ -61,8 +61,8 @@ mod selector;
 
 use aya_ebpf::{
     bindings::xdp_action::XDP_PASS,
-    macros::{cgroup_sock, cgroup_sock_addr, classifier, xdp},
-    programs::{SockAddrContext, SockContext, TcContext, XdpContext},
+    macros::{cgroup_skb, cgroup_sock, cgroup_sock_addr, classifier, xdp},
+    programs::{SkBuffContext, SockAddrContext, SockContext, TcContext, XdpContext},
 };
 use firewall_common::{AF_INET, AF_INET6, Counter};
 
@@ -187,6 +187,29 @@ pub fn firewall_post_bind6(ctx: SockContext) -> i32 {
 #[cgroup_sock(sock_release)]
 pub fn firewall_sock_release(ctx: SockContext) -> i32 {
     listeners::release(&ctx)
+}
+
+/// A query to a resolver on the host, over loopback (`dns`). Never drops.
+#[cgroup_skb(egress)]
+pub fn firewall_dns_loopback_out(ctx: SkBuffContext) -> i32 {
+    dns::loopback_out(&ctx);
+    1
+}
+
+/// An answer from a resolver on the host, over loopback, read before the socket gets it
+/// (`dns`). Never drops.
+#[cgroup_skb(ingress)]
+pub fn firewall_dns_loopback_in(ctx: SkBuffContext) -> i32 {
+    dns::loopback_in(&ctx);
+    1
+}
+
+/// Reads an answer the loopback ingress hook handed over (`dns`): tail-called through
+/// `DNS_LOOPBACK_PROGS`, never attached. Never drops.
+#[cgroup_skb(ingress)]
+pub fn firewall_dns_loopback_read(ctx: SkBuffContext) -> i32 {
+    dns::loopback_read(&ctx);
+    1
 }
 
 /// Prototype of the per-program connect hook: records who connects, decides nothing.

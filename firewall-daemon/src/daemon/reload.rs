@@ -289,6 +289,9 @@ impl State {
             warn!("the new rules are in force, but pinning them for inspection failed: {e:#}");
         }
         self.generation = new_gen;
+        if let Err(e) = self.generation.in_force() {
+            warn!("the new rules are in force, but the loopback hooks were not told: {e:#}");
+        }
         self.outbound = new_out;
         self.resolve_warnings = resolved.warnings(&new_rules);
         for w in &self.resolve_warnings {

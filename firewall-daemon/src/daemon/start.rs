@@ -205,6 +205,7 @@ pub(super) fn start(
     forget_other_links(&pin_dir, &names);
     let hooks = attach_hooks(&mut outbound, &cgroup, &pin_dir)?;
     let listened = start_listener_table(&cgroup, &pin_dir, adopting, &mut degraded)?;
+    generation.in_force()?;
     info!("listener table: {listened} socket(s) bound before the daemon started recorded");
     let released = rejudge_stealth(&ruleset, &resolved, &pin_dir);
     if released > 0 {

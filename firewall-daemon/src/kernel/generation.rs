@@ -22,6 +22,7 @@ use aya::{
 use firewall_common::{
     Counter,
     ct::CtConfig,
+    dns::DnsOn,
     maps::{self, Kind},
 };
 
@@ -67,6 +68,8 @@ pub struct Generation {
     pub id: u32,
     /// Runtime sets' updates of these maps, when the rules name runtime sets.
     pub runtime: Option<Box<Runtime>>,
+    /// What the loopback hooks read while this generation is in force ([`Self::in_force`]).
+    dns_on: DnsOn,
 }
 
 impl Generation {
@@ -101,7 +104,21 @@ impl Generation {
             rule_count: compiled.rule_count,
             id,
             runtime: compiled.runtime.clone(),
+            dns_on: DnsOn {
+                on: u32::from(ruleset.reads_names()),
+                min_ttl: ruleset.dns.min_ttl,
+                max_ttl: ruleset.dns.max_ttl,
+                grace: ruleset.dns.grace,
+            },
         })
+    }
+
+    /// Called once this generation is in force: tells the loopback hooks, which belong to no
+    /// generation, whether its rules read DNS answers and their `[dns]` times (`DNS_ON`).
+    pub fn in_force(&mut self) -> anyhow::Result<()> {
+        let mut a: Array<&mut MapData, DnsOn> =
+            Array::try_from(map_mut(&mut self.ebpf, maps::DNS_ON)?)?;
+        a.set(0, &self.dns_on, 0).context("writing DNS_ON")
     }
 
     /// Writes an update of runtime sets' members into this generation's maps.

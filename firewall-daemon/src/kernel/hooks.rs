@@ -1,4 +1,5 @@
-//! The cgroup hooks: the outbound rules' four socket-address hooks and the listener hooks.
+//! The cgroup hooks: the outbound rules' four socket-address hooks, the listener hooks and the
+//! loopback hooks (DNS over `lo`, `firewall-ebpf/src/dns.rs`).
 //!
 //! The outbound hooks judge a host program's connect() and sendmsg() against the outbound
 //! rules; they belong to the outbound generation and move with it. The listener hooks hold no
@@ -11,7 +12,10 @@ use std::path::{Path, PathBuf};
 use anyhow::Context as _;
 use aya::{
     Ebpf, EbpfLoader,
-    programs::{CgroupAttachMode, CgroupSock, CgroupSockAddr, links::FdLink, links::PinnedLink},
+    programs::{
+        CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSock, CgroupSockAddr,
+        links::FdLink, links::PinnedLink,
+    },
 };
 use firewall_common::maps::{self, Capacity};
 
@@ -131,9 +135,10 @@ pub fn sock_hook_pin(pin_dir: &Path, hook: SockHook) -> PathBuf {
         .join(format!("cgroup-{}", hook.name()))
 }
 
-/// Loads the listener hooks, attaches them to `cgroup` and pins their links, replacing links a
-/// previous daemon pinned (attached first, then the old pin removed). Without the kernel
-/// offsets for program identity the hooks still record uid and cgroups.
+/// Loads the listener hooks and the loopback hooks (the hooks that hold no rules), attaches
+/// them to `cgroup` and pins their links, replacing links a previous daemon pinned (attached
+/// first, then the old pin removed). Without the kernel offsets for program identity the
+/// listener hooks still record uid and cgroups.
 pub fn attach_listener_hooks(cgroup: &Cgroup, pin_dir: &Path) -> anyhow::Result<Vec<PinnedLink>> {
     prepare_pin_dir(pin_dir)?;
     let mut loader = EbpfLoader::new();
@@ -171,5 +176,60 @@ pub fn attach_listener_hooks(cgroup: &Cgroup, pin_dir: &Path) -> anyhow::Result<
         }
         pinned.push(pin_fd_link(fd, &pin)?);
     }
+    // The loopback hooks, which hold no rules either (`firewall-ebpf/src/dns.rs`: a resolver
+    // on the host answering over `lo`); `DNS_ON` says when they read. The ingress hook
+    // tail-calls the reader.
+    {
+        let reader: &mut CgroupSkb = program_mut(
+            &mut ebpf,
+            firewall_common::DNS_LOOPBACK_READ_PROGRAM,
+            "a cgroup_skb program",
+        )?;
+        reader.load().map_err(verifier_context)?;
+        let fd = reader
+            .fd()
+            .context("the loopback reader's fd")?
+            .try_clone()?;
+        let mut slots: aya::maps::ProgramArray<&mut aya::maps::MapData> =
+            aya::maps::ProgramArray::try_from(
+                ebpf.map_mut(maps::DNS_LOOPBACK_PROGS)
+                    .context("the object has no DNS_LOOPBACK_PROGS")?,
+            )?;
+        slots
+            .set(0, &fd, 0)
+            .context("putting the loopback reader in DNS_LOOPBACK_PROGS")?;
+    }
+    for (name, attach_type, pin_name) in LOOPBACK_HOOKS {
+        let prog: &mut CgroupSkb = program_mut(&mut ebpf, name, "a cgroup_skb program")?;
+        prog.load().map_err(verifier_context)?;
+        let id = prog
+            .attach(&cgroup.file, attach_type, CgroupAttachMode::Single)
+            .with_context(|| attaching(pin_name, cgroup))?;
+        let link = prog.take_link(id).context("taking the cgroup link")?;
+        let fd: FdLink = link
+            .try_into()
+            .context("the cgroup link is not a bpf link")?;
+        let pin = pin_dir.join(LINK_DIR).join(format!("cgroup-{pin_name}"));
+        if pin.exists() {
+            std::fs::remove_file(&pin)
+                .with_context(|| format!("removing the previous pin {}", pin.display()))?;
+        }
+        pinned.push(pin_fd_link(fd, &pin)?);
+    }
     Ok(pinned)
 }
+
+/// The loopback hooks: program, attach point, and the name of their link's pin
+/// (`links/cgroup-dns_loopback_out`, ...).
+const LOOPBACK_HOOKS: [(&str, CgroupSkbAttachType, &str); 2] = [
+    (
+        firewall_common::DNS_LOOPBACK_OUT_PROGRAM,
+        CgroupSkbAttachType::Egress,
+        "dns_loopback_out",
+    ),
+    (
+        firewall_common::DNS_LOOPBACK_IN_PROGRAM,
+        CgroupSkbAttachType::Ingress,
+        "dns_loopback_in",
+    ),
+];
