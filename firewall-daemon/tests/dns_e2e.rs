@@ -860,6 +860,55 @@ fn a_local_stub_resolvers_upstream_answers_name_its_clients_addresses() {
     assert_eq!(lab.call(&format!("tcp 10.200.0.10 {PORT}")), "ok");
 }
 
+/// A query the host forwards for a routed client (a container, a VM) has no socket on the
+/// host: it is not recorded, and its answer, which passes, names nothing.
+#[test]
+fn answers_to_queries_the_host_forwards_name_nothing() {
+    let mut lab = Lab::new(&rules());
+    // A client routed through the protected namespace: 10.201.0.2 behind 10.201.0.1.
+    let routed = support::netns::NetNs::new("r");
+    support::netns::ip(&[
+        "link",
+        "add",
+        "veth-r",
+        "netns",
+        &routed.name,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "veth-f",
+        "netns",
+        &lab._pair.server.name,
+    ]);
+    routed.exec(&["ip", "addr", "add", "10.201.0.2/24", "dev", "veth-r"]);
+    routed.exec(&["ip", "link", "set", "veth-r", "up"]);
+    routed.exec(&["ip", "route", "add", "default", "via", "10.201.0.1"]);
+    let protected = &lab._pair.server;
+    protected.exec(&["ip", "addr", "add", "10.201.0.1/24", "dev", "veth-f"]);
+    protected.exec(&["ip", "link", "set", "veth-f", "up"]);
+    protected.exec(&["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
+    lab._pair
+        .client
+        .exec(&["ip", "route", "add", "10.201.0.0/24", "via", "10.200.0.2"]);
+
+    let got = routed.run(|| resolve(SERVER, "www.allowed.test", "A"));
+    assert_eq!(got, "ok 10.200.0.10", "the routed client's answer passes");
+    // The host's own program never asked: the address has no name.
+    assert_eq!(lab.call(&format!("tcp 10.200.0.10 {PORT}")), "refused");
+    let status = lab.daemon.fwctl_json(&["status"]);
+    assert!(
+        status["counters"]["dns_unsolicited"].as_u64() >= Some(1),
+        "the answer was seen, and ignored: {status:#}"
+    );
+    // Asked by the host's program, the same name names the address.
+    assert_eq!(
+        lab.call(&format!("resolve {SERVER} www.allowed.test A")),
+        "ok 10.200.0.10"
+    );
+    assert_eq!(lab.call(&format!("tcp 10.200.0.10 {PORT}")), "ok");
+}
+
 /// A stub resolver whose cache was filled before the firewall started answers over loopback,
 /// where no protected interface sees it: the loopback hooks read that answer.
 #[test]
@@ -890,6 +939,20 @@ fn a_local_stubs_answers_from_a_cache_filled_before_the_firewall_name_its_client
         Some(0),
         "an answer read twice: {status:#}"
     );
+
+    // The loopback hooks run only while the rules read names.
+    let pins = ["cgroup-dns_loopback_in", "cgroup-dns_loopback_out"]
+        .map(|p| lab.daemon.pin_dir.join("links").join(p));
+    assert!(pins.iter().all(|p| p.exists()), "{pins:?}");
+    lab.daemon
+        .write_rules("[defaults]\ninbound = \"stealth\"\noutbound = \"allow\"\n");
+    let out = lab.daemon.fwctl(&["reload"]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(pins.iter().all(|p| !p.exists()), "{pins:?}");
+    lab.daemon.write_rules(&rules());
+    let out = lab.daemon.fwctl(&["reload"]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(pins.iter().all(|p| p.exists()), "{pins:?}");
 }
 
 /// `[dns] enforce` alone, no rule naming a name: answers are read all the same (the names'
@@ -953,9 +1016,9 @@ fn connect_from(lab: &Lab, from: &str, to: &str) -> String {
 }
 
 /// What `fwctl dns` says `monitor.lab.test` looked up to, once `ready` holds of it (within 20
-/// s: the name's TTL and `min_ttl` are 1 s).
+/// s, longer under emulation: the name's TTL and `min_ttl` are 1 s).
 fn looked_up(lab: &Lab, ready: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
-    let deadline = Instant::now() + Duration::from_secs(20);
+    let deadline = Instant::now() + Duration::from_secs(20 * u64::from(support::slowdown()));
     loop {
         let dns = lab.daemon.fwctl_json(&["dns"]);
         let entry = dns["looked_up"]
@@ -993,6 +1056,13 @@ action = "allow"
 "#
     );
     let lab = Lab::new(&rules);
+    // No outbound rule names a name: no answer is read, and the loopback hooks are not there.
+    assert!(
+        !lab.daemon
+            .pin_dir
+            .join("links/cgroup-dns_loopback_in")
+            .exists()
+    );
     let _listener = lab
         ._pair
         .server

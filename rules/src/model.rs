@@ -149,7 +149,8 @@ pub struct Rule {
     /// Host bits are cleared and the list is sorted and deduplicated.
     #[serde(skip)]
     pub remote: Option<Nets>,
-    /// The names and wildcards of `remote` (outbound rules only; `crate::names`). A rule whose
+    /// The names and wildcards of `remote` (`crate::names`; inbound, names only, which the
+    /// daemon looks up: [`Ruleset::with_lookups`]). A rule whose
     /// `remote` lists only names has `remote == Some(empty)`: no address matches it but by a
     /// name. Sorted, without duplicates.
     pub names: Vec<NamePattern>,

@@ -1,7 +1,9 @@
 //! Names in `remote`: `"debian.org"` (that name) and `"*.debian.org"` (any name below it, not
 //! `debian.org` itself). An outbound rule naming them matches a destination address the host
 //! saw in a DNS answer to a question for a matching name (`firewall_common::dns` says how the
-//! datapath learns it); the oracle asks [`Names`] what an address was seen under.
+//! datapath learns it); the oracle asks [`Names`] what an address was seen under. An inbound
+//! rule's names (no wildcards) are looked up by the daemon instead, and stand for the
+//! addresses they looked up to (`Ruleset::with_lookups`, `policy::Selectors::addresses`).
 //!
 //! Written as users write them: case does not matter, a trailing dot is allowed, IDNA names in
 //! their ASCII form (`xn--bcher-kva.example`). Refused: anything that is not a host name

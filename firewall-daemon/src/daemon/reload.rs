@@ -292,6 +292,14 @@ impl State {
         if let Err(e) = self.generation.in_force() {
             warn!("the new rules are in force, but the loopback hooks were not told: {e:#}");
         }
+        if let Err(e) =
+            kernel::sync_loopback_hooks(new_rules.reads_names(), false, &self.cgroup, &pin_dir)
+        {
+            warn!(
+                "the new rules are in force, but the loopback hooks could not follow them \
+                 (a resolver's answers over lo are not read): {e:#}"
+            );
+        }
         self.outbound = new_out;
         self.resolve_warnings = resolved.warnings(&new_rules);
         for w in &self.resolve_warnings {

@@ -135,10 +135,9 @@ pub fn sock_hook_pin(pin_dir: &Path, hook: SockHook) -> PathBuf {
         .join(format!("cgroup-{}", hook.name()))
 }
 
-/// Loads the listener hooks and the loopback hooks (the hooks that hold no rules), attaches
-/// them to `cgroup` and pins their links, replacing links a previous daemon pinned (attached
-/// first, then the old pin removed). Without the kernel offsets for program identity the
-/// listener hooks still record uid and cgroups.
+/// Loads the listener hooks, attaches them to `cgroup` and pins their links, replacing links a
+/// previous daemon pinned (attached first, then the old pin removed). Without the kernel
+/// offsets for program identity the hooks still record uid and cgroups.
 pub fn attach_listener_hooks(cgroup: &Cgroup, pin_dir: &Path) -> anyhow::Result<Vec<PinnedLink>> {
     prepare_pin_dir(pin_dir)?;
     let mut loader = EbpfLoader::new();
@@ -176,9 +175,28 @@ pub fn attach_listener_hooks(cgroup: &Cgroup, pin_dir: &Path) -> anyhow::Result<
         }
         pinned.push(pin_fd_link(fd, &pin)?);
     }
-    // The loopback hooks, which hold no rules either (`firewall-ebpf/src/dns.rs`: a resolver
-    // on the host answering over `lo`); `DNS_ON` says when they read. The ingress hook
-    // tail-calls the reader.
+    Ok(pinned)
+}
+
+/// Loads the loopback hooks (`firewall-ebpf/src/dns.rs`: a resolver on the host answering
+/// over `lo`) from a copy of the object of their own, attaches them to `cgroup` and pins their
+/// links, replacing links a previous daemon pinned. They hold no rules (`DNS_ON` says when
+/// they read) and run for every packet of the cgroup's sockets, so they are attached only
+/// while the rules read names ([`sync_loopback_hooks`]).
+pub fn attach_loopback_hooks(cgroup: &Cgroup, pin_dir: &Path) -> anyhow::Result<()> {
+    prepare_pin_dir(pin_dir)?;
+    let mut loader = EbpfLoader::new();
+    super::diagnostics::set_level(&mut loader);
+    for spec in maps::MAPS {
+        if let Capacity::Conntrack(_) = spec.capacity {
+            loader.map_max_entries(spec.name, pinned_capacity(pin_dir, spec.name)?.unwrap_or(1));
+        }
+    }
+    let mut ebpf = loader
+        .default_map_pin_directory(pin_dir)
+        .load(EBPF_OBJECT)
+        .context("loading the eBPF object")?;
+    // The ingress hook tail-calls the reader.
     {
         let reader: &mut CgroupSkb = program_mut(
             &mut ebpf,
@@ -209,14 +227,50 @@ pub fn attach_listener_hooks(cgroup: &Cgroup, pin_dir: &Path) -> anyhow::Result<
         let fd: FdLink = link
             .try_into()
             .context("the cgroup link is not a bpf link")?;
-        let pin = pin_dir.join(LINK_DIR).join(format!("cgroup-{pin_name}"));
+        let pin = loopback_pin(pin_dir, pin_name);
         if pin.exists() {
             std::fs::remove_file(&pin)
                 .with_context(|| format!("removing the previous pin {}", pin.display()))?;
         }
-        pinned.push(pin_fd_link(fd, &pin)?);
+        pin_fd_link(fd, &pin)?;
     }
-    Ok(pinned)
+    Ok(())
+}
+
+/// Where a loopback hook's link is pinned: `links/cgroup-dns_loopback_out`, ...
+fn loopback_pin(pin_dir: &Path, name: &str) -> PathBuf {
+    pin_dir.join(LINK_DIR).join(format!("cgroup-{name}"))
+}
+
+/// Whether the loopback hooks are attached (their links pinned).
+pub fn loopback_hooks_attached(pin_dir: &Path) -> bool {
+    LOOPBACK_HOOKS
+        .iter()
+        .all(|(_, _, name)| loopback_pin(pin_dir, name).exists())
+}
+
+/// Attaches the loopback hooks when `reads_names` and they are not attached (`fresh`: attach
+/// them again in any case, a new daemon's programs in place of an old one's), detaches them
+/// when not.
+pub fn sync_loopback_hooks(
+    reads_names: bool,
+    fresh: bool,
+    cgroup: &Cgroup,
+    pin_dir: &Path,
+) -> anyhow::Result<()> {
+    if reads_names {
+        if fresh || !loopback_hooks_attached(pin_dir) {
+            attach_loopback_hooks(cgroup, pin_dir)?;
+        }
+        return Ok(());
+    }
+    for (_, _, name) in LOOPBACK_HOOKS {
+        let pin = loopback_pin(pin_dir, name);
+        if pin.exists() {
+            std::fs::remove_file(&pin).with_context(|| format!("removing {}", pin.display()))?;
+        }
+    }
+    Ok(())
 }
 
 /// The loopback hooks: program, attach point, and the name of their link's pin

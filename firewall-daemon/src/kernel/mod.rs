@@ -33,7 +33,10 @@ pub mod tables;
 pub mod testrun;
 
 pub use generation::{Generation, OutboundGeneration};
-pub use hooks::{Hook, SockHook, attach_listener_hooks, hook_pin, sock_hook_pin};
+pub use hooks::{
+    Hook, SockHook, attach_listener_hooks, hook_pin, loopback_hooks_attached, sock_hook_pin,
+    sync_loopback_hooks,
+};
 pub use links::{
     EGRESS_NL_HANDLE, EGRESS_NL_PRIORITY, EgressLink, LINK_DIR, adopt_interface_link, adopt_link,
     adopt_or_attach, detach_netlink_egress, link_interface, link_pin, pin_egress_link,
