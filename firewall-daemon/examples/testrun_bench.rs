@@ -32,14 +32,15 @@
 //! loaded when the tables were full.
 //! Prints a Markdown table.
 //!
-//! `testrun_bench dns [--quick]`: what reading DNS answers costs (outbound rules that name
-//! names, `firewall-ebpf/src/dns.rs`): the XDP program's time for a tracked DNS answer, single
-//! shot, each answer to a query the egress program recorded just before (the query is
+//! `testrun_bench dns [--quick] [--json]`: what reading DNS answers costs (outbound rules that
+//! name names, `firewall-ebpf/src/dns.rs`): the XDP program's time for a tracked DNS answer,
+//! single shot, each answer to a query the egress program recorded just before (the query is
 //! consumed by its answer), with a rule set that names a name (the answer read and recorded)
 //! against the same rules naming an address instead (the answer only passes), alternating in
 //! one run; for an answer of one A record, one of a CNAME chain and 8 A records, and for an
 //! answer to no query. Prints a Markdown table: per answer, the median of each run's median,
-//! with the range of the runs' medians.
+//! with the range of the runs' medians; with `--json`, one JSON document (each run's medians
+//! too) that `cargo xtask bench` turns into BENCHMARKS.md's "Names".
 //!
 //! `testrun_bench attach-pass NETNS_PATH IFNAME PIN_DIR`: enters the network namespace, attaches
 //! the object's `xdp_pass` program to IFNAME in native mode (the veth XDP floor of the
@@ -258,8 +259,10 @@ fn parse_opts(args: &[String]) -> anyhow::Result<Opts> {
             }
             other => bail!(
                 "unknown argument {other:?}; usage: testrun_bench [--quick] [--json] [--n LIST] \
-                 [--kernel-trace] | testrun_bench attach-pass NETNS_PATH IFNAME PIN_DIR | \
-                 testrun_bench generate NETNS_PATH IFNAME PIN_DIR FRAME_HEX SECS CPU SOURCES"
+                 [--kernel-trace] | testrun_bench runtime-sets [--quick] [--n LIST] | \
+                 testrun_bench dns [--quick] [--json] | testrun_bench attach-pass NETNS_PATH \
+                 IFNAME PIN_DIR | testrun_bench generate NETNS_PATH IFNAME PIN_DIR FRAME_HEX SECS \
+                 CPU SOURCES"
             ),
         }
     }
@@ -289,7 +292,13 @@ fn main() -> anyhow::Result<()> {
     if dns {
         let result = dns_bench(dir.path(), &opts);
         let _ = umount2(dir.path(), MntFlags::MNT_DETACH);
-        return result;
+        let doc = result?;
+        if opts.json {
+            println!("{doc}");
+        } else {
+            print_dns_markdown(&doc);
+        }
+        return Ok(());
     }
     if runtime_sets {
         let result = runtime_sets_bench(dir.path(), &opts);
@@ -466,17 +475,9 @@ fn dns_answer(id: u16, name: &str, cnames: usize, addrs: u8) -> Vec<u8> {
 }
 
 /// `dns`: see the module's documentation.
-fn dns_bench(bpffs: &Path, opts: &Opts) -> anyhow::Result<()> {
+fn dns_bench(bpffs: &Path, opts: &Opts) -> anyhow::Result<Value> {
     const RUNS: usize = 3;
     let shots = opts.sizes.single_shots;
-    println!(
-        "BPF_PROG_TEST_RUN, XDP, one tracked DNS answer (single shot), ns: median of {RUNS} runs' \
-         medians of {shots} answers (range of the run medians)\n"
-    );
-    println!(
-        "| answer | rules name a name: answer read | rules name an address: answer passed | difference |"
-    );
-    println!("|---|---:|---:|---:|");
     let head = "[defaults]\ninbound = \"stealth\"\n";
     let texts = [
         format!(
@@ -499,15 +500,17 @@ fn dns_bench(bpffs: &Path, opts: &Opts) -> anyhow::Result<()> {
         let o = firewall_daemon::kernel::OutboundGeneration::load(&out, &rs, &pin, 1)?;
         gens.push((g, o));
     }
-    let kinds: [(&str, usize, u8, bool); 3] = [
-        ("one A record", 0, 1, true),
-        ("2 CNAMEs, 8 A records", 2, 8, true),
-        ("to no query (ignored)", 0, 1, false),
+    let kinds: [(&str, &str, usize, u8, bool); 3] = [
+        ("one_a", "one A record", 0, 1, true),
+        ("cnames", "2 CNAMEs, 8 A records", 2, 8, true),
+        ("unsolicited", "to no query (ignored)", 0, 1, false),
     ];
     let mut port: u16 = 20000;
     // www.example.test: its labels with their lengths, the root, type and class.
     let question_len = "www.example.test".len() + 2 + 4;
-    for (label, cnames, addrs, asked) in kinds {
+    let mut rows = Vec::new();
+    for (key, label, cnames, addrs, asked) in kinds {
+        eprintln!("testrun_bench: DNS answer, {label}");
         let mut medians: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
         for _ in 0..RUNS {
             for (i, (g, _)) in gens.iter_mut().enumerate() {
@@ -538,25 +541,60 @@ fn dns_bench(bpffs: &Path, opts: &Opts) -> anyhow::Result<()> {
         }
         let read = Stat::of(medians[0].clone());
         let passed = Stat::of(medians[1].clone());
-        println!(
-            "| {label} | {} | {} | {:.0} |",
-            read.cell(0),
-            passed.cell(0),
-            read.median - passed.median
-        );
         let c = gens[0].0.counters()?;
         anyhow::ensure!(
             c["dns_answers"] > 0 && (asked || c["dns_unsolicited"] > 0),
             "the answers were not read: {c:?}"
         );
+        rows.push(json!({
+            "key": key,
+            "answer": label,
+            "read": read.json(),
+            "passed": passed.json(),
+            "read_runs": medians[0],
+            "passed_runs": medians[1],
+        }));
     }
     let c = gens[0].0.counters()?;
+    Ok(json!({
+        "runs": RUNS,
+        "shots": shots,
+        "rows": rows,
+        "counters": {
+            "dns_answers": c["dns_answers"],
+            "dns_addresses": c["dns_addresses"],
+            "dns_unsolicited": c["dns_unsolicited"],
+            "dns_malformed": c["dns_malformed"],
+        },
+    }))
+}
+
+fn print_dns_markdown(doc: &Value) {
+    println!(
+        "BPF_PROG_TEST_RUN, XDP, one tracked DNS answer (single shot), ns: median of {} runs' \
+         medians of {} answers (range of the run medians)\n",
+        doc["runs"], doc["shots"]
+    );
+    println!(
+        "| answer | rules name a name: answer read | rules name an address: answer passed | difference |"
+    );
+    println!("|---|---:|---:|---:|");
+    let median = |v: &Value| v["median"].as_f64().unwrap_or(f64::NAN);
+    for row in doc["rows"].as_array().into_iter().flatten() {
+        println!(
+            "| {} | {} | {} | {:.0} |",
+            row["answer"].as_str().unwrap_or("?"),
+            stat_cell(&row["read"], 0),
+            stat_cell(&row["passed"], 0),
+            median(&row["read"]) - median(&row["passed"])
+        );
+    }
+    let c = &doc["counters"];
     println!(
         "\ncounters (rules naming a name): dns_answers {}, dns_addresses {}, dns_unsolicited {}, \
          dns_malformed {}",
         c["dns_answers"], c["dns_addresses"], c["dns_unsolicited"], c["dns_malformed"]
     );
-    Ok(())
 }
 
 fn stat_cell(v: &Value, decimals: usize) -> String {
