@@ -1,5 +1,5 @@
-//! What the outbound hooks add to connect(): `connect_bench [--calls N] [--runs N]` (needs
-//! root).
+//! What the outbound hooks add to connect(): `connect_bench [--calls N] [--runs N]` and
+//! `connect_bench names [--calls N] [--runs N] [--names 10,1000000]` (needs root).
 //!
 //! It creates a network namespace of its own (a veth pair in it, with 10.77.0.1/24 and
 //! fd77::1/64, so destinations are routable while nothing is ever sent), a private bpffs and a
@@ -14,11 +14,18 @@
 //! 1,000 rules each naming a different executable (the benchmark's own is the last, allowed),
 //! and the worst case, rules of all seven selector shapes (program, unit, user and their
 //! combinations), each of which the benchmark process matches, so every call makes seven group
-//! lookups. Then with names (`remote = ["*.dest.example.test"]`): the destinations have the
-//! name `www.dest.example.test` in the names tables (written as the XDP program writes them
-//! from a DNS answer), and 10 or 1,000,000 other names are named by an earlier rule, so every
-//! call looks up the destination's names and the keys of the name and its suffixes. Prints ns
-//! per connect() call: the median of `--runs` runs (min-max in brackets) of
+//! lookups.
+//!
+//! `names`: 10 rules naming addresses as above, against names (`remote =
+//! ["*.dest.example.test"]`): the destinations have the name `www.dest.example.test` in the
+//! names tables (written as the XDP program writes them from a DNS answer), and 10 or
+//! 1,000,000 other names (`--names`) are named by an earlier rule, so every call looks up the
+//! destination's names and the keys of the name and its suffixes. The cases are loaded
+//! together and their runs interleaved (each run attaches one case's hooks after the other, in
+//! a rotating order), and two more columns give what the names cost over the address rules
+//! (the one-socket medians).
+//!
+//! Prints ns per connect() call: the median of `--runs` runs (min-max in brackets) of
 //! `--calls` calls each, for one socket connected again and again (the hooks' judging alone:
 //! the socket's owner is recorded once) and for a new socket per call (socket(), connect(),
 //! close(): every call also records a new owner, as every real connection does).
@@ -248,16 +255,90 @@ fn time_connects(to: SocketAddr, calls: u32, runs: usize) -> anyhow::Result<(f64
     timed(calls, runs, || sock.connect(to).context("connect"))
 }
 
+/// One case's four cells: one socket and a new socket per call, IPv4 and IPv6; each the median,
+/// min and max ns per call.
+type Cells = [(f64, f64, f64); 4];
+
+fn cell((m, lo, hi): &(f64, f64, f64)) -> String {
+    format!("{m:.0} ({lo:.0}-{hi:.0})")
+}
+
+/// One case's rules loaded as the daemon's outbound generation, pinned in `pin_dir`; when the
+/// rules name names, the destinations `dests` get theirs. With the load time in ms.
+fn load_case(
+    text: &str,
+    cgroup_path: &Path,
+    pin_dir: &Path,
+    dests: &[SocketAddr],
+) -> anyhow::Result<(OutboundGeneration, f64)> {
+    let rs =
+        config::parse(text, Path::new("connect-bench.toml")).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let resolved = Resolved::resolve(&rs, cgroup_path);
+    let unresolved = resolved.warnings(&rs);
+    if !unresolved.is_empty() {
+        bail!("selectors did not resolve: {unresolved:?}");
+    }
+    let compiled = compile::compile_direction(&rs, Direction::Out, &resolved)?;
+    let t = Instant::now();
+    let generation = OutboundGeneration::load(&compiled, &rs, pin_dir, 1)?;
+    let load_ms = t.elapsed().as_secs_f64() * 1e3;
+    if !compiled.names.is_empty() {
+        name_dests(pin_dir, dests)?;
+    }
+    Ok((generation, load_ms))
+}
+
+/// `measure` with the generation's hooks attached to `cgroup` as the daemon attaches them,
+/// detached again afterwards.
+fn with_hooks<T>(
+    generation: &mut OutboundGeneration,
+    cgroup: &Cgroup,
+    pin_dir: &Path,
+    measure: impl FnOnce() -> anyhow::Result<T>,
+) -> anyhow::Result<T> {
+    // Dropping the links detaches the hooks again.
+    let links: Vec<_> = Hook::ALL
+        .iter()
+        .map(|h| generation.attach(*h, cgroup))
+        .collect::<anyhow::Result<_>>()?;
+    // The socket hooks the daemon always attaches too: post_bind (the listener table) and
+    // sock_release, which also forgets each closed socket's recorded owner.
+    let sock_links = kernel::attach_listener_hooks(cgroup, pin_dir)?;
+    let out = measure();
+    drop(links);
+    for link in sock_links {
+        drop(link.unpin().context("unpinning a socket hook")?);
+    }
+    out
+}
+
 fn main() -> anyhow::Result<()> {
+    const USAGE: &str = "usage: connect_bench [--calls N] [--runs N] | connect_bench names \
+                         [--calls N] [--runs N] [--names 10,1000000]";
     let mut calls = 200_000u32;
     let mut runs = 9usize;
-    let mut args = std::env::args().skip(1);
+    let mut name_counts = vec![10u32, 1_000_000];
+    let mut args = std::env::args().skip(1).peekable();
+    let names_mode = args.next_if(|a| a == "names").is_some();
     while let Some(a) = args.next() {
         match a.as_str() {
             "--calls" => calls = args.next().context("--calls N")?.parse()?,
             "--runs" => runs = args.next().context("--runs N")?.parse()?,
-            other => bail!("unknown argument {other}; usage: connect_bench [--calls N] [--runs N]"),
+            "--names" if names_mode => {
+                let list = args
+                    .next()
+                    .context("--names needs a list such as 10,1000000")?;
+                name_counts = list
+                    .split(',')
+                    .map(|s| s.trim().replace('_', "").parse::<u32>())
+                    .collect::<Result<_, _>>()
+                    .with_context(|| format!("--names {list}"))?;
+            }
+            other => bail!("unknown argument {other}; {USAGE}"),
         }
+    }
+    if calls == 0 || runs == 0 {
+        bail!("--calls and --runs must be at least 1");
     }
     // A network namespace of our own: gone with the process.
     unshare(CloneFlags::CLONE_NEWNET).context("unshare(CLONE_NEWNET) (needs root)")?;
@@ -278,90 +359,123 @@ fn main() -> anyhow::Result<()> {
     let cgroup = Cgroup::open(cg.path())?;
     let to4: SocketAddr = "10.77.0.2:9000".parse()?;
     let to6: SocketAddr = "[fd77::2]:9000".parse()?;
-
-    println!(
-        "connect() of a UDP socket, ns per call: median of {runs} runs of {calls} calls (min-max); \
-         \"new socket\": socket() + connect() + close() per call"
-    );
-    println!("| outbound hooks | IPv4 | IPv6 | IPv4, new socket | IPv6, new socket |");
-    println!("|---|---:|---:|---:|---:|");
-    let measure = |label: &str| -> anyhow::Result<()> {
-        let cells = [
+    // The four cells, each the median and range of `runs` runs.
+    let measure = |runs: usize| -> anyhow::Result<Cells> {
+        Ok([
             time_connects(to4, calls, runs)?,
             time_connects(to6, calls, runs)?,
             time_new_sockets(to4, calls, runs)?,
             time_new_sockets(to6, calls, runs)?,
-        ];
-        let cells: Vec<String> = cells
-            .iter()
-            .map(|(m, lo, hi)| format!("{m:.0} ({lo:.0}-{hi:.0})"))
-            .collect();
-        println!("| {label} | {} |", cells.join(" | "));
-        Ok(())
+        ])
     };
-    measure("none attached")?;
-    let programs = tempfile::tempdir()?;
-    let mut cases: Vec<(String, String)> = [0u32, 10, 1_000, 10_000]
-        .into_iter()
-        .map(|n| {
-            let label = match n {
-                0 => "attached, no rule (default allow)".to_string(),
-                n => format!("attached, {n} rules"),
-            };
-            (label, rules(n))
-        })
-        .collect();
-    cases.insert(
-        1,
-        (
-            "attached, no rule, `record_owner = false`".into(),
-            "[defaults]\noutbound = \"allow\"\n[conntrack]\nrecord_owner = false\n".into(),
-        ),
-    );
-    for n in [10u32, 1_000] {
-        cases.push((
-            format!("attached, {n} program rules"),
-            program_rules(n, programs.path())?,
-        ));
-    }
-    cases.push((
-        "attached, rules of all 7 selector shapes".into(),
-        all_shapes_rules(&unit)?,
-    ));
-    for n in [10u32, 1_000_000] {
-        cases.push((
-            format!("attached, a destination with a name, {n} names in the rules"),
-            name_rules(n),
-        ));
-    }
-    for (i, (label, text)) in cases.into_iter().enumerate() {
-        let rs = config::parse(&text, Path::new("connect-bench.toml"))
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
-        let resolved = Resolved::resolve(&rs, cg.path());
-        let unresolved = resolved.warnings(&rs);
-        if !unresolved.is_empty() {
-            bail!("selectors did not resolve: {unresolved:?}");
+
+    if names_mode {
+        println!(
+            "connect() of a UDP socket, ns per call: median of {runs} runs of {calls} calls \
+             (min-max), the cases' runs interleaved; \"new socket\": socket() + connect() + \
+             close() per call; \"names' cost\": the median against the 10 address rules'"
+        );
+        println!(
+            "| outbound rules | IPv4 | IPv6 | IPv4, new socket | IPv6, new socket | IPv4: names' \
+             cost | IPv6: names' cost |"
+        );
+        println!("|---|---:|---:|---:|---:|---:|---:|");
+        let mut cases = vec![("10 rules naming addresses".to_string(), rules(10))];
+        for &n in &name_counts {
+            cases.push((
+                format!("a destination with a name; the rules name {n} names"),
+                name_rules(n),
+            ));
         }
-        let compiled = compile::compile_direction(&rs, Direction::Out, &resolved)?;
-        let pin_dir = bpffs.pin_dir(&format!("gen{i}"));
-        let t = Instant::now();
-        let mut generation = OutboundGeneration::load(&compiled, &rs, &pin_dir, 1)?;
-        let load_ms = t.elapsed().as_secs_f64() * 1e3;
-        if !compiled.names.is_empty() {
-            name_dests(&pin_dir, &[to4, to6])?;
+        // All loaded first; then run by run, each case's hooks attached in turn (in a rotating
+        // order), so that a slow phase of a shared machine does not fall on one case alone.
+        let mut loaded = Vec::new();
+        for (i, (label, text)) in cases.into_iter().enumerate() {
+            let pin_dir = bpffs.pin_dir(&format!("names{i}"));
+            let (generation, load_ms) = load_case(&text, cg.path(), &pin_dir, &[to4, to6])?;
+            loaded.push((label, generation, pin_dir, load_ms));
         }
-        // Dropping the links detaches the hooks again.
-        let links: Vec<_> = Hook::ALL
-            .iter()
-            .map(|h| generation.attach(*h, &cgroup))
-            .collect::<anyhow::Result<_>>()?;
-        // The socket hooks the daemon always attaches too: post_bind (the listener table) and
-        // sock_release, which also forgets each closed socket's recorded owner.
-        let sock_links = kernel::attach_listener_hooks(&cgroup, &pin_dir)?;
-        measure(&format!("{label} (load {load_ms:.0} ms)"))?;
-        drop(links);
-        for link in sock_links {
-            drop(link.unpin().context("unpinning a socket hook")?);
+        let k = loaded.len();
+        let mut samples = vec![[const { Vec::new() }; 4]; k];
+        for run in 0..runs {
+            for j in 0..k {
+                let c = (j + run) % k;
+                let (_, generation, pin_dir, _) = &mut loaded[c];
+                let cells = with_hooks(generation, &cgroup, pin_dir, || measure(1))?;
+                for (x, (median, _, _)) in cells.iter().enumerate() {
+                    samples[c][x].push(*median);
+                }
+            }
+        }
+        let cells: Vec<Cells> = samples
+            .into_iter()
+            .map(|s| {
+                s.map(|mut v: Vec<f64>| {
+                    v.sort_by(f64::total_cmp);
+                    (v[v.len() / 2], v[0], v[v.len() - 1])
+                })
+            })
+            .collect();
+        for (c, (label, _, _, load_ms)) in loaded.iter().enumerate() {
+            let mut row = format!(
+                "| {label} (load {load_ms:.0} ms) | {} |",
+                cells[c].iter().map(cell).collect::<Vec<_>>().join(" | ")
+            );
+            // The one-socket cells, IPv4 and IPv6.
+            for (&(m, _, _), &(base, _, _)) in cells[c].iter().zip(&cells[0]).take(2) {
+                row.push_str(&if c == 0 {
+                    " baseline |".to_string()
+                } else {
+                    format!(" {:+.0} ({:.2}×) |", m - base, m / base)
+                });
+            }
+            println!("{row}");
+        }
+    } else {
+        println!(
+            "connect() of a UDP socket, ns per call: median of {runs} runs of {calls} calls \
+             (min-max); \"new socket\": socket() + connect() + close() per call"
+        );
+        println!("| outbound hooks | IPv4 | IPv6 | IPv4, new socket | IPv6, new socket |");
+        println!("|---|---:|---:|---:|---:|");
+        let print = |label: &str, cells: Cells| {
+            let cells: Vec<String> = cells.iter().map(cell).collect();
+            println!("| {label} | {} |", cells.join(" | "));
+        };
+        print("none attached", measure(runs)?);
+        let programs = tempfile::tempdir()?;
+        let mut cases: Vec<(String, String)> = [0u32, 10, 1_000, 10_000]
+            .into_iter()
+            .map(|n| {
+                let label = match n {
+                    0 => "attached, no rule (default allow)".to_string(),
+                    n => format!("attached, {n} rules"),
+                };
+                (label, rules(n))
+            })
+            .collect();
+        cases.insert(
+            1,
+            (
+                "attached, no rule, `record_owner = false`".into(),
+                "[defaults]\noutbound = \"allow\"\n[conntrack]\nrecord_owner = false\n".into(),
+            ),
+        );
+        for n in [10u32, 1_000] {
+            cases.push((
+                format!("attached, {n} program rules"),
+                program_rules(n, programs.path())?,
+            ));
+        }
+        cases.push((
+            "attached, rules of all 7 selector shapes".into(),
+            all_shapes_rules(&unit)?,
+        ));
+        for (i, (label, text)) in cases.into_iter().enumerate() {
+            let pin_dir = bpffs.pin_dir(&format!("gen{i}"));
+            let (mut generation, load_ms) = load_case(&text, cg.path(), &pin_dir, &[to4, to6])?;
+            let cells = with_hooks(&mut generation, &cgroup, &pin_dir, || measure(runs))?;
+            print(&format!("{label} (load {load_ms:.0} ms)"), cells);
         }
     }
     drop(cg);
