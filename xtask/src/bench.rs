@@ -20,6 +20,9 @@
 //! 4. TCP connection setup rate with no filter, nftables conntrack and this firewall.
 //! 5. What the outbound hooks add to connect(), with and without rules about programs
 //!    (`firewall-daemon/examples/connect_bench.rs`).
+//! 6. Names: what the XDP program pays to read a DNS answer (`testrun_bench dns`, read against
+//!    passed in one run), and connect() to a destination with a name, with 10 and 1,000,000
+//!    names in the rules, against 10 rules naming addresses (`connect_bench names`).
 //!
 //! Everything runs in namespaces created here (`fwbench-*`) with a private bpffs; the guards
 //! remove them on error and Ctrl-C, and a later run removes what a killed one left.
@@ -43,7 +46,7 @@ use anyhow::{Context as _, bail};
 use crate::workspace_root;
 use filters::{Daemon, Filter, Installed};
 use lab::{Pair, Sink};
-use report::{Block, Cell, OursRun, Results, TcpCell};
+use report::{Block, Cell, Names, OursRun, Results, TcpCell};
 use traffic::{Flow, Generator, PORT};
 
 #[derive(Debug, clap::Args)]
@@ -76,6 +79,9 @@ pub struct BenchArgs {
     /// Skip the connect() part.
     #[arg(long)]
     no_connect: bool,
+    /// Skip the names part (reading DNS answers, connect() to a destination with a name).
+    #[arg(long)]
+    no_names: bool,
     /// Skip the build (use the release binaries already in target/).
     #[arg(long)]
     no_build: bool,
@@ -205,6 +211,9 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     if !args.no_connect {
         results.connect = Some(connect_cost(&plan)?);
     }
+    if !args.no_names {
+        results.names = Some(names(&plan)?);
+    }
     results.finish(started.elapsed());
 
     let text = report::markdown(&results);
@@ -271,6 +280,53 @@ fn connect_cost(plan: &Plan) -> anyhow::Result<String> {
         bail!("connect_bench failed ({})", out.status);
     }
     String::from_utf8(out.stdout).context("connect_bench output")
+}
+
+/// The names part: `testrun_bench dns` (JSON) and `connect_bench names` (its markdown table).
+/// Both take seconds, the quick run's too (1,000,000 names included: about 1 s to load).
+fn names(plan: &Plan) -> anyhow::Result<Names> {
+    eprintln!("xtask bench: names: reading DNS answers (BPF_PROG_TEST_RUN)");
+    let mut cmd = Command::new(filters::example_bin());
+    cmd.args(["dns", "--json"]);
+    if plan.quick {
+        cmd.arg("--quick");
+    }
+    let out = cmd
+        .stderr(Stdio::inherit())
+        .output()
+        .context("running testrun_bench dns")?;
+    if !out.status.success() {
+        bail!("testrun_bench dns failed ({})", out.status);
+    }
+    let dns = serde_json::from_slice(&out.stdout).context("testrun_bench dns --json output")?;
+
+    eprintln!("xtask bench: names: connect() to a destination with a name");
+    let name_counts = vec![10, 1_000_000];
+    // Three runs even when quick: the names' cost is a difference of medians, and their
+    // spread is what says whether it is more than noise.
+    let (runs, calls) = if plan.quick {
+        ("3", "10000")
+    } else {
+        ("5", "100000")
+    };
+    let list = name_counts
+        .iter()
+        .map(u32::to_string)
+        .collect::<Vec<_>>()
+        .join(",");
+    let out = Command::new(crate::target_bin("examples/connect_bench"))
+        .args(["names", "--runs", runs, "--calls", calls, "--names", &list])
+        .stderr(Stdio::inherit())
+        .output()
+        .context("running connect_bench names")?;
+    if !out.status.success() {
+        bail!("connect_bench names failed ({})", out.status);
+    }
+    Ok(Names {
+        dns,
+        connect: String::from_utf8(out.stdout).context("connect_bench names output")?,
+        name_counts,
+    })
 }
 
 /// One filter in its own namespace pair with a UDP sink. Fields drop in order: the filter (and

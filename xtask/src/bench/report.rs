@@ -95,6 +95,17 @@ pub struct TcpCell {
     pub first_error: Option<String>,
 }
 
+/// The names part: reading DNS answers and connect() to a destination with a name.
+#[derive(Debug)]
+pub struct Names {
+    /// `testrun_bench dns --json`.
+    pub dns: Value,
+    /// `connect_bench names`'s table (markdown, with its heading line).
+    pub connect: String,
+    /// How many names the rules held in its cases.
+    pub name_counts: Vec<u32>,
+}
+
 pub struct Results {
     pub plan: Plan,
     facts: BTreeMap<&'static str, String>,
@@ -105,6 +116,7 @@ pub struct Results {
     pub tcp: Vec<TcpCell>,
     /// The connect() table (markdown, with its heading line).
     pub connect: Option<String>,
+    pub names: Option<Names>,
 }
 
 impl Results {
@@ -118,6 +130,7 @@ impl Results {
             blocks: Vec::new(),
             tcp: Vec::new(),
             connect: None,
+            names: None,
         }
     }
 
@@ -336,6 +349,9 @@ pub fn markdown(r: &Results) -> String {
     testrun(&mut s, r);
     tcp(&mut s, r);
     connect(&mut s, r);
+    if let Some(n) = &r.names {
+        names(&mut s, n);
+    }
     failures(&mut s, r);
     notes(&mut s, r);
     s
@@ -1052,6 +1068,129 @@ fn connect(s: &mut String, r: &Results) {
     s.push('\n');
 }
 
+/// What each DNS answer of `testrun_bench dns` is, by its key.
+fn dns_answer_label(key: &str) -> Option<&'static str> {
+    Some(match key {
+        "one_a" => "one A record for the name asked",
+        "cnames" => "the name asked → 2 CNAMEs → 8 A records",
+        "unsolicited" => "one A record answering no query the host sent (ignored)",
+        _ => return None,
+    })
+}
+
+fn names(s: &mut String, n: &Names) {
+    let _ = writeln!(s, "## Names\n");
+    let _ = writeln!(
+        s,
+        "What rules that name domain names cost: the XDP program reading the DNS answers that \
+         give the names their addresses, and a connect() to a destination known by a name.\n"
+    );
+    let d = &n.dns;
+    let _ = writeln!(s, "### Reading a DNS answer\n");
+    let _ = writeln!(
+        s,
+        "BPF_PROG_TEST_RUN (`testrun_bench dns`): the XDP program's time for one DNS answer from \
+         the resolver (192.168.0.53, port 53), each to a query for www.example.test the host \
+         sent just before through the egress program, from a new port each time, and timed \
+         single-shot (so the kernel's per-run setup is included, as in the single-shot paths \
+         of BPF_PROG_TEST_RUN above). Two rule sets, loaded together and measured in turn \
+         within each run: an outbound rule naming `*.example.test`, so the answer is **read** \
+         (its question compared with the query's, CNAMEs followed, each A record recorded \
+         with the name), and the same rule naming 198.51.100.0/24 instead, so the same answer \
+         is only **passed** as a tracked UDP reply. ns per answer: the median of {} runs' \
+         medians of {} answers each (min–max of the runs' medians). \"The reading\" is read − \
+         passed, the median of the runs' differences (min–max); the ratio is of the medians. \
+         Only UDP from port 53 reaches the reader (a program of its own, tail-called), and it \
+         is loaded only when the rules name names: other packets do not pay this.\n",
+        d["runs"],
+        num(d["shots"].as_f64().unwrap_or(f64::NAN), 0)
+    );
+    let _ = writeln!(
+        s,
+        "| DNS answer | read (the rules name a name) | passed (the rules name an address) | the \
+         reading | read / passed |\n|---|---:|---:|---:|---:|"
+    );
+    let stat = |v: &Value| Stat {
+        median: v["median"].as_f64().unwrap_or(f64::NAN),
+        min: v["min"].as_f64().unwrap_or(f64::NAN),
+        max: v["max"].as_f64().unwrap_or(f64::NAN),
+    };
+    let runs = |v: &Value| -> Vec<f64> {
+        v.as_array()
+            .into_iter()
+            .flatten()
+            .map(|x| x.as_f64().unwrap_or(f64::NAN))
+            .collect()
+    };
+    for row in d["rows"].as_array().into_iter().flatten() {
+        let (read, passed) = (stat(&row["read"]), stat(&row["passed"]));
+        // Each run measured both rule sets: the difference run by run.
+        let diffs: Vec<f64> = runs(&row["read_runs"])
+            .iter()
+            .zip(runs(&row["passed_runs"]))
+            .map(|(r, p)| r - p)
+            .collect();
+        let reading = Stat::of(&diffs).map_or("—".into(), |x| {
+            let c = x.cell(1.0, 0);
+            if x.median >= 0.0 { format!("+{c}") } else { c }
+        });
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {} | {} |",
+            row["key"]
+                .as_str()
+                .and_then(dns_answer_label)
+                .or(row["answer"].as_str())
+                .unwrap_or("?"),
+            read.cell(1.0, 0),
+            passed.cell(1.0, 0),
+            reading,
+            times(read.median / passed.median)
+        );
+    }
+    let c = &d["counters"];
+    let count = |k: &str| num(c[k].as_f64().unwrap_or(f64::NAN), 0);
+    let _ = writeln!(
+        s,
+        "\nThe reader's counters over the run (rules naming a name): {} answers read, {} \
+         addresses recorded, {} answers to no query, {} malformed.\n",
+        count("dns_answers"),
+        count("dns_addresses"),
+        count("dns_unsolicited"),
+        count("dns_malformed")
+    );
+
+    let _ = writeln!(s, "### connect() to a destination with a name\n");
+    let _ = writeln!(
+        s,
+        "`connect_bench names`, in a namespace and cgroup of its own like the connect() part, ns \
+         per call. **10 rules naming addresses**: 10 outbound `remote + port` rules, the \
+         destination (10.77.0.2, fd77::2, port 9000) allowed by the last: the comparison. **A \
+         destination with a name**: a rule refusing N other names ({}), then one allowing port \
+         9000 to `*.dest.example.test`; the destination has the name www.dest.example.test in \
+         the names tables (written as the XDP program writes them from a DNS answer), so each \
+         call looks up the destination's names, then the keys of the name and of each of its \
+         suffixes: the same lookups whatever N, though with the largest N the tables are far \
+         larger than the caches. The cases are loaded together and their runs interleaved. \
+         \"Names' cost\" is the row's median against the address rules' (one socket connected \
+         again and again: the hooks' judging alone). \"load\": the outbound generation's load \
+         (programs and maps, the names' keys hashed and written).\n",
+        n.name_counts
+            .iter()
+            .map(|c| num(f64::from(*c), 0))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    let mut lines = n.connect.lines();
+    if let Some(heading) = lines.next() {
+        let _ = writeln!(s, "{heading}\n");
+    }
+    for line in lines {
+        let _ = writeln!(s, "{line}");
+    }
+    s.push('\n');
+}
+
 fn failures(s: &mut String, r: &Results) {
     let f = r.failures();
     if f.is_empty() {
@@ -1098,4 +1237,83 @@ fn notes(s: &mut String, r: &Results) {
             }
         }
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::{Names, names};
+
+    /// The names section from the examples' output: each answer's medians with the range of
+    /// the runs, the reading taken run by run, and connect_bench's table as printed.
+    #[test]
+    fn names_section() {
+        let stat = |v: [f64; 3]| json!({ "median": v[1], "min": v[0], "max": v[2] });
+        let n = Names {
+            dns: json!({
+                "runs": 3,
+                "shots": 3000,
+                "rows": [
+                    {
+                        "key": "one_a",
+                        "answer": "one A record",
+                        "read": stat([2003.0, 2023.0, 2083.0]),
+                        "passed": stat([621.0, 621.0, 621.0]),
+                        "read_runs": [2083.0, 2003.0, 2023.0],
+                        "passed_runs": [621.0, 621.0, 621.0],
+                    },
+                    {
+                        "key": "later",
+                        "answer": "a kind the report does not know",
+                        "read": stat([800.0, 821.0, 821.0]),
+                        "passed": stat([601.0, 601.0, 610.0]),
+                        "read_runs": [821.0, 821.0, 800.0],
+                        "passed_runs": [610.0, 601.0, 601.0],
+                    },
+                ],
+                "counters": {
+                    "dns_answers": 27000, "dns_addresses": 90000,
+                    "dns_unsolicited": 9000, "dns_malformed": 0,
+                },
+            }),
+            connect: "connect() of a UDP socket, ns per call: heading\n\
+                      | outbound rules | IPv4 |\n|---|---:|\n| 10 rules naming addresses | 1259 |\n"
+                .into(),
+            name_counts: vec![10, 1_000_000],
+        };
+        let mut s = String::new();
+        names(&mut s, &n);
+        assert!(s.starts_with("## Names\n"), "{s}");
+        assert!(
+            s.contains(
+                "| one A record for the name asked | 2,023 (2,003–2,083) | 621 | +1,402 \
+                 (1,382–1,462) | 3.26× |"
+            ),
+            "{s}"
+        );
+        assert!(
+            s.contains(
+                "| a kind the report does not know | 821 (800–821) | 601 (601–610) | +211 \
+                 (199–220) | 1.37× |"
+            ),
+            "{s}"
+        );
+        assert!(
+            s.contains("median of 3 runs' medians of 3,000 answers"),
+            "{s}"
+        );
+        assert!(
+            s.contains("27,000 answers read, 90,000 addresses recorded"),
+            "{s}"
+        );
+        assert!(
+            s.contains(
+                "heading\n\n| outbound rules | IPv4 |\n|---|---:|\n| 10 rules naming addresses | \
+                 1259 |\n"
+            ),
+            "{s}"
+        );
+        assert!(s.contains("refusing N other names (10, 1,000,000)"), "{s}");
+    }
 }
