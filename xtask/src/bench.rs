@@ -82,6 +82,11 @@ pub struct BenchArgs {
     /// Skip the names part (reading DNS answers, connect() to a destination with a name).
     #[arg(long)]
     no_names: bool,
+    /// Measure only the names part, and replace the Names section of the report in place
+    /// (the rest of the file stays as its full run wrote it; the section says when and where
+    /// it was measured).
+    #[arg(long, conflicts_with = "no_names")]
+    only_names: bool,
     /// Skip the build (use the release binaries already in target/).
     #[arg(long)]
     no_build: bool,
@@ -197,6 +202,32 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     }
 
     let started = Instant::now();
+    if args.only_names {
+        let names = names(&plan)?;
+        let facts = machine_facts();
+        let fact = |k: &str| facts.get(k).cloned().unwrap_or_default();
+        let section = report::names_markdown(
+            &names,
+            &format!(
+                "Measured apart from the rest of this file, by `{}` on {} at commit {} \
+                 (kernel {}); the next full run measures it with the rest.",
+                plan.command,
+                fact("date"),
+                fact("firewall"),
+                fact("kernel")
+            ),
+        );
+        let before = std::fs::read_to_string(&output).unwrap_or_default();
+        let text = report::replace_section(&before, "## Names\n", &section);
+        println!("{section}");
+        std::fs::write(&output, &text).with_context(|| format!("writing {}", output.display()))?;
+        eprintln!(
+            "xtask bench: replaced the Names section of {} ({:.1} min)",
+            output.display(),
+            started.elapsed().as_secs_f64() / 60.0
+        );
+        return Ok(());
+    }
     let mut results = Results::new(plan.clone());
     if !args.no_testrun {
         results.testrun = Some(testrun(&plan)?);

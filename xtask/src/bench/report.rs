@@ -1078,6 +1078,39 @@ fn dns_answer_label(key: &str) -> Option<&'static str> {
     })
 }
 
+/// The Names section alone, with `provenance` under its heading (`--only-names`).
+pub fn names_markdown(n: &Names, provenance: &str) -> String {
+    let mut s = String::new();
+    names(&mut s, n);
+    s.replacen("## Names\n\n", &format!("## Names\n\n{provenance}\n\n"), 1)
+}
+
+/// `text` with the section starting at the line `heading` (up to the next `## ` heading, or
+/// the end) replaced by `section`; when `text` has no such section, it goes where a full run
+/// puts it, before "How to read this" (else at the end).
+pub fn replace_section(text: &str, heading: &str, section: &str) -> String {
+    let Some(start) = text
+        .match_indices(heading)
+        .map(|(i, _)| i)
+        .find(|&i| i == 0 || text[..i].ends_with('\n'))
+    else {
+        return match text.find("\n## How to read this") {
+            Some(i) => format!("{}{}\n{}", &text[..=i], section.trim_end(), &text[i..]),
+            None => format!("{}\n\n{section}", text.trim_end()),
+        };
+    };
+    let rest = &text[start + heading.len()..];
+    let end = rest
+        .find("\n## ")
+        .map_or(text.len(), |i| start + heading.len() + i + 1);
+    let mut out = String::with_capacity(text.len() + section.len());
+    out.push_str(&text[..start]);
+    out.push_str(section.trim_end());
+    out.push_str("\n\n");
+    out.push_str(&text[end..]);
+    out
+}
+
 fn names(s: &mut String, n: &Names) {
     let _ = writeln!(s, "## Names\n");
     let _ = writeln!(
@@ -1243,7 +1276,31 @@ fn notes(s: &mut String, r: &Results) {
 mod tests {
     use serde_json::json;
 
-    use super::{Names, names};
+    use super::{Names, names, replace_section};
+
+    #[test]
+    fn a_section_is_replaced_in_place_or_appended() {
+        let text = "# B\n\n## A\n\na\n\n## Names\n\nold\n\n## How to read this\n\nz\n";
+        let out = replace_section(text, "## Names\n", "## Names\n\nnew\n");
+        assert_eq!(
+            out,
+            "# B\n\n## A\n\na\n\n## Names\n\nnew\n\n## How to read this\n\nz\n"
+        );
+        let out = replace_section("# B\n\n## A\n\na\n", "## Names\n", "## Names\n\nnew\n");
+        assert_eq!(out, "# B\n\n## A\n\na\n\n## Names\n\nnew\n");
+        let out = replace_section(
+            "# B\n\n## A\n\na\n\n## How to read this\n\nz\n",
+            "## Names\n",
+            "## Names\n\nnew\n",
+        );
+        assert_eq!(
+            out,
+            "# B\n\n## A\n\na\n\n## Names\n\nnew\n\n## How to read this\n\nz\n"
+        );
+        // At the end of the file.
+        let out = replace_section("# B\n## Names\nold\n", "## Names\n", "## Names\nnew\n");
+        assert_eq!(out, "# B\n## Names\nnew\n\n");
+    }
 
     /// The names section from the examples' output: each answer's medians with the range of
     /// the runs, the reading taken run by run, and connect_bench's table as printed.
