@@ -28,7 +28,7 @@ use firewall_common::dns::{
 };
 use firewall_daemon::{
     compile,
-    kernel::{Generation, generation::OutboundGeneration},
+    kernel::{Generation, LoopbackHooks, generation::OutboundGeneration},
 };
 use hickory_proto::{
     op::{Message, MessageType, OpCode, Query},
@@ -238,6 +238,8 @@ fn text_of(labels: &[Vec<u8>]) -> Vec<u8> {
 struct Lab {
     _fs: BpfFs,
     generation: Generation,
+    /// The loopback hooks (a resolver on the host answering over `lo`), loaded, not attached.
+    lo: LoopbackHooks,
     _outbound: OutboundGeneration,
     tables: firewall_daemon::conntrack::Tables,
     pin: PathBuf,
@@ -254,8 +256,13 @@ impl Lab {
         let pin = fs.pin_dir("fw");
         let ruleset = parse_rules(text);
         let Loaded {
-            generation, tables, ..
+            mut generation,
+            tables,
+            ..
         } = Loaded::new(&ruleset, &pin, text);
+        // What the daemon does once the generation is in force: the loopback hooks read.
+        generation.in_force().expect("DNS_ON");
+        let lo = LoopbackHooks::load(&pin).unwrap_or_else(|e| panic!("the loopback hooks: {e:#}"));
         let out =
             compile::compile_direction(&ruleset, rules::model::Direction::Out, &Default::default())
                 .expect("compiling the outbound rules");
@@ -268,6 +275,7 @@ impl Lab {
         Self {
             _fs: fs,
             generation,
+            lo,
             _outbound: outbound,
             tables,
             pin,
@@ -370,13 +378,53 @@ impl Lab {
         (action, moved)
     }
 
+    /// [`Self::send_query`] and [`Self::receive`] over loopback: the query through the
+    /// loopback egress hook, the answer through the ingress hook (which always pass).
+    fn exchange_on_loopback(
+        &mut self,
+        query: &[u8],
+        answer: &[u8],
+    ) -> (u32, BTreeMap<&'static str, u64>) {
+        let mut spec = Spec::new(HOST, SERVER, L4::Udp, 53);
+        spec.remote_port = HOST_PORT;
+        spec.payload = query.to_vec();
+        assert_eq!(self.lo.test_run_out(&spec.frame()).expect("egress hook"), 1);
+        let mut spec = Spec::new(SERVER, HOST, L4::Udp, HOST_PORT);
+        spec.remote_port = 53;
+        spec.payload = answer.to_vec();
+        let c0 = self.counters();
+        let verdict = self.lo.test_run_in(&spec.frame()).expect("ingress hook");
+        let c1 = self.counters();
+        let moved = c1
+            .iter()
+            .filter(|(k, v)| k.starts_with("dns_") && **v != c0[*k])
+            .map(|(k, v)| (*k, v - c0[k]))
+            .collect();
+        (verdict, moved)
+    }
+
     /// One exchange on IPv4: `query` leaves, `answer` comes back; checks the outcome against
     /// the reference and returns it.
     fn exchange(&mut self, what: &str, query: &[u8], answer: &[u8]) -> Expect {
+        self.exchange_via(Via::Wire, what, query, answer)
+    }
+
+    /// [`Self::exchange`] on the wire (egress and XDP programs) or over loopback (the
+    /// loopback hooks): both must record what the reference reads.
+    fn exchange_via(&mut self, via: Via, what: &str, query: &[u8], answer: &[u8]) -> Expect {
         self.clear();
-        self.send_query(HOST, SERVER, HOST_PORT, query);
         let before = now_ns();
-        let (action, moved) = self.receive(SERVER, 53, HOST, HOST_PORT, answer);
+        let (action, moved) = match via {
+            Via::Wire => {
+                self.send_query(HOST, SERVER, HOST_PORT, query);
+                self.receive(SERVER, 53, HOST, HOST_PORT, answer)
+            }
+            Via::Loopback => {
+                let (verdict, moved) = self.exchange_on_loopback(query, answer);
+                assert_eq!(verdict, 1, "{what}: the loopback hook never drops");
+                (XDP_PASS, moved)
+            }
+        };
         let after = now_ns();
         assert_eq!(action, XDP_PASS, "{what}: the tracked answer must pass");
         let (expect, _) = reference(answer, query);
@@ -470,6 +518,13 @@ impl Lab {
             }
         }
     }
+}
+
+/// Where an exchange goes: the protected interface's programs, or the loopback hooks.
+#[derive(Clone, Copy, Debug)]
+enum Via {
+    Wire,
+    Loopback,
 }
 
 /// The query a well-formed answer answers, as a client sends it: its id, a header with one
@@ -855,8 +910,10 @@ fn random_and_mutated_answers_agree_with_the_reference_parser() {
             mutate(&mut rng, &mut msg);
         }
         let (_, beyond_limit) = reference(&msg, &query);
-        let what = format!("answer {i} (seed {seed}): {msg:02x?}");
-        let got = lab.exchange(&what, &query, &msg);
+        // Every fourth over loopback: the loopback hooks read with the same reader.
+        let via = if i % 4 == 3 { Via::Loopback } else { Via::Wire };
+        let what = format!("answer {i} via {via:?} (seed {seed}): {msg:02x?}");
+        let got = lab.exchange_via(via, &what, &query, &msg);
         let kind = match (got, beyond_limit) {
             (_, true) => "malformed: beyond the kernel's limits only",
             (Expect::Malformed, _) => "malformed",

@@ -184,6 +184,29 @@ pub fn attach_listener_hooks(cgroup: &Cgroup, pin_dir: &Path) -> anyhow::Result<
 /// they read) and run for every packet of the cgroup's sockets, so they are attached only
 /// while the rules read names ([`sync_loopback_hooks`]).
 pub fn attach_loopback_hooks(cgroup: &Cgroup, pin_dir: &Path) -> anyhow::Result<()> {
+    let mut ebpf = load_loopback(pin_dir)?;
+    for (name, attach_type, pin_name) in LOOPBACK_HOOKS {
+        let prog: &mut CgroupSkb = program_mut(&mut ebpf, name, "a cgroup_skb program")?;
+        let id = prog
+            .attach(&cgroup.file, attach_type, CgroupAttachMode::Single)
+            .with_context(|| attaching(pin_name, cgroup))?;
+        let link = prog.take_link(id).context("taking the cgroup link")?;
+        let fd: FdLink = link
+            .try_into()
+            .context("the cgroup link is not a bpf link")?;
+        let pin = loopback_pin(pin_dir, pin_name);
+        if pin.exists() {
+            std::fs::remove_file(&pin)
+                .with_context(|| format!("removing the previous pin {}", pin.display()))?;
+        }
+        pin_fd_link(fd, &pin)?;
+    }
+    Ok(())
+}
+
+/// A copy of the object with the loopback hooks and their reader loaded (the reader in
+/// `DNS_LOOPBACK_PROGS`), nothing attached.
+pub(super) fn load_loopback(pin_dir: &Path) -> anyhow::Result<Ebpf> {
     prepare_pin_dir(pin_dir)?;
     let mut loader = EbpfLoader::new();
     super::diagnostics::set_level(&mut loader);
@@ -217,24 +240,11 @@ pub fn attach_loopback_hooks(cgroup: &Cgroup, pin_dir: &Path) -> anyhow::Result<
             .set(0, &fd, 0)
             .context("putting the loopback reader in DNS_LOOPBACK_PROGS")?;
     }
-    for (name, attach_type, pin_name) in LOOPBACK_HOOKS {
+    for (name, _, _) in LOOPBACK_HOOKS {
         let prog: &mut CgroupSkb = program_mut(&mut ebpf, name, "a cgroup_skb program")?;
         prog.load().map_err(verifier_context)?;
-        let id = prog
-            .attach(&cgroup.file, attach_type, CgroupAttachMode::Single)
-            .with_context(|| attaching(pin_name, cgroup))?;
-        let link = prog.take_link(id).context("taking the cgroup link")?;
-        let fd: FdLink = link
-            .try_into()
-            .context("the cgroup link is not a bpf link")?;
-        let pin = loopback_pin(pin_dir, pin_name);
-        if pin.exists() {
-            std::fs::remove_file(&pin)
-                .with_context(|| format!("removing the previous pin {}", pin.display()))?;
-        }
-        pin_fd_link(fd, &pin)?;
     }
-    Ok(())
+    Ok(ebpf)
 }
 
 /// Where a loopback hook's link is pinned: `links/cgroup-dns_loopback_out`, ...

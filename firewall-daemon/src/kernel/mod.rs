@@ -49,4 +49,4 @@ pub use pins::{
 pub use shared::{ListenerTable, StealthTable};
 pub use tables::ct_config;
 #[cfg(feature = "testrun")]
-pub use testrun::{BlocklistProgram, FrameGenerator, PassProgram};
+pub use testrun::{BlocklistProgram, FrameGenerator, LoopbackHooks, PassProgram};
