@@ -526,11 +526,6 @@ extern "C" fn compare_step(index: u64, _ctx: *mut c_void) -> i64 {
     NEXT
 }
 
-#[inline(always)]
-fn byte(s: &DnsScratch, i: usize) -> u8 {
-    at_view(&s.buf, i)
-}
-
 /// The message's byte at `i` (masked, see [`view`]); the masked index is always in the room,
 /// but the compiler cannot know it, and an index past it would be a panic.
 #[inline(always)]
@@ -574,7 +569,7 @@ fn view(i: usize) -> usize {
 
 #[inline(always)]
 fn u16_at(s: &DnsScratch, i: usize) -> u16 {
-    u16::from_be_bytes([byte(s, i), byte(s, i + 1)])
+    u16::from_be_bytes([at_view(&s.buf, i), at_view(&s.buf, i + 1)])
 }
 
 // The loops over a name's labels and over the answer's records run in `bpf_loop` (Linux
@@ -747,11 +742,11 @@ extern "C" fn record_step(index: u64, _ctx: *mut c_void) -> i64 {
             a[10] = 0xff;
             a[11] = 0xff;
             for k in 0..4 {
-                a[12 + k] = byte(s, rdata + k);
+                a[12 + k] = at_view(&s.buf, rdata + k);
             }
         } else {
             for (k, b) in a.iter_mut().enumerate() {
-                *b = byte(s, rdata + k);
+                *b = at_view(&s.buf, rdata + k);
             }
         }
         s.addrs[i] = a;
@@ -895,7 +890,10 @@ fn name_keys(labels: usize, key: &NameKey) {
         if i >= labels {
             break;
         }
-        text_len += usize::from(byte(s, usize::from(s.labels[i & (LABEL_SLOTS - 1)])));
+        text_len += usize::from(at_view(
+            &s.buf,
+            usize::from(s.labels[i & (LABEL_SLOTS - 1)]),
+        ));
     }
     s.seen.len = text_len as u32;
     s.seen.count = 0;
