@@ -1104,6 +1104,26 @@ action = "allow"
         "filtered"
     );
 
+    // An answer naming only loopback gives the name no address: no packet from the network
+    // comes from there.
+    lab.zone
+        .lock()
+        .expect("zone")
+        .insert("monitor.lab.test", Zone::Addrs(vec![ip("127.0.0.1")], 1));
+    let entry = looked_up(&lab, |l| addrs(l) == serde_json::json!([]));
+    assert!(
+        entry["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("only addresses no packet from the network has")),
+        "{entry:#}"
+    );
+    assert_eq!(connect_from(&lab, "10.200.0.11", "10.200.0.2"), "filtered");
+    lab.zone
+        .lock()
+        .expect("zone")
+        .insert("monitor.lab.test", Zone::Addrs(vec![ip("10.200.0.11")], 1));
+    looked_up(&lab, |l| addrs(l) == serde_json::json!(["10.200.0.11"]));
+
     // The server stops answering for it: the addresses looked up before stay.
     lab.zone
         .lock()

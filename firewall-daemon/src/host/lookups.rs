@@ -36,6 +36,20 @@ use rules::model::DnsConfig;
 
 /// How long one resolution (every name, A and AAAA, each server tried) may take.
 pub const TIMEOUT: Duration = Duration::from_secs(4);
+/// The most addresses one name may stand for: an answer with more is not used (the name keeps
+/// the addresses it had), so a server cannot swell the rules.
+pub const MAX_ADDRESSES: usize = 64;
+
+/// Whether packets from the network may come from `addr`.
+fn from_the_network(addr: IpAddr) -> bool {
+    match addr {
+        IpAddr::V4(a) => {
+            !(a.is_unspecified() || a.is_loopback() || a.is_multicast() || a.is_broadcast())
+        }
+        IpAddr::V6(a) => !(a.is_unspecified() || a.is_loopback() || a.is_multicast()),
+    }
+}
+
 /// When a name with no answer is asked again (sooner when `[dns] min_ttl` is shorter).
 pub const RETRY: Duration = Duration::from_secs(30);
 
@@ -293,22 +307,43 @@ fn answer(
 ) -> Answer {
     match asked {
         Err(_) => Answer::Unanswered(format!("no answer within {}s", TIMEOUT.as_secs())),
-        Ok(Ok(found)) => {
-            let mut addrs: Vec<IpAddr> =
-                found.iter().map(firewall_common::addr::canonical).collect();
-            addrs.sort_unstable();
-            addrs.dedup();
-            if addrs.is_empty() {
-                Answer::NoAddress("no A or AAAA record".to_owned())
-            } else {
-                Answer::Addrs(addrs, found.valid_until())
-            }
-        }
+        Ok(Ok(found)) => addresses(found.iter().collect(), found.valid_until()),
         Ok(Err(e)) if e.is_nx_domain() => Answer::NoAddress("no such name (NXDOMAIN)".to_owned()),
         Ok(Err(e)) if e.is_no_records_found() => {
             Answer::NoAddress("no A or AAAA record".to_owned())
         }
         Ok(Err(e)) => Answer::Unanswered(e.to_string()),
+    }
+}
+
+/// What an answer's addresses make of the name: canonical, sorted, each once, without those no
+/// packet from the network has; more than [`MAX_ADDRESSES`] are not used.
+fn addresses(found: Vec<IpAddr>, valid_until: Instant) -> Answer {
+    let mut addrs: Vec<IpAddr> = found
+        .into_iter()
+        .map(firewall_common::addr::canonical)
+        .collect();
+    addrs.sort_unstable();
+    addrs.dedup();
+    let all = addrs.len();
+    // No packet from the network comes from these: an answer naming them is a mistake or a
+    // trick, never a host to let in.
+    addrs.retain(|a| from_the_network(*a));
+    if addrs.len() > MAX_ADDRESSES {
+        Answer::Unanswered(format!(
+            "the answer has {} addresses, more than the {MAX_ADDRESSES} a name may stand for",
+            addrs.len()
+        ))
+    } else if addrs.is_empty() && all > 0 {
+        Answer::NoAddress(
+            "only addresses no packet from the network has (unspecified, loopback, multicast, \
+             broadcast)"
+                .to_owned(),
+        )
+    } else if addrs.is_empty() {
+        Answer::NoAddress("no A or AAAA record".to_owned())
+    } else {
+        Answer::Addrs(addrs, valid_until)
     }
 }
 
@@ -346,4 +381,77 @@ fn resolver(dns: &DnsConfig) -> Result<Resolver<TokioRuntimeProvider>, String> {
     let mut builder = Resolver::builder_with_config(config, TokioRuntimeProvider::default());
     *builder.options_mut() = options;
     builder.build().map_err(|e| format!("{e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ips(list: &[&str]) -> Vec<IpAddr> {
+        list.iter().map(|a| a.parse().expect("address")).collect()
+    }
+
+    #[test]
+    fn an_answer_stands_for_addresses_packets_from_the_network_have() {
+        let t = Instant::now();
+        // IPv4-mapped as IPv4, sorted, each once.
+        match addresses(
+            ips(&["::ffff:192.0.2.7", "192.0.2.7", "2001:db8::1", "192.0.2.1"]),
+            t,
+        ) {
+            Answer::Addrs(a, _) => assert_eq!(a, ips(&["192.0.2.1", "192.0.2.7", "2001:db8::1"])),
+            _ => panic!("addresses expected"),
+        }
+        // Loopback, unspecified, multicast and broadcast are dropped...
+        match addresses(
+            ips(&["127.0.0.1", "192.0.2.1", "::", "ff02::1", "255.255.255.255"]),
+            t,
+        ) {
+            Answer::Addrs(a, _) => assert_eq!(a, ips(&["192.0.2.1"])),
+            _ => panic!("addresses expected"),
+        }
+        // ...and a name that has only those has no address.
+        assert!(matches!(
+            addresses(
+                ips(&["127.0.0.1", "::ffff:127.0.0.1", "224.0.0.1", "0.0.0.0"]),
+                t
+            ),
+            Answer::NoAddress(_)
+        ));
+        assert!(matches!(addresses(Vec::new(), t), Answer::NoAddress(_)));
+        // Too many: not used at all (the name keeps what it had), never a part of them.
+        let many: Vec<IpAddr> = (0..=MAX_ADDRESSES as u32)
+            .map(|i| IpAddr::from(std::net::Ipv4Addr::from(0x0a00_0001 + i)))
+            .collect();
+        assert!(matches!(addresses(many.clone(), t), Answer::Unanswered(_)));
+        assert!(matches!(
+            addresses(many[..MAX_ADDRESSES].to_vec(), t),
+            Answer::Addrs(a, _) if a.len() == MAX_ADDRESSES
+        ));
+    }
+
+    #[test]
+    fn a_name_without_an_answer_keeps_its_addresses_and_one_without_an_address_loses_them() {
+        let dns = DnsConfig::default();
+        let before = Lookups::fixed(BTreeMap::from([
+            ("a.test".to_owned(), ips(&["192.0.2.1"])),
+            ("b.test".to_owned(), ips(&["192.0.2.2"])),
+        ]));
+        let mut now = Lookups::fixed(BTreeMap::from([
+            ("a.test".to_owned(), Vec::new()),
+            ("b.test".to_owned(), Vec::new()),
+        ]));
+        for (name, kept) in [("a.test", true), ("b.test", false)] {
+            let l = now.by_name.get_mut(name).expect("name");
+            l.kept = kept;
+            l.error = Some("why".to_owned());
+        }
+        now.keep_unanswered(&before);
+        assert_eq!(now.addresses("a.test"), ips(&["192.0.2.1"]));
+        assert!(now.addresses("b.test").is_empty());
+        // Names not due are not asked again: what `before` had stays, without a lookup.
+        let due = look_up_due(&["a.test", "b.test"], &dns, &before);
+        assert_eq!(due, before);
+        assert_eq!(due.addresses("b.test"), ips(&["192.0.2.2"]));
+    }
 }
