@@ -33,10 +33,9 @@ pub const POST_BIND4_PROGRAM: &str = "firewall_post_bind4";
 pub const POST_BIND6_PROGRAM: &str = "firewall_post_bind6";
 /// `cgroup/sock_release`: forget a released socket's port.
 pub const SOCK_RELEASE_PROGRAM: &str = "firewall_sock_release";
-/// `cgroup_skb/egress` and `cgroup_skb/ingress`: DNS queries to a resolver on the host and its
-/// answers, over loopback (`firewall-ebpf/src/dns.rs`); never drop.
-pub const DNS_LOOPBACK_OUT_PROGRAM: &str = "firewall_dns_loopback_out";
-pub const DNS_LOOPBACK_IN_PROGRAM: &str = "firewall_dns_loopback_in";
-/// The loopback ingress hook's reader of answers, tail-called through
+/// TC egress on `lo`: DNS queries to a resolver on the host and its answers
+/// (`firewall-ebpf/src/dns.rs`); never drops.
+pub const DNS_LOOPBACK_PROGRAM: &str = "firewall_dns_loopback";
+/// The loopback program's reader of answers, tail-called through
 /// [`crate::maps::DNS_LOOPBACK_PROGS`]; never attached.
 pub const DNS_LOOPBACK_READ_PROGRAM: &str = "firewall_dns_loopback_read";

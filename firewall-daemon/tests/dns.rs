@@ -28,7 +28,7 @@ use firewall_common::dns::{
 };
 use firewall_daemon::{
     compile,
-    kernel::{Generation, LoopbackHooks, generation::OutboundGeneration},
+    kernel::{Generation, Loopback, generation::OutboundGeneration},
 };
 use hickory_proto::{
     op::{Message, MessageType, OpCode, Query},
@@ -238,8 +238,8 @@ fn text_of(labels: &[Vec<u8>]) -> Vec<u8> {
 struct Lab {
     _fs: BpfFs,
     generation: Generation,
-    /// The loopback hooks (a resolver on the host answering over `lo`), loaded, not attached.
-    lo: LoopbackHooks,
+    /// The loopback program (a resolver on the host answering over `lo`), loaded, not attached.
+    lo: Loopback,
     _outbound: OutboundGeneration,
     tables: firewall_daemon::conntrack::Tables,
     pin: PathBuf,
@@ -260,9 +260,9 @@ impl Lab {
             tables,
             ..
         } = Loaded::new(&ruleset, &pin, text);
-        // What the daemon does once the generation is in force: the loopback hooks read.
+        // What the daemon does once the generation is in force: the loopback program reads.
         generation.in_force().expect("DNS_ON");
-        let lo = LoopbackHooks::load(&pin).unwrap_or_else(|e| panic!("the loopback hooks: {e:#}"));
+        let lo = Loopback::load(&pin).unwrap_or_else(|e| panic!("the loopback program: {e:#}"));
         let out =
             compile::compile_direction(&ruleset, rules::model::Direction::Out, &Default::default())
                 .expect("compiling the outbound rules");
@@ -339,6 +339,15 @@ impl Lab {
         self.generation.counters().expect("counters")
     }
 
+    /// The DNS counters that moved since `c0`, and by how much.
+    fn moved(&self, c0: &BTreeMap<&'static str, u64>) -> BTreeMap<&'static str, u64> {
+        self.counters()
+            .into_iter()
+            .filter(|(k, v)| k.starts_with("dns_") && *v != c0[*k])
+            .map(|(k, v)| (k, v - c0[k]))
+            .collect()
+    }
+
     /// The host sends `query` from `host:port` to `server:53` (the egress program: a test
     /// run's packet has a socket, as the host's own queries have; a forwarded packet has none
     /// and is not recorded, which a test run cannot show).
@@ -369,38 +378,27 @@ impl Lab {
             .generation
             .test_run(&spec.frame())
             .expect("XDP test run");
-        let c1 = self.counters();
-        let moved = c1
-            .iter()
-            .filter(|(k, v)| k.starts_with("dns_") && **v != c0[*k])
-            .map(|(k, v)| (*k, v - c0[k]))
-            .collect();
+        let moved = self.moved(&c0);
         (action, moved)
     }
 
-    /// [`Self::send_query`] and [`Self::receive`] over loopback: the query through the
-    /// loopback egress hook, the answer through the ingress hook (which always pass).
+    /// [`Self::send_query`] and [`Self::receive`] over loopback: the query and then the answer
+    /// through the loopback program (which always passes: `TC_ACT_OK`, 0).
     fn exchange_on_loopback(
         &mut self,
         query: &[u8],
         answer: &[u8],
-    ) -> (u32, BTreeMap<&'static str, u64>) {
+    ) -> (i32, BTreeMap<&'static str, u64>) {
         let mut spec = Spec::new(HOST, SERVER, L4::Udp, 53);
         spec.remote_port = HOST_PORT;
         spec.payload = query.to_vec();
-        assert_eq!(self.lo.test_run_out(&spec.frame()).expect("egress hook"), 1);
+        assert_eq!(self.lo.test_run(&spec.frame()).expect("the query on lo"), 0);
         let mut spec = Spec::new(SERVER, HOST, L4::Udp, HOST_PORT);
         spec.remote_port = 53;
         spec.payload = answer.to_vec();
         let c0 = self.counters();
-        let verdict = self.lo.test_run_in(&spec.frame()).expect("ingress hook");
-        let c1 = self.counters();
-        let moved = c1
-            .iter()
-            .filter(|(k, v)| k.starts_with("dns_") && **v != c0[*k])
-            .map(|(k, v)| (*k, v - c0[k]))
-            .collect();
-        (verdict, moved)
+        let verdict = self.lo.test_run(&spec.frame()).expect("the answer on lo");
+        (verdict, self.moved(&c0))
     }
 
     /// One exchange on IPv4: `query` leaves, `answer` comes back; checks the outcome against
@@ -410,7 +408,7 @@ impl Lab {
     }
 
     /// [`Self::exchange`] on the wire (egress and XDP programs) or over loopback (the
-    /// loopback hooks): both must record what the reference reads.
+    /// loopback program): both must record what the reference reads.
     fn exchange_via(&mut self, via: Via, what: &str, query: &[u8], answer: &[u8]) -> Expect {
         self.clear();
         let before = now_ns();
@@ -421,7 +419,7 @@ impl Lab {
             }
             Via::Loopback => {
                 let (verdict, moved) = self.exchange_on_loopback(query, answer);
-                assert_eq!(verdict, 1, "{what}: the loopback hook never drops");
+                assert_eq!(verdict, 0, "{what}: the loopback program never drops");
                 (XDP_PASS, moved)
             }
         };
@@ -520,7 +518,7 @@ impl Lab {
     }
 }
 
-/// Where an exchange goes: the protected interface's programs, or the loopback hooks.
+/// Where an exchange goes: the protected interface's programs, or the loopback program.
 #[derive(Clone, Copy, Debug)]
 enum Via {
     Wire,
@@ -910,7 +908,7 @@ fn random_and_mutated_answers_agree_with_the_reference_parser() {
             mutate(&mut rng, &mut msg);
         }
         let (_, beyond_limit) = reference(&msg, &query);
-        // Every fourth over loopback: the loopback hooks read with the same reader.
+        // Every fourth over loopback: the loopback program reads with the same reader.
         let via = if i % 4 == 3 { Via::Loopback } else { Via::Wire };
         let what = format!("answer {i} via {via:?} (seed {seed}): {msg:02x?}");
         let got = lab.exchange_via(via, &what, &query, &msg);

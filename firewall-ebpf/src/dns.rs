@@ -27,13 +27,12 @@
 //! the claim, so two answers on two CPUs cannot both record), never by one ignored.
 
 use aya_ebpf::{
-    EbpfContext, Global,
-    bindings::__sk_buff,
+    EbpfContext as _, Global,
     cty::c_void,
     helpers::{bpf_get_socket_cookie, bpf_loop, bpf_skb_load_bytes, bpf_xdp_load_bytes},
     macros::map,
     maps::{Array, HashMap, LruHashMap, PerCpuArray, ProgramArray},
-    programs::{SkBuffContext, TcContext, XdpContext},
+    programs::{TcContext, XdpContext},
 };
 use firewall_common::{
     AddrValue, Counter, NO_MATCH, PROTO_UDP,
@@ -91,13 +90,13 @@ static SEEN_NAMES: LruHashMap<u64, SeenName> = LruHashMap::pinned(SEEN_NAME_ENTR
 /// The hash key, drawn by the daemon.
 #[map]
 static NAME_KEY: Array<NameKey> = Array::pinned(1, 0);
-/// Whether the rules in force read answers, and their `[dns]` times, for the loopback hooks
-/// (which belong to no generation: their copy's globals are not the rules').
+/// Whether the rules in force read answers, and their `[dns]` times, for the loopback program
+/// (which belongs to no generation: its copy's globals are not the rules').
 #[map]
 static DNS_ON: Array<DnsOn> = Array::pinned(1, 0);
-/// Slot 0: `firewall_dns_loopback_read`, set by the daemon with the loopback hooks. Pinned: the
-/// copy of the object the hooks come from is closed once they are attached, and the kernel
-/// empties a program array no one holds.
+/// Slot 0: `firewall_dns_loopback_read`, set by the daemon with the loopback program. Pinned:
+/// the copy of the object it comes from is closed once it is attached, and the kernel empties
+/// a program array no one holds.
 #[map]
 static DNS_LOOPBACK_PROGS: ProgramArray = ProgramArray::pinned(1, 0);
 /// Slot 0: `firewall_dns`, set by the daemon when the rules name names.
@@ -156,10 +155,10 @@ pub(crate) fn query_leaves(ctx: &TcContext, pkt: &Packet, now: u64) {
     record_query(ctx, pkt, now);
 }
 
-/// Records a query leaving for port 53 from a socket of the host, from a socket buffer (TC's or
-/// cgroup_skb's).
+/// Records a query leaving for port 53 from a socket of the host (a protected interface's
+/// egress, or `lo`'s).
 #[inline(always)]
-fn record_query<C: EbpfContext>(ctx: &C, pkt: &Packet, now: u64) {
+fn record_query(ctx: &TcContext, pkt: &Packet, now: u64) {
     if pkt.proto != PROTO_UDP || pkt.local_port != DNS_PORT {
         return;
     }
@@ -170,19 +169,9 @@ fn record_query<C: EbpfContext>(ctx: &C, pkt: &Packet, now: u64) {
         return;
     }
     // A fixed size: `load_bytes` may ask the kernel for zero bytes, which the verifier refuses.
-    let mut hdr = [0u8; 4];
-    // SAFETY: copies 4 bytes into `hdr`.
-    if unsafe {
-        bpf_skb_load_bytes(
-            ctx.as_ptr().cast(),
-            (pkt.l4_off + 8) as u32,
-            hdr.as_mut_ptr().cast(),
-            4,
-        )
-    } != 0
-    {
+    let Ok(hdr) = ctx.load::<[u8; 4]>(pkt.l4_off + 8) else {
         return;
-    }
+    };
     if hdr[2] & 0x80 != 0 {
         // An answer: the host serves DNS.
         return;
@@ -191,7 +180,7 @@ fn record_query<C: EbpfContext>(ctx: &C, pkt: &Packet, now: u64) {
         return;
     };
     let start = pkt.l4_off + 8 + 12;
-    let avail = (skb_len(ctx) as usize).saturating_sub(start);
+    let avail = (ctx.len() as usize).saturating_sub(start);
     let n = if avail > QUESTION_BYTES {
         QUESTION_BYTES
     } else {
@@ -238,8 +227,20 @@ pub(crate) fn answer_arrives(ctx: &XdpContext, pkt: &Packet, now: u64) {
     if DNS_NAMES.load() == 0 || pkt.proto != PROTO_UDP || pkt.remote_port != DNS_PORT {
         return;
     }
-    let Some(s) = this_cpus(&DNS_SCRATCH) else {
+    if !hand_over(pkt, now) {
         return;
+    }
+    // SAFETY: the slot holds an XDP program of this object, or nothing.
+    unsafe { DNS_PROGS.tail_call(ctx, 0) };
+    count(Counter::DnsRecordFailed);
+}
+
+/// Puts what the reader needs of an answer that arrives (`pkt`, received as the host
+/// receives it) in this CPU's scratch room, before the tail call; false if there is none.
+#[inline(always)]
+fn hand_over(pkt: &Packet, now: u64) -> bool {
+    let Some(s) = this_cpus(&DNS_SCRATCH) else {
+        return false;
     };
     pkt.local.write_mapped(&mut s.query.local);
     pkt.remote.write_mapped(&mut s.query.server);
@@ -247,9 +248,7 @@ pub(crate) fn answer_arrives(ctx: &XdpContext, pkt: &Packet, now: u64) {
     s.query._pad = [0; 4];
     s.l4_off = pkt.l4_off as u64;
     s.now = now;
-    // SAFETY: the slot holds an XDP program of this object, or nothing.
-    unsafe { DNS_PROGS.tail_call(ctx, 0) };
-    count(Counter::DnsRecordFailed);
+    true
 }
 
 /// `firewall_dns`: reads the answer the XDP program handed over (see [`answer_arrives`]).
@@ -287,81 +286,47 @@ struct Ttls {
 
 // Loopback. A resolver on the host (systemd-resolved, dnsmasq, unbound) answers its clients
 // over `lo`, from a cache that may have been filled before the firewall started, or before the
-// rules named the name: those answers never cross a protected interface. Two cgroup_skb hooks
-// on the outbound hooks' cgroup see them on the way to and from the host's sockets: egress
-// records a client's query to the resolver (it has the client's socket), ingress reads the
-// answer before the socket is given it. Only packets of `lo` (ifindex 1 in every network
-// namespace) are looked at: the others are the XDP and TC programs' (an answer read twice
-// would be counted unsolicited the second time). They hold no rules, so they belong to no
-// generation and read `DNS_ON` instead of the globals. They never drop.
+// rules named the name: those answers never cross a protected interface. A TC program on the
+// egress of `lo` in the daemon's network namespace (`firewall_dns_loopback`) sees both ways:
+// a client's query to the resolver (with the client's socket) is recorded as on a protected
+// interface, and the resolver's answer is read as it is sent, before the backlog delivers it
+// to the client. Only this namespace's `lo`: a `lo` of another namespace (a container's, or
+// one an unprivileged user made with a user namespace, where binding port 53 is allowed) is
+// not looked at, so nothing answered there names an address here. The program holds no
+// rules, so it belongs to no generation and reads `DNS_ON` instead of the globals. It never
+// drops.
 
-/// `lo`'s ifindex in every network namespace (the kernel's `LOOPBACK_IFINDEX`).
-const LOOPBACK_IFINDEX: u32 = 1;
-
-/// The settings of the rules in force, if they read answers and the packet is on `lo`.
+/// TC egress on `lo`: a query to a resolver on the host, or its answer (tail-calling the
+/// reader, `firewall_dns_loopback_read`, as the XDP program does: the parser's frame and the
+/// reader's do not fit in one stack).
 #[inline(always)]
-fn on_loopback(ctx: &SkBuffContext) -> Option<&'static DnsOn> {
-    // SAFETY: the context is an `__sk_buff`; reading its fields is what the verifier allows.
-    let ifindex = unsafe { (*(ctx.as_ptr() as *const __sk_buff)).ifindex };
-    if ifindex != LOOPBACK_IFINDEX {
-        return None;
-    }
-    DNS_ON.get(0).filter(|on| on.on != 0)
-}
-
-/// The packet a cgroup_skb hook sees, parsed (it starts at the IP header).
-#[inline(always)]
-fn loopback_packet(ctx: &SkBuffContext) -> Option<Packet> {
-    // SAFETY: as in `on_loopback`.
-    let protocol = unsafe { (*(ctx.as_ptr() as *const __sk_buff)).protocol };
-    match parse::parse_l3(ctx, u16::from_be(protocol as u16)) {
-        Ok(Parsed::Packet(pkt)) => Some(pkt),
-        _ => None,
-    }
-}
-
-/// cgroup_skb egress: a query to a resolver on the host.
-#[inline(always)]
-pub(crate) fn loopback_out(ctx: &SkBuffContext) {
-    if on_loopback(ctx).is_none() {
+pub(crate) fn loopback(ctx: &TcContext) {
+    if !DNS_ON.get(0).is_some_and(|on| on.on != 0) {
         return;
     }
-    if let Some(pkt) = loopback_packet(ctx) {
-        record_query(ctx, &pkt, crate::clock::now());
-    }
-}
-
-/// cgroup_skb ingress: an answer from a resolver on the host. As in the XDP program, the
-/// reading is a program of its own (`firewall_dns_loopback_read`, tail-called): the parser's
-/// frame and the reader's do not fit in one stack.
-#[inline(always)]
-pub(crate) fn loopback_in(ctx: &SkBuffContext) {
-    if on_loopback(ctx).is_none() {
-        return;
-    }
-    let Some(pkt) = loopback_packet(ctx) else {
+    let Ok(Parsed::Packet(pkt)) = parse::parse(ctx) else {
         return;
     };
-    if pkt.proto != PROTO_UDP || pkt.remote_port != DNS_PORT {
+    if pkt.proto != PROTO_UDP {
         return;
     }
-    let Some(s) = this_cpus(&DNS_SCRATCH) else {
+    let now = crate::clock::now();
+    // On egress the parser's `local` is the destination.
+    if pkt.local_port == DNS_PORT {
+        record_query(ctx, &pkt, now);
         return;
-    };
-    pkt.local.write_mapped(&mut s.query.local);
-    pkt.remote.write_mapped(&mut s.query.server);
-    s.query.local_port = pkt.local_port;
-    s.query._pad = [0; 4];
-    s.l4_off = pkt.l4_off as u64;
-    s.now = crate::clock::now();
-    // SAFETY: the slot holds a cgroup_skb program of this object, or nothing.
+    }
+    if pkt.remote_port != DNS_PORT || !hand_over(&pkt, now) {
+        return;
+    }
+    // SAFETY: the slot holds a TC program of this object, or nothing.
     unsafe { DNS_LOOPBACK_PROGS.tail_call(ctx, 0) };
     count(Counter::DnsRecordFailed);
 }
 
-/// `firewall_dns_loopback_read`: reads the answer [`loopback_in`] handed over.
+/// `firewall_dns_loopback_read`: reads the answer [`loopback`] handed over.
 #[inline(always)]
-pub(crate) fn loopback_read(ctx: &SkBuffContext) {
+pub(crate) fn loopback_read(ctx: &TcContext) {
     let Some(on) = DNS_ON.get(0) else {
         return;
     };
@@ -375,13 +340,6 @@ pub(crate) fn loopback_read(ctx: &SkBuffContext) {
     };
     let (l4_off, now) = (s.l4_off, s.now);
     count_outcome(read_answer(ctx, l4_off, now, &ttls));
-}
-
-/// A socket buffer's length.
-#[inline(always)]
-fn skb_len<C: EbpfContext>(ctx: &C) -> u32 {
-    // SAFETY: the context is an `__sk_buff`.
-    unsafe { (*(ctx.as_ptr() as *const __sk_buff)).len }
 }
 
 /// Copies bytes of the packet: XDP's and socket buffers' helpers.
@@ -399,7 +357,7 @@ impl LoadBytes for XdpContext {
     }
 }
 
-impl LoadBytes for SkBuffContext {
+impl LoadBytes for TcContext {
     #[inline(always)]
     unsafe fn load_bytes(&self, off: u32, dst: *mut c_void, len: u32) -> i64 {
         // SAFETY: the caller's.

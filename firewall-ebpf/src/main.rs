@@ -60,9 +60,9 @@ mod scratch;
 mod selector;
 
 use aya_ebpf::{
-    bindings::xdp_action::XDP_PASS,
-    macros::{cgroup_skb, cgroup_sock, cgroup_sock_addr, classifier, xdp},
-    programs::{SkBuffContext, SockAddrContext, SockContext, TcContext, XdpContext},
+    bindings::{TC_ACT_OK, xdp_action::XDP_PASS},
+    macros::{cgroup_sock, cgroup_sock_addr, classifier, xdp},
+    programs::{SockAddrContext, SockContext, TcContext, XdpContext},
 };
 use firewall_common::{AF_INET, AF_INET6, Counter};
 
@@ -189,27 +189,20 @@ pub fn firewall_sock_release(ctx: SockContext) -> i32 {
     listeners::release(&ctx)
 }
 
-/// A query to a resolver on the host, over loopback (`dns`). Never drops.
-#[cgroup_skb(egress)]
-pub fn firewall_dns_loopback_out(ctx: SkBuffContext) -> i32 {
-    dns::loopback_out(&ctx);
-    1
+/// TC egress on `lo`: queries to a resolver on the host and its answers (`dns`). Never drops.
+#[classifier]
+pub fn firewall_dns_loopback(ctx: TcContext) -> i32 {
+    egress::pull_headers(&ctx);
+    dns::loopback(&ctx);
+    TC_ACT_OK
 }
 
-/// An answer from a resolver on the host, over loopback, read before the socket gets it
-/// (`dns`). Never drops.
-#[cgroup_skb(ingress)]
-pub fn firewall_dns_loopback_in(ctx: SkBuffContext) -> i32 {
-    dns::loopback_in(&ctx);
-    1
-}
-
-/// Reads an answer the loopback ingress hook handed over (`dns`): tail-called through
+/// Reads an answer the loopback program handed over (`dns`): tail-called through
 /// `DNS_LOOPBACK_PROGS`, never attached. Never drops.
-#[cgroup_skb(ingress)]
-pub fn firewall_dns_loopback_read(ctx: SkBuffContext) -> i32 {
+#[classifier]
+pub fn firewall_dns_loopback_read(ctx: TcContext) -> i32 {
     dns::loopback_read(&ctx);
-    1
+    TC_ACT_OK
 }
 
 /// Prototype of the per-program connect hook: records who connects, decides nothing.

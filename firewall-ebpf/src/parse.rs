@@ -107,28 +107,6 @@ impl Frame for TcContext {
     }
 }
 
-impl Frame for aya_ebpf::programs::SkBuffContext {
-    #[inline(always)]
-    fn data(&self) -> usize {
-        aya_ebpf::programs::SkBuffContext::data(self)
-    }
-    #[inline(always)]
-    fn data_end(&self) -> usize {
-        aya_ebpf::programs::SkBuffContext::data_end(self)
-    }
-    #[inline(always)]
-    fn raw(&self) -> *mut core::ffi::c_void {
-        aya_ebpf::EbpfContext::as_ptr(self)
-    }
-    #[inline(always)]
-    unsafe fn from_raw(raw: *mut core::ffi::c_void) -> Self {
-        // SAFETY: the caller passes the program's (non-null) context pointer.
-        aya_ebpf::programs::SkBuffContext::new(unsafe {
-            core::ptr::NonNull::new_unchecked(raw.cast())
-        })
-    }
-}
-
 /// What the classifier and the reply builders need, copied out of the frame so replies can
 /// overwrite the headers they were read from. `remote` is the source address and `local` the
 /// destination, as seen on receive; the egress program swaps them.

@@ -156,6 +156,15 @@ mod tests {
         )
     }
 
+    /// A verdict word as the oracle says it: the action, and the rule (`None`: the default).
+    fn decided(word: u32) -> (u32, Option<u32>) {
+        let rule = firewall_common::verdict_rule(word);
+        (
+            firewall_common::verdict_action(word),
+            (rule != firewall_common::DEFAULT_RULE).then_some(rule),
+        )
+    }
+
     #[test]
     fn compiled_names_agree_with_the_oracle() {
         let seed: u64 = rand::random();
@@ -188,13 +197,8 @@ mod tests {
                 let seen = Seen(names.clone());
                 let oracle = Policy::new(&ruleset).with_names(&seen).decide_out(&call);
                 let word = compiled.lookup_named(&call.as_packet(), None, &names);
-                let got = (
-                    firewall_common::verdict_action(word),
-                    (firewall_common::verdict_rule(word) != firewall_common::DEFAULT_RULE)
-                        .then(|| firewall_common::verdict_rule(word)),
-                );
                 assert_eq!(
-                    got,
+                    decided(word),
                     (oracle.action.to_kernel(), oracle.rule),
                     "seed {seed}, round {round}: {call:?} seen as {names:?}\n{text}"
                 );
@@ -261,13 +265,8 @@ mod tests {
                 };
                 let oracle = policy.decide(&pkt);
                 let word = compiled.lookup(&pkt);
-                let got = (
-                    firewall_common::verdict_action(word),
-                    (firewall_common::verdict_rule(word) != firewall_common::DEFAULT_RULE)
-                        .then(|| firewall_common::verdict_rule(word)),
-                );
                 assert_eq!(
-                    got,
+                    decided(word),
                     (oracle.action.to_kernel(), oracle.rule),
                     "seed {seed}, round {round}: {pkt:?} with {lookups:?}\n{text}"
                 );

@@ -290,13 +290,11 @@ impl State {
         }
         self.generation = new_gen;
         if let Err(e) = self.generation.in_force() {
-            warn!("the new rules are in force, but the loopback hooks were not told: {e:#}");
+            warn!("the new rules are in force, but the loopback program was not told: {e:#}");
         }
-        if let Err(e) =
-            kernel::sync_loopback_hooks(new_rules.reads_names(), false, &self.cgroup, &pin_dir)
-        {
+        if let Err(e) = kernel::loopback::sync(new_rules.reads_names(), false, &pin_dir) {
             warn!(
-                "the new rules are in force, but the loopback hooks could not follow them \
+                "the new rules are in force, but the loopback program could not follow them \
                  (a resolver's answers over lo are not read): {e:#}"
             );
         }

@@ -206,8 +206,8 @@ pub(super) fn start(
     let hooks = attach_hooks(&mut outbound, &cgroup, &pin_dir)?;
     let listened = start_listener_table(&cgroup, &pin_dir, adopting, &mut degraded)?;
     generation.in_force()?;
-    kernel::sync_loopback_hooks(ruleset.reads_names(), true, &cgroup, &pin_dir)
-        .map_err(|e| e.context("the loopback hooks (names)"))?;
+    kernel::loopback::sync(ruleset.reads_names(), true, &pin_dir)
+        .map_err(|e| e.context("the loopback program (names)"))?;
     info!("listener table: {listened} socket(s) bound before the daemon started recorded");
     let released = rejudge_stealth(&ruleset, &resolved, &pin_dir);
     if released > 0 {

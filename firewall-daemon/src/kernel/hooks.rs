@@ -1,5 +1,4 @@
-//! The cgroup hooks: the outbound rules' four socket-address hooks, the listener hooks and the
-//! loopback hooks (DNS over `lo`, `firewall-ebpf/src/dns.rs`).
+//! The cgroup hooks: the outbound rules' four socket-address hooks and the listener hooks.
 //!
 //! The outbound hooks judge a host program's connect() and sendmsg() against the outbound
 //! rules; they belong to the outbound generation and move with it. The listener hooks hold no
@@ -12,10 +11,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context as _;
 use aya::{
     Ebpf, EbpfLoader,
-    programs::{
-        CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSock, CgroupSockAddr,
-        links::FdLink, links::PinnedLink,
-    },
+    programs::{CgroupAttachMode, CgroupSock, CgroupSockAddr, links::FdLink, links::PinnedLink},
 };
 use firewall_common::maps::{self, Capacity};
 
@@ -128,6 +124,29 @@ impl SockHook {
     }
 }
 
+/// A copy of the object for hooks that hold no rules, its maps the pinned ones; `configure`
+/// sets the loader's globals.
+pub(super) fn bare_copy<'a>(
+    pin_dir: &'a Path,
+    configure: impl FnOnce(&mut EbpfLoader<'a>),
+) -> anyhow::Result<Ebpf> {
+    prepare_pin_dir(pin_dir)?;
+    let mut loader = EbpfLoader::new();
+    super::diagnostics::set_level(&mut loader);
+    configure(&mut loader);
+    // The object declares every shared map; these open the ones the generations pinned, so
+    // the tables sized from `[conntrack]` take their pinned size (1 where none is pinned yet).
+    for spec in maps::MAPS {
+        if let Capacity::Conntrack(_) = spec.capacity {
+            loader.map_max_entries(spec.name, pinned_capacity(pin_dir, spec.name)?.unwrap_or(1));
+        }
+    }
+    loader
+        .default_map_pin_directory(pin_dir)
+        .load(EBPF_OBJECT)
+        .context("loading the eBPF object")
+}
+
 /// Where a listener hook's link is pinned: `links/cgroup-post_bind4`, ...
 pub fn sock_hook_pin(pin_dir: &Path, hook: SockHook) -> PathBuf {
     pin_dir
@@ -139,23 +158,11 @@ pub fn sock_hook_pin(pin_dir: &Path, hook: SockHook) -> PathBuf {
 /// previous daemon pinned (attached first, then the old pin removed). Without the kernel
 /// offsets for program identity the hooks still record uid and cgroups.
 pub fn attach_listener_hooks(cgroup: &Cgroup, pin_dir: &Path) -> anyhow::Result<Vec<PinnedLink>> {
-    prepare_pin_dir(pin_dir)?;
-    let mut loader = EbpfLoader::new();
-    super::diagnostics::set_level(&mut loader);
-    if let Ok(offsets) = crate::host::btf::kernel_offsets() {
-        offsets.set_globals(&mut loader);
-    }
-    // The object declares every shared map; these open the ones the generations pinned, so
-    // the tables sized from `[conntrack]` take their pinned size (1 where none is pinned yet).
-    for spec in maps::MAPS {
-        if let Capacity::Conntrack(_) = spec.capacity {
-            loader.map_max_entries(spec.name, pinned_capacity(pin_dir, spec.name)?.unwrap_or(1));
+    let mut ebpf = bare_copy(pin_dir, |loader| {
+        if let Ok(offsets) = crate::host::btf::kernel_offsets() {
+            offsets.set_globals(loader);
         }
-    }
-    let mut ebpf = loader
-        .default_map_pin_directory(pin_dir)
-        .load(EBPF_OBJECT)
-        .context("loading the eBPF object")?;
+    })?;
     let mut pinned = Vec::new();
     for hook in SockHook::ALL {
         let name = hook.program();
@@ -177,123 +184,3 @@ pub fn attach_listener_hooks(cgroup: &Cgroup, pin_dir: &Path) -> anyhow::Result<
     }
     Ok(pinned)
 }
-
-/// Loads the loopback hooks (`firewall-ebpf/src/dns.rs`: a resolver on the host answering
-/// over `lo`) from a copy of the object of their own, attaches them to `cgroup` and pins their
-/// links, replacing links a previous daemon pinned. They hold no rules (`DNS_ON` says when
-/// they read) and run for every packet of the cgroup's sockets, so they are attached only
-/// while the rules read names ([`sync_loopback_hooks`]).
-pub fn attach_loopback_hooks(cgroup: &Cgroup, pin_dir: &Path) -> anyhow::Result<()> {
-    let mut ebpf = load_loopback(pin_dir)?;
-    for (name, attach_type, pin_name) in LOOPBACK_HOOKS {
-        let prog: &mut CgroupSkb = program_mut(&mut ebpf, name, "a cgroup_skb program")?;
-        let id = prog
-            .attach(&cgroup.file, attach_type, CgroupAttachMode::Single)
-            .with_context(|| attaching(pin_name, cgroup))?;
-        let link = prog.take_link(id).context("taking the cgroup link")?;
-        let fd: FdLink = link
-            .try_into()
-            .context("the cgroup link is not a bpf link")?;
-        let pin = loopback_pin(pin_dir, pin_name);
-        if pin.exists() {
-            std::fs::remove_file(&pin)
-                .with_context(|| format!("removing the previous pin {}", pin.display()))?;
-        }
-        pin_fd_link(fd, &pin)?;
-    }
-    Ok(())
-}
-
-/// A copy of the object with the loopback hooks and their reader loaded (the reader in
-/// `DNS_LOOPBACK_PROGS`), nothing attached.
-pub(super) fn load_loopback(pin_dir: &Path) -> anyhow::Result<Ebpf> {
-    prepare_pin_dir(pin_dir)?;
-    let mut loader = EbpfLoader::new();
-    super::diagnostics::set_level(&mut loader);
-    for spec in maps::MAPS {
-        if let Capacity::Conntrack(_) = spec.capacity {
-            loader.map_max_entries(spec.name, pinned_capacity(pin_dir, spec.name)?.unwrap_or(1));
-        }
-    }
-    let mut ebpf = loader
-        .default_map_pin_directory(pin_dir)
-        .load(EBPF_OBJECT)
-        .context("loading the eBPF object")?;
-    // The ingress hook tail-calls the reader.
-    {
-        let reader: &mut CgroupSkb = program_mut(
-            &mut ebpf,
-            firewall_common::DNS_LOOPBACK_READ_PROGRAM,
-            "a cgroup_skb program",
-        )?;
-        reader.load().map_err(verifier_context)?;
-        let fd = reader
-            .fd()
-            .context("the loopback reader's fd")?
-            .try_clone()?;
-        let mut slots: aya::maps::ProgramArray<&mut aya::maps::MapData> =
-            aya::maps::ProgramArray::try_from(
-                ebpf.map_mut(maps::DNS_LOOPBACK_PROGS)
-                    .context("the object has no DNS_LOOPBACK_PROGS")?,
-            )?;
-        slots
-            .set(0, &fd, 0)
-            .context("putting the loopback reader in DNS_LOOPBACK_PROGS")?;
-    }
-    for (name, _, _) in LOOPBACK_HOOKS {
-        let prog: &mut CgroupSkb = program_mut(&mut ebpf, name, "a cgroup_skb program")?;
-        prog.load().map_err(verifier_context)?;
-    }
-    Ok(ebpf)
-}
-
-/// Where a loopback hook's link is pinned: `links/cgroup-dns_loopback_out`, ...
-fn loopback_pin(pin_dir: &Path, name: &str) -> PathBuf {
-    pin_dir.join(LINK_DIR).join(format!("cgroup-{name}"))
-}
-
-/// Whether the loopback hooks are attached (their links pinned).
-pub fn loopback_hooks_attached(pin_dir: &Path) -> bool {
-    LOOPBACK_HOOKS
-        .iter()
-        .all(|(_, _, name)| loopback_pin(pin_dir, name).exists())
-}
-
-/// Attaches the loopback hooks when `reads_names` and they are not attached (`fresh`: attach
-/// them again in any case, a new daemon's programs in place of an old one's), detaches them
-/// when not.
-pub fn sync_loopback_hooks(
-    reads_names: bool,
-    fresh: bool,
-    cgroup: &Cgroup,
-    pin_dir: &Path,
-) -> anyhow::Result<()> {
-    if reads_names {
-        if fresh || !loopback_hooks_attached(pin_dir) {
-            attach_loopback_hooks(cgroup, pin_dir)?;
-        }
-        return Ok(());
-    }
-    for (_, _, name) in LOOPBACK_HOOKS {
-        let pin = loopback_pin(pin_dir, name);
-        if pin.exists() {
-            std::fs::remove_file(&pin).with_context(|| format!("removing {}", pin.display()))?;
-        }
-    }
-    Ok(())
-}
-
-/// The loopback hooks: program, attach point, and the name of their link's pin
-/// (`links/cgroup-dns_loopback_out`, ...).
-const LOOPBACK_HOOKS: [(&str, CgroupSkbAttachType, &str); 2] = [
-    (
-        firewall_common::DNS_LOOPBACK_OUT_PROGRAM,
-        CgroupSkbAttachType::Egress,
-        "dns_loopback_out",
-    ),
-    (
-        firewall_common::DNS_LOOPBACK_IN_PROGRAM,
-        CgroupSkbAttachType::Ingress,
-        "dns_loopback_in",
-    ),
-];

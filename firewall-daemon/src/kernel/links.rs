@@ -39,6 +39,7 @@ pub fn remove_pins(pin_dir: &Path) {
     for name in std::iter::once(PROGRAM_PIN).chain(maps) {
         let _ = std::fs::remove_file(pin_dir.join(name));
     }
+    super::loopback::detach(pin_dir);
     let links = pin_dir.join(LINK_DIR);
     if let Ok(dir) = std::fs::read_dir(&links) {
         for e in dir.flatten() {
@@ -261,6 +262,11 @@ fn forget_netlink(link: Result<SchedClassifierLink, ProgramError>) -> anyhow::Re
 /// Removes the egress cls_bpf filters (ours, by program name) from `ifname`, if any. On
 /// kernels with TCX there are none and this does nothing.
 pub fn detach_netlink_egress(ifname: &str) {
+    detach_netlink_program(ifname, firewall_common::TC_EGRESS_PROGRAM);
+}
+
+/// Removes the egress cls_bpf filters of `program` from `ifname`, if any.
+pub fn detach_netlink_program(ifname: &str, program: &str) {
     let Ok(cname) = std::ffi::CString::new(ifname) else {
         return;
     };
@@ -268,7 +274,7 @@ pub fn detach_netlink_egress(ifname: &str) {
         NetworkInterface::Name(&cname),
         TcAttachType::Egress.into(),
         // cls_bpf records the program's name with the filter.
-        firewall_common::TC_EGRESS_PROGRAM,
+        program,
     ) {
         Ok(()) => {}
         Err(aya::programs::tc::TcError::IoError(e)) if e.kind() == std::io::ErrorKind::NotFound => {

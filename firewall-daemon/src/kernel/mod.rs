@@ -25,6 +25,7 @@ pub mod features;
 pub mod generation;
 pub mod hooks;
 pub mod links;
+pub mod loopback;
 pub mod object;
 pub mod pins;
 pub mod shared;
@@ -33,10 +34,7 @@ pub mod tables;
 pub mod testrun;
 
 pub use generation::{Generation, OutboundGeneration};
-pub use hooks::{
-    Hook, SockHook, attach_listener_hooks, hook_pin, loopback_hooks_attached, sock_hook_pin,
-    sync_loopback_hooks,
-};
+pub use hooks::{Hook, SockHook, attach_listener_hooks, hook_pin, sock_hook_pin};
 pub use links::{
     EGRESS_NL_HANDLE, EGRESS_NL_PRIORITY, EgressLink, LINK_DIR, adopt_interface_link, adopt_link,
     adopt_or_attach, detach_netlink_egress, link_interface, link_pin, pin_egress_link,
@@ -49,4 +47,4 @@ pub use pins::{
 pub use shared::{ListenerTable, StealthTable};
 pub use tables::ct_config;
 #[cfg(feature = "testrun")]
-pub use testrun::{BlocklistProgram, FrameGenerator, LoopbackHooks, PassProgram};
+pub use testrun::{BlocklistProgram, FrameGenerator, Loopback, PassProgram};

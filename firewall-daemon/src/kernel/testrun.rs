@@ -80,35 +80,27 @@ fn time_program(prog: &Xdp, frame: &[u8], repeat: u32) -> anyhow::Result<f64> {
 
 /// The object's pass-everything program, loaded on its own: for veth peers in tests (native
 /// XDP_TX on veth is only delivered when the peer has an XDP program) and as the benchmark floor.
-/// The loopback hooks (`hooks::load_loopback`), loaded and not attached: their test runs
-/// see the frame as a socket of the cgroup would, on `lo` (a test run's socket buffer is
-/// on the namespace's loopback device, with a socket).
-pub struct LoopbackHooks {
+/// The loopback program (`loopback::load`), loaded and not attached: a test run's socket
+/// buffer has a socket, as the host's programs' packets on `lo` have.
+pub struct Loopback {
     ebpf: Ebpf,
 }
 
-impl LoopbackHooks {
+impl Loopback {
     pub fn load(pin_dir: &Path) -> anyhow::Result<Self> {
         Ok(Self {
-            ebpf: super::hooks::load_loopback(pin_dir)?,
+            ebpf: super::loopback::load(pin_dir)?,
         })
     }
 
-    fn run(&mut self, name: &str, frame: &[u8]) -> anyhow::Result<u32> {
-        let prog: &mut aya::programs::CgroupSkb =
-            super::object::program_mut(&mut self.ebpf, name, "a cgroup_skb program")?;
-        Ok(run_program(prog, frame, 1)?.0)
-    }
-
-    /// Runs the egress hook once on `frame` (Ethernet, as the test run takes it; the hook sees
-    /// it from the IP header); returns its verdict (1: pass).
-    pub fn test_run_out(&mut self, frame: &[u8]) -> anyhow::Result<u32> {
-        self.run(firewall_common::DNS_LOOPBACK_OUT_PROGRAM, frame)
-    }
-
-    /// The same with the ingress hook.
-    pub fn test_run_in(&mut self, frame: &[u8]) -> anyhow::Result<u32> {
-        self.run(firewall_common::DNS_LOOPBACK_IN_PROGRAM, frame)
+    /// Runs the program once on `frame` (Ethernet, as on `lo`); returns its TC action.
+    pub fn test_run(&mut self, frame: &[u8]) -> anyhow::Result<i32> {
+        let prog: &mut aya::programs::SchedClassifier = super::object::program_mut(
+            &mut self.ebpf,
+            firewall_common::DNS_LOOPBACK_PROGRAM,
+            "a TC program",
+        )?;
+        Ok(run_program(prog, frame, 1)?.0 as i32)
     }
 }
 

@@ -18,6 +18,17 @@ use std::{
 
 use super::{bpffs::BpfFs, cgroup::TestCgroup, netns::NetNs};
 
+thread_local! {
+    /// Seconds a daemon started on this thread has to become ready (times the slowdown).
+    static READY_WITHIN: std::cell::Cell<u64> = const { std::cell::Cell::new(20) };
+}
+
+/// Gives daemons this thread starts from now on `secs` to become ready: for a test whose
+/// daemon has much to load (a million names), on a machine other tests keep busy.
+pub fn ready_within(secs: u64) {
+    READY_WITHIN.with(|c| c.set(secs));
+}
+
 pub struct Daemon {
     child: Child,
     pub socket: PathBuf,
@@ -213,8 +224,9 @@ impl Daemon {
     }
 
     fn wait_ready(&mut self, ready: &mpsc::Receiver<String>) {
+        let within = READY_WITHIN.with(std::cell::Cell::get);
         if ready
-            .recv_timeout(Duration::from_secs(20) * super::slowdown())
+            .recv_timeout(Duration::from_secs(within) * super::slowdown())
             .is_err()
         {
             let status = self.child.try_wait().ok().flatten();
