@@ -157,8 +157,8 @@ pub struct NameSlot {
 /// [`NameSlot::group`] of the rules without `program`, `unit` or `user`.
 pub const NO_GROUP: u32 = u32::MAX;
 
-/// Value of [`crate::maps::DNS_ON`]: what the loopback hooks, which belong to no generation,
-/// need of the rules in force. Written by the daemon when a generation goes in force.
+/// Value of [`crate::maps::DNS_ON`]: what the loopback program, which belongs to no
+/// generation, needs of the rules in force. Written by the daemon when a generation goes in force.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct DnsOn {

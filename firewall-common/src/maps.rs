@@ -138,15 +138,15 @@ pub const NAME_KEY: &str = "NAME_KEY";
 /// and wildcards, of the rules about every process and of each group (outbound copy).
 pub const NAMES: &str = "NAMES";
 /// Array with one [`super::dns::DnsOn`]: whether the rules in force read DNS answers, and
-/// their `[dns]` times. The loopback hooks, which belong to no generation, read it; the daemon
+/// their `[dns]` times. The loopback program, which belongs to no generation, reads it; the daemon
 /// writes it when a generation goes in force. Pinned.
 pub const DNS_ON: &str = "DNS_ON";
 /// Program array with one slot: `firewall_dns`, which the XDP programs tail-call to read a DNS
 /// answer. Set per generation when the rules name names.
 pub const DNS_PROGS: &str = "DNS_PROGS";
-/// Program array with one slot: `firewall_dns_loopback_read`, which the loopback ingress hook
-/// tail-calls to read an answer. Set when the loopback hooks are attached. Pinned (the copy
-/// of the object they come from is closed, and the kernel empties a program array no one
+/// Program array with one slot: `firewall_dns_loopback_read`, which the loopback program
+/// tail-calls to read an answer. Set when the loopback program is attached. Pinned (the copy
+/// of the object it comes from is closed, and the kernel empties a program array no one
 /// holds).
 pub const DNS_LOOPBACK_PROGS: &str = "DNS_LOOPBACK_PROGS";
 /// Per-CPU room for one DNS query being recorded (egress).

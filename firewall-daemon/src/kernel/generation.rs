@@ -68,7 +68,7 @@ pub struct Generation {
     pub id: u32,
     /// Runtime sets' updates of these maps, when the rules name runtime sets.
     pub runtime: Option<Box<Runtime>>,
-    /// What the loopback hooks read while this generation is in force ([`Self::in_force`]).
+    /// What the loopback program reads while this generation is in force ([`Self::in_force`]).
     dns_on: DnsOn,
 }
 
@@ -113,7 +113,7 @@ impl Generation {
         })
     }
 
-    /// Called once this generation is in force: tells the loopback hooks, which belong to no
+    /// Called once this generation is in force: tells the loopback program, which belongs to no
     /// generation, whether its rules read DNS answers and their `[dns]` times (`DNS_ON`).
     pub fn in_force(&mut self) -> anyhow::Result<()> {
         let mut a: Array<&mut MapData, DnsOn> =

@@ -20,7 +20,7 @@ use super::{bpffs::BpfFs, cgroup::TestCgroup, netns::NetNs};
 
 thread_local! {
     /// Seconds a daemon started on this thread has to become ready (times the slowdown).
-    static READY_WITHIN: std::cell::Cell<u64> = const { std::cell::Cell::new(20) };
+    static READY_WITHIN: std::cell::Cell<u64> = const { std::cell::Cell::new(30) };
 }
 
 /// Gives daemons this thread starts from now on `secs` to become ready: for a test whose
