@@ -16,7 +16,9 @@
 //!   matches no address by that name;
 //! - no answer (timeout, refused, SERVFAIL, no server) keeps the addresses looked up before,
 //!   if any, and asks again after [`RETRY`]: a DNS outage neither shuts the monitoring server
-//!   out nor lets a refused host in.
+//!   out nor lets a refused host in. A and AAAA are asked apart, and the name changes only
+//!   when both got a definitive answer: one family's lost query does not take the other's
+//!   addresses away.
 //!
 //! Every name is absolute (no search domains). The lookups of one resolution run together
 //! and end within [`TIMEOUT`], so a reload waits at most that long for them.
@@ -31,6 +33,7 @@ use hickory_resolver::{
     Resolver,
     config::{ConnectionConfig, NameServerConfig, ProtocolConfig, ResolverConfig, ResolverOpts},
     net::runtime::TokioRuntimeProvider,
+    proto::rr::RecordType,
 };
 use rules::model::DnsConfig;
 
@@ -279,40 +282,82 @@ fn ask(names: &[String], dns: &DnsConfig) -> Result<Vec<Answer>, String> {
         let resolver = resolver(dns)?;
         let mut lookups = tokio::task::JoinSet::new();
         for (i, name) in names.iter().enumerate() {
-            let (resolver, name) = (resolver.clone(), name.clone());
-            lookups.spawn(async move {
-                // Absolute: no search domain is tried.
-                let asked = tokio::time::timeout(TIMEOUT, resolver.lookup_ip(format!("{name}.")));
-                (i, answer(asked.await))
-            });
-        }
-        let mut out: Vec<Answer> = names
-            .iter()
-            .map(|_| Answer::Unanswered("the lookup did not end".to_owned()))
-            .collect();
-        while let Some(done) = lookups.join_next().await {
-            if let Ok((i, answer)) = done {
-                out[i] = answer;
+            for qtype in [RecordType::A, RecordType::AAAA] {
+                let (resolver, name) = (resolver.clone(), name.clone());
+                lookups.spawn(async move {
+                    // Absolute: no search domain is tried.
+                    let asked =
+                        tokio::time::timeout(TIMEOUT, resolver.lookup(format!("{name}."), qtype));
+                    (i, family(asked.await))
+                });
             }
         }
-        Ok(out)
+        let mut families: Vec<Vec<Family>> = names.iter().map(|_| Vec::new()).collect();
+        while let Some(done) = lookups.join_next().await {
+            if let Ok((i, family)) = done {
+                families[i].push(family);
+            }
+        }
+        Ok(families.into_iter().map(combine).collect())
     })
 }
 
-fn answer(
+/// What one family's query (A or AAAA) got.
+enum Family {
+    /// Its addresses, and until when they hold.
+    Addrs(Vec<IpAddr>, Instant),
+    /// The server says there is none (NXDOMAIN: `true`; or no record of the type).
+    Nothing { nx_domain: bool },
+    /// No definitive answer.
+    Unanswered(String),
+}
+
+fn family(
     asked: Result<
-        Result<hickory_resolver::lookup_ip::LookupIp, hickory_resolver::net::NetError>,
+        Result<hickory_resolver::lookup::Lookup, hickory_resolver::net::NetError>,
         tokio::time::error::Elapsed,
     >,
-) -> Answer {
+) -> Family {
     match asked {
-        Err(_) => Answer::Unanswered(format!("no answer within {}s", TIMEOUT.as_secs())),
-        Ok(Ok(found)) => addresses(found.iter().collect(), found.valid_until()),
-        Ok(Err(e)) if e.is_nx_domain() => Answer::NoAddress("no such name (NXDOMAIN)".to_owned()),
-        Ok(Err(e)) if e.is_no_records_found() => {
-            Answer::NoAddress("no A or AAAA record".to_owned())
+        Err(_) => Family::Unanswered(format!("no answer within {}s", TIMEOUT.as_secs())),
+        Ok(Ok(found)) => Family::Addrs(
+            found
+                .answers()
+                .iter()
+                .filter_map(|r| r.data.ip_addr())
+                .collect(),
+            found.valid_until(),
+        ),
+        Ok(Err(e)) if e.is_nx_domain() => Family::Nothing { nx_domain: true },
+        Ok(Err(e)) if e.is_no_records_found() => Family::Nothing { nx_domain: false },
+        Ok(Err(e)) => Family::Unanswered(e.to_string()),
+    }
+}
+
+/// A name's answer from both families' (two, unless a task failed): the name changes only when
+/// both got a definitive answer, so a lost or failed query of one family never takes the
+/// other family's addresses away, nor the name's (it keeps what it had).
+fn combine(families: Vec<Family>) -> Answer {
+    if families.len() < 2 {
+        return Answer::Unanswered("a lookup did not end".to_owned());
+    }
+    let mut addrs = Vec::new();
+    let mut until: Option<Instant> = None;
+    let mut nx_domain = false;
+    for f in families {
+        match f {
+            Family::Unanswered(why) => return Answer::Unanswered(why),
+            Family::Addrs(a, valid_until) => {
+                addrs.extend(a);
+                until = Some(until.map_or(valid_until, |u| u.min(valid_until)));
+            }
+            Family::Nothing { nx_domain: nx } => nx_domain |= nx,
         }
-        Ok(Err(e)) => Answer::Unanswered(e.to_string()),
+    }
+    match until {
+        Some(until) => addresses(addrs, until),
+        None if nx_domain => Answer::NoAddress("no such name (NXDOMAIN)".to_owned()),
+        None => Answer::NoAddress("no A or AAAA record".to_owned()),
     }
 }
 
@@ -378,6 +423,8 @@ fn resolver(dns: &DnsConfig) -> Result<Resolver<TokioRuntimeProvider>, String> {
     options.timeout = Duration::from_secs(2);
     options.attempts = 2;
     options.cache_size = 0;
+    // The servers only, not /etc/hosts: what the README says a name rule follows.
+    options.use_hosts_file = hickory_resolver::config::ResolveHosts::Never;
     let mut builder = Resolver::builder_with_config(config, TokioRuntimeProvider::default());
     *builder.options_mut() = options;
     builder.build().map_err(|e| format!("{e}"))
@@ -453,5 +500,36 @@ mod tests {
         let due = look_up_due(&["a.test", "b.test"], &dns, &before);
         assert_eq!(due, before);
         assert_eq!(due.addresses("b.test"), ips(&["192.0.2.2"]));
+    }
+}
+
+#[cfg(test)]
+mod families {
+    use super::*;
+
+    #[test]
+    fn a_name_changes_only_when_both_families_answered() {
+        let t = Instant::now();
+        let v4 = || Family::Addrs(vec!["192.0.2.1".parse().expect("address")], t);
+        let v6 = || Family::Addrs(vec!["2001:db8::1".parse().expect("address")], t);
+        let none = || Family::Nothing { nx_domain: false };
+        let lost = || Family::Unanswered("timeout".to_owned());
+        assert!(matches!(combine(vec![v4(), v6()]), Answer::Addrs(a, _) if a.len() == 2));
+        assert!(matches!(combine(vec![v4(), none()]), Answer::Addrs(a, _) if a.len() == 1));
+        // One family lost: the name keeps what it had, whatever the other says.
+        assert!(matches!(combine(vec![v4(), lost()]), Answer::Unanswered(_)));
+        assert!(matches!(
+            combine(vec![none(), lost()]),
+            Answer::Unanswered(_)
+        ));
+        assert!(matches!(combine(vec![v4()]), Answer::Unanswered(_)));
+        assert!(matches!(
+            combine(vec![none(), none()]),
+            Answer::NoAddress(_)
+        ));
+        assert!(matches!(
+            combine(vec![Family::Nothing { nx_domain: true }, none()]),
+            Answer::NoAddress(why) if why.contains("NXDOMAIN")
+        ));
     }
 }
