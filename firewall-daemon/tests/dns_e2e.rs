@@ -1089,6 +1089,12 @@ proto = "tcp"
 port = {INBOUND_PORT}
 remote = ["monitor.lab.test"]
 action = "allow"
+
+# Whatever the name looks up to, 10.200.0.16 stays out.
+[[assert]]
+in = "tcp {INBOUND_PORT}"
+from = "10.200.0.16"
+expect = "stealth"
 "#
     );
     let lab = Lab::new(&rules);
@@ -1163,4 +1169,15 @@ action = "allow"
     let entry = looked_up(&lab, |l| addrs(l) == serde_json::json!([]));
     assert!(!entry["error"].is_null(), "{entry:#}");
     assert_eq!(connect_from(&lab, "10.200.0.11", "10.200.0.2"), "filtered");
+
+    // An answer that would break an [[assert]] is refused as a reload would be: the name
+    // keeps the addresses it had (none), and the daemon says why.
+    lab.set_monitor(Some(Zone::Addrs(vec![ip("10.200.0.16")], 1)));
+    let deadline = Instant::now() + Duration::from_secs(20 * u64::from(support::slowdown()));
+    while !lab.daemon.stderr().contains("would break an [[assert]]") {
+        assert!(Instant::now() < deadline, "{}", lab.daemon.stderr());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(addrs(&looked_up(&lab, |_| true)), serde_json::json!([]));
+    assert_eq!(connect_from(&lab, "10.200.0.16", "10.200.0.2"), "filtered");
 }

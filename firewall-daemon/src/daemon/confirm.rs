@@ -28,6 +28,9 @@ use rules::model::Ruleset;
 pub(super) struct Pending {
     /// What comes back at the deadline.
     pub(super) rules: Ruleset,
+    /// What their programs, units and names resolved to: a rollback keeps the addresses the
+    /// names had (unless due), rather than depend on DNS answering at the deadline.
+    pub(super) resolved: Resolved,
     pub(super) generation: u64,
     pub(super) deadline: Instant,
     pub(super) deadline_wall: jiff::Timestamp,
@@ -112,19 +115,24 @@ impl State {
         }
         // The rules to roll back to, kept only when a rollback is armed: a copy of 100,000
         // rules is not free.
-        let before = o
-            .confirm_secs
-            .map(|_| (self.ruleset.clone(), self.generation_no));
+        let before = o.confirm_secs.map(|_| {
+            (
+                self.ruleset.clone(),
+                self.resolved.clone(),
+                self.generation_no,
+            )
+        });
         let mut data = self.switch_to(new_rules, resolved, o.recheck, Instant::now())?;
         data.lockout = lockout;
         if let (Some(secs), Some(before)) = (o.confirm_secs, before) {
-            let (rules, generation) = match self.pending.take() {
-                Some(p) => (p.rules, p.generation),
+            let (rules, resolved, generation) = match self.pending.take() {
+                Some(p) => (p.rules, p.resolved, p.generation),
                 None => before,
             };
             let wait = Duration::from_secs(secs);
             self.pending = Some(Pending {
                 rules,
+                resolved,
                 generation,
                 deadline: Instant::now() + wait,
                 deadline_wall: jiff::Timestamp::now()
@@ -239,7 +247,7 @@ impl State {
     /// The deadline passed without `fwctl confirm`: the rules it holds come back.
     pub(super) fn roll_back(&mut self) {
         let Some(p) = self.pending.take() else { return };
-        let resolved = Resolved::resolve_after(&p.rules, &self.cgroup.path, &self.resolved);
+        let resolved = Resolved::resolve_after(&p.rules, &self.cgroup.path, &p.resolved);
         let unconfirmed = self.generation_no;
         match self.reload_resolved(p.rules, resolved, false) {
             Ok(d) => warn!(

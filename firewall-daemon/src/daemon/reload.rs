@@ -148,8 +148,22 @@ impl State {
             return Ok(None);
         }
         let rules = self.ruleset.clone();
-        self.switch_to(rules, resolved, false, Instant::now())
-            .map(Some)
+        // If the change cannot be made, the names are not asked again before they were due
+        // to be: no recompile every RESOLVE_PERIOD that fails the same way.
+        let due = resolved.lookups.clone();
+        // An `[[assert]]` holds whatever changed, the names' addresses too.
+        let result = crate::explain::refuse_broken(&rules, &resolved)
+            .map_err(|e| {
+                e.context(
+                    "the addresses the names look up to now would break an [[assert]]; the \
+                     rules keep the addresses they had",
+                )
+            })
+            .and_then(|()| self.switch_to(rules, resolved, false, Instant::now()));
+        if result.is_err() {
+            self.resolved.lookups.postpone_like(&due);
+        }
+        result.map(Some)
     }
 
     /// Builds the new generation for `new_rules` with their selectors resolved as `resolved`,

@@ -122,6 +122,16 @@ impl Lookups {
             .unwrap_or_default()
     }
 
+    /// Each name is next asked when `newer` says, its addresses unchanged (a change that could
+    /// not be made is not retried before then).
+    pub fn postpone_like(&mut self, newer: &Lookups) {
+        for (name, l) in &mut self.by_name {
+            if let Some(n) = newer.by_name.get(name) {
+                l.refresh = n.refresh;
+            }
+        }
+    }
+
     /// For every name that got no answer, the addresses `before` had for it.
     fn keep_unanswered(&mut self, before: &Lookups) {
         for (name, now) in &mut self.by_name {
