@@ -7,7 +7,8 @@
 //! `DNS_ON` tells it what the rules in force want. Where the kernel has TCX (6.6) its link is
 //! pinned as `links/dns-lo`, a name no interface's link has, so the interfaces' bookkeeping
 //! leaves it alone; before TCX it is a cls_bpf filter at the egress filters' priority and
-//! handle, found again by that and removed by program name.
+//! handle, found again by that and removed by program name, its program pinned as
+//! `links/dns-lo-filter` to say so.
 
 use std::path::{Path, PathBuf};
 
@@ -29,9 +30,10 @@ fn pin(pin_dir: &Path) -> PathBuf {
     pin_dir.join(LINK_DIR).join("dns-lo")
 }
 
-/// Written beside the links while a cls_bpf filter (no pin) is attached: what says so.
+/// Where the program is pinned while it is a cls_bpf filter (which has no link to pin): what
+/// says it is attached (bpffs holds pins only).
 fn netlink_marker(pin_dir: &Path) -> PathBuf {
-    pin_dir.join(LINK_DIR).join("dns-lo.netlink")
+    pin_dir.join(LINK_DIR).join("dns-lo-filter")
 }
 
 /// A copy of the object with the loopback program and its reader loaded (the reader in
@@ -78,8 +80,14 @@ fn attach(pin_dir: &Path) -> anyhow::Result<()> {
     match links::pin_egress_link(link, &pin(pin_dir))? {
         EgressLink::Tcx(_) => {}
         EgressLink::Netlink { .. } => {
-            std::fs::write(netlink_marker(pin_dir), b"")
-                .context("recording the loopback filter")?;
+            let marker = netlink_marker(pin_dir);
+            let _ = std::fs::remove_file(&marker);
+            prog.pin(&marker).with_context(|| {
+                format!(
+                    "pinning the loopback filter's program at {}",
+                    marker.display()
+                )
+            })?;
         }
     }
     Ok(())
