@@ -206,8 +206,15 @@ pub(super) fn start(
     let hooks = attach_hooks(&mut outbound, &cgroup, &pin_dir)?;
     let listened = start_listener_table(&cgroup, &pin_dir, adopting, &mut degraded)?;
     generation.in_force()?;
-    kernel::loopback::sync(ruleset.reads_names(), true, &pin_dir)
-        .map_err(|e| e.context("the loopback program (names)"))?;
+    // A resolver on the host answering over lo is then not read: names learnt from the wire
+    // still work, and the firewall is not left down for it (fwctl status says so).
+    if let Err(e) = kernel::loopback::sync(ruleset.reads_names(), true, &pin_dir) {
+        warn!("the loopback program could not be attached: {e:#}");
+        degraded.push(format!(
+            "a resolver on this host answering over lo is not read (the loopback program \
+             could not be attached: {e:#}): names its cache gives are not known"
+        ));
+    }
     info!("listener table: {listened} socket(s) bound before the daemon started recorded");
     let released = rejudge_stealth(&ruleset, &resolved, &pin_dir);
     if released > 0 {
