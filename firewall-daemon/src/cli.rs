@@ -369,14 +369,16 @@ reloaded), [defaults] inbound, host (outbound), host socket at start-up, or host
         #[arg(long)]
         json: bool,
     },
-    /// The names outbound rules match addresses by: each name the host's DNS answers gave
-    /// some addresses, the addresses and how long they keep it, and the rules naming it.
+    /// The names rules match addresses by: each name the host's DNS answers gave some
+    /// addresses (outbound), and each name the daemon looked up for the inbound rules.
     #[command(
         long_about = "The names outbound rules match addresses by, learnt from the DNS answers \
 the host received (see \"Outbound rules by name\" in the README), one name a line with its \
 addresses, the time each keeps the name, and the outbound rules that name it. Bytes of a name \
 other than letters, digits, '-' and '_' are shown as \\DDD. Answers are read only while some \
-outbound rule names a name.",
+outbound rule names a name. Then, under \"looked up for the inbound rules\", the names of the \
+inbound rules (see \"Inbound rules by name\"): the addresses the daemon looked up, when it asks \
+again, why the last lookup gave nothing (if it did), and the rules naming each.",
         after_help = "Examples:\n  fwctl dns\n  fwctl dns --json | jq '.names[] | select(.rules != [])'"
     )]
     Dns {
