@@ -43,16 +43,6 @@ pub const TIMEOUT: Duration = Duration::from_secs(4);
 /// the addresses it had), so a server cannot swell the rules.
 pub const MAX_ADDRESSES: usize = 64;
 
-/// Whether packets from the network may come from `addr`.
-fn from_the_network(addr: IpAddr) -> bool {
-    match addr {
-        IpAddr::V4(a) => {
-            !(a.is_unspecified() || a.is_loopback() || a.is_multicast() || a.is_broadcast())
-        }
-        IpAddr::V6(a) => !(a.is_unspecified() || a.is_loopback() || a.is_multicast()),
-    }
-}
-
 /// When a name with no answer is asked again (sooner when `[dns] min_ttl` is shorter).
 pub const RETRY: Duration = Duration::from_secs(30);
 
@@ -93,8 +83,8 @@ impl PartialEq for Lookups {
 impl Eq for Lookups {}
 
 impl Lookups {
-    /// Lookups that gave these addresses, due again in a day (for tests and `fwctl`'s
-    /// questions about given addresses).
+    /// Lookups that gave these addresses, due again in a day (for tests).
+    #[cfg(test)]
     pub fn fixed(by_name: BTreeMap<String, Vec<IpAddr>>) -> Self {
         let refresh = Instant::now() + Duration::from_secs(86_400);
         Self {
@@ -210,7 +200,7 @@ pub fn look_up_due(names: &[&str], dns: &DnsConfig, before: &Lookups) -> Lookups
 /// Looks up every name of `names` (A and AAAA), all together, within [`TIMEOUT`]. Safe to call
 /// from anywhere, an async task included: the lookups run on a thread and runtime of their
 /// own.
-pub fn look_up(names: &[&str], dns: &DnsConfig) -> Lookups {
+fn look_up(names: &[&str], dns: &DnsConfig) -> Lookups {
     if names.is_empty() {
         return Lookups {
             servers: dns.servers.clone(),
@@ -233,35 +223,32 @@ pub fn look_up(names: &[&str], dns: &DnsConfig) -> Lookups {
     };
     // A name without an answer is asked again sooner when `min_ttl` is shorter.
     let retry = RETRY.min(Duration::from_secs(u64::from(dns.min_ttl.max(1))));
+    // No lookup could be made at all: every name is unanswered, for the same reason.
+    let answers = answers.unwrap_or_else(|why| {
+        names
+            .iter()
+            .map(|_| Answer::Unanswered(why.clone()))
+            .collect()
+    });
     let by_name = names
         .iter()
-        .enumerate()
-        .map(|(i, name)| {
-            let lookup = match answers.as_ref().map(|a| &a[i]) {
-                Ok(Answer::Addrs(addrs, valid_until)) => Lookup {
-                    addrs: addrs.clone(),
-                    error: None,
-                    kept: false,
-                    refresh: now + clamp(valid_until.saturating_duration_since(now)),
-                },
-                Ok(Answer::NoAddress(why)) => Lookup {
-                    addrs: Vec::new(),
-                    error: Some(why.clone()),
-                    kept: false,
-                    refresh: now + retry,
-                },
-                Ok(Answer::Unanswered(why)) => Lookup {
-                    addrs: Vec::new(),
-                    error: Some(why.clone()),
-                    kept: true,
-                    refresh: now + retry,
-                },
-                Err(why) => Lookup {
-                    addrs: Vec::new(),
-                    error: Some(why.clone()),
-                    kept: true,
-                    refresh: now + retry,
-                },
+        .zip(answers)
+        .map(|(name, answer)| {
+            let (addrs, error, kept, refresh) = match answer {
+                Answer::Addrs(addrs, valid_until) => (
+                    addrs,
+                    None,
+                    false,
+                    now + clamp(valid_until.saturating_duration_since(now)),
+                ),
+                Answer::NoAddress(why) => (Vec::new(), Some(why), false, now + retry),
+                Answer::Unanswered(why) => (Vec::new(), Some(why), true, now + retry),
+            };
+            let lookup = Lookup {
+                addrs,
+                error,
+                kept,
+                refresh,
             };
             (name.clone(), lookup)
         })
@@ -402,6 +389,16 @@ fn addresses(found: Vec<IpAddr>, valid_until: Instant) -> Answer {
     }
 }
 
+/// Whether packets from the network may come from `addr`.
+fn from_the_network(addr: IpAddr) -> bool {
+    match addr {
+        IpAddr::V4(a) => {
+            !(a.is_unspecified() || a.is_loopback() || a.is_multicast() || a.is_broadcast())
+        }
+        IpAddr::V6(a) => !(a.is_unspecified() || a.is_loopback() || a.is_multicast()),
+    }
+}
+
 /// A resolver asking `[dns] servers`, else those of /etc/resolv.conf, over UDP (TCP when an
 /// answer is truncated).
 fn resolver(dns: &DnsConfig) -> Result<Resolver<TokioRuntimeProvider>, String> {
@@ -511,11 +508,6 @@ mod tests {
         assert_eq!(due, before);
         assert_eq!(due.addresses("b.test"), ips(&["192.0.2.2"]));
     }
-}
-
-#[cfg(test)]
-mod families {
-    use super::*;
 
     #[test]
     fn a_name_changes_only_when_both_families_answered() {

@@ -127,9 +127,7 @@ impl Resolved {
     /// units are searched (the daemon's configured `[daemon] cgroup`, which is the cgroup2
     /// mount by default; tests pass a cgroup of their own).
     pub fn resolve(ruleset: &Ruleset, cgroup_root: &Path) -> Self {
-        let mut out = Self::resolve_selectors(ruleset, cgroup_root);
-        out.lookups = super::lookups::look_up(&ruleset.lookups(), &ruleset.dns);
-        out
+        Self::resolve_after(ruleset, cgroup_root, &Resolved::default())
     }
 
     /// [`Self::resolve`] after `before`: only the names whose records expired (or that are
