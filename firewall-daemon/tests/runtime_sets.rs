@@ -185,9 +185,11 @@ impl Fail2ban {
             log,
             dir,
         };
-        // Ready once the jail answers (measured: about 0.2 s).
+        // Ready once the server lists the jail (measured: about 0.2 s). Asked with `status`,
+        // which every started server answers: `status JAIL` before the jail exists is logged
+        // as a failed command, which the end of the test would take for a failed action.
         let deadline = Instant::now() + Duration::from_secs(20) * support::slowdown();
-        while !f2b.client(&["status", JAIL]).status.success() {
+        while !f2b.lists_jail() {
             assert!(
                 Instant::now() < deadline,
                 "fail2ban-server did not start its jail:\n{}",
@@ -196,6 +198,17 @@ impl Fail2ban {
             std::thread::sleep(Duration::from_millis(50));
         }
         f2b
+    }
+
+    /// Whether `fail2ban-client status` answers with JAIL in its jail list
+    /// (`` `- Jail list:\tsshd ``).
+    fn lists_jail(&self) -> bool {
+        let out = self.client(&["status"]);
+        out.status.success()
+            && String::from_utf8_lossy(&out.stdout).lines().any(|l| {
+                l.split_once("Jail list:")
+                    .is_some_and(|(_, jails)| jails.split(',').any(|j| j.trim() == JAIL))
+            })
     }
 
     fn client(&self, args: &[&str]) -> Output {
