@@ -65,8 +65,28 @@ pub struct Lookup {
 #[derive(Clone, Debug, Default)]
 pub struct Lookups {
     pub by_name: BTreeMap<String, Lookup>,
-    /// The servers asked (`[dns] servers`; empty: /etc/resolv.conf's).
+    asked_with: AskedWith,
+}
+
+/// What lookups were made with: the servers asked (`[dns] servers`; empty: /etc/resolv.conf's)
+/// and the limits the records' TTLs were clamped to. A reload that changes any of them asks
+/// every name again: a `max_ttl` brought down from a day to a minute is what the user wants
+/// now, not in a day.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct AskedWith {
     servers: Vec<std::net::SocketAddr>,
+    min_ttl: u32,
+    max_ttl: u32,
+}
+
+impl AskedWith {
+    fn of(dns: &DnsConfig) -> Self {
+        Self {
+            servers: dns.servers.clone(),
+            min_ttl: dns.min_ttl,
+            max_ttl: dns.max_ttl,
+        }
+    }
 }
 
 impl PartialEq for Lookups {
@@ -83,7 +103,8 @@ impl PartialEq for Lookups {
 impl Eq for Lookups {}
 
 impl Lookups {
-    /// Lookups that gave these addresses, due again in a day (for tests).
+    /// Lookups that gave these addresses, due again in a day, made with the default `[dns]`
+    /// (for tests).
     #[cfg(test)]
     pub fn fixed(by_name: BTreeMap<String, Vec<IpAddr>>) -> Self {
         let refresh = Instant::now() + Duration::from_secs(86_400);
@@ -100,7 +121,7 @@ impl Lookups {
                     (name, lookup)
                 })
                 .collect(),
-            servers: Vec::new(),
+            asked_with: AskedWith::of(&DnsConfig::default()),
         }
     }
 
@@ -170,16 +191,16 @@ fn join(addrs: &[IpAddr]) -> String {
 }
 
 /// [`look_up`] for the names of `names` that `before` does not have, or whose records expired
-/// (all of them when the servers changed); the others keep what `before` has. A name no server
+/// (all of them when the servers or the TTL limits changed); the others keep what `before` has. A name no server
 /// answered for keeps the addresses `before` had for it.
 pub fn look_up_due(names: &[&str], dns: &DnsConfig, before: &Lookups) -> Lookups {
     let now = Instant::now();
-    let same_servers = before.servers == dns.servers;
+    let asked_alike = before.asked_with == AskedWith::of(dns);
     let fresh = |name: &str| {
         before
             .by_name
             .get(name)
-            .filter(|l| same_servers && l.refresh > now)
+            .filter(|l| asked_alike && l.refresh > now)
     };
     let due: Vec<&str> = names
         .iter()
@@ -193,7 +214,7 @@ pub fn look_up_due(names: &[&str], dns: &DnsConfig, before: &Lookups) -> Lookups
             out.by_name.insert((*name).to_owned(), l.clone());
         }
     }
-    out.servers.clone_from(&dns.servers);
+    out.asked_with = AskedWith::of(dns);
     out
 }
 
@@ -203,7 +224,7 @@ pub fn look_up_due(names: &[&str], dns: &DnsConfig, before: &Lookups) -> Lookups
 fn look_up(names: &[&str], dns: &DnsConfig) -> Lookups {
     if names.is_empty() {
         return Lookups {
-            servers: dns.servers.clone(),
+            asked_with: AskedWith::of(dns),
             ..Lookups::default()
         };
     }
@@ -255,7 +276,7 @@ fn look_up(names: &[&str], dns: &DnsConfig) -> Lookups {
         .collect();
     Lookups {
         by_name,
-        servers: dns.servers.clone(),
+        asked_with: AskedWith::of(dns),
     }
 }
 
@@ -507,6 +528,55 @@ mod tests {
         let due = look_up_due(&["a.test", "b.test"], &dns, &before);
         assert_eq!(due, before);
         assert_eq!(due.addresses("b.test"), ips(&["192.0.2.2"]));
+    }
+
+    #[test]
+    fn other_servers_or_ttl_limits_ask_every_name_again() {
+        // A server that refuses every query: a name asked keeps its addresses and says why,
+        // one not asked has no error.
+        let server = std::net::UdpSocket::bind("127.0.0.1:0").expect("a server's socket");
+        let nobody = DnsConfig {
+            servers: vec![server.local_addr().expect("its address")],
+            ..DnsConfig::default()
+        };
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 512];
+            // Ends with the test's process.
+            while let Ok((n, from)) = server.recv_from(&mut buf) {
+                if n >= 12 {
+                    // The query back as a response (QR), REFUSED.
+                    buf[2] |= 0x80;
+                    buf[3] = (buf[3] & 0xf0) | 5;
+                    let _ = server.send_to(&buf[..n], from);
+                }
+            }
+        });
+        let before = |servers: &[std::net::SocketAddr]| {
+            let mut l =
+                Lookups::fixed(BTreeMap::from([("a.test".to_owned(), ips(&["192.0.2.1"]))]));
+            l.asked_with.servers = servers.to_vec();
+            l
+        };
+        let asked = |dns: &DnsConfig, before: &Lookups| {
+            let out = look_up_due(&["a.test"], dns, before);
+            assert_eq!(out.addresses("a.test"), ips(&["192.0.2.1"]));
+            out.by_name["a.test"].error.is_some()
+        };
+        let same = before(&nobody.servers);
+        assert!(!asked(&nobody, &same), "nothing changed: not due");
+        assert!(asked(&nobody, &before(&[])), "other servers");
+        for dns in [
+            DnsConfig {
+                max_ttl: 60,
+                ..nobody.clone()
+            },
+            DnsConfig {
+                min_ttl: 5,
+                ..nobody.clone()
+            },
+        ] {
+            assert!(asked(&dns, &same), "other TTL limits: {dns:?}");
+        }
     }
 
     #[test]
