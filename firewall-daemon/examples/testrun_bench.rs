@@ -38,7 +38,9 @@
 //! consumed by its answer), with a rule set that names a name (the answer read and recorded)
 //! against the same rules naming an address instead (the answer only passes), alternating in
 //! one run; for an answer of one A record, one of a CNAME chain and 8 A records, and for an
-//! answer to no query. Prints a Markdown table: per answer, the median of each run's median,
+//! answer to no query. Then the loopback program's time (single shot) for a TCP segment, a DNS
+//! query and its answer sent over `lo`, with `DNS_ON` on (the first rule set) against off (the
+//! second: the program returns at once). Prints a Markdown table: per answer, the median of each run's median,
 //! with the range of the runs' medians; with `--json`, one JSON document (each run's medians
 //! too) that `cargo xtask bench` turns into BENCHMARKS.md's "Names".
 //!
@@ -71,7 +73,7 @@ const XDP_DROP: u32 = 1;
 const XDP_PASS: u32 = 2;
 use firewall_daemon::{
     compile,
-    kernel::{BlocklistProgram, FrameGenerator, Generation, PassProgram},
+    kernel::{BlocklistProgram, FrameGenerator, Generation, Loopback, PassProgram},
 };
 use nix::{
     mount::{MntFlags, MsFlags, mount, umount2},
@@ -474,6 +476,19 @@ fn dns_answer(id: u16, name: &str, cnames: usize, addrs: u8) -> Vec<u8> {
     m.to_vec().expect("answer")
 }
 
+/// The query `answer` (of [`dns_answer`], for www.example.test) answers, as the host sends it:
+/// the answer's header (not a response, one question) and its question.
+fn query_for(answer: &[u8]) -> Vec<u8> {
+    // www.example.test: its labels with their lengths, the root, type and class.
+    let question_len = "www.example.test".len() + 2 + 4;
+    let mut query = answer[..12].to_vec();
+    query[2] = 0x01;
+    query[3] = 0;
+    query[6..12].fill(0);
+    query.extend_from_slice(&answer[12..12 + question_len]);
+    query
+}
+
 /// `dns`: see the module's documentation.
 fn dns_bench(bpffs: &Path, opts: &Opts) -> anyhow::Result<Value> {
     const RUNS: usize = 3;
@@ -506,8 +521,6 @@ fn dns_bench(bpffs: &Path, opts: &Opts) -> anyhow::Result<Value> {
         ("unsolicited", "to no query (ignored)", 0, 1, false),
     ];
     let mut port: u16 = 20000;
-    // www.example.test: its labels with their lengths, the root, type and class.
-    let question_len = "www.example.test".len() + 2 + 4;
     let mut rows = Vec::new();
     for (key, label, cnames, addrs, asked) in kinds {
         eprintln!("testrun_bench: DNS answer, {label}");
@@ -519,13 +532,7 @@ fn dns_bench(bpffs: &Path, opts: &Opts) -> anyhow::Result<Value> {
                     port = if port >= 60000 { 20000 } else { port + 1 };
                     let id = k as u16;
                     let answer = dns_answer(id, "www.example.test.", cnames, addrs);
-                    // The query, as the host sends it: the answer's header (not a response,
-                    // one question) and its question.
-                    let mut query = answer[..12].to_vec();
-                    query[2] = 0x01;
-                    query[3] = 0;
-                    query[6..12].fill(0);
-                    query.extend_from_slice(&answer[12..12 + question_len]);
+                    let mut query = query_for(&answer);
                     if asked {
                         g.test_run_egress(&dns_frame(true, port, &query))?;
                     } else {
@@ -555,11 +562,13 @@ fn dns_bench(bpffs: &Path, opts: &Opts) -> anyhow::Result<Value> {
             "passed_runs": medians[1],
         }));
     }
+    let loopback = loopback_bench(bpffs, &mut gens, shots, RUNS)?;
     let c = gens[0].0.counters()?;
     Ok(json!({
         "runs": RUNS,
         "shots": shots,
         "rows": rows,
+        "loopback": loopback,
         "counters": {
             "dns_answers": c["dns_answers"],
             "dns_addresses": c["dns_addresses"],
@@ -567,6 +576,91 @@ fn dns_bench(bpffs: &Path, opts: &Opts) -> anyhow::Result<Value> {
             "dns_malformed": c["dns_malformed"],
         },
     }))
+}
+
+/// A frame sent over `lo` (zero MAC addresses, as the kernel builds them there): UDP or TCP
+/// from `src` to `dst`.
+fn lo_frame(src: ([u8; 4], u16), dst: ([u8; 4], u16), tcp: bool, payload: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    let ip = PacketBuilder::ethernet2([0; 6], [0; 6]).ipv4(src.0, dst.0, 64);
+    if tcp {
+        ip.tcp(src.1, dst.1, 1, 65535)
+            .ack(1)
+            .psh()
+            .write(&mut out, payload)
+    } else {
+        ip.udp(src.1, dst.1).write(&mut out, payload)
+    }
+    .expect("frame");
+    out
+}
+
+/// The loopback program's part of `dns`: its time for packets a program of the host sends
+/// over `lo` while the rules read names (`DNS_ON` on: `gens[0]`) against its time when they do
+/// not (`gens[1]`: it returns at once, the floor of any TC program; the daemon does not even
+/// attach it then). Single shot, each shot a TCP segment between two local ports (what most
+/// `lo` traffic is), a query to a resolver on 127.0.0.53 from a new port (recorded), and that
+/// resolver's answer of one A record (read).
+fn loopback_bench(
+    bpffs: &Path,
+    gens: &mut [(Generation, firewall_daemon::kernel::OutboundGeneration)],
+    shots: usize,
+    runs: usize,
+) -> anyhow::Result<Value> {
+    let mut los = Vec::new();
+    for (i, (g, _)) in gens.iter_mut().enumerate() {
+        // What the daemon does once a generation is in force: DNS_ON says what its rules read.
+        g.in_force()?;
+        los.push(Loopback::load(&bpffs.join(format!("dns{i}")))?);
+    }
+    let (client, resolver) = ([127, 0, 0, 1], [127, 0, 0, 53]);
+    let before = gens[0].0.counters()?["dns_answers"];
+    let kinds = ["tcp", "query", "answer"];
+    // [kind][rule set][run]: each run's median.
+    let mut medians = vec![[Vec::new(), Vec::new()]; kinds.len()];
+    let mut port: u16 = 20000;
+    eprintln!("testrun_bench: the loopback program");
+    for _ in 0..runs {
+        for (i, lo) in los.iter_mut().enumerate() {
+            let mut v = vec![Vec::with_capacity(shots); kinds.len()];
+            for k in 0..shots {
+                port = if port >= 60000 { 20000 } else { port + 1 };
+                let answer = dns_answer(k as u16, "www.example.test.", 0, 1);
+                let query = query_for(&answer);
+                let frames = [
+                    lo_frame((client, port), (client, 8080), true, &[0; 100]),
+                    lo_frame((client, port), (resolver, 53), false, &query),
+                    lo_frame((resolver, 53), (client, port), false, &answer),
+                ];
+                for (kind, frame) in frames.iter().enumerate() {
+                    v[kind].push(lo.time_run(frame, 1)?);
+                }
+            }
+            for (kind, v) in v.into_iter().enumerate() {
+                medians[kind][i].push(Stat::of(v).median);
+            }
+        }
+    }
+    let read = gens[0].0.counters()?["dns_answers"] - before;
+    anyhow::ensure!(
+        read == (runs * shots) as u64,
+        "the loopback program read {read} answers of {}",
+        runs * shots
+    );
+    let rows: Vec<Value> = kinds
+        .iter()
+        .zip(medians)
+        .map(|(key, [on, off])| {
+            json!({
+                "key": key,
+                "read": Stat::of(on.clone()).json(),
+                "passed": Stat::of(off.clone()).json(),
+                "read_runs": on,
+                "passed_runs": off,
+            })
+        })
+        .collect();
+    Ok(json!({ "runs": runs, "shots": shots, "rows": rows, "answers_read": read }))
 }
 
 fn print_dns_markdown(doc: &Value) {
@@ -584,6 +678,22 @@ fn print_dns_markdown(doc: &Value) {
         println!(
             "| {} | {} | {} | {:.0} |",
             row["answer"].as_str().unwrap_or("?"),
+            stat_cell(&row["read"], 0),
+            stat_cell(&row["passed"], 0),
+            median(&row["read"]) - median(&row["passed"])
+        );
+    }
+    let lo = &doc["loopback"];
+    println!(
+        "\nthe loopback program, single shot, ns: names read against not read ({} runs of {})\n",
+        lo["runs"], lo["shots"]
+    );
+    println!("| packet on lo | names read | not read | difference |");
+    println!("|---|---:|---:|---:|");
+    for row in lo["rows"].as_array().into_iter().flatten() {
+        println!(
+            "| {} | {} | {} | {:.0} |",
+            row["key"].as_str().unwrap_or("?"),
             stat_cell(&row["read"], 0),
             stat_cell(&row["passed"], 0),
             median(&row["read"]) - median(&row["passed"])

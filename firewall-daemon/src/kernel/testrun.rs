@@ -78,8 +78,6 @@ fn time_program(prog: &Xdp, frame: &[u8], repeat: u32) -> anyhow::Result<f64> {
     Ok(run_program(prog, frame, repeat)?.2)
 }
 
-/// The object's pass-everything program, loaded on its own: for veth peers in tests (native
-/// XDP_TX on veth is only delivered when the peer has an XDP program) and as the benchmark floor.
 /// The loopback program (`loopback::load`), loaded and not attached: a test run's socket
 /// buffer has a socket, as the host's programs' packets on `lo` have.
 pub struct Loopback {
@@ -95,15 +93,26 @@ impl Loopback {
 
     /// Runs the program once on `frame` (Ethernet, as on `lo`); returns its TC action.
     pub fn test_run(&mut self, frame: &[u8]) -> anyhow::Result<i32> {
+        Ok(self.run(frame, 1)?.0 as i32)
+    }
+
+    /// The program's time for `frame`, in ns (the kernel's average over `repeat` runs).
+    pub fn time_run(&mut self, frame: &[u8], repeat: u32) -> anyhow::Result<f64> {
+        Ok(self.run(frame, repeat)?.2)
+    }
+
+    fn run(&mut self, frame: &[u8], repeat: u32) -> anyhow::Result<(u32, Vec<u8>, f64)> {
         let prog: &mut aya::programs::SchedClassifier = super::object::program_mut(
             &mut self.ebpf,
             firewall_common::DNS_LOOPBACK_PROGRAM,
             "a TC program",
         )?;
-        Ok(run_program(prog, frame, 1)?.0 as i32)
+        run_program(prog, frame, repeat)
     }
 }
 
+/// The object's pass-everything program, loaded on its own: for veth peers in tests (native
+/// XDP_TX on veth is only delivered when the peer has an XDP program) and as the benchmark floor.
 pub struct PassProgram {
     ebpf: Ebpf,
 }
