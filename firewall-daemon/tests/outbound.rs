@@ -1078,3 +1078,71 @@ fn cgroup_must_be_a_cgroup2_directory() {
         );
     }
 }
+
+/// The outbound hooks run in the calling task, where the XDP program (in a softirq on
+/// interrupt exit) or, on a preemptible kernel, another task's hook can run on the same CPU in
+/// the middle of one. A per-CPU scratch map the hooks shared with the XDP program let an
+/// arriving packet's address, port and listener stand in for a connect()'s destination and
+/// caller (`firewall-ebpf/src/scratch.rs`). That race cannot be made to happen at will in a
+/// test; what rules it out can be checked: the kernel says which maps each loaded hook uses,
+/// and the per-CPU ones must be those where a lost update costs a count.
+#[test]
+fn the_hooks_keep_their_keys_off_the_per_cpu_maps() {
+    use aya::maps::{MapInfo, MapType};
+    use firewall_daemon::kernel::{Hook, OutboundGeneration};
+
+    const ONLY_COUNTS: [&str; 3] = ["COUNTERS", "RULE_HITS", "LOG_BUDGET"];
+    let fs = support::bpffs::BpfFs::new();
+    let pin = fs.pin_dir("fw");
+    // Every path of the hooks is in the program whatever the rules: these name a program, a
+    // user and a name, so that each kind of lookup is at least configured.
+    let text = "[[rule]]\ndirection = \"out\"\nuser = \"root\"\nremote = [\"*.example.test\"]\n\
+                action = \"allow\"\n\n[[rule]]\ndirection = \"out\"\nprogram = \"/usr/bin/env\"\n\
+                port = 443\naction = \"reject\"\n";
+    let ruleset = config::parse(text, Path::new("hooks.toml")).expect("the test rules");
+    let _inbound = support::lab::Loaded::new(&ruleset, &pin, text);
+    let out = firewall_daemon::compile::compile_direction(
+        &ruleset,
+        rules::model::Direction::Out,
+        &Default::default(),
+    )
+    .expect("compiling the outbound rules");
+    let mut hooks = OutboundGeneration::load(&out, &ruleset, &pin, 1)
+        .unwrap_or_else(|e| panic!("loading the hooks: {e:#}"));
+    for hook in Hook::ALL {
+        let id = hooks.program_id(hook).expect("the hook's program id");
+        let info = aya::programs::loaded_programs()
+            .filter_map(Result::ok)
+            .find(|p| p.id() == id)
+            .expect("the kernel lists the loaded hook");
+        let Some(ids) = info.map_ids().expect("the hook's maps") else {
+            eprintln!("SKIPPED: this kernel does not say which maps a program uses");
+            return;
+        };
+        let per_cpu: Vec<String> = ids
+            .into_iter()
+            .map(|id| MapInfo::from_id(id).expect("a map the hook uses"))
+            .filter(|m| {
+                matches!(
+                    m.map_type(),
+                    Ok(MapType::PerCpuArray | MapType::PerCpuHash | MapType::LruPerCpuHash)
+                )
+            })
+            .map(|m| m.name_as_str().unwrap_or("?").to_owned())
+            .collect();
+        // The check sees the maps it is about: the counters are per-CPU and every hook counts.
+        assert!(
+            per_cpu.iter().any(|m| m == "COUNTERS"),
+            "{hook:?}: the kernel listed {per_cpu:?}"
+        );
+        let shared: Vec<&String> = per_cpu
+            .iter()
+            .filter(|m| !ONLY_COUNTS.contains(&m.as_str()))
+            .collect();
+        assert!(
+            shared.is_empty(),
+            "{hook:?} keeps state in per-CPU maps {shared:?}: a packet program or another \
+             task can overwrite it in the middle of the hook"
+        );
+    }
+}

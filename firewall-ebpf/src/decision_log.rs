@@ -88,7 +88,9 @@ pub(crate) fn reserve(word: u32, why: u32, now: u64) -> Option<RingBufEntry<LogE
         return None;
     }
     let bucket = LOG_BUDGET.get_ptr_mut(0)?;
-    // SAFETY: this CPU's slot; the programs are not re-entered on one CPU.
+    // SAFETY: this CPU's slot. A cgroup hook can be interrupted by a packet program (or
+    // preempted by another task's hook) on this CPU between its read and write of the bucket:
+    // one of the two updates is lost, a log line more or less, which is all the bucket decides.
     let bucket = unsafe { &mut *bucket };
     if !take_token(
         bucket,

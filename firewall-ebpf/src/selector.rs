@@ -112,6 +112,10 @@ fn unit_of(owner: &Owner) -> u64 {
 /// the groups' names are looked up too (the outbound hooks). The inbound path is another
 /// instance without them: the verifier counts a subprogram's whole frame whatever path runs,
 /// and the names' keys on the frame took the XDP program's chain of calls past 512 bytes.
+///
+/// Where the keys are built differs too (`scratch.rs` says why): the XDP program builds them
+/// in this CPU's scratch, the outbound hooks on their own stack, since an XDP program or
+/// another task may run on the same CPU in the middle of a hook.
 #[inline(always)]
 pub(crate) fn classify_owner<const NAMES: bool>(
     owner: &Owner,
@@ -119,9 +123,26 @@ pub(crate) fn classify_owner<const NAMES: bool>(
     proto: u32,
     port: u16,
 ) -> u32 {
-    let Some(s) = scratch() else {
-        return NO_MATCH;
-    };
+    if NAMES {
+        let mut own = Scratch::EMPTY;
+        classify_owner_in::<true>(&mut own, owner, remote, proto, port)
+    } else {
+        match scratch() {
+            Some(s) => classify_owner_in::<false>(s, owner, remote, proto, port),
+            None => NO_MATCH,
+        }
+    }
+}
+
+/// [`classify_owner`] with the keys built in `s`.
+#[inline(always)]
+fn classify_owner_in<const NAMES: bool>(
+    s: &mut Scratch,
+    owner: &Owner,
+    remote: AddrWords,
+    proto: u32,
+    port: u16,
+) -> u32 {
     s.exe = owner.exe;
     s.uid = owner.uid;
     s.unit = unit_of(owner);
@@ -135,20 +156,17 @@ pub(crate) fn classify_owner<const NAMES: bool>(
     let mut shape = 1;
     while shape < SHAPES {
         if shapes & (1 << shape) != 0 {
-            best = min(best, classify_shape::<NAMES>(shape));
+            best = min(best, classify_shape::<NAMES>(s, shape));
         }
         shape += 1;
     }
     best
 }
 
-/// The group of shape `shape` the owner in the scratch belongs to, if any, and its first
-/// matching rule. A subprogram: its locals live in its own small frame, not the caller's.
+/// The group of shape `shape` the owner in `s` belongs to, if any, and its first matching
+/// rule. A subprogram: its locals live in its own small frame, not the caller's.
 #[inline(never)]
-fn classify_shape<const NAMES: bool>(shape: u32) -> u32 {
-    let Some(s) = scratch() else {
-        return NO_MATCH;
-    };
+fn classify_shape<const NAMES: bool>(s: &mut Scratch, shape: u32) -> u32 {
     let has_exe = s.exe.dev != 0 || s.exe.ino != 0;
     if (shape & SHAPE_PROGRAM != 0 && !has_exe) || (shape & SHAPE_UNIT != 0 && s.unit == 0) {
         return NO_MATCH;
@@ -172,7 +190,7 @@ fn classify_shape<const NAMES: bool>(shape: u32) -> u32 {
     }
 }
 
-/// [`crate::classifier::classify_parts`] over one group's tables, for the call in the scratch.
+/// [`crate::classifier::classify_parts`] over one group's tables, for the call in `s`.
 ///
 /// The combining steps repeat `classify_parts`' on purpose: sharing them as one inline
 /// function changed how LLVM lays out the XDP program's packet parsing, and the verifier
