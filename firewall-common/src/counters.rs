@@ -102,8 +102,9 @@ pub enum Counter {
     OutNotJudged,
     /// Packets the egress program dropped because their socket is held by `stealth`.
     OutStealthDropped,
-    /// A `stealth` verdict that could not be recorded (the map update failed): the call was
-    /// refused with EPERM instead (also counted under `OutRejected`).
+    /// A `stealth` verdict that could not be recorded (the tables full, or the socket already
+    /// held for `HELD_DESTS` destinations): the call was refused with EPERM instead (also
+    /// counted under `OutRejected`).
     OutStealthRecordFailed,
     /// Outbound calls whose caller's executable could not be read (kernel thread, exiting
     /// task): judged with no program identity.

@@ -66,9 +66,6 @@ pub mod globals {
     /// Verdict word for outbound socket calls no rule matches (rule index
     /// [`super::DEFAULT_RULE`]): set in the outbound generation, read by the cgroup hooks.
     pub const DEFAULT_OUTBOUND: &str = "DEFAULT_OUTBOUND";
-    /// Non-zero when some outbound verdict of the rule set in force can be `stealth`: only then
-    /// does the egress program look its packets up in [`super::maps::OUT_STEALTH`].
-    pub const OUT_CAN_STEALTH: &str = "OUT_CAN_STEALTH";
     /// Non-zero when connections record their owner (`[conntrack] record_owner`): the outbound
     /// hooks fill [`super::maps::SOCK_OWNER`] and new flows copy the owner.
     pub const RECORD_OWNER: &str = "RECORD_OWNER";

@@ -11,9 +11,9 @@
 use core::mem::size_of;
 
 use crate::{
-    AddrValue, Counter, EXACT4_FILTER_WORDS, IFACE_MAC_ENTRIES, IfaceMac, LOCAL_ADDRS_ENTRIES,
-    LOG_RING_BYTES, LocalAddrKey, OUT_STEALTH_ENTRIES, OutStealthKey, PORT_SLOTS, PROTO_CLASSES,
-    PairKey, PortValue, RateBucket, RateKey, SOCK_OWNER_ENTRIES,
+    AddrValue, Counter, EXACT4_FILTER_WORDS, HELD_SOCKETS, HeldSocket, IFACE_MAC_ENTRIES, IfaceMac,
+    LOCAL_ADDRS_ENTRIES, LOG_RING_BYTES, LocalAddrKey, OUT_STEALTH_ENTRIES, OutStealthKey,
+    PORT_SLOTS, PROTO_CLASSES, PairKey, PortValue, RateBucket, RateKey, SOCK_OWNER_ENTRIES,
     ct::{ConnOwner, CtConfig, CtEntry, CtKey},
     dns::{
         DNS_QUERY_ENTRIES, DnsOn, DnsQuery, DnsQueryKey, NameKey, NameSlot, RESOLVED_ENTRIES,
@@ -65,11 +65,18 @@ pub const CT_LOCAL: &str = "CT_LOCAL";
 /// Array with one [`super::ct::CtConfig`]: timeouts and the invalid-packet verdict of the
 /// rule set in force.
 pub const CT_CONFIG: &str = "CT_CONFIG";
-/// LRU hash ([`super::OutStealthKey`]) -> verdict word: sockets an outbound rule (or
+/// Hash ([`super::OutStealthKey`]) -> verdict word: sockets an outbound rule (or
 /// `[defaults] outbound`) said `stealth` for, with the destination the verdict is about.
 /// Filled by the cgroup hooks, read by the TC egress program, which drops the matching
-/// packets. Pinned and shared by every generation.
+/// packets. Pinned and shared by every generation. Not an LRU: see `outbound.rs`.
 pub const OUT_STEALTH: &str = "OUT_STEALTH";
+/// Hash, socket cookie -> [`super::HeldSocket`]: the destinations each held socket is held
+/// for and who held it; emptied by the sock_release hook.
+pub const OUT_HELD: &str = "OUT_HELD";
+/// Array with one u32, non-zero while sockets may be held: the egress program looks packets
+/// up in [`OUT_STEALTH`] only then. Written by the daemon: on before hooks that can say
+/// `stealth` run, off only once no rule in force can and nothing is held.
+pub const OUT_HOLDING: &str = "OUT_HOLDING";
 /// Hash ([`super::identity::GroupKey`]) -> group id: the groups of rules with `program`,
 /// `unit` or `user` selectors (see compile.md, "Rules about programs").
 pub const GROUPS: &str = "GROUPS";
@@ -302,7 +309,7 @@ const fn scratch(name: &'static str, value_size: Option<usize>) -> MapSpec {
 
 /// Every map of the eBPF object.
 #[rustfmt::skip]
-pub const MAPS: [MapSpec; 46] = {
+pub const MAPS: [MapSpec; 48] = {
     use Capacity::{Conntrack, Fixed, Indexed, Rules};
     use Kind::{Diagnostics, Generation, Probe, Shared};
     use MapType::{Array, Hash, LpmTrie, LruHash, PerCpuArray, ProgramArray, RingBuf};
@@ -339,7 +346,9 @@ pub const MAPS: [MapSpec; 46] = {
         spec(CT_NEW, Shared, LruHash, size_of::<CtKey>(), size_of::<CtEntry>(), Conntrack(CtSize::Unconfirmed)),
         // The host's own pending flows get as much room as remote hosts' handshakes.
         spec(CT_LOCAL, Shared, LruHash, size_of::<CtKey>(), size_of::<CtEntry>(), Conntrack(CtSize::Unconfirmed)),
-        spec(OUT_STEALTH, Shared, LruHash, size_of::<OutStealthKey>(), 4, Fixed(OUT_STEALTH_ENTRIES)),
+        spec(OUT_STEALTH, Shared, Hash, size_of::<OutStealthKey>(), 4, Fixed(OUT_STEALTH_ENTRIES)),
+        spec(OUT_HELD, Shared, Hash, 8, size_of::<HeldSocket>(), Fixed(HELD_SOCKETS)),
+        spec(OUT_HOLDING, Shared, Array, 4, 4, Indexed(1)),
         spec(LISTENERS, Shared, Hash, size_of::<ListenerKey>(), size_of::<Listener>(), Fixed(LISTENER_ENTRIES)),
         spec(LISTENER_OF, Shared, Hash, 8, size_of::<ListenerKey>(), Fixed(LISTENER_ENTRIES)),
         spec(SOCK_OWNER, Shared, LruHash, 8, size_of::<ConnOwner>(), Fixed(SOCK_OWNER_ENTRIES)),
@@ -391,7 +400,7 @@ const fn global(name: &'static str, size: usize) -> GlobalSpec {
 /// Every load-time constant of the eBPF object. The rule set's are set for each generation
 /// from the compiled rules and `[defaults]`/`[reject]`/`[conntrack]`; the structure offsets
 /// ([`identity::globals`]) from the running kernel's BTF.
-pub const GLOBALS: [GlobalSpec; 31] = [
+pub const GLOBALS: [GlobalSpec; 30] = [
     global(globals::DEFAULT_INBOUND, 4),
     global(globals::DEFAULT_OUTBOUND, 4),
     global(globals::FRAGMENTS, 4),
@@ -401,7 +410,6 @@ pub const GLOBALS: [GlobalSpec; 31] = [
     global(globals::REJECT_RATE_PER_SEC, 4),
     global(globals::REJECT_BURST, 4),
     global(globals::REJECT_GLOBAL_RATE, 4),
-    global(globals::OUT_CAN_STEALTH, 4),
     global(globals::RECORD_OWNER, 4),
     global(globals::SCOPED_SHAPES, 4),
     global(globals::UNIT_LEVELS, 4),

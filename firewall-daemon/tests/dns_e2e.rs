@@ -45,11 +45,14 @@ fn helper_process() {
         return;
     };
     support::netns::enter(&ns.to_string_lossy());
+    let mut held = Vec::new();
     for line in std::io::stdin().lock().lines().map_while(Result::ok) {
         let w: Vec<&str> = line.split_whitespace().collect();
         let reply = match w.as_slice() {
             ["resolve", server, name, qtype] => resolve(server, name, qtype),
             ["tcp", addr, port] => tcp(addr, port),
+            ["tcphold", addr, port] => tcp_hold(addr, port, &mut held),
+            ["tcpwait", ms] => tcp_wait(ms, &held),
             _ => format!("err unknown command {line:?}"),
         };
         println!("@@ {reply}");
@@ -113,6 +116,59 @@ fn tcp(addr: &str, port: &str) -> String {
         Err(e) if e.kind() == ErrorKind::PermissionDenied => "refused".into(),
         Err(e) if e.kind() == ErrorKind::TimedOut => "timeout".into(),
         Err(e) => format!("err {e}"),
+    }
+}
+
+/// Starts a connect to `addr:port` and keeps its socket, not waiting: `started` (a stealth
+/// verdict holds it; [`tcp_wait`] watches it).
+fn tcp_hold(addr: &str, port: &str, held: &mut Vec<std::os::fd::OwnedFd>) -> String {
+    use nix::sys::socket::{AddressFamily, SockFlag, SockType, SockaddrStorage, connect, socket};
+    use std::os::fd::AsRawFd as _;
+    let addr: IpAddr = addr.parse().expect("address");
+    let port: u16 = port.parse().expect("port");
+    let family = if addr.is_ipv4() {
+        AddressFamily::Inet
+    } else {
+        AddressFamily::Inet6
+    };
+    let fd = socket(family, SockType::Stream, SockFlag::SOCK_NONBLOCK, None).expect("socket");
+    let sa = SockaddrStorage::from(SocketAddr::new(addr, port));
+    match connect(fd.as_raw_fd(), &sa) {
+        Err(nix::errno::Errno::EINPROGRESS) => {
+            held.push(fd);
+            "started".into()
+        }
+        Ok(()) => "ok".into(),
+        Err(e) => format!("err {e}"),
+    }
+}
+
+/// Waits up to `ms` for the connects [`tcp_hold`] started: `pending` while none completed,
+/// else `connected` or `err ...` at the first that did.
+fn tcp_wait(ms: &str, held: &[std::os::fd::OwnedFd]) -> String {
+    use nix::sys::socket::{getsockopt, sockopt};
+    use std::os::fd::AsRawFd as _;
+    let deadline = Instant::now() + Duration::from_millis(ms.parse().expect("ms"));
+    loop {
+        for fd in held {
+            let mut pfd = libc::pollfd {
+                fd: fd.as_raw_fd(),
+                events: libc::POLLOUT,
+                revents: 0,
+            };
+            // SAFETY: one valid pollfd.
+            if unsafe { libc::poll(&mut pfd, 1, 0) } > 0 {
+                return match getsockopt(fd, sockopt::SocketError) {
+                    Ok(0) => "connected".into(),
+                    Ok(e) => format!("err {}", nix::errno::Errno::from_raw(e)),
+                    Err(e) => format!("err {e}"),
+                };
+            }
+        }
+        if Instant::now() >= deadline {
+            return "pending".into();
+        }
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
@@ -692,6 +748,53 @@ action = "reject"
     assert!(
         status["counters"]["out_unnamed_refused"].as_u64() >= Some(2),
         "{status:#}"
+    );
+}
+
+/// A reload judges the sockets a `stealth` holds again by the names their destinations have
+/// now: the same rules keep a socket held by a rule naming a name (the judging knew no names,
+/// so the socket matched no rule, got the default `allow` and was released).
+#[test]
+fn a_reload_keeps_a_socket_held_by_a_name_held() {
+    let rules = format!(
+        r#"
+[defaults]
+inbound = "stealth"
+outbound = "allow"
+
+[[rule]]
+name = "dns"
+direction = "out"
+proto = "udp"
+port = 53
+remote = "{SERVER}"
+action = "allow"
+
+[[rule]]
+name = "held by name"
+direction = "out"
+proto = "tcp"
+port = {PORT}
+remote = ["www.other.test"]
+action = "stealth"
+"#
+    );
+    let mut lab = Lab::new(&rules);
+    assert_eq!(
+        lab.call(&format!("resolve {SERVER} www.other.test A")),
+        "ok 10.200.0.16"
+    );
+    assert_eq!(lab.call(&format!("tcphold 10.200.0.16 {PORT}")), "started");
+    // Held: the first SYN and its retransmission after 1 s go nowhere.
+    assert_eq!(lab.call("tcpwait 1500"), "pending");
+    let out = lab.daemon.fwctl(&["reload"]);
+    assert!(out.status.success(), "{out:?}");
+    // Released, the retransmission 3 s after the first SYN would connect.
+    assert_eq!(
+        lab.call("tcpwait 3000"),
+        "pending",
+        "the reload released the socket: {}",
+        lab.daemon.stderr()
     );
 }
 

@@ -64,6 +64,15 @@ fn helper_process() {
         return;
     };
     support::netns::enter(&ns.to_string_lossy());
+    // `udpfill` keeps thousands of sockets open.
+    let files = libc::rlimit {
+        rlim_cur: 20_000,
+        rlim_max: 20_000,
+    };
+    // SAFETY: a valid rlimit for this process.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &files) } != 0 {
+        eprintln!("helper: could not raise RLIMIT_NOFILE");
+    }
     let mut held: Vec<helper::Held> = Vec::new();
     let mut udp: Vec<OwnedFd> = Vec::new();
     let stdin = std::io::stdin();
@@ -74,6 +83,9 @@ fn helper_process() {
             ["udpc", addr, port, token] => helper::udp_connect(addr, port, token, &mut udp),
             ["udpt", addr, port, token] => helper::udp_sendto(addr, port, token),
             ["udpsend", index, token] => helper::udp_send_again(index, token, &udp),
+            ["udpfill", addr, first, sockets, each, keep] => {
+                helper::udp_fill(addr, first, sockets, each, *keep == "keep", &mut udp)
+            }
             ["held", wait_ms] => helper::held(wait_ms, &mut held),
             _ => format!("err unknown command {line:?}"),
         };
@@ -180,6 +192,41 @@ mod helper {
             sendto(fd.as_raw_fd(), token.as_bytes(), &sa, MsgFlags::empty()).map(|_| ()),
             t,
         )
+    }
+
+    /// `sockets` unconnected UDP sockets, each sending to `each` ports of `addr` (ports from
+    /// `first` on, each port once), kept open (`keep`) or closed at the end (a process holding
+    /// many destinations): `sent N refused M other K`.
+    pub fn udp_fill(
+        addr: &str,
+        first: &str,
+        sockets: &str,
+        each: &str,
+        keep_open: bool,
+        keep: &mut Vec<OwnedFd>,
+    ) -> String {
+        let first: u32 = first.parse().expect("first port");
+        let sockets: u32 = sockets.parse().expect("sockets");
+        let each: u32 = each.parse().expect("each");
+        let (family, _) = target(addr, "0");
+        let (mut sent, mut refused, mut other) = (0, 0, 0);
+        let mut port = first;
+        for _ in 0..sockets {
+            let fd = socket(family, SockType::Datagram, SockFlag::empty(), None).expect("socket");
+            for _ in 0..each {
+                let (_, sa) = target(addr, &port.to_string());
+                port += 1;
+                match sendto(fd.as_raw_fd(), b"fill", &sa, MsgFlags::empty()) {
+                    Ok(_) => sent += 1,
+                    Err(Errno::EPERM) => refused += 1,
+                    Err(_) => other += 1,
+                }
+            }
+            if keep_open {
+                keep.push(fd);
+            }
+        }
+        format!("sent {sent} refused {refused} other {other}")
     }
 
     /// Watches the pending TCP connects for up to `wait_ms` (returning early once none is
@@ -1054,6 +1101,104 @@ fn reloads_restarts_and_on_stop() {
     assert!(st.success(), "{st}");
     assert!(matches!(connect(&mut lab, 7000, 5000), Reported::Ok(_)));
     assert!(lab.peer.accept(7000, arrive()));
+}
+
+/// A socket held by `stealth` stays held whatever else is held: holds are never forgotten to
+/// make room (the table was an LRU, and one process sending to 65,536 held destinations
+/// pushed a connected socket's hold out, after which its send()s, which run no hook, left).
+/// A call that cannot be held (the tables full, or a socket already held for 8 destinations)
+/// is refused instead.
+#[test]
+fn a_held_socket_stays_held_however_many_others_are_held() {
+    let mut lab = Lab::new(ALLOW_7000);
+    lab.peer.listen(&lab.pair, 7002);
+    let (peer4, peer6) = (v4(PEER_HOST), v6(PEER_HOST));
+    let r = lab.inside.call(&format!("udpc {peer4} 7002 victim-before"));
+    assert!(matches!(parse_reply(&r), Reported::Ok(_)), "{r}");
+    let index = r.split_whitespace().last().expect("index").to_string();
+    let counts = |r: &str| -> (u32, u32, u32) {
+        let w: Vec<u32> = r
+            .split_whitespace()
+            .filter_map(|w| w.parse().ok())
+            .collect();
+        assert_eq!(w.len(), 3, "{r}");
+        (w[0], w[1], w[2])
+    };
+
+    // One socket: 8 destinations held, the 9th refused.
+    let per_socket = counts(&lab.inside.call(&format!("udpfill {peer4} 1000 1 9 keep")));
+    // Three times the tables' room (65,536) in holds, from sockets closed after (their
+    // holds go with them), then more than the room from sockets kept open.
+    for _ in 0..3 {
+        for addr in [&peer4, &peer6] {
+            let (_, _, other) = counts(
+                &lab.inside
+                    .call(&format!("udpfill {addr} 2000 4100 8 close")),
+            );
+            assert_eq!(other, 0);
+        }
+    }
+    let mut sent = 0;
+    let mut refused = 0;
+    for addr in [&peer4, &peer6] {
+        let (s, r, other) = counts(&lab.inside.call(&format!("udpfill {addr} 2000 4100 8 keep")));
+        assert_eq!(other, 0);
+        sent += s;
+        refused += r;
+    }
+    let r = lab.inside.call(&format!("udpsend {index} victim-after"));
+    assert!(matches!(parse_reply(&r), Reported::Ok(_)), "{r}");
+    assert!(
+        !lab.peer.received(
+            7002,
+            "victim-after",
+            Duration::from_millis(STEALTH_WATCH_MS)
+        ),
+        "the held socket's datagram left"
+    );
+    assert!(!lab.peer.seen.contains("victim-before"));
+    assert_eq!(
+        per_socket,
+        (8, 1, 0),
+        "a socket is held for at most 8 destinations"
+    );
+    assert!(
+        refused > 0 && sent + refused == 2 * 4100 * 8 && sent < 65_536,
+        "the calls that found the tables full were refused: {sent} held, {refused} refused"
+    );
+}
+
+/// Reloads judge held sockets again and release only those the new rules allow: rules that
+/// now refuse the destination keep the socket held, even when they say `stealth` nowhere (the
+/// egress program then goes on looking for held sockets).
+#[test]
+fn a_reload_that_refuses_a_held_destination_keeps_it_held() {
+    let mut lab = Lab::new(ALLOW_7000);
+    lab.peer.listen(&lab.pair, 7002);
+    let peer4 = v4(PEER_HOST);
+    let r = lab.inside.call(&format!("udpc {peer4} 7002 held-before"));
+    assert!(matches!(parse_reply(&r), Reported::Ok(_)), "{r}");
+    let index = r.split_whitespace().last().expect("index").to_string();
+    // No stealth left anywhere: 7002 is refused, everything else allowed.
+    lab.reload(
+        "[defaults]\noutbound = \"allow\"\n\n[[rule]]\nname = \"7002\"\ndirection = \"out\"\n\
+         port = 7002\naction = \"reject\"\n",
+    );
+    let r = lab.inside.call(&format!("udpc {peer4} 7002 new-socket"));
+    assert!(matches!(parse_reply(&r), Reported::Eperm(_)), "{r}");
+    let r = lab.inside.call(&format!("udpsend {index} held-after"));
+    assert!(matches!(parse_reply(&r), Reported::Ok(_)), "{r}");
+    assert!(
+        !lab.peer
+            .received(7002, "held-after", Duration::from_millis(STEALTH_WATCH_MS)),
+        "the held socket was released by rules that refuse its destination"
+    );
+    // Rules that allow it release it.
+    lab.reload("[defaults]\noutbound = \"allow\"\n");
+    let r = lab.inside.call(&format!("udpsend {index} released"));
+    assert!(matches!(parse_reply(&r), Reported::Ok(_)), "{r}");
+    assert!(lab.peer.received(7002, "released", arrive()));
+    assert!(!lab.peer.seen.contains("held-before") && !lab.peer.seen.contains("held-after"));
 }
 
 /// A `[daemon] cgroup` that is not a cgroup v2 directory stops the daemon with a clear message,

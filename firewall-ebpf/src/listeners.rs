@@ -169,8 +169,9 @@ pub(crate) fn record_bind(ctx: &SockContext, family: u8) -> i32 {
     PROCEED
 }
 
-/// A socket is released (sock_release): forget its owner ([`owners::forget`]) and its port,
-/// unless another socket has bound that port since.
+/// A socket is released (sock_release): forget its owner ([`owners::forget`]), what it was
+/// held for ([`crate::outbound::forget_held`]) and its port, unless another socket has bound
+/// that port since.
 #[inline(always)]
 pub(crate) fn release(ctx: &SockContext) -> i32 {
     let sk = ctx.sock;
@@ -182,6 +183,7 @@ pub(crate) fn release(ctx: &SockContext) -> i32 {
     // SAFETY: the helper takes this program type's context.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
     owners::forget(&cookie);
+    crate::outbound::forget_held(cookie);
     // SAFETY: a plain key copied out at once.
     let Some(key) = (unsafe { LISTENER_OF.get(&cookie) }).copied() else {
         return PROCEED;

@@ -14,15 +14,19 @@
 //!
 //! - `allow`: return 1, the call proceeds.
 //! - `reject`: return 0, the call fails at once with EPERM.
-//! - `stealth`: return 1, and record (socket cookie, destination) in `OUT_STEALTH`; the TC
-//!   egress program drops that socket's packets to that destination ([`held`]), so the
-//!   application waits and times out as behind a black hole.
+//! - `stealth`: return 1, and record (socket cookie, destination) in `OUT_STEALTH` ([`hold`]);
+//!   the TC egress program drops that socket's packets to that destination ([`held`]), so the
+//!   application waits and times out as behind a black hole. A call that cannot be recorded
+//!   is refused instead.
 //!
 //! `OUT_STEALTH` key layout (`OutStealthKey`, 32 bytes): the socket's cookie, the destination
 //! address (IPv4 as `::ffff:a.b.c.d`, as the packets leave), the destination port (host
 //! order) and the IP protocol number; the value is the verdict word. The destination is part
-//! of the key because one unconnected UDP socket may send to several. An LRU, pinned by name
-//! and shared by both copies and every generation.
+//! of the key because one unconnected UDP socket may send to several. `OUT_HELD` lists, per
+//! socket, the destinations it is held for and who held it, so that the sock_release hook
+//! ([`forget_held`]) can forget them all. Both are plain hashes, pinned by name and shared by
+//! both copies and every generation: an LRU would let any local process push a hold out
+//! (`firewall-common/src/outbound.rs`).
 //!
 //! An allowed call also records who made it (`SOCK_OWNER`, by socket cookie: executable, uid,
 //! pid, see `owners.rs`), and the egress program copies that into the connection the socket's
@@ -35,16 +39,17 @@
 //! nor UDP (ICMP ping sockets, SCTP, UDP-Lite) are allowed without being judged.
 
 use aya_ebpf::{
-    EbpfContext as _, Global,
+    EbpfContext as _,
+    bindings::BPF_NOEXIST,
     helpers::bpf_get_socket_cookie,
     macros::map,
-    maps::LruHashMap,
+    maps::{Array, HashMap},
     programs::{SockAddrContext, TcContext},
 };
 use firewall_common::{
-    ACTION_ALLOW, ACTION_REJECT, AF_INET, AF_INET6, Counter, IPPROTO_TCP, IPPROTO_UDP, NO_MATCH,
-    OUT_STEALTH_ENTRIES, OutStealthKey, PROTO_TCP, PROTO_UDP, WHY_DEFAULT, WHY_RULE,
-    identity::ExeId, verdict_action,
+    ACTION_ALLOW, ACTION_REJECT, AF_INET, AF_INET6, Counter, HELD_DESTS, HELD_SOCKETS, HeldDest,
+    HeldSocket, IPPROTO_TCP, IPPROTO_UDP, NO_MATCH, OUT_STEALTH_ENTRIES, OutStealthKey, PROTO_TCP,
+    PROTO_UDP, WHY_DEFAULT, WHY_RULE, ct::ConnOwner, identity::ExeId, verdict_action,
 };
 
 use crate::{
@@ -58,14 +63,20 @@ use crate::{
     selector,
 };
 
-/// Non-zero when the outbound rules in force can say `stealth`: the egress program (loaded in
-/// the inbound copy) only then looks packets up in `OUT_STEALTH`.
-#[unsafe(no_mangle)]
-static OUT_CAN_STEALTH: Global<u32> = Global::new(0);
+/// Non-zero while sockets may be held: the egress program (loaded in the inbound copy) only
+/// then looks packets up in `OUT_STEALTH`. The daemon's, not a generation's: it is on before
+/// hooks that can say `stealth` run and stays on while anything is held, whatever the rules
+/// of the egress program in force say.
+#[map]
+static OUT_HOLDING: Array<u32> = Array::pinned(1, 0);
 /// Sockets held by `stealth`: written by the hooks, read by the egress program. Pinned, so both
 /// copies of the program and every generation share it.
 #[map]
-static OUT_STEALTH: LruHashMap<OutStealthKey, u32> = LruHashMap::pinned(OUT_STEALTH_ENTRIES, 0);
+static OUT_STEALTH: HashMap<OutStealthKey, u32> = HashMap::pinned(OUT_STEALTH_ENTRIES, 0);
+/// Per held socket, its destinations and who held it. Allocated as sockets are held: few are.
+#[map]
+static OUT_HELD: HashMap<u64, HeldSocket> =
+    HashMap::pinned(HELD_SOCKETS, aya_ebpf::bindings::BPF_F_NO_PREALLOC);
 
 /// `bpf_sock_addr.protocol` of the sockets judged.
 const TCP: u32 = IPPROTO_TCP as u32;
@@ -203,7 +214,7 @@ pub(crate) fn judge<const FAMILY: u32, const CONNECT: bool>(ctx: &SockAddrContex
                 _pad: [0; 5],
             };
             remote.write_mapped(&mut key.remote);
-            if OUT_STEALTH.insert(&key, &word, 0).is_ok() {
+            if hold(&key, word, exe) {
                 count(Counter::OutStealthed);
                 remember_owner::<CONNECT>(ctx, exe);
                 PROCEED
@@ -217,11 +228,107 @@ pub(crate) fn judge<const FAMILY: u32, const CONNECT: bool>(ctx: &SockAddrContex
     }
 }
 
+/// A socket's `OUT_HELD` entry before its first destination.
+static NOT_HELD: HeldSocket = HeldSocket {
+    owner: ConnOwner {
+        exe: ExeId { dev: 0, ino: 0 },
+        uid: 0,
+        pid: 0,
+    },
+    count: 0,
+    _pad: 0,
+    dests: [HeldDest::EMPTY; HELD_DESTS],
+};
+
+/// Records that the socket of `key` is held for its destination by the verdict `word`: the
+/// destination in the socket's `OUT_HELD` entry (made with the caller `exe` as its owner),
+/// then the pair in `OUT_STEALTH`. False when either cannot be recorded: a table full, or the
+/// socket already held for [`HELD_DESTS`] other destinations. A subprogram: the socket's
+/// entry is built on its own frame, not the hook's.
+#[inline(never)]
+fn hold(key: &OutStealthKey, word: u32, exe: ExeId) -> bool {
+    let dest = HeldDest {
+        remote: key.remote,
+        remote_port: key.remote_port,
+        proto: key.proto,
+        _pad: 0,
+    };
+    let h = match OUT_HELD.get_ptr_mut(&key.cookie) {
+        Some(h) => h,
+        None => {
+            // Made from a constant, not from a value on this frame: the hook's frame and this
+            // one must fit the kernel's 512 bytes together.
+            if OUT_HELD
+                .insert(&key.cookie, &NOT_HELD, BPF_NOEXIST as u64)
+                .is_err()
+            {
+                return false;
+            }
+            match OUT_HELD.get_ptr_mut(&key.cookie) {
+                Some(h) => h,
+                None => return false,
+            }
+        }
+    };
+    // SAFETY: a map value; the kernel runs a socket's hooks under its lock, so this entry has
+    // no other writer while the hook runs.
+    let h = unsafe { &mut *h };
+    if h.count == 0 {
+        h.owner = crate::owners::caller(exe);
+    }
+    let mut known = false;
+    let mut i = 0;
+    while i < HELD_DESTS {
+        if (i as u32) < h.count && h.dests[i] == dest {
+            known = true;
+        }
+        i += 1;
+    }
+    if !known {
+        let n = h.count as usize;
+        if n >= HELD_DESTS {
+            return false;
+        }
+        h.dests[n] = dest;
+        h.count += 1;
+    }
+    OUT_STEALTH.insert(key, &word, 0).is_ok()
+}
+
+/// A socket is released (the sock_release hook): forgets every destination it was held for.
+#[inline(always)]
+pub(crate) fn forget_held(cookie: u64) {
+    // SAFETY: copied out at once; the socket is going, no hook writes its entry any more.
+    let Some(h) = (unsafe { OUT_HELD.get(&cookie) }).copied() else {
+        return;
+    };
+    let mut key = OutStealthKey {
+        cookie,
+        remote: [0; 16],
+        remote_port: 0,
+        proto: 0,
+        _pad: [0; 5],
+    };
+    let mut i = 0;
+    while i < HELD_DESTS {
+        if (i as u32) < h.count {
+            let d = &h.dests[i];
+            key.remote = d.remote;
+            key.remote_port = d.remote_port;
+            key.proto = d.proto;
+            // Released by the daemon already, or never recorded: nothing to forget.
+            let _ = OUT_STEALTH.remove(&key);
+        }
+        i += 1;
+    }
+    let _ = OUT_HELD.remove(&cookie);
+}
+
 /// Egress: is `pkt` (leaving the host) from a socket held by `stealth`, to the destination
-/// that verdict was about? Only looked up when the rules in force can say `stealth` outbound.
+/// that verdict was about? Only looked up while sockets may be held (`OUT_HOLDING`).
 #[inline(always)]
 pub(crate) fn held(ctx: &TcContext, pkt: &Packet) -> bool {
-    if OUT_CAN_STEALTH.load() == 0 {
+    if !OUT_HOLDING.get(0).is_some_and(|on| *on != 0) {
         return false;
     }
     let proto = match pkt.proto {

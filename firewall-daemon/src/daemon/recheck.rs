@@ -69,8 +69,15 @@ pub(super) fn socket_owner(recorded: ConnOwner) -> Owner {
     }
 }
 
-/// Releases the sockets held by an outbound `stealth` that the rules in force no longer say
-/// `stealth` for (their next packets leave). Returns how many.
+/// Releases the sockets held by an outbound `stealth` that the rules in force now allow (their
+/// next packets leave), then tells the egress program whether to keep looking
+/// ([`StealthTable::follow`]). Returns how many were released.
+///
+/// A socket is judged as its hook judged it: by who held it (recorded with the hold) and by
+/// the names its destination has now. It stays held unless the answer is `allow`: rules that
+/// now say `reject` keep it held (its packets vanish rather than leave, its next call is
+/// refused), and so does a question that cannot be answered (who held it unknown while rules
+/// name programs, units or users; the names unknown while rules name names).
 pub(super) fn rejudge_stealth(ruleset: &Ruleset, resolved: &Resolved, pin_dir: &Path) -> usize {
     let mut table = match StealthTable::open(pin_dir) {
         Ok(t) => t,
@@ -79,26 +86,48 @@ pub(super) fn rejudge_stealth(ruleset: &Ruleset, resolved: &Resolved, pin_dir: &
             return 0;
         }
     };
-    let policy = Policy::with_selectors(ruleset, resolved);
-    let mut released = 0;
-    for (key, _) in table.entries() {
-        let proto = match key.proto {
-            firewall_common::ct::IPPROTO_TCP => PacketProto::Tcp,
-            _ => PacketProto::Udp,
-        };
-        let call = ConnectMeta {
-            remote: firewall_common::addr::unmapped(key.remote),
-            proto,
-            remote_port: key.remote_port,
-        };
-        let d = match table.owner(key.cookie) {
-            Some(recorded) => policy.decide_out_as(&call, &socket_owner(recorded)),
-            None => policy.decide_out(&call),
-        };
-        if d.action != Action::Stealth {
-            table.release(&key);
-            released += 1;
+    let names = match crate::names::NameTables::open(pin_dir) {
+        Ok(t) => Some(t),
+        Err(e) if ruleset.reads_names() => {
+            warn!("the held sockets are not judged again (the names are not known): {e:#}");
+            None
         }
+        Err(_) => None,
+    };
+    let at = names.as_ref().map(|tables| crate::names::NamesAt {
+        tables,
+        now: conntrack::monotonic_ns(),
+    });
+    let mut released = 0;
+    if at.is_some() || !ruleset.reads_names() {
+        let mut policy = Policy::with_selectors(ruleset, resolved);
+        if let Some(at) = &at {
+            policy = policy.with_names(at);
+        }
+        let selectors = ruleset.outbound().any(|r| !r.selector.is_everyone());
+        for (key, _) in table.entries() {
+            let proto = match key.proto {
+                firewall_common::ct::IPPROTO_TCP => PacketProto::Tcp,
+                _ => PacketProto::Udp,
+            };
+            let call = ConnectMeta {
+                remote: firewall_common::addr::unmapped(key.remote),
+                proto,
+                remote_port: key.remote_port,
+            };
+            let d = match table.owner(key.cookie) {
+                Some(recorded) => policy.decide_out_as(&call, &socket_owner(recorded)),
+                None if selectors => continue,
+                None => policy.decide_out(&call),
+            };
+            if d.action == Action::Allow {
+                table.release(&key);
+                released += 1;
+            }
+        }
+    }
+    if let Err(e) = table.follow(ruleset.outbound_can_stealth()) {
+        warn!("{e:#}");
     }
     released
 }

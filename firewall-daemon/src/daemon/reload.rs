@@ -214,6 +214,11 @@ impl State {
         });
         let mut new_gen = inbound?;
         let (mut new_out, mut data, names) = side?;
+        // Before hooks that can hold a socket run, the egress program looks for held ones
+        // (turned off again, if nothing needs it, once the new rules are in force).
+        kernel::StealthTable::open(&pin_dir)
+            .and_then(|mut t| t.before_hooks(new_rules.outbound_can_stealth()))
+            .context("telling the egress program that sockets may be held")?;
 
         let old_attached = std::mem::take(&mut self.attached);
         let mut switched = Vec::new();
@@ -289,8 +294,10 @@ impl State {
             return Err(e);
         }
         self.attached = switched.into_iter().map(|(a, _)| a).collect();
-        // The egress programs only record flows; one that cannot be switched keeps running
-        // the previous generation's copy, which shares the tables.
+        // One egress program that cannot be switched keeps running the previous generation's
+        // copy, which shares the tables and `OUT_HOLDING`: it records the host's flows and
+        // queries and drops held sockets' packets as the new one would, with the previous
+        // rules' DNS times.
         for a in &mut self.attached {
             if let Some(link) = a.egress.take() {
                 match new_gen.replace_egress(link, a.layer) {

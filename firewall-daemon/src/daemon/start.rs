@@ -6,7 +6,7 @@
 
 use std::{path::PathBuf, time::Instant};
 
-use anyhow::bail;
+use anyhow::{Context as _, bail};
 use log::{error, info, warn};
 use std::sync::{Arc, atomic::AtomicU32};
 use tokio::net::UnixListener;
@@ -203,6 +203,10 @@ pub(super) fn start(
     }
     let names: Vec<String> = want.iter().map(|i| i.name.clone()).collect();
     forget_other_links(&pin_dir, &names);
+    // The egress programs look for held sockets before hooks that can hold one run.
+    kernel::StealthTable::open(&pin_dir)
+        .and_then(|mut t| t.before_hooks(ruleset.outbound_can_stealth()))
+        .context("telling the egress program that sockets may be held")?;
     let hooks = attach_hooks(&mut outbound, &cgroup, &pin_dir)?;
     let listened = start_listener_table(&cgroup, &pin_dir, adopting, &mut degraded)?;
     generation.in_force()?;

@@ -36,9 +36,7 @@ pub(super) fn load_object(
     // Runtime sets may bring pairs to a rule set that has none yet.
     let has_pairs = u32::from(!compiled.pairs.is_empty() || compiled.runtime.is_some());
     let addr_tables = compiled.addr_tables();
-    // The inbound copy's egress program drops the packets of sockets held by an outbound
-    // `stealth`; the outbound copy's hooks fall back to `[defaults] outbound`.
-    let out_can_stealth = u32::from(ruleset.outbound_can_stealth());
+    // The outbound copy's hooks fall back to `[defaults] outbound`.
     let record_owner = u32::from(ruleset.conntrack.record_owner);
     let (default_in, default_out) = match compiled.direction {
         Direction::In => (
@@ -85,7 +83,6 @@ pub(super) fn load_object(
         .override_global(globals::UNIT_LEVELS, &unit_levels, true)
         .override_global(globals::DEFAULT_INBOUND, &default_in, true)
         .override_global(globals::DEFAULT_OUTBOUND, &default_out, true)
-        .override_global(globals::OUT_CAN_STEALTH, &out_can_stealth, true)
         .override_global(globals::RECORD_OWNER, &record_owner, true)
         .override_global(globals::FRAGMENTS, &frag, true)
         .override_global(

@@ -115,8 +115,8 @@ pub const PROGRAM_PIN: &str = "firewall_xdp";
 /// those still open.
 ///
 /// A pin left by another version of the daemon with a different layout would be adopted by
-/// the loader as it is, and the verifier or the programs would then misread it: key size,
-/// value size and, where the programs index the map by constant ([`Capacity::Indexed`]), the
+/// the loader as it is, and the verifier or the programs would then misread it: type, key
+/// size, value size and, where the programs index the map by constant ([`Capacity::Indexed`]), the
 /// number of entries must be this version's.
 pub fn discard_incompatible_pins(pin_dir: &Path) -> Vec<&'static str> {
     let mut discarded = Vec::new();
@@ -134,17 +134,23 @@ pub fn discard_incompatible_pins(pin_dir: &Path) -> Vec<&'static str> {
             Capacity::Indexed(n) => Some(n),
             _ => None,
         };
-        let fits = info.key_size() as usize == key
+        // The type too: a table that was an LRU in another version (and forgot entries) is not
+        // one this version may adopt where it relies on entries staying.
+        let map_type = info.map_type().map(|t| t as u32);
+        let fits = map_type.as_ref().is_ok_and(|&t| t == spec.map_type as u32)
+            && info.key_size() as usize == key
             && info.value_size() as usize == value
             && entries.is_none_or(|n| info.max_entries() == n);
         if !fits {
             warn!(
-                "{name}: the pinned map has another layout (key {} B, value {} B, {} entries; \
-                 this version needs key {key} B, value {value} B), left by another version of \
-                 the daemon: replacing it",
+                "{name}: the pinned map has another layout (type {:?}, key {} B, value {} B, {} \
+                 entries; this version needs type {:?}, key {key} B, value {value} B), left by \
+                 another version of the daemon: replacing it",
+                map_type.ok(),
                 info.key_size(),
                 info.value_size(),
-                info.max_entries()
+                info.max_entries(),
+                spec.map_type as u32
             );
             if let Err(e) = std::fs::remove_file(&path) {
                 warn!("{name}: could not remove the pin {}: {e}", path.display());

@@ -4,14 +4,14 @@
 //! These maps are written by the kernel programs and read, seeded or trimmed by the daemon
 //! while generations come and go, so they are opened from their pins rather than from a
 //! generation. A failed read or removal is logged, never taken for an empty map: an entry
-//! that vanished meanwhile (the kernel's hooks and the LRU remove entries too) is not a failure.
+//! that vanished meanwhile (the kernel's hooks and LRUs remove entries too) is not a failure.
 
 use std::path::Path;
 
 use anyhow::Context as _;
-use aya::maps::{HashMap, MapData, MapError};
+use aya::maps::{Array, HashMap, MapData, MapError};
 use firewall_common::{
-    OutStealthKey,
+    HeldSocket, OutStealthKey,
     ct::ConnOwner,
     identity::{Listener, ListenerKey},
     maps,
@@ -45,10 +45,11 @@ fn removed(name: &str, result: Result<(), MapError>) {
 }
 
 /// The sockets held by an outbound `stealth` ([`maps::OUT_STEALTH`]), opened from its pin, with
-/// who made them ([`maps::SOCK_OWNER`]).
+/// who held them ([`maps::OUT_HELD`]) and whether the egress program looks ([`maps::OUT_HOLDING`]).
 pub struct StealthTable {
     map: HashMap<MapData, OutStealthKey, u32>,
-    owners: HashMap<MapData, u64, ConnOwner>,
+    sockets: HashMap<MapData, u64, HeldSocket>,
+    holding: Array<MapData, u32>,
 }
 
 impl StealthTable {
@@ -56,8 +57,10 @@ impl StealthTable {
         Ok(Self {
             map: HashMap::try_from(open_pinned(pin_dir, maps::OUT_STEALTH)?)
                 .context("OUT_STEALTH has an unexpected layout")?,
-            owners: HashMap::try_from(open_pinned(pin_dir, maps::SOCK_OWNER)?)
-                .context("SOCK_OWNER has an unexpected layout")?,
+            sockets: HashMap::try_from(open_pinned(pin_dir, maps::OUT_HELD)?)
+                .context("OUT_HELD has an unexpected layout")?,
+            holding: Array::try_from(open_pinned(pin_dir, maps::OUT_HOLDING)?)
+                .context("OUT_HOLDING has an unexpected layout")?,
         })
     }
 
@@ -66,15 +69,15 @@ impl StealthTable {
         reported(maps::OUT_STEALTH, self.map.iter())
     }
 
-    /// Who made the socket `cookie` (`None`: not recorded, or forgotten).
+    /// Who held the socket `cookie` (`None`: not known).
     pub fn owner(&self, cookie: u64) -> Option<ConnOwner> {
-        match self.owners.get(&cookie, 0) {
-            Ok(owner) => Some(owner).filter(ConnOwner::is_known),
+        match self.sockets.get(&cookie, 0) {
+            Ok(held) => Some(held.owner).filter(ConnOwner::is_known),
             Err(MapError::KeyNotFound) => None,
             Err(e) => {
                 warn!(
                     "{}: reading the owner of socket {cookie}: {e}",
-                    maps::SOCK_OWNER
+                    maps::OUT_HELD
                 );
                 None
             }
@@ -84,6 +87,35 @@ impl StealthTable {
     /// Releases a socket: its packets to that destination leave again.
     pub fn release(&mut self, key: &OutStealthKey) {
         removed(maps::OUT_STEALTH, self.map.remove(key));
+    }
+
+    /// Makes the egress program look packets up in the table (`on`), or not. Off only when
+    /// nothing is held and no hook in force can hold ([`Self::follow`]).
+    fn set_holding(&mut self, on: bool) -> anyhow::Result<()> {
+        self.holding
+            .set(0, &u32::from(on), 0)
+            .context("writing OUT_HOLDING")
+    }
+
+    /// Whether the egress program looks packets up.
+    pub fn holding(&self) -> bool {
+        self.holding.get(&0, 0).is_ok_and(|on| on != 0)
+    }
+
+    /// Before hooks that can say `stealth` (`can_stealth`) run: the egress program looks.
+    pub fn before_hooks(&mut self, can_stealth: bool) -> anyhow::Result<()> {
+        if can_stealth {
+            self.set_holding(true)?;
+        }
+        Ok(())
+    }
+
+    /// Once the hooks in force are those of rules that can (`can_stealth`) or cannot say
+    /// `stealth`: the egress program stops looking only when they cannot and nothing is held
+    /// any more (a socket held by earlier rules and still held stays dropped).
+    pub fn follow(&mut self, can_stealth: bool) -> anyhow::Result<()> {
+        let on = can_stealth || !self.entries().is_empty();
+        self.set_holding(on)
     }
 }
 
