@@ -798,6 +798,29 @@ action = "stealth"
     );
 }
 
+/// Where any user may bind port 53 (`net.ipv4.ip_unprivileged_port_start` at 53 or below, in
+/// the daemon's namespace), an answer over lo may come from anyone: the loopback program is
+/// not attached, and `fwctl status` says why.
+#[test]
+fn lo_is_not_read_where_any_user_may_bind_port_53() {
+    let lab = Lab::after(&rules(), |pair| {
+        // Through /proc, as the kernel matrix's image has no sysctl.
+        pair.server
+            .run(|| std::fs::write("/proc/sys/net/ipv4/ip_unprivileged_port_start", "53"))
+            .expect("net.ipv4.ip_unprivileged_port_start");
+        Vec::new()
+    });
+    assert!(!firewall_daemon::kernel::loopback::attached(
+        &lab.daemon.pin_dir
+    ));
+    let status = lab.daemon.fwctl_json(&["status"]);
+    let degraded = status["kernel"]["degraded"].to_string();
+    assert!(
+        degraded.contains("ip_unprivileged_port_start is 53"),
+        "{status:#}"
+    );
+}
+
 /// A copy of this test binary at `dir/name`: a program with an identity of its own.
 fn copy_program(dir: &std::path::Path, name: &str) -> std::path::PathBuf {
     use std::os::unix::fs::PermissionsExt as _;

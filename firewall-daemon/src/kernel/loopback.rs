@@ -114,8 +114,30 @@ pub fn sync(reads_names: bool, fresh: bool, pin_dir: &Path) -> anyhow::Result<()
         detach(pin_dir);
         return Ok(());
     }
+    if let Some(start) = unprivileged_port_start()
+        && start <= 53
+    {
+        detach(pin_dir);
+        anyhow::bail!(
+            "net.ipv4.ip_unprivileged_port_start is {start} in this network namespace: any \
+             user may bind port 53 and answer queries over lo, so lo is not read (set it above \
+             53 and reload)"
+        );
+    }
     if fresh || !attached(pin_dir) {
         attach(pin_dir)?;
     }
     Ok(())
+}
+
+/// `net.ipv4.ip_unprivileged_port_start` of the daemon's network namespace (the sysctl is per
+/// namespace), if it can be read. What the loopback program trusts is that only a process
+/// allowed to bind a port below 1024 sends from port 53 over `lo`; with this at 53 or below,
+/// any user's can.
+fn unprivileged_port_start() -> Option<u32> {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_unprivileged_port_start")
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
 }
