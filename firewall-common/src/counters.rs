@@ -102,9 +102,8 @@ pub enum Counter {
     OutNotJudged,
     /// Packets the egress program dropped because their socket is held by `stealth`.
     OutStealthDropped,
-    /// A `stealth` verdict that could not be recorded (the tables full, or the socket already
-    /// held for `HELD_DESTS` destinations): the call was refused with EPERM instead (also
-    /// counted under `OutRejected`).
+    /// A `stealth` verdict that could not be recorded (a table full): the call was refused
+    /// with EPERM instead (also counted under `OutRejected`).
     OutStealthRecordFailed,
     /// Outbound calls whose caller's executable could not be read (kernel thread, exiting
     /// task): judged with no program identity.
@@ -186,10 +185,15 @@ pub enum Counter {
     /// `[dns] enforce` where `[defaults] outbound` allows (also counted under
     /// `OutDefaultVerdict` and `OutRejected`).
     OutUnnamedRefused,
+    /// Outbound calls refused because another task's hook ran on the same CPU in the middle
+    /// of their judging by rules about programs, units or users and reused its scratch room
+    /// (a preemptible kernel): judged on keys that were not theirs, the verdict is not used
+    /// (also counted under `OutRejected`).
+    OutInterleaved,
 }
 
 impl Counter {
-    pub const COUNT: u32 = Counter::OutUnnamedRefused as u32 + 1;
+    pub const COUNT: u32 = Counter::OutInterleaved as u32 + 1;
 
     pub const ALL: [Counter; Counter::COUNT as usize] = [
         Counter::Packets,
@@ -262,6 +266,7 @@ impl Counter {
         Counter::DnsAddresses,
         Counter::OutNamed,
         Counter::OutUnnamedRefused,
+        Counter::OutInterleaved,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -336,6 +341,7 @@ impl Counter {
             Counter::DnsAddresses => "dns_addresses",
             Counter::OutNamed => "out_named",
             Counter::OutUnnamedRefused => "out_unnamed_refused",
+            Counter::OutInterleaved => "out_interleaved",
         }
     }
 }

@@ -11,7 +11,7 @@
 use core::mem::size_of;
 
 use crate::{
-    AddrValue, Counter, EXACT4_FILTER_WORDS, HELD_SOCKETS, HeldSocket, IFACE_MAC_ENTRIES, IfaceMac,
+    AddrValue, Counter, EXACT4_FILTER_WORDS, HELD_SOCKETS, IFACE_MAC_ENTRIES, IfaceMac,
     LOCAL_ADDRS_ENTRIES, LOG_RING_BYTES, LocalAddrKey, OUT_STEALTH_ENTRIES, OutStealthKey,
     PORT_SLOTS, PROTO_CLASSES, PairKey, PortValue, RateBucket, RateKey, SOCK_OWNER_ENTRIES,
     ct::{ConnOwner, CtConfig, CtEntry, CtKey},
@@ -70,8 +70,8 @@ pub const CT_CONFIG: &str = "CT_CONFIG";
 /// Filled by the cgroup hooks, read by the TC egress program, which drops the matching
 /// packets. Pinned and shared by every generation. Not an LRU: see `outbound.rs`.
 pub const OUT_STEALTH: &str = "OUT_STEALTH";
-/// Hash, socket cookie -> [`super::HeldSocket`]: the destinations each held socket is held
-/// for and who held it; emptied by the sock_release hook.
+/// Hash, socket cookie -> 1: the sockets [`OUT_STEALTH`] holds; the sock_release hook forgets
+/// a listed socket's holds.
 pub const OUT_HELD: &str = "OUT_HELD";
 /// Array with one u32, non-zero while sockets may be held: the egress program looks packets
 /// up in [`OUT_STEALTH`] only then. Written by the daemon: on before hooks that can say
@@ -121,8 +121,11 @@ pub const LOG_BUDGET: &str = "LOG_BUDGET";
 pub const LOG_RULES: &str = "LOG_RULES";
 /// Per-CPU room for the flow key and entry the tracker builds (the XDP stack is full).
 pub const CT_SCRATCH: &str = "CT_SCRATCH";
-/// Per-CPU room for the selector lookup's inputs and keys.
+/// Per-CPU room for the selector lookup's inputs and keys (the packet programs').
 pub const SCRATCH: &str = "SCRATCH";
+/// Per-CPU room for the outbound hooks' selector lookups, which no packet program touches
+/// (`firewall-ebpf/src/scratch.rs`).
+pub const OUT_SCRATCH: &str = "OUT_SCRATCH";
 /// Per-CPU slot the parser launders the IP header offset through (see `parse.rs`, `widen`).
 pub const WIDEN: &str = "WIDEN";
 /// Ring buffer of aya-log's trace messages (`firewall-ebpf/src/diagnostics.rs`); its name is
@@ -309,7 +312,7 @@ const fn scratch(name: &'static str, value_size: Option<usize>) -> MapSpec {
 
 /// Every map of the eBPF object.
 #[rustfmt::skip]
-pub const MAPS: [MapSpec; 48] = {
+pub const MAPS: [MapSpec; 49] = {
     use Capacity::{Conntrack, Fixed, Indexed, Rules};
     use Kind::{Diagnostics, Generation, Probe, Shared};
     use MapType::{Array, Hash, LpmTrie, LruHash, PerCpuArray, ProgramArray, RingBuf};
@@ -347,7 +350,7 @@ pub const MAPS: [MapSpec; 48] = {
         // The host's own pending flows get as much room as remote hosts' handshakes.
         spec(CT_LOCAL, Shared, LruHash, size_of::<CtKey>(), size_of::<CtEntry>(), Conntrack(CtSize::Unconfirmed)),
         spec(OUT_STEALTH, Shared, Hash, size_of::<OutStealthKey>(), 4, Fixed(OUT_STEALTH_ENTRIES)),
-        spec(OUT_HELD, Shared, Hash, 8, size_of::<HeldSocket>(), Fixed(HELD_SOCKETS)),
+        spec(OUT_HELD, Shared, Hash, 8, 4, Fixed(HELD_SOCKETS)),
         spec(OUT_HOLDING, Shared, Array, 4, 4, Indexed(1)),
         spec(LISTENERS, Shared, Hash, size_of::<ListenerKey>(), size_of::<Listener>(), Fixed(LISTENER_ENTRIES)),
         spec(LISTENER_OF, Shared, Hash, 8, size_of::<ListenerKey>(), Fixed(LISTENER_ENTRIES)),
@@ -363,6 +366,7 @@ pub const MAPS: [MapSpec; 48] = {
         // The kernel programs' own scratch space.
         scratch(CT_SCRATCH, None),
         scratch(SCRATCH, None),
+        scratch(OUT_SCRATCH, None),
         scratch(WIDEN, Some(8)),
         scratch(DNS_SCRATCH, None),
         scratch(QUERY_SCRATCH, None),

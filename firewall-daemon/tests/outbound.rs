@@ -1106,8 +1106,8 @@ fn reloads_restarts_and_on_stop() {
 /// A socket held by `stealth` stays held whatever else is held: holds are never forgotten to
 /// make room (the table was an LRU, and one process sending to 65,536 held destinations
 /// pushed a connected socket's hold out, after which its send()s, which run no hook, left).
-/// A call that cannot be held (the tables full, or a socket already held for 8 destinations)
-/// is refused instead.
+/// A call that cannot be held (the table full) is refused instead, and a closed socket's
+/// holds are forgotten.
 #[test]
 fn a_held_socket_stays_held_however_many_others_are_held() {
     let mut lab = Lab::new(ALLOW_7000);
@@ -1125,17 +1125,19 @@ fn a_held_socket_stays_held_however_many_others_are_held() {
         (w[0], w[1], w[2])
     };
 
-    // One socket: 8 destinations held, the 9th refused.
-    let per_socket = counts(&lab.inside.call(&format!("udpfill {peer4} 1000 1 9 keep")));
-    // Three times the tables' room (65,536) in holds, from sockets closed after (their
-    // holds go with them), then more than the room from sockets kept open.
+    // Three times the table's room (65,536) in holds, from sockets closed after (their holds
+    // go with them), then more than the room from sockets kept open.
     for _ in 0..3 {
         for addr in [&peer4, &peer6] {
-            let (_, _, other) = counts(
+            let (sent, _, other) = counts(
                 &lab.inside
-                    .call(&format!("udpfill {addr} 2000 4100 8 close")),
+                    .call(&format!("udpfill {addr} 2000 8 4100 close")),
             );
-            assert_eq!(other, 0);
+            assert_eq!(
+                (sent, other),
+                (8 * 4100, 0),
+                "closed sockets' holds are forgotten"
+            );
         }
     }
     let mut sent = 0;
@@ -1157,14 +1159,10 @@ fn a_held_socket_stays_held_however_many_others_are_held() {
         "the held socket's datagram left"
     );
     assert!(!lab.peer.seen.contains("victim-before"));
-    assert_eq!(
-        per_socket,
-        (8, 1, 0),
-        "a socket is held for at most 8 destinations"
-    );
     assert!(
-        refused > 0 && sent + refused == 2 * 4100 * 8 && sent < 65_536,
-        "the calls that found the tables full were refused: {sent} held, {refused} refused"
+        // (A hash's room is its size and a few spare entries per CPU.)
+        refused > 0 && sent + refused == 2 * 4100 * 8,
+        "the calls that found the table full were refused: {sent} held, {refused} refused"
     );
 }
 
@@ -1229,10 +1227,12 @@ fn cgroup_must_be_a_cgroup2_directory() {
 /// the middle of one. A per-CPU scratch map the hooks shared with the XDP program let an
 /// arriving packet's address, port and listener stand in for a connect()'s destination and
 /// caller (`firewall-ebpf/src/scratch.rs`). That race cannot be made to happen at will in a
-/// test; what rules it out can be checked: the kernel says which maps each loaded hook uses,
-/// and the per-CPU ones must be those where a lost update costs a count.
+/// test; what rules it out can be checked: the kernel says which maps each loaded program
+/// uses. The per-CPU maps a hook shares with a packet program must be those where a lost
+/// update costs a count, and the hooks' own room (`OUT_SCRATCH`, guarded against other tasks'
+/// hooks) must be theirs alone.
 #[test]
-fn the_hooks_keep_their_keys_off_the_per_cpu_maps() {
+fn the_hooks_share_no_per_cpu_room_with_the_packet_programs() {
     use aya::maps::{MapInfo, MapType};
     use firewall_daemon::kernel::{Hook, OutboundGeneration};
 
@@ -1241,53 +1241,86 @@ fn the_hooks_keep_their_keys_off_the_per_cpu_maps() {
     let pin = fs.pin_dir("fw");
     // Every path of the hooks is in the program whatever the rules: these name a program, a
     // user and a name, so that each kind of lookup is at least configured.
-    let text = "[[rule]]\ndirection = \"out\"\nuser = \"root\"\nremote = [\"*.example.test\"]\n\
-                action = \"allow\"\n\n[[rule]]\ndirection = \"out\"\nprogram = \"/usr/bin/env\"\n\
-                port = 443\naction = \"reject\"\n";
+    let text = "[[rule]]\ndirection = \"out\"\nprogram = \"/usr/bin/env\"\nproto = \"tcp\"\n\
+                port = 443\nremote = [\"*.example.test\"]\naction = \"allow\"\n\n[[rule]]\n\
+                direction = \"out\"\nremote = [\"*.example.test\"]\naction = \"reject\"\n";
     let ruleset = config::parse(text, Path::new("hooks.toml")).expect("the test rules");
-    let _inbound = support::lab::Loaded::new(&ruleset, &pin, text);
+    let inbound = support::lab::Loaded::new(&ruleset, &pin, text);
+    // Resolved as the daemon resolves them: the selectors' code is then verified, not pruned.
+    let resolved = firewall_daemon::host::selectors::Resolved::resolve(&ruleset, Path::new("/"));
     let out = firewall_daemon::compile::compile_direction(
         &ruleset,
         rules::model::Direction::Out,
-        &Default::default(),
+        &resolved,
     )
     .expect("compiling the outbound rules");
+    let t0 = Instant::now();
     let mut hooks = OutboundGeneration::load(&out, &ruleset, &pin, 1)
         .unwrap_or_else(|e| panic!("loading the hooks: {e:#}"));
-    for hook in Hook::ALL {
-        let id = hooks.program_id(hook).expect("the hook's program id");
+    eprintln!("TIMING hooks loaded in {:?}", t0.elapsed());
+    let per_cpu_maps = |id: u32| -> Option<Vec<String>> {
         let info = aya::programs::loaded_programs()
             .filter_map(Result::ok)
             .find(|p| p.id() == id)
-            .expect("the kernel lists the loaded hook");
-        let Some(ids) = info.map_ids().expect("the hook's maps") else {
+            .expect("the kernel lists the loaded program");
+        let ids = info.map_ids().expect("the program's maps")?;
+        Some(
+            ids.into_iter()
+                .map(|id| MapInfo::from_id(id).expect("a map the program uses"))
+                .filter(|m| {
+                    matches!(
+                        m.map_type(),
+                        Ok(MapType::PerCpuArray | MapType::PerCpuHash | MapType::LruPerCpuHash)
+                    )
+                })
+                .map(|m| m.name_as_str().unwrap_or("?").to_owned())
+                .collect(),
+        )
+    };
+    let mut packet_programs = Vec::new();
+    for (name, id) in inbound.generation.program_ids() {
+        let Some(maps) = per_cpu_maps(id) else {
             eprintln!("SKIPPED: this kernel does not say which maps a program uses");
             return;
         };
-        let per_cpu: Vec<String> = ids
-            .into_iter()
-            .map(|id| MapInfo::from_id(id).expect("a map the hook uses"))
-            .filter(|m| {
-                matches!(
-                    m.map_type(),
-                    Ok(MapType::PerCpuArray | MapType::PerCpuHash | MapType::LruPerCpuHash)
-                )
-            })
-            .map(|m| m.name_as_str().unwrap_or("?").to_owned())
-            .collect();
+        packet_programs.push((name, maps));
+    }
+    assert!(
+        packet_programs
+            .iter()
+            .any(|(_, maps)| maps.iter().any(|m| m == "SCRATCH")),
+        "the check sees the packet programs' scratch maps: {packet_programs:?}"
+    );
+    for hook in Hook::ALL {
+        let id = hooks.program_id(hook).expect("the hook's program id");
+        let Some(per_cpu) = per_cpu_maps(id) else {
+            eprintln!("SKIPPED: this kernel does not say which maps a program uses");
+            return;
+        };
         // The check sees the maps it is about: the counters are per-CPU and every hook counts.
         assert!(
             per_cpu.iter().any(|m| m == "COUNTERS"),
             "{hook:?}: the kernel listed {per_cpu:?}"
         );
-        let shared: Vec<&String> = per_cpu
+        for (name, maps) in &packet_programs {
+            let shared: Vec<&String> = per_cpu
+                .iter()
+                .filter(|m| maps.contains(m) && !ONLY_COUNTS.contains(&m.as_str()))
+                .collect();
+            assert!(
+                shared.is_empty(),
+                "{hook:?} keeps state in per-CPU maps {shared:?} that {name} uses too: it can \
+                 overwrite them in the middle of the hook"
+            );
+        }
+        let unguarded: Vec<&String> = per_cpu
             .iter()
-            .filter(|m| !ONLY_COUNTS.contains(&m.as_str()))
+            .filter(|m| !ONLY_COUNTS.contains(&m.as_str()) && *m != "OUT_SCRATCH")
             .collect();
         assert!(
-            shared.is_empty(),
-            "{hook:?} keeps state in per-CPU maps {shared:?}: a packet program or another \
-             task can overwrite it in the middle of the hook"
+            unguarded.is_empty(),
+            "{hook:?} keeps state in per-CPU maps {unguarded:?}: another task's hook can \
+             overwrite it in the middle of the hook"
         );
     }
 }

@@ -14,7 +14,7 @@
 //!
 //! - `allow`: return 1, the call proceeds.
 //! - `reject`: return 0, the call fails at once with EPERM.
-//! - `stealth`: return 1, and record (socket cookie, destination) in `OUT_STEALTH` ([`hold`]);
+//! - `stealth`: return 1, and record (socket cookie, destination) in `OUT_STEALTH`;
 //!   the TC egress program drops that socket's packets to that destination ([`held`]), so the
 //!   application waits and times out as behind a black hole. A call that cannot be recorded
 //!   is refused instead.
@@ -22,11 +22,12 @@
 //! `OUT_STEALTH` key layout (`OutStealthKey`, 32 bytes): the socket's cookie, the destination
 //! address (IPv4 as `::ffff:a.b.c.d`, as the packets leave), the destination port (host
 //! order) and the IP protocol number; the value is the verdict word. The destination is part
-//! of the key because one unconnected UDP socket may send to several. `OUT_HELD` lists, per
-//! socket, the destinations it is held for and who held it, so that the sock_release hook
-//! ([`forget_held`]) can forget them all. Both are plain hashes, pinned by name and shared by
-//! both copies and every generation: an LRU would let any local process push a hold out
-//! (`firewall-common/src/outbound.rs`).
+//! of the key because one unconnected UDP socket may send to several. `OUT_HELD` lists the
+//! held sockets, so that the sock_release hook ([`forget_held`]) forgets their holds. Both
+//! are plain hashes, pinned by name and shared by both copies and every generation: an LRU
+//! would let any local process push a hold out (`firewall-common/src/outbound.rs`). A held
+//! socket's owner is in `SOCK_OWNER`, an LRU: when it is gone the daemon keeps the socket held
+//! where the rules ask who it is.
 //!
 //! An allowed call also records who made it (`SOCK_OWNER`, by socket cookie: executable, uid,
 //! pid, see `owners.rs`), and the egress program copies that into the connection the socket's
@@ -40,16 +41,16 @@
 
 use aya_ebpf::{
     EbpfContext as _,
-    bindings::BPF_NOEXIST,
-    helpers::bpf_get_socket_cookie,
+    cty::c_void,
+    helpers::{bpf_get_socket_cookie, generated::bpf_for_each_map_elem},
     macros::map,
     maps::{Array, HashMap},
     programs::{SockAddrContext, TcContext},
 };
 use firewall_common::{
-    ACTION_ALLOW, ACTION_REJECT, AF_INET, AF_INET6, Counter, HELD_DESTS, HELD_SOCKETS, HeldDest,
-    HeldSocket, IPPROTO_TCP, IPPROTO_UDP, NO_MATCH, OUT_STEALTH_ENTRIES, OutStealthKey, PROTO_TCP,
-    PROTO_UDP, WHY_DEFAULT, WHY_RULE, ct::ConnOwner, identity::ExeId, verdict_action,
+    ACTION_ALLOW, ACTION_REJECT, AF_INET, AF_INET6, Counter, HELD_SOCKETS, IPPROTO_TCP,
+    IPPROTO_UDP, NO_MATCH, OUT_STEALTH_ENTRIES, OutStealthKey, PROTO_TCP, PROTO_UDP, WHY_DEFAULT,
+    WHY_RULE, identity::ExeId, verdict_action,
 };
 
 use crate::{
@@ -73,9 +74,10 @@ static OUT_HOLDING: Array<u32> = Array::pinned(1, 0);
 /// copies of the program and every generation share it.
 #[map]
 static OUT_STEALTH: HashMap<OutStealthKey, u32> = HashMap::pinned(OUT_STEALTH_ENTRIES, 0);
-/// Per held socket, its destinations and who held it. Allocated as sockets are held: few are.
+/// The sockets `OUT_STEALTH` holds (value 1), for the sock_release hook. Allocated as sockets
+/// are held: few are.
 #[map]
-static OUT_HELD: HashMap<u64, HeldSocket> =
+static OUT_HELD: HashMap<u64, u32> =
     HashMap::pinned(HELD_SOCKETS, aya_ebpf::bindings::BPF_F_NO_PREALLOC);
 
 /// `bpf_sock_addr.protocol` of the sockets judged.
@@ -172,10 +174,12 @@ pub(crate) fn judge<const FAMILY: u32, const CONNECT: bool>(ctx: &SockAddrContex
     if selector::active() {
         let owner = selector::current_owner_for_rules();
         exe = owner.exe;
-        word = min(
-            word,
-            selector::classify_owner::<true>(&owner, AddrWords::of(&remote), proto, port),
-        );
+        let Some(by_owner) = selector::classify_caller(&owner, AddrWords::of(&remote), proto, port)
+        else {
+            count(Counter::OutRejected);
+            return REFUSE;
+        };
+        word = min(word, by_owner);
     }
     let why = if word == NO_MATCH {
         let default = DEFAULT_OUTBOUND.load();
@@ -214,7 +218,10 @@ pub(crate) fn judge<const FAMILY: u32, const CONNECT: bool>(ctx: &SockAddrContex
                 _pad: [0; 5],
             };
             remote.write_mapped(&mut key.remote);
-            if hold(&key, word, exe) {
+            // Listed first, so that its release forgets every hold it gets.
+            if OUT_HELD.insert(&key.cookie, &1, 0).is_ok()
+                && OUT_STEALTH.insert(&key, &word, 0).is_ok()
+            {
                 count(Counter::OutStealthed);
                 remember_owner::<CONNECT>(ctx, exe);
                 PROCEED
@@ -228,100 +235,48 @@ pub(crate) fn judge<const FAMILY: u32, const CONNECT: bool>(ctx: &SockAddrContex
     }
 }
 
-/// A socket's `OUT_HELD` entry before its first destination.
-static NOT_HELD: HeldSocket = HeldSocket {
-    owner: ConnOwner {
-        exe: ExeId { dev: 0, ino: 0 },
-        uid: 0,
-        pid: 0,
-    },
-    count: 0,
-    _pad: 0,
-    dests: [HeldDest::EMPTY; HELD_DESTS],
-};
-
-/// Records that the socket of `key` is held for its destination by the verdict `word`: the
-/// destination in the socket's `OUT_HELD` entry (made with the caller `exe` as its owner),
-/// then the pair in `OUT_STEALTH`. False when either cannot be recorded: a table full, or the
-/// socket already held for [`HELD_DESTS`] other destinations. A subprogram: the socket's
-/// entry is built on its own frame, not the hook's.
-#[inline(never)]
-fn hold(key: &OutStealthKey, word: u32, exe: ExeId) -> bool {
-    let dest = HeldDest {
-        remote: key.remote,
-        remote_port: key.remote_port,
-        proto: key.proto,
-        _pad: 0,
-    };
-    let h = match OUT_HELD.get_ptr_mut(&key.cookie) {
-        Some(h) => h,
-        None => {
-            // Made from a constant, not from a value on this frame: the hook's frame and this
-            // one must fit the kernel's 512 bytes together.
-            if OUT_HELD
-                .insert(&key.cookie, &NOT_HELD, BPF_NOEXIST as u64)
-                .is_err()
-            {
-                return false;
-            }
-            match OUT_HELD.get_ptr_mut(&key.cookie) {
-                Some(h) => h,
-                None => return false,
-            }
-        }
-    };
-    // SAFETY: a map value; the kernel runs a socket's hooks under its lock, so this entry has
-    // no other writer while the hook runs.
-    let h = unsafe { &mut *h };
-    if h.count == 0 {
-        h.owner = crate::owners::caller(exe);
-    }
-    let mut known = false;
-    let mut i = 0;
-    while i < HELD_DESTS {
-        if (i as u32) < h.count && h.dests[i] == dest {
-            known = true;
-        }
-        i += 1;
-    }
-    if !known {
-        let n = h.count as usize;
-        if n >= HELD_DESTS {
-            return false;
-        }
-        h.dests[n] = dest;
-        h.count += 1;
-    }
-    OUT_STEALTH.insert(key, &word, 0).is_ok()
-}
-
-/// A socket is released (the sock_release hook): forgets every destination it was held for.
+/// A socket is released (the sock_release hook): forgets every destination it was held for,
+/// if `OUT_HELD` lists it (most released sockets were never held and cost one lookup). The
+/// walk is over the whole table (a socket's destinations are not listed apart: listing them
+/// in the hooks cost the verifier more than it allows, the judging reaching the `stealth`
+/// branch by many paths), which only the release of a held socket pays.
 #[inline(always)]
 pub(crate) fn forget_held(cookie: u64) {
-    // SAFETY: copied out at once; the socket is going, no hook writes its entry any more.
-    let Some(h) = (unsafe { OUT_HELD.get(&cookie) }).copied() else {
+    // SAFETY: only tested for presence.
+    if unsafe { OUT_HELD.get(&cookie) }.is_none() {
         return;
-    };
-    let mut key = OutStealthKey {
-        cookie,
-        remote: [0; 16],
-        remote_port: 0,
-        proto: 0,
-        _pad: [0; 5],
-    };
-    let mut i = 0;
-    while i < HELD_DESTS {
-        if (i as u32) < h.count {
-            let d = &h.dests[i];
-            key.remote = d.remote;
-            key.remote_port = d.remote_port;
-            key.proto = d.proto;
-            // Released by the daemon already, or never recorded: nothing to forget.
-            let _ = OUT_STEALTH.remove(&key);
-        }
-        i += 1;
     }
+    let mut wanted = cookie;
+    // SAFETY: the map is a hash of this object, the callback takes its arguments as the
+    // kernel passes them, and `wanted` outlives the walk.
+    unsafe {
+        bpf_for_each_map_elem(
+            core::ptr::addr_of!(OUT_STEALTH).cast_mut().cast(),
+            forget_one as *mut c_void,
+            core::ptr::addr_of_mut!(wanted).cast(),
+            0,
+        )
+    };
     let _ = OUT_HELD.remove(&cookie);
+}
+
+/// One entry of [`forget_held`]'s walk: removed if it is the released socket's.
+extern "C" fn forget_one(
+    _map: *mut c_void,
+    key: *mut c_void,
+    _value: *mut c_void,
+    cookie: *mut c_void,
+) -> i64 {
+    // SAFETY: the kernel passes the entry's key and the walk's context (a u64 on the
+    // caller's stack).
+    unsafe {
+        let key = &*(key as *const OutStealthKey);
+        if key.cookie == *(cookie as *const u64) {
+            // The walk allows deleting the entry it is at.
+            let _ = OUT_STEALTH.remove(key);
+        }
+    }
+    0
 }
 
 /// Egress: is `pkt` (leaving the host) from a socket held by `stealth`, to the destination

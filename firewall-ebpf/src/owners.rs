@@ -68,27 +68,20 @@ pub(crate) fn remember_owner<const CONNECT: bool>(ctx: &SockAddrContext, exe: Ex
     {
         return;
     }
-    let owner = caller(exe);
-    let flags = if CONNECT { 0 } else { BPF_NOEXIST as u64 };
-    // A racing sendmsg on another CPU may have recorded the socket first: that is fine.
-    if SOCK_OWNER.insert(&cookie, &owner, flags).is_err() && CONNECT {
-        count(Counter::OwnerRecordFailed);
-    }
-}
-
-/// The calling task as an owner: `exe`, the executable when the caller already read it, else
-/// read now.
-#[inline(always)]
-pub(crate) fn caller(exe: ExeId) -> ConnOwner {
     let exe = if exe.dev != 0 || exe.ino != 0 {
         exe
     } else {
         identity::current_exe().unwrap_or(ExeId { dev: 0, ino: 0 })
     };
-    ConnOwner {
+    let owner = ConnOwner {
         exe,
         uid: bpf_get_current_uid_gid() as u32,
-        pid: (bpf_get_current_pid_tgid() >> 32) as u32,
+        pid,
+    };
+    let flags = if CONNECT { 0 } else { BPF_NOEXIST as u64 };
+    // A racing sendmsg on another CPU may have recorded the socket first: that is fine.
+    if SOCK_OWNER.insert(&cookie, &owner, flags).is_err() && CONNECT {
+        count(Counter::OwnerRecordFailed);
     }
 }
 

@@ -9,14 +9,18 @@
 //! A per-CPU slot is a program's own only while nothing else can run on that CPU before the
 //! program ends. That holds for the packet programs: XDP runs in softirq, and TC egress with
 //! bottom halves off, so neither starts on a CPU while the other runs there. It does not hold
-//! for the cgroup hooks (connect(), sendmsg(), bind()): they run in the calling task, where a
-//! softirq (the XDP program judging an arriving packet) can run between two of their
-//! instructions, and on a preemptible kernel (`preempt=full`, PREEMPT_RT) another task's hook
-//! too. A hook sharing `SCRATCH` could then judge a connect() by an arriving packet's address
-//! and listener. So the hooks build the same keys in a [`Scratch`] on their own stack
-//! ([`Scratch::EMPTY`]), and use per-CPU maps only where a lost update costs a count: the
-//! counters, the rule hits and the log budget (`tests/outbound.rs` checks which maps they
-//! use).
+//! for the cgroup hooks (connect(), sendmsg()): they run in the calling task, where a softirq
+//! (the XDP program judging an arriving packet) can run between two of their instructions,
+//! and on a preemptible kernel (`preempt=full`, PREEMPT_RT) another task's hook too. Sharing
+//! `SCRATCH` let an arriving packet's address and listener stand in for a connect()'s. So:
+//! - the hooks have a room of their own, `OUT_SCRATCH`, which no packet program touches;
+//! - each judging writes the calling thread's id into it first and checks it is still there
+//!   at the end: another task's hook that ran on this CPU meanwhile has written its own, and
+//!   the call is refused (`selector::classify_caller`, counted as `out_interleaved`).
+//! (Keys on the hook's own stack would need neither, but the verifier then tracks every byte
+//! of them: with rules about programs and names it took longer than a start may.) Other
+//! per-CPU maps the hooks use are those where a lost update costs a count: the counters, the
+//! rule hits and the log budget (`tests/outbound.rs` checks which maps they use).
 
 use aya_ebpf::{
     macros::map,
@@ -24,7 +28,8 @@ use aya_ebpf::{
 };
 use firewall_common::identity::{ExeId, GroupKey, ListenerKey, ScopedSlot};
 
-/// The lookup's inputs and keys.
+/// The lookup's inputs and keys, kept off the stack: the XDP program's frame plus these
+/// subprograms' must stay within the kernel's 512 bytes.
 #[repr(C)]
 pub(crate) struct Scratch {
     pub group: GroupKey,
@@ -42,45 +47,31 @@ pub(crate) struct Scratch {
     pub v4: u32,
 }
 
-impl Scratch {
-    /// All zero: a hook's own, on its stack.
-    pub const EMPTY: Self = {
-        let exe = ExeId { dev: 0, ino: 0 };
-        Self {
-            group: GroupKey {
-                exe,
-                unit: 0,
-                uid: 0,
-                _pad: 0,
-            },
-            listener: ListenerKey {
-                addr: [0; 16],
-                port: 0,
-                proto: 0,
-                family: 0,
-                _pad: 0,
-            },
-            slot: ScopedSlot { group: 0, slot: 0 },
-            k4: Key::new(0, [0; 8]),
-            k6: Key::new(0, [0; 20]),
-            exe,
-            unit: 0,
-            hi: 0,
-            lo: 0,
-            uid: 0,
-            proto: 0,
-            port: 0,
-            v4: 0,
-        }
-    };
+/// The hooks' room: the judging's thread id, then the keys.
+#[repr(C)]
+pub(crate) struct HookScratch {
+    pub token: u64,
+    pub keys: Scratch,
 }
 
 #[map]
 static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
 
+#[map]
+static OUT_SCRATCH: PerCpuArray<HookScratch> = PerCpuArray::with_max_entries(1, 0);
+
 #[inline(always)]
 pub(crate) fn scratch() -> Option<&'static mut Scratch> {
     this_cpus(&SCRATCH)
+}
+
+/// This CPU's slot of the hooks' room. Not exclusively theirs while they run (see above):
+/// only through `selector::classify_caller`, which checks.
+#[inline(always)]
+pub(crate) fn hook_scratch() -> Option<&'static mut HookScratch> {
+    // SAFETY: this CPU's slot; another task's hook may write it meanwhile, which the caller
+    // detects by the token (see above).
+    OUT_SCRATCH.get_ptr_mut(0).map(|p| unsafe { &mut *p })
 }
 
 /// This CPU's slot of a one-entry per-CPU scratch map (this module's, the connection

@@ -27,6 +27,8 @@
 //! Precedence: the group's candidate joins the unscoped rules' through the same `min`
 //! (`classifier.rs`): whichever rule comes first in the file wins.
 
+use core::sync::atomic::{Ordering, compiler_fence};
+
 use aya_ebpf::{
     Global,
     macros::map,
@@ -46,7 +48,7 @@ use crate::{
     classifier::{min, pair_verdict},
     counters::count,
     dns, identity, listeners,
-    scratch::{Scratch, scratch},
+    scratch::{Scratch, hook_scratch, scratch},
 };
 
 /// Bit `s` set when a group of shape `s` exists in this copy's rules (0: no selectors).
@@ -112,26 +114,41 @@ fn unit_of(owner: &Owner) -> u64 {
 /// the groups' names are looked up too (the outbound hooks). The inbound path is another
 /// instance without them: the verifier counts a subprogram's whole frame whatever path runs,
 /// and the names' keys on the frame took the XDP program's chain of calls past 512 bytes.
-///
-/// Where the keys are built differs too (`scratch.rs` says why): the XDP program builds them
-/// in this CPU's scratch, the outbound hooks on their own stack, since an XDP program or
-/// another task may run on the same CPU in the middle of a hook.
+/// The keys are built in this CPU's scratch room: for the packet programs only (the hooks
+/// call [`classify_caller`], `scratch.rs` says why).
 #[inline(always)]
-pub(crate) fn classify_owner<const NAMES: bool>(
+pub(crate) fn classify_owner(owner: &Owner, remote: AddrWords, proto: u32, port: u16) -> u32 {
+    match scratch() {
+        Some(s) => classify_owner_in::<false>(s, owner, remote, proto, port),
+        None => NO_MATCH,
+    }
+}
+
+/// [`classify_owner`] for the outbound hooks, names included, in their own room
+/// (`OUT_SCRATCH`). `None` if another task's hook used the room meanwhile (`scratch.rs`):
+/// the call is then refused, not judged again (a second judging in the same program doubled
+/// what the verifier walks, past its limit with rules naming programs and names).
+#[inline(always)]
+pub(crate) fn classify_caller(
     owner: &Owner,
     remote: AddrWords,
     proto: u32,
     port: u16,
-) -> u32 {
-    if NAMES {
-        let mut own = Scratch::EMPTY;
-        classify_owner_in::<true>(&mut own, owner, remote, proto, port)
-    } else {
-        match scratch() {
-            Some(s) => classify_owner_in::<false>(s, owner, remote, proto, port),
-            None => NO_MATCH,
-        }
+) -> Option<u32> {
+    let room = hook_scratch()?;
+    let me = aya_ebpf::helpers::bpf_get_current_pid_tgid();
+    // SAFETY: this CPU's slot (`hook_scratch`); volatile, and fenced, so the token is written
+    // before the keys and read after the judging, as the check needs.
+    unsafe { core::ptr::write_volatile(&mut room.token, me) };
+    compiler_fence(Ordering::SeqCst);
+    let word = classify_owner_in::<true>(&mut room.keys, owner, remote, proto, port);
+    compiler_fence(Ordering::SeqCst);
+    // SAFETY: as above.
+    if unsafe { core::ptr::read_volatile(&room.token) } == me {
+        return Some(word);
     }
+    count(Counter::OutInterleaved);
+    None
 }
 
 /// [`classify_owner`] with the keys built in `s`.
@@ -267,7 +284,7 @@ pub(crate) fn classify_inbound(hi: u64, lo: u64, meta: u64, local_hi: u64, local
     match listeners::listener(local, proto, port) {
         Some(l) => {
             count(Counter::InListenerFound);
-            classify_owner::<false>(&l.owner, AddrWords { v4, hi, lo }, proto, port)
+            classify_owner(&l.owner, AddrWords { v4, hi, lo }, proto, port)
         }
         None => {
             count(Counter::InNoListener);

@@ -135,6 +135,14 @@ impl Generation {
         Ok(())
     }
 
+    /// The kernel's id of each loaded program of this generation (program name, id).
+    pub fn program_ids(&self) -> Vec<(String, u32)> {
+        self.ebpf
+            .programs()
+            .filter_map(|(name, prog)| Some((name.to_string(), prog.info().ok()?.id())))
+            .collect()
+    }
+
     /// How many instructions the verifier walked for each loaded program of this generation
     /// (program name, count), as the kernel reports it (Linux 5.16 and later; none before).
     /// Verification time follows it, and the limit is 1,000,000 per program.

@@ -11,7 +11,7 @@ use std::path::Path;
 use anyhow::Context as _;
 use aya::maps::{Array, HashMap, MapData, MapError};
 use firewall_common::{
-    HeldSocket, OutStealthKey,
+    OutStealthKey,
     ct::ConnOwner,
     identity::{Listener, ListenerKey},
     maps,
@@ -45,10 +45,11 @@ fn removed(name: &str, result: Result<(), MapError>) {
 }
 
 /// The sockets held by an outbound `stealth` ([`maps::OUT_STEALTH`]), opened from its pin, with
-/// who held them ([`maps::OUT_HELD`]) and whether the egress program looks ([`maps::OUT_HOLDING`]).
+/// who made them ([`maps::SOCK_OWNER`]) and whether the egress program looks
+/// ([`maps::OUT_HOLDING`]).
 pub struct StealthTable {
     map: HashMap<MapData, OutStealthKey, u32>,
-    sockets: HashMap<MapData, u64, HeldSocket>,
+    owners: HashMap<MapData, u64, ConnOwner>,
     holding: Array<MapData, u32>,
 }
 
@@ -57,8 +58,8 @@ impl StealthTable {
         Ok(Self {
             map: HashMap::try_from(open_pinned(pin_dir, maps::OUT_STEALTH)?)
                 .context("OUT_STEALTH has an unexpected layout")?,
-            sockets: HashMap::try_from(open_pinned(pin_dir, maps::OUT_HELD)?)
-                .context("OUT_HELD has an unexpected layout")?,
+            owners: HashMap::try_from(open_pinned(pin_dir, maps::SOCK_OWNER)?)
+                .context("SOCK_OWNER has an unexpected layout")?,
             holding: Array::try_from(open_pinned(pin_dir, maps::OUT_HOLDING)?)
                 .context("OUT_HOLDING has an unexpected layout")?,
         })
@@ -69,15 +70,16 @@ impl StealthTable {
         reported(maps::OUT_STEALTH, self.map.iter())
     }
 
-    /// Who held the socket `cookie` (`None`: not known).
+    /// Who made the socket `cookie` (`None`: not recorded, or forgotten: `SOCK_OWNER` is an
+    /// LRU, and the daemon then keeps the socket held where the rules ask who it is).
     pub fn owner(&self, cookie: u64) -> Option<ConnOwner> {
-        match self.sockets.get(&cookie, 0) {
-            Ok(held) => Some(held.owner).filter(ConnOwner::is_known),
+        match self.owners.get(&cookie, 0) {
+            Ok(owner) => Some(owner).filter(ConnOwner::is_known),
             Err(MapError::KeyNotFound) => None,
             Err(e) => {
                 warn!(
                     "{}: reading the owner of socket {cookie}: {e}",
-                    maps::OUT_HELD
+                    maps::SOCK_OWNER
                 );
                 None
             }
