@@ -1254,10 +1254,8 @@ fn the_hooks_share_no_per_cpu_room_with_the_packet_programs() {
         &resolved,
     )
     .expect("compiling the outbound rules");
-    let t0 = Instant::now();
     let mut hooks = OutboundGeneration::load(&out, &ruleset, &pin, 1)
         .unwrap_or_else(|e| panic!("loading the hooks: {e:#}"));
-    eprintln!("TIMING hooks loaded in {:?}", t0.elapsed());
     let per_cpu_maps = |id: u32| -> Option<Vec<String>> {
         let info = aya::programs::loaded_programs()
             .filter_map(Result::ok)
