@@ -10,11 +10,12 @@
 //! What is trusted: only an answer to a query a socket of the host sent. The egress program
 //! records each query leaving for port 53 from a local socket (forwarded traffic, a
 //! container's or a routed client's, has none) ([`DnsQueryKey`]: the host's address and
-//! port, the server's address, the transaction id; [`DnsQuery`]: its question), and the XDP
-//! program reads an answer only if it matches one and asks the same question, then deletes it
-//! (one recorded answer per query). A malformed or unmatched answer does not use the query up:
-//! the real answer still counts. An off-path host must guess the port and the id, as it must
-//! to fool the resolver. Malformed answers
+//! port, the server's address, the transaction id, and whether it left through a protected
+//! interface or over `lo`; [`DnsQuery`]: its question), and the XDP program (or the loopback
+//! program, for a query sent over `lo`) reads an answer only if it matches one and asks the
+//! same question, then deletes it (one recorded answer per query). A malformed or unmatched
+//! answer does not use the query up: the real answer still counts. An off-path host must
+//! guess the port and the id, as it must to fool the resolver. Malformed answers
 //! (compression loops or pointers that do not point back, names longer than 255 bytes,
 //! records past the end) are ignored as a whole.
 //!
@@ -90,8 +91,21 @@ pub struct DnsQueryKey {
     pub local_port: u16,
     /// The transaction id, as on the wire (network order bytes read as a `u16`).
     pub txid: u16,
-    pub _pad: [u8; 4],
+    /// Where the query was sent: [`VIA_WIRE`] or [`VIA_LOOPBACK`]. Part of the key so that
+    /// only an answer coming back the same way finds the query.
+    pub via: u8,
+    pub _pad: [u8; 3],
 }
+
+/// [`DnsQueryKey::via`]: the query left through a protected interface (the egress program),
+/// and only the XDP program may read its answer.
+pub const VIA_WIRE: u8 = 1;
+/// [`DnsQueryKey::via`]: the query went over `lo` to a resolver on the host (the loopback
+/// program), and only the loopback program may read its answer. A datagram from the network
+/// may claim to come from 127.0.0.53, or from the host's own address, and the XDP program
+/// reads it before the stack drops it as a martian: were it to find a query sent over `lo`,
+/// any host that reaches a UDP port the rules leave open could answer it.
+pub const VIA_LOOPBACK: u8 = 2;
 
 /// Value of [`crate::maps::DNS_QUERIES`]: until when the query may be answered, and its bytes
 /// after the header. An answer is read only if its question is the query's (the bytes from

@@ -24,7 +24,8 @@ use std::{
 use aya::maps::{Array, HashMap as BpfHashMap, Map, MapData};
 use firewall_common::dns::{
     DNS_VIEW, DnsQuery, DnsQueryKey, END_EXACT, END_WILDCARD, MAX_ANSWERS, MAX_NAME_STEPS,
-    NameHasher, NameKey, QUESTION_BYTES, Resolved, SeenName, WILDCARD_DEPTH,
+    NameHasher, NameKey, QUESTION_BYTES, Resolved, SeenName, VIA_LOOPBACK, VIA_WIRE,
+    WILDCARD_DEPTH,
 };
 use firewall_daemon::{
     compile,
@@ -382,17 +383,18 @@ impl Lab {
         (action, moved)
     }
 
-    /// [`Self::send_query`] and [`Self::receive`] over loopback: the query and then the answer
-    /// through the loopback program (which always passes: `TC_ACT_OK`, 0).
-    fn exchange_on_loopback(
-        &mut self,
-        query: &[u8],
-        answer: &[u8],
-    ) -> (i32, BTreeMap<&'static str, u64>) {
+    /// [`Self::send_query`] over loopback: the query through the loopback program (which
+    /// always passes: `TC_ACT_OK`, 0).
+    fn send_on_loopback(&mut self, query: &[u8]) {
         let mut spec = Spec::new(HOST, SERVER, L4::Udp, 53);
         spec.remote_port = HOST_PORT;
         spec.payload = query.to_vec();
         assert_eq!(self.lo.test_run(&spec.frame()).expect("the query on lo"), 0);
+    }
+
+    /// [`Self::receive`] over loopback: the answer through the loopback program; returns its
+    /// verdict and the counters that moved.
+    fn receive_on_loopback(&mut self, answer: &[u8]) -> (i32, BTreeMap<&'static str, u64>) {
         let mut spec = Spec::new(SERVER, HOST, L4::Udp, HOST_PORT);
         spec.remote_port = 53;
         spec.payload = answer.to_vec();
@@ -418,7 +420,8 @@ impl Lab {
                 self.receive(SERVER, 53, HOST, HOST_PORT, answer)
             }
             Via::Loopback => {
-                let (verdict, moved) = self.exchange_on_loopback(query, answer);
+                self.send_on_loopback(query);
+                let (verdict, moved) = self.receive_on_loopback(answer);
                 assert_eq!(verdict, 0, "{what}: the loopback program never drops");
                 (XDP_PASS, moved)
             }
@@ -880,6 +883,69 @@ fn answers_to_no_query_of_the_host_are_ignored() {
     assert_eq!(action, XDP_PASS);
     assert_eq!(moved.get("dns_answers"), Some(&1), "{moved:?}");
     assert_eq!(lab.resolved().len(), 1);
+}
+
+/// A query sent over `lo` (to a resolver on the host) is answered over `lo` only, and one that
+/// left through a protected interface from the wire only: a host of the network can send a
+/// datagram that claims to come from 127.0.0.53, or from the host's own address, and the XDP
+/// program reads it before the stack drops it as a martian.
+#[test]
+fn a_query_is_answered_only_on_the_path_it_was_sent_by() {
+    let mut lab = Lab::new(RULES);
+    let msg = answer(
+        0x4321,
+        "www.example.test.",
+        RecordType::A,
+        vec![a("www.example.test.", 300, "198.51.100.7")],
+    );
+    let query = query_of(&msg);
+
+    lab.clear();
+    lab.send_on_loopback(&query);
+    // The XDP program reads only answers of tracked flows: a datagram of the same flow that
+    // is no query (no question) opens it.
+    lab.send_query(HOST, SERVER, HOST_PORT, &[0; 12]);
+    let (action, moved) = lab.receive(SERVER, 53, HOST, HOST_PORT, &msg);
+    assert_eq!(action, XDP_PASS, "a tracked flow passes");
+    assert_eq!(
+        moved,
+        BTreeMap::from([("dns_unsolicited", 1)]),
+        "a query sent over lo, answered from the wire"
+    );
+    assert!(lab.resolved().is_empty() && lab.seen().is_empty());
+    assert_eq!(
+        lab.queries().iter().map(|k| k.via).collect::<Vec<_>>(),
+        [VIA_LOOPBACK],
+        "the query over lo waits for its answer"
+    );
+    let (_, moved) = lab.receive_on_loopback(&msg);
+    assert_eq!(
+        moved.get("dns_answers"),
+        Some(&1),
+        "its answer over lo: {moved:?}"
+    );
+
+    lab.clear();
+    lab.send_query(HOST, SERVER, HOST_PORT, &query);
+    let (verdict, moved) = lab.receive_on_loopback(&msg);
+    assert_eq!(verdict, 0, "the loopback program never drops");
+    assert_eq!(
+        moved,
+        BTreeMap::from([("dns_unsolicited", 1)]),
+        "a query sent from the wire, answered over lo"
+    );
+    assert!(lab.resolved().is_empty() && lab.seen().is_empty());
+    assert_eq!(
+        lab.queries().iter().map(|k| k.via).collect::<Vec<_>>(),
+        [VIA_WIRE],
+        "the wire's query waits for its answer"
+    );
+    let (_, moved) = lab.receive(SERVER, 53, HOST, HOST_PORT, &msg);
+    assert_eq!(
+        moved.get("dns_answers"),
+        Some(&1),
+        "its answer from the wire: {moved:?}"
+    );
 }
 
 /// Random answers, well formed and then mutated (bytes changed, cut, pointers aimed

@@ -40,8 +40,8 @@ use firewall_common::{
         CLASS_IN, DNS_PORT, DNS_QUERY_ENTRIES, DNS_VIEW, DnsOn, DnsQuery, DnsQueryKey, END_EXACT,
         END_WILDCARD, MAX_ANSWERS, MAX_NAME_STEPS, NAME_TEXT, NO_GROUP, NameHasher, NameKey,
         NameSlot, QUERY_LIFETIME_NS, QUESTION_BYTES, RESOLVED_ENTRIES, RESOLVED_NAMES, Resolved,
-        ResolvedName, SEEN_NAME_ENTRIES, SeenName, TYPE_A, TYPE_AAAA, TYPE_CNAME, WILDCARD_DEPTH,
-        fold,
+        ResolvedName, SEEN_NAME_ENTRIES, SeenName, TYPE_A, TYPE_AAAA, TYPE_CNAME, VIA_LOOPBACK,
+        VIA_WIRE, WILDCARD_DEPTH, fold,
     },
 };
 
@@ -152,13 +152,13 @@ pub(crate) fn query_leaves(ctx: &TcContext, pkt: &Packet, now: u64) {
     if DNS_NAMES.load() == 0 {
         return;
     }
-    record_query(ctx, pkt, now);
+    record_query(ctx, pkt, now, VIA_WIRE);
 }
 
 /// Records a query leaving for port 53 from a socket of the host (a protected interface's
-/// egress, or `lo`'s).
+/// egress, `via` [`VIA_WIRE`], or `lo`'s, [`VIA_LOOPBACK`]).
 #[inline(always)]
-fn record_query(ctx: &TcContext, pkt: &Packet, now: u64) {
+fn record_query(ctx: &TcContext, pkt: &Packet, now: u64, via: u8) {
     if pkt.proto != PROTO_UDP || pkt.local_port != DNS_PORT {
         return;
     }
@@ -208,7 +208,8 @@ fn record_query(ctx: &TcContext, pkt: &Packet, now: u64) {
         server: [0; 16],
         local_port: pkt.remote_port,
         txid: u16::from_ne_bytes([hdr[0], hdr[1]]),
-        _pad: [0; 4],
+        via,
+        _pad: [0; 3],
     };
     pkt.remote.write_mapped(&mut key.local);
     pkt.local.write_mapped(&mut key.server);
@@ -227,7 +228,7 @@ pub(crate) fn answer_arrives(ctx: &XdpContext, pkt: &Packet, now: u64) {
     if DNS_NAMES.load() == 0 || pkt.proto != PROTO_UDP || pkt.remote_port != DNS_PORT {
         return;
     }
-    if !hand_over(pkt, now) {
+    if !hand_over(pkt, now, VIA_WIRE) {
         return;
     }
     // SAFETY: the slot holds an XDP program of this object, or nothing.
@@ -237,15 +238,18 @@ pub(crate) fn answer_arrives(ctx: &XdpContext, pkt: &Packet, now: u64) {
 
 /// Puts what the reader needs of an answer that arrives (`pkt`, received as the host
 /// receives it) in this CPU's scratch room, before the tail call; false if there is none.
+/// `via`: the way the answer came, which must be the way its query left
+/// ([`firewall_common::dns::VIA_LOOPBACK`] says why).
 #[inline(always)]
-fn hand_over(pkt: &Packet, now: u64) -> bool {
+fn hand_over(pkt: &Packet, now: u64, via: u8) -> bool {
     let Some(s) = this_cpus(&DNS_SCRATCH) else {
         return false;
     };
     pkt.local.write_mapped(&mut s.query.local);
     pkt.remote.write_mapped(&mut s.query.server);
     s.query.local_port = pkt.local_port;
-    s.query._pad = [0; 4];
+    s.query.via = via;
+    s.query._pad = [0; 3];
     s.l4_off = pkt.l4_off as u64;
     s.now = now;
     true
@@ -290,7 +294,10 @@ struct Ttls {
 // egress of `lo` in the daemon's network namespace (`firewall_dns_loopback`) sees both ways:
 // a client's query to the resolver (with the client's socket) is recorded as on a protected
 // interface, and the resolver's answer is read as it is sent, before the backlog delivers it
-// to the client. Only this namespace's `lo`: a `lo` of another namespace (a container's, or
+// to the client. The query is recorded as sent over `lo` (`VIA_LOOPBACK`) and each reader
+// finds only the queries sent its own way: a datagram from the network may claim to come from
+// 127.0.0.53, or from the host's own address, and the XDP program reads it before the stack
+// drops it as a martian. Only this namespace's `lo`: a `lo` of another namespace (a container's, or
 // one an unprivileged user made with a user namespace, where binding port 53 is allowed) is
 // not looked at, so nothing answered there names an address here. The program holds no
 // rules, so it belongs to no generation and reads `DNS_ON` instead of the globals. It never
@@ -313,10 +320,10 @@ pub(crate) fn loopback(ctx: &TcContext) {
     let now = crate::clock::now();
     // On egress the parser's `local` is the destination.
     if pkt.local_port == DNS_PORT {
-        record_query(ctx, &pkt, now);
+        record_query(ctx, &pkt, now, VIA_LOOPBACK);
         return;
     }
-    if pkt.remote_port != DNS_PORT || !hand_over(&pkt, now) {
+    if pkt.remote_port != DNS_PORT || !hand_over(&pkt, now, VIA_LOOPBACK) {
         return;
     }
     // SAFETY: the slot holds a TC program of this object, or nothing.
