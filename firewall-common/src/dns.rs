@@ -13,14 +13,18 @@
 //! port, the server's address, the transaction id, and whether it left through a protected
 //! interface or over `lo`; [`DnsQuery`]: its question), and the XDP program (or the loopback
 //! program, for a query sent over `lo`) reads an answer only if it matches one and asks the
-//! same question, then deletes it (one recorded answer per query). A malformed or unmatched
-//! answer does not use the query up: the real answer still counts. An off-path host must
-//! guess the port and the id, as it must to fool the resolver. Malformed answers
-//! (compression loops or pointers that do not point back, names longer than 255 bytes,
-//! records past the end) are ignored as a whole.
+//! same question. The first such answer is the query's, as it is the resolver's, and deletes
+//! it whatever it says (one answer per query): an answer that records nothing (an error, no
+//! address, truncated, another type than A or AAAA, malformed records) uses the query up too,
+//! so a query whose answer names nothing is not left for a forged answer to name something.
+//! An answer to no query, to another question, or whose question cannot be read leaves the
+//! query to the real answer. An off-path host must guess the port and the id, as it must to
+//! fool the resolver. Malformed answers (compression loops or pointers that do not point
+//! back, names longer than 255 bytes, records past the end) are ignored as a whole.
 //!
-//! What is recorded: the question's name, under every A and AAAA record of the answer section
-//! (a CNAME chain's addresses belong to the name the application asked for), in
+//! What is recorded: the question's name, under every record of the answer section of the
+//! question's type, A or AAAA (a CNAME chain's addresses belong to the name the application
+//! asked for), in
 //! [`crate::maps::RESOLVED`] (address -> up to [`RESOLVED_NAMES`] names, each with its
 //! expiry) and [`crate::maps::SEEN_NAMES`] (name -> its text and the keys of its suffixes).
 //!
@@ -108,9 +112,10 @@ pub const VIA_WIRE: u8 = 1;
 pub const VIA_LOOPBACK: u8 = 2;
 
 /// Value of [`crate::maps::DNS_QUERIES`]: until when the query may be answered, and its bytes
-/// after the header. An answer is read only if its question is the query's (the bytes from
-/// offset 12 to the end of the question's class, ASCII case aside), as a resolver checks: a
-/// server cannot answer another question than the one asked.
+/// after the header. An answer is the query's only if its question is the query's (the bytes
+/// from offset 12 to the end of the question's class, ASCII case aside), as a resolver
+/// checks: a server cannot answer another question than the one asked. Only standard
+/// queries (opcode 0) of one question are recorded: only their answers can be matched.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct DnsQuery {

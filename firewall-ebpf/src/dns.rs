@@ -13,18 +13,31 @@
 //! there with masked indices, so every read is in bounds whatever the message says; each name
 //! walk is bounded by [`MAX_NAME_STEPS`] and the records by [`MAX_ANSWERS`]. Nothing is
 //! recorded until the whole answer section read has been checked: a malformed answer leaves
-//! no trace but its counter.
+//! no trace but its counter (and, past its question, the query used up).
 //!
 //! Names are followed as hickory-proto's decoder follows them (the tests' reference): a
 //! compression pointer must point before the start of the name (or name part) it is in, and
 //! a name part reached by a pointer must end before where the pointer was followed from, so
-//! pointers can only go back and never loop; a name is at most 255 bytes on the wire.
+//! pointers can only go back and never loop; a name is at most 255 bytes on the wire. The
+//! question's name may hold no pointer: the only bytes before it are the header's.
 //!
-//! Only answers with one question of class IN, no error, and the truncation bit clear are
-//! read (a truncated answer is asked again over TCP, which is not read: README, "Outbound
-//! rules by name"), and only if their question is the query's, byte for byte from offset 12
-//! (ASCII case aside). The query is deleted only by the answer that records (the delete is
-//! the claim, so two answers on two CPUs cannot both record), never by one ignored.
+//! Which answer is the query's: a response to a standard query with one question, that
+//! question being the query's byte for byte from offset 12 (ASCII case aside), with the
+//! query's id, addresses and ports (the key): what a resolver checks before it takes an
+//! answer and stops waiting. That answer uses the query up whatever it says next (the delete
+//! is the claim: of two answers on two CPUs, one reads on): an error, the truncation bit (a
+//! truncated answer is asked again over TCP, which is not read: README, "Outbound rules by
+//! name"), a class other than IN, a question other than A or AAAA, no address, or records
+//! that are malformed (the resolver, too, fails the lookup rather than wait for another
+//! answer). Were the query left waiting after an answer that records nothing, a local user
+//! could send one (for a name that does not exist, say), from a port and with an id of their
+//! choice, and an accomplice forging the server's address would have the query's lifetime to
+//! answer it with an address. An answer that is not the query's (another id or question, no
+//! question, not a response) or cannot be told to be (a question that cannot be read) leaves
+//! it to the real answer: the server echoes the question asked, so the real answer's question
+//! is unreadable only when the query's is, and then no answer to it can record anything. Of
+//! the query's answer, only the address records of the question's type are kept (A for A,
+//! AAAA for AAAA; a CNAME chain leads to them).
 
 use aya_ebpf::{
     EbpfContext as _, Global,
@@ -169,11 +182,18 @@ fn record_query(ctx: &TcContext, pkt: &Packet, now: u64, via: u8) {
         return;
     }
     // A fixed size: `load_bytes` may ask the kernel for zero bytes, which the verifier refuses.
-    let Ok(hdr) = ctx.load::<[u8; 4]>(pkt.l4_off + 8) else {
+    let Ok(hdr) = ctx.load::<[u8; 6]>(pkt.l4_off + 8) else {
         return;
     };
     if hdr[2] & 0x80 != 0 {
         // An answer: the host serves DNS.
+        return;
+    }
+    // Only what the reader can match its answer with: a standard query (opcode 0) of one
+    // question. The answer to another (an opcode the server refuses, questions it does not
+    // answer in one) would match no recorded query and leave it waiting, free for a forged
+    // answer asking its bytes as a standard query.
+    if hdr[2] & 0x78 != 0 || hdr[4] != 0 || hdr[5] != 1 {
         return;
     }
     let Some(q) = this_cpus(&QUERY_SCRATCH) else {
@@ -422,10 +442,20 @@ fn read_answer<C: LoadBytes>(ctx: &C, l4_off: u64, now: u64, ttls: &Ttls) -> u32
     if key.is_unset() {
         return READ_FAILED;
     }
-    let found = parse(len, key);
-    if found == ANOTHER_QUESTION {
+    let question = match question(len) {
+        Ok(q) => q,
+        Err(outcome) => return outcome,
+    };
+    let Some(s) = this_cpus(&DNS_SCRATCH) else {
+        return READ_FAILED;
+    };
+    // The query's answer, whatever it says next: the resolver takes it and waits no more, so
+    // the query is used up here, before the rest is read (see the header). The delete is the
+    // claim: of two answers on two CPUs, one reads on.
+    if DNS_QUERIES.remove(&s.query).is_err() {
         return READ_UNSOLICITED;
     }
+    let found = parse(len, &question, key);
     if found < 0 {
         return READ_MALFORMED;
     }
@@ -435,16 +465,41 @@ fn read_answer<C: LoadBytes>(ctx: &C, l4_off: u64, now: u64, ttls: &Ttls) -> u32
     let Some(s) = this_cpus(&DNS_SCRATCH) else {
         return READ_FAILED;
     };
-    // One recorded answer per query: whoever deletes it records (two answers on two CPUs
-    // cannot both).
-    if DNS_QUERIES.remove(&s.query).is_err() {
-        return READ_UNSOLICITED;
-    }
     record(s, found as usize, now, ttls)
 }
 
-/// [`parse`]: the answer's question is not the query's.
-const ANOTHER_QUESTION: i32 = -2;
+/// The answer's question, once it is the query's: where it ends (before its type) and its
+/// number of labels.
+struct Question {
+    end: usize,
+    labels: usize,
+}
+
+/// Whether the message is the query's answer, by its header and question, as the resolver
+/// tells (see the header): `Err` with the outcome if not (`READ_UNSOLICITED`), or if it cannot
+/// be told (`READ_MALFORMED`: a question that cannot be read, or cut short).
+#[inline(always)]
+fn question(len: usize) -> Result<Question, u32> {
+    let Some(s) = this_cpus(&DNS_SCRATCH) else {
+        return Err(READ_FAILED);
+    };
+    let flags = u16_at(s, 2);
+    // A response (QR) to a standard query (opcode 0, the only one recorded), with one
+    // question to compare.
+    if flags & 0x8000 == 0 || flags & 0x7800 != 0 || u16_at(s, 4) != 1 {
+        return Err(READ_UNSOLICITED);
+    }
+    let Some((end, labels)) = walk(len, 12, true) else {
+        return Err(READ_MALFORMED);
+    };
+    if end + 4 > len {
+        return Err(READ_MALFORMED);
+    }
+    if !same_question(end + 4 - 12) {
+        return Err(READ_UNSOLICITED);
+    }
+    Ok(Question { end, labels })
+}
 
 /// Whether the answer's question, `len` bytes from offset 12, is the query's (ASCII case
 /// aside). In `bpf_loop` with its state in the scratch room, as the other loops (see below):
@@ -559,7 +614,9 @@ struct Walk {
     end: u64,
     wire: u64,
     labels: u64,
-    record: u64,
+    /// Non-zero for the question's name: its labels' offsets are kept, and it may hold no
+    /// compression pointer (see [`question`]).
+    question: u64,
     /// 0: done, the name is fine; 1: malformed; 2: not finished yet.
     state: u64,
 }
@@ -585,7 +642,7 @@ extern "C" fn walk_step(_index: u64, _ctx: *mut c_void) -> i64 {
         return STOP;
     }
     if b & 0xc0 == 0xc0 {
-        if pos + 1 >= len {
+        if w.question != 0 || pos + 1 >= len {
             w.state = 1;
             return STOP;
         }
@@ -616,7 +673,7 @@ extern "C" fn walk_step(_index: u64, _ctx: *mut c_void) -> i64 {
         w.state = 1;
         return STOP;
     }
-    if w.record != 0 {
+    if w.question != 0 {
         let i = (w.labels as usize) & (LABEL_SLOTS - 1);
         s.labels[i] = pos as u16;
     }
@@ -627,10 +684,11 @@ extern "C" fn walk_step(_index: u64, _ctx: *mut c_void) -> i64 {
 
 /// Walks the name at `start` (hickory-proto's rules, see above). Returns where the name ends
 /// in the message (after its root label, or after its first pointer) and its number of
-/// labels; with `record`, the offsets of its labels' length bytes go to `s.labels`, the
-/// first first. `None` if malformed, or longer than [`MAX_NAME_STEPS`] steps.
+/// labels; for the `question`'s name, the offsets of its labels' length bytes go to
+/// `s.labels`, the first first, and a pointer makes it malformed. `None` if malformed, or
+/// longer than [`MAX_NAME_STEPS`] steps.
 #[inline(always)]
-fn walk(len: usize, start: usize, record: bool) -> Option<(usize, usize)> {
+fn walk(len: usize, start: usize, question: bool) -> Option<(usize, usize)> {
     let s = this_cpus(&DNS_SCRATCH)?;
     s.walk = Walk {
         len: len as u64,
@@ -640,7 +698,7 @@ fn walk(len: usize, start: usize, record: bool) -> Option<(usize, usize)> {
         end: 0,
         wire: 1,
         labels: 0,
-        record: u64::from(record),
+        question: u64::from(question),
         state: 2,
     };
     // SAFETY: the callback takes no context.
@@ -664,6 +722,8 @@ struct Records {
     answers: u64,
     found: u64,
     malformed: u64,
+    /// The question's type: the only address records kept (A or AAAA).
+    qtype: u64,
 }
 
 /// One record of the answer section.
@@ -700,6 +760,11 @@ extern "C" fn record_step(index: u64, _ctx: *mut c_void) -> i64 {
         let want = if rtype == TYPE_A { 4 } else { 16 };
         if rdlen != want {
             return malformed();
+        }
+        if u64::from(rtype) != s.records.qtype {
+            // Not what was asked: a server's extra, or a forger's, names nothing.
+            s.records.pos = (rdata + rdlen) as u64;
+            return NEXT;
         }
         let i = (s.records.found as usize) & (MAX_ANSWERS - 1);
         let mut a = [0u8; 16];
@@ -738,36 +803,23 @@ fn malformed() -> i64 {
     STOP
 }
 
-/// Reads the header, the question and the answer section: fills `s.seen` with the question's
-/// name and its keys, `s.addrs`/`s.ttls` with the addresses. Returns how many addresses, or
-/// -1 if the message is malformed.
+/// Reads the query's answer past its `question` ([`question`]): fills `s.seen` with the
+/// question's name and its keys, `s.addrs`/`s.ttls` with the addresses. Returns how many
+/// addresses, or -1 if the message is malformed.
 #[inline(always)]
-fn parse(len: usize, key: &NameKey) -> i32 {
+fn parse(len: usize, question: &Question, key: &NameKey) -> i32 {
     let Some(s) = this_cpus(&DNS_SCRATCH) else {
         return -1;
     };
     let flags = u16_at(s, 2);
-    // A response (QR), a standard query (opcode 0), not truncated (TC), no error (RCODE).
-    if flags & 0x8000 == 0 || flags & 0x7800 != 0 || flags & 0x0200 != 0 || flags & 0x000f != 0 {
-        return 0;
-    }
-    if u16_at(s, 4) != 1 {
+    // Truncated (TC: asked again over TCP, which is not read) or an error (RCODE).
+    if flags & 0x0200 != 0 || flags & 0x000f != 0 {
         return 0;
     }
     let answers = u64::from(u16_at(s, 6));
-    let Some((qend, labels)) = walk(len, 12, true) else {
-        return -1;
-    };
-    if qend + 4 > len {
-        return -1;
-    }
-    let Some(s) = this_cpus(&DNS_SCRATCH) else {
-        return -1;
-    };
-    if !same_question(qend + 4 - 12) {
-        return ANOTHER_QUESTION;
-    }
-    if u16_at(s, qend + 2) != CLASS_IN || labels == 0 {
+    let (qend, labels) = (question.end, question.labels);
+    let qtype = u16_at(s, qend);
+    if u16_at(s, qend + 2) != CLASS_IN || labels == 0 || (qtype != TYPE_A && qtype != TYPE_AAAA) {
         return 0;
     }
     name_keys(labels, key);
@@ -780,6 +832,7 @@ fn parse(len: usize, key: &NameKey) -> i32 {
         answers,
         found: 0,
         malformed: 0,
+        qtype: u64::from(qtype),
     };
     // SAFETY: the callback takes no context.
     unsafe {
