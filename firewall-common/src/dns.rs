@@ -24,9 +24,9 @@
 //!
 //! What is recorded: the question's name, under every record of the answer section of the
 //! question's type, A or AAAA (a CNAME chain's addresses belong to the name the application
-//! asked for), in
-//! [`crate::maps::RESOLVED`] (address -> up to [`RESOLVED_NAMES`] names, each with its
-//! expiry) and [`crate::maps::SEEN_NAMES`] (name -> its text and the keys of its suffixes).
+//! asked for, for as long as the chain's shortest TTL), in [`crate::maps::RESOLVED`]
+//! (address -> up to [`RESOLVED_NAMES`] names, each with its expiry) and
+//! [`crate::maps::SEEN_NAMES`] (name -> its text and the keys of its suffixes).
 //!
 //! How names are compared, at a constant cost: a name is never stored as text in a lookup
 //! key but as a 64-bit keyed hash, SipHash-1-3 with a 128-bit key the daemon draws at random
@@ -132,7 +132,8 @@ pub struct DnsQuery {
 pub struct ResolvedName {
     /// The name's [`exact_key`]; 0: an empty slot.
     pub name: u64,
-    /// Until when (CLOCK_MONOTONIC ns): the record's TTL, clamped, plus the grace.
+    /// Until when (CLOCK_MONOTONIC ns): the shortest TTL of the record and the answer's
+    /// CNAMEs (the chain that led to it), clamped, plus the grace.
     pub expires: u64,
 }
 

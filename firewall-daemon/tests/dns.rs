@@ -99,7 +99,8 @@ enum Expect {
     /// The query's answer, with nothing to record: `dns_no_address` counted, the query used
     /// up.
     Nothing,
-    /// The query's answer: the question's labels, and each address with its TTL.
+    /// The query's answer: the question's labels, and each address with its TTL (the
+    /// shortest of its record's and the CNAMEs' of the answer).
     Recorded(Vec<Vec<u8>>, Vec<(IpAddr, u32)>),
 }
 
@@ -163,6 +164,8 @@ fn reference(msg: &[u8], query: &[u8]) -> (Expect, bool) {
         return (Expect::Nothing, false);
     }
     let mut addrs = Vec::new();
+    // The shortest TTL of the answer's CNAMEs: the chain that led to the addresses.
+    let mut chain_ttl = u32::MAX;
     for _ in 0..ancount.min(MAX_ANSWERS) {
         let owner_at = d.index();
         if read_name(msg, &mut d).is_none() {
@@ -199,6 +202,7 @@ fn reference(msg: &[u8], query: &[u8]) -> (Expect, bool) {
                     return (Expect::Malformed, beyond_limit);
                 }
                 beyond_limit |= steps(msg, at) > MAX_NAME_STEPS;
+                chain_ttl = chain_ttl.min(ttl_of(ttl));
             }
             _ => {}
         }
@@ -209,6 +213,10 @@ fn reference(msg: &[u8], query: &[u8]) -> (Expect, bool) {
     if addrs.is_empty() {
         return (Expect::Nothing, false);
     }
+    let addrs = addrs
+        .into_iter()
+        .map(|(a, ttl)| (a, ttl_of(ttl).min(chain_ttl)))
+        .collect();
     let labels = question.iter().map(<[u8]>::to_vec).collect();
     (Expect::Recorded(labels, addrs), false)
 }
@@ -216,6 +224,11 @@ fn reference(msg: &[u8], query: &[u8]) -> (Expect, bool) {
 /// hickory's name decoder on `msg` at `d`.
 fn read_name(_msg: &[u8], d: &mut BinDecoder<'_>) -> Option<Name> {
     Name::read(d).ok()
+}
+
+/// A record's TTL as the kernel takes it: one with the high bit set is 0 (RFC 2181, 8).
+fn ttl_of(ttl: u32) -> u32 {
+    if ttl & 0x8000_0000 != 0 { 0 } else { ttl }
 }
 
 /// Whether the well-formed name at `at` holds a compression pointer.
@@ -535,9 +548,7 @@ impl Lab {
                 assert_eq!(seen.len(), 1, "{what}: one name");
                 let mut want: BTreeMap<[u8; 16], u64> = BTreeMap::new();
                 for (a, ttl) in addrs {
-                    // A TTL with the high bit set is 0 (RFC 2181, 8).
-                    let ttl = if *ttl & 0x8000_0000 != 0 { 0 } else { *ttl };
-                    let ttl = u64::from(ttl).clamp(MIN_TTL, MAX_TTL) + GRACE;
+                    let ttl = u64::from(*ttl).clamp(MIN_TTL, MAX_TTL) + GRACE;
                     let e = want.entry(firewall_common::addr::mapped(*a)).or_default();
                     *e = (*e).max(ttl);
                 }
@@ -1144,6 +1155,74 @@ fn only_records_of_the_questions_type_are_kept() {
             .map(|a| firewall_common::addr::mapped(a.parse().expect("address")))
             .collect();
         assert_eq!(got, want, "{what}");
+    }
+}
+
+/// A name lasts on an address as long as the shortest TTL of the chain that led to it: once
+/// a CNAME expired, the name may point elsewhere, however long the target's address record
+/// lasts.
+#[test]
+fn a_cname_chain_lasts_as_long_as_its_shortest_ttl() {
+    let mut lab = Lab::new(RULES);
+    let cases = [
+        (
+            "a CNAME shorter than the address",
+            RecordType::A,
+            vec![
+                cname("good.example.test.", 300, "cdn.other.test."),
+                a("cdn.other.test.", 86400, "198.51.100.7"),
+            ],
+            300,
+        ),
+        (
+            "the shortest of two CNAMEs",
+            RecordType::AAAA,
+            vec![
+                cname("good.example.test.", 3600, "edge.other.test."),
+                cname("edge.other.test.", 120, "cdn.other.test."),
+                aaaa("cdn.other.test.", 86400, "2001:db8:1::7"),
+            ],
+            120,
+        ),
+        (
+            "an address shorter than the chain",
+            RecordType::A,
+            vec![
+                cname("good.example.test.", 3600, "cdn.other.test."),
+                a("cdn.other.test.", 200, "198.51.100.7"),
+            ],
+            200,
+        ),
+        (
+            "a CNAME below min_ttl: min_ttl",
+            RecordType::A,
+            vec![
+                cname("good.example.test.", 5, "cdn.other.test."),
+                a("cdn.other.test.", 86400, "198.51.100.7"),
+            ],
+            MIN_TTL,
+        ),
+    ];
+    for (what, qtype, records, ttl) in cases {
+        let msg = answer(0x0202, "good.example.test.", qtype, records);
+        let before = now_ns();
+        assert!(
+            matches!(
+                lab.exchange(what, &query_of(&msg), &msg),
+                Expect::Recorded(..)
+            ),
+            "{what}"
+        );
+        let resolved = lab.resolved();
+        let expires = resolved
+            .values()
+            .flat_map(|r| r.names.iter())
+            .find(|n| n.name != 0)
+            .map(|n| n.expires)
+            .expect("a name recorded");
+        // To the nearest second: the coarse clock is behind by less than a tick.
+        let lasts = (expires + 500_000_000 - before) / 1_000_000_000;
+        assert_eq!(lasts, ttl + GRACE, "{what}: seconds the name lasts");
     }
 }
 

@@ -78,7 +78,8 @@ static DNS_UNNAMED: Global<u32> = Global::new(firewall_common::verdict(
     firewall_common::ACTION_ALLOW,
 ));
 /// `[dns] min_ttl`, `max_ttl`, `grace`, in seconds: how long a recorded name lasts is its
-/// record's TTL clamped to the first two, plus the third.
+/// record's TTL (or a CNAME's, if shorter: see [`record`]) clamped to the first two, plus the
+/// third.
 #[unsafe(no_mangle)]
 static DNS_MIN_TTL: Global<u32> = Global::new(60);
 #[unsafe(no_mangle)]
@@ -724,6 +725,8 @@ struct Records {
     malformed: u64,
     /// The question's type: the only address records kept (A or AAAA).
     qtype: u64,
+    /// The shortest TTL of the CNAMEs read (see [`record`]).
+    chain_ttl: u64,
 }
 
 /// One record of the answer section.
@@ -787,6 +790,12 @@ extern "C" fn record_step(index: u64, _ctx: *mut c_void) -> i64 {
             Some((e, _)) if e == rdata + rdlen => {}
             _ => return malformed(),
         }
+        let Some(s) = this_cpus(&DNS_SCRATCH) else {
+            return STOP;
+        };
+        if u64::from(ttl) < s.records.chain_ttl {
+            s.records.chain_ttl = u64::from(ttl);
+        }
     }
     if let Some(s) = this_cpus(&DNS_SCRATCH) {
         s.records.pos = (rdata + rdlen) as u64;
@@ -833,6 +842,7 @@ fn parse(len: usize, question: &Question, key: &NameKey) -> i32 {
         found: 0,
         malformed: 0,
         qtype: u64::from(qtype),
+        chain_ttl: u64::MAX,
     };
     // SAFETY: the callback takes no context.
     unsafe {
@@ -936,7 +946,12 @@ fn name_keys(labels: usize, key: &NameKey) {
     }
 }
 
-/// Records the `found` addresses of `s` under the question's name.
+/// Records the `found` addresses of `s` under the question's name. Each lasts the shortest TTL
+/// of its record and of the answer's CNAMEs: the question's name holds on the address only
+/// as long as every link of the chain that led to it, and a CNAME's expiry lets the name
+/// point elsewhere. The reader does not follow the chain by names (every address of the
+/// question's type gets the question's name, see the header), so it takes every CNAME read:
+/// one out of the chain, which servers do not send, can only shorten it.
 #[inline(always)]
 fn record(s: &mut DnsScratch, found: usize, now: u64, ttls: &Ttls) -> u32 {
     let name = s.resolved.names[0].name;
@@ -954,6 +969,9 @@ fn record(s: &mut DnsScratch, found: usize, now: u64, ttls: &Ttls) -> u32 {
             break;
         }
         let mut ttl = u64::from(s.ttls[i]);
+        if ttl > s.records.chain_ttl {
+            ttl = s.records.chain_ttl;
+        }
         if ttl < lo {
             ttl = lo;
         }
