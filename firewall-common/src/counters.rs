@@ -165,14 +165,18 @@ pub enum Counter {
     /// DNS answers read: they answered a recorded query and gave addresses, now recorded
     /// under the question's name.
     DnsAnswers,
-    /// UDP from port 53 that answers no query the host sent (forged, late, or a second
-    /// answer): passed or dropped by the rules as any datagram, nothing recorded.
+    /// UDP from port 53 that answers no query the host sent (forged, late, a second answer,
+    /// another question, no question, not a response): passed or dropped by the rules as
+    /// any datagram, nothing recorded, the query (if any) still waiting for its answer.
     DnsUnsolicited,
-    /// DNS answers to a recorded query with nothing to record: an error, truncated (asked
-    /// again over TCP), not class IN, or no A or AAAA record.
+    /// DNS answers to a recorded query (its id and question) with nothing to record: an
+    /// error, truncated (asked again over TCP), not class IN, a question neither A nor AAAA,
+    /// or no record of the question's type. The query is used up.
     DnsNoAddress,
-    /// DNS answers to a recorded query that are malformed (a compression pointer that does
-    /// not point back, a name over 255 bytes, a record past the end): nothing recorded.
+    /// UDP from port 53 with a recorded query's id that is malformed (a compression pointer
+    /// that does not point back, a name over 255 bytes, a record past the end): nothing
+    /// recorded. Malformed in its question, it cannot be told to answer the query, which
+    /// waits on; past its question, it is the query's answer and uses the query up.
     DnsMalformed,
     /// A query or an answer could not be recorded (a map update failed, or the daemon has
     /// not set the hash key).

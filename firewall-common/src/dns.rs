@@ -10,18 +10,23 @@
 //! What is trusted: only an answer to a query a socket of the host sent. The egress program
 //! records each query leaving for port 53 from a local socket (forwarded traffic, a
 //! container's or a routed client's, has none) ([`DnsQueryKey`]: the host's address and
-//! port, the server's address, the transaction id; [`DnsQuery`]: its question), and the XDP
-//! program reads an answer only if it matches one and asks the same question, then deletes it
-//! (one recorded answer per query). A malformed or unmatched answer does not use the query up:
-//! the real answer still counts. An off-path host must guess the port and the id, as it must
-//! to fool the resolver. Malformed answers
-//! (compression loops or pointers that do not point back, names longer than 255 bytes,
-//! records past the end) are ignored as a whole.
+//! port, the server's address, the transaction id, and whether it left through a protected
+//! interface or over `lo`; [`DnsQuery`]: its question), and the XDP program (or the loopback
+//! program, for a query sent over `lo`) reads an answer only if it matches one and asks the
+//! same question. The first such answer is the query's, as it is the resolver's, and deletes
+//! it whatever it says (one answer per query): an answer that records nothing (an error, no
+//! address, truncated, another type than A or AAAA, malformed records) uses the query up too,
+//! so a query whose answer names nothing is not left for a forged answer to name something.
+//! An answer to no query, to another question, or whose question cannot be read leaves the
+//! query to the real answer. An off-path host must guess the port and the id, as it must to
+//! fool the resolver. Malformed answers (compression loops or pointers that do not point
+//! back, names longer than 255 bytes, records past the end) are ignored as a whole.
 //!
-//! What is recorded: the question's name, under every A and AAAA record of the answer section
-//! (a CNAME chain's addresses belong to the name the application asked for), in
-//! [`crate::maps::RESOLVED`] (address -> up to [`RESOLVED_NAMES`] names, each with its
-//! expiry) and [`crate::maps::SEEN_NAMES`] (name -> its text and the keys of its suffixes).
+//! What is recorded: the question's name, under every record of the answer section of the
+//! question's type, A or AAAA (a CNAME chain's addresses belong to the name the application
+//! asked for, for as long as the chain's shortest TTL), in [`crate::maps::RESOLVED`]
+//! (address -> up to [`RESOLVED_NAMES`] names, each with its expiry) and
+//! [`crate::maps::SEEN_NAMES`] (name -> its text and the keys of its suffixes).
 //!
 //! How names are compared, at a constant cost: a name is never stored as text in a lookup
 //! key but as a 64-bit keyed hash, SipHash-1-3 with a 128-bit key the daemon draws at random
@@ -90,13 +95,27 @@ pub struct DnsQueryKey {
     pub local_port: u16,
     /// The transaction id, as on the wire (network order bytes read as a `u16`).
     pub txid: u16,
-    pub _pad: [u8; 4],
+    /// Where the query was sent: [`VIA_WIRE`] or [`VIA_LOOPBACK`]. Part of the key so that
+    /// only an answer coming back the same way finds the query.
+    pub via: u8,
+    pub _pad: [u8; 3],
 }
 
+/// [`DnsQueryKey::via`]: the query left through a protected interface (the egress program),
+/// and only the XDP program may read its answer.
+pub const VIA_WIRE: u8 = 1;
+/// [`DnsQueryKey::via`]: the query went over `lo` to a resolver on the host (the loopback
+/// program), and only the loopback program may read its answer. A datagram from the network
+/// may claim to come from 127.0.0.53, or from the host's own address, and the XDP program
+/// reads it before the stack drops it as a martian: were it to find a query sent over `lo`,
+/// any host that reaches a UDP port the rules leave open could answer it.
+pub const VIA_LOOPBACK: u8 = 2;
+
 /// Value of [`crate::maps::DNS_QUERIES`]: until when the query may be answered, and its bytes
-/// after the header. An answer is read only if its question is the query's (the bytes from
-/// offset 12 to the end of the question's class, ASCII case aside), as a resolver checks: a
-/// server cannot answer another question than the one asked.
+/// after the header. An answer is the query's only if its question is the query's (the bytes
+/// from offset 12 to the end of the question's class, ASCII case aside), as a resolver
+/// checks: a server cannot answer another question than the one asked. Only standard
+/// queries (opcode 0) of one question are recorded: only their answers can be matched.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct DnsQuery {
@@ -113,7 +132,8 @@ pub struct DnsQuery {
 pub struct ResolvedName {
     /// The name's [`exact_key`]; 0: an empty slot.
     pub name: u64,
-    /// Until when (CLOCK_MONOTONIC ns): the record's TTL, clamped, plus the grace.
+    /// Until when (CLOCK_MONOTONIC ns): the shortest TTL of the record and the answer's
+    /// CNAMEs (the chain that led to it), clamped, plus the grace.
     pub expires: u64,
 }
 

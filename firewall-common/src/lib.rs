@@ -93,7 +93,8 @@ pub mod globals {
     /// calls look their destination's names up (`dns`).
     pub const DNS_NAMES: &str = "DNS_NAMES";
     /// `[dns] min_ttl`, `max_ttl`, `grace` in seconds: a name recorded from an answer lasts
-    /// its record's TTL clamped to the first two, plus the third.
+    /// the shortest TTL of its record and the answer's CNAMEs clamped to the first two, plus
+    /// the third.
     pub const DNS_MIN_TTL: &str = "DNS_MIN_TTL";
     pub const DNS_MAX_TTL: &str = "DNS_MAX_TTL";
     pub const DNS_GRACE: &str = "DNS_GRACE";

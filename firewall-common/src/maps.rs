@@ -132,7 +132,8 @@ pub const WIDEN: &str = "WIDEN";
 /// aya-log's.
 pub const AYA_LOGS: &str = "AYA_LOGS";
 /// LRU hash ([`super::dns::DnsQueryKey`]) -> [`super::dns::DnsQuery`]: DNS queries the host
-/// sent, awaiting their answer. Written by the egress program, read and emptied by the XDP program. Pinned.
+/// sent, awaiting their answer. Written by the egress program and the loopback program, each
+/// query read and emptied by the reader of the way it was sent (XDP or loopback). Pinned.
 pub const DNS_QUERIES: &str = "DNS_QUERIES";
 /// LRU hash, address (IPv4 as `::ffff:a.b.c.d`) -> [`super::dns::Resolved`]: the names each
 /// address was seen under in DNS answers. Written by the XDP program, read by the outbound

@@ -3,7 +3,8 @@
 //! record (`RESOLVED`, `SEEN_NAMES`) is compared with what a reference parser built from
 //! hickory-proto's decoder says should be recorded (`reference`): the question's name
 //! (hickory's `Name::read`, which follows compression pointers and refuses those that do not
-//! point back), and every A and AAAA record of the answer section.
+//! point back), and every record of the answer section of the question's type (A or AAAA);
+//! which answer is the query's, and so uses it up, whatever it says.
 //!
 //! The kernel's limits are part of the reference: at most `MAX_ANSWERS` records are read, at
 //! most `MAX_NAME_STEPS` labels and pointers per name (hickory has no such limit: a name
@@ -24,7 +25,8 @@ use std::{
 use aya::maps::{Array, HashMap as BpfHashMap, Map, MapData};
 use firewall_common::dns::{
     DNS_VIEW, DnsQuery, DnsQueryKey, END_EXACT, END_WILDCARD, MAX_ANSWERS, MAX_NAME_STEPS,
-    NameHasher, NameKey, QUESTION_BYTES, Resolved, SeenName, WILDCARD_DEPTH,
+    NameHasher, NameKey, QUESTION_BYTES, Resolved, SeenName, VIA_LOOPBACK, VIA_WIRE,
+    WILDCARD_DEPTH,
 };
 use firewall_daemon::{
     compile,
@@ -83,45 +85,67 @@ fn now_ns() -> u64 {
 /// What an answer should leave in the tables.
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum Expect {
-    /// Malformed: nothing recorded, `dns_malformed` counted.
-    Malformed,
-    /// Well formed, nothing to record: `dns_no_address` counted.
-    Nothing,
-    /// Another question than the query's: ignored as an answer to no query
+    /// Too broken to tell whether it answers the query (cut in its question, a question that
+    /// cannot be read): nothing recorded, `dns_malformed` counted, and the query still waits
+    /// for its answer.
+    Unreadable,
+    /// Not the query's answer: not a response to a standard query, not one question, or
+    /// another question than the query's. Ignored as an answer to no query
     /// (`dns_unsolicited`), and the query still waits for its answer.
-    AnotherQuestion,
-    /// The question's labels, and each address with its TTL.
+    Unsolicited,
+    /// The query's answer, malformed after its question: nothing recorded, `dns_malformed`
+    /// counted, the query used up.
+    Malformed,
+    /// The query's answer, with nothing to record: `dns_no_address` counted, the query used
+    /// up.
+    Nothing,
+    /// The query's answer: the question's labels, and each address with its TTL (the
+    /// shortest of its record's and the CNAMEs' of the answer).
     Recorded(Vec<Vec<u8>>, Vec<(IpAddr, u32)>),
+}
+
+impl Expect {
+    /// Whether the answer is the query's, and the query is forgotten: as the host's resolver
+    /// takes the first answer with its query's id and question, whatever it says.
+    fn uses_up(&self) -> bool {
+        matches!(
+            self,
+            Expect::Malformed | Expect::Nothing | Expect::Recorded(..)
+        )
+    }
 }
 
 /// What the kernel should record of `msg`, the answer to `query`, by hickory-proto's decoder
 /// and the kernel's documented rules. The second value is true when only a kernel limit (name
-/// steps) made the answer malformed.
+/// steps) made the answer malformed or unreadable.
 fn reference(msg: &[u8], query: &[u8]) -> (Expect, bool) {
     let msg = &msg[..msg.len().min(DNS_VIEW)];
     if msg.len() < 12 {
-        return (Expect::Malformed, false);
+        return (Expect::Unreadable, false);
     }
     let flags = u16::from_be_bytes([msg[2], msg[3]]);
     let qdcount = u16::from_be_bytes([msg[4], msg[5]]);
     let ancount = u16::from_be_bytes([msg[6], msg[7]]) as usize;
-    if flags & 0x8000 == 0 || flags & 0x7800 != 0 || flags & 0x0200 != 0 || flags & 0xf != 0 {
-        return (Expect::Nothing, false);
-    }
-    if qdcount != 1 {
-        return (Expect::Nothing, false);
+    // A response (QR) to a standard query (opcode 0), with one question to compare.
+    if flags & 0x8000 == 0 || flags & 0x7800 != 0 || qdcount != 1 {
+        return (Expect::Unsolicited, false);
     }
     let mut d = BinDecoder::new(msg);
     let _ = d.read_slice(12);
     let Some(question) = read_name(msg, &mut d) else {
-        return (Expect::Malformed, false);
+        return (Expect::Unreadable, false);
     };
+    // The kernel's rule: the question's name holds no pointer (it could only point into the
+    // header).
+    if has_pointer(msg, 12) {
+        return (Expect::Unreadable, false);
+    }
     let mut beyond_limit = steps(msg, 12) > MAX_NAME_STEPS;
-    let (Ok(_qtype), Ok(qclass)) = (d.read_u16(), d.read_u16()) else {
-        return (Expect::Malformed, beyond_limit);
+    let (Ok(qtype), Ok(qclass)) = (d.read_u16(), d.read_u16()) else {
+        return (Expect::Unreadable, beyond_limit);
     };
     if beyond_limit {
-        return (Expect::Malformed, true);
+        return (Expect::Unreadable, true);
     }
     // The question, as bytes from offset 12, must be the query's (ASCII case aside; the
     // kernel keeps QUESTION_BYTES of the query).
@@ -129,12 +153,19 @@ fn reference(msg: &[u8], query: &[u8]) -> (Expect, bool) {
     let fold = |b: &[u8]| -> Vec<u8> { b.iter().map(|c| firewall_common::dns::fold(*c)).collect() };
     let kept = &query[12.min(query.len())..query.len().min(12 + QUESTION_BYTES)];
     if qend - 12 > kept.len() || fold(&msg[12..qend]) != fold(&kept[..qend - 12]) {
-        return (Expect::AnotherQuestion, false);
+        return (Expect::Unsolicited, false);
     }
-    if qclass.unverified() != 1 || question.num_labels() == 0 {
+    // The query's answer from here on, whatever it says.
+    let qtype = qtype.unverified();
+    if flags & 0x0200 != 0 || flags & 0xf != 0 {
+        return (Expect::Nothing, false);
+    }
+    if qclass.unverified() != 1 || question.num_labels() == 0 || (qtype != 1 && qtype != 28) {
         return (Expect::Nothing, false);
     }
     let mut addrs = Vec::new();
+    // The shortest TTL of the answer's CNAMEs: the chain that led to the addresses.
+    let mut chain_ttl = u32::MAX;
     for _ in 0..ancount.min(MAX_ANSWERS) {
         let owner_at = d.index();
         if read_name(msg, &mut d).is_none() {
@@ -153,14 +184,17 @@ fn reference(msg: &[u8], query: &[u8]) -> (Expect, bool) {
         };
         let rdata = rdata.unverified();
         match (class, rtype) {
-            (1, 1) if rdlen == 4 => addrs.push((
+            // Only the question's type is kept (a CNAME chain leads to it).
+            (1, 1) if rdlen == 4 && qtype == 1 => addrs.push((
                 IpAddr::V4(Ipv4Addr::new(rdata[0], rdata[1], rdata[2], rdata[3])),
                 ttl,
             )),
-            (1, 28) if rdlen == 16 => {
+            (1, 28) if rdlen == 16 && qtype == 28 => {
                 let a: [u8; 16] = rdata.try_into().expect("16 bytes");
                 addrs.push((IpAddr::V6(Ipv6Addr::from(a)), ttl));
             }
+            (1, 1) if rdlen == 4 => {}
+            (1, 28) if rdlen == 16 => {}
             (1, 1) | (1, 28) => return (Expect::Malformed, beyond_limit),
             (_, 5) => {
                 let mut r = d.clone(at as u16);
@@ -168,6 +202,7 @@ fn reference(msg: &[u8], query: &[u8]) -> (Expect, bool) {
                     return (Expect::Malformed, beyond_limit);
                 }
                 beyond_limit |= steps(msg, at) > MAX_NAME_STEPS;
+                chain_ttl = chain_ttl.min(ttl_of(ttl));
             }
             _ => {}
         }
@@ -178,6 +213,10 @@ fn reference(msg: &[u8], query: &[u8]) -> (Expect, bool) {
     if addrs.is_empty() {
         return (Expect::Nothing, false);
     }
+    let addrs = addrs
+        .into_iter()
+        .map(|(a, ttl)| (a, ttl_of(ttl).min(chain_ttl)))
+        .collect();
     let labels = question.iter().map(<[u8]>::to_vec).collect();
     (Expect::Recorded(labels, addrs), false)
 }
@@ -185,6 +224,23 @@ fn reference(msg: &[u8], query: &[u8]) -> (Expect, bool) {
 /// hickory's name decoder on `msg` at `d`.
 fn read_name(_msg: &[u8], d: &mut BinDecoder<'_>) -> Option<Name> {
     Name::read(d).ok()
+}
+
+/// A record's TTL as the kernel takes it: one with the high bit set is 0 (RFC 2181, 8).
+fn ttl_of(ttl: u32) -> u32 {
+    if ttl & 0x8000_0000 != 0 { 0 } else { ttl }
+}
+
+/// Whether the well-formed name at `at` holds a compression pointer.
+fn has_pointer(msg: &[u8], mut at: usize) -> bool {
+    while let Some(&b) = msg.get(at) {
+        match b {
+            0 => return false,
+            b if b & 0xc0 == 0xc0 => return true,
+            b => at += 1 + usize::from(b),
+        }
+    }
+    false
 }
 
 /// Bytes the kernel's walk reads to the end of the name at `at` (labels, pointers and the
@@ -382,17 +438,18 @@ impl Lab {
         (action, moved)
     }
 
-    /// [`Self::send_query`] and [`Self::receive`] over loopback: the query and then the answer
-    /// through the loopback program (which always passes: `TC_ACT_OK`, 0).
-    fn exchange_on_loopback(
-        &mut self,
-        query: &[u8],
-        answer: &[u8],
-    ) -> (i32, BTreeMap<&'static str, u64>) {
+    /// [`Self::send_query`] over loopback: the query through the loopback program (which
+    /// always passes: `TC_ACT_OK`, 0).
+    fn send_on_loopback(&mut self, query: &[u8]) {
         let mut spec = Spec::new(HOST, SERVER, L4::Udp, 53);
         spec.remote_port = HOST_PORT;
         spec.payload = query.to_vec();
         assert_eq!(self.lo.test_run(&spec.frame()).expect("the query on lo"), 0);
+    }
+
+    /// [`Self::receive`] over loopback: the answer through the loopback program; returns its
+    /// verdict and the counters that moved.
+    fn receive_on_loopback(&mut self, answer: &[u8]) -> (i32, BTreeMap<&'static str, u64>) {
         let mut spec = Spec::new(SERVER, HOST, L4::Udp, HOST_PORT);
         spec.remote_port = 53;
         spec.payload = answer.to_vec();
@@ -418,7 +475,8 @@ impl Lab {
                 self.receive(SERVER, 53, HOST, HOST_PORT, answer)
             }
             Via::Loopback => {
-                let (verdict, moved) = self.exchange_on_loopback(query, answer);
+                self.send_on_loopback(query);
+                let (verdict, moved) = self.receive_on_loopback(answer);
                 assert_eq!(verdict, 0, "{what}: the loopback program never drops");
                 (XDP_PASS, moved)
             }
@@ -427,12 +485,12 @@ impl Lab {
         assert_eq!(action, XDP_PASS, "{what}: the tracked answer must pass");
         let (expect, _) = reference(answer, query);
         self.check(what, &expect, &moved, before, after);
-        // Only an answer that records uses the query up: a forged or broken one leaves it to
-        // the real answer.
+        // The query's answer uses the query up whatever it says, as the resolver takes it;
+        // an answer to no query, or one too broken to tell, leaves it to the real answer.
         assert_eq!(
             self.queries().is_empty(),
-            matches!(expect, Expect::Recorded(..)),
-            "{what}: the query is forgotten once, and only once, an answer is recorded"
+            expect.uses_up(),
+            "{what}: the query is forgotten once, and only once, its answer came ({expect:?})"
         );
         expect
     }
@@ -448,9 +506,9 @@ impl Lab {
         let resolved = self.resolved();
         let seen = self.seen();
         match expect {
-            Expect::Malformed | Expect::Nothing | Expect::AnotherQuestion => {
+            Expect::Unreadable | Expect::Malformed | Expect::Nothing | Expect::Unsolicited => {
                 let counter = match expect {
-                    Expect::Malformed => "dns_malformed",
+                    Expect::Unreadable | Expect::Malformed => "dns_malformed",
                     Expect::Nothing => "dns_no_address",
                     _ => "dns_unsolicited",
                 };
@@ -490,9 +548,7 @@ impl Lab {
                 assert_eq!(seen.len(), 1, "{what}: one name");
                 let mut want: BTreeMap<[u8; 16], u64> = BTreeMap::new();
                 for (a, ttl) in addrs {
-                    // A TTL with the high bit set is 0 (RFC 2181, 8).
-                    let ttl = if *ttl & 0x8000_0000 != 0 { 0 } else { *ttl };
-                    let ttl = u64::from(ttl).clamp(MIN_TTL, MAX_TTL) + GRACE;
+                    let ttl = u64::from(*ttl).clamp(MIN_TTL, MAX_TTL) + GRACE;
                     let e = want.entry(firewall_common::addr::mapped(*a)).or_default();
                     *e = (*e).max(ttl);
                 }
@@ -664,8 +720,8 @@ fn answers_to_the_hosts_queries_are_recorded_under_the_question() {
     for (what, msg) in &cases {
         let expect = lab.exchange(what, &query_of(msg), msg);
         assert!(
-            !matches!(expect, Expect::Malformed),
-            "{what}: the test answer is well formed"
+            matches!(expect, Expect::Recorded(..) | Expect::Nothing),
+            "{what}: the test answer is well formed: {expect:?}"
         );
     }
     // A question or an answer carrying an error, or truncated, records nothing.
@@ -758,12 +814,15 @@ fn malformed_answers_are_ignored_whole() {
         } else {
             query_of(&good)
         };
+        // A question that cannot be read cannot be told to be the query's; past it, the
+        // answer is the query's.
+        let want = if what.contains("label type") || what.contains("255") {
+            Expect::Unreadable
+        } else {
+            Expect::Malformed
+        };
         let (expect, _) = reference(msg, &query);
-        assert_eq!(
-            expect,
-            Expect::Malformed,
-            "{what}: the reference must refuse it"
-        );
+        assert_eq!(expect, want, "{what}: the reference must refuse it");
         lab.exchange(what, &query, msg);
     }
     // An answer to another question than the query's: not read, and the query waits on.
@@ -775,7 +834,7 @@ fn malformed_answers_are_ignored_whole() {
     );
     assert_eq!(
         lab.exchange("another question", &query_of(&good), &other),
-        Expect::AnotherQuestion
+        Expect::Unsolicited
     );
     // The same question in other case: read (resolvers randomise the case, servers echo it).
     let mut upper = good.clone();
@@ -882,6 +941,354 @@ fn answers_to_no_query_of_the_host_are_ignored() {
     assert_eq!(lab.resolved().len(), 1);
 }
 
+/// The first answer with the query's id and question is the query's answer, whatever it says:
+/// the resolver takes it and stops waiting, and so does the kernel, even when it records
+/// nothing. Were the query left waiting, a local user could ask the resolver, from a port and
+/// with an id of their choice, a question whose answer records nothing (a name that does not
+/// exist, a TXT question), and an accomplice forging the resolver's address would have the
+/// query's 10 s to answer it with an address of their choice.
+#[test]
+fn the_querys_answer_uses_it_up_whatever_it_says() {
+    let mut lab = Lab::new(RULES);
+    let www = "www.example.test.";
+    let forged = |id: u16, question: &str, qtype: RecordType| {
+        answer(id, question, qtype, vec![a(question, 300, "203.0.113.66")])
+    };
+    let mut nxdomain = answer(0x1111, "nx-123.example.test.", RecordType::A, vec![]);
+    nxdomain[3] |= 3;
+    let mut servfail = answer(0x3333, www, RecordType::A, vec![]);
+    servfail[3] |= 2;
+    let mut truncated = answer(
+        0x4444,
+        www,
+        RecordType::A,
+        vec![a(www, 300, "198.51.100.7")],
+    );
+    truncated[2] |= 0x02;
+    let txt = Record::from_rdata(
+        name(www),
+        300,
+        RData::TXT(rdata::TXT::new(vec!["v=test".to_owned()])),
+    );
+    let mut cut = answer(
+        0x6666,
+        www,
+        RecordType::A,
+        vec![a(www, 300, "198.51.100.7")],
+    );
+    cut.truncate(cut.len() - 2);
+    // (what, the resolver's answer, its counter, an answer forged after it)
+    let cases = [
+        (
+            "NXDOMAIN",
+            nxdomain,
+            "dns_no_address",
+            forged(0x1111, "nx-123.example.test.", RecordType::A),
+        ),
+        (
+            "no record of the name (NODATA)",
+            answer(0x2222, www, RecordType::A, vec![]),
+            "dns_no_address",
+            forged(0x2222, www, RecordType::A),
+        ),
+        (
+            "SERVFAIL",
+            servfail,
+            "dns_no_address",
+            forged(0x3333, www, RecordType::A),
+        ),
+        (
+            "truncated",
+            truncated,
+            "dns_no_address",
+            forged(0x4444, www, RecordType::A),
+        ),
+        (
+            "a TXT question",
+            answer(0x5555, www, RecordType::TXT, vec![txt]),
+            "dns_no_address",
+            forged(0x5555, www, RecordType::TXT),
+        ),
+        (
+            "a record cut short after the question",
+            cut,
+            "dns_malformed",
+            forged(0x6666, www, RecordType::A),
+        ),
+    ];
+    for (what, real, counter, fake) in &cases {
+        lab.clear();
+        lab.send_query(HOST, SERVER, HOST_PORT, &query_of(real));
+        let (_, moved) = lab.receive(SERVER, 53, HOST, HOST_PORT, real);
+        assert_eq!(moved, BTreeMap::from([(*counter, 1)]), "{what}");
+        let (_, moved) = lab.receive(SERVER, 53, HOST, HOST_PORT, fake);
+        assert!(
+            lab.resolved().is_empty() && lab.seen().is_empty(),
+            "{what}: an answer forged after the real one named {:?}",
+            lab.resolved()
+        );
+        assert_eq!(
+            moved,
+            BTreeMap::from([("dns_unsolicited", 1)]),
+            "{what}: an answer forged after the real one"
+        );
+        assert!(lab.queries().is_empty(), "{what}: the query is used up");
+    }
+
+    // What cannot be told to answer the query leaves it to the answer that can.
+    let real = answer(
+        0x7777,
+        www,
+        RecordType::A,
+        vec![a(www, 300, "198.51.100.7")],
+    );
+    let mut no_question = Message::new(0x7777, MessageType::Response, OpCode::Query);
+    no_question.add_answers(vec![a(www, 300, "203.0.113.66")]);
+    let no_question = no_question.to_vec().expect("encoding");
+    let mut not_a_response = forged(0x7777, www, RecordType::A);
+    not_a_response[2] &= !0x80;
+    let mut another_opcode = forged(0x7777, www, RecordType::A);
+    another_opcode[2] |= 2 << 3;
+    let mut unreadable = real.clone();
+    unreadable[12] = 0x80;
+    let cases = [
+        ("no question", no_question, "dns_unsolicited"),
+        ("not a response", not_a_response, "dns_unsolicited"),
+        (
+            "not a standard query's answer",
+            another_opcode,
+            "dns_unsolicited",
+        ),
+        (
+            "another question",
+            forged(0x7777, "www.other.test.", RecordType::A),
+            "dns_unsolicited",
+        ),
+        (
+            "a question that cannot be read",
+            unreadable,
+            "dns_malformed",
+        ),
+    ];
+    for (what, early, counter) in &cases {
+        lab.clear();
+        lab.send_query(HOST, SERVER, HOST_PORT, &query_of(&real));
+        let (_, moved) = lab.receive(SERVER, 53, HOST, HOST_PORT, early);
+        assert_eq!(moved, BTreeMap::from([(*counter, 1)]), "{what}");
+        assert_eq!(lab.queries().len(), 1, "{what}: the query waits on");
+        let (_, moved) = lab.receive(SERVER, 53, HOST, HOST_PORT, &real);
+        assert_eq!(
+            moved.get("dns_answers"),
+            Some(&1),
+            "{what}: the real answer after it: {moved:?}"
+        );
+    }
+
+    // A pointer in the question could only point into the header, whose bytes the sender
+    // chooses: here bytes 5 to 7 (the question count's low byte, the answer count) spell the
+    // name `x`, and the 16 records the answer count then asks for follow.
+    let mut query = query_of(&real);
+    query.truncate(12);
+    query.extend_from_slice(&[0xc0, 5, 0, 1, 0, 1]);
+    let mut header_name = query.clone();
+    header_name[2] = 0x81;
+    header_name[3] = 0x80;
+    header_name[6] = b'x';
+    header_name[7] = 0;
+    for i in 0..MAX_ANSWERS as u8 {
+        // Owner: the root; A, IN, TTL 300, 4 bytes.
+        header_name.extend_from_slice(&[0, 0, 1, 0, 1, 0, 0, 1, 44, 0, 4, 203, 0, 113, i]);
+    }
+    assert_eq!(
+        lab.exchange("a question pointing into the header", &query, &header_name),
+        Expect::Unreadable
+    );
+
+    // Only a standard query of one question is recorded: the answer to another (an opcode the
+    // server refuses, questions it cannot answer in one) may not match it, and would leave
+    // it waiting for a forged one.
+    let query = query_of(&real);
+    let mut status = query.clone();
+    status[2] |= 2 << 3;
+    let mut two = query.clone();
+    two[5] = 2;
+    for (what, q) in [("opcode STATUS", status), ("two questions", two)] {
+        lab.clear();
+        let c0 = lab.counters();
+        lab.send_query(HOST, SERVER, HOST_PORT, &q);
+        assert!(lab.moved(&c0).is_empty(), "{what}: {:?}", lab.moved(&c0));
+        assert!(lab.queries().is_empty(), "{what}: not recorded");
+        let (_, moved) = lab.receive(SERVER, 53, HOST, HOST_PORT, &real);
+        assert_eq!(
+            moved,
+            BTreeMap::from([("dns_unsolicited", 1)]),
+            "{what}: an answer to it"
+        );
+    }
+}
+
+/// An A question's answer names its A records' addresses, an AAAA question's its AAAA
+/// records': a server adding records of the other type (or a forger, to a TXT question)
+/// names nothing with them.
+#[test]
+fn only_records_of_the_questions_type_are_kept() {
+    let mut lab = Lab::new(RULES);
+    let records = || {
+        vec![
+            cname("www.example.test.", 300, "cdn.other.test."),
+            a("cdn.other.test.", 300, "198.51.100.7"),
+            aaaa("cdn.other.test.", 300, "2001:db8:1::7"),
+        ]
+    };
+    for (qtype, want) in [
+        (RecordType::A, Some("198.51.100.7")),
+        (RecordType::AAAA, Some("2001:db8:1::7")),
+        (RecordType::TXT, None),
+        (RecordType::ANY, None),
+    ] {
+        let msg = answer(0x0101, "www.example.test.", qtype, records());
+        let what = format!("a {qtype} question");
+        lab.exchange(&what, &query_of(&msg), &msg);
+        let got: Vec<[u8; 16]> = lab.resolved().into_keys().collect();
+        let want: Vec<[u8; 16]> = want
+            .iter()
+            .map(|a| firewall_common::addr::mapped(a.parse().expect("address")))
+            .collect();
+        assert_eq!(got, want, "{what}");
+    }
+}
+
+/// A name lasts on an address as long as the shortest TTL of the chain that led to it: once
+/// a CNAME expired, the name may point elsewhere, however long the target's address record
+/// lasts.
+#[test]
+fn a_cname_chain_lasts_as_long_as_its_shortest_ttl() {
+    let mut lab = Lab::new(RULES);
+    let cases = [
+        (
+            "a CNAME shorter than the address",
+            RecordType::A,
+            vec![
+                cname("good.example.test.", 300, "cdn.other.test."),
+                a("cdn.other.test.", 86400, "198.51.100.7"),
+            ],
+            300,
+        ),
+        (
+            "the shortest of two CNAMEs",
+            RecordType::AAAA,
+            vec![
+                cname("good.example.test.", 3600, "edge.other.test."),
+                cname("edge.other.test.", 120, "cdn.other.test."),
+                aaaa("cdn.other.test.", 86400, "2001:db8:1::7"),
+            ],
+            120,
+        ),
+        (
+            "an address shorter than the chain",
+            RecordType::A,
+            vec![
+                cname("good.example.test.", 3600, "cdn.other.test."),
+                a("cdn.other.test.", 200, "198.51.100.7"),
+            ],
+            200,
+        ),
+        (
+            "a CNAME below min_ttl: min_ttl",
+            RecordType::A,
+            vec![
+                cname("good.example.test.", 5, "cdn.other.test."),
+                a("cdn.other.test.", 86400, "198.51.100.7"),
+            ],
+            MIN_TTL,
+        ),
+    ];
+    for (what, qtype, records, ttl) in cases {
+        let msg = answer(0x0202, "good.example.test.", qtype, records);
+        let before = now_ns();
+        assert!(
+            matches!(
+                lab.exchange(what, &query_of(&msg), &msg),
+                Expect::Recorded(..)
+            ),
+            "{what}"
+        );
+        let resolved = lab.resolved();
+        let expires = resolved
+            .values()
+            .flat_map(|r| r.names.iter())
+            .find(|n| n.name != 0)
+            .map(|n| n.expires)
+            .expect("a name recorded");
+        // To the nearest second: the coarse clock is behind by less than a tick.
+        let lasts = (expires + 500_000_000 - before) / 1_000_000_000;
+        assert_eq!(lasts, ttl + GRACE, "{what}: seconds the name lasts");
+    }
+}
+
+/// A query sent over `lo` (to a resolver on the host) is answered over `lo` only, and one that
+/// left through a protected interface from the wire only: a host of the network can send a
+/// datagram that claims to come from 127.0.0.53, or from the host's own address, and the XDP
+/// program reads it before the stack drops it as a martian.
+#[test]
+fn a_query_is_answered_only_on_the_path_it_was_sent_by() {
+    let mut lab = Lab::new(RULES);
+    let msg = answer(
+        0x4321,
+        "www.example.test.",
+        RecordType::A,
+        vec![a("www.example.test.", 300, "198.51.100.7")],
+    );
+    let query = query_of(&msg);
+
+    lab.clear();
+    lab.send_on_loopback(&query);
+    // The XDP program reads only answers of tracked flows: a datagram of the same flow that
+    // is no query (no question) opens it.
+    lab.send_query(HOST, SERVER, HOST_PORT, &[0; 12]);
+    let (action, moved) = lab.receive(SERVER, 53, HOST, HOST_PORT, &msg);
+    assert_eq!(action, XDP_PASS, "a tracked flow passes");
+    assert_eq!(
+        moved,
+        BTreeMap::from([("dns_unsolicited", 1)]),
+        "a query sent over lo, answered from the wire"
+    );
+    assert!(lab.resolved().is_empty() && lab.seen().is_empty());
+    assert_eq!(
+        lab.queries().iter().map(|k| k.via).collect::<Vec<_>>(),
+        [VIA_LOOPBACK],
+        "the query over lo waits for its answer"
+    );
+    let (_, moved) = lab.receive_on_loopback(&msg);
+    assert_eq!(
+        moved.get("dns_answers"),
+        Some(&1),
+        "its answer over lo: {moved:?}"
+    );
+
+    lab.clear();
+    lab.send_query(HOST, SERVER, HOST_PORT, &query);
+    let (verdict, moved) = lab.receive_on_loopback(&msg);
+    assert_eq!(verdict, 0, "the loopback program never drops");
+    assert_eq!(
+        moved,
+        BTreeMap::from([("dns_unsolicited", 1)]),
+        "a query sent from the wire, answered over lo"
+    );
+    assert!(lab.resolved().is_empty() && lab.seen().is_empty());
+    assert_eq!(
+        lab.queries().iter().map(|k| k.via).collect::<Vec<_>>(),
+        [VIA_WIRE],
+        "the wire's query waits for its answer"
+    );
+    let (_, moved) = lab.receive(SERVER, 53, HOST, HOST_PORT, &msg);
+    assert_eq!(
+        moved.get("dns_answers"),
+        Some(&1),
+        "its answer from the wire: {moved:?}"
+    );
+}
+
 /// Random answers, well formed and then mutated (bytes changed, cut, pointers aimed
 /// anywhere): the kernel records exactly what the reference says, every time.
 #[test]
@@ -914,16 +1321,17 @@ fn random_and_mutated_answers_agree_with_the_reference_parser() {
         let got = lab.exchange_via(via, &what, &query, &msg);
         let kind = match (got, beyond_limit) {
             (_, true) => "malformed: beyond the kernel's limits only",
+            (Expect::Unreadable, _) => "unreadable",
             (Expect::Malformed, _) => "malformed",
             (Expect::Nothing, _) => "nothing to record",
-            (Expect::AnotherQuestion, _) => "another question",
+            (Expect::Unsolicited, _) => "unsolicited",
             (Expect::Recorded(..), _) => "recorded",
         };
         *outcomes.entry(kind).or_default() += 1;
     }
     println!("{outcomes:?}");
     // The generator must reach every outcome, or the comparison proves little.
-    for kind in ["malformed", "nothing to record", "recorded"] {
+    for kind in ["malformed", "nothing to record", "unsolicited", "recorded"] {
         assert!(
             outcomes.get(kind).copied().unwrap_or(0) > runs / 50,
             "too few answers {kind}: {outcomes:?}"

@@ -13,18 +13,31 @@
 //! there with masked indices, so every read is in bounds whatever the message says; each name
 //! walk is bounded by [`MAX_NAME_STEPS`] and the records by [`MAX_ANSWERS`]. Nothing is
 //! recorded until the whole answer section read has been checked: a malformed answer leaves
-//! no trace but its counter.
+//! no trace but its counter (and, past its question, the query used up).
 //!
 //! Names are followed as hickory-proto's decoder follows them (the tests' reference): a
 //! compression pointer must point before the start of the name (or name part) it is in, and
 //! a name part reached by a pointer must end before where the pointer was followed from, so
-//! pointers can only go back and never loop; a name is at most 255 bytes on the wire.
+//! pointers can only go back and never loop; a name is at most 255 bytes on the wire. The
+//! question's name may hold no pointer: the only bytes before it are the header's.
 //!
-//! Only answers with one question of class IN, no error, and the truncation bit clear are
-//! read (a truncated answer is asked again over TCP, which is not read: README, "Outbound
-//! rules by name"), and only if their question is the query's, byte for byte from offset 12
-//! (ASCII case aside). The query is deleted only by the answer that records (the delete is
-//! the claim, so two answers on two CPUs cannot both record), never by one ignored.
+//! Which answer is the query's: a response to a standard query with one question, that
+//! question being the query's byte for byte from offset 12 (ASCII case aside), with the
+//! query's id, addresses and ports (the key): what a resolver checks before it takes an
+//! answer and stops waiting. That answer uses the query up whatever it says next (the delete
+//! is the claim: of two answers on two CPUs, one reads on): an error, the truncation bit (a
+//! truncated answer is asked again over TCP, which is not read: README, "Outbound rules by
+//! name"), a class other than IN, a question other than A or AAAA, no address, or records
+//! that are malformed (the resolver, too, fails the lookup rather than wait for another
+//! answer). Were the query left waiting after an answer that records nothing, a local user
+//! could send one (for a name that does not exist, say), from a port and with an id of their
+//! choice, and an accomplice forging the server's address would have the query's lifetime to
+//! answer it with an address. An answer that is not the query's (another id or question, no
+//! question, not a response) or cannot be told to be (a question that cannot be read) leaves
+//! it to the real answer: the server echoes the question asked, so the real answer's question
+//! is unreadable only when the query's is, and then no answer to it can record anything. Of
+//! the query's answer, only the address records of the question's type are kept (A for A,
+//! AAAA for AAAA; a CNAME chain leads to them).
 
 use aya_ebpf::{
     EbpfContext as _, Global,
@@ -40,8 +53,8 @@ use firewall_common::{
         CLASS_IN, DNS_PORT, DNS_QUERY_ENTRIES, DNS_VIEW, DnsOn, DnsQuery, DnsQueryKey, END_EXACT,
         END_WILDCARD, MAX_ANSWERS, MAX_NAME_STEPS, NAME_TEXT, NO_GROUP, NameHasher, NameKey,
         NameSlot, QUERY_LIFETIME_NS, QUESTION_BYTES, RESOLVED_ENTRIES, RESOLVED_NAMES, Resolved,
-        ResolvedName, SEEN_NAME_ENTRIES, SeenName, TYPE_A, TYPE_AAAA, TYPE_CNAME, WILDCARD_DEPTH,
-        fold,
+        ResolvedName, SEEN_NAME_ENTRIES, SeenName, TYPE_A, TYPE_AAAA, TYPE_CNAME, VIA_LOOPBACK,
+        VIA_WIRE, WILDCARD_DEPTH, fold,
     },
 };
 
@@ -65,7 +78,8 @@ static DNS_UNNAMED: Global<u32> = Global::new(firewall_common::verdict(
     firewall_common::ACTION_ALLOW,
 ));
 /// `[dns] min_ttl`, `max_ttl`, `grace`, in seconds: how long a recorded name lasts is its
-/// record's TTL clamped to the first two, plus the third.
+/// record's TTL (or a CNAME's, if shorter: see [`record`]) clamped to the first two, plus the
+/// third.
 #[unsafe(no_mangle)]
 static DNS_MIN_TTL: Global<u32> = Global::new(60);
 #[unsafe(no_mangle)]
@@ -152,13 +166,13 @@ pub(crate) fn query_leaves(ctx: &TcContext, pkt: &Packet, now: u64) {
     if DNS_NAMES.load() == 0 {
         return;
     }
-    record_query(ctx, pkt, now);
+    record_query(ctx, pkt, now, VIA_WIRE);
 }
 
 /// Records a query leaving for port 53 from a socket of the host (a protected interface's
-/// egress, or `lo`'s).
+/// egress, `via` [`VIA_WIRE`], or `lo`'s, [`VIA_LOOPBACK`]).
 #[inline(always)]
-fn record_query(ctx: &TcContext, pkt: &Packet, now: u64) {
+fn record_query(ctx: &TcContext, pkt: &Packet, now: u64, via: u8) {
     if pkt.proto != PROTO_UDP || pkt.local_port != DNS_PORT {
         return;
     }
@@ -169,11 +183,18 @@ fn record_query(ctx: &TcContext, pkt: &Packet, now: u64) {
         return;
     }
     // A fixed size: `load_bytes` may ask the kernel for zero bytes, which the verifier refuses.
-    let Ok(hdr) = ctx.load::<[u8; 4]>(pkt.l4_off + 8) else {
+    let Ok(hdr) = ctx.load::<[u8; 6]>(pkt.l4_off + 8) else {
         return;
     };
     if hdr[2] & 0x80 != 0 {
         // An answer: the host serves DNS.
+        return;
+    }
+    // Only what the reader can match its answer with: a standard query (opcode 0) of one
+    // question. The answer to another (an opcode the server refuses, questions it does not
+    // answer in one) would match no recorded query and leave it waiting, free for a forged
+    // answer asking its bytes as a standard query.
+    if hdr[2] & 0x78 != 0 || hdr[4] != 0 || hdr[5] != 1 {
         return;
     }
     let Some(q) = this_cpus(&QUERY_SCRATCH) else {
@@ -208,7 +229,8 @@ fn record_query(ctx: &TcContext, pkt: &Packet, now: u64) {
         server: [0; 16],
         local_port: pkt.remote_port,
         txid: u16::from_ne_bytes([hdr[0], hdr[1]]),
-        _pad: [0; 4],
+        via,
+        _pad: [0; 3],
     };
     pkt.remote.write_mapped(&mut key.local);
     pkt.local.write_mapped(&mut key.server);
@@ -227,7 +249,7 @@ pub(crate) fn answer_arrives(ctx: &XdpContext, pkt: &Packet, now: u64) {
     if DNS_NAMES.load() == 0 || pkt.proto != PROTO_UDP || pkt.remote_port != DNS_PORT {
         return;
     }
-    if !hand_over(pkt, now) {
+    if !hand_over(pkt, now, VIA_WIRE) {
         return;
     }
     // SAFETY: the slot holds an XDP program of this object, or nothing.
@@ -237,15 +259,18 @@ pub(crate) fn answer_arrives(ctx: &XdpContext, pkt: &Packet, now: u64) {
 
 /// Puts what the reader needs of an answer that arrives (`pkt`, received as the host
 /// receives it) in this CPU's scratch room, before the tail call; false if there is none.
+/// `via`: the way the answer came, which must be the way its query left
+/// ([`firewall_common::dns::VIA_LOOPBACK`] says why).
 #[inline(always)]
-fn hand_over(pkt: &Packet, now: u64) -> bool {
+fn hand_over(pkt: &Packet, now: u64, via: u8) -> bool {
     let Some(s) = this_cpus(&DNS_SCRATCH) else {
         return false;
     };
     pkt.local.write_mapped(&mut s.query.local);
     pkt.remote.write_mapped(&mut s.query.server);
     s.query.local_port = pkt.local_port;
-    s.query._pad = [0; 4];
+    s.query.via = via;
+    s.query._pad = [0; 3];
     s.l4_off = pkt.l4_off as u64;
     s.now = now;
     true
@@ -290,7 +315,10 @@ struct Ttls {
 // egress of `lo` in the daemon's network namespace (`firewall_dns_loopback`) sees both ways:
 // a client's query to the resolver (with the client's socket) is recorded as on a protected
 // interface, and the resolver's answer is read as it is sent, before the backlog delivers it
-// to the client. Only this namespace's `lo`: a `lo` of another namespace (a container's, or
+// to the client. The query is recorded as sent over `lo` (`VIA_LOOPBACK`) and each reader
+// finds only the queries sent its own way: a datagram from the network may claim to come from
+// 127.0.0.53, or from the host's own address, and the XDP program reads it before the stack
+// drops it as a martian. Only this namespace's `lo`: a `lo` of another namespace (a container's, or
 // one an unprivileged user made with a user namespace, where binding port 53 is allowed) is
 // not looked at, so nothing answered there names an address here. The program holds no
 // rules, so it belongs to no generation and reads `DNS_ON` instead of the globals. It never
@@ -313,10 +341,10 @@ pub(crate) fn loopback(ctx: &TcContext) {
     let now = crate::clock::now();
     // On egress the parser's `local` is the destination.
     if pkt.local_port == DNS_PORT {
-        record_query(ctx, &pkt, now);
+        record_query(ctx, &pkt, now, VIA_LOOPBACK);
         return;
     }
-    if pkt.remote_port != DNS_PORT || !hand_over(&pkt, now) {
+    if pkt.remote_port != DNS_PORT || !hand_over(&pkt, now, VIA_LOOPBACK) {
         return;
     }
     // SAFETY: the slot holds a TC program of this object, or nothing.
@@ -415,10 +443,20 @@ fn read_answer<C: LoadBytes>(ctx: &C, l4_off: u64, now: u64, ttls: &Ttls) -> u32
     if key.is_unset() {
         return READ_FAILED;
     }
-    let found = parse(len, key);
-    if found == ANOTHER_QUESTION {
+    let question = match question(len) {
+        Ok(q) => q,
+        Err(outcome) => return outcome,
+    };
+    let Some(s) = this_cpus(&DNS_SCRATCH) else {
+        return READ_FAILED;
+    };
+    // The query's answer, whatever it says next: the resolver takes it and waits no more, so
+    // the query is used up here, before the rest is read (see the header). The delete is the
+    // claim: of two answers on two CPUs, one reads on.
+    if DNS_QUERIES.remove(&s.query).is_err() {
         return READ_UNSOLICITED;
     }
+    let found = parse(len, &question, key);
     if found < 0 {
         return READ_MALFORMED;
     }
@@ -428,16 +466,41 @@ fn read_answer<C: LoadBytes>(ctx: &C, l4_off: u64, now: u64, ttls: &Ttls) -> u32
     let Some(s) = this_cpus(&DNS_SCRATCH) else {
         return READ_FAILED;
     };
-    // One recorded answer per query: whoever deletes it records (two answers on two CPUs
-    // cannot both).
-    if DNS_QUERIES.remove(&s.query).is_err() {
-        return READ_UNSOLICITED;
-    }
     record(s, found as usize, now, ttls)
 }
 
-/// [`parse`]: the answer's question is not the query's.
-const ANOTHER_QUESTION: i32 = -2;
+/// The answer's question, once it is the query's: where it ends (before its type) and its
+/// number of labels.
+struct Question {
+    end: usize,
+    labels: usize,
+}
+
+/// Whether the message is the query's answer, by its header and question, as the resolver
+/// tells (see the header): `Err` with the outcome if not (`READ_UNSOLICITED`), or if it cannot
+/// be told (`READ_MALFORMED`: a question that cannot be read, or cut short).
+#[inline(always)]
+fn question(len: usize) -> Result<Question, u32> {
+    let Some(s) = this_cpus(&DNS_SCRATCH) else {
+        return Err(READ_FAILED);
+    };
+    let flags = u16_at(s, 2);
+    // A response (QR) to a standard query (opcode 0, the only one recorded), with one
+    // question to compare.
+    if flags & 0x8000 == 0 || flags & 0x7800 != 0 || u16_at(s, 4) != 1 {
+        return Err(READ_UNSOLICITED);
+    }
+    let Some((end, labels)) = walk(len, 12, true) else {
+        return Err(READ_MALFORMED);
+    };
+    if end + 4 > len {
+        return Err(READ_MALFORMED);
+    }
+    if !same_question(end + 4 - 12) {
+        return Err(READ_UNSOLICITED);
+    }
+    Ok(Question { end, labels })
+}
 
 /// Whether the answer's question, `len` bytes from offset 12, is the query's (ASCII case
 /// aside). In `bpf_loop` with its state in the scratch room, as the other loops (see below):
@@ -552,7 +615,9 @@ struct Walk {
     end: u64,
     wire: u64,
     labels: u64,
-    record: u64,
+    /// Non-zero for the question's name: its labels' offsets are kept, and it may hold no
+    /// compression pointer (see [`question`]).
+    question: u64,
     /// 0: done, the name is fine; 1: malformed; 2: not finished yet.
     state: u64,
 }
@@ -578,7 +643,7 @@ extern "C" fn walk_step(_index: u64, _ctx: *mut c_void) -> i64 {
         return STOP;
     }
     if b & 0xc0 == 0xc0 {
-        if pos + 1 >= len {
+        if w.question != 0 || pos + 1 >= len {
             w.state = 1;
             return STOP;
         }
@@ -609,7 +674,7 @@ extern "C" fn walk_step(_index: u64, _ctx: *mut c_void) -> i64 {
         w.state = 1;
         return STOP;
     }
-    if w.record != 0 {
+    if w.question != 0 {
         let i = (w.labels as usize) & (LABEL_SLOTS - 1);
         s.labels[i] = pos as u16;
     }
@@ -620,10 +685,11 @@ extern "C" fn walk_step(_index: u64, _ctx: *mut c_void) -> i64 {
 
 /// Walks the name at `start` (hickory-proto's rules, see above). Returns where the name ends
 /// in the message (after its root label, or after its first pointer) and its number of
-/// labels; with `record`, the offsets of its labels' length bytes go to `s.labels`, the
-/// first first. `None` if malformed, or longer than [`MAX_NAME_STEPS`] steps.
+/// labels; for the `question`'s name, the offsets of its labels' length bytes go to
+/// `s.labels`, the first first, and a pointer makes it malformed. `None` if malformed, or
+/// longer than [`MAX_NAME_STEPS`] steps.
 #[inline(always)]
-fn walk(len: usize, start: usize, record: bool) -> Option<(usize, usize)> {
+fn walk(len: usize, start: usize, question: bool) -> Option<(usize, usize)> {
     let s = this_cpus(&DNS_SCRATCH)?;
     s.walk = Walk {
         len: len as u64,
@@ -633,7 +699,7 @@ fn walk(len: usize, start: usize, record: bool) -> Option<(usize, usize)> {
         end: 0,
         wire: 1,
         labels: 0,
-        record: u64::from(record),
+        question: u64::from(question),
         state: 2,
     };
     // SAFETY: the callback takes no context.
@@ -657,6 +723,10 @@ struct Records {
     answers: u64,
     found: u64,
     malformed: u64,
+    /// The question's type: the only address records kept (A or AAAA).
+    qtype: u64,
+    /// The shortest TTL of the CNAMEs read (see [`record`]).
+    chain_ttl: u64,
 }
 
 /// One record of the answer section.
@@ -694,6 +764,11 @@ extern "C" fn record_step(index: u64, _ctx: *mut c_void) -> i64 {
         if rdlen != want {
             return malformed();
         }
+        if u64::from(rtype) != s.records.qtype {
+            // Not what was asked: a server's extra, or a forger's, names nothing.
+            s.records.pos = (rdata + rdlen) as u64;
+            return NEXT;
+        }
         let i = (s.records.found as usize) & (MAX_ANSWERS - 1);
         let mut a = [0u8; 16];
         if rtype == TYPE_A {
@@ -715,6 +790,12 @@ extern "C" fn record_step(index: u64, _ctx: *mut c_void) -> i64 {
             Some((e, _)) if e == rdata + rdlen => {}
             _ => return malformed(),
         }
+        let Some(s) = this_cpus(&DNS_SCRATCH) else {
+            return STOP;
+        };
+        if u64::from(ttl) < s.records.chain_ttl {
+            s.records.chain_ttl = u64::from(ttl);
+        }
     }
     if let Some(s) = this_cpus(&DNS_SCRATCH) {
         s.records.pos = (rdata + rdlen) as u64;
@@ -731,36 +812,23 @@ fn malformed() -> i64 {
     STOP
 }
 
-/// Reads the header, the question and the answer section: fills `s.seen` with the question's
-/// name and its keys, `s.addrs`/`s.ttls` with the addresses. Returns how many addresses, or
-/// -1 if the message is malformed.
+/// Reads the query's answer past its `question` ([`question`]): fills `s.seen` with the
+/// question's name and its keys, `s.addrs`/`s.ttls` with the addresses. Returns how many
+/// addresses, or -1 if the message is malformed.
 #[inline(always)]
-fn parse(len: usize, key: &NameKey) -> i32 {
+fn parse(len: usize, question: &Question, key: &NameKey) -> i32 {
     let Some(s) = this_cpus(&DNS_SCRATCH) else {
         return -1;
     };
     let flags = u16_at(s, 2);
-    // A response (QR), a standard query (opcode 0), not truncated (TC), no error (RCODE).
-    if flags & 0x8000 == 0 || flags & 0x7800 != 0 || flags & 0x0200 != 0 || flags & 0x000f != 0 {
-        return 0;
-    }
-    if u16_at(s, 4) != 1 {
+    // Truncated (TC: asked again over TCP, which is not read) or an error (RCODE).
+    if flags & 0x0200 != 0 || flags & 0x000f != 0 {
         return 0;
     }
     let answers = u64::from(u16_at(s, 6));
-    let Some((qend, labels)) = walk(len, 12, true) else {
-        return -1;
-    };
-    if qend + 4 > len {
-        return -1;
-    }
-    let Some(s) = this_cpus(&DNS_SCRATCH) else {
-        return -1;
-    };
-    if !same_question(qend + 4 - 12) {
-        return ANOTHER_QUESTION;
-    }
-    if u16_at(s, qend + 2) != CLASS_IN || labels == 0 {
+    let (qend, labels) = (question.end, question.labels);
+    let qtype = u16_at(s, qend);
+    if u16_at(s, qend + 2) != CLASS_IN || labels == 0 || (qtype != TYPE_A && qtype != TYPE_AAAA) {
         return 0;
     }
     name_keys(labels, key);
@@ -773,6 +841,8 @@ fn parse(len: usize, key: &NameKey) -> i32 {
         answers,
         found: 0,
         malformed: 0,
+        qtype: u64::from(qtype),
+        chain_ttl: u64::MAX,
     };
     // SAFETY: the callback takes no context.
     unsafe {
@@ -876,7 +946,12 @@ fn name_keys(labels: usize, key: &NameKey) {
     }
 }
 
-/// Records the `found` addresses of `s` under the question's name.
+/// Records the `found` addresses of `s` under the question's name. Each lasts the shortest TTL
+/// of its record and of the answer's CNAMEs: the question's name holds on the address only
+/// as long as every link of the chain that led to it, and a CNAME's expiry lets the name
+/// point elsewhere. The reader does not follow the chain by names (every address of the
+/// question's type gets the question's name, see the header), so it takes every CNAME read:
+/// one out of the chain, which servers do not send, can only shorten it.
 #[inline(always)]
 fn record(s: &mut DnsScratch, found: usize, now: u64, ttls: &Ttls) -> u32 {
     let name = s.resolved.names[0].name;
@@ -894,6 +969,9 @@ fn record(s: &mut DnsScratch, found: usize, now: u64, ttls: &Ttls) -> u32 {
             break;
         }
         let mut ttl = u64::from(s.ttls[i]);
+        if ttl > s.records.chain_ttl {
+            ttl = s.records.chain_ttl;
+        }
         if ttl < lo {
             ttl = lo;
         }

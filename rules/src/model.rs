@@ -449,9 +449,10 @@ impl Default for LogConfig {
     }
 }
 
-/// `[dns]`: how long a name learnt from a DNS answer stays on its addresses (the record's TTL
-/// clamped to `min_ttl..=max_ttl`, plus `grace`; seconds), and whether addresses without a
-/// name may have `[defaults] outbound = "allow"` (`enforce`).
+/// `[dns]`: how long a name learnt from a DNS answer stays on its addresses (the shortest TTL
+/// of the record and the answer's CNAMEs clamped to `min_ttl..=max_ttl`, plus `grace`;
+/// seconds), and whether addresses without a name may have `[defaults] outbound = "allow"`
+/// (`enforce`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct DnsConfig {
     pub min_ttl: u32,
