@@ -18,7 +18,8 @@
 //!   at the end: another task's hook that ran on this CPU meanwhile has written its own, and
 //!   the call is refused (`selector::classify_caller`, counted as `out_interleaved`).
 //! (Keys on the hook's own stack would need neither, but the verifier then tracks every byte
-//! of them: with rules about programs and names it took longer than a start may.) Other
+//! of them: with rules about programs and names the hooks went past its 1,000,000
+//! instructions.) Other
 //! per-CPU maps the hooks use are those where a lost update costs a count: the counters, the
 //! rule hits and the log budget (`tests/outbound.rs` checks which maps they use).
 

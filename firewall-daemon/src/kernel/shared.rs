@@ -99,11 +99,6 @@ impl StealthTable {
             .context("writing OUT_HOLDING")
     }
 
-    /// Whether the egress program looks packets up.
-    pub fn holding(&self) -> bool {
-        self.holding.get(&0, 0).is_ok_and(|on| on != 0)
-    }
-
     /// Before hooks that can say `stealth` (`can_stealth`) run: the egress program looks.
     pub fn before_hooks(&mut self, can_stealth: bool) -> anyhow::Result<()> {
         if can_stealth {
